@@ -1,0 +1,196 @@
+//! Relay frames (agentmesh-wire.md §4–§6). Relay frames carry standard padded
+//! base64; we emit that and accept both alphabets.
+
+use crate::crypto::identity::Identity;
+use crate::crypto::ratchet::Header;
+use crate::crypto::x3dh::Establishment;
+use crate::entropy::Entropy;
+use crate::wire::b64;
+use crate::wire::registry::field;
+use crate::wire::{hex, WireError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize)]
+struct ConnectFrame<'a> {
+    v: u8,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    from: &'a str,
+    public_key: String,
+    timestamp: &'a str,
+    signature: String,
+}
+
+/// The relay `connect` frame: Ed25519 over the UTF-8 timestamp, std base64.
+pub fn connect_frame(identity: &Identity, timestamp: &str) -> String {
+    let frame = ConnectFrame {
+        v: 1,
+        kind: "connect",
+        from: identity.did(),
+        public_key: b64::encode_std(identity.ed25519_public()),
+        timestamp,
+        signature: b64::encode_std(&identity.sign(timestamp.as_bytes())),
+    };
+    serde_json::to_string(&frame).unwrap_or_default()
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct HeaderJson {
+    pub dh: String,
+    pub pn: u32,
+    pub n: u32,
+}
+
+#[derive(Serialize)]
+struct MessageFrameOut<'a> {
+    v: u8,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    from: &'a str,
+    to: &'a str,
+    id: &'a str,
+    ts: &'a str,
+    header: HeaderJson,
+    ciphertext: String,
+}
+
+/// An encrypted `message` frame, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptedMessage {
+    pub from: String,
+    pub to: String,
+    pub id: String,
+    pub header: Header,
+    pub ciphertext: Vec<u8>,
+}
+
+pub fn message_frame(
+    from: &str,
+    to: &str,
+    id: &str,
+    ts: &str,
+    header: &Header,
+    ciphertext: &[u8],
+) -> String {
+    let frame = MessageFrameOut {
+        v: 1,
+        kind: "message",
+        from,
+        to,
+        id,
+        ts,
+        header: HeaderJson {
+            dh: b64::encode_std(&header.dh),
+            pn: header.pn,
+            n: header.n,
+        },
+        ciphertext: b64::encode_std(ciphertext),
+    };
+    serde_json::to_string(&frame).unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+struct MessageFrameIn {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+    #[serde(default)]
+    id: String,
+    header: Option<HeaderJson>,
+    ciphertext: Option<String>,
+}
+
+/// Parse an encrypted `message` frame. A frame without a string `header.dh`
+/// is not an encrypted message (agentmesh-wire.md §6).
+pub fn parse_message_frame(text: &str) -> Result<EncryptedMessage, WireError> {
+    let f: MessageFrameIn =
+        serde_json::from_str(text).map_err(|e| WireError::json("message frame", &e))?;
+    if f.kind != "message" {
+        return Err(WireError::UnexpectedType {
+            expected: "message",
+            actual: f.kind.chars().take(32).collect(),
+        });
+    }
+    let h = f.header.ok_or(WireError::MissingField("header"))?;
+    let ct = f.ciphertext.ok_or(WireError::MissingField("ciphertext"))?;
+    Ok(EncryptedMessage {
+        from: f.from,
+        to: f.to,
+        id: f.id,
+        header: Header {
+            dh: field("header.dh", &h.dh)?,
+            pn: h.pn,
+            n: h.n,
+        },
+        ciphertext: b64::decode(&ct).map_err(|source| WireError::Field {
+            field: "ciphertext",
+            source,
+        })?,
+    })
+}
+
+#[derive(Serialize)]
+struct EstablishmentOut {
+    ik: String,
+    ek: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    otk: Option<u32>,
+}
+
+/// The KNOCK `establishment` object; `otk` omitted for 3-DH.
+pub fn establishment_json(est: &Establishment) -> String {
+    let e = EstablishmentOut {
+        ik: b64::encode_std(&est.identity_key),
+        ek: b64::encode_std(&est.ephemeral_key),
+        otk: est.one_time_prekey_id,
+    };
+    serde_json::to_string(&e).unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+struct EstablishmentIn {
+    #[serde(alias = "initiator_identity_key")]
+    ik: Option<String>,
+    #[serde(alias = "ephemeral_public_key")]
+    ek: Option<String>,
+    #[serde(default, alias = "used_one_time_key_id")]
+    otk: Option<u32>,
+}
+
+/// Parse an establishment object; the legacy long key names are accepted.
+pub fn parse_establishment(json: &str) -> Result<Establishment, WireError> {
+    let e: EstablishmentIn =
+        serde_json::from_str(json).map_err(|e| WireError::json("establishment", &e))?;
+    Ok(Establishment {
+        identity_key: field(
+            "establishment.ik",
+            &e.ik.ok_or(WireError::MissingField("establishment.ik"))?,
+        )?,
+        ephemeral_key: field(
+            "establishment.ek",
+            &e.ek.ok_or(WireError::MissingField("establishment.ek"))?,
+        )?,
+        one_time_prekey_id: e.otk,
+    })
+}
+
+/// A UUID v4 string from 16 bytes of entropy (frame ids must be fresh: the
+/// relay de-duplicates by id across all recipients).
+pub fn uuid_v4(rng: &mut dyn Entropy) -> String {
+    let mut b = [0u8; 16];
+    rng.fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
