@@ -92,6 +92,7 @@ impl wit_engine::Guest for Component {
                 message: f.message,
             },
             Event::TimerFired(t) => Ev::TimerFired(t),
+            Event::Stop => Ev::Stop,
         };
         let cmds = ENGINE.with(|e| e.borrow_mut().handle(ev, &mut WitHost));
         cmds.into_iter().map(lower_command).collect()
@@ -254,7 +255,9 @@ impl wit_toolkit::Guest for Component {
         crate::wire::plaintext::encode_body(&json)
     }
     fn plaintext_decode(body: String) -> Result<String, String> {
-        crate::wire::plaintext::decode_body(&body).map(|v| v.to_string()).map_err(|e| e.to_string())
+        crate::wire::plaintext::decode_body(&body)
+            .map(|v| v.to_string())
+            .map_err(|e| e.to_string())
     }
     fn x3dh_kdf(dh_concat: Vec<u8>) -> Vec<u8> {
         crate::crypto::kdf::x3dh(&dh_concat).to_vec()

@@ -4,9 +4,12 @@
 //! to perform goes out as engine commands. The same code runs natively (tests,
 //! benchmarks) and as a WebAssembly component (`component`, wasm32 only).
 
+pub mod agent;
 pub mod crypto;
 pub mod engine;
 pub mod entropy;
+pub mod mesh;
+pub mod store;
 pub mod toolkit;
 pub mod wire;
 

@@ -3,9 +3,11 @@
 //! offloads. Reads go through [`Host`]; every write is a `Store` command the
 //! host carries out, in order, before any later command.
 
+use crate::agent::{Agent, Cx};
 use crate::crypto::identity::Identity;
 use crate::crypto::seal;
 use crate::entropy::Entropy;
+use crate::store::Vault;
 use crate::wire::b64;
 use serde::Deserialize;
 use serde_json::json;
@@ -60,6 +62,7 @@ pub enum Event {
         message: String,
     },
     TimerFired(u64),
+    Stop,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,10 +118,11 @@ struct StartConfig {
     state_key: String,
 }
 
+/// Identity-only until configured with a relay and registry, then an agent.
 #[derive(Default)]
 pub struct Engine {
-    state_key: Option<Zeroizing<Vec<u8>>>,
     identity: Option<Identity>,
+    agent: Option<Agent>,
 }
 
 impl Engine {
@@ -127,53 +131,97 @@ impl Engine {
     }
 
     pub fn did(&self) -> Option<&str> {
-        self.identity.as_ref().map(|i| i.did())
+        match (&self.agent, &self.identity) {
+            (Some(a), _) => Some(a.did()),
+            (None, Some(i)) => Some(i.did()),
+            _ => None,
+        }
+    }
+
+    pub fn agent(&self) -> Option<&Agent> {
+        self.agent.as_ref()
     }
 
     pub fn handle(&mut self, event: Event, host: &mut dyn Host) -> Vec<Command> {
-        let mut out = Vec::new();
-        match event {
-            Event::Start(config) => {
-                if let Err(e) = self.start(&config, host, &mut out) {
-                    host.log(LogLevel::Error, &e.to_string());
+        let mut cx = Cx {
+            host,
+            out: Vec::new(),
+        };
+        match (event, self.agent.as_mut()) {
+            (Event::Start(config), _) => {
+                if let Err(e) = self.start(&config, &mut cx) {
+                    cx.host.log(LogLevel::Error, &e.to_string());
                 }
             }
-            Event::ToolCall {
-                call_id,
-                tool,
-                args_json: _,
-            } => {
+            (
+                Event::ToolCall {
+                    call_id,
+                    tool,
+                    args_json,
+                },
+                Some(agent),
+            ) => match serde_json::from_str::<serde_json::Value>(&args_json) {
+                Ok(args) if args.is_object() || args.is_null() => {
+                    agent.tool(&mut cx, &call_id, &tool, &args)
+                }
+                _ => cx.out.push(Command::ToolResult {
+                    call_id,
+                    result_json: error_result("tool arguments must be a JSON object").to_string(),
+                }),
+            },
+            (Event::ToolCall { call_id, tool, .. }, None) => {
                 let result = self.tool(&tool);
-                out.push(Command::ToolResult {
+                cx.out.push(Command::ToolResult {
                     call_id,
                     result_json: result.to_string(),
                 });
             }
-            // Later layers: relay link, registry, timers.
-            Event::ToolAbort(_)
-            | Event::SocketOpened(_)
-            | Event::SocketFrame { .. }
-            | Event::SocketClosed { .. }
-            | Event::HttpResponse { .. }
-            | Event::HttpFailed { .. }
-            | Event::TimerFired(_) => {}
+            (Event::ToolAbort(id), Some(a)) => a.on_abort(&mut cx, &id),
+            (Event::SocketOpened(s), Some(a)) => a.on_socket_opened(&mut cx, s),
+            (Event::SocketFrame { socket, text }, Some(a)) => a.on_frame(&mut cx, socket, &text),
+            (
+                Event::SocketClosed {
+                    socket,
+                    code,
+                    reason,
+                },
+                Some(a),
+            ) => a.on_socket_closed(&mut cx, socket, code, &reason),
+            (Event::HttpResponse { id, status, body }, Some(a)) => {
+                a.on_http(&mut cx, id, Some(status), &body, None)
+            }
+            (Event::HttpFailed { id, message }, Some(a)) => {
+                a.on_http(&mut cx, id, None, &[], Some(&message))
+            }
+            (Event::TimerFired(t), Some(a)) => a.on_timer(&mut cx, t),
+            (Event::Stop, Some(a)) => a.on_stop(&mut cx),
+            (_, None) => {}
         }
-        out
+        cx.out
     }
 
-    fn start(
-        &mut self,
-        config: &str,
-        host: &mut dyn Host,
-        out: &mut Vec<Command>,
-    ) -> Result<(), EngineError> {
-        let cfg: StartConfig =
+    fn start(&mut self, config: &str, cx: &mut Cx<'_>) -> Result<(), EngineError> {
+        if self.identity.is_some() || self.agent.is_some() {
+            return Err(EngineError::Config("the engine is already started".into()));
+        }
+        let raw: serde_json::Value =
             serde_json::from_str(config).map_err(|e| EngineError::Config(e.to_string()))?;
+        let cfg: StartConfig =
+            serde_json::from_value(raw.clone()).map_err(|e| EngineError::Config(e.to_string()))?;
+        // Without relay and registry URLs the engine runs identity-only.
+        let mesh = if raw.get("relay_url").is_some() || raw.get("registry_url").is_some() {
+            Some(
+                serde_json::from_value::<crate::agent::Config>(raw)
+                    .map_err(|e| EngineError::Config(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let key = Zeroizing::new(b64::decode(&cfg.state_key).map_err(|_| EngineError::StateKey)?);
         if key.len() != 32 {
             return Err(EngineError::StateKey);
         }
-        let identity = match host.storage_get(IDENTITY_KEY) {
+        let identity = match cx.host.storage_get(IDENTITY_KEY) {
             Some(sealed) => {
                 let seed = seal::unseal(&key, IDENTITY_RECORD, &sealed)
                     .map_err(EngineError::IdentityUnreadable)?;
@@ -186,16 +234,24 @@ impl Engine {
                 id
             }
             None => {
-                let id = Identity::generate(host);
-                let sealed = seal::seal(&key, IDENTITY_RECORD, id.seed().as_ref(), host)
+                let id = Identity::generate(cx.host);
+                let sealed = seal::seal(&key, IDENTITY_RECORD, id.seed().as_ref(), cx.host)
                     .map_err(EngineError::IdentityUnreadable)?;
-                out.push(Command::Store(IDENTITY_KEY.to_string(), sealed));
-                host.log(LogLevel::Info, &format!("created identity {}", id.did()));
+                cx.out
+                    .push(Command::Store(IDENTITY_KEY.to_string(), sealed));
+                cx.host
+                    .log(LogLevel::Info, &format!("created identity {}", id.did()));
                 id
             }
         };
-        self.identity = Some(identity);
-        self.state_key = Some(key);
+        match mesh {
+            Some(mesh) => {
+                let agent = Agent::start(mesh, Vault::new(key), identity, cx)
+                    .map_err(|e| EngineError::Config(e.to_string()))?;
+                self.agent = Some(agent);
+            }
+            None => self.identity = Some(identity),
+        }
         Ok(())
     }
 

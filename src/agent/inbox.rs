@@ -1,0 +1,139 @@
+//! The persisted inbox: one sealed record per message, keyed by relay frame
+//! id (so a redelivery rewrites the same record instead of adding a second),
+//! with read marks, the evidence each message came with, and messages held
+//! back until an earlier one from the same sender arrives.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Read messages kept; older read ones are erased.
+pub const KEEP_READ: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Evidence {
+    /// Decrypted and authenticated under a Double Ratchet session.
+    Encrypted,
+    /// Plaintext from a DID the user trusts for that (the paired controller).
+    Plaintext,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    pub id: String,
+    pub from: String,
+    #[serde(default)]
+    pub ts: Option<String>,
+    pub received_at: u64,
+    pub evidence: Evidence,
+    pub payload: serde_json::Value,
+    #[serde(default)]
+    pub read: bool,
+    #[serde(default)]
+    pub held: bool,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    /// Arrival order.
+    pub n: u64,
+}
+
+impl Entry {
+    pub fn storage_key(&self) -> String {
+        format!("{}{}", crate::store::keys::INBOX, self.id)
+    }
+}
+
+#[derive(Default)]
+pub struct Inbox {
+    entries: BTreeMap<u64, Entry>,
+    next_n: u64,
+}
+
+impl Inbox {
+    pub fn load(entries: Vec<Entry>) -> Self {
+        let mut inbox = Inbox::default();
+        for e in entries {
+            inbox.next_n = inbox.next_n.max(e.n + 1);
+            inbox.entries.insert(e.n, e);
+        }
+        inbox
+    }
+
+    pub fn next_n(&mut self) -> u64 {
+        let n = self.next_n;
+        self.next_n += 1;
+        n
+    }
+
+    pub fn contains_id(&self, id: &str) -> bool {
+        self.entries.values().any(|e| e.id == id)
+    }
+
+    pub fn insert(&mut self, e: Entry) {
+        self.entries.insert(e.n, e);
+    }
+
+    /// Unread, deliverable entries, oldest first, optionally from one sender.
+    pub fn unread(&self, from: Option<&str>) -> Vec<&Entry> {
+        self.entries
+            .values()
+            .filter(|e| !e.read && !e.held && from.is_none_or(|f| e.from == f))
+            .collect()
+    }
+
+    pub fn unread_count(&self) -> usize {
+        self.entries.values().filter(|e| !e.read && !e.held).count()
+    }
+
+    pub fn mark_read(&mut self, n: u64) -> Option<&Entry> {
+        let e = self.entries.get_mut(&n)?;
+        e.read = true;
+        Some(e)
+    }
+
+    /// Held entries from `from`, by sequence number.
+    pub fn held_from(&self, from: &str) -> BTreeMap<u64, u64> {
+        self.entries
+            .values()
+            .filter(|e| e.held && e.from == from)
+            .filter_map(|e| e.seq.map(|s| (s, e.n)))
+            .collect()
+    }
+
+    pub fn release(&mut self, n: u64) -> Option<&Entry> {
+        let e = self.entries.get_mut(&n)?;
+        e.held = false;
+        Some(e)
+    }
+
+    pub fn oldest_held(&self) -> Option<&Entry> {
+        self.entries.values().find(|e| e.held)
+    }
+
+    /// Read entries beyond the retention limit, oldest first: their keys to erase.
+    pub fn prune(&mut self) -> Vec<String> {
+        let read: Vec<u64> = self
+            .entries
+            .values()
+            .filter(|e| e.read)
+            .map(|e| e.n)
+            .collect();
+        if read.len() <= KEEP_READ {
+            return Vec::new();
+        }
+        let cut = read.len() - KEEP_READ;
+        read[..cut]
+            .iter()
+            .filter_map(|n| self.entries.remove(n))
+            .map(|e| e.storage_key())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}

@@ -1,0 +1,205 @@
+//! Our published prekeys. Ids are persisted counters that never repeat (the
+//! reference clients restart them at 0 each process, so a queued KNOCK can
+//! meet a different key with the same id). Each one-time prekey is published
+//! once: the registry's PUT replaces its whole list, and re-publishing a key
+//! it already handed out would let two initiators use the same OPK.
+
+use crate::crypto::identity::Identity;
+use crate::crypto::keys::KeyPair;
+use crate::entropy::Entropy;
+use crate::store::{b64bytes, b64key};
+use crate::wire::registry::{prekey_upload_body, PublishedPrekeys};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// One-time prekeys published per upload.
+pub const OPK_BATCH: u32 = 20;
+/// Replenish when fewer published, unconsumed OPKs remain.
+pub const OPK_LOW_WATER: usize = 8;
+/// Most OPKs kept locally (oldest dropped first).
+pub const OPK_MAX_KEPT: usize = 200;
+/// Signed prekey lifetime before rotation.
+pub const SPK_ROTATE_MS: u64 = 7 * 24 * 3600 * 1000;
+/// How long a rotated-out SPK still answers KNOCKs that were in flight.
+pub const SPK_GRACE_MS: u64 = 14 * 24 * 3600 * 1000;
+
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+struct StoredKey {
+    id: u32,
+    #[serde(with = "b64key")]
+    secret: [u8; 32],
+    #[serde(with = "b64key")]
+    public: [u8; 32],
+    #[serde(default, with = "b64bytes")]
+    signature: Vec<u8>,
+    created_ms: u64,
+    #[serde(default)]
+    published: bool,
+}
+
+impl StoredKey {
+    fn new(id: u32, kp: &KeyPair, now_ms: u64) -> Self {
+        Self {
+            id,
+            secret: *kp.secret_bytes(),
+            public: *kp.public(),
+            signature: Vec::new(),
+            created_ms: now_ms,
+            published: false,
+        }
+    }
+
+    fn pair(&self) -> KeyPair {
+        KeyPair::from_parts(self.secret, self.public)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Prekeys {
+    spk: StoredKey,
+    #[serde(default)]
+    previous_spk: Option<StoredKey>,
+    opks: Vec<StoredKey>,
+    next_spk_id: u32,
+    next_opk_id: u32,
+    /// Set when the registry is known to hold our current bundle.
+    #[serde(default)]
+    uploaded: bool,
+}
+
+impl std::fmt::Debug for Prekeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prekeys")
+            .field("spk_id", &self.spk.id)
+            .field("opks", &self.opks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prekeys {
+    pub fn generate(identity: &Identity, now_ms: u64, rng: &mut dyn Entropy) -> Self {
+        let mut p = Prekeys {
+            spk: Self::new_spk(identity, 0, now_ms, rng),
+            previous_spk: None,
+            opks: Vec::new(),
+            next_spk_id: 1,
+            next_opk_id: 0,
+            uploaded: false,
+        };
+        p.add_opks(OPK_BATCH, now_ms, rng);
+        p
+    }
+
+    fn new_spk(identity: &Identity, id: u32, now_ms: u64, rng: &mut dyn Entropy) -> StoredKey {
+        let kp = KeyPair::generate(rng);
+        let mut k = StoredKey::new(id, &kp, now_ms);
+        k.signature = identity.sign(kp.public()).to_vec();
+        k
+    }
+
+    pub fn add_opks(&mut self, n: u32, now_ms: u64, rng: &mut dyn Entropy) {
+        for _ in 0..n {
+            let kp = KeyPair::generate(rng);
+            self.opks
+                .push(StoredKey::new(self.next_opk_id, &kp, now_ms));
+            self.next_opk_id = self.next_opk_id.wrapping_add(1);
+        }
+        if self.opks.len() > OPK_MAX_KEPT {
+            let excess = self.opks.len() - OPK_MAX_KEPT;
+            self.opks.drain(..excess);
+        }
+    }
+
+    /// The PUT body publishing the current SPK and every not-yet-published
+    /// OPK; marks them published. Call again after a registry restart with
+    /// `republish_all_fresh` to mint a new batch.
+    pub fn upload_body(&mut self, identity: &Identity) -> (String, usize) {
+        let sig: [u8; 64] = self.spk.signature.as_slice().try_into().unwrap_or([0; 64]);
+        let fresh: Vec<(u32, &[u8; 32])> = self
+            .opks
+            .iter()
+            .filter(|k| !k.published)
+            .map(|k| (k.id, &k.public))
+            .collect();
+        let count = fresh.len();
+        let body = prekey_upload_body(
+            identity,
+            &PublishedPrekeys {
+                signed_prekey_id: self.spk.id,
+                signed_prekey: &self.spk.public,
+                signed_prekey_signature: &sig,
+                one_time: fresh,
+            },
+        );
+        for k in self.opks.iter_mut() {
+            k.published = true;
+        }
+        (body, count)
+    }
+
+    /// The registry forgot us (restart): everything it had is gone, so
+    /// publish a fresh batch next time.
+    pub fn registry_lost(&mut self, now_ms: u64, rng: &mut dyn Entropy) {
+        self.uploaded = false;
+        if self.opks.iter().all(|k| k.published) {
+            self.add_opks(OPK_BATCH, now_ms, rng);
+        }
+    }
+
+    pub fn set_uploaded(&mut self, v: bool) {
+        self.uploaded = v;
+    }
+
+    pub fn uploaded(&self) -> bool {
+        self.uploaded
+    }
+
+    /// Consume a one-time prekey named by a KNOCK.
+    pub fn take_opk(&mut self, id: u32) -> Option<KeyPair> {
+        let pos = self.opks.iter().position(|k| k.id == id)?;
+        let k = self.opks.remove(pos);
+        Some(k.pair())
+    }
+
+    pub fn peek_opk(&self, id: u32) -> Option<KeyPair> {
+        self.opks.iter().find(|k| k.id == id).map(|k| k.pair())
+    }
+
+    /// SPKs a KNOCK may have used: the current one, then the previous one
+    /// while its grace period lasts.
+    pub fn spk_candidates(&self, now_ms: u64) -> Vec<KeyPair> {
+        let mut v = vec![self.spk.pair()];
+        if let Some(p) = &self.previous_spk {
+            if now_ms.saturating_sub(self.spk.created_ms) < SPK_GRACE_MS {
+                v.push(p.pair());
+            }
+        }
+        v
+    }
+
+    pub fn needs_replenish(&self) -> bool {
+        self.opks.iter().filter(|k| k.published).count() < OPK_LOW_WATER
+    }
+
+    /// Rotate the SPK when it is older than `SPK_ROTATE_MS`; returns whether
+    /// it did (the caller then uploads).
+    pub fn rotate_if_due(
+        &mut self,
+        identity: &Identity,
+        now_ms: u64,
+        rng: &mut dyn Entropy,
+    ) -> bool {
+        if now_ms.saturating_sub(self.spk.created_ms) < SPK_ROTATE_MS {
+            return false;
+        }
+        let next = Self::new_spk(identity, self.next_spk_id, now_ms, rng);
+        self.next_spk_id = self.next_spk_id.wrapping_add(1);
+        self.previous_spk = Some(std::mem::replace(&mut self.spk, next));
+        self.uploaded = false;
+        true
+    }
+
+    pub fn opk_count(&self) -> usize {
+        self.opks.len()
+    }
+}

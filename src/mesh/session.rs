@@ -1,0 +1,269 @@
+//! Everything we keep per peer, persisted as one sealed record so a send or a
+//! receive commits atomically: the ratchet session (and any candidate from a
+//! newer KNOCK), delivery sequence numbers, the outbox of messages awaiting
+//! the peer's receipt, and the ids of recently consumed relay frames.
+
+use crate::crypto::ratchet::{Header, Ratchet, RatchetError};
+use crate::entropy::Entropy;
+use crate::store::b64bytes;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// Relay frame ids remembered per peer for de-duplication.
+pub const SEEN_MAX: usize = 512;
+/// The relay keeps unacked frames for 72 h; so do our marks.
+pub const SEEN_TTL_MS: u64 = 72 * 3600 * 1000;
+/// Most messages awaiting a receipt per peer.
+pub const OUTBOX_MAX: usize = 1000;
+
+/// A message we sent and keep until the peer's receipt (kars peers only).
+#[derive(Serialize, Deserialize, Clone)]
+pub struct OutEntry {
+    pub seq: u64,
+    pub frame_id: String,
+    /// The frame as sent; re-sent verbatim until the session changes.
+    pub frame: String,
+    /// Plaintext, sealed with the record, to re-encrypt under a new session.
+    #[serde(with = "b64bytes")]
+    pub plaintext: Vec<u8>,
+    pub created_ms: u64,
+    pub last_sent_ms: u64,
+    pub attempts: u32,
+    /// Kept until the peer's receipt (kars peers); otherwise until sent on
+    /// an open link.
+    #[serde(default)]
+    pub needs_receipt: bool,
+}
+
+impl Drop for OutEntry {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.plaintext);
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct CandidateRecord {
+    knock_id: String,
+    #[serde(with = "b64bytes")]
+    snapshot: Vec<u8>,
+    created_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct PeerRecord {
+    did: String,
+    #[serde(default, with = "b64bytes")]
+    active: Vec<u8>,
+    #[serde(default)]
+    initiated_by_us: bool,
+    #[serde(default)]
+    candidates: Vec<CandidateRecord>,
+    #[serde(default)]
+    kars: bool,
+    #[serde(default)]
+    out_seq: u64,
+    #[serde(default)]
+    in_next: u64,
+    #[serde(default)]
+    outbox: Vec<OutEntry>,
+    #[serde(default)]
+    seen: Vec<SeenMark>,
+    #[serde(default)]
+    knock_sent: Option<String>,
+    #[serde(default)]
+    pending_knock: Option<String>,
+}
+
+/// A consumed relay frame: its id, when, and the sender's sequence number.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct SeenMark {
+    pub id: String,
+    pub at: u64,
+    #[serde(default)]
+    pub seq: Option<u64>,
+}
+
+pub struct Candidate {
+    pub knock_id: String,
+    pub ratchet: Ratchet,
+    pub created_ms: u64,
+}
+
+/// How a frame decrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decrypted {
+    Active,
+    /// Under a candidate that replaced the active session.
+    Promoted,
+    /// Under a candidate that was kept aside (glare, we keep ours).
+    Candidate,
+}
+
+pub struct Peer {
+    pub did: String,
+    pub active: Option<Ratchet>,
+    pub initiated_by_us: bool,
+    pub candidates: Vec<Candidate>,
+    /// The peer speaks the kars delivery envelope (sequence + receipts).
+    pub kars: bool,
+    pub out_seq: u64,
+    pub in_next: u64,
+    pub outbox: Vec<OutEntry>,
+    pub seen: Vec<SeenMark>,
+    /// Id of the KNOCK that opened our current session, while unconfirmed.
+    pub knock_sent: Option<String>,
+    /// That KNOCK's frame, re-sent on reconnect until the peer confirms.
+    pub pending_knock: Option<String>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("did", &self.did)
+            .field("active", &self.active.is_some())
+            .field("candidates", &self.candidates.len())
+            .field("outbox", &self.outbox.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Peer {
+    pub fn new(did: &str) -> Self {
+        Peer {
+            did: did.to_string(),
+            active: None,
+            initiated_by_us: false,
+            candidates: Vec::new(),
+            kars: false,
+            out_seq: 0,
+            in_next: 0,
+            outbox: Vec::new(),
+            seen: Vec::new(),
+            knock_sent: None,
+            pending_knock: None,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let rec = PeerRecord {
+            did: self.did.clone(),
+            active: self
+                .active
+                .as_ref()
+                .map(|r| r.to_snapshot().to_vec())
+                .unwrap_or_default(),
+            initiated_by_us: self.initiated_by_us,
+            candidates: self
+                .candidates
+                .iter()
+                .map(|c| CandidateRecord {
+                    knock_id: c.knock_id.clone(),
+                    snapshot: c.ratchet.to_snapshot().to_vec(),
+                    created_ms: c.created_ms,
+                })
+                .collect(),
+            kars: self.kars,
+            out_seq: self.out_seq,
+            in_next: self.in_next,
+            outbox: self.outbox.clone(),
+            seen: self.seen.clone(),
+            knock_sent: self.knock_sent.clone(),
+            pending_knock: self.pending_knock.clone(),
+        };
+        let out = Zeroizing::new(serde_json::to_vec(&rec).unwrap_or_default());
+        let mut rec = rec;
+        zeroize::Zeroize::zeroize(&mut rec.active);
+        for c in rec.candidates.iter_mut() {
+            zeroize::Zeroize::zeroize(&mut c.snapshot);
+        }
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, RatchetError> {
+        let rec: PeerRecord =
+            serde_json::from_slice(bytes).map_err(|_| RatchetError::Snapshot("peer record"))?;
+        let active = if rec.active.is_empty() {
+            None
+        } else {
+            Some(Ratchet::from_snapshot(&rec.active)?)
+        };
+        let mut candidates = Vec::new();
+        for c in &rec.candidates {
+            candidates.push(Candidate {
+                knock_id: c.knock_id.clone(),
+                ratchet: Ratchet::from_snapshot(&c.snapshot)?,
+                created_ms: c.created_ms,
+            });
+        }
+        Ok(Peer {
+            did: rec.did.clone(),
+            active,
+            initiated_by_us: rec.initiated_by_us,
+            candidates,
+            kars: rec.kars,
+            out_seq: rec.out_seq,
+            in_next: rec.in_next,
+            outbox: rec.outbox.clone(),
+            seen: rec.seen.clone(),
+            knock_sent: rec.knock_sent.clone(),
+            pending_knock: rec.pending_knock.clone(),
+        })
+    }
+
+    pub fn has_seen(&self, frame_id: &str) -> bool {
+        self.seen.iter().any(|m| m.id == frame_id)
+    }
+
+    /// `Some(seq)` when the frame was consumed before.
+    pub fn seen_seq(&self, frame_id: &str) -> Option<Option<u64>> {
+        self.seen.iter().find(|m| m.id == frame_id).map(|m| m.seq)
+    }
+
+    pub fn mark_seen(&mut self, frame_id: &str, now_ms: u64, seq: Option<u64>) {
+        self.seen
+            .retain(|m| now_ms.saturating_sub(m.at) < SEEN_TTL_MS);
+        self.seen.push(SeenMark {
+            id: frame_id.to_string(),
+            at: now_ms,
+            seq,
+        });
+        if self.seen.len() > SEEN_MAX {
+            let excess = self.seen.len() - SEEN_MAX;
+            self.seen.drain(..excess);
+        }
+    }
+
+    /// Decrypt under the active session, else under a candidate. A candidate
+    /// that authenticates replaces the active session unless `keep_ours`
+    /// (glare: both sides knocked; the session the smaller DID initiated wins).
+    pub fn decrypt(
+        &mut self,
+        header: &Header,
+        ct: &[u8],
+        keep_ours: bool,
+        rng: &mut dyn Entropy,
+    ) -> Result<(Vec<u8>, Decrypted), RatchetError> {
+        let mut first_err = None;
+        if let Some(active) = self.active.as_mut() {
+            match active.decrypt(header, ct, rng) {
+                Ok(pt) => return Ok((pt, Decrypted::Active)),
+                Err(e) => first_err = Some(e),
+            }
+        }
+        for i in 0..self.candidates.len() {
+            if let Ok(pt) = self.candidates[i].ratchet.decrypt(header, ct, rng) {
+                let keep = keep_ours && self.active.is_some() && self.initiated_by_us;
+                if keep {
+                    return Ok((pt, Decrypted::Candidate));
+                }
+                let c = self.candidates.remove(i);
+                self.candidates.clear();
+                self.active = Some(c.ratchet);
+                self.initiated_by_us = false;
+                self.knock_sent = None;
+                return Ok((pt, Decrypted::Promoted));
+            }
+        }
+        Err(first_err.unwrap_or(RatchetError::AuthenticationFailed))
+    }
+}

@@ -1,0 +1,140 @@
+//! Durable records. Every record holding a secret is sealed (AES-256-GCM,
+//! record type bound in the AAD) under the host-kept state key. Reads come
+//! through the host import; writes leave as `Store` commands, which the host
+//! carries out in order before anything that follows them.
+
+use crate::crypto::seal::{self, SealError};
+use crate::engine::{Command, Host};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+/// Storage key prefixes. A reader should find each record kind here.
+pub mod keys {
+    pub const IDENTITY: &str = "identity";
+    pub const PREKEYS: &str = "prekeys";
+    pub const SESSION: &str = "session/";
+    pub const INBOX: &str = "inbox/";
+    pub const OUTBOX: &str = "outbox/";
+    pub const SEEN: &str = "seen/";
+    pub const META: &str = "meta";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("record {key}: {source}")]
+    Sealed { key: String, source: SealError },
+    #[error("record {key} is unreadable ({detail}); move it aside to continue without it")]
+    Corrupt { key: String, detail: String },
+}
+
+pub struct Vault {
+    key: Zeroizing<Vec<u8>>,
+}
+
+impl Vault {
+    pub fn new(key: Zeroizing<Vec<u8>>) -> Self {
+        Self { key }
+    }
+
+    /// Record type used in the AAD: the key's kind (prefix) plus version.
+    fn record_type(key: &str) -> String {
+        let kind = key.split('/').next().unwrap_or(key);
+        format!("{kind}.v1")
+    }
+
+    pub fn put<T: Serialize>(
+        &self,
+        host: &mut dyn Host,
+        out: &mut Vec<Command>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let json = Zeroizing::new(serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+            key: key.into(),
+            detail: e.to_string(),
+        })?);
+        self.put_bytes(host, out, key, &json)
+    }
+
+    pub fn put_bytes(
+        &self,
+        host: &mut dyn Host,
+        out: &mut Vec<Command>,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let sealed =
+            seal::seal(&self.key, &Self::record_type(key), bytes, host).map_err(|source| {
+                StoreError::Sealed {
+                    key: key.into(),
+                    source,
+                }
+            })?;
+        out.push(Command::Store(key.to_string(), sealed));
+        Ok(())
+    }
+
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        host: &mut dyn Host,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.get_bytes(host, key)? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        key: key.into(),
+                        detail: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    pub fn get_bytes(
+        &self,
+        host: &mut dyn Host,
+        key: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        match host.storage_get(key) {
+            None => Ok(None),
+            Some(sealed) => seal::unseal(&self.key, &Self::record_type(key), &sealed)
+                .map(Some)
+                .map_err(|source| StoreError::Sealed {
+                    key: key.into(),
+                    source,
+                }),
+        }
+    }
+}
+
+/// Serde helpers: byte strings as standard base64 inside JSON records.
+pub mod b64bytes {
+    use crate::wire::b64;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&b64::encode_std(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        b64::decode(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+pub mod b64key {
+    use crate::wire::b64;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&b64::encode_std(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        b64::decode_array::<32>(&s).map_err(serde::de::Error::custom)
+    }
+}
