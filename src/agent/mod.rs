@@ -101,7 +101,10 @@ enum Purpose {
     Upload,
     RegistryHeartbeat,
     Bundle(String),
-    AgentInfo(String),
+    AgentInfo {
+        peer: String,
+        then_bundle: bool,
+    },
     Discover {
         call_id: String,
         capability: String,
@@ -489,15 +492,25 @@ impl Agent {
                 }
             }
             Purpose::Bundle(peer) => self.on_bundle(cx, &peer, status, body, &problem),
-            Purpose::AgentInfo(peer) => {
-                if let (true, Some(a)) = (ok, reg::parse_agent(body)) {
-                    let kars = a.capabilities.iter().any(|c| c == KARS_CAPABILITY);
-                    if let Some(p) = self.peers.get_mut(&peer) {
-                        if kars && !p.kars {
-                            p.kars = true;
+            Purpose::AgentInfo { peer, then_bundle } => {
+                let kars = ok
+                    && reg::parse_agent(body)
+                        .is_some_and(|a| a.capabilities.iter().any(|c| c == KARS_CAPABILITY));
+                if kars {
+                    let p = self
+                        .peers
+                        .entry(peer.clone())
+                        .or_insert_with(|| Peer::new(&peer));
+                    if !p.kars {
+                        p.kars = true;
+                        if !then_bundle {
                             self.save_peer(cx, &peer);
                         }
                     }
+                }
+                if then_bundle {
+                    let path = format!("/v1/agents/{peer}/prekeys");
+                    self.http(cx, Purpose::Bundle(peer.clone()), "GET", &path, false, None);
                 }
             }
             Purpose::Discover {
@@ -838,7 +851,10 @@ impl Agent {
             let path = format!("/v1/agents/{from}");
             self.http(
                 cx,
-                Purpose::AgentInfo(from.clone()),
+                Purpose::AgentInfo {
+                    peer: from.clone(),
+                    then_bundle: false,
+                },
                 "GET",
                 &path,
                 false,
@@ -864,10 +880,12 @@ impl Agent {
             if p.knock_sent.as_deref() == Some(knock_id) {
                 if accepted {
                     p.knock_sent = None;
+                    p.pending_knock = None;
                 } else {
                     cx.log(LogLevel::Warn, &format!("{from} refused our session (policy_denied); queued messages to it are dropped"));
                     p.active = None;
                     p.knock_sent = None;
+                    p.pending_knock = None;
                     p.outbox.clear();
                 }
                 self.save_peer(cx, &from);
@@ -906,7 +924,7 @@ impl Agent {
                 return;
             }
         };
-        let keep_ours = self.id.did() < from.as_str();
+        let we_are_smaller = self.id.did() < from.as_str();
         let Some(peer) = self.peers.get_mut(&from) else {
             return self.hold_early(cx, &from, v, now);
         };
@@ -922,7 +940,7 @@ impl Agent {
             }
             return;
         }
-        let (pt, how) = match peer.decrypt(&msg.header, &msg.ciphertext, keep_ours, cx.host) {
+        let (pt, how) = match peer.decrypt(&msg.header, &msg.ciphertext, we_are_smaller, cx.host) {
             Ok(r) => r,
             Err(e) => {
                 self.stats.undecryptable += 1;
@@ -938,8 +956,8 @@ impl Agent {
         };
         if how == Decrypted::Active && peer.initiated_by_us {
             peer.knock_sent = None;
+            peer.pending_knock = None;
         }
-        self.stats.received += 1;
         let mut payload: Value =
             serde_json::from_slice(&pt).unwrap_or_else(|_| match String::from_utf8(pt.clone()) {
                 Ok(s) => Value::String(s),
@@ -959,6 +977,7 @@ impl Agent {
             self.after_decrypt(cx, &from, how);
             return;
         }
+        self.stats.received += 1;
         let ts = v["ts"].as_str().map(|s| s.chars().take(40).collect());
         let duplicate = seq.is_some_and(|s| s < peer.in_next);
         let held = seq.is_some_and(|s| s > peer.in_next);
@@ -1173,33 +1192,23 @@ impl Agent {
         if can_send {
             return self.encrypt_and_queue(cx, to, payload, call_id);
         }
-        let has_session = self
-            .peers
-            .get(to)
-            .is_some_and(|p| p.active.is_some() || !p.candidates.is_empty());
         let waiting = self.awaiting_session.contains_key(to);
         self.awaiting_session
             .entry(to.to_string())
             .or_default()
             .push(Queued { call_id, payload });
-        if has_session || waiting {
-            // A session exists but cannot send yet (we answered a KNOCK and
-            // its first message is still on the way), or a fetch is running.
+        if waiting {
             return;
         }
-        let path = format!("/v1/agents/{to}/prekeys");
-        self.http(
-            cx,
-            Purpose::Bundle(to.to_string()),
-            "GET",
-            &path,
-            false,
-            None,
-        );
+        // Capabilities first (does the peer speak receipts?), then the bundle,
+        // so the very first message already carries the delivery envelope.
         let path = format!("/v1/agents/{to}");
         self.http(
             cx,
-            Purpose::AgentInfo(to.to_string()),
+            Purpose::AgentInfo {
+                peer: to.to_string(),
+                then_bundle: true,
+            },
             "GET",
             &path,
             false,
@@ -1298,7 +1307,8 @@ impl Agent {
         }
         for o in stale {
             let payload: Value = serde_json::from_slice(&o.plaintext).unwrap_or_default();
-            self.encrypt_and_queue(cx, peer_did, payload, None);
+            let keep = o.needs_receipt.then_some(o.seq);
+            self.encrypt_with_seq(cx, peer_did, payload, None, keep);
         }
         for q in queued {
             self.encrypt_and_queue(cx, peer_did, q.payload, q.call_id);
@@ -1309,8 +1319,21 @@ impl Agent {
         &mut self,
         cx: &mut Cx<'_>,
         to: &str,
+        payload: Value,
+        call_id: Option<String>,
+    ) {
+        self.encrypt_with_seq(cx, to, payload, call_id, None)
+    }
+
+    /// `keep_seq`: a message re-encrypted under a new session keeps its
+    /// sequence number, so a copy the peer already has is recognised.
+    fn encrypt_with_seq(
+        &mut self,
+        cx: &mut Cx<'_>,
+        to: &str,
         mut payload: Value,
         call_id: Option<String>,
+        keep_seq: Option<u64>,
     ) {
         let now = cx.now();
         let fid = frames::uuid_v4(cx.host);
@@ -1320,7 +1343,7 @@ impl Agent {
             return;
         };
         let kars = peer.kars;
-        let seq = peer.out_seq;
+        let seq = keep_seq.unwrap_or(peer.out_seq);
         if kars {
             if let Some(o) = payload.as_object_mut() {
                 o.insert("kars".to_string(), json!({"seq": seq}));
@@ -1346,7 +1369,7 @@ impl Agent {
             }
         };
         let frame = frames::message_frame(&me, to, &fid, &ts, &header, &ct);
-        if kars {
+        if kars && keep_seq.is_none() {
             peer.out_seq += 1;
         }
         if peer.outbox.len() >= OUTBOX_MAX {
@@ -1441,7 +1464,8 @@ impl Agent {
         peer.pending_knock = None;
         for o in stale {
             let payload: Value = serde_json::from_slice(&o.plaintext).unwrap_or_default();
-            self.encrypt_and_queue(cx, peer_did, payload, None);
+            let keep = o.needs_receipt.then_some(o.seq);
+            self.encrypt_with_seq(cx, peer_did, payload, None, keep);
         }
     }
 
@@ -1457,11 +1481,18 @@ impl Agent {
             let mut frames_out = Vec::new();
             let mut changed = false;
             if let Some(p) = self.peers.get_mut(&did) {
-                if let (Some(k), true) = (&p.pending_knock, everything || p.knock_sent.is_some()) {
-                    if everything {
+                if everything {
+                    // A KNOCK not yet confirmed goes again before its messages
+                    // (the relay may have lost it; the peer ignores repeats).
+                    if let Some(k) = &p.pending_knock {
                         frames_out.push(k.clone());
                     }
                 }
+                let before = p.outbox.len();
+                p.outbox.retain(|o| {
+                    now.saturating_sub(o.created_ms) < crate::mesh::session::SEEN_TTL_MS
+                });
+                changed |= p.outbox.len() != before;
                 for o in p.outbox.iter_mut() {
                     if everything || now.saturating_sub(o.last_sent_ms) >= RESEND_AFTER_MS {
                         o.last_sent_ms = now;

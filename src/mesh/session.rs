@@ -72,6 +72,8 @@ struct PeerRecord {
     knock_sent: Option<String>,
     #[serde(default)]
     pending_knock: Option<String>,
+    #[serde(default)]
+    confirmed: bool,
 }
 
 /// A consumed relay frame: its id, when, and the sender's sequence number.
@@ -114,6 +116,8 @@ pub struct Peer {
     pub knock_sent: Option<String>,
     /// That KNOCK's frame, re-sent on reconnect until the peer confirms.
     pub pending_knock: Option<String>,
+    /// The peer has used the active session: a message decrypted under it.
+    pub confirmed: bool,
 }
 
 impl std::fmt::Debug for Peer {
@@ -141,6 +145,7 @@ impl Peer {
             seen: Vec::new(),
             knock_sent: None,
             pending_knock: None,
+            confirmed: false,
         }
     }
 
@@ -169,6 +174,7 @@ impl Peer {
             seen: self.seen.clone(),
             knock_sent: self.knock_sent.clone(),
             pending_knock: self.pending_knock.clone(),
+            confirmed: self.confirmed,
         };
         let out = Zeroizing::new(serde_json::to_vec(&rec).unwrap_or_default());
         let mut rec = rec;
@@ -207,6 +213,7 @@ impl Peer {
             seen: rec.seen.clone(),
             knock_sent: rec.knock_sent.clone(),
             pending_knock: rec.pending_knock.clone(),
+            confirmed: rec.confirmed,
         })
     }
 
@@ -234,25 +241,34 @@ impl Peer {
     }
 
     /// Decrypt under the active session, else under a candidate. A candidate
-    /// that authenticates replaces the active session unless `keep_ours`
-    /// (glare: both sides knocked; the session the smaller DID initiated wins).
+    /// that authenticates replaces the active session, except in glare: both
+    /// sides knocked at once and our session, not yet used by the peer, was
+    /// initiated by the smaller DID (`we_are_smaller`), so ours wins on both
+    /// sides. A session the peer has used is replaced: a new KNOCK after that
+    /// means the peer lost it.
     pub fn decrypt(
         &mut self,
         header: &Header,
         ct: &[u8],
-        keep_ours: bool,
+        we_are_smaller: bool,
         rng: &mut dyn Entropy,
     ) -> Result<(Vec<u8>, Decrypted), RatchetError> {
         let mut first_err = None;
         if let Some(active) = self.active.as_mut() {
             match active.decrypt(header, ct, rng) {
-                Ok(pt) => return Ok((pt, Decrypted::Active)),
+                Ok(pt) => {
+                    self.confirmed = true;
+                    return Ok((pt, Decrypted::Active));
+                }
                 Err(e) => first_err = Some(e),
             }
         }
         for i in 0..self.candidates.len() {
             if let Ok(pt) = self.candidates[i].ratchet.decrypt(header, ct, rng) {
-                let keep = keep_ours && self.active.is_some() && self.initiated_by_us;
+                let keep = we_are_smaller
+                    && self.active.is_some()
+                    && self.initiated_by_us
+                    && !self.confirmed;
                 if keep {
                     return Ok((pt, Decrypted::Candidate));
                 }
@@ -261,6 +277,8 @@ impl Peer {
                 self.active = Some(c.ratchet);
                 self.initiated_by_us = false;
                 self.knock_sent = None;
+                self.pending_knock = None;
+                self.confirmed = true;
                 return Ok((pt, Decrypted::Promoted));
             }
         }
