@@ -700,7 +700,7 @@ impl Agent {
         };
         let kind = v["type"].as_str().unwrap_or("");
         match kind {
-            "message" => self.on_message(cx, &v),
+            "message" => self.on_message(cx, &v, text),
             "knock" => self.on_knock(cx, &v),
             "knock_accept" | "knock_reject" => self.on_knock_reply(cx, &v, kind == "knock_accept"),
             "error" => {
@@ -896,7 +896,7 @@ impl Agent {
 
     // ---------------------------------------------------------------- message
 
-    fn on_message(&mut self, cx: &mut Cx<'_>, v: &Value) {
+    fn on_message(&mut self, cx: &mut Cx<'_>, v: &Value, text: &str) {
         let Some((from, id)) = self.routed(cx, v) else {
             return;
         };
@@ -912,7 +912,7 @@ impl Agent {
             self.ack(cx, &id);
             return;
         }
-        let msg = match frames::parse_message_frame(&v.to_string()) {
+        let msg = match frames::parse_message_frame(text) {
             Ok(m) => m,
             Err(e) => {
                 self.stats.malformed += 1;

@@ -1,6 +1,7 @@
 //! Keys and the cryptographic protocols: identity (Ed25519 + derived X25519),
 //! X3DH, the Double Ratchet and AES-256-GCM sealing of state at rest.
 
+pub mod aead;
 pub mod identity;
 pub mod kdf;
 pub mod keys;

@@ -5,12 +5,10 @@
 //! verifies, so a forged, corrupted, duplicated or replayed frame leaves the
 //! session byte-for-byte as it was.
 
+use crate::crypto::aead;
 use crate::crypto::kdf;
 use crate::crypto::keys::{KeyPair, LowOrderPoint};
 use crate::entropy::Entropy;
-use chacha20poly1305::aead::array::Array;
-use chacha20poly1305::aead::{AeadInOut, KeyInit};
-use chacha20poly1305::ChaCha20Poly1305;
 use std::collections::{BTreeMap, HashMap};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
@@ -267,10 +265,7 @@ impl Ratchet {
         self.fill_aad(&header);
         let (nonce, rest) = out.split_at_mut(NONCE_LEN);
         let (body, tag_out) = rest.split_at_mut(plaintext.len());
-        let cipher = ChaCha20Poly1305::new(&Array::from(*mk));
-        let tag = cipher
-            .encrypt_inout_detached(&Array::from(to12(nonce)), &self.aad, body.into())
-            .map_err(|_| RatchetError::CounterExhausted)?;
+        let tag = aead::seal(&mk, &to12(nonce), &self.aad, body);
         tag_out.copy_from_slice(&tag);
         Ok((header, out))
     }
@@ -348,20 +343,13 @@ impl Ratchet {
         self.fill_aad(header);
         let (nonce, rest) = data.split_at(NONCE_LEN);
         let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let tag: &[u8; TAG_LEN] = tag
+            .try_into()
+            .map_err(|_| RatchetError::AuthenticationFailed)?;
         let mut pt = body.to_vec();
-        let cipher = ChaCha20Poly1305::new(&Array::from(*mk));
-        let tag = Array::try_from(tag).map_err(|_| RatchetError::AuthenticationFailed)?;
-        match cipher.decrypt_inout_detached(
-            &Array::from(to12(nonce)),
-            &self.aad,
-            pt.as_mut_slice().into(),
-            &tag,
-        ) {
+        match aead::open(mk, &to12(nonce), &self.aad, &mut pt, tag) {
             Ok(()) => Ok(pt),
-            Err(_) => {
-                pt.zeroize();
-                Err(RatchetError::AuthenticationFailed)
-            }
+            Err(_) => Err(RatchetError::AuthenticationFailed),
         }
     }
 

@@ -92,15 +92,39 @@ pub fn decode(s: &str) -> Result<Vec<u8>, B64Error> {
     if body.len() % 4 == 1 {
         return Err(B64Error::BadLength(bytes.len()));
     }
-    let mut vals = Vec::with_capacity(body.len());
-    for (i, &c) in body.iter().enumerate() {
+    // One pass: four characters to three bytes, no intermediate buffer.
+    let mut out = Vec::with_capacity(body.len() / 4 * 3 + 2);
+    let mut quads = body.chunks_exact(4);
+    for (q, c) in (&mut quads).enumerate() {
+        let (a, b, cc, d) = (
+            DECODE[c[0] as usize],
+            DECODE[c[1] as usize],
+            DECODE[c[2] as usize],
+            DECODE[c[3] as usize],
+        );
+        // Valid values are below 64; INVALID (0xFF) sets the high bits.
+        if (a | b | cc | d) & 0xC0 != 0 {
+            let bad = c
+                .iter()
+                .position(|&x| DECODE[x as usize] == INVALID)
+                .unwrap_or(0);
+            return Err(B64Error::BadChar(q * 4 + bad));
+        }
+        let n = (a as u32) << 18 | (b as u32) << 12 | (cc as u32) << 6 | d as u32;
+        out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+    }
+    let rem = quads.remainder();
+    let base = body.len() - rem.len();
+    let mut vals = [0u8; 3];
+    for (i, &c) in rem.iter().enumerate() {
         let v = DECODE[c as usize];
         if v == INVALID {
-            return Err(B64Error::BadChar(i));
+            return Err(B64Error::BadChar(base + i));
         }
-        vals.push(v);
+        vals[i] = v;
     }
-    Ok(pack(&vals))
+    out.extend_from_slice(&pack(&vals[..rem.len()]));
+    Ok(out)
 }
 
 /// Node-style lenient decode: characters outside both alphabets are skipped,
@@ -147,4 +171,36 @@ fn pack(vals: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&n.to_be_bytes()[1..1 + take]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_alphabets_padding_and_errors() {
+        for len in 0..70usize {
+            let data: Vec<u8> = (0..len as u8)
+                .map(|i| i.wrapping_mul(37).wrapping_add(250))
+                .collect();
+            let std = encode_std(&data);
+            let url = encode_url(&data);
+            assert_eq!(decode(&std).unwrap(), data);
+            assert_eq!(decode(&url).unwrap(), data);
+            assert_eq!(decode(std.trim_end_matches('=')).unwrap(), data);
+            assert_eq!(decode_lenient(&url), data);
+        }
+        assert_eq!(decode("ab*d"), Err(B64Error::BadChar(2)));
+        assert_eq!(decode("abcde*"), Err(B64Error::BadChar(5)));
+        assert_eq!(decode("abcde"), Err(B64Error::BadLength(5)));
+        assert_eq!(decode("ab==="), Err(B64Error::BadLength(5)));
+        assert_eq!(decode("a=bc"), Err(B64Error::BadChar(1)));
+        assert_eq!(
+            decode_array::<4>("AAAA"),
+            Err(B64Error::WrongSize {
+                expected: 4,
+                actual: 3
+            })
+        );
+    }
 }
