@@ -103,4 +103,5 @@ fi
 [ -x node_modules/.bin/jco ] || die "node_modules/.bin/jco missing after npm install"
 echo "    jco $(node_modules/.bin/jco --version)"
 
+bash scripts/setup-venv.sh </dev/null || die "scripts/setup-venv.sh failed"
 echo "setup.sh: ok"

@@ -1,0 +1,401 @@
+// The `kars-mesh` command line: one engine tool call per invocation, on the
+// same engine and state directory as the plugin (js-host/ENGINE.md).
+//
+//   import { main } from './cli.js';
+//   process.exitCode = await main(process.argv.slice(2));
+//
+// Exit codes: 0 ok; 1 the tool reported an error; 2 usage error; 3 the relay
+// or registry could not be reached, or the state directory is unusable.
+
+import os from 'node:os';
+import path from 'node:path';
+import { readFileSync } from 'node:fs';
+import { StateDirError } from './storage-fs.js';
+
+export const EXIT = Object.freeze({ OK: 0, TOOL_ERROR: 1, USAGE: 2, UNREACHABLE: 3, INTERRUPTED: 130 });
+
+const DEFAULT_RELAY = 'http://127.0.0.1:8083';
+const DEFAULT_REGISTRY = 'http://127.0.0.1:8082';
+const CALL_TIMEOUT_MS = 120_000;
+
+const GLOBAL_HELP = `Global flags (before or after the command):
+  --relay URL       relay base URL     (env KARS_MESH_RELAY, default ${DEFAULT_RELAY})
+  --registry URL    registry base URL  (env KARS_MESH_REGISTRY, default ${DEFAULT_REGISTRY})
+  --state DIR       state directory    (env KARS_MESH_STATE, default ~/.kars-mesh)
+  --name NAME       display name, registered as a capability
+  --json            print the whole tool result as JSON
+  -v, --verbose     print the core's log lines to stderr
+  -h, --help        show help`;
+
+const COMMANDS = {
+  id: {
+    tool: 'mesh_identity',
+    usage: 'kars-mesh id',
+    summary: "show this agent's DID and AMID",
+    help: `Show this agent's identity (created on first use in the state directory).`,
+    flags: [],
+    positional: [],
+    args: () => ({}),
+  },
+  register: {
+    tool: 'mesh_register',
+    usage: 'kars-mesh register',
+    summary: 'register with the registry and upload prekeys',
+    help: `Register this agent with the registry (if not yet registered) and upload
+fresh prekeys so that other agents can open encrypted sessions to it.`,
+    flags: [],
+    positional: [],
+    args: () => ({}),
+  },
+  send: {
+    tool: 'mesh_send',
+    usage: 'kars-mesh send <did> <text|json>',
+    summary: 'send an end-to-end encrypted message',
+    help: `Send a message to another agent. If the message parses as a JSON object it
+is sent as is; otherwise it is sent as {"type":"message","content":<text>}.
+Several words are joined with spaces; put -- before a message starting with -.
+
+Examples:
+  kars-mesh send did:mesh:0123... "hello there"
+  kars-mesh send did:mesh:0123... '{"type":"task","content":"summarise"}'`,
+    flags: [],
+    positional: ['did', 'message'],
+    args: (pos) => {
+      const text = pos.slice(1).join(' ');
+      let message = { type: 'message', content: text };
+      try {
+        const parsed = JSON.parse(text);
+        if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) message = parsed;
+      } catch {
+        /* plain text */
+      }
+      return { to: pos[0], message };
+    },
+  },
+  inbox: {
+    tool: 'mesh_inbox',
+    usage: 'kars-mesh inbox [--wait SECONDS] [--from DID] [--limit N] [--peek]',
+    synopsis: 'inbox [--wait SECONDS]',
+    summary: 'read received messages',
+    help: `Read received messages (they are marked read unless --peek).
+  --wait SECONDS   if nothing is unread, wait up to SECONDS for a message
+  --from DID       only messages from this agent
+  --limit N        at most N messages
+  --peek           do not mark them read`,
+    flags: ['wait', 'from', 'limit', 'peek'],
+    positional: [],
+    args: (_pos, f) => {
+      const a = {};
+      if (f.wait !== undefined) a.wait_seconds = f.wait;
+      if (f.from !== undefined) a.from = f.from;
+      if (f.limit !== undefined) a.limit = f.limit;
+      if (f.peek) a.peek = true;
+      return a;
+    },
+  },
+  discover: {
+    tool: 'discover',
+    usage: 'kars-mesh discover <capability> [--limit N]',
+    synopsis: 'discover <capability>',
+    summary: 'find agents offering a capability',
+    help: `Find agents in the registry that offer a capability.
+  --limit N        at most N agents`,
+    flags: ['limit'],
+    positional: ['capability'],
+    args: (pos, f) => {
+      const a = { capability: pos[0] };
+      if (f.limit !== undefined) a.limit = f.limit;
+      return a;
+    },
+  },
+};
+
+// flag name -> { value: needs a value?, global: allowed with every command? }
+const FLAGS = {
+  relay: { value: true, global: true },
+  registry: { value: true, global: true },
+  state: { value: true, global: true },
+  name: { value: true, global: true },
+  json: { value: false, global: true },
+  verbose: { value: false, global: true },
+  help: { value: false, global: true },
+  version: { value: false, global: true },
+  wait: { value: true },
+  from: { value: true },
+  limit: { value: true },
+  peek: { value: false },
+};
+const SHORT = { h: 'help', v: 'verbose' };
+
+function mainUsage() {
+  const synopsis = (c) => c.synopsis ?? c.usage.slice('kars-mesh '.length);
+  const width = Math.max(...Object.values(COMMANDS).map((c) => synopsis(c).length));
+  const lines = Object.values(COMMANDS).map((c) => `  ${synopsis(c).padEnd(width)}  ${c.summary}`);
+  return `Usage: kars-mesh [flags] <command> [args]
+
+kars-mesh talks to other agents of an AgentMesh (relay + registry) with
+end-to-end encryption, using the identity kept in the state directory.
+
+Commands:
+${lines.join('\n')}
+  help [command]${' '.repeat(Math.max(0, width - 'help [command]'.length))}  help for a command
+
+${GLOBAL_HELP}
+
+Exit codes: 0 ok, 1 the mesh reported an error, 2 usage error,
+3 relay/registry unreachable or state directory problem.`;
+}
+
+function commandUsage(name) {
+  const c = COMMANDS[name];
+  return `Usage: ${c.usage} [flags]\n\n${c.help}\n\n${GLOBAL_HELP}`;
+}
+
+class UsageError extends Error {
+  constructor(message, command) {
+    super(message);
+    this.command = command;
+  }
+}
+
+/** Parse argv into { command, positional, flags }. Throws UsageError. */
+export function parseArgs(argv) {
+  const flags = {};
+  const positional = [];
+  let command;
+  let rest = false;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (rest || arg === '-' || !arg.startsWith('-')) {
+      if (command === undefined && !rest) command = arg;
+      else positional.push(arg);
+      continue;
+    }
+    if (arg === '--') {
+      rest = true;
+      continue;
+    }
+    let name;
+    let value;
+    if (arg.startsWith('--')) {
+      const eq = arg.indexOf('=');
+      name = eq === -1 ? arg.slice(2) : arg.slice(2, eq);
+      if (eq !== -1) value = arg.slice(eq + 1);
+    } else {
+      name = SHORT[arg.slice(1)];
+      if (!name) throw new UsageError(`unknown flag ${arg}`, command);
+    }
+    const spec = FLAGS[name];
+    if (!spec) throw new UsageError(`unknown flag --${name}`, command);
+    if (spec.value) {
+      if (value === undefined) {
+        // `--wait --json` is a forgotten value, not a value "--json" (use --name=--x for that).
+        if (i + 1 >= argv.length || argv[i + 1].startsWith('--')) throw new UsageError(`--${name} needs a value`, command);
+        value = argv[++i];
+      }
+      flags[name] = value;
+    } else {
+      if (value !== undefined) throw new UsageError(`--${name} takes no value`, command);
+      flags[name] = true;
+    }
+  }
+  if (command === undefined && rest) command = positional.shift();
+  return { command, positional, flags };
+}
+
+function checkUrl(flag, value) {
+  let u;
+  try {
+    u = new URL(value);
+  } catch {
+    throw new UsageError(`${flag} must be a URL like http://127.0.0.1:8083, not ${JSON.stringify(value)}`);
+  }
+  if (!['http:', 'https:', 'ws:', 'wss:'].includes(u.protocol)) {
+    throw new UsageError(`${flag} must be an http(s) or ws(s) URL, not ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+function nonNegative(flag, value, { integer = false } = {}) {
+  const n = Number(value);
+  if (value === '' || !Number.isFinite(n) || n < 0 || (integer && !Number.isInteger(n))) {
+    throw new UsageError(`${flag} must be a ${integer ? 'whole ' : ''}number ≥ 0, not ${JSON.stringify(value)}`);
+  }
+  return n;
+}
+
+/** Build the invocation from argv and the environment. Throws UsageError; returns { help } or { run }. */
+export function plan(argv, env = process.env) {
+  const { command: rawCommand, positional, flags } = parseArgs(argv);
+  let command = rawCommand;
+  if (command === 'help') {
+    const topic = positional[0];
+    if (topic === undefined) return { help: mainUsage() };
+    if (!COMMANDS[topic]) throw new UsageError(`unknown command "${topic}"`);
+    return { help: commandUsage(topic) };
+  }
+  if (flags.version) return { version: true };
+  if (command === undefined) {
+    if (flags.help) return { help: mainUsage() };
+    throw new UsageError('no command given');
+  }
+  if (!Object.hasOwn(COMMANDS, command)) throw new UsageError(`unknown command "${command}"`);
+  const spec = COMMANDS[command];
+  if (flags.help) return { help: commandUsage(command) };
+  for (const f of Object.keys(flags)) {
+    if (!FLAGS[f].global && !spec.flags.includes(f)) {
+      throw new UsageError(`--${f} does not apply to "${command}"`, command);
+    }
+  }
+  if (positional.length < spec.positional.length) {
+    const missing = spec.positional.slice(positional.length).map((p) => `<${p}>`).join(' ');
+    throw new UsageError(`missing ${missing}`, command);
+  }
+  // `send` joins the words of its message; the others take exactly their arguments.
+  if (command !== 'send' && positional.length > spec.positional.length) {
+    throw new UsageError(`unexpected argument ${JSON.stringify(positional[spec.positional.length])}`, command);
+  }
+  if (spec.positional.length && positional.slice(0, spec.positional.length).some((p) => p === '')) {
+    throw new UsageError(`empty ${spec.positional.map((p) => `<${p}>`).join(' or ')}`, command);
+  }
+  const parsed = { ...flags };
+  if (flags.wait !== undefined) parsed.wait = nonNegative('--wait', flags.wait);
+  if (flags.limit !== undefined) parsed.limit = nonNegative('--limit', flags.limit, { integer: true });
+
+  const relayUrl = checkUrl(flags.relay !== undefined ? '--relay' : 'KARS_MESH_RELAY', flags.relay ?? (env.KARS_MESH_RELAY || DEFAULT_RELAY));
+  const registryUrl = checkUrl(
+    flags.registry !== undefined ? '--registry' : 'KARS_MESH_REGISTRY',
+    flags.registry ?? (env.KARS_MESH_REGISTRY || DEFAULT_REGISTRY),
+  );
+  const stateRaw = flags.state ?? (env.KARS_MESH_STATE || path.join(os.homedir(), '.kars-mesh'));
+  if (!stateRaw) throw new UsageError('--state needs a directory', command);
+  const stateDir = path.resolve(stateRaw.replace(/^~(?=$|[\\/])/, os.homedir()));
+  if (flags.name !== undefined && !flags.name.trim()) throw new UsageError('--name must not be empty', command);
+
+  return {
+    run: {
+      command,
+      tool: spec.tool,
+      args: spec.args(positional, parsed),
+      json: !!flags.json,
+      verbose: !!flags.verbose,
+      waitSeconds: parsed.wait ?? 0,
+      node: { stateDir, relayUrl, registryUrl, name: flags.name },
+    },
+  };
+}
+
+function version() {
+  try {
+    return JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+function resultText(result) {
+  const texts = Array.isArray(result?.content)
+    ? result.content.filter((c) => c && c.type === 'text' && typeof c.text === 'string').map((c) => c.text)
+    : [];
+  return texts.length ? texts.join('\n') : JSON.stringify(result);
+}
+
+function isErrorResult(result) {
+  const first = result?.content?.[0]?.text;
+  return (typeof first === 'string' && first.startsWith('❌')) || result?.details?.mesh?.error != null;
+}
+
+/**
+ * Run the CLI. Returns the exit code; never calls process.exit.
+ * @param {string[]} argv  arguments after the program name
+ * @param {{ stdout?: {write(s:string):any}, stderr?: {write(s:string):any}, env?: object, signal?: AbortSignal,
+ *           createNodeImpl?: Function }} [io]  createNodeImpl: tests only
+ */
+export async function main(
+  argv,
+  { stdout = process.stdout, stderr = process.stderr, env = process.env, signal, createNodeImpl } = {},
+) {
+  const out = (s) => stdout.write(s.endsWith('\n') ? s : s + '\n');
+  const err = (s) => stderr.write(s.endsWith('\n') ? s : s + '\n');
+
+  let p;
+  try {
+    p = plan(argv, env);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    err(`kars-mesh: ${e.message}\n`);
+    err(e.command && COMMANDS[e.command] ? commandUsage(e.command) : mainUsage());
+    return EXIT.USAGE;
+  }
+  if (p.help) {
+    out(p.help);
+    return EXIT.OK;
+  }
+  if (p.version) {
+    out(`kars-mesh ${version()}`);
+    return EXIT.OK;
+  }
+  const run = p.run;
+  const log = (level, message) => {
+    if (run.verbose || level === 'warn' || level === 'error') err(`kars-mesh ${level}: ${message}`);
+  };
+
+  // Loaded only to run a command: help and usage errors stay instant.
+  let createNode;
+  let NodeError;
+  try {
+    ({ createNode, NodeError } = await import('./node-host.js'));
+  } catch (e) {
+    err(`kars-mesh: cannot load the kars-mesh core: ${e?.message ?? e}`);
+    err('kars-mesh: the built core (js-host/gen/) is missing or broken; run `bash scripts/build.sh` (or reinstall the package)');
+    return EXIT.UNREACHABLE;
+  }
+  let node;
+  try {
+    node = await (createNodeImpl ?? createNode)({ ...run.node, log });
+  } catch (e) {
+    if (e instanceof StateDirError) {
+      err(`kars-mesh: ${e.message}`);
+      return EXIT.UNREACHABLE;
+    }
+    err(`kars-mesh: cannot start: ${e?.message ?? e}`);
+    if (e instanceof NodeError && e.code === 'KARS_MESH_CORE_LOAD') {
+      err('kars-mesh: the built core is missing or broken; run `bash scripts/build.sh` (or reinstall the package)');
+    }
+    return EXIT.UNREACHABLE;
+  }
+
+  const ctl = new AbortController();
+  const onAbort = () => ctl.abort(signal.reason);
+  signal?.addEventListener('abort', onAbort, { once: true });
+  const failuresBefore = node.ioFailures;
+  let code;
+  try {
+    const result = await node.callTool(run.tool, run.args, {
+      signal: ctl.signal,
+      timeoutMs: CALL_TIMEOUT_MS + run.waitSeconds * 1000,
+    });
+    const failed = isErrorResult(result);
+    if (run.json) out(JSON.stringify(result, null, 2));
+    else if (failed) err(resultText(result));
+    else out(resultText(result));
+    if (!failed) code = EXIT.OK;
+    // A tool error while the host saw the network fail: relay/registry unreachable.
+    else code = node.ioFailures > failuresBefore ? EXIT.UNREACHABLE : EXIT.TOOL_ERROR;
+  } catch (e) {
+    if (ctl.signal.aborted) {
+      err('kars-mesh: interrupted');
+      code = EXIT.INTERRUPTED;
+    } else if (e instanceof NodeError && e.code === 'KARS_MESH_TIMEOUT') {
+      err(`kars-mesh: ${e.message}; is the relay/registry reachable? (${run.node.relayUrl}, ${run.node.registryUrl})`);
+      code = EXIT.UNREACHABLE;
+    } else {
+      err(`kars-mesh: ${e?.message ?? e}`);
+      code = EXIT.TOOL_ERROR;
+    }
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+    await node.stop();
+  }
+  return code;
+}

@@ -1,0 +1,498 @@
+// Durable file storage for the Node host: one state directory per identity.
+//
+//   <dir>/            mode 0700
+//   <dir>/lock        pid of the process using the directory (single instance)
+//   <dir>/state.key   32 random bytes, mode 0600: the key the core seals records with
+//   <dir>/records/    one file per storage key, mode 0600
+//
+//   import { openStateDir } from './storage-fs.js';
+//   const store = openStateDir('/home/me/.kars-mesh');   // creates, locks, indexes
+//   store.stateKey();                                   // Uint8Array(32)
+//   store.get(key) / store.list(prefix) / store.set(key, bytes) / store.delete(key)
+//   store.close();                                      // releases the lock
+//
+// Writes are durable when `set`/`delete` return: temp file in the same
+// directory, fsync, rename over the old file, fsync the directory. A crash
+// leaves either the old or the new record, never a torn one.
+//
+// Record file names are the keys escaped reversibly: bytes outside
+// [a-z0-9._-] become %XX (uppercase hex of the UTF-8 bytes), so '/' is %2F,
+// '%' is %25 and upper-case letters are escaped too (distinct keys stay
+// distinct on case-insensitive file systems). A leading '.' is escaped, so no
+// record is hidden or named '.'/'..', and temp files ('.tmp-*') never collide
+// with records. The empty key is stored as '%'.
+//
+// All functions here are synchronous: the core's host imports are synchronous,
+// and `store` must land before the next command is carried out.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+
+const RECORDS = 'records';
+const STATE_KEY = 'state.key';
+const LOCK = 'lock';
+const STATE_KEY_LEN = 32;
+const MAX_NAME = 255;
+const isWindows = process.platform === 'win32';
+
+/** An error about the state directory that a user can act on (CLI exit code 3). */
+export class StateDirError extends Error {
+  constructor(message, { cause, code } = {}) {
+    super(message, cause ? { cause } : undefined);
+    this.name = 'StateDirError';
+    this.code = code ?? 'KARS_MESH_STATE_DIR';
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Key escaping
+
+const SAFE = /^[a-z0-9._-]$/;
+
+/** Storage key -> record file name (reversible, see the header). */
+export function encodeKey(key) {
+  if (typeof key !== 'string') throw new TypeError('storage key must be a string');
+  if (key === '') return '%';
+  let out = '';
+  const bytes = Buffer.from(key, 'utf8');
+  // Walk characters for the safe set (all ASCII), bytes for the rest.
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i];
+    const ch = b < 0x80 ? String.fromCharCode(b) : '';
+    if (ch && SAFE.test(ch) && !(i === 0 && ch === '.')) out += ch;
+    else out += '%' + b.toString(16).toUpperCase().padStart(2, '0');
+  }
+  return out;
+}
+
+/** Record file name -> storage key, or undefined for a name this module did not write. */
+export function decodeKey(name) {
+  if (name === '%') return '';
+  if (name === '' || !/^(?:[a-z0-9._-]|%[0-9A-F]{2})+$/.test(name) || name.startsWith('.')) return undefined;
+  const bytes = [];
+  for (let i = 0; i < name.length; ) {
+    if (name[i] === '%') {
+      bytes.push(parseInt(name.slice(i + 1, i + 3), 16));
+      i += 3;
+    } else {
+      bytes.push(name.charCodeAt(i));
+      i += 1;
+    }
+  }
+  const buf = Buffer.from(bytes);
+  const key = buf.toString('utf8');
+  // Only canonical encodings round-trip (rejects invalid UTF-8 and over-escaping).
+  return encodeKey(key) === name ? key : undefined;
+}
+
+// ---------------------------------------------------------------------------
+// Small fs helpers
+
+function fsyncDir(dir) {
+  if (isWindows) return; // directories cannot be opened for fsync there
+  let fd;
+  try {
+    fd = fs.openSync(dir, 'r');
+    fs.fsyncSync(fd);
+  } catch (e) {
+    // Some file systems refuse fsync on a directory; the rename is still atomic.
+    if (!['EINVAL', 'ENOTSUP', 'EISDIR', 'EPERM', 'EBADF'].includes(e.code)) throw e;
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
+function writeAllSync(fd, bytes) {
+  let off = 0;
+  while (off < bytes.byteLength) off += fs.writeSync(fd, bytes, off, bytes.byteLength - off);
+}
+
+function tempName(dir) {
+  return path.join(dir, `.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+}
+
+/** Write `bytes` to a fresh 0600 temp file in `dir`, fsynced; returns its path. */
+function writeTemp(dir, bytes) {
+  const tmp = tempName(dir);
+  const fd = fs.openSync(tmp, 'wx', 0o600);
+  try {
+    writeAllSync(fd, bytes);
+    fs.fsyncSync(fd);
+  } catch (e) {
+    fs.closeSync(fd);
+    try { fs.unlinkSync(tmp); } catch { /* best effort */ }
+    throw e;
+  }
+  fs.closeSync(fd);
+  return tmp;
+}
+
+/**
+ * Create `target` exclusively with the given content, atomically: the file
+ * never exists half-written (temp file + hard link, which fails if the target
+ * exists). Falls back to an O_EXCL create where hard links are unsupported.
+ * Returns false if the target already exists.
+ */
+function createExclusive(dir, target, bytes) {
+  const tmp = writeTemp(dir, bytes);
+  try {
+    fs.linkSync(tmp, target);
+  } catch (e) {
+    if (e.code === 'EEXIST') return false;
+    if (!['EPERM', 'ENOTSUP', 'ENOSYS', 'EOPNOTSUPP', 'EXDEV', 'EMLINK'].includes(e.code)) throw e;
+    // No hard links: plain exclusive create.
+    let fd;
+    try {
+      fd = fs.openSync(target, 'wx', 0o600);
+    } catch (e2) {
+      if (e2.code === 'EEXIST') return false;
+      throw e2;
+    }
+    try {
+      writeAllSync(fd, bytes);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } finally {
+    try { fs.unlinkSync(tmp); } catch { /* best effort */ }
+  }
+  fsyncDir(dir);
+  return true;
+}
+
+function modeString(mode) {
+  return '0' + (mode & 0o777).toString(8);
+}
+
+function ensurePrivateDir(dir, what) {
+  try {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new StateDirError(`cannot create ${what} ${dir}: ${e.message}`, { cause: e });
+  }
+  let st;
+  try {
+    st = fs.statSync(dir);
+  } catch (e) {
+    throw new StateDirError(`cannot read ${what} ${dir}: ${e.message}`, { cause: e });
+  }
+  if (!st.isDirectory()) throw new StateDirError(`${what} ${dir} exists but is not a directory`);
+  if (!isWindows && (st.mode & 0o077) !== 0) {
+    // Tighten a directory we own (e.g. made by a plain `mkdir`); refuse one we do not.
+    if (typeof process.getuid === 'function' && st.uid !== process.getuid()) {
+      throw new StateDirError(
+        `${what} ${dir} is accessible by group/others (mode ${modeString(st.mode)}) and owned by another user; use a private directory (chmod 700)`,
+      );
+    }
+    try {
+      fs.chmodSync(dir, 0o700);
+    } catch (e) {
+      throw new StateDirError(`cannot make ${what} ${dir} private (chmod 700): ${e.message}`, { cause: e });
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Single-instance lock
+
+/** Lock files held by this process (absolute path -> true), released on exit. */
+const heldLocks = new Set();
+let exitHookInstalled = false;
+
+function installExitHook() {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const lockPath of heldLocks) releaseLockFile(lockPath);
+  });
+}
+
+function readLockPid(lockPath) {
+  let text;
+  try {
+    text = fs.readFileSync(lockPath, 'utf8');
+  } catch (e) {
+    if (e.code === 'ENOENT') return undefined;
+    throw e;
+  }
+  const pid = Number.parseInt(text.trim(), 10);
+  return Number.isSafeInteger(pid) && pid > 0 ? pid : NaN;
+}
+
+function pidAlive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return e.code === 'EPERM'; // exists, owned by someone else
+  }
+}
+
+function releaseLockFile(lockPath) {
+  heldLocks.delete(lockPath);
+  try {
+    if (readLockPid(lockPath) === process.pid) {
+      fs.unlinkSync(lockPath);
+      fsyncDir(path.dirname(lockPath));
+    }
+  } catch {
+    /* best effort: a stale lock is taken over on the next start */
+  }
+}
+
+/**
+ * Take `<dir>/lock` for this process. A lock whose pid is not alive (or is our
+ * own pid without this process holding it, as after a container restart) is
+ * stale and taken over. Returns `{ path, release() }`.
+ */
+export function acquireLock(dir) {
+  const lockPath = path.resolve(dir, LOCK);
+  if (heldLocks.has(lockPath)) throw inUse(dir, process.pid, lockPath);
+  const content = Buffer.from(`${process.pid}\n`);
+  for (let attempt = 0; attempt < 5; attempt++) {
+    let created;
+    try {
+      created = createExclusive(dir, lockPath, content);
+    } catch (e) {
+      throw new StateDirError(`cannot create lock file ${lockPath}: ${e.message}`, { cause: e });
+    }
+    if (created) {
+      heldLocks.add(lockPath);
+      installExitHook();
+      return { path: lockPath, release: () => releaseLockFile(lockPath) };
+    }
+    let pid;
+    try {
+      pid = readLockPid(lockPath);
+    } catch (e) {
+      throw new StateDirError(`cannot read lock file ${lockPath}: ${e.message}`, { cause: e });
+    }
+    if (pid === undefined) continue; // vanished meanwhile: try again
+    const stale = Number.isNaN(pid) || (pid === process.pid ? !heldLocks.has(lockPath) : !pidAlive(pid));
+    if (!stale) throw inUse(dir, pid, lockPath);
+    // Take over: move the stale file aside, check it is the one we judged stale.
+    const aside = `${lockPath}.stale-${process.pid}-${randomBytes(4).toString('hex')}`;
+    try {
+      fs.renameSync(lockPath, aside);
+    } catch (e) {
+      if (e.code === 'ENOENT') continue;
+      throw new StateDirError(`cannot take over stale lock ${lockPath}: ${e.message}`, { cause: e });
+    }
+    const moved = readLockPid(aside);
+    if (Object.is(moved, pid) || (Number.isNaN(moved) && Number.isNaN(pid))) {
+      fs.rmSync(aside, { force: true });
+    } else {
+      // Another process replaced the stale lock with a live one in between: put it back.
+      try {
+        fs.linkSync(aside, lockPath);
+      } catch { /* someone holds it now anyway */ }
+      fs.rmSync(aside, { force: true });
+    }
+  }
+  throw new StateDirError(`could not take the lock ${lockPath} (other processes keep changing it); try again`);
+}
+
+function inUse(dir, pid, lockPath) {
+  return new StateDirError(
+    `state directory ${dir} is in use by process ${pid} (one process per identity: the relay allows one connection per agent). ` +
+      `If no kars-mesh process has that pid, remove ${lockPath}.`,
+    { code: 'KARS_MESH_STATE_LOCKED' },
+  );
+}
+
+// ---------------------------------------------------------------------------
+// State key
+
+/**
+ * The 32-byte state sealing key in `<dir>/state.key`, created once (0600,
+ * exclusive create). Refuses a key file of the wrong size or readable by
+ * group/others. With `create: false` a missing file is an error.
+ */
+export function loadStateKey(dir, { create = true, recordCount = 0 } = {}) {
+  const keyPath = path.resolve(dir, STATE_KEY);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    let fd;
+    try {
+      fd = fs.openSync(keyPath, fs.constants.O_RDONLY | (fs.constants.O_NOFOLLOW ?? 0));
+    } catch (e) {
+      if (e.code === 'ELOOP') throw new StateDirError(`state key ${keyPath} is a symbolic link; it must be a regular file`);
+      if (e.code !== 'ENOENT') throw new StateDirError(`cannot read state key ${keyPath}: ${e.message}`, { cause: e });
+      if (!create) throw new StateDirError(`state key ${keyPath} is missing`);
+      if (recordCount > 0) {
+        throw new StateDirError(
+          `state key ${keyPath} is missing, but ${dir} holds ${recordCount} record(s) sealed with it. ` +
+            `Restore state.key from a backup, or move the directory aside to start a new identity.`,
+        );
+      }
+      const key = randomBytes(STATE_KEY_LEN);
+      let created;
+      try {
+        created = createExclusive(dir, keyPath, key);
+      } catch (e2) {
+        throw new StateDirError(`cannot create state key ${keyPath}: ${e2.message}`, { cause: e2 });
+      } finally {
+        if (!created) key.fill(0);
+      }
+      if (created) return new Uint8Array(key.buffer, key.byteOffset, key.byteLength);
+      continue; // created by someone else meanwhile: read theirs
+    }
+    try {
+      const st = fs.fstatSync(fd);
+      if (!st.isFile()) throw new StateDirError(`state key ${keyPath} is not a regular file`);
+      if (!isWindows && (st.mode & 0o077) !== 0) {
+        throw new StateDirError(
+          `state key ${keyPath} is readable by group/others (mode ${modeString(st.mode)}); ` +
+            `it protects every secret in ${dir}. Run: chmod 600 ${keyPath}`,
+        );
+      }
+      if (st.size !== STATE_KEY_LEN) {
+        throw new StateDirError(
+          `state key ${keyPath} is ${st.size} bytes, expected ${STATE_KEY_LEN}: it is damaged. ` +
+            `Restore it from a backup, or move ${dir} aside to start a new identity.`,
+        );
+      }
+      const key = Buffer.alloc(STATE_KEY_LEN);
+      let off = 0;
+      while (off < STATE_KEY_LEN) {
+        const n = fs.readSync(fd, key, off, STATE_KEY_LEN - off, off);
+        if (n === 0) throw new StateDirError(`state key ${keyPath} is shorter than ${STATE_KEY_LEN} bytes`);
+        off += n;
+      }
+      return new Uint8Array(key.buffer, key.byteOffset, key.byteLength);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  throw new StateDirError(`cannot create or read state key ${keyPath}`);
+}
+
+// ---------------------------------------------------------------------------
+// Records
+
+/**
+ * Open (creating if needed) the records of a state directory without locking
+ * it. Most callers want `openStateDir`, which also takes the lock.
+ */
+export function openRecords(dir) {
+  const root = path.resolve(dir);
+  ensurePrivateDir(root, 'state directory');
+  const recDir = path.join(root, RECORDS);
+  ensurePrivateDir(recDir, 'records directory');
+
+  /** @type {Set<string>} original keys present on disk */
+  const index = new Set();
+  let names;
+  try {
+    names = fs.readdirSync(recDir);
+  } catch (e) {
+    throw new StateDirError(`cannot list ${recDir}: ${e.message}`, { cause: e });
+  }
+  for (const name of names) {
+    if (name.startsWith('.tmp-')) {
+      // Left by a crash between write and rename: the old record is intact.
+      try { fs.unlinkSync(path.join(recDir, name)); } catch { /* ignore */ }
+      continue;
+    }
+    const key = decodeKey(name);
+    if (key !== undefined) index.add(key);
+  }
+
+  function fileOf(key) {
+    const name = encodeKey(key);
+    if (Buffer.byteLength(name) > MAX_NAME) {
+      throw new RangeError(`storage key too long for a file name (${Buffer.byteLength(name)} bytes escaped, max ${MAX_NAME})`);
+    }
+    return path.join(recDir, name);
+  }
+
+  return {
+    dir: root,
+    recordsDir: recDir,
+    /** Number of records (used to refuse creating a new state key over old records). */
+    get size() {
+      return index.size;
+    },
+    /** Synchronous read: Uint8Array, or undefined when absent. Throws on I/O errors. */
+    get(key) {
+      if (!index.has(key)) return undefined;
+      try {
+        const buf = fs.readFileSync(fileOf(key));
+        return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+      } catch (e) {
+        if (e.code === 'ENOENT') {
+          index.delete(key); // removed behind our back
+          return undefined;
+        }
+        throw e;
+      }
+    },
+    /** Sorted original keys starting with `prefix`. */
+    list(prefix = '') {
+      const out = [];
+      for (const k of index) if (k.startsWith(prefix)) out.push(k);
+      return out.sort();
+    },
+    /** Durable write: temp file, fsync, rename over, fsync the directory. */
+    set(key, bytes) {
+      if (!(bytes instanceof Uint8Array)) throw new TypeError('storage value must be a Uint8Array');
+      const file = fileOf(key);
+      const tmp = writeTemp(recDir, bytes);
+      try {
+        fs.renameSync(tmp, file);
+      } catch (e) {
+        try { fs.unlinkSync(tmp); } catch { /* ignore */ }
+        throw e;
+      }
+      fsyncDir(recDir);
+      index.add(key);
+    },
+    /** Durable delete: unlink, fsync the directory. Absent keys are fine. */
+    delete(key) {
+      const file = fileOf(key);
+      try {
+        fs.unlinkSync(file);
+      } catch (e) {
+        if (e.code !== 'ENOENT') throw e;
+      }
+      fsyncDir(recDir);
+      index.delete(key);
+    },
+  };
+}
+
+/**
+ * Open a state directory for one process: creates it (0700), takes the
+ * single-instance lock, indexes the records. `stateKey()` loads or creates the
+ * sealing key; `close()` releases the lock.
+ */
+export function openStateDir(dir) {
+  if (!dir || typeof dir !== 'string') throw new StateDirError('no state directory given');
+  const root = path.resolve(dir);
+  ensurePrivateDir(root, 'state directory');
+  const lock = acquireLock(root);
+  let records;
+  try {
+    records = openRecords(root);
+  } catch (e) {
+    lock.release();
+    throw e;
+  }
+  let closed = false;
+  return {
+    ...records,
+    get size() {
+      return records.size;
+    },
+    lockPath: lock.path,
+    stateKey() {
+      return loadStateKey(root, { recordCount: records.size });
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      lock.release();
+    },
+  };
+}

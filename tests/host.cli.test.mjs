@@ -1,0 +1,237 @@
+// bin/kars-mesh: commands, help, usage errors and exit codes (spawned).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { openStateDir } from '../js-host/storage-fs.js';
+import { parseArgs, plan } from '../js-host/cli.js';
+
+const BIN = fileURLToPath(new URL('../bin/kars-mesh', import.meta.url));
+
+function tmp(t) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kars-mesh-cli-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Run the CLI with a private HOME and no KARS_MESH_* settings from the caller. */
+function run(args, { home, env = {} } = {}) {
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KARS_MESH_')));
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env: { ...clean, HOME: home ?? os.tmpdir(), USERPROFILE: home ?? os.tmpdir(), ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
+
+test('id prints a DID and exits 0; the DID is stable across runs', async (t) => {
+  const dir = tmp(t);
+  const state = path.join(dir, 'state');
+  const a = await run(['id', '--state', state], { home: dir });
+  assert.equal(a.code, 0, a.stderr);
+  const did = a.stdout.match(/did:mesh:[0-9a-f]{32}/)?.[0];
+  assert.ok(did, a.stdout);
+  const b = await run(['--state', state, 'id'], { home: dir });
+  assert.equal(b.code, 0, b.stderr);
+  assert.ok(b.stdout.includes(did));
+  assert.equal(fs.existsSync(path.join(state, 'lock')), false, 'the lock is released on exit');
+});
+
+test('id --json prints the whole tool result', async (t) => {
+  const dir = tmp(t);
+  const r = await run(['id', '--json', `--state=${path.join(dir, 's')}`], { home: dir });
+  assert.equal(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+  assert.match(j.details.mesh.did, /^did:mesh:/);
+  assert.equal(j.content[0].type, 'text');
+});
+
+test('KARS_MESH_STATE is the state directory when --state is not given; default is ~/.kars-mesh', async (t) => {
+  const dir = tmp(t);
+  const viaEnv = path.join(dir, 'from-env');
+  const r = await run(['id'], { home: dir, env: { KARS_MESH_STATE: viaEnv } });
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(fs.existsSync(path.join(viaEnv, 'state.key')));
+  const d = await run(['id'], { home: dir });
+  assert.equal(d.code, 0, d.stderr);
+  assert.ok(fs.existsSync(path.join(dir, '.kars-mesh', 'state.key')));
+});
+
+test('--help and help <command> exit 0 and print usage on stdout', async () => {
+  const r = await run(['--help']);
+  assert.equal(r.code, 0);
+  assert.match(r.stdout, /^Usage: kars-mesh/);
+  for (const c of ['id', 'register', 'send', 'inbox', 'discover']) assert.ok(r.stdout.includes(`  ${c}`), c);
+  assert.match(r.stdout, /KARS_MESH_RELAY/);
+  assert.equal(r.stderr, '');
+  const s = await run(['send', '--help']);
+  assert.equal(s.code, 0);
+  assert.match(s.stdout, /^Usage: kars-mesh send <did> <text\|json>/);
+  const h = await run(['help', 'inbox']);
+  assert.equal(h.code, 0);
+  assert.match(h.stdout, /--wait SECONDS/);
+});
+
+test('unknown command exits 2 with usage on stderr', async () => {
+  const r = await run(['frobnicate']);
+  assert.equal(r.code, 2);
+  assert.equal(r.stdout, '');
+  assert.match(r.stderr, /unknown command "frobnicate"/);
+  assert.match(r.stderr, /Usage: kars-mesh/);
+});
+
+test('usage errors exit 2: no command, missing arguments, bad flags and values', async (t) => {
+  const dir = tmp(t);
+  const cases = [
+    [[], /no command given/],
+    [['send'], /missing <did> <message>/],
+    [['send', 'did:mesh:00'], /missing <message>/],
+    [['discover'], /missing <capability>/],
+    [['id', 'extra'], /unexpected argument "extra"/],
+    [['id', '--bogus'], /unknown flag --bogus/],
+    [['inbox', '--wait', 'soon'], /--wait must be a number/],
+    [['inbox', '--wait'], /--wait needs a value/],
+    [['id', '--wait', '3'], /--wait does not apply to "id"/],
+    [['id', '--relay', 'not a url'], /--relay must be a URL/],
+    [['id', '--registry', 'ftp://x'], /--registry must be an http\(s\) or ws\(s\) URL/],
+  ];
+  const results = await Promise.all(cases.map(([args]) => run([...args, '--state', path.join(dir, 's')], { home: dir })));
+  for (const [i, [args, re]] of cases.entries()) {
+    const r = results[i];
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, re, args.join(' '));
+    assert.match(r.stderr, /Usage: kars-mesh/, args.join(' '));
+  }
+  assert.equal(fs.existsSync(path.join(dir, 's')), false, 'usage errors touch no state');
+});
+
+test('a state directory in use exits 3 with an actionable message', async (t) => {
+  const dir = tmp(t);
+  const state = path.join(dir, 'state');
+  const held = openStateDir(state); // this test process holds it
+  t.after(() => held.close());
+  const r = await run(['id', '--state', state], { home: dir });
+  assert.equal(r.code, 3);
+  assert.match(r.stderr, new RegExp(`in use by process ${process.pid} \\(one process per identity`));
+});
+
+test('a group-readable state key exits 3 and says how to fix it', { skip: process.platform === 'win32' }, async (t) => {
+  const dir = tmp(t);
+  const state = path.join(dir, 'state');
+  assert.equal((await run(['id', '--state', state], { home: dir })).code, 0);
+  fs.chmodSync(path.join(state, 'state.key'), 0o644);
+  const r = await run(['id', '--state', state], { home: dir });
+  assert.equal(r.code, 3);
+  assert.match(r.stderr, /chmod 600/);
+});
+
+test('argument mapping to engine tools', () => {
+  const env = {};
+  const p = (argv) => plan(argv, env).run;
+  assert.deepEqual(p(['id']).tool, 'mesh_identity');
+  assert.deepEqual(p(['register']).tool, 'mesh_register');
+  assert.deepEqual(p(['send', 'did:mesh:ab', 'hello', 'there']).args, {
+    to: 'did:mesh:ab',
+    message: { type: 'message', content: 'hello there' },
+  });
+  assert.deepEqual(p(['send', 'did:mesh:ab', '{"type":"task","x":1}']).args.message, { type: 'task', x: 1 });
+  assert.deepEqual(p(['send', 'did:mesh:ab', '[1,2]']).args.message, { type: 'message', content: '[1,2]' });
+  assert.deepEqual(p(['send', 'did:mesh:ab', '--', '-dash']).args.message, { type: 'message', content: '-dash' });
+  assert.deepEqual(p(['inbox', '--wait', '2.5', '--peek']).args, { wait_seconds: 2.5, peek: true });
+  assert.deepEqual(p(['inbox']).args, {});
+  assert.deepEqual(p(['discover', 'translate', '--limit=3']).args, { capability: 'translate', limit: 3 });
+  assert.equal(p(['discover', 'x']).tool, 'discover');
+  const n = p(['id', '--relay', 'http://r:1', '--registry', 'http://g:2', '--name', 'bob']).node;
+  assert.equal(n.relayUrl, 'http://r:1');
+  assert.equal(n.registryUrl, 'http://g:2');
+  assert.equal(n.name, 'bob');
+  const e = plan(['id'], { KARS_MESH_RELAY: 'http://env-relay:8083', KARS_MESH_REGISTRY: 'http://env-reg:8082', KARS_MESH_STATE: '/tmp/x' }).run.node;
+  assert.deepEqual([e.relayUrl, e.registryUrl, e.stateDir], ['http://env-relay:8083', 'http://env-reg:8082', path.resolve('/tmp/x')]);
+  assert.deepEqual(parseArgs(['--json', 'id', '-v']).flags, { json: true, verbose: true });
+});
+
+// main() in-process with a stand-in node: the exit-code policy.
+import { main, EXIT } from '../js-host/cli.js';
+import { StateDirError } from '../js-host/storage-fs.js';
+
+function sink() {
+  const s = { text: '', write: (x) => { s.text += x; return true; } };
+  return s;
+}
+
+function fakeNode({ result, failIo = false, hang = false } = {}) {
+  const node = {
+    ioFailures: 0,
+    stopped: false,
+    calls: [],
+    async callTool(tool, args, { signal } = {}) {
+      node.calls.push({ tool, args });
+      if (failIo) node.ioFailures++;
+      if (hang) {
+        return new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }));
+      }
+      return result;
+    },
+    async stop() {
+      node.stopped = true;
+    },
+  };
+  return node;
+}
+
+const ok = { content: [{ type: 'text', text: 'sent' }], details: { mesh: { id: 'm1' } } };
+const bad = { content: [{ type: 'text', text: '❌ no such agent' }], details: { mesh: { error: 'no such agent' } } };
+
+async function mainWith(node, argv, opts = {}) {
+  const stdout = sink();
+  const stderr = sink();
+  const code = await main(argv, { stdout, stderr, env: { KARS_MESH_STATE: '/nonexistent/x' }, createNodeImpl: async () => node, ...opts });
+  return { code, stdout: stdout.text, stderr: stderr.text };
+}
+
+test('exit codes: 0 ok, 1 tool error, 3 tool error with unreachable relay/registry or state problem, 130 interrupted', async () => {
+  let n = fakeNode({ result: ok });
+  let r = await mainWith(n, ['send', 'did:mesh:ab', 'hi']);
+  assert.deepEqual([r.code, r.stdout, r.stderr], [EXIT.OK, 'sent\n', '']);
+  assert.deepEqual(n.calls, [{ tool: 'mesh_send', args: { to: 'did:mesh:ab', message: { type: 'message', content: 'hi' } } }]);
+  assert.equal(n.stopped, true);
+
+  r = await mainWith(fakeNode({ result: bad }), ['send', 'did:mesh:ab', 'hi']);
+  assert.deepEqual([r.code, r.stdout, r.stderr], [EXIT.TOOL_ERROR, '', '❌ no such agent\n']);
+
+  r = await mainWith(fakeNode({ result: bad }), ['send', 'did:mesh:ab', 'hi', '--json']);
+  assert.equal(r.code, EXIT.TOOL_ERROR);
+  assert.deepEqual(JSON.parse(r.stdout), bad);
+
+  r = await mainWith(fakeNode({ result: bad, failIo: true }), ['discover', 'x']);
+  assert.equal(r.code, EXIT.UNREACHABLE);
+
+  r = await mainWith(fakeNode({ result: ok, failIo: true }), ['discover', 'x']);
+  assert.equal(r.code, EXIT.OK, 'a transient network failure that the core recovered from is not an error');
+
+  r = await mainWith(null, ['id'], { createNodeImpl: async () => { throw new StateDirError('state directory /x is in use by process 1'); } });
+  assert.equal(r.code, EXIT.UNREACHABLE);
+  assert.match(r.stderr, /in use by process 1/);
+
+  n = fakeNode({ hang: true });
+  const ctl = new AbortController();
+  setTimeout(() => ctl.abort(new Error('SIGINT')), 20);
+  r = await mainWith(n, ['inbox', '--wait', '60'], { signal: ctl.signal });
+  assert.equal(r.code, EXIT.INTERRUPTED);
+  assert.deepEqual(n.calls[0].args, { wait_seconds: 60 });
+  assert.equal(n.stopped, true, 'an interrupted command still stops the node');
+});

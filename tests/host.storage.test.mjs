@@ -1,0 +1,269 @@
+// js-host/storage-fs.js: durable records, modes, key escaping, the state key
+// and the single-instance lock.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import {
+  openStateDir,
+  openRecords,
+  encodeKey,
+  decodeKey,
+  loadStateKey,
+  acquireLock,
+  StateDirError,
+} from '../js-host/storage-fs.js';
+
+const posix = process.platform !== 'win32';
+
+function tmpDir(t) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kars-mesh-storage-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+const mode = (p) => fs.statSync(p).mode & 0o777;
+const bytes = (s) => new Uint8Array(Buffer.from(s));
+
+/** A pid that is certainly not running: a child that has already exited. */
+function deadPid() {
+  const r = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']);
+  return Number(r.stdout.toString());
+}
+
+test('set/get/delete round-trip, durable rename, no temp files left behind', (t) => {
+  const dir = tmpDir(t);
+  const s = openStateDir(path.join(dir, 'state'));
+  t.after(() => s.close());
+  assert.equal(s.get('identity'), undefined);
+  s.set('identity', bytes('one'));
+  assert.deepEqual(Buffer.from(s.get('identity')), Buffer.from('one'));
+  assert.ok(s.get('identity') instanceof Uint8Array);
+
+  const file = path.join(s.recordsDir, 'identity');
+  const inoBefore = fs.statSync(file).ino;
+  s.set('identity', bytes('two'));
+  assert.equal(fs.readFileSync(file, 'utf8'), 'two');
+  assert.notEqual(fs.statSync(file).ino, inoBefore, 'an overwrite is a rename of a new file, not an in-place write');
+  assert.deepEqual(fs.readdirSync(s.recordsDir), ['identity'], 'no temp files remain');
+
+  s.set('empty', new Uint8Array(0));
+  assert.equal(s.get('empty').byteLength, 0);
+
+  s.delete('identity');
+  assert.equal(s.get('identity'), undefined);
+  assert.equal(fs.existsSync(file), false);
+  s.delete('never-existed'); // fine
+  assert.deepEqual(s.list(''), ['empty']);
+});
+
+test('a crash between temp write and rename leaves the old record; the temp file is cleaned up', (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  const s = openStateDir(dir);
+  s.set('sessions/a', bytes('old'));
+  // Simulate the crash: a fully written temp file that was never renamed.
+  fs.writeFileSync(path.join(s.recordsDir, '.tmp-12345-deadbeef0000'), 'new', { mode: 0o600 });
+  s.close();
+  const again = openStateDir(dir);
+  t.after(() => again.close());
+  assert.equal(Buffer.from(again.get('sessions/a')).toString(), 'old');
+  assert.deepEqual(again.list(''), ['sessions/a']);
+  assert.deepEqual(fs.readdirSync(again.recordsDir), [encodeKey('sessions/a')]);
+});
+
+test('modes: state directory and records 0700, files 0600, even with umask 0', { skip: !posix }, (t) => {
+  const old = process.umask(0);
+  t.after(() => process.umask(old));
+  const dir = path.join(tmpDir(t), 'a', 'state');
+  const s = openStateDir(dir);
+  t.after(() => s.close());
+  s.stateKey();
+  s.set('inbox/1', bytes('x'));
+  assert.equal(mode(dir), 0o700);
+  assert.equal(mode(s.recordsDir), 0o700);
+  assert.equal(mode(path.join(s.recordsDir, encodeKey('inbox/1'))), 0o600);
+  assert.equal(mode(path.join(dir, 'state.key')), 0o600);
+  assert.equal(mode(path.join(dir, 'lock')), 0o600);
+});
+
+test('an existing group/other-accessible state directory we own is made private', { skip: !posix }, (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  fs.mkdirSync(dir, { mode: 0o755 });
+  fs.chmodSync(dir, 0o755);
+  const s = openStateDir(dir);
+  t.after(() => s.close());
+  assert.equal(mode(dir), 0o700);
+});
+
+test('key escaping is reversible, file-name safe and case-insensitive safe', () => {
+  const keys = [
+    '', '.', '..', '...', '.hidden', 'identity', 'a/b', 'a%2Fb', '%', '%%', 'A', 'a', 'Aa', 'aA',
+    'sessions/did:mesh:0123abcd', 'inbox/2026-01-01T00:00:00Z/1', 'ünïcødé/🙂', 'with space', '\\back', 'x\0y', '.tmp-1-2',
+  ];
+  const names = new Set();
+  const folded = new Set();
+  for (const k of keys) {
+    const n = encodeKey(k);
+    assert.equal(decodeKey(n), k, `round-trip of ${JSON.stringify(k)}`);
+    assert.ok(!n.includes('/') && !n.includes('\\') && !n.includes('\0'), `no separators in ${n}`);
+    assert.ok(n !== '.' && n !== '..' && !n.startsWith('.'), `not hidden/special: ${n}`);
+    assert.ok(Buffer.byteLength(n) <= 255);
+    names.add(n);
+    folded.add(n.toLowerCase());
+  }
+  assert.equal(names.size, keys.length, 'distinct keys, distinct names');
+  assert.equal(folded.size, keys.length, 'distinct even on a case-insensitive file system');
+  assert.equal(encodeKey('a/b'), 'a%2Fb');
+  assert.equal(encodeKey('%'), '%25');
+  // Names this module never writes are not mistaken for records.
+  for (const foreign of ['.tmp-1-abc', 'Upper', 'a%2fb', '%zz', 'x%', '.dot', '%61', '%FF']) {
+    assert.equal(decodeKey(foreign), undefined, foreign);
+  }
+});
+
+test('list(prefix) returns sorted original keys and survives a reopen', (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  const s = openStateDir(dir);
+  const keys = ['sessions/did:mesh:b', 'sessions/did:mesh:a', 'sessionsX', 'inbox/002', 'inbox/001', 'identity', 'Sessions/upper'];
+  for (const k of keys) s.set(k, bytes(k));
+  assert.deepEqual(s.list('sessions/'), ['sessions/did:mesh:a', 'sessions/did:mesh:b']);
+  assert.deepEqual(s.list('sessions'), ['sessions/did:mesh:a', 'sessions/did:mesh:b', 'sessionsX']);
+  assert.deepEqual(s.list('inbox/'), ['inbox/001', 'inbox/002']);
+  assert.deepEqual(s.list(''), [...keys].sort());
+  assert.deepEqual(s.list('nothing'), []);
+  s.delete('inbox/001');
+  s.close();
+  // A stray file that is not an encoded key is ignored.
+  fs.writeFileSync(path.join(dir, 'records', 'README'), 'x');
+  const again = openStateDir(dir);
+  t.after(() => again.close());
+  assert.deepEqual(again.list('inbox/'), ['inbox/002']);
+  assert.equal(Buffer.from(again.get('sessions/did:mesh:b')).toString(), 'sessions/did:mesh:b');
+  assert.equal(again.get('README'), undefined);
+});
+
+test('over-long keys are refused without touching disk', (t) => {
+  const s = openStateDir(path.join(tmpDir(t), 'state'));
+  t.after(() => s.close());
+  assert.throws(() => s.set('k/'.repeat(200), bytes('x')), /too long/);
+  assert.deepEqual(s.list(''), []);
+});
+
+test('state.key: created once (32 bytes, 0600), then reused', (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  const s = openStateDir(dir);
+  const k1 = s.stateKey();
+  assert.equal(k1.byteLength, 32);
+  assert.ok(k1.some((b) => b !== 0));
+  if (posix) assert.equal(mode(path.join(dir, 'state.key')), 0o600);
+  assert.deepEqual(Buffer.from(s.stateKey()), Buffer.from(k1));
+  s.close();
+  const again = openStateDir(dir);
+  t.after(() => again.close());
+  assert.deepEqual(Buffer.from(again.stateKey()), Buffer.from(k1));
+  assert.deepEqual(fs.readdirSync(dir).sort(), ['lock', 'records', 'state.key'], 'no temp files remain');
+});
+
+test('state.key: refused when the wrong size', (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  fs.mkdirSync(dir, { mode: 0o700 });
+  fs.writeFileSync(path.join(dir, 'state.key'), Buffer.alloc(31, 1), { mode: 0o600 });
+  assert.throws(() => loadStateKey(dir), (e) => e instanceof StateDirError && /is 31 bytes, expected 32/.test(e.message));
+  fs.writeFileSync(path.join(dir, 'state.key'), Buffer.alloc(0));
+  assert.throws(() => loadStateKey(dir), /is 0 bytes/);
+});
+
+test('state.key: refused when readable by group or others', { skip: !posix }, (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  fs.mkdirSync(dir, { mode: 0o700 });
+  const file = path.join(dir, 'state.key');
+  fs.writeFileSync(file, Buffer.alloc(32, 1));
+  for (const m of [0o640, 0o604, 0o644]) {
+    fs.chmodSync(file, m);
+    assert.throws(
+      () => loadStateKey(dir),
+      (e) => e instanceof StateDirError && e.message.includes('readable by group/others') && e.message.includes('chmod 600'),
+    );
+  }
+  fs.chmodSync(file, 0o600);
+  assert.equal(loadStateKey(dir).byteLength, 32);
+});
+
+test('state.key: a symlink is refused', { skip: !posix }, (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  fs.mkdirSync(dir, { mode: 0o700 });
+  const target = path.join(dir, 'elsewhere');
+  fs.writeFileSync(target, Buffer.alloc(32, 1), { mode: 0o600 });
+  fs.symlinkSync(target, path.join(dir, 'state.key'));
+  assert.throws(() => loadStateKey(dir), /symbolic link/);
+});
+
+test('state.key: not silently recreated when sealed records exist', (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  const s = openStateDir(dir);
+  s.stateKey();
+  s.set('identity', bytes('sealed'));
+  fs.unlinkSync(path.join(dir, 'state.key'));
+  assert.throws(() => s.stateKey(), (e) => e instanceof StateDirError && /missing, but .* holds 1 record/.test(e.message));
+  assert.equal(fs.existsSync(path.join(dir, 'state.key')), false);
+  s.close();
+});
+
+test('lock: a second open while the first holds it is refused with the pid', (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  const s = openStateDir(dir);
+  assert.equal(fs.readFileSync(path.join(dir, 'lock'), 'utf8').trim(), String(process.pid));
+  assert.throws(
+    () => openStateDir(dir),
+    (e) =>
+      e instanceof StateDirError &&
+      e.message.startsWith(
+        `state directory ${dir} is in use by process ${process.pid} (one process per identity: the relay allows one connection per agent)`,
+      ),
+  );
+  s.close();
+  assert.equal(fs.existsSync(path.join(dir, 'lock')), false, 'close releases the lock');
+  openStateDir(dir).close();
+});
+
+test('lock: a lock held by another live process is refused', (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  fs.mkdirSync(dir, { mode: 0o700 });
+  const live = process.ppid; // the test runner: alive for the whole test
+  fs.writeFileSync(path.join(dir, 'lock'), `${live}\n`, { mode: 0o600 });
+  assert.throws(() => openStateDir(dir), new RegExp(`in use by process ${live} \\(one process per identity`));
+  assert.equal(fs.readFileSync(path.join(dir, 'lock'), 'utf8').trim(), String(live), 'a live lock is left alone');
+});
+
+test('lock: a stale lock (dead pid, garbage, our own pid from an earlier run) is taken over', (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  fs.mkdirSync(dir, { mode: 0o700 });
+  for (const content of [`${deadPid()}\n`, 'garbage', '', `${process.pid}\n`]) {
+    fs.writeFileSync(path.join(dir, 'lock'), content, { mode: 0o600 });
+    const s = openStateDir(dir);
+    assert.equal(fs.readFileSync(path.join(dir, 'lock'), 'utf8').trim(), String(process.pid), JSON.stringify(content));
+    s.close();
+    assert.equal(fs.existsSync(path.join(dir, 'lock')), false);
+  }
+  assert.deepEqual(fs.readdirSync(dir).filter((n) => n.startsWith('lock') || n.startsWith('.tmp')), []);
+});
+
+test('lock: release does not remove a lock that another process has taken since', (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  fs.mkdirSync(dir, { mode: 0o700 });
+  const lock = acquireLock(dir);
+  fs.writeFileSync(path.join(dir, 'lock'), `${process.ppid}\n`);
+  lock.release();
+  assert.equal(fs.readFileSync(path.join(dir, 'lock'), 'utf8').trim(), String(process.ppid));
+});
+
+test('records without a lock (openRecords) share the same layout', (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  const s = openStateDir(dir);
+  s.set('a/b', bytes('1'));
+  s.close();
+  const r = openRecords(dir);
+  assert.deepEqual(r.list('a/'), ['a/b']);
+});
