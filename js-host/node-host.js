@@ -99,6 +99,7 @@ async function readBodyCapped(res, limit) {
  * @param {string[]} [opts.capabilities]    extra capabilities
  * @param {string[]} [opts.trustedPlaintext] DIDs allowed to send plaintext frames
  * @param {string} [opts.acceptSessions]    session acceptance policy (e.g. "all")
+ * @param {string} [opts.relayToken]        the relay's AGENTMESH_RELAY_TOKEN, if it has one
  * @param {(level:string, message:string)=>void} [opts.log] receives the core's log lines
  *        and a few host diagnostics (never secrets, URLs or frames)
  * @param {number} [opts.stopTimeoutMs=1500] how long stop() waits for sockets to close
@@ -118,6 +119,7 @@ export async function createNode({
   capabilities,
   trustedPlaintext,
   acceptSessions,
+  relayToken = process.env.KARS_MESH_RELAY_TOKEN,
   log = defaultLog,
   stopTimeoutMs = DEFAULT_STOP_TIMEOUT_MS,
   // Tests only: a replacement for core.js's loadCore (e.g. a scripted engine).
@@ -630,6 +632,7 @@ export async function createNode({
   if (capabilities != null) config.capabilities = capabilities;
   if (trustedPlaintext != null) config.trusted_plaintext = trustedPlaintext;
   if (acceptSessions != null) config.accept_sessions = acceptSessions;
+  if (relayToken) config.relay_token = relayToken;
 
   dispatch({ tag: 'start', val: JSON.stringify(config) });
   config.state_key = undefined;

@@ -120,7 +120,7 @@ impl Toolkit {
 
     pub fn connect_frame(&self, id: u32, timestamp: &str) -> Result<String, ToolkitError> {
         time::parse_millis(timestamp)?;
-        Ok(frames::connect_frame(self.identity(id)?, timestamp))
+        Ok(frames::connect_frame(self.identity(id)?, timestamp, None))
     }
 
     pub fn registration_body(

@@ -33,13 +33,26 @@ pub struct Entry {
     pub held: bool,
     #[serde(default)]
     pub seq: Option<u64>,
-    /// Arrival order.
+    #[serde(default)]
+    pub epoch: Option<u64>,
+    /// Arrival order (delivery order for released messages).
     pub n: u64,
 }
 
 impl Entry {
+    /// Keyed by sender and frame id, hashed: fixed length whatever the id,
+    /// and one sender cannot overwrite another's record by reusing an id.
     pub fn storage_key(&self) -> String {
-        format!("{}{}", crate::store::keys::INBOX, self.id)
+        let mut input = Vec::with_capacity(self.from.len() + 1 + self.id.len());
+        input.extend_from_slice(self.from.as_bytes());
+        input.push(0);
+        input.extend_from_slice(self.id.as_bytes());
+        let h = crate::crypto::kdf::sha256(&input);
+        format!(
+            "{}{}",
+            crate::store::keys::INBOX,
+            crate::wire::hex::encode(&h[..16])
+        )
     }
 }
 
@@ -65,8 +78,35 @@ impl Inbox {
         n
     }
 
-    pub fn contains_id(&self, id: &str) -> bool {
-        self.entries.values().any(|e| e.id == id)
+    pub fn contains(&self, from: &str, id: &str) -> bool {
+        self.entries.values().any(|e| e.id == id && e.from == from)
+    }
+
+    /// A message with this sequence number (in this epoch) is already here.
+    pub fn has_seq(&self, from: &str, epoch: Option<u64>, seq: u64) -> bool {
+        self.entries
+            .values()
+            .any(|e| e.from == from && e.seq == Some(seq) && e.epoch == epoch)
+    }
+
+    pub fn unread_from(&self, from: &str) -> usize {
+        self.entries
+            .values()
+            .filter(|e| !e.read && e.from == from)
+            .count()
+    }
+
+    /// Highest delivered (not held) sequence number from `from` in `epoch`.
+    pub fn max_released_seq(&self, from: &str, epoch: Option<u64>) -> Option<u64> {
+        self.entries
+            .values()
+            .filter(|e| !e.held && e.from == from && e.epoch == epoch)
+            .filter_map(|e| e.seq)
+            .max()
+    }
+
+    pub fn remove(&mut self, n: u64) -> Option<Entry> {
+        self.entries.remove(&n)
     }
 
     pub fn insert(&mut self, e: Entry) {
@@ -100,10 +140,13 @@ impl Inbox {
             .collect()
     }
 
-    pub fn release(&mut self, n: u64) -> Option<&Entry> {
-        let e = self.entries.get_mut(&n)?;
+    /// Deliver a held entry under a fresh arrival number `fresh`.
+    pub fn release(&mut self, n: u64, fresh: u64) -> Option<&Entry> {
+        let mut e = self.entries.remove(&n)?;
         e.held = false;
-        Some(e)
+        e.n = fresh;
+        self.entries.insert(fresh, e);
+        self.entries.get(&fresh)
     }
 
     pub fn oldest_held(&self) -> Option<&Entry> {

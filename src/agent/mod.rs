@@ -11,7 +11,7 @@ use crate::crypto::ratchet::{channel_ad, Ratchet};
 use crate::crypto::x3dh;
 use crate::engine::{Command, Host, LogLevel};
 use crate::mesh::link::{ws_url, CloseAction, Link, LinkState};
-use crate::mesh::prekeys::{Prekeys, OPK_BATCH};
+use crate::mesh::prekeys::Prekeys;
 use crate::mesh::registry as reg;
 use crate::mesh::session::{Candidate, Decrypted, OutEntry, Peer, OUTBOX_MAX};
 use crate::store::{keys, StoreError, Vault};
@@ -37,6 +37,14 @@ pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 const EARLY_PER_PEER: usize = 5;
 const EARLY_PEERS: usize = 100;
 const EARLY_TTL_MS: u64 = 30_000;
+/// Bytes of early frames kept in all.
+const EARLY_MAX_BYTES: usize = 8 * 1024 * 1024;
+/// Peers with a KNOCK but no working session yet.
+const MAX_PENDING_PEERS: usize = 256;
+/// Candidate sessions (from KNOCKs) kept per peer.
+const MAX_CANDIDATES: usize = 8;
+/// Unread messages kept per sender; beyond that new ones are refused.
+const MAX_UNREAD_PER_SENDER: usize = 5000;
 /// Capability every kars-mesh agent registers; peers with it get receipts.
 pub const KARS_CAPABILITY: &str = "kars-mesh";
 pub const HTTP_TIMEOUT_MS: u32 = 10_000;
@@ -70,6 +78,9 @@ pub struct Config {
     pub trusted_plaintext: Vec<String>,
     #[serde(default)]
     pub accept_sessions: AcceptPolicy,
+    /// Shared secret of a relay started with AGENTMESH_RELAY_TOKEN.
+    #[serde(default)]
+    pub relay_token: Option<String>,
 }
 
 impl Config {
@@ -101,6 +112,7 @@ enum Purpose {
     Upload,
     RegistryHeartbeat,
     Bundle(String),
+    VerifyKnocker(String),
     AgentInfo {
         peer: String,
         then_bundle: bool,
@@ -120,6 +132,13 @@ struct InFlight {
     purpose: Purpose,
     attempt: u32,
     request: Command,
+}
+
+/// A message sealed for a peer, not yet committed.
+struct Sealed {
+    frame_id: String,
+    frame: String,
+    new_session: bool,
 }
 
 struct Queued {
@@ -163,6 +182,7 @@ pub struct Agent {
     waiters: Vec<Waiter>,
     awaiting_session: HashMap<String, Vec<Queued>>,
     early: BTreeMap<String, Vec<(String, u64)>>,
+    knocks_awaiting_identity: HashMap<String, Vec<String>>,
     registered: bool,
     register_calls: Vec<String>,
     pub stats: Stats,
@@ -234,19 +254,28 @@ impl Agent {
                 Err(e) => cx.log(LogLevel::Error, &format!("{e}; skipped")),
             }
         }
+        let inbox = Inbox::load(entries);
+        // A crash between an inbox write and the peer record's can leave the
+        // record's next expected number behind what was delivered.
+        for p in peers.values_mut() {
+            if let Some(m) = inbox.max_released_seq(&p.did, p.in_epoch) {
+                p.in_next = p.in_next.max(m.saturating_add(1));
+            }
+        }
         let mut agent = Agent {
             cfg,
             vault,
             id,
             prekeys,
             peers,
-            inbox: Inbox::load(entries),
+            inbox,
             link: Link::new(ws),
             http: HashMap::new(),
             next_id: DYNAMIC_IDS,
             waiters: Vec::new(),
             awaiting_session: HashMap::new(),
             early: BTreeMap::new(),
+            knocks_awaiting_identity: HashMap::new(),
             registered: false,
             register_calls: Vec::new(),
             stats: Stats::default(),
@@ -394,7 +423,8 @@ impl Agent {
     }
 
     fn upload_prekeys(&mut self, cx: &mut Cx<'_>) {
-        let (body, _count) = self.prekeys.upload_body(&self.id);
+        let now = cx.now();
+        let (body, _count) = self.prekeys.upload_body(&self.id, now, cx.host);
         // Published marks are committed before the upload leaves, so a crash
         // never re-publishes a key the registry may already have handed out.
         self.save_prekeys(cx);
@@ -448,13 +478,12 @@ impl Agent {
                     // Registry did not know us: first run, or it restarted
                     // and lost everything. Publish a fresh bundle.
                     self.registered = true;
-                    let now = cx.now();
-                    self.prekeys.registry_lost(now, cx.host);
+                    self.prekeys.registry_lost();
                     self.upload_prekeys(cx);
                 }
                 Some(409) => {
                     self.registered = true;
-                    if !self.prekeys.uploaded() {
+                    if !self.prekeys.uploaded() || self.prekeys.needs_replenish() {
                         self.upload_prekeys(cx);
                     } else {
                         self.finish_register_calls(cx, None);
@@ -472,6 +501,12 @@ impl Agent {
             Purpose::Upload => {
                 if ok {
                     self.prekeys.set_uploaded(true);
+                    if let Some(n) = serde_json::from_slice::<Value>(body)
+                        .ok()
+                        .and_then(|v| v["otk_count"].as_u64())
+                    {
+                        self.prekeys.set_registry_count(n as usize);
+                    }
                     self.save_prekeys(cx);
                     self.finish_register_calls(cx, None);
                 } else if status == Some(404) {
@@ -482,7 +517,9 @@ impl Agent {
                 }
             }
             Purpose::RegistryHeartbeat => {
-                if status == Some(404) {
+                // core-5.0.0 checks the signature before the agent exists, so a
+                // registry that lost us answers 401, not 404.
+                if matches!(status, Some(401) | Some(404)) {
                     cx.log(
                         LogLevel::Warn,
                         "registry no longer knows this agent (restarted?); registering again",
@@ -492,6 +529,7 @@ impl Agent {
                 }
             }
             Purpose::Bundle(peer) => self.on_bundle(cx, &peer, status, body, &problem),
+            Purpose::VerifyKnocker(peer) => self.on_knocker_bundle(cx, &peer, ok, body, &problem),
             Purpose::AgentInfo { peer, then_bundle } => {
                 let kars = ok
                     && reg::parse_agent(body)
@@ -597,7 +635,7 @@ impl Agent {
         let ts = Self::timestamp(cx);
         cx.out.push(Command::SocketSend {
             socket,
-            text: frames::connect_frame(&self.id, &ts),
+            text: frames::connect_frame(&self.id, &ts, self.cfg.relay_token.as_deref()),
         });
         self.arm(cx, T_RELAY_HEARTBEAT, RELAY_HEARTBEAT_MS);
         // The relay may have restarted too: make sure the registry knows us.
@@ -645,7 +683,13 @@ impl Agent {
                     self.http(cx, Purpose::RegistryHeartbeat, "POST", &path, true, None);
                 }
                 let now = cx.now();
-                if self.prekeys.rotate_if_due(&self.id, now, cx.host) {
+                let uploading = self
+                    .http
+                    .values()
+                    .any(|f| matches!(f.purpose, Purpose::Upload | Purpose::Register));
+                if self.prekeys.rotate_if_due(&self.id, now, cx.host)
+                    || (self.registered && !uploading && self.prekeys.needs_replenish())
+                {
                     self.upload_prekeys(cx);
                 }
                 self.arm(cx, T_REGISTRY, REGISTRY_HEARTBEAT_MS);
@@ -725,13 +769,19 @@ impl Agent {
         let from = v["from"].as_str().unwrap_or("");
         let id = v["id"].as_str().unwrap_or("");
         let to = v["to"].as_str().unwrap_or(self.id.did());
-        if !is_mesh_did(from) || id.is_empty() || id.len() > 128 || to != self.id.did() {
+        let id_ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'));
+        if !is_mesh_did(from) || !id_ok || to != self.id.did() {
             self.stats.malformed += 1;
             cx.log(
                 LogLevel::Warn,
                 "dropped a routed frame with a bad from/to/id",
             );
-            if !id.is_empty() && id.len() <= 128 {
+            if !id.is_empty() && id.len() <= 256 {
+                // Acked (ids travel verbatim) so the relay stops pushing it.
                 self.ack(cx, id);
             }
             return None;
@@ -785,6 +835,35 @@ impl Agent {
             }
         };
         let now = cx.now();
+        // The KNOCK is unsigned: bind its identity key to `from` ourselves,
+        // or anyone could open a session in another agent's name.
+        let claimed_ed = v["establishment"]["ik_ed"]
+            .as_str()
+            .and_then(|s| crate::wire::b64::decode_array::<32>(s).ok());
+        let known_ed = self.peers.get(&from).and_then(|p| p.identity_ed);
+        let Some(ik_ed) = claimed_ed.or(known_ed) else {
+            return self.verify_knocker(cx, &from, v);
+        };
+        let binds = crate::crypto::identity::did_from_ed25519(&ik_ed) == from
+            && crate::crypto::identity::x25519_from_ed25519(&ik_ed) == Some(est.identity_key);
+        if !binds {
+            self.stats.spoofed += 1;
+            cx.log(
+                LogLevel::Warn,
+                &format!("KNOCK {id} claims to be from {from} but its identity key is not that agent's; refused"),
+            );
+            self.ack(cx, &id);
+            return;
+        }
+        let pending_only = self.peers.values().filter(|p| p.active.is_none()).count();
+        if !self.peers.contains_key(&from) && pending_only >= MAX_PENDING_PEERS {
+            cx.log(
+                LogLevel::Warn,
+                &format!("KNOCK from {from} refused: too many half-open sessions"),
+            );
+            self.ack(cx, &id);
+            return;
+        }
         let opk = match est.one_time_prekey_id {
             Some(k) => match self.prekeys.peek_opk(k) {
                 Some(kp) => Some(kp),
@@ -826,9 +905,11 @@ impl Agent {
             .peers
             .entry(from.clone())
             .or_insert_with(|| Peer::new(&from));
+        peer.identity_ed = Some(ik_ed);
         peer.candidates.retain(|c| c.knock_id != id);
         peer.candidates.extend(built);
-        while peer.candidates.len() > 4 {
+        // Oldest first out; a real KNOCK is followed at once by its messages.
+        while peer.candidates.len() > MAX_CANDIDATES {
             peer.candidates.remove(0);
         }
         peer.mark_seen(&id, now, None);
@@ -836,7 +917,6 @@ impl Agent {
         if let Some(k) = est.one_time_prekey_id {
             self.prekeys.take_opk(k);
             if self.prekeys.needs_replenish() {
-                self.prekeys.add_opks(OPK_BATCH, now, cx.host);
                 self.upload_prekeys(cx);
             } else {
                 self.save_prekeys(cx);
@@ -867,6 +947,79 @@ impl Agent {
             for (text, _) in early {
                 self.on_frame(cx, socket, &text);
             }
+        }
+    }
+
+    /// A KNOCK from an agent whose Ed25519 key we do not know yet (AGT
+    /// peers do not send it): hold the KNOCK, unacked, and fetch the
+    /// agent's registry bundle, whose binding to the DID we verify.
+    fn verify_knocker(&mut self, cx: &mut Cx<'_>, from: &str, v: &Value) {
+        let waiting = self.knocks_awaiting_identity.contains_key(from);
+        if !waiting && self.knocks_awaiting_identity.len() >= MAX_PENDING_PEERS {
+            return;
+        }
+        let q = self
+            .knocks_awaiting_identity
+            .entry(from.to_string())
+            .or_default();
+        if q.len() < EARLY_PER_PEER {
+            q.push(v.to_string());
+        }
+        if !waiting {
+            let path = format!("/v1/agents/{from}/prekeys");
+            self.http(
+                cx,
+                Purpose::VerifyKnocker(from.to_string()),
+                "GET",
+                &path,
+                false,
+                None,
+            );
+        }
+    }
+
+    fn on_knocker_bundle(
+        &mut self,
+        cx: &mut Cx<'_>,
+        from: &str,
+        ok: bool,
+        body: &[u8],
+        problem: &str,
+    ) {
+        let held = self
+            .knocks_awaiting_identity
+            .remove(from)
+            .unwrap_or_default();
+        let verified = if ok {
+            registry::parse_bundle(&String::from_utf8_lossy(body))
+                .ok()
+                .filter(|b| b.verify_for(from).is_ok())
+                .map(|b| b.identity_key_ed)
+        } else {
+            None
+        };
+        let Some(ed) = verified else {
+            cx.log(
+                LogLevel::Warn,
+                &format!("could not verify the identity of {from}, which knocked ({problem}); its KNOCK is refused"),
+            );
+            for text in held {
+                if let Some(id) = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_string))
+                {
+                    self.ack(cx, &id);
+                }
+            }
+            return;
+        };
+        self.peers
+            .entry(from.to_string())
+            .or_insert_with(|| Peer::new(from))
+            .identity_ed = Some(ed);
+        let socket = self.link.open_socket().unwrap_or(0);
+        for text in held {
+            self.on_frame(cx, socket, &text);
         }
     }
 
@@ -925,31 +1078,41 @@ impl Agent {
             }
         };
         let we_are_smaller = self.id.did() < from.as_str();
-        let Some(peer) = self.peers.get_mut(&from) else {
-            return self.hold_early(cx, &from, v, now);
-        };
-        if peer.active.is_none() && peer.candidates.is_empty() {
+        let has_session = self
+            .peers
+            .get(&from)
+            .is_some_and(|p| p.active.is_some() || !p.candidates.is_empty());
+        if !has_session {
+            if !self.cfg.accepts(&from) {
+                // We refused this peer's KNOCK: its frames can never be read.
+                self.ack(cx, &id);
+                return;
+            }
             return self.hold_early(cx, &from, v, now);
         }
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
         if let Some(seq) = peer.seen_seq(&id) {
             // Consumed before; our ack or receipt was lost. Say so again.
             self.stats.duplicates += 1;
             self.ack(cx, &id);
-            if let Some(s) = seq {
-                self.send_receipt(cx, &from, s);
+            if seq.is_some() {
+                self.send_receipt(cx, &from, seq);
             }
             return;
         }
         let (pt, how) = match peer.decrypt(&msg.header, &msg.ciphertext, we_are_smaller, cx.host) {
             Ok(r) => r,
             Err(e) => {
+                // Not marked as seen: a later copy of the same frame (the
+                // sender re-sends until receipted) may decrypt once the KNOCK
+                // it belongs to is here. Acked so the relay stops pushing it.
                 self.stats.undecryptable += 1;
                 cx.log(
                     LogLevel::Warn,
                     &format!("message {id} from {from} could not be decrypted: {e}"),
                 );
-                peer.mark_seen(&id, now, None);
-                self.save_peer(cx, &from);
                 self.ack(cx, &id);
                 return;
             }
@@ -964,29 +1127,76 @@ impl Agent {
                 Err(_) => json!({"raw_b64": crate::wire::b64::encode_std(&pt)}),
             });
         let envelope = payload.as_object_mut().and_then(|o| o.remove("kars"));
-        let seq = envelope.as_ref().and_then(|e| e["seq"].as_u64());
         if envelope.is_some() {
             peer.kars = true;
         }
-        if let Some(receipts) = envelope.as_ref().and_then(|e| e["receipt"].as_array()) {
-            let done: Vec<u64> = receipts.iter().filter_map(|r| r.as_u64()).collect();
-            peer.outbox.retain(|o| !done.contains(&o.seq));
+        if let Some(env) = envelope
+            .as_ref()
+            .filter(|e| e.get("receipt").is_some() || e.get("upto").is_some())
+        {
+            // Receipts: the listed sequence numbers, and everything below `upto`.
+            let done: Vec<u64> = env["receipt"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|x| x.as_u64()).collect())
+                .unwrap_or_default();
+            let upto = env["upto"].as_u64().unwrap_or(0);
+            let epoch_ok = env["epoch"].as_u64().is_none_or(|e| e == peer.out_epoch);
+            if epoch_ok {
+                peer.outbox
+                    .retain(|o| !o.needs_receipt || (!done.contains(&o.seq) && o.seq >= upto));
+            }
             peer.mark_seen(&id, now, None);
             self.save_peer(cx, &from);
             self.ack(cx, &id);
             self.after_decrypt(cx, &from, how);
             return;
         }
+        let seq = envelope.as_ref().and_then(|e| e["seq"].as_u64());
+        let epoch = envelope.as_ref().and_then(|e| e["epoch"].as_u64());
+        if let Some(e) = epoch {
+            if peer.in_epoch != Some(e) {
+                // The sender starts a new numbering (first contact, or it lost
+                // its state but kept its identity).
+                if peer.in_epoch.is_some() {
+                    cx.log(
+                        LogLevel::Info,
+                        &format!("{from} restarted its message numbering"),
+                    );
+                }
+                peer.in_epoch = Some(e);
+                peer.in_next = 0;
+                for n in self.inbox.held_from(&from).into_values() {
+                    let fresh = self.inbox.next_n();
+                    if let Some(en) = self.inbox.release(n, fresh).cloned() {
+                        self.save_entry(cx, &en);
+                    }
+                }
+            }
+        }
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
         self.stats.received += 1;
         let ts = v["ts"].as_str().map(|s| s.chars().take(40).collect());
-        let duplicate = seq.is_some_and(|s| s < peer.in_next);
-        let held = seq.is_some_and(|s| s > peer.in_next);
-        if let (Some(s), false, false) = (seq, duplicate, held) {
-            peer.in_next = s + 1;
+        let duplicate = seq
+            .is_some_and(|s| s < peer.in_next || self.inbox.has_seq(&from, epoch, s))
+            || self.inbox.contains(&from, &id);
+        let over_quota = self.inbox.unread_from(&from) >= MAX_UNREAD_PER_SENDER;
+        let held = !duplicate && seq.is_some_and(|s| s > peer.in_next);
+        // A copy we already hold still moves the expected number on (a crash
+        // may have lost the record that did so the first time).
+        if let (Some(s), false) = (seq, held) {
+            peer.in_next = peer.in_next.max(s.saturating_add(1));
+        }
+        if over_quota && !duplicate {
+            cx.log(LogLevel::Warn, &format!("{from} has {MAX_UNREAD_PER_SENDER} unread messages; refusing more until some are read"));
+            self.ack(cx, &id);
+            return;
         }
         peer.mark_seen(&id, now, seq);
         if duplicate {
             self.stats.duplicates += 1;
+            self.release_held(cx, &from);
         } else {
             let n = self.inbox.next_n();
             let entry = Entry {
@@ -999,6 +1209,7 @@ impl Agent {
                 read: false,
                 held,
                 seq,
+                epoch,
                 n,
             };
             self.save_entry(cx, &entry);
@@ -1009,8 +1220,8 @@ impl Agent {
         }
         self.save_peer(cx, &from);
         self.ack(cx, &id);
-        if let Some(s) = seq {
-            self.send_receipt(cx, &from, s);
+        if seq.is_some() {
+            self.send_receipt(cx, &from, seq);
         }
         self.after_decrypt(cx, &from, how);
         self.wake_waiters(cx);
@@ -1023,7 +1234,10 @@ impl Agent {
             q.retain(|(_, t)| now.saturating_sub(*t) < EARLY_TTL_MS);
         }
         self.early.retain(|_, q| !q.is_empty());
-        if self.early.len() >= EARLY_PEERS && !self.early.contains_key(from) {
+        let bytes: usize = self.early.values().flatten().map(|(t, _)| t.len()).sum();
+        if (self.early.len() >= EARLY_PEERS && !self.early.contains_key(from))
+            || bytes > EARLY_MAX_BYTES
+        {
             return;
         }
         let q = self.early.entry(from.to_string()).or_default();
@@ -1033,7 +1247,10 @@ impl Agent {
         let _ = cx;
     }
 
-    /// Deliver held messages from `from` that are now in sequence.
+    /// Deliver held messages from `from` that are now in sequence. Released
+    /// entries get a fresh arrival number, so the inbox lists them after the
+    /// ones they waited for. Held copies below the next expected number are
+    /// duplicates and are erased.
     fn release_held(&mut self, cx: &mut Cx<'_>, from: &str) {
         let held = self.inbox.held_from(from);
         let Some(peer) = self.peers.get_mut(from) else {
@@ -1041,20 +1258,28 @@ impl Agent {
         };
         let mut next = peer.in_next;
         let mut released = Vec::new();
+        let mut stale = Vec::new();
         for (seq, n) in held {
             if seq < next {
+                stale.push(n);
                 continue;
             }
             if seq != next {
                 break;
             }
             released.push(n);
-            next += 1;
+            next = next.saturating_add(1);
         }
         peer.in_next = next;
         for n in released {
-            if let Some(e) = self.inbox.release(n).cloned() {
+            let fresh = self.inbox.next_n();
+            if let Some(e) = self.inbox.release(n, fresh).cloned() {
                 self.save_entry(cx, &e);
+            }
+        }
+        for n in stale {
+            if let Some(e) = self.inbox.remove(n) {
+                cx.out.push(Command::Erase(e.storage_key()));
             }
         }
     }
@@ -1067,9 +1292,6 @@ impl Agent {
             if now.saturating_sub(e.received_at) < HOLD_MAX_MS {
                 break;
             }
-            let Some(p) = self.peers.get_mut(&e.from) else {
-                break;
-            };
             let lowest = self
                 .inbox
                 .held_from(&e.from)
@@ -1077,15 +1299,25 @@ impl Agent {
                 .next()
                 .copied()
                 .unwrap_or(0);
-            cx.log(
-                LogLevel::Warn,
-                &format!(
-                    "gave up waiting for message {} from {}; delivering later ones",
-                    p.in_next, e.from
-                ),
-            );
-            p.in_next = lowest;
             let from = e.from.clone();
+            match self.peers.get_mut(&from) {
+                Some(p) => {
+                    cx.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "gave up waiting for message {} from {from}; delivering later ones",
+                            p.in_next
+                        ),
+                    );
+                    p.in_next = p.in_next.max(lowest);
+                }
+                None => {
+                    // No peer record: nothing will ever fill the gap.
+                    let fresh = self.inbox.next_n();
+                    self.inbox.release(e.n, fresh);
+                    continue;
+                }
+            }
             self.release_held(cx, &from);
             self.save_peer(cx, &from);
             self.wake_waiters(cx);
@@ -1164,6 +1396,7 @@ impl Agent {
             read: false,
             held: false,
             seq: None,
+            epoch: None,
             n,
         };
         self.save_entry(cx, &entry);
@@ -1225,6 +1458,18 @@ impl Agent {
         problem: &str,
     ) {
         let queued = self.awaiting_session.remove(peer_did).unwrap_or_default();
+        if self
+            .peers
+            .get(peer_did)
+            .is_some_and(|p| p.active.as_ref().is_some_and(|r| r.can_send()))
+        {
+            // A session came up meanwhile (the peer knocked first and its
+            // message arrived): use it rather than replacing it.
+            for q in queued {
+                self.encrypt_and_queue(cx, peer_did, q.payload, q.call_id);
+            }
+            return;
+        }
         let fail_all = |cx: &mut Cx<'_>, msg: &str, queued: Vec<Queued>| {
             for q in queued {
                 if let Some(c) = q.call_id {
@@ -1284,35 +1529,45 @@ impl Agent {
         };
         let knock_id = frames::uuid_v4(cx.host);
         let ts = Self::timestamp(cx);
-        let est_v: Value =
+        let mut est_v: Value =
             serde_json::from_str(&frames::establishment_json(&est)).unwrap_or_default();
+        // Our extension: the Ed25519 key, so a kars-mesh responder can bind
+        // the KNOCK to our DID without a registry round trip.
+        est_v["ik_ed"] = json!(crate::wire::b64::encode_std(self.id.ed25519_public()));
         let knock = json!({"v":1,"type":"knock","from":self.id.did(),"to":peer_did,"id":knock_id,"ts":ts,"intent":{"action":"establish_session"},"establishment":est_v}).to_string();
         let peer = self
             .peers
             .entry(peer_did.to_string())
             .or_insert_with(|| Peer::new(peer_did));
+        peer.identity_ed = Some(bundle.identity_key_ed);
         peer.active = Some(ratchet);
         peer.initiated_by_us = true;
-        peer.knock_sent = Some(knock_id.clone());
-        // Outbox entries under an older session must be re-encrypted.
+        peer.confirmed = false;
+        peer.knock_sent = Some(knock_id);
+        peer.pending_knock = Some(knock.clone());
+        // Everything for this peer is sealed under the new session in memory
+        // and committed in one record before the KNOCK and frames leave.
         let stale: Vec<OutEntry> = std::mem::take(&mut peer.outbox);
-        peer.pending_knock = Some(knock);
-        self.save_peer(cx, peer_did);
-        if let Some(k) = self
-            .peers
-            .get(peer_did)
-            .and_then(|p| p.pending_knock.clone())
-        {
-            self.send_frame(cx, k);
-        }
+        let mut frames_out = vec![knock];
+        let mut answers = Vec::new();
         for o in stale {
             let payload: Value = serde_json::from_slice(&o.plaintext).unwrap_or_default();
-            let keep = o.needs_receipt.then_some(o.seq);
-            self.encrypt_with_seq(cx, peer_did, payload, None, keep);
+            if let Ok(sealed) =
+                self.seal_for_peer(cx, peer_did, payload, o.needs_receipt.then_some(o.seq))
+            {
+                frames_out.push(sealed.frame);
+            }
         }
         for q in queued {
-            self.encrypt_and_queue(cx, peer_did, q.payload, q.call_id);
+            match self.seal_for_peer(cx, peer_did, q.payload, None) {
+                Ok(sealed) => {
+                    frames_out.push(sealed.frame.clone());
+                    answers.push((q.call_id, Ok(sealed)));
+                }
+                Err(e) => answers.push((q.call_id, Err(e))),
+            }
         }
+        self.commit_and_send(cx, peer_did, frames_out, answers);
     }
 
     fn encrypt_and_queue(
@@ -1322,129 +1577,159 @@ impl Agent {
         payload: Value,
         call_id: Option<String>,
     ) {
-        self.encrypt_with_seq(cx, to, payload, call_id, None)
+        let (frames_out, answer) = match self.seal_for_peer(cx, to, payload, None) {
+            Ok(sealed) => (vec![sealed.frame.clone()], Ok(sealed)),
+            Err(e) => (Vec::new(), Err(e)),
+        };
+        self.commit_and_send(cx, to, frames_out, vec![(call_id, answer)]);
     }
 
-    /// `keep_seq`: a message re-encrypted under a new session keeps its
-    /// sequence number, so a copy the peer already has is recognised.
-    fn encrypt_with_seq(
+    /// Encrypt one message for `to` and queue it in the peer's outbox, in
+    /// memory only. `keep_seq`: a message re-encrypted under a new session
+    /// keeps its sequence number, so a copy the peer already has is
+    /// recognised.
+    fn seal_for_peer(
         &mut self,
         cx: &mut Cx<'_>,
         to: &str,
         mut payload: Value,
-        call_id: Option<String>,
         keep_seq: Option<u64>,
-    ) {
+    ) -> Result<Sealed, String> {
         let now = cx.now();
         let fid = frames::uuid_v4(cx.host);
         let ts = Self::timestamp(cx);
         let me = self.id.did().to_string();
         let Some(peer) = self.peers.get_mut(to) else {
-            return;
+            return Err(format!("no session with {to}"));
         };
+        if peer.out_epoch == 0 {
+            let mut e = [0u8; 8];
+            cx.host.fill(&mut e);
+            // Kept below 2^53 so JavaScript readers see it exactly.
+            peer.out_epoch = (u64::from_le_bytes(e) >> 11).max(1);
+        }
         let kars = peer.kars;
         let seq = keep_seq.unwrap_or(peer.out_seq);
+        let bare = serde_json::to_vec(&payload).unwrap_or_default();
         if kars {
             if let Some(o) = payload.as_object_mut() {
-                o.insert("kars".to_string(), json!({"seq": seq}));
+                o.insert(
+                    "kars".to_string(),
+                    json!({"seq": seq, "epoch": peer.out_epoch}),
+                );
             }
         }
-        let mut plain = serde_json::to_vec(&payload).unwrap_or_default();
+        let plain = serde_json::to_vec(&payload).unwrap_or_default();
         if plain.len() > MAX_PAYLOAD_BYTES {
-            if let Some(c) = call_id {
-                tools::fail(cx, &c, &format!("Message is {} bytes; the limit is {MAX_PAYLOAD_BYTES}. Send large data as a file transfer.", plain.len()));
-            }
-            return;
+            return Err(format!(
+                "Message is {} bytes; the limit is {MAX_PAYLOAD_BYTES}. Send large data as a file transfer.",
+                plain.len()
+            ));
         }
         let Some(ratchet) = peer.active.as_mut() else {
-            return;
+            return Err(format!("no session with {to}"));
         };
-        let (header, ct) = match ratchet.encrypt(&plain, cx.host) {
-            Ok(r) => r,
-            Err(e) => {
-                if let Some(c) = call_id {
-                    tools::fail(cx, &c, &format!("Could not encrypt for {to}: {e}"));
-                }
-                return;
-            }
-        };
+        let (header, ct) = ratchet
+            .encrypt(&plain, cx.host)
+            .map_err(|e| format!("Could not encrypt for {to}: {e}"))?;
         let frame = frames::message_frame(&me, to, &fid, &ts, &header, &ct);
         if kars && keep_seq.is_none() {
-            peer.out_seq += 1;
+            peer.out_seq = peer.out_seq.saturating_add(1);
         }
         if peer.outbox.len() >= OUTBOX_MAX {
             peer.outbox.remove(0);
-        }
-        // Strip the envelope again: a re-encryption adds its own.
-        if kars {
-            if let Some(o) = payload.as_object_mut() {
-                o.remove("kars");
-            }
-            plain = serde_json::to_vec(&payload).unwrap_or_default();
         }
         peer.outbox.push(OutEntry {
             seq,
             frame_id: fid.clone(),
             frame: frame.clone(),
-            plaintext: plain,
+            plaintext: bare,
             created_ms: now,
             last_sent_ms: now,
             attempts: 1,
             needs_receipt: kars,
         });
-        let session_kind = if peer.knock_sent.is_some() {
-            "new"
-        } else {
-            "existing"
-        };
-        // The session step and the outbox entry land together, before the
-        // frame leaves: a crash can repeat a frame, never reuse a key.
+        self.stats.sent += 1;
+        Ok(Sealed {
+            frame_id: fid,
+            frame,
+            new_session: peer.knock_sent.is_some(),
+        })
+    }
+
+    /// Commit the peer record (session steps and outbox together), then send
+    /// the frames, then answer the tool calls: a crash can repeat a frame,
+    /// never lose a committed one or reuse a key.
+    fn commit_and_send(
+        &mut self,
+        cx: &mut Cx<'_>,
+        to: &str,
+        frames_out: Vec<String>,
+        answers: Vec<(Option<String>, Result<Sealed, String>)>,
+    ) {
+        self.save_peer(cx, to);
         let sent_now = self.link.open_socket().is_some();
-        if sent_now && !kars {
-            // No receipts from this peer: once on an open link it is the
-            // relay's to deliver.
+        if sent_now {
+            for f in frames_out {
+                self.send_frame(cx, f);
+            }
+            // Without receipts from this peer a frame on an open link is the
+            // relay's to deliver; the record forgets it on its next save.
             if let Some(p) = self.peers.get_mut(to) {
-                p.outbox.retain(|o| o.frame_id != fid);
+                p.outbox.retain(|o| o.needs_receipt);
             }
         }
-        self.save_peer(cx, to);
-        if sent_now {
-            self.send_frame(cx, frame);
-        }
-        self.stats.sent += 1;
-        if let Some(c) = call_id {
-            let text = if sent_now {
-                format!(
-                    "✅ Sent to {to} (end-to-end encrypted{})",
-                    if session_kind == "new" {
-                        ", new session"
+        for (call, answer) in answers {
+            let Some(c) = call else { continue };
+            match answer {
+                Ok(sealed) => {
+                    let kind = if sealed.new_session {
+                        "new"
                     } else {
-                        ""
-                    }
-                )
-            } else {
-                format!("✅ Queued for {to} (end-to-end encrypted); the relay is not reachable right now, it will go out when the link is back")
-            };
-            tools::ok(
-                cx,
-                &c,
-                &text,
-                json!({"to": to, "id": fid, "session": session_kind, "queued": !sent_now}),
-            );
+                        "existing"
+                    };
+                    let text = if sent_now {
+                        format!(
+                            "✅ Sent to {to} (end-to-end encrypted{})",
+                            if sealed.new_session {
+                                ", new session"
+                            } else {
+                                ""
+                            }
+                        )
+                    } else {
+                        format!("✅ Queued for {to} (end-to-end encrypted); the relay is not reachable right now, it will go out when the link is back")
+                    };
+                    tools::ok(
+                        cx,
+                        &c,
+                        &text,
+                        json!({"to": to, "id": sealed.frame_id, "session": kind, "queued": !sent_now}),
+                    );
+                }
+                Err(e) => tools::fail(cx, &c, &e),
+            }
         }
     }
 
-    fn send_receipt(&mut self, cx: &mut Cx<'_>, to: &str, seq: u64) {
+    /// Receipt for one message, plus everything below `in_next`, so a lost
+    /// receipt never pins the sender's outbox.
+    fn send_receipt(&mut self, cx: &mut Cx<'_>, to: &str, seq: Option<u64>) {
         let fid = frames::uuid_v4(cx.host);
         let ts = Self::timestamp(cx);
         let me = self.id.did().to_string();
         let Some(peer) = self.peers.get_mut(to) else {
             return;
         };
+        let mut env =
+            json!({"receipt": seq.into_iter().collect::<Vec<u64>>(), "upto": peer.in_next});
+        if let Some(e) = peer.in_epoch {
+            env["epoch"] = json!(e);
+        }
         let Some(r) = peer.active.as_mut().filter(|r| r.can_send()) else {
             return;
         };
-        let body = json!({"type": "kars_receipt", "kars": {"receipt": [seq]}}).to_string();
+        let body = json!({"type": "kars_receipt", "kars": env}).to_string();
         let Ok((header, ct)) = r.encrypt(body.as_bytes(), cx.host) else {
             return;
         };
@@ -1462,11 +1747,16 @@ impl Agent {
         }
         let stale: Vec<OutEntry> = std::mem::take(&mut peer.outbox);
         peer.pending_knock = None;
+        let mut frames_out = Vec::new();
         for o in stale {
             let payload: Value = serde_json::from_slice(&o.plaintext).unwrap_or_default();
-            let keep = o.needs_receipt.then_some(o.seq);
-            self.encrypt_with_seq(cx, peer_did, payload, None, keep);
+            if let Ok(sealed) =
+                self.seal_for_peer(cx, peer_did, payload, o.needs_receipt.then_some(o.seq))
+            {
+                frames_out.push(sealed.frame);
+            }
         }
+        self.commit_and_send(cx, peer_did, frames_out, Vec::new());
     }
 
     /// (Re)send what is pending: on a new link everything, on a tick only

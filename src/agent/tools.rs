@@ -128,6 +128,7 @@ pub(super) fn inbox_answer(
     peek: bool,
     timed_out: bool,
 ) {
+    let mut marked = Vec::new();
     let picked: Vec<u64> = agent
         .inbox
         .unread(from)
@@ -150,7 +151,7 @@ pub(super) fn inbox_answer(
         };
         let Some(e) = entry else { continue };
         if !peek {
-            agent.save_entry(cx, &e);
+            marked.push(e.clone());
         }
         let content = match &e.payload {
             Value::Object(o) => o.get("content").map(|c| match c {
@@ -176,9 +177,6 @@ pub(super) fn inbox_answer(
             "evidence": e.evidence, "payload": e.payload,
         }));
     }
-    for key in agent.inbox.prune() {
-        cx.out.push(Command::Erase(key));
-    }
     let unread = agent.inbox.unread_count();
     let text = if messages.is_empty() {
         if timed_out {
@@ -195,6 +193,14 @@ pub(super) fn inbox_answer(
         &text,
         json!({"messages": messages, "unread": unread, "timed_out": timed_out && messages.is_empty()}),
     );
+    // Read marks land after the answer: a crash in between shows a message
+    // twice rather than never.
+    for e in marked {
+        agent.save_entry(cx, &e);
+    }
+    for key in agent.inbox.prune() {
+        cx.out.push(Command::Erase(key));
+    }
 }
 
 pub(super) fn discover_answer(

@@ -142,7 +142,7 @@ impl Link {
         self.state = LinkState::Down;
         let problem = match code {
             4001 | 4002 => Some(format!("relay refused the connect frame (close {code}: {reason}); this is a kars-mesh bug, please report it")),
-            4003 => Some(format!("relay requires a token (close 4003: {reason}); set the relay token in the configuration")),
+            4003 => Some(format!("relay refused our token (close 4003: {reason}); set relay_token to the relay's AGENTMESH_RELAY_TOKEN")),
             4005 => Some(format!(
                 "relay rejected the identity proof (close 4005: {reason}); check that this machine's clock is correct"
             )),

@@ -65,6 +65,10 @@ pub struct Prekeys {
     /// Set when the registry is known to hold our current bundle.
     #[serde(default)]
     uploaded: bool,
+    /// One-time prekeys the registry still has, as far as we know: the
+    /// count from the last upload, less the KNOCKs that consumed one.
+    #[serde(default)]
+    registry_estimate: usize,
 }
 
 impl std::fmt::Debug for Prekeys {
@@ -85,6 +89,7 @@ impl Prekeys {
             next_spk_id: 1,
             next_opk_id: 0,
             uploaded: false,
+            registry_estimate: 0,
         };
         p.add_opks(OPK_BATCH, now_ms, rng);
         p
@@ -110,10 +115,21 @@ impl Prekeys {
         }
     }
 
-    /// The PUT body publishing the current SPK and every not-yet-published
-    /// OPK; marks them published. Call again after a registry restart with
-    /// `republish_all_fresh` to mint a new batch.
-    pub fn upload_body(&mut self, identity: &Identity) -> (String, usize) {
+    /// The PUT body publishing the current SPK and a fresh batch of OPKs,
+    /// and marks them published. The registry replaces its whole OPK list on
+    /// every PUT, so every upload carries a batch never published before
+    /// (re-publishing a key it may already have handed out would let two
+    /// initiators use the same OPK). Keys published earlier stay valid here
+    /// for KNOCKs already on their way.
+    pub fn upload_body(
+        &mut self,
+        identity: &Identity,
+        now_ms: u64,
+        rng: &mut dyn Entropy,
+    ) -> (String, usize) {
+        if self.opks.iter().all(|k| k.published) {
+            self.add_opks(OPK_BATCH, now_ms, rng);
+        }
         let sig: [u8; 64] = self.spk.signature.as_slice().try_into().unwrap_or([0; 64]);
         let fresh: Vec<(u32, &[u8; 32])> = self
             .opks
@@ -134,16 +150,20 @@ impl Prekeys {
         for k in self.opks.iter_mut() {
             k.published = true;
         }
+        self.registry_estimate = count;
         (body, count)
+    }
+
+    /// The registry's answer to an upload: how many OPKs it holds.
+    pub fn set_registry_count(&mut self, n: usize) {
+        self.registry_estimate = n;
     }
 
     /// The registry forgot us (restart): everything it had is gone, so
     /// publish a fresh batch next time.
-    pub fn registry_lost(&mut self, now_ms: u64, rng: &mut dyn Entropy) {
+    pub fn registry_lost(&mut self) {
         self.uploaded = false;
-        if self.opks.iter().all(|k| k.published) {
-            self.add_opks(OPK_BATCH, now_ms, rng);
-        }
+        self.registry_estimate = 0;
     }
 
     pub fn set_uploaded(&mut self, v: bool) {
@@ -158,6 +178,7 @@ impl Prekeys {
     pub fn take_opk(&mut self, id: u32) -> Option<KeyPair> {
         let pos = self.opks.iter().position(|k| k.id == id)?;
         let k = self.opks.remove(pos);
+        self.registry_estimate = self.registry_estimate.saturating_sub(1);
         Some(k.pair())
     }
 
@@ -177,8 +198,10 @@ impl Prekeys {
         v
     }
 
+    /// The registry is running low (anyone can drain it: prekey fetches are
+    /// unauthenticated), so the next upload should go out now.
     pub fn needs_replenish(&self) -> bool {
-        self.opks.iter().filter(|k| k.published).count() < OPK_LOW_WATER
+        self.registry_estimate < OPK_LOW_WATER
     }
 
     /// Rotate the SPK when it is older than `SPK_ROTATE_MS`; returns whether

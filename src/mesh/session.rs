@@ -74,6 +74,12 @@ struct PeerRecord {
     pending_knock: Option<String>,
     #[serde(default)]
     confirmed: bool,
+    #[serde(default)]
+    identity_ed: Option<String>,
+    #[serde(default)]
+    out_epoch: u64,
+    #[serde(default)]
+    in_epoch: Option<u64>,
 }
 
 /// A consumed relay frame: its id, when, and the sender's sequence number.
@@ -118,6 +124,12 @@ pub struct Peer {
     pub pending_knock: Option<String>,
     /// The peer has used the active session: a message decrypted under it.
     pub confirmed: bool,
+    /// The peer's Ed25519 key, once verified against its DID.
+    pub identity_ed: Option<[u8; 32]>,
+    /// Random numbering epoch of our messages to this peer.
+    pub out_epoch: u64,
+    /// The peer's numbering epoch as last seen.
+    pub in_epoch: Option<u64>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -146,6 +158,9 @@ impl Peer {
             knock_sent: None,
             pending_knock: None,
             confirmed: false,
+            identity_ed: None,
+            out_epoch: 0,
+            in_epoch: None,
         }
     }
 
@@ -175,6 +190,9 @@ impl Peer {
             knock_sent: self.knock_sent.clone(),
             pending_knock: self.pending_knock.clone(),
             confirmed: self.confirmed,
+            identity_ed: self.identity_ed.map(|k| crate::wire::b64::encode_std(&k)),
+            out_epoch: self.out_epoch,
+            in_epoch: self.in_epoch,
         };
         let out = Zeroizing::new(serde_json::to_vec(&rec).unwrap_or_default());
         let mut rec = rec;
@@ -214,6 +232,12 @@ impl Peer {
             knock_sent: rec.knock_sent.clone(),
             pending_knock: rec.pending_knock.clone(),
             confirmed: rec.confirmed,
+            identity_ed: rec
+                .identity_ed
+                .as_deref()
+                .and_then(|k| crate::wire::b64::decode_array::<32>(k).ok()),
+            out_epoch: rec.out_epoch,
+            in_epoch: rec.in_epoch,
         })
     }
 

@@ -52,7 +52,7 @@ impl Vault {
     ) -> Result<(), StoreError> {
         let json = Zeroizing::new(serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
             key: key.into(),
-            detail: e.to_string(),
+            detail: crate::wire::describe_json_error(&e),
         })?);
         self.put_bytes(host, out, key, &json)
     }
@@ -87,7 +87,7 @@ impl Vault {
                     .map(Some)
                     .map_err(|e| StoreError::Corrupt {
                         key: key.into(),
-                        detail: e.to_string(),
+                        detail: crate::wire::describe_json_error(&e),
                     })
             }
         }

@@ -19,10 +19,13 @@ struct ConnectFrame<'a> {
     public_key: String,
     timestamp: &'a str,
     signature: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
 }
 
 /// The relay `connect` frame: Ed25519 over the UTF-8 timestamp, std base64.
-pub fn connect_frame(identity: &Identity, timestamp: &str) -> String {
+/// `token`: the relay's shared secret, when it is configured with one.
+pub fn connect_frame(identity: &Identity, timestamp: &str, token: Option<&str>) -> String {
     let frame = ConnectFrame {
         v: 1,
         kind: "connect",
@@ -30,6 +33,7 @@ pub fn connect_frame(identity: &Identity, timestamp: &str) -> String {
         public_key: b64::encode_std(identity.ed25519_public()),
         timestamp,
         signature: b64::encode_std(&identity.sign(timestamp.as_bytes())),
+        token,
     };
     serde_json::to_string(&frame).unwrap_or_default()
 }

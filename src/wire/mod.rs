@@ -32,10 +32,21 @@ pub enum WireError {
 
 impl WireError {
     pub(crate) fn json(what: &'static str, e: &serde_json::Error) -> Self {
-        // serde_json messages quote at most a type name and position, not input.
+        // Only the kind and position: serde_json's own text can quote input.
         WireError::Json {
             what,
-            detail: e.to_string(),
+            detail: describe_json_error(e),
         }
     }
+}
+
+/// A serde_json error without any of the input it may quote.
+pub(crate) fn describe_json_error(e: &serde_json::Error) -> String {
+    let kind = match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "unexpected field type or missing field",
+        serde_json::error::Category::Eof => "truncated",
+    };
+    format!("{kind} at line {} column {}", e.line(), e.column())
 }
