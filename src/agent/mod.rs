@@ -705,15 +705,7 @@ impl Agent {
                     self.http.insert(nid, f);
                 } else if let Some(pos) = self.waiters.iter().position(|w| w.timer == other) {
                     let w = self.waiters.remove(pos);
-                    tools::inbox_answer(
-                        self,
-                        cx,
-                        &w.call_id,
-                        w.from.as_deref(),
-                        w.limit,
-                        w.peek,
-                        true,
-                    );
+                    self.answer_waiter(cx, &w, true);
                 }
             }
         }
@@ -1814,19 +1806,23 @@ impl Agent {
             if !self.inbox.unread(w.from.as_deref()).is_empty() {
                 let w = self.waiters.remove(i);
                 cx.out.push(Command::TimerCancel(w.timer));
-                tools::inbox_answer(
-                    self,
-                    cx,
-                    &w.call_id,
-                    w.from.as_deref(),
-                    w.limit,
-                    w.peek,
-                    false,
-                );
+                self.answer_waiter(cx, &w, false);
             } else {
                 i += 1;
             }
         }
+    }
+
+    fn answer_waiter(&mut self, cx: &mut Cx<'_>, w: &Waiter, timed_out: bool) {
+        tools::inbox_answer(
+            self,
+            cx,
+            &w.call_id,
+            w.from.as_deref(),
+            w.limit,
+            w.peek,
+            timed_out,
+        );
     }
 
     pub fn on_abort(&mut self, cx: &mut Cx<'_>, call_id: &str) {
@@ -1840,15 +1836,7 @@ impl Agent {
     pub fn on_stop(&mut self, cx: &mut Cx<'_>) {
         for w in std::mem::take(&mut self.waiters) {
             cx.out.push(Command::TimerCancel(w.timer));
-            tools::inbox_answer(
-                self,
-                cx,
-                &w.call_id,
-                w.from.as_deref(),
-                w.limit,
-                w.peek,
-                true,
-            );
+            self.answer_waiter(cx, &w, true);
         }
         if let Some(socket) = self.link.open_socket() {
             let bye = json!({"v": 1, "type": "disconnect", "from": self.id.did()}).to_string();
