@@ -1210,10 +1210,17 @@ impl Agent {
                 self.release_held(cx, &from);
             }
         }
+        // The receipt's ratchet step is committed with everything else: one
+        // write of the peer record per message received.
+        let receipt = if seq.is_some() {
+            self.seal_receipt(cx, &from, seq)
+        } else {
+            None
+        };
         self.save_peer(cx, &from);
         self.ack(cx, &id);
-        if seq.is_some() {
-            self.send_receipt(cx, &from, seq);
+        if let Some(r) = receipt {
+            self.send_frame(cx, r);
         }
         self.after_decrypt(cx, &from, how);
         self.wake_waiters(cx);
@@ -1707,27 +1714,29 @@ impl Agent {
     /// Receipt for one message, plus everything below `in_next`, so a lost
     /// receipt never pins the sender's outbox.
     fn send_receipt(&mut self, cx: &mut Cx<'_>, to: &str, seq: Option<u64>) {
+        if let Some(frame) = self.seal_receipt(cx, to, seq) {
+            self.save_peer(cx, to);
+            self.send_frame(cx, frame);
+        }
+    }
+
+    /// Encrypt a receipt (in memory; the caller commits the peer record):
+    /// the message `seq` plus everything below `in_next`, so a lost receipt
+    /// never pins the sender's outbox.
+    fn seal_receipt(&mut self, cx: &mut Cx<'_>, to: &str, seq: Option<u64>) -> Option<String> {
         let fid = frames::uuid_v4(cx.host);
         let ts = Self::timestamp(cx);
         let me = self.id.did().to_string();
-        let Some(peer) = self.peers.get_mut(to) else {
-            return;
-        };
+        let peer = self.peers.get_mut(to)?;
         let mut env =
             json!({"receipt": seq.into_iter().collect::<Vec<u64>>(), "upto": peer.in_next});
         if let Some(e) = peer.in_epoch {
             env["epoch"] = json!(e);
         }
-        let Some(r) = peer.active.as_mut().filter(|r| r.can_send()) else {
-            return;
-        };
+        let r = peer.active.as_mut().filter(|r| r.can_send())?;
         let body = json!({"type": "kars_receipt", "kars": env}).to_string();
-        let Ok((header, ct)) = r.encrypt(body.as_bytes(), cx.host) else {
-            return;
-        };
-        let frame = frames::message_frame(&me, to, &fid, &ts, &header, &ct);
-        self.save_peer(cx, to);
-        self.send_frame(cx, frame);
+        let (header, ct) = r.encrypt(body.as_bytes(), cx.host).ok()?;
+        Some(frames::message_frame(&me, to, &fid, &ts, &header, &ct))
     }
 
     fn reencrypt_outbox(&mut self, cx: &mut Cx<'_>, peer_did: &str) {

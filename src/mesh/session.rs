@@ -9,8 +9,11 @@ use crate::store::b64bytes;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-/// Relay frame ids remembered per peer for de-duplication.
-pub const SEEN_MAX: usize = 512;
+/// Relay frame ids remembered per peer for de-duplication. The relay only
+/// redelivers frames we have not acked (we ack right after committing), and
+/// sender re-sends are caught by sequence number, so a short window is
+/// enough; it is rewritten with the peer record on every message.
+pub const SEEN_MAX: usize = 64;
 /// The relay keeps unacked frames for 72 h; so do our marks.
 pub const SEEN_TTL_MS: u64 = 72 * 3600 * 1000;
 /// Most messages awaiting a receipt per peer.
