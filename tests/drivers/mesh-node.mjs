@@ -1,0 +1,201 @@
+#!/usr/bin/env node
+// Child-process driver around one kars-mesh node (js-host/node-host.js), for
+// tests and benchmarks that need a client in its own process (SIGKILL,
+// restart on the same state dir, two cores).
+//
+//   node tests/drivers/mesh-node.mjs --state DIR --relay URL --registry URL
+//        [--name NAME] [--echo] [--no-reader] [--wait-seconds S]
+//
+// stdout: one JSON object per line
+//   {"event":"ready","did":...,"pid":...}          node started and registered
+//   {"event":"message","id","from","ts","received_at","evidence","payload"}
+//                                                   one per inbox message, in inbox order
+//                                                   (the reader: mesh_inbox wait_seconds in a loop)
+//   {"event":"reply","req":R,"ok":true,...}         answer to a command
+//   {"event":"reply","req":R,"ok":false,"error":"..."}
+//   {"event":"fatal","error":"..."}                 the node died; the process exits 1
+// stdin: one JSON command per line ("req" is echoed in the reply)
+//   {"req":1,"cmd":"send","to":DID,"text":"..."}          mesh_send (message = text)
+//   {"req":1,"cmd":"send","to":DID,"message":{...}}       mesh_send (message = object)
+//   {"req":2,"cmd":"inbox","wait_seconds":S,"limit":N,"peek":B}   (with --no-reader)
+//   {"req":3,"cmd":"identity"}                            mesh_identity details
+//   {"req":4,"cmd":"burst","to":DID,"count":N,"tag":T}    N sequential sends of
+//                                                          {type:"bench",tag,n}; reply {sent,ms}
+//   {"req":5,"cmd":"stop"}                                stop the node, reply, exit 0 (also on EOF)
+// stderr: the engine's log lines (info and above) with a timestamp.
+//
+// --echo: every received message whose payload is not itself an echo is
+// answered with mesh_send {type:"echo", content: payload}.
+import { createNode } from '../../js-host/node-host.js';
+
+function parseArgs(argv) {
+  const o = { reader: true, echo: false, waitSeconds: 10 };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const val = () => {
+      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
+      return argv[++i];
+    };
+    if (a === '--state') o.stateDir = val();
+    else if (a === '--relay') o.relayUrl = val();
+    else if (a === '--registry') o.registryUrl = val();
+    else if (a === '--name') o.name = val();
+    else if (a === '--echo') o.echo = true;
+    else if (a === '--no-reader') o.reader = false;
+    else if (a === '--wait-seconds') o.waitSeconds = Number(val());
+    else throw new Error(`unknown argument ${a}`);
+  }
+  if (!o.stateDir || !o.relayUrl || !o.registryUrl) throw new Error('--state, --relay and --registry are required');
+  return o;
+}
+
+// Node documents stdout on a POSIX pipe as asynchronous, but libuv writes at
+// once when nothing is queued (the parent reads continuously), so a line is
+// normally in the pipe before the next step. Messages are read without peek
+// (the engine marks them read durably, then answers): a SIGKILL between that
+// answer and this write would lose the line, a window of microseconds.
+const out = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
+const stamp = () => new Date().toISOString().slice(11, 23);
+const errText = (r) => r?.content?.[0]?.text ?? JSON.stringify(r);
+const isError = (r) => typeof r?.content?.[0]?.text === 'string' && r.content[0].text.startsWith('❌');
+
+let opts;
+try {
+  opts = parseArgs(process.argv.slice(2));
+} catch (e) {
+  out({ event: 'fatal', error: e.message });
+  process.exit(2);
+}
+
+let node;
+try {
+  node = await createNode({
+    stateDir: opts.stateDir,
+    relayUrl: opts.relayUrl,
+    registryUrl: opts.registryUrl,
+    name: opts.name,
+    log: (level, message) => {
+      if (level !== 'debug') process.stderr.write(`[${stamp()} ${process.pid} ${level}] ${message}\n`);
+    },
+  });
+} catch (e) {
+  out({ event: 'fatal', error: `createNode: ${e.message}` });
+  process.exit(1);
+}
+
+let stopping = false;
+function fatal(e) {
+  if (stopping) return;
+  out({ event: 'fatal', error: String(e?.message ?? e) });
+  process.exit(1);
+}
+node.closed.then((err) => { if (err) fatal(err); });
+
+const reg = await node.callTool('mesh_register', {}).catch(fatal);
+if (isError(reg)) {
+  out({ event: 'fatal', error: `mesh_register: ${errText(reg)}` });
+  await node.stop();
+  process.exit(1);
+}
+out({ event: 'ready', did: node.did, pid: process.pid });
+
+// ---- the continuous reader ----------------------------------------------
+async function reader() {
+  while (!stopping) {
+    let r;
+    try {
+      r = await node.callTool('mesh_inbox', { wait_seconds: opts.waitSeconds, limit: 500 });
+    } catch (e) {
+      return fatal(e);
+    }
+    if (stopping) return;
+    if (isError(r)) {
+      process.stderr.write(`[${stamp()} ${process.pid} driver] mesh_inbox error: ${errText(r)}\n`);
+      await new Promise((res) => setTimeout(res, 200));
+      continue;
+    }
+    for (const m of r.details.mesh.messages) {
+      out({ event: 'message', ...m });
+      if (opts.echo && !(m.payload && m.payload.type === 'echo')) {
+        const s = await node.callTool('mesh_send', { to: m.from, message: { type: 'echo', content: m.payload } }).catch(fatal);
+        if (isError(s)) process.stderr.write(`[${stamp()} ${process.pid} driver] echo failed: ${errText(s)}\n`);
+      }
+    }
+  }
+}
+if (opts.reader) reader();
+
+// ---- commands -----------------------------------------------------------
+async function command(c) {
+  const req = c.req;
+  const reply = (obj) => out({ event: 'reply', req, ...obj });
+  switch (c.cmd) {
+    case 'send': {
+      const message = c.message ?? c.text;
+      const r = await node.callTool('mesh_send', { to: c.to, message });
+      if (isError(r)) return reply({ ok: false, error: errText(r) });
+      return reply({ ok: true, ...r.details.mesh });
+    }
+    case 'inbox': {
+      const args = {};
+      for (const k of ['wait_seconds', 'limit', 'peek', 'from']) if (c[k] !== undefined) args[k] = c[k];
+      const r = await node.callTool('mesh_inbox', args);
+      if (isError(r)) return reply({ ok: false, error: errText(r) });
+      return reply({ ok: true, ...r.details.mesh });
+    }
+    case 'identity': {
+      const r = await node.callTool('mesh_identity', {});
+      return reply({ ok: !isError(r), ...r.details?.mesh });
+    }
+    case 'burst': {
+      const t0 = performance.now();
+      let failed = 0;
+      for (let n = 0; n < c.count; n++) {
+        const r = await node.callTool('mesh_send', { to: c.to, message: { type: 'bench', tag: c.tag ?? null, n } });
+        if (isError(r)) {
+          failed++;
+          process.stderr.write(`[${stamp()} ${process.pid} driver] burst send ${n} failed: ${errText(r)}\n`);
+        }
+      }
+      return reply({ ok: failed === 0, sent: c.count - failed, failed, ms: performance.now() - t0 });
+    }
+    case 'stop':
+      await shutdown(req);
+      return undefined;
+    default:
+      return reply({ ok: false, error: `unknown cmd ${JSON.stringify(c.cmd)}` });
+  }
+}
+
+async function shutdown(req) {
+  if (stopping) return;
+  stopping = true;
+  await node.stop();
+  if (req !== undefined) out({ event: 'reply', req, ok: true });
+  process.exit(0);
+}
+
+let buf = '';
+process.stdin.setEncoding('utf8');
+process.stdin.on('data', (chunk) => {
+  buf += chunk;
+  let i;
+  while ((i = buf.indexOf('\n')) >= 0) {
+    const line = buf.slice(0, i).trim();
+    buf = buf.slice(i + 1);
+    if (!line) continue;
+    let c;
+    try {
+      c = JSON.parse(line);
+    } catch {
+      out({ event: 'reply', ok: false, error: 'command is not JSON' });
+      continue;
+    }
+    // Commands run concurrently (the engine serialises them); each gets its reply.
+    command(c).catch((e) => {
+      if (stopping) return;
+      out({ event: 'reply', req: c.req, ok: false, error: String(e?.message ?? e), rejected: true });
+    });
+  }
+});
+process.stdin.on('end', () => shutdown());
