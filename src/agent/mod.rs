@@ -54,6 +54,9 @@ const T_RELAY_HEARTBEAT: u64 = 1;
 const T_RECONNECT: u64 = 2;
 const T_REGISTRY: u64 = 3;
 const T_REREGISTER: u64 = 4;
+const T_RECEIPTS: u64 = 5;
+/// How long receipts wait to be coalesced.
+const RECEIPT_DELAY_MS: u64 = 25;
 const DYNAMIC_IDS: u64 = 1000;
 
 #[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
@@ -183,6 +186,7 @@ pub struct Agent {
     awaiting_session: HashMap<String, Vec<Queued>>,
     early: BTreeMap<String, Vec<(String, u64)>>,
     knocks_awaiting_identity: HashMap<String, Vec<String>>,
+    receipts_due: BTreeMap<String, Vec<u64>>,
     registered: bool,
     register_calls: Vec<String>,
     pub stats: Stats,
@@ -276,6 +280,7 @@ impl Agent {
             awaiting_session: HashMap::new(),
             early: BTreeMap::new(),
             knocks_awaiting_identity: HashMap::new(),
+            receipts_due: BTreeMap::new(),
             registered: false,
             register_calls: Vec::new(),
             stats: Stats::default(),
@@ -677,6 +682,7 @@ impl Agent {
             }
             T_RECONNECT => self.connect(cx),
             T_REREGISTER => self.register(cx),
+            T_RECEIPTS => self.flush_receipts(cx),
             T_REGISTRY => {
                 if self.registered {
                     let path = format!("/v1/agents/{}/heartbeat", self.id.did());
@@ -1089,8 +1095,8 @@ impl Agent {
             // Consumed before; our ack or receipt was lost. Say so again.
             self.stats.duplicates += 1;
             self.ack(cx, &id);
-            if seq.is_some() {
-                self.send_receipt(cx, &from, seq);
+            if let Some(s) = seq {
+                self.queue_receipt(cx, &from, s);
             }
             return;
         }
@@ -1210,17 +1216,10 @@ impl Agent {
                 self.release_held(cx, &from);
             }
         }
-        // The receipt's ratchet step is committed with everything else: one
-        // write of the peer record per message received.
-        let receipt = if seq.is_some() {
-            self.seal_receipt(cx, &from, seq)
-        } else {
-            None
-        };
         self.save_peer(cx, &from);
         self.ack(cx, &id);
-        if let Some(r) = receipt {
-            self.send_frame(cx, r);
+        if let Some(s) = seq {
+            self.queue_receipt(cx, &from, s);
         }
         self.after_decrypt(cx, &from, how);
         self.wake_waiters(cx);
@@ -1713,23 +1712,44 @@ impl Agent {
 
     /// Receipt for one message, plus everything below `in_next`, so a lost
     /// receipt never pins the sender's outbox.
-    fn send_receipt(&mut self, cx: &mut Cx<'_>, to: &str, seq: Option<u64>) {
-        if let Some(frame) = self.seal_receipt(cx, to, seq) {
-            self.save_peer(cx, to);
-            self.send_frame(cx, frame);
+    /// Receipts are coalesced: one cumulative receipt per peer per
+    /// RECEIPT_DELAY_MS instead of one per message, which halves the writes
+    /// and events on both sides under load. A receipt lost to a crash only
+    /// means the sender sends again, and we answer again.
+    fn queue_receipt(&mut self, cx: &mut Cx<'_>, to: &str, seq: u64) {
+        if self.receipts_due.is_empty() {
+            self.arm(cx, T_RECEIPTS, RECEIPT_DELAY_MS);
+        }
+        let q = self.receipts_due.entry(to.to_string()).or_default();
+        if q.len() < 256 {
+            q.push(seq);
+        }
+    }
+
+    fn flush_receipts(&mut self, cx: &mut Cx<'_>) {
+        for (to, seqs) in std::mem::take(&mut self.receipts_due) {
+            if let Some(frame) = self.seal_receipt(cx, &to, &seqs) {
+                self.save_peer(cx, &to);
+                self.send_frame(cx, frame);
+            }
         }
     }
 
     /// Encrypt a receipt (in memory; the caller commits the peer record):
     /// the message `seq` plus everything below `in_next`, so a lost receipt
     /// never pins the sender's outbox.
-    fn seal_receipt(&mut self, cx: &mut Cx<'_>, to: &str, seq: Option<u64>) -> Option<String> {
+    fn seal_receipt(&mut self, cx: &mut Cx<'_>, to: &str, seqs: &[u64]) -> Option<String> {
         let fid = frames::uuid_v4(cx.host);
         let ts = Self::timestamp(cx);
         let me = self.id.did().to_string();
         let peer = self.peers.get_mut(to)?;
-        let mut env =
-            json!({"receipt": seq.into_iter().collect::<Vec<u64>>(), "upto": peer.in_next});
+        // Explicit numbers only for those above the cumulative mark (held).
+        let explicit: Vec<u64> = seqs
+            .iter()
+            .copied()
+            .filter(|s| *s >= peer.in_next)
+            .collect();
+        let mut env = json!({"receipt": explicit, "upto": peer.in_next});
         if let Some(e) = peer.in_epoch {
             env["epoch"] = json!(e);
         }
@@ -1847,6 +1867,7 @@ impl Agent {
             cx.out.push(Command::TimerCancel(w.timer));
             self.answer_waiter(cx, &w, true);
         }
+        self.flush_receipts(cx);
         if let Some(socket) = self.link.open_socket() {
             let bye = json!({"v": 1, "type": "disconnect", "from": self.id.did()}).to_string();
             cx.out.push(Command::SocketSend { socket, text: bye });
@@ -1856,7 +1877,13 @@ impl Agent {
                 reason: "client disconnect".into(),
             });
         }
-        for t in [T_RELAY_HEARTBEAT, T_RECONNECT, T_REGISTRY, T_REREGISTER] {
+        for t in [
+            T_RELAY_HEARTBEAT,
+            T_RECONNECT,
+            T_REGISTRY,
+            T_REREGISTER,
+            T_RECEIPTS,
+        ] {
             cx.out.push(Command::TimerCancel(t));
         }
         self.link.state = LinkState::Replaced;
