@@ -250,6 +250,36 @@ impl Agent {
                 Err(e) => cx.log(LogLevel::Error, &format!("{e}; skipped")),
             }
         }
+        let mut fast_forwarded = Vec::new();
+        for p in peers.values_mut() {
+            let prefix = format!("{}{}/", keys::OUTBOX, p.did);
+            let mut loaded: Vec<OutEntry> = Vec::new();
+            for key in cx.host.storage_list(&prefix) {
+                match vault.get::<OutEntry>(cx.host, &key) {
+                    Ok(Some(o)) => loaded.push(o),
+                    Ok(None) => {}
+                    Err(e) => cx.log(LogLevel::Error, &format!("{e}; skipped")),
+                }
+            }
+            loaded.sort_by_key(|o| (o.created_ms, o.seq));
+            for o in loaded {
+                // The entry was written before the session record: if that
+                // write was lost, never reuse the message number it used.
+                if let (Ok(m), Some(r)) = (frames::parse_message_frame(&o.frame), p.active.as_mut())
+                {
+                    if r.fast_forward_send(&m.header.dh, m.header.n) {
+                        fast_forwarded.push(p.did.clone());
+                    }
+                }
+                if o.needs_receipt && o.seq >= p.out_seq {
+                    p.out_seq = o.seq.saturating_add(1);
+                }
+                p.persisted_out.insert(o.frame_id.clone());
+                if !p.outbox.iter().any(|x| x.frame_id == o.frame_id) {
+                    p.outbox.push(o);
+                }
+            }
+        }
         let mut entries = Vec::new();
         for key in cx.host.storage_list(keys::INBOX) {
             match vault.get::<Entry>(cx.host, &key) {
@@ -285,6 +315,13 @@ impl Agent {
             register_calls: Vec::new(),
             stats: Stats::default(),
         };
+        for did in fast_forwarded {
+            cx.log(
+                LogLevel::Warn,
+                &format!("recovered the sending chain to {did} after an interrupted write"),
+            );
+            agent.save_peer(cx, &did);
+        }
         cx.log(
             LogLevel::Info,
             &format!(
@@ -325,15 +362,43 @@ impl Agent {
 
     // ------------------------------------------------------------ persistence
 
-    fn save_peer(&self, cx: &mut Cx<'_>, did: &str) {
-        if let Some(p) = self.peers.get(did) {
-            let key = format!("{}{}", keys::SESSION, did);
-            if let Err(e) = self
-                .vault
-                .put_bytes(cx.host, &mut cx.out, &key, &p.to_bytes())
-            {
-                cx.log(LogLevel::Error, &e.to_string());
+    /// Commit a peer: its new and removed outbox entries first, then the
+    /// session record. An entry may thus be newer than the session record
+    /// after a crash; `Agent::start` steps the sending chain past it.
+    fn save_peer(&mut self, cx: &mut Cx<'_>, did: &str) {
+        let Some(p) = self.peers.get_mut(did) else {
+            return;
+        };
+        for o in &p.outbox {
+            if !p.persisted_out.contains(&o.frame_id) {
+                let key = format!("{}{}/{}", keys::OUTBOX, did, o.frame_id);
+                match self.vault.put(cx.host, &mut cx.out, &key, o) {
+                    Ok(()) => {
+                        p.persisted_out.insert(o.frame_id.clone());
+                    }
+                    Err(e) => cx.host.log(LogLevel::Error, &e.to_string()),
+                }
             }
+        }
+        let live: std::collections::HashSet<&str> =
+            p.outbox.iter().map(|o| o.frame_id.as_str()).collect();
+        let gone: Vec<String> = p
+            .persisted_out
+            .iter()
+            .filter(|id| !live.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            cx.out
+                .push(Command::Erase(format!("{}{}/{}", keys::OUTBOX, did, id)));
+            p.persisted_out.remove(&id);
+        }
+        let key = format!("{}{}", keys::SESSION, did);
+        if let Err(e) = self
+            .vault
+            .put_bytes(cx.host, &mut cx.out, &key, &p.to_bytes())
+        {
+            cx.log(LogLevel::Error, &e.to_string());
         }
     }
 

@@ -225,6 +225,25 @@ impl Ratchet {
         }
     }
 
+    /// After a crash, an outbox record can be newer than the session record
+    /// (the outbox entry is written first): step the sending chain past
+    /// message `n` of chain `dh`, so that number is never used again.
+    /// Returns whether it moved.
+    pub fn fast_forward_send(&mut self, dh: &[u8; 32], n: u32) -> bool {
+        if self.state.dhs.public() != dh || n < self.state.ns {
+            return false;
+        }
+        let Some(mut ck) = self.state.cks.take() else {
+            return false;
+        };
+        while self.state.ns <= n {
+            ck = kdf::chain(&ck).1;
+            self.state.ns += 1;
+        }
+        self.state.cks = Some(ck);
+        true
+    }
+
     pub fn can_send(&self) -> bool {
         self.state.cks.is_some()
     }

@@ -133,6 +133,9 @@ pub struct Peer {
     pub out_epoch: u64,
     /// The peer's numbering epoch as last seen.
     pub in_epoch: Option<u64>,
+    /// Outbox entries written as their own records (`outbox/<did>/<id>`), so
+    /// a send writes one entry instead of rewriting every pending one.
+    pub persisted_out: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -164,6 +167,7 @@ impl Peer {
             identity_ed: None,
             out_epoch: 0,
             in_epoch: None,
+            persisted_out: std::collections::BTreeSet::new(),
         }
     }
 
@@ -188,7 +192,9 @@ impl Peer {
             kars: self.kars,
             out_seq: self.out_seq,
             in_next: self.in_next,
-            outbox: self.outbox.clone(),
+            // Entries live in their own records; this field only reads
+            // records written before that.
+            outbox: Vec::new(),
             seen: self.seen.clone(),
             knock_sent: self.knock_sent.clone(),
             pending_knock: self.pending_knock.clone(),
@@ -241,6 +247,7 @@ impl Peer {
                 .and_then(|k| crate::wire::b64::decode_array::<32>(k).ok()),
             out_epoch: rec.out_epoch,
             in_epoch: rec.in_epoch,
+            persisted_out: std::collections::BTreeSet::new(),
         })
     }
 
