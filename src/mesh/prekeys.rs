@@ -226,3 +226,73 @@ impl Prekeys {
         self.opks.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entropy::SeededEntropy;
+
+    #[test]
+    fn every_upload_publishes_a_fresh_batch_and_ids_never_repeat() {
+        let mut rng = SeededEntropy::new(1);
+        let id = Identity::generate(&mut rng);
+        let mut p = Prekeys::generate(&id, 0, &mut rng);
+        let ids = |body: &str| -> Vec<u64> {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            v["one_time_pre_keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["key_id"].as_u64().unwrap())
+                .collect()
+        };
+        let (first, n) = p.upload_body(&id, 0, &mut rng);
+        assert_eq!(n, OPK_BATCH as usize);
+        assert!(!p.needs_replenish());
+        let (second, _) = p.upload_body(&id, 0, &mut rng);
+        let (a, b) = (ids(&first), ids(&second));
+        assert_eq!(
+            b.len(),
+            OPK_BATCH as usize,
+            "an upload never carries an empty list"
+        );
+        assert!(
+            a.iter().all(|x| !b.contains(x)),
+            "no key is published twice"
+        );
+        // Consuming OPKs lowers the registry estimate until a refill is due.
+        for k in &b[..(OPK_BATCH as usize - OPK_LOW_WATER + 1)] {
+            assert!(p.take_opk(*k as u32).is_some());
+        }
+        assert!(p.needs_replenish());
+        // Keys published earlier still answer KNOCKs already on their way.
+        assert!(p.take_opk(a[0] as u32).is_some());
+        assert!(p.take_opk(a[0] as u32).is_none(), "consumed once");
+    }
+
+    #[test]
+    fn rotation_keeps_the_previous_signed_prekey_for_the_grace_period() {
+        let mut rng = SeededEntropy::new(2);
+        let id = Identity::generate(&mut rng);
+        let mut p = Prekeys::generate(&id, 0, &mut rng);
+        let old = *p.spk_candidates(0)[0].public();
+        assert!(!p.rotate_if_due(&id, SPK_ROTATE_MS - 1, &mut rng));
+        assert!(p.rotate_if_due(&id, SPK_ROTATE_MS, &mut rng));
+        assert!(!p.uploaded(), "a rotated key must be uploaded");
+        let c = p.spk_candidates(SPK_ROTATE_MS + 1);
+        assert_eq!(c.len(), 2);
+        assert_ne!(*c[0].public(), old);
+        assert_eq!(*c[1].public(), old);
+        let (body, _) = p.upload_body(&id, SPK_ROTATE_MS, &mut rng);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["signed_pre_key"]["key_id"], 1,
+            "SPK ids are persisted counters"
+        );
+        assert_eq!(
+            p.spk_candidates(SPK_ROTATE_MS + SPK_GRACE_MS).len(),
+            1,
+            "the old SPK expires"
+        );
+    }
+}
