@@ -203,15 +203,7 @@ impl Toolkit {
         let ad = channel_ad(&own_did, peer_did, &agreement.associated_data);
         let ratchet =
             Ratchet::new_initiator(&agreement.shared_secret, &bundle.signed_prekey, ad, rng)?;
-        let h = self.handle();
-        self.sessions.insert(
-            h,
-            Session {
-                ratchet,
-                own_did,
-                peer_did: peer_did.to_string(),
-            },
-        );
+        let h = self.add_session(ratchet, own_did, peer_did);
         Ok(Initiated {
             session: h,
             establishment_json: frames::establishment_json(&est),
@@ -252,6 +244,11 @@ impl Toolkit {
         let own_did = agent.identity.did().to_string();
         let ad = channel_ad(peer_did, &own_did, &agreement.associated_data);
         let ratchet = Ratchet::new_responder(&agreement.shared_secret, spk.clone(), ad);
+        let h = self.add_session(ratchet, own_did, peer_did);
+        Ok(h)
+    }
+
+    fn add_session(&mut self, ratchet: Ratchet, own_did: String, peer_did: &str) -> u32 {
         let h = self.handle();
         self.sessions.insert(
             h,
@@ -261,7 +258,7 @@ impl Toolkit {
                 peer_did: peer_did.to_string(),
             },
         );
-        Ok(h)
+        h
     }
 
     pub fn session_encrypt(
