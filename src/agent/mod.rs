@@ -882,19 +882,14 @@ impl Agent {
         {
             Some(Ok(e)) => e,
             Some(Err(e)) => {
-                self.stats.malformed += 1;
-                cx.log(LogLevel::Warn, &format!("KNOCK from {from} refused: {e}"));
-                self.ack(cx, &id);
-                return;
+                return self.refuse_malformed(cx, &id, &format!("KNOCK from {from} refused: {e}"));
             }
             None => {
-                self.stats.malformed += 1;
-                cx.log(
-                    LogLevel::Warn,
+                return self.refuse_malformed(
+                    cx,
+                    &id,
                     &format!("KNOCK from {from} without establishment refused"),
                 );
-                self.ack(cx, &id);
-                return;
             }
         };
         let now = cx.now();
@@ -1086,6 +1081,13 @@ impl Agent {
         }
     }
 
+    /// Count, log and ack a frame we cannot use, so the relay stops pushing it.
+    fn refuse_malformed(&mut self, cx: &mut Cx<'_>, id: &str, why: &str) {
+        self.stats.malformed += 1;
+        cx.log(LogLevel::Warn, why);
+        self.ack(cx, id);
+    }
+
     fn on_knock_reply(&mut self, cx: &mut Cx<'_>, v: &Value, accepted: bool) {
         let Some((from, id)) = self.routed(cx, v) else {
             return;
@@ -1131,13 +1133,11 @@ impl Agent {
         let msg = match frames::parse_message_frame(text) {
             Ok(m) => m,
             Err(e) => {
-                self.stats.malformed += 1;
-                cx.log(
-                    LogLevel::Warn,
+                return self.refuse_malformed(
+                    cx,
+                    &id,
                     &format!("message {id} from {from} refused: {e}"),
                 );
-                self.ack(cx, &id);
-                return;
             }
         };
         let we_are_smaller = self.id.did() < from.as_str();
