@@ -19,11 +19,6 @@
 //   DURABILITY_SEED=123 node --test tests/durability.test.mjs   (replay a schedule)
 //   DURABILITY_N=200 ...                                         (shorter run)
 //   DURABILITY_KEEP=1 ...                                        (keep state dirs and logs)
-//   DURABILITY_ALLOW_IN_DOUBT_DUPLICATE=1 ...  tolerate (and report) a second
-//       copy of a number whose send was cut by a kill and retried: mesh_send
-//       takes no idempotency key, so a send committed just before the kill
-//       and retried after it is delivered twice. Off by default: the strict
-//       reading is "each number exactly once".
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -38,7 +33,6 @@ const SEED = Number(process.env.DURABILITY_SEED ?? Math.floor(Math.random() * 2 
 const STREAM_BOUND_MS = 240_000; // senders must be done by then
 const TAIL_MS = 180_000; // then every message must have arrived within this
 const SETTLE_MS = 5_000; // after the last one: watch for late duplicates
-const ALLOW_IN_DOUBT_DUP = process.env.DURABILITY_ALLOW_IN_DOUBT_DUPLICATE === '1';
 
 // mulberry32: a reproducible schedule from DURABILITY_SEED
 function prng(seed) {
@@ -159,7 +153,9 @@ async function sender(from, to) {
     from.inFlight = i;
     let r;
     try {
-      r = await drv.request({ cmd: 'send', to: to.did, message: { type: 'seq', from: from.name, n: i } });
+      // The number doubles as the idempotency key: a send cut off by a kill
+      // is retried with it, and the engine does not send it a second time.
+      r = await drv.request({ cmd: 'send', to: to.did, message: { type: 'seq', from: from.name, n: i }, key: `${from.name}-${i}` });
     } catch (e) {
       from.inFlight = undefined;
       if (!e.killed && !from.killing) throw e;
@@ -188,7 +184,7 @@ function describe(ns, inDoubt) {
   const count = new Map();
   for (const n of ns) count.set(n, (count.get(n) ?? 0) + 1);
   const dups = [...count].filter(([, c]) => c > 1).map(([n, c]) => `${n}×${c}${inDoubt.includes(n)
-    ? ' (in doubt: its mesh_send was cut by a kill and retried; mesh_send has no idempotency key, so a send committed just before the kill goes out twice)'
+    ? ' (in doubt: its mesh_send was cut by a kill and retried with the same idempotency key, which must not send it twice)'
     : ''}`);
   const missing = [];
   for (let k = 0; k < N; k++) if (!count.has(k)) missing.push(k);
@@ -343,20 +339,7 @@ test(`durability: ${N} messages each way, 2× SIGKILL+restart of a client, 1× r
       assert.equal(B.sent.length, N);
       for (const [recv, snd] of [[B, A], [A, B]]) {
         const got = recv.received.filter((m) => m.type === 'seq');
-        let ns = got.map((m) => m.n);
-        if (ALLOW_IN_DOUBT_DUP) {
-          // Drop one immediate repeat per in-doubt (retried) number, and say so.
-          const budget = new Map();
-          for (const n of snd.inDoubt) budget.set(n, (budget.get(n) ?? 0) + 1);
-          ns = ns.filter((n, k) => {
-            if (k > 0 && ns[k - 1] === n && (budget.get(n) ?? 0) > 0) {
-              budget.set(n, budget.get(n) - 1);
-              console.log(`# WARNING ${snd.name}→${recv.name}: #${n} arrived twice: its send was cut by a kill after the engine committed it, and the retry sent it again (tolerated by DURABILITY_ALLOW_IN_DOUBT_DUPLICATE=1)`);
-              return false;
-            }
-            return true;
-          });
-        }
+        const ns = got.map((m) => m.n);
         const d = describe(ns, snd.inDoubt);
         const expected = Array.from({ length: N }, (_, k) => k);
         const summary = `${snd.name}→${recv.name}: received ${ns.length}; duplicates: ${d.dups.join(', ') || 'none'}; `

@@ -1426,3 +1426,94 @@ fn debug_sweep() {
 thread_local! {
     static JOURNAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
+
+/// A caller that retries `mesh_send` with the same idempotency key (it was
+/// cut off before the answer) gets the first send's result, and the peer
+/// receives the message once.
+#[test]
+fn a_retried_send_with_the_same_key_is_not_sent_twice() {
+    let (mut w, ids) = world_with(23, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let bd = w.did(b);
+    let args = json!({"to": bd, "message": "once", "idempotency_key": "k-1"});
+    let first = w.call_sync(a, "mesh_send", args.clone(), 5_000);
+    let second = w.call_sync(a, "mesh_send", args, 5_000);
+    assert_eq!(
+        first["details"]["mesh"]["id"], second["details"]["mesh"]["id"],
+        "{first} / {second}"
+    );
+    assert_eq!(second["details"]["mesh"]["duplicate"], true);
+    let other = w.call_sync(
+        a,
+        "mesh_send",
+        json!({"to": bd, "message": "twice", "idempotency_key": "k-2"}),
+        5_000,
+    );
+    assert_ne!(
+        other["details"]["mesh"]["id"],
+        first["details"]["mesh"]["id"]
+    );
+    let bad = w.call_sync(
+        a,
+        "mesh_send",
+        json!({"to": bd, "message": "x", "idempotency_key": 7}),
+        5_000,
+    );
+    assert!(
+        bad["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("idempotency_key"),
+        "{bad}"
+    );
+    w.run_for(3_000);
+    let got: Vec<String> = w.read_inbox(b).iter().map(|m| m.content()).collect();
+    assert_eq!(got, ["once", "twice"]);
+}
+
+/// A peer that stays away does not make the sender drop anything: past the
+/// outbox limit `mesh_send` refuses with a clear error, and every message it
+/// accepted arrives once the peer is back.
+#[test]
+fn a_full_outbox_refuses_new_sends_instead_of_dropping_old_ones() {
+    let (mut w, ids) = world_with(29, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let bd = w.did(b);
+    w.send(a, b, "m0");
+    w.run_for(3_000);
+    assert_eq!(w.read_inbox(b).len(), 1, "setup: receipts flowing");
+    w.crash_now(b, 120_000);
+    let limit = kars_mesh::mesh::session::OUTBOX_MAX;
+    for i in 0..limit {
+        let r = w.call_sync(
+            a,
+            "mesh_send",
+            json!({"to": bd, "message": format!("q{i}")}),
+            5_000,
+        );
+        assert!(r["details"]["mesh"]["error"].is_null(), "send {i}: {r}");
+    }
+    let refused = w.call_sync(
+        a,
+        "mesh_send",
+        json!({"to": bd, "message": "one too many"}),
+        5_000,
+    );
+    let text = refused["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("❌") && text.contains("waiting for its receipt"),
+        "{refused}"
+    );
+    w.run_for(400_000);
+    let mut got: Vec<String> = Vec::new();
+    loop {
+        // mesh_inbox answers at most 500 at a time.
+        let batch: Vec<String> = w.read_inbox(b).iter().map(|m| m.content()).collect();
+        if batch.is_empty() {
+            break;
+        }
+        got.extend(batch);
+    }
+    let want: Vec<String> = (0..limit).map(|i| format!("q{i}")).collect();
+    assert_eq!(got, want, "every accepted message, once, in order");
+}

@@ -128,6 +128,7 @@ enum Purpose {
         call_id: String,
         name: String,
         payload: Value,
+        key: Option<String>,
     },
 }
 
@@ -145,6 +146,7 @@ struct Sealed {
 }
 
 struct Queued {
+    key: Option<String>,
     call_id: Option<String>,
     payload: Value,
 }
@@ -275,6 +277,9 @@ impl Agent {
                     p.out_seq = o.seq.saturating_add(1);
                 }
                 p.persisted_out.insert(o.frame_id.clone());
+                if let Some(k) = &o.key {
+                    p.remember_key(k, &o.frame_id);
+                }
                 if !p.outbox.iter().any(|x| x.frame_id == o.frame_id) {
                     p.outbox.push(o);
                 }
@@ -629,6 +634,7 @@ impl Agent {
                 call_id,
                 name,
                 payload,
+                key,
             } => {
                 let found = if ok {
                     reg::parse_discover(body).unwrap_or_default()
@@ -638,7 +644,7 @@ impl Agent {
                 match found.as_slice() {
                     [one] => {
                         let did = one.did.clone();
-                        self.send_payload(cx, &did, payload, Some(call_id));
+                        self.send_payload(cx, &did, payload, Some(call_id), key);
                     }
                     [] if ok => tools::fail(cx, &call_id, &format!("No agent is registered under the name {name:?}. Use discover to look it up, or pass its did:mesh: DID.")),
                     [] => tools::fail(cx, &call_id, &format!("Could not look up {name:?}: {problem}")),
@@ -1400,7 +1406,7 @@ impl Agent {
                 .is_some_and(|p| p.active.as_ref().is_some_and(|r| r.can_send()))
             {
                 for item in q {
-                    self.encrypt_and_queue(cx, from, item.payload, item.call_id);
+                    self.encrypt_and_queue(cx, from, item.payload, item.call_id, item.key);
                 }
             } else {
                 self.awaiting_session.insert(from.to_string(), q);
@@ -1474,25 +1480,46 @@ impl Agent {
 
     /// Send a JSON payload to a peer DID: now if there is a session, after
     /// fetching its bundle if not. Answers `call_id` once committed.
+    /// `key`: the caller's idempotency key. A retry with a key already
+    /// committed answers with the first send's result instead of sending
+    /// again (a caller cut off before the answer cannot know otherwise).
     pub fn send_payload(
         &mut self,
         cx: &mut Cx<'_>,
         to: &str,
         payload: Value,
         call_id: Option<String>,
+        key: Option<String>,
     ) {
+        if let (Some(k), Some(c)) = (&key, &call_id) {
+            if let Some(fid) = self.peers.get(to).and_then(|p| p.sent_key(k)) {
+                let fid = fid.to_string();
+                return tools::ok(
+                    cx,
+                    c,
+                    &format!(
+                        "✅ Already sent to {to} (idempotency key seen before); not sent again"
+                    ),
+                    json!({"to": to, "id": fid, "session": "existing", "queued": false, "duplicate": true}),
+                );
+            }
+        }
         let can_send = self
             .peers
             .get(to)
             .is_some_and(|p| p.active.as_ref().is_some_and(|r| r.can_send()));
         if can_send {
-            return self.encrypt_and_queue(cx, to, payload, call_id);
+            return self.encrypt_and_queue(cx, to, payload, call_id, key);
         }
         let waiting = self.awaiting_session.contains_key(to);
         self.awaiting_session
             .entry(to.to_string())
             .or_default()
-            .push(Queued { call_id, payload });
+            .push(Queued {
+                call_id,
+                payload,
+                key,
+            });
         if waiting {
             return;
         }
@@ -1529,7 +1556,7 @@ impl Agent {
             // A session came up meanwhile (the peer knocked first and its
             // message arrived): use it rather than replacing it.
             for q in queued {
-                self.encrypt_and_queue(cx, peer_did, q.payload, q.call_id);
+                self.encrypt_and_queue(cx, peer_did, q.payload, q.call_id, q.key);
             }
             return;
         }
@@ -1615,14 +1642,18 @@ impl Agent {
         let mut answers = Vec::new();
         for o in stale {
             let payload: Value = serde_json::from_slice(&o.plaintext).unwrap_or_default();
-            if let Ok(sealed) =
-                self.seal_for_peer(cx, peer_did, payload, o.needs_receipt.then_some(o.seq))
-            {
+            if let Ok(sealed) = self.seal_for_peer(
+                cx,
+                peer_did,
+                payload,
+                o.needs_receipt.then_some(o.seq),
+                o.key.clone(),
+            ) {
                 frames_out.push(sealed.frame);
             }
         }
         for q in queued {
-            match self.seal_for_peer(cx, peer_did, q.payload, None) {
+            match self.seal_for_peer(cx, peer_did, q.payload, None, q.key) {
                 Ok(sealed) => {
                     frames_out.push(sealed.frame.clone());
                     answers.push((q.call_id, Ok(sealed)));
@@ -1639,8 +1670,9 @@ impl Agent {
         to: &str,
         payload: Value,
         call_id: Option<String>,
+        key: Option<String>,
     ) {
-        let (frames_out, answer) = match self.seal_for_peer(cx, to, payload, None) {
+        let (frames_out, answer) = match self.seal_for_peer(cx, to, payload, None, key) {
             Ok(sealed) => (vec![sealed.frame.clone()], Ok(sealed)),
             Err(e) => (Vec::new(), Err(e)),
         };
@@ -1657,6 +1689,7 @@ impl Agent {
         to: &str,
         mut payload: Value,
         keep_seq: Option<u64>,
+        key: Option<String>,
     ) -> Result<Sealed, String> {
         let now = cx.now();
         let fid = frames::uuid_v4(cx.host);
@@ -1672,6 +1705,14 @@ impl Agent {
             peer.out_epoch = (u64::from_le_bytes(e) >> 11).max(1);
         }
         let kars = peer.kars;
+        let waiting = peer.outbox.iter().filter(|o| o.needs_receipt).count();
+        if keep_seq.is_none() && waiting >= OUTBOX_MAX {
+            // Refuse rather than drop: nothing already accepted is ever lost.
+            return Err(format!(
+                "{waiting} messages to {to} are still waiting for its receipt (it looks offline); \
+                 nothing more is queued until it comes back. Try again later."
+            ));
+        }
         let seq = keep_seq.unwrap_or(peer.out_seq);
         let bare = serde_json::to_vec(&payload).unwrap_or_default();
         if kars {
@@ -1699,8 +1740,8 @@ impl Agent {
         if kars && keep_seq.is_none() {
             peer.out_seq = peer.out_seq.saturating_add(1);
         }
-        if peer.outbox.len() >= OUTBOX_MAX {
-            peer.outbox.remove(0);
+        if let Some(k) = &key {
+            peer.remember_key(k, &fid);
         }
         peer.outbox.push(OutEntry {
             seq,
@@ -1711,6 +1752,7 @@ impl Agent {
             last_sent_ms: now,
             attempts: 1,
             needs_receipt: kars,
+            key,
         });
         self.stats.sent += 1;
         Ok(Sealed {
@@ -1836,9 +1878,13 @@ impl Agent {
         let mut frames_out = Vec::new();
         for o in stale {
             let payload: Value = serde_json::from_slice(&o.plaintext).unwrap_or_default();
-            if let Ok(sealed) =
-                self.seal_for_peer(cx, peer_did, payload, o.needs_receipt.then_some(o.seq))
-            {
+            if let Ok(sealed) = self.seal_for_peer(
+                cx,
+                peer_did,
+                payload,
+                o.needs_receipt.then_some(o.seq),
+                o.key.clone(),
+            ) {
                 frames_out.push(sealed.frame);
             }
         }

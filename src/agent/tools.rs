@@ -64,16 +64,21 @@ pub(super) fn handle(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, tool: &s
                     return fail(cx, call_id, "mesh_send needs `message`: a non-empty string or JSON object.");
                 }
             };
+            let key = match args.get("idempotency_key") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(k)) if !k.is_empty() && k.len() <= 128 => Some(k.clone()),
+                Some(_) => return fail(cx, call_id, "idempotency_key must be a non-empty string of at most 128 characters."),
+            };
             if to == agent.did() {
                 return fail(cx, call_id, "That is this agent's own DID; pass another agent's DID or name.");
             }
             if is_mesh_did(to) {
-                agent.send_payload(cx, to, payload, Some(call_id.to_string()));
+                agent.send_payload(cx, to, payload, Some(call_id.to_string()), key);
             } else if to.starts_with("did:") || to.is_empty() || to.len() > 128 || to.contains(char::is_whitespace) {
                 fail(cx, call_id, &format!("{:?} is not a did:mesh: DID (did:mesh: + 32 lowercase hex) or a registered name.", to.chars().take(80).collect::<String>()));
             } else {
                 let path = format!("/v1/discover?capability={}&limit=5", reg::query_escape(to));
-                agent.http(cx, Purpose::Resolve { call_id: call_id.to_string(), name: to.to_string(), payload }, "GET", &path, false, None);
+                agent.http(cx, Purpose::Resolve { call_id: call_id.to_string(), name: to.to_string(), payload, key }, "GET", &path, false, None);
             }
         }
         "mesh_inbox" => {

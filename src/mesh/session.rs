@@ -16,7 +16,9 @@ use zeroize::Zeroizing;
 pub const SEEN_MAX: usize = 64;
 /// The relay keeps unacked frames for 72 h; so do our marks.
 pub const SEEN_TTL_MS: u64 = 72 * 3600 * 1000;
-/// Most messages awaiting a receipt per peer.
+/// Idempotency keys remembered per peer.
+pub const SENT_KEYS_MAX: usize = 1024;
+/// Most messages awaiting a receipt per peer; beyond that sends are refused.
 pub const OUTBOX_MAX: usize = 1000;
 
 /// A message we sent and keep until the peer's receipt (kars peers only).
@@ -36,6 +38,9 @@ pub struct OutEntry {
     /// an open link.
     #[serde(default)]
     pub needs_receipt: bool,
+    /// The caller's idempotency key, if it gave one.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 impl Drop for OutEntry {
@@ -83,6 +88,8 @@ struct PeerRecord {
     out_epoch: u64,
     #[serde(default)]
     in_epoch: Option<u64>,
+    #[serde(default)]
+    sent_keys: Vec<(String, String)>,
 }
 
 /// A consumed relay frame: its id, when, and the sender's sequence number.
@@ -136,6 +143,8 @@ pub struct Peer {
     /// Outbox entries written as their own records (`outbox/<did>/<id>`), so
     /// a send writes one entry instead of rewriting every pending one.
     pub persisted_out: std::collections::BTreeSet<String>,
+    /// Recent idempotency keys of sends to this peer, with their frame ids.
+    pub sent_keys: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -168,6 +177,7 @@ impl Peer {
             out_epoch: 0,
             in_epoch: None,
             persisted_out: std::collections::BTreeSet::new(),
+            sent_keys: Vec::new(),
         }
     }
 
@@ -202,6 +212,7 @@ impl Peer {
             identity_ed: self.identity_ed.map(|k| crate::wire::b64::encode_std(&k)),
             out_epoch: self.out_epoch,
             in_epoch: self.in_epoch,
+            sent_keys: self.sent_keys.clone(),
         };
         let out = Zeroizing::new(serde_json::to_vec(&rec).unwrap_or_default());
         let mut rec = rec;
@@ -248,7 +259,25 @@ impl Peer {
             out_epoch: rec.out_epoch,
             in_epoch: rec.in_epoch,
             persisted_out: std::collections::BTreeSet::new(),
+            sent_keys: rec.sent_keys.clone(),
         })
+    }
+
+    pub fn remember_key(&mut self, key: &str, frame_id: &str) {
+        if self.sent_key(key).is_none() {
+            self.sent_keys.push((key.to_string(), frame_id.to_string()));
+            if self.sent_keys.len() > SENT_KEYS_MAX {
+                let excess = self.sent_keys.len() - SENT_KEYS_MAX;
+                self.sent_keys.drain(..excess);
+            }
+        }
+    }
+
+    pub fn sent_key(&self, key: &str) -> Option<&str> {
+        self.sent_keys
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, f)| f.as_str())
     }
 
     pub fn has_seen(&self, frame_id: &str) -> bool {

@@ -17,6 +17,7 @@
 // stdin: one JSON command per line ("req" is echoed in the reply)
 //   {"req":1,"cmd":"send","to":DID,"text":"..."}          mesh_send (message = text)
 //   {"req":1,"cmd":"send","to":DID,"message":{...}}       mesh_send (message = object)
+//   ... "key":"..."                                         passed as mesh_send idempotency_key
 //   {"req":2,"cmd":"inbox","wait_seconds":S,"limit":N,"peek":B}   (with --no-reader)
 //   {"req":3,"cmd":"identity"}                            mesh_identity details
 //   {"req":4,"cmd":"burst","to":DID,"count":N,"tag":T}    N sequential sends of
@@ -132,7 +133,9 @@ async function command(c) {
   switch (c.cmd) {
     case 'send': {
       const message = c.message ?? c.text;
-      const r = await node.callTool('mesh_send', { to: c.to, message });
+      const args = { to: c.to, message };
+      if (c.key != null) args.idempotency_key = String(c.key);
+      const r = await node.callTool('mesh_send', args);
       if (isError(r)) return reply({ ok: false, error: errText(r) });
       return reply({ ok: true, ...r.details.mesh });
     }

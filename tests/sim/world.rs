@@ -1432,22 +1432,38 @@ impl World {
     }
 
     /// Message contents in agent `i`'s persisted outbox towards `peer`.
+    /// Contents of the messages in agent `i`'s outbox for `peer`: the
+    /// per-entry records `outbox/<peer>/<frame id>` (and the session
+    /// record's own list, which only records from older builds use).
     pub fn outbox_contents(&self, i: usize, peer: &str) -> Vec<String> {
-        let Some(rec) = self.persisted(i, &format!("session/{peer}")) else {
-            return Vec::new();
+        let content = |e: &Value| -> Option<String> {
+            let pt = b64::decode(e["plaintext"].as_str()?).ok()?;
+            let v: Value = serde_json::from_slice(&pt).ok()?;
+            v["content"].as_str().map(str::to_string)
         };
-        rec["outbox"]
-            .as_array()
-            .map(|o| {
-                o.iter()
-                    .filter_map(|e| {
-                        let pt = b64::decode(e["plaintext"].as_str()?).ok()?;
-                        let v: Value = serde_json::from_slice(&pt).ok()?;
-                        v["content"].as_str().map(str::to_string)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        let prefix = format!("outbox/{peer}/");
+        let keys: Vec<String> = self.agents[i]
+            .host
+            .storage
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        let mut out: Vec<String> = keys
+            .iter()
+            .filter_map(|k| self.persisted(i, k))
+            .filter_map(|e| content(&e))
+            .collect();
+        if let Some(rec) = self.persisted(i, &format!("session/{peer}")) {
+            out.extend(
+                rec["outbox"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(content),
+            );
+        }
+        out
     }
 
     /// Frames of one type that agent `i` put on the wire towards `to`.
