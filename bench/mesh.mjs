@@ -274,9 +274,10 @@ async function backlog() {
   const { node: a, p } = await instrumentedNode('backlog-sender');
   await a.callTool('mesh_send', { to: offDid, message: { type: 'warmup' } });
   const rows = [];
+  // Everything the sender holds on disk: records (session, outbox, ...), excluding nothing.
   const recordSize = () => {
     const recs = path.join(dir, 'backlog-sender', 'records');
-    return fs.readdirSync(recs).filter((f) => f.startsWith('session')).reduce((n, f) => n + fs.statSync(path.join(recs, f)).size, 0);
+    return fs.readdirSync(recs).reduce((n, f) => n + fs.statSync(path.join(recs, f)).size, 0);
   };
   for (let batch = 0; batch < 10; batch++) {
     Object.assign(p, { handleMs: 0, handles: 0, stores: 0, storeBytes: 0 });
@@ -300,27 +301,43 @@ function cpuIdleFraction(ms) {
   });
 }
 
+/** Linux PSI: share of the last 10 s in which some task waited for I/O (%), or null. */
+function ioPressure() {
+  try {
+    return Number(/some avg10=([\d.]+)/.exec(readFileSync('/proc/pressure/io', 'utf8'))[1]);
+  } catch {
+    return null;
+  }
+}
+
 async function waitIdle(maxS) {
   const t0 = Date.now();
   for (;;) {
     let idle;
     try { idle = await cpuIdleFraction(2000); } catch { return 'unknown (no /proc/stat)'; }
-    if (idle >= 0.85) return `idle ${(idle * 100).toFixed(0)}% after ${((Date.now() - t0) / 1000).toFixed(0)} s`;
-    if (Date.now() - t0 > maxS * 1000) return `still busy (idle ${(idle * 100).toFixed(0)}%) after ${maxS} s; measured anyway`;
+    const io = ioPressure();
+    const what = `idle ${(idle * 100).toFixed(0)}%${io == null ? '' : `, I/O pressure ${io.toFixed(1)}%`}`;
+    if (idle >= 0.85 && (io == null || io < 2)) return `${what} after ${((Date.now() - t0) / 1000).toFixed(0)} s wait`;
+    if (Date.now() - t0 > maxS * 1000) return `still busy (${what}) after ${maxS} s; measured anyway`;
+  }
+}
+
+function buildId() {
+  try {
+    const root = path.resolve(BENCH, '..');
+    const head = execFileSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['-C', root, 'status', '--porcelain', '--', 'src', 'wit', 'js-host'], { encoding: 'utf8' }).trim() ? ' + uncommitted changes in src/wit/js-host' : '';
+    const wasm = readFileSync(path.join(root, 'js-host/gen/kars_mesh.component.core.wasm'));
+    return `commit ${head}${dirty}; js-host/gen core wasm sha256 ${createHash('sha256').update(wasm).digest('hex').slice(0, 16)}`;
+  } catch {
+    return '?';
   }
 }
 
 function environment() {
   let py = '?';
   try { py = execFileSync(VENV_PYTHON, ['--version'], { encoding: 'utf8' }).trim(); } catch { /* ignore */ }
-  let build = '?';
-  try {
-    const root = path.resolve(BENCH, '..');
-    const head = execFileSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['-C', root, 'status', '--porcelain', '--', 'src', 'wit', 'js-host'], { encoding: 'utf8' }).trim() ? ' + uncommitted changes in src/wit/js-host' : '';
-    const wasm = readFileSync(path.join(root, 'js-host/gen/kars_mesh.component.core.wasm'));
-    build = `commit ${head}${dirty}; js-host/gen core wasm sha256 ${createHash('sha256').update(wasm).digest('hex').slice(0, 16)}`;
-  } catch { /* not a git checkout */ }
+  const build = buildId();
   const cpus = os.cpus();
   return {
     build,
@@ -341,7 +358,7 @@ function markdown(env, results, bd, bl, wallMs) {
   L.push('');
   L.push(`Engine build: ${env.build}.`);
   L.push('');
-  L.push(`Machine: ${env.cpu}; ${env.os}; Node ${env.node}; ${env.python}; load average at start ${env.load}; CPU idle at start ${env.idleNow} (wait for idle: ${env.idle}). Other work on the machine shows up in the tails (p99, max).`);
+  L.push(`Machine: ${env.cpu}; ${env.os}; Node ${env.node}; ${env.python}; load average at start ${env.load}. With \`--wait-idle\` each section waits for idle CPUs first; other work starting during a section (builds, tests) still shows up, mostly in p99/max and in fsync times.`);
   L.push('');
   L.push('One loopback AgentMesh relay and registry (agent-governance-toolkit-core 5.0.0, `tests/harness/servers.mjs`)');
   L.push('serve every pair in this run. Each client is its own process: ours is `tests/drivers/mesh-node.mjs`');
@@ -356,14 +373,14 @@ function markdown(env, results, bd, bl, wallMs) {
   L.push('  back; *delivered/s* = messages / (time from the first send until D has decrypted the last one).');
   L.push('  *send/s* is how fast the sender accepted them.');
   L.push('');
-  L.push('| pair | first contact RTT (ms) | RTT p50 (ms) | RTT p99 (ms) | RTT mean (ms) | RTT max (ms) | delivered/s | send/s | all delivered after (s) |');
-  L.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+  L.push('| pair | first contact RTT (ms) | RTT p50 (ms) | RTT p99 (ms) | RTT mean (ms) | RTT max (ms) | delivered/s | send/s | all delivered after (s) | CPU before the section |');
+  L.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---|');
   for (const r of results) {
     if (r.error) {
-      L.push(`| ${r.name} | failed: ${r.error.replace(/\|/g, '\\|').split('\n')[0]} | | | | | | | |`);
+      L.push(`| ${r.name} | failed: ${r.error.replace(/\|/g, '\\|').split('\n')[0]} | | | | | | | | |`);
       continue;
     }
-    L.push(`| ${r.name} | ${f1(r.setupMs)} | ${f2(r.latency.p50)} | ${f2(r.latency.p99)} | ${f2(r.latency.mean)} | ${f1(r.latency.max)} | ${Math.round(r.throughput.perSec)} | ${Math.round(r.throughput.sendPerSec)} | ${(r.throughput.totalMs / 1000).toFixed(2)} |`);
+    L.push(`| ${r.name} | ${f1(r.setupMs)} | ${f2(r.latency.p50)} | ${f2(r.latency.p99)} | ${f2(r.latency.mean)} | ${f1(r.latency.max)} | ${Math.round(r.throughput.perSec)} | ${Math.round(r.throughput.sendPerSec)} | ${(r.throughput.totalMs / 1000).toFixed(2)} | ${r.idleAt ?? ''} |`);
   }
   L.push('');
   const o = results.find((r) => r.engine);
@@ -387,7 +404,7 @@ function markdown(env, results, bd, bl, wallMs) {
     L.push('');
     L.push(`Two nodes in the bench process (no driver, no pipes), ${bd.rounds} round trips as above, the core's \`handle()\``);
     L.push('timed, its `store` commands counted, `fs.fsyncSync` timed (each store = temp file + fsync + rename + fsync of the directory).');
-    L.push('Per round trip, both nodes together:');
+    L.push(`Per round trip, both nodes together (CPU before the section: ${bd.idleAt}):`);
     L.push('');
     L.push('| RTT p50 (ms) | RTT p99 (ms) | engine handle() calls | engine CPU (ms) | durable writes (store) | bytes written | fsyncs | fsync time (ms) |');
     L.push('|---:|---:|---:|---:|---:|---:|---:|---:|');
@@ -397,15 +414,28 @@ function markdown(env, results, bd, bl, wallMs) {
   if (bl) {
     L.push('## mesh_send cost while messages wait for their receipt');
     L.push('');
-    L.push('One node sends 1,000 messages to a registered peer that is offline, so none is receipted and all stay in the');
-    L.push('session\'s outbox (which is stored with the session record on every change). Per batch of 100 sends:');
+    L.push('One node sends 1,000 messages to a registered peer that is offline, so none is receipted and all stay in');
+    L.push(`its outbox. A cost that grows with the backlog means some record is rewritten whole per send. Per batch of 100 sends (CPU before the section: ${bl.idleAt}):`);
     L.push('');
-    L.push('| unreceipted before the batch | ms per mesh_send | engine CPU ms per send | bytes stored per send | session record size after (bytes) |');
+    L.push('| unreceipted before the batch | ms per mesh_send | engine CPU ms per send | bytes stored per send | all records on disk after (bytes) |');
     L.push('|---:|---:|---:|---:|---:|');
     for (const r of bl) L.push(`| ${r.outstanding}–${r.outstanding + 99} | ${f2(r.msPerSend)} | ${f2(r.handleMsPerSend)} | ${Math.round(r.bytesPerSend)} | ${r.recordBytes} |`);
     L.push('');
   }
   return `${L.join('\n')}\n`;
+}
+
+/** Before each section: wait for idle CPUs (with --wait-idle), note the idle share. */
+async function beforeSection(name) {
+  let note;
+  if (WAIT_IDLE) {
+    const maxS = WAIT_IDLE.includes('=') ? Number(WAIT_IDLE.split('=')[1]) : 300;
+    note = await waitIdle(maxS);
+  } else {
+    try { note = `idle ${(100 * (await cpuIdleFraction(1000))).toFixed(0)}%`; } catch { note = '?'; }
+  }
+  console.log(`# ${name} ... (CPU ${note})`);
+  return note;
 }
 
 async function main() {
@@ -430,10 +460,11 @@ async function main() {
     ['AGT Python ↔ AGT Python (in memory)', () => agt(false)],
     ['AGT Python ↔ AGT Python (--state: fsync per frame)', () => agt(true)],
   ]) {
-    console.log(`# ${name} ...`);
+    const idleAt = await beforeSection(name);
     const t = performance.now();
     try {
       const r = await fn();
+      r.idleAt = idleAt;
       results.push(r);
       console.log(`#   RTT p50 ${f2(r.latency.p50)} ms, p99 ${f2(r.latency.p99)} ms (first contact ${f1(r.setupMs)} ms); `
         + `${COUNT} msgs delivered in ${(r.throughput.totalMs / 1000).toFixed(2)} s = ${Math.round(r.throughput.perSec)} msg/s `
@@ -448,16 +479,23 @@ async function main() {
   let bd = null;
   let bl = null;
   try {
-    console.log('# where the time goes (instrumented pair in this process) ...');
+    const idleBd = await beforeSection('where the time goes (instrumented pair in this process)');
     bd = await breakdown();
+    bd.idleAt = idleBd;
     console.log(`#   ${JSON.stringify(bd)}`);
-    console.log('# mesh_send cost vs. unreceipted backlog ...');
+    const idleBl = await beforeSection('mesh_send cost vs. unreceipted backlog');
     bl = await backlog();
+    bl.idleAt = idleBl;
     for (const r of bl) console.log(`#   ${JSON.stringify(r)}`);
   } catch (e) {
     console.log(`#   FAILED: ${e.stack}`);
   }
   await Promise.allSettled(cleanup.splice(0).map((f) => f()));
+  const endBuild = buildId();
+  if (endBuild !== env.build) {
+    env.build = `CHANGED DURING THE RUN (js-host/gen was rebuilt): at start ${env.build}; at the end ${endBuild}. Sections started after the rebuild ran the new engine; rerun for consistent numbers`;
+    console.log(`# WARNING: the engine build changed during the run: ${env.build}`);
+  }
   const md = markdown(env, results, bd, bl, performance.now() - wall0);
   console.log(`\n${md}`);
   if (!NO_WRITE) {

@@ -19,7 +19,7 @@ pub const SEEN_TTL_MS: u64 = 72 * 3600 * 1000;
 /// Idempotency keys remembered per peer.
 pub const SENT_KEYS_MAX: usize = 1024;
 /// Most messages awaiting a receipt per peer; beyond that sends are refused.
-pub const OUTBOX_MAX: usize = 1000;
+pub const OUTBOX_MAX: usize = 5000;
 
 /// A message we sent and keep until the peer's receipt (kars peers only).
 #[derive(Serialize, Deserialize, Clone)]
