@@ -1640,18 +1640,7 @@ impl Agent {
         let stale: Vec<OutEntry> = std::mem::take(&mut peer.outbox);
         let mut frames_out = vec![knock];
         let mut answers = Vec::new();
-        for o in stale {
-            let payload: Value = serde_json::from_slice(&o.plaintext).unwrap_or_default();
-            if let Ok(sealed) = self.seal_for_peer(
-                cx,
-                peer_did,
-                payload,
-                o.needs_receipt.then_some(o.seq),
-                o.key.clone(),
-            ) {
-                frames_out.push(sealed.frame);
-            }
-        }
+        self.reseal(cx, peer_did, stale, &mut frames_out);
         for q in queued {
             match self.seal_for_peer(cx, peer_did, q.payload, None, q.key) {
                 Ok(sealed) => {
@@ -1866,16 +1855,16 @@ impl Agent {
         Some(frames::message_frame(&me, to, &fid, &ts, &header, &ct))
     }
 
-    fn reencrypt_outbox(&mut self, cx: &mut Cx<'_>, peer_did: &str) {
-        let Some(peer) = self.peers.get_mut(peer_did) else {
-            return;
-        };
-        if !peer.active.as_ref().is_some_and(|r| r.can_send()) {
-            return;
-        }
-        let stale: Vec<OutEntry> = std::mem::take(&mut peer.outbox);
-        peer.pending_knock = None;
-        let mut frames_out = Vec::new();
+    /// Seal outbox entries again under the peer's current session, keeping
+    /// their sequence numbers and idempotency keys; their frames are added to
+    /// `frames_out` (nothing is committed here).
+    fn reseal(
+        &mut self,
+        cx: &mut Cx<'_>,
+        peer_did: &str,
+        stale: Vec<OutEntry>,
+        frames_out: &mut Vec<String>,
+    ) {
         for o in stale {
             let payload: Value = serde_json::from_slice(&o.plaintext).unwrap_or_default();
             if let Ok(sealed) = self.seal_for_peer(
@@ -1888,6 +1877,19 @@ impl Agent {
                 frames_out.push(sealed.frame);
             }
         }
+    }
+
+    fn reencrypt_outbox(&mut self, cx: &mut Cx<'_>, peer_did: &str) {
+        let Some(peer) = self.peers.get_mut(peer_did) else {
+            return;
+        };
+        if !peer.active.as_ref().is_some_and(|r| r.can_send()) {
+            return;
+        }
+        let stale: Vec<OutEntry> = std::mem::take(&mut peer.outbox);
+        peer.pending_knock = None;
+        let mut frames_out = Vec::new();
+        self.reseal(cx, peer_did, stale, &mut frames_out);
         self.commit_and_send(cx, peer_did, frames_out, Vec::new());
     }
 
