@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod engine;
 pub mod entropy;
 pub mod mesh;
+pub mod roles;
 pub mod store;
 pub mod toolkit;
 pub mod wire;
