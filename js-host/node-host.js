@@ -100,6 +100,8 @@ async function readBodyCapped(res, limit) {
  * @param {string[]} [opts.trustedPlaintext] DIDs allowed to send plaintext frames
  * @param {string} [opts.acceptSessions]    session acceptance policy (e.g. "all")
  * @param {string} [opts.relayToken]        the relay's AGENTMESH_RELAY_TOKEN, if it has one
+ * @param {string} [opts.role]              "controller": keep a pairing ledger and answer pair_request
+ * @param {string} [opts.clusterName]       cluster name a controller reports
  * @param {(level:string, message:string)=>void} [opts.log] receives the core's log lines
  *        and a few host diagnostics (never secrets, URLs or frames)
  * @param {number} [opts.stopTimeoutMs=1500] how long stop() waits for sockets to close
@@ -120,6 +122,8 @@ export async function createNode({
   trustedPlaintext,
   acceptSessions,
   relayToken = process.env.KARS_MESH_RELAY_TOKEN,
+  role,
+  clusterName,
   log = defaultLog,
   stopTimeoutMs = DEFAULT_STOP_TIMEOUT_MS,
   // Tests only: a replacement for core.js's loadCore (e.g. a scripted engine).
@@ -633,6 +637,8 @@ export async function createNode({
   if (trustedPlaintext != null) config.trusted_plaintext = trustedPlaintext;
   if (acceptSessions != null) config.accept_sessions = acceptSessions;
   if (relayToken) config.relay_token = relayToken;
+  if (role != null) config.role = role;
+  if (clusterName != null) config.cluster_name = clusterName;
 
   dispatch({ tag: 'start', val: JSON.stringify(config) });
   config.state_key = undefined;

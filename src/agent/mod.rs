@@ -4,6 +4,7 @@
 //! depends on it.
 
 pub mod inbox;
+pub mod pairing;
 mod tools;
 
 use crate::crypto::identity::{is_mesh_did, Identity};
@@ -84,6 +85,12 @@ pub struct Config {
     /// Shared secret of a relay started with AGENTMESH_RELAY_TOKEN.
     #[serde(default)]
     pub relay_token: Option<String>,
+    /// `"controller"`: keep a pairing ledger and answer `pair_request`.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Cluster name a controller reports in `pair_response`.
+    #[serde(default)]
+    pub cluster_name: Option<String>,
 }
 
 impl Config {
@@ -189,6 +196,9 @@ pub struct Agent {
     early: BTreeMap<String, Vec<(String, u64)>>,
     knocks_awaiting_identity: HashMap<String, Vec<String>>,
     receipts_due: BTreeMap<String, Vec<u64>>,
+    ledger: Option<crate::roles::ledger::Ledger>,
+    pairing: Option<pairing::PairingRecord>,
+    pair_waits: Vec<pairing::PairWait>,
     registered: bool,
     register_calls: Vec<String>,
     pub stats: Stats,
@@ -294,6 +304,17 @@ impl Agent {
             }
         }
         let inbox = Inbox::load(entries);
+        let ledger = pairing::load_ledger(cfg.role.as_deref(), &vault, cx);
+        let paired = vault
+            .get::<pairing::PairingRecord>(cx.host, keys::PAIRING)
+            .unwrap_or(None);
+        let mut cfg = cfg;
+        if let Some(p) = &paired {
+            // The paired controller may speak the original plaintext dialects.
+            if !cfg.trusted_plaintext.contains(&p.controller_did) {
+                cfg.trusted_plaintext.push(p.controller_did.clone());
+            }
+        }
         // A crash between an inbox write and the peer record's can leave the
         // record's next expected number behind what was delivered.
         for p in peers.values_mut() {
@@ -316,6 +337,9 @@ impl Agent {
             early: BTreeMap::new(),
             knocks_awaiting_identity: HashMap::new(),
             receipts_due: BTreeMap::new(),
+            ledger,
+            pairing: paired,
+            pair_waits: Vec::new(),
             registered: false,
             register_calls: Vec::new(),
             stats: Stats::default(),
@@ -780,6 +804,7 @@ impl Agent {
                     }
                     cx.out.push(f.request.clone());
                     self.http.insert(nid, f);
+                } else if self.pair_timed_out(cx, other) {
                 } else if let Some(pos) = self.waiters.iter().position(|w| w.timer == other) {
                     let w = self.waiters.remove(pos);
                     self.answer_waiter(cx, &w, true);
@@ -1263,8 +1288,11 @@ impl Agent {
             return;
         }
         peer.mark_seen(&id, now, seq);
+        let pairing_msg = !duplicate && !held && self.wants_pairing(&from, &payload);
         if duplicate {
             self.stats.duplicates += 1;
+            self.release_held(cx, &from);
+        } else if pairing_msg {
             self.release_held(cx, &from);
         } else {
             let n = self.inbox.next_n();
@@ -1274,7 +1302,7 @@ impl Agent {
                 ts,
                 received_at: now,
                 evidence: Evidence::Encrypted,
-                payload,
+                payload: std::mem::take(&mut payload),
                 read: false,
                 held,
                 seq,
@@ -1288,6 +1316,10 @@ impl Agent {
             }
         }
         self.save_peer(cx, &from);
+        if pairing_msg {
+            // Its effects (ledger, pairing record, answer) land before the ack.
+            self.intercept_pairing(cx, &from, &payload);
+        }
         self.ack(cx, &id);
         if let Some(s) = seq {
             self.queue_receipt(cx, &from, s);
@@ -2000,6 +2032,14 @@ impl Agent {
             cx.out.push(Command::TimerCancel(t));
         }
         self.link.state = LinkState::Replaced;
+    }
+
+    fn wants_pairing(&self, from: &str, payload: &Value) -> bool {
+        match payload["type"].as_str() {
+            Some("pair_request") => self.is_controller(),
+            Some("pair_response") => self.pair_waits.iter().any(|w| w.controller == from),
+            _ => false,
+        }
     }
 
     pub fn tool(&mut self, cx: &mut Cx<'_>, call_id: &str, tool: &str, args: &Value) {

@@ -113,11 +113,13 @@ pub(super) fn handle(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, tool: &s
             let path = format!("/v1/discover?capability={}&limit={limit}", reg::query_escape(&capability));
             agent.http(cx, Purpose::Discover { call_id: call_id.to_string(), capability }, "GET", &path, false, None);
         }
+        "mesh_pair" => agent.start_pairing(cx, call_id, args),
+        "pair_generate" | "pair_list" | "pair_revoke" => agent.ledger_tool(cx, call_id, tool, args),
         other => fail(
             cx,
             call_id,
             &format!(
-                "unknown tool {:?}; this engine answers mesh_identity, mesh_register, mesh_send, mesh_inbox, discover",
+                "unknown tool {:?}; this engine answers mesh_identity, mesh_register, mesh_send, mesh_inbox, discover, mesh_pair (and on a controller pair_generate, pair_list, pair_revoke)",
                 other.chars().take(64).collect::<String>()
             ),
         ),

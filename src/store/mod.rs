@@ -18,6 +18,8 @@ pub mod keys {
     pub const OUTBOX: &str = "outbox/";
     pub const SEEN: &str = "seen/";
     pub const META: &str = "meta";
+    pub const LEDGER: &str = "ledger";
+    pub const PAIRING: &str = "pairing";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

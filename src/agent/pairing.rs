@@ -1,0 +1,369 @@
+//! Pairing over the mesh: the controller side answers `pair_request` from
+//! its ledger, the client side sends one with a token's secret and waits for
+//! the `pair_response`. Both travel end-to-end encrypted (the token names the
+//! controller by its routable DID). Payload shapes and error texts follow the
+//! original controller and plugin (kars-mesh-plugin.md §4.3).
+
+use super::{tools, Agent, Cx};
+use crate::crypto::identity::is_mesh_did;
+use crate::engine::{Command, LogLevel};
+use crate::roles::ledger::{ControllerAddress, Ledger, PairRequest};
+use crate::store::keys;
+use crate::wire::{b64, time, token};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// How long `mesh_pair` waits for the controller's answer.
+pub(super) const PAIR_TIMEOUT_MS: u64 = 30_000;
+
+/// What a client keeps about its pairing (never the secret).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PairingRecord {
+    pub cluster_name: String,
+    pub controller_did: String,
+    pub controller_amid: String,
+    pub relay_url: String,
+    pub registry_url: String,
+    pub capabilities: Vec<String>,
+    pub slots: u64,
+    pub token_budget: u64,
+    pub expires_at: String,
+    pub paired_ms: u64,
+}
+
+pub(super) struct PairWait {
+    pub call_id: String,
+    pub controller: String,
+    pub timer: u64,
+    pub token: token::PairingToken,
+}
+
+impl Agent {
+    pub(super) fn is_controller(&self) -> bool {
+        self.ledger.is_some()
+    }
+
+    fn save_ledger(&mut self, cx: &mut Cx<'_>) {
+        if let Some(l) = &self.ledger {
+            if let Err(e) = self.vault.put(cx.host, &mut cx.out, keys::LEDGER, l) {
+                cx.log(LogLevel::Error, &e.to_string());
+            }
+        }
+    }
+
+    fn address(&self) -> ControllerAddress {
+        ControllerAddress {
+            did: self.id.did().to_string(),
+            amid: self.id.amid(),
+            relay_url: self.cfg.relay_url.clone(),
+            registry_url: self.cfg.registry_url.clone(),
+            cluster: self
+                .cfg
+                .cluster_name
+                .clone()
+                .unwrap_or_else(|| "kars-cluster".into()),
+        }
+    }
+
+    /// Operator tools of a controller: `pair_generate`, `pair_list`, `pair_revoke`.
+    pub(super) fn ledger_tool(&mut self, cx: &mut Cx<'_>, call_id: &str, tool: &str, args: &Value) {
+        let now = cx.now();
+        let addr = self.address();
+        let Some(ledger) = self.ledger.as_mut() else {
+            return tools::fail(
+                cx,
+                call_id,
+                "This agent is not a controller (start it with role \"controller\").",
+            );
+        };
+        ledger.expire(now);
+        match tool {
+            "pair_generate" => {
+                let mut req = PairRequest {
+                    name: args["name"].as_str().unwrap_or_default().to_string(),
+                    ..Default::default()
+                };
+                if let Some(n) = args["slots"].as_u64() {
+                    req.slots = n.min(1000) as u32;
+                }
+                if let Some(e) = args["expires"].as_str() {
+                    req.expires = e.to_string();
+                }
+                if let Some(b) = args["token_budget"].as_u64() {
+                    req.token_budget = b;
+                }
+                if let Some(c) = args["capabilities"].as_array() {
+                    req.capabilities = c
+                        .iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect();
+                } else if let Some(c) = args["capabilities"].as_str() {
+                    req.capabilities = c
+                        .split(',')
+                        .map(|x| x.trim().to_string())
+                        .filter(|x| !x.is_empty())
+                        .collect();
+                }
+                match ledger.generate(&req, &addr, now, cx.host) {
+                    Ok((tok, p)) => {
+                        let details = json!({"token": tok, "pairing": p});
+                        let text = format!(
+                            "✅ Pairing {:?} created (slots {}, capabilities {}, expires {}).\nToken (give it to the user, once; it is not stored):\n{tok}",
+                            p.name,
+                            p.slots_max,
+                            p.capabilities.join(","),
+                            time::format_millis(p.expires_ms)
+                        );
+                        self.save_ledger(cx);
+                        tools::ok(cx, call_id, &text, details);
+                    }
+                    Err(e) => tools::fail(cx, call_id, &e.to_string()),
+                }
+            }
+            "pair_list" => {
+                let lines: Vec<String> = ledger
+                    .pairings
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}  {}  slots {}/{}  {}",
+                            p.name,
+                            p.phase,
+                            p.slots_used,
+                            p.slots_max,
+                            p.bound_did.as_deref().unwrap_or("-")
+                        )
+                    })
+                    .collect();
+                let text = if lines.is_empty() {
+                    "No pairings.".to_string()
+                } else {
+                    lines.join("\n")
+                };
+                let details = json!({"pairings": ledger.pairings});
+                self.save_ledger(cx);
+                tools::ok(cx, call_id, &text, details);
+            }
+            _ => {
+                let name = args["name"].as_str().unwrap_or_default();
+                match ledger.revoke(name) {
+                    Ok(p) => {
+                        let text = format!("🛑 Pairing {:?} revoked.", p.name);
+                        self.save_ledger(cx);
+                        tools::ok(
+                            cx,
+                            call_id,
+                            &text,
+                            json!({"name": name, "phase": "Revoked"}),
+                        );
+                    }
+                    Err(e) => tools::fail(cx, call_id, &e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Client: `mesh_pair {token}`.
+    pub(super) fn start_pairing(&mut self, cx: &mut Cx<'_>, call_id: &str, args: &Value) {
+        let raw = ["token", "pairing_token"]
+            .iter()
+            .find_map(|k| args[*k].as_str())
+            .unwrap_or_default();
+        let tok = match token::parse(raw) {
+            Ok(t) => t,
+            Err(_) => {
+                return tools::fail(
+                    cx,
+                    call_id,
+                    &format!("Invalid pairing token. Must start with azcp_1_ and contain valid data. (token length: {})", raw.len()),
+                )
+            }
+        };
+        let Some(controller) = tok.controller_did.clone().filter(|d| is_mesh_did(d)) else {
+            return tools::fail(
+                cx,
+                call_id,
+                "This token names the controller only by its AMID, which the relay cannot route. Ask the operator for a token from `kars-mesh pair generate`.",
+            );
+        };
+        for (field, url, ours) in [
+            ("relay_url", &tok.relay_url, &self.cfg.relay_url),
+            ("registry_url", &tok.registry_url, &self.cfg.registry_url),
+        ] {
+            if let Some(u) = url {
+                if u.trim_end_matches('/') != ours.trim_end_matches('/') {
+                    return tools::fail(
+                        cx,
+                        call_id,
+                        &format!("The token's {field} is {u}, but this agent is connected to {ours}. Start kars-mesh with that {field}, then pair again."),
+                    );
+                }
+            }
+        }
+        let amid = self.id.amid();
+        let request = json!({
+            "type": "pair_request",
+            "secret": tok.secret,
+            "pubkey_ed25519": b64::encode_std(self.id.ed25519_public()),
+            "display_name": self.cfg.name.clone().unwrap_or_else(|| format!("external-{}", amid.chars().take(8).collect::<String>())),
+            "capabilities_requested": ["offload", "handoff"],
+        });
+        let timer = self.fresh_id();
+        let at_ms = cx.now() + PAIR_TIMEOUT_MS;
+        cx.out.push(Command::TimerSet { id: timer, at_ms });
+        self.pair_waits.push(PairWait {
+            call_id: call_id.to_string(),
+            controller: controller.clone(),
+            timer,
+            token: tok,
+        });
+        self.send_payload(cx, &controller, request, None, None);
+    }
+
+    /// A decrypted payload that belongs to pairing; `true` when consumed.
+    pub(super) fn intercept_pairing(
+        &mut self,
+        cx: &mut Cx<'_>,
+        from: &str,
+        payload: &Value,
+    ) -> bool {
+        match payload["type"].as_str() {
+            Some("pair_request") if self.is_controller() => {
+                let now = cx.now();
+                let secret = payload["secret"].as_str().unwrap_or_default();
+                let pk = payload["pubkey_ed25519"].as_str().unwrap_or_default();
+                let cluster = self.address().cluster;
+                let answer = match self.ledger.as_mut().map(|l| l.pair(secret, from, pk, now)) {
+                    Some(Ok(p)) => json!({
+                        "type": "pair_response", "success": true, "cluster_name": cluster,
+                        "controller_amid": self.id.amid(), "controller_did": self.id.did(),
+                        "capabilities_granted": p.capabilities, "slots": p.slots_max,
+                        "token_budget": p.token_budget, "expires_at": time::format_millis(p.expires_ms),
+                    }),
+                    Some(Err(e)) => {
+                        json!({"type": "pair_response", "success": false, "error": e.to_string()})
+                    }
+                    None => return false,
+                };
+                cx.log(
+                    LogLevel::Info,
+                    &format!(
+                        "pair_request from {from}: {}",
+                        if answer["success"] == true {
+                            "paired"
+                        } else {
+                            "refused"
+                        }
+                    ),
+                );
+                self.save_ledger(cx);
+                self.send_payload(cx, from, answer, None, None);
+                true
+            }
+            Some("pair_response") => {
+                let Some(pos) = self.pair_waits.iter().position(|w| w.controller == from) else {
+                    return false;
+                };
+                let w = self.pair_waits.remove(pos);
+                cx.out.push(Command::TimerCancel(w.timer));
+                if payload["success"] != true {
+                    let err = payload["error"].as_str().unwrap_or("Unknown error");
+                    tools::fail(
+                        cx,
+                        &w.call_id,
+                        &format!("Pairing rejected by cluster: {err}"),
+                    );
+                    return true;
+                }
+                let now = cx.now();
+                let rec = PairingRecord {
+                    cluster_name: payload["cluster_name"]
+                        .as_str()
+                        .unwrap_or("unknown")
+                        .to_string(),
+                    controller_did: from.to_string(),
+                    controller_amid: payload["controller_amid"]
+                        .as_str()
+                        .unwrap_or(&w.token.controller_amid)
+                        .to_string(),
+                    relay_url: self.cfg.relay_url.clone(),
+                    registry_url: self.cfg.registry_url.clone(),
+                    capabilities: payload["capabilities_granted"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|c| c.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    slots: payload["slots"].as_u64().unwrap_or(1),
+                    token_budget: payload["token_budget"].as_u64().unwrap_or(500_000),
+                    expires_at: payload["expires_at"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    paired_ms: now,
+                };
+                if let Err(e) = self.vault.put(cx.host, &mut cx.out, keys::PAIRING, &rec) {
+                    cx.log(LogLevel::Error, &e.to_string());
+                }
+                // The paired controller may speak the original plaintext dialects.
+                if !self.cfg.trusted_plaintext.iter().any(|d| d == from) {
+                    self.cfg.trusted_plaintext.push(from.to_string());
+                }
+                let text = format!(
+                    "✅ Paired successfully with kars cluster \"{}\"\nYour AMID: {}\nYour DID: {}\nBudget: {}\nCapabilities: {}\nExpires: {}\nYou can now use cloud_offload to delegate tasks to the cloud.",
+                    rec.cluster_name,
+                    self.id.amid(),
+                    self.id.did(),
+                    rec.token_budget,
+                    rec.capabilities.join(", "),
+                    if rec.expires_at.is_empty() { "—" } else { &rec.expires_at }
+                );
+                let details = json!({"pairing": rec});
+                self.pairing = Some(rec);
+                tools::ok(cx, &w.call_id, &text, details);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `mesh_pair` timer: no answer from the controller.
+    pub(super) fn pair_timed_out(&mut self, cx: &mut Cx<'_>, timer: u64) -> bool {
+        let Some(pos) = self.pair_waits.iter().position(|w| w.timer == timer) else {
+            return false;
+        };
+        let w = self.pair_waits.remove(pos);
+        tools::fail(
+            cx,
+            &w.call_id,
+            &format!(
+                "Pairing timed out after {}s: the controller {} did not answer. Check that the cluster is up (kars-mesh cluster up) and that the token is current.",
+                PAIR_TIMEOUT_MS / 1000,
+                w.controller
+            ),
+        );
+        true
+    }
+}
+
+pub(super) fn load_ledger(
+    agent_cfg_role: Option<&str>,
+    vault: &crate::store::Vault,
+    cx: &mut Cx<'_>,
+) -> Option<Ledger> {
+    if agent_cfg_role != Some("controller") {
+        return None;
+    }
+    match vault.get::<Ledger>(cx.host, keys::LEDGER) {
+        Ok(l) => Some(l.unwrap_or_default()),
+        Err(e) => {
+            cx.log(
+                LogLevel::Error,
+                &format!("{e}; starting with an empty ledger is refused"),
+            );
+            None
+        }
+    }
+}
