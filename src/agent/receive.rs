@@ -1,0 +1,640 @@
+//! The receiving side: KNOCKs (bound to their sender), encrypted and
+//! plaintext messages, in-order release and early-frame buffering.
+use super::inbox::{Entry, Evidence};
+use super::{
+    Agent, Cx, Purpose, EARLY_MAX_BYTES, EARLY_PEERS, EARLY_PER_PEER, EARLY_TTL_MS, HOLD_MAX_MS,
+    MAX_CANDIDATES, MAX_PENDING_PEERS, MAX_UNREAD_PER_SENDER,
+};
+use crate::crypto::ratchet::{channel_ad, Ratchet};
+use crate::crypto::x3dh;
+use crate::engine::{Command, LogLevel};
+use crate::mesh::session::{Candidate, Decrypted, Peer};
+use crate::wire::{frames, plaintext, registry};
+use serde_json::{json, Value};
+
+impl Agent {
+    // ------------------------------------------------------------------ KNOCK
+
+    pub(super) fn on_knock(&mut self, cx: &mut Cx<'_>, v: &Value) {
+        let Some((from, id)) = self.routed(cx, v) else {
+            return;
+        };
+        let (from, id) = (from.to_string(), id.to_string());
+        if self.peers.get(&from).is_some_and(|p| p.has_seen(&id)) {
+            self.stats.duplicates += 1;
+            self.ack(cx, &id);
+            return;
+        }
+        let ts = Self::timestamp(cx);
+        if !self.cfg.accepts(&from) {
+            cx.log(
+                LogLevel::Info,
+                &format!("rejected a session from {from} (accept_sessions policy)"),
+            );
+            let rid = frames::uuid_v4(cx.host);
+            let f = json!({"v":1,"type":"knock_reject","from":self.id.did(),"to":from,"id":rid,"knock_id":id,"reason":"policy_denied","ts":ts});
+            self.send_frame(cx, f.to_string());
+            self.ack(cx, &id);
+            return;
+        }
+        let est = match v
+            .get("establishment")
+            .map(|e| frames::parse_establishment(&e.to_string()))
+        {
+            Some(Ok(e)) => e,
+            Some(Err(e)) => {
+                return self.refuse_malformed(cx, &id, &format!("KNOCK from {from} refused: {e}"));
+            }
+            None => {
+                return self.refuse_malformed(
+                    cx,
+                    &id,
+                    &format!("KNOCK from {from} without establishment refused"),
+                );
+            }
+        };
+        let now = cx.now();
+        // The KNOCK is unsigned: bind its identity key to `from` ourselves,
+        // or anyone could open a session in another agent's name.
+        let claimed_ed = v["establishment"]["ik_ed"]
+            .as_str()
+            .and_then(|s| crate::wire::b64::decode_array::<32>(s).ok());
+        let known_ed = self.peers.get(&from).and_then(|p| p.identity_ed);
+        let Some(ik_ed) = claimed_ed.or(known_ed) else {
+            return self.verify_knocker(cx, &from, v);
+        };
+        let binds = crate::crypto::identity::did_from_ed25519(&ik_ed) == from
+            && crate::crypto::identity::x25519_from_ed25519(&ik_ed) == Some(est.identity_key);
+        if !binds {
+            self.stats.spoofed += 1;
+            cx.log(
+                LogLevel::Warn,
+                &format!("KNOCK {id} claims to be from {from} but its identity key is not that agent's; refused"),
+            );
+            self.ack(cx, &id);
+            return;
+        }
+        let pending_only = self.peers.values().filter(|p| p.active.is_none()).count();
+        if !self.peers.contains_key(&from) && pending_only >= MAX_PENDING_PEERS {
+            cx.log(
+                LogLevel::Warn,
+                &format!("KNOCK from {from} refused: too many half-open sessions"),
+            );
+            self.ack(cx, &id);
+            return;
+        }
+        let opk = match est.one_time_prekey_id {
+            Some(k) => match self.prekeys.peek_opk(k) {
+                Some(kp) => Some(kp),
+                None => {
+                    cx.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "KNOCK from {from}: {}",
+                            x3dh::X3dhError::UnknownOneTimePrekey(k)
+                        ),
+                    );
+                    self.ack(cx, &id);
+                    return;
+                }
+            },
+            None => None,
+        };
+        // The KNOCK does not name the SPK: build a candidate for each SPK
+        // that may have been used; the first message decides.
+        let mut built = Vec::new();
+        for spk in self.prekeys.spk_candidates(now) {
+            match x3dh::respond(&self.id, &spk, opk.as_ref(), &est) {
+                Ok(a) => {
+                    let ad = channel_ad(&from, self.id.did(), &a.associated_data);
+                    built.push(Candidate {
+                        knock_id: id.clone(),
+                        ratchet: Ratchet::new_responder(&a.shared_secret, spk, ad),
+                        created_ms: now,
+                    });
+                }
+                Err(e) => cx.log(LogLevel::Warn, &format!("KNOCK from {from}: {e}")),
+            }
+        }
+        if built.is_empty() {
+            self.ack(cx, &id);
+            return;
+        }
+        let peer = self
+            .peers
+            .entry(from.clone())
+            .or_insert_with(|| Peer::new(&from));
+        peer.identity_ed = Some(ik_ed);
+        peer.candidates.retain(|c| c.knock_id != id);
+        peer.candidates.extend(built);
+        // Oldest first out; a real KNOCK is followed at once by its messages.
+        while peer.candidates.len() > MAX_CANDIDATES {
+            peer.candidates.remove(0);
+        }
+        peer.mark_seen(&id, now, None);
+        self.save_peer(cx, &from);
+        if let Some(k) = est.one_time_prekey_id {
+            self.prekeys.take_opk(k);
+            if self.prekeys.needs_replenish() {
+                self.upload_prekeys(cx);
+            } else {
+                self.save_prekeys(cx);
+            }
+        }
+        let aid = frames::uuid_v4(cx.host);
+        let f = json!({"v":1,"type":"knock_accept","from":self.id.did(),"to":from,"id":aid,"knock_id":id,"ts":ts});
+        self.send_frame(cx, f.to_string());
+        self.ack(cx, &id);
+        if self.peers.get(&from).is_some_and(|p| p.active.is_none()) {
+            // Nothing else to learn about this peer's capabilities until it talks.
+            let path = format!("/v1/agents/{from}");
+            self.http(
+                cx,
+                Purpose::AgentInfo {
+                    peer: from.clone(),
+                    then_bundle: false,
+                },
+                "GET",
+                &path,
+                false,
+                None,
+            );
+        }
+        // Frames that raced ahead of this KNOCK.
+        if let Some(early) = self.early.remove(&from) {
+            let socket = self.link.open_socket().unwrap_or(0);
+            for (text, _) in early {
+                self.on_frame(cx, socket, &text);
+            }
+        }
+    }
+
+    /// A KNOCK from an agent whose Ed25519 key we do not know yet (AGT
+    /// peers do not send it): hold the KNOCK, unacked, and fetch the
+    /// agent's registry bundle, whose binding to the DID we verify.
+    pub(super) fn verify_knocker(&mut self, cx: &mut Cx<'_>, from: &str, v: &Value) {
+        let waiting = self.knocks_awaiting_identity.contains_key(from);
+        if !waiting && self.knocks_awaiting_identity.len() >= MAX_PENDING_PEERS {
+            return;
+        }
+        let q = self
+            .knocks_awaiting_identity
+            .entry(from.to_string())
+            .or_default();
+        if q.len() < EARLY_PER_PEER {
+            q.push(v.to_string());
+        }
+        if !waiting {
+            let path = format!("/v1/agents/{from}/prekeys");
+            self.http(
+                cx,
+                Purpose::VerifyKnocker(from.to_string()),
+                "GET",
+                &path,
+                false,
+                None,
+            );
+        }
+    }
+
+    pub(super) fn on_knocker_bundle(
+        &mut self,
+        cx: &mut Cx<'_>,
+        from: &str,
+        ok: bool,
+        body: &[u8],
+        problem: &str,
+    ) {
+        let held = self
+            .knocks_awaiting_identity
+            .remove(from)
+            .unwrap_or_default();
+        let verified = if ok {
+            registry::parse_bundle(&String::from_utf8_lossy(body))
+                .ok()
+                .filter(|b| b.verify_for(from).is_ok())
+                .map(|b| b.identity_key_ed)
+        } else {
+            None
+        };
+        let Some(ed) = verified else {
+            cx.log(
+                LogLevel::Warn,
+                &format!("could not verify the identity of {from}, which knocked ({problem}); its KNOCK is refused"),
+            );
+            for text in held {
+                if let Some(id) = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_string))
+                {
+                    self.ack(cx, &id);
+                }
+            }
+            return;
+        };
+        self.peers
+            .entry(from.to_string())
+            .or_insert_with(|| Peer::new(from))
+            .identity_ed = Some(ed);
+        let socket = self.link.open_socket().unwrap_or(0);
+        for text in held {
+            self.on_frame(cx, socket, &text);
+        }
+    }
+
+    /// Count, log and ack a frame we cannot use, so the relay stops pushing it.
+    pub(super) fn refuse_malformed(&mut self, cx: &mut Cx<'_>, id: &str, why: &str) {
+        self.stats.malformed += 1;
+        cx.log(LogLevel::Warn, why);
+        self.ack(cx, id);
+    }
+
+    pub(super) fn on_knock_reply(&mut self, cx: &mut Cx<'_>, v: &Value, accepted: bool) {
+        let Some((from, id)) = self.routed(cx, v) else {
+            return;
+        };
+        let (from, id) = (from.to_string(), id.to_string());
+        let knock_id = v["knock_id"].as_str().unwrap_or("");
+        if let Some(p) = self.peers.get_mut(&from) {
+            if p.knock_sent.as_deref() == Some(knock_id) {
+                if accepted {
+                    p.knock_sent = None;
+                    p.pending_knock = None;
+                } else {
+                    cx.log(LogLevel::Warn, &format!("{from} refused our session (policy_denied); queued messages to it are dropped"));
+                    p.active = None;
+                    p.knock_sent = None;
+                    p.pending_knock = None;
+                    p.outbox.clear();
+                }
+                self.save_peer(cx, &from);
+            }
+        }
+        self.ack(cx, &id);
+    }
+
+    // ---------------------------------------------------------------- message
+
+    pub(super) fn on_message(&mut self, cx: &mut Cx<'_>, v: &Value, text: &str) {
+        let Some((from, id)) = self.routed(cx, v) else {
+            return;
+        };
+        let (from, id) = (from.to_string(), id.to_string());
+        let now = cx.now();
+        let plaintext_flag = v["plaintext"].as_bool() == Some(true);
+        let has_header = v["header"]["dh"].is_string();
+        if plaintext_flag || (!has_header && v.get("payload").is_some()) {
+            return self.on_plaintext(cx, v, &from, &id);
+        }
+        if !has_header {
+            self.stats.malformed += 1;
+            self.ack(cx, &id);
+            return;
+        }
+        let msg = match frames::parse_message_frame(text) {
+            Ok(m) => m,
+            Err(e) => {
+                return self.refuse_malformed(
+                    cx,
+                    &id,
+                    &format!("message {id} from {from} refused: {e}"),
+                );
+            }
+        };
+        let we_are_smaller = self.id.did() < from.as_str();
+        let has_session = self
+            .peers
+            .get(&from)
+            .is_some_and(|p| p.active.is_some() || !p.candidates.is_empty());
+        if !has_session {
+            if !self.cfg.accepts(&from) {
+                // We refused this peer's KNOCK: its frames can never be read.
+                self.ack(cx, &id);
+                return;
+            }
+            return self.hold_early(cx, &from, v, now);
+        }
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        if let Some(seq) = peer.seen_seq(&id) {
+            // Consumed before; our ack or receipt was lost. Say so again.
+            self.stats.duplicates += 1;
+            self.ack(cx, &id);
+            if let Some(s) = seq {
+                self.queue_receipt(cx, &from, s);
+            }
+            return;
+        }
+        let (pt, how) = match peer.decrypt(&msg.header, &msg.ciphertext, we_are_smaller, cx.host) {
+            Ok(r) => r,
+            Err(e) => {
+                // Not marked as seen: a later copy of the same frame (the
+                // sender re-sends until receipted) may decrypt once the KNOCK
+                // it belongs to is here. Acked so the relay stops pushing it.
+                self.stats.undecryptable += 1;
+                cx.log(
+                    LogLevel::Warn,
+                    &format!("message {id} from {from} could not be decrypted: {e}"),
+                );
+                self.ack(cx, &id);
+                return;
+            }
+        };
+        if how == Decrypted::Active && peer.initiated_by_us {
+            peer.knock_sent = None;
+            peer.pending_knock = None;
+        }
+        let mut payload: Value =
+            serde_json::from_slice(&pt).unwrap_or_else(|_| match String::from_utf8(pt.clone()) {
+                Ok(s) => Value::String(s),
+                Err(_) => json!({"raw_b64": crate::wire::b64::encode_std(&pt)}),
+            });
+        let envelope = payload.as_object_mut().and_then(|o| o.remove("kars"));
+        if envelope.is_some() {
+            peer.kars = true;
+        }
+        if let Some(env) = envelope
+            .as_ref()
+            .filter(|e| e.get("receipt").is_some() || e.get("upto").is_some())
+        {
+            // Receipts: the listed sequence numbers, and everything below `upto`.
+            let done: Vec<u64> = env["receipt"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|x| x.as_u64()).collect())
+                .unwrap_or_default();
+            let upto = env["upto"].as_u64().unwrap_or(0);
+            let epoch_ok = env["epoch"].as_u64().is_none_or(|e| e == peer.out_epoch);
+            if epoch_ok {
+                peer.outbox
+                    .retain(|o| !o.needs_receipt || (!done.contains(&o.seq) && o.seq >= upto));
+            }
+            peer.mark_seen(&id, now, None);
+            self.save_peer(cx, &from);
+            self.ack(cx, &id);
+            self.after_decrypt(cx, &from, how);
+            return;
+        }
+        let seq = envelope.as_ref().and_then(|e| e["seq"].as_u64());
+        let epoch = envelope.as_ref().and_then(|e| e["epoch"].as_u64());
+        if let Some(e) = epoch {
+            if peer.in_epoch != Some(e) {
+                // The sender starts a new numbering (first contact, or it lost
+                // its state but kept its identity).
+                if peer.in_epoch.is_some() {
+                    cx.log(
+                        LogLevel::Info,
+                        &format!("{from} restarted its message numbering"),
+                    );
+                }
+                peer.in_epoch = Some(e);
+                peer.in_next = 0;
+                for n in self.inbox.held_from(&from).into_values() {
+                    let fresh = self.inbox.next_n();
+                    if let Some(en) = self.inbox.release(n, fresh).cloned() {
+                        self.save_entry(cx, &en);
+                    }
+                }
+            }
+        }
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        self.stats.received += 1;
+        let ts = v["ts"].as_str().map(|s| s.chars().take(40).collect());
+        let duplicate = seq
+            .is_some_and(|s| s < peer.in_next || self.inbox.has_seq(&from, epoch, s))
+            || self.inbox.contains(&from, &id);
+        let over_quota = self.inbox.unread_from(&from) >= MAX_UNREAD_PER_SENDER;
+        let held = !duplicate && seq.is_some_and(|s| s > peer.in_next);
+        // A copy we already hold still moves the expected number on (a crash
+        // may have lost the record that did so the first time).
+        if let (Some(s), false) = (seq, held) {
+            peer.in_next = peer.in_next.max(s.saturating_add(1));
+        }
+        if over_quota && !duplicate {
+            cx.log(LogLevel::Warn, &format!("{from} has {MAX_UNREAD_PER_SENDER} unread messages; refusing more until some are read"));
+            self.ack(cx, &id);
+            return;
+        }
+        peer.mark_seen(&id, now, seq);
+        let pairing_msg = !duplicate && !held && self.wants_pairing(&from, &payload);
+        if duplicate {
+            self.stats.duplicates += 1;
+            self.release_held(cx, &from);
+        } else if pairing_msg {
+            self.release_held(cx, &from);
+        } else {
+            let n = self.inbox.next_n();
+            let entry = Entry {
+                id: id.clone(),
+                from: from.clone(),
+                ts,
+                received_at: now,
+                evidence: Evidence::Encrypted,
+                payload: std::mem::take(&mut payload),
+                read: false,
+                held,
+                seq,
+                epoch,
+                n,
+            };
+            self.save_entry(cx, &entry);
+            self.inbox.insert(entry);
+            if !held {
+                self.release_held(cx, &from);
+            }
+        }
+        self.save_peer(cx, &from);
+        if pairing_msg {
+            // Its effects (ledger, pairing record, answer) land before the ack.
+            self.intercept_pairing(cx, &from, &payload);
+        }
+        self.ack(cx, &id);
+        if let Some(s) = seq {
+            self.queue_receipt(cx, &from, s);
+        }
+        self.after_decrypt(cx, &from, how);
+        self.wake_waiters(cx);
+    }
+
+    pub(super) fn hold_early(&mut self, cx: &mut Cx<'_>, from: &str, v: &Value, now: u64) {
+        // No session yet: the KNOCK may still be on its way. Keep a few and do
+        // not ack them, so the relay redelivers them if we restart.
+        for q in self.early.values_mut() {
+            q.retain(|(_, t)| now.saturating_sub(*t) < EARLY_TTL_MS);
+        }
+        self.early.retain(|_, q| !q.is_empty());
+        let bytes: usize = self.early.values().flatten().map(|(t, _)| t.len()).sum();
+        if (self.early.len() >= EARLY_PEERS && !self.early.contains_key(from))
+            || bytes > EARLY_MAX_BYTES
+        {
+            return;
+        }
+        let q = self.early.entry(from.to_string()).or_default();
+        if q.len() < EARLY_PER_PEER {
+            q.push((v.to_string(), now));
+        }
+        let _ = cx;
+    }
+
+    /// Deliver held messages from `from` that are now in sequence. Released
+    /// entries get a fresh arrival number, so the inbox lists them after the
+    /// ones they waited for. Held copies below the next expected number are
+    /// duplicates and are erased.
+    pub(super) fn release_held(&mut self, cx: &mut Cx<'_>, from: &str) {
+        let held = self.inbox.held_from(from);
+        let Some(peer) = self.peers.get_mut(from) else {
+            return;
+        };
+        let mut next = peer.in_next;
+        let mut released = Vec::new();
+        let mut stale = Vec::new();
+        for (seq, n) in held {
+            if seq < next {
+                stale.push(n);
+                continue;
+            }
+            if seq != next {
+                break;
+            }
+            released.push(n);
+            next = next.saturating_add(1);
+        }
+        peer.in_next = next;
+        for n in released {
+            let fresh = self.inbox.next_n();
+            if let Some(e) = self.inbox.release(n, fresh).cloned() {
+                self.save_entry(cx, &e);
+            }
+        }
+        for n in stale {
+            if let Some(e) = self.inbox.remove(n) {
+                cx.out.push(Command::Erase(e.storage_key()));
+            }
+        }
+    }
+
+    /// A sender that never fills a gap must not block its later messages
+    /// forever: after HOLD_MAX_MS skip to the oldest held one.
+    pub(super) fn release_stale_holds(&mut self, cx: &mut Cx<'_>) {
+        let now = cx.now();
+        while let Some(e) = self.inbox.oldest_held().cloned() {
+            if now.saturating_sub(e.received_at) < HOLD_MAX_MS {
+                break;
+            }
+            let lowest = self
+                .inbox
+                .held_from(&e.from)
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(0);
+            let from = e.from.clone();
+            match self.peers.get_mut(&from) {
+                Some(p) => {
+                    cx.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "gave up waiting for message {} from {from}; delivering later ones",
+                            p.in_next
+                        ),
+                    );
+                    p.in_next = p.in_next.max(lowest);
+                }
+                None => {
+                    // No peer record: nothing will ever fill the gap.
+                    let fresh = self.inbox.next_n();
+                    self.inbox.release(e.n, fresh);
+                    continue;
+                }
+            }
+            self.release_held(cx, &from);
+            self.save_peer(cx, &from);
+            self.wake_waiters(cx);
+        }
+    }
+
+    pub(super) fn after_decrypt(&mut self, cx: &mut Cx<'_>, from: &str, how: Decrypted) {
+        if how == Decrypted::Promoted {
+            // The peer's session replaced ours: what it has not receipted must
+            // go again under the new session.
+            self.reencrypt_outbox(cx, from);
+        }
+        if let Some(q) = self.awaiting_session.remove(from) {
+            if self
+                .peers
+                .get(from)
+                .is_some_and(|p| p.active.as_ref().is_some_and(|r| r.can_send()))
+            {
+                for item in q {
+                    self.encrypt_and_queue(cx, from, item.payload, item.call_id, item.key);
+                }
+            } else {
+                self.awaiting_session.insert(from.to_string(), q);
+            }
+        }
+    }
+
+    pub(super) fn on_plaintext(&mut self, cx: &mut Cx<'_>, v: &Value, from: &str, id: &str) {
+        if !self.cfg.trusted_plaintext.iter().any(|d| d == from) {
+            // The flag is honoured only from DIDs the user trusts for it.
+            self.stats.plaintext_dropped += 1;
+            cx.log(
+                LogLevel::Warn,
+                &format!(
+                    "dropped a plaintext frame from {from}, which is not trusted for plaintext"
+                ),
+            );
+            self.ack(cx, id);
+            return;
+        }
+        let now = cx.now();
+        let peer = self
+            .peers
+            .entry(from.to_string())
+            .or_insert_with(|| Peer::new(from));
+        if peer.has_seen(id) {
+            self.ack(cx, id);
+            return;
+        }
+        let body = v["payload"]
+            .as_str()
+            .or_else(|| v["ciphertext"].as_str())
+            .unwrap_or("");
+        let payload = match plaintext::decode_body(body) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.malformed += 1;
+                cx.log(
+                    LogLevel::Warn,
+                    &format!("plaintext frame {id} from {from}: {e}"),
+                );
+                self.ack(cx, id);
+                return;
+            }
+        };
+        peer.mark_seen(id, now, None);
+        let n = self.inbox.next_n();
+        let ts = v["ts"].as_str().map(|s| s.chars().take(40).collect());
+        let entry = Entry {
+            id: id.to_string(),
+            from: from.to_string(),
+            ts,
+            received_at: now,
+            evidence: Evidence::Plaintext,
+            payload,
+            read: false,
+            held: false,
+            seq: None,
+            epoch: None,
+            n,
+        };
+        self.save_entry(cx, &entry);
+        self.inbox.insert(entry);
+        self.save_peer(cx, from);
+        self.ack(cx, id);
+        self.stats.received += 1;
+        self.wake_waiters(cx);
+    }
+}

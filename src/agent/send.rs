@@ -1,0 +1,484 @@
+//! The sending side: sessions opened from verified bundles, messages sealed
+//! into the outbox and committed before they leave, receipts, re-sealing
+//! after a session change, and re-sending until receipted.
+use super::{
+    tools, Agent, Cx, Purpose, Queued, Sealed, MAX_PAYLOAD_BYTES, RECEIPT_DELAY_MS,
+    RESEND_AFTER_MS, T_RECEIPTS,
+};
+use crate::crypto::ratchet::{channel_ad, Ratchet};
+use crate::crypto::x3dh;
+use crate::mesh::session::{OutEntry, Peer, OUTBOX_MAX};
+use crate::wire::{frames, registry};
+use serde_json::{json, Value};
+
+impl Agent {
+    // ---------------------------------------------------------------- sending
+
+    /// Send a JSON payload to a peer DID: now if there is a session, after
+    /// fetching its bundle if not. Answers `call_id` once committed.
+    /// `key`: the caller's idempotency key. A retry with a key already
+    /// committed answers with the first send's result instead of sending
+    /// again (a caller cut off before the answer cannot know otherwise).
+    pub fn send_payload(
+        &mut self,
+        cx: &mut Cx<'_>,
+        to: &str,
+        payload: Value,
+        call_id: Option<String>,
+        key: Option<String>,
+    ) {
+        if let (Some(k), Some(c)) = (&key, &call_id) {
+            if let Some(fid) = self.peers.get(to).and_then(|p| p.sent_key(k)) {
+                let fid = fid.to_string();
+                return tools::ok(
+                    cx,
+                    c,
+                    &format!(
+                        "✅ Already sent to {to} (idempotency key seen before); not sent again"
+                    ),
+                    json!({"to": to, "id": fid, "session": "existing", "queued": false, "duplicate": true}),
+                );
+            }
+        }
+        let can_send = self
+            .peers
+            .get(to)
+            .is_some_and(|p| p.active.as_ref().is_some_and(|r| r.can_send()));
+        if can_send {
+            return self.encrypt_and_queue(cx, to, payload, call_id, key);
+        }
+        let waiting = self.awaiting_session.contains_key(to);
+        self.awaiting_session
+            .entry(to.to_string())
+            .or_default()
+            .push(Queued {
+                call_id,
+                payload,
+                key,
+            });
+        if waiting {
+            return;
+        }
+        // Capabilities first (does the peer speak receipts?), then the bundle,
+        // so the very first message already carries the delivery envelope.
+        let path = format!("/v1/agents/{to}");
+        self.http(
+            cx,
+            Purpose::AgentInfo {
+                peer: to.to_string(),
+                then_bundle: true,
+            },
+            "GET",
+            &path,
+            false,
+            None,
+        );
+    }
+
+    pub(super) fn on_bundle(
+        &mut self,
+        cx: &mut Cx<'_>,
+        peer_did: &str,
+        status: Option<u16>,
+        body: &[u8],
+        problem: &str,
+    ) {
+        let queued = self.awaiting_session.remove(peer_did).unwrap_or_default();
+        if self
+            .peers
+            .get(peer_did)
+            .is_some_and(|p| p.active.as_ref().is_some_and(|r| r.can_send()))
+        {
+            // A session came up meanwhile (the peer knocked first and its
+            // message arrived): use it rather than replacing it.
+            for q in queued {
+                self.encrypt_and_queue(cx, peer_did, q.payload, q.call_id, q.key);
+            }
+            return;
+        }
+        let fail_all = |cx: &mut Cx<'_>, msg: &str, queued: Vec<Queued>| {
+            for q in queued {
+                if let Some(c) = q.call_id {
+                    tools::fail(cx, &c, msg);
+                }
+            }
+        };
+        if status == Some(404) {
+            return fail_all(cx, &format!("{peer_did} has no prekey bundle in the registry: it is not registered, or the registry restarted and the agent has not come back yet. Check the DID or try again later."), queued);
+        }
+        if !status.is_some_and(|s| (200..300).contains(&s)) {
+            return fail_all(
+                cx,
+                &format!("Could not fetch the prekey bundle of {peer_did}: {problem}"),
+                queued,
+            );
+        }
+        let text = String::from_utf8_lossy(body);
+        let bundle = match registry::parse_bundle(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|b| b.verify_for(peer_did).map(|_| b).map_err(|e| e.to_string()))
+        {
+            Ok(b) => b,
+            Err(e) => {
+                return fail_all(
+                    cx,
+                    &format!("Refusing the prekey bundle of {peer_did}: {e}"),
+                    queued,
+                )
+            }
+        };
+        let (agreement, est) = match x3dh::initiate(&self.id, &bundle, cx.host) {
+            Ok(r) => r,
+            Err(e) => {
+                return fail_all(
+                    cx,
+                    &format!("Key agreement with {peer_did} failed: {e}"),
+                    queued,
+                )
+            }
+        };
+        let ad = channel_ad(self.id.did(), peer_did, &agreement.associated_data);
+        let ratchet = match Ratchet::new_initiator(
+            &agreement.shared_secret,
+            &bundle.signed_prekey,
+            ad,
+            cx.host,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                return fail_all(
+                    cx,
+                    &format!("Key agreement with {peer_did} failed: {e}"),
+                    queued,
+                )
+            }
+        };
+        let knock_id = frames::uuid_v4(cx.host);
+        let ts = Self::timestamp(cx);
+        let mut est_v: Value =
+            serde_json::from_str(&frames::establishment_json(&est)).unwrap_or_default();
+        // Our extension: the Ed25519 key, so a kars-mesh responder can bind
+        // the KNOCK to our DID without a registry round trip.
+        est_v["ik_ed"] = json!(crate::wire::b64::encode_std(self.id.ed25519_public()));
+        let knock = json!({"v":1,"type":"knock","from":self.id.did(),"to":peer_did,"id":knock_id,"ts":ts,"intent":{"action":"establish_session"},"establishment":est_v}).to_string();
+        let peer = self
+            .peers
+            .entry(peer_did.to_string())
+            .or_insert_with(|| Peer::new(peer_did));
+        peer.identity_ed = Some(bundle.identity_key_ed);
+        peer.active = Some(ratchet);
+        peer.initiated_by_us = true;
+        peer.confirmed = false;
+        peer.knock_sent = Some(knock_id);
+        peer.pending_knock = Some(knock.clone());
+        // Everything for this peer is sealed under the new session in memory
+        // and committed in one record before the KNOCK and frames leave.
+        let stale: Vec<OutEntry> = std::mem::take(&mut peer.outbox);
+        let mut frames_out = vec![knock];
+        let mut answers = Vec::new();
+        self.reseal(cx, peer_did, stale, &mut frames_out);
+        for q in queued {
+            match self.seal_for_peer(cx, peer_did, q.payload, None, q.key) {
+                Ok(sealed) => {
+                    frames_out.push(sealed.frame.clone());
+                    answers.push((q.call_id, Ok(sealed)));
+                }
+                Err(e) => answers.push((q.call_id, Err(e))),
+            }
+        }
+        self.commit_and_send(cx, peer_did, frames_out, answers);
+    }
+
+    pub(super) fn encrypt_and_queue(
+        &mut self,
+        cx: &mut Cx<'_>,
+        to: &str,
+        payload: Value,
+        call_id: Option<String>,
+        key: Option<String>,
+    ) {
+        let (frames_out, answer) = match self.seal_for_peer(cx, to, payload, None, key) {
+            Ok(sealed) => (vec![sealed.frame.clone()], Ok(sealed)),
+            Err(e) => (Vec::new(), Err(e)),
+        };
+        self.commit_and_send(cx, to, frames_out, vec![(call_id, answer)]);
+    }
+
+    /// Encrypt one message for `to` and queue it in the peer's outbox, in
+    /// memory only. `keep_seq`: a message re-encrypted under a new session
+    /// keeps its sequence number, so a copy the peer already has is
+    /// recognised.
+    pub(super) fn seal_for_peer(
+        &mut self,
+        cx: &mut Cx<'_>,
+        to: &str,
+        mut payload: Value,
+        keep_seq: Option<u64>,
+        key: Option<String>,
+    ) -> Result<Sealed, String> {
+        let now = cx.now();
+        let fid = frames::uuid_v4(cx.host);
+        let ts = Self::timestamp(cx);
+        let me = self.id.did().to_string();
+        let Some(peer) = self.peers.get_mut(to) else {
+            return Err(format!("no session with {to}"));
+        };
+        if peer.out_epoch == 0 {
+            let mut e = [0u8; 8];
+            cx.host.fill(&mut e);
+            // Kept below 2^53 so JavaScript readers see it exactly.
+            peer.out_epoch = (u64::from_le_bytes(e) >> 11).max(1);
+        }
+        let kars = peer.kars;
+        let waiting = peer.outbox.iter().filter(|o| o.needs_receipt).count();
+        if keep_seq.is_none() && waiting >= OUTBOX_MAX {
+            // Refuse rather than drop: nothing already accepted is ever lost.
+            return Err(format!(
+                "{waiting} messages to {to} are still waiting for its receipt (it looks offline); \
+                 nothing more is queued until it comes back. Try again later."
+            ));
+        }
+        let seq = keep_seq.unwrap_or(peer.out_seq);
+        let bare = serde_json::to_vec(&payload).unwrap_or_default();
+        if kars {
+            if let Some(o) = payload.as_object_mut() {
+                o.insert(
+                    "kars".to_string(),
+                    json!({"seq": seq, "epoch": peer.out_epoch}),
+                );
+            }
+        }
+        let plain = serde_json::to_vec(&payload).unwrap_or_default();
+        if plain.len() > MAX_PAYLOAD_BYTES {
+            return Err(format!(
+                "Message is {} bytes; the limit is {MAX_PAYLOAD_BYTES}. Send large data as a file transfer.",
+                plain.len()
+            ));
+        }
+        let Some(ratchet) = peer.active.as_mut() else {
+            return Err(format!("no session with {to}"));
+        };
+        let (header, ct) = ratchet
+            .encrypt(&plain, cx.host)
+            .map_err(|e| format!("Could not encrypt for {to}: {e}"))?;
+        let frame = frames::message_frame(&me, to, &fid, &ts, &header, &ct);
+        if kars && keep_seq.is_none() {
+            peer.out_seq = peer.out_seq.saturating_add(1);
+        }
+        if let Some(k) = &key {
+            peer.remember_key(k, &fid);
+        }
+        peer.outbox.push(OutEntry {
+            seq,
+            frame_id: fid.clone(),
+            frame: frame.clone(),
+            plaintext: bare,
+            created_ms: now,
+            last_sent_ms: now,
+            attempts: 1,
+            needs_receipt: kars,
+            key,
+        });
+        self.stats.sent += 1;
+        Ok(Sealed {
+            frame_id: fid,
+            frame,
+            new_session: peer.knock_sent.is_some(),
+        })
+    }
+
+    /// Commit the peer record (session steps and outbox together), then send
+    /// the frames, then answer the tool calls: a crash can repeat a frame,
+    /// never lose a committed one or reuse a key.
+    pub(super) fn commit_and_send(
+        &mut self,
+        cx: &mut Cx<'_>,
+        to: &str,
+        frames_out: Vec<String>,
+        answers: Vec<(Option<String>, Result<Sealed, String>)>,
+    ) {
+        self.save_peer(cx, to);
+        let sent_now = self.link.open_socket().is_some();
+        if sent_now {
+            for f in frames_out {
+                self.send_frame(cx, f);
+            }
+            // Without receipts from this peer a frame on an open link is the
+            // relay's to deliver; the record forgets it on its next save.
+            if let Some(p) = self.peers.get_mut(to) {
+                p.outbox.retain(|o| o.needs_receipt);
+            }
+        }
+        for (call, answer) in answers {
+            let Some(c) = call else { continue };
+            match answer {
+                Ok(sealed) => {
+                    let kind = if sealed.new_session {
+                        "new"
+                    } else {
+                        "existing"
+                    };
+                    let text = if sent_now {
+                        format!(
+                            "✅ Sent to {to} (end-to-end encrypted{})",
+                            if sealed.new_session {
+                                ", new session"
+                            } else {
+                                ""
+                            }
+                        )
+                    } else {
+                        format!("✅ Queued for {to} (end-to-end encrypted); the relay is not reachable right now, it will go out when the link is back")
+                    };
+                    tools::ok(
+                        cx,
+                        &c,
+                        &text,
+                        json!({"to": to, "id": sealed.frame_id, "session": kind, "queued": !sent_now}),
+                    );
+                }
+                Err(e) => tools::fail(cx, &c, &e),
+            }
+        }
+    }
+
+    /// Receipt for one message, plus everything below `in_next`, so a lost
+    /// receipt never pins the sender's outbox.
+    /// Receipts are coalesced: one cumulative receipt per peer per
+    /// RECEIPT_DELAY_MS instead of one per message, which halves the writes
+    /// and events on both sides under load. A receipt lost to a crash only
+    /// means the sender sends again, and we answer again.
+    pub(super) fn queue_receipt(&mut self, cx: &mut Cx<'_>, to: &str, seq: u64) {
+        if self.receipts_due.is_empty() {
+            self.arm(cx, T_RECEIPTS, RECEIPT_DELAY_MS);
+        }
+        let q = self.receipts_due.entry(to.to_string()).or_default();
+        if q.len() < 256 {
+            q.push(seq);
+        }
+    }
+
+    pub(super) fn flush_receipts(&mut self, cx: &mut Cx<'_>) {
+        for (to, seqs) in std::mem::take(&mut self.receipts_due) {
+            if let Some(frame) = self.seal_receipt(cx, &to, &seqs) {
+                self.save_peer(cx, &to);
+                self.send_frame(cx, frame);
+            }
+        }
+    }
+
+    /// Encrypt a receipt (in memory; the caller commits the peer record):
+    /// the message `seq` plus everything below `in_next`, so a lost receipt
+    /// never pins the sender's outbox.
+    pub(super) fn seal_receipt(
+        &mut self,
+        cx: &mut Cx<'_>,
+        to: &str,
+        seqs: &[u64],
+    ) -> Option<String> {
+        let fid = frames::uuid_v4(cx.host);
+        let ts = Self::timestamp(cx);
+        let me = self.id.did().to_string();
+        let peer = self.peers.get_mut(to)?;
+        // Explicit numbers only for those above the cumulative mark (held).
+        let explicit: Vec<u64> = seqs
+            .iter()
+            .copied()
+            .filter(|s| *s >= peer.in_next)
+            .collect();
+        let mut env = json!({"receipt": explicit, "upto": peer.in_next});
+        if let Some(e) = peer.in_epoch {
+            env["epoch"] = json!(e);
+        }
+        let r = peer.active.as_mut().filter(|r| r.can_send())?;
+        let body = json!({"type": "kars_receipt", "kars": env}).to_string();
+        let (header, ct) = r.encrypt(body.as_bytes(), cx.host).ok()?;
+        Some(frames::message_frame(&me, to, &fid, &ts, &header, &ct))
+    }
+
+    /// Seal outbox entries again under the peer's current session, keeping
+    /// their sequence numbers and idempotency keys; their frames are added to
+    /// `frames_out` (nothing is committed here).
+    pub(super) fn reseal(
+        &mut self,
+        cx: &mut Cx<'_>,
+        peer_did: &str,
+        stale: Vec<OutEntry>,
+        frames_out: &mut Vec<String>,
+    ) {
+        for o in stale {
+            let payload: Value = serde_json::from_slice(&o.plaintext).unwrap_or_default();
+            if let Ok(sealed) = self.seal_for_peer(
+                cx,
+                peer_did,
+                payload,
+                o.needs_receipt.then_some(o.seq),
+                o.key.clone(),
+            ) {
+                frames_out.push(sealed.frame);
+            }
+        }
+    }
+
+    pub(super) fn reencrypt_outbox(&mut self, cx: &mut Cx<'_>, peer_did: &str) {
+        let Some(peer) = self.peers.get_mut(peer_did) else {
+            return;
+        };
+        if !peer.active.as_ref().is_some_and(|r| r.can_send()) {
+            return;
+        }
+        let stale: Vec<OutEntry> = std::mem::take(&mut peer.outbox);
+        peer.pending_knock = None;
+        let mut frames_out = Vec::new();
+        self.reseal(cx, peer_did, stale, &mut frames_out);
+        self.commit_and_send(cx, peer_did, frames_out, Vec::new());
+    }
+
+    /// (Re)send what is pending: on a new link everything, on a tick only
+    /// what has waited longer than RESEND_AFTER_MS.
+    pub(super) fn flush_all(&mut self, cx: &mut Cx<'_>, everything: bool) {
+        if self.link.open_socket().is_none() {
+            return;
+        }
+        let now = cx.now();
+        let dids: Vec<String> = self.peers.keys().cloned().collect();
+        for did in dids {
+            let mut frames_out = Vec::new();
+            let mut changed = false;
+            if let Some(p) = self.peers.get_mut(&did) {
+                if everything {
+                    // A KNOCK not yet confirmed goes again before its messages
+                    // (the relay may have lost it; the peer ignores repeats).
+                    if let Some(k) = &p.pending_knock {
+                        frames_out.push(k.clone());
+                    }
+                }
+                let before = p.outbox.len();
+                p.outbox.retain(|o| {
+                    now.saturating_sub(o.created_ms) < crate::mesh::session::SEEN_TTL_MS
+                });
+                changed |= p.outbox.len() != before;
+                for o in p.outbox.iter_mut() {
+                    if everything || now.saturating_sub(o.last_sent_ms) >= RESEND_AFTER_MS {
+                        o.last_sent_ms = now;
+                        o.attempts += 1;
+                        frames_out.push(o.frame.clone());
+                        changed = true;
+                    }
+                }
+                let before = p.outbox.len();
+                p.outbox.retain(|o| o.needs_receipt);
+                changed |= p.outbox.len() != before;
+            }
+            if changed {
+                self.save_peer(cx, &did);
+            }
+            if !frames_out.is_empty() {
+                self.stats.resent += frames_out.len() as u64;
+            }
+            for f in frames_out {
+                self.send_frame(cx, f);
+            }
+        }
+    }
+}
