@@ -110,6 +110,11 @@ class Side {
     this.did = node.did;
     this.stderrs.push({ inc, get: node.stderr });
     node.on('message', (m) => {
+      // The same inbox entry shown again after a kill (peek, then mark read)
+      // is one delivery; a second entry for the same number is a duplicate.
+      this.shownIds ??= new Set();
+      if (this.shownIds.has(m.id)) return;
+      this.shownIds.add(m.id);
       this.received.push({ n: m.payload?.n, type: m.payload?.type, sender: m.payload?.from, from: m.from, id: m.id, evidence: m.evidence, inc, at: secs() });
     });
     node.on('exit', (info) => {

@@ -105,7 +105,10 @@ async function reader() {
   while (!stopping) {
     let r;
     try {
-      r = await node.callTool('mesh_inbox', { wait_seconds: opts.waitSeconds, limit: 500 });
+      // Peek, print, then mark read: a kill between the two shows the
+      // messages again after the restart (the parent drops repeated inbox
+      // entry ids), where marking first would lose them.
+      r = await node.callTool('mesh_inbox', { wait_seconds: opts.waitSeconds, limit: 500, peek: true });
     } catch (e) {
       return fatal(e);
     }
@@ -115,8 +118,13 @@ async function reader() {
       await new Promise((res) => setTimeout(res, 200));
       continue;
     }
-    for (const m of r.details.mesh.messages) {
-      out({ event: 'message', ...m });
+    const batch = r.details.mesh.messages;
+    for (const m of batch) out({ event: 'message', ...m });
+    if (batch.length) {
+      const mark = await node.callTool('mesh_inbox', { limit: batch.length }).catch(fatal);
+      if (mark && isError(mark)) process.stderr.write(`[${stamp()} ${process.pid} driver] marking read failed: ${errText(mark)}\n`);
+    }
+    for (const m of batch) {
       if (opts.echo && !(m.payload && m.payload.type === 'echo')) {
         const s = await node.callTool('mesh_send', { to: m.from, message: { type: 'echo', content: m.payload } }).catch(fatal);
         if (isError(s)) process.stderr.write(`[${stamp()} ${process.pid} driver] echo failed: ${errText(s)}\n`);
