@@ -562,11 +562,7 @@ impl Agent {
             self.reencrypt_outbox(cx, from);
         }
         if let Some(q) = self.awaiting_session.remove(from) {
-            if self
-                .peers
-                .get(from)
-                .is_some_and(|p| p.active.as_ref().is_some_and(|r| r.can_send()))
-            {
+            if self.peers.get(from).is_some_and(|p| p.can_send()) {
                 for item in q {
                     self.encrypt_and_queue(cx, from, item.payload, item.call_id, item.key);
                 }

@@ -40,10 +40,7 @@ impl Agent {
                 );
             }
         }
-        let can_send = self
-            .peers
-            .get(to)
-            .is_some_and(|p| p.active.as_ref().is_some_and(|r| r.can_send()));
+        let can_send = self.peers.get(to).is_some_and(|p| p.can_send());
         if can_send {
             return self.encrypt_and_queue(cx, to, payload, call_id, key);
         }
@@ -84,11 +81,7 @@ impl Agent {
         problem: &str,
     ) {
         let queued = self.awaiting_session.remove(peer_did).unwrap_or_default();
-        if self
-            .peers
-            .get(peer_did)
-            .is_some_and(|p| p.active.as_ref().is_some_and(|r| r.can_send()))
-        {
+        if self.peers.get(peer_did).is_some_and(|p| p.can_send()) {
             // A session came up meanwhile (the peer knocked first and its
             // message arrived): use it rather than replacing it.
             for q in queued {
@@ -424,7 +417,7 @@ impl Agent {
         let Some(peer) = self.peers.get_mut(peer_did) else {
             return;
         };
-        if !peer.active.as_ref().is_some_and(|r| r.can_send()) {
+        if !peer.can_send() {
             return;
         }
         let stale: Vec<OutEntry> = std::mem::take(&mut peer.outbox);

@@ -280,6 +280,11 @@ impl Peer {
             .map(|(_, f)| f.as_str())
     }
 
+    /// The active session can encrypt (a responder can once it has received).
+    pub fn can_send(&self) -> bool {
+        self.active.as_ref().is_some_and(|r| r.can_send())
+    }
+
     pub fn has_seen(&self, frame_id: &str) -> bool {
         self.seen.iter().any(|m| m.id == frame_id)
     }
