@@ -15,6 +15,8 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { loadCore } from './core.js';
 import { openStateDir, StateDirError } from './storage-fs.js';
+import { createJobs } from './jobs.js';
+import path from 'node:path';
 
 const MAX_TIMEOUT = 2 ** 31 - 1; // setTimeout's limit (~24.8 days)
 const DEFAULT_HTTP_TIMEOUT_MS = 30_000;
@@ -102,6 +104,11 @@ async function readBodyCapped(res, limit) {
  * @param {string} [opts.relayToken]        the relay's AGENTMESH_RELAY_TOKEN, if it has one
  * @param {string} [opts.role]              "controller": keep a pairing ledger and answer pair_request
  * @param {string} [opts.clusterName]       cluster name a controller reports
+ * @param {object} [opts.sandbox]           role "sandbox": the offload spec this peer works on
+ * @param {{dir:string, exec?:string, relayUrl?:string, registryUrl?:string, progressMs?:number}} [opts.sandboxes]
+ *        controller: where sandbox peers are started (js-host/jobs.js)
+ * @param {string} [opts.exec]              sandbox: the operator's command for the task
+ * @param {string} [opts.filesDir]          private directory for received files (default <stateDir>/files)
  * @param {(level:string, message:string)=>void} [opts.log] receives the core's log lines
  *        and a few host diagnostics (never secrets, URLs or frames)
  * @param {number} [opts.stopTimeoutMs=1500] how long stop() waits for sockets to close
@@ -124,6 +131,10 @@ export async function createNode({
   relayToken = process.env.KARS_MESH_RELAY_TOKEN,
   role,
   clusterName,
+  sandbox,
+  sandboxes,
+  exec,
+  filesDir,
   log = defaultLog,
   stopTimeoutMs = DEFAULT_STOP_TIMEOUT_MS,
   // Tests only: a replacement for core.js's loadCore (e.g. a scripted engine).
@@ -209,6 +220,13 @@ export async function createNode({
   const inflight = new Set();
   const hostAbort = new AbortController();
   let keepAlive = null;
+  const jobs = createJobs({
+    filesDir: filesDir ?? path.join(store.dir, 'files'),
+    dispatch: (ev) => dispatch(ev),
+    log: safeLog,
+    sandboxes: sandboxes && { relayUrl, registryUrl, relayToken, ...sandboxes },
+    exec,
+  });
 
   // ---- the loop -----------------------------------------------------------
 
@@ -282,6 +300,34 @@ export async function createNode({
         return timerCancel(cmd.val);
       case 'tool-result':
         return toolResult(cmd.val.callId, cmd.val.resultJson);
+      case 'file-read':
+        return jobs.fileRead(cmd.val);
+      case 'file-write': {
+        const [rel, bytes] = cmd.val;
+        try {
+          jobs.fileWrite(rel, bytes);
+        } catch (e) {
+          die(new NodeError(`cannot write received file ${JSON.stringify(rel)}: ${errorText(e)}; this node is stopped`, { cause: e, code: 'KARS_MESH_STORE' }));
+        }
+        return;
+      }
+      case 'file-erase':
+        try {
+          jobs.fileErase(cmd.val);
+        } catch (e) {
+          safeLog('warn', `host: ${errorText(e)}`);
+        }
+        return;
+      case 'job-start':
+        try {
+          return jobs.jobStart(cmd.val);
+        } catch (e) {
+          safeLog('error', `host: job ${cmd.val.id} could not start: ${errorText(e)}`);
+          queueMicrotask(() => dispatch({ tag: 'job-exited', val: { id: cmd.val.id, code: -1, outputs: [], log: errorText(e) } }));
+          return;
+        }
+      case 'job-kill':
+        return jobs.jobKill(cmd.val);
       default:
         safeLog('warn', `host: ignoring unknown engine command ${JSON.stringify(cmd?.tag)}`);
     }
@@ -563,6 +609,7 @@ export async function createNode({
   // ---- shutdown -----------------------------------------------------------
 
   function teardown() {
+    jobs.stopAll();
     for (const handle of timers.values()) clearTimeout(handle);
     timers.clear();
     hostAbort.abort();
@@ -639,6 +686,7 @@ export async function createNode({
   if (relayToken) config.relay_token = relayToken;
   if (role != null) config.role = role;
   if (clusterName != null) config.cluster_name = clusterName;
+  if (sandbox != null) config.sandbox = sandbox;
 
   dispatch({ tag: 'start', val: JSON.stringify(config) });
   config.state_key = undefined;

@@ -92,6 +92,21 @@ impl wit_engine::Guest for Component {
                 message: f.message,
             },
             Event::TimerFired(t) => Ev::TimerFired(t),
+            Event::FileLoaded(f) => Ev::FileLoaded {
+                id: f.id,
+                bytes: f.bytes,
+            },
+            Event::FileFailed(f) => Ev::FileFailed {
+                id: f.id,
+                message: f.message,
+            },
+            Event::JobReady((id, info)) => Ev::JobReady { id, info },
+            Event::JobExited(x) => Ev::JobExited(crate::engine::JobExit {
+                id: x.id,
+                code: x.code,
+                outputs: x.outputs,
+                log: x.log,
+            }),
             Event::Stop => Ev::Stop,
         };
         let cmds = ENGINE.with(|e| e.borrow_mut().handle(ev, &mut WitHost));
@@ -140,6 +155,27 @@ fn lower_command(c: Cmd) -> Command {
             call_id,
             result_json,
         }),
+        Cmd::FileRead {
+            id,
+            path,
+            max_bytes,
+        } => Command::FileRead(wit_engine::FileRead {
+            id,
+            path,
+            max_bytes,
+        }),
+        Cmd::FileWrite(path, bytes) => Command::FileWrite((path, bytes)),
+        Cmd::FileErase(path) => Command::FileErase(path),
+        Cmd::JobStart {
+            id,
+            kind,
+            spec_json,
+        } => Command::JobStart(wit_engine::Job {
+            id,
+            kind,
+            spec_json,
+        }),
+        Cmd::JobKill(id) => Command::JobKill(id),
     }
 }
 

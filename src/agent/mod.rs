@@ -3,11 +3,15 @@
 //! Every state change is emitted as a `Store` before the frame or ack that
 //! depends on it.
 
+pub mod controller;
 pub mod inbox;
+pub mod offload;
 pub mod pairing;
 mod receive;
+pub mod sandbox;
 mod send;
 mod tools;
+mod transfers;
 
 use crate::crypto::identity::{is_mesh_did, Identity};
 use crate::engine::{Command, Host, LogLevel};
@@ -91,6 +95,9 @@ pub struct Config {
     /// Cluster name a controller reports in `pair_response`.
     #[serde(default)]
     pub cluster_name: Option<String>,
+    /// Role "sandbox": the one offload this peer works on.
+    #[serde(default)]
+    pub sandbox: Option<sandbox::SandboxSpec>,
 }
 
 impl Config {
@@ -201,6 +208,9 @@ pub struct Agent {
     pair_waits: Vec<pairing::PairWait>,
     registered: bool,
     register_calls: Vec<String>,
+    offloads: offload::ClientOffloads,
+    ctl: controller::CtlOffloads,
+    sandbox: Option<sandbox::SandboxState>,
     pub stats: Stats,
 }
 
@@ -309,6 +319,10 @@ impl Agent {
             .get::<pairing::PairingRecord>(cx.host, keys::PAIRING)
             .unwrap_or(None);
         let mut cfg = cfg;
+        if let Some(sb) = &cfg.sandbox {
+            // A sandbox talks to its requester and nobody else.
+            cfg.accept_sessions = AcceptPolicy::Only(vec![sb.requester.clone()]);
+        }
         if let Some(p) = &paired {
             // The paired controller may speak the original plaintext dialects.
             if !cfg.trusted_plaintext.contains(&p.controller_did) {
@@ -342,6 +356,9 @@ impl Agent {
             pair_waits: Vec::new(),
             registered: false,
             register_calls: Vec::new(),
+            offloads: Default::default(),
+            ctl: Default::default(),
+            sandbox: None,
             stats: Stats::default(),
         };
         for did in fast_forwarded {
@@ -363,6 +380,9 @@ impl Agent {
         agent.register(cx);
         agent.connect(cx);
         agent.arm(cx, T_REGISTRY, REGISTRY_HEARTBEAT_MS);
+        agent.load_offload(cx);
+        agent.load_controller(cx);
+        agent.start_sandbox(cx);
         Ok(agent)
     }
 
@@ -804,7 +824,10 @@ impl Agent {
                     }
                     cx.out.push(f.request.clone());
                     self.http.insert(nid, f);
-                } else if self.pair_timed_out(cx, other) {
+                } else if self.pair_timed_out(cx, other)
+                    || self.offload_timer(cx, other)
+                    || self.sandbox_timer(cx, other)
+                {
                 } else if let Some(pos) = self.waiters.iter().position(|w| w.timer == other) {
                     let w = self.waiters.remove(pos);
                     self.answer_waiter(cx, &w, true);
@@ -944,11 +967,50 @@ impl Agent {
         self.link.state = LinkState::Replaced;
     }
 
+    /// Is this payload for the pairing, offload or sandbox machinery (and so
+    /// not for the inbox)? Each message has exactly one consumer.
     fn wants_pairing(&self, from: &str, payload: &Value) -> bool {
         match payload["type"].as_str() {
+            _ if self.is_sandbox() => true,
             Some("pair_request") => self.is_controller(),
             Some("pair_response") => self.pair_waits.iter().any(|w| w.controller == from),
-            _ => false,
+            _ => self.wants_offload_controller(payload) || self.wants_offload_client(from, payload),
+        }
+    }
+
+    /// Hand a consumed protocol payload to its owner.
+    fn intercept(&mut self, cx: &mut Cx<'_>, from: &str, payload: &Value) {
+        if self.is_sandbox() {
+            return self.intercept_sandbox(cx, from, payload);
+        }
+        if self.intercept_pairing(cx, from, payload) {
+            return;
+        }
+        if self.wants_offload_controller(payload) {
+            return self.intercept_offload_controller(cx, from, payload);
+        }
+        self.intercept_offload_client(cx, from, payload);
+    }
+
+    pub fn on_file(&mut self, cx: &mut Cx<'_>, id: u64, res: Result<Vec<u8>, String>) {
+        if !self.offload_file(cx, id, res) {
+            cx.log(LogLevel::Debug, &format!("file result {id} for nobody"));
+        }
+    }
+
+    pub fn on_job_ready(&mut self, cx: &mut Cx<'_>, id: u64, info: &str) {
+        if !self.controller_job_ready(cx, id, info) {
+            cx.log(LogLevel::Debug, &format!("job {id} ready for nobody"));
+        }
+    }
+
+    pub fn on_job_exited(&mut self, cx: &mut Cx<'_>, exit: crate::engine::JobExit) {
+        if self.controller_job_exited(cx, &exit) {
+            return;
+        }
+        let id = exit.id;
+        if !self.sandbox_job_exited(cx, exit) {
+            cx.log(LogLevel::Debug, &format!("job {id} exited for nobody"));
         }
     }
 

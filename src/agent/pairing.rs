@@ -43,7 +43,7 @@ impl Agent {
         self.ledger.is_some()
     }
 
-    fn save_ledger(&mut self, cx: &mut Cx<'_>) {
+    pub(super) fn save_ledger(&mut self, cx: &mut Cx<'_>) {
         if let Some(l) = &self.ledger {
             if let Err(e) = self.vault.put(cx.host, &mut cx.out, keys::LEDGER, l) {
                 cx.log(LogLevel::Error, &e.to_string());

@@ -447,8 +447,9 @@ impl Agent {
         }
         self.save_peer(cx, &from);
         if pairing_msg {
-            // Its effects (ledger, pairing record, answer) land before the ack.
-            self.intercept_pairing(cx, &from, &payload);
+            // Its effects (ledger, pairing record, offload state, answer)
+            // land before the ack.
+            self.intercept(cx, &from, &payload);
         }
         self.ack(cx, &id);
         if let Some(s) = seq {
@@ -611,6 +612,12 @@ impl Agent {
             }
         };
         peer.mark_seen(id, now, None);
+        if self.wants_pairing(from, &payload) {
+            self.save_peer(cx, from);
+            self.intercept(cx, from, &payload);
+            self.ack(cx, id);
+            return;
+        }
         let n = self.inbox.next_n();
         let ts = v["ts"].as_str().map(|s| s.chars().take(40).collect());
         let entry = Entry {

@@ -114,6 +114,15 @@ pub(super) fn handle(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, tool: &s
             agent.http(cx, Purpose::Discover { call_id: call_id.to_string(), capability }, "GET", &path, false, None);
         }
         "mesh_pair" => agent.start_pairing(cx, call_id, args),
+        "cloud_offload" => agent.cloud_offload(cx, call_id, args),
+        "offload_status" => agent.offload_status_tool(cx, call_id, args),
+        "offload_cancel" => agent.offload_cancel(cx, call_id),
+        "offload_notifications" => agent.offload_notifications(cx, call_id),
+        "offload_list" => {
+            let list = agent.controller_offloads();
+            let n = list.as_array().map(Vec::len).unwrap_or(0);
+            ok(cx, call_id, &format!("{n} offload(s) running"), json!({"offloads": list}));
+        }
         "pair_generate" | "pair_list" | "pair_revoke" => agent.ledger_tool(cx, call_id, tool, args),
         other => fail(
             cx,

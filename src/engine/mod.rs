@@ -62,7 +62,29 @@ pub enum Event {
         message: String,
     },
     TimerFired(u64),
+    FileLoaded {
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    FileFailed {
+        id: u64,
+        message: String,
+    },
+    JobReady {
+        id: u64,
+        info: String,
+    },
+    JobExited(JobExit),
     Stop,
+}
+
+/// What a host job left behind.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JobExit {
+    pub id: u64,
+    pub code: i32,
+    pub outputs: Vec<(String, Vec<u8>)>,
+    pub log: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +121,19 @@ pub enum Command {
         call_id: String,
         result_json: String,
     },
+    FileRead {
+        id: u64,
+        path: String,
+        max_bytes: u64,
+    },
+    FileWrite(String, Vec<u8>),
+    FileErase(String),
+    JobStart {
+        id: u64,
+        kind: String,
+        spec_json: String,
+    },
+    JobKill(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -194,6 +229,10 @@ impl Engine {
                 a.on_http(&mut cx, id, None, &[], Some(&message))
             }
             (Event::TimerFired(t), Some(a)) => a.on_timer(&mut cx, t),
+            (Event::FileLoaded { id, bytes }, Some(a)) => a.on_file(&mut cx, id, Ok(bytes)),
+            (Event::FileFailed { id, message }, Some(a)) => a.on_file(&mut cx, id, Err(message)),
+            (Event::JobReady { id, info }, Some(a)) => a.on_job_ready(&mut cx, id, &info),
+            (Event::JobExited(exit), Some(a)) => a.on_job_exited(&mut cx, exit),
             (Event::Stop, Some(a)) => a.on_stop(&mut cx),
             (_, None) => {}
         }

@@ -20,6 +20,11 @@ pub mod keys {
     pub const META: &str = "meta";
     pub const LEDGER: &str = "ledger";
     pub const PAIRING: &str = "pairing";
+    pub const OFFLOAD: &str = "offload/active";
+    pub const OFFLOAD_RECENT: &str = "offload/recent";
+    pub const CONTROLLER_OFFLOADS: &str = "controller/offloads";
+    pub const SANDBOX: &str = "sandbox/state";
+    pub const TRANSFER: &str = "xfer/";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,6 +9,7 @@ pub mod plaintext;
 pub mod registry;
 pub mod time;
 pub mod token;
+pub mod transfer;
 
 /// Why a message from the network was refused. Texts name the field and
 /// never include key material.

@@ -372,6 +372,10 @@ pub fn brief_event(e: &Event) -> String {
         )
     };
     match e {
+        Event::FileLoaded { id, bytes } => format!("file-loaded {id} ({} B)", bytes.len()),
+        Event::FileFailed { id, .. } => format!("file-failed {id}"),
+        Event::JobReady { id, .. } => format!("job-ready {id}"),
+        Event::JobExited(x) => format!("job-exited {} {}", x.id, x.code),
         Event::Start(_) => "start".into(),
         Event::ToolCall {
             call_id,
@@ -1151,6 +1155,13 @@ impl World {
             Command::TimerCancel(id) => {
                 self.agents[i].timers.remove(&id);
             }
+            // Files and jobs are not emulated here (tests/*.test.mjs run them
+            // through the real host).
+            Command::FileRead { .. }
+            | Command::FileWrite(..)
+            | Command::FileErase(_)
+            | Command::JobStart { .. }
+            | Command::JobKill(_) => {}
             Command::ToolResult {
                 call_id,
                 result_json,
@@ -1362,6 +1373,7 @@ impl World {
                 t.feed(call_id.as_bytes());
                 t.feed(result_json.as_bytes());
             }
+            other => t.feed(brief(other).as_bytes()),
         }
     }
 
@@ -1517,5 +1529,10 @@ pub fn brief(c: &Command) -> String {
         Command::TimerSet { id, .. } => format!("timer-set {id}"),
         Command::TimerCancel(id) => format!("timer-cancel {id}"),
         Command::ToolResult { call_id, .. } => format!("tool-result {call_id}"),
+        Command::FileRead { id, .. } => format!("file-read {id}"),
+        Command::FileWrite(p, b) => format!("file-write {p} ({} B)", b.len()),
+        Command::FileErase(p) => format!("file-erase {p}"),
+        Command::JobStart { id, kind, .. } => format!("job-start {id} {kind}"),
+        Command::JobKill(id) => format!("job-kill {id}"),
     }
 }

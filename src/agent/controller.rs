@@ -1,0 +1,379 @@
+//! The controller side of an offload (kars-mesh-plugin.md §7.3): checks the
+//! requester's pairing, takes a slot, asks the host to start a sandbox peer,
+//! reports the phases, and tears the sandbox down on the requester's
+//! `offload_cleanup`. Requests are answered only over the requester's
+//! authenticated channel; a cleanup from anyone but the requester is refused.
+
+use super::{Agent, Cx};
+use crate::engine::{Command, JobExit, LogLevel};
+use crate::roles::ledger::{sanitize_name, Phase};
+use crate::store::keys;
+use crate::wire::{time, transfer};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+const MAX_TASK_CHARS: usize = 100_000;
+const MAX_TIMEOUT_MINUTES: u64 = 24 * 60;
+const DEFAULT_MODEL: &str = "gpt-5.4";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CtlOffload {
+    pub request_id: String,
+    pub requester: String,
+    pub sandbox_name: String,
+    pub job: u64,
+    /// "spawning" until the sandbox is registered, then "ready".
+    pub phase: String,
+    pub sandbox_did: Option<String>,
+    pub started_ms: u64,
+    /// What the sandbox is started with (kept to start it again after a
+    /// controller restart that happened before it was up).
+    pub spec: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct CtlOffloads {
+    pub list: Vec<CtlOffload>,
+}
+
+fn valid_request_id(s: &str) -> bool {
+    (8..=64).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+impl Agent {
+    pub(super) fn load_controller(&mut self, cx: &mut Cx<'_>) {
+        if !self.is_controller() {
+            return;
+        }
+        match self
+            .vault
+            .get::<CtlOffloads>(cx.host, keys::CONTROLLER_OFFLOADS)
+        {
+            Ok(Some(c)) => self.ctl = c,
+            Ok(None) => {}
+            Err(e) => cx.log(LogLevel::Error, &e.to_string()),
+        }
+        // A sandbox that was still starting when we went down is started
+        // again (the host replaces a leftover process with the same job id);
+        // one that was up keeps running and talks to its requester directly.
+        let restart: Vec<CtlOffload> = self
+            .ctl
+            .list
+            .iter()
+            .filter(|o| o.phase == "spawning")
+            .cloned()
+            .collect();
+        for o in restart {
+            cx.out.push(Command::JobStart {
+                id: o.job,
+                kind: "sandbox".into(),
+                spec_json: o.spec.to_string(),
+            });
+        }
+        if let Some(max) = self.ctl.list.iter().map(|o| o.job).max() {
+            self.next_id = self.next_id.max(max);
+        }
+    }
+
+    fn save_ctl(&mut self, cx: &mut Cx<'_>) {
+        if let Err(e) = self
+            .vault
+            .put(cx.host, &mut cx.out, keys::CONTROLLER_OFFLOADS, &self.ctl)
+        {
+            cx.log(LogLevel::Error, &e.to_string());
+        }
+    }
+
+    fn ctl_send(&mut self, cx: &mut Cx<'_>, to: &str, mut msg: Value) {
+        if msg.get("timestamp").is_none() {
+            msg["timestamp"] = json!(time::format_millis(cx.now()));
+        }
+        self.send_payload(cx, to, msg, None, None);
+    }
+
+    fn ctl_status(&mut self, cx: &mut Cx<'_>, to: &str, rid: &str, phase: &str, message: &str) {
+        let msg = json!({"type": "offload_status", "request_id": rid, "phase": phase, "message": message});
+        self.ctl_send(cx, to, msg);
+    }
+
+    fn ctl_error(&mut self, cx: &mut Cx<'_>, to: &str, rid: &str, phase: &str, error: &str) {
+        cx.log(
+            LogLevel::Info,
+            &format!("offload {rid} from {to} refused: {error}"),
+        );
+        let msg =
+            json!({"type": "offload_error", "request_id": rid, "error": error, "phase": phase});
+        self.ctl_send(cx, to, msg);
+    }
+
+    pub(super) fn wants_offload_controller(&self, payload: &Value) -> bool {
+        self.is_controller()
+            && matches!(
+                payload["type"].as_str(),
+                Some("offload_request" | "offload_cleanup")
+            )
+    }
+
+    pub(super) fn intercept_offload_controller(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
+        match p["type"].as_str() {
+            Some("offload_request") => self.on_offload_request(cx, from, p),
+            Some("offload_cleanup") => self.on_offload_cleanup(cx, from, p),
+            _ => {}
+        }
+    }
+
+    fn on_offload_request(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
+        let now = cx.now();
+        let rid = p["request_id"].as_str().unwrap_or_default().to_string();
+        if !valid_request_id(&rid) {
+            cx.log(
+                LogLevel::Warn,
+                &format!("offload_request from {from} without a usable request_id; ignored"),
+            );
+            return;
+        }
+        // A repeated request (the requester re-sent it) gets the current state.
+        if let Some(o) = self.ctl.list.iter().find(|o| o.request_id == rid).cloned() {
+            if o.requester != from {
+                return self.ctl_error(cx, from, &rid, "validating", "request_id already in use");
+            }
+            if o.phase == "ready" {
+                let msg = json!({"type": "offload_status", "request_id": rid, "phase": "ready", "message": "sandbox ready", "sandbox_name": o.sandbox_name, "sandbox_did": o.sandbox_did});
+                self.ctl_send(cx, from, msg);
+            }
+            return;
+        }
+        // Validation, in the order a user can fix things.
+        let Some(ledger) = self.ledger.as_mut() else {
+            return;
+        };
+        ledger.expire(now);
+        let pairing = ledger
+            .pairings
+            .iter()
+            .find(|x| x.bound_did.as_deref() == Some(from))
+            .cloned();
+        let refusal = match &pairing {
+            None => Some("Not paired with this cluster. Pair first with mesh_pair.".to_string()),
+            Some(x) if x.phase == Phase::Revoked => {
+                Some("This pairing was revoked by the operator.".to_string())
+            }
+            Some(x) if x.phase == Phase::Expired || now >= x.expires_ms => {
+                Some("This pairing has expired. Ask the operator for a new token.".to_string())
+            }
+            Some(x) if x.phase != Phase::Active => Some(format!("Pairing is {}.", x.phase)),
+            Some(x) if !x.capabilities.iter().any(|c| c == "offload") => {
+                Some("This pairing does not grant the offload capability.".to_string())
+            }
+            Some(x) if x.slots_used >= x.slots_max => Some(format!(
+                "No free sandbox slot ({} of {} in use). Cancel or finish a running offload first.",
+                x.slots_used, x.slots_max
+            )),
+            _ => None,
+        };
+        if pairing.is_some() {
+            // Strangers learn nothing but the refusal.
+            self.ctl_status(
+                cx,
+                from,
+                &rid,
+                "validating",
+                "checking pairing, capability and slots",
+            );
+        }
+        if let Some(r) = refusal {
+            return self.ctl_error(cx, from, &rid, "validating", &r);
+        }
+        let task = p["task"].as_str().unwrap_or_default();
+        if task.trim().is_empty() || task.chars().count() > MAX_TASK_CHARS {
+            return self.ctl_error(
+                cx,
+                from,
+                &rid,
+                "validating",
+                "task must be a non-empty string of at most 100000 characters",
+            );
+        }
+        let mut files = Vec::new();
+        for f in p["files"].as_array().cloned().unwrap_or_default() {
+            match f.as_str().and_then(transfer::safe_file_name) {
+                Some(n) if f.as_str() == Some(n.as_str()) && !files.contains(&n) => files.push(n),
+                _ => {
+                    return self.ctl_error(
+                        cx,
+                        from,
+                        &rid,
+                        "validating",
+                        "files must be distinct plain file names (no paths)",
+                    )
+                }
+            }
+        }
+        if files.len() > transfer::MAX_FILES {
+            return self.ctl_error(cx, from, &rid, "validating", "at most 10 files per offload");
+        }
+        let prefs = &p["preferences"];
+        let timeout = prefs["timeout_minutes"].as_f64().unwrap_or(30.0);
+        if !(1.0..=MAX_TIMEOUT_MINUTES as f64).contains(&timeout) {
+            return self.ctl_error(
+                cx,
+                from,
+                &rid,
+                "validating",
+                "timeout_minutes must be between 1 and 1440",
+            );
+        }
+        let model: String = prefs["model"]
+            .as_str()
+            .unwrap_or(DEFAULT_MODEL)
+            .chars()
+            .take(200)
+            .collect();
+        if self
+            .ledger
+            .as_mut()
+            .and_then(|l| l.take_slot(from, "offload", now))
+            .is_none()
+        {
+            return self.ctl_error(cx, from, &rid, "validating", "No free sandbox slot.");
+        }
+        self.save_ledger(cx);
+        // Character-safe: the request id was checked to be ASCII.
+        let short: String = rid.chars().take(8).collect();
+        let sandbox_name =
+            sanitize_name(&format!("offload-{short}")).unwrap_or_else(|| "offload".into());
+        let job = self.fresh_id();
+        let spec = json!({
+            "name": sandbox_name,
+            "requester": from,
+            "request_id": rid,
+            "task": task,
+            "files": files,
+            "timeout_minutes": timeout.floor() as u64,
+            "model": model,
+            "controller": self.id.did(),
+        });
+        self.ctl.list.push(CtlOffload {
+            request_id: rid.clone(),
+            requester: from.to_string(),
+            sandbox_name: sandbox_name.clone(),
+            job,
+            phase: "spawning".into(),
+            sandbox_did: None,
+            started_ms: now,
+            spec: spec.clone(),
+        });
+        self.save_ctl(cx);
+        self.ctl_status(
+            cx,
+            from,
+            &rid,
+            "spawning",
+            &format!("starting sandbox {sandbox_name}"),
+        );
+        cx.out.push(Command::JobStart {
+            id: job,
+            kind: "sandbox".into(),
+            spec_json: spec.to_string(),
+        });
+    }
+
+    fn on_offload_cleanup(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
+        let rid = p["request_id"].as_str().unwrap_or_default();
+        let Some(pos) = self.ctl.list.iter().position(|o| o.request_id == rid) else {
+            return;
+        };
+        if self.ctl.list[pos].requester != from {
+            cx.log(
+                LogLevel::Warn,
+                &format!("refused offload_cleanup for {rid} from {from}, which did not request it"),
+            );
+            return;
+        }
+        let o = self.ctl.list.remove(pos);
+        cx.out.push(Command::JobKill(o.job));
+        if let Some(l) = self.ledger.as_mut() {
+            l.free_slot(&o.requester);
+        }
+        self.save_ledger(cx);
+        self.save_ctl(cx);
+        let reason: String = p["reason"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(40)
+            .collect();
+        cx.log(
+            LogLevel::Info,
+            &format!(
+                "offload {rid} cleaned up ({reason}); sandbox {} stopped",
+                o.sandbox_name
+            ),
+        );
+    }
+
+    /// The host reports a sandbox registered and connected.
+    pub(super) fn controller_job_ready(&mut self, cx: &mut Cx<'_>, job: u64, info: &str) -> bool {
+        let Some(o) = self.ctl.list.iter_mut().find(|o| o.job == job) else {
+            return false;
+        };
+        if !crate::crypto::identity::is_mesh_did(info) {
+            return true;
+        }
+        o.phase = "ready".into();
+        o.sandbox_did = Some(info.to_string());
+        let o = o.clone();
+        self.save_ctl(cx);
+        self.ctl_status(
+            cx,
+            &o.requester,
+            &o.request_id,
+            "scheduled",
+            "sandbox process started",
+        );
+        let msg = json!({"type": "offload_status", "request_id": o.request_id, "phase": "ready", "message": "sandbox ready", "sandbox_name": o.sandbox_name, "sandbox_did": info});
+        self.ctl_send(cx, &o.requester, msg);
+        true
+    }
+
+    /// A sandbox process ended: before it was up that is a spawn failure;
+    /// afterwards its work is over. Either way its slot is free again.
+    pub(super) fn controller_job_exited(&mut self, cx: &mut Cx<'_>, exit: &JobExit) -> bool {
+        let Some(pos) = self.ctl.list.iter().position(|o| o.job == exit.id) else {
+            return false;
+        };
+        let o = self.ctl.list.remove(pos);
+        if let Some(l) = self.ledger.as_mut() {
+            l.free_slot(&o.requester);
+        }
+        self.save_ledger(cx);
+        self.save_ctl(cx);
+        if o.phase == "spawning" {
+            let tail: String = exit
+                .log
+                .chars()
+                .rev()
+                .take(300)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let err = format!(
+                "sandbox {} failed to start (exit code {}): {tail}",
+                o.sandbox_name, exit.code
+            );
+            self.ctl_error(cx, &o.requester, &o.request_id, "spawning", &err);
+        }
+        true
+    }
+
+    /// `offload_list` (operator): sandboxes this controller runs.
+    pub(super) fn controller_offloads(&self) -> Value {
+        json!(self
+            .ctl
+            .list
+            .iter()
+            .map(|o| json!({"request_id": o.request_id, "requester": o.requester, "sandbox_name": o.sandbox_name, "phase": o.phase, "sandbox_did": o.sandbox_did, "started_at": time::format_millis(o.started_ms)}))
+            .collect::<Vec<_>>())
+    }
+}

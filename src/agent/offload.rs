@@ -1,0 +1,1255 @@
+//! The client side of an offload (kars-mesh-plugin.md §7): `cloud_offload`,
+//! `offload_status`, `offload_cancel`, the phases, input files to the
+//! sandbox and output files back. Every offload message is routed here and
+//! nowhere else (the original's background drain swallowed early hellos), and
+//! is accepted only from the paired controller or from the sandbox DID that
+//! controller named in its end-to-end encrypted `ready`.
+
+use super::transfers::Reassembly;
+use super::{tools, Agent, Cx};
+use crate::engine::{Command, LogLevel};
+use crate::store::keys;
+use crate::wire::{b64, time, transfer};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Controller's answer (`ready`) deadline.
+const READY_TIMEOUT_MS: u64 = 300_000;
+/// Sandbox hello deadline after `ready`.
+const HELLO_TIMEOUT_MS: u64 = 180_000;
+/// Slack on top of `timeout_minutes` before the client gives up on a run.
+const RUN_GRACE_MS: u64 = 5 * 60_000;
+/// Duplicate-offload window and guard size.
+const DUPLICATE_WINDOW_MS: u64 = 10 * 60_000;
+const DUPLICATE_KEEP: usize = 20;
+/// Events kept per offload, notifications queued for the hook.
+const MAX_EVENTS: usize = 40;
+const MAX_NOTES: usize = 10;
+/// A repeated `offload_status` within this window with no news says so.
+const NO_CHANGE_WINDOW_MS: u64 = 15_000;
+const MAX_TASK_CHARS: usize = 100_000;
+const DEFAULT_TIMEOUT_MINUTES: u64 = 30;
+const MAX_TIMEOUT_MINUTES: u64 = 24 * 60;
+const MAX_SUMMARY_CHARS: usize = 8000;
+
+const TASK_ALIASES: [&str; 7] = [
+    "task",
+    "prompt",
+    "description",
+    "request",
+    "content",
+    "instruction",
+    "query",
+];
+
+pub(super) fn phase_icon(phase: &str) -> &'static str {
+    match phase {
+        "submitted" => "📤",
+        "validating" => "🔎",
+        "spawning" => "🚀",
+        "scheduled" => "📅",
+        "ready" => "🟢",
+        "connecting" => "🔗",
+        "acknowledged" => "👋",
+        "verifying" => "🏓",
+        "uploading" => "📦",
+        "dispatching" => "📬",
+        "running" => "⚙️",
+        "returning" => "📥",
+        "done" => "✅",
+        "error" => "❌",
+        _ => "•",
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InputFile {
+    /// The local path the user gave (never sent).
+    pub path: String,
+    /// The basename sent to the sandbox.
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutputFile {
+    pub name: String,
+    /// Relative to the host's private files directory.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OffloadEvent {
+    pub at_ms: u64,
+    pub phase: String,
+    pub text: String,
+}
+
+/// One offload, persisted under `offload/active` while it runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Offload {
+    pub request_id: String,
+    pub task: String,
+    pub model: Option<String>,
+    pub timeout_minutes: u64,
+    pub files: Vec<InputFile>,
+    pub phase: String,
+    pub events: Vec<OffloadEvent>,
+    pub controller: String,
+    pub sandbox_name: Option<String>,
+    pub sandbox_did: Option<String>,
+    pub started_ms: u64,
+    pub updated_ms: u64,
+    pub inputs_sent: bool,
+    pub outputs: Vec<OutputFile>,
+    pub summary: Option<String>,
+    pub error: Option<String>,
+    pub deadline_ms: u64,
+    #[serde(default)]
+    pub notes: Vec<String>,
+    #[serde(default)]
+    pub viewed_ms: u64,
+    #[serde(default)]
+    pub viewed_events: usize,
+}
+
+impl Offload {
+    pub fn terminal(&self) -> bool {
+        self.phase == "done" || self.phase == "error"
+    }
+    fn short(&self) -> String {
+        self.request_id.chars().take(8).collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Recent {
+    /// (normalised task, request id, started).
+    pub tasks: Vec<(String, String, u64)>,
+}
+
+/// Client state outside the persisted record.
+#[derive(Default)]
+pub struct ClientOffloads {
+    pub active: Option<Offload>,
+    pub recent: Recent,
+    /// A `cloud_offload` reading its input files.
+    pub submitting: Option<Submit>,
+    /// Bytes of the inputs, kept until sent (re-read after a restart).
+    pub input_bytes: Vec<(String, Vec<u8>)>,
+    pub reads: Vec<(u64, usize)>,
+    /// Hello that came before the controller's `ready`.
+    pub early_hello: Option<(String, Value)>,
+    pub timer: Option<u64>,
+    pub reassembly: Reassembly,
+    /// `offload_status {wait_seconds}` callers: (call id, timer, events seen).
+    pub watchers: Vec<(String, u64, usize)>,
+}
+
+pub struct Submit {
+    pub call_id: String,
+    pub offload: Offload,
+    pub bytes: Vec<Option<Vec<u8>>>,
+    pub pending: usize,
+    pub failed: bool,
+}
+
+fn normalise_task(t: &str) -> String {
+    t.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+fn uuid_v4(cx: &mut Cx<'_>) -> String {
+    let mut b = [0u8; 16];
+    cx.host.fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = crate::wire::hex::encode(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn basename(path: &str) -> String {
+    path.rsplit(['/', '\\']).next().unwrap_or(path).to_string()
+}
+
+impl Agent {
+    pub(super) fn load_offload(&mut self, cx: &mut Cx<'_>) {
+        match self.vault.get::<Offload>(cx.host, keys::OFFLOAD) {
+            Ok(Some(o)) => {
+                let remaining = o.deadline_ms.saturating_sub(cx.now()).max(1000);
+                let t = self.fresh_id();
+                let at_ms = cx.now() + remaining;
+                cx.out.push(Command::TimerSet { id: t, at_ms });
+                self.offloads.timer = Some(t);
+                self.offloads.active = Some(o);
+            }
+            Ok(None) => {}
+            Err(e) => cx.log(LogLevel::Error, &format!("{e}; the active offload is lost")),
+        }
+        if let Ok(Some(r)) = self.vault.get::<Recent>(cx.host, keys::OFFLOAD_RECENT) {
+            self.offloads.recent = r;
+        }
+    }
+
+    fn save_offload(&mut self, cx: &mut Cx<'_>) {
+        let res = match &self.offloads.active {
+            Some(o) => self.vault.put(cx.host, &mut cx.out, keys::OFFLOAD, o),
+            None => {
+                cx.out.push(Command::Erase(keys::OFFLOAD.into()));
+                Ok(())
+            }
+        };
+        if let Err(e) = res {
+            cx.log(LogLevel::Error, &e.to_string());
+        }
+    }
+
+    fn set_deadline(&mut self, cx: &mut Cx<'_>, after_ms: u64) {
+        if let Some(t) = self.offloads.timer.take() {
+            cx.out.push(Command::TimerCancel(t));
+        }
+        let t = self.fresh_id();
+        let at_ms = cx.now() + after_ms;
+        cx.out.push(Command::TimerSet { id: t, at_ms });
+        self.offloads.timer = Some(t);
+        if let Some(o) = self.offloads.active.as_mut() {
+            o.deadline_ms = at_ms;
+        }
+    }
+
+    /// Record a phase change (and a notification for the hook).
+    fn phase(&mut self, cx: &mut Cx<'_>, phase: &str, text: &str) {
+        let now = cx.now();
+        let Some(o) = self.offloads.active.as_mut() else {
+            return;
+        };
+        o.phase = phase.to_string();
+        o.updated_ms = now;
+        if o.events.len() >= MAX_EVENTS {
+            o.events.remove(0);
+        }
+        o.events.push(OffloadEvent {
+            at_ms: now,
+            phase: phase.to_string(),
+            text: text.to_string(),
+        });
+        let line = format!(
+            "{} Offload {} {phase}: {text}",
+            phase_icon(phase),
+            o.short()
+        );
+        // Consecutive progress or phase news coalesce (the newest is kept).
+        let coalesce = |l: &str| {
+            !(l.contains(" done: ") || l.contains(" error: ") || l.contains(" returning: "))
+        };
+        if let Some(last) = o.notes.last() {
+            if coalesce(last) && coalesce(&line) && o.notes.len() == o.notes.len().max(1) {
+                o.notes.pop();
+            }
+        }
+        if o.notes.len() >= MAX_NOTES {
+            o.notes.remove(0);
+        }
+        o.notes.push(line);
+        self.save_offload(cx);
+        self.wake_offload_watchers(cx);
+    }
+
+    // ------------------------------------------------------------------ tools
+
+    pub(super) fn cloud_offload(&mut self, cx: &mut Cx<'_>, call_id: &str, args: &Value) {
+        let task = TASK_ALIASES
+            .iter()
+            .find_map(|k| args.get(*k).and_then(Value::as_str))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string();
+        if task.is_empty() {
+            return tools::fail(cx, call_id, "cloud_offload requires a `task` parameter (a string describing what the sandbox should do). Aliases accepted: task, prompt, description, request, content, instruction, query.");
+        }
+        if task.chars().count() > MAX_TASK_CHARS {
+            return tools::fail(cx, call_id, &format!("The task is longer than {MAX_TASK_CHARS} characters. Put long material in a file and pass it in `files`."));
+        }
+        let Some(pairing) = self.pairing.clone() else {
+            return tools::fail(
+                cx,
+                call_id,
+                "Not paired with any kars cluster. Use mesh_pair first.",
+            );
+        };
+        if !pairing.capabilities.iter().any(|c| c == "offload") {
+            return tools::fail(cx, call_id, &format!("The pairing with \"{}\" does not grant the offload capability. Ask the operator for a token with --capabilities offload.", pairing.cluster_name));
+        }
+        if let Some(o) = self.offloads.active.as_ref().filter(|o| !o.terminal()) {
+            let id = o.request_id.clone();
+            let dup = self.duplicate_of(cx, &task);
+            if dup.as_deref() == Some(id.as_str())
+                && args["force"] != true
+                && args["force"] != "true"
+            {
+                return self.answer_duplicate(cx, call_id, &id);
+            }
+            return tools::fail(cx, call_id, &format!("Offload already in progress ({id}). Use `/offload` for status or `/offload cancel` to abort."));
+        }
+        if self.offloads.submitting.is_some() {
+            return tools::fail(
+                cx,
+                call_id,
+                "Another cloud_offload is being submitted. Wait for its answer.",
+            );
+        }
+        let force = args["force"] == true || args["force"] == "true";
+        if !force {
+            if let Some(id) = self.duplicate_of(cx, &task) {
+                return self.answer_duplicate(cx, call_id, &id);
+            }
+        }
+        let files: Vec<String> = match args.get("files").or_else(|| args.get("file_paths")) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => {
+                let mut v = Vec::new();
+                for f in a {
+                    match f.as_str().map(str::trim).filter(|s| !s.is_empty()) {
+                        Some(s) => v.push(s.to_string()),
+                        None => {
+                            return tools::fail(
+                                cx,
+                                call_id,
+                                "`files` must be an array of file paths (strings).",
+                            )
+                        }
+                    }
+                }
+                v
+            }
+            Some(_) => {
+                return tools::fail(
+                    cx,
+                    call_id,
+                    "`files` must be an array of file paths (strings).",
+                )
+            }
+        };
+        if files.len() > transfer::MAX_FILES {
+            return tools::fail(
+                cx,
+                call_id,
+                &format!(
+                    "At most {} files per offload ({} given).",
+                    transfer::MAX_FILES,
+                    files.len()
+                ),
+            );
+        }
+        let mut names: Vec<String> = Vec::new();
+        for f in &files {
+            let Some(n) = transfer::safe_file_name(&basename(f)) else {
+                return tools::fail(
+                    cx,
+                    call_id,
+                    &format!("Cannot read file: {f} (not a usable file name)"),
+                );
+            };
+            if names.contains(&n) {
+                return tools::fail(
+                    cx,
+                    call_id,
+                    &format!(
+                        "Two files are named {n}; rename one so the sandbox can tell them apart."
+                    ),
+                );
+            }
+            names.push(n);
+        }
+        let timeout_minutes = match args.get("timeout_minutes").or_else(|| args.get("timeout")) {
+            None | Some(Value::Null) => DEFAULT_TIMEOUT_MINUTES,
+            Some(v) => match v.as_f64() {
+                Some(t) if t >= 1.0 && t <= MAX_TIMEOUT_MINUTES as f64 => t.floor() as u64,
+                _ => {
+                    return tools::fail(
+                        cx,
+                        call_id,
+                        &format!(
+                            "timeout_minutes must be a number from 1 to {MAX_TIMEOUT_MINUTES}."
+                        ),
+                    )
+                }
+            },
+        };
+        let model = match args.get("model") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(m)) if m.len() <= 200 => {
+                Some(m.trim().to_string()).filter(|m| !m.is_empty())
+            }
+            Some(_) => {
+                return tools::fail(
+                    cx,
+                    call_id,
+                    "model must be a string naming an inference model.",
+                )
+            }
+        };
+        let now = cx.now();
+        let request_id = uuid_v4(cx);
+        let offload = Offload {
+            request_id,
+            task,
+            model,
+            timeout_minutes,
+            files: files
+                .iter()
+                .zip(&names)
+                .map(|(p, n)| InputFile {
+                    path: p.clone(),
+                    name: n.clone(),
+                    size: 0,
+                    sha256: String::new(),
+                })
+                .collect(),
+            phase: "submitted".into(),
+            events: Vec::new(),
+            controller: pairing.controller_did.clone(),
+            sandbox_name: None,
+            sandbox_did: None,
+            started_ms: now,
+            updated_ms: now,
+            inputs_sent: false,
+            outputs: Vec::new(),
+            summary: None,
+            error: None,
+            deadline_ms: 0,
+            notes: Vec::new(),
+            viewed_ms: 0,
+            viewed_events: 0,
+        };
+        let n = files.len();
+        let mut submit = Submit {
+            call_id: call_id.to_string(),
+            offload,
+            bytes: vec![None; n],
+            pending: n,
+            failed: false,
+        };
+        self.offloads.reads.clear();
+        for (i, f) in files.iter().enumerate() {
+            let id = self.fresh_id();
+            self.offloads.reads.push((id, i));
+            cx.out.push(Command::FileRead {
+                id,
+                path: f.clone(),
+                max_bytes: transfer::MAX_FILE_BYTES as u64,
+            });
+        }
+        if n == 0 {
+            submit.pending = 0;
+            self.offloads.submitting = Some(submit);
+            self.finish_submit(cx);
+        } else {
+            self.offloads.submitting = Some(submit);
+        }
+    }
+
+    fn duplicate_of(&mut self, cx: &mut Cx<'_>, task: &str) -> Option<String> {
+        let now = cx.now();
+        let key = normalise_task(task);
+        self.offloads
+            .recent
+            .tasks
+            .retain(|(_, _, t)| now.saturating_sub(*t) < DUPLICATE_WINDOW_MS);
+        self.offloads
+            .recent
+            .tasks
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, id, _)| id.clone())
+    }
+
+    fn answer_duplicate(&mut self, cx: &mut Cx<'_>, call_id: &str, id: &str) {
+        let now = cx.now();
+        let started = self
+            .offloads
+            .recent
+            .tasks
+            .iter()
+            .find(|(_, i, _)| i == id)
+            .map(|(_, _, t)| *t)
+            .unwrap_or(now);
+        let phase = self
+            .offloads
+            .active
+            .as_ref()
+            .filter(|o| o.request_id == id)
+            .map(|o| o.phase.clone())
+            .unwrap_or_else(|| "finished".into());
+        let text = format!(
+            "⚠️  This task was already offloaded {}s ago — not starting a new sandbox.\nRequest ID: {id}\nStatus: {phase}\nPass force=true only if the user explicitly asked to run it again.",
+            now.saturating_sub(started) / 1000
+        );
+        tools::ok(
+            cx,
+            call_id,
+            &text,
+            json!({"duplicate": true, "request_id": id, "phase": phase}),
+        );
+    }
+
+    /// A `file-read` finished (a `cloud_offload` input).
+    pub(super) fn offload_file(
+        &mut self,
+        cx: &mut Cx<'_>,
+        id: u64,
+        res: Result<Vec<u8>, String>,
+    ) -> bool {
+        let Some(pos) = self.offloads.reads.iter().position(|(r, _)| *r == id) else {
+            return false;
+        };
+        let (_, i) = self.offloads.reads.remove(pos);
+        let Some(s) = self.offloads.submitting.as_mut() else {
+            // A re-read after a restart, for sending.
+            if let (Ok(bytes), Some(o)) = (res, self.offloads.active.as_ref()) {
+                if let Some(f) = o.files.get(i) {
+                    self.offloads.input_bytes.push((f.name.clone(), bytes));
+                }
+            }
+            if self.offloads.reads.is_empty() {
+                self.send_inputs(cx);
+            }
+            return true;
+        };
+        match res {
+            Ok(bytes) if !s.failed => {
+                if let Some(f) = s.offload.files.get_mut(i) {
+                    f.size = bytes.len() as u64;
+                    f.sha256 = transfer::sha256_hex(&bytes);
+                }
+                if let Some(slot) = s.bytes.get_mut(i) {
+                    *slot = Some(bytes);
+                }
+            }
+            Ok(_) => {}
+            Err(msg) if !s.failed => {
+                s.failed = true;
+                let path = s
+                    .offload
+                    .files
+                    .get(i)
+                    .map(|f| f.path.clone())
+                    .unwrap_or_default();
+                let text = match msg
+                    .strip_prefix("too large: ")
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
+                    Some(n) => format!(
+                        "File too large: {path} ({:.1} MB, max 30MB)",
+                        n as f64 / 1_048_576.0
+                    ),
+                    None => format!("Cannot read file: {path} ({msg})"),
+                };
+                let call_id = s.call_id.clone();
+                tools::fail(cx, &call_id, &text);
+            }
+            Err(_) => {}
+        }
+        s.pending = s.pending.saturating_sub(1);
+        if s.pending == 0 {
+            self.finish_submit(cx);
+        }
+        true
+    }
+
+    fn finish_submit(&mut self, cx: &mut Cx<'_>) {
+        let Some(s) = self.offloads.submitting.take() else {
+            return;
+        };
+        if s.failed {
+            return;
+        }
+        let mut o = s.offload;
+        self.offloads.input_bytes = o
+            .files
+            .iter()
+            .zip(s.bytes)
+            .filter_map(|(f, b)| b.map(|b| (f.name.clone(), b)))
+            .collect();
+        let ts = time::format_millis(cx.now());
+        let total: u64 = o.files.iter().map(|f| f.size).sum();
+        let mut prefs = json!({"timeout_minutes": o.timeout_minutes});
+        if let Some(m) = &o.model {
+            prefs["model"] = json!(m);
+        }
+        let request = json!({
+            "type": "offload_request",
+            "task": o.task,
+            "files": o.files.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+            "file_count": o.files.len(),
+            "total_bytes": total,
+            "preferences": prefs,
+            "request_id": o.request_id,
+            "timestamp": ts,
+        });
+        o.events.push(OffloadEvent {
+            at_ms: o.started_ms,
+            phase: "submitted".into(),
+            text: "offload_request sent to the controller".into(),
+        });
+        let controller = o.controller.clone();
+        let key = normalise_task(&o.task);
+        self.offloads
+            .recent
+            .tasks
+            .push((key, o.request_id.clone(), o.started_ms));
+        while self.offloads.recent.tasks.len() > DUPLICATE_KEEP {
+            self.offloads.recent.tasks.remove(0);
+        }
+        if let Err(e) = self.vault.put(
+            cx.host,
+            &mut cx.out,
+            keys::OFFLOAD_RECENT,
+            &self.offloads.recent,
+        ) {
+            cx.log(LogLevel::Error, &e.to_string());
+        }
+        let task_preview: String = o.task.chars().take(120).collect();
+        let more = if o.task.chars().count() > 120 {
+            "..."
+        } else {
+            ""
+        };
+        let files_line = if o.files.is_empty() {
+            "no files".to_string()
+        } else {
+            format!(
+                "{} file(s) ({:.1} KB) queued",
+                o.files.len(),
+                total as f64 / 1024.0
+            )
+        };
+        let text = format!(
+            "☁️ Offload submitted — orchestrating in background\nRequest ID: {}\nModel: {}\nTask: {task_preview}{more}\nFiles: {files_line}\nTimeout: {}m\n\nThe cloud sandbox is working on it. Do not call more tools for this task now: progress and the result arrive on their own (offload_status shows a snapshot when the user asks).",
+            o.request_id,
+            o.model.as_deref().unwrap_or("default"),
+            o.timeout_minutes
+        );
+        let details = json!({"request_id": o.request_id, "phase": "submitted", "files": o.files.iter().map(|f| json!({"name": f.name, "size": f.size, "sha256": f.sha256})).collect::<Vec<_>>(), "timeout_minutes": o.timeout_minutes});
+        self.offloads.active = Some(o);
+        self.offloads.early_hello = None;
+        self.set_deadline(cx, READY_TIMEOUT_MS);
+        self.save_offload(cx);
+        self.send_payload(cx, &controller, request, None, None);
+        tools::ok(cx, &s.call_id, &text, details);
+    }
+
+    pub(super) fn offload_status_tool(&mut self, cx: &mut Cx<'_>, call_id: &str, args: &Value) {
+        let now = cx.now();
+        let wait = args
+            .get("wait_seconds")
+            .and_then(Value::as_f64)
+            .filter(|w| *w > 0.0)
+            .map(|w| (w.min(600.0) * 1000.0) as u64);
+        let Some(o) = self.offloads.active.as_mut() else {
+            return tools::ok(
+                cx,
+                call_id,
+                "No active offload. Use cloud_offload to start one.",
+                json!({"active": false}),
+            );
+        };
+        if let Some(ms) = wait {
+            if !o.terminal() {
+                let seen = args
+                    .get("after_events")
+                    .and_then(Value::as_u64)
+                    .map(|n| n as usize)
+                    .unwrap_or(o.events.len());
+                if seen >= o.events.len() {
+                    let t = self.next_id + 1;
+                    self.next_id = t;
+                    cx.out.push(Command::TimerSet {
+                        id: t,
+                        at_ms: now + ms,
+                    });
+                    self.offloads.watchers.push((call_id.to_string(), t, seen));
+                    return;
+                }
+            }
+        } else if !o.terminal()
+            && o.viewed_ms != 0
+            && now.saturating_sub(o.viewed_ms) < NO_CHANGE_WINDOW_MS
+            && o.viewed_events == o.events.len()
+        {
+            let text = format!("⏳ No change since last check {}s ago (offload still running, elapsed {}s). Stop polling — the result is reported when it arrives; check again on the user's next message.", now.saturating_sub(o.viewed_ms) / 1000, now.saturating_sub(o.started_ms) / 1000);
+            return tools::ok(
+                cx,
+                call_id,
+                &text,
+                json!({"request_id": o.request_id, "phase": o.phase, "no_change": true}),
+            );
+        }
+        o.viewed_ms = now;
+        o.viewed_events = o.events.len();
+        self.answer_snapshot(cx, call_id);
+    }
+
+    fn snapshot(o: &Offload) -> (String, Value) {
+        let mut lines = vec![
+            format!(
+                "{} Offload {} — {}",
+                phase_icon(&o.phase),
+                o.short(),
+                o.phase
+            ),
+            format!("Request ID: {}", o.request_id),
+            format!("Started: {}", time::format_millis(o.started_ms)),
+            format!("Last update: {}", time::format_millis(o.updated_ms)),
+        ];
+        if let Some(n) = &o.sandbox_name {
+            lines.push(format!("Sandbox: {n}"));
+        }
+        lines.push("Events:".into());
+        for e in &o.events {
+            lines.push(format!(
+                "  {} {} {} — {}",
+                time::format_millis(e.at_ms),
+                phase_icon(&e.phase),
+                e.phase,
+                e.text
+            ));
+        }
+        if let Some(s) = &o.summary {
+            lines.push(format!("Summary:\n{s}"));
+        }
+        if !o.outputs.is_empty() {
+            lines.push("Output files (in the private incoming directory):".into());
+            for f in &o.outputs {
+                lines.push(format!(
+                    "  {} ({} bytes, sha256 {})",
+                    f.path,
+                    f.size,
+                    &f.sha256[..16.min(f.sha256.len())]
+                ));
+            }
+        }
+        if let Some(e) = &o.error {
+            lines.push(format!("Error: {e}"));
+        }
+        let details = json!({
+            "request_id": o.request_id, "phase": o.phase, "events": o.events,
+            "sandbox_name": o.sandbox_name, "sandbox_did": o.sandbox_did,
+            "summary": o.summary, "outputs": o.outputs, "error": o.error,
+            "started_ms": o.started_ms, "updated_ms": o.updated_ms, "active": !o.terminal(),
+        });
+        (lines.join("\n"), details)
+    }
+
+    fn answer_snapshot(&mut self, cx: &mut Cx<'_>, call_id: &str) {
+        let Some(o) = self.offloads.active.as_ref() else {
+            return;
+        };
+        let (text, details) = Self::snapshot(o);
+        // Rendering a finished offload clears it, so a new one can start.
+        if o.terminal() {
+            self.offloads.active = None;
+            self.offloads.input_bytes.clear();
+            self.save_offload(cx);
+        } else {
+            self.save_offload(cx);
+        }
+        tools::ok(cx, call_id, &text, details);
+    }
+
+    fn wake_offload_watchers(&mut self, cx: &mut Cx<'_>) {
+        let n = self
+            .offloads
+            .active
+            .as_ref()
+            .map(|o| o.events.len())
+            .unwrap_or(0);
+        let due: Vec<(String, u64, usize)> = self
+            .offloads
+            .watchers
+            .iter()
+            .filter(|(_, _, seen)| n > *seen)
+            .cloned()
+            .collect();
+        self.offloads.watchers.retain(|(_, _, seen)| n <= *seen);
+        for (call_id, t, _) in due {
+            cx.out.push(Command::TimerCancel(t));
+            self.watch_answer(cx, &call_id);
+        }
+    }
+
+    /// A watcher's answer: the snapshot, without clearing a finished offload
+    /// (the user has not seen it yet through offload_status).
+    fn watch_answer(&mut self, cx: &mut Cx<'_>, call_id: &str) {
+        match self.offloads.active.as_ref() {
+            Some(o) => {
+                let (text, details) = Self::snapshot(o);
+                tools::ok(cx, call_id, &text, details);
+            }
+            None => tools::ok(
+                cx,
+                call_id,
+                "No active offload. Use cloud_offload to start one.",
+                json!({"active": false}),
+            ),
+        }
+    }
+
+    pub(super) fn offload_cancel(&mut self, cx: &mut Cx<'_>, call_id: &str) {
+        let Some(o) = self.offloads.active.as_ref().filter(|o| !o.terminal()) else {
+            return tools::ok(
+                cx,
+                call_id,
+                "No active cloud offload to cancel.",
+                json!({"cancelled": false}),
+            );
+        };
+        let short = o.short();
+        let id = o.request_id.clone();
+        self.send_cleanup(cx, "cancelled");
+        self.fail_offload(cx, "Cancelled by user via offload_cancel");
+        tools::ok(
+            cx,
+            call_id,
+            &format!("🛑 Offload {short} cancelled. Cluster CRD cleanup signal sent; the sandbox will be torn down shortly."),
+            json!({"cancelled": true, "request_id": id}),
+        );
+    }
+
+    pub(super) fn offload_notifications(&mut self, cx: &mut Cx<'_>, call_id: &str) {
+        let lines = match self.offloads.active.as_mut() {
+            Some(o) => std::mem::take(&mut o.notes),
+            None => Vec::new(),
+        };
+        if !lines.is_empty() {
+            self.save_offload(cx);
+        }
+        tools::ok(cx, call_id, &lines.join("\n"), json!({"lines": lines}));
+    }
+
+    fn send_cleanup(&mut self, cx: &mut Cx<'_>, reason: &str) {
+        let Some(o) = self.offloads.active.as_ref() else {
+            return;
+        };
+        let msg = json!({"type": "offload_cleanup", "request_id": o.request_id, "reason": reason, "timestamp": time::format_millis(cx.now())});
+        let to = o.controller.clone();
+        self.send_payload(cx, &to, msg, None, None);
+    }
+
+    fn fail_offload(&mut self, cx: &mut Cx<'_>, error: &str) {
+        if let Some(t) = self.offloads.timer.take() {
+            cx.out.push(Command::TimerCancel(t));
+        }
+        if let Some(o) = self.offloads.active.as_mut() {
+            o.error = Some(error.chars().take(4000).collect());
+        }
+        self.phase(cx, "error", error);
+    }
+
+    /// Offload deadline timers and `offload_status` watchers.
+    pub(super) fn offload_timer(&mut self, cx: &mut Cx<'_>, timer: u64) -> bool {
+        if let Some(pos) = self.offloads.watchers.iter().position(|w| w.1 == timer) {
+            let (call_id, _, _) = self.offloads.watchers.remove(pos);
+            self.watch_answer(cx, &call_id);
+            return true;
+        }
+        if self.offloads.timer != Some(timer) {
+            return false;
+        }
+        self.offloads.timer = None;
+        let Some(o) = self.offloads.active.as_ref().filter(|o| !o.terminal()) else {
+            return true;
+        };
+        let why = match o.phase.as_str() {
+            "submitted" | "validating" | "spawning" | "scheduled" => format!(
+                "the controller did not report the sandbox ready within {}s",
+                READY_TIMEOUT_MS / 1000
+            ),
+            "ready" | "connecting" => format!(
+                "the sandbox did not say hello within {}s",
+                HELLO_TIMEOUT_MS / 1000
+            ),
+            _ => format!("no result within the {} minute timeout", o.timeout_minutes),
+        };
+        let reason = if o.phase == "connecting" {
+            "discovery_timeout"
+        } else {
+            "error"
+        };
+        self.send_cleanup(cx, reason);
+        self.fail_offload(cx, &format!("Offload timed out: {why}"));
+        true
+    }
+
+    // -------------------------------------------------------------- routing
+
+    /// Is this decrypted payload part of the active offload (and so not for
+    /// the inbox)?
+    pub(super) fn wants_offload_client(&self, from: &str, payload: &Value) -> bool {
+        let Some(o) = self.offloads.active.as_ref() else {
+            return false;
+        };
+        let kind = payload["type"].as_str().unwrap_or_default();
+        let rid = payload["request_id"].as_str();
+        if from == o.controller {
+            return matches!(kind, "offload_status" | "offload_error")
+                && rid == Some(o.request_id.as_str());
+        }
+        if o.sandbox_did.as_deref() == Some(from) {
+            return true;
+        }
+        // A hello may beat the controller's `ready`; held until then.
+        kind == "offload_hello" && rid == Some(o.request_id.as_str()) && o.sandbox_did.is_none()
+    }
+
+    pub(super) fn intercept_offload_client(
+        &mut self,
+        cx: &mut Cx<'_>,
+        from: &str,
+        payload: &Value,
+    ) {
+        let Some(o) = self.offloads.active.as_ref() else {
+            return;
+        };
+        if o.terminal() {
+            return;
+        }
+        let kind = payload["type"].as_str().unwrap_or_default().to_string();
+        if from == o.controller {
+            return self.on_controller_news(cx, &kind, payload);
+        }
+        if o.sandbox_did.as_deref() != Some(from) {
+            self.offloads.early_hello = Some((from.to_string(), payload.clone()));
+            return;
+        }
+        self.on_sandbox_news(cx, from, payload);
+    }
+
+    fn on_controller_news(&mut self, cx: &mut Cx<'_>, kind: &str, p: &Value) {
+        let msg: String = p["message"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(500)
+            .collect();
+        if kind == "offload_error" {
+            let err: String = p["error"]
+                .as_str()
+                .unwrap_or("unknown error")
+                .chars()
+                .take(4000)
+                .collect();
+            // The controller may hold a slot for it: free it.
+            self.send_cleanup(cx, "error");
+            return self.fail_offload(cx, &format!("Controller refused the offload: {err}"));
+        }
+        let phase = p["phase"].as_str().unwrap_or_default();
+        match phase {
+            "validating" | "spawning" | "scheduled" => self.phase(cx, phase, &msg),
+            "ready" => {
+                let name = p["sandbox_name"]
+                    .as_str()
+                    .map(|s| s.chars().take(63).collect::<String>());
+                let did = p["sandbox_did"]
+                    .as_str()
+                    .filter(|d| crate::crypto::identity::is_mesh_did(d))
+                    .map(str::to_string);
+                let Some(did) = did else {
+                    self.send_cleanup(cx, "discovery_timeout");
+                    return self.fail_offload(cx, "The controller reported the sandbox ready without its DID; this kars-mesh needs a controller that names the sandbox's did:mesh: (kars-mesh cluster).");
+                };
+                if let Some(o) = self.offloads.active.as_mut() {
+                    o.sandbox_name = name.clone();
+                    o.sandbox_did = Some(did.clone());
+                }
+                self.phase(
+                    cx,
+                    "ready",
+                    &format!("sandbox {} is up", name.unwrap_or_default()),
+                );
+                self.phase(cx, "connecting", &format!("waiting for hello from {did}"));
+                self.set_deadline(cx, HELLO_TIMEOUT_MS);
+                if let Some((from, hello)) = self.offloads.early_hello.take() {
+                    if from == did {
+                        self.on_sandbox_news(cx, &from, &hello);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_sandbox_news(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
+        let kind = p["type"].as_str().unwrap_or_default();
+        let rid_ok = |o: &Offload| p["request_id"].as_str().is_none_or(|r| r == o.request_id);
+        let Some(o) = self.offloads.active.as_ref() else {
+            return;
+        };
+        if !rid_ok(o) {
+            return;
+        }
+        match kind {
+            "offload_hello" => {
+                if matches!(o.phase.as_str(), "connecting" | "ready") {
+                    self.phase(cx, "acknowledged", "the sandbox said hello");
+                    self.phase(cx, "running", "task running in the sandbox");
+                    let minutes = self
+                        .offloads
+                        .active
+                        .as_ref()
+                        .map(|o| o.timeout_minutes)
+                        .unwrap_or(30);
+                    self.set_deadline(cx, minutes * 60_000 + RUN_GRACE_MS);
+                    self.start_sending_inputs(cx);
+                }
+            }
+            "offload_progress" => {
+                let stage = p["stage"].as_str().unwrap_or("executing");
+                let pct = p["pct"].as_u64().unwrap_or(0).min(100);
+                let m: String = p["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(300)
+                    .collect();
+                self.phase(cx, "running", &format!("{stage} {pct}% — {m}"));
+            }
+            "file_transfer" => self.receive_output(cx, from, p),
+            "mesh:transfer_manifest" | "mesh:transfer_chunk" => {
+                match self.offloads.reassembly.accept(&self.vault, cx, from, p) {
+                    Ok(Some(whole)) => {
+                        self.on_sandbox_news(cx, from, &whole);
+                        self.offloads.reassembly.flush(cx);
+                    }
+                    Ok(None) => {}
+                    Err(e) => cx.log(LogLevel::Warn, &format!("transfer from {from}: {e}")),
+                }
+            }
+            "file_transfer_ack" => {
+                let ok = p["success"] == true;
+                let name: String = p["file_name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(120)
+                    .collect();
+                if !ok {
+                    let err: String = p["error"]
+                        .as_str()
+                        .unwrap_or("refused")
+                        .chars()
+                        .take(300)
+                        .collect();
+                    self.phase(
+                        cx,
+                        "running",
+                        &format!("the sandbox could not take {name}: {err}"),
+                    );
+                }
+            }
+            "offload_done" => {
+                let summary: String = p["summary"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(MAX_SUMMARY_CHARS)
+                    .collect();
+                if let Some(t) = self.offloads.timer.take() {
+                    cx.out.push(Command::TimerCancel(t));
+                }
+                let n = self
+                    .offloads
+                    .active
+                    .as_ref()
+                    .map(|o| o.outputs.len())
+                    .unwrap_or(0);
+                if let Some(o) = self.offloads.active.as_mut() {
+                    o.summary = Some(summary);
+                }
+                self.send_cleanup(cx, "done");
+                self.phase(cx, "done", &format!("finished with {n} output file(s)"));
+            }
+            "offload_error" => {
+                let err: String = p["error"]
+                    .as_str()
+                    .unwrap_or("unknown error")
+                    .chars()
+                    .take(4000)
+                    .collect();
+                self.send_cleanup(cx, "error");
+                self.fail_offload(cx, &format!("Sandbox error: {err}"));
+            }
+            _ => {}
+        }
+    }
+
+    fn receive_output(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
+        let raw = p["file_name"].as_str().unwrap_or_default();
+        let data = p["file_data"].as_str().unwrap_or_default();
+        let ts = time::format_millis(cx.now());
+        let Some(o) = self.offloads.active.as_ref() else {
+            return;
+        };
+        let refuse = |why: &str| json!({"type": "file_transfer_ack", "file_name": raw.chars().take(120).collect::<String>(), "success": false, "error": why, "timestamp": ts});
+        let ack = if o.outputs.len() >= transfer::MAX_FILES {
+            Err(refuse("too many files"))
+        } else {
+            match (transfer::safe_file_name(raw), b64::decode(data)) {
+                (None, _) => Err(refuse("unusable file name")),
+                (_, Err(_)) => Err(refuse("file_data is not base64")),
+                (Some(_), Ok(b)) if b.len() > transfer::MAX_FILE_BYTES => {
+                    Err(refuse("file larger than 30 MiB"))
+                }
+                (Some(name), Ok(bytes)) => Ok((name, bytes)),
+            }
+        };
+        let (name, bytes) = match ack {
+            Err(msg) => {
+                cx.log(LogLevel::Warn, &format!("refused a file from {from}"));
+                self.send_payload(cx, from, msg, None, None);
+                return;
+            }
+            Ok(x) => x,
+        };
+        let taken: Vec<String> = o.outputs.iter().map(|f| f.name.clone()).collect();
+        let name = transfer::unique_name(&name, &taken);
+        let dir: String = o.request_id.chars().take(8).collect();
+        let path = format!("incoming/{dir}/{name}");
+        let out = OutputFile {
+            name: name.clone(),
+            path: path.clone(),
+            size: bytes.len() as u64,
+            sha256: transfer::sha256_hex(&bytes),
+        };
+        // The file lands before the record that lists it, and both before the ack.
+        cx.out.push(Command::FileWrite(path.clone(), bytes));
+        if let Some(o) = self.offloads.active.as_mut() {
+            o.outputs.push(out.clone());
+        }
+        self.phase(
+            cx,
+            "returning",
+            &format!("received {name} ({} bytes)", out.size),
+        );
+        let ack = json!({"type": "file_transfer_ack", "file_name": name, "success": true, "saved_to": path, "timestamp": ts});
+        self.send_payload(cx, from, ack, None, None);
+    }
+
+    fn start_sending_inputs(&mut self, cx: &mut Cx<'_>) {
+        let Some(o) = self.offloads.active.as_ref() else {
+            return;
+        };
+        if o.inputs_sent || o.files.is_empty() {
+            return;
+        }
+        let missing: Vec<(usize, String)> = o
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !self.offloads.input_bytes.iter().any(|(n, _)| *n == f.name))
+            .map(|(i, f)| (i, f.path.clone()))
+            .collect();
+        if missing.is_empty() {
+            return self.send_inputs(cx);
+        }
+        // After a restart the bytes are read again.
+        for (i, path) in missing {
+            let id = self.fresh_id();
+            self.offloads.reads.push((id, i));
+            cx.out.push(Command::FileRead {
+                id,
+                path,
+                max_bytes: transfer::MAX_FILE_BYTES as u64,
+            });
+        }
+    }
+
+    fn send_inputs(&mut self, cx: &mut Cx<'_>) {
+        let Some(o) = self.offloads.active.as_ref() else {
+            return;
+        };
+        if o.inputs_sent {
+            return;
+        }
+        let Some(to) = o.sandbox_did.clone() else {
+            return;
+        };
+        let rid = o.request_id.clone();
+        let from_agent = self
+            .cfg
+            .name
+            .clone()
+            .unwrap_or_else(|| self.id.did().to_string());
+        let files = o.files.clone();
+        let mut sent = 0usize;
+        for f in &files {
+            let Some((_, bytes)) = self.offloads.input_bytes.iter().find(|(n, _)| *n == f.name)
+            else {
+                continue;
+            };
+            if transfer::sha256_hex(bytes) != f.sha256 {
+                let msg = format!(
+                    "Input file {} changed since cloud_offload read it; offload it again.",
+                    f.path
+                );
+                self.send_cleanup(cx, "error");
+                return self.fail_offload(cx, &msg);
+            }
+            let ts = time::format_millis(cx.now());
+            let msg = json!({
+                "type": "file_transfer", "request_id": rid, "file_name": f.name, "file_path": f.name,
+                "file_data": b64::encode_std(bytes), "size_bytes": bytes.len(), "sha256": f.sha256,
+                "description": format!("Offload file for request {rid}"), "from_agent": from_agent, "timestamp": ts,
+            });
+            let tid = format!("{}-in-{}", &rid[..8.min(rid.len())], sent);
+            self.send_large(cx, &to, msg, &tid, &from_agent);
+            sent += 1;
+        }
+        self.offloads.input_bytes.clear();
+        if let Some(o) = self.offloads.active.as_mut() {
+            o.inputs_sent = true;
+        }
+        let total: u64 = files.iter().map(|f| f.size).sum();
+        self.phase(
+            cx,
+            "running",
+            &format!("sent {sent} input file(s), {total} bytes"),
+        );
+    }
+
+    /// Send a message whole, or as a manifest and chunks when its JSON text
+    /// is over 512 KiB.
+    pub(super) fn send_large(
+        &mut self,
+        cx: &mut Cx<'_>,
+        to: &str,
+        msg: Value,
+        transfer_id: &str,
+        from_agent: &str,
+    ) {
+        let text = msg.to_string();
+        let kind = msg["type"].as_str().unwrap_or_default().to_string();
+        let ts = time::format_millis(cx.now());
+        match transfer::split(&text, transfer_id, &kind, from_agent, &ts) {
+            Ok(None) => self.send_payload(cx, to, msg, None, None),
+            Ok(Some(parts)) => {
+                for part in parts {
+                    self.send_payload(cx, to, part, None, None);
+                }
+            }
+            Err(e) => cx.log(LogLevel::Error, &format!("cannot send to {to}: {e}")),
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! The sandbox role: a peer with its own identity that works for exactly one
+//! requester. It says hello, reports progress, takes the input files, runs
+//! the task (the built-in executor, or the operator's `--exec` command via a
+//! host job: never anything a peer sends), returns the outputs as
+//! `file_transfer` (chunked above 512 KiB) and ends with `offload_done` or
+//! `offload_error`. Everything from anyone but the requester is dropped.
+
+use super::{Agent, Cx};
+use crate::engine::{Command, JobExit, LogLevel};
+use crate::wire::{b64, time, transfer};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+const DEFAULT_PROGRESS_MS: u64 = 20_000;
+/// How long the sandbox waits for the inputs the request announced.
+const INPUT_WAIT_MS: u64 = 10 * 60_000;
+const MAX_SUMMARY_CHARS: usize = 8000;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct SandboxSpec {
+    pub name: String,
+    pub requester: String,
+    pub request_id: String,
+    pub task: String,
+    #[serde(default)]
+    pub files: Vec<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout_minutes: u64,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// "builtin" (default) or "exec" (the host runs its configured command).
+    #[serde(default)]
+    pub executor: Option<String>,
+    #[serde(default)]
+    pub progress_ms: Option<u64>,
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+
+pub struct Input {
+    pub name: String,
+    pub size: usize,
+    pub sha256: String,
+}
+
+pub struct SandboxState {
+    pub spec: SandboxSpec,
+    pub inputs: Vec<Input>,
+    pub started_ms: u64,
+    pub run_started_ms: Option<u64>,
+    pub finished: bool,
+    pub ticks: u64,
+    pub progress_timer: u64,
+    pub deadline_timer: u64,
+    pub input_timer: u64,
+    pub job: Option<u64>,
+    pub reassembly: super::transfers::Reassembly,
+}
+
+impl Agent {
+    pub(super) fn start_sandbox(&mut self, cx: &mut Cx<'_>) {
+        let Some(spec) = self.cfg.sandbox.clone() else {
+            return;
+        };
+        let now = cx.now();
+        let progress_timer = self.fresh_id();
+        let deadline_timer = self.fresh_id();
+        let input_timer = self.fresh_id();
+        let every = spec.progress_ms.unwrap_or(DEFAULT_PROGRESS_MS).max(200);
+        cx.out.push(Command::TimerSet {
+            id: progress_timer,
+            at_ms: now + every,
+        });
+        cx.out.push(Command::TimerSet {
+            id: deadline_timer,
+            at_ms: now + spec.timeout_minutes.max(1) * 60_000,
+        });
+        if !spec.files.is_empty() {
+            cx.out.push(Command::TimerSet {
+                id: input_timer,
+                at_ms: now + INPUT_WAIT_MS,
+            });
+        }
+        let preview: String = spec.task.chars().take(200).collect();
+        let hello = json!({
+            "type": "offload_hello", "request_id": spec.request_id, "from_agent": spec.name,
+            "task_preview": preview, "started_at": time::format_millis(now),
+            "message": format!("Sandbox {} is up and working on the task.", spec.name),
+        });
+        let requester = spec.requester.clone();
+        let no_inputs = spec.files.is_empty();
+        self.sandbox = Some(SandboxState {
+            spec,
+            inputs: Vec::new(),
+            started_ms: now,
+            run_started_ms: None,
+            finished: false,
+            ticks: 0,
+            progress_timer,
+            deadline_timer,
+            input_timer,
+            job: None,
+            reassembly: Default::default(),
+        });
+        self.send_payload(cx, &requester, hello, None, None);
+        if no_inputs {
+            self.run_task(cx);
+        }
+    }
+
+    pub(super) fn is_sandbox(&self) -> bool {
+        self.sandbox.is_some()
+    }
+
+    /// Everything a sandbox receives is its business: the requester's
+    /// messages are handled, anyone else's are dropped (never inboxed).
+    pub(super) fn intercept_sandbox(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
+        let Some(s) = self.sandbox.as_ref() else {
+            return;
+        };
+        if from != s.spec.requester {
+            cx.log(
+                LogLevel::Warn,
+                &format!("sandbox: dropped a message from {from}, which is not the requester"),
+            );
+            return;
+        }
+        match p["type"].as_str().unwrap_or_default() {
+            "file_transfer" => self.sandbox_input(cx, from, p),
+            "mesh:transfer_manifest" | "mesh:transfer_chunk" => {
+                let Some(s) = self.sandbox.as_mut() else {
+                    return;
+                };
+                match s.reassembly.accept(&self.vault, cx, from, p) {
+                    Ok(Some(whole)) => {
+                        self.intercept_sandbox(cx, from, &whole);
+                        if let Some(s) = self.sandbox.as_mut() {
+                            s.reassembly.flush(cx);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => cx.log(LogLevel::Warn, &format!("sandbox: transfer: {e}")),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn sandbox_input(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
+        let ts = time::format_millis(cx.now());
+        let Some(s) = self.sandbox.as_mut() else {
+            return;
+        };
+        let raw = p["file_name"].as_str().unwrap_or_default();
+        let name = transfer::safe_file_name(raw);
+        let bytes = b64::decode(p["file_data"].as_str().unwrap_or_default());
+        let verdict = match (&name, &bytes) {
+            _ if s.run_started_ms.is_some() => Err("the task is already running"),
+            (None, _) => Err("unusable file name"),
+            (Some(n), _) if !s.spec.files.contains(n) => {
+                Err("not one of the files the request announced")
+            }
+            (Some(n), _) if s.inputs.iter().any(|i| &i.name == n) => Err("already received"),
+            (_, Err(_)) => Err("file_data is not base64"),
+            (_, Ok(b)) if b.len() > transfer::MAX_FILE_BYTES => Err("file larger than 30 MiB"),
+            (_, Ok(b))
+                if p["sha256"]
+                    .as_str()
+                    .is_some_and(|h| !h.eq_ignore_ascii_case(&transfer::sha256_hex(b))) =>
+            {
+                Err("sha256 does not match the data")
+            }
+            (Some(_), Ok(_)) => Ok(()),
+        };
+        let shown: String = raw.chars().take(120).collect();
+        let ack = match (verdict, name, bytes) {
+            (Ok(()), Some(n), Ok(b)) => {
+                let sha = transfer::sha256_hex(&b);
+                s.inputs.push(Input {
+                    name: n.clone(),
+                    size: b.len(),
+                    sha256: sha,
+                });
+                if s.spec.executor.as_deref() == Some("exec") {
+                    cx.out.push(Command::FileWrite(format!("work/in/{n}"), b));
+                }
+                json!({"type": "file_transfer_ack", "file_name": n, "success": true, "saved_to": format!("in/{n}"), "timestamp": ts})
+            }
+            (Err(why), _, _) => {
+                json!({"type": "file_transfer_ack", "file_name": shown, "success": false, "error": why, "timestamp": ts})
+            }
+            _ => return,
+        };
+        let all_in = s.inputs.len() == s.spec.files.len();
+        self.send_payload(cx, from, ack, None, None);
+        if all_in {
+            self.run_task(cx);
+        }
+    }
+
+    fn run_task(&mut self, cx: &mut Cx<'_>) {
+        let now = cx.now();
+        let Some(s) = self.sandbox.as_mut() else {
+            return;
+        };
+        if s.run_started_ms.is_some() || s.finished {
+            return;
+        }
+        s.run_started_ms = Some(now);
+        cx.out.push(Command::TimerCancel(s.input_timer));
+        if s.spec.executor.as_deref() == Some("exec") {
+            let job = self.fresh_id();
+            let Some(s) = self.sandbox.as_mut() else {
+                return;
+            };
+            s.job = Some(job);
+            let spec = json!({
+                "workdir": "work",
+                "timeout_ms": s.spec.timeout_minutes.max(1) * 60_000,
+                "env": {
+                    "KARS_TASK": s.spec.task,
+                    "KARS_REQUEST_ID": s.spec.request_id,
+                    "KARS_MODEL": s.spec.model.clone().unwrap_or_default(),
+                },
+            });
+            cx.out.push(Command::JobStart {
+                id: job,
+                kind: "exec".into(),
+                spec_json: spec.to_string(),
+            });
+            return;
+        }
+        // The built-in executor runs nothing: it reports what it was given.
+        let mut report = format!(
+            "# kars-mesh sandbox report\n\nSandbox: {}\nRequest: {}\nModel: {}\n\n## Task\n\n{}\n\n## Inputs\n\n",
+            s.spec.name,
+            s.spec.request_id,
+            s.spec.model.as_deref().unwrap_or("default"),
+            s.spec.task
+        );
+        if s.inputs.is_empty() {
+            report.push_str("(none)\n");
+        }
+        for i in &s.inputs {
+            report.push_str(&format!(
+                "- {} — {} bytes — sha256 {}\n",
+                i.name, i.size, i.sha256
+            ));
+        }
+        report.push_str("\nThe built-in executor runs no commands. Start the cluster with --exec CMD to run a command of your choice.\n");
+        let summary = format!(
+            "Built-in executor: received the task ({} characters) and {} input file(s); see report.md.",
+            s.spec.task.chars().count(),
+            s.inputs.len()
+        );
+        self.finish_task(cx, vec![("report.md".into(), report.into_bytes())], summary);
+    }
+
+    fn finish_task(&mut self, cx: &mut Cx<'_>, outputs: Vec<(String, Vec<u8>)>, summary: String) {
+        let now = cx.now();
+        let Some(s) = self.sandbox.as_mut() else {
+            return;
+        };
+        if s.finished {
+            return;
+        }
+        s.finished = true;
+        cx.out.push(Command::TimerCancel(s.progress_timer));
+        cx.out.push(Command::TimerCancel(s.deadline_timer));
+        let spec = s.spec.clone();
+        let duration = now.saturating_sub(s.started_ms) / 1000;
+        let mut names = Vec::new();
+        let mut skipped = Vec::new();
+        for (raw, bytes) in outputs.into_iter() {
+            let name = match transfer::safe_file_name(&raw) {
+                Some(n)
+                    if names.len() < transfer::MAX_FILES
+                        && bytes.len() <= transfer::MAX_FILE_BYTES =>
+                {
+                    n
+                }
+                _ => {
+                    skipped.push(raw);
+                    continue;
+                }
+            };
+            let name = transfer::unique_name(&name, &names);
+            let msg = json!({
+                "type": "file_transfer", "request_id": spec.request_id, "file_name": name, "file_path": name,
+                "file_data": b64::encode_std(&bytes), "size_bytes": bytes.len(), "sha256": transfer::sha256_hex(&bytes),
+                "description": format!("Output of request {}", spec.request_id), "from_agent": spec.name,
+                "timestamp": time::format_millis(now),
+            });
+            let tid = format!("{}-out-{}", spec.name, names.len());
+            self.send_large(cx, &spec.requester, msg, &tid, &spec.name);
+            names.push(name);
+        }
+        let mut summary: String = summary;
+        if !skipped.is_empty() {
+            summary.push_str(&format!(
+                "\n(not returned: {} file(s) over the limits of 10 files, 30 MiB each, or with unusable names)",
+                skipped.len()
+            ));
+        }
+        let summary: String = summary.chars().take(MAX_SUMMARY_CHARS).collect();
+        let done = json!({
+            "type": "offload_done", "request_id": spec.request_id, "summary": summary,
+            "output_files": names, "output_file_contents": [], "tokens_used": {"prompt": 0, "completion": 0},
+            "duration_seconds": duration, "from_agent": spec.name, "timestamp": time::format_millis(now),
+        });
+        self.send_payload(cx, &spec.requester, done, None, None);
+        cx.log(LogLevel::Info, &format!("sandbox {}: done", spec.name));
+    }
+
+    fn sandbox_error(&mut self, cx: &mut Cx<'_>, error: &str) {
+        let now = cx.now();
+        let Some(s) = self.sandbox.as_mut() else {
+            return;
+        };
+        if s.finished {
+            return;
+        }
+        s.finished = true;
+        cx.out.push(Command::TimerCancel(s.progress_timer));
+        cx.out.push(Command::TimerCancel(s.deadline_timer));
+        cx.out.push(Command::TimerCancel(s.input_timer));
+        if let Some(j) = s.job.take() {
+            cx.out.push(Command::JobKill(j));
+        }
+        let spec = s.spec.clone();
+        let msg = json!({
+            "type": "offload_error", "request_id": spec.request_id, "error": error.chars().take(4000).collect::<String>(),
+            "phase": "execution", "from_agent": spec.name, "timestamp": time::format_millis(now),
+        });
+        self.send_payload(cx, &spec.requester, msg, None, None);
+        cx.log(LogLevel::Info, &format!("sandbox {}: error", spec.name));
+    }
+
+    pub(super) fn sandbox_timer(&mut self, cx: &mut Cx<'_>, timer: u64) -> bool {
+        let now = cx.now();
+        let Some(s) = self.sandbox.as_mut() else {
+            return false;
+        };
+        if timer == s.progress_timer {
+            if s.finished {
+                return true;
+            }
+            s.ticks += 1;
+            let pct = (10 + 2 * s.ticks).min(85);
+            let elapsed = now.saturating_sub(s.started_ms) / 1000;
+            let message = if s.run_started_ms.is_some() {
+                "working on the task".to_string()
+            } else {
+                format!(
+                    "waiting for input files ({}/{})",
+                    s.inputs.len(),
+                    s.spec.files.len()
+                )
+            };
+            let msg = json!({
+                "type": "offload_progress", "request_id": s.spec.request_id, "stage": "executing",
+                "message": message, "pct": pct, "elapsed_seconds": elapsed, "from_agent": s.spec.name,
+                "timestamp": time::format_millis(now),
+            });
+            let every = s.spec.progress_ms.unwrap_or(DEFAULT_PROGRESS_MS).max(200);
+            let (t, to) = (s.progress_timer, s.spec.requester.clone());
+            cx.out.push(Command::TimerSet {
+                id: t,
+                at_ms: now + every,
+            });
+            self.send_payload(cx, &to, msg, None, None);
+            return true;
+        }
+        if timer == s.deadline_timer {
+            let m = s.spec.timeout_minutes;
+            self.sandbox_error(cx, &format!("timed out after {m} minute(s)"));
+            return true;
+        }
+        if timer == s.input_timer {
+            let (got, want) = (s.inputs.len(), s.spec.files.len());
+            self.sandbox_error(
+                cx,
+                &format!(
+                    "only {got} of {want} input files arrived within {} minutes",
+                    INPUT_WAIT_MS / 60_000
+                ),
+            );
+            return true;
+        }
+        false
+    }
+
+    pub(super) fn sandbox_job_exited(&mut self, cx: &mut Cx<'_>, exit: JobExit) -> bool {
+        let Some(s) = self.sandbox.as_mut() else {
+            return false;
+        };
+        if s.job != Some(exit.id) {
+            return false;
+        }
+        s.job = None;
+        let tail: String = {
+            let chars: Vec<char> = exit.log.chars().collect();
+            let start = chars.len().saturating_sub(MAX_SUMMARY_CHARS - 200);
+            chars[start..].iter().collect()
+        };
+        if exit.code == 0 {
+            let summary = if tail.trim().is_empty() {
+                format!(
+                    "The command finished with {} output file(s).",
+                    exit.outputs.len()
+                )
+            } else {
+                tail
+            };
+            self.finish_task(cx, exit.outputs, summary);
+        } else {
+            let last: String = tail
+                .chars()
+                .rev()
+                .take(2000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            self.sandbox_error(
+                cx,
+                &format!("the command exited with code {}: {last}", exit.code),
+            );
+        }
+        true
+    }
+}

@@ -1,0 +1,120 @@
+//! Reassembly of chunked transfers (`mesh:transfer_manifest` and
+//! `mesh:transfer_chunk`). Chunks are sealed records, so a restart in the
+//! middle of a 30 MiB output loses nothing the relay was told to forget.
+
+use super::Cx;
+use crate::engine::{Command, LogLevel};
+use crate::store::{keys, Vault};
+use crate::wire::transfer::{Manifest, TransferError, MAX_CHUNKS};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Transfers in progress at once (per node).
+const MAX_OPEN: usize = 8;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Chunk {
+    data: String,
+}
+
+#[derive(Default)]
+pub struct Reassembly {
+    /// Storage prefix → manifest and the chunks held. Chunks are also kept
+    /// in memory: a record stored in this call is not readable until the
+    /// host has carried out the call's commands.
+    open: BTreeMap<String, (Option<Manifest>, BTreeMap<usize, String>)>,
+    /// Records of a completed transfer, erased once its message is handled.
+    done: Vec<String>,
+}
+
+fn prefix(from: &str, transfer_id: &str) -> String {
+    let mut input = from.as_bytes().to_vec();
+    input.push(0);
+    input.extend_from_slice(transfer_id.as_bytes());
+    let h = crate::crypto::kdf::sha256(&input);
+    format!("{}{}/", keys::TRANSFER, crate::wire::hex::encode(&h[..12]))
+}
+
+impl Reassembly {
+    /// Take a manifest or chunk from `from`; the whole message once complete.
+    pub fn accept(
+        &mut self,
+        vault: &Vault,
+        cx: &mut Cx<'_>,
+        from: &str,
+        v: &Value,
+    ) -> Result<Option<Value>, TransferError> {
+        let tid = v["transfer_id"]
+            .as_str()
+            .filter(|t| !t.is_empty() && t.len() <= 128)
+            .ok_or(TransferError::Manifest("transfer_id"))?;
+        let pre = prefix(from, tid);
+        if !self.open.contains_key(&pre) && self.open.len() >= MAX_OPEN {
+            return Err(TransferError::Manifest("too many transfers at once"));
+        }
+        let entry = self.open.entry(pre.clone()).or_insert_with(|| {
+            // After a restart: what was stored before.
+            let m = vault
+                .get::<Manifest>(cx.host, &format!("{pre}m"))
+                .ok()
+                .flatten();
+            let mut held = BTreeMap::new();
+            for k in cx.host.storage_list(&format!("{pre}c")) {
+                let idx = k.rsplit('c').next().and_then(|i| i.parse::<usize>().ok());
+                if let (Some(i), Ok(Some(c))) = (idx, vault.get::<Chunk>(cx.host, &k)) {
+                    held.insert(i, c.data);
+                }
+            }
+            (m, held)
+        });
+        if v["type"] == "mesh:transfer_manifest" {
+            let m = Manifest::parse(v)?;
+            if let Err(e) = vault.put(cx.host, &mut cx.out, &format!("{pre}m"), &m) {
+                cx.host.log(LogLevel::Error, &e.to_string());
+            }
+            entry.0 = Some(m);
+        } else {
+            let Some(m) = entry.0.as_ref() else {
+                // Our senders keep order per peer; a chunk before its
+                // manifest cannot be checked, so it is not kept.
+                return Err(TransferError::Manifest("chunk before its manifest"));
+            };
+            let (i, data) = m.check_chunk(v)?;
+            if i >= MAX_CHUNKS {
+                return Err(TransferError::ChunkIndex(i as u64));
+            }
+            if !entry.1.contains_key(&i) {
+                let rec = Chunk {
+                    data: data.to_string(),
+                };
+                if let Err(e) = vault.put(cx.host, &mut cx.out, &format!("{pre}c{i}"), &rec) {
+                    cx.host.log(LogLevel::Error, &e.to_string());
+                }
+                entry.1.insert(i, rec.data);
+            }
+        }
+        let Some(m) = entry.0.clone() else {
+            return Ok(None);
+        };
+        if entry.1.len() < m.chunk_hashes.len() {
+            return Ok(None);
+        }
+        let parts: Vec<String> = std::mem::take(&mut entry.1).into_values().collect();
+        let whole = m.assemble(&parts);
+        for i in 0..m.chunk_hashes.len() {
+            self.done.push(format!("{pre}c{i}"));
+        }
+        self.done.push(format!("{pre}m"));
+        self.open.remove(&pre);
+        whole.map(Some)
+    }
+
+    /// Erase the records of completed transfers: called after the
+    /// reassembled message's own effects were emitted.
+    pub fn flush(&mut self, cx: &mut Cx<'_>) {
+        for k in self.done.drain(..) {
+            cx.out.push(Command::Erase(k));
+        }
+    }
+}

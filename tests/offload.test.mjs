@@ -1,0 +1,243 @@
+// Offload end to end through the real relay and registry: a controller node
+// (engine role "controller") that starts real sandbox processes
+// (js-host/sandbox-main.js, engine role "sandbox") running an `--exec`
+// command, and a client node using the plugin's tools: pair, cloud_offload
+// with two input files (one over 1 MiB), progress, an output over 512 KiB
+// reassembled from chunks and hash-checked, done; cancel frees the slot; a
+// controller restart mid-offload loses nothing; strangers get nowhere.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startServers } from './harness/servers.mjs';
+import { createNode } from '../js-host/node-host.js';
+import { killSandboxes } from '../js-host/jobs.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const TASK_CMD = `"${process.execPath}" "${path.join(HERE, 'fixtures/offload-task.mjs')}"`;
+
+let srv;
+const dirs = [];
+const nodes = new Set();
+let sandboxDir;
+
+before(async () => {
+  srv = await startServers();
+  sandboxDir = tmp('sandboxes');
+});
+after(async () => {
+  for (const n of nodes) await n.stop().catch(() => {});
+  await killSandboxes(sandboxDir, { graceMs: 2000 });
+  await srv?.stop();
+  if (!process.env.KARS_KEEP_TMP) for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+function tmp(name) {
+  const d = mkdtempSync(path.join(tmpdir(), `kars-offload-${name}-`));
+  dirs.push(d);
+  return d;
+}
+
+async function start(name, stateDir, extra = {}) {
+  const n = await createNode({ stateDir, relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name, log: () => {}, ...extra });
+  nodes.add(n);
+  for (let i = 0; i < 100; i++) {
+    const r = await n.callTool('mesh_identity', {});
+    if (r.details.mesh.registered && r.details.mesh.connected) return n;
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  throw new Error(`${name} did not register and connect`);
+}
+
+async function stop(n) {
+  await n.stop();
+  nodes.delete(n);
+}
+
+function controllerOpts(extra = {}) {
+  return { role: 'controller', clusterName: 'test-lab', sandboxes: { dir: sandboxDir, exec: TASK_CMD, progressMs: 500 }, ...extra };
+}
+
+async function pair(ctrl, client, name, opts = {}) {
+  const gen = await ctrl.callTool('pair_generate', { name, slots: 1, capabilities: 'offload', expires: '1d', ...opts });
+  const r = await client.callTool('mesh_pair', { token: gen.details.mesh.token }, { timeoutMs: 40_000 });
+  assert.match(r.content[0].text, /^✅ Paired successfully/, r.content[0].text);
+  return gen.details.mesh.token;
+}
+
+/** Follow the offload's phases until it ends (no polling: each call waits for news). */
+async function follow(client, { until = ['done', 'error'], timeoutMs = 90_000 } = {}) {
+  const seen = [];
+  let after = 0;
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const r = await client.callTool('offload_status', { wait_seconds: 20, after_events: after }, { timeoutMs: 30_000 });
+    const m = r.details.mesh;
+    if (!m.events) return { seen, last: m };
+    for (const e of m.events.slice(after)) seen.push(e.phase);
+    after = m.events.length;
+    if (until.includes(m.phase)) return { seen, last: m };
+  }
+  throw new Error(`offload did not reach ${until} in time; phases: ${seen.join(' ')}`);
+}
+
+const sha = (b) => createHash('sha256').update(b).digest('hex');
+
+test('full offload: two inputs (one over 1 MiB), progress, a 700 KiB output reassembled and checked, done', { timeout: 120_000 }, async () => {
+  const ctrl = await start('ctrl-a', tmp('ctrl-a'), controllerOpts());
+  const clientDir = tmp('alice');
+  const alice = await start('alice', clientDir);
+  await pair(ctrl, alice, 'alice');
+
+  const work = tmp('work');
+  const small = Buffer.from('hello sandbox\n');
+  const big = randomBytes(1024 * 1024 + 12345);
+  writeFileSync(path.join(work, 'notes.txt'), small);
+  writeFileSync(path.join(work, 'data.bin'), big);
+
+  const r = await alice.callTool('cloud_offload', {
+    task: 'summarise the inputs',
+    files: [path.join(work, 'notes.txt'), path.join(work, 'data.bin')],
+    timeout_minutes: 5,
+  });
+  const text = r.content[0].text;
+  assert.match(text, /^☁️ Offload submitted — orchestrating in background\nRequest ID: [0-9a-f-]{36}\n/, text);
+  assert.match(text, /Files: 2 file\(s\) \(1036\.\d KB\) queued/);
+  const rid = r.details.mesh.request_id;
+
+  const { seen, last } = await follow(alice, { timeoutMs: 30_000 });
+  assert.equal(last.phase, 'done', JSON.stringify(last));
+  for (const p of ['submitted', 'validating', 'spawning', 'scheduled', 'ready', 'connecting', 'acknowledged', 'running', 'returning', 'done']) {
+    assert.ok(seen.includes(p), `phase ${p} missing from ${seen.join(' ')}`);
+  }
+  assert.equal(last.sandbox_name, `offload-${rid.slice(0, 8)}`);
+  assert.match(last.summary, /processed 2 input\(s\) for: summarise the inputs/);
+
+  // Outputs: in the private incoming directory, hash-checked.
+  const byName = Object.fromEntries(last.outputs.map((o) => [o.name, o]));
+  const expected = Buffer.alloc(700 * 1024);
+  for (let i = 0; i < expected.length; i++) expected[i] = (i * 31 + 7) & 0xff;
+  const resultPath = path.join(clientDir, 'files', byName['result.bin'].path);
+  assert.equal(byName['result.bin'].path, `incoming/${rid.slice(0, 8)}/result.bin`);
+  const got = readFileSync(resultPath);
+  assert.equal(got.length, expected.length);
+  assert.equal(sha(got), sha(expected));
+  assert.equal(byName['result.bin'].sha256, sha(expected));
+  // The sandbox saw exactly our inputs, byte for byte.
+  const seenInputs = JSON.parse(readFileSync(path.join(clientDir, 'files', byName['inputs.json'].path), 'utf8'));
+  assert.deepEqual(seenInputs.inputs, [
+    { name: 'data.bin', size: big.length, sha256: sha(big) },
+    { name: 'notes.txt', size: small.length, sha256: sha(small) },
+  ]);
+
+  // The hook's notifications carry the news once.
+  const notes = await alice.callTool('offload_notifications', {});
+  assert.ok(notes.details.mesh.lines.some((l) => l.includes('done')), notes.details.mesh.lines.join('\n'));
+  assert.deepEqual((await alice.callTool('offload_notifications', {})).details.mesh.lines, []);
+
+  // Reading the finished snapshot clears it; the slot is free again.
+  const snap = await alice.callTool('offload_status', {});
+  assert.match(snap.content[0].text, /^✅ Offload [0-9a-f]{8} — done/);
+  assert.equal((await alice.callTool('offload_status', {})).content[0].text, 'No active offload. Use cloud_offload to start one.');
+  await waitFor(async () => (await ctrl.callTool('pair_list', {})).details.mesh.pairings[0].slots_used === 0, 'slot freed');
+  // Nothing of the offload went to the inbox.
+  assert.equal((await alice.callTool('mesh_inbox', {})).details.mesh.messages.length, 0);
+  // A duplicate within 10 minutes is refused unless forced.
+  const dup = await alice.callTool('cloud_offload', { task: '  Summarise   the inputs ' });
+  assert.match(dup.content[0].text, /^⚠️ {2}This task was already offloaded \d+s ago — not starting a new sandbox\./);
+});
+
+async function waitFor(fn, what, ms = 20_000) {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    if (await fn()) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out waiting for: ${what}`);
+}
+
+test('cancel mid-run stops the sandbox and frees the slot', { timeout: 120_000 }, async () => {
+  const ctrl = await start('ctrl-b', tmp('ctrl-b'), controllerOpts());
+  const bob = await start('bob', tmp('bob'));
+  await pair(ctrl, bob, 'bob');
+  const r = await bob.callTool('cloud_offload', { task: 'sleep 60 then report' });
+  assert.match(r.content[0].text, /^☁️ Offload submitted/);
+  await follow(bob, { until: ['running'] });
+  const list = await ctrl.callTool('offload_list', {});
+  assert.equal(list.details.mesh.offloads.length, 1);
+  const sandboxName = list.details.mesh.offloads[0].sandbox_name;
+  const job = JSON.parse(readFileSync(path.join(sandboxDir, sandboxName, 'job.json'), 'utf8'));
+
+  const c = await bob.callTool('offload_cancel', {});
+  assert.match(c.content[0].text, /^🛑 Offload [0-9a-f]{8} cancelled\. Cluster CRD cleanup signal sent; the sandbox will be torn down shortly\.$/);
+  const s = await bob.callTool('offload_status', {});
+  assert.match(s.content[0].text, /Error: Cancelled by user via offload_cancel/);
+  await waitFor(async () => (await ctrl.callTool('offload_list', {})).details.mesh.offloads.length === 0, 'controller dropped the offload');
+  assert.equal((await ctrl.callTool('pair_list', {})).details.mesh.pairings[0].slots_used, 0);
+  await waitFor(() => !isAlive(job.pid), 'sandbox process gone');
+  assert.equal((await bob.callTool('offload_cancel', {})).content[0].text, 'No active cloud offload to cancel.');
+});
+
+function isAlive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+test('a controller restart mid-offload does not lose the result', { timeout: 120_000 }, async () => {
+  const ctrlDir = tmp('ctrl-c');
+  let ctrl = await start('ctrl-c', ctrlDir, controllerOpts());
+  const carol = await start('carol', tmp('carol'));
+  await pair(ctrl, carol, 'carol');
+  await carol.callTool('cloud_offload', { task: 'sleep 3 then report' });
+  await follow(carol, { until: ['running'] });
+  await stop(ctrl);
+  ctrl = await start('ctrl-c', ctrlDir, controllerOpts());
+  const { last } = await follow(carol);
+  assert.equal(last.phase, 'done', JSON.stringify(last));
+  assert.ok(last.outputs.some((o) => o.name === 'result.bin'));
+  // The cleanup reached the restarted controller: slot free, sandbox gone.
+  await waitFor(async () => (await ctrl.callTool('pair_list', {})).details.mesh.pairings[0].slots_used === 0, 'slot freed after restart');
+  assert.equal((await ctrl.callTool('offload_list', {})).details.mesh.offloads.length, 0);
+});
+
+test('strangers cannot pair with a used token, offload, clean up or feed a sandbox', { timeout: 120_000 }, async () => {
+  const ctrl = await start('ctrl-d', tmp('ctrl-d'), controllerOpts());
+  const dave = await start('dave', tmp('dave'));
+  const eve = await start('eve', tmp('eve'));
+  const token = await pair(ctrl, dave, 'dave');
+
+  const reuse = await eve.callTool('mesh_pair', { token }, { timeoutMs: 40_000 });
+  assert.equal(reuse.content[0].text, '❌ Pairing rejected by cluster: Pairing is Active — token already consumed or expired');
+  const refused = await eve.callTool('cloud_offload', { task: 'x' });
+  assert.equal(refused.content[0].text, '❌ Not paired with any kars cluster. Use mesh_pair first.');
+
+  // Eve speaks the protocol directly: the controller refuses her.
+  const rid = '11111111-2222-4333-8444-555555555555';
+  await eve.callTool('mesh_send', { to: ctrl.did, message: { type: 'offload_request', task: 'mine now', files: [], file_count: 0, total_bytes: 0, preferences: { timeout_minutes: 5 }, request_id: rid } });
+  const got = await eve.callTool('mesh_inbox', { wait_seconds: 20, from: ctrl.did });
+  // The refusal is all a stranger hears: no phase news.
+  assert.equal(got.details.mesh.messages.length, 1, JSON.stringify(got.details.mesh.messages));
+  const errs = got.details.mesh.messages.map((m) => m.payload).filter((p) => p.type === 'offload_error');
+  assert.equal(errs.length, 1, JSON.stringify(got.details.mesh.messages));
+  assert.equal(errs[0].error, 'Not paired with this cluster. Pair first with mesh_pair.');
+  assert.equal((await ctrl.callTool('offload_list', {})).details.mesh.offloads.length, 0);
+
+  // Dave offloads a slow task; Eve tries to clean it up and to feed the sandbox.
+  await dave.callTool('cloud_offload', { task: 'sleep 4 then report' });
+  await follow(dave, { until: ['running'] });
+  const [o] = (await ctrl.callTool('offload_list', {})).details.mesh.offloads;
+  await eve.callTool('mesh_send', { to: ctrl.did, message: { type: 'offload_cleanup', request_id: o.request_id, reason: 'cancelled' } });
+  await eve.callTool('mesh_send', { to: o.sandbox_did, message: { type: 'file_transfer', file_name: 'evil.sh', file_data: Buffer.from('rm -rf /').toString('base64') } });
+  const { last } = await follow(dave);
+  assert.equal(last.phase, 'done', 'a stranger cancelled the offload');
+  const inputs = JSON.parse(readFileSync(path.join(dave.stateDir, 'files', last.outputs.find((x) => x.name === 'inputs.json').path), 'utf8'));
+  assert.deepEqual(inputs.inputs, []);
+  assert.ok(!existsSync(path.join(sandboxDir, o.sandbox_name, 'state', 'files', 'work', 'in', 'evil.sh')));
+});
