@@ -84,14 +84,14 @@ impl Reassembly {
             if i >= MAX_CHUNKS {
                 return Err(TransferError::ChunkIndex(i as u64));
             }
-            if !entry.1.contains_key(&i) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = entry.1.entry(i) {
                 let rec = Chunk {
                     data: data.to_string(),
                 };
                 if let Err(e) = vault.put(cx.host, &mut cx.out, &format!("{pre}c{i}"), &rec) {
                     cx.host.log(LogLevel::Error, &e.to_string());
                 }
-                entry.1.insert(i, rec.data);
+                slot.insert(rec.data);
             }
         }
         let Some(m) = entry.0.clone() else {
