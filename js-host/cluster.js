@@ -591,6 +591,7 @@ export async function detachCluster(args, { dir, out, err, signal, env = process
   let child;
   try {
     child = spawn(process.execPath, [BIN, 'cluster', 'up', '--dir', dir, ...args], {
+      cwd: dir, // a daemon does not pin the caller's working directory
       detached: true,
       stdio: ['ignore', fd, fd],
       env: { ...env, KARS_MESH_CLUSTER_DETACHED: '1' },

@@ -112,8 +112,8 @@ test('cluster up/down, pairing tokens from the operator CLI, state kept across r
   const revoked = await bob.callTool('mesh_pair', { token: goneToken }, { timeoutMs: 45_000 });
   assert.equal(revoked.content[0].text, '❌ Pairing rejected by cluster: Pairing is Revoked — token already consumed or expired');
 
-  // The CLI reports a refusal with exit code 1 and the controller's text.
-  const reuseCli = await cli(['--state', path.join(home, 'carol'), 'pair-with', aliceToken]);
+  // The CLI reports a refusal with exit code 1 and the controller's text (token from stdin).
+  const reuseCli = await cli(['--state', path.join(home, 'carol'), 'pair-with', '-'], { input: `${aliceToken}\n` });
   assert.equal(reuseCli.code, 1);
   assert.match(reuseCli.stderr, /Pairing is Active — token already consumed or expired/);
 
