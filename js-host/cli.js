@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { StateDirError } from './storage-fs.js';
+import { OPERATOR_SUMMARY, mainOperator, operatorUsage } from './cli-operator.js';
 
 export const EXIT = Object.freeze({ OK: 0, TOOL_ERROR: 1, USAGE: 2, UNREACHABLE: 3, INTERRUPTED: 130 });
 
@@ -108,7 +109,37 @@ Examples:
       return a;
     },
   },
+  'pair-with': {
+    tool: 'mesh_pair',
+    usage: 'kars-mesh pair-with <token>',
+    summary: 'pair this agent with a kars cluster (token from its operator)',
+    help: `Pair this agent with a kars cluster, using the one-time azcp_1_ token the
+cluster's operator made with \`kars-mesh pair generate\`. The relay and registry
+are taken from the token unless --relay/--registry say otherwise. Use - as the
+token to read it from stdin (keeps it out of the process list).
+
+Example:
+  kars-mesh --state ~/.kars-mesh pair-with azcp_1_eyJ...`,
+    flags: [],
+    positional: ['token'],
+    args: (pos) => ({ token: pos[0] }),
+  },
 };
+
+/** The relay and registry URLs a pairing token names, if it decodes (kars-mesh-plugin.md §4.2). */
+export function tokenUrls(token) {
+  const t = String(token ?? '').replace(/\s+/g, '');
+  if (!t.startsWith('azcp_1_')) return {};
+  try {
+    let b64 = t.slice('azcp_1_'.length);
+    b64 += '='.repeat((4 - (b64.length % 4)) % 4);
+    const payload = JSON.parse(Buffer.from(b64, 'base64url').toString('utf8'));
+    const str = (v) => (typeof v === 'string' && v ? v : undefined);
+    return { relayUrl: str(payload?.relay_url), registryUrl: str(payload?.registry_url) };
+  } catch {
+    return {};
+  }
+}
 
 // flag name -> { value: needs a value?, global: allowed with every command? }
 const FLAGS = {
@@ -129,8 +160,9 @@ const SHORT = { h: 'help', v: 'verbose' };
 
 function mainUsage() {
   const synopsis = (c) => c.synopsis ?? c.usage.slice('kars-mesh '.length);
-  const width = Math.max(...Object.values(COMMANDS).map((c) => synopsis(c).length));
-  const lines = Object.values(COMMANDS).map((c) => `  ${synopsis(c).padEnd(width)}  ${c.summary}`);
+  const entries = [...Object.values(COMMANDS).map((c) => [synopsis(c), c.summary]), ...OPERATOR_SUMMARY];
+  const width = Math.max(...entries.map(([s]) => s.length));
+  const lines = entries.map(([s, summary]) => `  ${s.padEnd(width)}  ${summary}`);
   return `Usage: kars-mesh [flags] <command> [args]
 
 kars-mesh talks to other agents of an AgentMesh (relay + registry) with
@@ -231,6 +263,7 @@ export function plan(argv, env = process.env) {
   if (command === 'help') {
     const topic = positional[0];
     if (topic === undefined) return { help: mainUsage() };
+    if (OPERATOR_GROUPS.includes(topic)) return { help: operatorUsage(topic) };
     if (!COMMANDS[topic]) throw new UsageError(`unknown command "${topic}"`);
     return { help: commandUsage(topic) };
   }
@@ -262,10 +295,16 @@ export function plan(argv, env = process.env) {
   if (flags.wait !== undefined) parsed.wait = nonNegative('--wait', flags.wait);
   if (flags.limit !== undefined) parsed.limit = nonNegative('--limit', flags.limit, { integer: true });
 
-  const relayUrl = checkUrl(flags.relay !== undefined ? '--relay' : 'KARS_MESH_RELAY', flags.relay ?? (env.KARS_MESH_RELAY || DEFAULT_RELAY));
+  // pair-with: the token says where its cluster is (a flag still wins).
+  if (command === 'pair-with' && positional[0] === '-') positional[0] = readStdin();
+  const fromToken = command === 'pair-with' ? tokenUrls(positional[0]) : {};
+  const relayUrl = checkUrl(
+    flags.relay !== undefined ? '--relay' : fromToken.relayUrl ? 'the token\'s relay_url' : 'KARS_MESH_RELAY',
+    flags.relay ?? fromToken.relayUrl ?? (env.KARS_MESH_RELAY || DEFAULT_RELAY),
+  );
   const registryUrl = checkUrl(
-    flags.registry !== undefined ? '--registry' : 'KARS_MESH_REGISTRY',
-    flags.registry ?? (env.KARS_MESH_REGISTRY || DEFAULT_REGISTRY),
+    flags.registry !== undefined ? '--registry' : fromToken.registryUrl ? 'the token\'s registry_url' : 'KARS_MESH_REGISTRY',
+    flags.registry ?? fromToken.registryUrl ?? (env.KARS_MESH_REGISTRY || DEFAULT_REGISTRY),
   );
   const stateRaw = flags.state ?? (env.KARS_MESH_STATE || path.join(os.homedir(), '.kars-mesh'));
   if (!stateRaw) throw new UsageError('--state needs a directory', command);
@@ -283,6 +322,31 @@ export function plan(argv, env = process.env) {
       node: { stateDir, relayUrl, registryUrl, name: flags.name },
     },
   };
+}
+
+function readStdin() {
+  try {
+    return readFileSync(0, 'utf8').trim();
+  } catch (e) {
+    throw new UsageError(`cannot read the token from stdin: ${e.message}`, 'pair-with');
+  }
+}
+
+const OPERATOR_GROUPS = ['cluster', 'pair'];
+const MAIN_VALUE_FLAGS = new Set(['--relay', '--registry', '--state', '--name']);
+
+/** The first positional argument of argv (skipping the global flags and their values). */
+function firstPositional(argv) {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--') return { index: i + 1, value: argv[i + 1] };
+    if (MAIN_VALUE_FLAGS.has(a)) {
+      i++;
+      continue;
+    }
+    if (a === '-' || !a.startsWith('-')) return { index: i, value: a };
+  }
+  return { index: -1, value: undefined };
 }
 
 function version() {
@@ -317,6 +381,17 @@ export async function main(
 ) {
   const out = (s) => stdout.write(s.endsWith('\n') ? s : s + '\n');
   const err = (s) => stderr.write(s.endsWith('\n') ? s : s + '\n');
+
+  // Operator commands (a local cluster, its pairing tokens) have their own flags.
+  const first = firstPositional(argv);
+  if (OPERATOR_GROUPS.includes(first.value)) {
+    if (first.index !== 0) {
+      err(`kars-mesh: put "${first.value}" first: kars-mesh ${first.value} ... (it takes --dir, not the agent flags)`);
+      err(operatorUsage(first.value));
+      return EXIT.USAGE;
+    }
+    return mainOperator(argv, { out, err, env, signal, createNodeImpl });
+  }
 
   let p;
   try {

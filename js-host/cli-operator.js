@@ -1,0 +1,403 @@
+// Operator commands of the `kars-mesh` CLI: a local kars cluster and its
+// pairing tokens (js-host/cluster.js, js-host/control.js).
+//
+//   kars-mesh cluster up|down|status [flags]
+//   kars-mesh pair generate|list|revoke [flags]
+//
+// `pair` talks to the running cluster's controller over <dir>/control.sock;
+// with no cluster running it opens the controller's state directory itself.
+// Exit codes as in cli.js: 0 ok, 1 error, 2 usage, 3 unreachable/environment.
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  ClusterError,
+  clusterConfig,
+  clusterDown,
+  clusterPaths,
+  clusterStatus,
+  defaultClusterDir,
+  detachCluster,
+  dirFlag,
+  runCluster,
+  urlFor,
+} from './cluster.js';
+import { NoControlSocket, controlCall } from './control.js';
+
+const EXIT = { OK: 0, ERROR: 1, USAGE: 2, UNREACHABLE: 3, INTERRUPTED: 130 };
+
+const DIR_HELP = `  --dir DIR            the cluster's directory (env KARS_MESH_CLUSTER_DIR, default ~/.kars-mesh-cluster)`;
+
+const SUB = {
+  cluster: {
+    up: {
+      usage: 'kars-mesh cluster up [--dir DIR] [--relay-port N] [--registry-port N] [--name CLUSTER] [--exec CMD] [--detach]',
+      help: `Start a local kars cluster: the AgentMesh registry and relay on 127.0.0.1 and a
+controller node that keeps the pairing ledger. Runs in the foreground until
+Ctrl-C; with --detach it runs in the background (stop it with cluster down).
+${DIR_HELP}
+  --registry-port N    registry port (default 8082, or the last one used in DIR)
+  --relay-port N       relay port (default 8083, or the last one used in DIR)
+  --name CLUSTER       cluster name reported to clients (default "local", or the last one)
+  --exec CMD           command for sandbox processes (passed to the controller)
+  --detach             run in the background; log in DIR/cluster.log
+  -v, --verbose        also print the controller's info log lines`,
+      flags: ['dir', 'relay-port', 'registry-port', 'name', 'exec', 'detach', 'verbose'],
+      positional: [],
+    },
+    down: {
+      usage: 'kars-mesh cluster down [--dir DIR]',
+      help: `Stop the cluster running in DIR (the processes listed in DIR/cluster.json).
+Pairings and the controller's identity stay in DIR.
+${DIR_HELP}`,
+      flags: ['dir'],
+      positional: [],
+    },
+    status: {
+      usage: 'kars-mesh cluster status [--dir DIR] [--json]',
+      help: `Show what runs in DIR. Exit code 0 when the cluster runs and is healthy,
+3 when it does not run or does not answer.
+${DIR_HELP}
+  --json               print DIR/cluster.json`,
+      flags: ['dir', 'json'],
+      positional: [],
+    },
+  },
+  pair: {
+    generate: {
+      usage: 'kars-mesh pair generate --name NAME [--slots N] [--capabilities offload,handoff] [--expires 90d] [--token-budget N] [--dir DIR]',
+      help: `Create a pairing and print its one-time token (azcp_1_...). The token is shown
+once and not stored; give it to the user, who pairs with
+  kars-mesh pair-with <token>
+  --name NAME          the pairing's name (required; letters, digits, '-')
+  --slots N            sandbox slots granted (default 1)
+  --capabilities LIST  comma-separated (default offload,handoff)
+  --expires AGE        how long the token stays valid: 90d, 12h or 30m (default 90d)
+  --token-budget N     token budget reported to the client (default 500000)
+${DIR_HELP}
+  --json               print the whole tool result as JSON`,
+      flags: ['name', 'slots', 'capabilities', 'expires', 'token-budget', 'dir', 'json'],
+      positional: [],
+    },
+    list: {
+      usage: 'kars-mesh pair list [--dir DIR] [--json]',
+      help: `List the pairings of the cluster's controller.
+${DIR_HELP}
+  --json               print the whole tool result as JSON`,
+      flags: ['dir', 'json'],
+      positional: [],
+    },
+    revoke: {
+      usage: 'kars-mesh pair revoke <name> [--dir DIR]',
+      help: `Revoke a pairing: its token (if unused) is refused from now on.
+${DIR_HELP}`,
+      flags: ['dir', 'json'],
+      positional: ['name'],
+    },
+  },
+};
+
+const VALUE_FLAGS = new Set(['dir', 'relay-port', 'registry-port', 'name', 'exec', 'slots', 'capabilities', 'expires', 'token-budget']);
+const BOOL_FLAGS = new Set(['detach', 'json', 'verbose', 'help']);
+const SHORT = { h: 'help', v: 'verbose' };
+
+export function operatorUsage(group) {
+  const subs = group ? [group] : Object.keys(SUB);
+  const lines = subs.flatMap((g) => Object.values(SUB[g]).map((s) => `  ${s.usage.slice('kars-mesh '.length)}`));
+  return `Usage:\n${lines.join('\n')}\n\nRun \`kars-mesh ${group ?? 'cluster'} <command> --help\` for details.`;
+}
+
+/** [synopsis, summary] lines for the main usage of cli.js. */
+export const OPERATOR_SUMMARY = [
+  ['cluster up|down|status', 'run a local kars cluster (registry, relay, controller)'],
+  ['pair generate|list|revoke', "pairing tokens of the local cluster's controller"],
+];
+
+class UsageError extends Error {
+  constructor(message, spec) {
+    super(message);
+    this.spec = spec;
+  }
+}
+
+/** Parse `cluster ...` / `pair ...` argv (argv[0] is the group). Throws UsageError. */
+export function planOperator(argv, env = process.env) {
+  const group = argv[0];
+  const rest = argv.slice(1);
+  const flags = {};
+  const positional = [];
+  let sub;
+  let spec;
+  let endOfFlags = false;
+  for (let i = 0; i < rest.length; i++) {
+    const arg = rest[i];
+    if (endOfFlags || arg === '-' || !arg.startsWith('-')) {
+      if (sub === undefined) {
+        sub = arg;
+        spec = SUB[group][sub];
+        if (!spec) throw new UsageError(`unknown command "${group} ${sub}"; use one of: ${Object.keys(SUB[group]).map((s) => `${group} ${s}`).join(', ')}`);
+      } else {
+        positional.push(arg);
+      }
+      continue;
+    }
+    if (arg === '--') {
+      endOfFlags = true;
+      continue;
+    }
+    let name;
+    let value;
+    if (arg.startsWith('--')) {
+      const eq = arg.indexOf('=');
+      name = eq === -1 ? arg.slice(2) : arg.slice(2, eq);
+      if (eq !== -1) value = arg.slice(eq + 1);
+    } else {
+      name = SHORT[arg.slice(1)];
+      if (!name) throw new UsageError(`unknown flag ${arg}`, spec);
+    }
+    if (VALUE_FLAGS.has(name)) {
+      if (value === undefined) {
+        if (i + 1 >= rest.length || rest[i + 1].startsWith('--')) throw new UsageError(`--${name} needs a value`, spec);
+        value = rest[++i];
+      }
+      flags[name] = value;
+    } else if (BOOL_FLAGS.has(name)) {
+      if (value !== undefined) throw new UsageError(`--${name} takes no value`, spec);
+      flags[name] = true;
+    } else {
+      throw new UsageError(`unknown flag --${name}${sub ? ` for "${group} ${sub}"` : ''}; see \`kars-mesh ${group} ${sub ?? '<command>'} --help\``, spec);
+    }
+  }
+  if (sub === undefined) {
+    if (flags.help) return { help: operatorUsage(group) };
+    throw new UsageError(`"${group}" needs a command: ${Object.keys(SUB[group]).map((s) => `${group} ${s}`).join(', ')}`);
+  }
+  if (flags.help) return { help: `Usage: ${spec.usage}\n\n${spec.help}` };
+  for (const f of Object.keys(flags)) {
+    if (!spec.flags.includes(f)) throw new UsageError(`--${f} does not apply to "${group} ${sub}"`, spec);
+  }
+  if (positional.length < spec.positional.length) {
+    throw new UsageError(`missing <${spec.positional[positional.length]}>`, spec);
+  }
+  if (positional.length > spec.positional.length) {
+    throw new UsageError(`unexpected argument ${JSON.stringify(positional[spec.positional.length])}`, spec);
+  }
+
+  const dirRaw = flags.dir ?? defaultClusterDir(env);
+  if (!dirRaw) throw new UsageError('--dir needs a directory', spec);
+  const dir = path.resolve(dirRaw.replace(/^~(?=$|[\\/])/, os.homedir()));
+  const run = { group, sub, dir, json: !!flags.json, verbose: !!flags.verbose };
+
+  const port = (flag) => {
+    const v = flags[flag];
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n < 1 || n > 65535) throw new UsageError(`--${flag} must be a port number 1-65535, not ${JSON.stringify(v)}`, spec);
+    return n;
+  };
+
+  if (group === 'cluster' && sub === 'up') {
+    run.relayPort = port('relay-port');
+    run.registryPort = port('registry-port');
+    if (run.relayPort !== undefined && run.relayPort === run.registryPort) {
+      throw new UsageError('--relay-port and --registry-port must differ', spec);
+    }
+    if (flags.name !== undefined) {
+      if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(flags.name)) {
+        throw new UsageError(`--name ${JSON.stringify(flags.name)} is not a usable cluster name: use letters, digits, '.', '_' and '-' (at most 63)`, spec);
+      }
+      run.name = flags.name;
+    }
+    if (flags.exec !== undefined) {
+      if (!flags.exec.trim()) throw new UsageError('--exec needs a command', spec);
+      run.exec = flags.exec;
+    }
+    run.detach = !!flags.detach;
+    // Re-passed to the background process (without --detach and --dir).
+    run.passArgs = [];
+    if (run.relayPort !== undefined) run.passArgs.push('--relay-port', String(run.relayPort));
+    if (run.registryPort !== undefined) run.passArgs.push('--registry-port', String(run.registryPort));
+    if (run.name !== undefined) run.passArgs.push('--name', run.name);
+    if (run.exec !== undefined) run.passArgs.push('--exec', run.exec);
+    if (run.verbose) run.passArgs.push('--verbose');
+  }
+
+  if (group === 'pair') {
+    if (sub === 'generate') {
+      if (flags.name === undefined) throw new UsageError('pair generate needs --name NAME (the pairing\'s name, e.g. --name alice-laptop)', spec);
+      if (!/[A-Za-z0-9]/.test(flags.name)) throw new UsageError(`--name ${JSON.stringify(flags.name)} needs at least one letter or digit`, spec);
+      const args = { name: flags.name };
+      if (flags.slots !== undefined) {
+        if (!/^\d+$/.test(flags.slots) || Number(flags.slots) < 1 || Number(flags.slots) > 1000) {
+          throw new UsageError(`--slots must be a whole number from 1 to 1000, not ${JSON.stringify(flags.slots)}`, spec);
+        }
+        args.slots = Number(flags.slots);
+      }
+      if (flags.capabilities !== undefined) {
+        const caps = flags.capabilities.split(',').map((c) => c.trim()).filter(Boolean);
+        if (!caps.length || caps.some((c) => !/^[a-z0-9][a-z0-9_.-]*$/.test(c))) {
+          throw new UsageError(`--capabilities must be a comma-separated list like offload,handoff, not ${JSON.stringify(flags.capabilities)}`, spec);
+        }
+        args.capabilities = caps;
+      }
+      if (flags.expires !== undefined) {
+        if (!/^\d+[dhm]$/.test(flags.expires) || /^0+[dhm]$/.test(flags.expires)) {
+          throw new UsageError(`--expires must look like 90d, 12h or 30m, not ${JSON.stringify(flags.expires)}`, spec);
+        }
+        args.expires = flags.expires;
+      }
+      if (flags['token-budget'] !== undefined) {
+        if (!/^\d+$/.test(flags['token-budget']) || !Number.isSafeInteger(Number(flags['token-budget']))) {
+          throw new UsageError(`--token-budget must be a whole number ≥ 0, not ${JSON.stringify(flags['token-budget'])}`, spec);
+        }
+        args.token_budget = Number(flags['token-budget']);
+      }
+      run.tool = 'pair_generate';
+      run.args = args;
+    } else if (sub === 'list') {
+      run.tool = 'pair_list';
+      run.args = {};
+    } else {
+      if (!positional[0].trim()) throw new UsageError('empty <name>', spec);
+      run.tool = 'pair_revoke';
+      run.args = { name: positional[0] };
+    }
+  }
+  return { run };
+}
+
+function resultText(result) {
+  const texts = Array.isArray(result?.content)
+    ? result.content.filter((c) => c && c.type === 'text' && typeof c.text === 'string').map((c) => c.text)
+    : [];
+  return texts.length ? texts.join('\n') : JSON.stringify(result);
+}
+
+function isErrorResult(result) {
+  const first = result?.content?.[0]?.text;
+  return (typeof first === 'string' && first.startsWith('❌')) || result?.details?.mesh?.error != null;
+}
+
+function formatPairings(pairings) {
+  if (!pairings.length) return 'No pairings.';
+  const rows = pairings.map((p) => [
+    p.name,
+    p.phase,
+    `slots ${p.slots_used}/${p.slots_max}`,
+    (p.capabilities ?? []).join(',') || '-',
+    `expires ${Number.isFinite(p.expires_ms) ? new Date(p.expires_ms).toISOString().replace(/\.\d+Z$/, 'Z') : '?'}`,
+    p.bound_did ?? '-',
+  ]);
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('  ')).join('\n');
+}
+
+/** Run a pairing tool: on the running cluster's controller, else on its state directory. */
+async function pairTool(run, { log, createNodeImpl }) {
+  const p = clusterPaths(run.dir);
+  try {
+    return { result: await controlCall(p.sock, run.tool, run.args), via: 'cluster' };
+  } catch (e) {
+    if (!(e instanceof NoControlSocket)) throw new ClusterError(`${e.message}; is the cluster healthy? (kars-mesh cluster status${dirFlag(run.dir)})`, 3);
+  }
+  // No cluster runs: open the controller's state directory (no network needed for these tools).
+  if (run.tool !== 'pair_generate' && !fs.existsSync(p.controller)) {
+    throw new ClusterError(`no cluster state in ${run.dir} (${p.controller} does not exist): start one with kars-mesh cluster up${dirFlag(run.dir)}`, 1);
+  }
+  const cfg = clusterConfig(run.dir);
+  const { createNode } = createNodeImpl ? { createNode: createNodeImpl } : await import('./node-host.js');
+  fs.mkdirSync(run.dir, { recursive: true, mode: 0o700 });
+  let node;
+  try {
+    node = await createNode({
+      stateDir: p.controller,
+      relayUrl: urlFor(cfg.relayPort),
+      registryUrl: urlFor(cfg.registryPort),
+      name: `${cfg.name}-controller`,
+      role: 'controller',
+      clusterName: cfg.name,
+      log,
+    });
+  } catch (e) {
+    if (e?.name === 'StateDirError') {
+      throw new ClusterError(`${e.message}\n(a cluster may be starting or stopping in ${run.dir}; check kars-mesh cluster status${dirFlag(run.dir)} and retry)`, 3);
+    }
+    throw new ClusterError(`cannot open the controller in ${p.controller}: ${e?.message ?? e}`, 3);
+  }
+  try {
+    return { result: await node.callTool(run.tool, run.args, { timeoutMs: 30_000 }), via: 'state dir' };
+  } finally {
+    await node.stop();
+  }
+}
+
+/**
+ * Run an operator command. Returns the exit code.
+ * @param {string[]} argv  starting with "cluster" or "pair"
+ */
+export async function mainOperator(argv, { out, err, env = process.env, signal, createNodeImpl }) {
+  let p;
+  try {
+    p = planOperator(argv, env);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    err(`kars-mesh: ${e.message}`);
+    err(e.spec ? `Usage: ${e.spec.usage}\n\n${e.spec.help}` : operatorUsage(argv[0]));
+    return EXIT.USAGE;
+  }
+  if (p.help) {
+    out(p.help);
+    return EXIT.OK;
+  }
+  const run = p.run;
+  const log = (level, message) => {
+    if (run.verbose || level === 'warn' || level === 'error') err(`kars-mesh ${level}: ${message}`);
+  };
+  try {
+    if (run.group === 'cluster') {
+      if (run.sub === 'up') {
+        if (run.detach) return await detachCluster(run.passArgs, { dir: run.dir, out, err, signal, env });
+        return await runCluster(
+          {
+            dir: run.dir,
+            relayPort: run.relayPort,
+            registryPort: run.registryPort,
+            name: run.name,
+            exec: run.exec,
+            verbose: run.verbose,
+            mode: env.KARS_MESH_CLUSTER_DETACHED === '1' ? 'detached' : 'foreground',
+          },
+          { out, err, signal, env, createNodeImpl },
+        );
+      }
+      if (run.sub === 'down') {
+        const r = await clusterDown(run.dir);
+        out(r.lines.join('\n'));
+        if (r.running) out(`✅ cluster in ${run.dir} stopped (pairings and identity are kept there)`);
+        return EXIT.OK;
+      }
+      const s = await clusterStatus(run.dir);
+      if (run.json) out(JSON.stringify(s.state ?? null, null, 2));
+      else out(s.lines.join('\n'));
+      return s.running && s.healthy ? EXIT.OK : EXIT.UNREACHABLE;
+    }
+
+    const { result } = await pairTool(run, { log, createNodeImpl });
+    const failed = isErrorResult(result);
+    if (run.json) out(JSON.stringify(result, null, 2));
+    else if (failed) err(resultText(result));
+    else if (run.tool === 'pair_list') out(formatPairings(result?.details?.mesh?.pairings ?? []));
+    else out(resultText(result));
+    if (!failed && run.tool === 'pair_generate' && !run.json) {
+      err(`On the client: kars-mesh pair-with <token>   (or the mesh_pair tool with {"token": "<token>"})`);
+    }
+    return failed ? EXIT.ERROR : EXIT.OK;
+  } catch (e) {
+    if (e instanceof ClusterError) {
+      err(`kars-mesh: ${e.message}`);
+      return e.exitCode;
+    }
+    throw e;
+  }
+}
