@@ -109,6 +109,54 @@ Examples:
       return a;
     },
   },
+  offload: {
+    tool: 'cloud_offload',
+    usage: 'kars-mesh offload <task> [--file PATH]... [--timeout MINUTES] [--model NAME] [--force] [--no-follow]',
+    synopsis: 'offload <task> [--file PATH]...',
+    summary: 'run a task in a sandbox of the paired cluster and wait for the result',
+    help: `Delegate a task to a sandbox of the cluster this agent is paired with
+(pair first with \`kars-mesh pair-with\`). Input files travel end-to-end
+encrypted to the sandbox; outputs come back into the private directory
+<state>/files/incoming/<request>/. The phases are printed as they happen,
+until the offload is done (exit 0) or fails (exit 1). Ctrl-C stops watching
+only: the offload goes on; \`kars-mesh offload-status --wait 600\` picks it up.
+  --file PATH      an input file (repeat for more; at most 10, 30 MiB each)
+  --timeout N      minutes the sandbox may run (default 30)
+  --model NAME     inference model to ask for
+  --force          run it even if the same task was offloaded in the last 10 minutes
+  --no-follow      print the submission and return`,
+    flags: ['file', 'timeout', 'model', 'force', 'no-follow'],
+    positional: ['task'],
+    args: (pos, f) => {
+      const a = { task: pos.join(' ') };
+      if (f.file) a.files = f.file;
+      if (f.timeout !== undefined) a.timeout_minutes = Number(f.timeout);
+      if (f.model !== undefined) a.model = f.model;
+      if (f.force) a.force = true;
+      return a;
+    },
+    follow: (f) => !f['no-follow'],
+  },
+  'offload-status': {
+    tool: 'offload_status',
+    usage: 'kars-mesh offload-status [--wait SECONDS]',
+    summary: 'show the active offload (with --wait: follow it until it ends)',
+    help: `Show the active offload: phase, events, summary and output files.
+  --wait SECONDS   follow the phases as they happen, for at most SECONDS`,
+    flags: ['wait'],
+    positional: [],
+    args: () => ({}),
+    follow: (f) => f.wait > 0,
+  },
+  'offload-cancel': {
+    tool: 'offload_cancel',
+    usage: 'kars-mesh offload-cancel',
+    summary: 'cancel the active offload (the cluster stops its sandbox)',
+    help: 'Cancel the active offload: the controller stops the sandbox and frees the slot.',
+    flags: [],
+    positional: [],
+    args: () => ({}),
+  },
   'pair-with': {
     tool: 'mesh_pair',
     usage: 'kars-mesh pair-with <token>',
@@ -155,6 +203,11 @@ const FLAGS = {
   from: { value: true },
   limit: { value: true },
   peek: { value: false },
+  file: { value: true, multi: true },
+  timeout: { value: true },
+  model: { value: true },
+  force: { value: false },
+  'no-follow': { value: false },
 };
 const SHORT = { h: 'help', v: 'verbose' };
 
@@ -225,7 +278,8 @@ export function parseArgs(argv) {
         if (i + 1 >= argv.length || argv[i + 1].startsWith('--')) throw new UsageError(`--${name} needs a value`, command);
         value = argv[++i];
       }
-      flags[name] = value;
+      if (spec.multi) (flags[name] ??= []).push(value);
+      else flags[name] = value;
     } else {
       if (value !== undefined) throw new UsageError(`--${name} takes no value`, command);
       flags[name] = true;
@@ -284,8 +338,8 @@ export function plan(argv, env = process.env) {
     const missing = spec.positional.slice(positional.length).map((p) => `<${p}>`).join(' ');
     throw new UsageError(`missing ${missing}`, command);
   }
-  // `send` joins the words of its message; the others take exactly their arguments.
-  if (command !== 'send' && positional.length > spec.positional.length) {
+  // `send` and `offload` join their words; the others take exactly their arguments.
+  if (command !== 'send' && command !== 'offload' && positional.length > spec.positional.length) {
     throw new UsageError(`unexpected argument ${JSON.stringify(positional[spec.positional.length])}`, command);
   }
   if (spec.positional.length && positional.slice(0, spec.positional.length).some((p) => p === '')) {
@@ -294,6 +348,7 @@ export function plan(argv, env = process.env) {
   const parsed = { ...flags };
   if (flags.wait !== undefined) parsed.wait = nonNegative('--wait', flags.wait);
   if (flags.limit !== undefined) parsed.limit = nonNegative('--limit', flags.limit, { integer: true });
+  if (flags.timeout !== undefined) parsed.timeout = nonNegative('--timeout', flags.timeout);
 
   // pair-with: the token says where its cluster is (a flag still wins).
   if (command === 'pair-with' && positional[0] === '-') positional[0] = readStdin();
@@ -319,6 +374,7 @@ export function plan(argv, env = process.env) {
       json: !!flags.json,
       verbose: !!flags.verbose,
       waitSeconds: parsed.wait ?? 0,
+      follow: spec.follow ? spec.follow(parsed) : false,
       node: { stateDir, relayUrl, registryUrl, name: flags.name },
     },
   };
@@ -367,6 +423,40 @@ function resultText(result) {
 function isErrorResult(result) {
   const first = result?.content?.[0]?.text;
   return (typeof first === 'string' && first.startsWith('❌')) || result?.details?.mesh?.error != null;
+}
+
+/**
+ * Print an offload's phases as they happen (each call waits for news; no
+ * polling), then its final snapshot. Exit 0 when done, 1 on error.
+ */
+async function followOffload(node, run, out, signal) {
+  const limitMs = run.tool === 'offload_status' ? run.waitSeconds * 1000 : 24 * 3600 * 1000;
+  const deadline = Date.now() + limitMs;
+  let after = 0;
+  let last;
+  out('');
+  while (Date.now() < deadline) {
+    const wait = Math.max(1, Math.min(60, Math.ceil((deadline - Date.now()) / 1000)));
+    const r = await node.callTool('offload_status', { wait_seconds: wait, after_events: after }, { signal, timeoutMs: (wait + 30) * 1000 });
+    last = r?.details?.mesh;
+    if (!last?.events) break;
+    for (const e of last.events.slice(after)) {
+      out(`  ${new Date(e.at_ms).toISOString().slice(11, 19)}  ${e.phase.padEnd(12)} ${e.text}`);
+    }
+    after = last.events.length;
+    if (last.phase === 'done' || last.phase === 'error') break;
+  }
+  if (!last?.events) return EXIT.OK;
+  if (last.phase !== 'done' && last.phase !== 'error') {
+    out(`\nStill ${last.phase}; follow it with: kars-mesh offload-status --wait 600`);
+    return EXIT.OK;
+  }
+  // The final snapshot (reading it clears the finished offload).
+  const snap = await node.callTool('offload_status', {}, { signal, timeoutMs: 30_000 });
+  out('');
+  out(resultText(snap));
+  for (const f of last.outputs ?? []) out(`  → ${path.join(node.stateDir, 'files', f.path)}`);
+  return last.phase === 'done' ? EXIT.OK : EXIT.TOOL_ERROR;
 }
 
 /**
@@ -454,7 +544,9 @@ export async function main(
     if (run.json) out(JSON.stringify(result, null, 2));
     else if (failed) err(resultText(result));
     else out(resultText(result));
-    if (!failed) code = EXIT.OK;
+    if (!failed && run.follow && result?.details?.mesh?.request_id !== undefined) {
+      code = await followOffload(node, run, out, ctl.signal);
+    } else if (!failed) code = EXIT.OK;
     // A tool error while the host saw the network fail: relay/registry unreachable.
     else code = node.ioFailures > failuresBefore ? EXIT.UNREACHABLE : EXIT.TOOL_ERROR;
   } catch (e) {

@@ -24,6 +24,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startControlServer, listening } from './control.js';
+import { killSandboxes } from './jobs.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const BIN = path.join(ROOT, 'bin', 'kars-mesh');
@@ -511,6 +512,8 @@ export async function runCluster(opts, { out, err, signal, env = process.env, cr
     stopping = true;
     await control?.close().catch(() => {});
     if (controller) await controller.stop().catch(() => {});
+    // Sandboxes outlive a controller restart, not the cluster.
+    await killSandboxes(p.sandboxes).catch(() => {});
     await Promise.allSettled([relay.stop(), registry.stop()]);
     const now = readJson(p.state);
     if (now?.main?.pid === process.pid) fs.rmSync(p.state, { force: true });
@@ -653,6 +656,9 @@ export async function clusterDown(dir, { graceMs = DOWN_GRACE_MS } = {}) {
   // The cluster process stops the controller, then the servers, then removes cluster.json.
   const main = await terminate(st.main, { graceMs });
   lines.push(`cluster process ${st.main?.pid}: ${main}`);
+  // Sandboxes left by a cluster process that was killed outright.
+  const sandboxes = await killSandboxes(p.sandboxes).catch(() => 0);
+  if (sandboxes) lines.push(`stopped ${sandboxes} sandbox process(es)`);
   for (const [what, s] of [['relay', st.relay], ['registry', st.registry]]) {
     if (!s?.process) continue;
     const r = await terminate(s.process, { group: true, graceMs: SERVER_STOP_GRACE_MS });
