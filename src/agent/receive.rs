@@ -413,18 +413,23 @@ impl Agent {
             peer.in_next = peer.in_next.max(s.saturating_add(1));
         }
         if over_quota && !duplicate {
+            self.inbox.counters.refused_over_quota += 1;
             cx.log(LogLevel::Warn, &format!("{from} has {MAX_UNREAD_PER_SENDER} unread messages; refusing more until some are read"));
             self.ack(cx, &id);
             return;
         }
         peer.mark_seen(&id, now, seq);
-        let pairing_msg = !duplicate && !held && self.wants_pairing(&from, &payload);
+        let pairing_msg = !duplicate
+            && !held
+            && self.consumer_for(&from, &payload) == super::route::Consumer::Pairing;
         if duplicate {
             self.stats.duplicates += 1;
             self.release_held(cx, &from);
         } else if pairing_msg {
+            self.inbox.counters.consumed_by_predicate += 1;
             self.release_held(cx, &from);
         } else {
+            self.count_received(cx);
             let n = self.inbox.next_n();
             let entry = Entry {
                 id: id.clone(),
@@ -456,6 +461,13 @@ impl Agent {
         }
         self.after_decrypt(cx, &from, how);
         self.wake_waiters(cx);
+    }
+
+    fn count_received(&mut self, cx: &mut Cx<'_>) {
+        let now = cx.now();
+        let c = &mut self.inbox.counters;
+        c.received_total += 1;
+        c.last_received_at = Some(crate::wire::time::format_millis(now));
     }
 
     pub(super) fn hold_early(&mut self, cx: &mut Cx<'_>, from: &str, v: &Value, now: u64) {
@@ -611,6 +623,7 @@ impl Agent {
             }
         };
         peer.mark_seen(id, now, None);
+        self.count_received(cx);
         let n = self.inbox.next_n();
         let ts = v["ts"].as_str().map(|s| s.chars().take(40).collect());
         let entry = Entry {
