@@ -78,8 +78,9 @@ Examples:
     usage: 'kars-mesh inbox [--wait SECONDS] [--from DID] [--limit N] [--peek]',
     synopsis: 'inbox [--wait SECONDS]',
     summary: 'read received messages',
-    help: `Read received messages (they are marked read unless --peek).
-  --wait SECONDS   if nothing is unread, wait up to SECONDS for a message
+    help: `Read unread messages. They are printed first and marked read afterwards
+(by id), unless --peek, so an interrupted command never loses one.
+  --wait SECONDS   if nothing is unread, wait up to SECONDS (at most 300)
   --from DID       only messages from this agent
   --limit N        at most N messages
   --peek           do not mark them read`,
@@ -375,6 +376,8 @@ export function plan(argv, env = process.env) {
       verbose: !!flags.verbose,
       waitSeconds: parsed.wait ?? 0,
       follow: spec.follow ? spec.follow(parsed) : false,
+      // inbox: mark exactly the printed entries read, after printing them.
+      markAfter: command === 'inbox' && !flags.peek,
       node: { stateDir, relayUrl, registryUrl, name: flags.name },
     },
   };
@@ -544,6 +547,12 @@ export async function main(
     if (run.json) out(JSON.stringify(result, null, 2));
     else if (failed) err(resultText(result));
     else out(resultText(result));
+    const shown = result?.details?.mesh?.messages;
+    if (!failed && run.markAfter && Array.isArray(shown) && shown.length) {
+      const ids = shown.map((m) => m.id);
+      const marked = await node.callTool(run.tool, { ids, mark_read: true }, { signal: ctl.signal, timeoutMs: CALL_TIMEOUT_MS });
+      if (isErrorResult(marked)) err(`kars-mesh: the messages above stay unread: ${resultText(marked)}`);
+    }
     if (!failed && run.follow && result?.details?.mesh?.request_id !== undefined) {
       code = await followOffload(node, run, out, ctl.signal);
     } else if (!failed) code = EXIT.OK;

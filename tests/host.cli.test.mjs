@@ -227,6 +227,16 @@ test('exit codes: 0 ok, 1 tool error, 3 tool error with unreachable relay/regist
   assert.equal(r.code, EXIT.UNREACHABLE);
   assert.match(r.stderr, /in use by process 1/);
 
+  // inbox prints first, then marks exactly the printed entries read.
+  const inboxResult = { content: [{ type: 'text', text: '📬 1 of 1 message(s) (1 unread):' }], details: { mesh: { messages: [{ id: 'm1' }] } } };
+  n = fakeNode({ result: inboxResult });
+  r = await mainWith(n, ['inbox']);
+  assert.equal(r.code, EXIT.OK);
+  assert.deepEqual(n.calls, [{ tool: 'mesh_inbox', args: {} }, { tool: 'mesh_inbox', args: { ids: ['m1'], mark_read: true } }]);
+  n = fakeNode({ result: inboxResult });
+  r = await mainWith(n, ['inbox', '--peek']);
+  assert.deepEqual(n.calls, [{ tool: 'mesh_inbox', args: { peek: true } }]);
+
   n = fakeNode({ hang: true });
   const ctl = new AbortController();
   setTimeout(() => ctl.abort(new Error('SIGINT')), 20);

@@ -89,7 +89,7 @@ async function receive(pred, timeoutMs = T, desc = String(pred)) {
     if (left <= 0) {
       throw new Error(`no inbox message matching ${desc} within ${timeoutMs} ms; unmatched: ${JSON.stringify(unmatched)}`);
     }
-    const r = await ours.callTool('mesh_inbox', { wait_seconds: Math.max(0.1, left / 1000) }, { timeoutMs: left + 5000 });
+    const r = await ours.callTool('mesh_inbox', { wait_seconds: Math.max(0.1, left / 1000), mark_read: true, limit: 100 }, { timeoutMs: left + 5000 });
     assert.ok(!r.content[0].text.startsWith('❌'), `mesh_inbox failed: ${r.content[0].text}`);
     unmatched.push(...r.details.mesh.messages);
   }

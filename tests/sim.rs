@@ -358,10 +358,10 @@ fn run_exchange(seed: u64, cfg: &ExchangeCfg) -> (World, Vec<String>, String) {
                 flows[1].send_next(&mut w);
             }
             8 => {
-                w.call(a, "mesh_inbox", json!({"limit": 500}));
+                w.call(a, "mesh_inbox", json!({"limit": 500, "mark_read": true}));
             }
             9 => {
-                w.call(b, "mesh_inbox", json!({"limit": 500}));
+                w.call(b, "mesh_inbox", json!({"limit": 500, "mark_read": true}));
             }
             _ => {}
         }
@@ -841,7 +841,10 @@ fn bundle_with_bad_spk_signature_is_refused() {
         json!({"to": bd, "message": "hello again"}),
         10_000,
     );
-    assert!(World::call_text(&r).starts_with('✅'), "{r}");
+    assert!(
+        World::call_text(&r).starts_with("✓ Message sent to "),
+        "{r}"
+    );
     w.run_for(3_000);
     let got = w.read_inbox(b);
     assert_eq!(got.len(), 1, "{got:?}");
@@ -915,7 +918,7 @@ fn registry_restart(seed: u64, mode: UnknownHeartbeat) {
         json!({"to": ad, "message": "before"}),
         10_000,
     );
-    assert!(World::call_text(&r).starts_with('✅'));
+    assert!(World::call_text(&r).starts_with("✓ Message sent to "));
     w.run_for(2_000);
     assert_eq!(w.read_inbox(a).len(), 1);
     let hb_before = w.registry.requests.len();
@@ -951,7 +954,10 @@ fn registry_restart(seed: u64, mode: UnknownHeartbeat) {
         json!({"to": ad, "message": "hi from dave"}),
         10_000,
     );
-    assert!(World::call_text(&r).starts_with('✅'), "{r}");
+    assert!(
+        World::call_text(&r).starts_with("✓ Message sent to "),
+        "{r}"
+    );
     let knock = w.wire_frames(d, "knock", &ad);
     assert!(
         knock[0]["establishment"].get("otk").is_some(),
@@ -1266,7 +1272,7 @@ fn sweep_run(seed: u64, target: Target, k: usize) -> Option<(Vec<String>, String
     w.run_for(3_000);
     for i in [a, b] {
         if w.agents[i].up() {
-            w.call(i, "mesh_inbox", json!({"limit": 500}));
+            w.call(i, "mesh_inbox", json!({"limit": 500, "mark_read": true}));
         }
     }
     w.run_for(2_000);
@@ -1282,7 +1288,7 @@ fn sweep_run(seed: u64, target: Target, k: usize) -> Option<(Vec<String>, String
     }
     ab.send_next(&mut w);
     w.run_for(3_000);
-    w.call(b, "mesh_inbox", json!({"limit": 500}));
+    w.call(b, "mesh_inbox", json!({"limit": 500, "mark_read": true}));
     w.run_for(3_000);
     // Phase 3: more traffic both ways, then heal.
     ab.send_next(&mut w);

@@ -56,10 +56,32 @@ impl Entry {
     }
 }
 
+/// Lifecycle counters since the engine started, for the `mesh_inbox`
+/// diagnostics block: they tell "never received" apart from "taken by
+/// another consumer" and "already read".
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Counters {
+    /// New entries put in the inbox (not redeliveries).
+    pub received_total: u64,
+    /// Always 0: waiters here never take a message out of the inbox.
+    pub consumed_by_waiter: u64,
+    /// Messages routed to another consumer (pairing) instead of the inbox.
+    pub consumed_by_predicate: u64,
+    /// Read entries erased by the retention limit (never unread ones).
+    pub fifo_dropped: u64,
+    /// Messages refused because their sender had too many unread.
+    pub refused_over_quota: u64,
+    /// Entries marked read.
+    pub read_total: u64,
+    pub last_received_at: Option<String>,
+    pub last_read_at: Option<String>,
+}
+
 #[derive(Default)]
 pub struct Inbox {
     entries: BTreeMap<u64, Entry>,
     next_n: u64,
+    pub counters: Counters,
 }
 
 impl Inbox {
@@ -165,6 +187,7 @@ impl Inbox {
             return Vec::new();
         }
         let cut = read.len() - KEEP_READ;
+        self.counters.fifo_dropped += cut as u64;
         read[..cut]
             .iter()
             .filter_map(|n| self.entries.remove(n))
@@ -174,6 +197,15 @@ impl Inbox {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Deliverable (not held) entries in arrival order, read or not.
+    pub fn deliverable(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values().filter(|e| !e.held)
+    }
+
+    pub fn read_count(&self) -> usize {
+        self.entries.values().filter(|e| e.read && !e.held).count()
     }
 
     pub fn is_empty(&self) -> bool {

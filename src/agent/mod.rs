@@ -3,11 +3,17 @@
 //! Every state change is emitted as a `Store` before the frame or ack that
 //! depends on it.
 
+mod address;
+mod args;
+mod await_tool;
 pub mod controller;
+mod discover;
 pub mod inbox;
+mod inbox_tool;
 pub mod offload;
 pub mod pairing;
 mod receive;
+mod route;
 pub mod sandbox;
 mod send;
 mod tools;
@@ -136,7 +142,13 @@ enum Purpose {
     },
     Discover {
         call_id: String,
-        capability: String,
+        capability: Option<String>,
+        limit: u64,
+    },
+    /// A name a waiting `mesh_await` must bind to a DID.
+    AwaitResolve {
+        call_id: String,
+        key: String,
     },
     Resolve {
         call_id: String,
@@ -165,12 +177,30 @@ struct Queued {
     payload: Value,
 }
 
-struct Waiter {
-    call_id: String,
-    timer: u64,
-    from: Option<String>,
-    limit: usize,
-    peek: bool,
+/// A tool call left pending until the inbox changes or its timer fires.
+enum Waiter {
+    Inbox {
+        call_id: String,
+        timer: u64,
+        since_ms: u64,
+        query: inbox_tool::InboxQuery,
+    },
+    Await(await_tool::AwaitWait),
+}
+
+impl Waiter {
+    fn call_id(&self) -> &str {
+        match self {
+            Waiter::Inbox { call_id, .. } => call_id,
+            Waiter::Await(w) => &w.call_id,
+        }
+    }
+    fn timer(&self) -> u64 {
+        match self {
+            Waiter::Inbox { timer, .. } => *timer,
+            Waiter::Await(w) => w.timer,
+        }
+    }
 }
 
 /// Context of one engine call: the host and the commands produced so far.
@@ -211,6 +241,10 @@ pub struct Agent {
     offloads: offload::ClientOffloads,
     ctl: controller::CtlOffloads,
     sandbox: Option<sandbox::SandboxState>,
+    /// How a mesh_send call's target is shown once sent ("name (did…)").
+    send_labels: HashMap<String, String>,
+    /// When this engine started (the inbox counters count from here).
+    started_at: String,
     pub stats: Stats,
 }
 
@@ -359,6 +393,8 @@ impl Agent {
             offloads: Default::default(),
             ctl: Default::default(),
             sandbox: None,
+            send_labels: HashMap::new(),
+            started_at: time::format_millis(now),
             stats: Stats::default(),
         };
         for did in fast_forwarded {
@@ -673,35 +709,27 @@ impl Agent {
             Purpose::Discover {
                 call_id,
                 capability,
-            } => tools::discover_answer(self, cx, &call_id, &capability, ok, body, &problem),
+                limit,
+            } => discover::answer(
+                self,
+                cx,
+                &call_id,
+                capability.as_deref(),
+                limit,
+                ok,
+                body,
+                &problem,
+            ),
+            Purpose::AwaitResolve { call_id, key } => {
+                await_tool::on_resolved(self, cx, &call_id, &key, ok, body, &problem)
+            }
             Purpose::Resolve {
                 call_id,
                 name,
                 payload,
                 key,
             } => {
-                let found = if ok {
-                    reg::parse_discover(body).unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
-                match found.as_slice() {
-                    [one] => {
-                        let did = one.did.clone();
-                        self.send_payload(cx, &did, payload, Some(call_id), key);
-                    }
-                    [] if ok => tools::fail(cx, &call_id, &format!("No agent is registered under the name {name:?}. Use discover to look it up, or pass its did:mesh: DID.")),
-                    [] => tools::fail(cx, &call_id, &format!("Could not look up {name:?}: {problem}")),
-                    many => tools::fail(
-                        cx,
-                        &call_id,
-                        &format!(
-                            "{} agents are registered under the name {name:?} ({}); names are not unique, pass the DID of the one you mean.",
-                            many.len(),
-                            many.iter().map(|d| d.did.as_str()).collect::<Vec<_>>().join(", ")
-                        ),
-                    ),
-                }
+                tools::on_send_resolved(self, cx, call_id, &name, payload, key, ok, body, &problem)
             }
         }
     }
@@ -828,9 +856,9 @@ impl Agent {
                     || self.offload_timer(cx, other)
                     || self.sandbox_timer(cx, other)
                 {
-                } else if let Some(pos) = self.waiters.iter().position(|w| w.timer == other) {
+                } else if let Some(pos) = self.waiters.iter().position(|w| w.timer() == other) {
                     let w = self.waiters.remove(pos);
-                    self.answer_waiter(cx, &w, true);
+                    self.answer_waiter(cx, w, true);
                 }
             }
         }
@@ -906,44 +934,56 @@ impl Agent {
         Some((from, id))
     }
 
+    /// Answer every waiting tool call the inbox now satisfies. Called after
+    /// each change that can satisfy one (a message delivered, a name bound).
     fn wake_waiters(&mut self, cx: &mut Cx<'_>) {
         let mut i = 0;
         while i < self.waiters.len() {
-            let w = &self.waiters[i];
-            if !self.inbox.unread(w.from.as_deref()).is_empty() {
+            let ready = match &self.waiters[i] {
+                Waiter::Inbox { query, .. } => !query.visible(self).is_empty(),
+                Waiter::Await(w) => await_tool::complete(self, w),
+            };
+            if ready {
                 let w = self.waiters.remove(i);
-                cx.out.push(Command::TimerCancel(w.timer));
-                self.answer_waiter(cx, &w, false);
+                cx.out.push(Command::TimerCancel(w.timer()));
+                self.answer_waiter(cx, w, false);
             } else {
                 i += 1;
             }
         }
     }
 
-    fn answer_waiter(&mut self, cx: &mut Cx<'_>, w: &Waiter, timed_out: bool) {
-        tools::inbox_answer(
-            self,
-            cx,
-            &w.call_id,
-            w.from.as_deref(),
-            w.limit,
-            w.peek,
-            timed_out,
-        );
+    fn answer_waiter(&mut self, cx: &mut Cx<'_>, w: Waiter, timed_out: bool) {
+        match w {
+            Waiter::Inbox {
+                call_id,
+                since_ms,
+                query,
+                ..
+            } => {
+                let waited = timed_out.then(|| cx.now().saturating_sub(since_ms));
+                inbox_tool::answer(self, cx, &call_id, &query, waited);
+            }
+            Waiter::Await(w) => await_tool::answer(self, cx, &w),
+        }
     }
 
     pub fn on_abort(&mut self, cx: &mut Cx<'_>, call_id: &str) {
-        if let Some(pos) = self.waiters.iter().position(|w| w.call_id == call_id) {
+        if let Some(pos) = self.waiters.iter().position(|w| w.call_id() == call_id) {
             let w = self.waiters.remove(pos);
-            cx.out.push(Command::TimerCancel(w.timer));
-            tools::fail(cx, call_id, "Cancelled.");
+            cx.out.push(Command::TimerCancel(w.timer()));
+            tools::fail(
+                cx,
+                call_id,
+                "Cancelled: the caller aborted the wait. Nothing was marked read.",
+            );
         }
     }
 
     pub fn on_stop(&mut self, cx: &mut Cx<'_>) {
         for w in std::mem::take(&mut self.waiters) {
-            cx.out.push(Command::TimerCancel(w.timer));
-            self.answer_waiter(cx, &w, true);
+            cx.out.push(Command::TimerCancel(w.timer()));
+            self.answer_waiter(cx, w, true);
         }
         self.flush_receipts(cx);
         if let Some(socket) = self.link.open_socket() {
@@ -965,17 +1005,6 @@ impl Agent {
             cx.out.push(Command::TimerCancel(t));
         }
         self.link.state = LinkState::Replaced;
-    }
-
-    /// Is this payload for the pairing, offload or sandbox machinery (and so
-    /// not for the inbox)? Each message has exactly one consumer.
-    fn wants_pairing(&self, from: &str, payload: &Value) -> bool {
-        match payload["type"].as_str() {
-            _ if self.is_sandbox() => true,
-            Some("pair_request") => self.is_controller(),
-            Some("pair_response") => self.pair_waits.iter().any(|w| w.controller == from),
-            _ => self.wants_offload_controller(payload) || self.wants_offload_client(from, payload),
-        }
     }
 
     /// Hand a consumed protocol payload to its owner.

@@ -413,18 +413,23 @@ impl Agent {
             peer.in_next = peer.in_next.max(s.saturating_add(1));
         }
         if over_quota && !duplicate {
+            self.inbox.counters.refused_over_quota += 1;
             cx.log(LogLevel::Warn, &format!("{from} has {MAX_UNREAD_PER_SENDER} unread messages; refusing more until some are read"));
             self.ack(cx, &id);
             return;
         }
         peer.mark_seen(&id, now, seq);
-        let pairing_msg = !duplicate && !held && self.wants_pairing(&from, &payload);
+        let pairing_msg = !duplicate
+            && !held
+            && self.consumer_for(&from, &payload) == super::route::Consumer::Pairing;
         if duplicate {
             self.stats.duplicates += 1;
             self.release_held(cx, &from);
         } else if pairing_msg {
+            self.inbox.counters.consumed_by_predicate += 1;
             self.release_held(cx, &from);
         } else {
+            self.count_received(cx);
             let n = self.inbox.next_n();
             let entry = Entry {
                 id: id.clone(),
@@ -457,6 +462,13 @@ impl Agent {
         }
         self.after_decrypt(cx, &from, how);
         self.wake_waiters(cx);
+    }
+
+    fn count_received(&mut self, cx: &mut Cx<'_>) {
+        let now = cx.now();
+        let c = &mut self.inbox.counters;
+        c.received_total += 1;
+        c.last_received_at = Some(crate::wire::time::format_millis(now));
     }
 
     pub(super) fn hold_early(&mut self, cx: &mut Cx<'_>, from: &str, v: &Value, now: u64) {
@@ -505,7 +517,17 @@ impl Agent {
         peer.in_next = next;
         for n in released {
             let fresh = self.inbox.next_n();
-            if let Some(e) = self.inbox.release(n, fresh).cloned() {
+            let Some(e) = self.inbox.release(n, fresh).cloned() else {
+                continue;
+            };
+            // A protocol message that had to wait for an earlier one goes to
+            // its consumer now, not to the inbox.
+            if self.consumer_for(&e.from, &e.payload) == super::route::Consumer::Pairing {
+                if let Some(gone) = self.inbox.remove(fresh) {
+                    cx.out.push(Command::Erase(gone.storage_key()));
+                }
+                self.intercept(cx, &e.from, &e.payload);
+            } else {
                 self.save_entry(cx, &e);
             }
         }
@@ -612,12 +634,13 @@ impl Agent {
             }
         };
         peer.mark_seen(id, now, None);
-        if self.wants_pairing(from, &payload) {
+        if self.consumer_for(from, &payload) == super::route::Consumer::Pairing {
             self.save_peer(cx, from);
             self.intercept(cx, from, &payload);
             self.ack(cx, id);
             return;
         }
+        self.count_received(cx);
         let n = self.inbox.next_n();
         let ts = v["ts"].as_str().map(|s| s.chars().take(40).collect());
         let entry = Entry {

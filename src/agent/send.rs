@@ -30,12 +30,11 @@ impl Agent {
         if let (Some(k), Some(c)) = (&key, &call_id) {
             if let Some(fid) = self.peers.get(to).and_then(|p| p.sent_key(k)) {
                 let fid = fid.to_string();
-                return tools::ok(
+                return tools::send_done(
+                    self,
                     cx,
                     c,
-                    &format!(
-                        "✅ Already sent to {to} (idempotency key seen before); not sent again"
-                    ),
+                    to,
                     json!({"to": to, "id": fid, "session": "existing", "queued": false, "duplicate": true}),
                 );
             }
@@ -89,18 +88,19 @@ impl Agent {
             }
             return;
         }
-        let fail_all = |cx: &mut Cx<'_>, msg: &str, queued: Vec<Queued>| {
+        let fail_all = |agent: &mut Agent, cx: &mut Cx<'_>, msg: &str, queued: Vec<Queued>| {
             for q in queued {
                 if let Some(c) = q.call_id {
-                    tools::fail(cx, &c, msg);
+                    tools::send_failed(agent, cx, &c, msg);
                 }
             }
         };
         if status == Some(404) {
-            return fail_all(cx, &format!("{peer_did} has no prekey bundle in the registry: it is not registered, or the registry restarted and the agent has not come back yet. Check the DID or try again later."), queued);
+            return fail_all(self, cx, &format!("{peer_did} has no prekey bundle in the registry: it is not registered, or the registry restarted and the agent has not come back yet. Check the DID or try again later."), queued);
         }
         if !status.is_some_and(|s| (200..300).contains(&s)) {
             return fail_all(
+                self,
                 cx,
                 &format!("Could not fetch the prekey bundle of {peer_did}: {problem}"),
                 queued,
@@ -114,6 +114,7 @@ impl Agent {
             Ok(b) => b,
             Err(e) => {
                 return fail_all(
+                    self,
                     cx,
                     &format!("Refusing the prekey bundle of {peer_did}: {e}"),
                     queued,
@@ -124,6 +125,7 @@ impl Agent {
             Ok(r) => r,
             Err(e) => {
                 return fail_all(
+                    self,
                     cx,
                     &format!("Key agreement with {peer_did} failed: {e}"),
                     queued,
@@ -140,6 +142,7 @@ impl Agent {
             Ok(r) => r,
             Err(e) => {
                 return fail_all(
+                    self,
                     cx,
                     &format!("Key agreement with {peer_did} failed: {e}"),
                     queued,
@@ -311,26 +314,15 @@ impl Agent {
                     } else {
                         "existing"
                     };
-                    let text = if sent_now {
-                        format!(
-                            "✅ Sent to {to} (end-to-end encrypted{})",
-                            if sealed.new_session {
-                                ", new session"
-                            } else {
-                                ""
-                            }
-                        )
-                    } else {
-                        format!("✅ Queued for {to} (end-to-end encrypted); the relay is not reachable right now, it will go out when the link is back")
-                    };
-                    tools::ok(
+                    tools::send_done(
+                        self,
                         cx,
                         &c,
-                        &text,
+                        to,
                         json!({"to": to, "id": sealed.frame_id, "session": kind, "queued": !sent_now}),
                     );
                 }
-                Err(e) => tools::fail(cx, &c, &e),
+                Err(e) => tools::send_failed(self, cx, &c, &e),
             }
         }
     }

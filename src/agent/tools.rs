@@ -1,14 +1,18 @@
 //! Tool calls the engine answers, and the texts and `details` they return.
-//! Every result is `{content:[{type:"text",text}], details:{mesh:{...}}}`.
+//! Every result is `{content:[{type:"text",text}], details:{mesh:{...}}}`:
+//! the original plugin's text in `content[0].text`, structured data under
+//! `details.mesh` (the host reserves `status`, `ok`, `error`, … at the top of
+//! `details`). Every tool validates its arguments before changing anything.
 
-use super::{Agent, Cx, Purpose, Waiter};
-use crate::crypto::identity::is_mesh_did;
+use super::address::{classify, short_did, Address};
+use super::args::{self, ArgError};
+use super::{await_tool, discover, inbox_tool, Agent, Cx, Purpose};
 use crate::engine::Command;
 use crate::mesh::registry as reg;
 use serde_json::{json, Value};
 
-/// Longest `mesh_inbox` wait.
-pub(super) const MAX_WAIT_SECONDS: f64 = 3600.0;
+/// Longest idempotency key.
+const MAX_KEY_CHARS: usize = 128;
 
 pub(super) fn result(text: &str, details: Value) -> String {
     json!({"content": [{"type": "text", "text": text}], "details": {"mesh": details}}).to_string()
@@ -21,25 +25,230 @@ pub(super) fn ok(cx: &mut Cx<'_>, call_id: &str, text: &str, details: Value) {
     });
 }
 
+/// An error whose text is `❌ ` + `msg`.
 pub(super) fn fail(cx: &mut Cx<'_>, call_id: &str, msg: &str) {
+    fail_text(cx, call_id, &format!("❌ {msg}"));
+}
+
+/// An error with a complete text (it starts with ❌).
+pub(super) fn fail_text(cx: &mut Cx<'_>, call_id: &str, text: &str) {
+    let msg = text.trim_start_matches("❌").trim_start();
     cx.out.push(Command::ToolResult {
         call_id: call_id.to_string(),
-        result_json: result(&format!("❌ {msg}"), json!({"error": msg})),
+        result_json: result(text, json!({"error": msg})),
     });
 }
 
-fn arg_str<'a>(args: &'a Value, names: &[&str]) -> Option<&'a str> {
-    names
-        .iter()
-        .find_map(|n| args.get(*n).and_then(|v| v.as_str()))
+/// A mesh_send that failed after its arguments were accepted.
+pub(super) fn send_failed(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, msg: &str) {
+    agent.send_labels.remove(call_id);
+    fail(cx, call_id, &format!("Send failed: {msg}"));
+}
+
+/// A mesh_send that was committed (or recognised as a repeat).
+pub(super) fn send_done(
+    agent: &mut Agent,
+    cx: &mut Cx<'_>,
+    call_id: &str,
+    to: &str,
+    details: Value,
+) {
+    let target = agent
+        .send_labels
+        .remove(call_id)
+        .unwrap_or_else(|| to.to_string());
+    let text = if details["duplicate"] == json!(true) {
+        format!("✓ Message already sent to {target} (E2E encrypted) with this idempotency_key; not sent again")
+    } else if details["queued"] == json!(true) {
+        format!("✓ Message queued for {target} (E2E encrypted); the relay is not reachable right now, it goes out when the link is back")
+    } else {
+        format!("✓ Message sent to {target} (E2E encrypted)")
+    };
+    ok(cx, call_id, &text, details);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SendArgError {
+    #[error(
+        "❌ mesh_send requires `to` (AMID or agent name). Use `discover` to list known agents."
+    )]
+    NoTarget,
+    #[error("❌ mesh_send requires `message` content.")]
+    NoMessage,
+    #[error("❌ mesh_send: {0} Pass `to` (an agent name or did:mesh: DID) and `message` (text).")]
+    Arg(#[from] ArgError),
+    #[error("❌ mesh_send: `message` must be text or a JSON object.")]
+    MessageType,
+    #[error("❌ mesh_send: `idempotency_key` must be a non-empty string of at most {MAX_KEY_CHARS} characters.")]
+    Key,
+    #[error("❌ mesh_send: `to` is not usable: {0}. Pass an agent name or a did:mesh: DID; use `discover` to list known agents.")]
+    BadTarget(super::address::InvalidAddress),
+    #[error("❌ mesh_send: `to` is a base58 AMID, which the relay cannot route. Send to the agent's DID ({0}) or its registered name instead.")]
+    Amid(String),
+    #[error("❌ mesh_send: `to` is this agent's own DID; pass another agent's DID or name.")]
+    SelfTarget,
+}
+
+fn send_args(agent: &Agent, a: &Value) -> Result<(Address, Value, Option<String>), SendArgError> {
+    let to = args::string(
+        a,
+        &["to", "to_amid", "to_agent", "target", "amid", "recipient"],
+        256,
+    )?
+    .filter(|s| !s.is_empty())
+    .ok_or(SendArgError::NoTarget)?;
+    let payload = match args::first(a, &["message", "content", "body", "text"]) {
+        None => return Err(SendArgError::NoMessage),
+        Some((_, Value::String(s))) if s.trim().is_empty() => return Err(SendArgError::NoMessage),
+        Some((_, Value::String(s))) => json!({"type": "message", "content": s}),
+        Some((_, Value::Object(o))) if o.is_empty() => return Err(SendArgError::NoMessage),
+        Some((_, Value::Object(o))) => Value::Object(o.clone()),
+        Some(_) => return Err(SendArgError::MessageType),
+    };
+    let key = match a.get("idempotency_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) if !k.is_empty() && k.chars().count() <= MAX_KEY_CHARS => {
+            Some(k.clone())
+        }
+        Some(_) => return Err(SendArgError::Key),
+    };
+    let addr = classify(to);
+    match &addr {
+        Address::Invalid(e) => return Err(SendArgError::BadTarget(*e)),
+        Address::Amid { did } => return Err(SendArgError::Amid(did.clone())),
+        Address::Did(d) if d == agent.did() => return Err(SendArgError::SelfTarget),
+        _ => {}
+    }
+    Ok((addr, payload, key))
+}
+
+fn mesh_send(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
+    let (addr, payload, key) = match send_args(agent, a) {
+        Ok(p) => p,
+        Err(e) => return fail_text(cx, call_id, &e.to_string()),
+    };
+    match addr {
+        Address::Did(did) => agent.send_payload(cx, &did, payload, Some(call_id.to_string()), key),
+        Address::Name(name) => {
+            let path = format!(
+                "/v1/discover?capability={}&limit=5",
+                reg::query_escape(&name)
+            );
+            agent.http(
+                cx,
+                Purpose::Resolve {
+                    call_id: call_id.to_string(),
+                    name,
+                    payload,
+                    key,
+                },
+                "GET",
+                &path,
+                false,
+                None,
+            );
+        }
+        // Refused by send_args.
+        Address::Amid { .. } | Address::Invalid(_) => {}
+    }
+}
+
+/// The registry answered the name lookup of a mesh_send.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn on_send_resolved(
+    agent: &mut Agent,
+    cx: &mut Cx<'_>,
+    call_id: String,
+    name: &str,
+    payload: Value,
+    key: Option<String>,
+    ok_status: bool,
+    body: &[u8],
+    problem: &str,
+) {
+    let shown = args::clip(name, 80);
+    let found = match (ok_status, reg::parse_discover(body)) {
+        (true, Ok(f)) => f,
+        (true, Err(e)) => return send_failed(agent, cx, &call_id, &e),
+        (false, _) => {
+            return send_failed(
+                agent,
+                cx,
+                &call_id,
+                &format!("could not look up {shown:?} in the registry: {problem}"),
+            )
+        }
+    };
+    match found.as_slice() {
+        [one] if one.did == agent.did() => send_failed(
+            agent,
+            cx,
+            &call_id,
+            &format!("{shown:?} is this agent's own name; pass another agent's name or DID."),
+        ),
+        [one] => {
+            let did = one.did.clone();
+            agent
+                .send_labels
+                .insert(call_id.clone(), format!("{name} ({})", short_did(&did)));
+            agent.send_payload(cx, &did, payload, Some(call_id), key);
+        }
+        [] => send_failed(
+            agent,
+            cx,
+            &call_id,
+            &format!("no agent is registered under the name {shown:?}. Use `discover` to list known agents, or pass a did:mesh: DID."),
+        ),
+        many => send_failed(
+            agent,
+            cx,
+            &call_id,
+            &format!(
+                "{} agents are registered under the name {shown:?} ({}); names are not unique, pass the DID of the one you mean.",
+                many.len(),
+                many.iter().map(|d| d.did.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        ),
+    }
+}
+
+fn mesh_inbox(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
+    let q = match inbox_tool::parse(a) {
+        Ok(q) => q,
+        Err(e) => return fail_text(cx, call_id, &e.to_string()),
+    };
+    if q.block && q.visible(agent).is_empty() {
+        // Pending until a message lands (wake_waiters) or the timer fires.
+        let timer = agent.fresh_id();
+        let since_ms = cx.now();
+        cx.out.push(Command::TimerSet {
+            id: timer,
+            at_ms: since_ms + q.timeout_ms,
+        });
+        agent.waiters.push(super::Waiter::Inbox {
+            call_id: call_id.to_string(),
+            timer,
+            since_ms,
+            query: q,
+        });
+    } else {
+        inbox_tool::answer(agent, cx, call_id, &q, None);
+    }
 }
 
 pub(super) fn handle(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, tool: &str, args: &Value) {
+    if !args.is_object() {
+        return fail(
+            cx,
+            call_id,
+            &format!("{tool}: arguments must be a JSON object of named parameters."),
+        );
+    }
     match tool {
         "mesh_identity" => {
             let s = agent.status();
             let text = format!(
-                "DID: {}\nAMID: {}\nRegistered: {}\nRelay: {}",
+                "DID: {}\nAMID: {} (display only; address agents by DID or name)\nRegistered: {}\nRelay: {}",
                 agent.did(),
                 agent.identity().amid(),
                 if agent.registered { "yes" } else { "not yet" },
@@ -53,66 +262,10 @@ pub(super) fn handle(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, tool: &s
             agent.prekeys.set_uploaded(false);
             agent.register(cx);
         }
-        "mesh_send" => {
-            let Some(to) = arg_str(args, &["to", "peer", "did", "recipient"]).map(str::trim) else {
-                return fail(cx, call_id, "mesh_send needs `to`: the recipient's did:mesh: DID or registered name.");
-            };
-            let payload = match args.get("message").or_else(|| args.get("content")).or_else(|| args.get("payload")) {
-                Some(Value::String(s)) if !s.is_empty() => json!({"type": "message", "content": s}),
-                Some(Value::Object(o)) if !o.is_empty() => Value::Object(o.clone()),
-                Some(_) | None => {
-                    return fail(cx, call_id, "mesh_send needs `message`: a non-empty string or JSON object.");
-                }
-            };
-            let key = match args.get("idempotency_key") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(k)) if !k.is_empty() && k.len() <= 128 => Some(k.clone()),
-                Some(_) => return fail(cx, call_id, "idempotency_key must be a non-empty string of at most 128 characters."),
-            };
-            if to == agent.did() {
-                return fail(cx, call_id, "That is this agent's own DID; pass another agent's DID or name.");
-            }
-            if is_mesh_did(to) {
-                agent.send_payload(cx, to, payload, Some(call_id.to_string()), key);
-            } else if to.starts_with("did:") || to.is_empty() || to.len() > 128 || to.contains(char::is_whitespace) {
-                fail(cx, call_id, &format!("{:?} is not a did:mesh: DID (did:mesh: + 32 lowercase hex) or a registered name.", to.chars().take(80).collect::<String>()));
-            } else {
-                let path = format!("/v1/discover?capability={}&limit=5", reg::query_escape(to));
-                agent.http(cx, Purpose::Resolve { call_id: call_id.to_string(), name: to.to_string(), payload, key }, "GET", &path, false, None);
-            }
-        }
-        "mesh_inbox" => {
-            let wait = args.get("wait_seconds").or_else(|| args.get("timeout_seconds")).and_then(|v| v.as_f64()).unwrap_or(0.0);
-            if !(0.0..=MAX_WAIT_SECONDS).contains(&wait) || wait.is_nan() {
-                return fail(cx, call_id, &format!("wait_seconds must be between 0 and {MAX_WAIT_SECONDS}."));
-            }
-            let from = arg_str(args, &["from"]).map(str::to_string);
-            if let Some(f) = &from {
-                if !is_mesh_did(f) {
-                    return fail(cx, call_id, "`from` must be a did:mesh: DID.");
-                }
-            }
-            let limit = args.get("limit").and_then(|v| v.as_u64()).unwrap_or(50).clamp(1, 500) as usize;
-            let peek = args.get("peek").and_then(|v| v.as_bool()).unwrap_or(false);
-            if wait > 0.0 && agent.inbox.unread(from.as_deref()).is_empty() {
-                let timer = agent.fresh_id();
-                let at_ms = cx.now() + (wait * 1000.0) as u64;
-                cx.out.push(Command::TimerSet { id: timer, at_ms });
-                agent.waiters.push(Waiter { call_id: call_id.to_string(), timer, from, limit, peek });
-            } else {
-                inbox_answer(agent, cx, call_id, from.as_deref(), limit, peek, false);
-            }
-        }
-        "discover" => {
-            let cap = arg_str(args, &["capability", "name", "query"]).map(str::trim).filter(|s| !s.is_empty());
-            let limit = args.get("limit").and_then(|v| v.as_u64()).unwrap_or(20).clamp(1, 200);
-            let capability = cap.unwrap_or(super::KARS_CAPABILITY).to_string();
-            if capability.len() > 256 {
-                return fail(cx, call_id, "capability is too long (256 characters at most).");
-            }
-            let path = format!("/v1/discover?capability={}&limit={limit}", reg::query_escape(&capability));
-            agent.http(cx, Purpose::Discover { call_id: call_id.to_string(), capability }, "GET", &path, false, None);
-        }
+        "mesh_send" => mesh_send(agent, cx, call_id, args),
+        "mesh_inbox" => mesh_inbox(agent, cx, call_id, args),
+        "mesh_await" => await_tool::start(agent, cx, call_id, args),
+        "discover" => discover::start(agent, cx, call_id, args),
         "mesh_pair" => agent.start_pairing(cx, call_id, args),
         "cloud_offload" => agent.cloud_offload(cx, call_id, args),
         "offload_status" => agent.offload_status_tool(cx, call_id, args),
@@ -128,142 +281,9 @@ pub(super) fn handle(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, tool: &s
             cx,
             call_id,
             &format!(
-                "unknown tool {:?}; this engine answers mesh_identity, mesh_register, mesh_send, mesh_inbox, discover, mesh_pair (and on a controller pair_generate, pair_list, pair_revoke)",
-                other.chars().take(64).collect::<String>()
+                "unknown tool {:?}; this engine answers mesh_identity, mesh_register, mesh_send, mesh_inbox, mesh_await, discover, mesh_pair (and on a controller pair_generate, pair_list, pair_revoke)",
+                args::clip(other, 64)
             ),
         ),
     }
-}
-
-pub(super) fn inbox_answer(
-    agent: &mut Agent,
-    cx: &mut Cx<'_>,
-    call_id: &str,
-    from: Option<&str>,
-    limit: usize,
-    peek: bool,
-    timed_out: bool,
-) {
-    let mut marked = Vec::new();
-    let picked: Vec<u64> = agent
-        .inbox
-        .unread(from)
-        .iter()
-        .take(limit)
-        .map(|e| e.n)
-        .collect();
-    let mut messages = Vec::new();
-    let mut lines = Vec::new();
-    for n in picked {
-        let entry = if peek {
-            agent
-                .inbox
-                .unread(from)
-                .into_iter()
-                .find(|e| e.n == n)
-                .cloned()
-        } else {
-            agent.inbox.mark_read(n).cloned()
-        };
-        let Some(e) = entry else { continue };
-        if !peek {
-            marked.push(e.clone());
-        }
-        let content = match &e.payload {
-            Value::Object(o) => o.get("content").map(|c| match c {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            }),
-            Value::String(s) => Some(s.clone()),
-            _ => None,
-        }
-        .unwrap_or_else(|| e.payload.to_string());
-        let lock = if e.evidence == super::inbox::Evidence::Encrypted {
-            "🔒"
-        } else {
-            "⚠️ plaintext"
-        };
-        lines.push(format!(
-            "{lock} from {}: {}",
-            e.from,
-            content.chars().take(2000).collect::<String>()
-        ));
-        messages.push(json!({
-            "id": e.id, "from": e.from, "ts": e.ts, "received_at": e.received_at,
-            "evidence": e.evidence, "payload": e.payload,
-        }));
-    }
-    let unread = agent.inbox.unread_count();
-    let text = if messages.is_empty() {
-        if timed_out {
-            "📭 No new messages (waited until the timeout).".to_string()
-        } else {
-            "📭 No new messages.".to_string()
-        }
-    } else {
-        format!("📬 {} message(s):\n{}", messages.len(), lines.join("\n"))
-    };
-    ok(
-        cx,
-        call_id,
-        &text,
-        json!({"messages": messages, "unread": unread, "timed_out": timed_out && messages.is_empty()}),
-    );
-    // Read marks land after the answer: a crash in between shows a message
-    // twice rather than never.
-    for e in marked {
-        agent.save_entry(cx, &e);
-    }
-    for key in agent.inbox.prune() {
-        cx.out.push(Command::Erase(key));
-    }
-}
-
-pub(super) fn discover_answer(
-    agent: &mut Agent,
-    cx: &mut Cx<'_>,
-    call_id: &str,
-    capability: &str,
-    ok_status: bool,
-    body: &[u8],
-    problem: &str,
-) {
-    if !ok_status {
-        return fail(cx, call_id, &format!("Discovery failed: {problem}"));
-    }
-    let found = match reg::parse_discover(body) {
-        Ok(f) => f,
-        Err(e) => return fail(cx, call_id, &e),
-    };
-    let others: Vec<_> = found.into_iter().filter(|d| d.did != agent.did()).collect();
-    let text = if others.is_empty() {
-        format!("No other agents found with capability {capability:?}.")
-    } else {
-        let lines: Vec<String> = others
-            .iter()
-            .map(|d| {
-                format!(
-                    "• {} — {}",
-                    d.did,
-                    d.capabilities
-                        .iter()
-                        .filter(|c| c.as_str() != super::KARS_CAPABILITY)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
-            .collect();
-        format!(
-            "Found {} agent(s) with capability {capability:?}:\n{}",
-            others.len(),
-            lines.join("\n")
-        )
-    };
-    ok(
-        cx,
-        call_id,
-        &text,
-        json!({"capability": capability, "agents": others}),
-    );
 }

@@ -18,7 +18,7 @@
 //   {"req":1,"cmd":"send","to":DID,"text":"..."}          mesh_send (message = text)
 //   {"req":1,"cmd":"send","to":DID,"message":{...}}       mesh_send (message = object)
 //   ... "key":"..."                                         passed as mesh_send idempotency_key
-//   {"req":2,"cmd":"inbox","wait_seconds":S,"limit":N,"peek":B}   (with --no-reader)
+//   {"req":2,"cmd":"inbox","wait_seconds":S,"limit":N,"mark_read":B,"ids":[...]}  (with --no-reader; peek unless mark_read)
 //   {"req":3,"cmd":"identity"}                            mesh_identity details
 //   {"req":4,"cmd":"burst","to":DID,"count":N,"tag":T}    N sequential sends of
 //                                                          {type:"bench",tag,n}; reply {sent,ms}
@@ -121,7 +121,7 @@ async function reader() {
     const batch = r.details.mesh.messages;
     for (const m of batch) out({ event: 'message', ...m });
     if (batch.length) {
-      const mark = await node.callTool('mesh_inbox', { limit: batch.length }).catch(fatal);
+      const mark = await node.callTool('mesh_inbox', { ids: batch.map((m) => m.id), mark_read: true, limit: batch.length }).catch(fatal);
       if (mark && isError(mark)) process.stderr.write(`[${stamp()} ${process.pid} driver] marking read failed: ${errText(mark)}\n`);
     }
     for (const m of batch) {
@@ -149,7 +149,7 @@ async function command(c) {
     }
     case 'inbox': {
       const args = {};
-      for (const k of ['wait_seconds', 'limit', 'peek', 'from']) if (c[k] !== undefined) args[k] = c[k];
+      for (const k of ['wait_seconds', 'limit', 'peek', 'from', 'mark_read', 'unread_only', 'ids', 'block_until_message', 'timeout_seconds']) if (c[k] !== undefined) args[k] = c[k];
       const r = await node.callTool('mesh_inbox', args);
       if (isError(r)) return reply({ ok: false, error: errText(r) });
       return reply({ ok: true, ...r.details.mesh });

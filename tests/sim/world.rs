@@ -184,8 +184,10 @@ impl Call {
             .unwrap_or("")
             .to_string()
     }
+    /// A mesh_send says ✓ (the original's text), other tools ✅.
     pub fn ok(&self) -> bool {
-        self.text().starts_with('✅')
+        let t = self.text();
+        t.starts_with('✅') || t.starts_with('✓')
     }
 }
 
@@ -591,6 +593,20 @@ impl World {
         Some(id)
     }
 
+    /// The caller gives up on a pending call (the host's `tool-abort`).
+    pub fn abort(&mut self, i: usize, call_id: &str) {
+        let now = self.now;
+        let inc = self.agents[i].inc;
+        self.schedule(
+            now,
+            Ev::Agent {
+                agent: i,
+                inc,
+                event: Event::ToolAbort(call_id.to_string()),
+            },
+        );
+    }
+
     /// Call and run the world until the result arrives (panics after
     /// `max_ms` of virtual time or if the call is lost).
     pub fn call_sync(&mut self, i: usize, tool: &str, args: Value, max_ms: u64) -> Value {
@@ -636,7 +652,12 @@ impl World {
     /// Read (and mark read) everything unread; returns the new messages.
     pub fn read_inbox(&mut self, i: usize) -> Vec<ReadMsg> {
         let before = self.agents[i].reads.len();
-        self.call_sync(i, "mesh_inbox", json!({"limit": 500}), 60_000);
+        self.call_sync(
+            i,
+            "mesh_inbox",
+            json!({"limit": 500, "mark_read": true}),
+            60_000,
+        );
         self.agents[i].reads[before..].to_vec()
     }
 

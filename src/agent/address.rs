@@ -1,0 +1,96 @@
+//! What a user-given agent address is: a DID (the only thing the relay
+//! routes), a base58 AMID (the original's display id, which names the same
+//! key as a DID but cannot be routed), or a registry name.
+
+use crate::crypto::identity::is_mesh_did;
+use crate::wire::{base58, hex};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Address {
+    Did(String),
+    /// A base58 AMID and the DID it corresponds to: both are prefixes of the
+    /// same SHA-256 of the Ed25519 key (20 and 16 bytes).
+    Amid {
+        did: String,
+    },
+    Name(String),
+    Invalid(InvalidAddress),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(super) enum InvalidAddress {
+    #[error("it starts with did: but is not a did:mesh: DID (did:mesh: + 32 lowercase hex)")]
+    BadDid,
+    #[error("it is empty")]
+    Empty,
+    #[error("it is longer than 128 characters")]
+    TooLong,
+    #[error("names contain no spaces or control characters")]
+    BadChars,
+}
+
+/// The DID an AMID names, if `s` decodes to exactly the 20 AMID bytes.
+pub(super) fn did_from_amid(s: &str) -> Option<String> {
+    if !(20..=40).contains(&s.len()) {
+        return None;
+    }
+    let bytes = base58::decode(s).filter(|b| b.len() == 20)?;
+    Some(format!("did:mesh:{}", hex::encode(&bytes[..16])))
+}
+
+pub(super) fn classify(s: &str) -> Address {
+    let s = s.trim();
+    if is_mesh_did(s) {
+        return Address::Did(s.to_string());
+    }
+    if s.starts_with("did:") {
+        return Address::Invalid(InvalidAddress::BadDid);
+    }
+    if s.is_empty() {
+        return Address::Invalid(InvalidAddress::Empty);
+    }
+    if s.chars().count() > 128 {
+        return Address::Invalid(InvalidAddress::TooLong);
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Address::Invalid(InvalidAddress::BadChars);
+    }
+    match did_from_amid(s) {
+        Some(did) => Address::Amid { did },
+        None => Address::Name(s.to_string()),
+    }
+}
+
+/// `did:mesh:0123456789abcdef...`: the form texts show a resolved DID in.
+pub(super) fn short_did(did: &str) -> String {
+    format!("{}...", did.chars().take(16).collect::<String>())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::crypto::identity::Identity;
+
+    #[test]
+    fn amid_names_the_same_agent_as_the_did() {
+        let id = Identity::from_seed(&[9u8; 32]);
+        assert_eq!(
+            classify(&id.amid()),
+            Address::Amid {
+                did: id.did().to_string()
+            }
+        );
+        assert_eq!(classify(id.did()), Address::Did(id.did().to_string()));
+        assert_eq!(classify("analyst"), Address::Name("analyst".into()));
+        assert_eq!(
+            classify("did:mesh:XYZ"),
+            Address::Invalid(InvalidAddress::BadDid)
+        );
+        assert_eq!(
+            classify("two words"),
+            Address::Invalid(InvalidAddress::BadChars)
+        );
+        assert_eq!(short_did(id.did()).len(), 19);
+    }
+}

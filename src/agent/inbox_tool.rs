@@ -1,0 +1,269 @@
+//! `mesh_inbox`: the original plugin's schema and texts over the persisted
+//! inbox. Reading is peek-only unless `mark_read` is passed, and then
+//! exactly the returned entries are marked (by id), so a reader that dies
+//! before acting on an answer sees the same entries again.
+
+use super::args::{self, ArgError};
+use super::inbox::Entry;
+use super::{tools, Agent, Cx};
+use crate::crypto::identity::is_mesh_did;
+use crate::engine::Command;
+use crate::wire::time;
+use serde_json::{json, Value};
+
+pub(super) const DEFAULT_LIMIT: usize = 10;
+/// Most entries one answer returns.
+pub(super) const MAX_LIMIT: usize = 500;
+pub(super) const DEFAULT_TIMEOUT_S: f64 = 120.0;
+pub(super) const MAX_TIMEOUT_S: f64 = 300.0;
+/// Characters of content shown per line (the full payload is in details).
+const LINE_CHARS: usize = 200;
+/// Most ids one call may name.
+const MAX_IDS: usize = 1000;
+const BUILD_HASH: &str = concat!("kars-mesh-", env!("CARGO_PKG_VERSION"));
+
+/// A validated `mesh_inbox` call.
+#[derive(Debug, Clone)]
+pub(super) struct InboxQuery {
+    pub(super) limit: usize,
+    pub(super) mark_read: bool,
+    pub(super) unread_only: bool,
+    pub(super) block: bool,
+    pub(super) timeout_ms: u64,
+    /// Only entries from this DID.
+    pub(super) from: Option<String>,
+    /// Only these entry ids (to mark exactly what an earlier peek showed).
+    pub(super) ids: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum InboxArgError {
+    #[error("❌ mesh_inbox: {0} Call mesh_inbox with no arguments to see unread messages.")]
+    Arg(#[from] ArgError),
+    #[error("❌ mesh_inbox: `from` must be a did:mesh: DID (did:mesh: + 32 lowercase hex); use `discover` to find an agent's DID.")]
+    FromNotDid,
+}
+
+pub(super) fn parse(a: &Value) -> Result<InboxQuery, InboxArgError> {
+    let limit = match args::number(a, "limit")? {
+        Some(n) if n >= 1.0 => (n.floor() as usize).min(MAX_LIMIT),
+        // The original: anything not positive means the default.
+        _ => DEFAULT_LIMIT,
+    };
+    // `peek` and `wait_seconds` are this engine's earlier names, kept for
+    // existing callers: peek=false meant "mark what you return".
+    let peek = args::boolean(a, "peek")?;
+    let mark = args::boolean(a, "mark_read")?;
+    let mark_read = match (mark, peek) {
+        (Some(m), Some(p)) if m == p => {
+            return Err(ArgError::Conflict {
+                a: "mark_read",
+                b: "peek",
+            }
+            .into())
+        }
+        (Some(m), _) => m,
+        (None, Some(p)) => !p,
+        (None, None) => false,
+    };
+    let unread_only = args::boolean(a, "unread_only")?.unwrap_or(true);
+    let wait = args::number(a, "wait_seconds")?;
+    let block =
+        args::boolean(a, "block_until_message")?.unwrap_or(false) || wait.is_some_and(|w| w > 0.0);
+    let timeout_s = match args::number(a, "timeout_seconds")?.or(wait) {
+        Some(t) if t > 0.0 => t.min(MAX_TIMEOUT_S),
+        _ => DEFAULT_TIMEOUT_S,
+    };
+    let from = args::string(a, &["from"], 128)?.map(str::to_string);
+    if from.as_deref().is_some_and(|f| !is_mesh_did(f)) {
+        return Err(InboxArgError::FromNotDid);
+    }
+    let ids = args::strings(a, "ids", MAX_IDS, 256)?;
+    Ok(InboxQuery {
+        limit,
+        mark_read,
+        unread_only,
+        block,
+        timeout_ms: (timeout_s * 1000.0) as u64,
+        from,
+        ids,
+    })
+}
+
+impl InboxQuery {
+    fn admits(&self, e: &Entry) -> bool {
+        (!self.unread_only || !e.read)
+            && self.from.as_deref().is_none_or(|f| e.from == f)
+            && self.ids.as_ref().is_none_or(|ids| ids.contains(&e.id))
+    }
+
+    /// Entries this call may return, in arrival order.
+    pub(super) fn visible<'a>(&self, agent: &'a Agent) -> Vec<&'a Entry> {
+        agent
+            .inbox
+            .deliverable()
+            .filter(|e| self.admits(e))
+            .collect()
+    }
+}
+
+/// The text shown for one entry's content: a `{"type":"message"}` payload's
+/// text, a bare string as is, anything else as JSON.
+fn content_text(payload: &Value) -> String {
+    match payload {
+        Value::String(s) => s.clone(),
+        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("message") => {
+            match o.get("content") {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => payload.to_string(),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+pub(super) fn entry_json(e: &Entry) -> Value {
+    json!({
+        "id": e.id, "from": e.from, "ts": e.ts, "received_at": e.received_at,
+        "evidence": e.evidence, "read": e.read, "payload": e.payload,
+    })
+}
+
+/// The diagnostics block: counters since this engine started.
+pub(super) fn diagnostics(agent: &Agent) -> Value {
+    let c = &agent.inbox.counters;
+    json!({
+        "build_hash": BUILD_HASH,
+        "received_total": c.received_total,
+        "consumed_by_waiter": c.consumed_by_waiter,
+        "consumed_by_predicate": c.consumed_by_predicate,
+        "fifo_dropped": c.fifo_dropped,
+        "read_total": c.read_total,
+        "last_received_at": c.last_received_at,
+        "last_read_at": c.last_read_at,
+        "refused_over_quota": c.refused_over_quota,
+        "counters_since": agent.started_at,
+    })
+}
+
+/// Mark entries read in memory and count them; the caller persists them
+/// (after its answer, so a crash in between shows them again rather than
+/// never).
+pub(super) fn mark(agent: &mut Agent, cx: &mut Cx<'_>, ns: &[u64]) -> Vec<Entry> {
+    let mut marked = Vec::new();
+    for &n in ns {
+        if let Some(e) = agent.inbox.mark_read(n) {
+            if !marked.iter().any(|m: &Entry| m.n == n) {
+                marked.push(e.clone());
+            }
+        }
+    }
+    if !marked.is_empty() {
+        let now = cx.now();
+        let c = &mut agent.inbox.counters;
+        c.read_total += marked.len() as u64;
+        c.last_read_at = Some(time::format_millis(now));
+    }
+    marked
+}
+
+/// Persist read marks, then erase entries beyond the retention limit.
+pub(super) fn persist_marks(agent: &mut Agent, cx: &mut Cx<'_>, marked: &[Entry]) {
+    for e in marked {
+        agent.save_entry(cx, e);
+    }
+    for key in agent.inbox.prune() {
+        cx.out.push(Command::Erase(key));
+    }
+}
+
+/// Answer a `mesh_inbox` call. `waited_ms`: set when a blocking wait ended
+/// without a matching message.
+pub(super) fn answer(
+    agent: &mut Agent,
+    cx: &mut Cx<'_>,
+    call_id: &str,
+    q: &InboxQuery,
+    waited_ms: Option<u64>,
+) {
+    let visible = q.visible(agent);
+    let total = visible.len();
+    // Unread entries are returned oldest first, so reading with mark_read
+    // walks the inbox in order and never skips one; re-reading
+    // (unread_only=false) shows the newest `limit`, as the original does.
+    let page: Vec<Entry> = if q.unread_only {
+        visible.iter().take(q.limit).map(|e| (*e).clone()).collect()
+    } else {
+        visible[total.saturating_sub(q.limit)..]
+            .iter()
+            .map(|e| (*e).clone())
+            .collect()
+    };
+    let unread = agent.inbox.unread_count();
+    let already_read = agent
+        .inbox
+        .deliverable()
+        .filter(|e| e.read && q.from.as_deref().is_none_or(|f| e.from == f))
+        .count();
+    let ns: Vec<u64> = page.iter().map(|e| e.n).collect();
+    let marked = if q.mark_read {
+        mark(agent, cx, &ns)
+    } else {
+        Vec::new()
+    };
+    let diag = diagnostics(agent);
+    let timed_out = waited_ms.is_some() && page.is_empty();
+    let text = if page.is_empty() {
+        let head = if let Some(ms) = waited_ms.filter(|_| q.block) {
+            format!(
+                "📭 Inbox empty (waited {}s blocking, no message arrived).",
+                (ms as f64 / 1000.0).round()
+            )
+        } else if q.unread_only && already_read > 0 {
+            format!("📭 No unread messages ({already_read} already read; pass unread_only=false to re-read).")
+        } else {
+            "📭 Inbox empty.".to_string()
+        };
+        format!("{head}\n\nDiagnostics: {diag}")
+    } else {
+        let mut lines = vec![format!(
+            "📬 {} of {} message(s) ({} unread{}):",
+            page.len(),
+            total,
+            unread,
+            if q.mark_read {
+                format!(", {} now marked read", page.len())
+            } else {
+                String::new()
+            }
+        )];
+        for (i, e) in page.iter().enumerate() {
+            lines.push(format!(
+                "  {}. [{}] ({}) {}",
+                i + 1,
+                e.from,
+                if e.read { "·read" } else { "·new" },
+                args::clip(&content_text(&e.payload), LINE_CHARS)
+            ));
+        }
+        format!("{}\n\nDiagnostics: {diag}", lines.join("\n"))
+    };
+    let messages: Vec<Value> = page.iter().map(entry_json).collect();
+    let marked_ids: Vec<&str> = marked.iter().map(|e| e.id.as_str()).collect();
+    tools::ok(
+        cx,
+        call_id,
+        &text,
+        json!({
+            "messages": messages,
+            "returned": page.len(),
+            "total": total,
+            "unread": agent.inbox.unread_count(),
+            "marked_read": marked_ids,
+            "timed_out": timed_out,
+            "diagnostics": diag,
+        }),
+    );
+    persist_marks(agent, cx, &marked);
+}
