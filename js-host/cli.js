@@ -9,7 +9,7 @@
 
 import os from 'node:os';
 import path from 'node:path';
-import { readFileSync } from 'node:fs';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { StateDirError } from './storage-fs.js';
 import { OPERATOR_SUMMARY, mainOperator, operatorUsage } from './cli-operator.js';
 
@@ -354,17 +354,20 @@ export function plan(argv, env = process.env) {
   // pair-with: the token says where its cluster is (a flag still wins).
   if (command === 'pair-with' && positional[0] === '-') positional[0] = readStdin();
   const fromToken = command === 'pair-with' ? tokenUrls(positional[0]) : {};
-  const relayUrl = checkUrl(
-    flags.relay !== undefined ? '--relay' : fromToken.relayUrl ? 'the token\'s relay_url' : 'KARS_MESH_RELAY',
-    flags.relay ?? fromToken.relayUrl ?? (env.KARS_MESH_RELAY || DEFAULT_RELAY),
-  );
-  const registryUrl = checkUrl(
-    flags.registry !== undefined ? '--registry' : fromToken.registryUrl ? 'the token\'s registry_url' : 'KARS_MESH_REGISTRY',
-    flags.registry ?? fromToken.registryUrl ?? (env.KARS_MESH_REGISTRY || DEFAULT_REGISTRY),
-  );
   const stateRaw = flags.state ?? (env.KARS_MESH_STATE || path.join(os.homedir(), '.kars-mesh'));
   if (!stateRaw) throw new UsageError('--state needs a directory', command);
   const stateDir = path.resolve(stateRaw.replace(/^~(?=$|[\\/])/, os.homedir()));
+  // After pair-with, the cluster's relay and registry are remembered for this
+  // state directory (flags and environment still win).
+  const paired = command === 'pair-with' ? {} : rememberedEndpoints(stateDir);
+  const relayUrl = checkUrl(
+    flags.relay !== undefined ? '--relay' : fromToken.relayUrl ? 'the token\'s relay_url' : env.KARS_MESH_RELAY ? 'KARS_MESH_RELAY' : paired.relayUrl ? `${ENDPOINTS_FILE} in the state directory` : 'the default',
+    flags.relay ?? fromToken.relayUrl ?? (env.KARS_MESH_RELAY || paired.relayUrl || DEFAULT_RELAY),
+  );
+  const registryUrl = checkUrl(
+    flags.registry !== undefined ? '--registry' : fromToken.registryUrl ? 'the token\'s registry_url' : env.KARS_MESH_REGISTRY ? 'KARS_MESH_REGISTRY' : paired.registryUrl ? `${ENDPOINTS_FILE} in the state directory` : 'the default',
+    flags.registry ?? fromToken.registryUrl ?? (env.KARS_MESH_REGISTRY || paired.registryUrl || DEFAULT_REGISTRY),
+  );
   if (flags.name !== undefined && !flags.name.trim()) throw new UsageError('--name must not be empty', command);
 
   return {
@@ -381,6 +384,18 @@ export function plan(argv, env = process.env) {
       node: { stateDir, relayUrl, registryUrl, name: flags.name },
     },
   };
+}
+
+const ENDPOINTS_FILE = 'endpoints.json';
+
+/** The relay and registry remembered by a successful pair-with, if any. */
+function rememberedEndpoints(stateDir) {
+  try {
+    const j = JSON.parse(readFileSync(path.join(stateDir, ENDPOINTS_FILE), 'utf8'));
+    return { relayUrl: typeof j.relay_url === 'string' ? j.relay_url : undefined, registryUrl: typeof j.registry_url === 'string' ? j.registry_url : undefined };
+  } catch {
+    return {};
+  }
 }
 
 function readStdin() {
@@ -552,6 +567,12 @@ export async function main(
       const ids = shown.map((m) => m.id);
       const marked = await node.callTool(run.tool, { ids, mark_read: true }, { signal: ctl.signal, timeoutMs: CALL_TIMEOUT_MS });
       if (isErrorResult(marked)) err(`kars-mesh: the messages above stay unread: ${resultText(marked)}`);
+    }
+    if (!failed && run.command === 'pair-with') {
+      const file = path.join(run.node.stateDir, ENDPOINTS_FILE);
+      const text = JSON.stringify({ relay_url: run.node.relayUrl, registry_url: run.node.registryUrl }, null, 2);
+      writeFileSync(`${file}.tmp`, `${text}\n`, { mode: 0o600 });
+      renameSync(`${file}.tmp`, file);
     }
     if (!failed && run.follow && result?.details?.mesh?.request_id !== undefined) {
       code = await followOffload(node, run, out, ctl.signal);

@@ -1,0 +1,99 @@
+// The README's local-cluster walk-through, command by command, through
+// bin/kars-mesh only (as a new user runs it): cluster up, pair generate,
+// pair-with, offload with an input file (built-in executor: it runs nothing
+// and returns a report of what it received), cluster down. Then the same
+// with `--exec`. Every process the cluster started must be gone at the end.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { freePort } from './harness/servers.mjs';
+import { alive, clusterPids, killAll, runCli, tokenIn, waitGone } from './harness/cluster.mjs';
+
+const home = fs.mkdtempSync(path.join(os.tmpdir(), 'kars-walk-'));
+const seenPids = new Set();
+const dirs = [];
+
+after(async () => {
+  for (const dir of dirs) {
+    for (const p of clusterPids(dir)) seenPids.add(p);
+    if (fs.existsSync(path.join(dir, 'cluster.json'))) await runCli(['cluster', 'down', '--dir', dir], { home, timeoutMs: 30_000 });
+  }
+  killAll([...seenPids]);
+  await waitGone([...seenPids], 5000);
+  fs.rmSync(home, { recursive: true, force: true });
+});
+
+const cli = (args, opts = {}) => runCli(args, { home, timeoutMs: 120_000, ...opts });
+
+function sandboxPids(dir) {
+  const root = path.join(dir, 'sandboxes');
+  if (!fs.existsSync(root)) return [];
+  return fs.readdirSync(root).flatMap((n) => {
+    try {
+      return [JSON.parse(fs.readFileSync(path.join(root, n, 'job.json'), 'utf8')).pid];
+    } catch {
+      return [];
+    }
+  });
+}
+
+async function walk(name, upExtra, check) {
+  const dir = path.join(home, name);
+  dirs.push(dir);
+  const ports = ['--registry-port', String(await freePort()), '--relay-port', String(await freePort())];
+  const up = await cli(['cluster', 'up', '--detach', '--dir', dir, ...ports, ...upExtra]);
+  for (const p of clusterPids(dir)) seenPids.add(p);
+  assert.equal(up.code, 0, `${up.stdout}\n${up.stderr}`);
+
+  const gen = await cli(['pair', 'generate', '--dir', dir, '--name', 'laptop', '--slots', '1', '--capabilities', 'offload,handoff', '--expires', '30d']);
+  assert.equal(gen.code, 0, gen.stderr);
+  const token = tokenIn(gen.stdout);
+  const state = path.join(home, `${name}-agent`);
+  const paired = await cli(['--state', state, 'pair-with', '-'], { input: token });
+  assert.equal(paired.code, 0, `${paired.stdout}\n${paired.stderr}`);
+  assert.match(paired.stdout, /Paired successfully with kars cluster/);
+
+  const input = path.join(home, `${name}-notes.txt`);
+  fs.writeFileSync(input, 'quarterly numbers: 1, 2, 3\n');
+  // No --relay/--registry: pair-with remembered the cluster's for this state directory.
+  const off = await cli(['--state', state, 'offload', 'summarise the notes', '--file', input, '--timeout', '5']);
+  assert.equal(off.code, 0, `${off.stdout}\n${off.stderr}`);
+  for (const phase of ['validating', 'spawning', 'ready', 'acknowledged', 'running', 'returning', 'done']) {
+    assert.match(off.stdout, new RegExp(`\\b${phase}\\b`), `phase ${phase} not printed:\n${off.stdout}`);
+  }
+  const outputs = [...off.stdout.matchAll(/→ (.+)$/gm)].map((m) => m[1]);
+  assert.ok(outputs.length > 0, off.stdout);
+  for (const p of sandboxPids(dir)) seenPids.add(p);
+  await check({ off, outputs, input });
+
+  const down = await cli(['cluster', 'down', '--dir', dir]);
+  assert.equal(down.code, 0, down.stderr);
+  const pids = [...clusterPids(dir), ...sandboxPids(dir)];
+  await waitGone(pids, 5000);
+  for (const p of sandboxPids(dir)) assert.ok(!alive(p), `sandbox ${p} still running after cluster down`);
+}
+
+test('walk-through: cluster up, pair, offload with the built-in executor, cluster down', { timeout: 240_000 }, async () => {
+  await walk('builtin', [], async ({ off, outputs, input }) => {
+    assert.match(off.stdout, /Built-in executor: received the task \(\d+ characters\) and 1 input file\(s\)/);
+    const report = fs.readFileSync(outputs.find((p) => p.endsWith('report.md')), 'utf8');
+    const bytes = fs.readFileSync(input);
+    assert.ok(report.includes(`notes.txt — ${bytes.length} bytes — sha256 ${createHash('sha256').update(bytes).digest('hex')}`), report);
+    assert.ok(report.includes('summarise the notes'));
+    // Received files are private.
+    assert.equal(fs.statSync(outputs[0]).mode & 0o077, 0);
+  });
+});
+
+test('walk-through with --exec: the operator command runs in the sandbox', { timeout: 240_000 }, async () => {
+  const script = path.join(home, 'count.sh');
+  fs.writeFileSync(script, '#!/bin/sh\nwc -c "$KARS_INPUT_DIR"/* > "$KARS_OUTPUT_DIR/counts.txt"\necho "counted for: $KARS_TASK"\n', { mode: 0o755 });
+  await walk('exec', ['--exec', script], async ({ off, outputs }) => {
+    assert.match(off.stdout, /counted for: summarise the notes/);
+    const counts = fs.readFileSync(outputs.find((p) => p.endsWith('counts.txt')), 'utf8');
+    assert.match(counts, /27 .*notes\.txt/);
+  });
+});
