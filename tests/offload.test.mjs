@@ -171,6 +171,16 @@ test('cancel mid-run stops the sandbox and frees the slot', { timeout: 120_000 }
   const sandboxName = list.details.mesh.offloads[0].sandbox_name;
   const job = JSON.parse(readFileSync(path.join(sandboxDir, sandboxName, 'job.json'), 'utf8'));
 
+  // Slots are enforced by the controller: a second request while the first runs is refused.
+  const rid2 = '22222222-3333-4444-8555-666666666666';
+  await bob.callTool('mesh_send', { to: ctrl.did, message: { type: 'offload_request', task: 'another', files: [], file_count: 0, total_bytes: 0, preferences: { timeout_minutes: 5 }, request_id: rid2 } });
+  let refusal;
+  for (let i = 0; i < 5 && !refusal; i++) {
+    const got = await bob.callTool('mesh_inbox', { block_until_message: true, timeout_seconds: 20, mark_read: true });
+    refusal = got.details.mesh.messages.map((m) => m.payload).find((p) => p.type === 'offload_error' && p.request_id === rid2);
+  }
+  assert.equal(refusal?.error, 'No free sandbox slot (1 of 1 in use). Cancel or finish a running offload first.');
+
   const c = await bob.callTool('offload_cancel', {});
   assert.match(c.content[0].text, /^🛑 Offload [0-9a-f]{8} cancelled\. Cluster CRD cleanup signal sent; the sandbox will be torn down shortly\.$/);
   const s = await bob.callTool('offload_status', {});
@@ -240,4 +250,15 @@ test('strangers cannot pair with a used token, offload, clean up or feed a sandb
   const inputs = JSON.parse(readFileSync(path.join(dave.stateDir, 'files', last.outputs.find((x) => x.name === 'inputs.json').path), 'utf8'));
   assert.deepEqual(inputs.inputs, []);
   assert.ok(!existsSync(path.join(sandboxDir, o.sandbox_name, 'state', 'files', 'work', 'in', 'evil.sh')));
+});
+
+test('the sandbox honours timeout_minutes: the command is stopped and the offload ends in an error', { timeout: 150_000 }, async () => {
+  const ctrl = await start('ctrl-e', tmp('ctrl-e'), controllerOpts());
+  const frank = await start('frank', tmp('frank'));
+  await pair(ctrl, frank, 'frank');
+  await frank.callTool('cloud_offload', { task: 'sleep 600 then report', timeout_minutes: 1 });
+  const { last } = await follow(frank, { timeoutMs: 120_000 });
+  assert.equal(last.phase, 'error');
+  assert.equal(last.error, 'Sandbox error: timed out after 1 minute(s)');
+  await waitFor(async () => (await ctrl.callTool('offload_list', {})).details.mesh.offloads.length === 0, 'slot freed after the timeout');
 });
