@@ -262,3 +262,21 @@ test('the sandbox honours timeout_minutes: the command is stopped and the offloa
   assert.equal(last.error, 'Sandbox error: timed out after 1 minute(s)');
   await waitFor(async () => (await ctrl.callTool('offload_list', {})).details.mesh.offloads.length === 0, 'slot freed after the timeout');
 });
+
+test('a client restart mid-offload: the result is still delivered and reported', { timeout: 120_000 }, async () => {
+  const ctrl = await start('ctrl-f', tmp('ctrl-f'), controllerOpts());
+  const gDir = tmp('grace');
+  let grace = await start('grace', gDir);
+  await pair(ctrl, grace, 'grace');
+  const work = tmp('gwork');
+  const input = randomBytes(600 * 1024);
+  writeFileSync(path.join(work, 'in.bin'), input);
+  await grace.callTool('cloud_offload', { task: 'sleep 3 then report', files: [path.join(work, 'in.bin')] });
+  await follow(grace, { until: ['running'] });
+  await stop(grace);
+  grace = await start('grace', gDir);
+  const { last } = await follow(grace);
+  assert.equal(last.phase, 'done', JSON.stringify(last));
+  const inputs = JSON.parse(readFileSync(path.join(gDir, 'files', last.outputs.find((x) => x.name === 'inputs.json').path), 'utf8'));
+  assert.deepEqual(inputs.inputs, [{ name: 'in.bin', size: input.length, sha256: sha(input) }]);
+});
