@@ -17,6 +17,8 @@ import { loadCore } from './core.js';
 import { openStateDir, StateDirError } from './storage-fs.js';
 import { createJobs } from './jobs.js';
 import path from 'node:path';
+import os from 'node:os';
+import { readFileSync } from 'node:fs';
 
 const MAX_TIMEOUT = 2 ** 31 - 1; // setTimeout's limit (~24.8 days)
 const DEFAULT_HTTP_TIMEOUT_MS = 30_000;
@@ -108,6 +110,10 @@ async function readBodyCapped(res, limit) {
  * @param {{dir:string, exec?:string, relayUrl?:string, registryUrl?:string, progressMs?:number}} [opts.sandboxes]
  *        controller: where sandbox peers are started (js-host/jobs.js)
  * @param {string} [opts.exec]              sandbox: the operator's command for the task
+ * @param {string} [opts.legacyIdentityFile] the original plugin's ~/.kars/identity.json: imported
+ *        (read only) when this state directory has no identity yet, so the DID is kept
+ * @param {string} [opts.identitySeedHex]   KARS_IDENTITY_SEED: deterministic first identity
+ * @param {string} [opts.pinnedAppId]       PINNED_AGENT_IDENTITY_APP_ID: deterministic first identity
  * @param {string} [opts.filesDir]          private directory for received files (default <stateDir>/files)
  * @param {(level:string, message:string)=>void} [opts.log] receives the core's log lines
  *        and a few host diagnostics (never secrets, URLs or frames)
@@ -135,6 +141,9 @@ export async function createNode({
   sandboxes,
   exec,
   filesDir,
+  legacyIdentityFile,
+  identitySeedHex = process.env.KARS_IDENTITY_SEED,
+  pinnedAppId = process.env.PINNED_AGENT_IDENTITY_APP_ID,
   log = defaultLog,
   stopTimeoutMs = DEFAULT_STOP_TIMEOUT_MS,
   // Tests only: a replacement for core.js's loadCore (e.g. a scripted engine).
@@ -687,9 +696,20 @@ export async function createNode({
   if (role != null) config.role = role;
   if (clusterName != null) config.cluster_name = clusterName;
   if (sandbox != null) config.sandbox = sandbox;
+  if (identitySeedHex) config.identity_seed_hex = identitySeedHex;
+  if (pinnedAppId) config.pinned_app_id = pinnedAppId;
+  if (legacyIdentityFile && !store.get('identity')) {
+    try {
+      const envelope = readFileSync(legacyIdentityFile, 'utf8');
+      config.legacy_identity = { envelope, hostname: os.hostname(), homedir: os.homedir() };
+    } catch {
+      /* no file: nothing to import */
+    }
+  }
 
   dispatch({ tag: 'start', val: JSON.stringify(config) });
   config.state_key = undefined;
+  config.legacy_identity = undefined;
 
   let identity;
   try {

@@ -151,6 +151,22 @@ pub enum EngineError {
 #[derive(Deserialize)]
 struct StartConfig {
     state_key: String,
+    /// The original plugin's `~/.kars/identity.json`, to keep its DID.
+    #[serde(default)]
+    legacy_identity: Option<LegacyIdentity>,
+    /// `KARS_IDENTITY_SEED` (64 hex) or `PINNED_AGENT_IDENTITY_APP_ID`: a
+    /// deterministic identity, used only when none is stored yet.
+    #[serde(default)]
+    identity_seed_hex: Option<String>,
+    #[serde(default)]
+    pinned_app_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LegacyIdentity {
+    envelope: String,
+    hostname: String,
+    homedir: String,
 }
 
 /// Identity-only until configured with a relay and registry, then an agent.
@@ -273,7 +289,7 @@ impl Engine {
                 id
             }
             None => {
-                let id = Identity::generate(cx.host);
+                let id = new_identity(&cfg, cx);
                 let sealed = seal::seal(&key, IDENTITY_RECORD, id.seed().as_ref(), cx.host)
                     .map_err(EngineError::IdentityUnreadable)?;
                 cx.out
@@ -307,6 +323,48 @@ impl Engine {
             )),
         }
     }
+}
+
+/// A first identity: imported from the original plugin when its file is
+/// given and opens, else deterministic from the configured seed, else fresh.
+fn new_identity(cfg: &StartConfig, cx: &mut Cx<'_>) -> Identity {
+    if let Some(l) = &cfg.legacy_identity {
+        match crate::store::legacy::import_identity(&l.envelope, &l.hostname, &l.homedir) {
+            Ok(seed) => {
+                let id = Identity::from_seed(&seed);
+                cx.host.log(
+                    LogLevel::Info,
+                    &format!("imported the identity {} of the original kars plugin (~/.kars/identity.json)", id.did()),
+                );
+                return id;
+            }
+            Err(e) => cx.host.log(
+                LogLevel::Warn,
+                &format!("~/.kars/identity.json was not imported: {e}; a new identity is created and pairings of the old one must be redone"),
+            ),
+        }
+    }
+    if let Some(h) = cfg.identity_seed_hex.as_deref().map(str::trim) {
+        if let Some(b) = crate::wire::hex::decode(h) {
+            if let Ok(seed) = <[u8; 32]>::try_from(b.as_slice()) {
+                let seed = Zeroizing::new(seed);
+                return Identity::from_seed(&seed);
+            }
+        }
+        cx.host.log(
+            LogLevel::Warn,
+            "KARS_IDENTITY_SEED is not 64 hex digits; ignored",
+        );
+    }
+    if let Some(app) = cfg
+        .pinned_app_id
+        .as_deref()
+        .filter(|a| !a.trim().is_empty())
+    {
+        let seed = crate::crypto::identity::seed_from_app_id(app);
+        return Identity::from_seed(&seed);
+    }
+    Identity::generate(cx.host)
 }
 
 fn error_result(text: &str) -> serde_json::Value {

@@ -10,6 +10,8 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 /// Storage key prefixes. A reader should find each record kind here.
+pub mod legacy;
+
 pub mod keys {
     pub const IDENTITY: &str = "identity";
     pub const PREKEYS: &str = "prekeys";
