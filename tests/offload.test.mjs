@@ -280,3 +280,34 @@ test('a client restart mid-offload: the result is still delivered and reported',
   const inputs = JSON.parse(readFileSync(path.join(gDir, 'files', last.outputs.find((x) => x.name === 'inputs.json').path), 'utf8'));
   assert.deepEqual(inputs.inputs, [{ name: 'in.bin', size: input.length, sha256: sha(input) }]);
 });
+
+test('cloud_offload bad input: the documented errors, and nothing starts', { timeout: 60_000 }, async () => {
+  const ctrl = await start('ctrl-g', tmp('ctrl-g'), controllerOpts());
+  const hank = await start('hank', tmp('hank'));
+  await pair(ctrl, hank, 'hank');
+  const work = tmp('hwork');
+  const big = path.join(work, 'big.bin');
+  writeFileSync(big, '');
+  const { truncateSync } = await import('node:fs');
+  truncateSync(big, 31 * 1024 * 1024);
+  const text = async (args) => (await hank.callTool('cloud_offload', args)).content[0].text;
+  for (const args of [{}, { task: 5 }, { task: '   ' }]) {
+    const t = await text(args);
+    assert.match(t, /^❌ cloud_offload requires a `task` parameter/);
+    assert.match(t, /Aliases accepted: task, prompt, description, request, content, instruction, query\.$/);
+  }
+  assert.equal(await text({ task: 'x', files: 'a.txt' }), '❌ `files` must be an array of file paths (strings).');
+  assert.equal(await text({ task: 'x', files: [1] }), '❌ `files` must be an array of file paths (strings).');
+  assert.equal(await text({ task: 'x', files: Array.from({ length: 11 }, (_, i) => `f${i}`) }), '❌ At most 10 files per offload (11 given).');
+  assert.equal(await text({ task: 'x', files: [path.join(work, 'nope.txt')] }), `❌ Cannot read file: ${path.join(work, 'nope.txt')} (no such file)`);
+  assert.equal(await text({ task: 'x', files: [big] }), `❌ File too large: ${big} (31.0 MB, max 30MB)`);
+  assert.equal(await text({ task: 'x', files: [work] }), `❌ Cannot read file: ${work} (not a regular file)`);
+  for (const timeout_minutes of [0, -1, 'abc', 100000]) {
+    assert.equal(await text({ task: 'x', timeout_minutes }), '❌ timeout_minutes must be a number from 1 to 1440.');
+  }
+  assert.equal(await text({ task: 'x', model: 7 }), '❌ model must be a string naming an inference model.');
+  // Nothing started, nothing reached the controller.
+  assert.equal((await hank.callTool('offload_status', {})).content[0].text, 'No active offload. Use cloud_offload to start one.');
+  assert.equal((await ctrl.callTool('offload_list', {})).details.mesh.offloads.length, 0);
+  assert.equal((await hank.callTool('offload_cancel', {})).content[0].text, 'No active cloud offload to cancel.');
+});

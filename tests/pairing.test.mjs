@@ -51,8 +51,16 @@ test('generate a token on the controller, pair once, refuse reuse', { timeout: 6
   assert.match(token, /^azcp_1_/);
   assert.equal(gen.details.mesh.pairing.phase, 'PendingPairing');
 
-  const paired = await alice.callTool('mesh_pair', { token }, { timeoutMs: 40_000 });
+  // Bad input first: nothing is sent, nothing changes.
+  assert.equal((await alice.callTool('mesh_pair', {})).content[0].text, '❌ No token provided. Pass a pairing token starting with azcp_1_. (received argument keys: none)');
+  assert.equal((await alice.callTool('mesh_pair', { code: 42 })).content[0].text, '❌ No token provided. Pass a pairing token starting with azcp_1_. (received argument keys: code)');
+  assert.match((await alice.callTool('mesh_pair', { token: 'azcp_1_!!!' })).content[0].text, /^❌ Invalid pairing token\. Must start with azcp_1_ and contain valid data\. \(token length: 10\)$/);
+  // The original's token discovery: nested under `arguments`, or inside any string.
+  const paired = await alice.callTool('mesh_pair', { arguments: { note: `please pair with ${token} thanks` } }, { timeoutMs: 40_000 });
   assert.match(paired.content[0].text, /^✅ Paired successfully with kars cluster "local-lab"/);
+  assert.match(paired.content[0].text, /\nBudget: 500,000\n/);
+  assert.match(paired.content[0].text, /\nRelay RTT: \d+ms \(handshake\)\n/);
+  assert.ok(!paired.content[0].text.includes(token.slice(7, 27)), 'no part of the token in the answer');
   assert.equal(paired.details.mesh.pairing.controller_did, ctrl.did);
   assert.deepEqual(paired.details.mesh.pairing.capabilities, ['offload', 'handoff']);
 

@@ -36,6 +36,7 @@ pub(super) struct PairWait {
     pub controller: String,
     pub timer: u64,
     pub token: token::PairingToken,
+    pub sent_ms: u64,
 }
 
 impl Agent {
@@ -165,10 +166,26 @@ impl Agent {
 
     /// Client: `mesh_pair {token}`.
     pub(super) fn start_pairing(&mut self, cx: &mut Cx<'_>, call_id: &str, args: &Value) {
-        let raw = ["token", "pairing_token"]
-            .iter()
-            .find_map(|k| args[*k].as_str())
-            .unwrap_or_default();
+        let Some(raw) = find_token(args) else {
+            let keys: Vec<String> = args
+                .as_object()
+                .map(|o| {
+                    o.keys()
+                        .take(10)
+                        .map(|k| k.chars().take(40).collect())
+                        .collect()
+                })
+                .unwrap_or_default();
+            return tools::fail(
+                cx,
+                call_id,
+                &format!(
+                    "No token provided. Pass a pairing token starting with azcp_1_. (received argument keys: {})",
+                    if keys.is_empty() { "none".to_string() } else { keys.join(", ") }
+                ),
+            );
+        };
+        let raw = raw.as_str();
         let tok = match token::parse(raw) {
             Ok(t) => t,
             Err(_) => {
@@ -216,6 +233,7 @@ impl Agent {
             controller: controller.clone(),
             timer,
             token: tok,
+            sent_ms: cx.now(),
         });
         self.send_payload(cx, &controller, request, None, None);
     }
@@ -312,13 +330,14 @@ impl Agent {
                     self.cfg.trusted_plaintext.push(from.to_string());
                 }
                 let text = format!(
-                    "✅ Paired successfully with kars cluster \"{}\"\nYour AMID: {}\nYour DID: {}\nBudget: {}\nCapabilities: {}\nExpires: {}\nYou can now use cloud_offload to delegate tasks to the cloud.",
+                    "✅ Paired successfully with kars cluster \"{}\"\nYour AMID: {}\nYour DID: {}\nIdentity: sealed in the kars-mesh state directory\nBudget: {}\nCapabilities: {}\nExpires: {}\nRelay RTT: {}ms (handshake)\nYou can now use cloud_offload to delegate tasks to the cloud.",
                     rec.cluster_name,
                     self.id.amid(),
                     self.id.did(),
-                    rec.token_budget,
+                    thousands(rec.token_budget),
                     rec.capabilities.join(", "),
-                    if rec.expires_at.is_empty() { "—" } else { &rec.expires_at }
+                    if rec.expires_at.is_empty() { "—" } else { &rec.expires_at },
+                    now.saturating_sub(w.sent_ms)
                 );
                 let details = json!({"pairing": rec});
                 self.pairing = Some(rec);
@@ -346,6 +365,59 @@ impl Agent {
         );
         true
     }
+}
+
+/// `500000` → `500,000` (the original's `toLocaleString` in en-US).
+fn thousands(n: u64) -> String {
+    let d = n.to_string();
+    let mut out = String::new();
+    for (i, c) in d.chars().enumerate() {
+        if i > 0 && (d.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The token as the original found it: `token`, `arguments.token` or
+/// `params.token` when it starts with `azcp_1_`, else the first string found
+/// (depth ≤ 5) that contains one. Hosts and models wrap arguments in odd ways.
+fn find_token(args: &Value) -> Option<String> {
+    for v in [
+        &args["token"],
+        &args["pairing_token"],
+        &args["arguments"]["token"],
+        &args["params"]["token"],
+    ] {
+        if let Some(t) = v
+            .as_str()
+            .map(str::trim)
+            .filter(|t| t.starts_with("azcp_1_"))
+        {
+            return Some(t.to_string());
+        }
+    }
+    fn scan(v: &Value, depth: usize) -> Option<String> {
+        match v {
+            Value::String(s) => s.find("azcp_1_").map(|i| {
+                s[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || "_-+=/".contains(*c))
+                    .collect()
+            }),
+            Value::Array(a) if depth < 5 => a.iter().find_map(|x| scan(x, depth + 1)),
+            Value::Object(o) if depth < 5 => o.values().find_map(|x| scan(x, depth + 1)),
+            _ => None,
+        }
+    }
+    scan(args, 0).or_else(|| {
+        // A non-token string in `token` is still what the user meant to pass.
+        args["token"]
+            .as_str()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| t.trim().to_string())
+    })
 }
 
 pub(super) fn load_ledger(
