@@ -1,5 +1,7 @@
 // The plugin in the REAL OpenClaw loader (openclaw 2026.9.6 on Node 24, from
-// scripts/setup-openclaw.sh), no mocks: discovery from package.json
+// scripts/setup-openclaw.sh), no mocks. Loaded from the packed npm artifact
+// (tests/harness/openclaw.mjs stagePackage) and, once, from the clone itself
+// as a developer links it: discovery from package.json
 // openclaw.extensions, manifest and configSchema validation, the synchronous
 // register(), the 8 tools, /offload, the message_sending hook, and the
 // mesh-federation skill. Loading must start nothing (no state directory, no
@@ -8,15 +10,15 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { makeOpenClawHome, ROOT } from './harness/openclaw.mjs';
+import { listFiles, makeOpenClawHome, ROOT } from './harness/openclaw.mjs';
 
 const TOOLS = ['mesh_pair', 'cloud_offload', 'offload_status', 'offload_cancel', 'mesh_send', 'mesh_inbox', 'mesh_await', 'discover'];
 
 const homes = [];
 after(() => { for (const h of homes) h.cleanup(); });
 
-function home(pluginConfig) {
-  const h = makeOpenClawHome({ pluginConfig });
+function home(pluginConfig, opts = {}) {
+  const h = makeOpenClawHome({ pluginConfig, ...opts });
   homes.push(h);
   return h;
 }
@@ -53,13 +55,40 @@ test('openclaw plugins inspect --runtime: loaded, 8 tools, /offload, message_sen
   const { plugin } = r.json;
   assert.equal(plugin.id, 'kars-mesh');
   assert.equal(plugin.status, 'loaded', JSON.stringify(r.json.diagnostics));
-  assert.equal(plugin.source, path.join(ROOT, 'js-host/plugin.js'));
+  assert.equal(plugin.source, path.join(h.pluginDir, 'js-host/plugin.js'));
   assert.deepEqual([...plugin.toolNames].sort(), [...TOOLS].sort());
   assert.deepEqual(errorDiagnostics(r.json.diagnostics), []);
   assert.deepEqual(r.json.commands, ['offload']);
   assert.ok(r.json.typedHooks.some((x) => x.name === 'message_sending'), JSON.stringify(r.json.typedHooks));
   // register() opened nothing: no state directory, no identity.
   assert.equal(existsSync(meshDir), false, 'inspect must not start the mesh node');
+});
+
+test('the packed artifact ships the entry, the built component, the skill and the manifest, and no sources or tests', { timeout: 60_000 }, () => {
+  const h = home({});
+  const files = listFiles(h.pluginDir).filter((f) => !f.startsWith('node_modules/'));
+  for (const f of [
+    'package.json',
+    'openclaw.plugin.json',
+    'js-host/plugin.js',
+    'js-host/tools.js',
+    'js-host/node-host.js',
+    'js-host/core.js',
+    'js-host/storage-fs.js',
+    'js-host/gen/kars_mesh.component.js',
+    'js-host/gen/kars_mesh.component.core.wasm',
+    'skills/mesh-federation/SKILL.md',
+  ]) assert.ok(files.includes(f), `${f} not in the package: ${files.join(', ')}`);
+  assert.deepEqual(files.filter((f) => /^(src|tests|scripts|target|\.cache)\//.test(f)), []);
+});
+
+test('linked from the clone (plugins.load.paths = the working tree): inspect --runtime loads it', { timeout: 120_000 }, async () => {
+  const h = home({ relay_url: 'http://127.0.0.1:9', registry_url: 'http://127.0.0.1:9' }, { pluginDir: ROOT });
+  const r = await h.run(['plugins', 'inspect', 'kars-mesh', '--runtime', '--json']);
+  assert.equal(r.code, 0, `inspect failed: ${r.stderr.slice(-3000)}`);
+  assert.equal(r.json.plugin.status, 'loaded', JSON.stringify(r.json.diagnostics));
+  assert.equal(r.json.plugin.source, path.join(ROOT, 'js-host/plugin.js'));
+  assert.deepEqual([...r.json.plugin.toolNames].sort(), [...TOOLS].sort());
 });
 
 test('a config value outside the schema blocks the plugin', { timeout: 120_000 }, async () => {

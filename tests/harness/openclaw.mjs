@@ -7,13 +7,16 @@
 //   const r = await gw.invoke('mesh_inbox', {});           // POST /tools/invoke
 //   await gw.stop(); oc.cleanup();
 //
-// The plugin is loaded the way a developer links it: `plugins.load.paths`
-// names this clone and `plugins.entries.kars-mesh.enabled` is true
-// (openclaw-host.md §6.2 "config-authored loading"). Every child runs in its
-// own process group and is killed as a group on stop and on process exit.
-import { spawn } from 'node:child_process';
+// The plugin is loaded from a directory named in `plugins.load.paths` with
+// `plugins.entries.kars-mesh.enabled: true` (openclaw-host.md §6.2
+// "config-authored loading"): by default the packed artifact (`stagePackage`:
+// `npm pack` of this clone, unpacked, with its runtime dependencies beside
+// it, as a managed install would have them), or any directory given. Every
+// child runs in its own process group and is killed as a group on stop and on
+// process exit.
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -45,6 +48,45 @@ function hookExit() {
   process.on('exit', () => { for (const c of live) killGroup(c, 'SIGKILL'); });
 }
 
+/**
+ * The npm package as users get it: `npm pack` of this clone (the `files` list
+ * of package.json, including js-host/gen/ from the build), unpacked into
+ * `<dir>/package`, plus its `dependencies` copied from this clone's
+ * node_modules (what `npm install --omit=dev` gives a managed install).
+ * Returns the package directory.
+ */
+export function stagePackage(dir) {
+  if (!existsSync(path.join(ROOT, 'js-host/gen/kars_mesh.component.js'))) {
+    throw new Error('js-host/gen/ missing: run `bash scripts/build.sh` first');
+  }
+  const out = execFileSync('npm', ['pack', '--json', '--pack-destination', dir], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, npm_config_update_notifier: 'false', npm_config_fund: 'false', npm_config_audit: 'false' },
+  });
+  const tgz = path.join(dir, JSON.parse(out)[0].filename);
+  execFileSync('tar', ['-xzf', tgz, '-C', dir]);
+  const pkgDir = path.join(dir, 'package');
+  const pkg = JSON.parse(readFileSync(path.join(pkgDir, 'package.json'), 'utf8'));
+  for (const dep of Object.keys(pkg.dependencies ?? {})) {
+    const from = realpathSync(path.join(ROOT, 'node_modules', dep));
+    cpSync(from, path.join(pkgDir, 'node_modules', dep), { recursive: true, dereference: true });
+  }
+  return pkgDir;
+}
+
+/** Files in a directory tree, relative (for assertions on the packed file set). */
+export function listFiles(dir, prefix = '') {
+  const out = [];
+  for (const e of readdirSync(path.join(dir, prefix), { withFileTypes: true })) {
+    const rel = path.join(prefix, e.name);
+    if (e.isDirectory()) out.push(...listFiles(dir, rel));
+    else out.push(rel);
+  }
+  return out;
+}
+
 const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*m/g, '');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -71,12 +113,14 @@ function childEnv(home, stateDir, extra) {
  * A temp HOME and OpenClaw state directory with openclaw.json written by hand.
  * `pluginConfig` (plugins.entries.kars-mesh.config) may be a function of the
  * temp base directory.
- * @param {{pluginConfig?: object|((base: string) => object), config?: object}} [opts]
+ * @param {{pluginConfig?: object|((base: string) => object), config?: object, pluginDir?: string}} [opts]
+ *   pluginDir: the directory to load (default: a fresh stagePackage() in the temp dir)
  */
-export function makeOpenClawHome({ pluginConfig = {}, config = {} } = {}) {
+export function makeOpenClawHome({ pluginConfig = {}, config = {}, pluginDir } = {}) {
   requireOpenClaw();
   hookExit();
   const base = mkdtempSync(path.join(tmpdir(), 'kars-oc-'));
+  pluginDir ??= stagePackage(base);
   const home = path.join(base, 'home');
   const stateDir = path.join(base, 'openclaw');
   mkdirSync(home, { mode: 0o700 });
@@ -84,7 +128,7 @@ export function makeOpenClawHome({ pluginConfig = {}, config = {} } = {}) {
   const cfg = {
     gateway: { mode: 'local', bind: 'loopback' },
     plugins: {
-      load: { paths: [ROOT] },
+      load: { paths: [pluginDir] },
       allow: ['kars-mesh'],
       entries: { 'kars-mesh': { enabled: true, config: typeof pluginConfig === 'function' ? pluginConfig(base) : pluginConfig } },
     },
@@ -217,6 +261,7 @@ export function makeOpenClawHome({ pluginConfig = {}, config = {} } = {}) {
     base,
     home,
     stateDir,
+    pluginDir,
     env,
     run,
     startGateway,
