@@ -11,7 +11,7 @@
 //   - stopping the Gateway stops the node (the state directory's lock is released)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startServers } from './harness/servers.mjs';
@@ -159,4 +159,32 @@ test('OpenClaw Gateway: pair, send, receive a reply, discover, bad input', { tim
   const code = await gw.exited;
   assert.ok(!existsSync(path.join(meshDir, 'lock')), `the node's lock was not released on Gateway stop (${JSON.stringify(code)})`);
   gw = null;
+});
+
+test('OpenClaw Gateway: a node that cannot start answers "❌ Failed to connect to mesh" and the Gateway keeps running', { timeout: 180_000 }, async () => {
+  const h = makeOpenClawHome({
+    pluginConfig: (base) => {
+      const blocker = path.join(base, 'not-a-directory');
+      writeFileSync(blocker, 'x');
+      // The state directory cannot be created: its parent is a regular file.
+      return { relay_url: srv.relayUrl, registry_url: srv.registryUrl, state_dir: path.join(blocker, 'mesh') };
+    },
+  });
+  const g = await h.startGateway();
+  try {
+    assert.ok(
+      await g.waitForLog(/kars-mesh: mesh node did not start: /, 60_000),
+      `the service did not report the failed start:\n${g.logs().slice(-4000)}`,
+    );
+    for (const [tool, args] of [['mesh_inbox', {}], ['mesh_send', { to: 'bob', message: 'x' }], ['discover', {}], ['offload_status', {}]]) {
+      const r = await g.invoke(tool, args, 30_000);
+      assert.equal(r.status, 200, `${tool}: ${r.status} ${r.text.slice(0, 500)}`);
+      const result = r.json.result;
+      assert.match(result.content[0].text, /^❌ Failed to connect to mesh: \S/, result.content[0].text);
+      assert.equal(typeof result.details.mesh.error, 'string');
+    }
+  } finally {
+    await g.stop();
+    h.cleanup();
+  }
 });
