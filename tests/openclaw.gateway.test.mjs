@@ -9,6 +9,10 @@
 //   - discover through the Gateway
 //   - bad input answers with the engine's ❌ text (HTTP 200), never a throw
 //   - stopping the Gateway stops the node (the state directory's lock is released)
+//   - a node that cannot start: every tool answers "❌ Failed to connect to mesh"
+//   - /offload and /offload cancel sent as chat messages (chat.send over the
+//     Gateway's WebSocket RPC) answer with the engine's offload_status /
+//     offload_cancel texts
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -183,6 +187,43 @@ test('OpenClaw Gateway: a node that cannot start answers "❌ Failed to connect 
       assert.match(result.content[0].text, /^❌ Failed to connect to mesh: \S/, result.content[0].text);
       assert.equal(typeof result.details.mesh.error, 'string');
     }
+  } finally {
+    await g.stop();
+    h.cleanup();
+  }
+});
+
+test('OpenClaw Gateway: /offload and /offload cancel (chat.send) reply with the engine\'s offload_status / offload_cancel text', { timeout: 180_000 }, async () => {
+  // What a fresh engine node (no pairing, no offload) answers, whatever the
+  // engine's offload support is today.
+  const ref = await node('offload-ref');
+  const want = {
+    status: (await ref.callTool('offload_status', {})).content[0].text,
+    cancel: (await ref.callTool('offload_cancel', {})).content[0].text,
+  };
+  const h = makeOpenClawHome({
+    pluginConfig: (base) => ({ relay_url: srv.relayUrl, registry_url: srv.registryUrl, state_dir: path.join(base, 'mesh-state') }),
+  });
+  const g = await h.startGateway();
+  try {
+    const replies = async (sessionKey, n) => {
+      for (let i = 0; i < 150; i++) {
+        const r = await g.call('chat.history', { sessionKey, limit: 20 });
+        assert.equal(r.code, 0, r.stdout.slice(0, 1000) + r.stderr.slice(-1000));
+        const texts = (r.json.messages ?? [])
+          .filter((m) => m.role === 'assistant')
+          .map((m) => (Array.isArray(m.content) ? m.content.map((c) => c.text ?? '').join('') : String(m.content)));
+        if (texts.length >= n) return texts;
+        await new Promise((res) => setTimeout(res, 200));
+      }
+      throw new Error(`no reply in ${sessionKey}:\n${g.logs().slice(-3000)}`);
+    };
+    let r = await g.call('chat.send', { sessionKey: 'offload-test', message: '/offload', idempotencyKey: 'offload-1' });
+    assert.equal(r.code, 0, r.stdout.slice(0, 1000) + r.stderr.slice(-1000));
+    assert.deepEqual(await replies('offload-test', 1), [want.status]);
+    r = await g.call('chat.send', { sessionKey: 'offload-test', message: '/offload cancel', idempotencyKey: 'offload-2' });
+    assert.equal(r.code, 0, r.stdout.slice(0, 1000) + r.stderr.slice(-1000));
+    assert.deepEqual(await replies('offload-test', 2), [want.status, want.cancel]);
   } finally {
     await g.stop();
     h.cleanup();

@@ -5,6 +5,7 @@
 //   const { json } = await oc.run(['plugins', 'inspect', 'kars-mesh', '--runtime', '--json']);
 //   const gw = await oc.startGateway();                     // loopback, token auth
 //   const r = await gw.invoke('mesh_inbox', {});           // POST /tools/invoke
+//   const c = await gw.call('chat.send', {...});           // openclaw gateway call (WebSocket RPC)
 //   await gw.stop(); oc.cleanup();
 //
 // The plugin is loaded from a directory named in `plugins.load.paths` with
@@ -242,6 +243,11 @@ export function makeOpenClawHome({ pluginConfig = {}, config = {}, pluginDir } =
       stop,
       exited: exitedP,
       logs: () => log,
+      /** `openclaw gateway call <method>` over the Gateway's WebSocket RPC: {code, json, stdout, stderr} */
+      call: (method, params = {}, { timeoutMs = 60_000 } = {}) =>
+        run(['gateway', 'call', method, '--url', `ws://127.0.0.1:${port}`, '--token', token, '--json', '--params', JSON.stringify(params)], {
+          timeoutMs,
+        }),
       /** POST /tools/invoke {tool, args}: {status, json, text} */
       invoke: (tool, args = {}, ms) => post({ tool, args }, ms),
       /** Wait (bounded) until the gateway log matches. */
