@@ -104,4 +104,5 @@ fi
 echo "    jco $(node_modules/.bin/jco --version)"
 
 bash scripts/setup-venv.sh </dev/null || die "scripts/setup-venv.sh failed"
+bash scripts/setup-openclaw.sh </dev/null || die "scripts/setup-openclaw.sh failed"
 echo "setup.sh: ok"

@@ -1,0 +1,323 @@
+// The kars-mesh OpenClaw plugin entry (package.json openclaw.extensions).
+//
+// A thin shell around the engine (js-host/ENGINE.md): every tool forwards its
+// arguments unchanged to the engine tool of the same name and returns the
+// engine's result `{content:[{type:"text",text}], details:{mesh:{...}}}`. The
+// engine validates arguments and writes every text; nothing here decides a
+// protocol question.
+//
+// OpenClaw rules this file follows (shared/spec/openclaw-host.md §2, §9):
+//   - register(api) is synchronous, cheap and idempotent: OpenClaw calls it
+//     several times per process (full, tool-discovery, discovery, again after a
+//     config reload). It opens nothing; no top-level await in the module graph
+//     (the engine host and the wasm glue are imported lazily).
+//   - One node per state directory per process, shared by every registration,
+//     started by the background service (Gateway `full` mode only) or by the
+//     first tool call.
+//   - Tools never throw: a node that cannot start answers
+//     "❌ Failed to connect to mesh: <reason>".
+
+import os from 'node:os';
+import path from 'node:path';
+import { TOOLS, TOOL_NAMES } from './tools.js';
+
+export const PLUGIN_ID = 'kars-mesh';
+export { TOOL_NAMES };
+
+const DEFAULT_RELAY = 'http://127.0.0.1:8083';
+const DEFAULT_REGISTRY = 'http://127.0.0.1:8082';
+const DEFAULT_START_SECONDS = 30;
+// Above the longest wait an engine tool may take (mesh_await: 600 s).
+const DEFAULT_TOOL_SECONDS = 660;
+const NOTIFY_TIMEOUT_MS = 5000;
+
+// ---- secrets never leave through texts or logs ---------------------------
+
+const TOKEN_RE = /azcp_1_[A-Za-z0-9_\-+=/]+/g;
+
+function redact(text) {
+  let s = String(text ?? '');
+  s = s.replace(TOKEN_RE, 'azcp_1_[redacted]');
+  const relayToken = process.env.KARS_MESH_RELAY_TOKEN;
+  if (relayToken && relayToken.length >= 4) s = s.split(relayToken).join('[redacted]');
+  return s;
+}
+
+function errorText(e) {
+  if (e == null) return 'unknown error';
+  if (typeof e === 'string') return e;
+  let msg = e.message || String(e);
+  if (e.cause?.message && !msg.includes(e.cause.message)) msg += `: ${e.cause.message}`;
+  return msg;
+}
+
+function errorResult(text, error) {
+  return { content: [{ type: 'text', text }], details: { mesh: { error } } };
+}
+
+// ---- settings ------------------------------------------------------------
+
+function expandHome(p) {
+  if (p === '~') return os.homedir();
+  if (p.startsWith('~/')) return path.join(os.homedir(), p.slice(2));
+  return path.resolve(os.homedir(), p);
+}
+
+function positiveSeconds(v, fallback) {
+  return typeof v === 'number' && Number.isFinite(v) && v > 0 ? v : fallback;
+}
+
+/**
+ * Node settings from `plugins.entries.kars-mesh.config` (validated by OpenClaw
+ * against the manifest's configSchema), then the environment the CLI also
+ * reads, then defaults.
+ */
+export function resolveSettings(pluginConfig = {}, env = process.env) {
+  const c = pluginConfig && typeof pluginConfig === 'object' ? pluginConfig : {};
+  const str = (v) => (typeof v === 'string' && v.trim() ? v.trim() : undefined);
+  const stateDir = expandHome(str(c.state_dir) ?? str(env.KARS_MESH_STATE) ?? '~/.kars-mesh');
+  const settings = {
+    stateDir,
+    relayUrl: str(c.relay_url) ?? str(env.KARS_MESH_RELAY) ?? DEFAULT_RELAY,
+    registryUrl: str(c.registry_url) ?? str(env.KARS_MESH_REGISTRY) ?? DEFAULT_REGISTRY,
+    name: str(c.display_name),
+    capabilities: Array.isArray(c.capabilities) ? c.capabilities.filter((x) => typeof x === 'string' && x) : undefined,
+    acceptSessions:
+      typeof c.accept_sessions === 'string' || Array.isArray(c.accept_sessions) ? c.accept_sessions : undefined,
+    startTimeoutMs: positiveSeconds(c.timeouts?.start_seconds, DEFAULT_START_SECONDS) * 1000,
+    toolTimeoutMs: positiveSeconds(c.timeouts?.tool_seconds, DEFAULT_TOOL_SECONDS) * 1000,
+  };
+  // What the running node depends on: a reload that changes it restarts the node.
+  settings.fingerprint = JSON.stringify([
+    settings.relayUrl,
+    settings.registryUrl,
+    settings.name ?? null,
+    settings.capabilities ?? null,
+    settings.acceptSessions ?? null,
+  ]);
+  return settings;
+}
+
+// ---- one node per state directory, for the whole process ----------------
+
+const GLOBAL_KEY = Symbol.for('kars-mesh.openclaw-plugin.nodes');
+/** @returns {Map<string, {fingerprint: string, promise: Promise<object>, node: object|null}>} */
+function nodes() {
+  globalThis[GLOBAL_KEY] ??= new Map();
+  return globalThis[GLOBAL_KEY];
+}
+
+/** Stop the node of an entry once it has started (or give up if it never does). */
+async function stopEntry(entry) {
+  const node = entry.node ?? (await entry.promise.catch(() => null));
+  if (node && !node.stopped) await node.stop().catch(() => {});
+}
+
+function startNode(settings, log, previous) {
+  return (async () => {
+    if (previous) await stopEntry(previous); // releases the state directory's lock
+    const { createNode } = await import('./node-host.js');
+    const starting = createNode({
+      stateDir: settings.stateDir,
+      relayUrl: settings.relayUrl,
+      registryUrl: settings.registryUrl,
+      name: settings.name,
+      capabilities: settings.capabilities,
+      acceptSessions: settings.acceptSessions,
+      log,
+    });
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`the mesh node did not start within ${settings.startTimeoutMs / 1000} s`)),
+        settings.startTimeoutMs,
+      );
+      timer.unref?.();
+    });
+    try {
+      return await Promise.race([starting, timeout]);
+    } catch (e) {
+      // A start that finishes after the timeout must not keep the directory locked.
+      starting.then((n) => n.stop(), () => {});
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  })();
+}
+
+/**
+ * The running node for these settings: started on first use, shared by all
+ * registrations, restarted when it died or when a config reload changed it.
+ */
+export function getNode(settings, log) {
+  const map = nodes();
+  let entry = map.get(settings.stateDir);
+  let previous = null;
+  if (entry && ((entry.node && entry.node.stopped) || entry.fingerprint !== settings.fingerprint)) {
+    previous = entry;
+    map.delete(settings.stateDir);
+    entry = undefined;
+  }
+  if (!entry) {
+    entry = { fingerprint: settings.fingerprint, node: null, promise: null };
+    entry.promise = startNode(settings, log, previous);
+    map.set(settings.stateDir, entry);
+    const own = entry;
+    entry.promise.then(
+      (n) => { own.node = n; },
+      () => { if (map.get(settings.stateDir) === own) map.delete(settings.stateDir); },
+    );
+  }
+  return entry.promise;
+}
+
+/** The node for this state directory if it is already running (never starts one). */
+function runningNode(settings) {
+  const n = nodes().get(settings.stateDir)?.node;
+  return n && !n.stopped ? n : null;
+}
+
+/** Stop every node this process started (the service's stop, tests). */
+export async function stopAllNodes() {
+  const map = nodes();
+  const entries = [...map.values()];
+  map.clear();
+  await Promise.all(entries.map(stopEntry));
+}
+
+// ---- calling the engine ---------------------------------------------------
+
+/**
+ * Call an engine tool on the shared node. Resolves with the engine's result,
+ * or an error result when the node cannot start or the call cannot be
+ * answered (aborted, timed out, node stopped). Never rejects.
+ */
+export async function callEngine(settings, log, tool, params, { signal, timeoutMs } = {}) {
+  let node;
+  try {
+    node = await getNode(settings, log);
+  } catch (e) {
+    const reason = redact(errorText(e));
+    return errorResult(`❌ Failed to connect to mesh: ${reason}`, reason);
+  }
+  try {
+    const result = await node.callTool(tool, params ?? {}, { signal, timeoutMs: timeoutMs ?? settings.toolTimeoutMs });
+    if (result && typeof result === 'object' && Array.isArray(result.content)) return result;
+    return errorResult(`❌ ${tool}: the engine returned no result`, 'no result');
+  } catch (e) {
+    const reason = signal?.aborted ? 'cancelled' : redact(errorText(e));
+    return errorResult(`❌ ${tool} failed: ${reason}`, reason);
+  }
+}
+
+function resultText(result) {
+  const t = result?.content?.find?.((c) => c?.type === 'text')?.text;
+  return typeof t === 'string' ? t : '';
+}
+
+// ---- register -------------------------------------------------------------
+
+function makeLogger(api) {
+  const logger = api.logger ?? {};
+  return (level, message) => {
+    const m = `kars-mesh: ${redact(message)}`;
+    try {
+      if (level === 'error') logger.error?.(m);
+      else if (level === 'warn') logger.warn?.(m);
+      else if (level === 'info') logger.info?.(m);
+      // debug lines of the core stay out of the Gateway log
+    } catch {
+      /* a logger must not break the node */
+    }
+  };
+}
+
+function register(api) {
+  const mode = api.registrationMode ?? 'full';
+  // Metadata-only loads have no runtime; register nothing.
+  if (mode === 'cli-metadata' || mode === 'setup-only') return;
+
+  const settings = resolveSettings(api.pluginConfig);
+  const log = makeLogger(api);
+
+  for (const def of TOOLS) {
+    const tool = def.name;
+    api.registerTool({
+      name: tool,
+      label: def.label,
+      description: def.description,
+      parameters: def.parameters,
+      execute: (_toolCallId, params, signal) => callEngine(settings, log, tool, params, { signal }),
+    });
+  }
+
+  if (typeof api.registerCommand === 'function') {
+    api.registerCommand({
+      name: 'offload',
+      description: 'Show the status of the active cloud offload, or cancel it: /offload [status|cancel]',
+      acceptsArgs: true,
+      async handler(ctx) {
+        const sub = String(ctx?.args ?? '').trim().split(/\s+/)[0].toLowerCase();
+        const tool = sub === 'cancel' ? 'offload_cancel' : 'offload_status';
+        const result = await callEngine(settings, log, tool, {});
+        // OpenClaw 2026.9.6 command results are ReplyPayloads: the reply text is `text`.
+        return { text: resultText(result) || `❌ ${tool}: no answer` };
+      },
+    });
+  }
+
+  if (typeof api.on === 'function') {
+    // Offload news goes in front of the next outgoing message. Only a node that
+    // is already running is asked (a message must not start the mesh link); an
+    // engine without the tool, or any error, leaves the message alone.
+    api.on('message_sending', async (event) => {
+      const node = runningNode(settings);
+      if (!node || typeof event?.content !== 'string') return undefined;
+      let result;
+      try {
+        result = await node.callTool('offload_notifications', {}, { timeoutMs: NOTIFY_TIMEOUT_MS });
+      } catch {
+        return undefined;
+      }
+      const lines = result?.details?.mesh?.lines;
+      if (result?.details?.mesh?.error || !Array.isArray(lines)) return undefined;
+      const text = lines.filter((l) => typeof l === 'string' && l).join('\n');
+      if (!text) return undefined;
+      return { content: `${text}\n\n${event.content}` };
+    });
+  }
+
+  // Services start only in the Gateway's full mode; discovery loads skip them.
+  if (mode === 'full' && typeof api.registerService === 'function') {
+    api.registerService({
+      id: PLUGIN_ID,
+      async start(ctx) {
+        try {
+          const node = await getNode(settings, log);
+          log('info', `mesh node started (${node.did})`);
+          ctx?.serviceHealth?.clearFailure?.();
+        } catch (e) {
+          // Not fatal for the Gateway: tools retry the start and report the reason.
+          const reason = redact(errorText(e));
+          log('warn', `mesh node did not start: ${reason}`);
+          try {
+            ctx?.serviceHealth?.reportFailure?.(new Error(reason));
+          } catch {
+            /* optional surface */
+          }
+        }
+      },
+      async stop() {
+        await stopAllNodes();
+      },
+    });
+  }
+}
+
+export default {
+  id: PLUGIN_ID,
+  name: 'Kars Mesh',
+  description: 'End-to-end encrypted agent messaging over an AgentMesh relay, discovery, and kars cluster pairing',
+  register,
+};
