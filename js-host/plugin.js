@@ -124,6 +124,9 @@ function startNode(settings, log, previous) {
       name: settings.name,
       capabilities: settings.capabilities,
       acceptSessions: settings.acceptSessions,
+      // A user of the original plugin keeps their DID (read only; used only
+      // when this state directory has no identity yet).
+      legacyIdentityFile: path.join(os.homedir(), '.kars', 'identity.json'),
       log,
     });
     let timer;
