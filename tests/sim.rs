@@ -1641,3 +1641,101 @@ fn pairing_through_the_controller_role() {
         .unwrap()
         .contains("not a controller"));
 }
+
+// ------------------------------------------- controller: plaintext dialect
+
+/// The original plugin speaks plaintext to its controller. Ours takes a
+/// plaintext `pair_request` from anyone (the DID binding is still checked),
+/// then plaintext offload messages only from the DID that pairing bound;
+/// a stranger's plaintext offload_request is dropped before it is parsed.
+#[test]
+fn controller_takes_plaintext_only_from_its_paired_peers() {
+    let mut w = World::new(77);
+    let ctrl = w.add_agent(
+        "controller",
+        json!({"role": "controller", "cluster_name": "lab"}),
+    );
+    w.run_for(3_000);
+    let gen = w.call_sync(
+        ctrl,
+        "pair_generate",
+        json!({"name": "legacy", "capabilities": "offload"}),
+        5_000,
+    );
+    let tok = gen["details"]["mesh"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret = kars_mesh::wire::token::parse(&tok).unwrap().secret.clone();
+    let cd = w.did(ctrl);
+    let legacy_seed = [0x51; 32];
+    let legacy = Identity::from_seed(&legacy_seed);
+    let ld = legacy.did().to_string();
+    let raw = w.raw_connect(legacy_seed);
+    let stranger_seed = [0x52; 32];
+    let sd = Identity::from_seed(&stranger_seed).did().to_string();
+    let raw_stranger = w.raw_connect(stranger_seed);
+    let frame = |from: &str, id: &str, p: Value| {
+        json!({"v":1,"type":"message","from":from,"to":cd,"id":id,"ts":"2026-11-25T00:00:00.000Z",
+            "ciphertext": b64::encode_std(p.to_string().as_bytes()),"plaintext":true})
+        .to_string()
+    };
+    let offload = |rid: &str| {
+        json!({"type":"offload_request","task":"t","files":[],"file_count":0,"total_bytes":0,
+        "preferences":{"timeout_minutes":5},"request_id":rid})
+    };
+    // Before pairing, an offload_request in plaintext is dropped.
+    w.raw_send(
+        raw,
+        &frame(
+            &ld,
+            "5c8e2a4e-0b7c-4d5e-9f1a-000000000001",
+            offload("aaaaaaaa-0000-4000-8000-000000000001"),
+        ),
+    );
+    w.run_for(2_000);
+    assert_eq!(
+        w.call_sync(ctrl, "offload_list", json!({}), 5_000)["details"]["mesh"]["offloads"],
+        json!([])
+    );
+    let pr = json!({"type":"pair_request","secret":secret,"pubkey_ed25519":b64::encode_std(legacy.ed25519_public()),
+        "display_name":"old plugin","capabilities_requested":["offload"]});
+    w.raw_send(raw, &frame(&ld, "5c8e2a4e-0b7c-4d5e-9f1a-000000000002", pr));
+    w.run_for(3_000);
+    let list = w.call_sync(ctrl, "pair_list", json!({}), 5_000);
+    assert_eq!(
+        list["details"]["mesh"]["pairings"][0]["bound_did"],
+        json!(ld),
+        "{list}"
+    );
+    // Paired: its plaintext offload_request is taken; a stranger's is not.
+    w.raw_send(
+        raw_stranger,
+        &frame(
+            &sd,
+            "5c8e2a4e-0b7c-4d5e-9f1a-000000000003",
+            offload("bbbbbbbb-0000-4000-8000-000000000002"),
+        ),
+    );
+    w.raw_send(
+        raw,
+        &frame(
+            &ld,
+            "5c8e2a4e-0b7c-4d5e-9f1a-000000000004",
+            offload("cccccccc-0000-4000-8000-000000000003"),
+        ),
+    );
+    w.run_for(3_000);
+    let offs = w.call_sync(ctrl, "offload_list", json!({}), 5_000);
+    let offs = offs["details"]["mesh"]["offloads"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(offs.len(), 1, "{offs:?}");
+    assert_eq!(offs[0]["requester"], json!(ld));
+    assert_eq!(
+        offs[0]["request_id"],
+        json!("cccccccc-0000-4000-8000-000000000003")
+    );
+    assert_eq!(offs[0]["phase"], json!("spawning"));
+}

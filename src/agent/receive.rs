@@ -578,6 +578,31 @@ impl Agent {
         }
     }
 
+    /// A controller speaks the original plugin's plaintext dialect with its
+    /// paired peers only: `pair_request` from anyone (the original plugin
+    /// sends its token's secret that way), offload messages only from a DID
+    /// bound to an active pairing. Everything it answers is encrypted.
+    fn controller_takes_plaintext(&self, v: &Value, from: &str) -> bool {
+        let Some(ledger) = self.ledger.as_ref() else {
+            return false;
+        };
+        let body = v["payload"]
+            .as_str()
+            .or_else(|| v["ciphertext"].as_str())
+            .unwrap_or("");
+        let Ok(payload) = plaintext::decode_body(body) else {
+            return false;
+        };
+        match payload["type"].as_str() {
+            Some("pair_request") => true,
+            Some("offload_request" | "offload_cleanup") => ledger.pairings.iter().any(|p| {
+                p.bound_did.as_deref() == Some(from)
+                    && p.phase == crate::roles::ledger::Phase::Active
+            }),
+            _ => false,
+        }
+    }
+
     pub(super) fn after_decrypt(&mut self, cx: &mut Cx<'_>, from: &str, how: Decrypted) {
         if how == Decrypted::Promoted {
             // The peer's session replaced ours: what it has not receipted must
@@ -596,7 +621,9 @@ impl Agent {
     }
 
     pub(super) fn on_plaintext(&mut self, cx: &mut Cx<'_>, v: &Value, from: &str, id: &str) {
-        if !self.cfg.trusted_plaintext.iter().any(|d| d == from) {
+        if !self.cfg.trusted_plaintext.iter().any(|d| d == from)
+            && !self.controller_takes_plaintext(v, from)
+        {
             // The flag is honoured only from DIDs the user trusts for it.
             self.stats.plaintext_dropped += 1;
             cx.log(
