@@ -114,6 +114,8 @@ pub struct Offload {
     pub viewed_ms: u64,
     #[serde(default)]
     pub viewed_events: usize,
+    #[serde(default)]
+    pub last_note_coalescable: bool,
 }
 
 impl Offload {
@@ -250,15 +252,13 @@ impl Agent {
             phase_icon(phase),
             o.short()
         );
-        // Consecutive progress or phase news coalesce (the newest is kept).
-        let coalesce = |l: &str| {
-            !(l.contains(" done: ") || l.contains(" error: ") || l.contains(" returning: "))
-        };
-        if let Some(last) = o.notes.last() {
-            if coalesce(last) && coalesce(&line) && o.notes.len() == o.notes.len().max(1) {
-                o.notes.pop();
-            }
+        // Consecutive progress or phase news coalesce (the newest is kept);
+        // received files and the end are always kept.
+        let lasting = |p: &str| matches!(p, "returning" | "done" | "error");
+        if o.notes.last().is_some() && o.last_note_coalescable && !lasting(phase) {
+            o.notes.pop();
         }
+        o.last_note_coalescable = !lasting(phase);
         if o.notes.len() >= MAX_NOTES {
             o.notes.remove(0);
         }
@@ -433,6 +433,7 @@ impl Agent {
             notes: Vec::new(),
             viewed_ms: 0,
             viewed_events: 0,
+            last_note_coalescable: false,
         };
         let n = files.len();
         let mut submit = Submit {
