@@ -1,36 +1,83 @@
 // One full agent turn in the REAL OpenClaw (`openclaw agent --local`, Node 24)
-// with a scripted OpenAI-compatible model on loopback (tests/harness/stub-llm.mjs)
-// instead of an LLM: the model sees the 8 kars-mesh tools with their original
-// descriptions and the mesh-federation skill, calls mesh_inbox, the plugin
-// starts the node on demand, and the engine's answer reaches the model. The
-// process exits on its own afterwards (a lazily started node keeps nothing alive).
-import { test, after } from 'node:test';
+// against the REAL AgentMesh relay and registry, with a scripted
+// OpenAI-compatible model on loopback (tests/harness/stub-llm.mjs) instead of
+// an LLM. The model sees the 8 kars-mesh tools with their original
+// descriptions and the mesh-federation skill, then calls
+//   1. mesh_send {to: "bob", ...}: bob is a second engine node (createNode)
+//      registered under that name; the plugin starts the node on demand;
+//   2. mesh_inbox {block_until_message: true}: bob has read the message and
+//      replied meanwhile (the stub holds the model until he has);
+// and both tool results reach the model. Nothing compares a text that holds a
+// time (mesh_inbox's diagnostics carry `counters_since`).
+import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { makeOpenClawHome } from './harness/openclaw.mjs';
+import { startServers } from './harness/servers.mjs';
 import { startStubLlm } from './harness/stub-llm.mjs';
 import { createNode } from '../js-host/node-host.js';
 import { TOOLS } from '../js-host/tools.js';
 
 const cleanups = [];
+let srv;
+before(async () => {
+  srv = await startServers();
+  cleanups.push(() => srv.stop());
+});
 after(async () => { for (const c of cleanups.reverse()) await c(); });
 
-const NOWHERE = 'http://127.0.0.1:9'; // no relay or registry: mesh_inbox is answered locally
+const MESSAGE = 'hello bob, this is claw from an agent turn';
+const REPLY = 'hi claw, bob got your message';
 
-test('openclaw agent --local: the model calls mesh_inbox and gets the engine\'s answer', { timeout: 180_000 }, async () => {
-  // What a fresh node answers for an empty inbox.
-  const refDir = mkdtempSync(path.join(tmpdir(), 'kars-oc-ref-'));
-  cleanups.push(() => rmSync(refDir, { recursive: true, force: true }));
-  const ref = await createNode({ stateDir: refDir, relayUrl: NOWHERE, registryUrl: NOWHERE, log: () => {} });
-  const want = (await ref.callTool('mesh_inbox', {})).content[0].text;
-  await ref.stop();
+async function registered(n) {
+  for (let i = 0; i < 100; i++) {
+    const r = await n.callTool('mesh_identity', {});
+    if (r.details.mesh.registered && r.details.mesh.connected) return;
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  throw new Error('node did not register and connect');
+}
 
-  const stub = await startStubLlm({ toolName: 'mesh_inbox', toolArgs: {}, replyPrefix: 'TOOL SAID: ' });
+const textOf = (content) => (typeof content === 'string' ? content : (content ?? []).map((c) => c?.text ?? '').join(''));
+
+test('openclaw agent --local: the model calls mesh_send then mesh_inbox; the peer gets the message and its reply reaches the model', { timeout: 180_000 }, async () => {
+  const bobDir = mkdtempSync(path.join(tmpdir(), 'kars-oc-bob-'));
+  cleanups.push(() => rmSync(bobDir, { recursive: true, force: true }));
+  const bob = await createNode({ stateDir: bobDir, relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name: 'bob', log: () => {} });
+  cleanups.push(() => bob.stop().catch(() => {}));
+  await registered(bob);
+
+  // Bob answers whatever reaches him: waits for the message, then replies to its sender.
+  const bobSide = (async () => {
+    const got = await bob.callTool('mesh_inbox', { block_until_message: true, timeout_seconds: 150 }, { timeoutMs: 160_000 });
+    const m = got.details.mesh.messages?.[0];
+    if (!m) throw new Error(`bob received nothing: ${got.content[0].text}`);
+    const reply = await bob.callTool('mesh_send', { to: m.from, message: REPLY }, { timeoutMs: 40_000 });
+    return { got, reply };
+  })();
+  bobSide.catch(() => {}); // awaited below; never an unhandled rejection
+
+  const stub = await startStubLlm({
+    script: [
+      { name: 'mesh_send', args: { to: 'bob', message: MESSAGE } },
+      { name: 'mesh_inbox', args: { block_until_message: true, timeout_seconds: 60 } },
+    ],
+    replyPrefix: 'TOOL SAID: ',
+    // The model asks for mesh_inbox only once bob has replied (a reply sent
+    // "within the turn"); block_until_message covers the relay's delivery time.
+    beforeStep: async (i) => { if (i === 1) await bobSide; },
+  });
   cleanups.push(() => stub.close());
   const h = makeOpenClawHome({
-    pluginConfig: (base) => ({ state_dir: path.join(base, 'mesh-state'), relay_url: NOWHERE, registry_url: NOWHERE }),
+    pluginConfig: (base) => ({
+      state_dir: path.join(base, 'mesh-state'),
+      relay_url: srv.relayUrl,
+      registry_url: srv.registryUrl,
+      display_name: 'claw',
+      timeouts: { start_seconds: 30, tool_seconds: 90 },
+    }),
     config: {
       models: {
         providers: {
@@ -48,20 +95,50 @@ test('openclaw agent --local: the model calls mesh_inbox and gets the engine\'s 
   });
   cleanups.push(() => h.cleanup());
 
-  const r = await h.run(['agent', '--local', '--agent', 'main', '--session-id', 'mesh-1', '--message', 'check my mesh inbox', '--json'], { timeoutMs: 150_000 });
+  const r = await h.run(['agent', '--local', '--agent', 'main', '--session-id', 'mesh-1', '--message', 'say hello to bob on the mesh and read his answer', '--json'], { timeoutMs: 150_000 });
   assert.equal(r.code, 0, `${r.stdout.slice(0, 2000)}\n${r.stderr.slice(-3000)}`);
-  assert.equal(r.json.payloads[0].text, `TOOL SAID: ${want}`);
-  assert.deepEqual(r.json.meta.agentMeta.terminalReceipt.successfulToolNames, ['mesh_inbox']);
+  assert.deepEqual(r.json.meta.agentMeta.terminalReceipt.successfulToolNames, ['mesh_send', 'mesh_inbox']);
+
+  // ---- bob got the message, end-to-end encrypted, from the agent's node ----
+  const { got, reply } = await bobSide;
+  assert.equal(got.details.mesh.messages.length, 1, JSON.stringify(got.details.mesh));
+  const inbound = got.details.mesh.messages[0];
+  assert.equal(inbound.evidence, 'encrypted');
+  assert.equal(inbound.payload.content, MESSAGE);
+  const clawDid = inbound.from;
+  assert.match(clawDid, /^did:mesh:[0-9a-f]{32}$/);
+  assert.doesNotMatch(reply.content[0].text, /^❌/, reply.content[0].text);
+  // Bob's inbox still shows it (peek by default).
+  const bobInbox = await bob.callTool('mesh_inbox', { unread_only: false });
+  assert.deepEqual(bobInbox.details.mesh.messages.map((m) => [m.from, m.evidence, m.payload.content]), [[clawDid, 'encrypted', MESSAGE]]);
+  // The agent registered under its display_name.
+  const reg = await (await fetch(`${srv.registryUrl}/v1/discover?capability=claw`)).json();
+  assert.deepEqual(reg.results.map((a) => a.did), [clawDid]);
+
+  // ---- both tool results reached the model ------------------------------
+  const chats = stub.requests.filter((q) => q.url.endsWith('/chat/completions'));
+  const last = chats.at(-1).body.messages;
+  const results = last.filter((m) => m.role === 'tool').map((m) => textOf(m.content));
+  assert.equal(results.length, 2, JSON.stringify(last).slice(0, 3000));
+  const [sentText, inboxText] = results;
+  assert.equal(sentText, `✓ Message sent to bob (${bob.did.slice(0, 16)}...) (E2E encrypted)`);
+  assert.match(inboxText, /^📬 1 of 1 message\(s\) \(1 unread\):\n {2}1\. \[did:mesh:[0-9a-f]{32}\] \(·new\) /, inboxText);
+  assert.ok(inboxText.includes(`[${bob.did}]`), inboxText);
+  assert.ok(inboxText.includes(REPLY), inboxText);
+  assert.match(inboxText, /\n\nDiagnostics: \{.*"received_total":1.*\}$/s, inboxText);
+  // ... and the model's final answer carried them back.
+  const final = r.json.payloads.map((p) => p.text ?? '').join('\n');
+  assert.ok(final.startsWith(`TOOL SAID: ${sentText}\n---\n📬 1 of 1 message(s)`), final);
+  assert.ok(final.includes(REPLY), final);
 
   // The first model request offered the 8 tools with the original descriptions,
   // and the system prompt lists the skill.
-  const first = stub.requests.find((q) => q.url.endsWith('/chat/completions'));
-  const offered = new Map((first.body.tools ?? []).map((t) => [t.function.name, t.function]));
+  const offered = new Map((chats[0].body.tools ?? []).map((t) => [t.function.name, t.function]));
   for (const def of TOOLS) {
     assert.ok(offered.has(def.name), `${def.name} not offered to the model: ${[...offered.keys()].join(', ')}`);
     assert.equal(offered.get(def.name).description, def.description);
     assert.deepEqual(offered.get(def.name).parameters.required ?? [], def.parameters.required ?? []);
   }
-  const system = first.body.messages.filter((m) => m.role === 'system').map((m) => (typeof m.content === 'string' ? m.content : JSON.stringify(m.content))).join('\n');
+  const system = chats[0].body.messages.filter((m) => m.role === 'system').map((m) => textOf(m.content)).join('\n');
   assert.match(system, /mesh-federation/);
 });

@@ -1,9 +1,13 @@
 // A scripted OpenAI-compatible /v1/chat/completions server on loopback, for
 // one agent turn without a real model (openclaw-host.md §12.2 step 5):
-//   - while the conversation has no tool result yet and the request offers the
-//     tool `toolName`, answer with one call of it (arguments `toolArgs`);
-//   - once a tool result is there, answer with text: `replyPrefix` + the
-//     result's text, so the test can see what reached the model.
+//   - `script: [{name, args}, ...]` (or one `toolName` + `toolArgs`): while
+//     the conversation holds fewer tool results than the script has steps and
+//     the request offers the next step's tool, answer with one call of it;
+//   - once every step has its result, answer with text: `replyPrefix` + the
+//     results' texts (joined by "\n---\n"), so the test can see what reached
+//     the model.
+// `beforeStep(i)` (optional, async) runs before step i is answered, so a test
+// can hold the model until something has happened on the mesh.
 // Streams (SSE) when asked to, answers plain JSON otherwise.
 import http from 'node:http';
 
@@ -13,12 +17,13 @@ function textOf(content) {
   return '';
 }
 
-export async function startStubLlm({ toolName, toolArgs = {}, replyPrefix = 'TOOL SAID: ' }) {
+export async function startStubLlm({ toolName, toolArgs = {}, script, replyPrefix = 'TOOL SAID: ', beforeStep }) {
+  const steps = script ?? [{ name: toolName, args: toolArgs }];
   const requests = [];
   const server = http.createServer((req, res) => {
     let body = '';
     req.on('data', (d) => { body += d; });
-    req.on('end', () => {
+    req.on('end', async () => {
       let j = {};
       try { j = JSON.parse(body || '{}'); } catch { /* keep {} */ }
       requests.push({ url: req.url, body: j });
@@ -28,19 +33,22 @@ export async function startStubLlm({ toolName, toolArgs = {}, replyPrefix = 'TOO
         return;
       }
       const messages = Array.isArray(j.messages) ? j.messages : [];
-      const toolResult = [...messages].reverse().find((m) => m.role === 'tool');
-      const offersTool = (j.tools ?? []).some((t) => t?.function?.name === toolName);
+      const toolResults = messages.filter((m) => m.role === 'tool');
+      const step = steps[toolResults.length];
+      const offersTool = step && (j.tools ?? []).some((t) => t?.function?.name === step.name);
       const id = `chatcmpl-${requests.length}`;
       let delta;
       let finish;
-      if (!toolResult && offersTool) {
+      if (offersTool) {
+        if (beforeStep) await beforeStep(toolResults.length);
         delta = {
           role: 'assistant',
-          tool_calls: [{ index: 0, id: `call_${requests.length}`, type: 'function', function: { name: toolName, arguments: JSON.stringify(toolArgs) } }],
+          tool_calls: [{ index: 0, id: `call_${requests.length}`, type: 'function', function: { name: step.name, arguments: JSON.stringify(step.args ?? {}) } }],
         };
         finish = 'tool_calls';
       } else {
-        delta = { role: 'assistant', content: toolResult ? `${replyPrefix}${textOf(toolResult.content)}` : 'ok' };
+        const texts = toolResults.map((m) => textOf(m.content));
+        delta = { role: 'assistant', content: texts.length ? `${replyPrefix}${texts.join('\n---\n')}` : 'ok' };
         finish = 'stop';
       }
       const usage = { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 };
