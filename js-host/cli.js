@@ -458,10 +458,10 @@ async function followOffload(node, run, out, signal) {
     const r = await node.callTool('offload_status', { wait_seconds: wait, after_events: after }, { signal, timeoutMs: (wait + 30) * 1000 });
     last = r?.details?.mesh;
     if (!last?.events) break;
-    for (const e of last.events.slice(after)) {
+    for (const e of last.events.filter((x) => x.seq > after)) {
       out(`  ${new Date(e.at_ms).toISOString().slice(11, 19)}  ${e.phase.padEnd(12)} ${e.text}`);
     }
-    after = last.events.length;
+    after = last.events_total;
     if (last.phase === 'done' || last.phase === 'error') break;
   }
   if (!last?.events) return EXIT.OK;

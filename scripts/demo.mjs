@@ -129,10 +129,10 @@ try {
   while (Date.now() < deadline) {
     const s = await alice.call('offload_status', { wait_seconds: 30, after_events: after });
     last = s.mesh;
-    for (const e of (last.events ?? []).slice(after)) {
+    for (const e of (last.events ?? []).filter((x) => x.seq > after)) {
       console.log(indent(`${new Date(e.at_ms).toISOString().slice(11, 23)}  ${e.phase.padEnd(12)} ${e.text}`, '     '));
     }
-    after = last.events?.length ?? after;
+    after = last.events_total ?? after;
     if (last.phase === 'done' || last.phase === 'error') break;
   }
   if (last.phase !== 'done') throw new Error(`the offload ended in ${last.phase}: ${last.error ?? ''}`);

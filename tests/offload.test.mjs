@@ -77,8 +77,8 @@ async function follow(client, { until = ['done', 'error'], timeoutMs = 90_000 } 
     const r = await client.callTool('offload_status', { wait_seconds: 20, after_events: after }, { timeoutMs: 30_000 });
     const m = r.details.mesh;
     if (!m.events) return { seen, last: m };
-    for (const e of m.events.slice(after)) seen.push(e.phase);
-    after = m.events.length;
+    for (const e of m.events) if (e.seq > after) seen.push(e.phase);
+    after = m.events_total;
     if (until.includes(m.phase)) return { seen, last: m };
   }
   throw new Error(`offload did not reach ${until} in time; phases: ${seen.join(' ')}`);

@@ -13,7 +13,6 @@
 //      offload_status after done, and offload_cancel of a slow offload (the
 //      controller's offload_list empty, slots_used 0, sandbox gone);
 //   3. an offload with more than 40 events followed to done.
-// Two engine issues are kept as `todo` subtests (they report, not fail).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -129,9 +128,9 @@ async function follow({ until = ['done', 'error'], timeoutMs = 90_000 } = {}) {
     const r = await invoke('offload_status', { wait_seconds: 20, after_events: afterEvents }, 40_000);
     const m = r.details.mesh;
     if (!m.events) return { seen, last: m, text: text(r) };
-    assert.ok(m.events.length > afterEvents || until.includes(m.phase), `offload_status answered without news: ${JSON.stringify(m)}`);
-    for (const e of m.events.slice(afterEvents)) seen.push(e.phase);
-    afterEvents = m.events.length;
+    assert.ok(m.events_total > afterEvents || until.includes(m.phase), `offload_status answered without news: ${JSON.stringify(m)}`);
+    for (const e of m.events) if (e.seq > afterEvents) seen.push(e.phase);
+    afterEvents = m.events_total;
     if (until.includes(m.phase)) return { seen, last: m, text: text(r) };
   }
   throw new Error(`offload did not reach ${until} in time; phases: ${seen.join(' ')}`);
@@ -154,7 +153,7 @@ function isAlive(pid) {
 const BAD = () => [
   // mesh_pair: missing, wrong type, malformed, oversized
   ['mesh_pair', {}, '❌ No token provided. Pass a pairing token starting with azcp_1_. (received argument keys: none)'],
-  ['mesh_pair', { token: 5 }, '❌ No token provided. Pass a pairing token starting with azcp_1_. (received argument keys: token)'],
+  ['mesh_pair', { token: 5 }, "❌ `token` must be a string: the pairing token starting with azcp_1_ that the cluster's operator gave you."],
   ['mesh_pair', { token: 'nope' }, '❌ Invalid pairing token. Must start with azcp_1_ and contain valid data. (token length: 4)'],
   ['mesh_pair', { token: `azcp_1_${'A'.repeat(20_000)}` }, '❌ Invalid pairing token. Must start with azcp_1_ and contain valid data. (token length: 20007)'],
   // cloud_offload: missing, wrong type, oversized, not paired
@@ -163,8 +162,12 @@ const BAD = () => [
   ['cloud_offload', { task: 'x'.repeat(100_001) }, '❌ The task is longer than 100000 characters. Put long material in a file and pass it in `files`.'],
   ['cloud_offload', { task: 'summarise the notes' }, '❌ Not paired with any kars cluster. Use mesh_pair first.'],
   ['cloud_offload', { task: 'summarise the notes', files: 'notes.txt' }, '❌ Not paired with any kars cluster. Use mesh_pair first.'],
-  // offload_status / offload_cancel: nothing active; bad arguments are not refused
-  ['offload_status', { wait_seconds: 'abc', after_events: -1 }, NO_OFFLOAD],
+  // offload_status: bad arguments are refused before anything else; offload_cancel takes none
+  ['offload_status', { wait_seconds: 'abc' }, '❌ offload_status: `wait_seconds` must be a number of seconds from 0 to 600.'],
+  ['offload_status', { wait_seconds: 601 }, '❌ offload_status: `wait_seconds` must be a number of seconds from 0 to 600.'],
+  ['offload_status', { after_events: -1 }, '❌ offload_status: `after_events` must be a whole number ≥ 0 (the `events_total` of the previous answer).'],
+  ['offload_status', { after_events: 1.5 }, '❌ offload_status: `after_events` must be a whole number ≥ 0 (the `events_total` of the previous answer).'],
+  ['offload_status', {}, NO_OFFLOAD],
   ['offload_cancel', { request_id: 5 }, NO_CANCEL],
   // mesh_send: missing, wrong type, oversized, unknown peer, own DID
   ['mesh_send', {}, '❌ mesh_send requires `to` (AMID or agent name). Use `discover` to list known agents.'],
@@ -302,16 +305,12 @@ test('every tool through the Gateway: pair, mesh_await, discover, cloud_offload 
   const doneText = `✅ Offload ${rid.slice(0, 8)} — done`;
   assert.ok(follower.text.startsWith(doneText), follower.text);
   assert.ok(follower.text.includes(`  incoming/${rid.slice(0, 8)}/inputs.json (${byName['inputs.json'].size} bytes, sha256 `), follower.text);
-  // A plain offload_status shows it once more and clears it. (When the
-  // offload was already done as the last wait call arrived, the engine has
-  // cleared it with that answer: see the todo test below.)
+  // A plain offload_status shows it once more and clears it (a waiting
+  // answer never clears it).
   const snap = await invoke('offload_status', {});
-  if (text(snap) === NO_OFFLOAD) t.diagnostic('the finished offload was cleared by the wait_seconds answer (engine issue, see the todo test)');
-  else {
-    assert.ok(text(snap).startsWith(doneText), text(snap));
-    assert.equal(snap.details.mesh.active, false);
-    assert.equal(text(await invoke('offload_status', {})), NO_OFFLOAD);
-  }
+  assert.ok(text(snap).startsWith(doneText), text(snap));
+  assert.equal(snap.details.mesh.active, false);
+  assert.equal(text(await invoke('offload_status', {})), NO_OFFLOAD);
   await waitFor(async () => (await ctrl.callTool('pair_list', {})).details.mesh.pairings[0].slots_used === 0, 'slot freed after done');
   assert.equal((await ctrl.callTool('offload_list', {})).details.mesh.offloads.length, 0);
 
@@ -337,9 +336,12 @@ test('every tool through the Gateway: pair, mesh_await, discover, cloud_offload 
   const short = rid2.slice(0, 8);
   const cut = reply.indexOf(`\n\n⚙️ Offload ${short} — running\nRequest ID: ${rid2}\n`);
   assert.ok(cut > 0, `no notification lines in front of the /offload reply:\n${reply}`);
-  // The news: one line per item (non-final news coalesce to the newest).
+  // The news: one line per item (non-final news coalesce to the newest). The
+  // first offload's end was never shown by the hook, so it comes first: news
+  // outlives the offload it is about.
   const news = reply.slice(0, cut).split('\n');
-  for (const line of news) assert.match(line, new RegExp(`^\\S+ Offload ${short} [a-z]+: \\S`), reply);
+  for (const line of news) assert.match(line, /^\S+ Offload [0-9a-f]{8} [a-z]+: \S/, reply);
+  assert.ok(news.includes(`✅ Offload ${rid.slice(0, 8)} done: finished with 2 output file(s)`), reply);
   assert.match(news.at(-1), new RegExp(`^⚙️ Offload ${short} running: `), reply);
   const cancelled = await invoke('offload_cancel', {});
   assert.equal(text(cancelled), `🛑 Offload ${rid2.slice(0, 8)} cancelled. Cluster CRD cleanup signal sent; the sandbox will be torn down shortly.`);
@@ -348,16 +350,11 @@ test('every tool through the Gateway: pair, mesh_await, discover, cloud_offload 
   const ended = await invoke('offload_status', { wait_seconds: 5, after_events: 0 });
   assert.match(text(ended), new RegExp(`^❌ Offload ${rid2.slice(0, 8)} — error\n`), text(ended));
   assert.match(text(ended), /\nError: Cancelled by user via offload_cancel$/, text(ended));
-  await t.test('a wait_seconds answer does not clear the finished offload (ENGINE.md: only a plain offload_status does)', {
-    todo: 'engine: offload_status with wait_seconds on an offload that has already ended answers through answer_snapshot(), which clears it (src/agent/offload.rs offload_status_tool)',
-  }, async () => {
-    const again = await invoke('offload_status', {});
-    assert.match(text(again), new RegExp(`^❌ Offload ${rid2.slice(0, 8)} — error\n`), text(again));
-  });
+  // A waiting answer does not clear the finished offload (ENGINE.md: only a plain offload_status does).
+  const again = await invoke('offload_status', {});
+  assert.match(text(again), new RegExp(`^❌ Offload ${rid2.slice(0, 8)} — error\n`), text(again));
   // Shown once without waiting, the finished offload is cleared.
-  let cleared = text(await invoke('offload_status', {}));
-  if (cleared !== NO_OFFLOAD) cleared = text(await invoke('offload_status', {}));
-  assert.equal(cleared, NO_OFFLOAD);
+  assert.equal(text(await invoke('offload_status', {})), NO_OFFLOAD);
   await waitFor(async () => (await ctrl.callTool('offload_list', {})).details.mesh.offloads.length === 0, 'controller dropped the offload');
   const [p2] = (await ctrl.callTool('pair_list', {})).details.mesh.pairings;
   assert.equal(p2.slots_used, 0, JSON.stringify(p2));
@@ -395,15 +392,13 @@ test('a long offload (more than 40 events): offload_status {wait_seconds, after_
     last = r.details.mesh;
     calls.push({ ms: Date.now() - t0, after: afterEvents, events: last.events?.length, phase: last.phase });
     if (!last.events || ['done', 'error'].includes(last.phase)) break;
-    afterEvents = last.events.length;
+    afterEvents = last.events_total;
   }
   assert.equal(last.phase, 'done', JSON.stringify(calls));
   assert.ok(last.outputs.some((o) => o.name === 'result.bin'), JSON.stringify(last.outputs));
   await waitFor(async () => (await ctrl.callTool('pair_list', {})).details.mesh.pairings[0].slots_used === 0, 'slot freed');
   const final = calls.at(-1);
-  await t.test('the call that reports done returns when done arrives, not when wait_seconds runs out', {
-    todo: 'engine: `after_events` counts a list capped at 40 (MAX_EVENTS); once full, events.len() never exceeds after_events=40, so watchers are not woken by progress nor by done and answer only at their timer (src/agent/offload.rs phase()/wake_offload_watchers)',
-  }, () => {
-    assert.ok(final.ms < 15_000, `the last offload_status waited ${final.ms} ms: ${JSON.stringify(calls.slice(-3))}`);
-  });
+  // The call that reports done returns when done arrives, not when wait_seconds runs out.
+  assert.ok(final.ms < 15_000, `the last offload_status waited ${final.ms} ms: ${JSON.stringify(calls.slice(-3))}`);
+  assert.ok(last.events_total > 40 && last.events.length === 40, `events_total ${last.events_total}, kept ${last.events.length}`);
 });

@@ -91,8 +91,8 @@ async function follow({ until = ['done', 'error'], timeoutMs = 90_000 } = {}) {
     const r = await invoke('offload_status', { wait_seconds: 20, after_events: afterEvents }, 40_000);
     const m = r.details.mesh;
     if (!m.events) return { seen, last: m, text: text(r) };
-    for (const e of m.events.slice(afterEvents)) seen.push(e.phase);
-    afterEvents = m.events.length;
+    for (const e of m.events) if (e.seq > afterEvents) seen.push(e.phase);
+    afterEvents = m.events_total;
     if (until.includes(m.phase)) return { seen, last: m, text: text(r) };
   }
   throw new Error(`offload did not reach ${until} in time; phases: ${seen.join(' ')}`);

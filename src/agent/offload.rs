@@ -83,6 +83,9 @@ pub struct OutputFile {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OffloadEvent {
+    /// 1, 2, 3, ... over the whole offload (the list keeps the last 40).
+    #[serde(default)]
+    pub seq: usize,
     pub at_ms: u64,
     pub phase: String,
     pub text: String,
@@ -116,6 +119,9 @@ pub struct Offload {
     pub viewed_events: usize,
     #[serde(default)]
     pub last_note_coalescable: bool,
+    /// Events recorded so far (`after_events` counts against this).
+    #[serde(default)]
+    pub events_total: usize,
 }
 
 impl Offload {
@@ -131,6 +137,9 @@ impl Offload {
 pub struct Recent {
     /// (normalised task, request id, started).
     pub tasks: Vec<(String, String, u64)>,
+    /// News of a cleared offload not yet taken by the hook.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// Client state outside the persisted record.
@@ -218,6 +227,17 @@ impl Agent {
         }
     }
 
+    fn save_recent(&mut self, cx: &mut Cx<'_>) {
+        if let Err(e) = self.vault.put(
+            cx.host,
+            &mut cx.out,
+            keys::OFFLOAD_RECENT,
+            &self.offloads.recent,
+        ) {
+            cx.log(LogLevel::Error, &e.to_string());
+        }
+    }
+
     fn set_deadline(&mut self, cx: &mut Cx<'_>, after_ms: u64) {
         if let Some(t) = self.offloads.timer.take() {
             cx.out.push(Command::TimerCancel(t));
@@ -242,7 +262,9 @@ impl Agent {
         if o.events.len() >= MAX_EVENTS {
             o.events.remove(0);
         }
+        o.events_total += 1;
         o.events.push(OffloadEvent {
+            seq: o.events_total,
             at_ms: now,
             phase: phase.to_string(),
             text: text.to_string(),
@@ -434,6 +456,7 @@ impl Agent {
             viewed_ms: 0,
             viewed_events: 0,
             last_note_coalescable: false,
+            events_total: 0,
         };
         let n = files.len();
         let mut submit = Submit {
@@ -600,7 +623,9 @@ impl Agent {
             "request_id": o.request_id,
             "timestamp": ts,
         });
+        o.events_total += 1;
         o.events.push(OffloadEvent {
+            seq: o.events_total,
             at_ms: o.started_ms,
             phase: "submitted".into(),
             text: "offload_request sent to the controller".into(),
@@ -654,11 +679,28 @@ impl Agent {
 
     pub(super) fn offload_status_tool(&mut self, cx: &mut Cx<'_>, call_id: &str, args: &Value) {
         let now = cx.now();
-        let wait = args
-            .get("wait_seconds")
-            .and_then(Value::as_f64)
-            .filter(|w| *w > 0.0)
-            .map(|w| (w.min(600.0) * 1000.0) as u64);
+        let wait = match super::args::number(args, "wait_seconds") {
+            Ok(Some(w)) if w <= 600.0 => (w > 0.0).then_some((w * 1000.0) as u64),
+            Ok(None) => None,
+            _ => {
+                return tools::fail(
+                    cx,
+                    call_id,
+                    "offload_status: `wait_seconds` must be a number of seconds from 0 to 600.",
+                )
+            }
+        };
+        let after = match super::args::number(args, "after_events") {
+            Ok(Some(n)) if n.fract() == 0.0 => Some(n as usize),
+            Ok(None) => None,
+            _ => {
+                return tools::fail(
+                    cx,
+                    call_id,
+                    "offload_status: `after_events` must be a whole number ≥ 0 (the `events_total` of the previous answer).",
+                )
+            }
+        };
         let Some(o) = self.offloads.active.as_mut() else {
             return tools::ok(
                 cx,
@@ -668,27 +710,25 @@ impl Agent {
             );
         };
         if let Some(ms) = wait {
-            if !o.terminal() {
-                let seen = args
-                    .get("after_events")
-                    .and_then(Value::as_u64)
-                    .map(|n| n as usize)
-                    .unwrap_or(o.events.len());
-                if seen >= o.events.len() {
-                    let t = self.next_id + 1;
-                    self.next_id = t;
-                    cx.out.push(Command::TimerSet {
-                        id: t,
-                        at_ms: now + ms,
-                    });
-                    self.offloads.watchers.push((call_id.to_string(), t, seen));
-                    return;
-                }
+            let seen = after.unwrap_or(o.events_total);
+            if !o.terminal() && seen >= o.events_total {
+                let t = self.next_id + 1;
+                self.next_id = t;
+                cx.out.push(Command::TimerSet {
+                    id: t,
+                    at_ms: now + ms,
+                });
+                self.offloads.watchers.push((call_id.to_string(), t, seen));
+                return;
             }
-        } else if !o.terminal()
+            // News (or the end) already: answered at once, and a waiting call
+            // never clears a finished offload (only a plain call does).
+            return self.watch_answer(cx, call_id);
+        }
+        if !o.terminal()
             && o.viewed_ms != 0
             && now.saturating_sub(o.viewed_ms) < NO_CHANGE_WINDOW_MS
-            && o.viewed_events == o.events.len()
+            && o.viewed_events == o.events_total
         {
             let text = format!("⏳ No change since last check {}s ago (offload still running, elapsed {}s). Stop polling — the result is reported when it arrives; check again on the user's next message.", now.saturating_sub(o.viewed_ms) / 1000, now.saturating_sub(o.started_ms) / 1000);
             return tools::ok(
@@ -699,7 +739,7 @@ impl Agent {
             );
         }
         o.viewed_ms = now;
-        o.viewed_events = o.events.len();
+        o.viewed_events = o.events_total;
         self.answer_snapshot(cx, call_id);
     }
 
@@ -750,6 +790,7 @@ impl Agent {
             "sandbox_name": o.sandbox_name, "sandbox_did": o.sandbox_did,
             "summary": o.summary, "outputs": o.outputs, "error": o.error,
             "started_ms": o.started_ms, "updated_ms": o.updated_ms, "active": !o.terminal(),
+            "events_total": o.events_total,
         });
         (lines.join("\n"), details)
     }
@@ -759,14 +800,23 @@ impl Agent {
             return;
         };
         let (text, details) = Self::snapshot(o);
-        // Rendering a finished offload clears it, so a new one can start.
+        // Rendering a finished offload clears it, so a new one can start; its
+        // news not yet taken by the hook stays for the hook.
         if o.terminal() {
+            let notes = o.notes.clone();
             self.offloads.active = None;
             self.offloads.input_bytes.clear();
-            self.save_offload(cx);
-        } else {
-            self.save_offload(cx);
+            if !notes.is_empty() {
+                self.offloads.recent.notes.extend(notes);
+                let n = self.offloads.recent.notes.len();
+                self.offloads
+                    .recent
+                    .notes
+                    .drain(..n.saturating_sub(MAX_NOTES));
+                self.save_recent(cx);
+            }
         }
+        self.save_offload(cx);
         tools::ok(cx, call_id, &text, details);
     }
 
@@ -775,7 +825,7 @@ impl Agent {
             .offloads
             .active
             .as_ref()
-            .map(|o| o.events.len())
+            .map(|o| o.events_total)
             .unwrap_or(0);
         let due: Vec<(String, u64, usize)> = self
             .offloads
@@ -830,12 +880,15 @@ impl Agent {
     }
 
     pub(super) fn offload_notifications(&mut self, cx: &mut Cx<'_>, call_id: &str) {
-        let lines = match self.offloads.active.as_mut() {
-            Some(o) => std::mem::take(&mut o.notes),
-            None => Vec::new(),
-        };
+        let mut lines = std::mem::take(&mut self.offloads.recent.notes);
         if !lines.is_empty() {
-            self.save_offload(cx);
+            self.save_recent(cx);
+        }
+        if let Some(o) = self.offloads.active.as_mut() {
+            if !o.notes.is_empty() {
+                lines.append(&mut o.notes);
+                self.save_offload(cx);
+            }
         }
         tools::ok(cx, call_id, &lines.join("\n"), json!({"lines": lines}));
     }

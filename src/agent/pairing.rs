@@ -166,6 +166,16 @@ impl Agent {
 
     /// Client: `mesh_pair {token}`.
     pub(super) fn start_pairing(&mut self, cx: &mut Cx<'_>, call_id: &str, args: &Value) {
+        if args
+            .get("token")
+            .is_some_and(|t| !t.is_string() && !t.is_null())
+        {
+            return tools::fail(
+                cx,
+                call_id,
+                "`token` must be a string: the pairing token starting with azcp_1_ that the cluster's operator gave you.",
+            );
+        }
         let Some(raw) = find_token(args) else {
             let keys: Vec<String> = args
                 .as_object()
