@@ -175,22 +175,6 @@ fn normalise_task(t: &str) -> String {
         .to_lowercase()
 }
 
-fn uuid_v4(cx: &mut Cx<'_>) -> String {
-    let mut b = [0u8; 16];
-    cx.host.fill(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = crate::wire::hex::encode(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 fn basename(path: &str) -> String {
     path.rsplit(['/', '\\']).next().unwrap_or(path).to_string()
 }
@@ -424,7 +408,7 @@ impl Agent {
             }
         };
         let now = cx.now();
-        let request_id = uuid_v4(cx);
+        let request_id = crate::wire::frames::uuid_v4(cx.host);
         let offload = Offload {
             request_id,
             task,
