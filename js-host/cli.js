@@ -443,6 +443,19 @@ function isErrorResult(result) {
   return (typeof first === 'string' && first.startsWith('❌')) || result?.details?.mesh?.error != null;
 }
 
+/** Wait (bounded) until every queued message is confirmed by its recipient. */
+async function flushOutbox(node, err, signal, ms = 15_000) {
+  const until = Date.now() + ms;
+  let pending = 0;
+  while (!signal.aborted) {
+    const r = await node.callTool('mesh_identity', {}, { signal, timeoutMs: 5_000 }).catch(() => null);
+    pending = Number(r?.details?.mesh?.outbox ?? 0);
+    if (!pending || Date.now() >= until) break;
+    await new Promise((res) => setTimeout(res, 150));
+  }
+  if (pending) err(`kars-mesh: ${pending} message(s) not yet confirmed by the recipient; they are kept and sent again the next time this agent runs`);
+}
+
 /**
  * Print an offload's phases as they happen (each call waits for news; no
  * polling), then its final snapshot. Exit 0 when done, 1 on error.
@@ -577,6 +590,9 @@ export async function main(
     if (!failed && run.follow && result?.details?.mesh?.request_id !== undefined) {
       code = await followOffload(node, run, out, ctl.signal);
     } else if (!failed) code = EXIT.OK;
+    // A one-shot process must not stop before what it queued went out (a
+    // cancel, a message, an offload submitted with --no-follow).
+    if (!failed) await flushOutbox(node, err, ctl.signal);
     // A tool error while the host saw the network fail: relay/registry unreachable.
     else code = node.ioFailures > failuresBefore ? EXIT.UNREACHABLE : EXIT.TOOL_ERROR;
   } catch (e) {

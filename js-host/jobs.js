@@ -162,10 +162,14 @@ export function createJobs({ filesDir, dispatch, log, sandboxes, exec }) {
     const dir = safeJoin(path.resolve(sandboxes.dir), name);
     if (!dir || !/^[a-z0-9-]{1,63}$/.test(name)) return exited(id, -1, [], 'bad sandbox name');
     mkdirPrivate(dir);
-    // A leftover process for this job (a controller restart before it was up) goes first.
+    // A leftover process of this same job (a controller restart before it
+    // was up) goes first; a live sandbox of another job keeps its directory.
     try {
       const old = JSON.parse(fs.readFileSync(path.join(dir, 'job.json'), 'utf8'));
-      if (Number.isInteger(old.pid) && alive(old.pid) && isSandboxPid(old.pid)) killGroup(old.pid, 'SIGKILL');
+      if (Number.isInteger(old.pid) && alive(old.pid) && isSandboxPid(old.pid)) {
+        if (old.job !== String(id)) return exited(id, -1, [], `sandbox name ${name} is in use by another offload`);
+        killGroup(old.pid, 'SIGKILL');
+      }
     } catch { /* none */ }
     if (sandboxes.exec) spec.executor = 'exec';
     if (sandboxes.progressMs) spec.progress_ms = sandboxes.progressMs;
@@ -173,7 +177,10 @@ export function createJobs({ filesDir, dispatch, log, sandboxes, exec }) {
     const args = [SANDBOX_MAIN, '--state', path.join(dir, 'state'), '--spec', path.join(dir, 'spec.json'),
       '--relay', sandboxes.relayUrl, '--registry', sandboxes.registryUrl];
     if (sandboxes.exec) args.push('--exec', sandboxes.exec);
-    const env = { ...process.env };
+    // Only what a sandbox needs: the operator's other secrets stay out of it
+    // (and out of the command it runs, which could read its parent's env).
+    const env = {};
+    for (const k of ['PATH', 'HOME', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR', 'SYSTEMROOT']) if (process.env[k]) env[k] = process.env[k];
     if (sandboxes.relayToken) env.KARS_MESH_RELAY_TOKEN = sandboxes.relayToken;
     const out = fs.openSync(path.join(dir, 'sandbox.log'), 'a', 0o600);
     let child;
@@ -253,16 +260,36 @@ export function createJobs({ filesDir, dispatch, log, sandboxes, exec }) {
       clearTimeout(t);
       if (running.get(id) !== entry) return;
       const outputs = [];
-      let names = [];
-      try { names = fs.readdirSync(outDir).sort(); } catch { /* none */ }
-      for (const n of names) {
-        if (outputs.length >= MAX_OUTPUTS) break;
-        const f = path.join(outDir, n);
-        const st = fs.lstatSync(f);
-        if (!st.isFile()) continue; // no symlinks, no directories
-        if (st.size > MAX_OUTPUT_BYTES) { add(`\n[output ${n} is larger than 30 MiB; not returned]\n`); continue; }
-        const b = fs.readFileSync(f);
-        outputs.push([n, new Uint8Array(b.buffer, b.byteOffset, b.length)]);
+      try {
+        // out/ itself must still be our directory, not a link the command
+        // put in its place.
+        const st = fs.lstatSync(outDir);
+        if (!st.isDirectory()) throw new Error('the output directory was replaced');
+        for (const n of fs.readdirSync(outDir).sort()) {
+          if (outputs.length >= MAX_OUTPUTS) break;
+          let fd;
+          try {
+            // O_NOFOLLOW: a symlink is refused at open, with no window between check and read.
+            fd = fs.openSync(path.join(outDir, n), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+            const fst = fs.fstatSync(fd);
+            if (!fst.isFile()) continue;
+            if (fst.size > MAX_OUTPUT_BYTES) { add(`\n[output ${n} is larger than 30 MiB; not returned]\n`); continue; }
+            const b = Buffer.alloc(fst.size);
+            let off = 0;
+            while (off < b.length) {
+              const r = fs.readSync(fd, b, off, b.length - off, off);
+              if (r === 0) break;
+              off += r;
+            }
+            outputs.push([n, new Uint8Array(b.buffer, b.byteOffset, off)]);
+          } catch (e) {
+            add(`\n[output ${n} not returned: ${e.code ?? e.message}]\n`);
+          } finally {
+            if (fd !== undefined) fs.closeSync(fd);
+          }
+        }
+      } catch (e) {
+        add(`\n[outputs not collected: ${e.message}]\n`);
       }
       exited(id, signal ? -1 : code ?? -1, outputs, logText);
     });

@@ -262,10 +262,20 @@ function register(api) {
       acceptsArgs: true,
       async handler(ctx) {
         const sub = String(ctx?.args ?? '').trim().split(/\s+/)[0].toLowerCase();
-        const tool = sub === 'cancel' ? 'offload_cancel' : 'offload_status';
-        const result = await callEngine(settings, log, tool, {});
         // OpenClaw 2026.9.6 command results are ReplyPayloads: the reply text is `text`.
-        return { text: resultText(result) || `❌ ${tool}: no answer` };
+        if (sub === 'cancel') {
+          const result = await callEngine(settings, log, 'offload_cancel', {});
+          const id = result?.details?.mesh?.request_id;
+          // The original's command reply (kars-mesh-plugin.md §3).
+          if (result?.details?.mesh?.cancelled && typeof id === 'string') return { text: `🛑 Offload ${id.slice(0, 8)} cancel request sent.` };
+          return { text: resultText(result) || '❌ offload_cancel: no answer' };
+        }
+        // Status: the news not yet shown, then the snapshot (§3).
+        const news = await callEngine(settings, log, 'offload_notifications', {});
+        const lines = Array.isArray(news?.details?.mesh?.lines) ? news.details.mesh.lines.filter((l) => typeof l === 'string' && l) : [];
+        const result = await callEngine(settings, log, 'offload_status', {});
+        const snapshot = resultText(result) || '❌ offload_status: no answer';
+        return { text: lines.length ? `${lines.join('\n')}\n\n${snapshot}` : snapshot };
       },
     });
   }

@@ -95,7 +95,13 @@ try {
   const alice = await agent(plugin, 'alice', urls);
   const bob = await agent(plugin, 'bob', urls);
   for (const [a, other] of [[alice, bob], [bob, alice]]) {
-    const d = await a.call('discover', { capability: other.name });
+    // The other agent registers in the background; give it a moment.
+    let d;
+    for (let i = 0; i < 30; i++) {
+      d = await a.call('discover', { capability: other.name });
+      if (/^🌐 [1-9]/.test(d.text)) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
     console.log(indent(`${a.name} discovers "${other.name}": ${d.text.split('\n').slice(0, 2).join(' ')}`));
   }
 

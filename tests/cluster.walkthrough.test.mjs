@@ -28,6 +28,15 @@ after(async () => {
 
 const cli = (args, opts = {}) => runCli(args, { home, timeoutMs: 120_000, ...opts });
 
+async function waitForCli(run, ok, ms = 20_000) {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    if (ok(await run())) return true;
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  return false;
+}
+
 function sandboxPids(dir) {
   const root = path.join(dir, 'sandboxes');
   if (!fs.existsSync(root)) return [];
@@ -67,7 +76,7 @@ async function walk(name, upExtra, check) {
   const outputs = [...off.stdout.matchAll(/→ (.+)$/gm)].map((m) => m[1]);
   assert.ok(outputs.length > 0, off.stdout);
   for (const p of sandboxPids(dir)) seenPids.add(p);
-  await check({ off, outputs, input });
+  await check({ off, outputs, input, state, dir });
 
   const down = await cli(['cluster', 'down', '--dir', dir]);
   assert.equal(down.code, 0, down.stderr);
@@ -90,10 +99,21 @@ test('walk-through: cluster up, pair, offload with the built-in executor, cluste
 
 test('walk-through with --exec: the operator command runs in the sandbox', { timeout: 240_000 }, async () => {
   const script = path.join(home, 'count.sh');
-  fs.writeFileSync(script, '#!/bin/sh\nwc -c "$KARS_INPUT_DIR"/* > "$KARS_OUTPUT_DIR/counts.txt"\necho "counted for: $KARS_TASK"\n', { mode: 0o755 });
-  await walk('exec', ['--exec', script], async ({ off, outputs }) => {
+  fs.writeFileSync(script, '#!/bin/sh\ncase "$KARS_TASK" in *slow*) sleep 60;; esac\nwc -c "$KARS_INPUT_DIR"/* > "$KARS_OUTPUT_DIR/counts.txt"\necho "counted for: $KARS_TASK"\n', { mode: 0o755 });
+  await walk('exec', ['--exec', script], async ({ off, outputs, state, dir }) => {
     assert.match(off.stdout, /counted for: summarise the notes/);
     const counts = fs.readFileSync(outputs.find((p) => p.endsWith('counts.txt')), 'utf8');
     assert.match(counts, /27 .*notes\.txt/);
+    // One-shot commands deliver what they queue before they exit: a
+    // --no-follow submission starts a sandbox, a cancel frees the slot.
+    const sub = await cli(['--state', state, 'offload', 'slow count', '--no-follow']);
+    assert.equal(sub.code, 0, sub.stderr);
+    const busy = await waitForCli(() => cli(['pair', 'list', '--dir', dir]), (r) => /slots 1\/1/.test(r.stdout));
+    assert.ok(busy, 'the --no-follow offload never reached the controller');
+    const cancel = await cli(['--state', state, 'offload-cancel']);
+    assert.equal(cancel.code, 0, cancel.stderr);
+    assert.match(cancel.stdout, /cancelled/);
+    const list = await cli(['pair', 'list', '--dir', dir]);
+    assert.match(list.stdout, /slots 0\/1/, `the cancel did not reach the controller before offload-cancel exited:\n${list.stdout}`);
   });
 });

@@ -181,6 +181,19 @@ test('cancel mid-run stops the sandbox and frees the slot', { timeout: 120_000 }
   }
   assert.equal(refusal?.error, 'No free sandbox slot (1 of 1 in use). Cancel or finish a running offload first.');
 
+  // A request id whose first 8 characters name a running sandbox is refused
+  // (it would take over that sandbox's directory and identity).
+  const running = (await ctrl.callTool('offload_list', {})).details.mesh.offloads[0].request_id;
+  const rid3 = `${running.slice(0, 8)}-0000-4000-8000-000000000000`;
+  await bob.callTool('mesh_send', { to: ctrl.did, message: { type: 'offload_request', task: 'steal', files: [], file_count: 0, total_bytes: 0, preferences: { timeout_minutes: 5 }, request_id: rid3 } });
+  let collision;
+  for (let i = 0; i < 5 && !collision; i++) {
+    const got = await bob.callTool('mesh_inbox', { block_until_message: true, timeout_seconds: 20, mark_read: true });
+    collision = got.details.mesh.messages.map((m) => m.payload).find((p) => p.type === 'offload_error' && p.request_id === rid3);
+  }
+  assert.equal(collision?.error, 'request_id collides with a running offload; use a fresh UUID.');
+  assert.ok(isAlive(job.pid), 'the running sandbox was not touched');
+
   const c = await bob.callTool('offload_cancel', {});
   assert.match(c.content[0].text, /^🛑 Offload [0-9a-f]{8} cancelled\. Cluster CRD cleanup signal sent; the sandbox will be torn down shortly\.$/);
   const s = await bob.callTool('offload_status', {});
@@ -189,6 +202,11 @@ test('cancel mid-run stops the sandbox and frees the slot', { timeout: 120_000 }
   assert.equal((await ctrl.callTool('pair_list', {})).details.mesh.pairings[0].slots_used, 0);
   await waitFor(() => !isAlive(job.pid), 'sandbox process gone');
   assert.equal((await bob.callTool('offload_cancel', {})).content[0].text, 'No active cloud offload to cancel.');
+  // Whatever the sandbox still sent after the cancel is dropped, not inboxed.
+  await new Promise((r) => setTimeout(r, 1000));
+  const sandboxDid = list.details.mesh.offloads[0].sandbox_did;
+  const stray = (await bob.callTool('mesh_inbox', { unread_only: false, limit: 100 })).details.mesh.messages.filter((m) => m.from === sandboxDid);
+  assert.deepEqual(stray, []);
 });
 
 function isAlive(pid) {
@@ -310,4 +328,40 @@ test('cloud_offload bad input: the documented errors, and nothing starts', { tim
   assert.equal((await hank.callTool('offload_status', {})).content[0].text, 'No active offload. Use cloud_offload to start one.');
   assert.equal((await ctrl.callTool('offload_list', {})).details.mesh.offloads.length, 0);
   assert.equal((await hank.callTool('offload_cancel', {})).content[0].text, 'No active cloud offload to cancel.');
+});
+
+test('hostile output names: nothing escapes the incoming directory, links are not followed, the client keeps running', { timeout: 90_000 }, async () => {
+  const ctrl = await start('ctrl-h', tmp('ctrl-h'), controllerOpts());
+  const iDir = tmp('ivy');
+  const ivy = await start('ivy', iDir);
+  await pair(ctrl, ivy, 'ivy');
+  await ivy.callTool('cloud_offload', { task: 'hostile outputs then report' });
+  const { last } = await follow(ivy);
+  assert.equal(last.phase, 'done', JSON.stringify(last));
+  const names = last.outputs.map((o) => o.name);
+  assert.ok(!names.includes('link'), `a symlink was followed: ${names}`);
+  assert.ok(!names.some((n) => n === '.' || n === '..' || n.startsWith('.')), names.join(','));
+  const long = names.find((n) => n.startsWith('日'));
+  assert.ok(long && Buffer.byteLength(long) <= 200, long);
+  for (const o of last.outputs) assert.ok(o.path.startsWith(`incoming/${last.request_id.slice(0, 8)}/`) && !o.path.includes('..'), o.path);
+  assert.ok(readFileSync(path.join(iDir, 'files', last.outputs.find((o) => o.name.startsWith('日')).path), 'utf8') === 'long');
+  assert.equal((await ivy.callTool('mesh_identity', {})).details.mesh.did, ivy.did, 'the client is still running');
+});
+
+test('paired again after a revoke: the new pairing counts; a sandbox that dies is reported', { timeout: 90_000 }, async () => {
+  const ctrl = await start('ctrl-i', tmp('ctrl-i'), controllerOpts());
+  const jo = await start('jo', tmp('jo'));
+  await pair(ctrl, jo, 'jo-old');
+  await ctrl.callTool('pair_revoke', { name: 'jo-old' });
+  await pair(ctrl, jo, 'jo-new');
+  await jo.callTool('cloud_offload', { task: 'sleep 30 then report' });
+  await follow(jo, { until: ['running'] });
+  const [o] = (await ctrl.callTool('offload_list', {})).details.mesh.offloads;
+  const job = JSON.parse(readFileSync(path.join(sandboxDir, o.sandbox_name, 'job.json'), 'utf8'));
+  process.kill(-job.pid, 'SIGKILL');
+  const { last } = await follow(jo, { timeoutMs: 30_000 });
+  assert.equal(last.phase, 'error');
+  assert.match(last.error, /^The cluster ended the offload: the sandbox offload-[0-9a-f]{8} stopped \(exit code -1\) before the offload was cleaned up$/);
+  const pairings = (await ctrl.callTool('pair_list', {})).details.mesh.pairings;
+  assert.deepEqual(pairings.map((p) => [p.name, p.phase, p.slots_used]), [['jo-old', 'Revoked', 0], ['jo-new', 'Active', 0]]);
 });

@@ -29,6 +29,9 @@ pub struct CtlOffload {
     /// What the sandbox is started with (kept to start it again after a
     /// controller restart that happened before it was up).
     pub spec: Value,
+    /// The ledger entry whose slot it holds.
+    #[serde(default)]
+    pub pairing: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -36,8 +39,37 @@ pub struct CtlOffloads {
     pub list: Vec<CtlOffload>,
 }
 
+/// A UUID (8-4-4-4-12 hex), as the original plugin sends.
 fn valid_request_id(s: &str) -> bool {
-    (8..=64).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// What is wrong with an offload_request's task, files or preferences.
+fn offload_shape_refusal(p: &Value) -> Option<String> {
+    let task = p["task"].as_str().unwrap_or_default();
+    if task.trim().is_empty() || task.chars().count() > MAX_TASK_CHARS {
+        return Some("task must be a non-empty string of at most 100000 characters".into());
+    }
+    let mut files: Vec<String> = Vec::new();
+    for f in p["files"].as_array().cloned().unwrap_or_default() {
+        match f.as_str().and_then(transfer::safe_file_name) {
+            Some(n) if f.as_str() == Some(n.as_str()) && !files.contains(&n) => files.push(n),
+            _ => return Some("files must be distinct plain file names (no paths)".into()),
+        }
+    }
+    if files.len() > transfer::MAX_FILES {
+        return Some("at most 10 files per offload".into());
+    }
+    let timeout = p["preferences"]["timeout_minutes"].as_f64().unwrap_or(30.0);
+    if !(1.0..=MAX_TIMEOUT_MINUTES as f64).contains(&timeout) {
+        return Some("timeout_minutes must be between 1 and 1440".into());
+    }
+    None
 }
 
 impl Agent {
@@ -143,15 +175,22 @@ impl Agent {
             }
             return;
         }
-        // Validation, in the order a user can fix things.
+        // Validation, in the order a user can fix things. A DID may have
+        // been paired again after an expiry or revoke: the active pairing
+        // counts, older ones only explain a refusal.
         let Some(ledger) = self.ledger.as_mut() else {
             return;
         };
         ledger.expire(now);
         let pairing = ledger
-            .pairings
-            .iter()
-            .find(|x| x.bound_did.as_deref() == Some(from))
+            .active_for(from, now)
+            .or_else(|| {
+                ledger
+                    .pairings
+                    .iter()
+                    .rev()
+                    .find(|x| x.bound_did.as_deref() == Some(from))
+            })
             .cloned();
         let refusal = match &pairing {
             None => Some("Not paired with this cluster. Pair first with mesh_pair.".to_string()),
@@ -165,94 +204,85 @@ impl Agent {
             Some(x) if !x.capabilities.iter().any(|c| c == "offload") => {
                 Some("This pairing does not grant the offload capability.".to_string())
             }
-            Some(x) if x.slots_used >= x.slots_max => Some(format!(
-                "No free sandbox slot ({} of {} in use). Cancel or finish a running offload first.",
-                x.slots_used, x.slots_max
-            )),
             _ => None,
         };
-        if pairing.is_some() {
-            // Strangers learn nothing but the refusal.
-            self.ctl_status(
-                cx,
-                from,
-                &rid,
-                "validating",
-                "checking pairing, capability and slots",
-            );
-        }
+        let refusal = refusal.or_else(|| offload_shape_refusal(p));
+        // Character-safe: the request id is a checked UUID (ASCII).
+        let short: String = rid.chars().take(8).collect();
+        let sandbox_name =
+            sanitize_name(&format!("offload-{short}")).unwrap_or_else(|| "offload".into());
+        let refusal = refusal.or_else(|| {
+            self.ctl
+                .list
+                .iter()
+                .any(|o| o.sandbox_name == sandbox_name)
+                .then(|| {
+                    "request_id collides with a running offload; use a fresh UUID.".to_string()
+                })
+        });
+        // Slots last: a collision is the clearer answer when both apply.
+        let refusal = refusal.or_else(|| {
+            pairing
+                .as_ref()
+                .filter(|x| x.slots_used >= x.slots_max)
+                .map(|x| {
+                    format!(
+                        "No free sandbox slot ({} of {} in use). Cancel or finish a running offload first.",
+                        x.slots_used, x.slots_max
+                    )
+                })
+        });
         if let Some(r) = refusal {
+            if pairing.is_some() {
+                // Strangers learn nothing but the refusal.
+                self.ctl_status(
+                    cx,
+                    from,
+                    &rid,
+                    "validating",
+                    "checking pairing, capability and slots",
+                );
+            }
             return self.ctl_error(cx, from, &rid, "validating", &r);
         }
-        let task = p["task"].as_str().unwrap_or_default();
-        if task.trim().is_empty() || task.chars().count() > MAX_TASK_CHARS {
-            return self.ctl_error(
-                cx,
-                from,
-                &rid,
-                "validating",
-                "task must be a non-empty string of at most 100000 characters",
-            );
-        }
-        let mut files = Vec::new();
-        for f in p["files"].as_array().cloned().unwrap_or_default() {
-            match f.as_str().and_then(transfer::safe_file_name) {
-                Some(n) if f.as_str() == Some(n.as_str()) && !files.contains(&n) => files.push(n),
-                _ => {
-                    return self.ctl_error(
-                        cx,
-                        from,
-                        &rid,
-                        "validating",
-                        "files must be distinct plain file names (no paths)",
-                    )
-                }
-            }
-        }
-        if files.len() > transfer::MAX_FILES {
-            return self.ctl_error(cx, from, &rid, "validating", "at most 10 files per offload");
-        }
+        let Some(taken) = self
+            .ledger
+            .as_mut()
+            .and_then(|l| l.take_slot(from, "offload", now))
+            .map(|x| x.name.clone())
+        else {
+            return self.ctl_error(cx, from, &rid, "validating", "No free sandbox slot.");
+        };
         let prefs = &p["preferences"];
         let timeout = prefs["timeout_minutes"].as_f64().unwrap_or(30.0);
-        if !(1.0..=MAX_TIMEOUT_MINUTES as f64).contains(&timeout) {
-            return self.ctl_error(
-                cx,
-                from,
-                &rid,
-                "validating",
-                "timeout_minutes must be between 1 and 1440",
-            );
-        }
         let model: String = prefs["model"]
             .as_str()
             .unwrap_or(DEFAULT_MODEL)
             .chars()
             .take(200)
             .collect();
-        if self
-            .ledger
-            .as_mut()
-            .and_then(|l| l.take_slot(from, "offload", now))
-            .is_none()
-        {
-            return self.ctl_error(cx, from, &rid, "validating", "No free sandbox slot.");
-        }
-        self.save_ledger(cx);
-        // Character-safe: the request id was checked to be ASCII.
-        let short: String = rid.chars().take(8).collect();
-        let sandbox_name =
-            sanitize_name(&format!("offload-{short}")).unwrap_or_else(|| "offload".into());
+        let files: Vec<String> = p["files"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
         let job = self.fresh_id();
         let spec = json!({
             "name": sandbox_name,
             "requester": from,
             "request_id": rid,
-            "task": task,
+            "task": p["task"].as_str().unwrap_or_default(),
             "files": files,
             "timeout_minutes": timeout.floor() as u64,
             "model": model,
             "controller": self.id.did(),
         });
+        // The slot and the record are stored before anything is said or
+        // started: a crash after this point replays nothing and loses nothing.
+        self.save_ledger(cx);
         self.ctl.list.push(CtlOffload {
             request_id: rid.clone(),
             requester: from.to_string(),
@@ -262,8 +292,16 @@ impl Agent {
             sandbox_did: None,
             started_ms: now,
             spec: spec.clone(),
+            pairing: taken,
         });
         self.save_ctl(cx);
+        self.ctl_status(
+            cx,
+            from,
+            &rid,
+            "validating",
+            "checking pairing, capability and slots",
+        );
         self.ctl_status(
             cx,
             from,
@@ -293,7 +331,7 @@ impl Agent {
         let o = self.ctl.list.remove(pos);
         cx.out.push(Command::JobKill(o.job));
         if let Some(l) = self.ledger.as_mut() {
-            l.free_slot(&o.requester);
+            l.free_slot(&o.requester, &o.pairing);
         }
         self.save_ledger(cx);
         self.save_ctl(cx);
@@ -344,10 +382,16 @@ impl Agent {
         };
         let o = self.ctl.list.remove(pos);
         if let Some(l) = self.ledger.as_mut() {
-            l.free_slot(&o.requester);
+            l.free_slot(&o.requester, &o.pairing);
         }
         self.save_ledger(cx);
         self.save_ctl(cx);
+        if o.phase == "ready" {
+            // It ended without the requester's cleanup: say so, instead of
+            // leaving the client waiting for its timeout.
+            let msg = json!({"type": "offload_error", "request_id": o.request_id, "error": format!("the sandbox {} stopped (exit code {}) before the offload was cleaned up", o.sandbox_name, exit.code), "phase": "execution"});
+            self.ctl_send(cx, &o.requester, msg);
+        }
         if o.phase == "spawning" {
             let tail: String = exit
                 .log

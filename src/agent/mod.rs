@@ -1008,7 +1008,9 @@ impl Agent {
     }
 
     /// Hand a consumed protocol payload to its owner.
-    fn intercept(&mut self, cx: &mut Cx<'_>, from: &str, payload: &Value) {
+    /// `encrypted`: it came under a Double Ratchet session (else it is
+    /// plaintext from a peer trusted for that).
+    fn intercept(&mut self, cx: &mut Cx<'_>, from: &str, payload: &Value, encrypted: bool) {
         if self.is_sandbox() {
             return self.intercept_sandbox(cx, from, payload);
         }
@@ -1018,7 +1020,7 @@ impl Agent {
         if self.wants_offload_controller(payload) {
             return self.intercept_offload_controller(cx, from, payload);
         }
-        self.intercept_offload_client(cx, from, payload);
+        self.intercept_offload_client(cx, from, payload, encrypted);
     }
 
     pub fn on_file(&mut self, cx: &mut Cx<'_>, id: u64, res: Result<Vec<u8>, String>) {
@@ -1063,6 +1065,10 @@ impl Agent {
             "relay_problem": self.link.last_problem,
             "sessions": self.peers.values().filter(|p| p.active.is_some()).count(),
             "unread": self.inbox.unread_count(),
+            // Messages not yet confirmed by their recipient (or still waiting
+            // for a session): a short-lived host waits for this to reach 0.
+            "outbox": self.peers.values().map(|p| p.outbox.len()).sum::<usize>()
+                + self.awaiting_session.values().map(Vec::len).sum::<usize>(),
             "stats": self.stats,
         })
     }

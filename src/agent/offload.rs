@@ -62,6 +62,24 @@ pub(super) fn phase_icon(phase: &str) -> &'static str {
     }
 }
 
+/// Position of a phase on the way to done (errors aside).
+fn phase_rank(phase: &str) -> u8 {
+    match phase {
+        "submitted" => 0,
+        "validating" => 1,
+        "spawning" => 2,
+        "scheduled" => 3,
+        "ready" => 4,
+        "connecting" => 5,
+        "acknowledged" => 6,
+        "verifying" | "uploading" | "dispatching" => 6,
+        "running" => 7,
+        "returning" => 8,
+        "done" | "error" => 9,
+        _ => 0,
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InputFile {
     /// The local path the user gave (never sent).
@@ -140,6 +158,10 @@ pub struct Recent {
     /// News of a cleared offload not yet taken by the hook.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Sandboxes of earlier offloads: what they still send (progress after a
+    /// cancel) is dropped, not put in the inbox.
+    #[serde(default)]
+    pub sandboxes: Vec<String>,
 }
 
 /// Client state outside the persisted record.
@@ -188,7 +210,16 @@ impl Agent {
                 let at_ms = cx.now() + remaining;
                 cx.out.push(Command::TimerSet { id: t, at_ms });
                 self.offloads.timer = Some(t);
+                // Said hello but the inputs never went (a crash while they
+                // were being read): send them now.
+                let resume = !o.terminal()
+                    && !o.inputs_sent
+                    && o.sandbox_did.is_some()
+                    && phase_rank(&o.phase) >= phase_rank("acknowledged");
                 self.offloads.active = Some(o);
+                if resume {
+                    self.start_sending_inputs(cx);
+                }
             }
             Ok(None) => {}
             Err(e) => cx.log(LogLevel::Error, &format!("{e}; the active offload is lost")),
@@ -653,6 +684,16 @@ impl Agent {
             o.timeout_minutes
         );
         let details = json!({"request_id": o.request_id, "phase": "submitted", "files": o.files.iter().map(|f| json!({"name": f.name, "size": f.size, "sha256": f.sha256})).collect::<Vec<_>>(), "timeout_minutes": o.timeout_minutes});
+        // A finished offload nobody has looked at yet leaves its news behind.
+        if let Some(old) = self.offloads.active.take() {
+            self.offloads.recent.notes.extend(old.notes);
+            let n = self.offloads.recent.notes.len();
+            self.offloads
+                .recent
+                .notes
+                .drain(..n.saturating_sub(MAX_NOTES));
+            self.save_recent(cx);
+        }
         self.offloads.active = Some(o);
         self.offloads.early_hello = None;
         self.set_deadline(cx, READY_TIMEOUT_MS);
@@ -853,8 +894,9 @@ impl Agent {
         };
         let short = o.short();
         let id = o.request_id.clone();
-        self.send_cleanup(cx, "cancelled");
+        // Recorded first: the cleanup goes out after the state that explains it.
         self.fail_offload(cx, "Cancelled by user via offload_cancel");
+        self.send_cleanup(cx, "cancelled");
         tools::ok(
             cx,
             call_id,
@@ -890,8 +932,17 @@ impl Agent {
         if let Some(t) = self.offloads.timer.take() {
             cx.out.push(Command::TimerCancel(t));
         }
+        let mut refused = None;
         if let Some(o) = self.offloads.active.as_mut() {
             o.error = Some(error.chars().take(4000).collect());
+            // Never started: the duplicate guard must not block a retry.
+            if phase_rank(&o.phase) < phase_rank("ready") {
+                refused = Some(o.request_id.clone());
+            }
+        }
+        if let Some(id) = refused {
+            self.offloads.recent.tasks.retain(|(_, r, _)| *r != id);
+            self.save_recent(cx);
         }
         self.phase(cx, "error", error);
     }
@@ -926,8 +977,9 @@ impl Agent {
         } else {
             "error"
         };
-        self.send_cleanup(cx, reason);
+        // Recorded first: the cleanup goes out after the state that explains it.
         self.fail_offload(cx, &format!("Offload timed out: {why}"));
+        self.send_cleanup(cx, reason);
         true
     }
 
@@ -936,6 +988,9 @@ impl Agent {
     /// Is this decrypted payload part of the active offload (and so not for
     /// the inbox)?
     pub(super) fn wants_offload_client(&self, from: &str, payload: &Value) -> bool {
+        if self.offloads.recent.sandboxes.iter().any(|d| d == from) {
+            return true;
+        }
         let Some(o) = self.offloads.active.as_ref() else {
             return false;
         };
@@ -957,6 +1012,7 @@ impl Agent {
         cx: &mut Cx<'_>,
         from: &str,
         payload: &Value,
+        encrypted: bool,
     ) {
         let Some(o) = self.offloads.active.as_ref() else {
             return;
@@ -966,16 +1022,22 @@ impl Agent {
         }
         let kind = payload["type"].as_str().unwrap_or_default().to_string();
         if from == o.controller {
-            return self.on_controller_news(cx, &kind, payload);
+            return self.on_controller_news(cx, &kind, payload, encrypted);
         }
         if o.sandbox_did.as_deref() != Some(from) {
-            self.offloads.early_hello = Some((from.to_string(), payload.clone()));
+            // Only a hello for this request, from a sandbox not yet named.
+            if kind == "offload_hello"
+                && o.sandbox_did.is_none()
+                && payload["request_id"].as_str() == Some(o.request_id.as_str())
+            {
+                self.offloads.early_hello = Some((from.to_string(), payload.clone()));
+            }
             return;
         }
         self.on_sandbox_news(cx, from, payload);
     }
 
-    fn on_controller_news(&mut self, cx: &mut Cx<'_>, kind: &str, p: &Value) {
+    fn on_controller_news(&mut self, cx: &mut Cx<'_>, kind: &str, p: &Value, encrypted: bool) {
         let msg: String = p["message"]
             .as_str()
             .unwrap_or_default()
@@ -990,10 +1052,37 @@ impl Agent {
                 .take(4000)
                 .collect();
             // The controller may hold a slot for it: free it.
+            // Recorded first: the cleanup goes out after the state that explains it.
+            let why = if p["phase"] == "execution" {
+                "The cluster ended the offload"
+            } else {
+                "Controller refused the offload"
+            };
+            self.fail_offload(cx, &format!("{why}: {err}"));
             self.send_cleanup(cx, "error");
-            return self.fail_offload(cx, &format!("Controller refused the offload: {err}"));
+            return;
         }
         let phase = p["phase"].as_str().unwrap_or_default();
+        // The relay does not bind `from`: a plaintext `ready` could name an
+        // attacker's sandbox and draw the input files to it. Only an
+        // end-to-end message may say where the sandbox is.
+        if phase == "ready" && !encrypted {
+            cx.log(
+                LogLevel::Warn,
+                "ignored a plaintext `ready`: the sandbox's DID is taken only from an end-to-end encrypted message",
+            );
+            return;
+        }
+        // Phases only move forward; a repeated or stale status changes nothing.
+        let current = self
+            .offloads
+            .active
+            .as_ref()
+            .map(|o| phase_rank(&o.phase))
+            .unwrap_or(0);
+        if phase_rank(phase) <= current {
+            return;
+        }
         match phase {
             "validating" | "spawning" | "scheduled" => self.phase(cx, phase, &msg),
             "ready" => {
@@ -1005,12 +1094,23 @@ impl Agent {
                     .filter(|d| crate::crypto::identity::is_mesh_did(d))
                     .map(str::to_string);
                 let Some(did) = did else {
+                    // Recorded first: the cleanup goes out after the state that explains it.
+                    self.fail_offload(cx, "The controller reported the sandbox ready without its DID; this kars-mesh needs a controller that names the sandbox's did:mesh: (kars-mesh cluster).");
                     self.send_cleanup(cx, "discovery_timeout");
-                    return self.fail_offload(cx, "The controller reported the sandbox ready without its DID; this kars-mesh needs a controller that names the sandbox's did:mesh: (kars-mesh cluster).");
+                    return;
                 };
                 if let Some(o) = self.offloads.active.as_mut() {
                     o.sandbox_name = name.clone();
                     o.sandbox_did = Some(did.clone());
+                }
+                if !self.offloads.recent.sandboxes.contains(&did) {
+                    self.offloads.recent.sandboxes.push(did.clone());
+                    let n = self.offloads.recent.sandboxes.len();
+                    self.offloads
+                        .recent
+                        .sandboxes
+                        .drain(..n.saturating_sub(DUPLICATE_KEEP));
+                    self.save_recent(cx);
                 }
                 self.phase(
                     cx,
@@ -1116,8 +1216,8 @@ impl Agent {
                 if let Some(o) = self.offloads.active.as_mut() {
                     o.summary = Some(summary);
                 }
-                self.send_cleanup(cx, "done");
                 self.phase(cx, "done", &format!("finished with {n} output file(s)"));
+                self.send_cleanup(cx, "done");
             }
             "offload_error" => {
                 let err: String = p["error"]
@@ -1126,8 +1226,9 @@ impl Agent {
                     .chars()
                     .take(4000)
                     .collect();
-                self.send_cleanup(cx, "error");
+                // Recorded first: the cleanup goes out after the state that explains it.
                 self.fail_offload(cx, &format!("Sandbox error: {err}"));
+                self.send_cleanup(cx, "error");
             }
             _ => {}
         }
@@ -1161,6 +1262,18 @@ impl Agent {
             }
             Ok(x) => x,
         };
+        let sha = transfer::sha256_hex(&bytes);
+        if o.outputs.iter().any(|f| f.name == name && f.sha256 == sha) {
+            // The same file again (a replay after a crash): acked, not kept twice.
+            let path = o
+                .outputs
+                .iter()
+                .find(|f| f.name == name)
+                .map(|f| f.path.clone());
+            let ack = json!({"type": "file_transfer_ack", "file_name": name, "success": true, "saved_to": path, "timestamp": ts});
+            self.send_payload(cx, from, ack, None, None);
+            return;
+        }
         let taken: Vec<String> = o.outputs.iter().map(|f| f.name.clone()).collect();
         let name = transfer::unique_name(&name, &taken);
         let dir: String = o.request_id.chars().take(8).collect();
@@ -1242,8 +1355,10 @@ impl Agent {
                     "Input file {} changed since cloud_offload read it; offload it again.",
                     f.path
                 );
+                // Recorded first: the cleanup goes out after the state that explains it.
+                self.fail_offload(cx, &msg);
                 self.send_cleanup(cx, "error");
-                return self.fail_offload(cx, &msg);
+                return;
             }
             let ts = time::format_millis(cx.now());
             let msg = json!({

@@ -450,12 +450,13 @@ impl Agent {
                 self.release_held(cx, &from);
             }
         }
-        self.save_peer(cx, &from);
         if pairing_msg {
             // Its effects (ledger, pairing record, offload state, answer)
-            // land before the ack.
-            self.intercept(cx, &from, &payload);
+            // land before the session record that marks it consumed, and
+            // before the ack: a crash in between replays it, never loses it.
+            self.intercept(cx, &from, &payload, true);
         }
+        self.save_peer(cx, &from);
         self.ack(cx, &id);
         if let Some(s) = seq {
             self.queue_receipt(cx, &from, s);
@@ -523,10 +524,11 @@ impl Agent {
             // A protocol message that had to wait for an earlier one goes to
             // its consumer now, not to the inbox.
             if self.consumer_for(&e.from, &e.payload) == super::route::Consumer::Pairing {
+                // Effects first, then the held copy goes.
+                self.intercept(cx, &e.from, &e.payload, e.evidence == Evidence::Encrypted);
                 if let Some(gone) = self.inbox.remove(fresh) {
                     cx.out.push(Command::Erase(gone.storage_key()));
                 }
-                self.intercept(cx, &e.from, &e.payload);
             } else {
                 self.save_entry(cx, &e);
             }
@@ -662,8 +664,8 @@ impl Agent {
         };
         peer.mark_seen(id, now, None);
         if self.consumer_for(from, &payload) == super::route::Consumer::Pairing {
+            self.intercept(cx, from, &payload, false);
             self.save_peer(cx, from);
-            self.intercept(cx, from, &payload);
             self.ack(cx, id);
             return;
         }

@@ -50,15 +50,30 @@ impl Reassembly {
             .filter(|t| !t.is_empty() && t.len() <= 128)
             .ok_or(TransferError::Manifest("transfer_id"))?;
         let pre = prefix(from, tid);
-        if !self.open.contains_key(&pre) && self.open.len() >= MAX_OPEN {
-            return Err(TransferError::Manifest("too many transfers at once"));
-        }
-        let entry = self.open.entry(pre.clone()).or_insert_with(|| {
+        let is_manifest = v["type"] == "mesh:transfer_manifest";
+        // Validate before taking any room.
+        let manifest = if is_manifest {
+            Some(Manifest::parse(v)?)
+        } else {
+            None
+        };
+        if !self.open.contains_key(&pre) {
             // After a restart: what was stored before.
-            let m = vault
+            let stored = vault
                 .get::<Manifest>(cx.host, &format!("{pre}m"))
                 .ok()
                 .flatten();
+            if stored.is_none() && manifest.is_none() {
+                // Our senders keep order per peer; a chunk before its
+                // manifest cannot be checked, so it is not kept.
+                return Err(TransferError::Manifest("chunk before its manifest"));
+            }
+            if self.open.len() >= MAX_OPEN {
+                // The oldest unfinished transfer makes room (its sender gave up).
+                if let Some(old) = self.open.keys().next().cloned() {
+                    self.drop_transfer(cx, &old);
+                }
+            }
             let mut held = BTreeMap::new();
             for k in cx.host.storage_list(&format!("{pre}c")) {
                 let idx = k.rsplit('c').next().and_then(|i| i.parse::<usize>().ok());
@@ -66,13 +81,21 @@ impl Reassembly {
                     held.insert(i, c.data);
                 }
             }
-            (m, held)
-        });
-        if v["type"] == "mesh:transfer_manifest" {
-            let m = Manifest::parse(v)?;
+            self.open.insert(pre.clone(), (stored, held));
+        }
+        let Some(entry) = self.open.get_mut(&pre) else {
+            return Ok(None);
+        };
+        if let Some(m) = manifest {
             if let Err(e) = vault.put(cx.host, &mut cx.out, &format!("{pre}m"), &m) {
                 cx.host.log(LogLevel::Error, &e.to_string());
             }
+            // Chunks held from an earlier manifest of the same id count only
+            // if they match this one.
+            entry.1.retain(|i, d| {
+                m.chunk_hashes.get(*i).map(String::as_str)
+                    == Some(crate::wire::transfer::sha256_hex(d.as_bytes()).as_str())
+            });
             entry.0 = Some(m);
         } else {
             let Some(m) = entry.0.as_ref() else {
@@ -108,6 +131,16 @@ impl Reassembly {
         self.done.push(format!("{pre}m"));
         self.open.remove(&pre);
         whole.map(Some)
+    }
+
+    /// Forget an unfinished transfer and its stored records.
+    fn drop_transfer(&mut self, cx: &mut Cx<'_>, pre: &str) {
+        if let Some((_, held)) = self.open.remove(pre) {
+            for i in held.keys() {
+                cx.out.push(Command::Erase(format!("{pre}c{i}")));
+            }
+            cx.out.push(Command::Erase(format!("{pre}m")));
+        }
     }
 
     /// Erase the records of completed transfers: called after the

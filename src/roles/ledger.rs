@@ -280,12 +280,19 @@ impl Ledger {
         Some(p)
     }
 
-    pub fn free_slot(&mut self, did: &str) {
-        if let Some(p) = self
+    /// Give back a slot taken by `did` under the pairing `name` (or, for
+    /// records older than that field, under its active pairing).
+    pub fn free_slot(&mut self, did: &str, name: &str) {
+        let by_name = self
             .pairings
-            .iter_mut()
-            .find(|p| p.bound_did.as_deref() == Some(did))
-        {
+            .iter()
+            .position(|p| p.name == name && p.bound_did.as_deref() == Some(did));
+        let pos = by_name.or_else(|| {
+            self.pairings
+                .iter()
+                .position(|p| p.bound_did.as_deref() == Some(did) && p.phase == Phase::Active)
+        });
+        if let Some(p) = pos.and_then(|i| self.pairings.get_mut(i)) {
             p.slots_used = p.slots_used.saturating_sub(1);
         }
     }
@@ -420,7 +427,7 @@ mod tests {
             l.take_slot(me.did(), "offload", 2).is_none(),
             "slots enforced"
         );
-        l.free_slot(me.did());
+        l.free_slot(me.did(), "lab");
         assert!(l.take_slot(me.did(), "offload", 3).is_some());
         assert!(
             l.take_slot("did:mesh:ffffffffffffffffffffffffffffffff", "offload", 3)

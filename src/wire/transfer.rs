@@ -147,7 +147,8 @@ impl Manifest {
             .and_then(|i| self.chunk_hashes.get(i))
             .ok_or(TransferError::ChunkIndex(index))?;
         let data = v["data"].as_str().unwrap_or_default();
-        if &sha256_hex(data.as_bytes()) != expected {
+        // A chunk is at most 512 Ki characters of at most 4 bytes each.
+        if data.len() > CHUNK_CHARS * 4 || &sha256_hex(data.as_bytes()) != expected {
             return Err(TransferError::ChunkHash {
                 transfer: self.transfer_id.clone(),
                 index,
@@ -174,6 +175,39 @@ impl Manifest {
 /// the last path component only, no control characters, no leading dots,
 /// no reserved names, at most 120 characters. `None` when nothing is left.
 pub fn safe_file_name(raw: &str) -> Option<String> {
+    // Cleaning can expose a new leading dot or space (". .." → ".."), so it
+    // repeats until nothing changes.
+    let mut name = raw.to_string();
+    loop {
+        let next = clean_once(&name);
+        if next == name {
+            break;
+        }
+        name = next;
+    }
+    let stem = name
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_uppercase();
+    const RESERVED: [&str; 22] = [
+        "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+        "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+    ];
+    if name.is_empty()
+        || name.chars().all(|c| c == '.' || c == ' ')
+        || RESERVED.contains(&stem.as_str())
+    {
+        return None;
+    }
+    Some(name)
+}
+
+/// One pass: last path component, no control or reserved characters, no
+/// leading dots or spaces, at most 200 bytes (a file system takes 255, and
+/// the host adds a temporary suffix while writing).
+fn clean_once(raw: &str) -> String {
     let last = raw.rsplit(['/', '\\']).next().unwrap_or_default();
     let cleaned: String = last
         .chars()
@@ -183,22 +217,19 @@ pub fn safe_file_name(raw: &str) -> Option<String> {
             c => c,
         })
         .collect();
-    let cleaned = cleaned.trim().trim_start_matches('.').trim().to_string();
-    let cleaned: String = cleaned.chars().take(120).collect();
-    let stem = cleaned
-        .split('.')
-        .next()
-        .unwrap_or_default()
-        .to_ascii_uppercase();
-    const RESERVED: [&str; 22] = [
-        "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
-        "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
-    ];
-    if cleaned.is_empty() || RESERVED.contains(&stem.as_str()) {
-        return None;
+    let cleaned = cleaned.trim().trim_start_matches('.').trim();
+    let mut out = String::new();
+    for c in cleaned.chars() {
+        if out.len() + c.len_utf8() > MAX_NAME_BYTES {
+            break;
+        }
+        out.push(c);
     }
-    Some(cleaned)
+    out.trim_end().to_string()
 }
+
+/// Longest file name either side creates, in UTF-8 bytes.
+pub const MAX_NAME_BYTES: usize = 200;
 
 /// `name`, or `name (2).ext`, `name (3).ext`, ... whichever is not taken.
 pub fn unique_name(name: &str, taken: &[String]) -> String {
@@ -268,6 +299,17 @@ mod tests {
         assert_eq!(safe_file_name(".."), None);
         assert_eq!(safe_file_name("CON.txt"), None);
         assert_eq!(safe_file_name("a\u{0}b").as_deref(), Some("ab"));
+        // Cleaning repeats until stable: these all end as dots, or nothing.
+        for bad in [". .", ". ..", "a/. ..", ". . ..", " . ", "...", "  "] {
+            assert_eq!(safe_file_name(bad), None, "{bad:?}");
+        }
+        let long = "ü".repeat(150);
+        let n = safe_file_name(&long).unwrap();
+        assert!(
+            n.len() <= MAX_NAME_BYTES && n.chars().all(|c| c == 'ü'),
+            "{}",
+            n.len()
+        );
         let taken = vec!["r.txt".to_string(), "r (2).txt".to_string()];
         assert_eq!(unique_name("r.txt", &taken), "r (3).txt");
     }
