@@ -443,6 +443,9 @@ function isErrorResult(result) {
   return (typeof first === 'string' && first.startsWith('❌')) || result?.details?.mesh?.error != null;
 }
 
+/** Commands that queue messages for other agents. */
+const SENDS = new Set(['send', 'offload', 'offload-cancel']);
+
 /** Wait (bounded) until every queued message is confirmed by its recipient. */
 async function flushOutbox(node, err, signal, ms = 15_000) {
   const until = Date.now() + ms;
@@ -465,6 +468,8 @@ async function followOffload(node, run, out, signal) {
   const deadline = Date.now() + limitMs;
   let after = 0;
   let last;
+  let quietSince = Date.now();
+  let hinted = false;
   out('');
   while (Date.now() < deadline) {
     const wait = Math.max(1, Math.min(60, Math.ceil((deadline - Date.now()) / 1000)));
@@ -474,8 +479,13 @@ async function followOffload(node, run, out, signal) {
     for (const e of last.events.filter((x) => x.seq > after)) {
       out(`  ${new Date(e.at_ms).toISOString().slice(11, 19)}  ${e.phase.padEnd(12)} ${e.text}`);
     }
+    if (last.events_total > after) quietSince = Date.now();
     after = last.events_total;
     if (last.phase === 'done' || last.phase === 'error') break;
+    if (!hinted && last.phase === 'submitted' && Date.now() - quietSince > 25_000) {
+      hinted = true;
+      out('  (no answer from the controller yet: is the cluster up? `kars-mesh cluster status`; the offload fails by itself after 5 minutes without one)');
+    }
   }
   if (!last?.events) return EXIT.OK;
   if (last.phase !== 'done' && last.phase !== 'error') {
@@ -587,14 +597,17 @@ export async function main(
       writeFileSync(`${file}.tmp`, `${text}\n`, { mode: 0o600 });
       renameSync(`${file}.tmp`, file);
     }
-    if (!failed && run.follow && result?.details?.mesh?.request_id !== undefined) {
-      code = await followOffload(node, run, out, ctl.signal);
-    } else if (!failed) code = EXIT.OK;
-    // A one-shot process must not stop before what it queued went out (a
-    // cancel, a message, an offload submitted with --no-follow).
-    if (!failed) await flushOutbox(node, err, ctl.signal);
-    // A tool error while the host saw the network fail: relay/registry unreachable.
-    else code = node.ioFailures > failuresBefore ? EXIT.UNREACHABLE : EXIT.TOOL_ERROR;
+    if (failed) {
+      // A tool error while the host saw the network fail: relay/registry unreachable.
+      code = node.ioFailures > failuresBefore ? EXIT.UNREACHABLE : EXIT.TOOL_ERROR;
+    } else {
+      code = run.follow && result?.details?.mesh?.request_id !== undefined
+        ? await followOffload(node, run, out, ctl.signal)
+        : EXIT.OK;
+      // A one-shot process must not stop before what it queued went out (a
+      // cancel, a message, an offload submitted with --no-follow).
+      if (SENDS.has(run.command)) await flushOutbox(node, err, ctl.signal);
+    }
   } catch (e) {
     if (ctl.signal.aborted) {
       err('kars-mesh: interrupted');

@@ -207,7 +207,11 @@ test('exit codes: 0 ok, 1 tool error, 3 tool error with unreachable relay/regist
   let n = fakeNode({ result: ok });
   let r = await mainWith(n, ['send', 'did:mesh:ab', 'hi']);
   assert.deepEqual([r.code, r.stdout, r.stderr], [EXIT.OK, 'sent\n', '']);
-  assert.deepEqual(n.calls, [{ tool: 'mesh_send', args: { to: 'did:mesh:ab', message: { type: 'message', content: 'hi' } } }]);
+  // After a send, the CLI asks (mesh_identity: outbox) whether it went out before stopping.
+  assert.deepEqual(n.calls, [
+    { tool: 'mesh_send', args: { to: 'did:mesh:ab', message: { type: 'message', content: 'hi' } } },
+    { tool: 'mesh_identity', args: {} },
+  ]);
   assert.equal(n.stopped, true);
 
   r = await mainWith(fakeNode({ result: bad }), ['send', 'did:mesh:ab', 'hi']);
