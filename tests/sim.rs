@@ -1739,3 +1739,89 @@ fn controller_takes_plaintext_only_from_its_paired_peers() {
     );
     assert_eq!(offs[0]["phase"], json!("spawning"));
 }
+
+/// The relay does not bind `from`: a plaintext `offload_status ready` that
+/// claims to come from the paired controller must not tell the client where
+/// its sandbox is (it would draw the input files to an attacker). Only an
+/// end-to-end message may; stale phases do not move the offload backwards.
+#[test]
+fn a_spoofed_plaintext_ready_does_not_redirect_an_offload() {
+    let mut w = World::new(91);
+    let ctrl = w.add_agent(
+        "controller",
+        json!({"role": "controller", "cluster_name": "lab"}),
+    );
+    let alice = w.add_agent("alice", json!({}));
+    w.run_for(3_000);
+    let gen = w.call_sync(
+        ctrl,
+        "pair_generate",
+        json!({"name": "alice", "capabilities": "offload"}),
+        5_000,
+    );
+    let tok = gen["details"]["mesh"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let paired = w.call_sync(alice, "mesh_pair", json!({"token": tok}), 60_000);
+    assert!(
+        paired["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("✅"),
+        "{paired}"
+    );
+    let sub = w.call_sync(alice, "cloud_offload", json!({"task": "t"}), 5_000);
+    let rid = sub["details"]["mesh"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The sim runs no jobs: the controller's sandbox never comes up, so the
+    // offload waits in "spawning" for its ready.
+    w.run_for(3_000);
+    let st = w.call_sync(alice, "offload_status", json!({}), 5_000);
+    assert_eq!(st["details"]["mesh"]["phase"], json!("spawning"), "{st}");
+    let ad = w.did(alice);
+    let cd = w.did(ctrl);
+    let attacker_seed = [0x66; 32];
+    let attacker = Identity::from_seed(&attacker_seed).did().to_string();
+    let raw = w.raw_connect(attacker_seed);
+    let spoof = |id: &str, p: Value| {
+        json!({"v":1,"type":"message","from":cd,"to":ad,"id":id,"ts":"2026-11-25T00:00:00.000Z",
+            "ciphertext": b64::encode_std(p.to_string().as_bytes()),"plaintext":true})
+        .to_string()
+    };
+    w.raw_send(raw, &spoof("5c8e2a4e-0b7c-4d5e-9f1a-00000000aa01", json!({"type":"offload_status","request_id":rid,
+        "phase":"ready","message":"sandbox ready","sandbox_name":"offload-evil","sandbox_did":attacker})));
+    w.raw_send(
+        raw,
+        &spoof(
+            "5c8e2a4e-0b7c-4d5e-9f1a-00000000aa02",
+            json!({"type":"offload_status","request_id":rid,
+        "phase":"validating","message":"again"}),
+        ),
+    );
+    w.run_for(3_000);
+    // after_events 0: the whole snapshot at once (a plain call within 15 s
+    // of the last one answers "no change").
+    let st = w.call_sync(
+        alice,
+        "offload_status",
+        json!({"wait_seconds": 1, "after_events": 0}),
+        5_000,
+    );
+    let m = &st["details"]["mesh"];
+    assert_eq!(m["phase"], json!("spawning"), "{st}");
+    assert_eq!(m["sandbox_did"], Value::Null, "{st}");
+    assert!(
+        !m["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["phase"] == "ready"),
+        "{st}"
+    );
+    // Nothing of it reached the inbox either.
+    let inbox = w.call_sync(alice, "mesh_inbox", json!({"unread_only": false}), 5_000);
+    assert_eq!(inbox["details"]["mesh"]["messages"], json!([]), "{inbox}");
+}
