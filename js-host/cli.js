@@ -97,15 +97,18 @@ Examples:
   },
   discover: {
     tool: 'discover',
-    usage: 'kars-mesh discover <capability> [--limit N]',
-    synopsis: 'discover <capability>',
-    summary: 'find agents offering a capability',
-    help: `Find agents in the registry that offer a capability.
+    usage: 'kars-mesh discover [capability] [--limit N]',
+    synopsis: 'discover [capability]',
+    summary: 'find agents offering a capability (none: kars-mesh agents)',
+    help: `Find agents in the registry that offer a capability (every agent also
+registers its name as one). Without a capability: the kars-mesh agents in the
+registry and the peers this agent has sessions with.
   --limit N        at most N agents`,
     flags: ['limit'],
-    positional: ['capability'],
+    positional: [],
+    optional: ['capability'],
     args: (pos, f) => {
-      const a = { capability: pos[0] };
+      const a = pos[0] === undefined ? {} : { capability: pos[0] };
       if (f.limit !== undefined) a.limit = f.limit;
       return a;
     },
@@ -340,8 +343,9 @@ export function plan(argv, env = process.env) {
     throw new UsageError(`missing ${missing}`, command);
   }
   // `send` and `offload` join their words; the others take exactly their arguments.
-  if (command !== 'send' && command !== 'offload' && positional.length > spec.positional.length) {
-    throw new UsageError(`unexpected argument ${JSON.stringify(positional[spec.positional.length])}`, command);
+  const takes = spec.positional.length + (spec.optional?.length ?? 0);
+  if (command !== 'send' && command !== 'offload' && positional.length > takes) {
+    throw new UsageError(`unexpected argument ${JSON.stringify(positional[takes])}`, command);
   }
   if (spec.positional.length && positional.slice(0, spec.positional.length).some((p) => p === '')) {
     throw new UsageError(`empty ${spec.positional.map((p) => `<${p}>`).join(' or ')}`, command);

@@ -100,7 +100,7 @@ test('usage errors exit 2: no command, missing arguments, bad flags and values',
     [[], /no command given/],
     [['send'], /missing <did> <message>/],
     [['send', 'did:mesh:00'], /missing <message>/],
-    [['discover'], /missing <capability>/],
+    [['discover', 'a', 'b'], /unexpected argument "b"/],
     [['id', 'extra'], /unexpected argument "extra"/],
     [['id', '--bogus'], /unknown flag --bogus/],
     [['inbox', '--wait', 'soon'], /--wait must be a number/],
@@ -155,6 +155,8 @@ test('argument mapping to engine tools', () => {
   assert.deepEqual(p(['inbox']).args, {});
   assert.deepEqual(p(['discover', 'translate', '--limit=3']).args, { capability: 'translate', limit: 3 });
   assert.equal(p(['discover', 'x']).tool, 'discover');
+  // Without a capability the engine lists kars-mesh agents (its own hint says so).
+  assert.deepEqual(p(['discover']).args, {});
   const n = p(['id', '--relay', 'http://r:1', '--registry', 'http://g:2', '--name', 'bob']).node;
   assert.equal(n.relayUrl, 'http://r:1');
   assert.equal(n.registryUrl, 'http://g:2');
