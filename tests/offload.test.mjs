@@ -346,6 +346,17 @@ test('hostile output names: nothing escapes the incoming directory, links are no
   for (const o of last.outputs) assert.ok(o.path.startsWith(`incoming/${last.request_id.slice(0, 8)}/`) && !o.path.includes('..'), o.path);
   assert.ok(readFileSync(path.join(iDir, 'files', last.outputs.find((o) => o.name.startsWith('日')).path), 'utf8') === 'long');
   assert.equal((await ivy.callTool('mesh_identity', {})).details.mesh.did, ivy.did, 'the client is still running');
+  // A new offload while the finished one was never shown: its news stays for
+  // the hook, and the new one's input still reaches its sandbox.
+  const work = tmp('iwork');
+  writeFileSync(path.join(work, 'again.txt'), 'again');
+  await ivy.callTool('cloud_offload', { task: 'second run', files: [path.join(work, 'again.txt')] });
+  const second = await follow(ivy);
+  assert.equal(second.last.phase, 'done', JSON.stringify(second.last));
+  const seen = JSON.parse(readFileSync(path.join(iDir, 'files', second.last.outputs.find((o) => o.name === 'inputs.json').path), 'utf8'));
+  assert.deepEqual(seen.inputs.map((i) => i.name), ['again.txt']);
+  const news = (await ivy.callTool('offload_notifications', {})).details.mesh.lines;
+  assert.ok(news.some((l) => l.includes(last.request_id.slice(0, 8)) && l.includes('done')), news.join('\n'));
 });
 
 test('paired again after a revoke: the new pairing counts; a sandbox that dies is reported', { timeout: 90_000 }, async () => {

@@ -242,6 +242,24 @@ impl Agent {
         }
     }
 
+    /// Drop the active offload; its news not yet taken by the hook stays for
+    /// the hook. The caller stores the (now empty) active record.
+    fn clear_offload(&mut self, cx: &mut Cx<'_>) {
+        let Some(old) = self.offloads.active.take() else {
+            return;
+        };
+        self.offloads.input_bytes.clear();
+        if !old.notes.is_empty() {
+            self.offloads.recent.notes.extend(old.notes);
+            let n = self.offloads.recent.notes.len();
+            self.offloads
+                .recent
+                .notes
+                .drain(..n.saturating_sub(MAX_NOTES));
+            self.save_recent(cx);
+        }
+    }
+
     fn save_recent(&mut self, cx: &mut Cx<'_>) {
         if let Err(e) = self.vault.put(
             cx.host,
@@ -615,6 +633,9 @@ impl Agent {
         if s.failed {
             return;
         }
+        // A finished offload nobody has looked at yet leaves its news behind
+        // (before the new offload's inputs are kept).
+        self.clear_offload(cx);
         let mut o = s.offload;
         self.offloads.input_bytes = o
             .files
@@ -654,14 +675,7 @@ impl Agent {
         while self.offloads.recent.tasks.len() > DUPLICATE_KEEP {
             self.offloads.recent.tasks.remove(0);
         }
-        if let Err(e) = self.vault.put(
-            cx.host,
-            &mut cx.out,
-            keys::OFFLOAD_RECENT,
-            &self.offloads.recent,
-        ) {
-            cx.log(LogLevel::Error, &e.to_string());
-        }
+        self.save_recent(cx);
         let task_preview: String = o.task.chars().take(120).collect();
         let more = if o.task.chars().count() > 120 {
             "..."
@@ -684,16 +698,6 @@ impl Agent {
             o.timeout_minutes
         );
         let details = json!({"request_id": o.request_id, "phase": "submitted", "files": o.files.iter().map(|f| json!({"name": f.name, "size": f.size, "sha256": f.sha256})).collect::<Vec<_>>(), "timeout_minutes": o.timeout_minutes});
-        // A finished offload nobody has looked at yet leaves its news behind.
-        if let Some(old) = self.offloads.active.take() {
-            self.offloads.recent.notes.extend(old.notes);
-            let n = self.offloads.recent.notes.len();
-            self.offloads
-                .recent
-                .notes
-                .drain(..n.saturating_sub(MAX_NOTES));
-            self.save_recent(cx);
-        }
         self.offloads.active = Some(o);
         self.offloads.early_hello = None;
         self.set_deadline(cx, READY_TIMEOUT_MS);
@@ -828,18 +832,7 @@ impl Agent {
         // Rendering a finished offload clears it, so a new one can start; its
         // news not yet taken by the hook stays for the hook.
         if o.terminal() {
-            let notes = o.notes.clone();
-            self.offloads.active = None;
-            self.offloads.input_bytes.clear();
-            if !notes.is_empty() {
-                self.offloads.recent.notes.extend(notes);
-                let n = self.offloads.recent.notes.len();
-                self.offloads
-                    .recent
-                    .notes
-                    .drain(..n.saturating_sub(MAX_NOTES));
-                self.save_recent(cx);
-            }
+            self.clear_offload(cx);
         }
         self.save_offload(cx);
         tools::ok(cx, call_id, &text, details);
