@@ -278,7 +278,7 @@ export async function findPython(dir, { log, signal, env = process.env }) {
 // `python -m <module> --host H --port P`, with the parent-death signal set
 // first (prctl(PR_SET_PDEATHSIG=1, SIGKILL)): the servers die with the cluster
 // process even if it is SIGKILLed.
-const LAUNCH = [
+export const LAUNCH = [
   'import ctypes, runpy, signal, sys',
   'try: ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)',
   'except Exception: pass',

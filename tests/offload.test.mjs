@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { startServers } from './harness/servers.mjs';
 import { createNode } from '../js-host/node-host.js';
 import { killSandboxes } from '../js-host/jobs.js';
+import { followOffload } from './harness/follow.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const TASK_CMD = `"${process.execPath}" "${path.join(HERE, 'fixtures/offload-task.mjs')}"`;
@@ -68,21 +69,9 @@ async function pair(ctrl, client, name, opts = {}) {
   return gen.details.mesh.token;
 }
 
-/** Follow the offload's phases until it ends (no polling: each call waits for news). */
-async function follow(client, { until = ['done', 'error'], timeoutMs = 90_000 } = {}) {
-  const seen = [];
-  let after = 0;
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const r = await client.callTool('offload_status', { wait_seconds: 20, after_events: after }, { timeoutMs: 30_000 });
-    const m = r.details.mesh;
-    if (!m.events) return { seen, last: m };
-    for (const e of m.events) if (e.seq > after) seen.push(e.phase);
-    after = m.events_total;
-    if (until.includes(m.phase)) return { seen, last: m };
-  }
-  throw new Error(`offload did not reach ${until} in time; phases: ${seen.join(' ')}`);
-}
+
+/** Follow a client node's offload until it ends (or reaches `until`). */
+const follow = (client, opts) => followOffload((a) => client.callTool('offload_status', a, { timeoutMs: 30_000 }), opts);
 
 const sha = (b) => createHash('sha256').update(b).digest('hex');
 

@@ -18,6 +18,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServers } from './harness/servers.mjs';
+import { followOffload } from './harness/follow.mjs';
 import { makeOpenClawHome } from './harness/openclaw.mjs';
 import { createNode } from '../js-host/node-host.js';
 import { killSandboxes } from '../js-host/jobs.js';
@@ -82,21 +83,9 @@ async function waitFor(fn, what, ms = 20_000) {
   throw new Error(`timed out waiting for: ${what}`);
 }
 
-/** Follow the offload through the Gateway: each offload_status call waits for news. */
-async function follow({ until = ['done', 'error'], timeoutMs = 90_000 } = {}) {
-  const seen = [];
-  let afterEvents = 0;
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const r = await invoke('offload_status', { wait_seconds: 20, after_events: afterEvents }, 40_000);
-    const m = r.details.mesh;
-    if (!m.events) return { seen, last: m, text: text(r) };
-    for (const e of m.events) if (e.seq > afterEvents) seen.push(e.phase);
-    afterEvents = m.events_total;
-    if (until.includes(m.phase)) return { seen, last: m, text: text(r) };
-  }
-  throw new Error(`offload did not reach ${until} in time; phases: ${seen.join(' ')}`);
-}
+
+/** Follow the offload through the Gateway. */
+const follow = (opts) => followOffload((a) => invoke('offload_status', a, 40_000), opts);
 
 const sha = (b) => createHash('sha256').update(b).digest('hex');
 

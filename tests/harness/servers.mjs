@@ -16,21 +16,15 @@ import { existsSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+// `python -m <module> --host H --port P` with the parent-death signal set
+// first: the same launcher `kars-mesh cluster up` uses.
+import { LAUNCH } from '../../js-host/cluster.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const VENV_PYTHON = path.join(ROOT, '.venv/bin/python');
 const HOST = '127.0.0.1';
 const LOG_LIMIT = 256 * 1024;
 
-// `python -m <module> --host H --port P`, with the parent-death signal set
-// first (prctl(PR_SET_PDEATHSIG=1, SIGKILL)).
-const LAUNCH = [
-  'import ctypes, runpy, signal, sys',
-  'try: ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)',
-  'except Exception: pass',
-  'mod = sys.argv[1]; sys.argv = [mod] + sys.argv[2:]',
-  "runpy.run_module(mod, run_name='__main__', alter_sys=True)",
-].join('\n');
 
 const live = new Set(); // every running child, for the exit hook
 
