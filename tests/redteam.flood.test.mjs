@@ -1,0 +1,158 @@
+// Red-team regressions, findings 6 and 7 (state growth under floods), through
+// the REAL relay and registry. Attackers are raw AgentMesh clients
+// (tests/peers/raw_peer.mjs) connected as their own identities; the relay does
+// not bind `from`, so one connection can speak for any number of made-up DIDs.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startServers } from './harness/servers.mjs';
+import { fakeDid, rawPeer } from './peers/raw_peer.mjs';
+import { createNode } from '../js-host/node-host.js';
+
+let srv;
+const dirs = [];
+const nodes = new Set();
+const peers = new Set();
+
+before(async () => {
+  srv = await startServers();
+});
+after(async () => {
+  for (const p of peers) await p.close().catch(() => {});
+  for (const n of nodes) await n.stop().catch(() => {});
+  await srv?.stop();
+  if (!process.env.KARS_KEEP_TMP) for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+function tmp(name) {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), `kars-rt-flood-${name}-`));
+  dirs.push(d);
+  return d;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function start(name, extra = {}) {
+  const n = await createNode({ stateDir: tmp(name), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name, log: () => {}, ...extra });
+  nodes.add(n);
+  for (let i = 0; i < 100; i++) {
+    const m = (await n.callTool('mesh_identity', {})).details.mesh;
+    if (m.registered && m.connected) return n;
+    await sleep(100);
+  }
+  throw new Error(`${name} did not register and connect`);
+}
+
+async function raw() {
+  const p = await rawPeer({ relayUrl: srv.relayUrl, registryUrl: srv.registryUrl });
+  peers.add(p);
+  return p;
+}
+
+/** Stored records of a node (files under <state>/records). */
+function records(node) {
+  const dir = path.join(node.stateDir, 'records');
+  return fs.readdirSync(dir).filter((n) => !n.startsWith('.'));
+}
+const sessionRecords = (node) => records(node).filter((n) => n.startsWith('session%2F'));
+
+/** Wait until f() stays the same for `quietMs` (or `maxMs` passed); returns its last value. */
+async function settle(f, { quietMs = 2500, maxMs = 30_000 } = {}) {
+  const until = Date.now() + maxMs;
+  let last = f();
+  let since = Date.now();
+  while (Date.now() < until) {
+    await sleep(250);
+    const v = f();
+    if (v !== last) {
+      last = v;
+      since = Date.now();
+    } else if (Date.now() - since >= quietMs) break;
+  }
+  return last;
+}
+
+async function relayRouted() {
+  const h = await (await fetch(`${srv.relayUrl}/health`)).json();
+  return h.stats?.messages_routed ?? 0;
+}
+
+async function inboxFrom(node, from, wait = 0) {
+  const r = await node.callTool('mesh_inbox', { from, limit: 50, unread_only: false, ...(wait ? { wait_seconds: wait } : {}) }, { timeoutMs: (wait + 10) * 1000 });
+  return r.details.mesh.messages;
+}
+
+test('finding 6: 500 plaintext pair_requests from made-up DIDs with bad tokens grow the controller\'s stored records by at most 5', { timeout: 90_000 }, async () => {
+  const ctrl = await start('ctrl6', { role: 'controller', clusterName: 'rt-lab' });
+  // A real pairing exists, so the ledger is not empty.
+  await ctrl.callTool('pair_generate', { name: 'someone', slots: 1, capabilities: 'offload', expires: '1d' });
+  const before = await settle(() => records(ctrl).length, { quietMs: 1000 });
+
+  const attacker = await raw();
+  const routed0 = await relayRouted();
+  for (let i = 0; i < 500; i++) {
+    const from = fakeDid();
+    await attacker.plaintext(ctrl.did, {
+      type: 'pair_request',
+      secret: randomBytes(32).toString('base64url'),
+      pubkey_ed25519: randomBytes(32).toString('base64'),
+      display_name: `external-${i}`,
+      capabilities_requested: ['offload', 'handoff'],
+    }, { from, dialect: i % 2 ? 'payload' : 'ts' });
+  }
+  // Every frame routed by the relay, then the controller's state settles.
+  const routedBy = Date.now() + 20_000;
+  while ((await relayRouted()) - routed0 < 500 && Date.now() < routedBy) await sleep(200);
+  const after = await settle(() => records(ctrl).length);
+  assert.ok(after - before <= 5, `the controller's stored records grew from ${before} to ${after} (${after - before} new) after 500 forged pair_requests`);
+  // The controller still works.
+  assert.equal((await ctrl.callTool('pair_list', {})).details.mesh.pairings.length, 1);
+});
+
+test('finding 7: 300 fresh identities opening sessions leave the victim\'s session records bounded, and a known peer still talks both ways', { timeout: 120_000 }, async () => {
+  const victim = await start('victim7');
+  const friend = await start('friend7');
+  // A known peer: a session both ways before the flood.
+  await friend.callTool('mesh_send', { to: victim.did, message: 'hello before the flood' });
+  assert.equal((await inboxFrom(victim, friend.did, 15)).length, 1, 'friend → victim before the flood');
+  await victim.callTool('mesh_send', { to: friend.did, message: 'hello back' });
+  assert.equal((await inboxFrom(friend, victim.did, 15)).length, 1, 'victim → friend before the flood');
+  const sessions0 = sessionRecords(victim).length;
+
+  // 300 fresh identities, 10 at a time: connect (PoP), KNOCK, one message, leave.
+  const N = 300;
+  let done = 0;
+  const failures = [];
+  async function one(i) {
+    const p = await rawPeer({ relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, graceMs: 50 });
+    try {
+      const s = await p.openSession(victim.did);
+      await p.encrypted(s, { type: 'message', content: `flood ${i}` });
+      await sleep(50);
+    } finally {
+      await p.close();
+    }
+    done++;
+  }
+  for (let i = 0; i < N; i += 10) {
+    const rs = await Promise.allSettled(Array.from({ length: Math.min(10, N - i) }, (_, k) => one(i + k)));
+    for (const r of rs) if (r.status === 'rejected') failures.push(String(r.reason?.message ?? r.reason));
+  }
+  assert.ok(done >= N - 5, `only ${done} of ${N} flood identities got their frames out: ${failures.slice(0, 3).join('; ')}`);
+  const sessions = await settle(() => sessionRecords(victim).length);
+  assert.ok(sessions - sessions0 <= 100, `the victim keeps ${sessions} session records (${sessions - sessions0} new) after ${N} strangers opened sessions; expected a cap well under ${N}`);
+
+  // The known peer still gets through, both ways.
+  const tag = randomBytes(4).toString('hex');
+  await friend.callTool('mesh_send', { to: victim.did, message: `after the flood ${tag}` });
+  let got = [];
+  for (let i = 0; i < 10 && !got.some((m) => JSON.stringify(m.payload).includes(tag)); i++) got = await inboxFrom(victim, friend.did, 3);
+  assert.ok(got.some((m) => JSON.stringify(m.payload).includes(tag)), 'friend → victim after the flood did not arrive');
+  await victim.callTool('mesh_send', { to: friend.did, message: `reply ${tag}` });
+  got = [];
+  for (let i = 0; i < 10 && !got.some((m) => JSON.stringify(m.payload).includes(`reply ${tag}`)); i++) got = await inboxFrom(friend, victim.did, 3);
+  assert.ok(got.some((m) => JSON.stringify(m.payload).includes(`reply ${tag}`)), 'victim → friend after the flood did not arrive');
+});
