@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startServers } from './harness/servers.mjs';
-import { memoryProbe } from './harness/wasm-memory.mjs';
+import { createProbedNode } from './harness/wasm-memory.mjs';
 import { rawPeer } from './peers/raw_peer.mjs';
 import { createNode } from '../js-host/node-host.js';
 
@@ -61,12 +61,10 @@ function recordFiles(dir) {
 }
 
 test('finding 1: 40 messages of ~3 MB from a stranger keep the wasm memory bounded, the inbox refuses over a 32 MiB unread quota, and nothing lies unsealed at rest', { timeout: 150_000 }, async () => {
-  const probe = memoryProbe();
   const victimDir = tmp('victim');
-  // Created alone, so the probe captures only the victim's memory.
-  const victim = await createNode({
-    stateDir: victimDir, relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name: 'mem-victim',
-    log: () => {}, loadCoreImpl: probe.loadCoreImpl,
+  // Created alone, so a probe (for a host without memoryBytes) captures only the victim's memory.
+  const { node: victim, probe } = await createProbedNode(createNode, {
+    stateDir: victimDir, relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name: 'mem-victim', log: () => {},
   });
   nodes.push(victim);
   for (let i = 0; i < 100; i++) {
