@@ -131,9 +131,8 @@ impl Sender {
         // A name the sender gives itself counts only inside a message that
         // E2E encryption proves came from `e.from`; the answer shows that DID.
         e.evidence == Evidence::Encrypted
-            && e.payload
-                .get("from_agent")
-                .and_then(Value::as_str)
+            && e.from_agent
+                .as_deref()
                 .is_some_and(|n| n.trim().to_lowercase() == self.key)
     }
 }

@@ -6,7 +6,7 @@
 
 use super::{Agent, Cx};
 use crate::engine::{Command, JobExit, LogLevel};
-use crate::roles::ledger::{sanitize_name, Phase};
+use crate::roles::ledger::Phase;
 use crate::store::keys;
 use crate::wire::{time, transfer};
 use serde::{Deserialize, Serialize};
@@ -207,10 +207,12 @@ impl Agent {
             _ => None,
         };
         let refusal = refusal.or_else(|| offload_shape_refusal(p));
-        // Character-safe: the request id is a checked UUID (ASCII).
-        let short: String = rid.chars().take(8).collect();
-        let sandbox_name =
-            sanitize_name(&format!("offload-{short}")).unwrap_or_else(|| "offload".into());
+        // Chosen here, at random: a name derived from the requester's request
+        // id let one paired user pick another's (old) sandbox directory and
+        // identity (red-team finding 3).
+        let mut r = [0u8; 8];
+        cx.host.fill(&mut r);
+        let sandbox_name = format!("offload-{}", crate::wire::hex::encode(&r));
         let refusal = refusal.or_else(|| {
             self.ctl
                 .list

@@ -1,13 +1,32 @@
-//! The persisted inbox: one sealed record per message, keyed by relay frame
-//! id (so a redelivery rewrites the same record instead of adding a second),
-//! with read marks, the evidence each message came with, and messages held
-//! back until an earlier one from the same sender arrives.
+//! The persisted inbox: two sealed records per message, keyed by sender and
+//! relay frame id (so a redelivery rewrites the same records instead of
+//! adding more): the small entry (read mark, evidence, held-back state) and
+//! its payload. Only entries live in memory; a payload is read back when a
+//! tool shows it, so a peer sending large messages fills storage up to its
+//! quota, never the engine's memory (red-team finding 1).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Read messages kept; older read ones are erased.
 pub const KEEP_READ: usize = 1000;
+/// Unread messages kept per sender; beyond that new ones are refused.
+pub const MAX_UNREAD_PER_SENDER: usize = 5000;
+/// Bytes of unread payload kept per sender; beyond that new ones are refused
+/// (a kars sender re-sends until receipted, so nothing is lost once read).
+pub const MAX_UNREAD_BYTES_PER_SENDER: u64 = 32 * 1024 * 1024;
+/// Bytes of payload kept in all; read entries are erased first to make room.
+pub const MAX_INBOX_BYTES: u64 = 256 * 1024 * 1024;
+/// Longest `from_agent` claim kept beside an entry.
+const FROM_AGENT_CHARS: usize = 200;
+
+/// Why a new message does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    SenderCount,
+    SenderBytes,
+    TotalBytes,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -26,7 +45,19 @@ pub struct Entry {
     pub ts: Option<String>,
     pub received_at: u64,
     pub evidence: Evidence,
+    /// Only on a new entry until it is stored, and in records written before
+    /// payloads had their own (`split` false); `Null` in memory otherwise.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub payload: serde_json::Value,
+    /// The payload is in its own record (`payload_key`).
+    #[serde(default)]
+    pub split: bool,
+    /// Size of the payload's JSON text.
+    #[serde(default)]
+    pub bytes: u64,
+    /// The payload's `from_agent`, kept for `mesh_await`'s name matching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_agent: Option<String>,
     #[serde(default)]
     pub read: bool,
     #[serde(default)]
@@ -40,19 +71,74 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Keyed by sender and frame id, hashed: fixed length whatever the id,
-    /// and one sender cannot overwrite another's record by reusing an id.
-    pub fn storage_key(&self) -> String {
+    /// A new entry holding its payload until `Agent::store_entry` stores it.
+    pub fn new(
+        id: &str,
+        from: &str,
+        received_at: u64,
+        evidence: Evidence,
+        payload: serde_json::Value,
+    ) -> Self {
+        let mut e = Entry {
+            id: id.to_string(),
+            from: from.to_string(),
+            ts: None,
+            received_at,
+            evidence,
+            payload,
+            split: true,
+            bytes: 0,
+            from_agent: None,
+            read: false,
+            held: false,
+            seq: None,
+            epoch: None,
+            n: 0,
+        };
+        e.measure();
+        e
+    }
+
+    /// Note the payload's size and `from_agent` claim, which stay in memory
+    /// when the payload does not.
+    pub fn measure(&mut self) {
+        self.bytes = serde_json::to_vec(&self.payload)
+            .map(|v| v.len() as u64)
+            .unwrap_or(0);
+        self.from_agent = self
+            .payload
+            .get("from_agent")
+            .and_then(serde_json::Value::as_str)
+            .map(|s| s.chars().take(FROM_AGENT_CHARS).collect());
+    }
+
+    fn hashed(&self) -> String {
         let mut input = Vec::with_capacity(self.from.len() + 1 + self.id.len());
         input.extend_from_slice(self.from.as_bytes());
         input.push(0);
         input.extend_from_slice(self.id.as_bytes());
         let h = crate::crypto::kdf::sha256(&input);
-        format!(
-            "{}{}",
-            crate::store::keys::INBOX,
-            crate::wire::hex::encode(&h[..16])
-        )
+        crate::wire::hex::encode(&h[..16])
+    }
+
+    /// Keyed by sender and frame id, hashed: fixed length whatever the id,
+    /// and one sender cannot overwrite another's record by reusing an id.
+    pub fn storage_key(&self) -> String {
+        format!("{}{}", crate::store::keys::INBOX, self.hashed())
+    }
+
+    /// Where the payload lives.
+    pub fn payload_key(&self) -> String {
+        format!("{}{}", crate::store::keys::INBOX_PAYLOAD, self.hashed())
+    }
+
+    /// Every record of this entry, for erasing it.
+    pub fn storage_keys(&self) -> Vec<String> {
+        if self.split {
+            vec![self.storage_key(), self.payload_key()]
+        } else {
+            vec![self.storage_key()]
+        }
     }
 }
 
@@ -109,13 +195,6 @@ impl Inbox {
         self.entries
             .values()
             .any(|e| e.from == from && e.seq == Some(seq) && e.epoch == epoch)
-    }
-
-    pub fn unread_from(&self, from: &str) -> usize {
-        self.entries
-            .values()
-            .filter(|e| !e.read && e.from == from)
-            .count()
     }
 
     /// Highest delivered (not held) sequence number from `from` in `epoch`.
@@ -191,8 +270,44 @@ impl Inbox {
         read[..cut]
             .iter()
             .filter_map(|n| self.entries.remove(n))
-            .map(|e| e.storage_key())
+            .flat_map(|e| e.storage_keys())
             .collect()
+    }
+
+    /// Payload bytes kept, in all.
+    pub fn total_bytes(&self) -> u64 {
+        self.entries.values().map(|e| e.bytes).sum()
+    }
+
+    /// Make room for a new message of `bytes` from `from`: read entries are
+    /// erased, oldest first, while the total would be over its limit; the
+    /// keys to erase come back with the verdict. Unread messages are never
+    /// dropped to make room: the new one is refused instead.
+    pub fn make_room(&mut self, from: &str, bytes: u64) -> (Result<(), Refusal>, Vec<String>) {
+        let (mut count, mut sender_bytes) = (0usize, 0u64);
+        for e in self.entries.values().filter(|e| !e.read && e.from == from) {
+            count += 1;
+            sender_bytes += e.bytes;
+        }
+        if count >= MAX_UNREAD_PER_SENDER {
+            return (Err(Refusal::SenderCount), Vec::new());
+        }
+        if sender_bytes.saturating_add(bytes) > MAX_UNREAD_BYTES_PER_SENDER {
+            return (Err(Refusal::SenderBytes), Vec::new());
+        }
+        let mut total = self.total_bytes();
+        let mut erased = Vec::new();
+        while total.saturating_add(bytes) > MAX_INBOX_BYTES {
+            let Some(n) = self.entries.values().find(|e| e.read).map(|e| e.n) else {
+                return (Err(Refusal::TotalBytes), erased);
+            };
+            if let Some(e) = self.entries.remove(&n) {
+                total = total.saturating_sub(e.bytes);
+                self.counters.fifo_dropped += 1;
+                erased.extend(e.storage_keys());
+            }
+        }
+        (Ok(()), erased)
     }
 
     pub fn len(&self) -> usize {

@@ -4,7 +4,7 @@
 //! before acting on an answer sees the same entries again.
 
 use super::args::{self, ArgError};
-use super::inbox::Entry;
+use super::inbox::{Entry, Evidence};
 use super::{tools, Agent, Cx};
 use crate::crypto::identity::is_mesh_did;
 use crate::engine::Command;
@@ -192,7 +192,7 @@ pub(super) fn answer(
     // Unread entries are returned oldest first, so reading with mark_read
     // walks the inbox in order and never skips one; re-reading
     // (unread_only=false) shows the newest `limit`, as the original does.
-    let page: Vec<Entry> = if q.unread_only {
+    let mut page: Vec<Entry> = if q.unread_only {
         visible.iter().take(q.limit).map(|e| (*e).clone()).collect()
     } else {
         visible[total.saturating_sub(q.limit)..]
@@ -200,6 +200,10 @@ pub(super) fn answer(
             .map(|e| (*e).clone())
             .collect()
     };
+    // Payloads live in storage; only the page shown is read back.
+    for e in page.iter_mut() {
+        e.payload = agent.load_payload(cx, e);
+    }
     let unread = agent.inbox.unread_count();
     let already_read = agent
         .inbox
@@ -240,10 +244,16 @@ pub(super) fn answer(
         )];
         for (i, e) in page.iter().enumerate() {
             lines.push(format!(
-                "  {}. [{}] ({}) {}",
+                "  {}. [{}] ({}{}) {}",
                 i + 1,
                 e.from,
                 if e.read { "·read" } else { "·new" },
+                // The relay does not bind `from`: say so where it matters.
+                if e.evidence == Evidence::Plaintext {
+                    ", ⚠ plaintext: the sender is not verified"
+                } else {
+                    ""
+                },
                 args::clip(&content_text(&e.payload), LINE_CHARS)
             ));
         }

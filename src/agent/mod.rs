@@ -12,6 +12,7 @@ pub mod inbox;
 mod inbox_tool;
 pub mod offload;
 pub mod pairing;
+mod plain_seen;
 mod receive;
 mod route;
 pub mod sandbox;
@@ -54,8 +55,13 @@ const EARLY_MAX_BYTES: usize = 8 * 1024 * 1024;
 const MAX_PENDING_PEERS: usize = 256;
 /// Candidate sessions (from KNOCKs) kept per peer.
 const MAX_CANDIDATES: usize = 8;
-/// Unread messages kept per sender; beyond that new ones are refused.
-const MAX_UNREAD_PER_SENDER: usize = 5000;
+/// Peers in all; a KNOCK from a new one beyond that is refused.
+const MAX_PEERS: usize = 1024;
+/// New peers that may open a session at once, then one per period.
+const NEW_PEERS_BURST: u64 = 64;
+const NEW_PEER_REFILL_MS: u64 = 10_000;
+/// Bytes of KNOCKs held while their sender's identity is checked.
+const KNOCKS_AWAITING_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Capability every kars-mesh agent registers; peers with it get receipts.
 pub const KARS_CAPABILITY: &str = "kars-mesh";
 pub const HTTP_TIMEOUT_MS: u32 = 10_000;
@@ -243,6 +249,10 @@ pub struct Agent {
     sandbox: Option<sandbox::SandboxState>,
     /// How a mesh_send call's target is shown once sent ("name (did…)").
     send_labels: HashMap<String, String>,
+    /// Consumed plaintext frames (no peer record for plaintext senders).
+    plain_seen: plain_seen::PlainSeen,
+    /// How many peers we have never seen may open a session now.
+    new_peers: crate::mesh::budget::Budget,
     /// When this engine started (the inbox counters count from here).
     started_at: String,
     pub stats: Stats,
@@ -342,12 +352,24 @@ impl Agent {
         let mut entries = Vec::new();
         for key in cx.host.storage_list(keys::INBOX) {
             match vault.get::<Entry>(cx.host, &key) {
-                Ok(Some(e)) => entries.push(e),
+                Ok(Some(mut e)) => {
+                    if !e.split {
+                        // Written before payloads had their own record:
+                        // move the payload out, so it leaves memory.
+                        e.measure();
+                        store_entry_records(&vault, cx, &mut e);
+                    }
+                    entries.push(e)
+                }
                 Ok(None) => {}
                 Err(e) => cx.log(LogLevel::Error, &format!("{e}; skipped")),
             }
         }
         let inbox = Inbox::load(entries);
+        let plain_seen = vault
+            .get::<plain_seen::PlainSeen>(cx.host, keys::PLAIN_SEEN)
+            .unwrap_or(None)
+            .unwrap_or_default();
         let ledger = pairing::load_ledger(cfg.role.as_deref(), &vault, cx);
         let paired = vault
             .get::<pairing::PairingRecord>(cx.host, keys::PAIRING)
@@ -357,12 +379,9 @@ impl Agent {
             // A sandbox talks to its requester and nobody else.
             cfg.accept_sessions = AcceptPolicy::Only(vec![sb.requester.clone()]);
         }
-        if let Some(p) = &paired {
-            // The paired controller may speak the original plaintext dialects.
-            if !cfg.trusted_plaintext.contains(&p.controller_did) {
-                cfg.trusted_plaintext.push(p.controller_did.clone());
-            }
-        }
+        // The paired controller is not trusted for plaintext: the relay does
+        // not bind `from`, so a plaintext frame "from the controller" can come
+        // from anyone. Pairing and offload news are taken end-to-end only.
         // A crash between an inbox write and the peer record's can leave the
         // record's next expected number behind what was delivered.
         for p in peers.values_mut() {
@@ -394,6 +413,8 @@ impl Agent {
             ctl: Default::default(),
             sandbox: None,
             send_labels: HashMap::new(),
+            plain_seen,
+            new_peers: crate::mesh::budget::Budget::new(NEW_PEERS_BURST, NEW_PEER_REFILL_MS, now),
             started_at: time::format_millis(now),
             stats: Stats::default(),
         };
@@ -413,6 +434,8 @@ impl Agent {
                 agent.inbox.len()
             ),
         );
+        transfers::sweep_stale(&agent.vault, cx);
+        agent.vault.migrated();
         agent.register(cx);
         agent.connect(cx);
         agent.arm(cx, T_REGISTRY, REGISTRY_HEARTBEAT_MS);
@@ -496,9 +519,79 @@ impl Agent {
         }
     }
 
+    /// Rewrite an entry's small record (read mark, held state). Its payload
+    /// record is written once, by `store_entry`.
     fn save_entry(&self, cx: &mut Cx<'_>, e: &Entry) {
         if let Err(err) = self.vault.put(cx.host, &mut cx.out, &e.storage_key(), e) {
             cx.log(LogLevel::Error, &err.to_string());
+        }
+    }
+
+    /// Store a new entry (payload first, then the entry that points at it)
+    /// and keep only the entry in memory.
+    fn store_entry(&mut self, cx: &mut Cx<'_>, mut e: Entry) {
+        store_entry_records(&self.vault, cx, &mut e);
+        self.inbox.insert(e);
+    }
+
+    /// An entry's payload, read back from storage.
+    fn load_payload(&self, cx: &mut Cx<'_>, e: &Entry) -> Value {
+        if !e.payload.is_null() || !e.split {
+            return e.payload.clone();
+        }
+        // Stored in this very call (a waiter woken by the arrival): the
+        // record is still among the commands the host has not carried out.
+        match self
+            .vault
+            .get_pending::<Value>(cx.host, &cx.out, &e.payload_key())
+        {
+            Ok(Some(v)) => v,
+            Ok(None) => Value::Null,
+            Err(err) => {
+                cx.log(LogLevel::Error, &format!("{err}"));
+                Value::Null
+            }
+        }
+    }
+
+    /// Is there room in the inbox for a message of `bytes` from `from`?
+    /// Read entries make way; a sender over its quota is refused, counted
+    /// and logged (a kars sender re-sends until receipted).
+    fn inbox_has_room(&mut self, cx: &mut Cx<'_>, from: &str, bytes: usize) -> bool {
+        let (verdict, erased) = self.inbox.make_room(from, bytes as u64);
+        for key in erased {
+            cx.out.push(Command::Erase(key));
+        }
+        let Err(why) = verdict else {
+            return true;
+        };
+        self.inbox.counters.refused_over_quota += 1;
+        let why = match why {
+            inbox::Refusal::SenderCount => {
+                format!("{} unread messages", inbox::MAX_UNREAD_PER_SENDER)
+            }
+            inbox::Refusal::SenderBytes => format!(
+                "{} MiB of unread messages",
+                inbox::MAX_UNREAD_BYTES_PER_SENDER >> 20
+            ),
+            inbox::Refusal::TotalBytes => format!(
+                "an inbox full of unread messages ({} MiB)",
+                inbox::MAX_INBOX_BYTES >> 20
+            ),
+        };
+        cx.log(
+            LogLevel::Warn,
+            &format!("a message from {from} was refused: {why}; more are taken once some are read"),
+        );
+        false
+    }
+
+    fn save_plain_seen(&self, cx: &mut Cx<'_>) {
+        if let Err(e) = self
+            .vault
+            .put(cx.host, &mut cx.out, keys::PLAIN_SEEN, &self.plain_seen)
+        {
+            cx.log(LogLevel::Error, &e.to_string());
         }
     }
 
@@ -1007,10 +1100,26 @@ impl Agent {
         self.link.state = LinkState::Replaced;
     }
 
+    /// The only protocol message taken in plaintext: a `pair_request` to a
+    /// controller (the original plugin's, authenticated by its token secret).
+    fn takes_plaintext(&self, payload: &Value) -> bool {
+        self.is_controller() && payload["type"].as_str() == Some("pair_request")
+    }
+
     /// Hand a consumed protocol payload to its owner.
     /// `encrypted`: it came under a Double Ratchet session (else it is
     /// plaintext from a peer trusted for that).
     fn intercept(&mut self, cx: &mut Cx<'_>, from: &str, payload: &Value, encrypted: bool) {
+        if !encrypted && !self.takes_plaintext(payload) {
+            // Anyone can put any DID in a plaintext frame's `from`: such a
+            // frame never starts, moves or ends an offload or a pairing.
+            let kind = crate::wire::escape_for_log(payload["type"].as_str().unwrap_or("?"), 40);
+            cx.log(
+                LogLevel::Warn,
+                &format!("ignored a plaintext {kind} claiming to be from {from}: protocol messages are taken end-to-end encrypted only"),
+            );
+            return;
+        }
         if self.is_sandbox() {
             return self.intercept_sandbox(cx, from, payload);
         }
@@ -1071,5 +1180,18 @@ impl Agent {
                 + self.awaiting_session.values().map(Vec::len).sum::<usize>(),
             "stats": self.stats,
         })
+    }
+}
+
+/// Write an entry's payload record, then the entry, and drop the payload
+/// from memory.
+fn store_entry_records(vault: &Vault, cx: &mut Cx<'_>, e: &mut Entry) {
+    let payload = std::mem::take(&mut e.payload);
+    e.split = true;
+    if let Err(err) = vault.put(cx.host, &mut cx.out, &e.payload_key(), &payload) {
+        cx.log(LogLevel::Error, &err.to_string());
+    }
+    if let Err(err) = vault.put(cx.host, &mut cx.out, &e.storage_key(), e) {
+        cx.log(LogLevel::Error, &err.to_string());
     }
 }

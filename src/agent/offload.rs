@@ -190,6 +190,12 @@ pub struct Submit {
     pub failed: bool,
 }
 
+/// A peer's words as shown in offload events: control and direction
+/// characters made visible, so they cannot pass for our own lines.
+fn peer_words(s: &str) -> String {
+    crate::wire::escape_for_log(s, 4000)
+}
+
 fn normalise_task(t: &str) -> String {
     t.split_whitespace()
         .collect::<Vec<_>>()
@@ -284,8 +290,16 @@ impl Agent {
         }
     }
 
-    /// Record a phase change (and a notification for the hook).
+    /// Record a phase change in our own words (and a notification for the
+    /// hook).
     fn phase(&mut self, cx: &mut Cx<'_>, phase: &str, text: &str) {
+        self.phase_noted(cx, phase, text, text);
+    }
+
+    /// Record a phase change whose text carries a peer's words (already
+    /// marked as theirs); the hook's `note` is ours alone, because the hook
+    /// puts it in front of the user's own outgoing message.
+    fn phase_noted(&mut self, cx: &mut Cx<'_>, phase: &str, text: &str, note: &str) {
         let now = cx.now();
         let Some(o) = self.offloads.active.as_mut() else {
             return;
@@ -303,7 +317,7 @@ impl Agent {
             text: text.to_string(),
         });
         let line = format!(
-            "{} Offload {} {phase}: {text}",
+            "{} Offload {} {phase}: {note}",
             phase_icon(phase),
             o.short()
         );
@@ -922,6 +936,12 @@ impl Agent {
     }
 
     fn fail_offload(&mut self, cx: &mut Cx<'_>, error: &str) {
+        self.fail_offload_noted(cx, error, error);
+    }
+
+    /// End the offload with an error that carries a peer's words; `note` is
+    /// ours alone (see `phase_noted`).
+    fn fail_offload_noted(&mut self, cx: &mut Cx<'_>, error: &str, note: &str) {
         if let Some(t) = self.offloads.timer.take() {
             cx.out.push(Command::TimerCancel(t));
         }
@@ -937,7 +957,7 @@ impl Agent {
             self.offloads.recent.tasks.retain(|(_, r, _)| *r != id);
             self.save_recent(cx);
         }
-        self.phase(cx, "error", error);
+        self.phase_noted(cx, "error", error, note);
     }
 
     /// Offload deadline timers and `offload_status` watchers.
@@ -977,6 +997,21 @@ impl Agent {
     }
 
     // -------------------------------------------------------------- routing
+
+    /// Does `from` take part in our offloads (the paired controller, the
+    /// active or a recent sandbox)? Its traffic is the offload's, not the
+    /// inbox's, and is bounded by the offload's own limits.
+    pub(super) fn is_offload_party(&self, from: &str) -> bool {
+        self.pairing
+            .as_ref()
+            .is_some_and(|p| p.controller_did == from)
+            || self.offloads.recent.sandboxes.iter().any(|d| d == from)
+            || self
+                .offloads
+                .active
+                .as_ref()
+                .is_some_and(|o| o.controller == from || o.sandbox_did.as_deref() == Some(from))
+    }
 
     /// Is this decrypted payload part of the active offload (and so not for
     /// the inbox)?
@@ -1051,7 +1086,11 @@ impl Agent {
             } else {
                 "Controller refused the offload"
             };
-            self.fail_offload(cx, &format!("{why}: {err}"));
+            self.fail_offload_noted(
+                cx,
+                &format!("{why}: {}", peer_words(&err)),
+                &format!("{why}; offload_status has the controller's words"),
+            );
             self.send_cleanup(cx, "error");
             return;
         }
@@ -1077,11 +1116,19 @@ impl Agent {
             return;
         }
         match phase {
-            "validating" | "spawning" | "scheduled" => self.phase(cx, phase, &msg),
+            "validating" | "spawning" | "scheduled" => {
+                let own = match phase {
+                    "validating" => "the cluster is checking the request",
+                    "spawning" => "the cluster is starting a sandbox",
+                    _ => "the sandbox is scheduled",
+                };
+                let text = format!("{own} (controller: {})", peer_words(&msg));
+                self.phase_noted(cx, phase, &text, own)
+            }
             "ready" => {
                 let name = p["sandbox_name"]
                     .as_str()
-                    .map(|s| s.chars().take(63).collect::<String>());
+                    .map(|s| crate::wire::escape_for_log(s, 63));
                 let did = p["sandbox_did"]
                     .as_str()
                     .filter(|d| crate::crypto::identity::is_mesh_did(d))
@@ -1155,7 +1202,13 @@ impl Agent {
                     .chars()
                     .take(300)
                     .collect();
-                self.phase(cx, "running", &format!("{stage} {pct}% — {m}"));
+                let text = format!(
+                    "{pct}% (sandbox: {} — {})",
+                    peer_words(stage),
+                    peer_words(&m)
+                );
+                let note = format!("the sandbox reports {pct}%");
+                self.phase_noted(cx, "running", &text, &note);
             }
             "file_transfer" => self.receive_output(cx, from, p),
             "mesh:transfer_manifest" | "mesh:transfer_chunk" => {
@@ -1183,11 +1236,12 @@ impl Agent {
                         .chars()
                         .take(300)
                         .collect();
-                    self.phase(
-                        cx,
-                        "running",
-                        &format!("the sandbox could not take {name}: {err}"),
+                    let text = format!(
+                        "the sandbox could not take {} (sandbox: {})",
+                        peer_words(&name),
+                        peer_words(&err)
                     );
+                    self.phase_noted(cx, "running", &text, "the sandbox refused an input file");
                 }
             }
             "offload_done" => {
@@ -1220,7 +1274,11 @@ impl Agent {
                     .take(4000)
                     .collect();
                 // Recorded first: the cleanup goes out after the state that explains it.
-                self.fail_offload(cx, &format!("Sandbox error: {err}"));
+                self.fail_offload_noted(
+                    cx,
+                    &format!("Sandbox error: {}", peer_words(&err)),
+                    "the sandbox reported an error; offload_status has its words",
+                );
                 self.send_cleanup(cx, "error");
             }
             _ => {}
@@ -1295,7 +1353,7 @@ impl Agent {
         let Some(o) = self.offloads.active.as_ref() else {
             return;
         };
-        if o.inputs_sent || o.files.is_empty() {
+        if o.inputs_sent {
             return;
         }
         let missing: Vec<(usize, String)> = o
@@ -1364,15 +1422,34 @@ impl Agent {
             sent += 1;
         }
         self.offloads.input_bytes.clear();
+        // The go-ahead, after the inputs: the sandbox runs nothing until this
+        // end-to-end message from us names the task we asked for, so a
+        // sandbox started on a forged request never runs it.
+        let task_sha256 = self
+            .offloads
+            .active
+            .as_ref()
+            .map(|o| transfer::sha256_hex(o.task.as_bytes()))
+            .unwrap_or_default();
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        let go = json!({
+            "type": "offload_start", "request_id": rid, "task_sha256": task_sha256,
+            "files": names, "from_agent": from_agent, "timestamp": time::format_millis(cx.now()),
+        });
+        self.send_payload(cx, &to, go, None, None);
         if let Some(o) = self.offloads.active.as_mut() {
             o.inputs_sent = true;
         }
-        let total: u64 = files.iter().map(|f| f.size).sum();
-        self.phase(
-            cx,
-            "running",
-            &format!("sent {sent} input file(s), {total} bytes"),
-        );
+        if !files.is_empty() {
+            let total: u64 = files.iter().map(|f| f.size).sum();
+            self.phase(
+                cx,
+                "running",
+                &format!("sent {sent} input file(s), {total} bytes"),
+            );
+        } else {
+            self.save_offload(cx);
+        }
     }
 
     /// Send a message whole, or as a manifest and chunks when its JSON text

@@ -335,10 +335,6 @@ impl Agent {
                 if let Err(e) = self.vault.put(cx.host, &mut cx.out, keys::PAIRING, &rec) {
                     cx.log(LogLevel::Error, &e.to_string());
                 }
-                // The paired controller may speak the original plaintext dialects.
-                if !self.cfg.trusted_plaintext.iter().any(|d| d == from) {
-                    self.cfg.trusted_plaintext.push(from.to_string());
-                }
                 let text = format!(
                     "✅ Paired successfully with kars cluster \"{}\"\nYour AMID: {}\nYour DID: {}\nIdentity: sealed in the kars-mesh state directory\nBudget: {}\nCapabilities: {}\nExpires: {}\nRelay RTT: {}ms (handshake)\nYou can now use cloud_offload to delegate tasks to the cloud.",
                     rec.cluster_name,

@@ -3,12 +3,12 @@
 use super::inbox::{Entry, Evidence};
 use super::{
     Agent, Cx, Purpose, EARLY_MAX_BYTES, EARLY_PEERS, EARLY_PER_PEER, EARLY_TTL_MS, HOLD_MAX_MS,
-    MAX_CANDIDATES, MAX_PENDING_PEERS, MAX_UNREAD_PER_SENDER,
+    KNOCKS_AWAITING_MAX_BYTES, MAX_CANDIDATES, MAX_PEERS, MAX_PENDING_PEERS,
 };
 use crate::crypto::ratchet::{channel_ad, Ratchet};
 use crate::crypto::x3dh;
 use crate::engine::{Command, LogLevel};
-use crate::mesh::session::{Candidate, Decrypted, Peer};
+use crate::mesh::session::{opening_id, Candidate, Decrypted, Peer};
 use crate::wire::{frames, plaintext, registry};
 use serde_json::{json, Value};
 
@@ -61,6 +61,18 @@ impl Agent {
             .and_then(|s| crate::wire::b64::decode_array::<32>(s).ok());
         let known_ed = self.peers.get(&from).and_then(|p| p.identity_ed);
         let Some(ik_ed) = claimed_ed.or(known_ed) else {
+            // No registry look-up for a stranger who could not open a
+            // session anyway.
+            if !self.peers.contains_key(&from) && !self.new_peers.available(now) {
+                cx.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "KNOCK from {from} refused: too many new sessions at once; try again later"
+                    ),
+                );
+                self.ack(cx, &id);
+                return;
+            }
             return self.verify_knocker(cx, &from, v);
         };
         let binds = crate::crypto::identity::did_from_ed25519(&ik_ed) == from
@@ -74,14 +86,30 @@ impl Agent {
             self.ack(cx, &id);
             return;
         }
-        let pending_only = self.peers.values().filter(|p| p.active.is_none()).count();
-        if !self.peers.contains_key(&from) && pending_only >= MAX_PENDING_PEERS {
+        // A recorded KNOCK sent again under a fresh frame id (by the relay's
+        // operator, or anyone who saw it on a ws:// relay) would rebuild the
+        // same session and, with its first message, replace the live one.
+        let opening = opening_id(&est.identity_key, &est.ephemeral_key);
+        if self.peers.get(&from).is_some_and(|p| {
+            p.has_used_opening(&opening) || p.candidates.iter().any(|c| c.opening == opening)
+        }) {
+            self.stats.duplicates += 1;
             cx.log(
                 LogLevel::Warn,
-                &format!("KNOCK from {from} refused: too many half-open sessions"),
+                &format!(
+                    "KNOCK {} from {from} replays a session opening already used; refused",
+                    crate::wire::escape_for_log(&id, 80)
+                ),
             );
             self.ack(cx, &id);
             return;
+        }
+        if !self.peers.contains_key(&from) {
+            if let Some(why) = self.refuse_new_peer(now) {
+                cx.log(LogLevel::Warn, &format!("KNOCK from {from} refused: {why}"));
+                self.ack(cx, &id);
+                return;
+            }
         }
         let opk = match est.one_time_prekey_id {
             Some(k) => match self.prekeys.peek_opk(k) {
@@ -111,12 +139,23 @@ impl Agent {
                         knock_id: id.clone(),
                         ratchet: Ratchet::new_responder(&a.shared_secret, spk, ad),
                         created_ms: now,
+                        opening: opening.clone(),
                     });
                 }
                 Err(e) => cx.log(LogLevel::Warn, &format!("KNOCK from {from}: {e}")),
             }
         }
         if built.is_empty() {
+            self.ack(cx, &id);
+            return;
+        }
+        if !self.peers.contains_key(&from) && !self.new_peers.take(now) {
+            cx.log(
+                LogLevel::Warn,
+                &format!(
+                    "KNOCK from {from} refused: too many new sessions at once; try again later"
+                ),
+            );
             self.ack(cx, &id);
             return;
         }
@@ -169,6 +208,24 @@ impl Agent {
         }
     }
 
+    /// Why a KNOCK from a peer we have no record of is refused, if it is:
+    /// every peer counts toward the cap (one message used to make a peer
+    /// "active" and uncounted), half-open ones have a cap of their own, and
+    /// new peers come at a bounded rate.
+    fn refuse_new_peer(&mut self, now: u64) -> Option<&'static str> {
+        if self.peers.len() >= MAX_PEERS {
+            return Some("too many sessions; an old one must go first");
+        }
+        let half_open = self.peers.values().filter(|p| p.active.is_none()).count();
+        if half_open >= MAX_PENDING_PEERS {
+            return Some("too many half-open sessions");
+        }
+        if !self.new_peers.available(now) {
+            return Some("too many new sessions at once; try again later");
+        }
+        None
+    }
+
     /// A KNOCK from an agent whose Ed25519 key we do not know yet (AGT
     /// peers do not send it): hold the KNOCK, unacked, and fetch the
     /// agent's registry bundle, whose binding to the DID we verify.
@@ -177,12 +234,23 @@ impl Agent {
         if !waiting && self.knocks_awaiting_identity.len() >= MAX_PENDING_PEERS {
             return;
         }
+        let held: usize = self
+            .knocks_awaiting_identity
+            .values()
+            .flatten()
+            .map(String::len)
+            .sum();
+        let text = v.to_string();
+        if held + text.len() > KNOCKS_AWAITING_MAX_BYTES {
+            // Not acked: the relay redelivers it later.
+            return;
+        }
         let q = self
             .knocks_awaiting_identity
             .entry(from.to_string())
             .or_default();
         if q.len() < EARLY_PER_PEER {
-            q.push(v.to_string());
+            q.push(text);
         }
         if !waiting {
             let path = format!("/v1/agents/{from}/prekeys");
@@ -260,14 +328,12 @@ impl Agent {
                 if accepted {
                     p.knock_sent = None;
                     p.pending_knock = None;
+                    self.save_peer(cx, &from);
                 } else {
-                    cx.log(LogLevel::Warn, &format!("{from} refused our session (policy_denied); queued messages to it are dropped"));
-                    p.active = None;
-                    p.knock_sent = None;
-                    p.pending_knock = None;
-                    p.outbox.clear();
+                    // Unauthenticated (anyone who saw our KNOCK's id can send
+                    // one): it is news, not a reason to drop what we queued.
+                    cx.log(LogLevel::Warn, &format!("{from} says it refused our session (knock_reject); the notice is not authenticated, so queued messages are kept and re-sent"));
                 }
-                self.save_peer(cx, &from);
             }
         }
         self.ack(cx, &id);
@@ -326,6 +392,20 @@ impl Agent {
             }
             return;
         }
+        // Quota before decryption: a refused frame leaves the session as it
+        // was, so a kars sender's re-send decrypts once there is room (an
+        // AGT sender's message is lost; its later ones still decrypt).
+        // Offload traffic is not for the inbox and has its own limits.
+        if !self.is_sandbox()
+            && !self.is_offload_party(&from)
+            && !self.inbox_has_room(cx, &from, msg.ciphertext.len())
+        {
+            self.ack(cx, &id);
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
         let (pt, how) = match peer.decrypt(&msg.header, &msg.ciphertext, we_are_smaller, cx.host) {
             Ok(r) => r,
             Err(e) => {
@@ -405,18 +485,11 @@ impl Agent {
         let duplicate = seq
             .is_some_and(|s| s < peer.in_next || self.inbox.has_seq(&from, epoch, s))
             || self.inbox.contains(&from, &id);
-        let over_quota = self.inbox.unread_from(&from) >= MAX_UNREAD_PER_SENDER;
         let held = !duplicate && seq.is_some_and(|s| s > peer.in_next);
         // A copy we already hold still moves the expected number on (a crash
         // may have lost the record that did so the first time).
         if let (Some(s), false) = (seq, held) {
             peer.in_next = peer.in_next.max(s.saturating_add(1));
-        }
-        if over_quota && !duplicate {
-            self.inbox.counters.refused_over_quota += 1;
-            cx.log(LogLevel::Warn, &format!("{from} has {MAX_UNREAD_PER_SENDER} unread messages; refusing more until some are read"));
-            self.ack(cx, &id);
-            return;
         }
         peer.mark_seen(&id, now, seq);
         let pairing_msg = !duplicate
@@ -430,22 +503,16 @@ impl Agent {
             self.release_held(cx, &from);
         } else {
             self.count_received(cx);
-            let n = self.inbox.next_n();
-            let entry = Entry {
-                id: id.clone(),
-                from: from.clone(),
-                ts,
-                received_at: now,
-                evidence: Evidence::Encrypted,
-                payload: std::mem::take(&mut payload),
-                read: false,
-                held,
-                seq,
-                epoch,
-                n,
-            };
-            self.save_entry(cx, &entry);
-            self.inbox.insert(entry);
+            let mut entry = Entry::new(
+                &id,
+                &from,
+                now,
+                Evidence::Encrypted,
+                std::mem::take(&mut payload),
+            );
+            (entry.ts, entry.held, entry.seq, entry.epoch) = (ts, held, seq, epoch);
+            entry.n = self.inbox.next_n();
+            self.store_entry(cx, entry);
             if !held {
                 self.release_held(cx, &from);
             }
@@ -523,11 +590,14 @@ impl Agent {
             };
             // A protocol message that had to wait for an earlier one goes to
             // its consumer now, not to the inbox.
-            if self.consumer_for(&e.from, &e.payload) == super::route::Consumer::Pairing {
+            let payload = self.load_payload(cx, &e);
+            if self.consumer_for(&e.from, &payload) == super::route::Consumer::Pairing {
                 // Effects first, then the held copy goes.
-                self.intercept(cx, &e.from, &e.payload, e.evidence == Evidence::Encrypted);
+                self.intercept(cx, &e.from, &payload, e.evidence == Evidence::Encrypted);
                 if let Some(gone) = self.inbox.remove(fresh) {
-                    cx.out.push(Command::Erase(gone.storage_key()));
+                    for key in gone.storage_keys() {
+                        cx.out.push(Command::Erase(key));
+                    }
                 }
             } else {
                 self.save_entry(cx, &e);
@@ -535,7 +605,9 @@ impl Agent {
         }
         for n in stale {
             if let Some(e) = self.inbox.remove(n) {
-                cx.out.push(Command::Erase(e.storage_key()));
+                for key in e.storage_keys() {
+                    cx.out.push(Command::Erase(key));
+                }
             }
         }
     }
@@ -580,29 +652,17 @@ impl Agent {
         }
     }
 
-    /// A controller speaks the original plugin's plaintext dialect with its
-    /// paired peers only: `pair_request` from anyone (the original plugin
-    /// sends its token's secret that way), offload messages only from a DID
-    /// bound to an active pairing. Everything it answers is encrypted.
-    fn controller_takes_plaintext(&self, v: &Value, from: &str) -> bool {
-        let Some(ledger) = self.ledger.as_ref() else {
-            return false;
-        };
+    /// A controller takes one plaintext message: the original plugin's
+    /// `pair_request`, which carries its token's secret and so authenticates
+    /// itself (the DID binding is still checked). Offload requests and
+    /// cleanups, from anyone, are taken end-to-end encrypted only: the relay
+    /// does not bind `from`, so a plaintext one could claim any paired DID.
+    fn controller_takes_plaintext(&self, v: &Value) -> bool {
         let body = v["payload"]
             .as_str()
             .or_else(|| v["ciphertext"].as_str())
             .unwrap_or("");
-        let Ok(payload) = plaintext::decode_body(body) else {
-            return false;
-        };
-        match payload["type"].as_str() {
-            Some("pair_request") => true,
-            Some("offload_request" | "offload_cleanup") => ledger.pairings.iter().any(|p| {
-                p.bound_did.as_deref() == Some(from)
-                    && p.phase == crate::roles::ledger::Phase::Active
-            }),
-            _ => false,
-        }
+        plaintext::decode_body(body).is_ok_and(|p| self.takes_plaintext(&p))
     }
 
     pub(super) fn after_decrypt(&mut self, cx: &mut Cx<'_>, from: &str, how: Decrypted) {
@@ -623,9 +683,8 @@ impl Agent {
     }
 
     pub(super) fn on_plaintext(&mut self, cx: &mut Cx<'_>, v: &Value, from: &str, id: &str) {
-        if !self.cfg.trusted_plaintext.iter().any(|d| d == from)
-            && !self.controller_takes_plaintext(v, from)
-        {
+        let trusted = self.cfg.trusted_plaintext.iter().any(|d| d == from);
+        if !trusted && !self.controller_takes_plaintext(v) {
             // The flag is honoured only from DIDs the user trusts for it.
             self.stats.plaintext_dropped += 1;
             cx.log(
@@ -638,11 +697,7 @@ impl Agent {
             return;
         }
         let now = cx.now();
-        let peer = self
-            .peers
-            .entry(from.to_string())
-            .or_insert_with(|| Peer::new(from));
-        if peer.has_seen(id) {
+        if self.plain_seen.contains(from, id) {
             self.ack(cx, id);
             return;
         }
@@ -662,32 +717,25 @@ impl Agent {
                 return;
             }
         };
-        peer.mark_seen(id, now, None);
-        if self.consumer_for(from, &payload) == super::route::Consumer::Pairing {
+        // No peer record for a plaintext sender: its `from` is only a claim.
+        self.plain_seen.insert(from, id, now);
+        if self.consumer_for(from, &payload) == super::route::Consumer::Pairing || !trusted {
+            // Effects (if `intercept` takes it at all) land before the mark.
             self.intercept(cx, from, &payload, false);
-            self.save_peer(cx, from);
+            self.save_plain_seen(cx);
+            self.ack(cx, id);
+            return;
+        }
+        if !self.inbox_has_room(cx, from, body.len()) {
             self.ack(cx, id);
             return;
         }
         self.count_received(cx);
-        let n = self.inbox.next_n();
-        let ts = v["ts"].as_str().map(|s| s.chars().take(40).collect());
-        let entry = Entry {
-            id: id.to_string(),
-            from: from.to_string(),
-            ts,
-            received_at: now,
-            evidence: Evidence::Plaintext,
-            payload,
-            read: false,
-            held: false,
-            seq: None,
-            epoch: None,
-            n,
-        };
-        self.save_entry(cx, &entry);
-        self.inbox.insert(entry);
-        self.save_peer(cx, from);
+        let mut entry = Entry::new(id, from, now, Evidence::Plaintext, payload);
+        entry.ts = v["ts"].as_str().map(|s| s.chars().take(40).collect());
+        entry.n = self.inbox.next_n();
+        self.store_entry(cx, entry);
+        self.save_plain_seen(cx);
         self.ack(cx, id);
         self.stats.received += 1;
         self.wake_waiters(cx);

@@ -1,5 +1,7 @@
 //! The sandbox role: a peer with its own identity that works for exactly one
-//! requester. It says hello, reports progress, takes the input files, runs
+//! requester. It says hello, reports progress, takes the input files, waits
+//! for the requester's end-to-end `offload_start` naming the task's SHA-256
+//! (a sandbox started on a forged request never runs anything), runs
 //! the task (the built-in executor, or the operator's `--exec` command via a
 //! host job: never anything a peer sends), returns the outputs as
 //! `file_transfer` (chunked above 512 KiB) and ends with `offload_done` or
@@ -57,6 +59,8 @@ pub struct SandboxState {
     pub input_timer: u64,
     pub job: Option<u64>,
     pub reassembly: super::transfers::Reassembly,
+    /// The requester's go-ahead arrived, for this very task.
+    pub go: bool,
 }
 
 impl Agent {
@@ -77,12 +81,12 @@ impl Agent {
             id: deadline_timer,
             at_ms: now + spec.timeout_minutes.max(1) * 60_000,
         });
-        if !spec.files.is_empty() {
-            cx.out.push(Command::TimerSet {
-                id: input_timer,
-                at_ms: now + INPUT_WAIT_MS,
-            });
-        }
+        // Inputs and the go-ahead must come within this time, or the sandbox
+        // gives up and its slot is freed.
+        cx.out.push(Command::TimerSet {
+            id: input_timer,
+            at_ms: now + INPUT_WAIT_MS,
+        });
         let preview: String = spec.task.chars().take(200).collect();
         let hello = json!({
             "type": "offload_hello", "request_id": spec.request_id, "from_agent": spec.name,
@@ -90,7 +94,6 @@ impl Agent {
             "message": format!("Sandbox {} is up and working on the task.", spec.name),
         });
         let requester = spec.requester.clone();
-        let no_inputs = spec.files.is_empty();
         self.sandbox = Some(SandboxState {
             spec,
             inputs: Vec::new(),
@@ -103,11 +106,9 @@ impl Agent {
             input_timer,
             job: None,
             reassembly: Default::default(),
+            go: false,
         });
         self.send_payload(cx, &requester, hello, None, None);
-        if no_inputs {
-            self.run_task(cx);
-        }
     }
 
     pub(super) fn is_sandbox(&self) -> bool {
@@ -129,6 +130,7 @@ impl Agent {
         }
         match p["type"].as_str().unwrap_or_default() {
             "file_transfer" => self.sandbox_input(cx, from, p),
+            "offload_start" => self.sandbox_go(cx, p),
             "mesh:transfer_manifest" | "mesh:transfer_chunk" => {
                 let Some(s) = self.sandbox.as_mut() else {
                     return;
@@ -193,9 +195,32 @@ impl Agent {
             }
             _ => return,
         };
-        let all_in = s.inputs.len() == s.spec.files.len();
+        let ready = s.go && s.inputs.len() == s.spec.files.len();
         self.send_payload(cx, from, ack, None, None);
-        if all_in {
+        if ready {
+            self.run_task(cx);
+        }
+    }
+
+    /// The requester's go-ahead: it must name this request and the SHA-256
+    /// of the task this sandbox was given, or nothing runs.
+    fn sandbox_go(&mut self, cx: &mut Cx<'_>, p: &Value) {
+        let Some(s) = self.sandbox.as_mut() else {
+            return;
+        };
+        if s.go || p["request_id"].as_str() != Some(s.spec.request_id.as_str()) {
+            return;
+        }
+        let want = transfer::sha256_hex(s.spec.task.as_bytes());
+        let got = p["task_sha256"].as_str().unwrap_or_default();
+        if !got.eq_ignore_ascii_case(&want) {
+            return self.sandbox_error(
+                cx,
+                "the task this sandbox was given is not the one the requester asked for (task_sha256 differs); nothing was run",
+            );
+        }
+        s.go = true;
+        if s.inputs.len() == s.spec.files.len() {
             self.run_task(cx);
         }
     }
@@ -380,13 +405,13 @@ impl Agent {
         }
         if timer == s.input_timer {
             let (got, want) = (s.inputs.len(), s.spec.files.len());
-            self.sandbox_error(
-                cx,
-                &format!(
-                    "only {got} of {want} input files arrived within {} minutes",
-                    INPUT_WAIT_MS / 60_000
-                ),
-            );
+            let minutes = INPUT_WAIT_MS / 60_000;
+            let why = if got < want {
+                format!("only {got} of {want} input files arrived within {minutes} minutes")
+            } else {
+                format!("the requester's go-ahead (offload_start) did not arrive within {minutes} minutes; nothing was run")
+            };
+            self.sandbox_error(cx, &why);
             return true;
         }
         false

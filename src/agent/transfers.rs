@@ -1,6 +1,8 @@
 //! Reassembly of chunked transfers (`mesh:transfer_manifest` and
 //! `mesh:transfer_chunk`). Chunks are sealed records, so a restart in the
 //! middle of a 30 MiB output loses nothing the relay was told to forget.
+//! A transfer its sender abandons is erased after `STALE_MS`, at the next
+//! start or the next transfer, so its records do not pile up.
 
 use super::Cx;
 use crate::engine::{Command, LogLevel};
@@ -12,10 +14,64 @@ use std::collections::BTreeMap;
 
 /// Transfers in progress at once (per node).
 const MAX_OPEN: usize = 8;
+/// An unfinished transfer with no manifest for this long is abandoned.
+pub(super) const STALE_MS: u64 = 2 * 3600 * 1000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Chunk {
     data: String,
+}
+
+/// The manifest as stored, with when it came.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredManifest {
+    manifest: Manifest,
+    at_ms: u64,
+}
+
+/// A stored manifest, in either form (bare before `at_ms` was kept; such a
+/// transfer counts as started at `now`).
+fn read_manifest(vault: &Vault, cx: &mut Cx<'_>, key: &str, now: u64) -> Option<StoredManifest> {
+    let v = vault.get::<Value>(cx.host, key).ok().flatten()?;
+    serde_json::from_value::<StoredManifest>(v.clone())
+        .ok()
+        .or_else(|| {
+            serde_json::from_value::<Manifest>(v)
+                .ok()
+                .map(|manifest| StoredManifest {
+                    manifest,
+                    at_ms: now,
+                })
+        })
+}
+
+/// Erase the records of transfers abandoned by their senders (or left
+/// without a manifest): run once at start.
+pub(super) fn sweep_stale(vault: &Vault, cx: &mut Cx<'_>) {
+    let now = cx.now();
+    let keys = cx.host.storage_list(keys::TRANSFER);
+    let mut prefixes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for k in keys {
+        let Some(slash) = k[keys::TRANSFER.len()..].find('/') else {
+            cx.out.push(Command::Erase(k));
+            continue;
+        };
+        let pre = k[..keys::TRANSFER.len() + slash + 1].to_string();
+        prefixes.entry(pre).or_default().push(k);
+    }
+    for (pre, records) in prefixes {
+        let fresh = read_manifest(vault, cx, &format!("{pre}m"), now)
+            .is_some_and(|m| now.saturating_sub(m.at_ms) < STALE_MS);
+        if !fresh {
+            cx.log(
+                LogLevel::Info,
+                &format!("erased an abandoned transfer ({} records)", records.len()),
+            );
+            for k in records {
+                cx.out.push(Command::Erase(k));
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -23,7 +79,7 @@ pub struct Reassembly {
     /// Storage prefix → manifest and the chunks held. Chunks are also kept
     /// in memory: a record stored in this call is not readable until the
     /// host has carried out the call's commands.
-    open: BTreeMap<String, (Option<Manifest>, BTreeMap<usize, String>)>,
+    open: BTreeMap<String, (Option<StoredManifest>, BTreeMap<usize, String>)>,
     /// Records of a completed transfer, erased once its message is handled.
     done: Vec<String>,
 }
@@ -57,12 +113,23 @@ impl Reassembly {
         } else {
             None
         };
+        let now = cx.now();
+        // Transfers whose sender went quiet long ago make room.
+        let stale: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, (m, _))| {
+                m.as_ref()
+                    .is_some_and(|m| now.saturating_sub(m.at_ms) >= STALE_MS)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for old in stale {
+            self.drop_transfer(cx, &old);
+        }
         if !self.open.contains_key(&pre) {
             // After a restart: what was stored before.
-            let stored = vault
-                .get::<Manifest>(cx.host, &format!("{pre}m"))
-                .ok()
-                .flatten();
+            let stored = read_manifest(vault, cx, &format!("{pre}m"), now);
             if stored.is_none() && manifest.is_none() {
                 // Our senders keep order per peer; a chunk before its
                 // manifest cannot be checked, so it is not kept.
@@ -87,13 +154,17 @@ impl Reassembly {
             return Ok(None);
         };
         if let Some(m) = manifest {
+            let m = StoredManifest {
+                manifest: m,
+                at_ms: now,
+            };
             if let Err(e) = vault.put(cx.host, &mut cx.out, &format!("{pre}m"), &m) {
                 cx.host.log(LogLevel::Error, &e.to_string());
             }
             // Chunks held from an earlier manifest of the same id count only
             // if they match this one.
             entry.1.retain(|i, d| {
-                m.chunk_hashes.get(*i).map(String::as_str)
+                m.manifest.chunk_hashes.get(*i).map(String::as_str)
                     == Some(crate::wire::transfer::sha256_hex(d.as_bytes()).as_str())
             });
             entry.0 = Some(m);
@@ -103,7 +174,7 @@ impl Reassembly {
                 // manifest cannot be checked, so it is not kept.
                 return Err(TransferError::Manifest("chunk before its manifest"));
             };
-            let (i, data) = m.check_chunk(v)?;
+            let (i, data) = m.manifest.check_chunk(v)?;
             if i >= MAX_CHUNKS {
                 return Err(TransferError::ChunkIndex(i as u64));
             }
@@ -117,7 +188,7 @@ impl Reassembly {
                 slot.insert(rec.data);
             }
         }
-        let Some(m) = entry.0.clone() else {
+        let Some(m) = entry.0.as_ref().map(|m| m.manifest.clone()) else {
             return Ok(None);
         };
         if entry.1.len() < m.chunk_hashes.len() {
@@ -133,13 +204,13 @@ impl Reassembly {
         whole.map(Some)
     }
 
-    /// Forget an unfinished transfer and its stored records.
+    /// Forget an unfinished transfer and its stored records (all of them:
+    /// chunks stored before a restart are not all in memory).
     fn drop_transfer(&mut self, cx: &mut Cx<'_>, pre: &str) {
-        if let Some((_, held)) = self.open.remove(pre) {
-            for i in held.keys() {
-                cx.out.push(Command::Erase(format!("{pre}c{i}")));
+        if self.open.remove(pre).is_some() {
+            for k in cx.host.storage_list(pre) {
+                cx.out.push(Command::Erase(k));
             }
-            cx.out.push(Command::Erase(format!("{pre}m")));
         }
     }
 

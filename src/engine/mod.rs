@@ -15,7 +15,6 @@ use zeroize::Zeroizing;
 
 /// Storage key of the sealed identity record.
 pub const IDENTITY_KEY: &str = "identity";
-const IDENTITY_RECORD: &str = "identity.v1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
@@ -276,10 +275,10 @@ impl Engine {
         if key.len() != 32 {
             return Err(EngineError::StateKey);
         }
-        let identity = match cx.host.storage_get(IDENTITY_KEY) {
-            Some(sealed) => {
-                let seed = seal::unseal(&key, IDENTITY_RECORD, &sealed)
-                    .map_err(EngineError::IdentityUnreadable)?;
+        let mut vault = Vault::new(key);
+        vault.migrate(cx.host, &mut cx.out);
+        let identity = match vault.get_bytes(cx.host, IDENTITY_KEY) {
+            Ok(Some(seed)) => {
                 let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| {
                     EngineError::IdentityUnreadable(seal::SealError::Authentication)
                 })?;
@@ -288,12 +287,15 @@ impl Engine {
                 zeroize::Zeroize::zeroize(&mut *seed);
                 id
             }
-            None => {
+            Err(crate::store::StoreError::Sealed { source, .. }) => {
+                return Err(EngineError::IdentityUnreadable(source))
+            }
+            Err(e) => return Err(EngineError::Config(e.to_string())),
+            Ok(None) => {
                 let id = new_identity(&cfg, cx);
-                let sealed = seal::seal(&key, IDENTITY_RECORD, id.seed().as_ref(), cx.host)
-                    .map_err(EngineError::IdentityUnreadable)?;
-                cx.out
-                    .push(Command::Store(IDENTITY_KEY.to_string(), sealed));
+                vault
+                    .put_bytes(cx.host, &mut cx.out, IDENTITY_KEY, id.seed().as_ref())
+                    .map_err(|e| EngineError::Config(e.to_string()))?;
                 cx.host
                     .log(LogLevel::Info, &format!("created identity {}", id.did()));
                 id
@@ -301,7 +303,7 @@ impl Engine {
         };
         match mesh {
             Some(mesh) => {
-                let agent = Agent::start(mesh, Vault::new(key), identity, cx)
+                let agent = Agent::start(mesh, vault, identity, cx)
                     .map_err(|e| EngineError::Config(e.to_string()))?;
                 self.agent = Some(agent);
             }

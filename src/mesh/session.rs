@@ -20,6 +20,20 @@ pub const SEEN_TTL_MS: u64 = 72 * 3600 * 1000;
 pub const SENT_KEYS_MAX: usize = 1024;
 /// Most messages awaiting a receipt per peer; beyond that sends are refused.
 pub const OUTBOX_MAX: usize = 5000;
+/// Session openings remembered per peer as used (a replay is refused).
+/// Only openings that authenticated a message count, so strangers' forged
+/// KNOCKs cannot push real ones out.
+pub const USED_OPENINGS_MAX: usize = 256;
+
+/// What identifies a session opening: the initiator's identity key and its
+/// ephemeral key. A KNOCK with the same pair always yields the same session,
+/// whatever frame id it travels under.
+pub fn opening_id(identity_key: &[u8; 32], ephemeral_key: &[u8; 32]) -> String {
+    let mut input = [0u8; 64];
+    input[..32].copy_from_slice(identity_key);
+    input[32..].copy_from_slice(ephemeral_key);
+    crate::wire::hex::encode(&crate::crypto::kdf::sha256(&input)[..16])
+}
 
 /// A message we sent and keep until the peer's receipt (kars peers only).
 #[derive(Serialize, Deserialize, Clone)]
@@ -55,6 +69,8 @@ struct CandidateRecord {
     #[serde(with = "b64bytes")]
     snapshot: Vec<u8>,
     created_ms: u64,
+    #[serde(default)]
+    opening: String,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -90,6 +106,8 @@ struct PeerRecord {
     in_epoch: Option<u64>,
     #[serde(default)]
     sent_keys: Vec<(String, String)>,
+    #[serde(default)]
+    used_openings: Vec<String>,
 }
 
 /// A consumed relay frame: its id, when, and the sender's sequence number.
@@ -105,6 +123,8 @@ pub struct Candidate {
     pub knock_id: String,
     pub ratchet: Ratchet,
     pub created_ms: u64,
+    /// `opening_id` of the KNOCK that made it.
+    pub opening: String,
 }
 
 /// How a frame decrypted.
@@ -145,6 +165,10 @@ pub struct Peer {
     pub persisted_out: std::collections::BTreeSet<String>,
     /// Recent idempotency keys of sends to this peer, with their frame ids.
     pub sent_keys: Vec<(String, String)>,
+    /// Openings (`opening_id`) whose session authenticated a message: a
+    /// KNOCK replaying one is refused, so a recorded opening can never
+    /// replace the live session (red-team finding 4).
+    pub used_openings: Vec<String>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -178,6 +202,7 @@ impl Peer {
             in_epoch: None,
             persisted_out: std::collections::BTreeSet::new(),
             sent_keys: Vec::new(),
+            used_openings: Vec::new(),
         }
     }
 
@@ -197,6 +222,7 @@ impl Peer {
                     knock_id: c.knock_id.clone(),
                     snapshot: c.ratchet.to_snapshot().to_vec(),
                     created_ms: c.created_ms,
+                    opening: c.opening.clone(),
                 })
                 .collect(),
             kars: self.kars,
@@ -213,6 +239,7 @@ impl Peer {
             out_epoch: self.out_epoch,
             in_epoch: self.in_epoch,
             sent_keys: self.sent_keys.clone(),
+            used_openings: self.used_openings.clone(),
         };
         let out = Zeroizing::new(serde_json::to_vec(&rec).unwrap_or_default());
         let mut rec = rec;
@@ -237,6 +264,7 @@ impl Peer {
                 knock_id: c.knock_id.clone(),
                 ratchet: Ratchet::from_snapshot(&c.snapshot)?,
                 created_ms: c.created_ms,
+                opening: c.opening.clone(),
             });
         }
         Ok(Peer {
@@ -260,7 +288,23 @@ impl Peer {
             in_epoch: rec.in_epoch,
             persisted_out: std::collections::BTreeSet::new(),
             sent_keys: rec.sent_keys.clone(),
+            used_openings: rec.used_openings.clone(),
         })
+    }
+
+    pub fn has_used_opening(&self, opening: &str) -> bool {
+        self.used_openings.iter().any(|o| o == opening)
+    }
+
+    fn remember_opening(&mut self, opening: String) {
+        if opening.is_empty() || self.has_used_opening(&opening) {
+            return;
+        }
+        self.used_openings.push(opening);
+        if self.used_openings.len() > USED_OPENINGS_MAX {
+            let excess = self.used_openings.len() - USED_OPENINGS_MAX;
+            self.used_openings.drain(..excess);
+        }
     }
 
     pub fn remember_key(&mut self, key: &str, frame_id: &str) {
@@ -333,6 +377,9 @@ impl Peer {
         }
         for i in 0..self.candidates.len() {
             if let Ok(pt) = self.candidates[i].ratchet.decrypt(header, ct, rng) {
+                // The opening is proven: it can open no second session.
+                let opening = self.candidates[i].opening.clone();
+                self.remember_opening(opening);
                 let keep = we_are_smaller
                     && self.active.is_some()
                     && self.initiated_by_us

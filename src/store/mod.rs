@@ -1,5 +1,5 @@
-//! Durable records. Every record holding a secret is sealed (AES-256-GCM,
-//! record type bound in the AAD) under the host-kept state key. Reads come
+//! Durable records. Every record is sealed (AES-256-GCM, record type and
+//! storage key bound in the AAD) under the host-kept state key. Reads come
 //! through the host import; writes leave as `Store` commands, which the host
 //! carries out in order before anything that follows them.
 
@@ -17,6 +17,8 @@ pub mod keys {
     pub const PREKEYS: &str = "prekeys";
     pub const SESSION: &str = "session/";
     pub const INBOX: &str = "inbox/";
+    pub const INBOX_PAYLOAD: &str = "inboxp/";
+    pub const PLAIN_SEEN: &str = "plainseen";
     pub const OUTBOX: &str = "outbox/";
     pub const SEEN: &str = "seen/";
     pub const META: &str = "meta";
@@ -39,11 +41,60 @@ pub enum StoreError {
 
 pub struct Vault {
     key: Zeroizing<Vec<u8>>,
+    /// Records sealed before they were bound to their key are read only
+    /// until the state is migrated (`migrate`).
+    accept_v1: bool,
 }
+
+/// Marks a state directory whose records are all bound to their keys.
+const MIGRATED: &str = "meta/seal-v2";
 
 impl Vault {
     pub fn new(key: Zeroizing<Vec<u8>>) -> Self {
-        Self { key }
+        Self {
+            key,
+            accept_v1: false,
+        }
+    }
+
+    /// Re-seal every record written before records were bound to their
+    /// storage keys, once, then mark the state migrated: from then on a
+    /// version-1 record (an old copy put back) is refused. A crash half-way
+    /// migrates again at the next start. Version 1 stays readable for the
+    /// rest of this start, whose reads still see the old bytes.
+    pub fn migrate(&mut self, host: &mut dyn Host, out: &mut Vec<Command>) {
+        if host.storage_get(MIGRATED).is_some() {
+            return;
+        }
+        self.accept_v1 = true;
+        for key in host.storage_list("") {
+            let Some(sealed) = host.storage_get(&key) else {
+                continue;
+            };
+            if sealed.first() != Some(&seal::VERSION) {
+                continue;
+            }
+            match self.get_bytes(host, &key) {
+                Ok(Some(pt)) => {
+                    if let Err(e) = self.put_bytes(host, out, &key, &pt) {
+                        host.log(crate::engine::LogLevel::Error, &e.to_string());
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => host.log(
+                    crate::engine::LogLevel::Error,
+                    &format!("{e}; left as it is"),
+                ),
+            }
+        }
+        if let Err(e) = self.put_bytes(host, out, MIGRATED, b"{}") {
+            host.log(crate::engine::LogLevel::Error, &e.to_string());
+        }
+    }
+
+    /// The start has read what it needs: from now on only bound records.
+    pub fn migrated(&mut self) {
+        self.accept_v1 = false;
     }
 
     /// Record type used in the AAD: the key's kind (prefix) plus version.
@@ -73,12 +124,10 @@ impl Vault {
         key: &str,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        let sealed =
-            seal::seal(&self.key, &Self::record_type(key), bytes, host).map_err(|source| {
-                StoreError::Sealed {
-                    key: key.into(),
-                    source,
-                }
+        let sealed = seal::seal_bound(&self.key, &Self::record_type(key), key, bytes, host)
+            .map_err(|source| StoreError::Sealed {
+                key: key.into(),
+                source,
             })?;
         out.push(Command::Store(key.to_string(), sealed));
         Ok(())
@@ -102,6 +151,35 @@ impl Vault {
         }
     }
 
+    /// Read a record: the newest `Store` of it still waiting in `pending`
+    /// (this call's commands, which the host has not carried out yet), else
+    /// what the host has stored.
+    pub fn get_pending<T: DeserializeOwned>(
+        &self,
+        host: &mut dyn Host,
+        pending: &[Command],
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let waiting = pending.iter().rev().find_map(|c| match c {
+            Command::Store(k, bytes) if k == key => Some(bytes),
+            _ => None,
+        });
+        let Some(sealed) = waiting else {
+            return self.get(host, key);
+        };
+        let bytes = seal::unseal_bound(&self.key, &Self::record_type(key), key, sealed, false)
+            .map_err(|source| StoreError::Sealed {
+                key: key.into(),
+                source,
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: key.into(),
+                detail: crate::wire::describe_json_error(&e),
+            })
+    }
+
     pub fn get_bytes(
         &self,
         host: &mut dyn Host,
@@ -109,12 +187,18 @@ impl Vault {
     ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
         match host.storage_get(key) {
             None => Ok(None),
-            Some(sealed) => seal::unseal(&self.key, &Self::record_type(key), &sealed)
-                .map(Some)
-                .map_err(|source| StoreError::Sealed {
-                    key: key.into(),
-                    source,
-                }),
+            Some(sealed) => seal::unseal_bound(
+                &self.key,
+                &Self::record_type(key),
+                key,
+                &sealed,
+                self.accept_v1,
+            )
+            .map(Some)
+            .map_err(|source| StoreError::Sealed {
+                key: key.into(),
+                source,
+            }),
         }
     }
 }

@@ -51,3 +51,45 @@ pub(crate) fn describe_json_error(e: &serde_json::Error) -> String {
     };
     format!("{kind} at line {} column {}", e.line(), e.column())
 }
+
+/// Text a peer chose, made safe to put in a log line or in front of a model:
+/// at most `max` characters, and every control, line-breaking or
+/// direction-changing character written as a visible `\u{..}` escape, so a
+/// peer cannot forge a second log line, a terminal escape or reorder text.
+pub fn escape_for_log(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max) + 8);
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        let dangerous = c.is_control()
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+            )
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c);
+        if dangerous {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::escape_for_log;
+
+    #[test]
+    fn controls_and_bidi_overrides_become_visible() {
+        assert_eq!(
+            escape_for_log("a\nb\u{1b}[2J\u{202e}c", 100),
+            "a\\u{a}b\\u{1b}[2J\\u{202e}c"
+        );
+        assert_eq!(escape_for_log("abcdef", 3), "abc…");
+        assert_eq!(escape_for_log("déjà ✓", 10), "déjà ✓");
+    }
+}

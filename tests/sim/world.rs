@@ -241,6 +241,8 @@ pub struct SimAgent {
     pub capture: bool,
     pub captured: Vec<String>,
     pub unexpected_results: Vec<(String, Value)>,
+    /// `job-start` commands seen (kind, spec JSON); jobs are not run here.
+    pub jobs_started: Vec<(String, String)>,
 }
 
 impl SimAgent {
@@ -425,7 +427,8 @@ fn kind_of(e: &Event) -> EvKind {
 /// Open a sealed record with the agent's state key (record type = key kind).
 pub fn unseal_json(state_key: &[u8; 32], key: &str, sealed: &[u8]) -> Option<Value> {
     let kind = key.split('/').next().unwrap_or(key);
-    let pt = seal::unseal(state_key, &format!("{kind}.v1"), sealed).ok()?;
+    // Records are bound to their storage key (seal version 2).
+    let pt = seal::unseal_bound(state_key, &format!("{kind}.v1"), key, sealed, false).ok()?;
     serde_json::from_slice(&pt).ok()
 }
 
@@ -536,6 +539,7 @@ impl World {
             capture: false,
             captured: Vec::new(),
             unexpected_results: Vec::new(),
+            jobs_started: Vec::new(),
         });
         let i = self.agents.len() - 1;
         self.boot(i);
@@ -1178,10 +1182,14 @@ impl World {
             }
             // Files and jobs are not emulated here (tests/*.test.mjs run them
             // through the real host).
+            Command::JobStart {
+                kind, spec_json, ..
+            } => {
+                self.agents[i].jobs_started.push((kind, spec_json));
+            }
             Command::FileRead { .. }
             | Command::FileWrite(..)
             | Command::FileErase(_)
-            | Command::JobStart { .. }
             | Command::JobKill(_) => {}
             Command::ToolResult {
                 call_id,
@@ -1434,6 +1442,7 @@ impl World {
             capture: false,
             captured: Vec::new(),
             unexpected_results: Vec::new(),
+            jobs_started: Vec::new(),
         };
         self.agents.push(a);
         let j = self.agents.len() - 1;
@@ -1458,7 +1467,16 @@ impl World {
             .storage
             .range("inbox/".to_string()..)
             .take_while(|(k, _)| k.starts_with("inbox/"))
-            .filter_map(|(k, s)| unseal_json(&a.state_key, k, s))
+            .filter_map(|(k, s)| {
+                let mut e = unseal_json(&a.state_key, k, s)?;
+                // The payload lives in its own record beside the entry.
+                if e.get("payload").is_none() {
+                    let pk = k.replacen("inbox/", "inboxp/", 1);
+                    let p = a.host.storage.get(&pk)?;
+                    e["payload"] = unseal_json(&a.state_key, &pk, p)?;
+                }
+                Some(e)
+            })
             .collect();
         v.sort_by_key(|e| e["n"].as_u64().unwrap_or(0));
         v
