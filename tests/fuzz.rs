@@ -170,8 +170,8 @@ fn make_corpus() {
 }
 
 /// The engine rig really reaches the protocol: started, registered and
-/// connected; a trusted plaintext message lands in the inbox; a chunked
-/// transfer reaches the sandbox's reassembly and completes.
+/// connected; a trusted plaintext message lands in the inbox; a plaintext
+/// chunked transfer is refused by a sandbox and leaves no record.
 #[test]
 fn engine_rig_reaches_the_protocol() {
     use harness::engine::Rig;
@@ -183,6 +183,9 @@ fn engine_rig_reaches_the_protocol() {
     let (_, res) = r.results.last().expect("no tool result");
     assert!(res.contains("hello from the rig"), "{res}");
 
+    // A sandbox takes nothing in plaintext, not even from the DID it works
+    // for (red-team finding 2): the transfer never reaches its reassembly.
+    // (Reassembly itself is fuzzed directly by the `transfer` target.)
     let mut s = Rig::new("sandbox");
     assert!(s.connected());
     let file = serde_json::json!({"type":"file_transfer","request_id":"req-1","file_name":"a.txt",
@@ -190,8 +193,9 @@ fn engine_rig_reaches_the_protocol() {
     s.op(&format!("xferr 3 {file}"));
     let logs: Vec<String> = s.host.logs.iter().map(|(_, _, m)| m.clone()).collect();
     assert!(
-        !logs.iter().any(|m| m.contains("transfer")),
-        "the transfer was refused: {logs:#?}"
+        logs.iter()
+            .any(|m| m.contains("ignored a plaintext mesh:transfer_")),
+        "a plaintext transfer reached the sandbox: {logs:#?}"
     );
     let transfer_keys = |r: &Rig| {
         r.host

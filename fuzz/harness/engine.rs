@@ -235,13 +235,13 @@ impl Rig {
         match c {
             Command::Store(ref k, ref v) => {
                 assert!(
-                    v.len() >= 29 && v[0] == seal::VERSION,
+                    v.len() >= 29 && v[0] == seal::VERSION_BOUND,
                     "Store {k:?}: {} bytes, first {:?} is not a sealed record",
                     v.len(),
                     v.first()
                 );
                 assert!(
-                    seal::unseal(&STATE_KEY, &record_type(k), v).is_ok(),
+                    seal::unseal_bound(&STATE_KEY, &record_type(k), k, v, false).is_ok(),
                     "Store {k:?} does not open as {}",
                     record_type(k)
                 );

@@ -365,6 +365,77 @@ fn transfer_reassembly(input: &[u8]) -> String {
             Err(_) => label.push_str(":notjson"),
         }
     }
+    label.push_str(&reassembly(&s));
+    label
+}
+
+/// The same lines through the engine's own `Reassembly`, with its records
+/// kept in a simulated store between lines: it never panics, stores only
+/// sealed records bound to their keys, and a completed transfer leaves no
+/// record behind once flushed.
+fn reassembly(s: &str) -> String {
+    use crate::sim::host::SimHost;
+    use kars_mesh::agent::transfers::Reassembly;
+    use kars_mesh::agent::Cx;
+    use kars_mesh::engine::Command;
+    use kars_mesh::store::{keys, Vault};
+    const KEY: [u8; 32] = [7; 32];
+    let vault = Vault::new(zeroize::Zeroizing::new(KEY.to_vec()));
+    let mut host = SimHost::new(3, 1_800_000_000_000);
+    let mut r = Reassembly::default();
+    let mut label = String::from("|");
+    for line in s.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+        let mut cx = Cx {
+            host: &mut host,
+            out: Vec::new(),
+        };
+        let done = match r.accept(
+            &vault,
+            &mut cx,
+            "did:mesh:00000000000000000000000000000001",
+            &v,
+        ) {
+            Ok(Some(whole)) => {
+                assert!(whole.is_object(), "reassembled a non-object");
+                r.flush(&mut cx);
+                label.push('W');
+                true
+            }
+            Ok(None) => {
+                label.push('.');
+                false
+            }
+            Err(_) => {
+                label.push('e');
+                false
+            }
+        };
+        let out = std::mem::take(&mut cx.out);
+        for c in out {
+            match c {
+                Command::Store(k, b) => {
+                    assert!(k.starts_with(keys::TRANSFER), "stored {k:?}");
+                    let kind = k.split('/').next().unwrap_or(&k);
+                    assert!(
+                        seal::unseal_bound(&KEY, &format!("{kind}.v1"), &k, &b, false).is_ok(),
+                        "{k:?} is not a sealed record bound to its key"
+                    );
+                    host.storage.insert(k, b);
+                }
+                Command::Erase(k) => {
+                    host.storage.remove(&k);
+                }
+                other => panic!("reassembly emitted {other:?}"),
+            }
+        }
+        if done {
+            host.now += 1;
+        }
+        if label.len() > 12 {
+            label.truncate(12);
+        }
+    }
     label
 }
 

@@ -18,7 +18,7 @@ mod route;
 pub mod sandbox;
 mod send;
 mod tools;
-mod transfers;
+pub mod transfers;
 
 use crate::crypto::identity::{is_mesh_did, Identity};
 use crate::engine::{Command, Host, LogLevel};
