@@ -85,7 +85,9 @@ test('finding 2: a plaintext offload_request claiming a paired DID starts nothin
   const rid = r2.details.mesh.request_id;
   assert.ok(rid, r2.content[0].text);
   const running = await c.follow(dave, { until: ['running'] });
-  const job = JSON.parse(fs.readFileSync(path.join(c.sandboxesDir, running.last.sandbox_name, 'job.json'), 'utf8'));
+  const jobFile = path.join(c.sandboxesDir, running.last.sandbox_name, 'job.json');
+  assert.ok(fs.existsSync(jobFile), `no ${jobFile} for the running offload`);
+  const job = JSON.parse(fs.readFileSync(jobFile, 'utf8'));
   for (const dialect of ['payload', 'ts']) {
     await mallory.plaintext(c.controllerDid, { type: 'offload_cleanup', request_id: rid, reason: 'cancelled', timestamp: new Date().toISOString() }, { from: dave.did, dialect });
   }

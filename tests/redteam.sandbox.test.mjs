@@ -3,7 +3,7 @@
 // the real relay and registry, the controller, sandbox processes).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { allFiles, startRedteamCluster, waitFor } from './harness/redteam-cluster.mjs';
@@ -71,7 +71,9 @@ test('finding 3: sandbox directories are erased when an offload ends, a new offl
   const { last } = await c.follow(bob);
   assert.equal(last.phase, 'done', JSON.stringify(last));
 
-  // Once the offload has ended, nothing of Bob's input is left under the sandboxes directory.
+  // Once the offload has ended (the controller has freed the slot), nothing
+  // of Bob's input is left under the sandboxes directory.
+  await waitFor(async () => (await c.slotsUsed('bob')) === 0, "Bob's slot freed", 15_000, 250);
   let left = [];
   try {
     await waitFor(() => (left = filesHolding(c.sandboxesDir, secret)).length === 0, 'sandbox directories erased', 10_000, 250);
@@ -81,15 +83,20 @@ test('finding 3: sandbox directories are erased when an offload ends, a new offl
 
   // Eve crafts a request id sharing the first 8 hex characters of Bob's.
   const rid = `${bobRid.slice(0, 8)}-${randomUUID().slice(9)}`;
+  const task = 'snoop on the inputs';
   await eve.callTool('mesh_send', {
     to: c.controllerDid,
-    message: { type: 'offload_request', task: 'snoop on the inputs', files: [], file_count: 0, total_bytes: 0, preferences: { timeout_minutes: 5 }, request_id: rid, timestamp: new Date().toISOString() },
+    message: { type: 'offload_request', task, files: [], file_count: 0, total_bytes: 0, preferences: { timeout_minutes: 5 }, request_id: rid, timestamp: new Date().toISOString() },
   });
-  const news = await controllerNews(eve, rid, (p) => p.type === 'offload_error' || (p.type === 'offload_status' && p.sandbox_name));
+  const news = await controllerNews(eve, rid, (p) => p.type === 'offload_error' || (p.type === 'offload_status' && p.phase === 'ready'));
   assert.equal(news.type, 'offload_status', `Eve's offload was refused: ${JSON.stringify(news)}`);
   assert.match(news.sandbox_name, /^offload-[0-9a-f]{16}$/, `Eve's sandbox name is not controller-chosen random: ${news.sandbox_name}`);
   assert.notEqual(news.sandbox_name, `offload-${bobRid.slice(0, 8)}`);
-  assert.ok(!news.sandbox_name.startsWith(`offload-${rid.slice(0, 8)}`) || news.sandbox_name.length === 24, news.sandbox_name);
+
+  // The go-ahead the client sends its sandbox (a sandbox runs nothing before
+  // its requester's offload_start names the task's SHA-256).
+  assert.match(news.sandbox_did ?? '', /^did:mesh:[0-9a-f]{32}$/, JSON.stringify(news));
+  await eve.callTool('mesh_send', { to: news.sandbox_did, message: { type: 'offload_start', request_id: rid, task_sha256: createHash('sha256').update(task).digest('hex') } });
 
   // Her task ran and saw none of Bob's input.
   const snoop = path.join(c.work, `snoop-${rid}.txt`);
