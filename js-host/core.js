@@ -2,7 +2,8 @@
 // `jco transpile --instantiation async --no-wasi-shim` into ./gen/).
 //
 //   import { loadCore } from './core.js';
-//   const { engine, toolkit } = await loadCore({ storage, random, now, log });
+//   const { engine, toolkit, memoryBytes } = await loadCore({ storage, random, now, log });
+//   memoryBytes()  -> the core's linear memory size in bytes, now
 //
 // Host services (the WIT `kars:mesh/host` interface) are plain functions:
 //   storage: { get(key) -> Uint8Array | undefined, list(prefix) -> string[] }
@@ -30,6 +31,40 @@
 // the default reads ./gen/<name> from disk.
 
 import { instantiate } from './gen/kars_mesh.component.js';
+
+/**
+ * The core's linear memory must stay below 2 GiB. Upstream bug (to report to
+ * bytecodealliance/jco): the glue that jco 1.11.2 `transpile` generates reads
+ * every pointer the core returns, and every pointer argument of an import, as
+ * a SIGNED 32-bit number: `dataView(memory0).getInt32(ret + 0, true)` (e.g.
+ * js-host/gen/kars_mesh.component.js around line 441, the `base49`/`ptr28`
+ * reads that lift engine.handle's `list<command>`; and the i32 parameters of
+ * the host imports). An address at or past 2^31 comes out negative, and
+ * `memory0.buffer.slice(ptr, ptr + len)` counts a negative start from the END
+ * of the buffer, so the glue silently copies another region of memory
+ * (observed: decrypted plaintext written to disk as a `store` record instead
+ * of the sealed bytes). Pointers must be read with getUint32 (or `>>> 0`).
+ * The build links the core with --max-memory=1 GiB (scripts/build.sh); this
+ * loader also refuses to go on, whatever the jco version or the build, once
+ * the memory is larger than 2^31 - 1 bytes: a call that leaves it that large
+ * throws CoreMemoryError instead of returning what the glue lifted, and every
+ * later call throws too (the instance is dead).
+ */
+export const MAX_SAFE_CORE_MEMORY = 2 ** 31 - 1;
+
+export class CoreMemoryError extends Error {
+  constructor(bytes, limit) {
+    super(
+      `fatal: the kars-mesh core's linear memory reached ${bytes} bytes (limit ${limit}); ` +
+        'the jco 1.11.2 glue reads pointers as signed 32-bit numbers and would copy the wrong memory ' +
+        '(for example plaintext instead of sealed records) past 2^31 - 1 bytes, so this engine is stopped. ' +
+        'Rebuild the core with scripts/build.sh (which caps its memory at 1 GiB) and restart',
+    );
+    this.name = 'CoreMemoryError';
+    this.code = 'KARS_MESH_CORE_MEMORY';
+    this.bytes = bytes;
+  }
+}
 
 const GEN_DIR = new URL('./gen/', import.meta.url);
 
@@ -107,7 +142,9 @@ function toBytes(value, what) {
 
 /**
  * Instantiate the core.
- * @returns {Promise<{ engine: object, toolkit: object }>}
+ * @returns {Promise<{ engine: object, toolkit: object, memoryBytes: () => number }>}
+ * Every engine/toolkit call throws CoreMemoryError (fatal) if the core's
+ * memory is larger than 2^31 - 1 bytes after it (see MAX_SAFE_CORE_MEMORY).
  */
 export async function loadCore({
   storage = memoryStorage(),
@@ -115,6 +152,8 @@ export async function loadCore({
   now = Date.now,
   log = defaultLog,
   getCoreModule = defaultGetCoreModule,
+  // Tests only: a lower ceiling than MAX_SAFE_CORE_MEMORY, to see the guard work.
+  memoryLimit = MAX_SAFE_CORE_MEMORY,
 } = {}) {
   // The glue destructures these functions once at instantiation, so they are
   // fixed wrappers over the options. jco 1.11.2 keys imports by interface
@@ -139,6 +178,44 @@ export async function loadCore({
     storageList: (prefix) => [...storage.list(prefix)],
     log: (level, message) => log(level, message),
   };
-  const root = await instantiate(getCoreModule, { 'kars:mesh/host': host });
-  return { engine: root.engine, toolkit: root.toolkit };
+  // The glue keeps the core's memory to itself; the core instance that
+  // exports a WebAssembly.Memory is seen here as it is instantiated (jco's
+  // optional third argument to instantiate), without touching gen/.
+  const memories = [];
+  const instantiateCore = async (module, imports) => {
+    const result = await WebAssembly.instantiate(module, imports);
+    const instance = result instanceof WebAssembly.Instance ? result : result.instance;
+    for (const v of Object.values(instance.exports)) if (v instanceof WebAssembly.Memory) memories.push(v);
+    return instance;
+  };
+  const root = await instantiate(getCoreModule, { 'kars:mesh/host': host }, instantiateCore);
+  if (memories.length !== 1) throw new Error(`expected the core to export one memory, found ${memories.length}`);
+  const [memory] = memories;
+  const memoryBytes = () => memory.buffer.byteLength;
+  let dead = null;
+  const check = () => {
+    const bytes = memoryBytes();
+    if (bytes > memoryLimit) dead ??= new CoreMemoryError(bytes, memoryLimit);
+    if (dead) throw dead;
+  };
+  check();
+  const guard = (iface) => {
+    const out = {};
+    for (const [name, fn] of Object.entries(iface ?? {})) {
+      out[name] = typeof fn !== 'function' ? fn : (...args) => {
+        if (dead) throw dead;
+        let value;
+        try {
+          value = fn(...args);
+        } catch (e) {
+          check(); // an oversized memory explains the failure better than the glue's error
+          throw e;
+        }
+        check(); // what the glue lifted past 2 GiB may be another region's bytes: never return it
+        return value;
+      };
+    }
+    return out;
+  };
+  return { engine: guard(root.engine), toolkit: guard(root.toolkit), memoryBytes };
 }

@@ -256,7 +256,7 @@ export async function createNode({
         } catch (e) {
           die(new NodeError(`the kars-mesh core failed (${errorText(e)}); this node is stopped, restart it`, {
             cause: e,
-            code: 'KARS_MESH_CORE_TRAP',
+            code: e?.code === 'KARS_MESH_CORE_MEMORY' ? e.code : 'KARS_MESH_CORE_TRAP',
           }));
           break;
         }
@@ -736,6 +736,10 @@ export async function createNode({
     /** true once stop() finished or the node died */
     get stopped() {
       return state === 'stopped';
+    },
+    /** The engine's linear memory in bytes now (undefined for a core without memoryBytes). */
+    memoryBytes() {
+      return typeof core.memoryBytes === 'function' ? core.memoryBytes() : undefined;
     },
     /** HTTP requests that failed and WebSocket connects that never opened, since start. */
     get ioFailures() {

@@ -26,12 +26,22 @@ step() { echo "==> $*"; }
 [ -f Cargo.toml ] || die "no Cargo.toml in $ROOT"
 [ -x node_modules/.bin/jco ] || die "jco not installed (node_modules/.bin/jco missing): run 'bash scripts/setup.sh' or 'npm ci'"
 
-# -C target-feature=+simd128 for the wasm target only (native builds are untouched).
+# Flags for the wasm target only (native builds are untouched):
+#   -C target-feature=+simd128
+#   -C link-arg=--max-memory=1 GiB: the core's linear memory may never reach
+#     2 GiB. The JS glue of jco 1.11.2 reads the pointers the core returns as
+#     SIGNED 32-bit numbers (DataView.getInt32, e.g. js-host/gen/
+#     kars_mesh.component.js around line 441 for engine.handle's results), so
+#     an address at or past 2^31 turns negative and `buffer.slice(ptr, ...)`
+#     copies a different region (seen: decrypted plaintext handed to `store`
+#     instead of the sealed record). js-host/core.js also refuses to go on
+#     if the memory ever passes 2^31 - 1 bytes.
 # RUSTFLAGS, when set, overrides every target-specific setting in cargo, so the
-# flag goes to both.
-SIMD="-C target-feature=+simd128"
-export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="${CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS:+$CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS }$SIMD"
-if [ -n "${RUSTFLAGS:-}" ]; then export RUSTFLAGS="$RUSTFLAGS $SIMD"; fi
+# flags go to both; both toolchain paths below build with them.
+MAX_MEMORY=1073741824
+WASM_FLAGS="-C target-feature=+simd128 -C link-arg=--max-memory=$MAX_MEMORY"
+export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="${CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS:+$CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS }$WASM_FLAGS"
+if [ -n "${RUSTFLAGS:-}" ]; then export RUSTFLAGS="$RUSTFLAGS $WASM_FLAGS"; fi
 
 toolchain=${KARS_WASM_TOOLCHAIN:-}
 if [ -z "$toolchain" ]; then
@@ -84,6 +94,42 @@ node --input-type=module -e '
   }
 ' "$CORE" || die "$CORE has foreign imports (see above); no WASI/wasm-bindgen dependency may enter the wasm build"
 
+# The linear memory's declared maximum (memory section or memory import):
+# prints it in bytes, fails when there is none or it is above MAX_MEMORY.
+check_max_memory() {
+  node --input-type=module -e '
+    import { readFileSync } from "node:fs";
+    const [file, limit] = [process.argv[1], Number(process.argv[2])];
+    const b = readFileSync(file);
+    let o = 8;
+    const u = () => { let r = 0, s = 0, x; do { x = b[o++]; r += (x & 0x7f) * 2 ** s; s += 7; } while (x & 0x80); return r; };
+    const name = () => { const n = u(); o += n; };
+    const limits = () => { const f = b[o++]; const min = u(); const max = f & 1 ? u() : undefined; return { min, max, mem64: !!(f & 4) }; };
+    const mems = [];
+    while (o < b.length) {
+      const id = b[o++]; const size = u(); const end = o + size;
+      if (id === 2) {
+        for (let n = u(); n > 0; n--) {
+          name(); name(); const kind = b[o++];
+          if (kind === 0) u(); else if (kind === 1) { o++; limits(); } else if (kind === 2) mems.push(limits()); else if (kind === 3) o += 2; else if (kind === 4) { o++; u(); } else throw new Error(`import kind ${kind}`);
+        }
+      } else if (id === 5) {
+        for (let n = u(); n > 0; n--) mems.push(limits());
+      }
+      o = end;
+    }
+    if (mems.length !== 1) { console.error(`${file}: ${mems.length} memories, expected 1`); process.exit(1); }
+    const m = mems[0];
+    if (m.max === undefined || m.mem64 || m.max * 65536 > limit) {
+      console.error(`${file}: memory maximum is ${m.max === undefined ? "not declared" : m.max * 65536 + " bytes"}, must be at most ${limit}`);
+      process.exit(1);
+    }
+    console.log(`  ${file}: memory min ${m.min * 65536} bytes, max ${m.max * 65536} bytes`);
+  ' "$1" "$MAX_MEMORY"
+}
+step "checking the core's memory maximum (at most $MAX_MEMORY bytes)"
+check_max_memory "$CORE" || die "$CORE does not declare a memory maximum of at most $MAX_MEMORY bytes (-C link-arg=--max-memory missing?)"
+
 JCO=node_modules/.bin/jco
 rm -rf "$GEN"
 mkdir -p "$GEN"
@@ -98,6 +144,7 @@ step "jco transpile --instantiation async --no-wasi-shim -> $GEN/"
   --valid-lifting-optimization --quiet -o "$GEN" \
   || die "jco transpile failed on $COMPONENT"
 [ -f "$GEN/$LIB.component.js" ] || die "jco transpile produced no $GEN/$LIB.component.js"
+check_max_memory "$GEN/$LIB.component.core.wasm" || die "the transpiled core module lost its memory maximum"
 
 step "sizes"
 size() { stat -c %s "$1"; }
