@@ -119,6 +119,8 @@ async function readBodyCapped(res, limit) {
  *        and a few host diagnostics (never secrets, URLs or frames)
  * @param {number} [opts.stopTimeoutMs=1500] how long stop() waits for sockets to close
  * @param {Function} [opts.loadCoreImpl] tests only: replaces core.js's loadCore
+ * @param {boolean} [opts.sealedRecords] `store` refuses records that are not sealed (always
+ *        with the real core; tests with a replacement core may turn it on)
  * @returns {Promise<{ did: string, amid: string|undefined, stateDir: string,
  *   callTool: (tool: string, args?: object, opts?: { signal?: AbortSignal, timeoutMs?: number }) => Promise<object>,
  *   stop: () => Promise<void>, readonly stopped: boolean, readonly ioFailures: number,
@@ -148,6 +150,10 @@ export async function createNode({
   stopTimeoutMs = DEFAULT_STOP_TIMEOUT_MS,
   // Tests only: a replacement for core.js's loadCore (e.g. a scripted engine).
   loadCoreImpl = loadCore,
+  // `store` takes only well-formed sealed records (storage-fs.js). Always with
+  // the real core; a test's replacement core may store what it likes unless
+  // the test asks for the check.
+  sealedRecords = loadCoreImpl === loadCore,
 } = {}) {
   // Errors the core logs while starting explain a failed start (e.g. a wrong state key).
   let starting = true;
@@ -163,7 +169,7 @@ export async function createNode({
 
   /** Set by an import wrapper during handle(): the instance must be treated as dead. */
   let hostFault = null;
-  const store = openStateDir(stateDir); // throws StateDirError (in use, not creatable, ...)
+  const store = openStateDir(stateDir, { sealedOnly: sealedRecords || loadCoreImpl === loadCore }); // throws StateDirError (in use, not creatable, ...)
   let core;
   let stateKeyB64;
   try {

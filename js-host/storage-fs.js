@@ -22,6 +22,11 @@
 // record is hidden or named '.'/'..', and temp files ('.tmp-*') never collide
 // with records. The empty key is stored as '%'.
 //
+// With `sealedOnly` (what node-host.js uses for the real core), `set` refuses
+// anything that is not a well-formed sealed record (src/crypto/seal.rs:
+// version(1) || nonce(12) || ciphertext || tag(16), version 1 or 2): a
+// core that tries to store plaintext is stopped before a byte reaches disk.
+//
 // All functions here are synchronous: the core's host imports are synchronous,
 // and `store` must land before the next command is carried out.
 
@@ -42,6 +47,38 @@ export class StateDirError extends Error {
     super(message, cause ? { cause } : undefined);
     this.name = 'StateDirError';
     this.code = code ?? 'KARS_MESH_STATE_DIR';
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Sealed records
+
+/** Seal format versions the core writes (src/crypto/seal.rs VERSION; 2 is coming). */
+export const SEAL_VERSIONS = Object.freeze([1, 2]);
+/** version(1) + nonce(12) + tag(16): the smallest sealed record (empty plaintext). */
+export const MIN_SEALED_LEN = 1 + 12 + 16;
+
+/**
+ * Why `bytes` cannot be a sealed record, or undefined when it can. A shape
+ * check only (the host has no key): the version byte and the minimum length.
+ */
+export function notSealedReason(bytes) {
+  if (!(bytes instanceof Uint8Array)) return 'it is not a byte array';
+  if (bytes.byteLength < MIN_SEALED_LEN) {
+    return `it is ${bytes.byteLength} bytes, shorter than the ${MIN_SEALED_LEN} of the smallest sealed record`;
+  }
+  if (!SEAL_VERSIONS.includes(bytes[0])) {
+    return `its first byte ${bytes[0]} is not a known seal version (${SEAL_VERSIONS.join(' or ')})`;
+  }
+  return undefined;
+}
+
+/** Thrown by a sealed-only `set`: the core asked to store something that is not sealed. */
+export class NotSealedError extends Error {
+  constructor(key, reason) {
+    super(`refusing to store record ${JSON.stringify(key)}: it is not a sealed record (${reason}); nothing was written`);
+    this.name = 'NotSealedError';
+    this.code = 'KARS_MESH_NOT_SEALED';
   }
 }
 
@@ -375,7 +412,7 @@ export function loadStateKey(dir, { create = true, recordCount = 0 } = {}) {
  * Open (creating if needed) the records of a state directory without locking
  * it. Most callers want `openStateDir`, which also takes the lock.
  */
-export function openRecords(dir) {
+export function openRecords(dir, { sealedOnly = false } = {}) {
   const root = path.resolve(dir);
   ensurePrivateDir(root, 'state directory');
   const recDir = path.join(root, RECORDS);
@@ -437,6 +474,10 @@ export function openRecords(dir) {
     /** Durable write: temp file, fsync, rename over, fsync the directory. */
     set(key, bytes) {
       if (!(bytes instanceof Uint8Array)) throw new TypeError('storage value must be a Uint8Array');
+      if (sealedOnly) {
+        const why = notSealedReason(bytes);
+        if (why) throw new NotSealedError(key, why);
+      }
       const file = fileOf(key);
       const tmp = writeTemp(recDir, bytes);
       try {
@@ -465,16 +506,17 @@ export function openRecords(dir) {
 /**
  * Open a state directory for one process: creates it (0700), takes the
  * single-instance lock, indexes the records. `stateKey()` loads or creates the
- * sealing key; `close()` releases the lock.
+ * sealing key; `close()` releases the lock. `sealedOnly`: `set` refuses what
+ * is not a sealed record (NotSealedError), see the header.
  */
-export function openStateDir(dir) {
+export function openStateDir(dir, { sealedOnly = false } = {}) {
   if (!dir || typeof dir !== 'string') throw new StateDirError('no state directory given');
   const root = path.resolve(dir);
   ensurePrivateDir(root, 'state directory');
   const lock = acquireLock(root);
   let records;
   try {
-    records = openRecords(root);
+    records = openRecords(root, { sealedOnly });
   } catch (e) {
     lock.release();
     throw e;
