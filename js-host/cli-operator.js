@@ -24,6 +24,7 @@ import {
   urlFor,
 } from './cluster.js';
 import { NoControlSocket, controlCall } from './control.js';
+import { escapeLog } from './log-escape.js';
 
 const EXIT = { OK: 0, ERROR: 1, USAGE: 2, UNREACHABLE: 3, INTERRUPTED: 130 };
 
@@ -352,7 +353,7 @@ export async function mainOperator(argv, { out, err, env = process.env, signal, 
   }
   const run = p.run;
   const log = (level, message) => {
-    if (run.verbose || level === 'warn' || level === 'error') err(`kars-mesh ${level}: ${message}`);
+    if (run.verbose || level === 'warn' || level === 'error') err(`kars-mesh ${level}: ${escapeLog(message)}`);
   };
   try {
     if (run.group === 'cluster') {

@@ -12,6 +12,7 @@ import path from 'node:path';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { StateDirError } from './storage-fs.js';
 import { OPERATOR_SUMMARY, mainOperator, operatorUsage } from './cli-operator.js';
+import { escapeLog } from './log-escape.js';
 
 export const EXIT = Object.freeze({ OK: 0, TOOL_ERROR: 1, USAGE: 2, UNREACHABLE: 3, INTERRUPTED: 130 });
 
@@ -547,7 +548,7 @@ export async function main(
   }
   const run = p.run;
   const log = (level, message) => {
-    if (run.verbose || level === 'warn' || level === 'error') err(`kars-mesh ${level}: ${message}`);
+    if (run.verbose || level === 'warn' || level === 'error') err(`kars-mesh ${level}: ${escapeLog(message)}`);
   };
 
   // Loaded only to run a command: help and usage errors stay instant.

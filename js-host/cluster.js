@@ -25,6 +25,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startControlServer, listening } from './control.js';
 import { killSandboxes } from './jobs.js';
+import { escapeLog } from './log-escape.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const BIN = path.join(ROOT, 'bin', 'kars-mesh');
@@ -458,7 +459,7 @@ export async function runCluster(opts, { out, err, signal, env = process.env, cr
   const stamp = () => new Date().toISOString();
   const log = (level, message) => {
     if (opts.verbose || level === 'warn' || level === 'error' || level === 'cluster') {
-      err(`${stamp()} ${level === 'cluster' ? 'info' : level}: ${message}`);
+      err(`${stamp()} ${level === 'cluster' ? 'info' : level}: ${escapeLog(message)}`);
     }
   };
   const say = (message) => log('cluster', message);

@@ -16,6 +16,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { loadCore } from './core.js';
 import { openStateDir, StateDirError } from './storage-fs.js';
 import { createJobs } from './jobs.js';
+import { escapeLog } from './log-escape.js';
 import path from 'node:path';
 import os from 'node:os';
 import { readFileSync } from 'node:fs';
@@ -161,7 +162,8 @@ export async function createNode({
   const safeLog = (level, message) => {
     if (starting && level === 'error') startErrors.push(String(message));
     try {
-      log(level, message);
+      // Peer-controlled text inside a message cannot forge lines or drive a terminal.
+      log(level, escapeLog(message));
     } catch {
       /* a logger must not break the loop */
     }

@@ -20,6 +20,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { TOOLS, TOOL_NAMES } from './tools.js';
+import { escapeLog } from './log-escape.js';
 
 export const PLUGIN_ID = 'kars-mesh';
 export { TOOL_NAMES };
@@ -224,7 +225,7 @@ function resultText(result) {
 function makeLogger(api) {
   const logger = api.logger ?? {};
   return (level, message) => {
-    const m = `kars-mesh: ${redact(message)}`;
+    const m = `kars-mesh: ${escapeLog(redact(message))}`;
     try {
       if (level === 'error') logger.error?.(m);
       else if (level === 'warn') logger.warn?.(m);

@@ -12,11 +12,12 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createNode } from './node-host.js';
+import { escapeLog } from './log-escape.js';
 
 const LINGER_MS = 15 * 60_000;
 
 function fail(msg) {
-  process.stderr.write(`kars-mesh sandbox: ${msg}\n`);
+  process.stderr.write(`kars-mesh sandbox: ${escapeLog(msg)}\n`);
   process.exit(1);
 }
 
@@ -39,7 +40,7 @@ try {
 }
 
 const log = (level, message) => {
-  if (level !== 'debug') process.stderr.write(`[${new Date().toISOString()}] ${level} ${message}\n`);
+  if (level !== 'debug') process.stderr.write(`[${new Date().toISOString()}] ${level} ${escapeLog(message)}\n`);
 };
 
 let node;
@@ -78,7 +79,7 @@ const lifetime = (Number(spec.timeout_minutes) || 30) * 60_000 + LINGER_MS;
 setTimeout(() => shutdown(0), lifetime);
 node.closed.then((err) => {
   if (!stopping) {
-    if (err) process.stderr.write(`kars-mesh sandbox: ${err.message}\n`);
+    if (err) process.stderr.write(`kars-mesh sandbox: ${escapeLog(err.message)}\n`);
     process.exit(err ? 1 : 0);
   }
 });
