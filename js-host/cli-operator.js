@@ -33,7 +33,7 @@ const DIR_HELP = `  --dir DIR            the cluster's directory (env KARS_MESH_
 const SUB = {
   cluster: {
     up: {
-      usage: 'kars-mesh cluster up [--dir DIR] [--relay-port N] [--registry-port N] [--name CLUSTER] [--exec CMD] [--detach]',
+      usage: 'kars-mesh cluster up [--dir DIR] [--relay-port N] [--registry-port N] [--name CLUSTER] [--exec CMD [--exec-unisolated]] [--detach]',
       help: `Start a local kars cluster: the AgentMesh registry and relay on 127.0.0.1 and a
 controller node that keeps the pairing ledger. Runs in the foreground until
 Ctrl-C; with --detach it runs in the background (stop it with cluster down).
@@ -41,10 +41,15 @@ ${DIR_HELP}
   --registry-port N    registry port (default 8082, or the last one used in DIR)
   --relay-port N       relay port (default 8083, or the last one used in DIR)
   --name CLUSTER       cluster name reported to clients (default "local", or the last one)
-  --exec CMD           command for sandbox processes (passed to the controller)
+  --exec CMD           command for sandbox processes (passed to the controller); it
+                       runs in its own mount/pid/user namespace that hides DIR (the
+                       controller's keys, every sandbox) but its work directory,
+                       and is not run at all where that isolation is unavailable
+  --exec-unisolated    run the --exec command without that isolation (it can then
+                       read the cluster's keys); only where namespaces are unavailable
   --detach             run in the background; log in DIR/cluster.log
   -v, --verbose        also print the controller's info log lines`,
-      flags: ['dir', 'relay-port', 'registry-port', 'name', 'exec', 'detach', 'verbose'],
+      flags: ['dir', 'relay-port', 'registry-port', 'name', 'exec', 'exec-unisolated', 'detach', 'verbose'],
       positional: [],
     },
     down: {
@@ -100,7 +105,7 @@ ${DIR_HELP}`,
 };
 
 const VALUE_FLAGS = new Set(['dir', 'relay-port', 'registry-port', 'name', 'exec', 'slots', 'capabilities', 'expires', 'token-budget']);
-const BOOL_FLAGS = new Set(['detach', 'json', 'verbose', 'help']);
+const BOOL_FLAGS = new Set(['detach', 'json', 'verbose', 'help', 'exec-unisolated']);
 const SHORT = { h: 'help', v: 'verbose' };
 
 export function operatorUsage(group) {
@@ -214,6 +219,10 @@ export function planOperator(argv, env = process.env) {
       if (!flags.exec.trim()) throw new UsageError('--exec needs a command', spec);
       run.exec = flags.exec;
     }
+    if (flags['exec-unisolated']) {
+      if (run.exec === undefined) throw new UsageError('--exec-unisolated applies to an --exec command: pass --exec CMD too', spec);
+      run.execUnisolated = true;
+    }
     run.detach = !!flags.detach;
     // Re-passed to the background process (without --detach and --dir).
     run.passArgs = [];
@@ -221,6 +230,7 @@ export function planOperator(argv, env = process.env) {
     if (run.registryPort !== undefined) run.passArgs.push('--registry-port', String(run.registryPort));
     if (run.name !== undefined) run.passArgs.push('--name', run.name);
     if (run.exec !== undefined) run.passArgs.push('--exec', run.exec);
+    if (run.execUnisolated) run.passArgs.push('--exec-unisolated');
     if (run.verbose) run.passArgs.push('--verbose');
   }
 
@@ -366,6 +376,7 @@ export async function mainOperator(argv, { out, err, env = process.env, signal, 
             registryPort: run.registryPort,
             name: run.name,
             exec: run.exec,
+            execUnisolated: run.execUnisolated,
             verbose: run.verbose,
             mode: env.KARS_MESH_CLUSTER_DETACHED === '1' ? 'detached' : 'foreground',
           },

@@ -448,7 +448,7 @@ export function summary(state, env = process.env) {
  * Run a cluster in this process until `signal` aborts (or a part of it dies).
  * Prints the summary with `out` once healthy; returns the exit code.
  *
- * @param {{dir: string, relayPort?: number, registryPort?: number, name?: string, exec?: string,
+ * @param {{dir: string, relayPort?: number, registryPort?: number, name?: string, exec?: string, execUnisolated?: boolean,
  *          verbose?: boolean, mode?: 'foreground'|'detached'}} opts
  * @param {{out: Function, err: Function, signal?: AbortSignal, env?: object, createNodeImpl?: Function}} io
  */
@@ -497,7 +497,7 @@ export async function runCluster(opts, { out, err, signal, env = process.env, cr
     controller: { stateDir: p.controller },
     controlSocket: p.sock,
     log: mode === 'detached' ? p.log : undefined,
-    sandboxes: { dir: p.sandboxes, exec: opts.exec },
+    sandboxes: { dir: p.sandboxes, exec: opts.exec, execUnisolated: opts.exec ? !!opts.execUnisolated : undefined },
   };
   writeJson(p.state, state);
 
@@ -536,7 +536,17 @@ export async function runCluster(opts, { out, err, signal, env = process.env, cr
       name: `${name}-controller`,
       role: 'controller',
       clusterName: name,
-      sandboxes: { dir: p.sandboxes, exec: opts.exec || undefined, relayUrl: relay.url, registryUrl: registry.url },
+      // The --exec command runs isolated from the whole cluster directory
+      // (controller keys, control socket, every sandbox) unless the operator
+      // opted out with --exec-unisolated.
+      sandboxes: {
+        dir: p.sandboxes,
+        exec: opts.exec || undefined,
+        execUnisolated: !!(opts.exec && opts.execUnisolated),
+        hide: [dir],
+        relayUrl: relay.url,
+        registryUrl: registry.url,
+      },
       log,
     });
     await waitRegistered(controller, signal);
@@ -558,6 +568,9 @@ export async function runCluster(opts, { out, err, signal, env = process.env, cr
     throw new ClusterError(`cannot start the cluster: ${e?.message ?? e}`, 1);
   }
 
+  if (opts.exec && opts.execUnisolated) {
+    log('warn', 'sandboxes run the --exec command WITHOUT isolation (--exec-unisolated): it can read the controller\'s keys and every sandbox\'s directory');
+  }
   out(summary(state, env));
 
   // Run until asked to stop, or until a part dies.
@@ -698,6 +711,6 @@ export async function clusterStatus(dir) {
     `  relay            ${st.relay.url}  pid ${st.relay.process?.pid ?? '-'}  ${relayOk ? 'healthy' : 'NOT answering /health'}`,
     `  controller       ${st.controller.did ?? '(starting)'}`,
   ];
-  if (st.sandboxes?.exec) lines.push(`  sandbox exec     ${st.sandboxes.exec}`);
+  if (st.sandboxes?.exec) lines.push(`  sandbox exec     ${st.sandboxes.exec}${st.sandboxes.execUnisolated ? '  (NOT isolated: --exec-unisolated)' : ''}`);
   return { running: true, healthy: ok, state: st, lines };
 }

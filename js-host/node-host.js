@@ -108,9 +108,11 @@ async function readBodyCapped(res, limit) {
  * @param {string} [opts.role]              "controller": keep a pairing ledger and answer pair_request
  * @param {string} [opts.clusterName]       cluster name a controller reports
  * @param {object} [opts.sandbox]           role "sandbox": the offload spec this peer works on
- * @param {{dir:string, exec?:string, relayUrl?:string, registryUrl?:string, progressMs?:number}} [opts.sandboxes]
+ * @param {{dir:string, exec?:string, execUnisolated?:boolean, hide?:string[], relayUrl?:string, registryUrl?:string, progressMs?:number}} [opts.sandboxes]
  *        controller: where sandbox peers are started (js-host/jobs.js)
  * @param {string} [opts.exec]              sandbox: the operator's command for the task
+ * @param {boolean} [opts.execUnisolated]   sandbox: run it without namespace isolation (operator's opt-out)
+ * @param {string[]} [opts.execHide]        sandbox: paths hidden from the command (js-host/jobs.js)
  * @param {string} [opts.legacyIdentityFile] the original plugin's ~/.kars/identity.json: imported
  *        (read only) when this state directory has no identity yet, so the DID is kept
  * @param {string} [opts.identitySeedHex]   KARS_IDENTITY_SEED: deterministic first identity
@@ -143,6 +145,8 @@ export async function createNode({
   sandbox,
   sandboxes,
   exec,
+  execUnisolated = false,
+  execHide,
   filesDir,
   legacyIdentityFile,
   identitySeedHex = process.env.KARS_IDENTITY_SEED,
@@ -241,8 +245,13 @@ export async function createNode({
     filesDir: filesDir ?? path.join(store.dir, 'files'),
     dispatch: (ev) => dispatch(ev),
     log: safeLog,
-    sandboxes: sandboxes && { relayUrl, registryUrl, relayToken, ...sandboxes },
+    // The --exec command of a sandbox must not see this controller's state
+    // (nor, through the sandboxes directory, any sandbox's): hidden from it.
+    sandboxes: sandboxes && { relayUrl, registryUrl, relayToken, ...sandboxes, hide: [store.dir, ...(sandboxes.hide ?? [])] },
     exec,
+    execUnisolated,
+    execHide: execHide ?? [],
+    stateDir: store.dir,
   });
 
   // ---- the loop -----------------------------------------------------------

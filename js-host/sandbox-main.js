@@ -1,7 +1,12 @@
 #!/usr/bin/env node
 // A sandbox peer, started by a controller's host (js-host/jobs.js):
 //
-//   node js-host/sandbox-main.js --state DIR --spec FILE --relay URL --registry URL [--exec CMD]
+//   node js-host/sandbox-main.js --state DIR --spec FILE --relay URL --registry URL
+//        [--exec CMD [--exec-unisolated] [--hide PATH]...]
+//
+// --hide: paths the --exec command must not see (the controller passes its
+// state directory, the sandboxes directory, the cluster directory); this
+// sandbox's own state directory is hidden too (js-host/jobs.js).
 //
 // Runs the engine with role "sandbox" (src/agent/sandbox.rs): its own
 // identity, registered under the sandbox name, working for one requester.
@@ -28,6 +33,8 @@ const { values } = parseArgs({
     relay: { type: 'string' },
     registry: { type: 'string' },
     exec: { type: 'string' },
+    'exec-unisolated': { type: 'boolean' },
+    hide: { type: 'string', multiple: true },
   },
 });
 for (const k of ['state', 'spec', 'relay', 'registry']) if (!values[k]) fail(`--${k} is required`);
@@ -53,6 +60,8 @@ try {
     capabilities: ['kars-sandbox'],
     sandbox: spec,
     exec: values.exec,
+    execUnisolated: !!values['exec-unisolated'],
+    execHide: values.hide ?? [],
     log,
   });
 } catch (e) {
