@@ -24,9 +24,11 @@ function whoami(core) {
 test('first start creates and stores a sealed identity; restart reloads it', async () => {
   const storage = memoryStorage();
   const first = await start(storage);
-  assert.deepEqual(first.cmds.map((c) => c.tag), ['store']);
+  // The identity, after the mark that this state's records are all bound
+  // to their keys (seal version 2; an older record put back is refused).
+  assert.deepEqual(first.cmds.map((c) => [c.tag, c.val[0]]), [['store', 'meta/seal-v2'], ['store', 'identity']]);
   const sealed = storage.get('identity');
-  assert.equal(sealed[0], 1, 'sealed record version byte');
+  assert.equal(sealed[0], 2, 'sealed record version byte');
   const a = whoami(first.core);
   assert.match(a.details.mesh.did, /^did:mesh:[0-9a-f]{32}$/);
   assert.match(a.content[0].text, /DID: did:mesh:/);

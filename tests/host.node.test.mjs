@@ -70,7 +70,7 @@ test('real core: the identity record on disk is sealed, not plaintext', async (t
   await node.stop();
   const file = path.join(stateDir, 'records', 'identity');
   const sealed = fs.readFileSync(file);
-  assert.equal(sealed[0], 1, 'version byte');
+  assert.equal(sealed[0], 2, 'version byte (bound to its storage key)');
   assert.equal(sealed.length, 1 + 12 + 32 + 16, 'version || nonce || sealed seed || tag');
   const key = fs.readFileSync(path.join(stateDir, 'state.key'));
   assert.equal(sealed.includes(key), false, 'the state key is not stored beside the record');

@@ -178,6 +178,14 @@ impl Registry {
         self.agents.contains_key(did)
     }
 
+    /// Take every one-time prekey out of `did`'s bundle, as anyone can by
+    /// fetching it repeatedly: later sessions open without one.
+    pub fn drain_opks(&mut self, did: &str) {
+        if let Some(b) = self.agents.get_mut(did).and_then(|r| r.bundle.as_mut()) {
+            b.opks.clear();
+        }
+    }
+
     /// OPKs left in `did`'s bundle; `None` without a bundle.
     pub fn opk_count(&self, did: &str) -> Option<usize> {
         self.agents
