@@ -11,6 +11,7 @@ mod discover;
 pub mod inbox;
 mod inbox_tool;
 pub mod offload;
+mod pacer;
 pub mod pairing;
 mod plain_seen;
 mod receive;
@@ -253,6 +254,8 @@ pub struct Agent {
     plain_seen: plain_seen::PlainSeen,
     /// How many peers we have never seen may open a session now.
     new_peers: crate::mesh::budget::Budget,
+    /// Large transfers waiting for room in their peer's window.
+    pacer: pacer::Pacer,
     /// When this engine started (the inbox counters count from here).
     started_at: String,
     pub stats: Stats,
@@ -415,6 +418,7 @@ impl Agent {
             send_labels: HashMap::new(),
             plain_seen,
             new_peers: crate::mesh::budget::Budget::new(NEW_PEERS_BURST, NEW_PEER_REFILL_MS, now),
+            pacer: Default::default(),
             started_at: time::format_millis(now),
             stats: Stats::default(),
         };
@@ -912,6 +916,7 @@ impl Agent {
                         .to_string();
                     self.send_frame(cx, hb);
                     self.flush_all(cx, false);
+                    self.pump_outgoing(cx);
                     self.release_stale_holds(cx);
                     self.arm(cx, T_RELAY_HEARTBEAT, RELAY_HEARTBEAT_MS);
                 }

@@ -6,7 +6,7 @@
 //! controller named in its end-to-end encrypted `ready`.
 
 use super::transfers::Reassembly;
-use super::{tools, Agent, Cx};
+use super::{pacer, tools, Agent, Cx};
 use crate::engine::{Command, LogLevel};
 use crate::store::keys;
 use crate::wire::{b64, time, transfer};
@@ -946,6 +946,15 @@ impl Agent {
             cx.out.push(Command::TimerCancel(t));
         }
         let mut refused = None;
+        // What still waits to go to its sandbox goes nowhere now.
+        if let Some(d) = self
+            .offloads
+            .active
+            .as_ref()
+            .and_then(|o| o.sandbox_did.clone())
+        {
+            self.pacer.drop_queue(&d);
+        }
         if let Some(o) = self.offloads.active.as_mut() {
             o.error = Some(error.chars().take(4000).collect());
             // Never started: the duplicate guard must not block a retry.
@@ -1353,7 +1362,11 @@ impl Agent {
         let Some(o) = self.offloads.active.as_ref() else {
             return;
         };
-        if o.inputs_sent {
+        if o.inputs_sent
+            || o.sandbox_did
+                .as_deref()
+                .is_some_and(|d| !self.pacer.idle(Some(d)))
+        {
             return;
         }
         let missing: Vec<(usize, String)> = o
@@ -1382,12 +1395,13 @@ impl Agent {
         let Some(o) = self.offloads.active.as_ref() else {
             return;
         };
-        if o.inputs_sent {
-            return;
-        }
         let Some(to) = o.sandbox_did.clone() else {
             return;
         };
+        // Sent, or on their way (paced): never queued twice.
+        if o.inputs_sent || !self.pacer.idle(Some(&to)) {
+            return;
+        }
         let rid = o.request_id.clone();
         let from_agent = self
             .cfg
@@ -1395,13 +1409,16 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| self.id.did().to_string());
         let files = o.files.clone();
-        let mut sent = 0usize;
+        // Every input is checked before any goes: none changed since
+        // cloud_offload hashed it.
         for f in &files {
-            let Some((_, bytes)) = self.offloads.input_bytes.iter().find(|(n, _)| *n == f.name)
-            else {
-                continue;
-            };
-            if transfer::sha256_hex(bytes) != f.sha256 {
+            let changed = self
+                .offloads
+                .input_bytes
+                .iter()
+                .find(|(n, _)| *n == f.name)
+                .is_some_and(|(_, bytes)| transfer::sha256_hex(bytes) != f.sha256);
+            if changed {
                 let msg = format!(
                     "Input file {} changed since cloud_offload read it; offload it again.",
                     f.path
@@ -1411,15 +1428,30 @@ impl Agent {
                 self.send_cleanup(cx, "error");
                 return;
             }
-            let ts = time::format_millis(cx.now());
+        }
+        let mut items = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let Some(pos) = self
+                .offloads
+                .input_bytes
+                .iter()
+                .position(|(n, _)| *n == f.name)
+            else {
+                continue;
+            };
+            let (_, bytes) = self.offloads.input_bytes.swap_remove(pos);
             let msg = json!({
                 "type": "file_transfer", "request_id": rid, "file_name": f.name, "file_path": f.name,
-                "file_data": b64::encode_std(bytes), "size_bytes": bytes.len(), "sha256": f.sha256,
-                "description": format!("Offload file for request {rid}"), "from_agent": from_agent, "timestamp": ts,
+                "size_bytes": bytes.len(), "sha256": f.sha256,
+                "description": format!("Offload file for request {rid}"), "from_agent": from_agent,
+                "timestamp": time::format_millis(cx.now()),
             });
-            let tid = format!("{}-in-{}", &rid[..8.min(rid.len())], sent);
-            self.send_large(cx, &to, msg, &tid, &from_agent);
-            sent += 1;
+            items.push(pacer::Item::File {
+                msg,
+                bytes,
+                transfer_id: format!("{}-in-{i}", &rid[..8.min(rid.len())]),
+                from_agent: from_agent.clone(),
+            });
         }
         self.offloads.input_bytes.clear();
         // The go-ahead, after the inputs: the sandbox runs nothing until this
@@ -1436,43 +1468,25 @@ impl Agent {
             "type": "offload_start", "request_id": rid, "task_sha256": task_sha256,
             "files": names, "from_agent": from_agent, "timestamp": time::format_millis(cx.now()),
         });
-        self.send_payload(cx, &to, go, None, None);
-        if let Some(o) = self.offloads.active.as_mut() {
-            o.inputs_sent = true;
-        }
-        if !files.is_empty() {
-            let total: u64 = files.iter().map(|f| f.size).sum();
+        items.push(pacer::Item::Go(go));
+        self.send_paced(cx, &to, items);
+    }
+
+    /// The go-ahead is in the outbox: every input went before it.
+    pub(super) fn inputs_handed_over(&mut self, cx: &mut Cx<'_>) {
+        let Some(o) = self.offloads.active.as_mut() else {
+            return;
+        };
+        o.inputs_sent = true;
+        let (n, total): (usize, u64) = (o.files.len(), o.files.iter().map(|f| f.size).sum());
+        if n > 0 {
             self.phase(
                 cx,
                 "running",
-                &format!("sent {sent} input file(s), {total} bytes"),
+                &format!("sent {n} input file(s), {total} bytes"),
             );
         } else {
             self.save_offload(cx);
-        }
-    }
-
-    /// Send a message whole, or as a manifest and chunks when its JSON text
-    /// is over 512 KiB.
-    pub(super) fn send_large(
-        &mut self,
-        cx: &mut Cx<'_>,
-        to: &str,
-        msg: Value,
-        transfer_id: &str,
-        from_agent: &str,
-    ) {
-        let text = msg.to_string();
-        let kind = msg["type"].as_str().unwrap_or_default().to_string();
-        let ts = time::format_millis(cx.now());
-        match transfer::split(&text, transfer_id, &kind, from_agent, &ts) {
-            Ok(None) => self.send_payload(cx, to, msg, None, None),
-            Ok(Some(parts)) => {
-                for part in parts {
-                    self.send_payload(cx, to, part, None, None);
-                }
-            }
-            Err(e) => cx.log(LogLevel::Error, &format!("cannot send to {to}: {e}")),
         }
     }
 }

@@ -453,6 +453,8 @@ impl Agent {
             self.save_peer(cx, &from);
             self.ack(cx, &id);
             self.after_decrypt(cx, &from, how);
+            // Room in the window: the next parts of a large transfer go.
+            self.pump_outgoing(cx);
             return;
         }
         let seq = envelope.as_ref().and_then(|e| e["seq"].as_u64());

@@ -298,6 +298,8 @@ impl Agent {
         let duration = now.saturating_sub(s.started_ms) / 1000;
         let mut names = Vec::new();
         let mut skipped = Vec::new();
+        // Outputs go a window at a time, and the end after them.
+        let mut items = Vec::new();
         for (raw, bytes) in outputs.into_iter() {
             let name = match transfer::safe_file_name(&raw) {
                 Some(n)
@@ -314,12 +316,16 @@ impl Agent {
             let name = transfer::unique_name(&name, &names);
             let msg = json!({
                 "type": "file_transfer", "request_id": spec.request_id, "file_name": name, "file_path": name,
-                "file_data": b64::encode_std(&bytes), "size_bytes": bytes.len(), "sha256": transfer::sha256_hex(&bytes),
+                "size_bytes": bytes.len(), "sha256": transfer::sha256_hex(&bytes),
                 "description": format!("Output of request {}", spec.request_id), "from_agent": spec.name,
                 "timestamp": time::format_millis(now),
             });
-            let tid = format!("{}-out-{}", spec.name, names.len());
-            self.send_large(cx, &spec.requester, msg, &tid, &spec.name);
+            items.push(super::pacer::Item::File {
+                msg,
+                bytes,
+                transfer_id: format!("{}-out-{}", spec.name, names.len()),
+                from_agent: spec.name.clone(),
+            });
             names.push(name);
         }
         let mut summary: String = summary;
@@ -335,7 +341,8 @@ impl Agent {
             "output_files": names, "output_file_contents": [], "tokens_used": {"prompt": 0, "completion": 0},
             "duration_seconds": duration, "from_agent": spec.name, "timestamp": time::format_millis(now),
         });
-        self.send_payload(cx, &spec.requester, done, None, None);
+        items.push(super::pacer::Item::Message(done));
+        self.send_paced(cx, &spec.requester, items);
         cx.log(LogLevel::Info, &format!("sandbox {}: done", spec.name));
     }
 

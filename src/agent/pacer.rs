@@ -1,0 +1,143 @@
+//! Large transfers leave a window at a time. Every message a peer has not
+//! receipted is an encrypted frame plus its plaintext in memory and a sealed
+//! record in this call's commands; queueing all chunks of ten 30 MiB files
+//! in one call took the core past its 1 GiB memory cap (one file alone
+//! peaked at 473 MiB). Here a file is turned into its `file_transfer`
+//! message and chunks only when its turn comes, and only `WINDOW` messages
+//! to one peer wait for its receipt at a time; receipts let the next ones go.
+
+use super::{Agent, Cx};
+use crate::wire::{b64, time, transfer};
+use serde_json::Value;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Messages to one peer in flight (sent, not yet receipted) at most: about
+/// 8 MiB of chunks.
+pub(super) const WINDOW: usize = 16;
+
+pub(super) enum Item {
+    /// A message ready to go.
+    Message(Value),
+    /// A `file_transfer` still without its `file_data`, and the bytes that
+    /// go into it (chunked above 512 KiB).
+    File {
+        msg: Value,
+        bytes: Vec<u8>,
+        transfer_id: String,
+        from_agent: String,
+    },
+    /// The client's go-ahead to its sandbox: once it is handed to the
+    /// outbox the offload records its inputs as sent.
+    Go(Value),
+}
+
+#[derive(Default)]
+pub(super) struct Pacer {
+    queues: BTreeMap<String, VecDeque<Item>>,
+}
+
+impl Pacer {
+    /// Nothing waits for `to` (or for anyone, with `None`).
+    pub(super) fn idle(&self, to: Option<&str>) -> bool {
+        match to {
+            Some(t) => self.queues.get(t).is_none_or(VecDeque::is_empty),
+            None => self.queues.values().all(VecDeque::is_empty),
+        }
+    }
+
+    /// Forget what waits for `to` (its offload ended).
+    pub(super) fn drop_queue(&mut self, to: &str) {
+        self.queues.remove(to);
+    }
+}
+
+impl Agent {
+    /// Queue `items` for `to`, after what already waits, and send what the
+    /// window allows now.
+    pub(super) fn send_paced(&mut self, cx: &mut Cx<'_>, to: &str, items: Vec<Item>) {
+        self.pacer
+            .queues
+            .entry(to.to_string())
+            .or_default()
+            .extend(items);
+        self.pump_to(cx, to);
+    }
+
+    /// Send what the windows allow (after receipts, on the heartbeat).
+    pub(super) fn pump_outgoing(&mut self, cx: &mut Cx<'_>) {
+        let waiting: Vec<String> = self
+            .pacer
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(to, _)| to.clone())
+            .collect();
+        for to in waiting {
+            self.pump_to(cx, &to);
+        }
+    }
+
+    fn in_flight(&self, to: &str) -> usize {
+        self.peers.get(to).map_or(0, |p| p.outbox.len())
+            + self.awaiting_session.get(to).map_or(0, Vec::len)
+    }
+
+    fn pump_to(&mut self, cx: &mut Cx<'_>, to: &str) {
+        while self.in_flight(to) < WINDOW {
+            let Some(item) = self.pacer.queues.get_mut(to).and_then(VecDeque::pop_front) else {
+                break;
+            };
+            match item {
+                Item::Message(v) => self.send_payload(cx, to, v, None, None),
+                Item::Go(v) => {
+                    self.send_payload(cx, to, v, None, None);
+                    self.inputs_handed_over(cx);
+                }
+                Item::File {
+                    mut msg,
+                    bytes,
+                    transfer_id,
+                    from_agent,
+                } => {
+                    msg["file_data"] = Value::String(b64::encode_std(&bytes));
+                    drop(bytes);
+                    let parts = self.split_message(cx, to, msg, &transfer_id, &from_agent);
+                    if let Some(q) = self.pacer.queues.get_mut(to) {
+                        for part in parts.into_iter().rev() {
+                            q.push_front(Item::Message(part));
+                        }
+                    }
+                }
+            }
+        }
+        if self.pacer.queues.get(to).is_some_and(VecDeque::is_empty) {
+            self.pacer.queues.remove(to);
+        }
+    }
+
+    /// A message whole, or as a manifest and chunks when its JSON text is
+    /// over 512 KiB.
+    fn split_message(
+        &mut self,
+        cx: &mut Cx<'_>,
+        to: &str,
+        msg: Value,
+        transfer_id: &str,
+        from_agent: &str,
+    ) -> Vec<Value> {
+        let text = msg.to_string();
+        let kind = msg["type"].as_str().unwrap_or_default().to_string();
+        let ts = time::format_millis(cx.now());
+        match transfer::split(&text, transfer_id, &kind, from_agent, &ts) {
+            Ok(None) => vec![msg],
+            Ok(Some(parts)) => parts,
+            Err(e) => {
+                cx.log(
+                    crate::engine::LogLevel::Error,
+                    &format!("cannot send to {to}: {e}"),
+                );
+                Vec::new()
+            }
+        }
+    }
+}
