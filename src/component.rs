@@ -3,8 +3,9 @@
 
 wit_bindgen::generate!({ world: "core", path: "wit" });
 
-use crate::engine::{Command as Cmd, Engine, Event as Ev, Host, LogLevel};
+use crate::engine::Engine;
 use crate::entropy::Entropy;
+use crate::io::{Command as Cmd, Event as Ev, Host, LogLevel};
 use crate::toolkit::Toolkit;
 use exports::kars::mesh::engine::{self as wit_engine, Command, Event};
 use exports::kars::mesh::toolkit::{self as wit_toolkit, IdentityInfo, Initiated, SealedMessage};
@@ -101,7 +102,7 @@ impl wit_engine::Guest for Component {
                 message: f.message,
             },
             Event::JobReady((id, info)) => Ev::JobReady { id, info },
-            Event::JobExited(x) => Ev::JobExited(crate::engine::JobExit {
+            Event::JobExited(x) => Ev::JobExited(crate::io::JobExit {
                 id: x.id,
                 code: x.code,
                 outputs: x.outputs,

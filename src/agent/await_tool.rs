@@ -8,7 +8,7 @@
 use super::address::{classify, Address};
 use super::args::{self, ArgError};
 use super::inbox::{Entry, Evidence};
-use super::{inbox_tool, tools, Agent, Cx, Purpose};
+use super::{inbox_tool, render, Agent, Cx, Purpose};
 use crate::mesh::registry as reg;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -159,7 +159,7 @@ pub(super) fn complete(agent: &Agent, w: &AwaitWait) -> bool {
 pub(super) fn start(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
     let mut w = match parse(a, call_id) {
         Ok(w) => w,
-        Err(e) => return tools::fail_text(cx, call_id, &e.to_string()),
+        Err(e) => return render::fail_text(cx, call_id, &e.to_string()),
     };
     w.started_ms = cx.now();
     for s in &w.senders {
@@ -187,7 +187,7 @@ pub(super) fn start(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value
     w.timer = agent.fresh_id();
     let at_ms = w.started_ms + w.timeout_s * 1000;
     cx.out
-        .push(crate::engine::Command::TimerSet { id: w.timer, at_ms });
+        .push(crate::io::Command::TimerSet { id: w.timer, at_ms });
     agent.waiters.push(super::Waiter::Await(w));
 }
 
@@ -309,6 +309,6 @@ pub(super) fn answer(agent: &mut Agent, cx: &mut Cx<'_>, w: &AwaitWait) {
         "note": note,
         "answered_by": answered_by,
     });
-    tools::ok(cx, &w.call_id, &result.to_string(), result.clone());
+    render::ok(cx, &w.call_id, &result.to_string(), result.clone());
     inbox_tool::persist_marks(agent, cx, &marked);
 }

@@ -5,7 +5,7 @@
 //! authenticated channel; a cleanup from anyone but the requester is refused.
 
 use super::{Agent, Cx};
-use crate::engine::{Command, JobExit, LogLevel};
+use crate::io::{Command, JobExit, LogLevel};
 use crate::roles::ledger::Phase;
 use crate::store::keys;
 use crate::wire::{time, transfer};

@@ -5,7 +5,7 @@
 //! "No agents found" (spec §12, defect 12).
 
 use super::args::{self, ArgError};
-use super::{tools, Agent, Cx, Purpose, KARS_CAPABILITY};
+use super::{render, Agent, Cx, Purpose, KARS_CAPABILITY};
 use crate::mesh::registry::{self as reg, Discovered};
 use serde_json::{json, Value};
 
@@ -32,7 +32,7 @@ pub(super) fn start(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value
     })();
     let (capability, limit) = match parsed {
         Ok(p) => p,
-        Err(e) => return tools::fail_text(cx, call_id, &e.to_string()),
+        Err(e) => return render::fail_text(cx, call_id, &e.to_string()),
     };
     let query = capability.as_deref().unwrap_or(KARS_CAPABILITY);
     let path = format!(
@@ -74,11 +74,11 @@ pub(super) fn answer(
     problem: &str,
 ) {
     if !ok_status {
-        return tools::fail_text(cx, call_id, &format!("❌ Discovery failed: {problem}"));
+        return render::fail_text(cx, call_id, &format!("❌ Discovery failed: {problem}"));
     }
     let found = match reg::parse_discover(body) {
         Ok(f) => f,
-        Err(e) => return tools::fail_text(cx, call_id, &format!("❌ Discovery failed: {e}")),
+        Err(e) => return render::fail_text(cx, call_id, &format!("❌ Discovery failed: {e}")),
     };
     let me = agent.did().to_string();
     let mut agents: Vec<Discovered> = found.into_iter().filter(|d| d.did != me).collect();
@@ -149,7 +149,7 @@ pub(super) fn answer(
             })
         })
         .collect();
-    tools::ok(
+    render::ok(
         cx,
         call_id,
         &text,

@@ -5,9 +5,9 @@
 
 use super::args::{self, ArgError};
 use super::inbox::{Entry, Evidence};
-use super::{tools, Agent, Cx};
+use super::{render, Agent, Cx};
 use crate::crypto::identity::is_mesh_did;
-use crate::engine::Command;
+use crate::io::Command;
 use crate::wire::time;
 use serde_json::{json, Value};
 
@@ -261,7 +261,7 @@ pub(super) fn answer(
     };
     let messages: Vec<Value> = page.iter().map(entry_json).collect();
     let marked_ids: Vec<&str> = marked.iter().map(|e| e.id.as_str()).collect();
-    tools::ok(
+    render::ok(
         cx,
         call_id,
         &text,

@@ -15,14 +15,16 @@ mod pacer;
 pub mod pairing;
 mod plain_seen;
 mod receive;
+mod render;
 mod route;
 pub mod sandbox;
 mod send;
+mod send_tool;
 mod tools;
 pub mod transfers;
 
 use crate::crypto::identity::{is_mesh_did, Identity};
-use crate::engine::{Command, Host, LogLevel};
+use crate::io::{Command, LogLevel};
 use crate::mesh::link::{ws_url, CloseAction, Link, LinkState};
 use crate::mesh::prekeys::Prekeys;
 use crate::mesh::registry as reg;
@@ -210,20 +212,7 @@ impl Waiter {
     }
 }
 
-/// Context of one engine call: the host and the commands produced so far.
-pub struct Cx<'a> {
-    pub host: &'a mut dyn Host,
-    pub out: Vec<Command>,
-}
-
-impl Cx<'_> {
-    fn now(&mut self) -> u64 {
-        self.host.now_ms()
-    }
-    fn log(&mut self, level: LogLevel, msg: &str) {
-        self.host.log(level, msg);
-    }
-}
+pub use crate::io::Cx;
 
 pub struct Agent {
     cfg: Config,
@@ -825,16 +814,16 @@ impl Agent {
                 name,
                 payload,
                 key,
-            } => {
-                tools::on_send_resolved(self, cx, call_id, &name, payload, key, ok, body, &problem)
-            }
+            } => send_tool::on_send_resolved(
+                self, cx, call_id, &name, payload, key, ok, body, &problem,
+            ),
         }
     }
 
     fn finish_register_calls(&mut self, cx: &mut Cx<'_>, problem: Option<&str>) {
         for call in std::mem::take(&mut self.register_calls) {
             match problem {
-                None => tools::ok(
+                None => render::ok(
                     cx,
                     &call,
                     &format!(
@@ -844,7 +833,7 @@ impl Agent {
                     ),
                     json!({"did": self.id.did(), "registered": true, "otk_count": self.prekeys.opk_count()}),
                 ),
-                Some(p) => tools::fail(cx, &call, &format!("Registration failed: {p}")),
+                Some(p) => render::fail(cx, &call, &format!("Registration failed: {p}")),
             }
         }
     }
@@ -1070,7 +1059,7 @@ impl Agent {
         if let Some(pos) = self.waiters.iter().position(|w| w.call_id() == call_id) {
             let w = self.waiters.remove(pos);
             cx.out.push(Command::TimerCancel(w.timer()));
-            tools::fail(
+            render::fail(
                 cx,
                 call_id,
                 "Cancelled: the caller aborted the wait. Nothing was marked read.",
@@ -1149,7 +1138,7 @@ impl Agent {
         }
     }
 
-    pub fn on_job_exited(&mut self, cx: &mut Cx<'_>, exit: crate::engine::JobExit) {
+    pub fn on_job_exited(&mut self, cx: &mut Cx<'_>, exit: crate::io::JobExit) {
         if self.controller_job_exited(cx, &exit) {
             return;
         }

@@ -6,8 +6,8 @@
 //! controller named in its end-to-end encrypted `ready`.
 
 use super::transfers::Reassembly;
-use super::{pacer, tools, Agent, Cx};
-use crate::engine::{Command, LogLevel};
+use super::{pacer, render, Agent, Cx};
+use crate::io::{Command, LogLevel};
 use crate::store::keys;
 use crate::wire::{b64, time, transfer};
 use serde::{Deserialize, Serialize};
@@ -346,20 +346,20 @@ impl Agent {
             .unwrap_or_default()
             .to_string();
         if task.is_empty() {
-            return tools::fail(cx, call_id, "cloud_offload requires a `task` parameter (a string describing what the sandbox should do). Aliases accepted: task, prompt, description, request, content, instruction, query.");
+            return render::fail(cx, call_id, "cloud_offload requires a `task` parameter (a string describing what the sandbox should do). Aliases accepted: task, prompt, description, request, content, instruction, query.");
         }
         if task.chars().count() > MAX_TASK_CHARS {
-            return tools::fail(cx, call_id, &format!("The task is longer than {MAX_TASK_CHARS} characters. Put long material in a file and pass it in `files`."));
+            return render::fail(cx, call_id, &format!("The task is longer than {MAX_TASK_CHARS} characters. Put long material in a file and pass it in `files`."));
         }
         let Some(pairing) = self.pairing.clone() else {
-            return tools::fail(
+            return render::fail(
                 cx,
                 call_id,
                 "Not paired with any kars cluster. Use mesh_pair first.",
             );
         };
         if !pairing.capabilities.iter().any(|c| c == "offload") {
-            return tools::fail(cx, call_id, &format!("The pairing with \"{}\" does not grant the offload capability. Ask the operator for a token with --capabilities offload.", pairing.cluster_name));
+            return render::fail(cx, call_id, &format!("The pairing with \"{}\" does not grant the offload capability. Ask the operator for a token with --capabilities offload.", pairing.cluster_name));
         }
         if let Some(o) = self.offloads.active.as_ref().filter(|o| !o.terminal()) {
             let id = o.request_id.clone();
@@ -370,10 +370,10 @@ impl Agent {
             {
                 return self.answer_duplicate(cx, call_id, &id);
             }
-            return tools::fail(cx, call_id, &format!("Offload already in progress ({id}). Use `/offload` for status or `/offload cancel` to abort."));
+            return render::fail(cx, call_id, &format!("Offload already in progress ({id}). Use `/offload` for status or `/offload cancel` to abort."));
         }
         if self.offloads.submitting.is_some() {
-            return tools::fail(
+            return render::fail(
                 cx,
                 call_id,
                 "Another cloud_offload is being submitted. Wait for its answer.",
@@ -393,7 +393,7 @@ impl Agent {
                     match f.as_str().map(str::trim).filter(|s| !s.is_empty()) {
                         Some(s) => v.push(s.to_string()),
                         None => {
-                            return tools::fail(
+                            return render::fail(
                                 cx,
                                 call_id,
                                 "`files` must be an array of file paths (strings).",
@@ -404,7 +404,7 @@ impl Agent {
                 v
             }
             Some(_) => {
-                return tools::fail(
+                return render::fail(
                     cx,
                     call_id,
                     "`files` must be an array of file paths (strings).",
@@ -412,7 +412,7 @@ impl Agent {
             }
         };
         if files.len() > transfer::MAX_FILES {
-            return tools::fail(
+            return render::fail(
                 cx,
                 call_id,
                 &format!(
@@ -425,14 +425,14 @@ impl Agent {
         let mut names: Vec<String> = Vec::new();
         for f in &files {
             let Some(n) = transfer::safe_file_name(&basename(f)) else {
-                return tools::fail(
+                return render::fail(
                     cx,
                     call_id,
                     &format!("Cannot read file: {f} (not a usable file name)"),
                 );
             };
             if names.contains(&n) {
-                return tools::fail(
+                return render::fail(
                     cx,
                     call_id,
                     &format!(
@@ -447,7 +447,7 @@ impl Agent {
             Some(v) => match v.as_f64() {
                 Some(t) if t >= 1.0 && t <= MAX_TIMEOUT_MINUTES as f64 => t.floor() as u64,
                 _ => {
-                    return tools::fail(
+                    return render::fail(
                         cx,
                         call_id,
                         &format!(
@@ -463,7 +463,7 @@ impl Agent {
                 Some(m.trim().to_string()).filter(|m| !m.is_empty())
             }
             Some(_) => {
-                return tools::fail(
+                return render::fail(
                     cx,
                     call_id,
                     "model must be a string naming an inference model.",
@@ -568,7 +568,7 @@ impl Agent {
             "⚠️  This task was already offloaded {}s ago — not starting a new sandbox.\nRequest ID: {id}\nStatus: {phase}\nPass force=true only if the user explicitly asked to run it again.",
             now.saturating_sub(started) / 1000
         );
-        tools::ok(
+        render::ok(
             cx,
             call_id,
             &text,
@@ -629,7 +629,7 @@ impl Agent {
                     None => format!("Cannot read file: {path} ({msg})"),
                 };
                 let call_id = s.call_id.clone();
-                tools::fail(cx, &call_id, &text);
+                render::fail(cx, &call_id, &text);
             }
             Err(_) => {}
         }
@@ -717,7 +717,7 @@ impl Agent {
         self.set_deadline(cx, READY_TIMEOUT_MS);
         self.save_offload(cx);
         self.send_payload(cx, &controller, request, None, None);
-        tools::ok(cx, &s.call_id, &text, details);
+        render::ok(cx, &s.call_id, &text, details);
     }
 
     pub(super) fn offload_status_tool(&mut self, cx: &mut Cx<'_>, call_id: &str, args: &Value) {
@@ -726,7 +726,7 @@ impl Agent {
             Ok(Some(w)) if w <= 600.0 => (w > 0.0).then_some((w * 1000.0) as u64),
             Ok(None) => None,
             _ => {
-                return tools::fail(
+                return render::fail(
                     cx,
                     call_id,
                     "offload_status: `wait_seconds` must be a number of seconds from 0 to 600.",
@@ -737,7 +737,7 @@ impl Agent {
             Ok(Some(n)) if n.fract() == 0.0 => Some(n as usize),
             Ok(None) => None,
             _ => {
-                return tools::fail(
+                return render::fail(
                     cx,
                     call_id,
                     "offload_status: `after_events` must be a whole number ≥ 0 (the `events_total` of the previous answer).",
@@ -745,7 +745,7 @@ impl Agent {
             }
         };
         let Some(o) = self.offloads.active.as_mut() else {
-            return tools::ok(
+            return render::ok(
                 cx,
                 call_id,
                 "No active offload. Use cloud_offload to start one.",
@@ -774,7 +774,7 @@ impl Agent {
             && o.viewed_events == o.events_total
         {
             let text = format!("⏳ No change since last check {}s ago (offload still running, elapsed {}s). Stop polling — the result is reported when it arrives; check again on the user's next message.", now.saturating_sub(o.viewed_ms) / 1000, now.saturating_sub(o.started_ms) / 1000);
-            return tools::ok(
+            return render::ok(
                 cx,
                 call_id,
                 &text,
@@ -849,7 +849,7 @@ impl Agent {
             self.clear_offload(cx);
         }
         self.save_offload(cx);
-        tools::ok(cx, call_id, &text, details);
+        render::ok(cx, call_id, &text, details);
     }
 
     fn wake_offload_watchers(&mut self, cx: &mut Cx<'_>) {
@@ -879,9 +879,9 @@ impl Agent {
         match self.offloads.active.as_ref() {
             Some(o) => {
                 let (text, details) = Self::snapshot(o);
-                tools::ok(cx, call_id, &text, details);
+                render::ok(cx, call_id, &text, details);
             }
-            None => tools::ok(
+            None => render::ok(
                 cx,
                 call_id,
                 "No active offload. Use cloud_offload to start one.",
@@ -892,7 +892,7 @@ impl Agent {
 
     pub(super) fn offload_cancel(&mut self, cx: &mut Cx<'_>, call_id: &str) {
         let Some(o) = self.offloads.active.as_ref().filter(|o| !o.terminal()) else {
-            return tools::ok(
+            return render::ok(
                 cx,
                 call_id,
                 "No active cloud offload to cancel.",
@@ -904,7 +904,7 @@ impl Agent {
         // Recorded first: the cleanup goes out after the state that explains it.
         self.fail_offload(cx, "Cancelled by user via offload_cancel");
         self.send_cleanup(cx, "cancelled");
-        tools::ok(
+        render::ok(
             cx,
             call_id,
             &format!("🛑 Offload {short} cancelled. Cluster CRD cleanup signal sent; the sandbox will be torn down shortly."),
@@ -923,7 +923,7 @@ impl Agent {
                 self.save_offload(cx);
             }
         }
-        tools::ok(cx, call_id, &lines.join("\n"), json!({"lines": lines}));
+        render::ok(cx, call_id, &lines.join("\n"), json!({"lines": lines}));
     }
 
     fn send_cleanup(&mut self, cx: &mut Cx<'_>, reason: &str) {

@@ -133,7 +133,7 @@ impl Agent {
             Ok(Some(parts)) => parts,
             Err(e) => {
                 cx.log(
-                    crate::engine::LogLevel::Error,
+                    crate::io::LogLevel::Error,
                     &format!("cannot send to {to}: {e}"),
                 );
                 Vec::new()

@@ -4,9 +4,9 @@
 //! controller by its routable DID). Payload shapes and error texts follow the
 //! original controller and plugin (kars-mesh-plugin.md §4.3).
 
-use super::{tools, Agent, Cx};
+use super::{render, Agent, Cx};
 use crate::crypto::identity::is_mesh_did;
-use crate::engine::{Command, LogLevel};
+use crate::io::{Command, LogLevel};
 use crate::roles::ledger::{ControllerAddress, Ledger, PairRequest};
 use crate::store::keys;
 use crate::wire::{b64, time, token};
@@ -71,7 +71,7 @@ impl Agent {
         let now = cx.now();
         let addr = self.address();
         let Some(ledger) = self.ledger.as_mut() else {
-            return tools::fail(
+            return render::fail(
                 cx,
                 call_id,
                 "This agent is not a controller (start it with role \"controller\").",
@@ -116,9 +116,9 @@ impl Agent {
                             time::format_millis(p.expires_ms)
                         );
                         self.save_ledger(cx);
-                        tools::ok(cx, call_id, &text, details);
+                        render::ok(cx, call_id, &text, details);
                     }
-                    Err(e) => tools::fail(cx, call_id, &e.to_string()),
+                    Err(e) => render::fail(cx, call_id, &e.to_string()),
                 }
             }
             "pair_list" => {
@@ -143,7 +143,7 @@ impl Agent {
                 };
                 let details = json!({"pairings": ledger.pairings});
                 self.save_ledger(cx);
-                tools::ok(cx, call_id, &text, details);
+                render::ok(cx, call_id, &text, details);
             }
             _ => {
                 let name = args["name"].as_str().unwrap_or_default();
@@ -151,14 +151,14 @@ impl Agent {
                     Ok(p) => {
                         let text = format!("🛑 Pairing {:?} revoked.", p.name);
                         self.save_ledger(cx);
-                        tools::ok(
+                        render::ok(
                             cx,
                             call_id,
                             &text,
                             json!({"name": name, "phase": "Revoked"}),
                         );
                     }
-                    Err(e) => tools::fail(cx, call_id, &e.to_string()),
+                    Err(e) => render::fail(cx, call_id, &e.to_string()),
                 }
             }
         }
@@ -170,7 +170,7 @@ impl Agent {
             .get("token")
             .is_some_and(|t| !t.is_string() && !t.is_null())
         {
-            return tools::fail(
+            return render::fail(
                 cx,
                 call_id,
                 "`token` must be a string: the pairing token starting with azcp_1_ that the cluster's operator gave you.",
@@ -186,7 +186,7 @@ impl Agent {
                         .collect()
                 })
                 .unwrap_or_default();
-            return tools::fail(
+            return render::fail(
                 cx,
                 call_id,
                 &format!(
@@ -199,7 +199,7 @@ impl Agent {
         let tok = match token::parse(raw) {
             Ok(t) => t,
             Err(_) => {
-                return tools::fail(
+                return render::fail(
                     cx,
                     call_id,
                     &format!("Invalid pairing token. Must start with azcp_1_ and contain valid data. (token length: {})", raw.len()),
@@ -207,7 +207,7 @@ impl Agent {
             }
         };
         let Some(controller) = tok.controller_did.clone().filter(|d| is_mesh_did(d)) else {
-            return tools::fail(
+            return render::fail(
                 cx,
                 call_id,
                 "This token names the controller only by its AMID, which the relay cannot route. Ask the operator for a token from `kars-mesh pair generate`.",
@@ -219,7 +219,7 @@ impl Agent {
         ] {
             if let Some(u) = url {
                 if u.trim_end_matches('/') != ours.trim_end_matches('/') {
-                    return tools::fail(
+                    return render::fail(
                         cx,
                         call_id,
                         &format!("The token's {field} is {u}, but this agent is connected to {ours}. Start kars-mesh with that {field}, then pair again."),
@@ -296,7 +296,7 @@ impl Agent {
                 cx.out.push(Command::TimerCancel(w.timer));
                 if payload["success"] != true {
                     let err = payload["error"].as_str().unwrap_or("Unknown error");
-                    tools::fail(
+                    render::fail(
                         cx,
                         &w.call_id,
                         &format!("Pairing rejected by cluster: {err}"),
@@ -347,7 +347,7 @@ impl Agent {
                 );
                 let details = json!({"pairing": rec});
                 self.pairing = Some(rec);
-                tools::ok(cx, &w.call_id, &text, details);
+                render::ok(cx, &w.call_id, &text, details);
                 true
             }
             _ => false,
@@ -360,7 +360,7 @@ impl Agent {
             return false;
         };
         let w = self.pair_waits.remove(pos);
-        tools::fail(
+        render::fail(
             cx,
             &w.call_id,
             &format!(

@@ -7,7 +7,7 @@ use super::{
 };
 use crate::crypto::ratchet::{channel_ad, Ratchet};
 use crate::crypto::x3dh;
-use crate::engine::{Command, LogLevel};
+use crate::io::{Command, LogLevel};
 use crate::mesh::session::{opening_id, Candidate, Decrypted, Peer};
 use crate::wire::{frames, plaintext, registry};
 use serde_json::{json, Value};

@@ -8,7 +8,7 @@
 //! `offload_error`. Everything from anyone but the requester is dropped.
 
 use super::{Agent, Cx};
-use crate::engine::{Command, JobExit, LogLevel};
+use crate::io::{Command, JobExit, LogLevel};
 use crate::wire::{b64, time, transfer};
 use serde::Deserialize;
 use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 //! into the outbox and committed before they leave, receipts, re-sealing
 //! after a session change, and re-sending until receipted.
 use super::{
-    tools, Agent, Cx, Purpose, Queued, Sealed, MAX_PAYLOAD_BYTES, RECEIPT_DELAY_MS,
+    send_tool, Agent, Cx, Purpose, Queued, Sealed, MAX_PAYLOAD_BYTES, RECEIPT_DELAY_MS,
     RESEND_AFTER_MS, T_RECEIPTS,
 };
 use crate::crypto::ratchet::{channel_ad, Ratchet};
@@ -30,7 +30,7 @@ impl Agent {
         if let (Some(k), Some(c)) = (&key, &call_id) {
             if let Some(fid) = self.peers.get(to).and_then(|p| p.sent_key(k)) {
                 let fid = fid.to_string();
-                return tools::send_done(
+                return send_tool::send_done(
                     self,
                     cx,
                     c,
@@ -91,7 +91,7 @@ impl Agent {
         let fail_all = |agent: &mut Agent, cx: &mut Cx<'_>, msg: &str, queued: Vec<Queued>| {
             for q in queued {
                 if let Some(c) = q.call_id {
-                    tools::send_failed(agent, cx, &c, msg);
+                    send_tool::send_failed(agent, cx, &c, msg);
                 }
             }
         };
@@ -314,7 +314,7 @@ impl Agent {
                     } else {
                         "existing"
                     };
-                    tools::send_done(
+                    send_tool::send_done(
                         self,
                         cx,
                         &c,
@@ -322,7 +322,7 @@ impl Agent {
                         json!({"to": to, "id": sealed.frame_id, "session": kind, "queued": !sent_now}),
                     );
                 }
-                Err(e) => tools::send_failed(self, cx, &c, &e),
+                Err(e) => send_tool::send_failed(self, cx, &c, &e),
             }
         }
     }

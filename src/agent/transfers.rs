@@ -5,7 +5,7 @@
 //! start or the next transfer, so its records do not pile up.
 
 use super::Cx;
-use crate::engine::{Command, LogLevel};
+use crate::io::{Command, LogLevel};
 use crate::store::{keys, Vault};
 use crate::wire::transfer::{Manifest, TransferError, MAX_CHUNKS};
 use serde::{Deserialize, Serialize};

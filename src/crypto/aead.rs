@@ -346,11 +346,11 @@ mod tests {
         let mut msg = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.".to_vec();
         let tag = seal_with::<[u32; 4]>(&key, &nonce, &aad, &mut msg);
         assert_eq!(
-            crate::wire::hex::encode(&tag),
+            crate::codec::hex::encode(&tag),
             "1ae10b594f09e26a7e902ecbd0600691"
         );
         assert_eq!(
-            crate::wire::hex::encode(&msg[..16]),
+            crate::codec::hex::encode(&msg[..16]),
             "d31a8d34648e60db7b86afbc53ef7ec2"
         );
     }

@@ -2,10 +2,10 @@
 //! X25519 identity key derived from the same seed, the routable `did:mesh:`
 //! DID and the display-only base58 AMID (agentmesh-wire.md §1).
 
+use crate::codec::{base58, hex};
 use crate::crypto::kdf::sha256;
 use crate::crypto::keys::KeyPair;
 use crate::entropy::Entropy;
-use crate::wire::{base58, hex};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha512};
 use zeroize::{Zeroize, Zeroizing};

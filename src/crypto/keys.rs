@@ -59,7 +59,7 @@ impl std::fmt::Debug for KeyPair {
         write!(
             f,
             "KeyPair {{ public: {} }}",
-            crate::wire::hex::encode(&self.public)
+            crate::codec::hex::encode(&self.public)
         )
     }
 }

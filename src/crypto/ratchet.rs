@@ -151,7 +151,7 @@ impl std::fmt::Debug for Ratchet {
         f.debug_struct("Ratchet")
             .field(
                 "sending_key",
-                &crate::wire::hex::encode(self.state.dhs.public()),
+                &crate::codec::hex::encode(self.state.dhs.public()),
             )
             .field("ns", &self.state.ns)
             .field("nr", &self.state.nr)

@@ -6,7 +6,6 @@
 use crate::agent::{Agent, Cx};
 use crate::crypto::identity::Identity;
 use crate::crypto::seal;
-use crate::entropy::Entropy;
 use crate::store::Vault;
 use crate::wire::b64;
 use serde::Deserialize;
@@ -16,124 +15,9 @@ use zeroize::Zeroizing;
 /// Storage key of the sealed identity record.
 pub const IDENTITY_KEY: &str = "identity";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogLevel {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-/// What the engine may ask of its host synchronously.
-pub trait Host: Entropy {
-    fn now_ms(&mut self) -> u64;
-    fn storage_get(&mut self, key: &str) -> Option<Vec<u8>>;
-    fn storage_list(&mut self, prefix: &str) -> Vec<String>;
-    fn log(&mut self, level: LogLevel, message: &str);
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    Start(String),
-    ToolCall {
-        call_id: String,
-        tool: String,
-        args_json: String,
-    },
-    ToolAbort(String),
-    SocketOpened(u32),
-    SocketFrame {
-        socket: u32,
-        text: String,
-    },
-    SocketClosed {
-        socket: u32,
-        code: u16,
-        reason: String,
-    },
-    HttpResponse {
-        id: u64,
-        status: u16,
-        body: Vec<u8>,
-    },
-    HttpFailed {
-        id: u64,
-        message: String,
-    },
-    TimerFired(u64),
-    FileLoaded {
-        id: u64,
-        bytes: Vec<u8>,
-    },
-    FileFailed {
-        id: u64,
-        message: String,
-    },
-    JobReady {
-        id: u64,
-        info: String,
-    },
-    JobExited(JobExit),
-    Stop,
-}
-
-/// What a host job left behind.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct JobExit {
-    pub id: u64,
-    pub code: i32,
-    pub outputs: Vec<(String, Vec<u8>)>,
-    pub log: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    Store(String, Vec<u8>),
-    Erase(String),
-    SocketOpen {
-        socket: u32,
-        url: String,
-    },
-    SocketSend {
-        socket: u32,
-        text: String,
-    },
-    SocketClose {
-        socket: u32,
-        code: u16,
-        reason: String,
-    },
-    HttpRequest {
-        id: u64,
-        method: String,
-        url: String,
-        headers: Vec<(String, String)>,
-        body: Option<Vec<u8>>,
-        timeout_ms: u32,
-    },
-    TimerSet {
-        id: u64,
-        at_ms: u64,
-    },
-    TimerCancel(u64),
-    ToolResult {
-        call_id: String,
-        result_json: String,
-    },
-    FileRead {
-        id: u64,
-        path: String,
-        max_bytes: u64,
-    },
-    FileWrite(String, Vec<u8>),
-    FileErase(String),
-    JobStart {
-        id: u64,
-        kind: String,
-        spec_json: String,
-    },
-    JobKill(u64),
-}
+// The ground types live in `crate::io`; they are named here too, where
+// hosts and tests have always found them.
+pub use crate::io::{Command, Event, Host, JobExit, LogLevel};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {

@@ -4,7 +4,7 @@
 //! carries out in order before anything that follows them.
 
 use crate::crypto::seal::{self, SealError};
-use crate::engine::{Command, Host};
+use crate::io::{Command, Host};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -77,18 +77,15 @@ impl Vault {
             match self.get_bytes(host, &key) {
                 Ok(Some(pt)) => {
                     if let Err(e) = self.put_bytes(host, out, &key, &pt) {
-                        host.log(crate::engine::LogLevel::Error, &e.to_string());
+                        host.log(crate::io::LogLevel::Error, &e.to_string());
                     }
                 }
                 Ok(None) => {}
-                Err(e) => host.log(
-                    crate::engine::LogLevel::Error,
-                    &format!("{e}; left as it is"),
-                ),
+                Err(e) => host.log(crate::io::LogLevel::Error, &format!("{e}; left as it is")),
             }
         }
         if let Err(e) = self.put_bytes(host, out, MIGRATED, b"{}") {
-            host.log(crate::engine::LogLevel::Error, &e.to_string());
+            host.log(crate::io::LogLevel::Error, &e.to_string());
         }
     }
 

@@ -1,15 +1,15 @@
 //! Encodings and messages exactly as the AgentMesh relay, registry and SDKs
 //! put them on the wire (agentmesh-wire.md §2–§7).
 
-pub mod b64;
-pub mod base58;
 pub mod frames;
-pub mod hex;
 pub mod plaintext;
 pub mod registry;
-pub mod time;
 pub mod token;
 pub mod transfer;
+
+// The encodings are ground (`crate::codec`); named here too, where the wire
+// code and its tests have always found them.
+pub use crate::codec::{b64, base58, hex, time};
 
 /// Why a message from the network was refused. Texts name the field and
 /// never include key material.

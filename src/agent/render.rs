@@ -1,0 +1,33 @@
+//! The one shape every tool result has: `{content:[{type:"text",text}],
+//! details:{mesh:{...}}}`, the original plugin's text in `content[0].text`,
+//! structured data under `details.mesh` (the host reserves `status`, `ok`,
+//! `error`, … at the top of `details`). Errors are texts starting with ❌.
+
+use super::Cx;
+use crate::io::Command;
+use serde_json::{json, Value};
+
+pub(super) fn result(text: &str, details: Value) -> String {
+    json!({"content": [{"type": "text", "text": text}], "details": {"mesh": details}}).to_string()
+}
+
+pub(super) fn ok(cx: &mut Cx<'_>, call_id: &str, text: &str, details: Value) {
+    cx.out.push(Command::ToolResult {
+        call_id: call_id.to_string(),
+        result_json: result(text, details),
+    });
+}
+
+/// An error whose text is `❌ ` + `msg`.
+pub(super) fn fail(cx: &mut Cx<'_>, call_id: &str, msg: &str) {
+    fail_text(cx, call_id, &format!("❌ {msg}"));
+}
+
+/// An error with a complete text (it starts with ❌).
+pub(super) fn fail_text(cx: &mut Cx<'_>, call_id: &str, text: &str) {
+    let msg = text.trim_start_matches("❌").trim_start();
+    cx.out.push(Command::ToolResult {
+        call_id: call_id.to_string(),
+        result_json: result(text, json!({"error": msg})),
+    });
+}

@@ -1,0 +1,185 @@
+//! `mesh_send`: its arguments (aliases, a DID, a registered name or a
+//! refused AMID), resolving a name through the registry, and its texts.
+
+use super::address::{classify, short_did, Address};
+use super::args::{self, ArgError};
+use super::render::{fail, fail_text, ok};
+use super::{Agent, Cx, Purpose};
+use crate::mesh::registry as reg;
+use serde_json::{json, Value};
+
+/// Longest idempotency key.
+const MAX_KEY_CHARS: usize = 128;
+
+/// A mesh_send that failed after its arguments were accepted.
+pub(super) fn send_failed(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, msg: &str) {
+    agent.send_labels.remove(call_id);
+    fail(cx, call_id, &format!("Send failed: {msg}"));
+}
+
+/// A mesh_send that was committed (or recognised as a repeat).
+pub(super) fn send_done(
+    agent: &mut Agent,
+    cx: &mut Cx<'_>,
+    call_id: &str,
+    to: &str,
+    details: Value,
+) {
+    let target = agent
+        .send_labels
+        .remove(call_id)
+        .unwrap_or_else(|| to.to_string());
+    let text = if details["duplicate"] == json!(true) {
+        format!("✓ Message already sent to {target} (E2E encrypted) with this idempotency_key; not sent again")
+    } else if details["queued"] == json!(true) {
+        format!("✓ Message queued for {target} (E2E encrypted); the relay is not reachable right now, it goes out when the link is back")
+    } else {
+        format!("✓ Message sent to {target} (E2E encrypted)")
+    };
+    ok(cx, call_id, &text, details);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SendArgError {
+    #[error(
+        "❌ mesh_send requires `to` (AMID or agent name). Use `discover` to list known agents."
+    )]
+    NoTarget,
+    #[error("❌ mesh_send requires `message` content.")]
+    NoMessage,
+    #[error("❌ mesh_send: {0} Pass `to` (an agent name or did:mesh: DID) and `message` (text).")]
+    Arg(#[from] ArgError),
+    #[error("❌ mesh_send: `message` must be text or a JSON object.")]
+    MessageType,
+    #[error("❌ mesh_send: `idempotency_key` must be a non-empty string of at most {MAX_KEY_CHARS} characters.")]
+    Key,
+    #[error("❌ mesh_send: `to` is not usable: {0}. Pass an agent name or a did:mesh: DID; use `discover` to list known agents.")]
+    BadTarget(super::address::InvalidAddress),
+    #[error("❌ mesh_send: `to` is a base58 AMID, which the relay cannot route. Send to the agent's DID ({0}) or its registered name instead.")]
+    Amid(String),
+    #[error("❌ mesh_send: `to` is this agent's own DID; pass another agent's DID or name.")]
+    SelfTarget,
+}
+
+fn send_args(agent: &Agent, a: &Value) -> Result<(Address, Value, Option<String>), SendArgError> {
+    let to = args::string(
+        a,
+        &["to", "to_amid", "to_agent", "target", "amid", "recipient"],
+        256,
+    )?
+    .filter(|s| !s.is_empty())
+    .ok_or(SendArgError::NoTarget)?;
+    let payload = match args::first(a, &["message", "content", "body", "text"]) {
+        None => return Err(SendArgError::NoMessage),
+        Some((_, Value::String(s))) if s.trim().is_empty() => return Err(SendArgError::NoMessage),
+        Some((_, Value::String(s))) => json!({"type": "message", "content": s}),
+        Some((_, Value::Object(o))) if o.is_empty() => return Err(SendArgError::NoMessage),
+        Some((_, Value::Object(o))) => Value::Object(o.clone()),
+        Some(_) => return Err(SendArgError::MessageType),
+    };
+    let key = match a.get("idempotency_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) if !k.is_empty() && k.chars().count() <= MAX_KEY_CHARS => {
+            Some(k.clone())
+        }
+        Some(_) => return Err(SendArgError::Key),
+    };
+    let addr = classify(to);
+    match &addr {
+        Address::Invalid(e) => return Err(SendArgError::BadTarget(*e)),
+        Address::Amid { did } => return Err(SendArgError::Amid(did.clone())),
+        Address::Did(d) if d == agent.did() => return Err(SendArgError::SelfTarget),
+        _ => {}
+    }
+    Ok((addr, payload, key))
+}
+
+pub(super) fn mesh_send(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
+    let (addr, payload, key) = match send_args(agent, a) {
+        Ok(p) => p,
+        Err(e) => return fail_text(cx, call_id, &e.to_string()),
+    };
+    match addr {
+        Address::Did(did) => agent.send_payload(cx, &did, payload, Some(call_id.to_string()), key),
+        Address::Name(name) => {
+            let path = format!(
+                "/v1/discover?capability={}&limit=5",
+                reg::query_escape(&name)
+            );
+            agent.http(
+                cx,
+                Purpose::Resolve {
+                    call_id: call_id.to_string(),
+                    name,
+                    payload,
+                    key,
+                },
+                "GET",
+                &path,
+                false,
+                None,
+            );
+        }
+        // Refused by send_args.
+        Address::Amid { .. } | Address::Invalid(_) => {}
+    }
+}
+
+/// The registry answered the name lookup of a mesh_send.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn on_send_resolved(
+    agent: &mut Agent,
+    cx: &mut Cx<'_>,
+    call_id: String,
+    name: &str,
+    payload: Value,
+    key: Option<String>,
+    ok_status: bool,
+    body: &[u8],
+    problem: &str,
+) {
+    let shown = args::clip(name, 80);
+    let found = match (ok_status, reg::parse_discover(body)) {
+        (true, Ok(f)) => f,
+        (true, Err(e)) => return send_failed(agent, cx, &call_id, &e),
+        (false, _) => {
+            return send_failed(
+                agent,
+                cx,
+                &call_id,
+                &format!("could not look up {shown:?} in the registry: {problem}"),
+            )
+        }
+    };
+    match found.as_slice() {
+        [one] if one.did == agent.did() => send_failed(
+            agent,
+            cx,
+            &call_id,
+            &format!("{shown:?} is this agent's own name; pass another agent's name or DID."),
+        ),
+        [one] => {
+            let did = one.did.clone();
+            agent
+                .send_labels
+                .insert(call_id.clone(), format!("{name} ({})", short_did(&did)));
+            agent.send_payload(cx, &did, payload, Some(call_id), key);
+        }
+        [] => send_failed(
+            agent,
+            cx,
+            &call_id,
+            &format!("no agent is registered under the name {shown:?}. Use `discover` to list known agents, or pass a did:mesh: DID."),
+        ),
+        many => send_failed(
+            agent,
+            cx,
+            &call_id,
+            &format!(
+                "{} agents are registered under the name {shown:?} ({}); names are not unique, pass the DID of the one you mean.",
+                many.len(),
+                many.iter().map(|d| d.did.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        ),
+    }
+}

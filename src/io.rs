@@ -1,0 +1,140 @@
+//! The ground floor: what the engine and its host say to each other. Events
+//! come in, commands go out in order, and the few synchronous needs (clock,
+//! randomness, storage reads, logging) go through [`Host`]. Everything above
+//! imports this; this imports nothing of theirs.
+
+use crate::entropy::Entropy;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// What the engine may ask of its host synchronously.
+pub trait Host: Entropy {
+    fn now_ms(&mut self) -> u64;
+    fn storage_get(&mut self, key: &str) -> Option<Vec<u8>>;
+    fn storage_list(&mut self, prefix: &str) -> Vec<String>;
+    fn log(&mut self, level: LogLevel, message: &str);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Start(String),
+    ToolCall {
+        call_id: String,
+        tool: String,
+        args_json: String,
+    },
+    ToolAbort(String),
+    SocketOpened(u32),
+    SocketFrame {
+        socket: u32,
+        text: String,
+    },
+    SocketClosed {
+        socket: u32,
+        code: u16,
+        reason: String,
+    },
+    HttpResponse {
+        id: u64,
+        status: u16,
+        body: Vec<u8>,
+    },
+    HttpFailed {
+        id: u64,
+        message: String,
+    },
+    TimerFired(u64),
+    FileLoaded {
+        id: u64,
+        bytes: Vec<u8>,
+    },
+    FileFailed {
+        id: u64,
+        message: String,
+    },
+    JobReady {
+        id: u64,
+        info: String,
+    },
+    JobExited(JobExit),
+    Stop,
+}
+
+/// What a host job left behind.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JobExit {
+    pub id: u64,
+    pub code: i32,
+    pub outputs: Vec<(String, Vec<u8>)>,
+    pub log: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Store(String, Vec<u8>),
+    Erase(String),
+    SocketOpen {
+        socket: u32,
+        url: String,
+    },
+    SocketSend {
+        socket: u32,
+        text: String,
+    },
+    SocketClose {
+        socket: u32,
+        code: u16,
+        reason: String,
+    },
+    HttpRequest {
+        id: u64,
+        method: String,
+        url: String,
+        headers: Vec<(String, String)>,
+        body: Option<Vec<u8>>,
+        timeout_ms: u32,
+    },
+    TimerSet {
+        id: u64,
+        at_ms: u64,
+    },
+    TimerCancel(u64),
+    ToolResult {
+        call_id: String,
+        result_json: String,
+    },
+    FileRead {
+        id: u64,
+        path: String,
+        max_bytes: u64,
+    },
+    FileWrite(String, Vec<u8>),
+    FileErase(String),
+    JobStart {
+        id: u64,
+        kind: String,
+        spec_json: String,
+    },
+    JobKill(u64),
+}
+
+/// Context of one engine call: the host and the commands produced so far.
+pub struct Cx<'a> {
+    pub host: &'a mut dyn Host,
+    pub out: Vec<Command>,
+}
+
+impl Cx<'_> {
+    pub fn now(&mut self) -> u64 {
+        self.host.now_ms()
+    }
+    pub fn log(&mut self, level: LogLevel, msg: &str) {
+        self.host.log(level, msg);
+    }
+}
