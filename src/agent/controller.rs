@@ -16,6 +16,15 @@ const MAX_TASK_CHARS: usize = 100_000;
 const MAX_TIMEOUT_MINUTES: u64 = 24 * 60;
 const DEFAULT_MODEL: &str = "gpt-5.4";
 
+/// Where one of the controller's offloads stands: its sandbox is starting,
+/// or up and named to the requester.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CtlPhase {
+    Spawning,
+    Ready,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CtlOffload {
     pub request_id: String,
@@ -23,7 +32,7 @@ pub struct CtlOffload {
     pub sandbox_name: String,
     pub job: u64,
     /// "spawning" until the sandbox is registered, then "ready".
-    pub phase: String,
+    pub phase: CtlPhase,
     pub sandbox_did: Option<String>,
     pub started_ms: u64,
     /// What the sandbox is started with (kept to start it again after a
@@ -92,7 +101,7 @@ impl Agent {
             .ctl
             .list
             .iter()
-            .filter(|o| o.phase == "spawning")
+            .filter(|o| o.phase == CtlPhase::Spawning)
             .cloned()
             .collect();
         for o in restart {
@@ -169,7 +178,7 @@ impl Agent {
             if o.requester != from {
                 return self.ctl_error(cx, from, &rid, "validating", "request_id already in use");
             }
-            if o.phase == "ready" {
+            if o.phase == CtlPhase::Ready {
                 let msg = json!({"type": "offload_status", "request_id": rid, "phase": "ready", "message": "sandbox ready", "sandbox_name": o.sandbox_name, "sandbox_did": o.sandbox_did});
                 self.ctl_send(cx, from, msg);
             }
@@ -290,7 +299,7 @@ impl Agent {
             requester: from.to_string(),
             sandbox_name: sandbox_name.clone(),
             job,
-            phase: "spawning".into(),
+            phase: CtlPhase::Spawning,
             sandbox_did: None,
             started_ms: now,
             spec: spec.clone(),
@@ -360,7 +369,7 @@ impl Agent {
         if !crate::crypto::identity::is_mesh_did(info) {
             return true;
         }
-        o.phase = "ready".into();
+        o.phase = CtlPhase::Ready;
         o.sandbox_did = Some(info.to_string());
         let o = o.clone();
         self.save_ctl(cx);
@@ -388,13 +397,13 @@ impl Agent {
         }
         self.save_ledger(cx);
         self.save_ctl(cx);
-        if o.phase == "ready" {
+        if o.phase == CtlPhase::Ready {
             // It ended without the requester's cleanup: say so, instead of
             // leaving the client waiting for its timeout.
             let msg = json!({"type": "offload_error", "request_id": o.request_id, "error": format!("the sandbox {} stopped (exit code {}) before the offload was cleaned up", o.sandbox_name, exit.code), "phase": "execution"});
             self.ctl_send(cx, &o.requester, msg);
         }
-        if o.phase == "spawning" {
+        if o.phase == CtlPhase::Spawning {
             let tail: String = exit
                 .log
                 .chars()

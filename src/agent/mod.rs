@@ -11,6 +11,7 @@ mod discover;
 pub mod inbox;
 mod inbox_tool;
 pub mod offload;
+pub mod offload_phase;
 mod pacer;
 pub mod pairing;
 mod plain_seen;

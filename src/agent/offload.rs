@@ -5,6 +5,7 @@
 //! is accepted only from the paired controller or from the sandbox DID that
 //! controller named in its end-to-end encrypted `ready`.
 
+use super::offload_phase::Phase;
 use super::transfers::Reassembly;
 use super::{pacer, render, Agent, Cx};
 use crate::io::{Command, LogLevel};
@@ -42,44 +43,6 @@ const TASK_ALIASES: [&str; 7] = [
     "query",
 ];
 
-pub(super) fn phase_icon(phase: &str) -> &'static str {
-    match phase {
-        "submitted" => "📤",
-        "validating" => "🔎",
-        "spawning" => "🚀",
-        "scheduled" => "📅",
-        "ready" => "🟢",
-        "connecting" => "🔗",
-        "acknowledged" => "👋",
-        "verifying" => "🏓",
-        "uploading" => "📦",
-        "dispatching" => "📬",
-        "running" => "⚙️",
-        "returning" => "📥",
-        "done" => "✅",
-        "error" => "❌",
-        _ => "•",
-    }
-}
-
-/// Position of a phase on the way to done (errors aside).
-fn phase_rank(phase: &str) -> u8 {
-    match phase {
-        "submitted" => 0,
-        "validating" => 1,
-        "spawning" => 2,
-        "scheduled" => 3,
-        "ready" => 4,
-        "connecting" => 5,
-        "acknowledged" => 6,
-        "verifying" | "uploading" | "dispatching" => 6,
-        "running" => 7,
-        "returning" => 8,
-        "done" | "error" => 9,
-        _ => 0,
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InputFile {
     /// The local path the user gave (never sent).
@@ -105,7 +68,7 @@ pub struct OffloadEvent {
     #[serde(default)]
     pub seq: usize,
     pub at_ms: u64,
-    pub phase: String,
+    pub phase: Phase,
     pub text: String,
 }
 
@@ -117,7 +80,7 @@ pub struct Offload {
     pub model: Option<String>,
     pub timeout_minutes: u64,
     pub files: Vec<InputFile>,
-    pub phase: String,
+    pub phase: Phase,
     pub events: Vec<OffloadEvent>,
     pub controller: String,
     pub sandbox_name: Option<String>,
@@ -144,7 +107,7 @@ pub struct Offload {
 
 impl Offload {
     pub fn terminal(&self) -> bool {
-        self.phase == "done" || self.phase == "error"
+        self.phase.is_terminal()
     }
     fn short(&self) -> String {
         self.request_id.chars().take(8).collect()
@@ -221,7 +184,7 @@ impl Agent {
                 let resume = !o.terminal()
                     && !o.inputs_sent
                     && o.sandbox_did.is_some()
-                    && phase_rank(&o.phase) >= phase_rank("acknowledged");
+                    && o.phase.reached(Phase::Acknowledged);
                 self.offloads.active = Some(o);
                 if resume {
                     self.start_sending_inputs(cx);
@@ -292,19 +255,19 @@ impl Agent {
 
     /// Record a phase change in our own words (and a notification for the
     /// hook).
-    fn phase(&mut self, cx: &mut Cx<'_>, phase: &str, text: &str) {
+    fn phase(&mut self, cx: &mut Cx<'_>, phase: Phase, text: &str) {
         self.phase_noted(cx, phase, text, text);
     }
 
     /// Record a phase change whose text carries a peer's words (already
     /// marked as theirs); the hook's `note` is ours alone, because the hook
     /// puts it in front of the user's own outgoing message.
-    fn phase_noted(&mut self, cx: &mut Cx<'_>, phase: &str, text: &str, note: &str) {
+    fn phase_noted(&mut self, cx: &mut Cx<'_>, phase: Phase, text: &str, note: &str) {
         let now = cx.now();
         let Some(o) = self.offloads.active.as_mut() else {
             return;
         };
-        o.phase = phase.to_string();
+        o.phase = phase;
         o.updated_ms = now;
         if o.events.len() >= MAX_EVENTS {
             o.events.remove(0);
@@ -313,17 +276,13 @@ impl Agent {
         o.events.push(OffloadEvent {
             seq: o.events_total,
             at_ms: now,
-            phase: phase.to_string(),
+            phase,
             text: text.to_string(),
         });
-        let line = format!(
-            "{} Offload {} {phase}: {note}",
-            phase_icon(phase),
-            o.short()
-        );
+        let line = format!("{} Offload {} {phase}: {note}", phase.icon(), o.short());
         // Consecutive progress or phase news coalesce (the newest is kept);
         // received files and the end are always kept.
-        let lasting = |p: &str| matches!(p, "returning" | "done" | "error");
+        let lasting = |p: Phase| matches!(p, Phase::Returning | Phase::Done | Phase::Error);
         if o.notes.last().is_some() && o.last_note_coalescable && !lasting(phase) {
             o.notes.pop();
         }
@@ -487,7 +446,7 @@ impl Agent {
                     sha256: String::new(),
                 })
                 .collect(),
-            phase: "submitted".into(),
+            phase: Phase::Submitted,
             events: Vec::new(),
             controller: pairing.controller_did.clone(),
             sandbox_name: None,
@@ -562,8 +521,8 @@ impl Agent {
             .active
             .as_ref()
             .filter(|o| o.request_id == id)
-            .map(|o| o.phase.clone())
-            .unwrap_or_else(|| "finished".into());
+            .map(|o| o.phase.name())
+            .unwrap_or("finished");
         let text = format!(
             "⚠️  This task was already offloaded {}s ago — not starting a new sandbox.\nRequest ID: {id}\nStatus: {phase}\nPass force=true only if the user explicitly asked to run it again.",
             now.saturating_sub(started) / 1000
@@ -677,7 +636,7 @@ impl Agent {
         o.events.push(OffloadEvent {
             seq: o.events_total,
             at_ms: o.started_ms,
-            phase: "submitted".into(),
+            phase: Phase::Submitted,
             text: "offload_request sent to the controller".into(),
         });
         let controller = o.controller.clone();
@@ -711,7 +670,7 @@ impl Agent {
             o.model.as_deref().unwrap_or("default"),
             o.timeout_minutes
         );
-        let details = json!({"request_id": o.request_id, "phase": "submitted", "files": o.files.iter().map(|f| json!({"name": f.name, "size": f.size, "sha256": f.sha256})).collect::<Vec<_>>(), "timeout_minutes": o.timeout_minutes});
+        let details = json!({"request_id": o.request_id, "phase": Phase::Submitted, "files": o.files.iter().map(|f| json!({"name": f.name, "size": f.size, "sha256": f.sha256})).collect::<Vec<_>>(), "timeout_minutes": o.timeout_minutes});
         self.offloads.active = Some(o);
         self.offloads.early_hello = None;
         self.set_deadline(cx, READY_TIMEOUT_MS);
@@ -788,12 +747,7 @@ impl Agent {
 
     fn snapshot(o: &Offload) -> (String, Value) {
         let mut lines = vec![
-            format!(
-                "{} Offload {} — {}",
-                phase_icon(&o.phase),
-                o.short(),
-                o.phase
-            ),
+            format!("{} Offload {} — {}", o.phase.icon(), o.short(), o.phase),
             format!("Request ID: {}", o.request_id),
             format!("Started: {}", time::format_millis(o.started_ms)),
             format!("Last update: {}", time::format_millis(o.updated_ms)),
@@ -806,7 +760,7 @@ impl Agent {
             lines.push(format!(
                 "  {} {} {} — {}",
                 time::format_millis(e.at_ms),
-                phase_icon(&e.phase),
+                e.phase.icon(),
                 e.phase,
                 e.text
             ));
@@ -958,7 +912,7 @@ impl Agent {
         if let Some(o) = self.offloads.active.as_mut() {
             o.error = Some(error.chars().take(4000).collect());
             // Never started: the duplicate guard must not block a retry.
-            if phase_rank(&o.phase) < phase_rank("ready") {
+            if !o.phase.reached(Phase::Ready) {
                 refused = Some(o.request_id.clone());
             }
         }
@@ -966,7 +920,7 @@ impl Agent {
             self.offloads.recent.tasks.retain(|(_, r, _)| *r != id);
             self.save_recent(cx);
         }
-        self.phase_noted(cx, "error", error, note);
+        self.phase_noted(cx, Phase::Error, error, note);
     }
 
     /// Offload deadline timers and `offload_status` watchers.
@@ -983,18 +937,18 @@ impl Agent {
         let Some(o) = self.offloads.active.as_ref().filter(|o| !o.terminal()) else {
             return true;
         };
-        let why = match o.phase.as_str() {
-            "submitted" | "validating" | "spawning" | "scheduled" => format!(
+        let why = match o.phase {
+            Phase::Submitted | Phase::Validating | Phase::Spawning | Phase::Scheduled => format!(
                 "the controller did not report the sandbox ready within {}s",
                 READY_TIMEOUT_MS / 1000
             ),
-            "ready" | "connecting" => format!(
+            Phase::Ready | Phase::Connecting => format!(
                 "the sandbox did not say hello within {}s",
                 HELLO_TIMEOUT_MS / 1000
             ),
             _ => format!("no result within the {} minute timeout", o.timeout_minutes),
         };
-        let reason = if o.phase == "connecting" {
+        let reason = if o.phase == Phase::Connecting {
             "discovery_timeout"
         } else {
             "error"
@@ -1103,11 +1057,13 @@ impl Agent {
             self.send_cleanup(cx, "error");
             return;
         }
-        let phase = p["phase"].as_str().unwrap_or_default();
+        let Some(phase) = p["phase"].as_str().and_then(Phase::parse) else {
+            return;
+        };
         // The relay does not bind `from`: a plaintext `ready` could name an
         // attacker's sandbox and draw the input files to it. Only an
         // end-to-end message may say where the sandbox is.
-        if phase == "ready" && !encrypted {
+        if phase == Phase::Ready && !encrypted {
             cx.log(
                 LogLevel::Warn,
                 "ignored a plaintext `ready`: the sandbox's DID is taken only from an end-to-end encrypted message",
@@ -1119,22 +1075,21 @@ impl Agent {
             .offloads
             .active
             .as_ref()
-            .map(|o| phase_rank(&o.phase))
-            .unwrap_or(0);
-        if phase_rank(phase) <= current {
+            .map_or(Phase::Submitted, |o| o.phase);
+        if !phase.advances(current) {
             return;
         }
         match phase {
-            "validating" | "spawning" | "scheduled" => {
+            Phase::Validating | Phase::Spawning | Phase::Scheduled => {
                 let own = match phase {
-                    "validating" => "the cluster is checking the request",
-                    "spawning" => "the cluster is starting a sandbox",
+                    Phase::Validating => "the cluster is checking the request",
+                    Phase::Spawning => "the cluster is starting a sandbox",
                     _ => "the sandbox is scheduled",
                 };
                 let text = format!("{own} (controller: {})", peer_words(&msg));
                 self.phase_noted(cx, phase, &text, own)
             }
-            "ready" => {
+            Phase::Ready => {
                 let name = p["sandbox_name"]
                     .as_str()
                     .map(|s| crate::wire::escape_for_log(s, 63));
@@ -1163,10 +1118,14 @@ impl Agent {
                 }
                 self.phase(
                     cx,
-                    "ready",
+                    Phase::Ready,
                     &format!("sandbox {} is up", name.unwrap_or_default()),
                 );
-                self.phase(cx, "connecting", &format!("waiting for hello from {did}"));
+                self.phase(
+                    cx,
+                    Phase::Connecting,
+                    &format!("waiting for hello from {did}"),
+                );
                 self.set_deadline(cx, HELLO_TIMEOUT_MS);
                 if let Some((from, hello)) = self.offloads.early_hello.take() {
                     if from == did {
@@ -1189,9 +1148,9 @@ impl Agent {
         }
         match kind {
             "offload_hello" => {
-                if matches!(o.phase.as_str(), "connecting" | "ready") {
-                    self.phase(cx, "acknowledged", "the sandbox said hello");
-                    self.phase(cx, "running", "task running in the sandbox");
+                if matches!(o.phase, Phase::Connecting | Phase::Ready) {
+                    self.phase(cx, Phase::Acknowledged, "the sandbox said hello");
+                    self.phase(cx, Phase::Running, "task running in the sandbox");
                     let minutes = self
                         .offloads
                         .active
@@ -1217,7 +1176,7 @@ impl Agent {
                     peer_words(&m)
                 );
                 let note = format!("the sandbox reports {pct}%");
-                self.phase_noted(cx, "running", &text, &note);
+                self.phase_noted(cx, Phase::Running, &text, &note);
             }
             "file_transfer" => self.receive_output(cx, from, p),
             "mesh:transfer_manifest" | "mesh:transfer_chunk" => {
@@ -1250,7 +1209,12 @@ impl Agent {
                         peer_words(&name),
                         peer_words(&err)
                     );
-                    self.phase_noted(cx, "running", &text, "the sandbox refused an input file");
+                    self.phase_noted(
+                        cx,
+                        Phase::Running,
+                        &text,
+                        "the sandbox refused an input file",
+                    );
                 }
             }
             "offload_done" => {
@@ -1272,7 +1236,11 @@ impl Agent {
                 if let Some(o) = self.offloads.active.as_mut() {
                     o.summary = Some(summary);
                 }
-                self.phase(cx, "done", &format!("finished with {n} output file(s)"));
+                self.phase(
+                    cx,
+                    Phase::Done,
+                    &format!("finished with {n} output file(s)"),
+                );
                 self.send_cleanup(cx, "done");
             }
             "offload_error" => {
@@ -1351,7 +1319,7 @@ impl Agent {
         }
         self.phase(
             cx,
-            "returning",
+            Phase::Returning,
             &format!("received {name} ({} bytes)", out.size),
         );
         let ack = json!({"type": "file_transfer_ack", "file_name": name, "success": true, "saved_to": path, "timestamp": ts});
@@ -1482,7 +1450,7 @@ impl Agent {
         if n > 0 {
             self.phase(
                 cx,
-                "running",
+                Phase::Running,
                 &format!("sent {n} input file(s), {total} bytes"),
             );
         } else {
