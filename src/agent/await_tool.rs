@@ -184,10 +184,8 @@ pub(super) fn start(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value
     if complete(agent, &w) {
         return answer(agent, cx, &w);
     }
-    w.timer = agent.fresh_id();
     let at_ms = w.started_ms + w.timeout_s * 1000;
-    cx.out
-        .push(crate::io::Command::TimerSet { id: w.timer, at_ms });
+    w.timer = agent.timers.set(cx, super::timers::Owner::Waiter, at_ms);
     agent.waiters.push(super::Waiter::Await(w));
 }
 

@@ -21,6 +21,7 @@ mod route;
 pub mod sandbox;
 mod send;
 mod send_tool;
+mod timers;
 mod tools;
 pub mod transfers;
 
@@ -246,6 +247,10 @@ pub struct Agent {
     new_peers: crate::mesh::budget::Budget,
     /// Large transfers waiting for room in their peer's window.
     pacer: pacer::Pacer,
+    /// Who owns each timer that is not one of the fixed `T_*`.
+    timers: timers::Timers,
+    /// HTTP requests waiting (under a timer) to be sent again.
+    http_retry: HashMap<u64, InFlight>,
     /// When this engine started (the inbox counters count from here).
     started_at: String,
     pub stats: Stats,
@@ -409,6 +414,8 @@ impl Agent {
             plain_seen,
             new_peers: crate::mesh::budget::Budget::new(NEW_PEERS_BURST, NEW_PEER_REFILL_MS, now),
             pacer: Default::default(),
+            timers: Default::default(),
+            http_retry: HashMap::new(),
             started_at: time::format_millis(now),
             stats: Stats::default(),
         };
@@ -695,10 +702,9 @@ impl Agent {
         let retryable = status.is_none_or(|s| s >= 500);
         if retryable && f.attempt < HTTP_RETRIES {
             // 250·2^n ms, as the TS client.
-            let t = self.fresh_id();
-            let delay = 250u64 << f.attempt;
-            self.arm(cx, t, delay);
-            self.http.insert(
+            let at_ms = cx.now() + (250u64 << f.attempt);
+            let t = self.timers.set(cx, timers::Owner::HttpRetry, at_ms);
+            self.http_retry.insert(
                 t,
                 InFlight {
                     purpose: f.purpose,
@@ -931,20 +937,35 @@ impl Agent {
                 }
                 self.arm(cx, T_REGISTRY, REGISTRY_HEARTBEAT_MS);
             }
-            other => {
-                if let Some(mut f) = self.http.remove(&other) {
-                    // A retry (or a scheduled re-registration) is due.
+            other => self.on_owned_timer(cx, other),
+        }
+    }
+
+    /// A timer set through the table goes to its owner.
+    fn on_owned_timer(&mut self, cx: &mut Cx<'_>, id: u64) {
+        use timers::Owner;
+        let Some(owner) = self.timers.fired(id) else {
+            return;
+        };
+        match owner {
+            Owner::HttpRetry => {
+                if let Some(mut f) = self.http_retry.remove(&id) {
                     let nid = self.fresh_id();
                     if let Command::HttpRequest { id, .. } = &mut f.request {
                         *id = nid;
                     }
                     cx.out.push(f.request.clone());
                     self.http.insert(nid, f);
-                } else if self.pair_timed_out(cx, other)
-                    || self.offload_timer(cx, other)
-                    || self.sandbox_timer(cx, other)
-                {
-                } else if let Some(pos) = self.waiters.iter().position(|w| w.timer() == other) {
+                }
+            }
+            Owner::PairWait => self.pair_timed_out(cx, id),
+            Owner::OffloadDeadline => self.offload_deadline(cx, id),
+            Owner::OffloadWatcher => self.offload_watcher_due(cx, id),
+            Owner::SandboxProgress => self.sandbox_progress_due(cx),
+            Owner::SandboxDeadline => self.sandbox_deadline(cx),
+            Owner::SandboxInputs => self.sandbox_inputs_overdue(cx),
+            Owner::Waiter => {
+                if let Some(pos) = self.waiters.iter().position(|w| w.timer() == id) {
                     let w = self.waiters.remove(pos);
                     self.answer_waiter(cx, w, true);
                 }
@@ -1033,7 +1054,7 @@ impl Agent {
             };
             if ready {
                 let w = self.waiters.remove(i);
-                cx.out.push(Command::TimerCancel(w.timer()));
+                self.timers.cancel(cx, w.timer());
                 self.answer_waiter(cx, w, false);
             } else {
                 i += 1;
@@ -1059,7 +1080,7 @@ impl Agent {
     pub fn on_abort(&mut self, cx: &mut Cx<'_>, call_id: &str) {
         if let Some(pos) = self.waiters.iter().position(|w| w.call_id() == call_id) {
             let w = self.waiters.remove(pos);
-            cx.out.push(Command::TimerCancel(w.timer()));
+            self.timers.cancel(cx, w.timer());
             render::fail(
                 cx,
                 call_id,
@@ -1070,7 +1091,7 @@ impl Agent {
 
     pub fn on_stop(&mut self, cx: &mut Cx<'_>) {
         for w in std::mem::take(&mut self.waiters) {
-            cx.out.push(Command::TimerCancel(w.timer()));
+            self.timers.cancel(cx, w.timer());
             self.answer_waiter(cx, w, true);
         }
         self.flush_receipts(cx);

@@ -6,6 +6,7 @@
 //! controller named in its end-to-end encrypted `ready`.
 
 use super::offload_phase::Phase;
+use super::timers::Owner;
 use super::transfers::Reassembly;
 use super::{pacer, render, Agent, Cx};
 use crate::io::{Command, LogLevel};
@@ -175,9 +176,8 @@ impl Agent {
         match self.vault.get::<Offload>(cx.host, keys::OFFLOAD) {
             Ok(Some(o)) => {
                 let remaining = o.deadline_ms.saturating_sub(cx.now()).max(1000);
-                let t = self.fresh_id();
                 let at_ms = cx.now() + remaining;
-                cx.out.push(Command::TimerSet { id: t, at_ms });
+                let t = self.timers.set(cx, Owner::OffloadDeadline, at_ms);
                 self.offloads.timer = Some(t);
                 // Said hello but the inputs never went (a crash while they
                 // were being read): send them now.
@@ -242,11 +242,10 @@ impl Agent {
 
     fn set_deadline(&mut self, cx: &mut Cx<'_>, after_ms: u64) {
         if let Some(t) = self.offloads.timer.take() {
-            cx.out.push(Command::TimerCancel(t));
+            self.timers.cancel(cx, t);
         }
-        let t = self.fresh_id();
         let at_ms = cx.now() + after_ms;
-        cx.out.push(Command::TimerSet { id: t, at_ms });
+        let t = self.timers.set(cx, Owner::OffloadDeadline, at_ms);
         self.offloads.timer = Some(t);
         if let Some(o) = self.offloads.active.as_mut() {
             o.deadline_ms = at_ms;
@@ -714,12 +713,7 @@ impl Agent {
         if let Some(ms) = wait {
             let seen = after.unwrap_or(o.events_total);
             if !o.terminal() && seen >= o.events_total {
-                let t = self.next_id + 1;
-                self.next_id = t;
-                cx.out.push(Command::TimerSet {
-                    id: t,
-                    at_ms: now + ms,
-                });
+                let t = self.timers.set(cx, Owner::OffloadWatcher, now + ms);
                 self.offloads.watchers.push((call_id.to_string(), t, seen));
                 return;
             }
@@ -822,7 +816,7 @@ impl Agent {
             .collect();
         self.offloads.watchers.retain(|(_, _, seen)| n <= *seen);
         for (call_id, t, _) in due {
-            cx.out.push(Command::TimerCancel(t));
+            self.timers.cancel(cx, t);
             self.watch_answer(cx, &call_id);
         }
     }
@@ -897,7 +891,7 @@ impl Agent {
     /// ours alone (see `phase_noted`).
     fn fail_offload_noted(&mut self, cx: &mut Cx<'_>, error: &str, note: &str) {
         if let Some(t) = self.offloads.timer.take() {
-            cx.out.push(Command::TimerCancel(t));
+            self.timers.cancel(cx, t);
         }
         let mut refused = None;
         // What still waits to go to its sandbox goes nowhere now.
@@ -924,18 +918,22 @@ impl Agent {
     }
 
     /// Offload deadline timers and `offload_status` watchers.
-    pub(super) fn offload_timer(&mut self, cx: &mut Cx<'_>, timer: u64) -> bool {
+    /// An `offload_status {wait_seconds}` call waited long enough.
+    pub(super) fn offload_watcher_due(&mut self, cx: &mut Cx<'_>, timer: u64) {
         if let Some(pos) = self.offloads.watchers.iter().position(|w| w.1 == timer) {
             let (call_id, _, _) = self.offloads.watchers.remove(pos);
             self.watch_answer(cx, &call_id);
-            return true;
         }
+    }
+
+    /// The active offload's deadline passed.
+    pub(super) fn offload_deadline(&mut self, cx: &mut Cx<'_>, timer: u64) {
         if self.offloads.timer != Some(timer) {
-            return false;
+            return;
         }
         self.offloads.timer = None;
         let Some(o) = self.offloads.active.as_ref().filter(|o| !o.terminal()) else {
-            return true;
+            return;
         };
         let why = match o.phase {
             Phase::Submitted | Phase::Validating | Phase::Spawning | Phase::Scheduled => format!(
@@ -956,7 +954,6 @@ impl Agent {
         // Recorded first: the cleanup goes out after the state that explains it.
         self.fail_offload(cx, &format!("Offload timed out: {why}"));
         self.send_cleanup(cx, reason);
-        true
     }
 
     // -------------------------------------------------------------- routing
@@ -1225,7 +1222,7 @@ impl Agent {
                     .take(MAX_SUMMARY_CHARS)
                     .collect();
                 if let Some(t) = self.offloads.timer.take() {
-                    cx.out.push(Command::TimerCancel(t));
+                    self.timers.cancel(cx, t);
                 }
                 let n = self
                     .offloads

@@ -6,7 +6,7 @@
 
 use super::{render, Agent, Cx};
 use crate::crypto::identity::is_mesh_did;
-use crate::io::{Command, LogLevel};
+use crate::io::LogLevel;
 use crate::roles::ledger::{ControllerAddress, Ledger, PairRequest};
 use crate::store::keys;
 use crate::wire::{b64, time, token};
@@ -235,9 +235,8 @@ impl Agent {
             "display_name": self.cfg.name.clone().unwrap_or_else(|| format!("external-{}", amid.chars().take(8).collect::<String>())),
             "capabilities_requested": ["offload", "handoff"],
         });
-        let timer = self.fresh_id();
         let at_ms = cx.now() + PAIR_TIMEOUT_MS;
-        cx.out.push(Command::TimerSet { id: timer, at_ms });
+        let timer = self.timers.set(cx, super::timers::Owner::PairWait, at_ms);
         self.pair_waits.push(PairWait {
             call_id: call_id.to_string(),
             controller: controller.clone(),
@@ -293,7 +292,7 @@ impl Agent {
                     return false;
                 };
                 let w = self.pair_waits.remove(pos);
-                cx.out.push(Command::TimerCancel(w.timer));
+                self.timers.cancel(cx, w.timer);
                 if payload["success"] != true {
                     let err = payload["error"].as_str().unwrap_or("Unknown error");
                     render::fail(
@@ -355,9 +354,9 @@ impl Agent {
     }
 
     /// `mesh_pair` timer: no answer from the controller.
-    pub(super) fn pair_timed_out(&mut self, cx: &mut Cx<'_>, timer: u64) -> bool {
+    pub(super) fn pair_timed_out(&mut self, cx: &mut Cx<'_>, timer: u64) {
         let Some(pos) = self.pair_waits.iter().position(|w| w.timer == timer) else {
-            return false;
+            return;
         };
         let w = self.pair_waits.remove(pos);
         render::fail(
@@ -369,7 +368,6 @@ impl Agent {
                 w.controller
             ),
         );
-        true
     }
 }
 

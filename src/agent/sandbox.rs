@@ -7,6 +7,7 @@
 //! `file_transfer` (chunked above 512 KiB) and ends with `offload_done` or
 //! `offload_error`. Everything from anyone but the requester is dropped.
 
+use super::timers::Owner;
 use super::{Agent, Cx};
 use crate::io::{Command, JobExit, LogLevel};
 use crate::wire::{b64, time, transfer};
@@ -69,24 +70,18 @@ impl Agent {
             return;
         };
         let now = cx.now();
-        let progress_timer = self.fresh_id();
-        let deadline_timer = self.fresh_id();
-        let input_timer = self.fresh_id();
         let every = spec.progress_ms.unwrap_or(DEFAULT_PROGRESS_MS).max(200);
-        cx.out.push(Command::TimerSet {
-            id: progress_timer,
-            at_ms: now + every,
-        });
-        cx.out.push(Command::TimerSet {
-            id: deadline_timer,
-            at_ms: now + spec.timeout_minutes.max(1) * 60_000,
-        });
+        let progress_timer = self.timers.set(cx, Owner::SandboxProgress, now + every);
+        let deadline_timer = self.timers.set(
+            cx,
+            Owner::SandboxDeadline,
+            now + spec.timeout_minutes.max(1) * 60_000,
+        );
         // Inputs and the go-ahead must come within this time, or the sandbox
         // gives up and its slot is freed.
-        cx.out.push(Command::TimerSet {
-            id: input_timer,
-            at_ms: now + INPUT_WAIT_MS,
-        });
+        let input_timer = self
+            .timers
+            .set(cx, Owner::SandboxInputs, now + INPUT_WAIT_MS);
         let preview: String = spec.task.chars().take(200).collect();
         let hello = json!({
             "type": "offload_hello", "request_id": spec.request_id, "from_agent": spec.name,
@@ -234,7 +229,11 @@ impl Agent {
             return;
         }
         s.run_started_ms = Some(now);
-        cx.out.push(Command::TimerCancel(s.input_timer));
+        let t = s.input_timer;
+        self.timers.cancel(cx, t);
+        let Some(s) = self.sandbox.as_mut() else {
+            return;
+        };
         if s.spec.executor.as_deref() == Some("exec") {
             let job = self.fresh_id();
             let Some(s) = self.sandbox.as_mut() else {
@@ -292,10 +291,12 @@ impl Agent {
             return;
         }
         s.finished = true;
-        cx.out.push(Command::TimerCancel(s.progress_timer));
-        cx.out.push(Command::TimerCancel(s.deadline_timer));
         let spec = s.spec.clone();
-        let duration = now.saturating_sub(s.started_ms) / 1000;
+        let started_ms = s.started_ms;
+        for t in [s.progress_timer, s.deadline_timer] {
+            self.timers.cancel(cx, t);
+        }
+        let duration = now.saturating_sub(started_ms) / 1000;
         let mut names = Vec::new();
         let mut skipped = Vec::new();
         // Outputs go a window at a time, and the end after them.
@@ -355,13 +356,13 @@ impl Agent {
             return;
         }
         s.finished = true;
-        cx.out.push(Command::TimerCancel(s.progress_timer));
-        cx.out.push(Command::TimerCancel(s.deadline_timer));
-        cx.out.push(Command::TimerCancel(s.input_timer));
         if let Some(j) = s.job.take() {
             cx.out.push(Command::JobKill(j));
         }
         let spec = s.spec.clone();
+        for t in [s.progress_timer, s.deadline_timer, s.input_timer] {
+            self.timers.cancel(cx, t);
+        }
         let msg = json!({
             "type": "offload_error", "request_id": spec.request_id, "error": error.chars().take(4000).collect::<String>(),
             "phase": "execution", "from_agent": spec.name, "timestamp": time::format_millis(now),
@@ -370,58 +371,63 @@ impl Agent {
         cx.log(LogLevel::Info, &format!("sandbox {}: error", spec.name));
     }
 
-    pub(super) fn sandbox_timer(&mut self, cx: &mut Cx<'_>, timer: u64) -> bool {
+    /// Time for a progress report (the next one is armed here).
+    pub(super) fn sandbox_progress_due(&mut self, cx: &mut Cx<'_>) {
         let now = cx.now();
         let Some(s) = self.sandbox.as_mut() else {
-            return false;
+            return;
         };
-        if timer == s.progress_timer {
-            if s.finished {
-                return true;
-            }
-            s.ticks += 1;
-            let pct = (10 + 2 * s.ticks).min(85);
-            let elapsed = now.saturating_sub(s.started_ms) / 1000;
-            let message = if s.run_started_ms.is_some() {
-                "working on the task".to_string()
-            } else {
-                format!(
-                    "waiting for input files ({}/{})",
-                    s.inputs.len(),
-                    s.spec.files.len()
-                )
-            };
-            let msg = json!({
-                "type": "offload_progress", "request_id": s.spec.request_id, "stage": "executing",
-                "message": message, "pct": pct, "elapsed_seconds": elapsed, "from_agent": s.spec.name,
-                "timestamp": time::format_millis(now),
-            });
-            let every = s.spec.progress_ms.unwrap_or(DEFAULT_PROGRESS_MS).max(200);
-            let (t, to) = (s.progress_timer, s.spec.requester.clone());
-            cx.out.push(Command::TimerSet {
-                id: t,
-                at_ms: now + every,
-            });
-            self.send_payload(cx, &to, msg, None, None);
-            return true;
+        if s.finished {
+            return;
         }
-        if timer == s.deadline_timer {
-            let m = s.spec.timeout_minutes;
-            self.sandbox_error(cx, &format!("timed out after {m} minute(s)"));
-            return true;
+        s.ticks += 1;
+        let pct = (10 + 2 * s.ticks).min(85);
+        let elapsed = now.saturating_sub(s.started_ms) / 1000;
+        let message = if s.run_started_ms.is_some() {
+            "working on the task".to_string()
+        } else {
+            format!(
+                "waiting for input files ({}/{})",
+                s.inputs.len(),
+                s.spec.files.len()
+            )
+        };
+        let msg = json!({
+            "type": "offload_progress", "request_id": s.spec.request_id, "stage": "executing",
+            "message": message, "pct": pct, "elapsed_seconds": elapsed, "from_agent": s.spec.name,
+            "timestamp": time::format_millis(now),
+        });
+        let every = s.spec.progress_ms.unwrap_or(DEFAULT_PROGRESS_MS).max(200);
+        let to = s.spec.requester.clone();
+        let t = self.timers.set(cx, Owner::SandboxProgress, now + every);
+        if let Some(s) = self.sandbox.as_mut() {
+            s.progress_timer = t;
         }
-        if timer == s.input_timer {
-            let (got, want) = (s.inputs.len(), s.spec.files.len());
-            let minutes = INPUT_WAIT_MS / 60_000;
-            let why = if got < want {
-                format!("only {got} of {want} input files arrived within {minutes} minutes")
-            } else {
-                format!("the requester's go-ahead (offload_start) did not arrive within {minutes} minutes; nothing was run")
-            };
-            self.sandbox_error(cx, &why);
-            return true;
-        }
-        false
+        self.send_payload(cx, &to, msg, None, None);
+    }
+
+    /// The task's time is up.
+    pub(super) fn sandbox_deadline(&mut self, cx: &mut Cx<'_>) {
+        let Some(s) = self.sandbox.as_ref() else {
+            return;
+        };
+        let m = s.spec.timeout_minutes;
+        self.sandbox_error(cx, &format!("timed out after {m} minute(s)"));
+    }
+
+    /// The inputs or the go-ahead did not come in time.
+    pub(super) fn sandbox_inputs_overdue(&mut self, cx: &mut Cx<'_>) {
+        let Some(s) = self.sandbox.as_ref() else {
+            return;
+        };
+        let (got, want) = (s.inputs.len(), s.spec.files.len());
+        let minutes = INPUT_WAIT_MS / 60_000;
+        let why = if got < want {
+            format!("only {got} of {want} input files arrived within {minutes} minutes")
+        } else {
+            format!("the requester's go-ahead (offload_start) did not arrive within {minutes} minutes; nothing was run")
+        };
+        self.sandbox_error(cx, &why);
     }
 
     pub(super) fn sandbox_job_exited(&mut self, cx: &mut Cx<'_>, exit: JobExit) -> bool {

@@ -4,7 +4,6 @@
 
 use super::render::{fail, fail_text, ok};
 use super::{args, await_tool, discover, inbox_tool, send_tool, Agent, Cx};
-use crate::io::Command;
 use serde_json::{json, Value};
 
 fn mesh_inbox(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
@@ -14,12 +13,10 @@ fn mesh_inbox(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
     };
     if q.block && q.visible(agent).is_empty() {
         // Pending until a message lands (wake_waiters) or the timer fires.
-        let timer = agent.fresh_id();
         let since_ms = cx.now();
-        cx.out.push(Command::TimerSet {
-            id: timer,
-            at_ms: since_ms + q.timeout_ms,
-        });
+        let timer = agent
+            .timers
+            .set(cx, super::timers::Owner::Waiter, since_ms + q.timeout_ms);
         agent.waiters.push(super::Waiter::Inbox {
             call_id: call_id.to_string(),
             timer,
