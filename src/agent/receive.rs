@@ -12,68 +12,150 @@ use crate::mesh::session::{opening_id, Candidate, Decrypted, Peer};
 use crate::wire::{frames, plaintext, registry};
 use serde_json::{json, Value};
 
+/// A decrypted message: its payload, the kars delivery envelope taken out
+/// of it, and which session opened it.
+struct Opened {
+    payload: Value,
+    envelope: Option<Value>,
+    how: Decrypted,
+}
+
+struct AdmittedKnock {
+    from: String,
+    id: String,
+    est: x3dh::Establishment,
+    ik_ed: [u8; 32],
+}
+
 impl Agent {
     // ------------------------------------------------------------------ KNOCK
 
+    /// A KNOCK: checked (policy, establishment, identity bound to `from`,
+    /// no replayed opening, room for a new peer), then its candidate
+    /// sessions are made and the KNOCK is accepted.
     pub(super) fn on_knock(&mut self, cx: &mut Cx<'_>, v: &Value) {
-        let Some((from, id)) = self.routed(cx, v) else {
+        let Some(k) = self.admit_knock(cx, v) else {
             return;
         };
+        let now = cx.now();
+        let Some(built) = self.knock_candidates(cx, &k.from, &k.id, &k.est, now) else {
+            self.ack(cx, &k.id);
+            return;
+        };
+        self.adopt_knock(cx, &k, built);
+    }
+
+    /// The checks a KNOCK must pass before it costs anything; `None` once
+    /// it is answered (refused, acked, or held for an identity check).
+    fn admit_knock(&mut self, cx: &mut Cx<'_>, v: &Value) -> Option<AdmittedKnock> {
+        let (from, id) = self.routed(cx, v)?;
         let (from, id) = (from.to_string(), id.to_string());
         if self.peers.get(&from).is_some_and(|p| p.has_seen(&id)) {
             self.stats.duplicates += 1;
             self.ack(cx, &id);
-            return;
+            return None;
         }
-        let ts = Self::timestamp(cx);
         if !self.cfg.accepts(&from) {
-            cx.log(
-                LogLevel::Info,
-                &format!("rejected a session from {from} (accept_sessions policy)"),
-            );
-            let rid = frames::uuid_v4(cx.host);
-            let f = json!({"v":1,"type":"knock_reject","from":self.id.did(),"to":from,"id":rid,"knock_id":id,"reason":"policy_denied","ts":ts});
-            self.send_frame(cx, f.to_string());
-            self.ack(cx, &id);
-            return;
+            self.reject_knock(cx, &from, &id);
+            return None;
         }
-        let est = match v
+        let est = self.knock_establishment(cx, v, &from, &id)?;
+        let ik_ed = self.knock_identity(cx, v, &from, &id, &est)?;
+        // A recorded KNOCK sent again under a fresh frame id (by the relay's
+        // operator, or anyone who saw it on a ws:// relay) would rebuild the
+        // same session and, with its first message, replace the live one.
+        let opening = opening_id(&est.identity_key, &est.ephemeral_key);
+        if self.peers.get(&from).is_some_and(|p| {
+            p.has_used_opening(&opening) || p.candidates.iter().any(|c| c.opening == opening)
+        }) {
+            self.stats.duplicates += 1;
+            let shown = crate::wire::escape_for_log(&id, 80);
+            let why = format!(
+                "KNOCK {shown} from {from} replays a session opening already used; refused"
+            );
+            cx.log(LogLevel::Warn, &why);
+            self.ack(cx, &id);
+            return None;
+        }
+        if !self.peers.contains_key(&from) {
+            if let Some(why) = self.refuse_new_peer(cx.now()) {
+                cx.log(LogLevel::Warn, &format!("KNOCK from {from} refused: {why}"));
+                self.ack(cx, &id);
+                return None;
+            }
+        }
+        Some(AdmittedKnock {
+            from,
+            id,
+            est,
+            ik_ed,
+        })
+    }
+
+    /// Our `accept_sessions` policy refuses this peer: say so, and ack.
+    fn reject_knock(&mut self, cx: &mut Cx<'_>, from: &str, id: &str) {
+        cx.log(
+            LogLevel::Info,
+            &format!("rejected a session from {from} (accept_sessions policy)"),
+        );
+        let ts = Self::timestamp(cx);
+        let rid = frames::uuid_v4(cx.host);
+        let f = json!({"v":1,"type":"knock_reject","from":self.id.did(),"to":from,"id":rid,"knock_id":id,"reason":"policy_denied","ts":ts});
+        self.send_frame(cx, f.to_string());
+        self.ack(cx, id);
+    }
+
+    /// The KNOCK's X3DH establishment, or `None` once a malformed one is
+    /// refused.
+    fn knock_establishment(
+        &mut self,
+        cx: &mut Cx<'_>,
+        v: &Value,
+        from: &str,
+        id: &str,
+    ) -> Option<x3dh::Establishment> {
+        let why = match v
             .get("establishment")
             .map(|e| frames::parse_establishment(&e.to_string()))
         {
-            Some(Ok(e)) => e,
-            Some(Err(e)) => {
-                return self.refuse_malformed(cx, &id, &format!("KNOCK from {from} refused: {e}"));
-            }
-            None => {
-                return self.refuse_malformed(
-                    cx,
-                    &id,
-                    &format!("KNOCK from {from} without establishment refused"),
-                );
-            }
+            Some(Ok(e)) => return Some(e),
+            Some(Err(e)) => format!("KNOCK from {from} refused: {e}"),
+            None => format!("KNOCK from {from} without establishment refused"),
         };
-        let now = cx.now();
-        // The KNOCK is unsigned: bind its identity key to `from` ourselves,
-        // or anyone could open a session in another agent's name.
+        self.refuse_malformed(cx, id, &why);
+        None
+    }
+
+    /// The sender's Ed25519 key, bound to `from` and to the KNOCK's identity
+    /// key: the KNOCK is unsigned, so without this anyone could open a
+    /// session in another agent's name. A KNOCK without the key (AGT peers)
+    /// is held while the sender's registry bundle is checked (`None`).
+    fn knock_identity(
+        &mut self,
+        cx: &mut Cx<'_>,
+        v: &Value,
+        from: &str,
+        id: &str,
+        est: &x3dh::Establishment,
+    ) -> Option<[u8; 32]> {
         let claimed_ed = v["establishment"]["ik_ed"]
             .as_str()
             .and_then(|s| crate::wire::b64::decode_array::<32>(s).ok());
-        let known_ed = self.peers.get(&from).and_then(|p| p.identity_ed);
+        let known_ed = self.peers.get(from).and_then(|p| p.identity_ed);
         let Some(ik_ed) = claimed_ed.or(known_ed) else {
             // No registry look-up for a stranger who could not open a
             // session anyway.
-            if !self.peers.contains_key(&from) && !self.new_peers.available(now) {
-                cx.log(
-                    LogLevel::Warn,
-                    &format!(
-                        "KNOCK from {from} refused: too many new sessions at once; try again later"
-                    ),
+            let now = cx.now();
+            if !self.peers.contains_key(from) && !self.new_peers.available(now) {
+                let why = format!(
+                    "KNOCK from {from} refused: too many new sessions at once; try again later"
                 );
-                self.ack(cx, &id);
-                return;
+                cx.log(LogLevel::Warn, &why);
+                self.ack(cx, id);
+            } else {
+                self.verify_knocker(cx, from, v);
             }
-            return self.verify_knocker(cx, &from, v);
+            return None;
         };
         let binds = crate::crypto::identity::did_from_ed25519(&ik_ed) == from
             && crate::crypto::identity::x25519_from_ed25519(&ik_ed) == Some(est.identity_key);
@@ -83,34 +165,23 @@ impl Agent {
                 LogLevel::Warn,
                 &format!("KNOCK {id} claims to be from {from} but its identity key is not that agent's; refused"),
             );
-            self.ack(cx, &id);
-            return;
+            self.ack(cx, id);
+            return None;
         }
-        // A recorded KNOCK sent again under a fresh frame id (by the relay's
-        // operator, or anyone who saw it on a ws:// relay) would rebuild the
-        // same session and, with its first message, replace the live one.
-        let opening = opening_id(&est.identity_key, &est.ephemeral_key);
-        if self.peers.get(&from).is_some_and(|p| {
-            p.has_used_opening(&opening) || p.candidates.iter().any(|c| c.opening == opening)
-        }) {
-            self.stats.duplicates += 1;
-            cx.log(
-                LogLevel::Warn,
-                &format!(
-                    "KNOCK {} from {from} replays a session opening already used; refused",
-                    crate::wire::escape_for_log(&id, 80)
-                ),
-            );
-            self.ack(cx, &id);
-            return;
-        }
-        if !self.peers.contains_key(&from) {
-            if let Some(why) = self.refuse_new_peer(now) {
-                cx.log(LogLevel::Warn, &format!("KNOCK from {from} refused: {why}"));
-                self.ack(cx, &id);
-                return;
-            }
-        }
+        Some(ik_ed)
+    }
+
+    /// Candidate sessions for a KNOCK, one per signed prekey it may have
+    /// used (the KNOCK does not name it; the first message decides). `None`
+    /// when none can be made (the caller acks it).
+    fn knock_candidates(
+        &mut self,
+        cx: &mut Cx<'_>,
+        from: &str,
+        id: &str,
+        est: &x3dh::Establishment,
+        now: u64,
+    ) -> Option<Vec<Candidate>> {
         let opk = match est.one_time_prekey_id {
             Some(k) => match self.prekeys.peek_opk(k) {
                 Some(kp) => Some(kp),
@@ -122,8 +193,7 @@ impl Agent {
                             x3dh::X3dhError::UnknownOneTimePrekey(k)
                         ),
                     );
-                    self.ack(cx, &id);
-                    return;
+                    return None;
                 }
             },
             None => None,
@@ -132,37 +202,43 @@ impl Agent {
         // that may have been used; the first message decides.
         let mut built = Vec::new();
         for spk in self.prekeys.spk_candidates(now) {
-            match x3dh::respond(&self.id, &spk, opk.as_ref(), &est) {
+            match x3dh::respond(&self.id, &spk, opk.as_ref(), est) {
                 Ok(a) => {
-                    let ad = channel_ad(&from, self.id.did(), &a.associated_data);
+                    let ad = channel_ad(from, self.id.did(), &a.associated_data);
                     built.push(Candidate {
-                        knock_id: id.clone(),
+                        knock_id: id.to_string(),
                         ratchet: Ratchet::new_responder(&a.shared_secret, spk, ad),
                         created_ms: now,
-                        opening: opening.clone(),
+                        opening: opening_id(&est.identity_key, &est.ephemeral_key),
                     });
                 }
                 Err(e) => cx.log(LogLevel::Warn, &format!("KNOCK from {from}: {e}")),
             }
         }
-        if built.is_empty() {
-            self.ack(cx, &id);
-            return;
-        }
-        if !self.peers.contains_key(&from) && !self.new_peers.take(now) {
+        (!built.is_empty()).then_some(built)
+    }
+
+    /// Keep a KNOCK's candidates (a new peer takes a token of the budget),
+    /// use up its one-time prekey, accept it, and replay the frames that
+    /// raced ahead of it.
+    fn adopt_knock(&mut self, cx: &mut Cx<'_>, k: &AdmittedKnock, built: Vec<Candidate>) {
+        let (from, id, est, ik_ed) = (k.from.as_str(), k.id.as_str(), &k.est, k.ik_ed);
+        let now = cx.now();
+        let ts = Self::timestamp(cx);
+        if !self.peers.contains_key(from) && !self.new_peers.take(now) {
             cx.log(
                 LogLevel::Warn,
                 &format!(
                     "KNOCK from {from} refused: too many new sessions at once; try again later"
                 ),
             );
-            self.ack(cx, &id);
+            self.ack(cx, id);
             return;
         }
         let peer = self
             .peers
-            .entry(from.clone())
-            .or_insert_with(|| Peer::new(&from));
+            .entry(from.to_string())
+            .or_insert_with(|| Peer::new(from));
         peer.identity_ed = Some(ik_ed);
         peer.candidates.retain(|c| c.knock_id != id);
         peer.candidates.extend(built);
@@ -170,8 +246,8 @@ impl Agent {
         while peer.candidates.len() > MAX_CANDIDATES {
             peer.candidates.remove(0);
         }
-        peer.mark_seen(&id, now, None);
-        self.save_peer(cx, &from);
+        peer.mark_seen(id, now, None);
+        self.save_peer(cx, from);
         if let Some(k) = est.one_time_prekey_id {
             self.prekeys.take_opk(k);
             if self.prekeys.needs_replenish() {
@@ -183,14 +259,14 @@ impl Agent {
         let aid = frames::uuid_v4(cx.host);
         let f = json!({"v":1,"type":"knock_accept","from":self.id.did(),"to":from,"id":aid,"knock_id":id,"ts":ts});
         self.send_frame(cx, f.to_string());
-        self.ack(cx, &id);
-        if self.peers.get(&from).is_some_and(|p| p.active.is_none()) {
+        self.ack(cx, id);
+        if self.peers.get(from).is_some_and(|p| p.active.is_none()) {
             // Nothing else to learn about this peer's capabilities until it talks.
             let path = format!("/v1/agents/{from}");
             self.http(
                 cx,
                 Purpose::AgentInfo {
-                    peer: from.clone(),
+                    peer: from.to_string(),
                     then_bundle: false,
                 },
                 "GET",
@@ -200,7 +276,7 @@ impl Agent {
             );
         }
         // Frames that raced ahead of this KNOCK.
-        if let Some(early) = self.early.remove(&from) {
+        if let Some(early) = self.early.remove(from) {
             let socket = self.link.open_socket().unwrap_or(0);
             for (text, _) in early {
                 self.on_frame(cx, socket, &text);
@@ -341,71 +417,119 @@ impl Agent {
 
     // ---------------------------------------------------------------- message
 
+    /// A `message` frame: plaintext goes its own way; an encrypted one is
+    /// decrypted (after the session, de-duplication and quota checks), then
+    /// taken as receipts or delivered in order to its one consumer.
     pub(super) fn on_message(&mut self, cx: &mut Cx<'_>, v: &Value, text: &str) {
         let Some((from, id)) = self.routed(cx, v) else {
             return;
         };
         let (from, id) = (from.to_string(), id.to_string());
-        let now = cx.now();
+        let Some(msg) = self.encrypted_frame(cx, v, text, &from, &id) else {
+            return;
+        };
+        if !self.may_decrypt(cx, v, &from, &id, &msg) {
+            return;
+        }
+        let Some(opened) = self.open_message(cx, &from, &id, &msg) else {
+            return;
+        };
+        match opened.envelope {
+            Some(ref env) if env.get("receipt").is_some() || env.get("upto").is_some() => {
+                self.take_receipts(cx, &from, &id, env, opened.how)
+            }
+            _ => self.deliver(cx, v, &from, &id, opened),
+        }
+    }
+
+    /// The frame as an encrypted message, or `None` once it went to the
+    /// plaintext path or was refused as malformed.
+    fn encrypted_frame(
+        &mut self,
+        cx: &mut Cx<'_>,
+        v: &Value,
+        text: &str,
+        from: &str,
+        id: &str,
+    ) -> Option<frames::EncryptedMessage> {
         let plaintext_flag = v["plaintext"].as_bool() == Some(true);
         let has_header = v["header"]["dh"].is_string();
         if plaintext_flag || (!has_header && v.get("payload").is_some()) {
-            return self.on_plaintext(cx, v, &from, &id);
+            self.on_plaintext(cx, v, from, id);
+            return None;
         }
         if !has_header {
             self.stats.malformed += 1;
-            self.ack(cx, &id);
-            return;
+            self.ack(cx, id);
+            return None;
         }
-        let msg = match frames::parse_message_frame(text) {
-            Ok(m) => m,
+        match frames::parse_message_frame(text) {
+            Ok(m) => Some(m),
             Err(e) => {
-                return self.refuse_malformed(
-                    cx,
-                    &id,
-                    &format!("message {id} from {from} refused: {e}"),
-                );
+                self.refuse_malformed(cx, id, &format!("message {id} from {from} refused: {e}"));
+                None
             }
-        };
-        let we_are_smaller = self.id.did() < from.as_str();
+        }
+    }
+
+    /// Is there a session to try, is the frame new, and is there room for
+    /// it? Frames without a session yet wait for their KNOCK; duplicates are
+    /// acked and receipted again.
+    fn may_decrypt(
+        &mut self,
+        cx: &mut Cx<'_>,
+        v: &Value,
+        from: &str,
+        id: &str,
+        msg: &frames::EncryptedMessage,
+    ) -> bool {
         let has_session = self
             .peers
-            .get(&from)
+            .get(from)
             .is_some_and(|p| p.active.is_some() || !p.candidates.is_empty());
         if !has_session {
-            if !self.cfg.accepts(&from) {
+            if self.cfg.accepts(from) {
+                let now = cx.now();
+                self.hold_early(cx, from, v, now);
+            } else {
                 // We refused this peer's KNOCK: its frames can never be read.
-                self.ack(cx, &id);
-                return;
+                self.ack(cx, id);
             }
-            return self.hold_early(cx, &from, v, now);
+            return false;
         }
-        let Some(peer) = self.peers.get_mut(&from) else {
-            return;
-        };
-        if let Some(seq) = peer.seen_seq(&id) {
+        if let Some(seq) = self.peers.get(from).and_then(|p| p.seen_seq(id)) {
             // Consumed before; our ack or receipt was lost. Say so again.
             self.stats.duplicates += 1;
-            self.ack(cx, &id);
+            self.ack(cx, id);
             if let Some(s) = seq {
-                self.queue_receipt(cx, &from, s);
+                self.queue_receipt(cx, from, s);
             }
-            return;
+            return false;
         }
         // Quota before decryption: a refused frame leaves the session as it
         // was, so a kars sender's re-send decrypts once there is room (an
         // AGT sender's message is lost; its later ones still decrypt).
         // Offload traffic is not for the inbox and has its own limits.
         if !self.is_sandbox()
-            && !self.is_offload_party(&from)
-            && !self.inbox_has_room(cx, &from, msg.ciphertext.len())
+            && !self.is_offload_party(from)
+            && !self.inbox_has_room(cx, from, msg.ciphertext.len())
         {
-            self.ack(cx, &id);
-            return;
+            self.ack(cx, id);
+            return false;
         }
-        let Some(peer) = self.peers.get_mut(&from) else {
-            return;
-        };
+        true
+    }
+
+    /// Decrypt, and split the kars delivery envelope from the payload.
+    fn open_message(
+        &mut self,
+        cx: &mut Cx<'_>,
+        from: &str,
+        id: &str,
+        msg: &frames::EncryptedMessage,
+    ) -> Option<Opened> {
+        let we_are_smaller = self.id.did() < from;
+        let peer = self.peers.get_mut(from)?;
         let (pt, how) = match peer.decrypt(&msg.header, &msg.ciphertext, we_are_smaller, cx.host) {
             Ok(r) => r,
             Err(e) => {
@@ -417,8 +541,8 @@ impl Agent {
                     LogLevel::Warn,
                     &format!("message {id} from {from} could not be decrypted: {e}"),
                 );
-                self.ack(cx, &id);
-                return;
+                self.ack(cx, id);
+                return None;
             }
         };
         if how == Decrypted::Active && peer.initiated_by_us {
@@ -434,103 +558,133 @@ impl Agent {
         if envelope.is_some() {
             peer.kars = true;
         }
-        if let Some(env) = envelope
-            .as_ref()
-            .filter(|e| e.get("receipt").is_some() || e.get("upto").is_some())
-        {
-            // Receipts: the listed sequence numbers, and everything below `upto`.
-            let done: Vec<u64> = env["receipt"]
-                .as_array()
-                .map(|r| r.iter().filter_map(|x| x.as_u64()).collect())
-                .unwrap_or_default();
-            let upto = env["upto"].as_u64().unwrap_or(0);
-            let epoch_ok = env["epoch"].as_u64().is_none_or(|e| e == peer.out_epoch);
-            if epoch_ok {
-                peer.outbox
-                    .retain(|o| !o.needs_receipt || (!done.contains(&o.seq) && o.seq >= upto));
-            }
-            peer.mark_seen(&id, now, None);
-            self.save_peer(cx, &from);
-            self.ack(cx, &id);
-            self.after_decrypt(cx, &from, how);
-            // Room in the window: the next parts of a large transfer go.
-            self.pump_outgoing(cx);
+        Some(Opened {
+            payload,
+            envelope,
+            how,
+        })
+    }
+
+    /// Receipts: the listed sequence numbers, and everything below `upto`,
+    /// leave the outbox; room in the window lets the next parts of a large
+    /// transfer go.
+    fn take_receipts(
+        &mut self,
+        cx: &mut Cx<'_>,
+        from: &str,
+        id: &str,
+        env: &Value,
+        how: Decrypted,
+    ) {
+        let now = cx.now();
+        let Some(peer) = self.peers.get_mut(from) else {
+            return;
+        };
+        let done: Vec<u64> = env["receipt"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|x| x.as_u64()).collect())
+            .unwrap_or_default();
+        let upto = env["upto"].as_u64().unwrap_or(0);
+        let epoch_ok = env["epoch"].as_u64().is_none_or(|e| e == peer.out_epoch);
+        if epoch_ok {
+            peer.outbox
+                .retain(|o| !o.needs_receipt || (!done.contains(&o.seq) && o.seq >= upto));
+        }
+        peer.mark_seen(id, now, None);
+        self.save_peer(cx, from);
+        self.ack(cx, id);
+        self.after_decrypt(cx, from, how);
+        self.pump_outgoing(cx);
+    }
+
+    /// The sender starts a new numbering (first contact, or it lost its
+    /// state but kept its identity): what it held back is released.
+    fn follow_numbering(&mut self, cx: &mut Cx<'_>, from: &str, epoch: u64) {
+        let Some(peer) = self.peers.get_mut(from) else {
+            return;
+        };
+        if peer.in_epoch == Some(epoch) {
             return;
         }
+        if peer.in_epoch.is_some() {
+            cx.log(
+                LogLevel::Info,
+                &format!("{from} restarted its message numbering"),
+            );
+        }
+        peer.in_epoch = Some(epoch);
+        peer.in_next = 0;
+        for n in self.inbox.held_from(from).into_values() {
+            let fresh = self.inbox.next_n();
+            if let Some(en) = self.inbox.release(n, fresh).cloned() {
+                self.save_entry(cx, &en);
+            }
+        }
+    }
+
+    /// A decrypted message, in order, to exactly one consumer: a protocol
+    /// message's effects land before the session record that marks it
+    /// consumed and before the ack (a crash in between replays it, never
+    /// loses it); anything else goes to the inbox, held back while an
+    /// earlier one from the same sender is missing.
+    fn deliver(&mut self, cx: &mut Cx<'_>, v: &Value, from: &str, id: &str, opened: Opened) {
+        let Opened {
+            mut payload,
+            envelope,
+            how,
+        } = opened;
         let seq = envelope.as_ref().and_then(|e| e["seq"].as_u64());
         let epoch = envelope.as_ref().and_then(|e| e["epoch"].as_u64());
         if let Some(e) = epoch {
-            if peer.in_epoch != Some(e) {
-                // The sender starts a new numbering (first contact, or it lost
-                // its state but kept its identity).
-                if peer.in_epoch.is_some() {
-                    cx.log(
-                        LogLevel::Info,
-                        &format!("{from} restarted its message numbering"),
-                    );
-                }
-                peer.in_epoch = Some(e);
-                peer.in_next = 0;
-                for n in self.inbox.held_from(&from).into_values() {
-                    let fresh = self.inbox.next_n();
-                    if let Some(en) = self.inbox.release(n, fresh).cloned() {
-                        self.save_entry(cx, &en);
-                    }
-                }
-            }
+            self.follow_numbering(cx, from, e);
         }
-        let Some(peer) = self.peers.get_mut(&from) else {
+        let now = cx.now();
+        let Some(peer) = self.peers.get_mut(from) else {
             return;
         };
         self.stats.received += 1;
-        let ts = v["ts"].as_str().map(|s| s.chars().take(40).collect());
-        let duplicate = seq
-            .is_some_and(|s| s < peer.in_next || self.inbox.has_seq(&from, epoch, s))
-            || self.inbox.contains(&from, &id);
+        let duplicate = seq.is_some_and(|s| s < peer.in_next || self.inbox.has_seq(from, epoch, s))
+            || self.inbox.contains(from, id);
         let held = !duplicate && seq.is_some_and(|s| s > peer.in_next);
         // A copy we already hold still moves the expected number on (a crash
         // may have lost the record that did so the first time).
         if let (Some(s), false) = (seq, held) {
             peer.in_next = peer.in_next.max(s.saturating_add(1));
         }
-        peer.mark_seen(&id, now, seq);
-        let pairing_msg = !duplicate
+        peer.mark_seen(id, now, seq);
+        let protocol = !duplicate
             && !held
-            && self.consumer_for(&from, &payload) == super::route::Consumer::Pairing;
+            && self.consumer_for(from, &payload) == super::route::Consumer::Pairing;
         if duplicate {
             self.stats.duplicates += 1;
-            self.release_held(cx, &from);
-        } else if pairing_msg {
+            self.release_held(cx, from);
+        } else if protocol {
             self.inbox.counters.consumed_by_predicate += 1;
-            self.release_held(cx, &from);
+            self.release_held(cx, from);
+            self.intercept(cx, from, &payload, true);
         } else {
             self.count_received(cx);
             let mut entry = Entry::new(
-                &id,
-                &from,
+                id,
+                from,
                 now,
                 Evidence::Encrypted,
                 std::mem::take(&mut payload),
             );
-            (entry.ts, entry.held, entry.seq, entry.epoch) = (ts, held, seq, epoch);
+            entry.ts = v["ts"].as_str().map(|s| s.chars().take(40).collect());
+            (entry.held, entry.seq, entry.epoch) = (held, seq, epoch);
             entry.n = self.inbox.next_n();
             self.store_entry(cx, entry);
             if !held {
-                self.release_held(cx, &from);
+                self.release_held(cx, from);
             }
         }
-        if pairing_msg {
-            // Its effects (ledger, pairing record, offload state, answer)
-            // land before the session record that marks it consumed, and
-            // before the ack: a crash in between replays it, never loses it.
-            self.intercept(cx, &from, &payload, true);
-        }
-        self.save_peer(cx, &from);
-        self.ack(cx, &id);
+        self.save_peer(cx, from);
+        self.ack(cx, id);
         if let Some(s) = seq {
-            self.queue_receipt(cx, &from, s);
+            self.queue_receipt(cx, from, s);
         }
-        self.after_decrypt(cx, &from, how);
+        self.after_decrypt(cx, from, how);
         self.wake_waiters(cx);
     }
 
