@@ -11,6 +11,7 @@ mod discover;
 pub mod inbox;
 mod inbox_tool;
 pub mod offload;
+mod offload_args;
 pub mod offload_phase;
 mod pacer;
 pub mod pairing;

@@ -8,7 +8,7 @@
 use super::offload_phase::Phase;
 use super::timers::Owner;
 use super::transfers::Reassembly;
-use super::{pacer, render, Agent, Cx};
+use super::{offload_args, pacer, render, Agent, Cx};
 use crate::io::{Command, LogLevel};
 use crate::store::keys;
 use crate::wire::{b64, time, transfer};
@@ -29,20 +29,7 @@ const MAX_EVENTS: usize = 40;
 const MAX_NOTES: usize = 10;
 /// A repeated `offload_status` within this window with no news says so.
 const NO_CHANGE_WINDOW_MS: u64 = 15_000;
-const MAX_TASK_CHARS: usize = 100_000;
-const DEFAULT_TIMEOUT_MINUTES: u64 = 30;
-const MAX_TIMEOUT_MINUTES: u64 = 24 * 60;
 const MAX_SUMMARY_CHARS: usize = 8000;
-
-const TASK_ALIASES: [&str; 7] = [
-    "task",
-    "prompt",
-    "description",
-    "request",
-    "content",
-    "instruction",
-    "query",
-];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InputFile {
@@ -107,6 +94,50 @@ pub struct Offload {
 }
 
 impl Offload {
+    /// A new offload, submitted: its inputs are read (sizes and hashes
+    /// filled in) before the request goes.
+    fn new(
+        request_id: String,
+        task: String,
+        args: &offload_args::Rest,
+        controller: String,
+        now: u64,
+    ) -> Self {
+        Offload {
+            request_id,
+            task,
+            model: args.model.clone(),
+            timeout_minutes: args.timeout_minutes,
+            files: args
+                .files
+                .iter()
+                .map(|(path, name)| InputFile {
+                    path: path.clone(),
+                    name: name.clone(),
+                    size: 0,
+                    sha256: String::new(),
+                })
+                .collect(),
+            phase: Phase::Submitted,
+            events: Vec::new(),
+            controller,
+            sandbox_name: None,
+            sandbox_did: None,
+            started_ms: now,
+            updated_ms: now,
+            inputs_sent: false,
+            outputs: Vec::new(),
+            summary: None,
+            error: None,
+            deadline_ms: 0,
+            notes: Vec::new(),
+            viewed_ms: 0,
+            viewed_events: 0,
+            last_note_coalescable: false,
+            events_total: 0,
+        }
+    }
+
     pub fn terminal(&self) -> bool {
         self.phase.is_terminal()
     }
@@ -167,7 +198,7 @@ fn normalise_task(t: &str) -> String {
         .to_lowercase()
 }
 
-fn basename(path: &str) -> String {
+pub(super) fn basename(path: &str) -> String {
     path.rsplit(['/', '\\']).next().unwrap_or(path).to_string()
 }
 
@@ -297,197 +328,91 @@ impl Agent {
     // ------------------------------------------------------------------ tools
 
     pub(super) fn cloud_offload(&mut self, cx: &mut Cx<'_>, call_id: &str, args: &Value) {
-        let task = TASK_ALIASES
-            .iter()
-            .find_map(|k| args.get(*k).and_then(Value::as_str))
-            .map(str::trim)
-            .unwrap_or_default()
-            .to_string();
-        if task.is_empty() {
-            return render::fail(cx, call_id, "cloud_offload requires a `task` parameter (a string describing what the sandbox should do). Aliases accepted: task, prompt, description, request, content, instruction, query.");
-        }
-        if task.chars().count() > MAX_TASK_CHARS {
-            return render::fail(cx, call_id, &format!("The task is longer than {MAX_TASK_CHARS} characters. Put long material in a file and pass it in `files`."));
-        }
-        let Some(pairing) = self.pairing.clone() else {
-            return render::fail(
-                cx,
-                call_id,
-                "Not paired with any kars cluster. Use mesh_pair first.",
-            );
+        let task = match offload_args::task(args) {
+            Ok(t) => t,
+            Err(e) => return render::fail(cx, call_id, &e),
         };
-        if !pairing.capabilities.iter().any(|c| c == "offload") {
-            return render::fail(cx, call_id, &format!("The pairing with \"{}\" does not grant the offload capability. Ask the operator for a token with --capabilities offload.", pairing.cluster_name));
-        }
-        if let Some(o) = self.offloads.active.as_ref().filter(|o| !o.terminal()) {
-            let id = o.request_id.clone();
-            let dup = self.duplicate_of(cx, &task);
-            if dup.as_deref() == Some(id.as_str())
-                && args["force"] != true
-                && args["force"] != "true"
-            {
-                return self.answer_duplicate(cx, call_id, &id);
-            }
-            return render::fail(cx, call_id, &format!("Offload already in progress ({id}). Use `/offload` for status or `/offload cancel` to abort."));
-        }
-        if self.offloads.submitting.is_some() {
-            return render::fail(
-                cx,
-                call_id,
-                "Another cloud_offload is being submitted. Wait for its answer.",
-            );
-        }
-        let force = args["force"] == true || args["force"] == "true";
-        if !force {
-            if let Some(id) = self.duplicate_of(cx, &task) {
-                return self.answer_duplicate(cx, call_id, &id);
-            }
-        }
-        let files: Vec<String> = match args.get("files").or_else(|| args.get("file_paths")) {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => {
-                let mut v = Vec::new();
-                for f in a {
-                    match f.as_str().map(str::trim).filter(|s| !s.is_empty()) {
-                        Some(s) => v.push(s.to_string()),
-                        None => {
-                            return render::fail(
-                                cx,
-                                call_id,
-                                "`files` must be an array of file paths (strings).",
-                            )
-                        }
-                    }
-                }
-                v
-            }
-            Some(_) => {
-                return render::fail(
-                    cx,
-                    call_id,
-                    "`files` must be an array of file paths (strings).",
-                )
-            }
+        let Some(controller) = self.may_offload(cx, call_id, &task, args) else {
+            return;
         };
-        if files.len() > transfer::MAX_FILES {
-            return render::fail(
-                cx,
-                call_id,
-                &format!(
-                    "At most {} files per offload ({} given).",
-                    transfer::MAX_FILES,
-                    files.len()
-                ),
-            );
-        }
-        let mut names: Vec<String> = Vec::new();
-        for f in &files {
-            let Some(n) = transfer::safe_file_name(&basename(f)) else {
-                return render::fail(
-                    cx,
-                    call_id,
-                    &format!("Cannot read file: {f} (not a usable file name)"),
-                );
-            };
-            if names.contains(&n) {
-                return render::fail(
-                    cx,
-                    call_id,
-                    &format!(
-                        "Two files are named {n}; rename one so the sandbox can tell them apart."
-                    ),
-                );
-            }
-            names.push(n);
-        }
-        let timeout_minutes = match args.get("timeout_minutes").or_else(|| args.get("timeout")) {
-            None | Some(Value::Null) => DEFAULT_TIMEOUT_MINUTES,
-            Some(v) => match v.as_f64() {
-                Some(t) if t >= 1.0 && t <= MAX_TIMEOUT_MINUTES as f64 => t.floor() as u64,
-                _ => {
-                    return render::fail(
-                        cx,
-                        call_id,
-                        &format!(
-                            "timeout_minutes must be a number from 1 to {MAX_TIMEOUT_MINUTES}."
-                        ),
-                    )
-                }
-            },
-        };
-        let model = match args.get("model") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(m)) if m.len() <= 200 => {
-                Some(m.trim().to_string()).filter(|m| !m.is_empty())
-            }
-            Some(_) => {
-                return render::fail(
-                    cx,
-                    call_id,
-                    "model must be a string naming an inference model.",
-                )
-            }
+        let rest = match offload_args::rest(args) {
+            Ok(r) => r,
+            Err(e) => return render::fail(cx, call_id, &e),
         };
         let now = cx.now();
         let request_id = crate::wire::frames::uuid_v4(cx.host);
-        let offload = Offload {
-            request_id,
-            task,
-            model,
-            timeout_minutes,
-            files: files
-                .iter()
-                .zip(&names)
-                .map(|(p, n)| InputFile {
-                    path: p.clone(),
-                    name: n.clone(),
-                    size: 0,
-                    sha256: String::new(),
-                })
-                .collect(),
-            phase: Phase::Submitted,
-            events: Vec::new(),
-            controller: pairing.controller_did.clone(),
-            sandbox_name: None,
-            sandbox_did: None,
-            started_ms: now,
-            updated_ms: now,
-            inputs_sent: false,
-            outputs: Vec::new(),
-            summary: None,
-            error: None,
-            deadline_ms: 0,
-            notes: Vec::new(),
-            viewed_ms: 0,
-            viewed_events: 0,
-            last_note_coalescable: false,
-            events_total: 0,
-        };
-        let n = files.len();
-        let mut submit = Submit {
+        let offload = Offload::new(request_id, task, &rest, controller, now);
+        let n = rest.files.len();
+        self.offloads.reads.clear();
+        for (i, (path, _)) in rest.files.into_iter().enumerate() {
+            let id = self.fresh_id();
+            self.offloads.reads.push((id, i));
+            cx.out.push(Command::FileRead {
+                id,
+                path,
+                max_bytes: transfer::MAX_FILE_BYTES as u64,
+            });
+        }
+        self.offloads.submitting = Some(Submit {
             call_id: call_id.to_string(),
             offload,
             bytes: vec![None; n],
             pending: n,
             failed: false,
-        };
-        self.offloads.reads.clear();
-        for (i, f) in files.iter().enumerate() {
-            let id = self.fresh_id();
-            self.offloads.reads.push((id, i));
-            cx.out.push(Command::FileRead {
-                id,
-                path: f.clone(),
-                max_bytes: transfer::MAX_FILE_BYTES as u64,
-            });
-        }
+        });
         if n == 0 {
-            submit.pending = 0;
-            self.offloads.submitting = Some(submit);
             self.finish_submit(cx);
-        } else {
-            self.offloads.submitting = Some(submit);
         }
+    }
+
+    /// May a new offload start? The pairing must grant `offload`, nothing
+    /// else may be running or being submitted, and the same task within the
+    /// duplicate window answers with the first one (unless `force`). The
+    /// controller's DID when it may; `None` once the call is answered.
+    fn may_offload(
+        &mut self,
+        cx: &mut Cx<'_>,
+        call_id: &str,
+        task: &str,
+        args: &Value,
+    ) -> Option<String> {
+        let Some(pairing) = self.pairing.clone() else {
+            render::fail(
+                cx,
+                call_id,
+                "Not paired with any kars cluster. Use mesh_pair first.",
+            );
+            return None;
+        };
+        if !pairing.capabilities.iter().any(|c| c == "offload") {
+            render::fail(cx, call_id, &format!("The pairing with \"{}\" does not grant the offload capability. Ask the operator for a token with --capabilities offload.", pairing.cluster_name));
+            return None;
+        }
+        let force = offload_args::force(args);
+        if let Some(o) = self.offloads.active.as_ref().filter(|o| !o.terminal()) {
+            let id = o.request_id.clone();
+            if !force && self.duplicate_of(cx, task).as_deref() == Some(id.as_str()) {
+                self.answer_duplicate(cx, call_id, &id);
+            } else {
+                render::fail(cx, call_id, &format!("Offload already in progress ({id}). Use `/offload` for status or `/offload cancel` to abort."));
+            }
+            return None;
+        }
+        if self.offloads.submitting.is_some() {
+            render::fail(
+                cx,
+                call_id,
+                "Another cloud_offload is being submitted. Wait for its answer.",
+            );
+            return None;
+        }
+        if !force {
+            if let Some(id) = self.duplicate_of(cx, task) {
+                self.answer_duplicate(cx, call_id, &id);
+                return None;
+            }
+        }
+        Some(pairing.controller_did)
     }
 
     fn duplicate_of(&mut self, cx: &mut Cx<'_>, task: &str) -> Option<String> {

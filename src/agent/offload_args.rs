@@ -1,0 +1,120 @@
+//! `cloud_offload`'s arguments: the task (and its aliases), the input
+//! files, the timeout and the model, each checked before anything changes,
+//! with a text that says what to pass.
+
+use super::offload::basename;
+use crate::wire::transfer;
+use serde_json::Value;
+
+const MAX_TASK_CHARS: usize = 100_000;
+const DEFAULT_TIMEOUT_MINUTES: u64 = 30;
+const MAX_TIMEOUT_MINUTES: u64 = 24 * 60;
+const TASK_ALIASES: [&str; 7] = [
+    "task",
+    "prompt",
+    "description",
+    "request",
+    "content",
+    "instruction",
+    "query",
+];
+
+/// What the sandbox should do: the first task alias given, trimmed.
+pub(super) fn task(args: &Value) -> Result<String, String> {
+    let task = TASK_ALIASES
+        .iter()
+        .find_map(|k| args.get(*k).and_then(Value::as_str))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
+    if task.is_empty() {
+        return Err("cloud_offload requires a `task` parameter (a string describing what the sandbox should do). Aliases accepted: task, prompt, description, request, content, instruction, query.".into());
+    }
+    if task.chars().count() > MAX_TASK_CHARS {
+        return Err(format!("The task is longer than {MAX_TASK_CHARS} characters. Put long material in a file and pass it in `files`."));
+    }
+    Ok(task)
+}
+
+/// `force=true` (or "true"): run a task again within the duplicate window.
+pub(super) fn force(args: &Value) -> bool {
+    args["force"] == true || args["force"] == "true"
+}
+
+/// The rest of the arguments, checked once the task and the pairing are.
+pub(super) struct Rest {
+    /// (path as given, name sent to the sandbox)
+    pub(super) files: Vec<(String, String)>,
+    pub(super) timeout_minutes: u64,
+    pub(super) model: Option<String>,
+}
+
+pub(super) fn rest(args: &Value) -> Result<Rest, String> {
+    let files = files(args)?;
+    let mut named = Vec::new();
+    for f in files {
+        let Some(n) = transfer::safe_file_name(&basename(&f)) else {
+            return Err(format!("Cannot read file: {f} (not a usable file name)"));
+        };
+        if named.iter().any(|(_, m)| *m == n) {
+            return Err(format!(
+                "Two files are named {n}; rename one so the sandbox can tell them apart."
+            ));
+        }
+        named.push((f, n));
+    }
+    Ok(Rest {
+        files: named,
+        timeout_minutes: timeout(args)?,
+        model: model(args)?,
+    })
+}
+
+/// `files` (or `file_paths`): paths as strings, at most `MAX_FILES`.
+fn files(args: &Value) -> Result<Vec<String>, String> {
+    const NOT_PATHS: &str = "`files` must be an array of file paths (strings).";
+    let files: Vec<String> = match args.get("files").or_else(|| args.get("file_paths")) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|f| {
+                f.as_str()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .ok_or_else(|| NOT_PATHS.to_string())
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(NOT_PATHS.into()),
+    };
+    if files.len() > transfer::MAX_FILES {
+        return Err(format!(
+            "At most {} files per offload ({} given).",
+            transfer::MAX_FILES,
+            files.len()
+        ));
+    }
+    Ok(files)
+}
+
+fn timeout(args: &Value) -> Result<u64, String> {
+    match args.get("timeout_minutes").or_else(|| args.get("timeout")) {
+        None | Some(Value::Null) => Ok(DEFAULT_TIMEOUT_MINUTES),
+        Some(v) => match v.as_f64() {
+            Some(t) if t >= 1.0 && t <= MAX_TIMEOUT_MINUTES as f64 => Ok(t.floor() as u64),
+            _ => Err(format!(
+                "timeout_minutes must be a number from 1 to {MAX_TIMEOUT_MINUTES}."
+            )),
+        },
+    }
+}
+
+fn model(args: &Value) -> Result<Option<String>, String> {
+    match args.get("model") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(m)) if m.len() <= 200 => {
+            Ok(Some(m.trim().to_string()).filter(|m| !m.is_empty()))
+        }
+        Some(_) => Err("model must be a string naming an inference model.".into()),
+    }
+}
