@@ -18,6 +18,7 @@ pub mod pairing;
 mod plain_seen;
 mod receive;
 mod render;
+mod restore;
 mod route;
 pub mod sandbox;
 mod send;
@@ -31,7 +32,7 @@ use crate::io::{Command, LogLevel};
 use crate::mesh::link::{ws_url, CloseAction, Link, LinkState};
 use crate::mesh::prekeys::Prekeys;
 use crate::mesh::registry as reg;
-use crate::mesh::session::{OutEntry, Peer};
+use crate::mesh::session::Peer;
 use crate::store::{keys, StoreError, Vault};
 use crate::wire::{frames, registry, time};
 use inbox::{Entry, Inbox};
@@ -119,6 +120,30 @@ pub struct Config {
 }
 
 impl Config {
+    /// The relay's WebSocket URL; the registry URL must be http(s).
+    fn relay_ws_url(&self) -> Result<String, AgentError> {
+        let ws = ws_url(&self.relay_url).map_err(AgentError::Config)?;
+        if !(self.registry_url.starts_with("http://") || self.registry_url.starts_with("https://"))
+        {
+            return Err(AgentError::Config(format!(
+                "registry URL {:?} must start with http:// or https:// (for example http://127.0.0.1:8082)",
+                self.registry_url
+            )));
+        }
+        Ok(ws)
+    }
+
+    /// The configuration a role implies: a sandbox talks to its requester
+    /// and nobody else. (The paired controller is not trusted for
+    /// plaintext: the relay does not bind `from`, so a plaintext frame "from
+    /// the controller" can come from anyone.)
+    fn for_role(mut self) -> Self {
+        if let Some(sb) = &self.sandbox {
+            self.accept_sessions = AcceptPolicy::Only(vec![sb.requester.clone()]);
+        }
+        self
+    }
+
     fn accepts(&self, did: &str) -> bool {
         match &self.accept_sessions {
             AcceptPolicy::All => true,
@@ -283,88 +308,11 @@ impl Agent {
         id: Identity,
         cx: &mut Cx<'_>,
     ) -> Result<Self, AgentError> {
-        let ws = ws_url(&cfg.relay_url).map_err(AgentError::Config)?;
-        if !(cfg.registry_url.starts_with("http://") || cfg.registry_url.starts_with("https://")) {
-            return Err(AgentError::Config(format!(
-                "registry URL {:?} must start with http:// or https:// (for example http://127.0.0.1:8082)",
-                cfg.registry_url
-            )));
-        }
+        let ws = cfg.relay_ws_url()?;
         let now = cx.now();
-        let prekeys = match vault.get::<Prekeys>(cx.host, keys::PREKEYS)? {
-            Some(p) => p,
-            None => {
-                let p = Prekeys::generate(&id, now, cx.host);
-                vault.put(cx.host, &mut cx.out, keys::PREKEYS, &p)?;
-                p
-            }
-        };
-        let mut peers = BTreeMap::new();
-        for key in cx.host.storage_list(keys::SESSION) {
-            match vault.get_bytes(cx.host, &key) {
-                Ok(Some(bytes)) => match Peer::from_bytes(&bytes) {
-                    Ok(p) => {
-                        peers.insert(p.did.clone(), p);
-                    }
-                    Err(e) => cx.log(
-                        LogLevel::Error,
-                        &format!("session record {key} unreadable: {e}; skipped"),
-                    ),
-                },
-                Ok(None) => {}
-                Err(e) => cx.log(LogLevel::Error, &format!("{e}; skipped")),
-            }
-        }
-        let mut fast_forwarded = Vec::new();
-        for p in peers.values_mut() {
-            let prefix = format!("{}{}/", keys::OUTBOX, p.did);
-            let mut loaded: Vec<OutEntry> = Vec::new();
-            for key in cx.host.storage_list(&prefix) {
-                match vault.get::<OutEntry>(cx.host, &key) {
-                    Ok(Some(o)) => loaded.push(o),
-                    Ok(None) => {}
-                    Err(e) => cx.log(LogLevel::Error, &format!("{e}; skipped")),
-                }
-            }
-            loaded.sort_by_key(|o| (o.created_ms, o.seq));
-            for o in loaded {
-                // The entry was written before the session record: if that
-                // write was lost, never reuse the message number it used.
-                if let (Ok(m), Some(r)) = (frames::parse_message_frame(&o.frame), p.active.as_mut())
-                {
-                    if r.fast_forward_send(&m.header.dh, m.header.n) {
-                        fast_forwarded.push(p.did.clone());
-                    }
-                }
-                if o.needs_receipt && o.seq >= p.out_seq {
-                    p.out_seq = o.seq.saturating_add(1);
-                }
-                p.persisted_out.insert(o.frame_id.clone());
-                if let Some(k) = &o.key {
-                    p.remember_key(k, &o.frame_id);
-                }
-                if !p.outbox.iter().any(|x| x.frame_id == o.frame_id) {
-                    p.outbox.push(o);
-                }
-            }
-        }
-        let mut entries = Vec::new();
-        for key in cx.host.storage_list(keys::INBOX) {
-            match vault.get::<Entry>(cx.host, &key) {
-                Ok(Some(mut e)) => {
-                    if !e.split {
-                        // Written before payloads had their own record:
-                        // move the payload out, so it leaves memory.
-                        e.measure();
-                        store_entry_records(&vault, cx, &mut e);
-                    }
-                    entries.push(e)
-                }
-                Ok(None) => {}
-                Err(e) => cx.log(LogLevel::Error, &format!("{e}; skipped")),
-            }
-        }
-        let inbox = Inbox::load(entries);
+        let prekeys = restore::prekeys(&vault, &id, cx, now)?;
+        let (mut peers, fast_forwarded) = restore::peers(&vault, cx);
+        let inbox = restore::inbox(&vault, cx);
         let plain_seen = vault
             .get::<plain_seen::PlainSeen>(cx.host, keys::PLAIN_SEEN)
             .unwrap_or(None)
@@ -373,14 +321,7 @@ impl Agent {
         let paired = vault
             .get::<pairing::PairingRecord>(cx.host, keys::PAIRING)
             .unwrap_or(None);
-        let mut cfg = cfg;
-        if let Some(sb) = &cfg.sandbox {
-            // A sandbox talks to its requester and nobody else.
-            cfg.accept_sessions = AcceptPolicy::Only(vec![sb.requester.clone()]);
-        }
-        // The paired controller is not trusted for plaintext: the relay does
-        // not bind `from`, so a plaintext frame "from the controller" can come
-        // from anyone. Pairing and offload news are taken end-to-end only.
+        let cfg = cfg.for_role();
         // A crash between an inbox write and the peer record's can leave the
         // record's next expected number behind what was delivered.
         for p in peers.values_mut() {
@@ -420,31 +361,37 @@ impl Agent {
             started_at: time::format_millis(now),
             stats: Stats::default(),
         };
+        agent.begin(cx, fast_forwarded);
+        Ok(agent)
+    }
+
+    /// Loaded: repair what an interrupted write left, then register,
+    /// connect and pick up the offload, controller and sandbox roles.
+    fn begin(&mut self, cx: &mut Cx<'_>, fast_forwarded: Vec<String>) {
         for did in fast_forwarded {
             cx.log(
                 LogLevel::Warn,
                 &format!("recovered the sending chain to {did} after an interrupted write"),
             );
-            agent.save_peer(cx, &did);
+            self.save_peer(cx, &did);
         }
         cx.log(
             LogLevel::Info,
             &format!(
                 "agent {} starting; {} sessions, {} inbox entries",
-                agent.id.did(),
-                agent.peers.len(),
-                agent.inbox.len()
+                self.id.did(),
+                self.peers.len(),
+                self.inbox.len()
             ),
         );
-        transfers::sweep_stale(&agent.vault, cx);
-        agent.vault.migrated();
-        agent.register(cx);
-        agent.connect(cx);
-        agent.arm(cx, T_REGISTRY, REGISTRY_HEARTBEAT_MS);
-        agent.load_offload(cx);
-        agent.load_controller(cx);
-        agent.start_sandbox(cx);
-        Ok(agent)
+        transfers::sweep_stale(&self.vault, cx);
+        self.vault.migrated();
+        self.register(cx);
+        self.connect(cx);
+        self.arm(cx, T_REGISTRY, REGISTRY_HEARTBEAT_MS);
+        self.load_offload(cx);
+        self.load_controller(cx);
+        self.start_sandbox(cx);
     }
 
     pub fn did(&self) -> &str {

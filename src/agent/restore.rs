@@ -1,0 +1,104 @@
+//! What an agent reads back when it starts: its prekeys (made on first
+//! start), its peers with their outboxes, and its inbox (records written
+//! before payloads had their own are moved over once).
+
+use super::inbox::{Entry, Inbox};
+use super::{store_entry_records, AgentError, Cx};
+use crate::crypto::identity::Identity;
+use crate::io::LogLevel;
+use crate::mesh::prekeys::Prekeys;
+use crate::mesh::session::{OutEntry, Peer};
+use crate::store::{keys, Vault};
+use crate::wire::frames;
+use std::collections::BTreeMap;
+
+/// The stored prekeys, or new ones (stored) on a first start.
+pub(super) fn prekeys(
+    vault: &Vault,
+    id: &Identity,
+    cx: &mut Cx<'_>,
+    now: u64,
+) -> Result<Prekeys, AgentError> {
+    if let Some(p) = vault.get::<Prekeys>(cx.host, keys::PREKEYS)? {
+        return Ok(p);
+    }
+    let p = Prekeys::generate(id, now, cx.host);
+    vault.put(cx.host, &mut cx.out, keys::PREKEYS, &p)?;
+    Ok(p)
+}
+
+/// Every stored peer with its outbox entries, and the DIDs whose sending
+/// chain had to be stepped past an entry written before a lost session
+/// record.
+pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, Vec<String>) {
+    let mut peers = BTreeMap::new();
+    for key in cx.host.storage_list(keys::SESSION) {
+        match vault.get_bytes(cx.host, &key) {
+            Ok(Some(bytes)) => match Peer::from_bytes(&bytes) {
+                Ok(p) => {
+                    peers.insert(p.did.clone(), p);
+                }
+                Err(e) => cx.log(
+                    LogLevel::Error,
+                    &format!("session record {key} unreadable: {e}; skipped"),
+                ),
+            },
+            Ok(None) => {}
+            Err(e) => cx.log(LogLevel::Error, &format!("{e}; skipped")),
+        }
+    }
+    let mut fast_forwarded = Vec::new();
+    for p in peers.values_mut() {
+        let prefix = format!("{}{}/", keys::OUTBOX, p.did);
+        let mut loaded: Vec<OutEntry> = Vec::new();
+        for key in cx.host.storage_list(&prefix) {
+            match vault.get::<OutEntry>(cx.host, &key) {
+                Ok(Some(o)) => loaded.push(o),
+                Ok(None) => {}
+                Err(e) => cx.log(LogLevel::Error, &format!("{e}; skipped")),
+            }
+        }
+        loaded.sort_by_key(|o| (o.created_ms, o.seq));
+        for o in loaded {
+            // The entry was written before the session record: if that
+            // write was lost, never reuse the message number it used.
+            if let (Ok(m), Some(r)) = (frames::parse_message_frame(&o.frame), p.active.as_mut()) {
+                if r.fast_forward_send(&m.header.dh, m.header.n) {
+                    fast_forwarded.push(p.did.clone());
+                }
+            }
+            if o.needs_receipt && o.seq >= p.out_seq {
+                p.out_seq = o.seq.saturating_add(1);
+            }
+            p.persisted_out.insert(o.frame_id.clone());
+            if let Some(k) = &o.key {
+                p.remember_key(k, &o.frame_id);
+            }
+            if !p.outbox.iter().any(|x| x.frame_id == o.frame_id) {
+                p.outbox.push(o);
+            }
+        }
+    }
+    (peers, fast_forwarded)
+}
+
+/// The inbox entries (their payloads stay in storage).
+pub(super) fn inbox(vault: &Vault, cx: &mut Cx<'_>) -> Inbox {
+    let mut entries = Vec::new();
+    for key in cx.host.storage_list(keys::INBOX) {
+        match vault.get::<Entry>(cx.host, &key) {
+            Ok(Some(mut e)) => {
+                if !e.split {
+                    // Written before payloads had their own record:
+                    // move the payload out, so it leaves memory.
+                    e.measure();
+                    store_entry_records(vault, cx, &mut e);
+                }
+                entries.push(e)
+            }
+            Ok(None) => {}
+            Err(e) => cx.log(LogLevel::Error, &format!("{e}; skipped")),
+        }
+    }
+    Inbox::load(entries)
+}
