@@ -164,7 +164,6 @@ impl Agent {
     }
 
     fn on_offload_request(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
-        let now = cx.now();
         let rid = p["request_id"].as_str().unwrap_or_default().to_string();
         if !valid_request_id(&rid) {
             cx.log(
@@ -173,23 +172,64 @@ impl Agent {
             );
             return;
         }
-        // A repeated request (the requester re-sent it) gets the current state.
-        if let Some(o) = self.ctl.list.iter().find(|o| o.request_id == rid).cloned() {
-            if o.requester != from {
-                return self.ctl_error(cx, from, &rid, "validating", "request_id already in use");
-            }
-            if o.phase == CtlPhase::Ready {
-                let msg = json!({"type": "offload_status", "request_id": rid, "phase": "ready", "message": "sandbox ready", "sandbox_name": o.sandbox_name, "sandbox_did": o.sandbox_did});
-                self.ctl_send(cx, from, msg);
-            }
+        if self.answer_repeated_request(cx, from, &rid) {
             return;
         }
-        // Validation, in the order a user can fix things. A DID may have
-        // been paired again after an expiry or revoke: the active pairing
-        // counts, older ones only explain a refusal.
-        let Some(ledger) = self.ledger.as_mut() else {
+        // Chosen here, at random: a name derived from the requester's request
+        // id let one paired user pick another's (old) sandbox directory and
+        // identity (red-team finding 3).
+        let mut r = [0u8; 8];
+        cx.host.fill(&mut r);
+        let sandbox_name = format!("offload-{}", crate::wire::hex::encode(&r));
+        let Some((paired, refusal)) = self.offload_refusal(cx, from, p, &sandbox_name) else {
             return;
         };
+        if let Some(r) = refusal {
+            if paired {
+                // Strangers learn nothing but the refusal.
+                self.ctl_status(
+                    cx,
+                    from,
+                    &rid,
+                    "validating",
+                    "checking pairing, capability and slots",
+                );
+            }
+            return self.ctl_error(cx, from, &rid, "validating", &r);
+        }
+        self.start_offload_sandbox(cx, from, &rid, p, sandbox_name);
+    }
+
+    /// A request the requester sent again gets the current state (a
+    /// request id someone else uses, a refusal); `false` for a new one.
+    fn answer_repeated_request(&mut self, cx: &mut Cx<'_>, from: &str, rid: &str) -> bool {
+        let Some(o) = self.ctl.list.iter().find(|o| o.request_id == rid).cloned() else {
+            return false;
+        };
+        if o.requester != from {
+            self.ctl_error(cx, from, rid, "validating", "request_id already in use");
+        } else if o.phase == CtlPhase::Ready {
+            let msg = json!({"type": "offload_status", "request_id": rid, "phase": "ready", "message": "sandbox ready", "sandbox_name": o.sandbox_name, "sandbox_did": o.sandbox_did});
+            self.ctl_send(cx, from, msg);
+        }
+        true
+    }
+
+    /// Why this request is refused, in the order a user can fix things
+    /// (pairing, its state, the capability, the request's shape, a name
+    /// collision, then slots), and whether the sender is paired at all
+    /// (strangers learn nothing but the refusal). `None` without a ledger.
+    /// A DID may have been paired again after an expiry or revoke: the
+    /// active pairing counts, older ones only explain a refusal.
+    fn offload_refusal(
+        &mut self,
+        cx: &mut Cx<'_>,
+        from: &str,
+        p: &Value,
+        sandbox_name: &str,
+    ) -> Option<(bool, Option<String>)> {
+        let now = cx.now();
+        let ledger = self.ledger.as_mut()?;
         ledger.expire(now);
         let pairing = ledger
             .active_for(from, now)
@@ -216,12 +256,6 @@ impl Agent {
             _ => None,
         };
         let refusal = refusal.or_else(|| offload_shape_refusal(p));
-        // Chosen here, at random: a name derived from the requester's request
-        // id let one paired user pick another's (old) sandbox directory and
-        // identity (red-team finding 3).
-        let mut r = [0u8; 8];
-        cx.host.fill(&mut r);
-        let sandbox_name = format!("offload-{}", crate::wire::hex::encode(&r));
         let refusal = refusal.or_else(|| {
             self.ctl
                 .list
@@ -243,26 +277,28 @@ impl Agent {
                     )
                 })
         });
-        if let Some(r) = refusal {
-            if pairing.is_some() {
-                // Strangers learn nothing but the refusal.
-                self.ctl_status(
-                    cx,
-                    from,
-                    &rid,
-                    "validating",
-                    "checking pairing, capability and slots",
-                );
-            }
-            return self.ctl_error(cx, from, &rid, "validating", &r);
-        }
+        Some((pairing.is_some(), refusal))
+    }
+
+    /// Take a slot, record the offload, tell the requester, start the
+    /// sandbox. The slot and the record are stored before anything is said
+    /// or started: a crash after this point replays nothing, loses nothing.
+    fn start_offload_sandbox(
+        &mut self,
+        cx: &mut Cx<'_>,
+        from: &str,
+        rid: &str,
+        p: &Value,
+        sandbox_name: String,
+    ) {
+        let now = cx.now();
         let Some(taken) = self
             .ledger
             .as_mut()
             .and_then(|l| l.take_slot(from, "offload", now))
             .map(|x| x.name.clone())
         else {
-            return self.ctl_error(cx, from, &rid, "validating", "No free sandbox slot.");
+            return self.ctl_error(cx, from, rid, "validating", "No free sandbox slot.");
         };
         let prefs = &p["preferences"];
         let timeout = prefs["timeout_minutes"].as_f64().unwrap_or(30.0);
@@ -295,7 +331,7 @@ impl Agent {
         // started: a crash after this point replays nothing and loses nothing.
         self.save_ledger(cx);
         self.ctl.list.push(CtlOffload {
-            request_id: rid.clone(),
+            request_id: rid.to_string(),
             requester: from.to_string(),
             sandbox_name: sandbox_name.clone(),
             job,
@@ -309,14 +345,14 @@ impl Agent {
         self.ctl_status(
             cx,
             from,
-            &rid,
+            rid,
             "validating",
             "checking pairing, capability and slots",
         );
         self.ctl_status(
             cx,
             from,
-            &rid,
+            rid,
             "spawning",
             &format!("starting sandbox {sandbox_name}"),
         );
