@@ -8,7 +8,7 @@
 use super::address::{classify, Address};
 use super::args::{self, ArgError};
 use super::inbox::{Entry, Evidence};
-use super::{inbox_tool, render, Agent, Cx, Purpose};
+use super::{inbox_tool, render, Agent, Cx, HttpAnswer, Purpose};
 use crate::mesh::registry as reg;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -195,10 +195,9 @@ pub(super) fn on_resolved(
     cx: &mut Cx<'_>,
     call_id: &str,
     key: &str,
-    ok: bool,
-    body: &[u8],
-    problem: &str,
+    answer: &HttpAnswer<'_>,
 ) {
+    let (ok, body, problem) = (answer.ok, answer.body, answer.problem);
     let binding = if ok {
         match reg::parse_discover(body) {
             Ok(found) => {

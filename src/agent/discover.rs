@@ -5,7 +5,7 @@
 //! "No agents found" (spec §12, defect 12).
 
 use super::args::{self, ArgError};
-use super::{render, Agent, Cx, Purpose, KARS_CAPABILITY};
+use super::{render, Agent, Cx, HttpAnswer, Purpose, KARS_CAPABILITY};
 use crate::mesh::registry::{self as reg, Discovered};
 use serde_json::{json, Value};
 
@@ -62,17 +62,15 @@ fn display_name(d: &Discovered) -> Option<&str> {
         .find(|c| !c.starts_with("did:") && *c != KARS_CAPABILITY)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn answer(
     agent: &mut Agent,
     cx: &mut Cx<'_>,
     call_id: &str,
     capability: Option<&str>,
     limit: u64,
-    ok_status: bool,
-    body: &[u8],
-    problem: &str,
+    reply: &HttpAnswer<'_>,
 ) {
+    let (ok_status, body, problem) = (reply.ok, reply.body, reply.problem);
     if !ok_status {
         return render::fail_text(cx, call_id, &format!("❌ Discovery failed: {problem}"));
     }

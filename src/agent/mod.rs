@@ -195,6 +195,14 @@ enum Purpose {
     },
 }
 
+/// The registry's answer to a request, as its owner sees it: whether it
+/// succeeded, the body, and the problem in words when it did not.
+pub(super) struct HttpAnswer<'a> {
+    pub(super) ok: bool,
+    pub(super) body: &'a [u8],
+    pub(super) problem: &'a str,
+}
+
 struct InFlight {
     purpose: Purpose,
     attempt: u32,
@@ -668,110 +676,134 @@ impl Agent {
             (None, None) => "registry request failed".to_string(),
         };
         let ok = status.is_some_and(|s| (200..300).contains(&s));
+        let answer = HttpAnswer {
+            ok,
+            body,
+            problem: &problem,
+        };
         match f.purpose {
-            Purpose::Register => match status {
-                Some(201) => {
-                    // Registry did not know us: first run, or it restarted
-                    // and lost everything. Publish a fresh bundle.
-                    self.registered = true;
-                    self.prekeys.registry_lost();
-                    self.upload_prekeys(cx);
-                }
-                Some(409) => {
-                    self.registered = true;
-                    if !self.prekeys.uploaded() || self.prekeys.needs_replenish() {
-                        self.upload_prekeys(cx);
-                    } else {
-                        self.finish_register_calls(cx, None);
-                    }
-                }
-                _ => {
-                    cx.log(
-                        LogLevel::Warn,
-                        &format!("registration failed: {problem}; retrying in 30 s"),
-                    );
-                    self.finish_register_calls(cx, Some(&problem));
-                    self.arm(cx, T_REREGISTER, 30_000);
-                }
-            },
-            Purpose::Upload => {
-                if ok {
-                    self.prekeys.set_uploaded(true);
-                    if let Some(n) = serde_json::from_slice::<Value>(body)
-                        .ok()
-                        .and_then(|v| v["otk_count"].as_u64())
-                    {
-                        self.prekeys.set_registry_count(n as usize);
-                    }
-                    self.save_prekeys(cx);
-                    self.finish_register_calls(cx, None);
-                } else if status == Some(404) {
-                    self.register(cx);
-                } else {
-                    cx.log(LogLevel::Warn, &format!("prekey upload failed: {problem}"));
-                    self.finish_register_calls(cx, Some(&problem));
-                }
-            }
-            Purpose::RegistryHeartbeat => {
-                // core-5.0.0 checks the signature before the agent exists, so a
-                // registry that lost us answers 401, not 404.
-                if matches!(status, Some(401) | Some(404)) {
-                    cx.log(
-                        LogLevel::Warn,
-                        "registry no longer knows this agent (restarted?); registering again",
-                    );
-                    self.registered = false;
-                    self.register(cx);
-                }
-            }
+            Purpose::Register => self.on_registered(cx, status, &problem),
+            Purpose::Upload => self.on_uploaded(cx, status, body, &problem),
+            Purpose::RegistryHeartbeat => self.on_registry_heartbeat(cx, status),
             Purpose::Bundle(peer) => self.on_bundle(cx, &peer, status, body, &problem),
             Purpose::VerifyKnocker(peer) => self.on_knocker_bundle(cx, &peer, ok, body, &problem),
             Purpose::AgentInfo { peer, then_bundle } => {
-                let kars = ok
-                    && reg::parse_agent(body)
-                        .is_some_and(|a| a.capabilities.iter().any(|c| c == KARS_CAPABILITY));
-                if kars {
-                    let p = self
-                        .peers
-                        .entry(peer.clone())
-                        .or_insert_with(|| Peer::new(&peer));
-                    if !p.kars {
-                        p.kars = true;
-                        if !then_bundle {
-                            self.save_peer(cx, &peer);
-                        }
-                    }
-                }
-                if then_bundle {
-                    let path = format!("/v1/agents/{peer}/prekeys");
-                    self.http(cx, Purpose::Bundle(peer.clone()), "GET", &path, false, None);
-                }
+                self.on_agent_info(cx, &peer, then_bundle, ok, body)
             }
             Purpose::Discover {
                 call_id,
                 capability,
                 limit,
-            } => discover::answer(
-                self,
-                cx,
-                &call_id,
-                capability.as_deref(),
-                limit,
-                ok,
-                body,
-                &problem,
-            ),
+            } => discover::answer(self, cx, &call_id, capability.as_deref(), limit, &answer),
             Purpose::AwaitResolve { call_id, key } => {
-                await_tool::on_resolved(self, cx, &call_id, &key, ok, body, &problem)
+                await_tool::on_resolved(self, cx, &call_id, &key, &answer)
             }
             Purpose::Resolve {
                 call_id,
                 name,
                 payload,
                 key,
-            } => send_tool::on_send_resolved(
-                self, cx, call_id, &name, payload, key, ok, body, &problem,
-            ),
+            } => send_tool::on_send_resolved(self, cx, call_id, &name, payload, key, &answer),
+        }
+    }
+
+    /// The registry's answer to our registration.
+    fn on_registered(&mut self, cx: &mut Cx<'_>, status: Option<u16>, problem: &str) {
+        match status {
+            Some(201) => {
+                // Registry did not know us: first run, or it restarted
+                // and lost everything. Publish a fresh bundle.
+                self.registered = true;
+                self.prekeys.registry_lost();
+                self.upload_prekeys(cx);
+            }
+            Some(409) => {
+                self.registered = true;
+                if !self.prekeys.uploaded() || self.prekeys.needs_replenish() {
+                    self.upload_prekeys(cx);
+                } else {
+                    self.finish_register_calls(cx, None);
+                }
+            }
+            _ => {
+                cx.log(
+                    LogLevel::Warn,
+                    &format!("registration failed: {problem}; retrying in 30 s"),
+                );
+                self.finish_register_calls(cx, Some(problem));
+                self.arm(cx, T_REREGISTER, 30_000);
+            }
+        }
+    }
+
+    /// The registry's answer to a prekey upload.
+    fn on_uploaded(&mut self, cx: &mut Cx<'_>, status: Option<u16>, body: &[u8], problem: &str) {
+        if status.is_some_and(|s| (200..300).contains(&s)) {
+            self.prekeys.set_uploaded(true);
+            if let Some(n) = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v["otk_count"].as_u64())
+            {
+                self.prekeys.set_registry_count(n as usize);
+            }
+            self.save_prekeys(cx);
+            self.finish_register_calls(cx, None);
+        } else if status == Some(404) {
+            self.register(cx);
+        } else {
+            cx.log(LogLevel::Warn, &format!("prekey upload failed: {problem}"));
+            self.finish_register_calls(cx, Some(problem));
+        }
+    }
+
+    /// A registry heartbeat answered: core-5.0.0 checks the signature before
+    /// the agent exists, so a registry that lost us answers 401, not 404.
+    fn on_registry_heartbeat(&mut self, cx: &mut Cx<'_>, status: Option<u16>) {
+        if matches!(status, Some(401) | Some(404)) {
+            cx.log(
+                LogLevel::Warn,
+                "registry no longer knows this agent (restarted?); registering again",
+            );
+            self.registered = false;
+            self.register(cx);
+        }
+    }
+
+    /// What the registry says of a peer: does it speak kars receipts? Then,
+    /// for a send, its bundle.
+    fn on_agent_info(
+        &mut self,
+        cx: &mut Cx<'_>,
+        peer: &str,
+        then_bundle: bool,
+        ok: bool,
+        body: &[u8],
+    ) {
+        let kars = ok
+            && reg::parse_agent(body)
+                .is_some_and(|a| a.capabilities.iter().any(|c| c == KARS_CAPABILITY));
+        if kars {
+            let p = self
+                .peers
+                .entry(peer.to_string())
+                .or_insert_with(|| Peer::new(peer));
+            if !p.kars {
+                p.kars = true;
+                if !then_bundle {
+                    self.save_peer(cx, peer);
+                }
+            }
+        }
+        if then_bundle {
+            let path = format!("/v1/agents/{peer}/prekeys");
+            self.http(
+                cx,
+                Purpose::Bundle(peer.to_string()),
+                "GET",
+                &path,
+                false,
+                None,
+            );
         }
     }
 

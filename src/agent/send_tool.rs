@@ -4,7 +4,7 @@
 use super::address::{classify, short_did, Address};
 use super::args::{self, ArgError};
 use super::render::{fail, fail_text, ok};
-use super::{Agent, Cx, Purpose};
+use super::{Agent, Cx, HttpAnswer, Purpose};
 use crate::mesh::registry as reg;
 use serde_json::{json, Value};
 
@@ -126,7 +126,6 @@ pub(super) fn mesh_send(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &V
 }
 
 /// The registry answered the name lookup of a mesh_send.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn on_send_resolved(
     agent: &mut Agent,
     cx: &mut Cx<'_>,
@@ -134,10 +133,9 @@ pub(super) fn on_send_resolved(
     name: &str,
     payload: Value,
     key: Option<String>,
-    ok_status: bool,
-    body: &[u8],
-    problem: &str,
+    answer: &HttpAnswer<'_>,
 ) {
+    let (ok_status, body, problem) = (answer.ok, answer.body, answer.problem);
     let shown = args::clip(name, 80);
     let found = match (ok_status, reg::parse_discover(body)) {
         (true, Ok(f)) => f,
