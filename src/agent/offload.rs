@@ -958,26 +958,7 @@ impl Agent {
             .take(500)
             .collect();
         if kind == "offload_error" {
-            let err: String = p["error"]
-                .as_str()
-                .unwrap_or("unknown error")
-                .chars()
-                .take(4000)
-                .collect();
-            // The controller may hold a slot for it: free it.
-            // Recorded first: the cleanup goes out after the state that explains it.
-            let why = if p["phase"] == "execution" {
-                "The cluster ended the offload"
-            } else {
-                "Controller refused the offload"
-            };
-            self.fail_offload_noted(
-                cx,
-                &format!("{why}: {}", peer_words(&err)),
-                &format!("{why}; offload_status has the controller's words"),
-            );
-            self.send_cleanup(cx, "error");
-            return;
+            return self.controller_error(cx, p);
         }
         let Some(phase) = p["phase"].as_str().and_then(Phase::parse) else {
             return;
@@ -1011,95 +992,85 @@ impl Agent {
                 let text = format!("{own} (controller: {})", peer_words(&msg));
                 self.phase_noted(cx, phase, &text, own)
             }
-            Phase::Ready => {
-                let name = p["sandbox_name"]
-                    .as_str()
-                    .map(|s| crate::wire::escape_for_log(s, 63));
-                let did = p["sandbox_did"]
-                    .as_str()
-                    .filter(|d| crate::crypto::identity::is_mesh_did(d))
-                    .map(str::to_string);
-                let Some(did) = did else {
-                    // Recorded first: the cleanup goes out after the state that explains it.
-                    self.fail_offload(cx, "The controller reported the sandbox ready without its DID; this kars-mesh needs a controller that names the sandbox's did:mesh: (kars-mesh cluster).");
-                    self.send_cleanup(cx, "discovery_timeout");
-                    return;
-                };
-                if let Some(o) = self.offloads.active.as_mut() {
-                    o.sandbox_name = name.clone();
-                    o.sandbox_did = Some(did.clone());
-                }
-                if !self.offloads.recent.sandboxes.contains(&did) {
-                    self.offloads.recent.sandboxes.push(did.clone());
-                    let n = self.offloads.recent.sandboxes.len();
-                    self.offloads
-                        .recent
-                        .sandboxes
-                        .drain(..n.saturating_sub(DUPLICATE_KEEP));
-                    self.save_recent(cx);
-                }
-                self.phase(
-                    cx,
-                    Phase::Ready,
-                    &format!("sandbox {} is up", name.unwrap_or_default()),
-                );
-                self.phase(
-                    cx,
-                    Phase::Connecting,
-                    &format!("waiting for hello from {did}"),
-                );
-                self.set_deadline(cx, HELLO_TIMEOUT_MS);
-                if let Some((from, hello)) = self.offloads.early_hello.take() {
-                    if from == did {
-                        self.on_sandbox_news(cx, &from, &hello);
-                    }
-                }
-            }
+            Phase::Ready => self.sandbox_ready(cx, p),
             _ => {}
         }
     }
 
+    /// The controller ended or refused the offload; it may hold a slot for
+    /// it, so the cleanup goes too (after the state that explains it).
+    fn controller_error(&mut self, cx: &mut Cx<'_>, p: &Value) {
+        let err: String = p["error"]
+            .as_str()
+            .unwrap_or("unknown error")
+            .chars()
+            .take(4000)
+            .collect();
+        let why = if p["phase"] == "execution" {
+            "The cluster ended the offload"
+        } else {
+            "Controller refused the offload"
+        };
+        self.fail_offload_noted(
+            cx,
+            &format!("{why}: {}", peer_words(&err)),
+            &format!("{why}; offload_status has the controller's words"),
+        );
+        self.send_cleanup(cx, "error");
+    }
+
+    /// The controller names the sandbox (end-to-end only, checked by the
+    /// caller): only that DID's messages are the offload's from now on.
+    fn sandbox_ready(&mut self, cx: &mut Cx<'_>, p: &Value) {
+        let name = p["sandbox_name"]
+            .as_str()
+            .map(|s| crate::wire::escape_for_log(s, 63));
+        let did = p["sandbox_did"]
+            .as_str()
+            .filter(|d| crate::crypto::identity::is_mesh_did(d))
+            .map(str::to_string);
+        let Some(did) = did else {
+            // Recorded first: the cleanup goes out after the state that explains it.
+            self.fail_offload(cx, "The controller reported the sandbox ready without its DID; this kars-mesh needs a controller that names the sandbox's did:mesh: (kars-mesh cluster).");
+            self.send_cleanup(cx, "discovery_timeout");
+            return;
+        };
+        if let Some(o) = self.offloads.active.as_mut() {
+            o.sandbox_name = name.clone();
+            o.sandbox_did = Some(did.clone());
+        }
+        if !self.offloads.recent.sandboxes.contains(&did) {
+            self.offloads.recent.sandboxes.push(did.clone());
+            let n = self.offloads.recent.sandboxes.len();
+            self.offloads
+                .recent
+                .sandboxes
+                .drain(..n.saturating_sub(DUPLICATE_KEEP));
+            self.save_recent(cx);
+        }
+        let up = format!("sandbox {} is up", name.unwrap_or_default());
+        self.phase(cx, Phase::Ready, &up);
+        let waiting = format!("waiting for hello from {did}");
+        self.phase(cx, Phase::Connecting, &waiting);
+        self.set_deadline(cx, HELLO_TIMEOUT_MS);
+        if let Some((from, hello)) = self.offloads.early_hello.take() {
+            if from == did {
+                self.on_sandbox_news(cx, &from, &hello);
+            }
+        }
+    }
+
+    /// News from the active offload's sandbox, for this request.
     fn on_sandbox_news(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
-        let kind = p["type"].as_str().unwrap_or_default();
-        let rid_ok = |o: &Offload| p["request_id"].as_str().is_none_or(|r| r == o.request_id);
         let Some(o) = self.offloads.active.as_ref() else {
             return;
         };
-        if !rid_ok(o) {
+        if p["request_id"].as_str().is_some_and(|r| r != o.request_id) {
             return;
         }
-        match kind {
-            "offload_hello" => {
-                if matches!(o.phase, Phase::Connecting | Phase::Ready) {
-                    self.phase(cx, Phase::Acknowledged, "the sandbox said hello");
-                    self.phase(cx, Phase::Running, "task running in the sandbox");
-                    let minutes = self
-                        .offloads
-                        .active
-                        .as_ref()
-                        .map(|o| o.timeout_minutes)
-                        .unwrap_or(30);
-                    self.set_deadline(cx, minutes * 60_000 + RUN_GRACE_MS);
-                    self.start_sending_inputs(cx);
-                }
-            }
-            "offload_progress" => {
-                let stage = p["stage"].as_str().unwrap_or("executing");
-                let pct = p["pct"].as_u64().unwrap_or(0).min(100);
-                let m: String = p["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(300)
-                    .collect();
-                let text = format!(
-                    "{pct}% (sandbox: {} — {})",
-                    peer_words(stage),
-                    peer_words(&m)
-                );
-                let note = format!("the sandbox reports {pct}%");
-                self.phase_noted(cx, Phase::Running, &text, &note);
-            }
+        match p["type"].as_str().unwrap_or_default() {
+            "offload_hello" => self.sandbox_hello(cx),
+            "offload_progress" => self.sandbox_progress(cx, p),
             "file_transfer" => self.receive_output(cx, from, p),
             "mesh:transfer_manifest" | "mesh:transfer_chunk" => {
                 match self.offloads.reassembly.accept(&self.vault, cx, from, p) {
@@ -1111,60 +1082,8 @@ impl Agent {
                     Err(e) => cx.log(LogLevel::Warn, &format!("transfer from {from}: {e}")),
                 }
             }
-            "file_transfer_ack" => {
-                let ok = p["success"] == true;
-                let name: String = p["file_name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(120)
-                    .collect();
-                if !ok {
-                    let err: String = p["error"]
-                        .as_str()
-                        .unwrap_or("refused")
-                        .chars()
-                        .take(300)
-                        .collect();
-                    let text = format!(
-                        "the sandbox could not take {} (sandbox: {})",
-                        peer_words(&name),
-                        peer_words(&err)
-                    );
-                    self.phase_noted(
-                        cx,
-                        Phase::Running,
-                        &text,
-                        "the sandbox refused an input file",
-                    );
-                }
-            }
-            "offload_done" => {
-                let summary: String = p["summary"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(MAX_SUMMARY_CHARS)
-                    .collect();
-                if let Some(t) = self.offloads.timer.take() {
-                    self.timers.cancel(cx, t);
-                }
-                let n = self
-                    .offloads
-                    .active
-                    .as_ref()
-                    .map(|o| o.outputs.len())
-                    .unwrap_or(0);
-                if let Some(o) = self.offloads.active.as_mut() {
-                    o.summary = Some(summary);
-                }
-                self.phase(
-                    cx,
-                    Phase::Done,
-                    &format!("finished with {n} output file(s)"),
-                );
-                self.send_cleanup(cx, "done");
-            }
+            "file_transfer_ack" if p["success"] != true => self.sandbox_refused_input(cx, p),
+            "offload_done" => self.sandbox_done(cx, p),
             "offload_error" => {
                 let err: String = p["error"]
                     .as_str()
@@ -1182,6 +1101,93 @@ impl Agent {
             }
             _ => {}
         }
+    }
+
+    /// The sandbox is up and talking to us: the run's deadline starts, and
+    /// the inputs (then the go-ahead) go to it.
+    fn sandbox_hello(&mut self, cx: &mut Cx<'_>) {
+        let Some(o) = self.offloads.active.as_ref() else {
+            return;
+        };
+        if !matches!(o.phase, Phase::Connecting | Phase::Ready) {
+            return;
+        }
+        let minutes = o.timeout_minutes;
+        self.phase(cx, Phase::Acknowledged, "the sandbox said hello");
+        self.phase(cx, Phase::Running, "task running in the sandbox");
+        self.set_deadline(cx, minutes * 60_000 + RUN_GRACE_MS);
+        self.start_sending_inputs(cx);
+    }
+
+    /// The sandbox's progress report, in its words (marked as its).
+    fn sandbox_progress(&mut self, cx: &mut Cx<'_>, p: &Value) {
+        let stage = p["stage"].as_str().unwrap_or("executing");
+        let pct = p["pct"].as_u64().unwrap_or(0).min(100);
+        let m: String = p["message"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
+        let text = format!(
+            "{pct}% (sandbox: {} — {})",
+            peer_words(stage),
+            peer_words(&m)
+        );
+        let note = format!("the sandbox reports {pct}%");
+        self.phase_noted(cx, Phase::Running, &text, &note);
+    }
+
+    /// The sandbox refused one of our input files.
+    fn sandbox_refused_input(&mut self, cx: &mut Cx<'_>, p: &Value) {
+        let name: String = p["file_name"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(120)
+            .collect();
+        let err: String = p["error"]
+            .as_str()
+            .unwrap_or("refused")
+            .chars()
+            .take(300)
+            .collect();
+        let text = format!(
+            "the sandbox could not take {} (sandbox: {})",
+            peer_words(&name),
+            peer_words(&err)
+        );
+        self.phase_noted(
+            cx,
+            Phase::Running,
+            &text,
+            "the sandbox refused an input file",
+        );
+    }
+
+    /// The sandbox finished: its summary is kept, the offload is done, and
+    /// the controller is told to clean up.
+    fn sandbox_done(&mut self, cx: &mut Cx<'_>, p: &Value) {
+        let summary: String = p["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(MAX_SUMMARY_CHARS)
+            .collect();
+        if let Some(t) = self.offloads.timer.take() {
+            self.timers.cancel(cx, t);
+        }
+        let Some(o) = self.offloads.active.as_mut() else {
+            return;
+        };
+        o.summary = Some(summary);
+        let n = o.outputs.len();
+        self.phase(
+            cx,
+            Phase::Done,
+            &format!("finished with {n} output file(s)"),
+        );
+        self.send_cleanup(cx, "done");
     }
 
     fn receive_output(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
