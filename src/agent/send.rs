@@ -11,6 +11,13 @@ use crate::mesh::session::{OutEntry, Peer, OUTBOX_MAX};
 use crate::wire::{frames, registry};
 use serde_json::{json, Value};
 
+/// A session we open from a peer's verified bundle, before its KNOCK goes.
+struct NewSession {
+    identity_ed: [u8; 32],
+    est: x3dh::Establishment,
+    ratchet: Ratchet,
+}
+
 impl Agent {
     // ---------------------------------------------------------------- sending
 
@@ -88,67 +95,68 @@ impl Agent {
             }
             return;
         }
-        let fail_all = |agent: &mut Agent, cx: &mut Cx<'_>, msg: &str, queued: Vec<Queued>| {
-            for q in queued {
-                if let Some(c) = q.call_id {
-                    send_tool::send_failed(agent, cx, &c, msg);
+        match self.session_from_bundle(cx, peer_did, status, body, problem) {
+            Ok(opened) => self.open_session(cx, peer_did, opened, queued),
+            Err(msg) => {
+                for q in queued {
+                    if let Some(c) = q.call_id {
+                        send_tool::send_failed(self, cx, &c, &msg);
+                    }
                 }
             }
-        };
+        }
+    }
+
+    /// A verified bundle, the X3DH agreement with it and the new sending
+    /// ratchet; or why not, in words for the waiting sends.
+    fn session_from_bundle(
+        &mut self,
+        cx: &mut Cx<'_>,
+        peer_did: &str,
+        status: Option<u16>,
+        body: &[u8],
+        problem: &str,
+    ) -> Result<NewSession, String> {
         if status == Some(404) {
-            return fail_all(self, cx, &format!("{peer_did} has no prekey bundle in the registry: it is not registered, or the registry restarted and the agent has not come back yet. Check the DID or try again later."), queued);
+            return Err(format!("{peer_did} has no prekey bundle in the registry: it is not registered, or the registry restarted and the agent has not come back yet. Check the DID or try again later."));
         }
         if !status.is_some_and(|s| (200..300).contains(&s)) {
-            return fail_all(
-                self,
-                cx,
-                &format!("Could not fetch the prekey bundle of {peer_did}: {problem}"),
-                queued,
-            );
+            return Err(format!(
+                "Could not fetch the prekey bundle of {peer_did}: {problem}"
+            ));
         }
         let text = String::from_utf8_lossy(body);
-        let bundle = match registry::parse_bundle(&text)
+        let bundle = registry::parse_bundle(&text)
             .map_err(|e| e.to_string())
             .and_then(|b| b.verify_for(peer_did).map(|_| b).map_err(|e| e.to_string()))
-        {
-            Ok(b) => b,
-            Err(e) => {
-                return fail_all(
-                    self,
-                    cx,
-                    &format!("Refusing the prekey bundle of {peer_did}: {e}"),
-                    queued,
-                )
-            }
-        };
-        let (agreement, est) = match x3dh::initiate(&self.id, &bundle, cx.host) {
-            Ok(r) => r,
-            Err(e) => {
-                return fail_all(
-                    self,
-                    cx,
-                    &format!("Key agreement with {peer_did} failed: {e}"),
-                    queued,
-                )
-            }
-        };
+            .map_err(|e| format!("Refusing the prekey bundle of {peer_did}: {e}"))?;
+        let (agreement, est) = x3dh::initiate(&self.id, &bundle, cx.host)
+            .map_err(|e| format!("Key agreement with {peer_did} failed: {e}"))?;
         let ad = channel_ad(self.id.did(), peer_did, &agreement.associated_data);
-        let ratchet = match Ratchet::new_initiator(
-            &agreement.shared_secret,
-            &bundle.signed_prekey,
-            ad,
-            cx.host,
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                return fail_all(
-                    self,
-                    cx,
-                    &format!("Key agreement with {peer_did} failed: {e}"),
-                    queued,
-                )
-            }
-        };
+        let ratchet =
+            Ratchet::new_initiator(&agreement.shared_secret, &bundle.signed_prekey, ad, cx.host)
+                .map_err(|e| format!("Key agreement with {peer_did} failed: {e}"))?;
+        Ok(NewSession {
+            identity_ed: bundle.identity_key_ed,
+            est,
+            ratchet,
+        })
+    }
+
+    /// Make the new session ours, KNOCK, and send under it everything that
+    /// waited: stale outbox entries sealed again, then the queued sends.
+    fn open_session(
+        &mut self,
+        cx: &mut Cx<'_>,
+        peer_did: &str,
+        opened: NewSession,
+        queued: Vec<Queued>,
+    ) {
+        let NewSession {
+            identity_ed,
+            est,
+            ratchet,
+        } = opened;
         let knock_id = frames::uuid_v4(cx.host);
         let ts = Self::timestamp(cx);
         let mut est_v: Value =
@@ -161,7 +169,7 @@ impl Agent {
             .peers
             .entry(peer_did.to_string())
             .or_insert_with(|| Peer::new(peer_did));
-        peer.identity_ed = Some(bundle.identity_key_ed);
+        peer.identity_ed = Some(identity_ed);
         peer.active = Some(ratchet);
         peer.initiated_by_us = true;
         peer.confirmed = false;
