@@ -256,101 +256,111 @@ impl Agent {
     ) -> bool {
         match payload["type"].as_str() {
             Some("pair_request") if self.is_controller() => {
-                let now = cx.now();
-                let secret = payload["secret"].as_str().unwrap_or_default();
-                let pk = payload["pubkey_ed25519"].as_str().unwrap_or_default();
-                let cluster = self.address().cluster;
-                let answer = match self.ledger.as_mut().map(|l| l.pair(secret, from, pk, now)) {
-                    Some(Ok(p)) => json!({
-                        "type": "pair_response", "success": true, "cluster_name": cluster,
-                        "controller_amid": self.id.amid(), "controller_did": self.id.did(),
-                        "capabilities_granted": p.capabilities, "slots": p.slots_max,
-                        "token_budget": p.token_budget, "expires_at": time::format_millis(p.expires_ms),
-                    }),
-                    Some(Err(e)) => {
-                        json!({"type": "pair_response", "success": false, "error": e.to_string()})
-                    }
-                    None => return false,
-                };
-                cx.log(
-                    LogLevel::Info,
-                    &format!(
-                        "pair_request from {from}: {}",
-                        if answer["success"] == true {
-                            "paired"
-                        } else {
-                            "refused"
-                        }
-                    ),
-                );
-                self.save_ledger(cx);
-                self.send_payload(cx, from, answer, None, None);
-                true
+                self.answer_pair_request(cx, from, payload)
             }
-            Some("pair_response") => {
-                let Some(pos) = self.pair_waits.iter().position(|w| w.controller == from) else {
-                    return false;
-                };
-                let w = self.pair_waits.remove(pos);
-                self.timers.cancel(cx, w.timer);
-                if payload["success"] != true {
-                    let err = payload["error"].as_str().unwrap_or("Unknown error");
-                    render::fail(
-                        cx,
-                        &w.call_id,
-                        &format!("Pairing rejected by cluster: {err}"),
-                    );
-                    return true;
-                }
-                let now = cx.now();
-                let rec = PairingRecord {
-                    cluster_name: payload["cluster_name"]
-                        .as_str()
-                        .unwrap_or("unknown")
-                        .to_string(),
-                    controller_did: from.to_string(),
-                    controller_amid: payload["controller_amid"]
-                        .as_str()
-                        .unwrap_or(&w.token.controller_amid)
-                        .to_string(),
-                    relay_url: self.cfg.relay_url.clone(),
-                    registry_url: self.cfg.registry_url.clone(),
-                    capabilities: payload["capabilities_granted"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|c| c.as_str().map(str::to_string))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    slots: payload["slots"].as_u64().unwrap_or(1),
-                    token_budget: payload["token_budget"].as_u64().unwrap_or(500_000),
-                    expires_at: payload["expires_at"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    paired_ms: now,
-                };
-                if let Err(e) = self.vault.put(cx.host, &mut cx.out, keys::PAIRING, &rec) {
-                    cx.log(LogLevel::Error, &e.to_string());
-                }
-                let text = format!(
-                    "✅ Paired successfully with kars cluster \"{}\"\nYour AMID: {}\nYour DID: {}\nIdentity: sealed in the kars-mesh state directory\nBudget: {}\nCapabilities: {}\nExpires: {}\nRelay RTT: {}ms (handshake)\nYou can now use cloud_offload to delegate tasks to the cloud.",
-                    rec.cluster_name,
-                    self.id.amid(),
-                    self.id.did(),
-                    thousands(rec.token_budget),
-                    rec.capabilities.join(", "),
-                    if rec.expires_at.is_empty() { "—" } else { &rec.expires_at },
-                    now.saturating_sub(w.sent_ms)
-                );
-                let details = json!({"pairing": rec});
-                self.pairing = Some(rec);
-                render::ok(cx, &w.call_id, &text, details);
-                true
-            }
+            Some("pair_response") => self.take_pair_response(cx, from, payload),
             _ => false,
         }
+    }
+
+    /// A controller answers a `pair_request` from its ledger (the token's
+    /// secret pairs once, bound to the sender's DID).
+    fn answer_pair_request(&mut self, cx: &mut Cx<'_>, from: &str, payload: &Value) -> bool {
+        let now = cx.now();
+        let secret = payload["secret"].as_str().unwrap_or_default();
+        let pk = payload["pubkey_ed25519"].as_str().unwrap_or_default();
+        let cluster = self.address().cluster;
+        let answer = match self.ledger.as_mut().map(|l| l.pair(secret, from, pk, now)) {
+            Some(Ok(p)) => json!({
+                "type": "pair_response", "success": true, "cluster_name": cluster,
+                "controller_amid": self.id.amid(), "controller_did": self.id.did(),
+                "capabilities_granted": p.capabilities, "slots": p.slots_max,
+                "token_budget": p.token_budget, "expires_at": time::format_millis(p.expires_ms),
+            }),
+            Some(Err(e)) => {
+                json!({"type": "pair_response", "success": false, "error": e.to_string()})
+            }
+            None => return false,
+        };
+        cx.log(
+            LogLevel::Info,
+            &format!(
+                "pair_request from {from}: {}",
+                if answer["success"] == true {
+                    "paired"
+                } else {
+                    "refused"
+                }
+            ),
+        );
+        self.save_ledger(cx);
+        self.send_payload(cx, from, answer, None, None);
+        true
+    }
+
+    /// The controller's answer to our `mesh_pair`: the pairing is stored and
+    /// the waiting call answered.
+    fn take_pair_response(&mut self, cx: &mut Cx<'_>, from: &str, payload: &Value) -> bool {
+        let Some(pos) = self.pair_waits.iter().position(|w| w.controller == from) else {
+            return false;
+        };
+        let w = self.pair_waits.remove(pos);
+        self.timers.cancel(cx, w.timer);
+        if payload["success"] != true {
+            let err = payload["error"].as_str().unwrap_or("Unknown error");
+            render::fail(
+                cx,
+                &w.call_id,
+                &format!("Pairing rejected by cluster: {err}"),
+            );
+            return true;
+        }
+        let now = cx.now();
+        let rec = PairingRecord {
+            cluster_name: payload["cluster_name"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_string(),
+            controller_did: from.to_string(),
+            controller_amid: payload["controller_amid"]
+                .as_str()
+                .unwrap_or(&w.token.controller_amid)
+                .to_string(),
+            relay_url: self.cfg.relay_url.clone(),
+            registry_url: self.cfg.registry_url.clone(),
+            capabilities: payload["capabilities_granted"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            slots: payload["slots"].as_u64().unwrap_or(1),
+            token_budget: payload["token_budget"].as_u64().unwrap_or(500_000),
+            expires_at: payload["expires_at"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            paired_ms: now,
+        };
+        if let Err(e) = self.vault.put(cx.host, &mut cx.out, keys::PAIRING, &rec) {
+            cx.log(LogLevel::Error, &e.to_string());
+        }
+        let text = format!(
+            "✅ Paired successfully with kars cluster \"{}\"\nYour AMID: {}\nYour DID: {}\nIdentity: sealed in the kars-mesh state directory\nBudget: {}\nCapabilities: {}\nExpires: {}\nRelay RTT: {}ms (handshake)\nYou can now use cloud_offload to delegate tasks to the cloud.",
+            rec.cluster_name,
+            self.id.amid(),
+            self.id.did(),
+            thousands(rec.token_budget),
+            rec.capabilities.join(", "),
+            if rec.expires_at.is_empty() { "—" } else { &rec.expires_at },
+            now.saturating_sub(w.sent_ms)
+        );
+        let details = json!({"pairing": rec});
+        self.pairing = Some(rec);
+        render::ok(cx, &w.call_id, &text, details);
+        true
     }
 
     /// `mesh_pair` timer: no answer from the controller.
