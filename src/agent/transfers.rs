@@ -114,41 +114,9 @@ impl Reassembly {
             None
         };
         let now = cx.now();
-        // Transfers whose sender went quiet long ago make room.
-        let stale: Vec<String> = self
-            .open
-            .iter()
-            .filter(|(_, (m, _))| {
-                m.as_ref()
-                    .is_some_and(|m| now.saturating_sub(m.at_ms) >= STALE_MS)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for old in stale {
-            self.drop_transfer(cx, &old);
-        }
+        self.drop_stale(cx, now);
         if !self.open.contains_key(&pre) {
-            // After a restart: what was stored before.
-            let stored = read_manifest(vault, cx, &format!("{pre}m"), now);
-            if stored.is_none() && manifest.is_none() {
-                // Our senders keep order per peer; a chunk before its
-                // manifest cannot be checked, so it is not kept.
-                return Err(TransferError::Manifest("chunk before its manifest"));
-            }
-            if self.open.len() >= MAX_OPEN {
-                // The oldest unfinished transfer makes room (its sender gave up).
-                if let Some(old) = self.open.keys().next().cloned() {
-                    self.drop_transfer(cx, &old);
-                }
-            }
-            let mut held = BTreeMap::new();
-            for k in cx.host.storage_list(&format!("{pre}c")) {
-                let idx = k.rsplit('c').next().and_then(|i| i.parse::<usize>().ok());
-                if let (Some(i), Ok(Some(c))) = (idx, vault.get::<Chunk>(cx.host, &k)) {
-                    held.insert(i, c.data);
-                }
-            }
-            self.open.insert(pre.clone(), (stored, held));
+            self.reopen(vault, cx, &pre, manifest.is_some(), now)?;
         }
         let Some(entry) = self.open.get_mut(&pre) else {
             return Ok(None);
@@ -202,6 +170,55 @@ impl Reassembly {
         self.done.push(format!("{pre}m"));
         self.open.remove(&pre);
         whole.map(Some)
+    }
+
+    /// Transfers whose sender went quiet long ago make room.
+    fn drop_stale(&mut self, cx: &mut Cx<'_>, now: u64) {
+        let stale: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, (m, _))| {
+                m.as_ref()
+                    .is_some_and(|m| now.saturating_sub(m.at_ms) >= STALE_MS)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for old in stale {
+            self.drop_transfer(cx, &old);
+        }
+    }
+
+    /// Start (or, after a restart, pick up from storage) the transfer under
+    /// `pre`; the oldest unfinished one makes room past `MAX_OPEN`.
+    fn reopen(
+        &mut self,
+        vault: &Vault,
+        cx: &mut Cx<'_>,
+        pre: &str,
+        has_manifest: bool,
+        now: u64,
+    ) -> Result<(), TransferError> {
+        let stored = read_manifest(vault, cx, &format!("{pre}m"), now);
+        if stored.is_none() && !has_manifest {
+            // Our senders keep order per peer; a chunk before its
+            // manifest cannot be checked, so it is not kept.
+            return Err(TransferError::Manifest("chunk before its manifest"));
+        }
+        if self.open.len() >= MAX_OPEN {
+            // The oldest unfinished transfer makes room (its sender gave up).
+            if let Some(old) = self.open.keys().next().cloned() {
+                self.drop_transfer(cx, &old);
+            }
+        }
+        let mut held = BTreeMap::new();
+        for k in cx.host.storage_list(&format!("{pre}c")) {
+            let idx = k.rsplit('c').next().and_then(|i| i.parse::<usize>().ok());
+            if let (Some(i), Ok(Some(c))) = (idx, vault.get::<Chunk>(cx.host, &k)) {
+                held.insert(i, c.data);
+            }
+        }
+        self.open.insert(pre.to_string(), (stored, held));
+        Ok(())
     }
 
     /// Forget an unfinished transfer and its stored records (all of them:
