@@ -80,64 +80,12 @@ pub(super) fn answer(
     };
     let me = agent.did().to_string();
     let mut agents: Vec<Discovered> = found.into_iter().filter(|d| d.did != me).collect();
-    let mut local = 0;
-    if capability.is_none() {
-        for (did, p) in &agent.peers {
-            if agents.len() as u64 >= limit {
-                break;
-            }
-            if *did != me && !agents.iter().any(|d| d.did == *did) {
-                local += 1;
-                agents.push(Discovered {
-                    did: did.clone(),
-                    capabilities: if p.kars {
-                        vec![KARS_CAPABILITY.to_string()]
-                    } else {
-                        Vec::new()
-                    },
-                    reputation_score: None,
-                    last_seen: None,
-                });
-            }
-        }
-    }
-    let mut text = if agents.is_empty() {
-        match capability {
-            Some(c) => format!(
-                "🌐 0 agent(s) with capability {:?}. Agents register their name as their first capability: check the spelling, or call discover without a capability to list kars-mesh agents.",
-                args::clip(c, 80)
-            ),
-            None => "🌐 0 agent(s). No other kars-mesh agent is registered and this agent has no sessions yet. The registry only searches by capability: pass `capability` (an agent's name, or a skill such as \"analysis\").".to_string(),
-        }
+    let local = if capability.is_none() {
+        add_known_peers(agent, &mut agents, limit)
     } else {
-        let mut lines = vec![format!("🌐 {} agent(s):", agents.len())];
-        for d in &agents {
-            lines.push(format!(
-                "  {}...  {}  [{}]",
-                d.did.chars().take(16).collect::<String>(),
-                display_name(d).unwrap_or("—"),
-                d.capabilities.join(", ")
-            ));
-        }
-        // The lines above show the original's short DIDs, which cannot be
-        // sent to; the full ones follow.
-        lines.push(String::new());
-        lines.push("Send to an agent by its name or its full DID:".to_string());
-        for d in &agents {
-            lines.push(format!("  {}  {}", display_name(d).unwrap_or("—"), d.did));
-        }
-        lines.join("\n")
+        0
     };
-    if capability.is_none() && !agents.is_empty() {
-        text.push_str(&format!(
-            "\n\n(No capability given: these are the agents registered with {KARS_CAPABILITY:?}{}. The registry only searches by capability; pass `capability` to find others.)",
-            if local > 0 {
-                " and peers this agent has sessions with"
-            } else {
-                ""
-            }
-        ));
-    }
+    let text = discover_text(&agents, capability, local);
     let listed: Vec<Value> = agents
         .iter()
         .map(|d| {
@@ -153,4 +101,72 @@ pub(super) fn answer(
         &text,
         json!({"capability": capability, "searched": capability.unwrap_or(KARS_CAPABILITY), "agents": listed}),
     );
+}
+
+/// Without a capability, peers this agent has sessions with are listed
+/// too (the registry cannot list all agents); how many were added.
+fn add_known_peers(agent: &Agent, agents: &mut Vec<Discovered>, limit: u64) -> usize {
+    let me = agent.did();
+    let mut local = 0;
+    for (did, p) in &agent.peers {
+        if agents.len() as u64 >= limit {
+            break;
+        }
+        if did != me && !agents.iter().any(|d| d.did == *did) {
+            local += 1;
+            agents.push(Discovered {
+                did: did.clone(),
+                capabilities: if p.kars {
+                    vec![KARS_CAPABILITY.to_string()]
+                } else {
+                    Vec::new()
+                },
+                reputation_score: None,
+                last_seen: None,
+            });
+        }
+    }
+    local
+}
+
+/// The original's lines (short DIDs), then the full DIDs to send to.
+fn discover_text(agents: &[Discovered], capability: Option<&str>, local: usize) -> String {
+    let mut text = if agents.is_empty() {
+        match capability {
+            Some(c) => format!(
+                "🌐 0 agent(s) with capability {:?}. Agents register their name as their first capability: check the spelling, or call discover without a capability to list kars-mesh agents.",
+                args::clip(c, 80)
+            ),
+            None => "🌐 0 agent(s). No other kars-mesh agent is registered and this agent has no sessions yet. The registry only searches by capability: pass `capability` (an agent's name, or a skill such as \"analysis\").".to_string(),
+        }
+    } else {
+        let mut lines = vec![format!("🌐 {} agent(s):", agents.len())];
+        for d in agents {
+            lines.push(format!(
+                "  {}...  {}  [{}]",
+                d.did.chars().take(16).collect::<String>(),
+                display_name(d).unwrap_or("—"),
+                d.capabilities.join(", ")
+            ));
+        }
+        // The lines above show the original's short DIDs, which cannot be
+        // sent to; the full ones follow.
+        lines.push(String::new());
+        lines.push("Send to an agent by its name or its full DID:".to_string());
+        for d in agents {
+            lines.push(format!("  {}  {}", display_name(d).unwrap_or("—"), d.did));
+        }
+        lines.join("\n")
+    };
+    if capability.is_none() && !agents.is_empty() {
+        text.push_str(&format!(
+            "\n\n(No capability given: these are the agents registered with {KARS_CAPABILITY:?}{}. The registry only searches by capability; pass `capability` to find others.)",
+            if local > 0 {
+                " and peers this agent has sessions with"
+            } else {
+                ""
+            }
+        ));
+    }
+    text
 }

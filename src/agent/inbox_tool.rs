@@ -218,7 +218,54 @@ pub(super) fn answer(
     };
     let diag = diagnostics(agent);
     let timed_out = waited_ms.is_some() && page.is_empty();
-    let text = if page.is_empty() {
+    let counts = Counts {
+        total,
+        unread,
+        already_read,
+    };
+    let text = inbox_text(&page, q, counts, waited_ms, &diag);
+    let messages: Vec<Value> = page.iter().map(entry_json).collect();
+    let marked_ids: Vec<&str> = marked.iter().map(|e| e.id.as_str()).collect();
+    render::ok(
+        cx,
+        call_id,
+        &text,
+        json!({
+            "messages": messages,
+            "returned": page.len(),
+            "total": total,
+            "unread": agent.inbox.unread_count(),
+            "marked_read": marked_ids,
+            "timed_out": timed_out,
+            "diagnostics": diag,
+        }),
+    );
+    persist_marks(agent, cx, &marked);
+}
+
+/// How many entries there are, for the head line.
+#[derive(Clone, Copy)]
+struct Counts {
+    total: usize,
+    unread: usize,
+    already_read: usize,
+}
+
+/// The original's text: a head line and one line per entry (plaintext
+/// marked unverified), or why there is nothing, then the diagnostics.
+fn inbox_text(
+    page: &[Entry],
+    q: &InboxQuery,
+    counts: Counts,
+    waited_ms: Option<u64>,
+    diag: &Value,
+) -> String {
+    let Counts {
+        total,
+        unread,
+        already_read,
+    } = counts;
+    if page.is_empty() {
         let head = if let Some(ms) = waited_ms.filter(|_| q.block) {
             format!(
                 "📭 Inbox empty (waited {}s blocking, no message arrived).",
@@ -258,22 +305,5 @@ pub(super) fn answer(
             ));
         }
         format!("{}\n\nDiagnostics: {diag}", lines.join("\n"))
-    };
-    let messages: Vec<Value> = page.iter().map(entry_json).collect();
-    let marked_ids: Vec<&str> = marked.iter().map(|e| e.id.as_str()).collect();
-    render::ok(
-        cx,
-        call_id,
-        &text,
-        json!({
-            "messages": messages,
-            "returned": page.len(),
-            "total": total,
-            "unread": agent.inbox.unread_count(),
-            "marked_read": marked_ids,
-            "timed_out": timed_out,
-            "diagnostics": diag,
-        }),
-    );
-    persist_marks(agent, cx, &marked);
+    }
 }

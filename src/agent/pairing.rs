@@ -80,31 +80,7 @@ impl Agent {
         ledger.expire(now);
         match tool {
             "pair_generate" => {
-                let mut req = PairRequest {
-                    name: args["name"].as_str().unwrap_or_default().to_string(),
-                    ..Default::default()
-                };
-                if let Some(n) = args["slots"].as_u64() {
-                    req.slots = n.min(1000) as u32;
-                }
-                if let Some(e) = args["expires"].as_str() {
-                    req.expires = e.to_string();
-                }
-                if let Some(b) = args["token_budget"].as_u64() {
-                    req.token_budget = b;
-                }
-                if let Some(c) = args["capabilities"].as_array() {
-                    req.capabilities = c
-                        .iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect();
-                } else if let Some(c) = args["capabilities"].as_str() {
-                    req.capabilities = c
-                        .split(',')
-                        .map(|x| x.trim().to_string())
-                        .filter(|x| !x.is_empty())
-                        .collect();
-                }
+                let req = pair_request_args(args);
                 match ledger.generate(&req, &addr, now, cx.host) {
                     Ok((tok, p)) => {
                         let details = json!({"token": tok, "pairing": p});
@@ -122,25 +98,7 @@ impl Agent {
                 }
             }
             "pair_list" => {
-                let lines: Vec<String> = ledger
-                    .pairings
-                    .iter()
-                    .map(|p| {
-                        format!(
-                            "{}  {}  slots {}/{}  {}",
-                            p.name,
-                            p.phase,
-                            p.slots_used,
-                            p.slots_max,
-                            p.bound_did.as_deref().unwrap_or("-")
-                        )
-                    })
-                    .collect();
-                let text = if lines.is_empty() {
-                    "No pairings.".to_string()
-                } else {
-                    lines.join("\n")
-                };
+                let text = pair_list_text(&ledger.pairings);
                 let details = json!({"pairings": ledger.pairings});
                 self.save_ledger(cx);
                 render::ok(cx, call_id, &text, details);
@@ -177,23 +135,7 @@ impl Agent {
             );
         }
         let Some(raw) = find_token(args) else {
-            let keys: Vec<String> = args
-                .as_object()
-                .map(|o| {
-                    o.keys()
-                        .take(10)
-                        .map(|k| k.chars().take(40).collect())
-                        .collect()
-                })
-                .unwrap_or_default();
-            return render::fail(
-                cx,
-                call_id,
-                &format!(
-                    "No token provided. Pass a pairing token starting with azcp_1_. (received argument keys: {})",
-                    if keys.is_empty() { "none".to_string() } else { keys.join(", ") }
-                ),
-            );
+            return render::fail(cx, call_id, &no_token_text(args));
         };
         let raw = raw.as_str();
         let tok = match token::parse(raw) {
@@ -379,6 +321,76 @@ impl Agent {
             ),
         );
     }
+}
+
+/// No token among the arguments: say which keys came (never their values,
+/// which may hold part of a token).
+fn no_token_text(args: &Value) -> String {
+    let keys: Vec<String> = args
+        .as_object()
+        .map(|o| {
+            o.keys()
+                .take(10)
+                .map(|k| k.chars().take(40).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "No token provided. Pass a pairing token starting with azcp_1_. (received argument keys: {})",
+        if keys.is_empty() { "none".to_string() } else { keys.join(", ") }
+    )
+}
+
+/// `pair_generate`'s arguments: name, slots (at most 1000), expiry, token
+/// budget, and capabilities as a list or comma-separated.
+fn pair_request_args(args: &Value) -> PairRequest {
+    let mut req = PairRequest {
+        name: args["name"].as_str().unwrap_or_default().to_string(),
+        ..Default::default()
+    };
+    if let Some(n) = args["slots"].as_u64() {
+        req.slots = n.min(1000) as u32;
+    }
+    if let Some(e) = args["expires"].as_str() {
+        req.expires = e.to_string();
+    }
+    if let Some(b) = args["token_budget"].as_u64() {
+        req.token_budget = b;
+    }
+    if let Some(c) = args["capabilities"].as_array() {
+        req.capabilities = c
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect();
+    } else if let Some(c) = args["capabilities"].as_str() {
+        req.capabilities = c
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect();
+    }
+    req
+}
+
+/// One line per pairing: name, phase, slots, the DID it is bound to.
+fn pair_list_text(pairings: &[crate::roles::ledger::Pairing]) -> String {
+    if pairings.is_empty() {
+        return "No pairings.".to_string();
+    }
+    pairings
+        .iter()
+        .map(|p| {
+            format!(
+                "{}  {}  slots {}/{}  {}",
+                p.name,
+                p.phase,
+                p.slots_used,
+                p.slots_max,
+                p.bound_did.as_deref().unwrap_or("-")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `500000` → `500,000` (the original's `toLocaleString` in en-US).
