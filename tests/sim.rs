@@ -1750,39 +1750,7 @@ fn finding_2_controller_takes_no_plaintext_offload_request_even_from_a_paired_di
 /// end-to-end message may; stale phases do not move the offload backwards.
 #[test]
 fn a_spoofed_plaintext_ready_does_not_redirect_an_offload() {
-    let mut w = World::new(91);
-    let ctrl = w.add_agent(
-        "controller",
-        json!({"role": "controller", "cluster_name": "lab"}),
-    );
-    let alice = w.add_agent("alice", json!({}));
-    w.run_for(3_000);
-    let gen = w.call_sync(
-        ctrl,
-        "pair_generate",
-        json!({"name": "alice", "capabilities": "offload"}),
-        5_000,
-    );
-    let tok = gen["details"]["mesh"]["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let paired = w.call_sync(alice, "mesh_pair", json!({"token": tok}), 60_000);
-    assert!(
-        paired["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .starts_with("✅"),
-        "{paired}"
-    );
-    let sub = w.call_sync(alice, "cloud_offload", json!({"task": "t"}), 5_000);
-    let rid = sub["details"]["mesh"]["request_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    // The sim runs no jobs: the controller's sandbox never comes up, so the
-    // offload waits in "spawning" for its ready.
-    w.run_for(3_000);
+    let (mut w, ctrl, alice, rid) = World::paired_offload(91);
     let st = w.call_sync(alice, "offload_status", json!({}), 5_000);
     assert_eq!(st["details"]["mesh"]["phase"], json!("spawning"), "{st}");
     let ad = w.did(alice);

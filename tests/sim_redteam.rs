@@ -38,37 +38,6 @@ fn plaintext_frame(from: &str, to: &str, id: &str, payload: &Value) -> String {
     .to_string()
 }
 
-/// A paired client with an offload waiting for its sandbox (the simulator
-/// runs no jobs, so it stays in "spawning").
-fn paired_offload(seed: u64) -> (World, usize, usize, String) {
-    let mut w = World::new(seed);
-    let ctrl = w.add_agent(
-        "controller",
-        json!({"role": "controller", "cluster_name": "lab"}),
-    );
-    let alice = w.add_agent("alice", json!({}));
-    w.run_for(3_000);
-    let gen = w.call_sync(
-        ctrl,
-        "pair_generate",
-        json!({"name": "alice", "capabilities": "offload"}),
-        5_000,
-    );
-    let tok = gen["details"]["mesh"]["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let paired = w.call_sync(alice, "mesh_pair", json!({"token": tok}), 60_000);
-    assert!(World::call_text(&paired).starts_with('✅'), "{paired}");
-    let sub = w.call_sync(alice, "cloud_offload", json!({"task": "t"}), 5_000);
-    let rid = sub["details"]["mesh"]["request_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    w.run_for(3_000);
-    (w, ctrl, alice, rid)
-}
-
 /// Finding 1: a peer sending large messages fills its unread quota (bytes,
 /// not only a count), never the engine's memory, and loses nothing: a kars
 /// sender's refused frames decrypt when it re-sends them after the reader
@@ -190,7 +159,7 @@ fn finding_4_a_replayed_session_opening_never_replaces_a_live_session() {
 /// makes the client ask for no cleanup.
 #[test]
 fn finding_5_plaintext_in_the_controllers_name_reaches_neither_inbox_nor_offload() {
-    let (mut w, ctrl, alice, rid) = paired_offload(145);
+    let (mut w, ctrl, alice, rid) = World::paired_offload(145);
     let (ad, cd) = (w.did(alice), w.did(ctrl));
     let raw = w.raw_connect([0x66; 32]);
     let msg =

@@ -344,15 +344,7 @@ impl Agent {
         let offload = Offload::new(request_id, task, &rest, controller, now);
         let n = rest.files.len();
         self.offloads.reads.clear();
-        for (i, (path, _)) in rest.files.into_iter().enumerate() {
-            let id = self.fresh_id();
-            self.offloads.reads.push((id, i));
-            cx.out.push(Command::FileRead {
-                id,
-                path,
-                max_bytes: transfer::MAX_FILE_BYTES as u64,
-            });
-        }
+        self.read_inputs(cx, rest.files.into_iter().map(|(path, _)| path).enumerate());
         self.offloads.submitting = Some(Submit {
             call_id: call_id.to_string(),
             offload,
@@ -1276,7 +1268,12 @@ impl Agent {
             return self.send_inputs(cx);
         }
         // After a restart the bytes are read again.
-        for (i, path) in missing {
+        self.read_inputs(cx, missing);
+    }
+
+    /// Ask the host to read input files (by their index in the offload).
+    fn read_inputs(&mut self, cx: &mut Cx<'_>, files: impl IntoIterator<Item = (usize, String)>) {
+        for (i, path) in files {
             let id = self.fresh_id();
             self.offloads.reads.push((id, i));
             cx.out.push(Command::FileRead {

@@ -508,6 +508,38 @@ impl World {
     // ------------------------------------------------------------- agents
 
     /// Add and start an agent. `extra` is merged into the start config.
+    /// A controller and a paired client "alice" whose offload waits for
+    /// its sandbox: the simulator runs no jobs, so it stays in "spawning".
+    /// (world, controller, alice, request id)
+    pub fn paired_offload(seed: u64) -> (World, usize, usize, String) {
+        let mut w = World::new(seed);
+        let ctrl = w.add_agent(
+            "controller",
+            json!({"role": "controller", "cluster_name": "lab"}),
+        );
+        let alice = w.add_agent("alice", json!({}));
+        w.run_for(3_000);
+        let gen = w.call_sync(
+            ctrl,
+            "pair_generate",
+            json!({"name": "alice", "capabilities": "offload"}),
+            5_000,
+        );
+        let tok = gen["details"]["mesh"]["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let paired = w.call_sync(alice, "mesh_pair", json!({"token": tok}), 60_000);
+        assert!(World::call_text(&paired).starts_with('✅'), "{paired}");
+        let sub = w.call_sync(alice, "cloud_offload", json!({"task": "t"}), 5_000);
+        let rid = sub["details"]["mesh"]["request_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        w.run_for(3_000);
+        (w, ctrl, alice, rid)
+    }
+
     pub fn add_agent(&mut self, name: &str, extra: Value) -> usize {
         let state_key = self.rng.bytes32();
         let mut cfg = json!({
