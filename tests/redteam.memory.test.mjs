@@ -114,6 +114,7 @@ test('finding 1: 40 messages of ~3 MB from a stranger keep the wasm memory bound
 
   // Bounded memory: payloads must not be kept in the engine's memory.
   assert.ok(growth < 64 * MiB, `wasm memory grew by ${(growth / MiB).toFixed(1)} MiB (limit 64 MiB): ${info}`);
+  console.log(`# measured: ${info}`);
   // The per-sender unread byte quota (32 MiB): the rest is refused.
   assert.ok(refused > 0, `no message refused over the 32 MiB unread quota after ${((taken * CONTENT_BYTES) / MiB).toFixed(0)} MiB unread from one sender: ${info}`);
   assert.ok(taken * CONTENT_BYTES <= 32 * MiB + CONTENT_BYTES, `${taken} messages of ~3 MB taken from one sender (over 32 MiB unread): ${info}`);
