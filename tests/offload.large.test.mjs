@@ -90,6 +90,8 @@ test('three inputs of 30 MiB each way: done, every output byte for byte, core me
   }
   peak = Math.max(peak, alice.memoryBytes());
   console.log(`# measured: core memory peak ${(peak / 1048576).toFixed(0)} MiB for three 30 MiB files each way`);
-  // Measured 251 MiB for this run (one file used to take 473 MiB alone).
-  assert.ok(peak < 400 * 1024 * 1024, `core memory peaked at ${(peak / 1048576).toFixed(0)} MiB`);
+  // Measured 251 and 331 MiB in two runs (timing decides how many chunks
+  // wait at once); one file alone used to take 473 MiB, and three stopped
+  // the node at the 1 GiB cap. Half the cap leaves room for that spread.
+  assert.ok(peak < 512 * 1024 * 1024, `core memory peaked at ${(peak / 1048576).toFixed(0)} MiB`);
 });
