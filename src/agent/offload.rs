@@ -191,6 +191,16 @@ fn peer_words(s: &str) -> String {
     crate::wire::escape_for_log(s, 4000)
 }
 
+/// The error a peer's `offload_error` carries (at most 4,000 characters).
+fn peer_error(p: &Value) -> String {
+    p["error"]
+        .as_str()
+        .unwrap_or("unknown error")
+        .chars()
+        .take(4000)
+        .collect()
+}
+
 fn normalise_task(t: &str) -> String {
     t.split_whitespace()
         .collect::<Vec<_>>()
@@ -992,12 +1002,7 @@ impl Agent {
     /// The controller ended or refused the offload; it may hold a slot for
     /// it, so the cleanup goes too (after the state that explains it).
     fn controller_error(&mut self, cx: &mut Cx<'_>, p: &Value) {
-        let err: String = p["error"]
-            .as_str()
-            .unwrap_or("unknown error")
-            .chars()
-            .take(4000)
-            .collect();
+        let err = peer_error(p);
         let why = if p["phase"] == "execution" {
             "The cluster ended the offload"
         } else {
@@ -1077,12 +1082,7 @@ impl Agent {
             "file_transfer_ack" if p["success"] != true => self.sandbox_refused_input(cx, p),
             "offload_done" => self.sandbox_done(cx, p),
             "offload_error" => {
-                let err: String = p["error"]
-                    .as_str()
-                    .unwrap_or("unknown error")
-                    .chars()
-                    .take(4000)
-                    .collect();
+                let err = peer_error(p);
                 // Recorded first: the cleanup goes out after the state that explains it.
                 self.fail_offload_noted(
                     cx,
