@@ -11,6 +11,7 @@ import { startServers } from './harness/servers.mjs';
 import { followOffload } from './harness/follow.mjs';
 import { createNode } from '../js-host/node-host.js';
 import { isolationSupport, killSandboxes } from '../js-host/jobs.js';
+import { untilRegistered } from './harness/registered.mjs';
 
 let srv;
 let sandboxDir;
@@ -37,12 +38,7 @@ function tmp(name) {
 async function start(name, stateDir, extra = {}) {
   const n = await createNode({ stateDir, relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name, log: () => {}, ...extra });
   nodes.add(n);
-  for (let i = 0; i < 100; i++) {
-    const r = await n.callTool('mesh_identity', {});
-    if (r.details.mesh.registered && r.details.mesh.connected) return n;
-    await new Promise((res) => setTimeout(res, 100));
-  }
-  throw new Error(`${name} did not register and connect`);
+  return untilRegistered(n, name);
 }
 
 async function pair(ctrl, client, name) {

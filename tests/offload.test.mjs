@@ -16,6 +16,7 @@ import { startServers } from './harness/servers.mjs';
 import { createNode } from '../js-host/node-host.js';
 import { killSandboxes } from '../js-host/jobs.js';
 import { followOffload } from './harness/follow.mjs';
+import { untilRegistered } from './harness/registered.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const TASK_CMD = `"${process.execPath}" "${path.join(HERE, 'fixtures/offload-task.mjs')}"`;
@@ -45,12 +46,7 @@ function tmp(name) {
 async function start(name, stateDir, extra = {}) {
   const n = await createNode({ stateDir, relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name, log: () => {}, ...extra });
   nodes.add(n);
-  for (let i = 0; i < 100; i++) {
-    const r = await n.callTool('mesh_identity', {});
-    if (r.details.mesh.registered && r.details.mesh.connected) return n;
-    await new Promise((res) => setTimeout(res, 100));
-  }
-  throw new Error(`${name} did not register and connect`);
+  return untilRegistered(n, name);
 }
 
 async function stop(n) {

@@ -19,6 +19,7 @@ import { startServers } from './harness/servers.mjs';
 import { startStubLlm } from './harness/stub-llm.mjs';
 import { createNode } from '../js-host/node-host.js';
 import { TOOLS } from '../js-host/tools.js';
+import { untilRegistered } from './harness/registered.mjs';
 
 const cleanups = [];
 let srv;
@@ -32,12 +33,7 @@ const MESSAGE = 'hello bob, this is claw from an agent turn';
 const REPLY = 'hi claw, bob got your message';
 
 async function registered(n) {
-  for (let i = 0; i < 100; i++) {
-    const r = await n.callTool('mesh_identity', {});
-    if (r.details.mesh.registered && r.details.mesh.connected) return;
-    await new Promise((res) => setTimeout(res, 100));
-  }
-  throw new Error('node did not register and connect');
+  await untilRegistered(n, 'node');
 }
 
 const textOf = (content) => (typeof content === 'string' ? content : (content ?? []).map((c) => c?.text ?? '').join(''));

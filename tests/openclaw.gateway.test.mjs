@@ -21,6 +21,7 @@ import path from 'node:path';
 import { startServers } from './harness/servers.mjs';
 import { makeOpenClawHome } from './harness/openclaw.mjs';
 import { createNode } from '../js-host/node-host.js';
+import { untilRegistered } from './harness/registered.mjs';
 
 let srv;
 let oc;
@@ -48,12 +49,7 @@ async function node(name, extra = {}) {
 }
 
 async function registered(n) {
-  for (let i = 0; i < 100; i++) {
-    const r = await n.callTool('mesh_identity', {});
-    if (r.details.mesh.registered && r.details.mesh.connected) return;
-    await new Promise((res) => setTimeout(res, 100));
-  }
-  throw new Error('node did not register and connect');
+  await untilRegistered(n, 'node');
 }
 
 /** POST /tools/invoke; asserts HTTP 200 {ok:true} and returns the tool result. */

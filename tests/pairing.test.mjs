@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startServers } from './harness/servers.mjs';
 import { createNode } from '../js-host/node-host.js';
+import { untilRegistered } from './harness/registered.mjs';
 
 let srv;
 const dirs = [];
@@ -32,12 +33,7 @@ async function node(name, extra = {}) {
 }
 
 async function registered(n) {
-  for (let i = 0; i < 50; i++) {
-    const r = await n.callTool('mesh_identity', {});
-    if (r.details.mesh.registered && r.details.mesh.connected) return;
-    await new Promise((res) => setTimeout(res, 100));
-  }
-  throw new Error('node did not register and connect');
+  await untilRegistered(n, 'node', 50);
 }
 
 test('generate a token on the controller, pair once, refuse reuse', { timeout: 60_000 }, async () => {

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { startServers } from './harness/servers.mjs';
 import { fakeDid, rawPeer } from './peers/raw_peer.mjs';
 import { createNode } from '../js-host/node-host.js';
+import { untilRegistered } from './harness/registered.mjs';
 
 let srv;
 const dirs = [];
@@ -38,12 +39,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function start(name, extra = {}) {
   const n = await createNode({ stateDir: tmp(name), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name, log: () => {}, ...extra });
   nodes.add(n);
-  for (let i = 0; i < 100; i++) {
-    const m = (await n.callTool('mesh_identity', {})).details.mesh;
-    if (m.registered && m.connected) return n;
-    await sleep(100);
-  }
-  throw new Error(`${name} did not register and connect`);
+  return untilRegistered(n, name);
 }
 
 async function raw() {
