@@ -26,6 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { startControlServer, listening } from './control.js';
 import { killSandboxes } from './jobs.js';
 import { escapeLog } from './log-escape.js';
+import { procInfo } from './proc.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const BIN = path.join(ROOT, 'bin', 'kars-mesh');
@@ -124,34 +125,6 @@ export function clusterConfig(dir) {
 export const urlFor = (port) => `http://${HOST}:${port}`;
 
 // ---- processes ------------------------------------------------------------
-
-/**
- * What the system says about a pid: `{alive, starttime, cmdline}` or null when
- * there is no such process. Zombies count as not alive.
- */
-export function procInfo(pid) {
-  if (!Number.isInteger(pid) || pid <= 0) return null;
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    let cmdline = '';
-    try {
-      cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
-    } catch {
-      /* gone meanwhile */
-    }
-    return { alive: fields[0] !== 'Z' && fields[0] !== 'X', starttime: fields[19], cmdline };
-  } catch {
-    if (fs.existsSync('/proc/self/stat')) return null;
-  }
-  // No /proc (not Linux): liveness only.
-  try {
-    process.kill(pid, 0);
-    return { alive: true, starttime: undefined, cmdline: undefined };
-  } catch (e) {
-    return e.code === 'EPERM' ? { alive: true, starttime: undefined, cmdline: undefined } : null;
-  }
-}
 
 /** A record of a process we started: `{pid, starttime, match: [strings its command line holds]}`. */
 function processRecord(pid, match) {

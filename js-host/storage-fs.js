@@ -33,6 +33,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { procInfo } from './proc.js';
 
 const RECORDS = 'records';
 const STATE_KEY = 'state.key';
@@ -246,7 +247,12 @@ function installExitHook() {
   });
 }
 
-function readLockPid(lockPath) {
+/**
+ * The lock's holder as written by `acquireLock`: `{pid, starttime}` (starttime
+ * is /proc's, absent in locks from older versions or without /proc), NaN pid
+ * for an unreadable file, undefined when there is no lock.
+ */
+function readLock(lockPath) {
   let text;
   try {
     text = fs.readFileSync(lockPath, 'utf8');
@@ -254,23 +260,27 @@ function readLockPid(lockPath) {
     if (e.code === 'ENOENT') return undefined;
     throw e;
   }
-  const pid = Number.parseInt(text.trim(), 10);
-  return Number.isSafeInteger(pid) && pid > 0 ? pid : NaN;
+  const [first, second] = text.split('\n');
+  const pid = Number.parseInt(first.trim(), 10);
+  const starttime = /^[0-9]+$/.test(second?.trim() ?? '') ? second.trim() : undefined;
+  return { pid: Number.isSafeInteger(pid) && pid > 0 ? pid : NaN, starttime };
 }
 
-function pidAlive(pid) {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return e.code === 'EPERM'; // exists, owned by someone else
-  }
+/**
+ * true while the lock's holder still runs. A zombie nobody reaped (a SIGKILLed
+ * node in a container without an init) holds nothing, and neither does a
+ * later process that was given the same pid.
+ */
+function holderAlive(holder) {
+  const info = procInfo(holder.pid);
+  if (!info?.alive) return false;
+  return !(holder.starttime && info.starttime && holder.starttime !== info.starttime);
 }
 
 function releaseLockFile(lockPath) {
   heldLocks.delete(lockPath);
   try {
-    if (readLockPid(lockPath) === process.pid) {
+    if (readLock(lockPath)?.pid === process.pid) {
       fs.unlinkSync(lockPath);
       fsyncDir(path.dirname(lockPath));
     }
@@ -287,7 +297,7 @@ function releaseLockFile(lockPath) {
 export function acquireLock(dir) {
   const lockPath = path.resolve(dir, LOCK);
   if (heldLocks.has(lockPath)) throw inUse(dir, process.pid, lockPath);
-  const content = Buffer.from(`${process.pid}\n`);
+  const content = Buffer.from(`${process.pid}\n${procInfo(process.pid)?.starttime ?? ''}\n`);
   for (let attempt = 0; attempt < 5; attempt++) {
     let created;
     try {
@@ -300,14 +310,15 @@ export function acquireLock(dir) {
       installExitHook();
       return { path: lockPath, release: () => releaseLockFile(lockPath) };
     }
-    let pid;
+    let holder;
     try {
-      pid = readLockPid(lockPath);
+      holder = readLock(lockPath);
     } catch (e) {
       throw new StateDirError(`cannot read lock file ${lockPath}: ${e.message}`, { cause: e });
     }
-    if (pid === undefined) continue; // vanished meanwhile: try again
-    const stale = Number.isNaN(pid) || (pid === process.pid ? !heldLocks.has(lockPath) : !pidAlive(pid));
+    if (holder === undefined) continue; // vanished meanwhile: try again
+    const { pid } = holder;
+    const stale = Number.isNaN(pid) || (pid === process.pid ? !heldLocks.has(lockPath) : !holderAlive(holder));
     if (!stale) throw inUse(dir, pid, lockPath);
     // Take over: move the stale file aside, check it is the one we judged stale.
     const aside = `${lockPath}.stale-${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -317,8 +328,8 @@ export function acquireLock(dir) {
       if (e.code === 'ENOENT') continue;
       throw new StateDirError(`cannot take over stale lock ${lockPath}: ${e.message}`, { cause: e });
     }
-    const moved = readLockPid(aside);
-    if (Object.is(moved, pid) || (Number.isNaN(moved) && Number.isNaN(pid))) {
+    const moved = readLock(aside)?.pid;
+    if (Object.is(moved, pid)) {
       fs.rmSync(aside, { force: true });
     } else {
       // Another process replaced the stale lock with a live one in between: put it back.

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import {
   openStateDir,
   openRecords,
@@ -26,6 +26,32 @@ function tmpDir(t) {
 
 const mode = (p) => fs.statSync(p).mode & 0o777;
 const bytes = (s) => new Uint8Array(Buffer.from(s));
+
+/** The pid the lock file names (its first line; the second is the holder's start time). */
+const lockPid = (dir) => fs.readFileSync(path.join(dir, 'lock'), 'utf8').split('\n')[0];
+
+/** /proc's start time of a pid (field 22 of /proc/PID/stat). */
+const startTime = (pid) => {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+};
+
+/**
+ * A zombie nobody reaps, as a SIGKILLed node becomes in a container without an
+ * init: `sh` starts `true` in the background and turns into `sleep`, which
+ * never waits for it. Resolves to {pid, stop()}.
+ */
+async function zombie(t) {
+  const parent = spawn('/bin/sh', ['-c', 'true & echo $!; exec sleep 20'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  t.after(() => parent.kill('SIGKILL'));
+  const pid = await new Promise((resolve) => parent.stdout.once('data', (d) => resolve(Number(String(d).trim()))));
+  for (let i = 0; i < 100; i++) {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    if (stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) return pid;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`pid ${pid} did not become a zombie`);
+}
 
 /** A pid that is certainly not running: a child that has already exited. */
 function deadPid() {
@@ -214,7 +240,8 @@ test('state.key: not silently recreated when sealed records exist', (t) => {
 test('lock: a second open while the first holds it is refused with the pid', (t) => {
   const dir = path.join(tmpDir(t), 'state');
   const s = openStateDir(dir);
-  assert.equal(fs.readFileSync(path.join(dir, 'lock'), 'utf8').trim(), String(process.pid));
+  assert.equal(lockPid(dir), String(process.pid));
+  if (posix) assert.equal(fs.readFileSync(path.join(dir, 'lock'), 'utf8'), `${process.pid}\n${startTime(process.pid)}\n`);
   assert.throws(
     () => openStateDir(dir),
     (e) =>
@@ -243,11 +270,35 @@ test('lock: a stale lock (dead pid, garbage, our own pid from an earlier run) is
   for (const content of [`${deadPid()}\n`, 'garbage', '', `${process.pid}\n`]) {
     fs.writeFileSync(path.join(dir, 'lock'), content, { mode: 0o600 });
     const s = openStateDir(dir);
-    assert.equal(fs.readFileSync(path.join(dir, 'lock'), 'utf8').trim(), String(process.pid), JSON.stringify(content));
+    assert.equal(lockPid(dir), String(process.pid), JSON.stringify(content));
     s.close();
     assert.equal(fs.existsSync(path.join(dir, 'lock')), false);
   }
   assert.deepEqual(fs.readdirSync(dir).filter((n) => n.startsWith('lock') || n.startsWith('.tmp')), []);
+});
+
+test('lock: a live holder with its start time is refused; the same pid with another start time (reused) is taken over', (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  fs.mkdirSync(dir, { mode: 0o700 });
+  const live = process.ppid;
+  fs.writeFileSync(path.join(dir, 'lock'), `${live}\n${startTime(live)}\n`, { mode: 0o600 });
+  assert.throws(() => openStateDir(dir), new RegExp(`in use by process ${live} \\(one process per identity`));
+  fs.writeFileSync(path.join(dir, 'lock'), `${live}\n${Number(startTime(live)) + 1}\n`, { mode: 0o600 });
+  const s = openStateDir(dir);
+  assert.equal(lockPid(dir), String(process.pid), 'a pid given to a later process holds nothing');
+  s.close();
+});
+
+test('lock: a zombie holder (a SIGKILLed node nobody reaped) holds nothing', { skip: !posix }, async (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  fs.mkdirSync(dir, { mode: 0o700 });
+  const pid = await zombie(t);
+  for (const content of [`${pid}\n`, `${pid}\n${startTime(pid)}\n`]) {
+    fs.writeFileSync(path.join(dir, 'lock'), content, { mode: 0o600 });
+    const s = openStateDir(dir);
+    assert.equal(lockPid(dir), String(process.pid), JSON.stringify(content));
+    s.close();
+  }
 });
 
 test('lock: release does not remove a lock that another process has taken since', (t) => {
