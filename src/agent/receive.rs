@@ -808,19 +808,6 @@ impl Agent {
         }
     }
 
-    /// A controller takes one plaintext message: the original plugin's
-    /// `pair_request`, which carries its token's secret and so authenticates
-    /// itself (the DID binding is still checked). Offload requests and
-    /// cleanups, from anyone, are taken end-to-end encrypted only: the relay
-    /// does not bind `from`, so a plaintext one could claim any paired DID.
-    fn controller_takes_plaintext(&self, v: &Value) -> bool {
-        let body = v["payload"]
-            .as_str()
-            .or_else(|| v["ciphertext"].as_str())
-            .unwrap_or("");
-        plaintext::decode_body(body).is_ok_and(|p| self.takes_plaintext(&p))
-    }
-
     pub(super) fn after_decrypt(&mut self, cx: &mut Cx<'_>, from: &str, how: Decrypted) {
         if how == Decrypted::Promoted {
             // The peer's session replaced ours: what it has not receipted must
@@ -839,9 +826,18 @@ impl Agent {
     }
 
     pub(super) fn on_plaintext(&mut self, cx: &mut Cx<'_>, v: &Value, from: &str, id: &str) {
+        let body = v["payload"]
+            .as_str()
+            .or_else(|| v["ciphertext"].as_str())
+            .unwrap_or("");
+        let decoded = plaintext::decode_body(body);
         let trusted = self.cfg.trusted_plaintext.iter().any(|d| d == from);
-        if !trusted && !self.controller_takes_plaintext(v) {
-            // The flag is honoured only from DIDs the user trusts for it.
+        // The flag is honoured only from DIDs the user trusts for it; a
+        // controller takes one message from anyone, the original plugin's
+        // `pair_request`, whose token secret authenticates it (the DID
+        // binding is still checked). Offload requests and cleanups are taken
+        // end-to-end only: the relay does not bind `from`.
+        if !trusted && !decoded.as_ref().is_ok_and(|p| self.takes_plaintext(p)) {
             self.stats.plaintext_dropped += 1;
             cx.log(
                 LogLevel::Warn,
@@ -857,11 +853,7 @@ impl Agent {
             self.ack(cx, id);
             return;
         }
-        let body = v["payload"]
-            .as_str()
-            .or_else(|| v["ciphertext"].as_str())
-            .unwrap_or("");
-        let payload = match plaintext::decode_body(body) {
+        let payload = match decoded {
             Ok(p) => p,
             Err(e) => {
                 self.stats.malformed += 1;
