@@ -11,9 +11,12 @@ pub mod engine;
 pub mod entropy;
 pub mod io;
 pub mod mesh;
-pub mod roles;
+pub mod offload;
+pub mod pairing;
+pub mod port;
 pub mod store;
 pub mod toolkit;
+pub mod tools;
 pub mod wire;
 
 #[cfg(target_arch = "wasm32")]

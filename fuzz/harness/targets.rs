@@ -6,7 +6,7 @@ use super::{text, Target};
 use kars_mesh::crypto::identity::{did_from_ed25519, x25519_from_ed25519, Identity};
 use kars_mesh::crypto::seal;
 use kars_mesh::mesh::registry as mreg;
-use kars_mesh::roles::ledger;
+use kars_mesh::pairing::ledger;
 use kars_mesh::store::legacy;
 use kars_mesh::wire::transfer::{self, Manifest};
 use kars_mesh::wire::{b64, base58, frames, hex, plaintext, registry, time, token, WireError};
@@ -375,9 +375,9 @@ fn transfer_reassembly(input: &[u8]) -> String {
 /// record behind once flushed.
 fn reassembly(s: &str) -> String {
     use crate::sim::host::SimHost;
-    use kars_mesh::agent::transfers::Reassembly;
     use kars_mesh::agent::Cx;
     use kars_mesh::engine::Command;
+    use kars_mesh::offload::reassembly::Reassembly;
     use kars_mesh::store::{keys, Vault};
     const KEY: [u8; 32] = [7; 32];
     let vault = Vault::new(zeroize::Zeroizing::new(KEY.to_vec()));

@@ -6,10 +6,11 @@
 //! through a plaintext claim (spec §12, defects 16 and 17).
 
 use super::address::{classify, Address};
-use super::args::{self, ArgError};
 use super::inbox::{Entry, Evidence};
-use super::{inbox_tool, render, Agent, Cx, HttpAnswer, Purpose};
+use super::{inbox_tool, Agent, Cx, HttpAnswer, Purpose};
 use crate::mesh::registry as reg;
+use crate::tools::args::{self, ArgError};
+use crate::tools::render;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 

@@ -4,9 +4,10 @@
 //! agent already has sessions with, instead of the original's bare
 //! "No agents found" (spec §12, defect 12).
 
-use super::args::{self, ArgError};
-use super::{render, Agent, Cx, HttpAnswer, Purpose, KARS_CAPABILITY};
+use super::{Agent, Cx, HttpAnswer, Purpose, KARS_CAPABILITY};
 use crate::mesh::registry::{self as reg, Discovered};
+use crate::tools::args::{self, ArgError};
+use crate::tools::render;
 use serde_json::{json, Value};
 
 pub(super) const DEFAULT_LIMIT: u64 = 20;

@@ -3,11 +3,12 @@
 //! exactly the returned entries are marked (by id), so a reader that dies
 //! before acting on an answer sees the same entries again.
 
-use super::args::{self, ArgError};
 use super::inbox::{Entry, Evidence};
-use super::{render, Agent, Cx};
+use super::{Agent, Cx};
 use crate::crypto::identity::is_mesh_did;
 use crate::io::Command;
+use crate::tools::args::{self, ArgError};
+use crate::tools::render;
 use crate::wire::time;
 use serde_json::{json, Value};
 

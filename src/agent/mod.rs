@@ -4,28 +4,21 @@
 //! depends on it.
 
 mod address;
-mod args;
 mod await_tool;
-pub mod controller;
 mod discover;
 pub mod inbox;
 mod inbox_tool;
-pub mod offload;
-mod offload_args;
-pub mod offload_phase;
+mod node_port;
 mod pacer;
-pub mod pairing;
 mod plain_seen;
 mod receive;
-mod render;
 mod restore;
+mod roles;
 mod route;
-pub mod sandbox;
 mod send;
 mod send_tool;
 mod timers;
 mod tools;
-pub mod transfers;
 
 use crate::crypto::identity::{is_mesh_did, Identity};
 use crate::io::{Command, LogLevel};
@@ -33,7 +26,14 @@ use crate::mesh::link::{ws_url, CloseAction, Link, LinkState};
 use crate::mesh::prekeys::Prekeys;
 use crate::mesh::registry as reg;
 use crate::mesh::session::Peer;
+use crate::offload::client::OffloadClient;
+use crate::offload::controller::Controller;
+use crate::offload::sandbox::Sandbox;
+use crate::pairing::client::{Endpoints, PairingClient};
+use crate::pairing::ledger::ControllerAddress;
+use crate::pairing::operator::Operator;
 use crate::store::{keys, StoreError, Vault};
+use crate::tools::render;
 use crate::wire::{frames, registry, time};
 use inbox::{Entry, Inbox};
 use serde::Deserialize;
@@ -116,7 +116,7 @@ pub struct Config {
     pub cluster_name: Option<String>,
     /// Role "sandbox": the one offload this peer works on.
     #[serde(default)]
-    pub sandbox: Option<sandbox::SandboxSpec>,
+    pub sandbox: Option<crate::offload::sandbox::SandboxSpec>,
 }
 
 impl Config {
@@ -142,6 +142,34 @@ impl Config {
             self.accept_sessions = AcceptPolicy::Only(vec![sb.requester.clone()]);
         }
         self
+    }
+
+    /// Where this agent is connected, for the pairing client.
+    fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            relay_url: self.relay_url.clone(),
+            registry_url: self.registry_url.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// A controller's ledger (role "controller"); `None` for other roles or
+    /// when the stored ledger cannot be read.
+    fn operator(&self, vault: &Vault, id: &Identity, cx: &mut Cx<'_>) -> Option<Operator> {
+        if self.role.as_deref() != Some("controller") {
+            return None;
+        }
+        let address = ControllerAddress {
+            did: id.did().to_string(),
+            amid: id.amid(),
+            relay_url: self.relay_url.clone(),
+            registry_url: self.registry_url.clone(),
+            cluster: self
+                .cluster_name
+                .clone()
+                .unwrap_or_else(|| "kars-cluster".into()),
+        };
+        Operator::load(vault, cx, address)
     }
 
     fn accepts(&self, did: &str) -> bool {
@@ -265,14 +293,14 @@ pub struct Agent {
     early: BTreeMap<String, Vec<(String, u64)>>,
     knocks_awaiting_identity: HashMap<String, Vec<String>>,
     receipts_due: BTreeMap<String, Vec<u64>>,
-    ledger: Option<crate::roles::ledger::Ledger>,
-    pairing: Option<pairing::PairingRecord>,
-    pair_waits: Vec<pairing::PairWait>,
     registered: bool,
     register_calls: Vec<String>,
-    offloads: offload::ClientOffloads,
-    ctl: controller::CtlOffloads,
-    sandbox: Option<sandbox::SandboxState>,
+    /// The sub-machines (`roles`): each owns its state and sees the node
+    /// through `crate::port::Port`.
+    pairing: PairingClient,
+    offload: OffloadClient,
+    controller: Option<Controller>,
+    sandbox: Option<Sandbox>,
     /// How a mesh_send call's target is shown once sent ("name (did…)").
     send_labels: HashMap<String, String>,
     /// Consumed plaintext frames (no peer record for plaintext senders).
@@ -325,10 +353,12 @@ impl Agent {
             .get::<plain_seen::PlainSeen>(cx.host, keys::PLAIN_SEEN)
             .unwrap_or(None)
             .unwrap_or_default();
-        let ledger = pairing::load_ledger(cfg.role.as_deref(), &vault, cx);
-        let paired = vault
-            .get::<pairing::PairingRecord>(cx.host, keys::PAIRING)
-            .unwrap_or(None);
+        let operator = cfg.operator(&vault, &id, cx);
+        let pairing = PairingClient::load(&vault, cx, cfg.endpoints());
+        let offload = OffloadClient {
+            name: cfg.name.clone(),
+            ..Default::default()
+        };
         let cfg = cfg.for_role();
         // A crash between an inbox write and the peer record's can leave the
         // record's next expected number behind what was delivered.
@@ -352,13 +382,11 @@ impl Agent {
             early: BTreeMap::new(),
             knocks_awaiting_identity: HashMap::new(),
             receipts_due: BTreeMap::new(),
-            ledger,
-            pairing: paired,
-            pair_waits: Vec::new(),
             registered: false,
             register_calls: Vec::new(),
-            offloads: Default::default(),
-            ctl: Default::default(),
+            pairing,
+            offload,
+            controller: None,
             sandbox: None,
             send_labels: HashMap::new(),
             plain_seen,
@@ -369,13 +397,13 @@ impl Agent {
             started_at: time::format_millis(now),
             stats: Stats::default(),
         };
-        agent.begin(cx, fast_forwarded);
+        agent.begin(cx, fast_forwarded, operator);
         Ok(agent)
     }
 
     /// Loaded: repair what an interrupted write left, then register,
     /// connect and pick up the offload, controller and sandbox roles.
-    fn begin(&mut self, cx: &mut Cx<'_>, fast_forwarded: Vec<String>) {
+    fn begin(&mut self, cx: &mut Cx<'_>, fast_forwarded: Vec<String>, operator: Option<Operator>) {
         for did in fast_forwarded {
             cx.log(
                 LogLevel::Warn,
@@ -392,14 +420,12 @@ impl Agent {
                 self.inbox.len()
             ),
         );
-        transfers::sweep_stale(&self.vault, cx);
+        crate::offload::reassembly::sweep_stale(&self.vault, cx);
         self.vault.migrated();
         self.register(cx);
         self.connect(cx);
         self.arm(cx, T_REGISTRY, REGISTRY_HEARTBEAT_MS);
-        self.load_offload(cx);
-        self.load_controller(cx);
-        self.start_sandbox(cx);
+        self.start_roles(cx, operator);
     }
 
     pub fn did(&self) -> &str {
@@ -938,18 +964,13 @@ impl Agent {
                     self.http.insert(nid, f);
                 }
             }
-            Owner::PairWait => self.pair_timed_out(cx, id),
-            Owner::OffloadDeadline => self.offload_deadline(cx, id),
-            Owner::OffloadWatcher => self.offload_watcher_due(cx, id),
-            Owner::SandboxProgress => self.sandbox_progress_due(cx),
-            Owner::SandboxDeadline => self.sandbox_deadline(cx),
-            Owner::SandboxInputs => self.sandbox_inputs_overdue(cx),
             Owner::Waiter => {
                 if let Some(pos) = self.waiters.iter().position(|w| w.timer() == id) {
                     let w = self.waiters.remove(pos);
                     self.answer_waiter(cx, w, true);
                 }
             }
+            other => self.role_timer(cx, other, id),
         }
     }
 
@@ -1116,38 +1137,7 @@ impl Agent {
             );
             return;
         }
-        if self.is_sandbox() {
-            return self.intercept_sandbox(cx, from, payload);
-        }
-        if self.intercept_pairing(cx, from, payload) {
-            return;
-        }
-        if self.wants_offload_controller(payload) {
-            return self.intercept_offload_controller(cx, from, payload);
-        }
-        self.intercept_offload_client(cx, from, payload, encrypted);
-    }
-
-    pub fn on_file(&mut self, cx: &mut Cx<'_>, id: u64, res: Result<Vec<u8>, String>) {
-        if !self.offload_file(cx, id, res) {
-            cx.log(LogLevel::Debug, &format!("file result {id} for nobody"));
-        }
-    }
-
-    pub fn on_job_ready(&mut self, cx: &mut Cx<'_>, id: u64, info: &str) {
-        if !self.controller_job_ready(cx, id, info) {
-            cx.log(LogLevel::Debug, &format!("job {id} ready for nobody"));
-        }
-    }
-
-    pub fn on_job_exited(&mut self, cx: &mut Cx<'_>, exit: crate::io::JobExit) {
-        if self.controller_job_exited(cx, &exit) {
-            return;
-        }
-        let id = exit.id;
-        if !self.sandbox_job_exited(cx, exit) {
-            cx.log(LogLevel::Debug, &format!("job {id} exited for nobody"));
-        }
+        self.hand_to_role(cx, from, payload, encrypted);
     }
 
     pub fn tool(&mut self, cx: &mut Cx<'_>, call_id: &str, tool: &str, args: &Value) {

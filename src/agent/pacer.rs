@@ -15,25 +15,15 @@ use std::collections::{BTreeMap, VecDeque};
 /// 8 MiB of chunks.
 pub(super) const WINDOW: usize = 16;
 
-pub(super) enum Item {
-    /// A message ready to go.
-    Message(Value),
-    /// A `file_transfer` still without its `file_data`, and the bytes that
-    /// go into it (chunked above 512 KiB).
-    File {
-        msg: Value,
-        bytes: Vec<u8>,
-        transfer_id: String,
-        from_agent: String,
-    },
-    /// The client's go-ahead to its sandbox: once it is handed to the
-    /// outbox the offload records its inputs as sent.
-    Go(Value),
-}
+/// Items are named where sub-machines can name them too.
+pub(super) use crate::port::Paced as Item;
 
 #[derive(Default)]
 pub(super) struct Pacer {
     queues: BTreeMap<String, VecDeque<Item>>,
+    /// A `Go` left: the offload client records its inputs as sent once it
+    /// is back in the node (see `roles`).
+    go_handed_over: bool,
 }
 
 impl Pacer {
@@ -43,6 +33,10 @@ impl Pacer {
             Some(t) => self.queues.get(t).is_none_or(VecDeque::is_empty),
             None => self.queues.values().all(VecDeque::is_empty),
         }
+    }
+
+    pub(super) fn take_go_handed_over(&mut self) -> bool {
+        std::mem::take(&mut self.go_handed_over)
     }
 
     /// Forget what waits for `to` (its offload ended).
@@ -63,7 +57,9 @@ impl Agent {
         self.pump_to(cx, to);
     }
 
-    /// Send what the windows allow (after receipts, on the heartbeat).
+    /// Send what the windows allow (after receipts, on the heartbeat). Not
+    /// called from inside a sub-machine: it may hand the offload client its
+    /// go-ahead news.
     pub(super) fn pump_outgoing(&mut self, cx: &mut Cx<'_>) {
         let waiting: Vec<String> = self
             .pacer
@@ -75,6 +71,7 @@ impl Agent {
         for to in waiting {
             self.pump_to(cx, &to);
         }
+        self.after_pacing(cx);
     }
 
     fn in_flight(&self, to: &str) -> usize {
@@ -91,7 +88,7 @@ impl Agent {
                 Item::Message(v) => self.send_payload(cx, to, v, None, None),
                 Item::Go(v) => {
                     self.send_payload(cx, to, v, None, None);
-                    self.inputs_handed_over(cx);
+                    self.pacer.go_handed_over = true;
                 }
                 Item::File {
                     mut msg,

@@ -19,19 +19,10 @@ pub(super) enum Consumer {
 impl Agent {
     /// The predicate "is this message for the inbox", generalised: who takes it.
     pub(super) fn consumer_for(&self, from: &str, payload: &Value) -> Consumer {
-        match payload["type"].as_str() {
-            // A sandbox works for its requester only; nothing is inboxed.
-            _ if self.is_sandbox() => Consumer::Pairing,
-            _ if self.wants_offload_controller(payload)
-                || self.wants_offload_client(from, payload) =>
-            {
-                Consumer::Pairing
-            }
-            Some("pair_request") if self.is_controller() => Consumer::Pairing,
-            Some("pair_response") if self.pair_waits.iter().any(|w| w.controller == from) => {
-                Consumer::Pairing
-            }
-            _ => Consumer::Inbox,
+        if self.for_a_role(from, payload) {
+            Consumer::Pairing
+        } else {
+            Consumer::Inbox
         }
     }
 }

@@ -2,10 +2,10 @@
 //! refused AMID), resolving a name through the registry, and its texts.
 
 use super::address::{classify, short_did, Address};
-use super::args::{self, ArgError};
-use super::render::{fail, fail_text, ok};
 use super::{Agent, Cx, HttpAnswer, Purpose};
 use crate::mesh::registry as reg;
+use crate::tools::args::{self, ArgError};
+use crate::tools::render::{fail, fail_text, ok};
 use serde_json::{json, Value};
 
 /// Longest idempotency key.

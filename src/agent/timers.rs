@@ -11,23 +11,8 @@ use std::collections::HashMap;
 /// First id of the timers set here (the fixed ones are below it).
 const FIRST_ID: u64 = 1000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Owner {
-    /// An HTTP request waiting to be sent again.
-    HttpRetry,
-    /// A `mesh_pair` waiting for the controller's answer.
-    PairWait,
-    /// The active offload's deadline.
-    OffloadDeadline,
-    /// An `offload_status {wait_seconds}` call.
-    OffloadWatcher,
-    /// A sandbox's progress report, deadline and wait for its inputs.
-    SandboxProgress,
-    SandboxDeadline,
-    SandboxInputs,
-    /// A blocking `mesh_inbox` or a `mesh_await`.
-    Waiter,
-}
+/// The owners are named where sub-machines can name them too.
+pub(crate) use crate::port::TimerOwner as Owner;
 
 pub(super) struct Timers {
     next: u64,

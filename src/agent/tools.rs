@@ -2,9 +2,10 @@
 //! tool validates its arguments before changing anything; results have the
 //! one shape of `render`.
 
-use super::render::{fail, fail_text, ok};
-use super::{args, await_tool, discover, inbox_tool, send_tool, Agent, Cx};
-use serde_json::{json, Value};
+use super::{await_tool, discover, inbox_tool, send_tool, Agent, Cx};
+use crate::tools::args;
+use crate::tools::render::{fail, fail_text, ok};
+use serde_json::Value;
 
 fn mesh_inbox(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
     let q = match inbox_tool::parse(a) {
@@ -58,17 +59,9 @@ pub(super) fn handle(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, tool: &s
         "mesh_inbox" => mesh_inbox(agent, cx, call_id, args),
         "mesh_await" => await_tool::start(agent, cx, call_id, args),
         "discover" => discover::start(agent, cx, call_id, args),
-        "mesh_pair" => agent.start_pairing(cx, call_id, args),
-        "cloud_offload" => agent.cloud_offload(cx, call_id, args),
-        "offload_status" => agent.offload_status_tool(cx, call_id, args),
-        "offload_cancel" => agent.offload_cancel(cx, call_id),
-        "offload_notifications" => agent.offload_notifications(cx, call_id),
-        "offload_list" => {
-            let list = agent.controller_offloads();
-            let n = list.as_array().map(Vec::len).unwrap_or(0);
-            ok(cx, call_id, &format!("{n} offload(s) running"), json!({"offloads": list}));
-        }
-        "pair_generate" | "pair_list" | "pair_revoke" => agent.ledger_tool(cx, call_id, tool, args),
+        "mesh_pair" | "cloud_offload" | "offload_status" | "offload_cancel"
+        | "offload_notifications" | "offload_list" | "pair_generate" | "pair_list"
+        | "pair_revoke" => agent.role_tool(cx, call_id, tool, args),
         other => fail(
             cx,
             call_id,

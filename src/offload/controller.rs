@@ -4,9 +4,10 @@
 //! `offload_cleanup`. Requests are answered only over the requester's
 //! authenticated channel; a cleanup from anyone but the requester is refused.
 
-use super::{Agent, Cx};
-use crate::io::{Command, JobExit, LogLevel};
-use crate::roles::ledger::Phase;
+use crate::io::{Command, Cx, JobExit, LogLevel};
+use crate::pairing::ledger::Phase;
+use crate::pairing::operator::Operator;
+use crate::port::Port;
 use crate::store::keys;
 use crate::wire::{time, transfer};
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,12 @@ pub struct CtlOffloads {
     pub list: Vec<CtlOffload>,
 }
 
+/// The controller role: the operator's ledger and the offloads it runs.
+pub struct Controller {
+    pub operator: Operator,
+    offloads: CtlOffloads,
+}
+
 /// A UUID (8-4-4-4-12 hex), as the original plugin sends.
 fn valid_request_id(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
@@ -81,24 +88,31 @@ fn offload_shape_refusal(p: &Value) -> Option<String> {
     None
 }
 
-impl Agent {
-    pub(super) fn load_controller(&mut self, cx: &mut Cx<'_>) {
-        if !self.is_controller() {
-            return;
-        }
-        match self
-            .vault
+impl Controller {
+    /// The stored offloads; a sandbox still starting when the controller
+    /// went down is started again.
+    pub fn load(operator: Operator, port: &mut dyn Port, cx: &mut Cx<'_>) -> Self {
+        let offloads = match port
+            .vault()
             .get::<CtlOffloads>(cx.host, keys::CONTROLLER_OFFLOADS)
         {
-            Ok(Some(c)) => self.ctl = c,
-            Ok(None) => {}
-            Err(e) => cx.log(LogLevel::Error, &e.to_string()),
-        }
+            Ok(c) => c.unwrap_or_default(),
+            Err(e) => {
+                cx.log(LogLevel::Error, &e.to_string());
+                CtlOffloads::default()
+            }
+        };
+        let mut ctl = Controller { operator, offloads };
+        ctl.restart_spawning(port, cx);
+        ctl
+    }
+
+    fn restart_spawning(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
         // A sandbox that was still starting when we went down is started
         // again (the host replaces a leftover process with the same job id);
         // one that was up keeps running and talks to its requester directly.
         let restart: Vec<CtlOffload> = self
-            .ctl
+            .offloads
             .list
             .iter()
             .filter(|o| o.phase == CtlPhase::Spawning)
@@ -111,59 +125,77 @@ impl Agent {
                 spec_json: o.spec.to_string(),
             });
         }
-        if let Some(max) = self.ctl.list.iter().map(|o| o.job).max() {
-            self.next_id = self.next_id.max(max);
+        if let Some(max) = self.offloads.list.iter().map(|o| o.job).max() {
+            port.ids_taken_through(max);
         }
     }
 
-    fn save_ctl(&mut self, cx: &mut Cx<'_>) {
-        if let Err(e) = self
-            .vault
-            .put(cx.host, &mut cx.out, keys::CONTROLLER_OFFLOADS, &self.ctl)
-        {
+    fn save(&self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+        if let Err(e) = port.vault().put(
+            cx.host,
+            &mut cx.out,
+            keys::CONTROLLER_OFFLOADS,
+            &self.offloads,
+        ) {
             cx.log(LogLevel::Error, &e.to_string());
         }
     }
 
-    fn ctl_send(&mut self, cx: &mut Cx<'_>, to: &str, mut msg: Value) {
+    fn send(port: &mut dyn Port, cx: &mut Cx<'_>, to: &str, mut msg: Value) {
         if msg.get("timestamp").is_none() {
             msg["timestamp"] = json!(time::format_millis(cx.now()));
         }
-        self.send_payload(cx, to, msg, None, None);
+        port.send(cx, to, msg);
     }
 
-    fn ctl_status(&mut self, cx: &mut Cx<'_>, to: &str, rid: &str, phase: &str, message: &str) {
+    fn ctl_status(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        to: &str,
+        rid: &str,
+        phase: &str,
+        message: &str,
+    ) {
         let msg = json!({"type": "offload_status", "request_id": rid, "phase": phase, "message": message});
-        self.ctl_send(cx, to, msg);
+        Self::send(port, cx, to, msg);
     }
 
-    fn ctl_error(&mut self, cx: &mut Cx<'_>, to: &str, rid: &str, phase: &str, error: &str) {
+    fn ctl_error(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        to: &str,
+        rid: &str,
+        phase: &str,
+        error: &str,
+    ) {
         cx.log(
             LogLevel::Info,
             &format!("offload {rid} from {to} refused: {error}"),
         );
         let msg =
             json!({"type": "offload_error", "request_id": rid, "error": error, "phase": phase});
-        self.ctl_send(cx, to, msg);
+        Self::send(port, cx, to, msg);
     }
 
-    pub(super) fn wants_offload_controller(&self, payload: &Value) -> bool {
-        self.is_controller()
-            && matches!(
-                payload["type"].as_str(),
-                Some("offload_request" | "offload_cleanup")
-            )
+    /// The messages a controller takes.
+    pub fn wants(payload: &Value) -> bool {
+        matches!(
+            payload["type"].as_str(),
+            Some("offload_request" | "offload_cleanup")
+        )
     }
 
-    pub(super) fn intercept_offload_controller(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
+    pub fn on_message(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: &Value) {
         match p["type"].as_str() {
-            Some("offload_request") => self.on_offload_request(cx, from, p),
-            Some("offload_cleanup") => self.on_offload_cleanup(cx, from, p),
+            Some("offload_request") => self.on_offload_request(port, cx, from, p),
+            Some("offload_cleanup") => self.on_offload_cleanup(port, cx, from, p),
             _ => {}
         }
     }
 
-    fn on_offload_request(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
+    fn on_offload_request(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: &Value) {
         let rid = p["request_id"].as_str().unwrap_or_default().to_string();
         if !valid_request_id(&rid) {
             cx.log(
@@ -172,7 +204,7 @@ impl Agent {
             );
             return;
         }
-        if self.answer_repeated_request(cx, from, &rid) {
+        if self.answer_repeated_request(port, cx, from, &rid) {
             return;
         }
         // Chosen here, at random: a name derived from the requester's request
@@ -181,13 +213,12 @@ impl Agent {
         let mut r = [0u8; 8];
         cx.host.fill(&mut r);
         let sandbox_name = format!("offload-{}", crate::wire::hex::encode(&r));
-        let Some((paired, refusal)) = self.offload_refusal(cx, from, p, &sandbox_name) else {
-            return;
-        };
+        let (paired, refusal) = self.offload_refusal(cx, from, p, &sandbox_name);
         if let Some(r) = refusal {
             if paired {
                 // Strangers learn nothing but the refusal.
                 self.ctl_status(
+                    port,
                     cx,
                     from,
                     &rid,
@@ -195,22 +226,41 @@ impl Agent {
                     "checking pairing, capability and slots",
                 );
             }
-            return self.ctl_error(cx, from, &rid, "validating", &r);
+            return self.ctl_error(port, cx, from, &rid, "validating", &r);
         }
-        self.start_offload_sandbox(cx, from, &rid, p, sandbox_name);
+        self.start_offload_sandbox(port, cx, from, &rid, p, sandbox_name);
     }
 
     /// A request the requester sent again gets the current state (a
     /// request id someone else uses, a refusal); `false` for a new one.
-    fn answer_repeated_request(&mut self, cx: &mut Cx<'_>, from: &str, rid: &str) -> bool {
-        let Some(o) = self.ctl.list.iter().find(|o| o.request_id == rid).cloned() else {
+    fn answer_repeated_request(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        from: &str,
+        rid: &str,
+    ) -> bool {
+        let Some(o) = self
+            .offloads
+            .list
+            .iter()
+            .find(|o| o.request_id == rid)
+            .cloned()
+        else {
             return false;
         };
         if o.requester != from {
-            self.ctl_error(cx, from, rid, "validating", "request_id already in use");
+            self.ctl_error(
+                port,
+                cx,
+                from,
+                rid,
+                "validating",
+                "request_id already in use",
+            );
         } else if o.phase == CtlPhase::Ready {
             let msg = json!({"type": "offload_status", "request_id": rid, "phase": "ready", "message": "sandbox ready", "sandbox_name": o.sandbox_name, "sandbox_did": o.sandbox_did});
-            self.ctl_send(cx, from, msg);
+            Self::send(port, cx, from, msg);
         }
         true
     }
@@ -218,7 +268,7 @@ impl Agent {
     /// Why this request is refused, in the order a user can fix things
     /// (pairing, its state, the capability, the request's shape, a name
     /// collision, then slots), and whether the sender is paired at all
-    /// (strangers learn nothing but the refusal). `None` without a ledger.
+    /// (strangers learn nothing but the refusal).
     /// A DID may have been paired again after an expiry or revoke: the
     /// active pairing counts, older ones only explain a refusal.
     fn offload_refusal(
@@ -227,9 +277,9 @@ impl Agent {
         from: &str,
         p: &Value,
         sandbox_name: &str,
-    ) -> Option<(bool, Option<String>)> {
+    ) -> (bool, Option<String>) {
         let now = cx.now();
-        let ledger = self.ledger.as_mut()?;
+        let ledger = &mut self.operator.ledger;
         ledger.expire(now);
         let pairing = ledger
             .active_for(from, now)
@@ -257,7 +307,7 @@ impl Agent {
         };
         let refusal = refusal.or_else(|| offload_shape_refusal(p));
         let refusal = refusal.or_else(|| {
-            self.ctl
+            self.offloads
                 .list
                 .iter()
                 .any(|o| o.sandbox_name == sandbox_name)
@@ -277,7 +327,7 @@ impl Agent {
                     )
                 })
         });
-        Some((pairing.is_some(), refusal))
+        (pairing.is_some(), refusal)
     }
 
     /// Take a slot, record the offload, tell the requester, start the
@@ -285,6 +335,7 @@ impl Agent {
     /// or started: a crash after this point replays nothing, loses nothing.
     fn start_offload_sandbox(
         &mut self,
+        port: &mut dyn Port,
         cx: &mut Cx<'_>,
         from: &str,
         rid: &str,
@@ -293,12 +344,12 @@ impl Agent {
     ) {
         let now = cx.now();
         let Some(taken) = self
+            .operator
             .ledger
-            .as_mut()
-            .and_then(|l| l.take_slot(from, "offload", now))
+            .take_slot(from, "offload", now)
             .map(|x| x.name.clone())
         else {
-            return self.ctl_error(cx, from, rid, "validating", "No free sandbox slot.");
+            return self.ctl_error(port, cx, from, rid, "validating", "No free sandbox slot.");
         };
         let prefs = &p["preferences"];
         let timeout = prefs["timeout_minutes"].as_f64().unwrap_or(30.0);
@@ -316,7 +367,7 @@ impl Agent {
                     .collect()
             })
             .unwrap_or_default();
-        let job = self.fresh_id();
+        let job = port.fresh_id();
         let spec = json!({
             "name": sandbox_name,
             "requester": from,
@@ -325,12 +376,12 @@ impl Agent {
             "files": files,
             "timeout_minutes": timeout.floor() as u64,
             "model": model,
-            "controller": self.id.did(),
+            "controller": port.identity().did(),
         });
         // The slot and the record are stored before anything is said or
         // started: a crash after this point replays nothing and loses nothing.
-        self.save_ledger(cx);
-        self.ctl.list.push(CtlOffload {
+        self.operator.save(port.vault(), cx);
+        self.offloads.list.push(CtlOffload {
             request_id: rid.to_string(),
             requester: from.to_string(),
             sandbox_name: sandbox_name.clone(),
@@ -341,8 +392,9 @@ impl Agent {
             spec: spec.clone(),
             pairing: taken,
         });
-        self.save_ctl(cx);
+        self.save(port, cx);
         self.ctl_status(
+            port,
             cx,
             from,
             rid,
@@ -350,6 +402,7 @@ impl Agent {
             "checking pairing, capability and slots",
         );
         self.ctl_status(
+            port,
             cx,
             from,
             rid,
@@ -363,25 +416,23 @@ impl Agent {
         });
     }
 
-    fn on_offload_cleanup(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
+    fn on_offload_cleanup(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: &Value) {
         let rid = p["request_id"].as_str().unwrap_or_default();
-        let Some(pos) = self.ctl.list.iter().position(|o| o.request_id == rid) else {
+        let Some(pos) = self.offloads.list.iter().position(|o| o.request_id == rid) else {
             return;
         };
-        if self.ctl.list[pos].requester != from {
+        if self.offloads.list[pos].requester != from {
             cx.log(
                 LogLevel::Warn,
                 &format!("refused offload_cleanup for {rid} from {from}, which did not request it"),
             );
             return;
         }
-        let o = self.ctl.list.remove(pos);
+        let o = self.offloads.list.remove(pos);
         cx.out.push(Command::JobKill(o.job));
-        if let Some(l) = self.ledger.as_mut() {
-            l.free_slot(&o.requester, &o.pairing);
-        }
-        self.save_ledger(cx);
-        self.save_ctl(cx);
+        self.operator.ledger.free_slot(&o.requester, &o.pairing);
+        self.operator.save(port.vault(), cx);
+        self.save(port, cx);
         let reason: String = p["reason"]
             .as_str()
             .unwrap_or("")
@@ -398,8 +449,14 @@ impl Agent {
     }
 
     /// The host reports a sandbox registered and connected.
-    pub(super) fn controller_job_ready(&mut self, cx: &mut Cx<'_>, job: u64, info: &str) -> bool {
-        let Some(o) = self.ctl.list.iter_mut().find(|o| o.job == job) else {
+    pub fn job_ready(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        job: u64,
+        info: &str,
+    ) -> bool {
+        let Some(o) = self.offloads.list.iter_mut().find(|o| o.job == job) else {
             return false;
         };
         if !crate::crypto::identity::is_mesh_did(info) {
@@ -408,8 +465,9 @@ impl Agent {
         o.phase = CtlPhase::Ready;
         o.sandbox_did = Some(info.to_string());
         let o = o.clone();
-        self.save_ctl(cx);
+        self.save(port, cx);
         self.ctl_status(
+            port,
             cx,
             &o.requester,
             &o.request_id,
@@ -417,27 +475,25 @@ impl Agent {
             "sandbox process started",
         );
         let msg = json!({"type": "offload_status", "request_id": o.request_id, "phase": "ready", "message": "sandbox ready", "sandbox_name": o.sandbox_name, "sandbox_did": info});
-        self.ctl_send(cx, &o.requester, msg);
+        Self::send(port, cx, &o.requester, msg);
         true
     }
 
     /// A sandbox process ended: before it was up that is a spawn failure;
     /// afterwards its work is over. Either way its slot is free again.
-    pub(super) fn controller_job_exited(&mut self, cx: &mut Cx<'_>, exit: &JobExit) -> bool {
-        let Some(pos) = self.ctl.list.iter().position(|o| o.job == exit.id) else {
+    pub fn job_exited(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, exit: &JobExit) -> bool {
+        let Some(pos) = self.offloads.list.iter().position(|o| o.job == exit.id) else {
             return false;
         };
-        let o = self.ctl.list.remove(pos);
-        if let Some(l) = self.ledger.as_mut() {
-            l.free_slot(&o.requester, &o.pairing);
-        }
-        self.save_ledger(cx);
-        self.save_ctl(cx);
+        let o = self.offloads.list.remove(pos);
+        self.operator.ledger.free_slot(&o.requester, &o.pairing);
+        self.operator.save(port.vault(), cx);
+        self.save(port, cx);
         if o.phase == CtlPhase::Ready {
             // It ended without the requester's cleanup: say so, instead of
             // leaving the client waiting for its timeout.
             let msg = json!({"type": "offload_error", "request_id": o.request_id, "error": format!("the sandbox {} stopped (exit code {}) before the offload was cleaned up", o.sandbox_name, exit.code), "phase": "execution"});
-            self.ctl_send(cx, &o.requester, msg);
+            Self::send(port, cx, &o.requester, msg);
         }
         if o.phase == CtlPhase::Spawning {
             let tail: String = exit
@@ -453,15 +509,15 @@ impl Agent {
                 "sandbox {} failed to start (exit code {}): {tail}",
                 o.sandbox_name, exit.code
             );
-            self.ctl_error(cx, &o.requester, &o.request_id, "spawning", &err);
+            self.ctl_error(port, cx, &o.requester, &o.request_id, "spawning", &err);
         }
         true
     }
 
     /// `offload_list` (operator): sandboxes this controller runs.
-    pub(super) fn controller_offloads(&self) -> Value {
+    pub fn offload_list(&self) -> Value {
         json!(self
-            .ctl
+            .offloads
             .list
             .iter()
             .map(|o| json!({"request_id": o.request_id, "requester": o.requester, "sandbox_name": o.sandbox_name, "phase": o.phase, "sandbox_did": o.sandbox_did, "started_at": time::format_millis(o.started_ms)}))

@@ -9,7 +9,7 @@ use serde_json::Value;
 /// What is wrong with one argument. The texts never echo the value (it may
 /// be a secret the caller put in the wrong field).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(super) enum ArgError {
+pub enum ArgError {
     #[error("`{0}` must be a string.")]
     NotString(&'static str),
     #[error("`{0}` must be a number.")]
@@ -37,17 +37,14 @@ pub(super) enum ArgError {
 }
 
 /// The first present (non-null) alias, with the name it was given under.
-pub(super) fn first<'a>(
-    args: &'a Value,
-    names: &[&'static str],
-) -> Option<(&'static str, &'a Value)> {
+pub fn first<'a>(args: &'a Value, names: &[&'static str]) -> Option<(&'static str, &'a Value)> {
     names
         .iter()
         .find_map(|n| args.get(*n).filter(|v| !v.is_null()).map(|v| (*n, v)))
 }
 
 /// A string under one of `names`, trimmed; `max` characters at most.
-pub(super) fn string<'a>(
+pub fn string<'a>(
     args: &'a Value,
     names: &[&'static str],
     max: usize,
@@ -64,7 +61,7 @@ pub(super) fn string<'a>(
 }
 
 /// A finite, non-negative number (or its string form).
-pub(super) fn number(args: &Value, name: &'static str) -> Result<Option<f64>, ArgError> {
+pub fn number(args: &Value, name: &'static str) -> Result<Option<f64>, ArgError> {
     let Some((_, v)) = first(args, &[name]) else {
         return Ok(None);
     };
@@ -81,7 +78,7 @@ pub(super) fn number(args: &Value, name: &'static str) -> Result<Option<f64>, Ar
     Ok(Some(n))
 }
 
-pub(super) fn boolean(args: &Value, name: &'static str) -> Result<Option<bool>, ArgError> {
+pub fn boolean(args: &Value, name: &'static str) -> Result<Option<bool>, ArgError> {
     let Some((_, v)) = first(args, &[name]) else {
         return Ok(None);
     };
@@ -95,7 +92,7 @@ pub(super) fn boolean(args: &Value, name: &'static str) -> Result<Option<bool>, 
 
 /// An array of strings, each at most `max_len` characters, at most
 /// `max_items` of them.
-pub(super) fn strings(
+pub fn strings(
     args: &Value,
     name: &'static str,
     max_items: usize,
@@ -129,7 +126,7 @@ pub(super) fn strings(
 }
 
 /// The first `max` characters of `s` (never splits a character).
-pub(super) fn clip(s: &str, max: usize) -> String {
+pub fn clip(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),

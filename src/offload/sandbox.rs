@@ -7,9 +7,9 @@
 //! `file_transfer` (chunked above 512 KiB) and ends with `offload_done` or
 //! `offload_error`. Everything from anyone but the requester is dropped.
 
-use super::timers::Owner;
-use super::{Agent, Cx};
-use crate::io::{Command, JobExit, LogLevel};
+use super::reassembly::Reassembly;
+use crate::io::{Command, Cx, JobExit, LogLevel};
+use crate::port::{Paced, Port, TimerOwner as Owner};
 use crate::wire::{b64, time, transfer};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -48,7 +48,8 @@ pub struct Input {
     pub sha256: String,
 }
 
-pub struct SandboxState {
+/// The one offload this sandbox works on.
+pub struct Sandbox {
     pub spec: SandboxSpec,
     pub inputs: Vec<Input>,
     pub started_ms: u64,
@@ -59,37 +60,34 @@ pub struct SandboxState {
     pub deadline_timer: u64,
     pub input_timer: u64,
     pub job: Option<u64>,
-    pub reassembly: super::transfers::Reassembly,
+    pub reassembly: Reassembly,
     /// The requester's go-ahead arrived, for this very task.
     pub go: bool,
 }
 
-impl Agent {
-    pub(super) fn start_sandbox(&mut self, cx: &mut Cx<'_>) {
-        let Some(spec) = self.cfg.sandbox.clone() else {
-            return;
-        };
+impl Sandbox {
+    /// Start work on `spec`: say hello to the requester and set the
+    /// progress, deadline and input timers.
+    pub fn start(spec: SandboxSpec, port: &mut dyn Port, cx: &mut Cx<'_>) -> Self {
         let now = cx.now();
         let every = spec.progress_ms.unwrap_or(DEFAULT_PROGRESS_MS).max(200);
-        let progress_timer = self.timers.set(cx, Owner::SandboxProgress, now + every);
-        let deadline_timer = self.timers.set(
+        let progress_timer = port.set_timer(cx, Owner::SandboxProgress, now + every);
+        let deadline_timer = port.set_timer(
             cx,
             Owner::SandboxDeadline,
             now + spec.timeout_minutes.max(1) * 60_000,
         );
         // Inputs and the go-ahead must come within this time, or the sandbox
         // gives up and its slot is freed.
-        let input_timer = self
-            .timers
-            .set(cx, Owner::SandboxInputs, now + INPUT_WAIT_MS);
+        let input_timer = port.set_timer(cx, Owner::SandboxInputs, now + INPUT_WAIT_MS);
         let preview: String = spec.task.chars().take(200).collect();
         let hello = json!({
             "type": "offload_hello", "request_id": spec.request_id, "from_agent": spec.name,
             "task_preview": preview, "started_at": time::format_millis(now),
             "message": format!("Sandbox {} is up and working on the task.", spec.name),
         });
-        let requester = spec.requester.clone();
-        self.sandbox = Some(SandboxState {
+        port.send(cx, &spec.requester, hello);
+        Sandbox {
             spec,
             inputs: Vec::new(),
             started_ms: now,
@@ -102,21 +100,13 @@ impl Agent {
             job: None,
             reassembly: Default::default(),
             go: false,
-        });
-        self.send_payload(cx, &requester, hello, None, None);
-    }
-
-    pub(super) fn is_sandbox(&self) -> bool {
-        self.sandbox.is_some()
+        }
     }
 
     /// Everything a sandbox receives is its business: the requester's
     /// messages are handled, anyone else's are dropped (never inboxed).
-    pub(super) fn intercept_sandbox(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
-        let Some(s) = self.sandbox.as_ref() else {
-            return;
-        };
-        if from != s.spec.requester {
+    pub fn on_message(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: &Value) {
+        if from != self.spec.requester {
             cx.log(
                 LogLevel::Warn,
                 &format!("sandbox: dropped a message from {from}, which is not the requester"),
@@ -124,18 +114,13 @@ impl Agent {
             return;
         }
         match p["type"].as_str().unwrap_or_default() {
-            "file_transfer" => self.sandbox_input(cx, from, p),
-            "offload_start" => self.sandbox_go(cx, p),
+            "file_transfer" => self.input(port, cx, from, p),
+            "offload_start" => self.go(port, cx, p),
             "mesh:transfer_manifest" | "mesh:transfer_chunk" => {
-                let Some(s) = self.sandbox.as_mut() else {
-                    return;
-                };
-                match s.reassembly.accept(&self.vault, cx, from, p) {
+                match self.reassembly.accept(port.vault(), cx, from, p) {
                     Ok(Some(whole)) => {
-                        self.intercept_sandbox(cx, from, &whole);
-                        if let Some(s) = self.sandbox.as_mut() {
-                            s.reassembly.flush(cx);
-                        }
+                        self.on_message(port, cx, from, &whole);
+                        self.reassembly.flush(cx);
                     }
                     Ok(None) => {}
                     Err(e) => cx.log(LogLevel::Warn, &format!("sandbox: transfer: {e}")),
@@ -145,11 +130,9 @@ impl Agent {
         }
     }
 
-    fn sandbox_input(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
+    fn input(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: &Value) {
         let ts = time::format_millis(cx.now());
-        let Some(s) = self.sandbox.as_mut() else {
-            return;
-        };
+        let s = &mut *self;
         let raw = p["file_name"].as_str().unwrap_or_default();
         let name = transfer::safe_file_name(raw);
         let bytes = b64::decode(p["file_data"].as_str().unwrap_or_default());
@@ -191,54 +174,44 @@ impl Agent {
             _ => return,
         };
         let ready = s.go && s.inputs.len() == s.spec.files.len();
-        self.send_payload(cx, from, ack, None, None);
+        port.send(cx, from, ack);
         if ready {
-            self.run_task(cx);
+            self.run_task(port, cx);
         }
     }
 
     /// The requester's go-ahead: it must name this request and the SHA-256
     /// of the task this sandbox was given, or nothing runs.
-    fn sandbox_go(&mut self, cx: &mut Cx<'_>, p: &Value) {
-        let Some(s) = self.sandbox.as_mut() else {
-            return;
-        };
+    fn go(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, p: &Value) {
+        let s = &mut *self;
         if s.go || p["request_id"].as_str() != Some(s.spec.request_id.as_str()) {
             return;
         }
         let want = transfer::sha256_hex(s.spec.task.as_bytes());
         let got = p["task_sha256"].as_str().unwrap_or_default();
         if !got.eq_ignore_ascii_case(&want) {
-            return self.sandbox_error(
+            return self.fail(
+                port,
                 cx,
                 "the task this sandbox was given is not the one the requester asked for (task_sha256 differs); nothing was run",
             );
         }
         s.go = true;
         if s.inputs.len() == s.spec.files.len() {
-            self.run_task(cx);
+            self.run_task(port, cx);
         }
     }
 
-    fn run_task(&mut self, cx: &mut Cx<'_>) {
+    fn run_task(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
         let now = cx.now();
-        let Some(s) = self.sandbox.as_mut() else {
-            return;
-        };
+        let s = &mut *self;
         if s.run_started_ms.is_some() || s.finished {
             return;
         }
         s.run_started_ms = Some(now);
-        let t = s.input_timer;
-        self.timers.cancel(cx, t);
-        let Some(s) = self.sandbox.as_mut() else {
-            return;
-        };
+        port.cancel_timer(cx, s.input_timer);
         if s.spec.executor.as_deref() == Some("exec") {
-            let job = self.fresh_id();
-            let Some(s) = self.sandbox.as_mut() else {
-                return;
-            };
+            let job = port.fresh_id();
             s.job = Some(job);
             let spec = json!({
                 "workdir": "work",
@@ -279,14 +252,23 @@ impl Agent {
             s.spec.task.chars().count(),
             s.inputs.len()
         );
-        self.finish_task(cx, vec![("report.md".into(), report.into_bytes())], summary);
+        self.finish_task(
+            port,
+            cx,
+            vec![("report.md".into(), report.into_bytes())],
+            summary,
+        );
     }
 
-    fn finish_task(&mut self, cx: &mut Cx<'_>, outputs: Vec<(String, Vec<u8>)>, summary: String) {
+    fn finish_task(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        outputs: Vec<(String, Vec<u8>)>,
+        summary: String,
+    ) {
         let now = cx.now();
-        let Some(s) = self.sandbox.as_mut() else {
-            return;
-        };
+        let s = &mut *self;
         if s.finished {
             return;
         }
@@ -294,7 +276,7 @@ impl Agent {
         let spec = s.spec.clone();
         let started_ms = s.started_ms;
         for t in [s.progress_timer, s.deadline_timer] {
-            self.timers.cancel(cx, t);
+            port.cancel_timer(cx, t);
         }
         let duration = now.saturating_sub(started_ms) / 1000;
         let mut names = Vec::new();
@@ -321,7 +303,7 @@ impl Agent {
                 "description": format!("Output of request {}", spec.request_id), "from_agent": spec.name,
                 "timestamp": time::format_millis(now),
             });
-            items.push(super::pacer::Item::File {
+            items.push(Paced::File {
                 msg,
                 bytes,
                 transfer_id: format!("{}-out-{}", spec.name, names.len()),
@@ -342,16 +324,14 @@ impl Agent {
             "output_files": names, "output_file_contents": [], "tokens_used": {"prompt": 0, "completion": 0},
             "duration_seconds": duration, "from_agent": spec.name, "timestamp": time::format_millis(now),
         });
-        items.push(super::pacer::Item::Message(done));
-        self.send_paced(cx, &spec.requester, items);
+        items.push(Paced::Message(done));
+        port.send_paced(cx, &spec.requester, items);
         cx.log(LogLevel::Info, &format!("sandbox {}: done", spec.name));
     }
 
-    fn sandbox_error(&mut self, cx: &mut Cx<'_>, error: &str) {
+    fn fail(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, error: &str) {
         let now = cx.now();
-        let Some(s) = self.sandbox.as_mut() else {
-            return;
-        };
+        let s = &mut *self;
         if s.finished {
             return;
         }
@@ -361,22 +341,20 @@ impl Agent {
         }
         let spec = s.spec.clone();
         for t in [s.progress_timer, s.deadline_timer, s.input_timer] {
-            self.timers.cancel(cx, t);
+            port.cancel_timer(cx, t);
         }
         let msg = json!({
             "type": "offload_error", "request_id": spec.request_id, "error": error.chars().take(4000).collect::<String>(),
             "phase": "execution", "from_agent": spec.name, "timestamp": time::format_millis(now),
         });
-        self.send_payload(cx, &spec.requester, msg, None, None);
+        port.send(cx, &spec.requester, msg);
         cx.log(LogLevel::Info, &format!("sandbox {}: error", spec.name));
     }
 
     /// Time for a progress report (the next one is armed here).
-    pub(super) fn sandbox_progress_due(&mut self, cx: &mut Cx<'_>) {
+    pub fn progress_due(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
         let now = cx.now();
-        let Some(s) = self.sandbox.as_mut() else {
-            return;
-        };
+        let s = &mut *self;
         if s.finished {
             return;
         }
@@ -399,27 +377,19 @@ impl Agent {
         });
         let every = s.spec.progress_ms.unwrap_or(DEFAULT_PROGRESS_MS).max(200);
         let to = s.spec.requester.clone();
-        let t = self.timers.set(cx, Owner::SandboxProgress, now + every);
-        if let Some(s) = self.sandbox.as_mut() {
-            s.progress_timer = t;
-        }
-        self.send_payload(cx, &to, msg, None, None);
+        s.progress_timer = port.set_timer(cx, Owner::SandboxProgress, now + every);
+        port.send(cx, &to, msg);
     }
 
     /// The task's time is up.
-    pub(super) fn sandbox_deadline(&mut self, cx: &mut Cx<'_>) {
-        let Some(s) = self.sandbox.as_ref() else {
-            return;
-        };
-        let m = s.spec.timeout_minutes;
-        self.sandbox_error(cx, &format!("timed out after {m} minute(s)"));
+    pub fn deadline(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+        let m = self.spec.timeout_minutes;
+        self.fail(port, cx, &format!("timed out after {m} minute(s)"));
     }
 
     /// The inputs or the go-ahead did not come in time.
-    pub(super) fn sandbox_inputs_overdue(&mut self, cx: &mut Cx<'_>) {
-        let Some(s) = self.sandbox.as_ref() else {
-            return;
-        };
+    pub fn inputs_overdue(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+        let s = &*self;
         let (got, want) = (s.inputs.len(), s.spec.files.len());
         let minutes = INPUT_WAIT_MS / 60_000;
         let why = if got < want {
@@ -427,13 +397,12 @@ impl Agent {
         } else {
             format!("the requester's go-ahead (offload_start) did not arrive within {minutes} minutes; nothing was run")
         };
-        self.sandbox_error(cx, &why);
+        self.fail(port, cx, &why);
     }
 
-    pub(super) fn sandbox_job_exited(&mut self, cx: &mut Cx<'_>, exit: JobExit) -> bool {
-        let Some(s) = self.sandbox.as_mut() else {
-            return false;
-        };
+    /// `true` when `exit` is this sandbox's task.
+    pub fn job_exited(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, exit: JobExit) -> bool {
+        let s = &mut *self;
         if s.job != Some(exit.id) {
             return false;
         }
@@ -452,7 +421,7 @@ impl Agent {
             } else {
                 tail
             };
-            self.finish_task(cx, exit.outputs, summary);
+            self.finish_task(port, cx, exit.outputs, summary);
         } else {
             let last: String = tail
                 .chars()
@@ -462,7 +431,8 @@ impl Agent {
                 .into_iter()
                 .rev()
                 .collect();
-            self.sandbox_error(
+            self.fail(
+                port,
                 cx,
                 &format!("the command exited with code {}: {last}", exit.code),
             );

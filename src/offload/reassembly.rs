@@ -4,8 +4,7 @@
 //! A transfer its sender abandons is erased after `STALE_MS`, at the next
 //! start or the next transfer, so its records do not pile up.
 
-use super::Cx;
-use crate::io::{Command, LogLevel};
+use crate::io::{Command, Cx, LogLevel};
 use crate::store::{keys, Vault};
 use crate::wire::transfer::{Manifest, TransferError, MAX_CHUNKS};
 use serde::{Deserialize, Serialize};
@@ -15,7 +14,7 @@ use std::collections::BTreeMap;
 /// Transfers in progress at once (per node).
 const MAX_OPEN: usize = 8;
 /// An unfinished transfer with no manifest for this long is abandoned.
-pub(super) const STALE_MS: u64 = 2 * 3600 * 1000;
+pub const STALE_MS: u64 = 2 * 3600 * 1000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Chunk {
@@ -47,7 +46,7 @@ fn read_manifest(vault: &Vault, cx: &mut Cx<'_>, key: &str, now: u64) -> Option<
 
 /// Erase the records of transfers abandoned by their senders (or left
 /// without a manifest): run once at start.
-pub(super) fn sweep_stale(vault: &Vault, cx: &mut Cx<'_>) {
+pub fn sweep_stale(vault: &Vault, cx: &mut Cx<'_>) {
     let now = cx.now();
     let keys = cx.host.storage_list(keys::TRANSFER);
     let mut prefixes: BTreeMap<String, Vec<String>> = BTreeMap::new();

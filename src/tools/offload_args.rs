@@ -2,7 +2,6 @@
 //! files, the timeout and the model, each checked before anything changes,
 //! with a text that says what to pass.
 
-use super::offload::basename;
 use crate::wire::transfer;
 use serde_json::Value;
 
@@ -20,7 +19,7 @@ const TASK_ALIASES: [&str; 7] = [
 ];
 
 /// What the sandbox should do: the first task alias given, trimmed.
-pub(super) fn task(args: &Value) -> Result<String, String> {
+pub fn task(args: &Value) -> Result<String, String> {
     let task = TASK_ALIASES
         .iter()
         .find_map(|k| args.get(*k).and_then(Value::as_str))
@@ -37,19 +36,19 @@ pub(super) fn task(args: &Value) -> Result<String, String> {
 }
 
 /// `force=true` (or "true"): run a task again within the duplicate window.
-pub(super) fn force(args: &Value) -> bool {
+pub fn force(args: &Value) -> bool {
     args["force"] == true || args["force"] == "true"
 }
 
 /// The rest of the arguments, checked once the task and the pairing are.
-pub(super) struct Rest {
+pub struct Rest {
     /// (path as given, name sent to the sandbox)
-    pub(super) files: Vec<(String, String)>,
-    pub(super) timeout_minutes: u64,
-    pub(super) model: Option<String>,
+    pub files: Vec<(String, String)>,
+    pub timeout_minutes: u64,
+    pub model: Option<String>,
 }
 
-pub(super) fn rest(args: &Value) -> Result<Rest, String> {
+pub fn rest(args: &Value) -> Result<Rest, String> {
     let files = files(args)?;
     let mut named = Vec::new();
     for f in files {
@@ -117,4 +116,9 @@ fn model(args: &Value) -> Result<Option<String>, String> {
         }
         Some(_) => Err("model must be a string naming an inference model.".into()),
     }
+}
+
+/// The last component of a path, as a file is named to the sandbox.
+pub fn basename(path: &str) -> String {
+    path.rsplit(['/', '\\']).next().unwrap_or(path).to_string()
 }

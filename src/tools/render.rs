@@ -3,15 +3,15 @@
 //! structured data under `details.mesh` (the host reserves `status`, `ok`,
 //! `error`, … at the top of `details`). Errors are texts starting with ❌.
 
-use super::Cx;
 use crate::io::Command;
+use crate::io::Cx;
 use serde_json::{json, Value};
 
-pub(super) fn result(text: &str, details: Value) -> String {
+pub fn result(text: &str, details: Value) -> String {
     json!({"content": [{"type": "text", "text": text}], "details": {"mesh": details}}).to_string()
 }
 
-pub(super) fn ok(cx: &mut Cx<'_>, call_id: &str, text: &str, details: Value) {
+pub fn ok(cx: &mut Cx<'_>, call_id: &str, text: &str, details: Value) {
     cx.out.push(Command::ToolResult {
         call_id: call_id.to_string(),
         result_json: result(text, details),
@@ -19,12 +19,12 @@ pub(super) fn ok(cx: &mut Cx<'_>, call_id: &str, text: &str, details: Value) {
 }
 
 /// An error whose text is `❌ ` + `msg`.
-pub(super) fn fail(cx: &mut Cx<'_>, call_id: &str, msg: &str) {
+pub fn fail(cx: &mut Cx<'_>, call_id: &str, msg: &str) {
     fail_text(cx, call_id, &format!("❌ {msg}"));
 }
 
 /// An error with a complete text (it starts with ❌).
-pub(super) fn fail_text(cx: &mut Cx<'_>, call_id: &str, text: &str) {
+pub fn fail_text(cx: &mut Cx<'_>, call_id: &str, text: &str) {
     let msg = text.trim_start_matches("❌").trim_start();
     cx.out.push(Command::ToolResult {
         call_id: call_id.to_string(),

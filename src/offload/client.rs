@@ -5,12 +5,14 @@
 //! is accepted only from the paired controller or from the sandbox DID that
 //! controller named in its end-to-end encrypted `ready`.
 
-use super::offload_phase::Phase;
-use super::timers::Owner;
-use super::transfers::Reassembly;
-use super::{offload_args, pacer, render, Agent, Cx};
-use crate::io::{Command, LogLevel};
+use super::phase::Phase;
+use super::reassembly::Reassembly;
+use crate::io::{Command, Cx, LogLevel};
+use crate::pairing::client::PairingRecord;
+use crate::port::{Paced, Port, TimerOwner as Owner};
 use crate::store::keys;
+use crate::tools::offload_args;
+use crate::tools::render;
 use crate::wire::{b64, time, transfer};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -160,8 +162,12 @@ pub struct Recent {
 }
 
 /// Client state outside the persisted record.
+/// The user's side of offloading: at most one offload at a time, its
+/// inputs on the way out, its outputs on the way in.
 #[derive(Default)]
-pub struct ClientOffloads {
+pub struct OffloadClient {
+    /// The name this agent gives itself to its sandbox (`from_agent`).
+    pub name: Option<String>,
     pub active: Option<Offload>,
     pub recent: Recent,
     /// A `cloud_offload` reading its input files.
@@ -208,40 +214,36 @@ fn normalise_task(t: &str) -> String {
         .to_lowercase()
 }
 
-pub(super) fn basename(path: &str) -> String {
-    path.rsplit(['/', '\\']).next().unwrap_or(path).to_string()
-}
-
-impl Agent {
-    pub(super) fn load_offload(&mut self, cx: &mut Cx<'_>) {
-        match self.vault.get::<Offload>(cx.host, keys::OFFLOAD) {
+impl OffloadClient {
+    pub fn load_offload(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+        match port.vault().get::<Offload>(cx.host, keys::OFFLOAD) {
             Ok(Some(o)) => {
                 let remaining = o.deadline_ms.saturating_sub(cx.now()).max(1000);
                 let at_ms = cx.now() + remaining;
-                let t = self.timers.set(cx, Owner::OffloadDeadline, at_ms);
-                self.offloads.timer = Some(t);
+                let t = port.set_timer(cx, Owner::OffloadDeadline, at_ms);
+                self.timer = Some(t);
                 // Said hello but the inputs never went (a crash while they
                 // were being read): send them now.
                 let resume = !o.terminal()
                     && !o.inputs_sent
                     && o.sandbox_did.is_some()
                     && o.phase.reached(Phase::Acknowledged);
-                self.offloads.active = Some(o);
+                self.active = Some(o);
                 if resume {
-                    self.start_sending_inputs(cx);
+                    self.start_sending_inputs(port, cx);
                 }
             }
             Ok(None) => {}
             Err(e) => cx.log(LogLevel::Error, &format!("{e}; the active offload is lost")),
         }
-        if let Ok(Some(r)) = self.vault.get::<Recent>(cx.host, keys::OFFLOAD_RECENT) {
-            self.offloads.recent = r;
+        if let Ok(Some(r)) = port.vault().get::<Recent>(cx.host, keys::OFFLOAD_RECENT) {
+            self.recent = r;
         }
     }
 
-    fn save_offload(&mut self, cx: &mut Cx<'_>) {
-        let res = match &self.offloads.active {
-            Some(o) => self.vault.put(cx.host, &mut cx.out, keys::OFFLOAD, o),
+    fn save_offload(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+        let res = match &self.active {
+            Some(o) => port.vault().put(cx.host, &mut cx.out, keys::OFFLOAD, o),
             None => {
                 cx.out.push(Command::Erase(keys::OFFLOAD.into()));
                 Ok(())
@@ -254,57 +256,59 @@ impl Agent {
 
     /// Drop the active offload; its news not yet taken by the hook stays for
     /// the hook. The caller stores the (now empty) active record.
-    fn clear_offload(&mut self, cx: &mut Cx<'_>) {
-        let Some(old) = self.offloads.active.take() else {
+    fn clear_offload(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+        let Some(old) = self.active.take() else {
             return;
         };
-        self.offloads.input_bytes.clear();
+        self.input_bytes.clear();
         if !old.notes.is_empty() {
-            self.offloads.recent.notes.extend(old.notes);
-            let n = self.offloads.recent.notes.len();
-            self.offloads
-                .recent
-                .notes
-                .drain(..n.saturating_sub(MAX_NOTES));
-            self.save_recent(cx);
+            self.recent.notes.extend(old.notes);
+            let n = self.recent.notes.len();
+            self.recent.notes.drain(..n.saturating_sub(MAX_NOTES));
+            self.save_recent(port, cx);
         }
     }
 
-    fn save_recent(&mut self, cx: &mut Cx<'_>) {
-        if let Err(e) = self.vault.put(
-            cx.host,
-            &mut cx.out,
-            keys::OFFLOAD_RECENT,
-            &self.offloads.recent,
-        ) {
+    fn save_recent(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+        if let Err(e) = port
+            .vault()
+            .put(cx.host, &mut cx.out, keys::OFFLOAD_RECENT, &self.recent)
+        {
             cx.log(LogLevel::Error, &e.to_string());
         }
     }
 
-    fn set_deadline(&mut self, cx: &mut Cx<'_>, after_ms: u64) {
-        if let Some(t) = self.offloads.timer.take() {
-            self.timers.cancel(cx, t);
+    fn set_deadline(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, after_ms: u64) {
+        if let Some(t) = self.timer.take() {
+            port.cancel_timer(cx, t);
         }
         let at_ms = cx.now() + after_ms;
-        let t = self.timers.set(cx, Owner::OffloadDeadline, at_ms);
-        self.offloads.timer = Some(t);
-        if let Some(o) = self.offloads.active.as_mut() {
+        let t = port.set_timer(cx, Owner::OffloadDeadline, at_ms);
+        self.timer = Some(t);
+        if let Some(o) = self.active.as_mut() {
             o.deadline_ms = at_ms;
         }
     }
 
     /// Record a phase change in our own words (and a notification for the
     /// hook).
-    fn phase(&mut self, cx: &mut Cx<'_>, phase: Phase, text: &str) {
-        self.phase_noted(cx, phase, text, text);
+    fn phase(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, phase: Phase, text: &str) {
+        self.phase_noted(port, cx, phase, text, text);
     }
 
     /// Record a phase change whose text carries a peer's words (already
     /// marked as theirs); the hook's `note` is ours alone, because the hook
     /// puts it in front of the user's own outgoing message.
-    fn phase_noted(&mut self, cx: &mut Cx<'_>, phase: Phase, text: &str, note: &str) {
+    fn phase_noted(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        phase: Phase,
+        text: &str,
+        note: &str,
+    ) {
         let now = cx.now();
-        let Some(o) = self.offloads.active.as_mut() else {
+        let Some(o) = self.active.as_mut() else {
             return;
         };
         o.phase = phase;
@@ -331,18 +335,25 @@ impl Agent {
             o.notes.remove(0);
         }
         o.notes.push(line);
-        self.save_offload(cx);
-        self.wake_offload_watchers(cx);
+        self.save_offload(port, cx);
+        self.wake_offload_watchers(port, cx);
     }
 
     // ------------------------------------------------------------------ tools
 
-    pub(super) fn cloud_offload(&mut self, cx: &mut Cx<'_>, call_id: &str, args: &Value) {
+    pub fn cloud_offload(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        call_id: &str,
+        args: &Value,
+        pairing: Option<&PairingRecord>,
+    ) {
         let task = match offload_args::task(args) {
             Ok(t) => t,
             Err(e) => return render::fail(cx, call_id, &e),
         };
-        let Some(controller) = self.may_offload(cx, call_id, &task, args) else {
+        let Some(controller) = self.may_offload(cx, call_id, (&task, args), pairing) else {
             return;
         };
         let rest = match offload_args::rest(args) {
@@ -353,9 +364,13 @@ impl Agent {
         let request_id = crate::wire::frames::uuid_v4(cx.host);
         let offload = Offload::new(request_id, task, &rest, controller, now);
         let n = rest.files.len();
-        self.offloads.reads.clear();
-        self.read_inputs(cx, rest.files.into_iter().map(|(path, _)| path).enumerate());
-        self.offloads.submitting = Some(Submit {
+        self.reads.clear();
+        self.read_inputs(
+            port,
+            cx,
+            rest.files.into_iter().map(|(path, _)| path).enumerate(),
+        );
+        self.submitting = Some(Submit {
             call_id: call_id.to_string(),
             offload,
             bytes: vec![None; n],
@@ -363,7 +378,7 @@ impl Agent {
             failed: false,
         });
         if n == 0 {
-            self.finish_submit(cx);
+            self.finish_submit(port, cx);
         }
     }
 
@@ -375,10 +390,10 @@ impl Agent {
         &mut self,
         cx: &mut Cx<'_>,
         call_id: &str,
-        task: &str,
-        args: &Value,
+        (task, args): (&str, &Value),
+        pairing: Option<&PairingRecord>,
     ) -> Option<String> {
-        let Some(pairing) = self.pairing.clone() else {
+        let Some(pairing) = pairing else {
             render::fail(
                 cx,
                 call_id,
@@ -391,7 +406,7 @@ impl Agent {
             return None;
         }
         let force = offload_args::force(args);
-        if let Some(o) = self.offloads.active.as_ref().filter(|o| !o.terminal()) {
+        if let Some(o) = self.active.as_ref().filter(|o| !o.terminal()) {
             let id = o.request_id.clone();
             if !force && self.duplicate_of(cx, task).as_deref() == Some(id.as_str()) {
                 self.answer_duplicate(cx, call_id, &id);
@@ -400,7 +415,7 @@ impl Agent {
             }
             return None;
         }
-        if self.offloads.submitting.is_some() {
+        if self.submitting.is_some() {
             render::fail(
                 cx,
                 call_id,
@@ -414,18 +429,16 @@ impl Agent {
                 return None;
             }
         }
-        Some(pairing.controller_did)
+        Some(pairing.controller_did.clone())
     }
 
     fn duplicate_of(&mut self, cx: &mut Cx<'_>, task: &str) -> Option<String> {
         let now = cx.now();
         let key = normalise_task(task);
-        self.offloads
-            .recent
+        self.recent
             .tasks
             .retain(|(_, _, t)| now.saturating_sub(*t) < DUPLICATE_WINDOW_MS);
-        self.offloads
-            .recent
+        self.recent
             .tasks
             .iter()
             .find(|(k, _, _)| *k == key)
@@ -435,7 +448,6 @@ impl Agent {
     fn answer_duplicate(&mut self, cx: &mut Cx<'_>, call_id: &str, id: &str) {
         let now = cx.now();
         let started = self
-            .offloads
             .recent
             .tasks
             .iter()
@@ -443,7 +455,6 @@ impl Agent {
             .map(|(_, _, t)| *t)
             .unwrap_or(now);
         let phase = self
-            .offloads
             .active
             .as_ref()
             .filter(|o| o.request_id == id)
@@ -462,25 +473,26 @@ impl Agent {
     }
 
     /// A `file-read` finished (a `cloud_offload` input).
-    pub(super) fn offload_file(
+    pub fn offload_file(
         &mut self,
+        port: &mut dyn Port,
         cx: &mut Cx<'_>,
         id: u64,
         res: Result<Vec<u8>, String>,
     ) -> bool {
-        let Some(pos) = self.offloads.reads.iter().position(|(r, _)| *r == id) else {
+        let Some(pos) = self.reads.iter().position(|(r, _)| *r == id) else {
             return false;
         };
-        let (_, i) = self.offloads.reads.remove(pos);
-        let Some(s) = self.offloads.submitting.as_mut() else {
+        let (_, i) = self.reads.remove(pos);
+        let Some(s) = self.submitting.as_mut() else {
             // A re-read after a restart, for sending.
-            if let (Ok(bytes), Some(o)) = (res, self.offloads.active.as_ref()) {
+            if let (Ok(bytes), Some(o)) = (res, self.active.as_ref()) {
                 if let Some(f) = o.files.get(i) {
-                    self.offloads.input_bytes.push((f.name.clone(), bytes));
+                    self.input_bytes.push((f.name.clone(), bytes));
                 }
             }
-            if self.offloads.reads.is_empty() {
-                self.send_inputs(cx);
+            if self.reads.is_empty() {
+                self.send_inputs(port, cx);
             }
             return true;
         };
@@ -520,13 +532,13 @@ impl Agent {
         }
         s.pending = s.pending.saturating_sub(1);
         if s.pending == 0 {
-            self.finish_submit(cx);
+            self.finish_submit(port, cx);
         }
         true
     }
 
-    fn finish_submit(&mut self, cx: &mut Cx<'_>) {
-        let Some(s) = self.offloads.submitting.take() else {
+    fn finish_submit(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+        let Some(s) = self.submitting.take() else {
             return;
         };
         if s.failed {
@@ -534,9 +546,9 @@ impl Agent {
         }
         // A finished offload nobody has looked at yet leaves its news behind
         // (before the new offload's inputs are kept).
-        self.clear_offload(cx);
+        self.clear_offload(port, cx);
         let mut o = s.offload;
-        self.offloads.input_bytes = o
+        self.input_bytes = o
             .files
             .iter()
             .zip(s.bytes)
@@ -567,14 +579,13 @@ impl Agent {
         });
         let controller = o.controller.clone();
         let key = normalise_task(&o.task);
-        self.offloads
-            .recent
+        self.recent
             .tasks
             .push((key, o.request_id.clone(), o.started_ms));
-        while self.offloads.recent.tasks.len() > DUPLICATE_KEEP {
-            self.offloads.recent.tasks.remove(0);
+        while self.recent.tasks.len() > DUPLICATE_KEEP {
+            self.recent.tasks.remove(0);
         }
-        self.save_recent(cx);
+        self.save_recent(port, cx);
         let task_preview: String = o.task.chars().take(120).collect();
         let more = if o.task.chars().count() > 120 {
             "..."
@@ -597,17 +608,23 @@ impl Agent {
             o.timeout_minutes
         );
         let details = json!({"request_id": o.request_id, "phase": Phase::Submitted, "files": o.files.iter().map(|f| json!({"name": f.name, "size": f.size, "sha256": f.sha256})).collect::<Vec<_>>(), "timeout_minutes": o.timeout_minutes});
-        self.offloads.active = Some(o);
-        self.offloads.early_hello = None;
-        self.set_deadline(cx, READY_TIMEOUT_MS);
-        self.save_offload(cx);
-        self.send_payload(cx, &controller, request, None, None);
+        self.active = Some(o);
+        self.early_hello = None;
+        self.set_deadline(port, cx, READY_TIMEOUT_MS);
+        self.save_offload(port, cx);
+        port.send(cx, &controller, request);
         render::ok(cx, &s.call_id, &text, details);
     }
 
-    pub(super) fn offload_status_tool(&mut self, cx: &mut Cx<'_>, call_id: &str, args: &Value) {
+    pub fn offload_status_tool(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        call_id: &str,
+        args: &Value,
+    ) {
         let now = cx.now();
-        let wait = match super::args::number(args, "wait_seconds") {
+        let wait = match crate::tools::args::number(args, "wait_seconds") {
             Ok(Some(w)) if w <= 600.0 => (w > 0.0).then_some((w * 1000.0) as u64),
             Ok(None) => None,
             _ => {
@@ -618,7 +635,7 @@ impl Agent {
                 )
             }
         };
-        let after = match super::args::number(args, "after_events") {
+        let after = match crate::tools::args::number(args, "after_events") {
             Ok(Some(n)) if n.fract() == 0.0 => Some(n as usize),
             Ok(None) => None,
             _ => {
@@ -629,7 +646,7 @@ impl Agent {
                 )
             }
         };
-        let Some(o) = self.offloads.active.as_mut() else {
+        let Some(o) = self.active.as_mut() else {
             return render::ok(
                 cx,
                 call_id,
@@ -640,8 +657,8 @@ impl Agent {
         if let Some(ms) = wait {
             let seen = after.unwrap_or(o.events_total);
             if !o.terminal() && seen >= o.events_total {
-                let t = self.timers.set(cx, Owner::OffloadWatcher, now + ms);
-                self.offloads.watchers.push((call_id.to_string(), t, seen));
+                let t = port.set_timer(cx, Owner::OffloadWatcher, now + ms);
+                self.watchers.push((call_id.to_string(), t, seen));
                 return;
             }
             // News (or the end) already: answered at once, and a waiting call
@@ -663,7 +680,7 @@ impl Agent {
         }
         o.viewed_ms = now;
         o.viewed_events = o.events_total;
-        self.answer_snapshot(cx, call_id);
+        self.answer_snapshot(port, cx, call_id);
     }
 
     fn snapshot(o: &Offload) -> (String, Value) {
@@ -713,37 +730,31 @@ impl Agent {
         (lines.join("\n"), details)
     }
 
-    fn answer_snapshot(&mut self, cx: &mut Cx<'_>, call_id: &str) {
-        let Some(o) = self.offloads.active.as_ref() else {
+    fn answer_snapshot(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, call_id: &str) {
+        let Some(o) = self.active.as_ref() else {
             return;
         };
         let (text, details) = Self::snapshot(o);
         // Rendering a finished offload clears it, so a new one can start; its
         // news not yet taken by the hook stays for the hook.
         if o.terminal() {
-            self.clear_offload(cx);
+            self.clear_offload(port, cx);
         }
-        self.save_offload(cx);
+        self.save_offload(port, cx);
         render::ok(cx, call_id, &text, details);
     }
 
-    fn wake_offload_watchers(&mut self, cx: &mut Cx<'_>) {
-        let n = self
-            .offloads
-            .active
-            .as_ref()
-            .map(|o| o.events_total)
-            .unwrap_or(0);
+    fn wake_offload_watchers(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+        let n = self.active.as_ref().map(|o| o.events_total).unwrap_or(0);
         let due: Vec<(String, u64, usize)> = self
-            .offloads
             .watchers
             .iter()
             .filter(|(_, _, seen)| n > *seen)
             .cloned()
             .collect();
-        self.offloads.watchers.retain(|(_, _, seen)| n <= *seen);
+        self.watchers.retain(|(_, _, seen)| n <= *seen);
         for (call_id, t, _) in due {
-            self.timers.cancel(cx, t);
+            port.cancel_timer(cx, t);
             self.watch_answer(cx, &call_id);
         }
     }
@@ -751,7 +762,7 @@ impl Agent {
     /// A watcher's answer: the snapshot, without clearing a finished offload
     /// (the user has not seen it yet through offload_status).
     fn watch_answer(&mut self, cx: &mut Cx<'_>, call_id: &str) {
-        match self.offloads.active.as_ref() {
+        match self.active.as_ref() {
             Some(o) => {
                 let (text, details) = Self::snapshot(o);
                 render::ok(cx, call_id, &text, details);
@@ -765,8 +776,8 @@ impl Agent {
         }
     }
 
-    pub(super) fn offload_cancel(&mut self, cx: &mut Cx<'_>, call_id: &str) {
-        let Some(o) = self.offloads.active.as_ref().filter(|o| !o.terminal()) else {
+    pub fn offload_cancel(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, call_id: &str) {
+        let Some(o) = self.active.as_ref().filter(|o| !o.terminal()) else {
             return render::ok(
                 cx,
                 call_id,
@@ -777,8 +788,8 @@ impl Agent {
         let short = o.short();
         let id = o.request_id.clone();
         // Recorded first: the cleanup goes out after the state that explains it.
-        self.fail_offload(cx, "Cancelled by user via offload_cancel");
-        self.send_cleanup(cx, "cancelled");
+        self.fail_offload(port, cx, "Cancelled by user via offload_cancel");
+        self.send_cleanup(port, cx, "cancelled");
         render::ok(
             cx,
             call_id,
@@ -787,50 +798,51 @@ impl Agent {
         );
     }
 
-    pub(super) fn offload_notifications(&mut self, cx: &mut Cx<'_>, call_id: &str) {
-        let mut lines = std::mem::take(&mut self.offloads.recent.notes);
+    pub fn offload_notifications(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, call_id: &str) {
+        let mut lines = std::mem::take(&mut self.recent.notes);
         if !lines.is_empty() {
-            self.save_recent(cx);
+            self.save_recent(port, cx);
         }
-        if let Some(o) = self.offloads.active.as_mut() {
+        if let Some(o) = self.active.as_mut() {
             if !o.notes.is_empty() {
                 lines.append(&mut o.notes);
-                self.save_offload(cx);
+                self.save_offload(port, cx);
             }
         }
         render::ok(cx, call_id, &lines.join("\n"), json!({"lines": lines}));
     }
 
-    fn send_cleanup(&mut self, cx: &mut Cx<'_>, reason: &str) {
-        let Some(o) = self.offloads.active.as_ref() else {
+    fn send_cleanup(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, reason: &str) {
+        let Some(o) = self.active.as_ref() else {
             return;
         };
         let msg = json!({"type": "offload_cleanup", "request_id": o.request_id, "reason": reason, "timestamp": time::format_millis(cx.now())});
         let to = o.controller.clone();
-        self.send_payload(cx, &to, msg, None, None);
+        port.send(cx, &to, msg);
     }
 
-    fn fail_offload(&mut self, cx: &mut Cx<'_>, error: &str) {
-        self.fail_offload_noted(cx, error, error);
+    fn fail_offload(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, error: &str) {
+        self.fail_offload_noted(port, cx, error, error);
     }
 
     /// End the offload with an error that carries a peer's words; `note` is
     /// ours alone (see `phase_noted`).
-    fn fail_offload_noted(&mut self, cx: &mut Cx<'_>, error: &str, note: &str) {
-        if let Some(t) = self.offloads.timer.take() {
-            self.timers.cancel(cx, t);
+    fn fail_offload_noted(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        error: &str,
+        note: &str,
+    ) {
+        if let Some(t) = self.timer.take() {
+            port.cancel_timer(cx, t);
         }
         let mut refused = None;
         // What still waits to go to its sandbox goes nowhere now.
-        if let Some(d) = self
-            .offloads
-            .active
-            .as_ref()
-            .and_then(|o| o.sandbox_did.clone())
-        {
-            self.pacer.drop_queue(&d);
+        if let Some(d) = self.active.as_ref().and_then(|o| o.sandbox_did.clone()) {
+            port.drop_paced(&d);
         }
-        if let Some(o) = self.offloads.active.as_mut() {
+        if let Some(o) = self.active.as_mut() {
             o.error = Some(error.chars().take(4000).collect());
             // Never started: the duplicate guard must not block a retry.
             if !o.phase.reached(Phase::Ready) {
@@ -838,28 +850,28 @@ impl Agent {
             }
         }
         if let Some(id) = refused {
-            self.offloads.recent.tasks.retain(|(_, r, _)| *r != id);
-            self.save_recent(cx);
+            self.recent.tasks.retain(|(_, r, _)| *r != id);
+            self.save_recent(port, cx);
         }
-        self.phase_noted(cx, Phase::Error, error, note);
+        self.phase_noted(port, cx, Phase::Error, error, note);
     }
 
     /// Offload deadline timers and `offload_status` watchers.
     /// An `offload_status {wait_seconds}` call waited long enough.
-    pub(super) fn offload_watcher_due(&mut self, cx: &mut Cx<'_>, timer: u64) {
-        if let Some(pos) = self.offloads.watchers.iter().position(|w| w.1 == timer) {
-            let (call_id, _, _) = self.offloads.watchers.remove(pos);
+    pub fn offload_watcher_due(&mut self, cx: &mut Cx<'_>, timer: u64) {
+        if let Some(pos) = self.watchers.iter().position(|w| w.1 == timer) {
+            let (call_id, _, _) = self.watchers.remove(pos);
             self.watch_answer(cx, &call_id);
         }
     }
 
     /// The active offload's deadline passed.
-    pub(super) fn offload_deadline(&mut self, cx: &mut Cx<'_>, timer: u64) {
-        if self.offloads.timer != Some(timer) {
+    pub fn offload_deadline(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, timer: u64) {
+        if self.timer != Some(timer) {
             return;
         }
-        self.offloads.timer = None;
-        let Some(o) = self.offloads.active.as_ref().filter(|o| !o.terminal()) else {
+        self.timer = None;
+        let Some(o) = self.active.as_ref().filter(|o| !o.terminal()) else {
             return;
         };
         let why = match o.phase {
@@ -879,22 +891,17 @@ impl Agent {
             "error"
         };
         // Recorded first: the cleanup goes out after the state that explains it.
-        self.fail_offload(cx, &format!("Offload timed out: {why}"));
-        self.send_cleanup(cx, reason);
+        self.fail_offload(port, cx, &format!("Offload timed out: {why}"));
+        self.send_cleanup(port, cx, reason);
     }
 
     // -------------------------------------------------------------- routing
 
-    /// Does `from` take part in our offloads (the paired controller, the
-    /// active or a recent sandbox)? Its traffic is the offload's, not the
-    /// inbox's, and is bounded by the offload's own limits.
-    pub(super) fn is_offload_party(&self, from: &str) -> bool {
-        self.pairing
-            .as_ref()
-            .is_some_and(|p| p.controller_did == from)
-            || self.offloads.recent.sandboxes.iter().any(|d| d == from)
+    /// Does `from` take part in our offloads (the active offload's
+    /// controller or sandbox, a recent sandbox)?
+    pub fn is_party(&self, from: &str) -> bool {
+        self.recent.sandboxes.iter().any(|d| d == from)
             || self
-                .offloads
                 .active
                 .as_ref()
                 .is_some_and(|o| o.controller == from || o.sandbox_did.as_deref() == Some(from))
@@ -902,11 +909,11 @@ impl Agent {
 
     /// Is this decrypted payload part of the active offload (and so not for
     /// the inbox)?
-    pub(super) fn wants_offload_client(&self, from: &str, payload: &Value) -> bool {
-        if self.offloads.recent.sandboxes.iter().any(|d| d == from) {
+    pub fn wants(&self, from: &str, payload: &Value) -> bool {
+        if self.recent.sandboxes.iter().any(|d| d == from) {
             return true;
         }
-        let Some(o) = self.offloads.active.as_ref() else {
+        let Some(o) = self.active.as_ref() else {
             return false;
         };
         let kind = payload["type"].as_str().unwrap_or_default();
@@ -922,14 +929,15 @@ impl Agent {
         kind == "offload_hello" && rid == Some(o.request_id.as_str()) && o.sandbox_did.is_none()
     }
 
-    pub(super) fn intercept_offload_client(
+    pub fn on_message(
         &mut self,
+        port: &mut dyn Port,
         cx: &mut Cx<'_>,
         from: &str,
         payload: &Value,
         encrypted: bool,
     ) {
-        let Some(o) = self.offloads.active.as_ref() else {
+        let Some(o) = self.active.as_ref() else {
             return;
         };
         if o.terminal() {
@@ -937,7 +945,7 @@ impl Agent {
         }
         let kind = payload["type"].as_str().unwrap_or_default().to_string();
         if from == o.controller {
-            return self.on_controller_news(cx, &kind, payload, encrypted);
+            return self.on_controller_news(port, cx, &kind, payload, encrypted);
         }
         if o.sandbox_did.as_deref() != Some(from) {
             // Only a hello for this request, from a sandbox not yet named.
@@ -945,14 +953,21 @@ impl Agent {
                 && o.sandbox_did.is_none()
                 && payload["request_id"].as_str() == Some(o.request_id.as_str())
             {
-                self.offloads.early_hello = Some((from.to_string(), payload.clone()));
+                self.early_hello = Some((from.to_string(), payload.clone()));
             }
             return;
         }
-        self.on_sandbox_news(cx, from, payload);
+        self.on_sandbox_news(port, cx, from, payload);
     }
 
-    fn on_controller_news(&mut self, cx: &mut Cx<'_>, kind: &str, p: &Value, encrypted: bool) {
+    fn on_controller_news(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        kind: &str,
+        p: &Value,
+        encrypted: bool,
+    ) {
         let msg: String = p["message"]
             .as_str()
             .unwrap_or_default()
@@ -960,7 +975,7 @@ impl Agent {
             .take(500)
             .collect();
         if kind == "offload_error" {
-            return self.controller_error(cx, p);
+            return self.controller_error(port, cx, p);
         }
         let Some(phase) = p["phase"].as_str().and_then(Phase::parse) else {
             return;
@@ -976,11 +991,7 @@ impl Agent {
             return;
         }
         // Phases only move forward; a repeated or stale status changes nothing.
-        let current = self
-            .offloads
-            .active
-            .as_ref()
-            .map_or(Phase::Submitted, |o| o.phase);
+        let current = self.active.as_ref().map_or(Phase::Submitted, |o| o.phase);
         if !phase.advances(current) {
             return;
         }
@@ -992,16 +1003,16 @@ impl Agent {
                     _ => "the sandbox is scheduled",
                 };
                 let text = format!("{own} (controller: {})", peer_words(&msg));
-                self.phase_noted(cx, phase, &text, own)
+                self.phase_noted(port, cx, phase, &text, own)
             }
-            Phase::Ready => self.sandbox_ready(cx, p),
+            Phase::Ready => self.sandbox_ready(port, cx, p),
             _ => {}
         }
     }
 
     /// The controller ended or refused the offload; it may hold a slot for
     /// it, so the cleanup goes too (after the state that explains it).
-    fn controller_error(&mut self, cx: &mut Cx<'_>, p: &Value) {
+    fn controller_error(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, p: &Value) {
         let err = peer_error(p);
         let why = if p["phase"] == "execution" {
             "The cluster ended the offload"
@@ -1009,16 +1020,17 @@ impl Agent {
             "Controller refused the offload"
         };
         self.fail_offload_noted(
+            port,
             cx,
             &format!("{why}: {}", peer_words(&err)),
             &format!("{why}; offload_status has the controller's words"),
         );
-        self.send_cleanup(cx, "error");
+        self.send_cleanup(port, cx, "error");
     }
 
     /// The controller names the sandbox (end-to-end only, checked by the
     /// caller): only that DID's messages are the offload's from now on.
-    fn sandbox_ready(&mut self, cx: &mut Cx<'_>, p: &Value) {
+    fn sandbox_ready(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, p: &Value) {
         let name = p["sandbox_name"]
             .as_str()
             .map(|s| crate::wire::escape_for_log(s, 63));
@@ -1028,68 +1040,68 @@ impl Agent {
             .map(str::to_string);
         let Some(did) = did else {
             // Recorded first: the cleanup goes out after the state that explains it.
-            self.fail_offload(cx, "The controller reported the sandbox ready without its DID; this kars-mesh needs a controller that names the sandbox's did:mesh: (kars-mesh cluster).");
-            self.send_cleanup(cx, "discovery_timeout");
+            self.fail_offload(port, cx, "The controller reported the sandbox ready without its DID; this kars-mesh needs a controller that names the sandbox's did:mesh: (kars-mesh cluster).");
+            self.send_cleanup(port, cx, "discovery_timeout");
             return;
         };
-        if let Some(o) = self.offloads.active.as_mut() {
+        if let Some(o) = self.active.as_mut() {
             o.sandbox_name = name.clone();
             o.sandbox_did = Some(did.clone());
         }
-        if !self.offloads.recent.sandboxes.contains(&did) {
-            self.offloads.recent.sandboxes.push(did.clone());
-            let n = self.offloads.recent.sandboxes.len();
-            self.offloads
-                .recent
+        if !self.recent.sandboxes.contains(&did) {
+            self.recent.sandboxes.push(did.clone());
+            let n = self.recent.sandboxes.len();
+            self.recent
                 .sandboxes
                 .drain(..n.saturating_sub(DUPLICATE_KEEP));
-            self.save_recent(cx);
+            self.save_recent(port, cx);
         }
         let up = format!("sandbox {} is up", name.unwrap_or_default());
-        self.phase(cx, Phase::Ready, &up);
+        self.phase(port, cx, Phase::Ready, &up);
         let waiting = format!("waiting for hello from {did}");
-        self.phase(cx, Phase::Connecting, &waiting);
-        self.set_deadline(cx, HELLO_TIMEOUT_MS);
-        if let Some((from, hello)) = self.offloads.early_hello.take() {
+        self.phase(port, cx, Phase::Connecting, &waiting);
+        self.set_deadline(port, cx, HELLO_TIMEOUT_MS);
+        if let Some((from, hello)) = self.early_hello.take() {
             if from == did {
-                self.on_sandbox_news(cx, &from, &hello);
+                self.on_sandbox_news(port, cx, &from, &hello);
             }
         }
     }
 
     /// News from the active offload's sandbox, for this request.
-    fn on_sandbox_news(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
-        let Some(o) = self.offloads.active.as_ref() else {
+    fn on_sandbox_news(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: &Value) {
+        let Some(o) = self.active.as_ref() else {
             return;
         };
         if p["request_id"].as_str().is_some_and(|r| r != o.request_id) {
             return;
         }
         match p["type"].as_str().unwrap_or_default() {
-            "offload_hello" => self.sandbox_hello(cx),
-            "offload_progress" => self.sandbox_progress(cx, p),
-            "file_transfer" => self.receive_output(cx, from, p),
+            "offload_hello" => self.sandbox_hello(port, cx),
+            "offload_progress" => self.sandbox_progress(port, cx, p),
+            "file_transfer" => self.receive_output(port, cx, from, p),
             "mesh:transfer_manifest" | "mesh:transfer_chunk" => {
-                match self.offloads.reassembly.accept(&self.vault, cx, from, p) {
+                match self.reassembly.accept(port.vault(), cx, from, p) {
                     Ok(Some(whole)) => {
-                        self.on_sandbox_news(cx, from, &whole);
-                        self.offloads.reassembly.flush(cx);
+                        self.on_sandbox_news(port, cx, from, &whole);
+                        self.reassembly.flush(cx);
                     }
                     Ok(None) => {}
                     Err(e) => cx.log(LogLevel::Warn, &format!("transfer from {from}: {e}")),
                 }
             }
-            "file_transfer_ack" if p["success"] != true => self.sandbox_refused_input(cx, p),
-            "offload_done" => self.sandbox_done(cx, p),
+            "file_transfer_ack" if p["success"] != true => self.sandbox_refused_input(port, cx, p),
+            "offload_done" => self.sandbox_done(port, cx, p),
             "offload_error" => {
                 let err = peer_error(p);
                 // Recorded first: the cleanup goes out after the state that explains it.
                 self.fail_offload_noted(
+                    port,
                     cx,
                     &format!("Sandbox error: {}", peer_words(&err)),
                     "the sandbox reported an error; offload_status has its words",
                 );
-                self.send_cleanup(cx, "error");
+                self.send_cleanup(port, cx, "error");
             }
             _ => {}
         }
@@ -1097,22 +1109,22 @@ impl Agent {
 
     /// The sandbox is up and talking to us: the run's deadline starts, and
     /// the inputs (then the go-ahead) go to it.
-    fn sandbox_hello(&mut self, cx: &mut Cx<'_>) {
-        let Some(o) = self.offloads.active.as_ref() else {
+    fn sandbox_hello(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+        let Some(o) = self.active.as_ref() else {
             return;
         };
         if !matches!(o.phase, Phase::Connecting | Phase::Ready) {
             return;
         }
         let minutes = o.timeout_minutes;
-        self.phase(cx, Phase::Acknowledged, "the sandbox said hello");
-        self.phase(cx, Phase::Running, "task running in the sandbox");
-        self.set_deadline(cx, minutes * 60_000 + RUN_GRACE_MS);
-        self.start_sending_inputs(cx);
+        self.phase(port, cx, Phase::Acknowledged, "the sandbox said hello");
+        self.phase(port, cx, Phase::Running, "task running in the sandbox");
+        self.set_deadline(port, cx, minutes * 60_000 + RUN_GRACE_MS);
+        self.start_sending_inputs(port, cx);
     }
 
     /// The sandbox's progress report, in its words (marked as its).
-    fn sandbox_progress(&mut self, cx: &mut Cx<'_>, p: &Value) {
+    fn sandbox_progress(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, p: &Value) {
         let stage = p["stage"].as_str().unwrap_or("executing");
         let pct = p["pct"].as_u64().unwrap_or(0).min(100);
         let m: String = p["message"]
@@ -1127,11 +1139,11 @@ impl Agent {
             peer_words(&m)
         );
         let note = format!("the sandbox reports {pct}%");
-        self.phase_noted(cx, Phase::Running, &text, &note);
+        self.phase_noted(port, cx, Phase::Running, &text, &note);
     }
 
     /// The sandbox refused one of our input files.
-    fn sandbox_refused_input(&mut self, cx: &mut Cx<'_>, p: &Value) {
+    fn sandbox_refused_input(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, p: &Value) {
         let name: String = p["file_name"]
             .as_str()
             .unwrap_or_default()
@@ -1150,6 +1162,7 @@ impl Agent {
             peer_words(&err)
         );
         self.phase_noted(
+            port,
             cx,
             Phase::Running,
             &text,
@@ -1159,34 +1172,35 @@ impl Agent {
 
     /// The sandbox finished: its summary is kept, the offload is done, and
     /// the controller is told to clean up.
-    fn sandbox_done(&mut self, cx: &mut Cx<'_>, p: &Value) {
+    fn sandbox_done(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, p: &Value) {
         let summary: String = p["summary"]
             .as_str()
             .unwrap_or_default()
             .chars()
             .take(MAX_SUMMARY_CHARS)
             .collect();
-        if let Some(t) = self.offloads.timer.take() {
-            self.timers.cancel(cx, t);
+        if let Some(t) = self.timer.take() {
+            port.cancel_timer(cx, t);
         }
-        let Some(o) = self.offloads.active.as_mut() else {
+        let Some(o) = self.active.as_mut() else {
             return;
         };
         o.summary = Some(summary);
         let n = o.outputs.len();
         self.phase(
+            port,
             cx,
             Phase::Done,
             &format!("finished with {n} output file(s)"),
         );
-        self.send_cleanup(cx, "done");
+        self.send_cleanup(port, cx, "done");
     }
 
-    fn receive_output(&mut self, cx: &mut Cx<'_>, from: &str, p: &Value) {
+    fn receive_output(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: &Value) {
         let raw = p["file_name"].as_str().unwrap_or_default();
         let data = p["file_data"].as_str().unwrap_or_default();
         let ts = time::format_millis(cx.now());
-        let Some(o) = self.offloads.active.as_ref() else {
+        let Some(o) = self.active.as_ref() else {
             return;
         };
         let refuse = |why: &str| json!({"type": "file_transfer_ack", "file_name": raw.chars().take(120).collect::<String>(), "success": false, "error": why, "timestamp": ts});
@@ -1205,7 +1219,7 @@ impl Agent {
         let (name, bytes) = match ack {
             Err(msg) => {
                 cx.log(LogLevel::Warn, &format!("refused a file from {from}"));
-                self.send_payload(cx, from, msg, None, None);
+                port.send(cx, from, msg);
                 return;
             }
             Ok(x) => x,
@@ -1219,7 +1233,7 @@ impl Agent {
                 .find(|f| f.name == name)
                 .map(|f| f.path.clone());
             let ack = json!({"type": "file_transfer_ack", "file_name": name, "success": true, "saved_to": path, "timestamp": ts});
-            self.send_payload(cx, from, ack, None, None);
+            port.send(cx, from, ack);
             return;
         }
         let taken: Vec<String> = o.outputs.iter().map(|f| f.name.clone()).collect();
@@ -1234,26 +1248,27 @@ impl Agent {
         };
         // The file lands before the record that lists it, and both before the ack.
         cx.out.push(Command::FileWrite(path.clone(), bytes));
-        if let Some(o) = self.offloads.active.as_mut() {
+        if let Some(o) = self.active.as_mut() {
             o.outputs.push(out.clone());
         }
         self.phase(
+            port,
             cx,
             Phase::Returning,
             &format!("received {name} ({} bytes)", out.size),
         );
         let ack = json!({"type": "file_transfer_ack", "file_name": name, "success": true, "saved_to": path, "timestamp": ts});
-        self.send_payload(cx, from, ack, None, None);
+        port.send(cx, from, ack);
     }
 
-    fn start_sending_inputs(&mut self, cx: &mut Cx<'_>) {
-        let Some(o) = self.offloads.active.as_ref() else {
+    fn start_sending_inputs(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+        let Some(o) = self.active.as_ref() else {
             return;
         };
         if o.inputs_sent
             || o.sandbox_did
                 .as_deref()
-                .is_some_and(|d| !self.pacer.idle(Some(d)))
+                .is_some_and(|d| !port.paced_idle(d))
         {
             return;
         }
@@ -1261,21 +1276,26 @@ impl Agent {
             .files
             .iter()
             .enumerate()
-            .filter(|(_, f)| !self.offloads.input_bytes.iter().any(|(n, _)| *n == f.name))
+            .filter(|(_, f)| !self.input_bytes.iter().any(|(n, _)| *n == f.name))
             .map(|(i, f)| (i, f.path.clone()))
             .collect();
         if missing.is_empty() {
-            return self.send_inputs(cx);
+            return self.send_inputs(port, cx);
         }
         // After a restart the bytes are read again.
-        self.read_inputs(cx, missing);
+        self.read_inputs(port, cx, missing);
     }
 
     /// Ask the host to read input files (by their index in the offload).
-    fn read_inputs(&mut self, cx: &mut Cx<'_>, files: impl IntoIterator<Item = (usize, String)>) {
+    fn read_inputs(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        files: impl IntoIterator<Item = (usize, String)>,
+    ) {
         for (i, path) in files {
-            let id = self.fresh_id();
-            self.offloads.reads.push((id, i));
+            let id = port.fresh_id();
+            self.reads.push((id, i));
             cx.out.push(Command::FileRead {
                 id,
                 path,
@@ -1284,29 +1304,27 @@ impl Agent {
         }
     }
 
-    fn send_inputs(&mut self, cx: &mut Cx<'_>) {
-        let Some(o) = self.offloads.active.as_ref() else {
+    fn send_inputs(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+        let Some(o) = self.active.as_ref() else {
             return;
         };
         let Some(to) = o.sandbox_did.clone() else {
             return;
         };
         // Sent, or on their way (paced): never queued twice.
-        if o.inputs_sent || !self.pacer.idle(Some(&to)) {
+        if o.inputs_sent || !port.paced_idle(&to) {
             return;
         }
         let rid = o.request_id.clone();
         let from_agent = self
-            .cfg
             .name
             .clone()
-            .unwrap_or_else(|| self.id.did().to_string());
+            .unwrap_or_else(|| port.identity().did().to_string());
         let files = o.files.clone();
         // Every input is checked before any goes: none changed since
         // cloud_offload hashed it.
         for f in &files {
             let changed = self
-                .offloads
                 .input_bytes
                 .iter()
                 .find(|(n, _)| *n == f.name)
@@ -1317,41 +1335,35 @@ impl Agent {
                     f.path
                 );
                 // Recorded first: the cleanup goes out after the state that explains it.
-                self.fail_offload(cx, &msg);
-                self.send_cleanup(cx, "error");
+                self.fail_offload(port, cx, &msg);
+                self.send_cleanup(port, cx, "error");
                 return;
             }
         }
         let mut items = Vec::new();
         for (i, f) in files.iter().enumerate() {
-            let Some(pos) = self
-                .offloads
-                .input_bytes
-                .iter()
-                .position(|(n, _)| *n == f.name)
-            else {
+            let Some(pos) = self.input_bytes.iter().position(|(n, _)| *n == f.name) else {
                 continue;
             };
-            let (_, bytes) = self.offloads.input_bytes.swap_remove(pos);
+            let (_, bytes) = self.input_bytes.swap_remove(pos);
             let msg = json!({
                 "type": "file_transfer", "request_id": rid, "file_name": f.name, "file_path": f.name,
                 "size_bytes": bytes.len(), "sha256": f.sha256,
                 "description": format!("Offload file for request {rid}"), "from_agent": from_agent,
                 "timestamp": time::format_millis(cx.now()),
             });
-            items.push(pacer::Item::File {
+            items.push(Paced::File {
                 msg,
                 bytes,
                 transfer_id: format!("{}-in-{i}", &rid[..8.min(rid.len())]),
                 from_agent: from_agent.clone(),
             });
         }
-        self.offloads.input_bytes.clear();
+        self.input_bytes.clear();
         // The go-ahead, after the inputs: the sandbox runs nothing until this
         // end-to-end message from us names the task we asked for, so a
         // sandbox started on a forged request never runs it.
         let task_sha256 = self
-            .offloads
             .active
             .as_ref()
             .map(|o| transfer::sha256_hex(o.task.as_bytes()))
@@ -1361,25 +1373,26 @@ impl Agent {
             "type": "offload_start", "request_id": rid, "task_sha256": task_sha256,
             "files": names, "from_agent": from_agent, "timestamp": time::format_millis(cx.now()),
         });
-        items.push(pacer::Item::Go(go));
-        self.send_paced(cx, &to, items);
+        items.push(Paced::Go(go));
+        port.send_paced(cx, &to, items);
     }
 
     /// The go-ahead is in the outbox: every input went before it.
-    pub(super) fn inputs_handed_over(&mut self, cx: &mut Cx<'_>) {
-        let Some(o) = self.offloads.active.as_mut() else {
+    pub fn inputs_handed_over(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+        let Some(o) = self.active.as_mut() else {
             return;
         };
         o.inputs_sent = true;
         let (n, total): (usize, u64) = (o.files.len(), o.files.iter().map(|f| f.size).sum());
         if n > 0 {
             self.phase(
+                port,
                 cx,
                 Phase::Running,
                 &format!("sent {n} input file(s), {total} bytes"),
             );
         } else {
-            self.save_offload(cx);
+            self.save_offload(port, cx);
         }
     }
 }

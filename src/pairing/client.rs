@@ -1,0 +1,298 @@
+//! The client side of `mesh_pair`: send the controller a `pair_request`
+//! with the token's secret, end to end (the token names the controller by
+//! its routable DID), wait for its `pair_response`, store the pairing and
+//! answer the call. Texts follow the original plugin (kars-mesh-plugin.md
+//! §4.3).
+
+use crate::crypto::identity::is_mesh_did;
+use crate::io::{Cx, LogLevel};
+use crate::port::{Port, TimerOwner};
+use crate::store::{keys, Vault};
+use crate::tools::render;
+use crate::wire::{b64, token};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// How long `mesh_pair` waits for the controller's answer.
+pub const PAIR_TIMEOUT_MS: u64 = 30_000;
+
+/// What a client keeps about its pairing (never the secret).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PairingRecord {
+    pub cluster_name: String,
+    pub controller_did: String,
+    pub controller_amid: String,
+    pub relay_url: String,
+    pub registry_url: String,
+    pub capabilities: Vec<String>,
+    pub slots: u64,
+    pub token_budget: u64,
+    pub expires_at: String,
+    pub paired_ms: u64,
+}
+
+struct PairWait {
+    call_id: String,
+    controller: String,
+    timer: u64,
+    token: token::PairingToken,
+    sent_ms: u64,
+}
+
+/// Where this agent is connected, and the name it pairs under.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoints {
+    pub relay_url: String,
+    pub registry_url: String,
+    pub name: Option<String>,
+}
+
+#[derive(Default)]
+pub struct PairingClient {
+    /// The stored pairing, if any.
+    pub record: Option<PairingRecord>,
+    waits: Vec<PairWait>,
+    endpoints: Endpoints,
+}
+
+impl PairingClient {
+    pub fn load(vault: &Vault, cx: &mut Cx<'_>, endpoints: Endpoints) -> Self {
+        PairingClient {
+            record: vault
+                .get::<PairingRecord>(cx.host, keys::PAIRING)
+                .unwrap_or(None),
+            waits: Vec::new(),
+            endpoints,
+        }
+    }
+
+    /// A `pair_response` from `from` answers one of our calls.
+    pub fn waits_for(&self, from: &str) -> bool {
+        self.waits.iter().any(|w| w.controller == from)
+    }
+
+    /// `mesh_pair {token}`.
+    pub fn start(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, call_id: &str, args: &Value) {
+        let (tok, controller) = match self.checked_token(args) {
+            Ok(t) => t,
+            Err(text) => return render::fail(cx, call_id, &text),
+        };
+        let id = port.identity();
+        let amid = id.amid();
+        let request = json!({
+            "type": "pair_request",
+            "secret": tok.secret,
+            "pubkey_ed25519": b64::encode_std(id.ed25519_public()),
+            "display_name": self.endpoints.name.clone().unwrap_or_else(|| format!("external-{}", amid.chars().take(8).collect::<String>())),
+            "capabilities_requested": ["offload", "handoff"],
+        });
+        let at_ms = cx.now() + PAIR_TIMEOUT_MS;
+        let timer = port.set_timer(cx, TimerOwner::PairWait, at_ms);
+        self.waits.push(PairWait {
+            call_id: call_id.to_string(),
+            controller: controller.clone(),
+            timer,
+            token: tok,
+            sent_ms: cx.now(),
+        });
+        port.send(cx, &controller, request);
+    }
+
+    /// The token among `args`, and the controller DID it names; else the
+    /// error text for the user.
+    fn checked_token(&self, args: &Value) -> Result<(token::PairingToken, String), String> {
+        if args
+            .get("token")
+            .is_some_and(|t| !t.is_string() && !t.is_null())
+        {
+            return Err("`token` must be a string: the pairing token starting with azcp_1_ that the cluster's operator gave you.".into());
+        }
+        let raw = find_token(args).ok_or_else(|| no_token_text(args))?;
+        let tok = token::parse(&raw).map_err(|_| {
+            format!(
+                "Invalid pairing token. Must start with azcp_1_ and contain valid data. (token length: {})",
+                raw.len()
+            )
+        })?;
+        let Some(controller) = tok.controller_did.clone().filter(|d| is_mesh_did(d)) else {
+            return Err("This token names the controller only by its AMID, which the relay cannot route. Ask the operator for a token from `kars-mesh pair generate`.".into());
+        };
+        for (field, url, ours) in [
+            ("relay_url", &tok.relay_url, &self.endpoints.relay_url),
+            (
+                "registry_url",
+                &tok.registry_url,
+                &self.endpoints.registry_url,
+            ),
+        ] {
+            if let Some(u) = url {
+                if u.trim_end_matches('/') != ours.trim_end_matches('/') {
+                    return Err(format!("The token's {field} is {u}, but this agent is connected to {ours}. Start kars-mesh with that {field}, then pair again."));
+                }
+            }
+        }
+        Ok((tok, controller))
+    }
+
+    /// The controller's answer to our `mesh_pair`: the pairing is stored and
+    /// the waiting call answered. `false` when no call waits for `from`.
+    pub fn take_response(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        from: &str,
+        payload: &Value,
+    ) -> bool {
+        let Some(pos) = self.waits.iter().position(|w| w.controller == from) else {
+            return false;
+        };
+        let w = self.waits.remove(pos);
+        port.cancel_timer(cx, w.timer);
+        if payload["success"] != true {
+            let err = payload["error"].as_str().unwrap_or("Unknown error");
+            render::fail(
+                cx,
+                &w.call_id,
+                &format!("Pairing rejected by cluster: {err}"),
+            );
+            return true;
+        }
+        let now = cx.now();
+        let rec = self.record_from(from, payload, &w.token, now);
+        if let Err(e) = port.vault().put(cx.host, &mut cx.out, keys::PAIRING, &rec) {
+            cx.log(LogLevel::Error, &e.to_string());
+        }
+        let id = port.identity();
+        let text = format!(
+            "✅ Paired successfully with kars cluster \"{}\"\nYour AMID: {}\nYour DID: {}\nIdentity: sealed in the kars-mesh state directory\nBudget: {}\nCapabilities: {}\nExpires: {}\nRelay RTT: {}ms (handshake)\nYou can now use cloud_offload to delegate tasks to the cloud.",
+            rec.cluster_name,
+            id.amid(),
+            id.did(),
+            thousands(rec.token_budget),
+            rec.capabilities.join(", "),
+            if rec.expires_at.is_empty() { "—" } else { &rec.expires_at },
+            now.saturating_sub(w.sent_ms)
+        );
+        let details = json!({"pairing": rec});
+        self.record = Some(rec);
+        render::ok(cx, &w.call_id, &text, details);
+        true
+    }
+
+    fn record_from(
+        &self,
+        from: &str,
+        payload: &Value,
+        token: &token::PairingToken,
+        now: u64,
+    ) -> PairingRecord {
+        let text = |k: &str, default: &str| payload[k].as_str().unwrap_or(default).to_string();
+        PairingRecord {
+            cluster_name: text("cluster_name", "unknown"),
+            controller_did: from.to_string(),
+            controller_amid: text("controller_amid", &token.controller_amid),
+            relay_url: self.endpoints.relay_url.clone(),
+            registry_url: self.endpoints.registry_url.clone(),
+            capabilities: payload["capabilities_granted"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            slots: payload["slots"].as_u64().unwrap_or(1),
+            token_budget: payload["token_budget"].as_u64().unwrap_or(500_000),
+            expires_at: text("expires_at", ""),
+            paired_ms: now,
+        }
+    }
+
+    /// `mesh_pair`'s timer: no answer from the controller.
+    pub fn timed_out(&mut self, cx: &mut Cx<'_>, timer: u64) {
+        let Some(pos) = self.waits.iter().position(|w| w.timer == timer) else {
+            return;
+        };
+        let w = self.waits.remove(pos);
+        render::fail(
+            cx,
+            &w.call_id,
+            &format!(
+                "Pairing timed out after {}s: the controller {} did not answer. Check that the cluster is up (kars-mesh cluster up) and that the token is current.",
+                PAIR_TIMEOUT_MS / 1000,
+                w.controller
+            ),
+        );
+    }
+}
+
+/// No token among the arguments: say which keys came (never their values,
+/// which may hold part of a token).
+fn no_token_text(args: &Value) -> String {
+    let keys: Vec<String> = args
+        .as_object()
+        .map(|o| {
+            o.keys()
+                .take(10)
+                .map(|k| k.chars().take(40).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "No token provided. Pass a pairing token starting with azcp_1_. (received argument keys: {})",
+        if keys.is_empty() { "none".to_string() } else { keys.join(", ") }
+    )
+}
+
+/// `500000` → `500,000` (the original's `toLocaleString` in en-US).
+fn thousands(n: u64) -> String {
+    let d = n.to_string();
+    let mut out = String::new();
+    for (i, c) in d.chars().enumerate() {
+        if i > 0 && (d.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The token as the original found it: `token`, `arguments.token` or
+/// `params.token` when it starts with `azcp_1_`, else the first string found
+/// (depth ≤ 5) that contains one. Hosts and models wrap arguments in odd ways.
+fn find_token(args: &Value) -> Option<String> {
+    for v in [
+        &args["token"],
+        &args["pairing_token"],
+        &args["arguments"]["token"],
+        &args["params"]["token"],
+    ] {
+        if let Some(t) = v
+            .as_str()
+            .map(str::trim)
+            .filter(|t| t.starts_with("azcp_1_"))
+        {
+            return Some(t.to_string());
+        }
+    }
+    fn scan(v: &Value, depth: usize) -> Option<String> {
+        match v {
+            Value::String(s) => s.find("azcp_1_").map(|i| {
+                s[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || "_-+=/".contains(*c))
+                    .collect()
+            }),
+            Value::Array(a) if depth < 5 => a.iter().find_map(|x| scan(x, depth + 1)),
+            Value::Object(o) if depth < 5 => o.values().find_map(|x| scan(x, depth + 1)),
+            _ => None,
+        }
+    }
+    scan(args, 0).or_else(|| {
+        // A non-token string in `token` is still what the user meant to pass.
+        args["token"]
+            .as_str()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| t.trim().to_string())
+    })
+}
