@@ -2,7 +2,7 @@
 //! the attack needs the relay operator's view (recorded frames), precise
 //! timing, or a look at what is stored. Each test is named for its finding;
 //! the same findings through the real relay are in tests/redteam.*.test.mjs.
-//! Virtual clock, seeded, as tests/sim.rs.
+//! Virtual clock, seeded; the harness is in tests/sim/.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -420,5 +420,104 @@ fn finding_2_a_sandbox_waits_for_its_requesters_go_ahead() {
         logs.iter()
             .any(|m| m == "sandbox offload-0123456789abcdef: error"),
         "the sandbox did not give up: {logs:#?}"
+    );
+}
+
+/// Red-team finding 2. The original plugin speaks plaintext to its
+/// controller. Ours takes a plaintext `pair_request` from anyone (its token
+/// secret authenticates it; the DID binding is still checked), but never a
+/// plaintext `offload_request`, not even one that names the paired DID: the
+/// relay does not bind `from`, so anyone could claim it and run tasks on
+/// the cluster as that user.
+#[test]
+fn finding_2_controller_takes_no_plaintext_offload_request_even_from_a_paired_did() {
+    let mut w = World::new(77);
+    let ctrl = w.add_agent(
+        "controller",
+        json!({"role": "controller", "cluster_name": "lab"}),
+    );
+    w.run_for(3_000);
+    let gen = w.call_sync(
+        ctrl,
+        "pair_generate",
+        json!({"name": "legacy", "capabilities": "offload"}),
+        5_000,
+    );
+    let tok = gen["details"]["mesh"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret = kars_mesh::wire::token::parse(&tok).unwrap().secret.clone();
+    let cd = w.did(ctrl);
+    let legacy_seed = [0x51; 32];
+    let legacy = Identity::from_seed(&legacy_seed);
+    let ld = legacy.did().to_string();
+    let raw = w.raw_connect(legacy_seed);
+    let stranger_seed = [0x52; 32];
+    let sd = Identity::from_seed(&stranger_seed).did().to_string();
+    let raw_stranger = w.raw_connect(stranger_seed);
+    let frame = |from: &str, id: &str, p: Value| {
+        json!({"v":1,"type":"message","from":from,"to":cd,"id":id,"ts":"2026-11-25T00:00:00.000Z",
+            "ciphertext": b64::encode_std(p.to_string().as_bytes()),"plaintext":true})
+        .to_string()
+    };
+    let offload = |rid: &str| {
+        json!({"type":"offload_request","task":"t","files":[],"file_count":0,"total_bytes":0,
+        "preferences":{"timeout_minutes":5},"request_id":rid})
+    };
+    // Before pairing, an offload_request in plaintext is dropped.
+    w.raw_send(
+        raw,
+        &frame(
+            &ld,
+            "5c8e2a4e-0b7c-4d5e-9f1a-000000000001",
+            offload("aaaaaaaa-0000-4000-8000-000000000001"),
+        ),
+    );
+    w.run_for(2_000);
+    assert_eq!(
+        w.call_sync(ctrl, "offload_list", json!({}), 5_000)["details"]["mesh"]["offloads"],
+        json!([])
+    );
+    let pr = json!({"type":"pair_request","secret":secret,"pubkey_ed25519":b64::encode_std(legacy.ed25519_public()),
+        "display_name":"old plugin","capabilities_requested":["offload"]});
+    w.raw_send(raw, &frame(&ld, "5c8e2a4e-0b7c-4d5e-9f1a-000000000002", pr));
+    w.run_for(3_000);
+    let list = w.call_sync(ctrl, "pair_list", json!({}), 5_000);
+    assert_eq!(
+        list["details"]["mesh"]["pairings"][0]["bound_did"],
+        json!(ld),
+        "{list}"
+    );
+    // Paired: still no plaintext offload_request is taken, the paired DID's
+    // (which anyone can claim) no more than a stranger's.
+    w.raw_send(
+        raw_stranger,
+        &frame(
+            &sd,
+            "5c8e2a4e-0b7c-4d5e-9f1a-000000000003",
+            offload("bbbbbbbb-0000-4000-8000-000000000002"),
+        ),
+    );
+    w.raw_send(
+        raw,
+        &frame(
+            &ld,
+            "5c8e2a4e-0b7c-4d5e-9f1a-000000000004",
+            offload("cccccccc-0000-4000-8000-000000000003"),
+        ),
+    );
+    w.run_for(3_000);
+    let offs = w.call_sync(ctrl, "offload_list", json!({}), 5_000);
+    assert_eq!(offs["details"]["mesh"]["offloads"], json!([]), "{offs}");
+    let list = w.call_sync(ctrl, "pair_list", json!({}), 5_000);
+    assert_eq!(
+        list["details"]["mesh"]["pairings"][0]["slots_used"],
+        json!(0),
+        "no slot taken: {list}"
+    );
+    assert!(
+        w.agents[ctrl].jobs_started.is_empty(),
+        "no sandbox was started"
     );
 }

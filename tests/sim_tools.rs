@@ -3,7 +3,7 @@
 //! claims, timeout, abort), `mesh_inbox` (blocking wake-up on arrival,
 //! timeout, peek by default and explicit read marks that survive a restart),
 //! `mesh_send` and `discover` texts, and argument validation that changes
-//! nothing. Virtual clock, seeded, as tests/sim.rs.
+//! nothing. Virtual clock, seeded; the harness is in tests/sim/.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

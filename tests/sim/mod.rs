@@ -9,15 +9,19 @@
 //! * [`world::World`]: N engines wired to both through a virtual network with
 //!   fault injection (drop, duplicate, reorder, relay restart, agent crash
 //!   between any two commands), driven by one priority queue of virtual time.
+//! * [`scenario`]: what the scenario tests share: traffic flows, the
+//!   end-to-end delivery check and the failure report.
 //!
 //! Everything is seeded; no wall clock, no threads, no hash-order iteration.
 
-// Test-private module: `pub` is for the sibling modules and tests/sim.rs.
+// Test-private module: `pub` is for the sibling modules and the
+// tests/sim_*.rs files, each of which uses only part of it.
 #![allow(dead_code, unreachable_pub)]
 
 pub mod host;
 pub mod registry;
 pub mod relay;
+pub mod scenario;
 pub mod world;
 
 /// SplitMix64: small, fast, deterministic; good enough for scheduling.

@@ -1,0 +1,190 @@
+//! The controller role: pairing through its ledger tools (`pair_generate`,
+//! `pair_list`, `pair_revoke`) and the client's `mesh_pair`, with the
+//! original texts for every refusal and the ledger and pairing kept across
+//! restarts; and an offload whose phase only an end-to-end message from the
+//! controller may move, never a plaintext one in its name.
+//! Virtual clock, seeded; the harness is in tests/sim/.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "sim/mod.rs"]
+mod sim;
+
+use kars_mesh::crypto::identity::Identity;
+use kars_mesh::wire::b64;
+use serde_json::{json, Value};
+use sim::world::World;
+
+/// Pairing over the mesh: the operator generates a token on the controller,
+/// a client pairs with it once; reuse, revocation, a wrong secret and an
+/// unroutable (AMID-only) token fail with the original texts; the ledger and
+/// the client's pairing survive restarts.
+#[test]
+fn pairing_through_the_controller_role() {
+    let mut w = World::new(31);
+    let ctrl = w.add_agent(
+        "controller",
+        json!({"role": "controller", "cluster_name": "lab"}),
+    );
+    let alice = w.add_agent("alice", json!({}));
+    let bob = w.add_agent("bob", json!({}));
+    w.run_for(3_000);
+    let gen = w.call_sync(
+        ctrl,
+        "pair_generate",
+        json!({"name": "alice-laptop", "slots": 2, "expires": "1d"}),
+        5_000,
+    );
+    let tok = gen["details"]["mesh"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(tok.starts_with("azcp_1_"), "{gen}");
+    assert!(
+        !serde_json::to_string(&w.persisted(ctrl, "ledger"))
+            .unwrap()
+            .contains(&tok[7..20]),
+        "the token is not stored"
+    );
+
+    let ok = w.call_sync(alice, "mesh_pair", json!({"token": tok}), 60_000);
+    let text = ok["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("✅ Paired successfully with kars cluster \"lab\""),
+        "{ok}"
+    );
+    assert_eq!(
+        ok["details"]["mesh"]["pairing"]["controller_did"],
+        w.did(ctrl)
+    );
+    assert_eq!(
+        w.persisted(alice, "pairing").unwrap()["cluster_name"],
+        "lab"
+    );
+
+    let again = w.call_sync(bob, "mesh_pair", json!({"token": tok}), 60_000);
+    assert_eq!(
+        again["content"][0]["text"],
+        "❌ Pairing rejected by cluster: Pairing is Active — token already consumed or expired",
+        "{again}"
+    );
+    let list = w.call_sync(ctrl, "pair_list", json!({}), 5_000);
+    assert_eq!(
+        list["details"]["mesh"]["pairings"][0]["bound_did"],
+        w.did(alice)
+    );
+
+    let gen2 = w.call_sync(ctrl, "pair_generate", json!({"name": "bob"}), 5_000);
+    let tok2 = gen2["details"]["mesh"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.call_sync(ctrl, "pair_revoke", json!({"name": "bob"}), 5_000);
+    let revoked = w.call_sync(bob, "mesh_pair", json!({"token": tok2}), 60_000);
+    assert_eq!(
+        revoked["content"][0]["text"],
+        "❌ Pairing rejected by cluster: Pairing is Revoked — token already consumed or expired"
+    );
+
+    // A token with a secret the controller never issued.
+    let mut forged = kars_mesh::wire::token::parse(&tok2).unwrap();
+    forged.secret = "not-issued".into();
+    let bad = w.call_sync(bob, "mesh_pair", json!({"token": forged.encode()}), 60_000);
+    assert_eq!(
+        bad["content"][0]["text"],
+        "❌ Pairing rejected by cluster: Invalid pairing token"
+    );
+    // The original CLI's AMID-only token cannot be routed: say so.
+    let legacy = w.call_sync(bob, "mesh_pair", json!({"token": "azcp_1_eyJjb250cm9sbGVyX2FtaWQiOiJjdHJsX2FiYzEyMyIsInJlbGF5X3VybCI6IndzOi8vaG9zdC5kb2NrZXIuaW50ZXJuYWw6MTg3NjUiLCJyZWdpc3RyeV91cmwiOiJodHRwOi8vaG9zdC5kb2NrZXIuaW50ZXJuYWw6MTgwODAiLCJzZWNyZXQiOiJ0ZXN0LXNlY3JldC12YWx1ZSJ9"}), 5_000);
+    assert!(
+        legacy["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("cannot route"),
+        "{legacy}"
+    );
+    let junk = w.call_sync(bob, "mesh_pair", json!({"token": "bad_token"}), 5_000);
+    assert!(
+        junk["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("❌ Invalid pairing token. Must start with azcp_1_"),
+        "{junk}"
+    );
+
+    // Restarts keep the ledger and the pairing.
+    w.crash_now(ctrl, 1_000);
+    w.crash_now(alice, 1_000);
+    w.run_for(5_000);
+    let list = w.call_sync(ctrl, "pair_list", json!({}), 5_000);
+    assert_eq!(
+        list["details"]["mesh"]["pairings"][0]["phase"], "Active",
+        "{list}"
+    );
+    assert_eq!(
+        w.persisted(alice, "pairing").unwrap()["controller_did"],
+        w.did(ctrl)
+    );
+    // A non-controller has no ledger tools.
+    let nope = w.call_sync(alice, "pair_generate", json!({"name": "x"}), 5_000);
+    assert!(nope["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("not a controller"));
+}
+
+// ------------------------------------------ offload: phases end to end only
+
+/// The relay does not bind `from`: a plaintext `offload_status ready` that
+/// claims to come from the paired controller must not tell the client where
+/// its sandbox is (it would draw the input files to an attacker). Only an
+/// end-to-end message may; stale phases do not move the offload backwards.
+#[test]
+fn a_spoofed_plaintext_ready_does_not_redirect_an_offload() {
+    let (mut w, ctrl, alice, rid) = World::paired_offload(91);
+    let st = w.call_sync(alice, "offload_status", json!({}), 5_000);
+    assert_eq!(st["details"]["mesh"]["phase"], json!("spawning"), "{st}");
+    let ad = w.did(alice);
+    let cd = w.did(ctrl);
+    let attacker_seed = [0x66; 32];
+    let attacker = Identity::from_seed(&attacker_seed).did().to_string();
+    let raw = w.raw_connect(attacker_seed);
+    let spoof = |id: &str, p: Value| {
+        json!({"v":1,"type":"message","from":cd,"to":ad,"id":id,"ts":"2026-11-25T00:00:00.000Z",
+            "ciphertext": b64::encode_std(p.to_string().as_bytes()),"plaintext":true})
+        .to_string()
+    };
+    w.raw_send(raw, &spoof("5c8e2a4e-0b7c-4d5e-9f1a-00000000aa01", json!({"type":"offload_status","request_id":rid,
+        "phase":"ready","message":"sandbox ready","sandbox_name":"offload-evil","sandbox_did":attacker})));
+    w.raw_send(
+        raw,
+        &spoof(
+            "5c8e2a4e-0b7c-4d5e-9f1a-00000000aa02",
+            json!({"type":"offload_status","request_id":rid,
+        "phase":"validating","message":"again"}),
+        ),
+    );
+    w.run_for(3_000);
+    // after_events 0: the whole snapshot at once (a plain call within 15 s
+    // of the last one answers "no change").
+    let st = w.call_sync(
+        alice,
+        "offload_status",
+        json!({"wait_seconds": 1, "after_events": 0}),
+        5_000,
+    );
+    let m = &st["details"]["mesh"];
+    assert_eq!(m["phase"], json!("spawning"), "{st}");
+    assert_eq!(m["sandbox_did"], Value::Null, "{st}");
+    assert!(
+        !m["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["phase"] == "ready"),
+        "{st}"
+    );
+    // Nothing of it reached the inbox either.
+    let inbox = w.call_sync(alice, "mesh_inbox", json!({"unread_only": false}), 5_000);
+    assert_eq!(inbox["details"]["mesh"]["messages"], json!([]), "{inbox}");
+}

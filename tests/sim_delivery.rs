@@ -1,0 +1,475 @@
+//! Delivery between two agents under faults: the big mesh_send exchange
+//! (frames dropped, duplicated and reordered, relay restarts, crashes at a
+//! random command of a random handle() call) with every confirmed or
+//! committed message in the receiver's inbox exactly once and in order, no
+//! message key ever reused, and the same run for the same seed; glare; the
+//! minimal reproductions of reordering and of a crash after the inbox store;
+//! the key-reuse oracle itself; idempotent retries and a full outbox.
+//! Virtual clock, seeded; the harness is in tests/sim/.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "sim/mod.rs"]
+mod sim;
+
+use serde_json::json;
+use sim::scenario::{check_flow, common_checks, drain, fail_if, world_with, Flow};
+use sim::world::{CrashOn, CrashPlan, Faults, Prefix, World, EPOCH_MS};
+use sim::Rng;
+
+// ------------------------------------------------------------------ helpers
+
+fn crash_summary(w: &World) -> String {
+    let mut out = String::new();
+    for a in &w.agents {
+        for c in a.crashes.iter().filter(|c| !c.skipped) {
+            out.push_str(&format!(
+                "\n    crash {} at {} ms on {} after {}/{} commands; lost {:?}",
+                a.name,
+                c.at - EPOCH_MS,
+                c.on,
+                c.applied,
+                c.total,
+                c.lost
+            ));
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------- the big exchange
+
+struct ExchangeCfg {
+    each_way: usize,
+    faults: Faults,
+    crashes_per_agent: usize,
+    relay_restarts: usize,
+    max_pause_ms: u64,
+}
+
+fn run_exchange(seed: u64, cfg: &ExchangeCfg) -> (World, Vec<String>, String) {
+    let (mut w, ids) = world_with(seed, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(7));
+    w.faults = cfg.faults.clone();
+    let mut flows = [Flow::new(&w, a, b), Flow::new(&w, b, a)];
+    let total = 2 * cfg.each_way as u64;
+    // Faults strike when the running message count passes these marks.
+    let mut relay_marks: Vec<u64> = (0..cfg.relay_restarts)
+        .map(|_| rng.range(total / 10, total * 9 / 10))
+        .collect();
+    let mut crash_marks: Vec<(u64, usize)> = (0..cfg.crashes_per_agent)
+        .flat_map(|_| [a, b])
+        .map(|who| (rng.range(total / 20, total * 19 / 20), who))
+        .collect();
+    // Events that keep happening (KNOCK handling is covered by the sweeps;
+    // mesh_inbox crashes by crash_sweep_receiver_mesh_inbox).
+    let targets = [
+        CrashOn::AnyBut("mesh_inbox"),
+        CrashOn::Frame("message"),
+        CrashOn::Tool("mesh_send"),
+        CrashOn::Timer,
+        CrashOn::Http,
+    ];
+    while flows.iter().any(|f| f.sent.len() < cfg.each_way) {
+        let count = (flows[0].sent.len() + flows[1].sent.len()) as u64;
+        relay_marks.retain(|&m| {
+            if count >= m {
+                let at = w.now;
+                w.schedule_relay_restart(at, rng.range(0, 4_000));
+                false
+            } else {
+                true
+            }
+        });
+        crash_marks.retain(|&(m, who)| {
+            if count >= m {
+                let on = targets[rng.below(targets.len() as u64) as usize].clone();
+                let plan = CrashPlan {
+                    not_before: w.now,
+                    on,
+                    prefix: Prefix::Random,
+                    restart_after_ms: rng.range(100, 8_000),
+                };
+                w.plan_crash(who, plan);
+                false
+            } else {
+                true
+            }
+        });
+        match rng.below(10) {
+            0..=3 if flows[0].sent.len() < cfg.each_way => {
+                flows[0].send_next(&mut w);
+            }
+            4..=7 if flows[1].sent.len() < cfg.each_way => {
+                flows[1].send_next(&mut w);
+            }
+            8 => {
+                w.call(a, "mesh_inbox", json!({"limit": 500, "mark_read": true}));
+            }
+            9 => {
+                w.call(b, "mesh_inbox", json!({"limit": 500, "mark_read": true}));
+            }
+            _ => {}
+        }
+        let pause = rng.range(0, cfg.max_pause_ms + 1);
+        w.run_for(pause);
+    }
+    // Heal: no more faults; give resends (every 25 s) and holds (10 min) time.
+    w.faults = Faults::none();
+    for i in [a, b] {
+        w.agents[i].crash_plans.clear();
+    }
+    w.run_for(12 * 60_000);
+    for i in [a, b] {
+        if !w.agents[i].up() {
+            w.run_for(10_000);
+        }
+        drain(&mut w, i);
+    }
+    let mut problems = Vec::new();
+    let s0 = check_flow(&w, &flows[0], &mut problems);
+    let s1 = check_flow(&w, &flows[1], &mut problems);
+    common_checks(&w, &mut problems);
+    for i in [a, b] {
+        let n = w.agents[i].crashes.iter().filter(|c| !c.skipped).count();
+        assert_eq!(
+            n, cfg.crashes_per_agent,
+            "harness: {} crashed {n} times",
+            w.agents[i].name
+        );
+    }
+    assert_eq!(
+        w.relay.stats.restarts as usize, cfg.relay_restarts,
+        "harness: relay restarts"
+    );
+    let report = format!(
+        "seed {seed}: virtual {:.1} min, {} handle() calls; net {:?}; relay {:?}; \
+         crashes alice {} bob {}; {} distinct message keys on the wire\n  alice->bob {s0:?}\n  bob->alice {s1:?}",
+        (w.now - EPOCH_MS) as f64 / 60_000.0,
+        w.net.handles,
+        w.net,
+        w.relay.stats,
+        w.agents[a].crashes.iter().filter(|c| !c.skipped).count(),
+        w.agents[b].crashes.iter().filter(|c| !c.skipped).count(),
+        w.distinct_message_keys(),
+    );
+    (w, problems, report)
+}
+
+/// The headline scenario: 300 messages each way through mesh_send, random
+/// virtual pauses, random mesh_inbox reads, frames dropped, duplicated and
+/// reordered in both directions, one relay restart and two crashes of each
+/// agent at a random command of a random handle() call. Every confirmed or
+/// committed message must be in the receiver's inbox exactly once, in order
+/// per sender, with exact counts, and no message key may ever be reused.
+#[test]
+fn exchange_300_each_way_under_faults_and_crashes() {
+    let seed = 20_260_101;
+    let cfg = ExchangeCfg {
+        each_way: 300,
+        faults: Faults::chaos(),
+        crashes_per_agent: 2,
+        relay_restarts: 1,
+        max_pause_ms: 1_500,
+    };
+    let (w, problems, report) = run_exchange(seed, &cfg);
+    eprintln!("{report}");
+    fail_if(seed, "300 each way under faults", &problems, &w);
+}
+
+/// The same invariants with the network clean and no crashes: isolates
+/// protocol problems from fault handling.
+#[test]
+fn exchange_clean_network() {
+    let seed = 7;
+    let cfg = ExchangeCfg {
+        each_way: 60,
+        faults: Faults::none(),
+        crashes_per_agent: 0,
+        relay_restarts: 0,
+        max_pause_ms: 1_500,
+    };
+    let (w, problems, report) = run_exchange(seed, &cfg);
+    eprintln!("{report}");
+    fail_if(seed, "clean exchange", &problems, &w);
+}
+
+/// Smaller exchanges over several seeds, for breadth of fault timing.
+#[test]
+fn exchange_many_seeds_under_faults() {
+    let mut failures = Vec::new();
+    for seed in 1..=6u64 {
+        let cfg = ExchangeCfg {
+            each_way: 40,
+            faults: Faults::chaos(),
+            crashes_per_agent: 2,
+            relay_restarts: 1,
+            max_pause_ms: 2_000,
+        };
+        let (w, problems, report) = run_exchange(seed, &cfg);
+        eprintln!("{report}");
+        if !problems.is_empty() {
+            failures.push(format!(
+                "seed {seed}:\n    {}{}",
+                problems.join("\n    "),
+                crash_summary(&w)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Same seed, same run: the harness and the engine are deterministic.
+#[test]
+fn simulation_is_deterministic() {
+    let cfg = ExchangeCfg {
+        each_way: 15,
+        faults: Faults::chaos(),
+        crashes_per_agent: 1,
+        relay_restarts: 1,
+        max_pause_ms: 2_000,
+    };
+    let (w1, _, _) = run_exchange(99, &cfg);
+    let (w2, _, _) = run_exchange(99, &cfg);
+    let (w3, _, _) = run_exchange(100, &cfg);
+    assert_eq!(w1.trace, w2.trace, "two runs with seed 99 diverged");
+    assert_eq!(w1.now, w2.now);
+    assert_ne!(w1.trace, w3.trace, "seeds 99 and 100 gave the same trace");
+}
+
+// -------------------------------------------------------------------- glare
+
+/// Both agents mesh_send to each other at the same virtual instant with no
+/// session: both messages arrive (once), and later messages flow both ways.
+#[test]
+fn glare_both_send_first_at_the_same_instant() {
+    let seed = 42;
+    let (mut w, ids) = world_with(seed, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let mut f = [Flow::new(&w, a, b), Flow::new(&w, b, a)];
+    assert!(f[0].send_next(&mut w) && f[1].send_next(&mut w));
+    w.run_for(5_000);
+    // It really was glare: both opened a session and knocked.
+    for (i, flow) in [(a, &f[0]), (b, &f[1])] {
+        let first = &w.agents[i].calls[&flow.sent[0].1];
+        assert_eq!(
+            first.result().unwrap()["details"]["mesh"]["session"],
+            "new",
+            "{}",
+            first.text()
+        );
+        assert_eq!(w.wire_frames(i, "knock", &w.did(flow.to)).len(), 1);
+    }
+    for _ in 0..5 {
+        f[0].send_next(&mut w);
+        w.run_for(700);
+        f[1].send_next(&mut w);
+        w.run_for(700);
+    }
+    w.run_for(90_000);
+    drain(&mut w, a);
+    drain(&mut w, b);
+    let mut problems = Vec::new();
+    let s0 = check_flow(&w, &f[0], &mut problems);
+    let s1 = check_flow(&w, &f[1], &mut problems);
+    common_checks(&w, &mut problems);
+    for (s, name) in [(&s0, "alice->bob"), (&s1, "bob->alice")] {
+        if s.confirmed != 6 || s.read != 6 {
+            problems.push(format!("{name}: {s:?}, expected 6 confirmed and 6 read"));
+        }
+    }
+    fail_if(seed, "glare", &problems, &w);
+}
+
+// ------------------------------------------------- minimal reproductions
+
+/// Two messages delivered in reverse order (no crash, no loss): the second is
+/// held until the first arrives, and mesh_inbox must then return them in
+/// send order.
+#[test]
+fn reordered_messages_are_returned_in_send_order() {
+    let (mut w, ids) = world_with(17, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let bd = w.did(b);
+    w.send(a, b, "m0");
+    w.run_for(3_000);
+    assert_eq!(
+        w.read_inbox(b).len(),
+        1,
+        "setup: session open, receipts flowing"
+    );
+    w.agents[a].capture = true;
+    w.send(a, b, "m1");
+    w.send(a, b, "m2");
+    w.run_for(1_000);
+    w.agents[a].capture = false;
+    let frames: Vec<String> = std::mem::take(&mut w.agents[a].captured)
+        .into_iter()
+        .filter(|t| t.contains("\"type\":\"message\"") && t.contains(&bd))
+        .collect();
+    assert_eq!(frames.len(), 2);
+    w.inject(b, &frames[1]);
+    w.run_for(500);
+    w.inject(b, &frames[0]);
+    w.run_for(500);
+    let got: Vec<String> = w.read_inbox(b).iter().map(|m| m.content()).collect();
+    assert_eq!(
+        got,
+        ["m1", "m2"],
+        "mesh_inbox order after a reordered delivery"
+    );
+}
+
+/// Bob crashes after the first command of handling a message (its inbox
+/// record is durable, the session update that records it as received is
+/// not). The relay-level redelivery of the same frame must not make it a
+/// second inbox entry.
+#[test]
+fn crash_after_the_inbox_store_does_not_deliver_twice() {
+    let (mut w, ids) = world_with(19, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    w.send(a, b, "m0");
+    w.run_for(3_000);
+    assert_eq!(w.read_inbox(b).len(), 1);
+    w.plan_crash(
+        b,
+        CrashPlan {
+            not_before: 0,
+            on: CrashOn::Frame("message"),
+            // The payload record, then the inbox entry: both durable.
+            prefix: Prefix::Exactly(2),
+            restart_after_ms: 1_000,
+        },
+    );
+    w.send(a, b, "m1");
+    // Alice re-sends the unreceipted frame after 20 s, on a heartbeat tick.
+    w.run_for(60_000);
+    let rec = &w.agents[b].crashes[0];
+    assert!(
+        rec.lost[0].starts_with("store session/"),
+        "crash point: {rec:?}"
+    );
+    let got: Vec<String> = w.read_inbox(b).iter().map(|m| m.content()).collect();
+    assert_eq!(got, ["m1"], "m1 must be delivered exactly once");
+}
+
+// ----------------------------------------------------------- oracle checks
+
+/// The key-reuse oracle fires when it should: a host that loses writes (its
+/// storage rolled back past a sent message) makes the engine encrypt a new
+/// message under a message key it already used.
+#[test]
+fn key_reuse_oracle_catches_a_host_that_loses_writes() {
+    let (mut w, ids) = world_with(21, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    w.send(a, b, "m0");
+    w.run_for(3_000);
+    let snap = w.snapshot_storage(a);
+    w.send(a, b, "m1");
+    w.run_for(3_000);
+    assert!(w.violations.is_empty(), "{:?}", w.violations);
+    w.crash_now(a, 1_000);
+    w.restore_storage(a, snap);
+    w.run_for(3_000);
+    w.send(a, b, "m2 (after the rollback)");
+    w.run_for(3_000);
+    assert!(
+        w.violations.iter().any(|v| v.contains("MESSAGE KEY REUSE")),
+        "the oracle missed a rolled-back ratchet: {:?}",
+        w.violations
+    );
+}
+
+// ----------------------------------------- sends: retries and a full outbox
+
+/// A caller that retries `mesh_send` with the same idempotency key (it was
+/// cut off before the answer) gets the first send's result, and the peer
+/// receives the message once.
+#[test]
+fn a_retried_send_with_the_same_key_is_not_sent_twice() {
+    let (mut w, ids) = world_with(23, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let bd = w.did(b);
+    let args = json!({"to": bd, "message": "once", "idempotency_key": "k-1"});
+    let first = w.call_sync(a, "mesh_send", args.clone(), 5_000);
+    let second = w.call_sync(a, "mesh_send", args, 5_000);
+    assert_eq!(
+        first["details"]["mesh"]["id"], second["details"]["mesh"]["id"],
+        "{first} / {second}"
+    );
+    assert_eq!(second["details"]["mesh"]["duplicate"], true);
+    let other = w.call_sync(
+        a,
+        "mesh_send",
+        json!({"to": bd, "message": "twice", "idempotency_key": "k-2"}),
+        5_000,
+    );
+    assert_ne!(
+        other["details"]["mesh"]["id"],
+        first["details"]["mesh"]["id"]
+    );
+    let bad = w.call_sync(
+        a,
+        "mesh_send",
+        json!({"to": bd, "message": "x", "idempotency_key": 7}),
+        5_000,
+    );
+    assert!(
+        bad["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("idempotency_key"),
+        "{bad}"
+    );
+    w.run_for(3_000);
+    let got: Vec<String> = w.read_inbox(b).iter().map(|m| m.content()).collect();
+    assert_eq!(got, ["once", "twice"]);
+}
+
+/// A peer that stays away does not make the sender drop anything: past the
+/// outbox limit `mesh_send` refuses with a clear error, and every message it
+/// accepted arrives once the peer is back.
+#[test]
+fn a_full_outbox_refuses_new_sends_instead_of_dropping_old_ones() {
+    let (mut w, ids) = world_with(29, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let bd = w.did(b);
+    w.send(a, b, "m0");
+    w.run_for(3_000);
+    assert_eq!(w.read_inbox(b).len(), 1, "setup: receipts flowing");
+    w.crash_now(b, 120_000);
+    let limit = kars_mesh::mesh::session::OUTBOX_MAX;
+    for i in 0..limit {
+        let r = w.call_sync(
+            a,
+            "mesh_send",
+            json!({"to": bd, "message": format!("q{i}")}),
+            5_000,
+        );
+        assert!(r["details"]["mesh"]["error"].is_null(), "send {i}: {r}");
+    }
+    let refused = w.call_sync(
+        a,
+        "mesh_send",
+        json!({"to": bd, "message": "one too many"}),
+        5_000,
+    );
+    let text = refused["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("❌") && text.contains("waiting for its receipt"),
+        "{refused}"
+    );
+    w.run_for(400_000);
+    let mut got: Vec<String> = Vec::new();
+    loop {
+        // mesh_inbox answers at most 500 at a time.
+        let batch: Vec<String> = w.read_inbox(b).iter().map(|m| m.content()).collect();
+        if batch.is_empty() {
+            break;
+        }
+        got.extend(batch);
+    }
+    let want: Vec<String> = (0..limit).map(|i| format!("q{i}")).collect();
+    assert_eq!(got, want, "every accepted message, once, in order");
+}
