@@ -9,3 +9,6 @@ pub mod controller;
 pub mod phase;
 pub mod reassembly;
 pub mod sandbox;
+
+#[cfg(test)]
+mod tests;

@@ -5,3 +5,6 @@
 pub mod client;
 pub mod ledger;
 pub mod operator;
+
+#[cfg(test)]
+mod tests;

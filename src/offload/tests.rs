@@ -1,0 +1,349 @@
+//! The offload client, the controller and the sandbox, each driven alone
+//! through a fake port. The whole-offload test hands each message one
+//! machine sends to the machine it is for, as the mesh would after
+//! decrypting it; the others check one machine's refusals.
+
+use super::client::OffloadClient;
+use super::controller::Controller;
+use super::phase::Phase;
+use super::sandbox::{Sandbox, SandboxSpec};
+use crate::codec::b64;
+use crate::io::{Command, Cx, JobExit};
+use crate::pairing::client::PairingRecord;
+use crate::pairing::ledger::{ControllerAddress, PairRequest};
+use crate::pairing::operator::Operator;
+use crate::port::testing::{FakeHost, FakePort};
+use crate::port::{Paced, TimerOwner};
+use serde_json::{json, Value};
+
+/// One machine's port, host and the commands of its last call.
+struct Side {
+    port: FakePort,
+    host: FakeHost,
+    out: Vec<Command>,
+}
+
+impl Side {
+    fn new(seed: u8) -> Self {
+        Side {
+            port: FakePort::new(seed),
+            host: FakeHost::default(),
+            out: Vec::new(),
+        }
+    }
+
+    fn did(&self) -> String {
+        self.port.id.did().to_string()
+    }
+
+    /// Run `f` with this side's port and a context; keep what it commanded
+    /// (stores are carried out, as the host does).
+    fn call<R>(&mut self, f: impl FnOnce(&mut FakePort, &mut Cx<'_>) -> R) -> R {
+        let mut cx = Cx {
+            host: &mut self.host,
+            out: Vec::new(),
+        };
+        let r = f(&mut self.port, &mut cx);
+        let out = cx.out;
+        self.out = self.host.apply(out);
+        r
+    }
+
+    /// What was sent to `to` since the last look, in order.
+    fn take_sent_to(&mut self, to: &str) -> Vec<Value> {
+        let (mine, rest): (Vec<_>, Vec<_>) = self.port.sent.drain(..).partition(|(t, _)| t == to);
+        self.port.sent = rest;
+        mine.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Paced items for `to` as the messages the node would send (files get
+    /// their data; small enough here to need no chunks).
+    fn take_paced_to(&mut self, to: &str) -> Vec<Value> {
+        let mut msgs = Vec::new();
+        for (t, items) in std::mem::take(&mut self.port.paced) {
+            assert_eq!(t, to);
+            for item in items {
+                msgs.push(match item {
+                    Paced::Message(v) | Paced::Go(v) => v,
+                    Paced::File { mut msg, bytes, .. } => {
+                        msg["file_data"] = json!(b64::encode_std(&bytes));
+                        msg
+                    }
+                });
+            }
+        }
+        msgs
+    }
+
+    fn results(&self) -> Vec<Value> {
+        self.out
+            .iter()
+            .filter_map(|c| match c {
+                Command::ToolResult { result_json, .. } => serde_json::from_str(result_json).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn types(msgs: &[Value]) -> Vec<&str> {
+    msgs.iter()
+        .map(|m| m["type"].as_str().unwrap_or("?"))
+        .collect()
+}
+
+fn text(result: &Value) -> &str {
+    result["content"][0]["text"].as_str().unwrap_or_default()
+}
+
+/// A controller whose ledger holds an active pairing for `user`.
+fn controller(ctl: &mut Side, user: &Side, slots: u32) -> Controller {
+    let address = ControllerAddress {
+        did: ctl.did(),
+        amid: ctl.port.id.amid(),
+        relay_url: "http://127.0.0.1:1".into(),
+        registry_url: "http://127.0.0.1:2".into(),
+        cluster: "lab".into(),
+    };
+    let user_key = b64::encode_std(user.port.id.ed25519_public());
+    let user_did = user.did();
+    ctl.call(|port, cx| {
+        let mut op = Operator::load(&port.vault, cx, address.clone()).expect("empty ledger");
+        let req = PairRequest {
+            name: "alice".into(),
+            slots,
+            capabilities: vec!["offload".into()],
+            ..Default::default()
+        };
+        let (tok, _) = op
+            .ledger
+            .generate(&req, &address, 0, cx.host)
+            .expect("generate");
+        let secret = crate::wire::token::parse(&tok)
+            .expect("token")
+            .secret
+            .clone();
+        op.ledger
+            .pair(&secret, &user_did, &user_key, 0)
+            .expect("pair");
+        Controller::load(op, port, cx)
+    })
+}
+
+fn pairing_with(ctl: &Side) -> PairingRecord {
+    PairingRecord {
+        cluster_name: "lab".into(),
+        controller_did: ctl.did(),
+        controller_amid: ctl.port.id.amid(),
+        relay_url: String::new(),
+        registry_url: String::new(),
+        capabilities: vec!["offload".into()],
+        slots: 2,
+        token_budget: 1,
+        expires_at: String::new(),
+        paired_ms: 0,
+    }
+}
+
+fn job_start(out: &[Command]) -> Option<(u64, String, String)> {
+    out.iter().find_map(|c| match c {
+        Command::JobStart {
+            id,
+            kind,
+            spec_json,
+        } => Some((*id, kind.clone(), spec_json.clone())),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_whole_offload_from_request_to_done_and_cleanup() {
+    let (mut user, mut ctl, mut sb_side) = (Side::new(1), Side::new(2), Side::new(3));
+    let (u, c, s) = (user.did(), ctl.did(), sb_side.did());
+    let mut client = OffloadClient::default();
+    let mut controller = controller(&mut ctl, &user, 1);
+    let pairing = pairing_with(&ctl);
+
+    // The user's call: answered at once, the request goes to the controller.
+    let args = json!({"task": "summarise the week"});
+    user.call(|p, cx| client.cloud_offload(p, cx, "call-1", &args, Some(&pairing)));
+    assert!(text(&user.results()[0]).starts_with("☁️ Offload submitted"));
+    let request = user.take_sent_to(&c);
+    assert_eq!(types(&request), ["offload_request"]);
+
+    // The controller takes a slot and starts a sandbox.
+    ctl.call(|p, cx| controller.on_message(p, cx, &u, &request[0]));
+    let news = ctl.take_sent_to(&u);
+    assert_eq!(types(&news), ["offload_status", "offload_status"]);
+    assert_eq!(news[1]["phase"], "spawning");
+    let (job, kind, spec) = job_start(&ctl.out).expect("a sandbox is started");
+    assert_eq!(kind, "sandbox");
+    let spec: SandboxSpec = serde_json::from_str(&spec).expect("the spec is a SandboxSpec");
+    assert_eq!(spec.requester, u);
+    assert!(spec.name.starts_with("offload-"));
+
+    // The sandbox comes up and says hello; the controller names it.
+    let mut sandbox = sb_side.call(|p, cx| Sandbox::start(spec, p, cx));
+    let hello = sb_side.take_sent_to(&u);
+    assert_eq!(types(&hello), ["offload_hello"]);
+    ctl.call(|p, cx| controller.job_ready(p, cx, job, &s));
+    let ready = ctl.take_sent_to(&u);
+    assert_eq!(ready[1]["phase"], "ready");
+    assert_eq!(ready[1]["sandbox_did"], s.as_str());
+
+    // The client follows the controller's news, then the sandbox's hello:
+    // it sends the go-ahead (paced, after the inputs: none here).
+    for m in news.iter().chain(&ready) {
+        user.call(|p, cx| client.on_message(p, cx, &c, m, true));
+    }
+    user.call(|p, cx| client.on_message(p, cx, &s, &hello[0], true));
+    let go = user.take_paced_to(&s);
+    assert_eq!(types(&go), ["offload_start"]);
+    user.call(|p, cx| client.inputs_handed_over(p, cx));
+    assert_eq!(
+        client.active.as_ref().map(|o| o.phase),
+        Some(Phase::Running)
+    );
+
+    // The sandbox runs (the built-in executor) and returns report.md, then done.
+    sb_side.call(|p, cx| sandbox.on_message(p, cx, &u, &go[0]));
+    let back = sb_side.take_paced_to(&u);
+    assert_eq!(types(&back), ["file_transfer", "offload_done"]);
+    for m in &back {
+        user.call(|p, cx| client.on_message(p, cx, &s, m, true));
+    }
+    let o = client.active.as_ref().expect("the offload is kept");
+    assert_eq!(o.phase, Phase::Done);
+    assert_eq!(o.outputs[0].name, "report.md");
+    assert_eq!(types(&user.take_sent_to(&c)), ["offload_cleanup"]);
+
+    // The cleanup from anyone else is refused; the requester's frees the slot.
+    let cleanup = json!({"type": "offload_cleanup", "request_id": o.request_id, "reason": "done"});
+    ctl.call(|p, cx| controller.on_message(p, cx, &s, &cleanup));
+    assert!(!ctl.out.iter().any(|c| matches!(c, Command::JobKill(_))));
+    ctl.call(|p, cx| controller.on_message(p, cx, &u, &cleanup));
+    assert_eq!(
+        ctl.out
+            .iter()
+            .filter(|c| matches!(c, Command::JobKill(j) if *j == job))
+            .count(),
+        1
+    );
+    assert_eq!(controller.operator.ledger.pairings[0].slots_used, 0);
+    assert_eq!(controller.offload_list(), json!([]));
+}
+
+#[test]
+fn the_controller_tells_a_stranger_only_the_refusal_and_a_full_pairing_waits() {
+    let (user, mut ctl, stranger) = (Side::new(1), Side::new(2), Side::new(9));
+    let mut controller = controller(&mut ctl, &user, 1);
+    let rid = "0b6c6b0e-8f1c-4e6e-9d3a-6f1d2c3b4a59";
+    let request = json!({"type": "offload_request", "request_id": rid, "task": "x", "files": []});
+    ctl.call(|p, cx| controller.on_message(p, cx, &stranger.did(), &request));
+    let answer = ctl.take_sent_to(&stranger.did());
+    assert_eq!(types(&answer), ["offload_error"]);
+    assert_eq!(
+        answer[0]["error"],
+        "Not paired with this cluster. Pair first with mesh_pair."
+    );
+    assert!(job_start(&ctl.out).is_none());
+
+    // The paired user's first request takes the one slot; a second waits.
+    ctl.call(|p, cx| controller.on_message(p, cx, &user.did(), &request));
+    let (job, _, _) = job_start(&ctl.out).expect("the paired request starts a sandbox");
+    let listed = controller.offload_list();
+    assert_eq!(listed[0]["request_id"], rid);
+    assert_eq!(listed[0]["phase"], "spawning");
+    // A repeated request is answered from the record: nothing starts twice.
+    ctl.call(|p, cx| controller.on_message(p, cx, &user.did(), &request));
+    assert!(job_start(&ctl.out).is_none());
+    let second = json!({"type": "offload_request", "request_id": "1b6c6b0e-8f1c-4e6e-9d3a-6f1d2c3b4a59", "task": "y"});
+    ctl.take_sent_to(&user.did());
+    ctl.call(|p, cx| controller.on_message(p, cx, &user.did(), &second));
+    let answer = ctl.take_sent_to(&user.did());
+    assert_eq!(types(&answer), ["offload_status", "offload_error"]);
+    assert!(answer[1]["error"]
+        .as_str()
+        .is_some_and(|e| e.starts_with("No free sandbox slot (1 of 1 in use)")));
+
+    // The first sandbox fails to start: the requester hears why, the slot is free.
+    let exit = JobExit {
+        id: job,
+        code: 2,
+        outputs: Vec::new(),
+        log: "no such command".into(),
+    };
+    assert!(ctl.call(|p, cx| controller.job_exited(p, cx, &exit)));
+    let answer = ctl.take_sent_to(&user.did());
+    assert_eq!(answer[0]["phase"], "spawning");
+    assert_eq!(controller.operator.ledger.pairings[0].slots_used, 0);
+}
+
+#[test]
+fn the_sandbox_runs_nothing_without_the_requesters_go_for_its_task() {
+    let (user, mut sb_side, stranger) = (Side::new(1), Side::new(3), Side::new(9));
+    let spec = SandboxSpec {
+        name: "offload-00".into(),
+        requester: user.did(),
+        request_id: "r1".into(),
+        task: "the real task".into(),
+        files: Vec::new(),
+        timeout_minutes: 5,
+        model: None,
+        executor: None,
+        progress_ms: None,
+    };
+    let mut sandbox = sb_side.call(|p, cx| Sandbox::start(spec, p, cx));
+    assert!(sb_side.port.timer_of(TimerOwner::SandboxInputs).is_some());
+    sb_side.take_sent_to(&user.did());
+
+    // Anyone but the requester is ignored, even with the right digest.
+    let sha = crate::wire::transfer::sha256_hex(b"the real task");
+    let go = json!({"type": "offload_start", "request_id": "r1", "task_sha256": sha});
+    sb_side.call(|p, cx| sandbox.on_message(p, cx, &stranger.did(), &go));
+    assert!(sb_side.port.paced.is_empty() && sb_side.port.sent.is_empty());
+
+    // The requester's go for another task ends it with an error.
+    let forged = json!({"type": "offload_start", "request_id": "r1", "task_sha256": "00"});
+    sb_side.call(|p, cx| sandbox.on_message(p, cx, &user.did(), &forged));
+    let answer = sb_side.take_sent_to(&user.did());
+    assert_eq!(types(&answer), ["offload_error"]);
+    assert!(answer[0]["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("task_sha256 differs")));
+    sb_side.call(|p, cx| sandbox.on_message(p, cx, &user.did(), &go));
+    assert!(
+        sb_side.port.paced.is_empty(),
+        "an ended sandbox runs nothing"
+    );
+    assert_eq!(sb_side.port.cancelled.len(), 3, "its timers are cancelled");
+}
+
+#[test]
+fn the_client_needs_a_pairing_that_grants_offload_and_runs_one_at_a_time() {
+    let (mut user, ctl) = (Side::new(1), Side::new(2));
+    let mut client = OffloadClient::default();
+    let args = json!({"task": "t"});
+    user.call(|p, cx| client.cloud_offload(p, cx, "a", &args, None));
+    assert_eq!(
+        text(&user.results()[0]),
+        "❌ Not paired with any kars cluster. Use mesh_pair first."
+    );
+    let mut no_offload = pairing_with(&ctl);
+    no_offload.capabilities = vec!["handoff".into()];
+    user.call(|p, cx| client.cloud_offload(p, cx, "b", &args, Some(&no_offload)));
+    assert!(text(&user.results()[0]).contains("does not grant the offload capability"));
+    assert!(user.port.sent.is_empty());
+
+    let pairing = pairing_with(&ctl);
+    user.call(|p, cx| client.cloud_offload(p, cx, "c", &args, Some(&pairing)));
+    assert_eq!(types(&user.take_sent_to(&ctl.did())), ["offload_request"]);
+    assert!(user.port.timer_of(TimerOwner::OffloadDeadline).is_some());
+    // The same task again is the same offload; another one waits its turn.
+    user.call(|p, cx| client.cloud_offload(p, cx, "d", &args, Some(&pairing)));
+    assert!(text(&user.results()[0]).starts_with("⚠️  This task was already offloaded"));
+    let other = json!({"task": "another"});
+    user.call(|p, cx| client.cloud_offload(p, cx, "e", &other, Some(&pairing)));
+    assert!(text(&user.results()[0]).starts_with("❌ Offload already in progress"));
+    assert!(user.port.sent.is_empty());
+}

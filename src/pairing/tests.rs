@@ -1,0 +1,220 @@
+//! The pairing client and the operator, each driven alone through a fake
+//! port: the messages one sends are handed to the other by the test, as the
+//! mesh would after decrypting them.
+
+use super::client::{Endpoints, PairingClient, PAIR_TIMEOUT_MS};
+use super::ledger::{ControllerAddress, Phase};
+use super::operator::Operator;
+use crate::io::{Command, Cx};
+use crate::port::testing::{FakeHost, FakePort};
+use crate::port::TimerOwner;
+use crate::store::keys;
+use serde_json::{json, Value};
+
+const RELAY: &str = "http://127.0.0.1:1";
+const REGISTRY: &str = "http://127.0.0.1:2";
+
+fn operator(port: &FakePort, host: &mut FakeHost) -> Operator {
+    let address = ControllerAddress {
+        did: port.id.did().to_string(),
+        amid: port.id.amid(),
+        relay_url: RELAY.into(),
+        registry_url: REGISTRY.into(),
+        cluster: "lab".into(),
+    };
+    let mut cx = Cx {
+        host,
+        out: Vec::new(),
+    };
+    Operator::load(&port.vault, &mut cx, address).expect("an empty ledger loads")
+}
+
+fn client(port: &FakePort, host: &mut FakeHost) -> PairingClient {
+    let mut cx = Cx {
+        host,
+        out: Vec::new(),
+    };
+    let endpoints = Endpoints {
+        relay_url: RELAY.into(),
+        registry_url: REGISTRY.into(),
+        name: Some("laptop".into()),
+    };
+    PairingClient::load(&port.vault, &mut cx, endpoints)
+}
+
+/// The tool results among `out`: (call id, parsed result).
+fn results(out: &[Command]) -> Vec<(String, Value)> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::ToolResult {
+                call_id,
+                result_json,
+            } => Some((
+                call_id.clone(),
+                serde_json::from_str(result_json).expect("tool results are JSON"),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn text(result: &Value) -> &str {
+    result["content"][0]["text"].as_str().unwrap_or_default()
+}
+
+/// The operator makes a token; returns it.
+fn token(op: &mut Operator, port: &mut FakePort, host: &mut FakeHost) -> String {
+    let mut cx = Cx {
+        host,
+        out: Vec::new(),
+    };
+    let args = json!({"name": "alice", "slots": 2, "capabilities": "offload"});
+    op.tool(port, &mut cx, "gen", "pair_generate", &args);
+    let r = results(&cx.out);
+    assert_eq!(r.len(), 1);
+    assert!(
+        text(&r[0].1).starts_with("✅ Pairing \"alice\" created (slots 2, capabilities offload")
+    );
+    r[0].1["details"]["mesh"]["token"]
+        .as_str()
+        .expect("the token is in details")
+        .to_string()
+}
+
+#[test]
+fn a_token_pairs_once_and_the_client_stores_the_pairing() {
+    let (mut user_host, mut ctl_host) = (FakeHost::default(), FakeHost::default());
+    let (mut user_port, mut ctl_port) = (FakePort::new(1), FakePort::new(2));
+    let mut op = operator(&ctl_port, &mut ctl_host);
+    let mut pc = client(&user_port, &mut user_host);
+    let tok = token(&mut op, &mut ctl_port, &mut ctl_host);
+
+    // The client sends its pair_request to the DID the token names.
+    let mut cx = Cx {
+        host: &mut user_host,
+        out: Vec::new(),
+    };
+    pc.start(&mut user_port, &mut cx, "pair-1", &json!({"token": tok}));
+    assert!(
+        results(&cx.out).is_empty(),
+        "no answer before the controller's"
+    );
+    let ctl_did = ctl_port.id.did().to_string();
+    assert_eq!(user_port.types_to(&ctl_did), ["pair_request"]);
+    assert!(pc.waits_for(&ctl_did));
+    let request = user_port.sent[0].1.clone();
+    assert_eq!(request["display_name"], "laptop");
+    assert!(user_port.timer_of(TimerOwner::PairWait).is_some());
+
+    // The operator pairs it and answers.
+    let user_did = user_port.id.did().to_string();
+    let mut cx = Cx {
+        host: &mut ctl_host,
+        out: Vec::new(),
+    };
+    op.answer_pair_request(&mut ctl_port, &mut cx, &user_did, &request);
+    assert_eq!(ctl_port.types_to(&user_did), ["pair_response"]);
+    let response = ctl_port.sent[0].1.clone();
+    assert_eq!(response["success"], true);
+    assert_eq!(response["cluster_name"], "lab");
+    let p = &op.ledger.pairings[0];
+    assert_eq!(p.phase, Phase::Active);
+    assert_eq!(p.bound_did.as_deref(), Some(user_did.as_str()));
+    assert!(
+        cx.out
+            .iter()
+            .any(|c| matches!(c, Command::Store(k, _) if k == keys::LEDGER)),
+        "the ledger is stored before the answer goes"
+    );
+
+    // The same secret again (a replay, or another DID) is refused.
+    let mut cx = Cx {
+        host: &mut ctl_host,
+        out: Vec::new(),
+    };
+    op.answer_pair_request(&mut ctl_port, &mut cx, &user_did, &request);
+    assert_eq!(ctl_port.sent[1].1["success"], false);
+
+    // The client takes the answer: stored, the call answered, timer cancelled.
+    let mut cx = Cx {
+        host: &mut user_host,
+        out: Vec::new(),
+    };
+    assert!(pc.take_response(&mut user_port, &mut cx, &ctl_did, &response));
+    let r = results(&cx.out);
+    assert_eq!(r[0].0, "pair-1");
+    assert!(text(&r[0].1).starts_with("✅ Paired successfully with kars cluster \"lab\""));
+    assert!(cx
+        .out
+        .iter()
+        .any(|c| matches!(c, Command::Store(k, _) if k == keys::PAIRING)));
+    let rec = pc.record.as_ref().expect("the pairing is kept");
+    assert_eq!(rec.controller_did, ctl_did);
+    assert_eq!(rec.capabilities, ["offload"]);
+    assert!(!pc.waits_for(&ctl_did));
+    assert_eq!(user_port.cancelled.len(), 1);
+}
+
+#[test]
+fn bad_tokens_are_refused_before_anything_is_sent() {
+    let mut host = FakeHost::default();
+    let mut port = FakePort::new(1);
+    let mut pc = client(&port, &mut host);
+    let mut cx = Cx {
+        host: &mut host,
+        out: Vec::new(),
+    };
+    pc.start(&mut port, &mut cx, "a", &json!({"token": 7}));
+    pc.start(&mut port, &mut cx, "b", &json!({"other": "x"}));
+    pc.start(&mut port, &mut cx, "c", &json!({"token": "azcp_1_!!!"}));
+    let r = results(&cx.out);
+    assert!(text(&r[0].1).starts_with("❌ `token` must be a string"));
+    assert_eq!(
+        text(&r[1].1),
+        "❌ No token provided. Pass a pairing token starting with azcp_1_. (received argument keys: other)"
+    );
+    assert!(text(&r[2].1).starts_with("❌ Invalid pairing token."));
+    assert!(port.sent.is_empty());
+    assert!(port.timers.is_empty());
+}
+
+#[test]
+fn a_token_for_another_relay_is_refused_and_no_answer_times_out() {
+    let (mut user_host, mut ctl_host) = (FakeHost::default(), FakeHost::default());
+    let (mut user_port, mut ctl_port) = (FakePort::new(1), FakePort::new(2));
+    let mut op = operator(&ctl_port, &mut ctl_host);
+    let tok = token(&mut op, &mut ctl_port, &mut ctl_host);
+    let mut cx = Cx {
+        host: &mut user_host,
+        out: Vec::new(),
+    };
+    let mut elsewhere = PairingClient::load(
+        &user_port.vault,
+        &mut cx,
+        Endpoints {
+            relay_url: "http://127.0.0.1:9".into(),
+            registry_url: REGISTRY.into(),
+            name: None,
+        },
+    );
+    elsewhere.start(&mut user_port, &mut cx, "x", &json!({"token": tok}));
+    let r = results(&cx.out);
+    assert!(text(&r[0].1).starts_with(&format!(
+        "❌ The token's relay_url is {RELAY}, but this agent is connected to http://127.0.0.1:9."
+    )));
+    assert!(user_port.sent.is_empty());
+
+    // Sent, never answered: the timer ends the call with the controller named.
+    let mut pc = client(&user_port, &mut user_host);
+    let mut cx = Cx {
+        host: &mut user_host,
+        out: Vec::new(),
+    };
+    pc.start(&mut user_port, &mut cx, "y", &json!({"token": tok}));
+    let (timer, _, at) = user_port.timers[0];
+    assert_eq!(at, PAIR_TIMEOUT_MS);
+    pc.timed_out(&mut cx, timer);
+    let r = results(&cx.out);
+    assert!(text(&r[0].1).starts_with("❌ Pairing timed out after 30s: the controller did:mesh:"));
+    assert!(!pc.waits_for(ctl_port.id.did()));
+}
