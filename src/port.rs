@@ -137,6 +137,15 @@ pub mod testing {
         }
     }
 
+    impl FakeHost {
+        /// Carry out the stores and erases among `out`, and hand all of
+        /// `out` back (for tests that check the order).
+        pub fn apply_keep(&mut self, out: Vec<Command>) -> Vec<Command> {
+            let _ = self.apply(out.clone());
+            out
+        }
+    }
+
     /// What a sub-machine asked of the node.
     pub struct FakePort {
         pub id: Identity,

@@ -17,6 +17,8 @@ mod roles;
 mod route;
 mod send;
 mod send_tool;
+#[cfg(test)]
+mod tests;
 mod timers;
 mod tools;
 

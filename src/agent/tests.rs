@@ -1,0 +1,145 @@
+//! The node alone, with a fake host and no relay: what it asks the host to
+//! do on start, and the durability rule on the receive path (a message is
+//! stored before the relay is told to forget it).
+
+use super::{Agent, Config};
+use crate::crypto::identity::Identity;
+use crate::io::{Command, Cx};
+use crate::port::testing::FakeHost;
+use crate::store::{keys, Vault};
+use crate::wire::plaintext;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+fn start(host: &mut FakeHost, trusted: &[&str]) -> (Agent, Vec<Command>) {
+    let cfg: Config = serde_json::from_value(json!({
+        "relay_url": "http://127.0.0.1:1",
+        "registry_url": "http://127.0.0.1:2",
+        "name": "alone",
+        "trusted_plaintext": trusted,
+    }))
+    .expect("a valid configuration");
+    let vault = Vault::new(Zeroizing::new(vec![7u8; 32]));
+    let mut cx = Cx {
+        host,
+        out: Vec::new(),
+    };
+    let agent = Agent::start(cfg, vault, Identity::from_seed(&[1u8; 32]), &mut cx)
+        .expect("the node starts");
+    let out = cx.out;
+    (agent, host.apply_keep(out))
+}
+
+fn position(out: &[Command], f: impl Fn(&Command) -> bool) -> Option<usize> {
+    out.iter().position(f)
+}
+
+fn sent_texts(out: &[Command]) -> Vec<Value> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::SocketSend { text, .. } => serde_json::from_str(text).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The relay connection is up: the socket the node asked to open.
+fn connect(agent: &mut Agent, host: &mut FakeHost, out: &[Command]) -> u32 {
+    let socket = out
+        .iter()
+        .find_map(|c| match c {
+            Command::SocketOpen { socket, .. } => Some(*socket),
+            _ => None,
+        })
+        .expect("the node opens the relay socket");
+    let mut cx = Cx {
+        host,
+        out: Vec::new(),
+    };
+    agent.on_socket_opened(&mut cx, socket);
+    let out = cx.out;
+    let frames = sent_texts(&host.apply_keep(out));
+    assert_eq!(frames[0]["type"], "connect");
+    socket
+}
+
+fn plaintext_frame(from: &str, to: &str, id: &str, body: &Value) -> String {
+    json!({
+        "v": 1, "type": "message", "from": from, "to": to, "id": id,
+        "plaintext": true, "payload": plaintext::encode_body(&body.to_string()),
+    })
+    .to_string()
+}
+
+#[test]
+fn on_start_the_node_stores_its_prekeys_before_it_registers_and_connects() {
+    let mut host = FakeHost::default();
+    let (agent, out) = start(&mut host, &[]);
+    let stored = position(
+        &out,
+        |c| matches!(c, Command::Store(k, _) if k == keys::PREKEYS),
+    )
+    .expect("new prekeys are stored");
+    let register = position(&out, |c| {
+        matches!(c, Command::HttpRequest { method, url, .. }
+            if method == "POST" && url.starts_with("http://127.0.0.1:2/v1/agents"))
+    })
+    .expect("the node registers");
+    assert!(stored < register, "published keys are stored first");
+    assert!(out
+        .iter()
+        .any(|c| matches!(c, Command::SocketOpen { url, .. }
+        if url.starts_with("ws://127.0.0.1:1"))));
+    assert_eq!(agent.status()["unread"], 0);
+}
+
+#[test]
+fn a_trusted_plaintext_message_is_stored_before_its_ack_and_an_untrusted_one_is_dropped() {
+    let mut host = FakeHost::default();
+    let friend = Identity::from_seed(&[2u8; 32]);
+    let stranger = Identity::from_seed(&[3u8; 32]);
+    let (mut agent, out) = start(&mut host, &[friend.did()]);
+    let socket = connect(&mut agent, &mut host, &out);
+    let me = agent.did().to_string();
+
+    let body = json!({"type": "note", "text": "hello"});
+    let mut cx = Cx {
+        host: &mut host,
+        out: Vec::new(),
+    };
+    agent.on_frame(
+        &mut cx,
+        socket,
+        &plaintext_frame(stranger.did(), &me, "m-1", &body),
+    );
+    agent.on_frame(
+        &mut cx,
+        socket,
+        &plaintext_frame(friend.did(), &me, "m-2", &body),
+    );
+    let out = cx.out;
+    let out = host.apply_keep(out);
+
+    let acks: Vec<String> = sent_texts(&out)
+        .iter()
+        .filter(|f| f["type"] == "ack")
+        .filter_map(|f| f["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(acks, ["m-1", "m-2"], "both frames leave the relay");
+    let status = agent.status();
+    assert_eq!(status["stats"]["plaintext_dropped"], 1);
+    assert_eq!(
+        status["unread"], 1,
+        "only the trusted sender's message is kept"
+    );
+    let stored = position(
+        &out,
+        |c| matches!(c, Command::Store(k, _) if k.starts_with(keys::INBOX)),
+    )
+    .expect("the message is stored");
+    let acked = position(&out, |c| {
+        matches!(c, Command::SocketSend { text, .. } if text.contains("\"m-2\"") && text.contains("\"ack\""))
+    })
+    .expect("the message is acked");
+    assert!(stored < acked, "stored before the relay forgets it");
+}
