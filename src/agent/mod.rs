@@ -4,10 +4,7 @@
 //! depends on it.
 
 mod address;
-mod await_tool;
-mod discover;
 pub mod inbox;
-mod inbox_tool;
 mod node_port;
 mod pacer;
 mod plain_seen;
@@ -16,7 +13,6 @@ mod restore;
 mod roles;
 mod route;
 mod send;
-mod send_tool;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -258,9 +254,9 @@ enum Waiter {
         call_id: String,
         timer: u64,
         since_ms: u64,
-        query: inbox_tool::InboxQuery,
+        query: tools::mesh_inbox::InboxQuery,
     },
-    Await(await_tool::AwaitWait),
+    Await(tools::mesh_await::AwaitWait),
 }
 
 impl Waiter {
@@ -722,16 +718,18 @@ impl Agent {
                 call_id,
                 capability,
                 limit,
-            } => discover::answer(self, cx, &call_id, capability.as_deref(), limit, &answer),
+            } => tools::discover::answer(self, cx, &call_id, capability.as_deref(), limit, &answer),
             Purpose::AwaitResolve { call_id, key } => {
-                await_tool::on_resolved(self, cx, &call_id, &key, &answer)
+                tools::mesh_await::on_resolved(self, cx, &call_id, &key, &answer)
             }
             Purpose::Resolve {
                 call_id,
                 name,
                 payload,
                 key,
-            } => send_tool::on_send_resolved(self, cx, call_id, &name, payload, key, &answer),
+            } => {
+                tools::mesh_send::on_send_resolved(self, cx, call_id, &name, payload, key, &answer)
+            }
         }
     }
 
@@ -1053,7 +1051,7 @@ impl Agent {
         while i < self.waiters.len() {
             let ready = match &self.waiters[i] {
                 Waiter::Inbox { query, .. } => !query.visible(self).is_empty(),
-                Waiter::Await(w) => await_tool::complete(self, w),
+                Waiter::Await(w) => tools::mesh_await::complete(self, w),
             };
             if ready {
                 let w = self.waiters.remove(i);
@@ -1074,9 +1072,9 @@ impl Agent {
                 ..
             } => {
                 let waited = timed_out.then(|| cx.now().saturating_sub(since_ms));
-                inbox_tool::answer(self, cx, &call_id, &query, waited);
+                tools::mesh_inbox::answer(self, cx, &call_id, &query, waited);
             }
-            Waiter::Await(w) => await_tool::answer(self, cx, &w),
+            Waiter::Await(w) => tools::mesh_await::answer(self, cx, &w),
         }
     }
 

@@ -2,7 +2,7 @@
 //! into the outbox and committed before they leave, receipts, re-sealing
 //! after a session change, and re-sending until receipted.
 use super::{
-    send_tool, Agent, Cx, Purpose, Queued, Sealed, MAX_PAYLOAD_BYTES, RECEIPT_DELAY_MS,
+    tools::mesh_send, Agent, Cx, Purpose, Queued, Sealed, MAX_PAYLOAD_BYTES, RECEIPT_DELAY_MS,
     RESEND_AFTER_MS, T_RECEIPTS,
 };
 use crate::crypto::ratchet::{channel_ad, Ratchet};
@@ -37,7 +37,7 @@ impl Agent {
         if let (Some(k), Some(c)) = (&key, &call_id) {
             if let Some(fid) = self.peers.get(to).and_then(|p| p.sent_key(k)) {
                 let fid = fid.to_string();
-                return send_tool::send_done(
+                return mesh_send::send_done(
                     self,
                     cx,
                     c,
@@ -100,7 +100,7 @@ impl Agent {
             Err(msg) => {
                 for q in queued {
                     if let Some(c) = q.call_id {
-                        send_tool::send_failed(self, cx, &c, &msg);
+                        mesh_send::send_failed(self, cx, &c, &msg);
                     }
                 }
             }
@@ -322,7 +322,7 @@ impl Agent {
                     } else {
                         "existing"
                     };
-                    send_tool::send_done(
+                    mesh_send::send_done(
                         self,
                         cx,
                         &c,
@@ -330,7 +330,7 @@ impl Agent {
                         json!({"to": to, "id": sealed.frame_id, "session": kind, "queued": !sent_now}),
                     );
                 }
-                Err(e) => send_tool::send_failed(self, cx, &c, &e),
+                Err(e) => mesh_send::send_failed(self, cx, &c, &e),
             }
         }
     }

@@ -1,8 +1,8 @@
 //! `mesh_send`: its arguments (aliases, a DID, a registered name or a
 //! refused AMID), resolving a name through the registry, and its texts.
 
-use super::address::{classify, short_did, Address};
-use super::{Agent, Cx, HttpAnswer, Purpose};
+use crate::agent::address::{classify, short_did, Address};
+use crate::agent::{Agent, Cx, HttpAnswer, Purpose};
 use crate::mesh::registry as reg;
 use crate::tools::args::{self, ArgError};
 use crate::tools::render::{fail, fail_text, ok};
@@ -12,13 +12,13 @@ use serde_json::{json, Value};
 const MAX_KEY_CHARS: usize = 128;
 
 /// A mesh_send that failed after its arguments were accepted.
-pub(super) fn send_failed(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, msg: &str) {
+pub(in crate::agent) fn send_failed(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, msg: &str) {
     agent.send_labels.remove(call_id);
     fail(cx, call_id, &format!("Send failed: {msg}"));
 }
 
 /// A mesh_send that was committed (or recognised as a repeat).
-pub(super) fn send_done(
+pub(in crate::agent) fn send_done(
     agent: &mut Agent,
     cx: &mut Cx<'_>,
     call_id: &str,
@@ -54,7 +54,7 @@ enum SendArgError {
     #[error("❌ mesh_send: `idempotency_key` must be a non-empty string of at most {MAX_KEY_CHARS} characters.")]
     Key,
     #[error("❌ mesh_send: `to` is not usable: {0}. Pass an agent name or a did:mesh: DID; use `discover` to list known agents.")]
-    BadTarget(super::address::InvalidAddress),
+    BadTarget(crate::agent::address::InvalidAddress),
     #[error("❌ mesh_send: `to` is a base58 AMID, which the relay cannot route. Send to the agent's DID ({0}) or its registered name instead.")]
     Amid(String),
     #[error("❌ mesh_send: `to` is this agent's own DID; pass another agent's DID or name.")]
@@ -94,7 +94,7 @@ fn send_args(agent: &Agent, a: &Value) -> Result<(Address, Value, Option<String>
     Ok((addr, payload, key))
 }
 
-pub(super) fn mesh_send(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
+pub(in crate::agent) fn mesh_send(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
     let (addr, payload, key) = match send_args(agent, a) {
         Ok(p) => p,
         Err(e) => return fail_text(cx, call_id, &e.to_string()),
@@ -126,7 +126,7 @@ pub(super) fn mesh_send(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &V
 }
 
 /// The registry answered the name lookup of a mesh_send.
-pub(super) fn on_send_resolved(
+pub(in crate::agent) fn on_send_resolved(
     agent: &mut Agent,
     cx: &mut Cx<'_>,
     call_id: String,

@@ -3,8 +3,8 @@
 //! exactly the returned entries are marked (by id), so a reader that dies
 //! before acting on an answer sees the same entries again.
 
-use super::inbox::{Entry, Evidence};
-use super::{Agent, Cx};
+use crate::agent::inbox::{Entry, Evidence};
+use crate::agent::{Agent, Cx};
 use crate::crypto::identity::is_mesh_did;
 use crate::io::Command;
 use crate::tools::args::{self, ArgError};
@@ -12,11 +12,11 @@ use crate::tools::render;
 use crate::wire::time;
 use serde_json::{json, Value};
 
-pub(super) const DEFAULT_LIMIT: usize = 10;
+pub(in crate::agent) const DEFAULT_LIMIT: usize = 10;
 /// Most entries one answer returns.
-pub(super) const MAX_LIMIT: usize = 500;
-pub(super) const DEFAULT_TIMEOUT_S: f64 = 120.0;
-pub(super) const MAX_TIMEOUT_S: f64 = 300.0;
+pub(in crate::agent) const MAX_LIMIT: usize = 500;
+pub(in crate::agent) const DEFAULT_TIMEOUT_S: f64 = 120.0;
+pub(in crate::agent) const MAX_TIMEOUT_S: f64 = 300.0;
 /// Characters of content shown per line (the full payload is in details).
 const LINE_CHARS: usize = 200;
 /// Most ids one call may name.
@@ -25,27 +25,27 @@ const BUILD_HASH: &str = concat!("kars-mesh-", env!("CARGO_PKG_VERSION"));
 
 /// A validated `mesh_inbox` call.
 #[derive(Debug, Clone)]
-pub(super) struct InboxQuery {
-    pub(super) limit: usize,
-    pub(super) mark_read: bool,
-    pub(super) unread_only: bool,
-    pub(super) block: bool,
-    pub(super) timeout_ms: u64,
+pub(in crate::agent) struct InboxQuery {
+    pub(in crate::agent) limit: usize,
+    pub(in crate::agent) mark_read: bool,
+    pub(in crate::agent) unread_only: bool,
+    pub(in crate::agent) block: bool,
+    pub(in crate::agent) timeout_ms: u64,
     /// Only entries from this DID.
-    pub(super) from: Option<String>,
+    pub(in crate::agent) from: Option<String>,
     /// Only these entry ids (to mark exactly what an earlier peek showed).
-    pub(super) ids: Option<Vec<String>>,
+    pub(in crate::agent) ids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(super) enum InboxArgError {
+pub(in crate::agent) enum InboxArgError {
     #[error("❌ mesh_inbox: {0} Call mesh_inbox with no arguments to see unread messages.")]
     Arg(#[from] ArgError),
     #[error("❌ mesh_inbox: `from` must be a did:mesh: DID (did:mesh: + 32 lowercase hex); use `discover` to find an agent's DID.")]
     FromNotDid,
 }
 
-pub(super) fn parse(a: &Value) -> Result<InboxQuery, InboxArgError> {
+pub(in crate::agent) fn parse(a: &Value) -> Result<InboxQuery, InboxArgError> {
     let limit = match args::number(a, "limit")? {
         Some(n) if n >= 1.0 => (n.floor() as usize).min(MAX_LIMIT),
         // The original: anything not positive means the default.
@@ -99,7 +99,7 @@ impl InboxQuery {
     }
 
     /// Entries this call may return, in arrival order.
-    pub(super) fn visible<'a>(&self, agent: &'a Agent) -> Vec<&'a Entry> {
+    pub(in crate::agent) fn visible<'a>(&self, agent: &'a Agent) -> Vec<&'a Entry> {
         agent
             .inbox
             .deliverable()
@@ -124,7 +124,7 @@ fn content_text(payload: &Value) -> String {
     }
 }
 
-pub(super) fn entry_json(e: &Entry) -> Value {
+pub(in crate::agent) fn entry_json(e: &Entry) -> Value {
     json!({
         "id": e.id, "from": e.from, "ts": e.ts, "received_at": e.received_at,
         "evidence": e.evidence, "read": e.read, "payload": e.payload,
@@ -132,7 +132,7 @@ pub(super) fn entry_json(e: &Entry) -> Value {
 }
 
 /// The diagnostics block: counters since this engine started.
-pub(super) fn diagnostics(agent: &Agent) -> Value {
+pub(in crate::agent) fn diagnostics(agent: &Agent) -> Value {
     let c = &agent.inbox.counters;
     json!({
         "build_hash": BUILD_HASH,
@@ -151,7 +151,7 @@ pub(super) fn diagnostics(agent: &Agent) -> Value {
 /// Mark entries read in memory and count them; the caller persists them
 /// (after its answer, so a crash in between shows them again rather than
 /// never).
-pub(super) fn mark(agent: &mut Agent, cx: &mut Cx<'_>, ns: &[u64]) -> Vec<Entry> {
+pub(in crate::agent) fn mark(agent: &mut Agent, cx: &mut Cx<'_>, ns: &[u64]) -> Vec<Entry> {
     let mut marked = Vec::new();
     for &n in ns {
         if let Some(e) = agent.inbox.mark_read(n) {
@@ -170,7 +170,7 @@ pub(super) fn mark(agent: &mut Agent, cx: &mut Cx<'_>, ns: &[u64]) -> Vec<Entry>
 }
 
 /// Persist read marks, then erase entries beyond the retention limit.
-pub(super) fn persist_marks(agent: &mut Agent, cx: &mut Cx<'_>, marked: &[Entry]) {
+pub(in crate::agent) fn persist_marks(agent: &mut Agent, cx: &mut Cx<'_>, marked: &[Entry]) {
     for e in marked {
         agent.save_entry(cx, e);
     }
@@ -181,7 +181,7 @@ pub(super) fn persist_marks(agent: &mut Agent, cx: &mut Cx<'_>, marked: &[Entry]
 
 /// Answer a `mesh_inbox` call. `waited_ms`: set when a blocking wait ended
 /// without a matching message.
-pub(super) fn answer(
+pub(in crate::agent) fn answer(
     agent: &mut Agent,
     cx: &mut Cx<'_>,
     call_id: &str,

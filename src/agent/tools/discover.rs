@@ -4,23 +4,23 @@
 //! agent already has sessions with, instead of the original's bare
 //! "No agents found" (spec §12, defect 12).
 
-use super::{Agent, Cx, HttpAnswer, Purpose, KARS_CAPABILITY};
+use crate::agent::{Agent, Cx, HttpAnswer, Purpose, KARS_CAPABILITY};
 use crate::mesh::registry::{self as reg, Discovered};
 use crate::tools::args::{self, ArgError};
 use crate::tools::render;
 use serde_json::{json, Value};
 
-pub(super) const DEFAULT_LIMIT: u64 = 20;
+pub(in crate::agent) const DEFAULT_LIMIT: u64 = 20;
 /// The registry refuses a larger `limit`.
-pub(super) const MAX_LIMIT: u64 = 200;
+pub(in crate::agent) const MAX_LIMIT: u64 = 200;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(super) enum DiscoverArgError {
+pub(in crate::agent) enum DiscoverArgError {
     #[error("❌ discover: {0} Pass `capability` as a string such as \"analysis\" (or nothing to list kars-mesh agents).")]
     Arg(#[from] ArgError),
 }
 
-pub(super) fn start(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
+pub(in crate::agent) fn start(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
     let parsed = (|| -> Result<(Option<String>, u64), DiscoverArgError> {
         let cap = args::string(a, &["capability", "name", "query"], 256)?
             .filter(|s| !s.is_empty())
@@ -63,7 +63,7 @@ fn display_name(d: &Discovered) -> Option<&str> {
         .find(|c| !c.starts_with("did:") && *c != KARS_CAPABILITY)
 }
 
-pub(super) fn answer(
+pub(in crate::agent) fn answer(
     agent: &mut Agent,
     cx: &mut Cx<'_>,
     call_id: &str,

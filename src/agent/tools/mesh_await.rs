@@ -5,22 +5,23 @@
 //! `from_agent` inside an E2E-encrypted message from that sender), never
 //! through a plaintext claim (spec §12, defects 16 and 17).
 
-use super::address::{classify, Address};
-use super::inbox::{Entry, Evidence};
-use super::{inbox_tool, Agent, Cx, HttpAnswer, Purpose};
+use super::mesh_inbox;
+use crate::agent::address::{classify, Address};
+use crate::agent::inbox::{Entry, Evidence};
+use crate::agent::{Agent, Cx, HttpAnswer, Purpose};
 use crate::mesh::registry as reg;
 use crate::tools::args::{self, ArgError};
 use crate::tools::render;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
-pub(super) const DEFAULT_TIMEOUT_S: f64 = 180.0;
-pub(super) const MAX_TIMEOUT_S: f64 = 600.0;
+pub(in crate::agent) const DEFAULT_TIMEOUT_S: f64 = 180.0;
+pub(in crate::agent) const MAX_TIMEOUT_S: f64 = 600.0;
 const MAX_SENDERS: usize = 50;
 const MAX_SENDER_CHARS: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(super) enum AwaitArgError {
+pub(in crate::agent) enum AwaitArgError {
     #[error("❌ mesh_await: `senders` must be a non-empty array of agent names.")]
     NoSenders,
     #[error("❌ mesh_await: `senders` must contain at least one non-empty agent name.")]
@@ -30,12 +31,12 @@ pub(super) enum AwaitArgError {
     )]
     Arg(#[from] ArgError),
     #[error("❌ mesh_await: sender {0} is not usable: {1}. Pass agent names or did:mesh: DIDs.")]
-    BadSender(usize, super::address::InvalidAddress),
+    BadSender(usize, crate::agent::address::InvalidAddress),
 }
 
 /// What a name is bound to by the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Binding {
+pub(in crate::agent) enum Binding {
     /// The registry has not answered yet.
     Pending,
     Did(String),
@@ -46,27 +47,27 @@ pub(super) enum Binding {
 }
 
 #[derive(Debug, Clone)]
-pub(super) struct Sender {
+pub(in crate::agent) struct Sender {
     /// Lower-cased, trimmed: the key of `matched`.
-    pub(super) key: String,
+    pub(in crate::agent) key: String,
     /// A DID given directly (or through an AMID); `None` for a name.
-    pub(super) did: Option<String>,
-    pub(super) binding: Binding,
+    pub(in crate::agent) did: Option<String>,
+    pub(in crate::agent) binding: Binding,
 }
 
 #[derive(Debug, Clone)]
-pub(super) struct AwaitWait {
-    pub(super) call_id: String,
-    pub(super) timer: u64,
-    pub(super) started_ms: u64,
-    pub(super) timeout_s: u64,
-    pub(super) mark_read: bool,
-    pub(super) requested: Vec<String>,
-    pub(super) senders: Vec<Sender>,
+pub(in crate::agent) struct AwaitWait {
+    pub(in crate::agent) call_id: String,
+    pub(in crate::agent) timer: u64,
+    pub(in crate::agent) started_ms: u64,
+    pub(in crate::agent) timeout_s: u64,
+    pub(in crate::agent) mark_read: bool,
+    pub(in crate::agent) requested: Vec<String>,
+    pub(in crate::agent) senders: Vec<Sender>,
 }
 
 /// Validate the arguments; `timer` and `started_ms` are filled by the caller.
-pub(super) fn parse(a: &Value, call_id: &str) -> Result<AwaitWait, AwaitArgError> {
+pub(in crate::agent) fn parse(a: &Value, call_id: &str) -> Result<AwaitWait, AwaitArgError> {
     let raw = match args::first(a, &["senders"]) {
         None => return Err(AwaitArgError::NoSenders),
         Some((_, Value::Array(v))) if v.is_empty() => return Err(AwaitArgError::NoSenders),
@@ -152,12 +153,12 @@ fn matches<'a>(agent: &'a Agent, w: &AwaitWait) -> BTreeMap<String, Vec<&'a Entr
     out
 }
 
-pub(super) fn complete(agent: &Agent, w: &AwaitWait) -> bool {
+pub(in crate::agent) fn complete(agent: &Agent, w: &AwaitWait) -> bool {
     matches(agent, w).values().all(|m| !m.is_empty())
 }
 
 /// Start a `mesh_await` call: look names up, then answer at once or wait.
-pub(super) fn start(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
+pub(in crate::agent) fn start(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
     let mut w = match parse(a, call_id) {
         Ok(w) => w,
         Err(e) => return render::fail_text(cx, call_id, &e.to_string()),
@@ -186,12 +187,14 @@ pub(super) fn start(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value
         return answer(agent, cx, &w);
     }
     let at_ms = w.started_ms + w.timeout_s * 1000;
-    w.timer = agent.timers.set(cx, super::timers::Owner::Waiter, at_ms);
-    agent.waiters.push(super::Waiter::Await(w));
+    w.timer = agent
+        .timers
+        .set(cx, crate::agent::timers::Owner::Waiter, at_ms);
+    agent.waiters.push(crate::agent::Waiter::Await(w));
 }
 
 /// The registry answered a name lookup for a waiting `mesh_await`.
-pub(super) fn on_resolved(
+pub(in crate::agent) fn on_resolved(
     agent: &mut Agent,
     cx: &mut Cx<'_>,
     call_id: &str,
@@ -217,7 +220,7 @@ pub(super) fn on_resolved(
         Binding::LookupFailed(problem.to_string())
     };
     let Some(w) = agent.waiters.iter_mut().find_map(|w| match w {
-        super::Waiter::Await(a) if a.call_id == call_id => Some(a),
+        crate::agent::Waiter::Await(a) if a.call_id == call_id => Some(a),
         _ => None,
     }) else {
         return;
@@ -250,7 +253,7 @@ fn binding_note(s: &Sender) -> Option<String> {
 }
 
 /// Answer the call (all received, or at its timeout) and apply mark_read.
-pub(super) fn answer(agent: &mut Agent, cx: &mut Cx<'_>, w: &AwaitWait) {
+pub(in crate::agent) fn answer(agent: &mut Agent, cx: &mut Cx<'_>, w: &AwaitWait) {
     let found = matches(agent, w);
     let mut matched = Map::new();
     let mut answered_by = Map::new();
@@ -272,7 +275,7 @@ pub(super) fn answer(agent: &mut Agent, cx: &mut Cx<'_>, w: &AwaitWait) {
     }
     let all = missing.is_empty();
     let marked = if w.mark_read {
-        inbox_tool::mark(agent, cx, &ns)
+        mesh_inbox::mark(agent, cx, &ns)
     } else {
         Vec::new()
     };
@@ -308,5 +311,5 @@ pub(super) fn answer(agent: &mut Agent, cx: &mut Cx<'_>, w: &AwaitWait) {
         "answered_by": answered_by,
     });
     render::ok(cx, &w.call_id, &result.to_string(), result.clone());
-    inbox_tool::persist_marks(agent, cx, &marked);
+    mesh_inbox::persist_marks(agent, cx, &marked);
 }

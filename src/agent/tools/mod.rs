@@ -2,34 +2,47 @@
 //! tool validates its arguments before changing anything; results have the
 //! one shape of `render`.
 
-use super::{await_tool, discover, inbox_tool, send_tool, Agent, Cx};
+pub(super) mod discover;
+pub(super) mod mesh_await;
+pub(super) mod mesh_inbox;
+pub(super) mod mesh_send;
+
+use crate::agent::{Agent, Cx};
 use crate::tools::args;
 use crate::tools::render::{fail, fail_text, ok};
 use serde_json::Value;
 
 fn mesh_inbox(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
-    let q = match inbox_tool::parse(a) {
+    let q = match mesh_inbox::parse(a) {
         Ok(q) => q,
         Err(e) => return fail_text(cx, call_id, &e.to_string()),
     };
     if q.block && q.visible(agent).is_empty() {
         // Pending until a message lands (wake_waiters) or the timer fires.
         let since_ms = cx.now();
-        let timer = agent
-            .timers
-            .set(cx, super::timers::Owner::Waiter, since_ms + q.timeout_ms);
-        agent.waiters.push(super::Waiter::Inbox {
+        let timer = agent.timers.set(
+            cx,
+            crate::agent::timers::Owner::Waiter,
+            since_ms + q.timeout_ms,
+        );
+        agent.waiters.push(crate::agent::Waiter::Inbox {
             call_id: call_id.to_string(),
             timer,
             since_ms,
             query: q,
         });
     } else {
-        inbox_tool::answer(agent, cx, call_id, &q, None);
+        mesh_inbox::answer(agent, cx, call_id, &q, None);
     }
 }
 
-pub(super) fn handle(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, tool: &str, args: &Value) {
+pub(in crate::agent) fn handle(
+    agent: &mut Agent,
+    cx: &mut Cx<'_>,
+    call_id: &str,
+    tool: &str,
+    args: &Value,
+) {
     if !args.is_object() {
         return fail(
             cx,
@@ -55,9 +68,9 @@ pub(super) fn handle(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, tool: &s
             agent.prekeys.set_uploaded(false);
             agent.register(cx);
         }
-        "mesh_send" => send_tool::mesh_send(agent, cx, call_id, args),
+        "mesh_send" => mesh_send::mesh_send(agent, cx, call_id, args),
         "mesh_inbox" => mesh_inbox(agent, cx, call_id, args),
-        "mesh_await" => await_tool::start(agent, cx, call_id, args),
+        "mesh_await" => mesh_await::start(agent, cx, call_id, args),
         "discover" => discover::start(agent, cx, call_id, args),
         "mesh_pair" | "cloud_offload" | "offload_status" | "offload_cancel"
         | "offload_notifications" | "offload_list" | "pair_generate" | "pair_list"
