@@ -1,9 +1,23 @@
 //! Encodings and messages exactly as the AgentMesh relay, registry and SDKs
 //! put them on the wire (agentmesh-wire.md §2–§7).
+//!
+//! Every message is a typed serde value, one enum per family, tagged by
+//! `type` (`payload::Family`): `relay_frame` (the relay's frames),
+//! `pairing_msg`, `offload_msg` (with `transfer`'s chunked transfer) and
+//! `delivery` (user messages, the kars envelope and receipts). Routing looks
+//! only at `payload::PayloadType`; an unknown `type` is an explicit
+//! `payload::ParseError::UnknownType`. Protocol limits live in `limits`.
 
+pub mod delivery;
 pub mod frames;
+pub mod lenient;
+pub mod limits;
+pub mod offload_msg;
+pub mod pairing_msg;
+pub mod payload;
 pub mod plaintext;
 pub mod registry;
+pub mod relay_frame;
 pub mod token;
 pub mod transfer;
 

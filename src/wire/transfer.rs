@@ -5,16 +5,17 @@
 
 use crate::crypto::kdf::sha256;
 use crate::wire::hex;
-use serde_json::{json, Value};
+use crate::wire::lenient::{absent, opt};
+use crate::wire::payload::PayloadType;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-/// A message whose JSON text is longer than this travels in chunks.
-pub const CHUNK_CHARS: usize = 512 * 1024;
-/// Chunks per transfer (the sandbox runtime's limit): 40 MiB of JSON text.
-pub const MAX_CHUNKS: usize = 80;
-/// Largest file either side sends or accepts.
-pub const MAX_FILE_BYTES: usize = 30 * 1024 * 1024;
-/// Files per offload, each way.
-pub const MAX_FILES: usize = 10;
+// The limits live in `wire::limits`; named here too, where the transfer code
+// and its callers have always found them.
+pub use crate::wire::limits::{CHUNK_CHARS, MAX_CHUNKS, MAX_FILES, MAX_FILE_BYTES, MAX_NAME_BYTES};
+use crate::wire::limits::{
+    CHUNK_HASH_CHARS, MAX_CHUNK_BYTES, MAX_ORIGINAL_TYPE_CHARS, MAX_TRANSFER_ID_CHARS,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {
@@ -39,6 +40,68 @@ pub fn manifest_hash(chunk_hashes: &[String]) -> String {
     sha256_hex(chunk_hashes.join(":").as_bytes())
 }
 
+/// `mesh:transfer_manifest`: what a chunked transfer will carry. Every
+/// field reads leniently (as `Manifest::parse` always read them) and is
+/// checked by [`Manifest::from_msg`], whose errors name the field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestMsg {
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub transfer_id: Option<String>,
+    /// The `type` of the message the chunks make up.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub original_type: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub total_chunks: Option<u64>,
+    /// UTF-8 bytes of the message's JSON text.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub total_bytes: Option<u64>,
+    /// SHA-256 hex of each chunk's `data` (as UTF-8).
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub chunk_hashes: Option<Vec<String>>,
+    /// SHA-256 hex of the chunk hashes joined with `:`.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub manifest_hash: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub from_agent: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub timestamp: Option<String>,
+    /// Never sent by us; read because the client drops sandbox news that
+    /// names another request, whatever its type.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub request_id: Option<String>,
+}
+
+/// `mesh:transfer_chunk`: one piece of a message's JSON text. Lenient like
+/// the manifest; [`Manifest::check_chunk_msg`] checks it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMsg {
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub transfer_id: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub chunk_index: Option<u64>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub total_chunks: Option<u64>,
+    /// A substring of the message's JSON text, cut on a character boundary.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub data: Option<String>,
+    /// The sender's hash of `data` (the manifest's is the one checked).
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub hash: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub from_agent: Option<String>,
+    /// Never sent by us; read because the client drops sandbox news that
+    /// names another request, whatever its type.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub request_id: Option<String>,
+}
+
+/// The `transfer_id` both a manifest and a chunk must carry: 1 to 128
+/// characters (it names the transfer's storage records).
+pub fn valid_transfer_id(id: Option<&str>) -> Result<&str, TransferError> {
+    id.filter(|t| !t.is_empty() && t.len() <= MAX_TRANSFER_ID_CHARS)
+        .ok_or(TransferError::Manifest("transfer_id"))
+}
+
 /// Split `text` (a message's JSON) into a manifest and its chunks, or `None`
 /// when it is small enough to travel whole. Chunks are cut on character
 /// boundaries; each chunk's hash is over its UTF-8 bytes.
@@ -49,6 +112,36 @@ pub fn split(
     from_agent: &str,
     timestamp: &str,
 ) -> Result<Option<Vec<Value>>, TransferError> {
+    let Some((manifest, chunks)) =
+        split_typed(text, transfer_id, original_type, from_agent, timestamp)?
+    else {
+        return Ok(None);
+    };
+    let mut out = Vec::with_capacity(chunks.len() + 1);
+    out.push(tagged(PayloadType::TransferManifest, &manifest));
+    out.extend(chunks.iter().map(|c| tagged(PayloadType::TransferChunk, c)));
+    Ok(Some(out))
+}
+
+/// A transfer message as a JSON value with its `type`.
+fn tagged(kind: PayloadType, msg: &impl Serialize) -> Value {
+    // Cannot fail: both messages are structs of strings and integers.
+    let mut v = serde_json::to_value(msg).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("type".into(), Value::String(kind.as_str().into()));
+    }
+    v
+}
+
+/// [`split`], typed: the manifest and the chunks, or `None` when `text`
+/// travels whole.
+pub fn split_typed(
+    text: &str,
+    transfer_id: &str,
+    original_type: &str,
+    from_agent: &str,
+    timestamp: &str,
+) -> Result<Option<(ManifestMsg, Vec<ChunkMsg>)>, TransferError> {
     if text.len() <= CHUNK_CHARS {
         return Ok(None);
     }
@@ -66,31 +159,33 @@ pub fn split(
         return Err(TransferError::TooLarge(pieces.len()));
     }
     let hashes: Vec<String> = pieces.iter().map(|p| sha256_hex(p.as_bytes())).collect();
-    let total = pieces.len();
-    let mut out = Vec::with_capacity(total + 1);
-    out.push(json!({
-        "type": "mesh:transfer_manifest",
-        "transfer_id": transfer_id,
-        "original_type": original_type,
-        "total_chunks": total,
-        "total_bytes": text.len(),
-        "chunk_hashes": hashes,
-        "manifest_hash": manifest_hash(&hashes),
-        "from_agent": from_agent,
-        "timestamp": timestamp,
-    }));
-    for (i, p) in pieces.iter().enumerate() {
-        out.push(json!({
-            "type": "mesh:transfer_chunk",
-            "transfer_id": transfer_id,
-            "chunk_index": i,
-            "total_chunks": total,
-            "data": p,
-            "hash": hashes[i],
-            "from_agent": from_agent,
-        }));
-    }
-    Ok(Some(out))
+    let total = pieces.len() as u64;
+    let manifest = ManifestMsg {
+        transfer_id: Some(transfer_id.into()),
+        original_type: Some(original_type.into()),
+        total_chunks: Some(total),
+        total_bytes: Some(text.len() as u64),
+        manifest_hash: Some(manifest_hash(&hashes)),
+        chunk_hashes: Some(hashes.clone()),
+        from_agent: Some(from_agent.into()),
+        timestamp: Some(timestamp.into()),
+        request_id: None,
+    };
+    let chunks = pieces
+        .iter()
+        .zip(hashes)
+        .enumerate()
+        .map(|(i, (p, h))| ChunkMsg {
+            transfer_id: Some(transfer_id.into()),
+            chunk_index: Some(i as u64),
+            total_chunks: Some(total),
+            data: Some((*p).into()),
+            hash: Some(h),
+            from_agent: Some(from_agent.into()),
+            request_id: None,
+        })
+        .collect();
+    Ok(Some((manifest, chunks)))
 }
 
 /// A validated manifest.
@@ -103,33 +198,41 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn parse(v: &Value) -> Result<Self, TransferError> {
-        let transfer_id = v["transfer_id"]
-            .as_str()
-            .filter(|t| !t.is_empty() && t.len() <= 128)
-            .ok_or(TransferError::Manifest("transfer_id"))?;
-        let original_type = v["original_type"]
-            .as_str()
-            .filter(|t| t.len() <= 64)
+        // Not an object: every field is missing, and `transfer_id` is the
+        // first one checked, as before. (An array must not be read as the
+        // struct's fields in order, which serde would do.)
+        let m = match v {
+            Value::Object(_) => ManifestMsg::deserialize(v).unwrap_or_default(),
+            _ => ManifestMsg::default(),
+        };
+        Self::from_msg(&m)
+    }
+
+    /// Check a received manifest: its id, type, chunk count (1 to 80, and
+    /// `total_chunks` agreeing) and manifest hash. Hashes are compared in
+    /// lower case.
+    pub fn from_msg(m: &ManifestMsg) -> Result<Self, TransferError> {
+        let transfer_id = valid_transfer_id(m.transfer_id.as_deref())?;
+        let original_type = m
+            .original_type
+            .as_deref()
+            .filter(|t| t.len() <= MAX_ORIGINAL_TYPE_CHARS)
             .ok_or(TransferError::Manifest("original_type"))?;
-        let hashes: Vec<String> = v["chunk_hashes"]
-            .as_array()
+        let hashes: Vec<String> = m
+            .chunk_hashes
+            .as_ref()
             .ok_or(TransferError::Manifest("chunk_hashes"))?
             .iter()
-            .map(|h| {
-                h.as_str()
-                    .filter(|h| h.len() == 64)
-                    .map(str::to_ascii_lowercase)
-            })
+            .map(|h| (h.len() == CHUNK_HASH_CHARS).then(|| h.to_ascii_lowercase()))
             .collect::<Option<_>>()
             .ok_or(TransferError::Manifest("chunk_hashes"))?;
         if hashes.is_empty() || hashes.len() > MAX_CHUNKS {
             return Err(TransferError::Manifest("total_chunks"));
         }
-        if v["total_chunks"].as_u64() != Some(hashes.len() as u64) {
+        if m.total_chunks != Some(hashes.len() as u64) {
             return Err(TransferError::Manifest("total_chunks"));
         }
-        if v["manifest_hash"].as_str().map(str::to_ascii_lowercase) != Some(manifest_hash(&hashes))
-        {
+        if m.manifest_hash.as_deref().map(str::to_ascii_lowercase) != Some(manifest_hash(&hashes)) {
             return Err(TransferError::Manifest("manifest_hash"));
         }
         Ok(Manifest {
@@ -141,14 +244,31 @@ impl Manifest {
 
     /// Check one chunk against the manifest; returns its index and data.
     pub fn check_chunk<'a>(&self, v: &'a Value) -> Result<(usize, &'a str), TransferError> {
-        let index = v["chunk_index"].as_u64().unwrap_or(u64::MAX);
+        // Borrowed straight from the value: a chunk is up to 2 MB of text.
+        let index = v["chunk_index"].as_u64();
+        let data = v["data"].as_str();
+        self.check_piece(index, data)
+    }
+
+    /// [`Manifest::check_chunk`] for a typed chunk.
+    pub fn check_chunk_msg<'a>(&self, c: &'a ChunkMsg) -> Result<(usize, &'a str), TransferError> {
+        self.check_piece(c.chunk_index, c.data.as_deref())
+    }
+
+    /// A chunk without a usable index is outside the transfer; one without
+    /// data is empty (and so fails its hash).
+    fn check_piece<'a>(
+        &self,
+        index: Option<u64>,
+        data: Option<&'a str>,
+    ) -> Result<(usize, &'a str), TransferError> {
+        let index = index.unwrap_or(u64::MAX);
         let expected = usize::try_from(index)
             .ok()
             .and_then(|i| self.chunk_hashes.get(i))
             .ok_or(TransferError::ChunkIndex(index))?;
-        let data = v["data"].as_str().unwrap_or_default();
-        // A chunk is at most 512 Ki characters of at most 4 bytes each.
-        if data.len() > CHUNK_CHARS * 4 || &sha256_hex(data.as_bytes()) != expected {
+        let data = data.unwrap_or_default();
+        if data.len() > MAX_CHUNK_BYTES || &sha256_hex(data.as_bytes()) != expected {
             return Err(TransferError::ChunkHash {
                 transfer: self.transfer_id.clone(),
                 index,
@@ -228,9 +348,6 @@ fn clean_once(raw: &str) -> String {
     out.trim_end().to_string()
 }
 
-/// Longest file name either side creates, in UTF-8 bytes.
-pub const MAX_NAME_BYTES: usize = 200;
-
 /// `name`, or `name (2).ext`, `name (3).ext`, ... whichever is not taken.
 pub fn unique_name(name: &str, taken: &[String]) -> String {
     if !taken.iter().any(|t| t == name) {
@@ -249,6 +366,102 @@ pub fn unique_name(name: &str, taken: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn split_emits_exactly_what_the_literals_did() {
+        let text = json!({"d": "é".repeat(CHUNK_CHARS)}).to_string();
+        let (transfer_id, original_type, from_agent, timestamp) =
+            ("t1", "file_transfer", "sb", "2026-01-02T03:04:05.678Z");
+        let parts = split(&text, transfer_id, original_type, from_agent, timestamp)
+            .unwrap()
+            .unwrap();
+        // The literals `split` built before it was typed (this file).
+        let (pieces, hashes): (Vec<String>, Vec<String>) = parts[1..]
+            .iter()
+            .map(|c| {
+                let d = c["data"].as_str().unwrap().to_string();
+                let h = sha256_hex(d.as_bytes());
+                (d, h)
+            })
+            .unzip();
+        assert_eq!(pieces.concat(), text);
+        let total = pieces.len();
+        let mut out = vec![json!({
+            "type": "mesh:transfer_manifest",
+            "transfer_id": transfer_id,
+            "original_type": original_type,
+            "total_chunks": total,
+            "total_bytes": text.len(),
+            "chunk_hashes": hashes,
+            "manifest_hash": manifest_hash(&hashes),
+            "from_agent": from_agent,
+            "timestamp": timestamp,
+        })];
+        for (i, p) in pieces.iter().enumerate() {
+            out.push(json!({
+                "type": "mesh:transfer_chunk",
+                "transfer_id": transfer_id,
+                "chunk_index": i,
+                "total_chunks": total,
+                "data": p,
+                "hash": hashes[i],
+                "from_agent": from_agent,
+            }));
+        }
+        assert_eq!(parts, out);
+        // Typed, the same messages.
+        let (m, chunks) = split_typed(&text, transfer_id, original_type, from_agent, timestamp)
+            .unwrap()
+            .unwrap();
+        assert_eq!(ManifestMsg::deserialize(&out[0]).unwrap(), m);
+        for (c, v) in chunks.iter().zip(&out[1..]) {
+            assert_eq!(&ChunkMsg::deserialize(v).unwrap(), c);
+        }
+        let checked = Manifest::from_msg(&m).unwrap();
+        assert_eq!(checked, Manifest::parse(&out[0]).unwrap());
+        assert_eq!(checked.check_chunk_msg(&chunks[1]).unwrap().0, 1);
+    }
+
+    #[test]
+    fn manifests_are_checked_field_by_field_as_before() {
+        let text = json!({"d": "x".repeat(CHUNK_CHARS + 10)}).to_string();
+        let parts = split(&text, "t", "x", "a", "b").unwrap().unwrap();
+        for (field, bad, why) in [
+            ("transfer_id", json!(""), "transfer_id"),
+            ("transfer_id", json!("t".repeat(129)), "transfer_id"),
+            ("original_type", json!(5), "original_type"),
+            ("original_type", json!("o".repeat(65)), "original_type"),
+            ("chunk_hashes", json!(["ab", 1]), "chunk_hashes"),
+            ("chunk_hashes", json!([]), "total_chunks"),
+            ("total_chunks", json!(3), "total_chunks"),
+            ("manifest_hash", json!(null), "manifest_hash"),
+        ] {
+            let mut v = parts[0].clone();
+            v[field] = bad;
+            assert_eq!(
+                Manifest::parse(&v),
+                Err(TransferError::Manifest(why)),
+                "{field}"
+            );
+        }
+        // Upper-case hashes are taken, as before.
+        let mut upper = parts[0].clone();
+        upper["manifest_hash"] = json!(parts[0]["manifest_hash"].as_str().unwrap().to_uppercase());
+        assert!(Manifest::parse(&upper).is_ok());
+        // Not an object: the first field checked is missing.
+        assert_eq!(
+            Manifest::parse(&json!(["t", "x"])),
+            Err(TransferError::Manifest("transfer_id"))
+        );
+        let m = Manifest::parse(&parts[0]).unwrap();
+        let mut no_index = parts[1].clone();
+        no_index.as_object_mut().unwrap().remove("chunk_index");
+        assert_eq!(
+            m.check_chunk(&no_index),
+            Err(TransferError::ChunkIndex(u64::MAX))
+        );
+    }
 
     #[test]
     fn split_and_assemble_round_trip() {

@@ -1,0 +1,41 @@
+//! Sizes and counts the protocol itself fixes, in one place: the sandbox
+//! runtime and the original plugin enforce the same numbers, so a change
+//! here is a protocol change, never a local tuning.
+
+/// A message whose JSON text is longer than this travels in chunks
+/// (`mesh:transfer_manifest` + `mesh:transfer_chunk`, kars-mesh-plugin.md §7.2).
+pub const CHUNK_CHARS: usize = 512 * 1024;
+/// Chunks per transfer (the sandbox runtime's limit): 40 MiB of JSON text.
+pub const MAX_CHUNKS: usize = 80;
+/// A chunk is at most `CHUNK_CHARS` characters of at most 4 UTF-8 bytes.
+pub const MAX_CHUNK_BYTES: usize = CHUNK_CHARS * 4;
+/// Longest `transfer_id` a manifest or chunk may carry (it names storage).
+pub const MAX_TRANSFER_ID_CHARS: usize = 128;
+/// Longest `original_type` a manifest may carry.
+pub const MAX_ORIGINAL_TYPE_CHARS: usize = 64;
+/// A chunk hash: SHA-256 as hex.
+pub const CHUNK_HASH_CHARS: usize = 64;
+
+/// Largest file either side sends or accepts.
+pub const MAX_FILE_BYTES: usize = 30 * 1024 * 1024;
+/// Files per offload, each way.
+pub const MAX_FILES: usize = 10;
+/// Longest file name either side creates, in UTF-8 bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// `offload_error.error` is cut to this many characters (spec §7.1).
+pub const MAX_ERROR_CHARS: usize = 4000;
+/// `offload_done.summary` is cut to this many characters (spec §7.1).
+pub const MAX_SUMMARY_CHARS: usize = 8000;
+/// `offload_hello.task_preview` is the task's first characters (spec §7.1).
+pub const TASK_PREVIEW_CHARS: usize = 200;
+
+/// A peer's unknown `type` is kept (and reported) up to this many
+/// characters: it is only ever logged, and a peer chooses its length.
+pub const MAX_TYPE_CHARS: usize = 64;
+
+/// A name echoed back in a refusing `file_transfer_ack` is cut to this many
+/// characters (it is the peer's, and may be anything).
+pub const ECHOED_NAME_CHARS: usize = 120;
+/// `offload_request.preferences.timeout_minutes` when absent (spec §7.1).
+pub const DEFAULT_TIMEOUT_MINUTES: u64 = 30;

@@ -1,0 +1,255 @@
+//! Files both ways: `file_transfer` and its `file_transfer_ack`.
+
+use super::cut;
+use crate::wire::b64;
+use crate::wire::lenient::{absent, opt};
+use crate::wire::limits::ECHOED_NAME_CHARS;
+use serde::{Deserialize, Serialize};
+
+/// `file_transfer` (client → sandbox: inputs; sandbox → client: outputs).
+/// Built without `file_data`, which is added when its turn to go comes
+/// ([`FileTransfer::set_data`]): the bytes of ten 30 MiB files must not all
+/// be base64 in memory at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileTransfer {
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub request_id: Option<String>,
+    /// The peer's name for it; the receiver makes it safe. Absent: no
+    /// usable name, which the receiver refuses.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub file_name: Option<String>,
+    /// The same basename (never a local path).
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub file_path: Option<String>,
+    /// Standard base64. Absent: an empty file.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub file_data: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub size_bytes: Option<u64>,
+    /// Checked by the sandbox when present.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub sha256: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub description: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub from_agent: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub timestamp: Option<String>,
+}
+
+impl FileTransfer {
+    fn without_data(
+        request_id: &str,
+        name: &str,
+        size_bytes: u64,
+        sha256: &str,
+        description: String,
+        from_agent: &str,
+        timestamp: &str,
+    ) -> Self {
+        FileTransfer {
+            request_id: Some(request_id.into()),
+            file_name: Some(name.into()),
+            file_path: Some(name.into()),
+            file_data: None,
+            size_bytes: Some(size_bytes),
+            sha256: Some(sha256.into()),
+            description: Some(description),
+            from_agent: Some(from_agent.into()),
+            timestamp: Some(timestamp.into()),
+        }
+    }
+
+    /// An input file the client sends its sandbox.
+    pub fn input(
+        request_id: &str,
+        name: &str,
+        size_bytes: u64,
+        sha256: &str,
+        from_agent: &str,
+        timestamp: &str,
+    ) -> Self {
+        let description = format!("Offload file for request {request_id}");
+        Self::without_data(
+            request_id,
+            name,
+            size_bytes,
+            sha256,
+            description,
+            from_agent,
+            timestamp,
+        )
+    }
+
+    /// An output file the sandbox returns.
+    pub fn output(
+        request_id: &str,
+        name: &str,
+        size_bytes: u64,
+        sha256: &str,
+        from_agent: &str,
+        timestamp: &str,
+    ) -> Self {
+        let description = format!("Output of request {request_id}");
+        Self::without_data(
+            request_id,
+            name,
+            size_bytes,
+            sha256,
+            description,
+            from_agent,
+            timestamp,
+        )
+    }
+
+    /// The file's bytes, as standard base64.
+    pub fn set_data(&mut self, bytes: &[u8]) {
+        self.file_data = Some(b64::encode_std(bytes));
+    }
+
+    /// The file's bytes (either base64 alphabet); no `file_data` is an
+    /// empty file, as it always was.
+    pub fn data(&self) -> Result<Vec<u8>, b64::B64Error> {
+        b64::decode(self.file_data.as_deref().unwrap_or_default())
+    }
+}
+
+/// `file_transfer_ack`: a file was saved, or refused and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileTransferAck {
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub file_name: Option<String>,
+    /// Only a JSON `true` is success ([`FileTransferAck::succeeded`]).
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub success: Option<bool>,
+    /// Where the receiver keeps it (relative to its private directory).
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub saved_to: Option<String>,
+    /// Absent on a refusal: the client says "refused".
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub error: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub timestamp: Option<String>,
+    /// Never sent by us; read because the client drops sandbox news that
+    /// names another request, whatever its type.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub request_id: Option<String>,
+}
+
+impl FileTransferAck {
+    pub fn saved(file_name: &str, saved_to: &str, timestamp: &str) -> Self {
+        FileTransferAck {
+            file_name: Some(file_name.into()),
+            success: Some(true),
+            saved_to: Some(saved_to.into()),
+            error: None,
+            timestamp: Some(timestamp.into()),
+            request_id: None,
+        }
+    }
+
+    /// `raw_name` is the peer's, echoed back cut to `ECHOED_NAME_CHARS`.
+    pub fn refused(raw_name: &str, error: &str, timestamp: &str) -> Self {
+        FileTransferAck {
+            file_name: Some(cut(raw_name, ECHOED_NAME_CHARS)),
+            success: Some(false),
+            saved_to: None,
+            error: Some(error.into()),
+            timestamp: Some(timestamp.into()),
+            request_id: None,
+        }
+    }
+
+    /// `success` is JSON `true` (`p["success"] == true`).
+    pub fn succeeded(&self) -> bool {
+        self.success == Some(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::offload_msg::test_util::*;
+    use crate::wire::offload_msg::OffloadMsg;
+    use crate::wire::payload::Family;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn file_transfer() {
+        let bytes = b"hello".to_vec();
+        let sha = crate::wire::transfer::sha256_hex(&bytes);
+        let (rid, name, from_agent) = (RID, "in.txt", "alice");
+        // src/agent/offload.rs, Agent::send_inputs; the pacer
+        // (src/agent/pacer.rs, pump_to) adds `file_data` when it goes.
+        let mut literal = json!({
+            "type": "file_transfer", "request_id": rid, "file_name": name, "file_path": name,
+            "size_bytes": bytes.len(), "sha256": sha,
+            "description": format!("Offload file for request {rid}"), "from_agent": from_agent,
+            "timestamp": TS,
+        });
+        let mut msg = FileTransfer::input(rid, name, bytes.len() as u64, &sha, from_agent, TS);
+        same(msg.clone(), literal.clone());
+        literal["file_data"] = Value::String(b64::encode_std(&bytes));
+        msg.set_data(&bytes);
+        same(msg.clone(), literal.clone());
+        assert_eq!(msg.data(), Ok(bytes.clone()));
+        misspelt(&literal, "file-transfer");
+
+        // src/agent/sandbox.rs, Agent::finish_task.
+        let spec_name = "offload-1";
+        let literal = json!({
+            "type": "file_transfer", "request_id": rid, "file_name": name, "file_path": name,
+            "size_bytes": bytes.len(), "sha256": sha,
+            "description": format!("Output of request {}", rid), "from_agent": spec_name,
+            "timestamp": TS,
+        });
+        same(
+            FileTransfer::output(rid, name, bytes.len() as u64, &sha, spec_name, TS),
+            literal,
+        );
+        // Without `file_data` it is an empty file, as before.
+        let Ok(OffloadMsg::FileTransfer(f)) =
+            OffloadMsg::parse(&json!({"type": "file_transfer", "file_name": "x"}))
+        else {
+            panic!("not a file transfer");
+        };
+        assert_eq!(f.data(), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn file_transfer_ack() {
+        let (n, ts) = ("in.txt", TS);
+        // src/agent/sandbox.rs, Agent::sandbox_input.
+        let literal = json!({"type": "file_transfer_ack", "file_name": n, "success": true, "saved_to": format!("in/{n}"), "timestamp": ts});
+        same(
+            FileTransferAck::saved(n, &format!("in/{n}"), ts),
+            literal.clone(),
+        );
+        misspelt(&literal, "file_transfer_acknowledged");
+        let path = "incoming/5f0c2a4e/in.txt";
+        let name = n;
+        // src/agent/offload.rs, Agent::receive_output.
+        let literal = json!({"type": "file_transfer_ack", "file_name": name, "success": true, "saved_to": path, "timestamp": ts});
+        same(FileTransferAck::saved(name, path, ts), literal);
+
+        let raw = "r".repeat(200);
+        let why = "unusable file name";
+        // src/agent/offload.rs, Agent::receive_output (`refuse`).
+        let literal = json!({"type": "file_transfer_ack", "file_name": raw.chars().take(120).collect::<String>(), "success": false, "error": why, "timestamp": ts});
+        same(FileTransferAck::refused(&raw, why, ts), literal.clone());
+        let shown: String = raw.chars().take(120).collect();
+        // src/agent/sandbox.rs, Agent::sandbox_input (refusal).
+        let literal = json!({"type": "file_transfer_ack", "file_name": shown, "success": false, "error": why, "timestamp": ts});
+        same(FileTransferAck::refused(&raw, why, ts), literal);
+
+        // Only JSON `true` is success (`p["success"] != true` is a refusal).
+        for (v, ok) in [
+            (json!(true), true),
+            (json!("true"), false),
+            (json!(1), false),
+        ] {
+            let m = OffloadMsg::parse(&json!({"type": "file_transfer_ack", "success": v}));
+            assert!(matches!(m, Ok(OffloadMsg::FileTransferAck(a)) if a.succeeded() == ok));
+        }
+    }
+}

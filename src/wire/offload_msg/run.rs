@@ -1,0 +1,278 @@
+//! The run, between the client and its sandbox: `offload_hello`,
+//! `offload_progress`, the client's go-ahead `offload_start`, and
+//! `offload_done`.
+
+use super::cut;
+use crate::wire::lenient::{absent, opt};
+use crate::wire::limits::{MAX_SUMMARY_CHARS, TASK_PREVIEW_CHARS};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `offload_hello` (sandbox → client): the sandbox is up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffloadHello {
+    /// Must match for a hello that comes before the controller's `ready`.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub request_id: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub from_agent: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub task_preview: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub started_at: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub message: Option<String>,
+}
+
+impl OffloadHello {
+    /// The sandbox `name` greets its requester: the task's first
+    /// `TASK_PREVIEW_CHARS` characters, and when it started.
+    pub fn new(request_id: &str, name: &str, task: &str, started_at: &str) -> Self {
+        OffloadHello {
+            request_id: Some(request_id.into()),
+            from_agent: Some(name.into()),
+            task_preview: Some(cut(task, TASK_PREVIEW_CHARS)),
+            started_at: Some(started_at.into()),
+            message: Some(format!("Sandbox {name} is up and working on the task.")),
+        }
+    }
+}
+
+/// The only `stage` the sandbox reports, and what the client assumes
+/// without one.
+pub const STAGE_EXECUTING: &str = "executing";
+
+/// `offload_progress` (sandbox → client).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffloadProgress {
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub request_id: Option<String>,
+    /// Absent: `executing`.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub stage: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub message: Option<String>,
+    /// Absent or not a whole number: 0.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub pct: Option<u64>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub elapsed_seconds: Option<u64>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub from_agent: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub timestamp: Option<String>,
+}
+
+impl OffloadProgress {
+    pub fn executing(
+        request_id: &str,
+        message: &str,
+        pct: u64,
+        elapsed_seconds: u64,
+        from_agent: &str,
+        timestamp: &str,
+    ) -> Self {
+        OffloadProgress {
+            request_id: Some(request_id.into()),
+            stage: Some(STAGE_EXECUTING.into()),
+            message: Some(message.into()),
+            pct: Some(pct),
+            elapsed_seconds: Some(elapsed_seconds),
+            from_agent: Some(from_agent.into()),
+            timestamp: Some(timestamp.into()),
+        }
+    }
+}
+
+/// `offload_start` (client → sandbox): the go-ahead, after the inputs. The
+/// sandbox runs nothing until it names the SHA-256 of the sandbox's task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffloadStart {
+    /// Required: the sandbox ignores a go-ahead for another (or no) request.
+    pub request_id: String,
+    /// Absent: it matches no task, and the sandbox reports the mismatch.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub task_sha256: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub files: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub from_agent: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub timestamp: Option<String>,
+}
+
+impl OffloadStart {
+    pub fn new(
+        request_id: &str,
+        task_sha256: &str,
+        files: Vec<String>,
+        from_agent: &str,
+        timestamp: &str,
+    ) -> Self {
+        OffloadStart {
+            request_id: request_id.into(),
+            task_sha256: Some(task_sha256.into()),
+            files: Some(files),
+            from_agent: Some(from_agent.into()),
+            timestamp: Some(timestamp.into()),
+        }
+    }
+}
+
+/// `offload_done.tokens_used`: the built-in and `--exec` executors use no
+/// model, so both are 0; the field is kept for the original's readers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokensUsed {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+/// `offload_done` (sandbox → client): the run is over; its outputs went
+/// before as `file_transfer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffloadDone {
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub request_id: Option<String>,
+    /// Absent: an empty summary.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub summary: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub output_files: Option<Vec<String>>,
+    /// Always `[]`: files travel as `file_transfer`, never inline.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub output_file_contents: Option<Vec<Value>>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub tokens_used: Option<TokensUsed>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub duration_seconds: Option<u64>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub from_agent: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub timestamp: Option<String>,
+}
+
+impl OffloadDone {
+    /// The summary is cut to `MAX_SUMMARY_CHARS`.
+    pub fn new(
+        request_id: &str,
+        summary: &str,
+        output_files: Vec<String>,
+        duration_seconds: u64,
+        from_agent: &str,
+        timestamp: &str,
+    ) -> Self {
+        OffloadDone {
+            request_id: Some(request_id.into()),
+            summary: Some(cut(summary, MAX_SUMMARY_CHARS)),
+            output_files: Some(output_files),
+            output_file_contents: Some(Vec::new()),
+            tokens_used: Some(TokensUsed::default()),
+            duration_seconds: Some(duration_seconds),
+            from_agent: Some(from_agent.into()),
+            timestamp: Some(timestamp.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::offload_msg::test_util::*;
+    use crate::wire::offload_msg::OffloadMsg;
+    use crate::wire::payload::Family;
+    use serde_json::json;
+
+    #[test]
+    fn offload_hello() {
+        let name = "offload-1a2b";
+        let task = "t".repeat(300);
+        let now = TS;
+        // src/agent/sandbox.rs, Agent::start_sandbox.
+        let preview: String = task.chars().take(200).collect();
+        let literal = json!({
+            "type": "offload_hello", "request_id": RID, "from_agent": name,
+            "task_preview": preview, "started_at": now,
+            "message": format!("Sandbox {} is up and working on the task.", name),
+        });
+        same(OffloadHello::new(RID, name, &task, now), literal.clone());
+        misspelt(&literal, "offload_helo");
+        // Nothing is required: an early hello without a request id is held
+        // by nobody, but it is a hello.
+        assert!(matches!(
+            OffloadMsg::parse(&json!({"type": "offload_hello"})),
+            Ok(OffloadMsg::Hello(_))
+        ));
+    }
+
+    #[test]
+    fn offload_progress() {
+        let (message, pct, elapsed, name) = ("waiting for input files (0/2)", 12u64, 20u64, "sb");
+        // src/agent/sandbox.rs, Agent::sandbox_progress_due.
+        let literal = json!({
+            "type": "offload_progress", "request_id": RID, "stage": "executing",
+            "message": message, "pct": pct, "elapsed_seconds": elapsed, "from_agent": name,
+            "timestamp": TS,
+        });
+        same(
+            OffloadProgress::executing(RID, message, pct, elapsed, name, TS),
+            literal.clone(),
+        );
+        misspelt(&literal, "progress");
+        // The client reads a fractional pct as none (as `as_u64` did).
+        let odd = json!({"type": "offload_progress", "pct": 12.5, "stage": 3});
+        assert!(
+            matches!(OffloadMsg::parse(&odd), Ok(OffloadMsg::Progress(p)) if p.pct.is_none() && p.stage.is_none())
+        );
+    }
+
+    #[test]
+    fn offload_start() {
+        let rid = RID;
+        let task_sha256 = "ab".repeat(32);
+        let names = vec!["a.txt", "b.csv"];
+        let from_agent = "alice";
+        // src/agent/offload.rs, Agent::send_inputs.
+        let literal = json!({
+            "type": "offload_start", "request_id": rid, "task_sha256": task_sha256,
+            "files": names, "from_agent": from_agent, "timestamp": TS,
+        });
+        let files = names.iter().map(|n| n.to_string()).collect();
+        same(
+            OffloadStart::new(rid, &task_sha256, files, from_agent, TS),
+            literal.clone(),
+        );
+        misspelt(&literal, "offload_go");
+        missing(&literal, "request_id");
+        // No task hash still parses: the sandbox answers the mismatch.
+        let v = json!({"type": "offload_start", "request_id": rid});
+        assert!(
+            matches!(OffloadMsg::parse(&v), Ok(OffloadMsg::Start(s)) if s.task_sha256.is_none())
+        );
+    }
+
+    #[test]
+    fn offload_done() {
+        let summary = "s".repeat(9000);
+        let names = vec!["report.md".to_string()];
+        let (duration, name) = (42u64, "offload-1");
+        // src/agent/sandbox.rs, Agent::finish_task (the summary is cut to
+        // MAX_SUMMARY_CHARS before the literal is built).
+        let cut_summary: String = summary.chars().take(8000).collect();
+        let literal = json!({
+            "type": "offload_done", "request_id": RID, "summary": cut_summary,
+            "output_files": names, "output_file_contents": [], "tokens_used": {"prompt": 0, "completion": 0},
+            "duration_seconds": duration, "from_agent": name, "timestamp": TS,
+        });
+        same(
+            OffloadDone::new(RID, &summary, names.clone(), duration, name, TS),
+            literal.clone(),
+        );
+        misspelt(&literal, "offload_finished");
+        // The client reads only the summary; odd other fields do not make
+        // the message unreadable.
+        let odd = json!({"type": "offload_done", "summary": "ok", "duration_seconds": 1.5, "tokens_used": "many"});
+        assert!(
+            matches!(OffloadMsg::parse(&odd), Ok(OffloadMsg::Done(d)) if d.summary.as_deref() == Some("ok") && d.duration_seconds.is_none())
+        );
+    }
+}
