@@ -4,7 +4,7 @@
 #
 #   bash scripts/build.sh            # or: npm run build
 #
-# Toolchain selection (see ../shared/design/TOOLCHAIN.md):
+# Toolchain selection (see docs/design/TOOLCHAIN.md):
 #   - rustup has the wasm32-unknown-unknown target -> plain `cargo build`
 #   - otherwise Debian's rustc-web 1.96 (/usr/bin/rustc, /usr/bin/cargo) builds
 #     std from source with -Zbuild-std into target/wasm-debian.

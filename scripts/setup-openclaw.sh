@@ -9,7 +9,7 @@
 #   bash scripts/setup-openclaw.sh         # idempotent; CI=true and no stdin are fine
 #
 # The machine's own Node (20) keeps running the build and the other tests;
-# openclaw 2026.9.6 needs Node >=24.16 <25 (shared/spec/openclaw-host.md §11).
+# openclaw 2026.9.6 needs Node >=24.16 <25 (docs/spec/openclaw-host.md §11).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -1,4 +1,4 @@
-// Golden vectors (tests/fixtures/vectors.json, a copy of shared/spec/vectors.json)
+// Golden vectors (tests/fixtures/vectors.json, the golden data docs/spec/agentmesh-wire.md cites)
 // checked against the BUILT component through js-host/core.js.
 // Needs `npm run build` first (js-host/gen/).
 //

@@ -1,5 +1,5 @@
-//! Every vector in tests/fixtures/vectors.json (a copy of
-//! shared/spec/vectors.json), checked against the native build.
+//! Every vector in tests/fixtures/vectors.json (the golden data
+//! docs/spec/agentmesh-wire.md cites), checked against the native build.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
