@@ -197,6 +197,14 @@ impl Inbox {
             .any(|e| e.from == from && e.seq == Some(seq) && e.epoch == epoch)
     }
 
+    /// A message with this sequence number (in this epoch) is here, held
+    /// back for an earlier one.
+    pub fn holds_seq(&self, from: &str, epoch: Option<u64>, seq: u64) -> bool {
+        self.entries
+            .values()
+            .any(|e| e.held && e.from == from && e.seq == Some(seq) && e.epoch == epoch)
+    }
+
     /// Highest delivered (not held) sequence number from `from` in `epoch`.
     pub fn max_released_seq(&self, from: &str, epoch: Option<u64>) -> Option<u64> {
         self.entries

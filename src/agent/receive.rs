@@ -646,9 +646,14 @@ impl Agent {
         let duplicate = seq.is_some_and(|s| s < peer.in_next || self.inbox.has_seq(from, epoch, s))
             || self.inbox.contains(from, id);
         let held = !duplicate && seq.is_some_and(|s| s > peer.in_next);
-        // A copy we already hold still moves the expected number on (a crash
-        // may have lost the record that did so the first time).
-        if let (Some(s), false) = (seq, held) {
+        // A copy we already delivered still moves the expected number on (a
+        // crash may have lost the record that did so the first time). A copy
+        // of one we hold back does not: the messages before it are still
+        // missing, and moving past them would skip them and drop the held
+        // copy as stale (a crash between the held entry and the session
+        // record lets the same frame decrypt again).
+        let held_copy = duplicate && seq.is_some_and(|s| self.inbox.holds_seq(from, epoch, s));
+        if let (Some(s), false) = (seq, held || held_copy) {
             peer.in_next = peer.in_next.max(s.saturating_add(1));
         }
         peer.mark_seen(id, now, seq);
