@@ -182,19 +182,22 @@ Example:
   },
 };
 
-/** The relay and registry URLs a pairing token names, if it decodes (kars-mesh-plugin.md §4.2). */
-export function tokenUrls(token) {
-  const t = String(token ?? '').replace(/\s+/g, '');
-  if (!t.startsWith('azcp_1_')) return {};
+/**
+ * The relay and registry URLs a pairing token names, read by the engine's own
+ * token parser (toolkit `pairing-token-parse`, the one mesh_pair uses; it
+ * changes nothing). {} when the engine refuses the token: mesh_pair then says why.
+ */
+export async function tokenUrls(token) {
+  const { loadCore } = await import('./core.js');
+  const { toolkit } = await loadCore();
+  let payload;
   try {
-    let b64 = t.slice('azcp_1_'.length);
-    b64 += '='.repeat((4 - (b64.length % 4)) % 4);
-    const payload = JSON.parse(Buffer.from(b64, 'base64url').toString('utf8'));
-    const str = (v) => (typeof v === 'string' && v ? v : undefined);
-    return { relayUrl: str(payload?.relay_url), registryUrl: str(payload?.registry_url) };
+    payload = JSON.parse(toolkit.pairingTokenParse(String(token ?? '')));
   } catch {
     return {};
   }
+  const str = (v) => (typeof v === 'string' && v ? v : undefined);
+  return { relayUrl: str(payload.relay_url), registryUrl: str(payload.registry_url) };
 }
 
 // flag name -> { value: needs a value?, multi: may repeat?, global: allowed with every command? }
@@ -302,9 +305,11 @@ export function plan(argv, env = process.env) {
   if (flags.limit !== undefined) parsed.limit = nonNegative('--limit', flags.limit, { integer: true });
   if (flags.timeout !== undefined) parsed.timeout = nonNegative('--timeout', flags.timeout);
 
-  // pair-with: the token says where its cluster is (a flag still wins).
   if (command === 'pair-with' && positional[0] === '-') positional[0] = readStdin();
-  const node = nodeSettings(flags, env, command, command === 'pair-with' ? tokenUrls(positional[0]) : {});
+  // pair-with: the token says where its cluster is, and only the engine reads
+  // tokens (asynchronously), so main() settles the node with run.nodeFor(urls).
+  const nodeFor = (fromToken) => nodeSettings(flags, env, command, fromToken);
+  const node = command === 'pair-with' ? { nodeFor } : { node: nodeFor({}) };
 
   return {
     run: {
@@ -317,7 +322,7 @@ export function plan(argv, env = process.env) {
       follow: spec.follow ? spec.follow(parsed) : false,
       // inbox: mark exactly the printed entries read, after printing them.
       markAfter: command === 'inbox' && !flags.peek,
-      node,
+      ...node,
     },
   };
 }
@@ -504,12 +509,21 @@ export async function main(
   // Loaded only to run a command: help and usage errors stay instant.
   let createNode;
   let NodeError;
+  let fromToken;
   try {
     ({ createNode, NodeError } = await import('./node-host.js'));
+    if (run.nodeFor) fromToken = await tokenUrls(run.args.token);
   } catch (e) {
     err(`kars-mesh: cannot load the kars-mesh core: ${e?.message ?? e}`);
     err('kars-mesh: the built core (js-host/gen/) is missing or broken; run `bash scripts/build.sh` (or reinstall the package)');
     return EXIT.UNREACHABLE;
+  }
+  if (run.nodeFor) {
+    try {
+      run.node = run.nodeFor(fromToken);
+    } catch (e) {
+      return usageFailure(err, e);
+    }
   }
   let node;
   try {
