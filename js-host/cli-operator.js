@@ -9,8 +9,6 @@
 // Exit codes as in cli.js: 0 ok, 1 error, 2 usage, 3 unreachable/environment.
 
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import {
   ClusterError,
   clusterConfig,
@@ -24,9 +22,8 @@ import {
   urlFor,
 } from './cluster.js';
 import { NoControlSocket, controlCall } from './control.js';
-import { escapeLog } from './log-escape.js';
-
-const EXIT = { OK: 0, ERROR: 1, USAGE: 2, UNREACHABLE: 3, INTERRUPTED: 130 };
+import { EXIT, isErrorResult, resultText, stderrLog } from './cli-output.js';
+import { UsageError, checkArguments, onlyFlags, parseArgv, resolveDir } from './flags.js';
 
 const DIR_HELP = `  --dir DIR            the cluster's directory (env KARS_MESH_CLUSTER_DIR, default ~/.kars-mesh-cluster)`;
 
@@ -104,8 +101,23 @@ ${DIR_HELP}`,
   },
 };
 
-const VALUE_FLAGS = new Set(['dir', 'relay-port', 'registry-port', 'name', 'exec', 'slots', 'capabilities', 'expires', 'token-budget']);
-const BOOL_FLAGS = new Set(['detach', 'json', 'verbose', 'help', 'exec-unisolated']);
+// Every flag of the operator commands (which command takes which: SUB[group][sub].flags).
+const FLAGS = {
+  dir: { value: true },
+  'relay-port': { value: true },
+  'registry-port': { value: true },
+  name: { value: true },
+  exec: { value: true },
+  slots: { value: true },
+  capabilities: { value: true },
+  expires: { value: true },
+  'token-budget': { value: true },
+  detach: {},
+  json: {},
+  verbose: {},
+  help: {},
+  'exec-unisolated': {},
+};
 const SHORT = { h: 'help', v: 'verbose' };
 
 export function operatorUsage(group) {
@@ -120,86 +132,46 @@ export const OPERATOR_SUMMARY = [
   ['pair generate|list|revoke', "pairing tokens of the local cluster's controller"],
 ];
 
-class UsageError extends Error {
-  constructor(message, spec) {
-    super(message);
-    this.spec = spec;
-  }
+/** The usage of `group sub`. */
+function subUsage(group, sub) {
+  const spec = SUB[group][sub];
+  return `Usage: ${spec.usage}\n\n${spec.help}`;
 }
 
-/** Parse `cluster ...` / `pair ...` argv (argv[0] is the group). Throws UsageError. */
+/** Parse `cluster ...` / `pair ...` argv (argv[0] is the group). Throws UsageError (its topic: the sub-command). */
 export function planOperator(argv, env = process.env) {
   const group = argv[0];
-  const rest = argv.slice(1);
-  const flags = {};
-  const positional = [];
-  let sub;
-  let spec;
-  let endOfFlags = false;
-  for (let i = 0; i < rest.length; i++) {
-    const arg = rest[i];
-    if (endOfFlags || arg === '-' || !arg.startsWith('-')) {
-      if (sub === undefined) {
-        sub = arg;
-        spec = SUB[group][sub];
-        if (!spec) throw new UsageError(`unknown command "${group} ${sub}"; use one of: ${Object.keys(SUB[group]).map((s) => `${group} ${s}`).join(', ')}`);
-      } else {
-        positional.push(arg);
-      }
-      continue;
-    }
-    if (arg === '--') {
-      endOfFlags = true;
-      continue;
-    }
-    let name;
-    let value;
-    if (arg.startsWith('--')) {
-      const eq = arg.indexOf('=');
-      name = eq === -1 ? arg.slice(2) : arg.slice(2, eq);
-      if (eq !== -1) value = arg.slice(eq + 1);
-    } else {
-      name = SHORT[arg.slice(1)];
-      if (!name) throw new UsageError(`unknown flag ${arg}`, spec);
-    }
-    if (VALUE_FLAGS.has(name)) {
-      if (value === undefined) {
-        if (i + 1 >= rest.length || rest[i + 1].startsWith('--')) throw new UsageError(`--${name} needs a value`, spec);
-        value = rest[++i];
-      }
-      flags[name] = value;
-    } else if (BOOL_FLAGS.has(name)) {
-      if (value !== undefined) throw new UsageError(`--${name} takes no value`, spec);
-      flags[name] = true;
-    } else {
-      throw new UsageError(`unknown flag --${name}${sub ? ` for "${group} ${sub}"` : ''}; see \`kars-mesh ${group} ${sub ?? '<command>'} --help\``, spec);
-    }
-  }
+  const subs = () => Object.keys(SUB[group]).map((s) => `${group} ${s}`).join(', ');
+  const { words, flags } = parseArgv(argv.slice(1), {
+    flags: FLAGS,
+    short: SHORT,
+    // Refused as soon as it is met: a flag after an unknown command is not the mistake.
+    command: (sub) => {
+      if (!Object.hasOwn(SUB[group], sub)) throw new UsageError(`unknown command "${group} ${sub}"; use one of: ${subs()}`);
+      return sub;
+    },
+    unknown: (flag, sub) => `unknown flag ${flag}${sub ? ` for "${group} ${sub}"` : ''}; see \`kars-mesh ${group} ${sub ?? '<command>'} --help\``,
+  });
+  const [sub, ...positional] = words;
   if (sub === undefined) {
     if (flags.help) return { help: operatorUsage(group) };
-    throw new UsageError(`"${group}" needs a command: ${Object.keys(SUB[group]).map((s) => `${group} ${s}`).join(', ')}`);
+    throw new UsageError(`"${group}" needs a command: ${subs()}`);
   }
-  if (flags.help) return { help: `Usage: ${spec.usage}\n\n${spec.help}` };
-  for (const f of Object.keys(flags)) {
-    if (!spec.flags.includes(f)) throw new UsageError(`--${f} does not apply to "${group} ${sub}"`, spec);
-  }
-  if (positional.length < spec.positional.length) {
-    throw new UsageError(`missing <${spec.positional[positional.length]}>`, spec);
-  }
-  if (positional.length > spec.positional.length) {
-    throw new UsageError(`unexpected argument ${JSON.stringify(positional[spec.positional.length])}`, spec);
-  }
+  const spec = SUB[group][sub];
+  if (flags.help) return { help: subUsage(group, sub) };
+  onlyFlags(flags, spec.flags, `${group} ${sub}`, sub);
+  checkArguments(positional, { required: spec.positional }, sub);
 
   const dirRaw = flags.dir ?? defaultClusterDir(env);
-  if (!dirRaw) throw new UsageError('--dir needs a directory', spec);
-  const dir = path.resolve(dirRaw.replace(/^~(?=$|[\\/])/, os.homedir()));
+  if (!dirRaw) throw new UsageError('--dir needs a directory', sub);
+  const dir = resolveDir(dirRaw);
   const run = { group, sub, dir, json: !!flags.json, verbose: !!flags.verbose };
 
   const port = (flag) => {
     const v = flags[flag];
     if (v === undefined) return undefined;
     const n = Number(v);
-    if (!/^\d+$/.test(v) || n < 1 || n > 65535) throw new UsageError(`--${flag} must be a port number 1-65535, not ${JSON.stringify(v)}`, spec);
+    if (!/^\d+$/.test(v) || n < 1 || n > 65535) throw new UsageError(`--${flag} must be a port number 1-65535, not ${JSON.stringify(v)}`, sub);
     return n;
   };
 
@@ -207,20 +179,20 @@ export function planOperator(argv, env = process.env) {
     run.relayPort = port('relay-port');
     run.registryPort = port('registry-port');
     if (run.relayPort !== undefined && run.relayPort === run.registryPort) {
-      throw new UsageError('--relay-port and --registry-port must differ', spec);
+      throw new UsageError('--relay-port and --registry-port must differ', sub);
     }
     if (flags.name !== undefined) {
       if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(flags.name)) {
-        throw new UsageError(`--name ${JSON.stringify(flags.name)} is not a usable cluster name: use letters, digits, '.', '_' and '-' (at most 63)`, spec);
+        throw new UsageError(`--name ${JSON.stringify(flags.name)} is not a usable cluster name: use letters, digits, '.', '_' and '-' (at most 63)`, sub);
       }
       run.name = flags.name;
     }
     if (flags.exec !== undefined) {
-      if (!flags.exec.trim()) throw new UsageError('--exec needs a command', spec);
+      if (!flags.exec.trim()) throw new UsageError('--exec needs a command', sub);
       run.exec = flags.exec;
     }
     if (flags['exec-unisolated']) {
-      if (run.exec === undefined) throw new UsageError('--exec-unisolated applies to an --exec command: pass --exec CMD too', spec);
+      if (run.exec === undefined) throw new UsageError('--exec-unisolated applies to an --exec command: pass --exec CMD too', sub);
       run.execUnisolated = true;
     }
     run.detach = !!flags.detach;
@@ -236,31 +208,31 @@ export function planOperator(argv, env = process.env) {
 
   if (group === 'pair') {
     if (sub === 'generate') {
-      if (flags.name === undefined) throw new UsageError('pair generate needs --name NAME (the pairing\'s name, e.g. --name alice-laptop)', spec);
-      if (!/[A-Za-z0-9]/.test(flags.name)) throw new UsageError(`--name ${JSON.stringify(flags.name)} needs at least one letter or digit`, spec);
+      if (flags.name === undefined) throw new UsageError('pair generate needs --name NAME (the pairing\'s name, e.g. --name alice-laptop)', sub);
+      if (!/[A-Za-z0-9]/.test(flags.name)) throw new UsageError(`--name ${JSON.stringify(flags.name)} needs at least one letter or digit`, sub);
       const args = { name: flags.name };
       if (flags.slots !== undefined) {
         if (!/^\d+$/.test(flags.slots) || Number(flags.slots) < 1 || Number(flags.slots) > 1000) {
-          throw new UsageError(`--slots must be a whole number from 1 to 1000, not ${JSON.stringify(flags.slots)}`, spec);
+          throw new UsageError(`--slots must be a whole number from 1 to 1000, not ${JSON.stringify(flags.slots)}`, sub);
         }
         args.slots = Number(flags.slots);
       }
       if (flags.capabilities !== undefined) {
         const caps = flags.capabilities.split(',').map((c) => c.trim()).filter(Boolean);
         if (!caps.length || caps.some((c) => !/^[a-z0-9][a-z0-9_.-]*$/.test(c))) {
-          throw new UsageError(`--capabilities must be a comma-separated list like offload,handoff, not ${JSON.stringify(flags.capabilities)}`, spec);
+          throw new UsageError(`--capabilities must be a comma-separated list like offload,handoff, not ${JSON.stringify(flags.capabilities)}`, sub);
         }
         args.capabilities = caps;
       }
       if (flags.expires !== undefined) {
         if (!/^\d+[dhm]$/.test(flags.expires) || /^0+[dhm]$/.test(flags.expires)) {
-          throw new UsageError(`--expires must look like 90d, 12h or 30m, not ${JSON.stringify(flags.expires)}`, spec);
+          throw new UsageError(`--expires must look like 90d, 12h or 30m, not ${JSON.stringify(flags.expires)}`, sub);
         }
         args.expires = flags.expires;
       }
       if (flags['token-budget'] !== undefined) {
         if (!/^\d+$/.test(flags['token-budget']) || !Number.isSafeInteger(Number(flags['token-budget']))) {
-          throw new UsageError(`--token-budget must be a whole number ≥ 0, not ${JSON.stringify(flags['token-budget'])}`, spec);
+          throw new UsageError(`--token-budget must be a whole number ≥ 0, not ${JSON.stringify(flags['token-budget'])}`, sub);
         }
         args.token_budget = Number(flags['token-budget']);
       }
@@ -270,24 +242,12 @@ export function planOperator(argv, env = process.env) {
       run.tool = 'pair_list';
       run.args = {};
     } else {
-      if (!positional[0].trim()) throw new UsageError('empty <name>', spec);
+      if (!positional[0].trim()) throw new UsageError('empty <name>', sub);
       run.tool = 'pair_revoke';
       run.args = { name: positional[0] };
     }
   }
   return { run };
-}
-
-function resultText(result) {
-  const texts = Array.isArray(result?.content)
-    ? result.content.filter((c) => c && c.type === 'text' && typeof c.text === 'string').map((c) => c.text)
-    : [];
-  return texts.length ? texts.join('\n') : JSON.stringify(result);
-}
-
-function isErrorResult(result) {
-  const first = result?.content?.[0]?.text;
-  return (typeof first === 'string' && first.startsWith('❌')) || result?.details?.mesh?.error != null;
 }
 
 function formatPairings(pairings) {
@@ -354,7 +314,7 @@ export async function mainOperator(argv, { out, err, env = process.env, signal, 
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
     err(`kars-mesh: ${e.message}`);
-    err(e.spec ? `Usage: ${e.spec.usage}\n\n${e.spec.help}` : operatorUsage(argv[0]));
+    err(e.topic ? subUsage(argv[0], e.topic) : operatorUsage(argv[0]));
     return EXIT.USAGE;
   }
   if (p.help) {
@@ -362,9 +322,7 @@ export async function mainOperator(argv, { out, err, env = process.env, signal, 
     return EXIT.OK;
   }
   const run = p.run;
-  const log = (level, message) => {
-    if (run.verbose || level === 'warn' || level === 'error') err(`kars-mesh ${level}: ${escapeLog(message)}`);
-  };
+  const log = stderrLog(err, run.verbose);
   try {
     if (run.group === 'cluster') {
       if (run.sub === 'up') {
@@ -404,7 +362,7 @@ export async function mainOperator(argv, { out, err, env = process.env, signal, 
     if (!failed && run.tool === 'pair_generate' && !run.json) {
       err(`On the client: kars-mesh pair-with <token>   (or the mesh_pair tool with {"token": "<token>"})`);
     }
-    return failed ? EXIT.ERROR : EXIT.OK;
+    return failed ? EXIT.TOOL_ERROR : EXIT.OK;
   } catch (e) {
     if (e instanceof ClusterError) {
       err(`kars-mesh: ${e.message}`);

@@ -12,9 +12,10 @@ import path from 'node:path';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { StateDirError } from './storage-fs.js';
 import { OPERATOR_SUMMARY, mainOperator, operatorUsage } from './cli-operator.js';
-import { escapeLog } from './log-escape.js';
+import { EXIT, isErrorResult, resultText, stderrLog } from './cli-output.js';
+import { UsageError, checkArguments, onlyFlags, parseArgv, resolveDir } from './flags.js';
 
-export const EXIT = Object.freeze({ OK: 0, TOOL_ERROR: 1, USAGE: 2, UNREACHABLE: 3, INTERRUPTED: 130 });
+export { EXIT };
 
 const DEFAULT_RELAY = 'http://127.0.0.1:8083';
 const DEFAULT_REGISTRY = 'http://127.0.0.1:8082';
@@ -62,6 +63,7 @@ Examples:
   kars-mesh send did:mesh:0123... '{"type":"task","content":"summarise"}'`,
     flags: [],
     positional: ['did', 'message'],
+    rest: true, // the words of the message
     args: (pos) => {
       const text = pos.slice(1).join(' ');
       let message = { type: 'message', content: text };
@@ -132,6 +134,7 @@ only: the offload goes on; \`kars-mesh offload-status --wait 600\` picks it up.
   --no-follow      print the submission and return`,
     flags: ['file', 'timeout', 'model', 'force', 'no-follow'],
     positional: ['task'],
+    rest: true, // the words of the task
     args: (pos, f) => {
       const a = { task: pos.join(' ') };
       if (f.file) a.files = f.file;
@@ -179,22 +182,25 @@ Example:
   },
 };
 
-/** The relay and registry URLs a pairing token names, if it decodes (kars-mesh-plugin.md §4.2). */
-export function tokenUrls(token) {
-  const t = String(token ?? '').replace(/\s+/g, '');
-  if (!t.startsWith('azcp_1_')) return {};
+/**
+ * The relay and registry URLs a pairing token names, read by the engine's own
+ * token parser (toolkit `pairing-token-parse`, the one mesh_pair uses; it
+ * changes nothing). {} when the engine refuses the token: mesh_pair then says why.
+ */
+export async function tokenUrls(token) {
+  const { loadCore } = await import('./core.js');
+  const { toolkit } = await loadCore();
+  let payload;
   try {
-    let b64 = t.slice('azcp_1_'.length);
-    b64 += '='.repeat((4 - (b64.length % 4)) % 4);
-    const payload = JSON.parse(Buffer.from(b64, 'base64url').toString('utf8'));
-    const str = (v) => (typeof v === 'string' && v ? v : undefined);
-    return { relayUrl: str(payload?.relay_url), registryUrl: str(payload?.registry_url) };
+    payload = JSON.parse(toolkit.pairingTokenParse(String(token ?? '')));
   } catch {
     return {};
   }
+  const str = (v) => (typeof v === 'string' && v ? v : undefined);
+  return { relayUrl: str(payload.relay_url), registryUrl: str(payload.registry_url) };
 }
 
-// flag name -> { value: needs a value?, global: allowed with every command? }
+// flag name -> { value: needs a value?, multi: may repeat?, global: allowed with every command? }
 const FLAGS = {
   relay: { value: true, global: true },
   registry: { value: true, global: true },
@@ -215,6 +221,7 @@ const FLAGS = {
   'no-follow': { value: false },
 };
 const SHORT = { h: 'help', v: 'verbose' };
+const GLOBAL_FLAGS = Object.keys(FLAGS).filter((f) => FLAGS[f].global);
 
 function mainUsage() {
   const synopsis = (c) => c.synopsis ?? c.usage.slice('kars-mesh '.length);
@@ -236,62 +243,17 @@ Exit codes: 0 ok, 1 the mesh reported an error, 2 usage error,
 3 relay/registry unreachable or state directory problem.`;
 }
 
+const isCommand = (name) => Object.hasOwn(COMMANDS, name);
+
 function commandUsage(name) {
   const c = COMMANDS[name];
   return `Usage: ${c.usage} [flags]\n\n${c.help}\n\n${GLOBAL_HELP}`;
 }
 
-class UsageError extends Error {
-  constructor(message, command) {
-    super(message);
-    this.command = command;
-  }
-}
-
-/** Parse argv into { command, positional, flags }. Throws UsageError. */
+/** Parse argv into { command, positional, flags } (js-host/flags.js). Throws UsageError. */
 export function parseArgs(argv) {
-  const flags = {};
-  const positional = [];
-  let command;
-  let rest = false;
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    if (rest || arg === '-' || !arg.startsWith('-')) {
-      if (command === undefined && !rest) command = arg;
-      else positional.push(arg);
-      continue;
-    }
-    if (arg === '--') {
-      rest = true;
-      continue;
-    }
-    let name;
-    let value;
-    if (arg.startsWith('--')) {
-      const eq = arg.indexOf('=');
-      name = eq === -1 ? arg.slice(2) : arg.slice(2, eq);
-      if (eq !== -1) value = arg.slice(eq + 1);
-    } else {
-      name = SHORT[arg.slice(1)];
-      if (!name) throw new UsageError(`unknown flag ${arg}`, command);
-    }
-    const spec = FLAGS[name];
-    if (!spec) throw new UsageError(`unknown flag --${name}`, command);
-    if (spec.value) {
-      if (value === undefined) {
-        // `--wait --json` is a forgotten value, not a value "--json" (use --name=--x for that).
-        if (i + 1 >= argv.length || argv[i + 1].startsWith('--')) throw new UsageError(`--${name} needs a value`, command);
-        value = argv[++i];
-      }
-      if (spec.multi) (flags[name] ??= []).push(value);
-      else flags[name] = value;
-    } else {
-      if (value !== undefined) throw new UsageError(`--${name} takes no value`, command);
-      flags[name] = true;
-    }
-  }
-  if (command === undefined && rest) command = positional.shift();
-  return { command, positional, flags };
+  const { words, flags } = parseArgv(argv, { flags: FLAGS, short: SHORT });
+  return { command: words[0], positional: words.slice(1), flags };
 }
 
 function checkUrl(flag, value) {
@@ -315,15 +277,14 @@ function nonNegative(flag, value, { integer = false } = {}) {
   return n;
 }
 
-/** Build the invocation from argv and the environment. Throws UsageError; returns { help } or { run }. */
+/** Build the invocation from argv and the environment. Throws UsageError; returns { help }, { version } or { run }. */
 export function plan(argv, env = process.env) {
-  const { command: rawCommand, positional, flags } = parseArgs(argv);
-  let command = rawCommand;
+  const { command, positional, flags } = parseArgs(argv);
   if (command === 'help') {
     const topic = positional[0];
     if (topic === undefined) return { help: mainUsage() };
     if (OPERATOR_GROUPS.includes(topic)) return { help: operatorUsage(topic) };
-    if (!COMMANDS[topic]) throw new UsageError(`unknown command "${topic}"`);
+    if (!isCommand(topic)) throw new UsageError(`unknown command "${topic}"`);
     return { help: commandUsage(topic) };
   }
   if (flags.version) return { version: true };
@@ -331,23 +292,11 @@ export function plan(argv, env = process.env) {
     if (flags.help) return { help: mainUsage() };
     throw new UsageError('no command given');
   }
-  if (!Object.hasOwn(COMMANDS, command)) throw new UsageError(`unknown command "${command}"`);
+  if (!isCommand(command)) throw new UsageError(`unknown command "${command}"`);
   const spec = COMMANDS[command];
   if (flags.help) return { help: commandUsage(command) };
-  for (const f of Object.keys(flags)) {
-    if (!FLAGS[f].global && !spec.flags.includes(f)) {
-      throw new UsageError(`--${f} does not apply to "${command}"`, command);
-    }
-  }
-  if (positional.length < spec.positional.length) {
-    const missing = spec.positional.slice(positional.length).map((p) => `<${p}>`).join(' ');
-    throw new UsageError(`missing ${missing}`, command);
-  }
-  // `send` and `offload` join their words; the others take exactly their arguments.
-  const takes = spec.positional.length + (spec.optional?.length ?? 0);
-  if (command !== 'send' && command !== 'offload' && positional.length > takes) {
-    throw new UsageError(`unexpected argument ${JSON.stringify(positional[takes])}`, command);
-  }
+  onlyFlags(flags, [...GLOBAL_FLAGS, ...spec.flags], command, command);
+  checkArguments(positional, { required: spec.positional, optional: spec.optional, rest: spec.rest }, command);
   if (spec.positional.length && positional.slice(0, spec.positional.length).some((p) => p === '')) {
     throw new UsageError(`empty ${spec.positional.map((p) => `<${p}>`).join(' or ')}`, command);
   }
@@ -356,24 +305,11 @@ export function plan(argv, env = process.env) {
   if (flags.limit !== undefined) parsed.limit = nonNegative('--limit', flags.limit, { integer: true });
   if (flags.timeout !== undefined) parsed.timeout = nonNegative('--timeout', flags.timeout);
 
-  // pair-with: the token says where its cluster is (a flag still wins).
   if (command === 'pair-with' && positional[0] === '-') positional[0] = readStdin();
-  const fromToken = command === 'pair-with' ? tokenUrls(positional[0]) : {};
-  const stateRaw = flags.state ?? (env.KARS_MESH_STATE || path.join(os.homedir(), '.kars-mesh'));
-  if (!stateRaw) throw new UsageError('--state needs a directory', command);
-  const stateDir = path.resolve(stateRaw.replace(/^~(?=$|[\\/])/, os.homedir()));
-  // After pair-with, the cluster's relay and registry are remembered for this
-  // state directory (flags and environment still win).
-  const paired = command === 'pair-with' ? {} : rememberedEndpoints(stateDir);
-  const relayUrl = checkUrl(
-    flags.relay !== undefined ? '--relay' : fromToken.relayUrl ? 'the token\'s relay_url' : env.KARS_MESH_RELAY ? 'KARS_MESH_RELAY' : paired.relayUrl ? `${ENDPOINTS_FILE} in the state directory` : 'the default',
-    flags.relay ?? fromToken.relayUrl ?? (env.KARS_MESH_RELAY || paired.relayUrl || DEFAULT_RELAY),
-  );
-  const registryUrl = checkUrl(
-    flags.registry !== undefined ? '--registry' : fromToken.registryUrl ? 'the token\'s registry_url' : env.KARS_MESH_REGISTRY ? 'KARS_MESH_REGISTRY' : paired.registryUrl ? `${ENDPOINTS_FILE} in the state directory` : 'the default',
-    flags.registry ?? fromToken.registryUrl ?? (env.KARS_MESH_REGISTRY || paired.registryUrl || DEFAULT_REGISTRY),
-  );
-  if (flags.name !== undefined && !flags.name.trim()) throw new UsageError('--name must not be empty', command);
+  // pair-with: the token says where its cluster is, and only the engine reads
+  // tokens (asynchronously), so main() settles the node with run.nodeFor(urls).
+  const nodeFor = (fromToken) => nodeSettings(flags, env, command, fromToken);
+  const node = command === 'pair-with' ? { nodeFor } : { node: nodeFor({}) };
 
   return {
     run: {
@@ -386,9 +322,37 @@ export function plan(argv, env = process.env) {
       follow: spec.follow ? spec.follow(parsed) : false,
       // inbox: mark exactly the printed entries read, after printing them.
       markAfter: command === 'inbox' && !flags.peek,
-      node: { stateDir, relayUrl, registryUrl, name: flags.name },
+      ...node,
     },
   };
+}
+
+/**
+ * The node's state directory, name, relay and registry. Each URL comes from
+ * its flag, else the pairing token (pair-with), else the environment, else
+ * what pair-with remembered for this state directory, else the default.
+ */
+function nodeSettings(flags, env, command, fromToken) {
+  const stateRaw = flags.state ?? (env.KARS_MESH_STATE || path.join(os.homedir(), '.kars-mesh'));
+  if (!stateRaw) throw new UsageError('--state needs a directory', command);
+  const stateDir = resolveDir(stateRaw);
+  // After pair-with, the cluster's relay and registry are remembered for this
+  // state directory (flags and environment still win).
+  const paired = command === 'pair-with' ? {} : rememberedEndpoints(stateDir);
+  const endpoint = (flag, envName, fallback) => {
+    const key = `${flag}Url`;
+    const [from, value] =
+      flags[flag] !== undefined ? [`--${flag}`, flags[flag]]
+      : fromToken[key] ? [`the token's ${flag}_url`, fromToken[key]]
+      : env[envName] ? [envName, env[envName]]
+      : paired[key] ? [`${ENDPOINTS_FILE} in the state directory`, paired[key]]
+      : ['the default', fallback];
+    return checkUrl(from, value);
+  };
+  const relayUrl = endpoint('relay', 'KARS_MESH_RELAY', DEFAULT_RELAY);
+  const registryUrl = endpoint('registry', 'KARS_MESH_REGISTRY', DEFAULT_REGISTRY);
+  if (flags.name !== undefined && !flags.name.trim()) throw new UsageError('--name must not be empty', command);
+  return { stateDir, relayUrl, registryUrl, name: flags.name };
 }
 
 const ENDPOINTS_FILE = 'endpoints.json';
@@ -412,7 +376,7 @@ function readStdin() {
 }
 
 const OPERATOR_GROUPS = ['cluster', 'pair'];
-const MAIN_VALUE_FLAGS = new Set(['--relay', '--registry', '--state', '--name']);
+const MAIN_VALUE_FLAGS = new Set(GLOBAL_FLAGS.filter((f) => FLAGS[f].value).map((f) => `--${f}`));
 
 /** The first positional argument of argv (skipping the global flags and their values). */
 function firstPositional(argv) {
@@ -434,18 +398,6 @@ function version() {
   } catch {
     return 'unknown';
   }
-}
-
-function resultText(result) {
-  const texts = Array.isArray(result?.content)
-    ? result.content.filter((c) => c && c.type === 'text' && typeof c.text === 'string').map((c) => c.text)
-    : [];
-  return texts.length ? texts.join('\n') : JSON.stringify(result);
-}
-
-function isErrorResult(result) {
-  const first = result?.content?.[0]?.text;
-  return (typeof first === 'string' && first.startsWith('❌')) || result?.details?.mesh?.error != null;
 }
 
 /** Commands that queue messages for other agents. */
@@ -505,6 +457,14 @@ async function followOffload(node, run, out, signal) {
   return last.phase === 'done' ? EXIT.OK : EXIT.TOOL_ERROR;
 }
 
+/** Print a usage error above the usage it is about; exit code 2. Other errors are not ours to print. */
+function usageFailure(err, e) {
+  if (!(e instanceof UsageError)) throw e;
+  err(`kars-mesh: ${e.message}\n`);
+  err(isCommand(e.topic) ? commandUsage(e.topic) : mainUsage());
+  return EXIT.USAGE;
+}
+
 /**
  * Run the CLI. Returns the exit code; never calls process.exit.
  * @param {string[]} argv  arguments after the program name
@@ -533,10 +493,7 @@ export async function main(
   try {
     p = plan(argv, env);
   } catch (e) {
-    if (!(e instanceof UsageError)) throw e;
-    err(`kars-mesh: ${e.message}\n`);
-    err(e.command && COMMANDS[e.command] ? commandUsage(e.command) : mainUsage());
-    return EXIT.USAGE;
+    return usageFailure(err, e);
   }
   if (p.help) {
     out(p.help);
@@ -547,19 +504,26 @@ export async function main(
     return EXIT.OK;
   }
   const run = p.run;
-  const log = (level, message) => {
-    if (run.verbose || level === 'warn' || level === 'error') err(`kars-mesh ${level}: ${escapeLog(message)}`);
-  };
+  const log = stderrLog(err, run.verbose);
 
   // Loaded only to run a command: help and usage errors stay instant.
   let createNode;
   let NodeError;
+  let fromToken;
   try {
     ({ createNode, NodeError } = await import('./node-host.js'));
+    if (run.nodeFor) fromToken = await tokenUrls(run.args.token);
   } catch (e) {
     err(`kars-mesh: cannot load the kars-mesh core: ${e?.message ?? e}`);
     err('kars-mesh: the built core (js-host/gen/) is missing or broken; run `bash scripts/build.sh` (or reinstall the package)');
     return EXIT.UNREACHABLE;
+  }
+  if (run.nodeFor) {
+    try {
+      run.node = run.nodeFor(fromToken);
+    } catch (e) {
+      return usageFailure(err, e);
+    }
   }
   let node;
   try {

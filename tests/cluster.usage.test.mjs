@@ -88,11 +88,11 @@ test('a busy port: exit code 3 naming the port and the flag', { timeout: 30_000 
   assert.equal(fs.existsSync(path.join(home, 'a', 'cluster.json')), false);
 });
 
-test('pair-with takes the relay and registry from the token', () => {
+test('pair-with takes the relay and registry from the token (read by the engine)', async () => {
   const payload = { controller_amid: 'x', relay_url: 'http://127.0.0.1:1234', registry_url: 'http://127.0.0.1:1235', secret: 's' };
   const token = 'azcp_1_' + Buffer.from(JSON.stringify(payload)).toString('base64url');
-  assert.deepEqual(tokenUrls(token), { relayUrl: payload.relay_url, registryUrl: payload.registry_url });
-  assert.deepEqual(tokenUrls(` ${token.slice(0, 20)}\n${token.slice(20)} `), { relayUrl: payload.relay_url, registryUrl: payload.registry_url });
-  assert.deepEqual(tokenUrls('azcp_2_abc'), {});
-  assert.deepEqual(tokenUrls('azcp_1_!!!'), {});
+  assert.deepEqual(await tokenUrls(token), { relayUrl: payload.relay_url, registryUrl: payload.registry_url });
+  assert.deepEqual(await tokenUrls(` ${token.slice(0, 20)}\n${token.slice(20)} `), { relayUrl: payload.relay_url, registryUrl: payload.registry_url });
+  assert.deepEqual(await tokenUrls('azcp_2_abc'), {});
+  assert.deepEqual(await tokenUrls('azcp_1_!!!'), {});
 });

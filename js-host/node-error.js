@@ -1,0 +1,25 @@
+// The errors of the Node host (node-host.js and the modules it composes).
+
+/** An error from the host itself (the node is stopped, the core trapped, a write failed). */
+export class NodeError extends Error {
+  constructor(message, { cause, code } = {}) {
+    super(message, cause ? { cause } : undefined);
+    this.name = 'NodeError';
+    this.code = code ?? 'KARS_MESH_NODE';
+  }
+}
+
+/** One line for any thrown value; fetch hides why it failed in `cause` (ECONNREFUSED ...), so that is added. */
+export function errorText(e) {
+  if (e == null) return 'unknown error';
+  if (typeof e === 'string') return e;
+  let msg = e.message || String(e);
+  const cause = e.cause;
+  if (cause && typeof cause === 'object') {
+    const detail = cause.code && cause.message && !cause.message.includes(cause.code)
+      ? `${cause.code} ${cause.message}`
+      : cause.message || cause.code;
+    if (detail && !msg.includes(detail)) msg += `: ${detail}`;
+  }
+  return msg;
+}

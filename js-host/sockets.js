@@ -1,0 +1,188 @@
+// The engine's WebSockets (the relay link). `socket-open [id, url]` opens
+// one under the id the engine chose; the engine then hears `socket-opened`,
+// each text frame as `socket-frame`, and exactly one `socket-closed` (a
+// failed connect too: code 1006 with the error as reason). `socket-send` to
+// a socket that is gone is dropped: the engine gets (or got) socket-closed.
+
+import { errorText } from './node-error.js';
+
+let wsModulePromise;
+/** The WebSocket constructor: the global one (Node 22+), else the `ws` package. */
+export async function webSocketClass() {
+  if (typeof globalThis.WebSocket === 'function') return globalThis.WebSocket;
+  wsModulePromise ??= import('ws').then((m) => m.WebSocket ?? m.default);
+  return wsModulePromise;
+}
+
+// A close reason may hold at most 123 bytes of UTF-8; cut at a character boundary.
+function utf8Truncate(text, maxBytes) {
+  const buf = Buffer.from(text, 'utf8');
+  if (buf.length <= maxBytes) return text;
+  return new TextDecoder().decode(buf.subarray(0, maxBytes)).replace(/\uFFFD+$/, '');
+}
+
+/**
+ * @param {object} o
+ * @param {Function} o.WebSocketImpl  from webSocketClass()
+ * @param {(event: object) => void} o.dispatch  where the socket events go
+ * @param {(level: string, message: string) => void} o.log
+ * @param {() => void} o.onFailure  counts a connect that never opened (node.ioFailures)
+ */
+export function createSockets({ WebSocketImpl, dispatch, log, onFailure }) {
+  /** socket id -> { ws, opened, closing, lastError, reported, replaced, closedPromise, resolveClosed } */
+  const sockets = new Map();
+
+  function reportClosed(id, entry, code, reason) {
+    if (entry.reported) return;
+    entry.reported = true;
+    if (sockets.get(id) === entry) sockets.delete(id);
+    entry.resolveClosed();
+    if (entry.replaced) return;
+    dispatch({ tag: 'socket-closed', val: { socket: id, code, reason } });
+  }
+
+  function open(id, url) {
+    const old = sockets.get(id);
+    if (old) {
+      // Not expected from the core; the old socket's close must not be reported under the reused id.
+      log('warn', `host: socket ${id} opened again while open; closing the old one`);
+      old.replaced = true;
+      try { old.ws?.close(); } catch { /* ignore */ }
+      sockets.delete(id);
+    }
+    const entry = { ws: null, opened: false, closing: false, lastError: null, reported: false, replaced: false };
+    entry.closedPromise = new Promise((r) => (entry.resolveClosed = r));
+    sockets.set(id, entry);
+    let ws;
+    try {
+      // The `ws` package has no connect timeout by default; the global WebSocket takes none.
+      ws = WebSocketImpl === globalThis.WebSocket ? new WebSocketImpl(url) : new WebSocketImpl(url, { handshakeTimeout: 30_000 });
+    } catch (e) {
+      onFailure();
+      // Reported through the queue: the core sees it after the current commands.
+      reportClosed(id, entry, 1006, errorText(e));
+      return;
+    }
+    entry.ws = ws;
+    try { ws.binaryType = 'arraybuffer'; } catch { /* ignore */ }
+    ws.addEventListener('open', () => onOpen(id, entry));
+    ws.addEventListener('message', (ev) => onMessage(id, entry, ev.data));
+    ws.addEventListener('error', (ev) => onError(id, entry, ev));
+    ws.addEventListener('close', (ev) => onClose(id, entry, ev));
+  }
+
+  function onOpen(id, entry) {
+    if (entry.reported || entry.replaced) return;
+    entry.opened = true;
+    dispatch({ tag: 'socket-opened', val: id });
+  }
+
+  function onMessage(id, entry, data) {
+    if (entry.reported || entry.replaced) return;
+    let text = data;
+    if (typeof text !== 'string') {
+      // The relay sends text only; be tolerant of a binary frame holding UTF-8.
+      try {
+        text = new TextDecoder().decode(text instanceof ArrayBuffer ? new Uint8Array(text) : text);
+      } catch {
+        log('debug', `host: socket ${id}: dropped a non-text frame`);
+        return;
+      }
+    }
+    dispatch({ tag: 'socket-frame', val: { socket: id, text } });
+  }
+
+  function onError(id, entry, ev) {
+    entry.lastError = ev?.error?.message || ev?.message || 'WebSocket error';
+    if (entry.reported || entry.replaced) return;
+    if (!entry.opened) {
+      // A failed connect. Some WebSocket implementations (Node 20's
+      // experimental global one) never follow up with a close event.
+      if (!entry.closing) onFailure(); // not when the core itself gave up
+      reportClosed(id, entry, 1006, entry.lastError);
+      forceClose(entry);
+    } else {
+      // Expect a close event (1006); report it ourselves if none comes.
+      setTimeout(() => {
+        if (entry.reported) return;
+        reportClosed(id, entry, 1006, entry.lastError);
+        forceClose(entry);
+      }, 1000).unref?.();
+    }
+  }
+
+  function onClose(id, entry, ev) {
+    if (entry.reported) return;
+    let code = Number(ev?.code) || 1006;
+    let reason = typeof ev?.reason === 'string' ? ev.reason : '';
+    if (!entry.opened) {
+      if (!entry.closing) onFailure();
+      code = 1006;
+      if (!reason) reason = entry.lastError || 'connection failed';
+    } else if (!reason && code === 1006 && entry.lastError) {
+      reason = entry.lastError;
+    }
+    reportClosed(id, entry, code, reason);
+  }
+
+  function send(id, text) {
+    const entry = sockets.get(id);
+    if (!entry?.ws || !entry.opened || entry.closing) {
+      log('debug', `host: socket ${id} is not open; frame dropped (the core gets socket-closed)`);
+      return;
+    }
+    try {
+      entry.ws.send(text);
+    } catch (e) {
+      log('debug', `host: socket ${id}: send failed: ${errorText(e)}`);
+    }
+  }
+
+  function close(id, code, reason) {
+    const entry = sockets.get(id);
+    if (!entry) return; // already closed and reported
+    closeEntry(entry, code, reason);
+  }
+
+  function closeEntry(entry, code, reason) {
+    if (entry.closing || !entry.ws) return;
+    entry.closing = true;
+    const r = utf8Truncate(reason ?? '', 123);
+    try {
+      // The WHATWG API takes only 1000 and 3000-4999; `ws` also takes 1001 etc.
+      try {
+        entry.ws.close(code, r);
+      } catch {
+        entry.ws.close(1000, r);
+      }
+    } catch {
+      try { entry.ws.close(); } catch { /* ignore */ }
+    }
+  }
+
+  function forceClose(entry) {
+    try {
+      if (typeof entry.ws?.terminate === 'function') entry.ws.terminate();
+      else entry.ws?.close();
+    } catch { /* ignore */ }
+  }
+
+  /** Close every socket the engine left open; returns a promise per socket, settled once it is closed. */
+  function closeAll(code, reason) {
+    const closes = [];
+    for (const entry of sockets.values()) {
+      if (!entry.ws || entry.reported) continue;
+      closeEntry(entry, code, reason);
+      closes.push(entry.closedPromise);
+    }
+    return closes;
+  }
+
+  /** Drop every socket at once, without a close handshake (teardown: the engine hears nothing more). */
+  function terminateAll() {
+    for (const entry of sockets.values()) forceClose(entry);
+    sockets.clear();
+  }
+
+  return { open, send, close, closeAll, terminateAll };
+}
