@@ -38,14 +38,18 @@ const startTime = (pid) => {
 
 /**
  * A zombie nobody reaps, as a SIGKILLed node becomes in a container without an
- * init: `sh` starts `true` in the background and turns into `sleep`, which
- * never waits for it. Resolves to {pid, stop()}.
+ * init: a Python parent forks a child that exits at once and never waits for
+ * it (a shell would reap its background job). Resolves to the child's pid.
  */
 async function zombie(t) {
-  const parent = spawn('/bin/sh', ['-c', 'true & echo $!; exec sleep 20'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const code = 'import os,sys,time\npid=os.fork()\nif pid==0: os._exit(0)\nprint(pid,flush=True)\ntime.sleep(30)';
+  const parent = spawn('python3', ['-c', code], { stdio: ['ignore', 'pipe', 'ignore'] });
   t.after(() => parent.kill('SIGKILL'));
-  const pid = await new Promise((resolve) => parent.stdout.once('data', (d) => resolve(Number(String(d).trim()))));
-  for (let i = 0; i < 100; i++) {
+  const pid = await new Promise((resolve, reject) => {
+    parent.stdout.once('data', (d) => resolve(Number(String(d).trim())));
+    parent.once('exit', (c) => reject(new Error(`the zombie's parent exited (${c})`)));
+  });
+  for (let i = 0; i < 250; i++) {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     if (stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) return pid;
     await new Promise((r) => setTimeout(r, 20));

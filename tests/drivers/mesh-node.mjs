@@ -50,12 +50,14 @@ function parseArgs(argv) {
   return o;
 }
 
-// Node documents stdout on a POSIX pipe as asynchronous, but libuv writes at
-// once when nothing is queued (the parent reads continuously), so a line is
-// normally in the pipe before the next step. Messages are read without peek
-// (the engine marks them read durably, then answers): a SIGKILL between that
-// answer and this write would lose the line, a window of microseconds.
+// Node documents stdout on a POSIX pipe as asynchronous: a line can wait in
+// this process while the parent is slow to read (a loaded machine). Lines
+// that must be out before the next step (a message, before it is marked
+// read) use `outFlushed`, which resolves once the kernel has the line; a
+// SIGKILL after that loses nothing the parent should have seen.
 const out = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
+const outFlushed = (obj) =>
+  new Promise((resolve, reject) => process.stdout.write(`${JSON.stringify(obj)}\n`, (e) => (e ? reject(e) : resolve())));
 const stamp = () => new Date().toISOString().slice(11, 23);
 const errText = (r) => r?.content?.[0]?.text ?? JSON.stringify(r);
 const isError = (r) => typeof r?.content?.[0]?.text === 'string' && r.content[0].text.startsWith('❌');
@@ -119,7 +121,7 @@ async function reader() {
       continue;
     }
     const batch = r.details.mesh.messages;
-    for (const m of batch) out({ event: 'message', ...m });
+    for (const m of batch) await outFlushed({ event: 'message', ...m }).catch(fatal);
     if (batch.length) {
       const mark = await node.callTool('mesh_inbox', { ids: batch.map((m) => m.id), mark_read: true, limit: batch.length }).catch(fatal);
       if (mark && isError(mark)) process.stderr.write(`[${stamp()} ${process.pid} driver] marking read failed: ${errText(mark)}\n`);
