@@ -8,6 +8,8 @@ use super::{
 use crate::crypto::ratchet::{channel_ad, Ratchet};
 use crate::crypto::x3dh;
 use crate::mesh::session::{OutEntry, Peer, OUTBOX_MAX};
+use crate::wire::payload::Family;
+use crate::wire::relay_frame::{Knock, RelayFrame};
 use crate::wire::{frames, registry};
 use serde_json::{json, Value};
 
@@ -159,12 +161,18 @@ impl Agent {
         } = opened;
         let knock_id = frames::uuid_v4(cx.host);
         let ts = Self::timestamp(cx);
-        let mut est_v: Value =
-            serde_json::from_str(&frames::establishment_json(&est)).unwrap_or_default();
-        // Our extension: the Ed25519 key, so a kars-mesh responder can bind
-        // the KNOCK to our DID without a registry round trip.
-        est_v["ik_ed"] = json!(crate::wire::b64::encode_std(self.id.ed25519_public()));
-        let knock = json!({"v":1,"type":"knock","from":self.id.did(),"to":peer_did,"id":knock_id,"ts":ts,"intent":{"action":"establish_session"},"establishment":est_v}).to_string();
+        // The establishment carries our extension `ik_ed`, the Ed25519 key,
+        // so a kars-mesh responder can bind the KNOCK to our DID without a
+        // registry round trip.
+        let knock = RelayFrame::Knock(Knock::new(
+            self.id.did(),
+            peer_did,
+            &knock_id,
+            &ts,
+            &est,
+            self.id.ed25519_public(),
+        ))
+        .to_text();
         let peer = self
             .peers
             .entry(peer_did.to_string())
