@@ -9,6 +9,7 @@ use crate::crypto::ratchet::{channel_ad, Ratchet};
 use crate::crypto::x3dh;
 use crate::io::{Command, LogLevel};
 use crate::mesh::session::{opening_id, Candidate, Decrypted, Peer};
+use crate::wire::delivery::{Envelope, Receipts};
 use crate::wire::payload::Family;
 use crate::wire::relay_frame::{Knock, KnockReply, MessageFrame, RelayFrame};
 use crate::wire::{frames, plaintext, registry};
@@ -18,7 +19,7 @@ use serde_json::{json, Value};
 /// of it, and which session opened it.
 struct Opened {
     payload: Value,
-    envelope: Option<Value>,
+    envelope: Option<Envelope>,
     how: Decrypted,
 }
 
@@ -435,9 +436,7 @@ impl Agent {
             return;
         };
         match opened.envelope {
-            Some(ref env) if env.get("receipt").is_some() || env.get("upto").is_some() => {
-                self.take_receipts(cx, &from, &id, env, opened.how)
-            }
+            Some(Envelope::Receipts(ref r)) => self.take_receipts(cx, &from, &id, r, opened.how),
             _ => self.deliver(cx, m, &from, &id, opened),
         }
     }
@@ -552,7 +551,7 @@ impl Agent {
                 Ok(s) => Value::String(s),
                 Err(_) => json!({"raw_b64": crate::wire::b64::encode_std(&pt)}),
             });
-        let envelope = payload.as_object_mut().and_then(|o| o.remove("kars"));
+        let envelope = Envelope::take(&mut payload);
         if envelope.is_some() {
             peer.kars = true;
         }
@@ -571,22 +570,16 @@ impl Agent {
         cx: &mut Cx<'_>,
         from: &str,
         id: &str,
-        env: &Value,
+        r: &Receipts,
         how: Decrypted,
     ) {
         let now = cx.now();
         let Some(peer) = self.peers.get_mut(from) else {
             return;
         };
-        let done: Vec<u64> = env["receipt"]
-            .as_array()
-            .map(|r| r.iter().filter_map(|x| x.as_u64()).collect())
-            .unwrap_or_default();
-        let upto = env["upto"].as_u64().unwrap_or(0);
-        let epoch_ok = env["epoch"].as_u64().is_none_or(|e| e == peer.out_epoch);
-        if epoch_ok {
+        if r.epoch.is_none_or(|e| e == peer.out_epoch) {
             peer.outbox
-                .retain(|o| !o.needs_receipt || (!done.contains(&o.seq) && o.seq >= upto));
+                .retain(|o| !o.needs_receipt || (!r.receipt.contains(&o.seq) && o.seq >= r.upto));
         }
         peer.mark_seen(id, now, None);
         self.save_peer(cx, from);
@@ -631,8 +624,11 @@ impl Agent {
             envelope,
             how,
         } = opened;
-        let seq = envelope.as_ref().and_then(|e| e["seq"].as_u64());
-        let epoch = envelope.as_ref().and_then(|e| e["epoch"].as_u64());
+        let (seq, epoch) = match envelope {
+            Some(Envelope::Data { seq, epoch }) => (seq, epoch),
+            // Receipts never get here (`on_message` takes them).
+            _ => (None, None),
+        };
         if let Some(e) = epoch {
             self.follow_numbering(cx, from, e);
         }
