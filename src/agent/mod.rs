@@ -32,7 +32,7 @@ use crate::pairing::ledger::ControllerAddress;
 use crate::pairing::operator::Operator;
 use crate::store::{keys, StoreError, Vault};
 use crate::tools::render;
-use crate::wire::payload::{Family, ParseError};
+use crate::wire::payload::{Family, ParseError, PayloadType};
 use crate::wire::relay_frame::{RelayFrame, Route};
 use crate::wire::{frames, registry, time};
 use inbox::{Entry, Inbox};
@@ -1126,7 +1126,7 @@ impl Agent {
     /// The only protocol message taken in plaintext: a `pair_request` to a
     /// controller (the original plugin's, authenticated by its token secret).
     fn takes_plaintext(&self, payload: &Value) -> bool {
-        self.is_controller() && payload["type"].as_str() == Some("pair_request")
+        self.is_controller() && PayloadType::of(payload) == Ok(PayloadType::PairRequest)
     }
 
     /// Hand a consumed protocol payload to its owner.
@@ -1136,7 +1136,11 @@ impl Agent {
         if !encrypted && !self.takes_plaintext(payload) {
             // Anyone can put any DID in a plaintext frame's `from`: such a
             // frame never starts, moves or ends an offload or a pairing.
-            let kind = crate::wire::escape_for_log(payload["type"].as_str().unwrap_or("?"), 40);
+            let kind = match PayloadType::of(payload) {
+                Ok(t) => t.as_str().to_string(),
+                Err(ParseError::UnknownType { kind, .. }) => crate::wire::escape_for_log(&kind, 40),
+                Err(_) => "?".into(),
+            };
             cx.log(
                 LogLevel::Warn,
                 &format!("ignored a plaintext {kind} claiming to be from {from}: protocol messages are taken end-to-end encrypted only"),

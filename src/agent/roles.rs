@@ -14,6 +14,7 @@ use crate::offload::sandbox::Sandbox;
 use crate::pairing::client::PairingClient;
 use crate::pairing::operator::Operator;
 use crate::tools::render;
+use crate::wire::payload::PayloadType;
 use serde_json::Value;
 
 impl Agent {
@@ -110,9 +111,9 @@ impl Agent {
         self.is_sandbox()
             || (self.is_controller() && Controller::wants(payload))
             || self.offload.wants(from, payload)
-            || match payload["type"].as_str() {
-                Some("pair_request") => self.is_controller(),
-                Some("pair_response") => self.pairing.waits_for(from),
+            || match PayloadType::of(payload) {
+                Ok(PayloadType::PairRequest) => self.is_controller(),
+                Ok(PayloadType::PairResponse) => self.pairing.waits_for(from),
                 _ => false,
             }
     }
@@ -129,14 +130,14 @@ impl Agent {
             self.with_sandbox(cx, |s, a, cx| s.on_message(a, cx, from, payload));
             return;
         }
-        match payload["type"].as_str() {
-            Some("pair_request") if self.is_controller() => {
+        match PayloadType::of(payload) {
+            Ok(PayloadType::PairRequest) if self.is_controller() => {
                 self.with_controller(cx, |c, a, cx| {
                     c.operator.answer_pair_request(a, cx, from, payload)
                 });
                 return;
             }
-            Some("pair_response") if self.pairing.waits_for(from) => {
+            Ok(PayloadType::PairResponse) if self.pairing.waits_for(from) => {
                 self.with_pairing(cx, |p, a, cx| p.take_response(a, cx, from, payload));
                 return;
             }

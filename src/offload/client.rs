@@ -13,6 +13,8 @@ use crate::port::{Paced, Port, TimerOwner as Owner};
 use crate::store::keys;
 use crate::tools::offload_args;
 use crate::tools::render;
+use crate::wire::offload_msg::OffloadMsg;
+use crate::wire::payload::{Family, PayloadType};
 use crate::wire::{b64, time, transfer};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -916,17 +918,22 @@ impl OffloadClient {
         let Some(o) = self.active.as_ref() else {
             return false;
         };
-        let kind = payload["type"].as_str().unwrap_or_default();
-        let rid = payload["request_id"].as_str();
+        let kind = PayloadType::of(payload);
+        // Only for the small messages routed on it (status, error, hello).
+        let names_ours = || {
+            OffloadMsg::parse(payload).is_ok_and(|m| m.request_id() == Some(o.request_id.as_str()))
+        };
         if from == o.controller {
-            return matches!(kind, "offload_status" | "offload_error")
-                && rid == Some(o.request_id.as_str());
+            return matches!(
+                kind,
+                Ok(PayloadType::OffloadStatus | PayloadType::OffloadError)
+            ) && names_ours();
         }
         if o.sandbox_did.as_deref() == Some(from) {
             return true;
         }
         // A hello may beat the controller's `ready`; held until then.
-        kind == "offload_hello" && rid == Some(o.request_id.as_str()) && o.sandbox_did.is_none()
+        kind == Ok(PayloadType::OffloadHello) && o.sandbox_did.is_none() && names_ours()
     }
 
     pub fn on_message(

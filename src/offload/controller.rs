@@ -9,6 +9,7 @@ use crate::pairing::ledger::Phase;
 use crate::pairing::operator::Operator;
 use crate::port::Port;
 use crate::store::keys;
+use crate::wire::payload::PayloadType;
 use crate::wire::{time, transfer};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -182,8 +183,8 @@ impl Controller {
     /// The messages a controller takes.
     pub fn wants(payload: &Value) -> bool {
         matches!(
-            payload["type"].as_str(),
-            Some("offload_request" | "offload_cleanup")
+            PayloadType::of(payload),
+            Ok(PayloadType::OffloadRequest | PayloadType::OffloadCleanup)
         )
     }
 
