@@ -1132,11 +1132,11 @@ impl Agent {
     /// Hand a consumed protocol payload to its owner.
     /// `encrypted`: it came under a Double Ratchet session (else it is
     /// plaintext from a peer trusted for that).
-    fn intercept(&mut self, cx: &mut Cx<'_>, from: &str, payload: &Value, encrypted: bool) {
-        if !encrypted && !self.takes_plaintext(payload) {
+    fn intercept(&mut self, cx: &mut Cx<'_>, from: &str, payload: Value, encrypted: bool) {
+        if !encrypted && !self.takes_plaintext(&payload) {
             // Anyone can put any DID in a plaintext frame's `from`: such a
             // frame never starts, moves or ends an offload or a pairing.
-            let kind = match PayloadType::of(payload) {
+            let kind = match PayloadType::of(&payload) {
                 Ok(t) => t.as_str().to_string(),
                 Err(ParseError::UnknownType { kind, .. }) => crate::wire::escape_for_log(&kind, 40),
                 Err(_) => "?".into(),

@@ -655,7 +655,7 @@ impl Agent {
         } else if protocol {
             self.inbox.counters.consumed_by_predicate += 1;
             self.release_held(cx, from);
-            self.intercept(cx, from, &payload, true);
+            self.intercept(cx, from, std::mem::take(&mut payload), true);
         } else {
             self.count_received(cx);
             let mut entry = Entry::new(
@@ -743,7 +743,7 @@ impl Agent {
             let payload = self.load_payload(cx, &e);
             if self.consumer_for(&e.from, &payload) == super::route::Consumer::Pairing {
                 // Effects first, then the held copy goes.
-                self.intercept(cx, &e.from, &payload, e.evidence == Evidence::Encrypted);
+                self.intercept(cx, &e.from, payload, e.evidence == Evidence::Encrypted);
                 if let Some(gone) = self.inbox.remove(fresh) {
                     for key in gone.storage_keys() {
                         cx.out.push(Command::Erase(key));
@@ -860,7 +860,7 @@ impl Agent {
         self.plain_seen.insert(from, id, now);
         if self.consumer_for(from, &payload) == super::route::Consumer::Pairing || !trusted {
             // Effects (if `intercept` takes it at all) land before the mark.
-            self.intercept(cx, from, &payload, false);
+            self.intercept(cx, from, payload, false);
             self.save_plain_seen(cx);
             self.ack(cx, id);
             return;

@@ -118,32 +118,35 @@ impl Agent {
             }
     }
 
-    /// Hand a protocol payload to the sub-machine it is for.
+    /// Hand a protocol payload to the sub-machine it is for (chosen by its
+    /// type and sender; the sub-machine parses it). Owned, so a large
+    /// message's strings move into the typed message instead of being
+    /// copied.
     pub(super) fn hand_to_role(
         &mut self,
         cx: &mut Cx<'_>,
         from: &str,
-        payload: &Value,
+        payload: Value,
         encrypted: bool,
     ) {
         if self.is_sandbox() {
             self.with_sandbox(cx, |s, a, cx| s.on_message(a, cx, from, payload));
             return;
         }
-        match PayloadType::of(payload) {
+        match PayloadType::of(&payload) {
             Ok(PayloadType::PairRequest) if self.is_controller() => {
                 self.with_controller(cx, |c, a, cx| {
-                    c.operator.answer_pair_request(a, cx, from, payload)
+                    c.operator.answer_pair_request(a, cx, from, &payload)
                 });
                 return;
             }
             Ok(PayloadType::PairResponse) if self.pairing.waits_for(from) => {
-                self.with_pairing(cx, |p, a, cx| p.take_response(a, cx, from, payload));
+                self.with_pairing(cx, |p, a, cx| p.take_response(a, cx, from, &payload));
                 return;
             }
             _ => {}
         }
-        if self.is_controller() && Controller::wants(payload) {
+        if self.is_controller() && Controller::wants(&payload) {
             self.with_controller(cx, |c, a, cx| c.on_message(a, cx, from, payload));
             return;
         }
