@@ -14,7 +14,8 @@ use crate::offload::sandbox::Sandbox;
 use crate::pairing::client::PairingClient;
 use crate::pairing::operator::Operator;
 use crate::tools::render;
-use crate::wire::payload::PayloadType;
+use crate::wire::pairing_msg::PairingMsg;
+use crate::wire::payload::{Family, PayloadType};
 use serde_json::Value;
 
 impl Agent {
@@ -134,14 +135,19 @@ impl Agent {
             return;
         }
         match PayloadType::of(&payload) {
+            // Every pairing field is optional: a known type always parses.
             Ok(PayloadType::PairRequest) if self.is_controller() => {
-                self.with_controller(cx, |c, a, cx| {
-                    c.operator.answer_pair_request(a, cx, from, &payload)
-                });
+                if let Ok(PairingMsg::Request(r)) = PairingMsg::from_value(payload) {
+                    self.with_controller(cx, |c, a, cx| {
+                        c.operator.answer_pair_request(a, cx, from, &r)
+                    });
+                }
                 return;
             }
             Ok(PayloadType::PairResponse) if self.pairing.waits_for(from) => {
-                self.with_pairing(cx, |p, a, cx| p.take_response(a, cx, from, &payload));
+                if let Ok(PairingMsg::Response(r)) = PairingMsg::from_value(payload) {
+                    self.with_pairing(cx, |p, a, cx| p.take_response(a, cx, from, &r));
+                }
                 return;
             }
             _ => {}
