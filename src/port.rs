@@ -8,6 +8,7 @@
 use crate::crypto::identity::Identity;
 use crate::io::Cx;
 use crate::store::Vault;
+use crate::wire::offload_msg::{FileTransfer, OffloadStart};
 use serde_json::Value;
 
 /// Who set a timer that is not one of the node's fixed periodic ones; a fired
@@ -38,14 +39,14 @@ pub enum Paced {
     /// A `file_transfer` still without its `file_data`, and the bytes that
     /// go into it (chunked above 512 KiB).
     File {
-        msg: Value,
+        msg: FileTransfer,
         bytes: Vec<u8>,
         transfer_id: String,
         from_agent: String,
     },
     /// The client's go-ahead to its sandbox: once it is handed to the
     /// outbox the offload client hears `inputs_handed_over`.
-    Go(Value),
+    Go(OffloadStart),
 }
 
 /// The node, as a sub-machine sees it.

@@ -377,8 +377,10 @@ fn reassembly(s: &str) -> String {
     use crate::sim::host::SimHost;
     use kars_mesh::agent::Cx;
     use kars_mesh::engine::Command;
-    use kars_mesh::offload::reassembly::Reassembly;
+    use kars_mesh::offload::reassembly::{Part, Reassembly};
     use kars_mesh::store::{keys, Vault};
+    use kars_mesh::wire::offload_msg::OffloadMsg;
+    use kars_mesh::wire::payload::Family;
     const KEY: [u8; 32] = [7; 32];
     let vault = Vault::new(zeroize::Zeroizing::new(KEY.to_vec()));
     let mut host = SimHost::new(3, 1_800_000_000_000);
@@ -390,12 +392,24 @@ fn reassembly(s: &str) -> String {
             host: &mut host,
             out: Vec::new(),
         };
-        let done = match r.accept(
-            &vault,
-            &mut cx,
-            "did:mesh:00000000000000000000000000000001",
-            &v,
-        ) {
+        // The engine hands the reassembly only what parses as a manifest
+        // or a chunk; anything else never reaches it.
+        let parsed = OffloadMsg::from_value(v);
+        let part = match &parsed {
+            Ok(OffloadMsg::TransferManifest(m)) => Some(Part::Manifest(m)),
+            Ok(OffloadMsg::TransferChunk(c)) => Some(Part::Chunk(c)),
+            _ => None,
+        };
+        let accepted = match part {
+            Some(part) => r.accept(
+                &vault,
+                &mut cx,
+                "did:mesh:00000000000000000000000000000001",
+                part,
+            ),
+            None => Err(transfer::TransferError::Manifest("not a transfer message")),
+        };
+        let done = match accepted {
             Ok(Some(whole)) => {
                 assert!(whole.is_object(), "reassembled a non-object");
                 r.flush(&mut cx);

@@ -32,6 +32,8 @@ use crate::pairing::ledger::ControllerAddress;
 use crate::pairing::operator::Operator;
 use crate::store::{keys, StoreError, Vault};
 use crate::tools::render;
+use crate::wire::payload::{Family, ParseError, PayloadType};
+use crate::wire::relay_frame::{RelayFrame, Route};
 use crate::wire::{frames, registry, time};
 use inbox::{Entry, Inbox};
 use serde::Deserialize;
@@ -870,8 +872,7 @@ impl Agent {
     }
 
     fn ack(&mut self, cx: &mut Cx<'_>, frame_id: &str) {
-        let text = json!({"v": 1, "type": "ack", "id": frame_id}).to_string();
-        self.send_frame(cx, text);
+        self.send_frame(cx, RelayFrame::ack(frame_id).to_text());
     }
 
     pub fn on_socket_opened(&mut self, cx: &mut Cx<'_>, socket: u32) {
@@ -914,8 +915,7 @@ impl Agent {
                     let now = cx.now();
                     self.link.tick(now);
                     let ts = Self::timestamp(cx);
-                    let hb = json!({"v": 1, "type": "heartbeat", "from": self.id.did(), "ts": ts})
-                        .to_string();
+                    let hb = RelayFrame::heartbeat(self.id.did(), &ts).to_text();
                     self.send_frame(cx, hb);
                     self.flush_all(cx, false);
                     self.pump_outgoing(cx);
@@ -989,22 +989,28 @@ impl Agent {
             );
             return;
         }
-        let v: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(_) => {
+        let frame = match RelayFrame::from_text(text) {
+            Ok(f) => f,
+            Err(ParseError::NotJson(_)) => {
                 self.stats.malformed += 1;
                 cx.log(LogLevel::Warn, "dropped a frame that is not JSON");
                 return;
             }
+            // Not an object, no string `type`, or one we do not take.
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
         };
-        let kind = v["type"].as_str().unwrap_or("");
-        match kind {
-            "message" => self.on_message(cx, &v, text),
-            "knock" => self.on_knock(cx, &v),
-            "knock_accept" | "knock_reject" => self.on_knock_reply(cx, &v, kind == "knock_accept"),
-            "error" => {
-                let detail = v["detail"]
-                    .as_str()
+        match frame {
+            RelayFrame::Message(m) => self.on_message(cx, &m, text),
+            RelayFrame::Knock(k) => self.on_knock(cx, &k, text),
+            RelayFrame::KnockAccept(r) => self.on_knock_reply(cx, &r, true),
+            RelayFrame::KnockReject(r) => self.on_knock_reply(cx, &r, false),
+            RelayFrame::Error(e) => {
+                let detail = e
+                    .detail
+                    .as_deref()
                     .unwrap_or("")
                     .chars()
                     .take(300)
@@ -1013,17 +1019,17 @@ impl Agent {
                     cx.log(LogLevel::Warn, &format!("relay error: {detail}"));
                 }
             }
-            _ => {
+            // Ours to the relay; the relay never sends them.
+            RelayFrame::Ack(_) | RelayFrame::Heartbeat(_) | RelayFrame::Disconnect(_) => {
                 self.stats.malformed += 1;
             }
         }
     }
 
     /// Common checks on a routed frame: sender DID, id, addressee.
-    fn routed<'v>(&mut self, cx: &mut Cx<'_>, v: &'v Value) -> Option<(&'v str, &'v str)> {
-        let from = v["from"].as_str().unwrap_or("");
-        let id = v["id"].as_str().unwrap_or("");
-        let to = v["to"].as_str().unwrap_or(self.id.did());
+    fn routed<'v>(&mut self, cx: &mut Cx<'_>, route: Route<'v>) -> Option<(&'v str, &'v str)> {
+        let Route { from, to, id } = route;
+        let to = to.unwrap_or(self.id.did());
         let id_ok = !id.is_empty()
             && id.len() <= 64
             && id
@@ -1097,7 +1103,7 @@ impl Agent {
         }
         self.flush_receipts(cx);
         if let Some(socket) = self.link.open_socket() {
-            let bye = json!({"v": 1, "type": "disconnect", "from": self.id.did()}).to_string();
+            let bye = RelayFrame::disconnect(self.id.did()).to_text();
             cx.out.push(Command::SocketSend { socket, text: bye });
             cx.out.push(Command::SocketClose {
                 socket,
@@ -1120,17 +1126,21 @@ impl Agent {
     /// The only protocol message taken in plaintext: a `pair_request` to a
     /// controller (the original plugin's, authenticated by its token secret).
     fn takes_plaintext(&self, payload: &Value) -> bool {
-        self.is_controller() && payload["type"].as_str() == Some("pair_request")
+        self.is_controller() && PayloadType::of(payload) == Ok(PayloadType::PairRequest)
     }
 
     /// Hand a consumed protocol payload to its owner.
     /// `encrypted`: it came under a Double Ratchet session (else it is
     /// plaintext from a peer trusted for that).
-    fn intercept(&mut self, cx: &mut Cx<'_>, from: &str, payload: &Value, encrypted: bool) {
-        if !encrypted && !self.takes_plaintext(payload) {
+    fn intercept(&mut self, cx: &mut Cx<'_>, from: &str, payload: Value, encrypted: bool) {
+        if !encrypted && !self.takes_plaintext(&payload) {
             // Anyone can put any DID in a plaintext frame's `from`: such a
             // frame never starts, moves or ends an offload or a pairing.
-            let kind = crate::wire::escape_for_log(payload["type"].as_str().unwrap_or("?"), 40);
+            let kind = match PayloadType::of(&payload) {
+                Ok(t) => t.as_str().to_string(),
+                Err(ParseError::UnknownType { kind, .. }) => crate::wire::escape_for_log(&kind, 40),
+                Err(_) => "?".into(),
+            };
             cx.log(
                 LogLevel::Warn,
                 &format!("ignored a plaintext {kind} claiming to be from {from}: protocol messages are taken end-to-end encrypted only"),

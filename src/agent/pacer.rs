@@ -7,7 +7,9 @@
 //! to one peer wait for its receipt at a time; receipts let the next ones go.
 
 use super::{Agent, Cx};
-use crate::wire::{b64, time, transfer};
+use crate::wire::offload_msg::OffloadMsg;
+use crate::wire::payload::{Family, PayloadType};
+use crate::wire::{time, transfer};
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -86,19 +88,20 @@ impl Agent {
             };
             match item {
                 Item::Message(v) => self.send_payload(cx, to, v, None, None),
-                Item::Go(v) => {
+                Item::Go(go) => {
+                    let v = OffloadMsg::from(go).to_value();
                     self.send_payload(cx, to, v, None, None);
                     self.pacer.go_handed_over = true;
                 }
                 Item::File {
-                    mut msg,
+                    msg,
                     bytes,
                     transfer_id,
                     from_agent,
                 } => {
-                    msg["file_data"] = Value::String(b64::encode_std(&bytes));
-                    drop(bytes);
-                    let parts = self.split_message(cx, to, msg, &transfer_id, &from_agent);
+                    let msg = msg.into_value_with(bytes);
+                    let kind = PayloadType::FileTransfer.as_str();
+                    let parts = self.split_message(cx, to, msg, kind, &transfer_id, &from_agent);
                     if let Some(q) = self.pacer.queues.get_mut(to) {
                         for part in parts.into_iter().rev() {
                             q.push_front(Item::Message(part));
@@ -112,20 +115,20 @@ impl Agent {
         }
     }
 
-    /// A message whole, or as a manifest and chunks when its JSON text is
-    /// over 512 KiB.
+    /// A message (of type `kind`) whole, or as a manifest and chunks when
+    /// its JSON text is over 512 KiB.
     fn split_message(
         &mut self,
         cx: &mut Cx<'_>,
         to: &str,
         msg: Value,
+        kind: &str,
         transfer_id: &str,
         from_agent: &str,
     ) -> Vec<Value> {
         let text = msg.to_string();
-        let kind = msg["type"].as_str().unwrap_or_default().to_string();
         let ts = time::format_millis(cx.now());
-        match transfer::split(&text, transfer_id, &kind, from_agent, &ts) {
+        match transfer::split(&text, transfer_id, kind, from_agent, &ts) {
             Ok(None) => vec![msg],
             Ok(Some(parts)) => parts,
             Err(e) => {

@@ -9,6 +9,9 @@ use crate::crypto::ratchet::{channel_ad, Ratchet};
 use crate::crypto::x3dh;
 use crate::io::{Command, LogLevel};
 use crate::mesh::session::{opening_id, Candidate, Decrypted, Peer};
+use crate::wire::delivery::{Envelope, Receipts};
+use crate::wire::payload::Family;
+use crate::wire::relay_frame::{Knock, KnockReply, MessageFrame, RelayFrame};
 use crate::wire::{frames, plaintext, registry};
 use serde_json::{json, Value};
 
@@ -16,7 +19,7 @@ use serde_json::{json, Value};
 /// of it, and which session opened it.
 struct Opened {
     payload: Value,
-    envelope: Option<Value>,
+    envelope: Option<Envelope>,
     how: Decrypted,
 }
 
@@ -33,8 +36,8 @@ impl Agent {
     /// A KNOCK: checked (policy, establishment, identity bound to `from`,
     /// no replayed opening, room for a new peer), then its candidate
     /// sessions are made and the KNOCK is accepted.
-    pub(super) fn on_knock(&mut self, cx: &mut Cx<'_>, v: &Value) {
-        let Some(k) = self.admit_knock(cx, v) else {
+    pub(super) fn on_knock(&mut self, cx: &mut Cx<'_>, knock: &Knock, text: &str) {
+        let Some(k) = self.admit_knock(cx, knock, text) else {
             return;
         };
         let now = cx.now();
@@ -47,8 +50,8 @@ impl Agent {
 
     /// The checks a KNOCK must pass before it costs anything; `None` once
     /// it is answered (refused, acked, or held for an identity check).
-    fn admit_knock(&mut self, cx: &mut Cx<'_>, v: &Value) -> Option<AdmittedKnock> {
-        let (from, id) = self.routed(cx, v)?;
+    fn admit_knock(&mut self, cx: &mut Cx<'_>, k: &Knock, text: &str) -> Option<AdmittedKnock> {
+        let (from, id) = self.routed(cx, k.route())?;
         let (from, id) = (from.to_string(), id.to_string());
         if self.peers.get(&from).is_some_and(|p| p.has_seen(&id)) {
             self.stats.duplicates += 1;
@@ -59,8 +62,8 @@ impl Agent {
             self.reject_knock(cx, &from, &id);
             return None;
         }
-        let est = self.knock_establishment(cx, v, &from, &id)?;
-        let ik_ed = self.knock_identity(cx, v, &from, &id, &est)?;
+        let est = self.knock_establishment(cx, k, &from, &id)?;
+        let ik_ed = self.knock_identity(cx, k, text, &from, &id, &est)?;
         // A recorded KNOCK sent again under a fresh frame id (by the relay's
         // operator, or anyone who saw it on a ws:// relay) would rebuild the
         // same session and, with its first message, replace the live one.
@@ -100,8 +103,8 @@ impl Agent {
         );
         let ts = Self::timestamp(cx);
         let rid = frames::uuid_v4(cx.host);
-        let f = json!({"v":1,"type":"knock_reject","from":self.id.did(),"to":from,"id":rid,"knock_id":id,"reason":"policy_denied","ts":ts});
-        self.send_frame(cx, f.to_string());
+        let f = RelayFrame::knock_reject(self.id.did(), from, &rid, id, &ts);
+        self.send_frame(cx, f.to_text());
         self.ack(cx, id);
     }
 
@@ -110,14 +113,11 @@ impl Agent {
     fn knock_establishment(
         &mut self,
         cx: &mut Cx<'_>,
-        v: &Value,
+        k: &Knock,
         from: &str,
         id: &str,
     ) -> Option<x3dh::Establishment> {
-        let why = match v
-            .get("establishment")
-            .map(|e| frames::parse_establishment(&e.to_string()))
-        {
+        let why = match k.establishment() {
             Some(Ok(e)) => return Some(e),
             Some(Err(e)) => format!("KNOCK from {from} refused: {e}"),
             None => format!("KNOCK from {from} without establishment refused"),
@@ -133,13 +133,14 @@ impl Agent {
     fn knock_identity(
         &mut self,
         cx: &mut Cx<'_>,
-        v: &Value,
+        k: &Knock,
+        text: &str,
         from: &str,
         id: &str,
         est: &x3dh::Establishment,
     ) -> Option<[u8; 32]> {
-        let claimed_ed = v["establishment"]["ik_ed"]
-            .as_str()
+        let claimed_ed = k
+            .ik_ed()
             .and_then(|s| crate::wire::b64::decode_array::<32>(s).ok());
         let known_ed = self.peers.get(from).and_then(|p| p.identity_ed);
         let Some(ik_ed) = claimed_ed.or(known_ed) else {
@@ -153,7 +154,7 @@ impl Agent {
                 cx.log(LogLevel::Warn, &why);
                 self.ack(cx, id);
             } else {
-                self.verify_knocker(cx, from, v);
+                self.verify_knocker(cx, from, text);
             }
             return None;
         };
@@ -257,8 +258,8 @@ impl Agent {
             }
         }
         let aid = frames::uuid_v4(cx.host);
-        let f = json!({"v":1,"type":"knock_accept","from":self.id.did(),"to":from,"id":aid,"knock_id":id,"ts":ts});
-        self.send_frame(cx, f.to_string());
+        let f = RelayFrame::knock_accept(self.id.did(), from, &aid, id, &ts);
+        self.send_frame(cx, f.to_text());
         self.ack(cx, id);
         if self.peers.get(from).is_some_and(|p| p.active.is_none()) {
             // Nothing else to learn about this peer's capabilities until it talks.
@@ -304,8 +305,9 @@ impl Agent {
 
     /// A KNOCK from an agent whose Ed25519 key we do not know yet (AGT
     /// peers do not send it): hold the KNOCK, unacked, and fetch the
-    /// agent's registry bundle, whose binding to the DID we verify.
-    pub(super) fn verify_knocker(&mut self, cx: &mut Cx<'_>, from: &str, v: &Value) {
+    /// agent's registry bundle, whose binding to the DID we verify. `text`
+    /// is the KNOCK as it came (replayed through `on_frame` once verified).
+    pub(super) fn verify_knocker(&mut self, cx: &mut Cx<'_>, from: &str, text: &str) {
         let waiting = self.knocks_awaiting_identity.contains_key(from);
         if !waiting && self.knocks_awaiting_identity.len() >= MAX_PENDING_PEERS {
             return;
@@ -316,7 +318,6 @@ impl Agent {
             .flatten()
             .map(String::len)
             .sum();
-        let text = v.to_string();
         if held + text.len() > KNOCKS_AWAITING_MAX_BYTES {
             // Not acked: the relay redelivers it later.
             return;
@@ -326,7 +327,7 @@ impl Agent {
             .entry(from.to_string())
             .or_default();
         if q.len() < EARLY_PER_PEER {
-            q.push(text);
+            q.push(text.to_string());
         }
         if !waiting {
             let path = format!("/v1/agents/{from}/prekeys");
@@ -367,9 +368,9 @@ impl Agent {
                 &format!("could not verify the identity of {from}, which knocked ({problem}); its KNOCK is refused"),
             );
             for text in held {
-                if let Some(id) = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .and_then(|v| v["id"].as_str().map(str::to_string))
+                // Only KNOCKs are held; one without an id acks nothing.
+                if let Ok(RelayFrame::Knock(Knock { id: Some(id), .. })) =
+                    RelayFrame::from_text(&text)
                 {
                     self.ack(cx, &id);
                 }
@@ -393,12 +394,12 @@ impl Agent {
         self.ack(cx, id);
     }
 
-    pub(super) fn on_knock_reply(&mut self, cx: &mut Cx<'_>, v: &Value, accepted: bool) {
-        let Some((from, id)) = self.routed(cx, v) else {
+    pub(super) fn on_knock_reply(&mut self, cx: &mut Cx<'_>, r: &KnockReply, accepted: bool) {
+        let Some((from, id)) = self.routed(cx, r.route()) else {
             return;
         };
         let (from, id) = (from.to_string(), id.to_string());
-        let knock_id = v["knock_id"].as_str().unwrap_or("");
+        let knock_id = r.knock_id.as_deref().unwrap_or("");
         if let Some(p) = self.peers.get_mut(&from) {
             if p.knock_sent.as_deref() == Some(knock_id) {
                 if accepted {
@@ -420,25 +421,23 @@ impl Agent {
     /// A `message` frame: plaintext goes its own way; an encrypted one is
     /// decrypted (after the session, de-duplication and quota checks), then
     /// taken as receipts or delivered in order to its one consumer.
-    pub(super) fn on_message(&mut self, cx: &mut Cx<'_>, v: &Value, text: &str) {
-        let Some((from, id)) = self.routed(cx, v) else {
+    pub(super) fn on_message(&mut self, cx: &mut Cx<'_>, m: &MessageFrame, text: &str) {
+        let Some((from, id)) = self.routed(cx, m.route()) else {
             return;
         };
         let (from, id) = (from.to_string(), id.to_string());
-        let Some(msg) = self.encrypted_frame(cx, v, text, &from, &id) else {
+        let Some(msg) = self.encrypted_frame(cx, m, text, &from, &id) else {
             return;
         };
-        if !self.may_decrypt(cx, v, &from, &id, &msg) {
+        if !self.may_decrypt(cx, text, &from, &id, &msg) {
             return;
         }
         let Some(opened) = self.open_message(cx, &from, &id, &msg) else {
             return;
         };
         match opened.envelope {
-            Some(ref env) if env.get("receipt").is_some() || env.get("upto").is_some() => {
-                self.take_receipts(cx, &from, &id, env, opened.how)
-            }
-            _ => self.deliver(cx, v, &from, &id, opened),
+            Some(Envelope::Receipts(ref r)) => self.take_receipts(cx, &from, &id, r, opened.how),
+            _ => self.deliver(cx, m, &from, &id, opened),
         }
     }
 
@@ -447,18 +446,16 @@ impl Agent {
     fn encrypted_frame(
         &mut self,
         cx: &mut Cx<'_>,
-        v: &Value,
+        m: &MessageFrame,
         text: &str,
         from: &str,
         id: &str,
     ) -> Option<frames::EncryptedMessage> {
-        let plaintext_flag = v["plaintext"].as_bool() == Some(true);
-        let has_header = v["header"]["dh"].is_string();
-        if plaintext_flag || (!has_header && v.get("payload").is_some()) {
-            self.on_plaintext(cx, v, from, id);
+        if m.is_plaintext() {
+            self.on_plaintext(cx, m, from, id);
             return None;
         }
-        if !has_header {
+        if !m.has_header() {
             self.stats.malformed += 1;
             self.ack(cx, id);
             return None;
@@ -473,12 +470,12 @@ impl Agent {
     }
 
     /// Is there a session to try, is the frame new, and is there room for
-    /// it? Frames without a session yet wait for their KNOCK; duplicates are
-    /// acked and receipted again.
+    /// it? Frames without a session yet wait for their KNOCK (`text`, the
+    /// frame as it came, is held); duplicates are acked and receipted again.
     fn may_decrypt(
         &mut self,
         cx: &mut Cx<'_>,
-        v: &Value,
+        text: &str,
         from: &str,
         id: &str,
         msg: &frames::EncryptedMessage,
@@ -490,7 +487,7 @@ impl Agent {
         if !has_session {
             if self.cfg.accepts(from) {
                 let now = cx.now();
-                self.hold_early(cx, from, v, now);
+                self.hold_early(cx, from, text, now);
             } else {
                 // We refused this peer's KNOCK: its frames can never be read.
                 self.ack(cx, id);
@@ -554,7 +551,7 @@ impl Agent {
                 Ok(s) => Value::String(s),
                 Err(_) => json!({"raw_b64": crate::wire::b64::encode_std(&pt)}),
             });
-        let envelope = payload.as_object_mut().and_then(|o| o.remove("kars"));
+        let envelope = Envelope::take(&mut payload);
         if envelope.is_some() {
             peer.kars = true;
         }
@@ -573,22 +570,16 @@ impl Agent {
         cx: &mut Cx<'_>,
         from: &str,
         id: &str,
-        env: &Value,
+        r: &Receipts,
         how: Decrypted,
     ) {
         let now = cx.now();
         let Some(peer) = self.peers.get_mut(from) else {
             return;
         };
-        let done: Vec<u64> = env["receipt"]
-            .as_array()
-            .map(|r| r.iter().filter_map(|x| x.as_u64()).collect())
-            .unwrap_or_default();
-        let upto = env["upto"].as_u64().unwrap_or(0);
-        let epoch_ok = env["epoch"].as_u64().is_none_or(|e| e == peer.out_epoch);
-        if epoch_ok {
+        if r.epoch.is_none_or(|e| e == peer.out_epoch) {
             peer.outbox
-                .retain(|o| !o.needs_receipt || (!done.contains(&o.seq) && o.seq >= upto));
+                .retain(|o| !o.needs_receipt || (!r.receipt.contains(&o.seq) && o.seq >= r.upto));
         }
         peer.mark_seen(id, now, None);
         self.save_peer(cx, from);
@@ -627,14 +618,17 @@ impl Agent {
     /// consumed and before the ack (a crash in between replays it, never
     /// loses it); anything else goes to the inbox, held back while an
     /// earlier one from the same sender is missing.
-    fn deliver(&mut self, cx: &mut Cx<'_>, v: &Value, from: &str, id: &str, opened: Opened) {
+    fn deliver(&mut self, cx: &mut Cx<'_>, m: &MessageFrame, from: &str, id: &str, opened: Opened) {
         let Opened {
             mut payload,
             envelope,
             how,
         } = opened;
-        let seq = envelope.as_ref().and_then(|e| e["seq"].as_u64());
-        let epoch = envelope.as_ref().and_then(|e| e["epoch"].as_u64());
+        let (seq, epoch) = match envelope {
+            Some(Envelope::Data { seq, epoch }) => (seq, epoch),
+            // Receipts never get here (`on_message` takes them).
+            _ => (None, None),
+        };
         if let Some(e) = epoch {
             self.follow_numbering(cx, from, e);
         }
@@ -666,7 +660,7 @@ impl Agent {
         } else if protocol {
             self.inbox.counters.consumed_by_predicate += 1;
             self.release_held(cx, from);
-            self.intercept(cx, from, &payload, true);
+            self.intercept(cx, from, std::mem::take(&mut payload), true);
         } else {
             self.count_received(cx);
             let mut entry = Entry::new(
@@ -676,7 +670,7 @@ impl Agent {
                 Evidence::Encrypted,
                 std::mem::take(&mut payload),
             );
-            entry.ts = v["ts"].as_str().map(|s| s.chars().take(40).collect());
+            entry.ts = m.ts.as_deref().map(|s| s.chars().take(40).collect());
             (entry.held, entry.seq, entry.epoch) = (held, seq, epoch);
             entry.n = self.inbox.next_n();
             self.store_entry(cx, entry);
@@ -700,7 +694,7 @@ impl Agent {
         c.last_received_at = Some(crate::wire::time::format_millis(now));
     }
 
-    pub(super) fn hold_early(&mut self, cx: &mut Cx<'_>, from: &str, v: &Value, now: u64) {
+    pub(super) fn hold_early(&mut self, cx: &mut Cx<'_>, from: &str, text: &str, now: u64) {
         // No session yet: the KNOCK may still be on its way. Keep a few and do
         // not ack them, so the relay redelivers them if we restart.
         for q in self.early.values_mut() {
@@ -715,7 +709,7 @@ impl Agent {
         }
         let q = self.early.entry(from.to_string()).or_default();
         if q.len() < EARLY_PER_PEER {
-            q.push((v.to_string(), now));
+            q.push((text.to_string(), now));
         }
         let _ = cx;
     }
@@ -754,7 +748,7 @@ impl Agent {
             let payload = self.load_payload(cx, &e);
             if self.consumer_for(&e.from, &payload) == super::route::Consumer::Pairing {
                 // Effects first, then the held copy goes.
-                self.intercept(cx, &e.from, &payload, e.evidence == Evidence::Encrypted);
+                self.intercept(cx, &e.from, payload, e.evidence == Evidence::Encrypted);
                 if let Some(gone) = self.inbox.remove(fresh) {
                     for key in gone.storage_keys() {
                         cx.out.push(Command::Erase(key));
@@ -830,11 +824,8 @@ impl Agent {
         }
     }
 
-    pub(super) fn on_plaintext(&mut self, cx: &mut Cx<'_>, v: &Value, from: &str, id: &str) {
-        let body = v["payload"]
-            .as_str()
-            .or_else(|| v["ciphertext"].as_str())
-            .unwrap_or("");
+    pub(super) fn on_plaintext(&mut self, cx: &mut Cx<'_>, m: &MessageFrame, from: &str, id: &str) {
+        let body = m.plaintext_body();
         let decoded = plaintext::decode_body(body);
         let trusted = self.cfg.trusted_plaintext.iter().any(|d| d == from);
         // The flag is honoured only from DIDs the user trusts for it; a
@@ -874,7 +865,7 @@ impl Agent {
         self.plain_seen.insert(from, id, now);
         if self.consumer_for(from, &payload) == super::route::Consumer::Pairing || !trusted {
             // Effects (if `intercept` takes it at all) land before the mark.
-            self.intercept(cx, from, &payload, false);
+            self.intercept(cx, from, payload, false);
             self.save_plain_seen(cx);
             self.ack(cx, id);
             return;
@@ -885,7 +876,7 @@ impl Agent {
         }
         self.count_received(cx);
         let mut entry = Entry::new(id, from, now, Evidence::Plaintext, payload);
-        entry.ts = v["ts"].as_str().map(|s| s.chars().take(40).collect());
+        entry.ts = m.ts.as_deref().map(|s| s.chars().take(40).collect());
         entry.n = self.inbox.next_n();
         self.store_entry(cx, entry);
         self.save_plain_seen(cx);

@@ -14,6 +14,8 @@ use crate::offload::sandbox::Sandbox;
 use crate::pairing::client::PairingClient;
 use crate::pairing::operator::Operator;
 use crate::tools::render;
+use crate::wire::pairing_msg::PairingMsg;
+use crate::wire::payload::{Family, PayloadType};
 use serde_json::Value;
 
 impl Agent {
@@ -110,39 +112,47 @@ impl Agent {
         self.is_sandbox()
             || (self.is_controller() && Controller::wants(payload))
             || self.offload.wants(from, payload)
-            || match payload["type"].as_str() {
-                Some("pair_request") => self.is_controller(),
-                Some("pair_response") => self.pairing.waits_for(from),
+            || match PayloadType::of(payload) {
+                Ok(PayloadType::PairRequest) => self.is_controller(),
+                Ok(PayloadType::PairResponse) => self.pairing.waits_for(from),
                 _ => false,
             }
     }
 
-    /// Hand a protocol payload to the sub-machine it is for.
+    /// Hand a protocol payload to the sub-machine it is for (chosen by its
+    /// type and sender; the sub-machine parses it). Owned, so a large
+    /// message's strings move into the typed message instead of being
+    /// copied.
     pub(super) fn hand_to_role(
         &mut self,
         cx: &mut Cx<'_>,
         from: &str,
-        payload: &Value,
+        payload: Value,
         encrypted: bool,
     ) {
         if self.is_sandbox() {
             self.with_sandbox(cx, |s, a, cx| s.on_message(a, cx, from, payload));
             return;
         }
-        match payload["type"].as_str() {
-            Some("pair_request") if self.is_controller() => {
-                self.with_controller(cx, |c, a, cx| {
-                    c.operator.answer_pair_request(a, cx, from, payload)
-                });
+        match PayloadType::of(&payload) {
+            // Every pairing field is optional: a known type always parses.
+            Ok(PayloadType::PairRequest) if self.is_controller() => {
+                if let Ok(PairingMsg::Request(r)) = PairingMsg::from_value(payload) {
+                    self.with_controller(cx, |c, a, cx| {
+                        c.operator.answer_pair_request(a, cx, from, &r)
+                    });
+                }
                 return;
             }
-            Some("pair_response") if self.pairing.waits_for(from) => {
-                self.with_pairing(cx, |p, a, cx| p.take_response(a, cx, from, payload));
+            Ok(PayloadType::PairResponse) if self.pairing.waits_for(from) => {
+                if let Ok(PairingMsg::Response(r)) = PairingMsg::from_value(payload) {
+                    self.with_pairing(cx, |p, a, cx| p.take_response(a, cx, from, &r));
+                }
                 return;
             }
             _ => {}
         }
-        if self.is_controller() && Controller::wants(payload) {
+        if self.is_controller() && Controller::wants(&payload) {
             self.with_controller(cx, |c, a, cx| c.on_message(a, cx, from, payload));
             return;
         }

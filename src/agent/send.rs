@@ -8,6 +8,9 @@ use super::{
 use crate::crypto::ratchet::{channel_ad, Ratchet};
 use crate::crypto::x3dh;
 use crate::mesh::session::{OutEntry, Peer, OUTBOX_MAX};
+use crate::wire::delivery::{DeliveryMsg, ReceiptMsg, Receipts, Sequence};
+use crate::wire::payload::Family;
+use crate::wire::relay_frame::{Knock, RelayFrame};
 use crate::wire::{frames, registry};
 use serde_json::{json, Value};
 
@@ -159,12 +162,18 @@ impl Agent {
         } = opened;
         let knock_id = frames::uuid_v4(cx.host);
         let ts = Self::timestamp(cx);
-        let mut est_v: Value =
-            serde_json::from_str(&frames::establishment_json(&est)).unwrap_or_default();
-        // Our extension: the Ed25519 key, so a kars-mesh responder can bind
-        // the KNOCK to our DID without a registry round trip.
-        est_v["ik_ed"] = json!(crate::wire::b64::encode_std(self.id.ed25519_public()));
-        let knock = json!({"v":1,"type":"knock","from":self.id.did(),"to":peer_did,"id":knock_id,"ts":ts,"intent":{"action":"establish_session"},"establishment":est_v}).to_string();
+        // The establishment carries our extension `ik_ed`, the Ed25519 key,
+        // so a kars-mesh responder can bind the KNOCK to our DID without a
+        // registry round trip.
+        let knock = RelayFrame::Knock(Knock::new(
+            self.id.did(),
+            peer_did,
+            &knock_id,
+            &ts,
+            &est,
+            self.id.ed25519_public(),
+        ))
+        .to_text();
         let peer = self
             .peers
             .entry(peer_did.to_string())
@@ -245,12 +254,11 @@ impl Agent {
         let seq = keep_seq.unwrap_or(peer.out_seq);
         let bare = serde_json::to_vec(&payload).unwrap_or_default();
         if kars {
-            if let Some(o) = payload.as_object_mut() {
-                o.insert(
-                    "kars".to_string(),
-                    json!({"seq": seq, "epoch": peer.out_epoch}),
-                );
+            Sequence {
+                seq,
+                epoch: peer.out_epoch,
             }
+            .put_into(&mut payload);
         }
         let plain = serde_json::to_vec(&payload).unwrap_or_default();
         if plain.len() > MAX_PAYLOAD_BYTES {
@@ -379,12 +387,13 @@ impl Agent {
             .copied()
             .filter(|s| *s >= peer.in_next)
             .collect();
-        let mut env = json!({"receipt": explicit, "upto": peer.in_next});
-        if let Some(e) = peer.in_epoch {
-            env["epoch"] = json!(e);
-        }
+        let receipts = Receipts {
+            receipt: explicit,
+            upto: peer.in_next,
+            epoch: peer.in_epoch,
+        };
         let r = peer.active.as_mut().filter(|r| r.can_send())?;
-        let body = json!({"type": "kars_receipt", "kars": env}).to_string();
+        let body = DeliveryMsg::from(ReceiptMsg::new(receipts)).to_text();
         let (header, ct) = r.encrypt(body.as_bytes(), cx.host).ok()?;
         Some(frames::message_frame(&me, to, &fid, &ts, &header, &ct))
     }

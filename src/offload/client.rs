@@ -6,6 +6,7 @@
 //! controller named in its end-to-end encrypted `ready`.
 
 use super::phase::Phase;
+use super::reassembly::Part;
 use super::reassembly::Reassembly;
 use crate::io::{Command, Cx, LogLevel};
 use crate::pairing::client::PairingRecord;
@@ -13,7 +14,14 @@ use crate::port::{Paced, Port, TimerOwner as Owner};
 use crate::store::keys;
 use crate::tools::offload_args;
 use crate::tools::render;
-use crate::wire::{b64, time, transfer};
+use crate::wire::limits::{ECHOED_NAME_CHARS, MAX_ERROR_CHARS, MAX_SUMMARY_CHARS};
+use crate::wire::offload_msg::{
+    CleanupReason, ErrorPhase, FileTransfer, FileTransferAck, OffloadCleanup, OffloadDone,
+    OffloadError, OffloadHello, OffloadMsg, OffloadProgress, OffloadRequest, OffloadStart,
+    OffloadStatus, STAGE_EXECUTING,
+};
+use crate::wire::payload::{Family, PayloadType};
+use crate::wire::{time, transfer};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -31,7 +39,6 @@ const MAX_EVENTS: usize = 40;
 const MAX_NOTES: usize = 10;
 /// A repeated `offload_status` within this window with no news says so.
 const NO_CHANGE_WINDOW_MS: u64 = 15_000;
-const MAX_SUMMARY_CHARS: usize = 8000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InputFile {
@@ -176,7 +183,7 @@ pub struct OffloadClient {
     pub input_bytes: Vec<(String, Vec<u8>)>,
     pub reads: Vec<(u64, usize)>,
     /// Hello that came before the controller's `ready`.
-    pub early_hello: Option<(String, Value)>,
+    pub early_hello: Option<(String, OffloadHello)>,
     pub timer: Option<u64>,
     pub reassembly: Reassembly,
     /// `offload_status {wait_seconds}` callers: (call id, timer, events seen).
@@ -194,16 +201,16 @@ pub struct Submit {
 /// A peer's words as shown in offload events: control and direction
 /// characters made visible, so they cannot pass for our own lines.
 fn peer_words(s: &str) -> String {
-    crate::wire::escape_for_log(s, 4000)
+    crate::wire::escape_for_log(s, MAX_ERROR_CHARS)
 }
 
 /// The error a peer's `offload_error` carries (at most 4,000 characters).
-fn peer_error(p: &Value) -> String {
-    p["error"]
-        .as_str()
+fn peer_error(e: &OffloadError) -> String {
+    e.error
+        .as_deref()
         .unwrap_or("unknown error")
         .chars()
-        .take(4000)
+        .take(MAX_ERROR_CHARS)
         .collect()
 }
 
@@ -556,20 +563,15 @@ impl OffloadClient {
             .collect();
         let ts = time::format_millis(cx.now());
         let total: u64 = o.files.iter().map(|f| f.size).sum();
-        let mut prefs = json!({"timeout_minutes": o.timeout_minutes});
-        if let Some(m) = &o.model {
-            prefs["model"] = json!(m);
-        }
-        let request = json!({
-            "type": "offload_request",
-            "task": o.task,
-            "files": o.files.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
-            "file_count": o.files.len(),
-            "total_bytes": total,
-            "preferences": prefs,
-            "request_id": o.request_id,
-            "timestamp": ts,
-        });
+        let request = OffloadRequest::new(
+            &o.request_id,
+            &o.task,
+            o.files.iter().map(|f| f.name.clone()).collect(),
+            total,
+            o.timeout_minutes,
+            o.model.clone(),
+            &ts,
+        );
         o.events_total += 1;
         o.events.push(OffloadEvent {
             seq: o.events_total,
@@ -612,7 +614,7 @@ impl OffloadClient {
         self.early_hello = None;
         self.set_deadline(port, cx, READY_TIMEOUT_MS);
         self.save_offload(port, cx);
-        port.send(cx, &controller, request);
+        port.send(cx, &controller, OffloadMsg::from(request).to_value());
         render::ok(cx, &s.call_id, &text, details);
     }
 
@@ -789,7 +791,7 @@ impl OffloadClient {
         let id = o.request_id.clone();
         // Recorded first: the cleanup goes out after the state that explains it.
         self.fail_offload(port, cx, "Cancelled by user via offload_cancel");
-        self.send_cleanup(port, cx, "cancelled");
+        self.send_cleanup(port, cx, CleanupReason::Cancelled);
         render::ok(
             cx,
             call_id,
@@ -812,13 +814,13 @@ impl OffloadClient {
         render::ok(cx, call_id, &lines.join("\n"), json!({"lines": lines}));
     }
 
-    fn send_cleanup(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, reason: &str) {
+    fn send_cleanup(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, reason: CleanupReason) {
         let Some(o) = self.active.as_ref() else {
             return;
         };
-        let msg = json!({"type": "offload_cleanup", "request_id": o.request_id, "reason": reason, "timestamp": time::format_millis(cx.now())});
+        let msg = OffloadCleanup::new(&o.request_id, reason, &time::format_millis(cx.now()));
         let to = o.controller.clone();
-        port.send(cx, &to, msg);
+        port.send(cx, &to, OffloadMsg::from(msg).to_value());
     }
 
     fn fail_offload(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, error: &str) {
@@ -843,7 +845,7 @@ impl OffloadClient {
             port.drop_paced(&d);
         }
         if let Some(o) = self.active.as_mut() {
-            o.error = Some(error.chars().take(4000).collect());
+            o.error = Some(error.chars().take(MAX_ERROR_CHARS).collect());
             // Never started: the duplicate guard must not block a retry.
             if !o.phase.reached(Phase::Ready) {
                 refused = Some(o.request_id.clone());
@@ -886,9 +888,9 @@ impl OffloadClient {
             _ => format!("no result within the {} minute timeout", o.timeout_minutes),
         };
         let reason = if o.phase == Phase::Connecting {
-            "discovery_timeout"
+            CleanupReason::DiscoveryTimeout
         } else {
-            "error"
+            CleanupReason::Error
         };
         // Recorded first: the cleanup goes out after the state that explains it.
         self.fail_offload(port, cx, &format!("Offload timed out: {why}"));
@@ -916,25 +918,33 @@ impl OffloadClient {
         let Some(o) = self.active.as_ref() else {
             return false;
         };
-        let kind = payload["type"].as_str().unwrap_or_default();
-        let rid = payload["request_id"].as_str();
+        let kind = PayloadType::of(payload);
+        // Only for the small messages routed on it (status, error, hello).
+        let names_ours = || {
+            OffloadMsg::parse(payload).is_ok_and(|m| m.request_id() == Some(o.request_id.as_str()))
+        };
         if from == o.controller {
-            return matches!(kind, "offload_status" | "offload_error")
-                && rid == Some(o.request_id.as_str());
+            return matches!(
+                kind,
+                Ok(PayloadType::OffloadStatus | PayloadType::OffloadError)
+            ) && names_ours();
         }
         if o.sandbox_did.as_deref() == Some(from) {
             return true;
         }
         // A hello may beat the controller's `ready`; held until then.
-        kind == "offload_hello" && rid == Some(o.request_id.as_str()) && o.sandbox_did.is_none()
+        kind == Ok(PayloadType::OffloadHello) && o.sandbox_did.is_none() && names_ours()
     }
 
+    /// A message of the active offload (see `wants`), parsed once here: a
+    /// message of another type, or without the fields its type requires,
+    /// changes nothing.
     pub fn on_message(
         &mut self,
         port: &mut dyn Port,
         cx: &mut Cx<'_>,
         from: &str,
-        payload: &Value,
+        payload: Value,
         encrypted: bool,
     ) {
         let Some(o) = self.active.as_ref() else {
@@ -943,41 +953,46 @@ impl OffloadClient {
         if o.terminal() {
             return;
         }
-        let kind = payload["type"].as_str().unwrap_or_default().to_string();
+        let msg = OffloadMsg::from_value(payload);
         if from == o.controller {
-            return self.on_controller_news(port, cx, &kind, payload, encrypted);
-        }
-        if o.sandbox_did.as_deref() != Some(from) {
-            // Only a hello for this request, from a sandbox not yet named.
-            if kind == "offload_hello"
-                && o.sandbox_did.is_none()
-                && payload["request_id"].as_str() == Some(o.request_id.as_str())
-            {
-                self.early_hello = Some((from.to_string(), payload.clone()));
+            match msg {
+                Ok(OffloadMsg::Error(e)) => self.controller_error(port, cx, &e),
+                Ok(OffloadMsg::Status(s)) => self.controller_status(port, cx, &s, encrypted),
+                _ => {}
             }
             return;
         }
-        self.on_sandbox_news(port, cx, from, payload);
+        if o.sandbox_did.as_deref() != Some(from) {
+            // Only a hello for this request, from a sandbox not yet named.
+            if let Ok(OffloadMsg::Hello(h)) = msg {
+                if o.sandbox_did.is_none() && h.request_id.as_deref() == Some(&o.request_id) {
+                    self.early_hello = Some((from.to_string(), h));
+                }
+            }
+            return;
+        }
+        if let Ok(m) = msg {
+            self.on_sandbox_news(port, cx, from, m);
+        }
     }
 
-    fn on_controller_news(
+    /// The controller's `offload_status`: the phase it reports, if it
+    /// moves the offload on.
+    fn controller_status(
         &mut self,
         port: &mut dyn Port,
         cx: &mut Cx<'_>,
-        kind: &str,
-        p: &Value,
+        s: &OffloadStatus,
         encrypted: bool,
     ) {
-        let msg: String = p["message"]
-            .as_str()
+        let msg: String = s
+            .message
+            .as_deref()
             .unwrap_or_default()
             .chars()
             .take(500)
             .collect();
-        if kind == "offload_error" {
-            return self.controller_error(port, cx, p);
-        }
-        let Some(phase) = p["phase"].as_str().and_then(Phase::parse) else {
+        let Some(phase) = s.phase.as_deref().and_then(Phase::parse) else {
             return;
         };
         // The relay does not bind `from`: a plaintext `ready` could name an
@@ -1005,16 +1020,16 @@ impl OffloadClient {
                 let text = format!("{own} (controller: {})", peer_words(&msg));
                 self.phase_noted(port, cx, phase, &text, own)
             }
-            Phase::Ready => self.sandbox_ready(port, cx, p),
+            Phase::Ready => self.sandbox_ready(port, cx, s),
             _ => {}
         }
     }
 
     /// The controller ended or refused the offload; it may hold a slot for
     /// it, so the cleanup goes too (after the state that explains it).
-    fn controller_error(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, p: &Value) {
-        let err = peer_error(p);
-        let why = if p["phase"] == "execution" {
+    fn controller_error(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, e: &OffloadError) {
+        let err = peer_error(e);
+        let why = if e.phase.as_deref() == Some(ErrorPhase::Execution.as_str()) {
             "The cluster ended the offload"
         } else {
             "Controller refused the offload"
@@ -1025,23 +1040,25 @@ impl OffloadClient {
             &format!("{why}: {}", peer_words(&err)),
             &format!("{why}; offload_status has the controller's words"),
         );
-        self.send_cleanup(port, cx, "error");
+        self.send_cleanup(port, cx, CleanupReason::Error);
     }
 
     /// The controller names the sandbox (end-to-end only, checked by the
     /// caller): only that DID's messages are the offload's from now on.
-    fn sandbox_ready(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, p: &Value) {
-        let name = p["sandbox_name"]
-            .as_str()
-            .map(|s| crate::wire::escape_for_log(s, 63));
-        let did = p["sandbox_did"]
-            .as_str()
+    fn sandbox_ready(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, s: &OffloadStatus) {
+        let name = s
+            .sandbox_name
+            .as_deref()
+            .map(|n| crate::wire::escape_for_log(n, 63));
+        let did = s
+            .sandbox_did
+            .as_deref()
             .filter(|d| crate::crypto::identity::is_mesh_did(d))
             .map(str::to_string);
         let Some(did) = did else {
             // Recorded first: the cleanup goes out after the state that explains it.
             self.fail_offload(port, cx, "The controller reported the sandbox ready without its DID; this kars-mesh needs a controller that names the sandbox's did:mesh: (kars-mesh cluster).");
-            self.send_cleanup(port, cx, "discovery_timeout");
+            self.send_cleanup(port, cx, CleanupReason::DiscoveryTimeout);
             return;
         };
         if let Some(o) = self.active.as_mut() {
@@ -1063,37 +1080,33 @@ impl OffloadClient {
         self.set_deadline(port, cx, HELLO_TIMEOUT_MS);
         if let Some((from, hello)) = self.early_hello.take() {
             if from == did {
-                self.on_sandbox_news(port, cx, &from, &hello);
+                self.on_sandbox_news(port, cx, &from, OffloadMsg::Hello(hello));
             }
         }
     }
 
     /// News from the active offload's sandbox, for this request.
-    fn on_sandbox_news(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: &Value) {
+    fn on_sandbox_news(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, m: OffloadMsg) {
         let Some(o) = self.active.as_ref() else {
             return;
         };
-        if p["request_id"].as_str().is_some_and(|r| r != o.request_id) {
+        if m.request_id().is_some_and(|r| r != o.request_id) {
             return;
         }
-        match p["type"].as_str().unwrap_or_default() {
-            "offload_hello" => self.sandbox_hello(port, cx),
-            "offload_progress" => self.sandbox_progress(port, cx, p),
-            "file_transfer" => self.receive_output(port, cx, from, p),
-            "mesh:transfer_manifest" | "mesh:transfer_chunk" => {
-                match self.reassembly.accept(port.vault(), cx, from, p) {
-                    Ok(Some(whole)) => {
-                        self.on_sandbox_news(port, cx, from, &whole);
-                        self.reassembly.flush(cx);
-                    }
-                    Ok(None) => {}
-                    Err(e) => cx.log(LogLevel::Warn, &format!("transfer from {from}: {e}")),
-                }
+        match m {
+            OffloadMsg::Hello(_) => self.sandbox_hello(port, cx),
+            OffloadMsg::Progress(p) => self.sandbox_progress(port, cx, &p),
+            OffloadMsg::FileTransfer(f) => self.receive_output(port, cx, from, &f),
+            OffloadMsg::TransferManifest(ref t) => {
+                self.reassemble(port, cx, from, Part::Manifest(t))
             }
-            "file_transfer_ack" if p["success"] != true => self.sandbox_refused_input(port, cx, p),
-            "offload_done" => self.sandbox_done(port, cx, p),
-            "offload_error" => {
-                let err = peer_error(p);
+            OffloadMsg::TransferChunk(ref t) => self.reassemble(port, cx, from, Part::Chunk(t)),
+            OffloadMsg::FileTransferAck(a) if !a.succeeded() => {
+                self.sandbox_refused_input(port, cx, &a)
+            }
+            OffloadMsg::Done(d) => self.sandbox_done(port, cx, &d),
+            OffloadMsg::Error(e) => {
+                let err = peer_error(&e);
                 // Recorded first: the cleanup goes out after the state that explains it.
                 self.fail_offload_noted(
                     port,
@@ -1101,9 +1114,24 @@ impl OffloadClient {
                     &format!("Sandbox error: {}", peer_words(&err)),
                     "the sandbox reported an error; offload_status has its words",
                 );
-                self.send_cleanup(port, cx, "error");
+                self.send_cleanup(port, cx, CleanupReason::Error);
             }
             _ => {}
+        }
+    }
+
+    /// A piece of a chunked transfer from the sandbox; the whole message,
+    /// once complete, is its news like any other.
+    fn reassemble(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, part: Part<'_>) {
+        match self.reassembly.accept(port.vault(), cx, from, part) {
+            Ok(Some(whole)) => {
+                if let Ok(m) = OffloadMsg::from_value(whole) {
+                    self.on_sandbox_news(port, cx, from, m);
+                }
+                self.reassembly.flush(cx);
+            }
+            Ok(None) => {}
+            Err(e) => cx.log(LogLevel::Warn, &format!("transfer from {from}: {e}")),
         }
     }
 
@@ -1124,11 +1152,12 @@ impl OffloadClient {
     }
 
     /// The sandbox's progress report, in its words (marked as its).
-    fn sandbox_progress(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, p: &Value) {
-        let stage = p["stage"].as_str().unwrap_or("executing");
-        let pct = p["pct"].as_u64().unwrap_or(0).min(100);
-        let m: String = p["message"]
-            .as_str()
+    fn sandbox_progress(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, p: &OffloadProgress) {
+        let stage = p.stage.as_deref().unwrap_or(STAGE_EXECUTING);
+        let pct = p.pct.unwrap_or(0).min(100);
+        let m: String = p
+            .message
+            .as_deref()
             .unwrap_or_default()
             .chars()
             .take(300)
@@ -1143,15 +1172,17 @@ impl OffloadClient {
     }
 
     /// The sandbox refused one of our input files.
-    fn sandbox_refused_input(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, p: &Value) {
-        let name: String = p["file_name"]
-            .as_str()
+    fn sandbox_refused_input(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, a: &FileTransferAck) {
+        let name: String = a
+            .file_name
+            .as_deref()
             .unwrap_or_default()
             .chars()
-            .take(120)
+            .take(ECHOED_NAME_CHARS)
             .collect();
-        let err: String = p["error"]
-            .as_str()
+        let err: String = a
+            .error
+            .as_deref()
             .unwrap_or("refused")
             .chars()
             .take(300)
@@ -1172,9 +1203,10 @@ impl OffloadClient {
 
     /// The sandbox finished: its summary is kept, the offload is done, and
     /// the controller is told to clean up.
-    fn sandbox_done(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, p: &Value) {
-        let summary: String = p["summary"]
-            .as_str()
+    fn sandbox_done(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, d: &OffloadDone) {
+        let summary: String = d
+            .summary
+            .as_deref()
             .unwrap_or_default()
             .chars()
             .take(MAX_SUMMARY_CHARS)
@@ -1193,21 +1225,26 @@ impl OffloadClient {
             Phase::Done,
             &format!("finished with {n} output file(s)"),
         );
-        self.send_cleanup(port, cx, "done");
+        self.send_cleanup(port, cx, CleanupReason::Done);
     }
 
-    fn receive_output(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: &Value) {
-        let raw = p["file_name"].as_str().unwrap_or_default();
-        let data = p["file_data"].as_str().unwrap_or_default();
+    fn receive_output(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        from: &str,
+        f: &FileTransfer,
+    ) {
+        let raw = f.file_name.as_deref().unwrap_or_default();
         let ts = time::format_millis(cx.now());
         let Some(o) = self.active.as_ref() else {
             return;
         };
-        let refuse = |why: &str| json!({"type": "file_transfer_ack", "file_name": raw.chars().take(120).collect::<String>(), "success": false, "error": why, "timestamp": ts});
+        let refuse = |why: &str| FileTransferAck::refused(raw, why, &ts);
         let ack = if o.outputs.len() >= transfer::MAX_FILES {
             Err(refuse("too many files"))
         } else {
-            match (transfer::safe_file_name(raw), b64::decode(data)) {
+            match (transfer::safe_file_name(raw), f.data()) {
                 (None, _) => Err(refuse("unusable file name")),
                 (_, Err(_)) => Err(refuse("file_data is not base64")),
                 (Some(_), Ok(b)) if b.len() > transfer::MAX_FILE_BYTES => {
@@ -1219,7 +1256,7 @@ impl OffloadClient {
         let (name, bytes) = match ack {
             Err(msg) => {
                 cx.log(LogLevel::Warn, &format!("refused a file from {from}"));
-                port.send(cx, from, msg);
+                port.send(cx, from, OffloadMsg::from(msg).to_value());
                 return;
             }
             Ok(x) => x,
@@ -1227,13 +1264,15 @@ impl OffloadClient {
         let sha = transfer::sha256_hex(&bytes);
         if o.outputs.iter().any(|f| f.name == name && f.sha256 == sha) {
             // The same file again (a replay after a crash): acked, not kept twice.
+            // Found by name just above, so there is a path.
             let path = o
                 .outputs
                 .iter()
                 .find(|f| f.name == name)
-                .map(|f| f.path.clone());
-            let ack = json!({"type": "file_transfer_ack", "file_name": name, "success": true, "saved_to": path, "timestamp": ts});
-            port.send(cx, from, ack);
+                .map(|f| f.path.clone())
+                .unwrap_or_default();
+            let ack = FileTransferAck::saved(&name, &path, &ts);
+            port.send(cx, from, OffloadMsg::from(ack).to_value());
             return;
         }
         let taken: Vec<String> = o.outputs.iter().map(|f| f.name.clone()).collect();
@@ -1257,8 +1296,8 @@ impl OffloadClient {
             Phase::Returning,
             &format!("received {name} ({} bytes)", out.size),
         );
-        let ack = json!({"type": "file_transfer_ack", "file_name": name, "success": true, "saved_to": path, "timestamp": ts});
-        port.send(cx, from, ack);
+        let ack = FileTransferAck::saved(&name, &path, &ts);
+        port.send(cx, from, OffloadMsg::from(ack).to_value());
     }
 
     fn start_sending_inputs(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
@@ -1336,7 +1375,7 @@ impl OffloadClient {
                 );
                 // Recorded first: the cleanup goes out after the state that explains it.
                 self.fail_offload(port, cx, &msg);
-                self.send_cleanup(port, cx, "error");
+                self.send_cleanup(port, cx, CleanupReason::Error);
                 return;
             }
         }
@@ -1346,12 +1385,14 @@ impl OffloadClient {
                 continue;
             };
             let (_, bytes) = self.input_bytes.swap_remove(pos);
-            let msg = json!({
-                "type": "file_transfer", "request_id": rid, "file_name": f.name, "file_path": f.name,
-                "size_bytes": bytes.len(), "sha256": f.sha256,
-                "description": format!("Offload file for request {rid}"), "from_agent": from_agent,
-                "timestamp": time::format_millis(cx.now()),
-            });
+            let msg = FileTransfer::input(
+                &rid,
+                &f.name,
+                bytes.len() as u64,
+                &f.sha256,
+                &from_agent,
+                &time::format_millis(cx.now()),
+            );
             items.push(Paced::File {
                 msg,
                 bytes,
@@ -1368,11 +1409,14 @@ impl OffloadClient {
             .as_ref()
             .map(|o| transfer::sha256_hex(o.task.as_bytes()))
             .unwrap_or_default();
-        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
-        let go = json!({
-            "type": "offload_start", "request_id": rid, "task_sha256": task_sha256,
-            "files": names, "from_agent": from_agent, "timestamp": time::format_millis(cx.now()),
-        });
+        let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
+        let go = OffloadStart::new(
+            &rid,
+            &task_sha256,
+            names,
+            &from_agent,
+            &time::format_millis(cx.now()),
+        );
         items.push(Paced::Go(go));
         port.send_paced(cx, &to, items);
     }

@@ -9,13 +9,15 @@ use crate::pairing::ledger::Phase;
 use crate::pairing::operator::Operator;
 use crate::port::Port;
 use crate::store::keys;
+use crate::wire::limits::{DEFAULT_MODEL, MAX_TASK_CHARS, MAX_TIMEOUT_MINUTES};
+use crate::wire::offload_msg::{
+    ErrorPhase, OffloadCleanup, OffloadError, OffloadMsg, OffloadRequest, OffloadStatus,
+    StatusPhase,
+};
+use crate::wire::payload::{Family, ParseError, PayloadType};
 use crate::wire::{time, transfer};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-
-const MAX_TASK_CHARS: usize = 100_000;
-const MAX_TIMEOUT_MINUTES: u64 = 24 * 60;
-const DEFAULT_MODEL: &str = "gpt-5.4";
 
 /// Where one of the controller's offloads stands: its sandbox is starting,
 /// or up and named to the requester.
@@ -66,22 +68,23 @@ fn valid_request_id(s: &str) -> bool {
 }
 
 /// What is wrong with an offload_request's task, files or preferences.
-fn offload_shape_refusal(p: &Value) -> Option<String> {
-    let task = p["task"].as_str().unwrap_or_default();
+fn offload_shape_refusal(r: &OffloadRequest) -> Option<String> {
+    let task = r.task.as_deref().unwrap_or_default();
     if task.trim().is_empty() || task.chars().count() > MAX_TASK_CHARS {
         return Some("task must be a non-empty string of at most 100000 characters".into());
     }
     let mut files: Vec<String> = Vec::new();
-    for f in p["files"].as_array().cloned().unwrap_or_default() {
-        match f.as_str().and_then(transfer::safe_file_name) {
-            Some(n) if f.as_str() == Some(n.as_str()) && !files.contains(&n) => files.push(n),
+    // A name that is not a string is `None`, and refused like a path.
+    for f in &r.files {
+        match f.as_deref().and_then(transfer::safe_file_name) {
+            Some(n) if f.as_deref() == Some(n.as_str()) && !files.contains(&n) => files.push(n),
             _ => return Some("files must be distinct plain file names (no paths)".into()),
         }
     }
     if files.len() > transfer::MAX_FILES {
         return Some("at most 10 files per offload".into());
     }
-    let timeout = p["preferences"]["timeout_minutes"].as_f64().unwrap_or(30.0);
+    let timeout = r.preferences().timeout_minutes_f64();
     if !(1.0..=MAX_TIMEOUT_MINUTES as f64).contains(&timeout) {
         return Some("timeout_minutes must be between 1 and 1440".into());
     }
@@ -141,11 +144,14 @@ impl Controller {
         }
     }
 
-    fn send(port: &mut dyn Port, cx: &mut Cx<'_>, to: &str, mut msg: Value) {
-        if msg.get("timestamp").is_none() {
-            msg["timestamp"] = json!(time::format_millis(cx.now()));
-        }
-        port.send(cx, to, msg);
+    /// Every message the controller sends carries the time it was sent
+    /// (each constructor takes it).
+    fn send(port: &mut dyn Port, cx: &mut Cx<'_>, to: &str, msg: impl Into<OffloadMsg>) {
+        port.send(cx, to, msg.into().to_value());
+    }
+
+    fn now_text(cx: &mut Cx<'_>) -> String {
+        time::format_millis(cx.now())
     }
 
     fn ctl_status(
@@ -154,10 +160,10 @@ impl Controller {
         cx: &mut Cx<'_>,
         to: &str,
         rid: &str,
-        phase: &str,
+        phase: StatusPhase,
         message: &str,
     ) {
-        let msg = json!({"type": "offload_status", "request_id": rid, "phase": phase, "message": message});
+        let msg = OffloadStatus::news(rid, phase, message, &Self::now_text(cx));
         Self::send(port, cx, to, msg);
     }
 
@@ -167,42 +173,61 @@ impl Controller {
         cx: &mut Cx<'_>,
         to: &str,
         rid: &str,
-        phase: &str,
+        phase: ErrorPhase,
         error: &str,
     ) {
         cx.log(
             LogLevel::Info,
             &format!("offload {rid} from {to} refused: {error}"),
         );
-        let msg =
-            json!({"type": "offload_error", "request_id": rid, "error": error, "phase": phase});
+        let msg = OffloadError::controller(rid, phase, error, &Self::now_text(cx));
         Self::send(port, cx, to, msg);
     }
 
     /// The messages a controller takes.
     pub fn wants(payload: &Value) -> bool {
         matches!(
-            payload["type"].as_str(),
-            Some("offload_request" | "offload_cleanup")
+            PayloadType::of(payload),
+            Ok(PayloadType::OffloadRequest | PayloadType::OffloadCleanup)
         )
     }
 
-    pub fn on_message(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: &Value) {
-        match p["type"].as_str() {
-            Some("offload_request") => self.on_offload_request(port, cx, from, p),
-            Some("offload_cleanup") => self.on_offload_cleanup(port, cx, from, p),
+    /// A message `wants` claimed, parsed once: an `offload_request` or an
+    /// `offload_cleanup`; without a string `request_id` it is ignored.
+    pub fn on_message(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: Value) {
+        match OffloadMsg::from_value(p) {
+            Ok(OffloadMsg::Request(r)) => self.on_offload_request(port, cx, from, &r),
+            Ok(OffloadMsg::Cleanup(c)) => self.on_offload_cleanup(port, cx, from, &c),
+            Err(
+                ParseError::MissingField {
+                    kind: "offload_request",
+                    ..
+                }
+                | ParseError::BadField {
+                    kind: "offload_request",
+                },
+            ) => Self::unusable_request_id(cx, from),
             _ => {}
         }
     }
 
-    fn on_offload_request(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: &Value) {
-        let rid = p["request_id"].as_str().unwrap_or_default().to_string();
+    fn unusable_request_id(cx: &mut Cx<'_>, from: &str) {
+        cx.log(
+            LogLevel::Warn,
+            &format!("offload_request from {from} without a usable request_id; ignored"),
+        );
+    }
+
+    fn on_offload_request(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        from: &str,
+        p: &OffloadRequest,
+    ) {
+        let rid = p.request_id.clone();
         if !valid_request_id(&rid) {
-            cx.log(
-                LogLevel::Warn,
-                &format!("offload_request from {from} without a usable request_id; ignored"),
-            );
-            return;
+            return Self::unusable_request_id(cx, from);
         }
         if self.answer_repeated_request(port, cx, from, &rid) {
             return;
@@ -222,11 +247,11 @@ impl Controller {
                     cx,
                     from,
                     &rid,
-                    "validating",
+                    StatusPhase::Validating,
                     "checking pairing, capability and slots",
                 );
             }
-            return self.ctl_error(port, cx, from, &rid, "validating", &r);
+            return self.ctl_error(port, cx, from, &rid, ErrorPhase::Validating, &r);
         }
         self.start_offload_sandbox(port, cx, from, &rid, p, sandbox_name);
     }
@@ -255,11 +280,13 @@ impl Controller {
                 cx,
                 from,
                 rid,
-                "validating",
+                ErrorPhase::Validating,
                 "request_id already in use",
             );
         } else if o.phase == CtlPhase::Ready {
-            let msg = json!({"type": "offload_status", "request_id": rid, "phase": "ready", "message": "sandbox ready", "sandbox_name": o.sandbox_name, "sandbox_did": o.sandbox_did});
+            // A ready offload always has its sandbox's DID.
+            let msg =
+                OffloadStatus::ready(rid, &o.sandbox_name, o.sandbox_did, &Self::now_text(cx));
             Self::send(port, cx, from, msg);
         }
         true
@@ -275,7 +302,7 @@ impl Controller {
         &mut self,
         cx: &mut Cx<'_>,
         from: &str,
-        p: &Value,
+        p: &OffloadRequest,
         sandbox_name: &str,
     ) -> (bool, Option<String>) {
         let now = cx.now();
@@ -339,7 +366,7 @@ impl Controller {
         cx: &mut Cx<'_>,
         from: &str,
         rid: &str,
-        p: &Value,
+        p: &OffloadRequest,
         sandbox_name: String,
     ) {
         let now = cx.now();
@@ -349,30 +376,32 @@ impl Controller {
             .take_slot(from, "offload", now)
             .map(|x| x.name.clone())
         else {
-            return self.ctl_error(port, cx, from, rid, "validating", "No free sandbox slot.");
+            return self.ctl_error(
+                port,
+                cx,
+                from,
+                rid,
+                ErrorPhase::Validating,
+                "No free sandbox slot.",
+            );
         };
-        let prefs = &p["preferences"];
-        let timeout = prefs["timeout_minutes"].as_f64().unwrap_or(30.0);
-        let model: String = prefs["model"]
-            .as_str()
+        let prefs = p.preferences();
+        let timeout = prefs.timeout_minutes_f64();
+        let model: String = prefs
+            .model
+            .as_deref()
             .unwrap_or(DEFAULT_MODEL)
             .chars()
             .take(200)
             .collect();
-        let files: Vec<String> = p["files"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|f| f.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let files: Vec<String> = p.files.iter().flatten().cloned().collect();
         let job = port.fresh_id();
+        // The host's job spec (read back as `SandboxSpec`), not a message.
         let spec = json!({
             "name": sandbox_name,
             "requester": from,
             "request_id": rid,
-            "task": p["task"].as_str().unwrap_or_default(),
+            "task": p.task.as_deref().unwrap_or_default(),
             "files": files,
             "timeout_minutes": timeout.floor() as u64,
             "model": model,
@@ -398,7 +427,7 @@ impl Controller {
             cx,
             from,
             rid,
-            "validating",
+            StatusPhase::Validating,
             "checking pairing, capability and slots",
         );
         self.ctl_status(
@@ -406,7 +435,7 @@ impl Controller {
             cx,
             from,
             rid,
-            "spawning",
+            StatusPhase::Spawning,
             &format!("starting sandbox {sandbox_name}"),
         );
         cx.out.push(Command::JobStart {
@@ -416,8 +445,14 @@ impl Controller {
         });
     }
 
-    fn on_offload_cleanup(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: &Value) {
-        let rid = p["request_id"].as_str().unwrap_or_default();
+    fn on_offload_cleanup(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        from: &str,
+        p: &OffloadCleanup,
+    ) {
+        let rid = p.request_id.as_str();
         let Some(pos) = self.offloads.list.iter().position(|o| o.request_id == rid) else {
             return;
         };
@@ -433,12 +468,7 @@ impl Controller {
         self.operator.ledger.free_slot(&o.requester, &o.pairing);
         self.operator.save(port.vault(), cx);
         self.save(port, cx);
-        let reason: String = p["reason"]
-            .as_str()
-            .unwrap_or("")
-            .chars()
-            .take(40)
-            .collect();
+        let reason: String = p.reason.as_deref().unwrap_or("").chars().take(40).collect();
         cx.log(
             LogLevel::Info,
             &format!(
@@ -471,10 +501,11 @@ impl Controller {
             cx,
             &o.requester,
             &o.request_id,
-            "scheduled",
+            StatusPhase::Scheduled,
             "sandbox process started",
         );
-        let msg = json!({"type": "offload_status", "request_id": o.request_id, "phase": "ready", "message": "sandbox ready", "sandbox_name": o.sandbox_name, "sandbox_did": info});
+        let ts = Self::now_text(cx);
+        let msg = OffloadStatus::ready(&o.request_id, &o.sandbox_name, Some(info.into()), &ts);
         Self::send(port, cx, &o.requester, msg);
         true
     }
@@ -492,7 +523,12 @@ impl Controller {
         if o.phase == CtlPhase::Ready {
             // It ended without the requester's cleanup: say so, instead of
             // leaving the client waiting for its timeout.
-            let msg = json!({"type": "offload_error", "request_id": o.request_id, "error": format!("the sandbox {} stopped (exit code {}) before the offload was cleaned up", o.sandbox_name, exit.code), "phase": "execution"});
+            let text = format!(
+                "the sandbox {} stopped (exit code {}) before the offload was cleaned up",
+                o.sandbox_name, exit.code
+            );
+            let ts = Self::now_text(cx);
+            let msg = OffloadError::controller(&o.request_id, ErrorPhase::Execution, &text, &ts);
             Self::send(port, cx, &o.requester, msg);
         }
         if o.phase == CtlPhase::Spawning {
@@ -509,7 +545,14 @@ impl Controller {
                 "sandbox {} failed to start (exit code {}): {tail}",
                 o.sandbox_name, exit.code
             );
-            self.ctl_error(port, cx, &o.requester, &o.request_id, "spawning", &err);
+            self.ctl_error(
+                port,
+                cx,
+                &o.requester,
+                &o.request_id,
+                ErrorPhase::Spawning,
+                &err,
+            );
         }
         true
     }

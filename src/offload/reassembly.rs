@@ -6,7 +6,9 @@
 
 use crate::io::{Command, Cx, LogLevel};
 use crate::store::{keys, Vault};
-use crate::wire::transfer::{Manifest, TransferError, MAX_CHUNKS};
+use crate::wire::transfer::{
+    valid_transfer_id, ChunkMsg, Manifest, ManifestMsg, TransferError, MAX_CHUNKS,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -73,6 +75,22 @@ pub fn sweep_stale(vault: &Vault, cx: &mut Cx<'_>) {
     }
 }
 
+/// One piece of a chunked transfer, as received.
+#[derive(Debug, Clone, Copy)]
+pub enum Part<'a> {
+    Manifest(&'a ManifestMsg),
+    Chunk(&'a ChunkMsg),
+}
+
+impl Part<'_> {
+    fn transfer_id(&self) -> Option<&str> {
+        match self {
+            Part::Manifest(m) => m.transfer_id.as_deref(),
+            Part::Chunk(c) => c.transfer_id.as_deref(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Reassembly {
     /// Storage prefix → manifest and the chunks held. Chunks are also kept
@@ -98,61 +116,60 @@ impl Reassembly {
         vault: &Vault,
         cx: &mut Cx<'_>,
         from: &str,
-        v: &Value,
+        part: Part<'_>,
     ) -> Result<Option<Value>, TransferError> {
-        let tid = v["transfer_id"]
-            .as_str()
-            .filter(|t| !t.is_empty() && t.len() <= 128)
-            .ok_or(TransferError::Manifest("transfer_id"))?;
+        let tid = valid_transfer_id(part.transfer_id())?;
         let pre = prefix(from, tid);
-        let is_manifest = v["type"] == "mesh:transfer_manifest";
         // Validate before taking any room.
-        let manifest = if is_manifest {
-            Some(Manifest::parse(v)?)
-        } else {
-            None
+        let manifest = match part {
+            Part::Manifest(m) => Ok(Manifest::from_msg(m)?),
+            Part::Chunk(c) => Err(c),
         };
         let now = cx.now();
         self.drop_stale(cx, now);
         if !self.open.contains_key(&pre) {
-            self.reopen(vault, cx, &pre, manifest.is_some(), now)?;
+            self.reopen(vault, cx, &pre, manifest.is_ok(), now)?;
         }
         let Some(entry) = self.open.get_mut(&pre) else {
             return Ok(None);
         };
-        if let Some(m) = manifest {
-            let m = StoredManifest {
-                manifest: m,
-                at_ms: now,
-            };
-            if let Err(e) = vault.put(cx.host, &mut cx.out, &format!("{pre}m"), &m) {
-                cx.host.log(LogLevel::Error, &e.to_string());
-            }
-            // Chunks held from an earlier manifest of the same id count only
-            // if they match this one.
-            entry.1.retain(|i, d| {
-                m.manifest.chunk_hashes.get(*i).map(String::as_str)
-                    == Some(crate::wire::transfer::sha256_hex(d.as_bytes()).as_str())
-            });
-            entry.0 = Some(m);
-        } else {
-            let Some(m) = entry.0.as_ref() else {
-                // Our senders keep order per peer; a chunk before its
-                // manifest cannot be checked, so it is not kept.
-                return Err(TransferError::Manifest("chunk before its manifest"));
-            };
-            let (i, data) = m.manifest.check_chunk(v)?;
-            if i >= MAX_CHUNKS {
-                return Err(TransferError::ChunkIndex(i as u64));
-            }
-            if let std::collections::btree_map::Entry::Vacant(slot) = entry.1.entry(i) {
-                let rec = Chunk {
-                    data: data.to_string(),
+        // A checked manifest, or (`Err`) a chunk to check against the held one.
+        match manifest {
+            Ok(m) => {
+                let m = StoredManifest {
+                    manifest: m,
+                    at_ms: now,
                 };
-                if let Err(e) = vault.put(cx.host, &mut cx.out, &format!("{pre}c{i}"), &rec) {
+                if let Err(e) = vault.put(cx.host, &mut cx.out, &format!("{pre}m"), &m) {
                     cx.host.log(LogLevel::Error, &e.to_string());
                 }
-                slot.insert(rec.data);
+                // Chunks held from an earlier manifest of the same id count only
+                // if they match this one.
+                entry.1.retain(|i, d| {
+                    m.manifest.chunk_hashes.get(*i).map(String::as_str)
+                        == Some(crate::wire::transfer::sha256_hex(d.as_bytes()).as_str())
+                });
+                entry.0 = Some(m);
+            }
+            Err(c) => {
+                let Some(m) = entry.0.as_ref() else {
+                    // Our senders keep order per peer; a chunk before its
+                    // manifest cannot be checked, so it is not kept.
+                    return Err(TransferError::Manifest("chunk before its manifest"));
+                };
+                let (i, data) = m.manifest.check_chunk_msg(c)?;
+                if i >= MAX_CHUNKS {
+                    return Err(TransferError::ChunkIndex(i as u64));
+                }
+                if let std::collections::btree_map::Entry::Vacant(slot) = entry.1.entry(i) {
+                    let rec = Chunk {
+                        data: data.to_string(),
+                    };
+                    if let Err(e) = vault.put(cx.host, &mut cx.out, &format!("{pre}c{i}"), &rec) {
+                        cx.host.log(LogLevel::Error, &e.to_string());
+                    }
+                    slot.insert(rec.data);
+                }
             }
         }
         let Some(m) = entry.0.as_ref().map(|m| m.manifest.clone()) else {

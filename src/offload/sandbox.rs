@@ -7,17 +7,22 @@
 //! `file_transfer` (chunked above 512 KiB) and ends with `offload_done` or
 //! `offload_error`. Everything from anyone but the requester is dropped.
 
-use super::reassembly::Reassembly;
+use super::reassembly::{Part, Reassembly};
 use crate::io::{Command, Cx, JobExit, LogLevel};
 use crate::port::{Paced, Port, TimerOwner as Owner};
-use crate::wire::{b64, time, transfer};
+use crate::wire::limits::{DEFAULT_TIMEOUT_MINUTES, MAX_SUMMARY_CHARS};
+use crate::wire::offload_msg::{
+    FileTransfer, FileTransferAck, OffloadDone, OffloadError, OffloadHello, OffloadMsg,
+    OffloadProgress, OffloadStart,
+};
+use crate::wire::payload::Family;
+use crate::wire::{time, transfer};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 const DEFAULT_PROGRESS_MS: u64 = 20_000;
 /// How long the sandbox waits for the inputs the request announced.
 const INPUT_WAIT_MS: u64 = 10 * 60_000;
-const MAX_SUMMARY_CHARS: usize = 8000;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct SandboxSpec {
@@ -27,7 +32,7 @@ pub struct SandboxSpec {
     pub task: String,
     #[serde(default)]
     pub files: Vec<String>,
-    #[serde(default = "default_timeout")]
+    #[serde(default = "default_timeout_minutes")]
     pub timeout_minutes: u64,
     #[serde(default)]
     pub model: Option<String>,
@@ -38,8 +43,8 @@ pub struct SandboxSpec {
     pub progress_ms: Option<u64>,
 }
 
-fn default_timeout() -> u64 {
-    30
+fn default_timeout_minutes() -> u64 {
+    DEFAULT_TIMEOUT_MINUTES
 }
 
 pub struct Input {
@@ -80,13 +85,13 @@ impl Sandbox {
         // Inputs and the go-ahead must come within this time, or the sandbox
         // gives up and its slot is freed.
         let input_timer = port.set_timer(cx, Owner::SandboxInputs, now + INPUT_WAIT_MS);
-        let preview: String = spec.task.chars().take(200).collect();
-        let hello = json!({
-            "type": "offload_hello", "request_id": spec.request_id, "from_agent": spec.name,
-            "task_preview": preview, "started_at": time::format_millis(now),
-            "message": format!("Sandbox {} is up and working on the task.", spec.name),
-        });
-        port.send(cx, &spec.requester, hello);
+        let hello = OffloadHello::new(
+            &spec.request_id,
+            &spec.name,
+            &spec.task,
+            &time::format_millis(now),
+        );
+        port.send(cx, &spec.requester, OffloadMsg::from(hello).to_value());
         Sandbox {
             spec,
             inputs: Vec::new(),
@@ -104,8 +109,10 @@ impl Sandbox {
     }
 
     /// Everything a sandbox receives is its business: the requester's
-    /// messages are handled, anyone else's are dropped (never inboxed).
-    pub fn on_message(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: &Value) {
+    /// messages are handled (parsed once: any other message, or one without
+    /// the fields its type requires, is ignored), anyone else's are dropped
+    /// (never inboxed).
+    pub fn on_message(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: Value) {
         if from != self.spec.requester {
             cx.log(
                 LogLevel::Warn,
@@ -113,29 +120,36 @@ impl Sandbox {
             );
             return;
         }
-        match p["type"].as_str().unwrap_or_default() {
-            "file_transfer" => self.input(port, cx, from, p),
-            "offload_start" => self.go(port, cx, p),
-            "mesh:transfer_manifest" | "mesh:transfer_chunk" => {
-                match self.reassembly.accept(port.vault(), cx, from, p) {
-                    Ok(Some(whole)) => {
-                        self.on_message(port, cx, from, &whole);
-                        self.reassembly.flush(cx);
-                    }
-                    Ok(None) => {}
-                    Err(e) => cx.log(LogLevel::Warn, &format!("sandbox: transfer: {e}")),
-                }
+        match OffloadMsg::from_value(p) {
+            Ok(OffloadMsg::FileTransfer(f)) => self.input(port, cx, from, &f),
+            Ok(OffloadMsg::Start(go)) => self.go(port, cx, &go),
+            Ok(OffloadMsg::TransferManifest(m)) => {
+                self.reassemble(port, cx, from, Part::Manifest(&m))
             }
+            Ok(OffloadMsg::TransferChunk(c)) => self.reassemble(port, cx, from, Part::Chunk(&c)),
             _ => {}
         }
     }
 
-    fn input(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: &Value) {
+    /// A piece of a chunked transfer; the whole message, once complete, is
+    /// taken like any other.
+    fn reassemble(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, part: Part<'_>) {
+        match self.reassembly.accept(port.vault(), cx, from, part) {
+            Ok(Some(whole)) => {
+                self.on_message(port, cx, from, whole);
+                self.reassembly.flush(cx);
+            }
+            Ok(None) => {}
+            Err(e) => cx.log(LogLevel::Warn, &format!("sandbox: transfer: {e}")),
+        }
+    }
+
+    fn input(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, f: &FileTransfer) {
         let ts = time::format_millis(cx.now());
         let s = &mut *self;
-        let raw = p["file_name"].as_str().unwrap_or_default();
+        let raw = f.file_name.as_deref().unwrap_or_default();
         let name = transfer::safe_file_name(raw);
-        let bytes = b64::decode(p["file_data"].as_str().unwrap_or_default());
+        let bytes = f.data();
         let verdict = match (&name, &bytes) {
             _ if s.run_started_ms.is_some() => Err("the task is already running"),
             (None, _) => Err("unusable file name"),
@@ -146,15 +160,14 @@ impl Sandbox {
             (_, Err(_)) => Err("file_data is not base64"),
             (_, Ok(b)) if b.len() > transfer::MAX_FILE_BYTES => Err("file larger than 30 MiB"),
             (_, Ok(b))
-                if p["sha256"]
-                    .as_str()
+                if f.sha256
+                    .as_deref()
                     .is_some_and(|h| !h.eq_ignore_ascii_case(&transfer::sha256_hex(b))) =>
             {
                 Err("sha256 does not match the data")
             }
             (Some(_), Ok(_)) => Ok(()),
         };
-        let shown: String = raw.chars().take(120).collect();
         let ack = match (verdict, name, bytes) {
             (Ok(()), Some(n), Ok(b)) => {
                 let sha = transfer::sha256_hex(&b);
@@ -166,15 +179,13 @@ impl Sandbox {
                 if s.spec.executor.as_deref() == Some("exec") {
                     cx.out.push(Command::FileWrite(format!("work/in/{n}"), b));
                 }
-                json!({"type": "file_transfer_ack", "file_name": n, "success": true, "saved_to": format!("in/{n}"), "timestamp": ts})
+                FileTransferAck::saved(&n, &format!("in/{n}"), &ts)
             }
-            (Err(why), _, _) => {
-                json!({"type": "file_transfer_ack", "file_name": shown, "success": false, "error": why, "timestamp": ts})
-            }
+            (Err(why), _, _) => FileTransferAck::refused(raw, why, &ts),
             _ => return,
         };
         let ready = s.go && s.inputs.len() == s.spec.files.len();
-        port.send(cx, from, ack);
+        port.send(cx, from, OffloadMsg::from(ack).to_value());
         if ready {
             self.run_task(port, cx);
         }
@@ -182,13 +193,13 @@ impl Sandbox {
 
     /// The requester's go-ahead: it must name this request and the SHA-256
     /// of the task this sandbox was given, or nothing runs.
-    fn go(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, p: &Value) {
+    fn go(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, p: &OffloadStart) {
         let s = &mut *self;
-        if s.go || p["request_id"].as_str() != Some(s.spec.request_id.as_str()) {
+        if s.go || p.request_id != s.spec.request_id {
             return;
         }
         let want = transfer::sha256_hex(s.spec.task.as_bytes());
-        let got = p["task_sha256"].as_str().unwrap_or_default();
+        let got = p.task_sha256.as_deref().unwrap_or_default();
         if !got.eq_ignore_ascii_case(&want) {
             return self.fail(
                 port,
@@ -213,6 +224,7 @@ impl Sandbox {
         if s.spec.executor.as_deref() == Some("exec") {
             let job = port.fresh_id();
             s.job = Some(job);
+            // The host's job spec, not a message.
             let spec = json!({
                 "workdir": "work",
                 "timeout_ms": s.spec.timeout_minutes.max(1) * 60_000,
@@ -297,12 +309,14 @@ impl Sandbox {
                 }
             };
             let name = transfer::unique_name(&name, &names);
-            let msg = json!({
-                "type": "file_transfer", "request_id": spec.request_id, "file_name": name, "file_path": name,
-                "size_bytes": bytes.len(), "sha256": transfer::sha256_hex(&bytes),
-                "description": format!("Output of request {}", spec.request_id), "from_agent": spec.name,
-                "timestamp": time::format_millis(now),
-            });
+            let msg = FileTransfer::output(
+                &spec.request_id,
+                &name,
+                bytes.len() as u64,
+                &transfer::sha256_hex(&bytes),
+                &spec.name,
+                &time::format_millis(now),
+            );
             items.push(Paced::File {
                 msg,
                 bytes,
@@ -318,13 +332,16 @@ impl Sandbox {
                 skipped.len()
             ));
         }
-        let summary: String = summary.chars().take(MAX_SUMMARY_CHARS).collect();
-        let done = json!({
-            "type": "offload_done", "request_id": spec.request_id, "summary": summary,
-            "output_files": names, "output_file_contents": [], "tokens_used": {"prompt": 0, "completion": 0},
-            "duration_seconds": duration, "from_agent": spec.name, "timestamp": time::format_millis(now),
-        });
-        items.push(Paced::Message(done));
+        // `new` cuts the summary to MAX_SUMMARY_CHARS.
+        let done = OffloadDone::new(
+            &spec.request_id,
+            &summary,
+            names,
+            duration,
+            &spec.name,
+            &time::format_millis(now),
+        );
+        items.push(Paced::Message(OffloadMsg::from(done).to_value()));
         port.send_paced(cx, &spec.requester, items);
         cx.log(LogLevel::Info, &format!("sandbox {}: done", spec.name));
     }
@@ -343,11 +360,14 @@ impl Sandbox {
         for t in [s.progress_timer, s.deadline_timer, s.input_timer] {
             port.cancel_timer(cx, t);
         }
-        let msg = json!({
-            "type": "offload_error", "request_id": spec.request_id, "error": error.chars().take(4000).collect::<String>(),
-            "phase": "execution", "from_agent": spec.name, "timestamp": time::format_millis(now),
-        });
-        port.send(cx, &spec.requester, msg);
+        // `sandbox` cuts the error to MAX_ERROR_CHARS.
+        let msg = OffloadError::sandbox(
+            &spec.request_id,
+            error,
+            &spec.name,
+            &time::format_millis(now),
+        );
+        port.send(cx, &spec.requester, OffloadMsg::from(msg).to_value());
         cx.log(LogLevel::Info, &format!("sandbox {}: error", spec.name));
     }
 
@@ -370,15 +390,18 @@ impl Sandbox {
                 s.spec.files.len()
             )
         };
-        let msg = json!({
-            "type": "offload_progress", "request_id": s.spec.request_id, "stage": "executing",
-            "message": message, "pct": pct, "elapsed_seconds": elapsed, "from_agent": s.spec.name,
-            "timestamp": time::format_millis(now),
-        });
+        let msg = OffloadProgress::executing(
+            &s.spec.request_id,
+            &message,
+            pct,
+            elapsed,
+            &s.spec.name,
+            &time::format_millis(now),
+        );
         let every = s.spec.progress_ms.unwrap_or(DEFAULT_PROGRESS_MS).max(200);
         let to = s.spec.requester.clone();
         s.progress_timer = port.set_timer(cx, Owner::SandboxProgress, now + every);
-        port.send(cx, &to, msg);
+        port.send(cx, &to, OffloadMsg::from(msg).to_value());
     }
 
     /// The task's time is up.

@@ -14,6 +14,8 @@ use crate::pairing::ledger::{ControllerAddress, PairRequest};
 use crate::pairing::operator::Operator;
 use crate::port::testing::{FakeHost, FakePort};
 use crate::port::{Paced, TimerOwner};
+use crate::wire::offload_msg::OffloadMsg;
+use crate::wire::payload::Family;
 use serde_json::{json, Value};
 
 /// One machine's port, host and the commands of its last call.
@@ -64,10 +66,11 @@ impl Side {
             assert_eq!(t, to);
             for item in items {
                 msgs.push(match item {
-                    Paced::Message(v) | Paced::Go(v) => v,
+                    Paced::Message(v) => v,
+                    Paced::Go(go) => OffloadMsg::from(go).to_value(),
                     Paced::File { mut msg, bytes, .. } => {
-                        msg["file_data"] = json!(b64::encode_std(&bytes));
-                        msg
+                        msg.set_data(&bytes);
+                        OffloadMsg::from(msg).to_value()
                     }
                 });
             }
@@ -172,7 +175,7 @@ fn a_whole_offload_from_request_to_done_and_cleanup() {
     assert_eq!(types(&request), ["offload_request"]);
 
     // The controller takes a slot and starts a sandbox.
-    ctl.call(|p, cx| controller.on_message(p, cx, &u, &request[0]));
+    ctl.call(|p, cx| controller.on_message(p, cx, &u, request[0].clone()));
     let news = ctl.take_sent_to(&u);
     assert_eq!(types(&news), ["offload_status", "offload_status"]);
     assert_eq!(news[1]["phase"], "spawning");
@@ -194,9 +197,9 @@ fn a_whole_offload_from_request_to_done_and_cleanup() {
     // The client follows the controller's news, then the sandbox's hello:
     // it sends the go-ahead (paced, after the inputs: none here).
     for m in news.iter().chain(&ready) {
-        user.call(|p, cx| client.on_message(p, cx, &c, m, true));
+        user.call(|p, cx| client.on_message(p, cx, &c, m.clone(), true));
     }
-    user.call(|p, cx| client.on_message(p, cx, &s, &hello[0], true));
+    user.call(|p, cx| client.on_message(p, cx, &s, hello[0].clone(), true));
     let go = user.take_paced_to(&s);
     assert_eq!(types(&go), ["offload_start"]);
     user.call(|p, cx| client.inputs_handed_over(p, cx));
@@ -206,11 +209,11 @@ fn a_whole_offload_from_request_to_done_and_cleanup() {
     );
 
     // The sandbox runs (the built-in executor) and returns report.md, then done.
-    sb_side.call(|p, cx| sandbox.on_message(p, cx, &u, &go[0]));
+    sb_side.call(|p, cx| sandbox.on_message(p, cx, &u, go[0].clone()));
     let back = sb_side.take_paced_to(&u);
     assert_eq!(types(&back), ["file_transfer", "offload_done"]);
     for m in &back {
-        user.call(|p, cx| client.on_message(p, cx, &s, m, true));
+        user.call(|p, cx| client.on_message(p, cx, &s, m.clone(), true));
     }
     let o = client.active.as_ref().expect("the offload is kept");
     assert_eq!(o.phase, Phase::Done);
@@ -219,9 +222,9 @@ fn a_whole_offload_from_request_to_done_and_cleanup() {
 
     // The cleanup from anyone else is refused; the requester's frees the slot.
     let cleanup = json!({"type": "offload_cleanup", "request_id": o.request_id, "reason": "done"});
-    ctl.call(|p, cx| controller.on_message(p, cx, &s, &cleanup));
+    ctl.call(|p, cx| controller.on_message(p, cx, &s, cleanup.clone()));
     assert!(!ctl.out.iter().any(|c| matches!(c, Command::JobKill(_))));
-    ctl.call(|p, cx| controller.on_message(p, cx, &u, &cleanup));
+    ctl.call(|p, cx| controller.on_message(p, cx, &u, cleanup.clone()));
     assert_eq!(
         ctl.out
             .iter()
@@ -239,7 +242,7 @@ fn the_controller_tells_a_stranger_only_the_refusal_and_a_full_pairing_waits() {
     let mut controller = controller(&mut ctl, &user, 1);
     let rid = "0b6c6b0e-8f1c-4e6e-9d3a-6f1d2c3b4a59";
     let request = json!({"type": "offload_request", "request_id": rid, "task": "x", "files": []});
-    ctl.call(|p, cx| controller.on_message(p, cx, &stranger.did(), &request));
+    ctl.call(|p, cx| controller.on_message(p, cx, &stranger.did(), request.clone()));
     let answer = ctl.take_sent_to(&stranger.did());
     assert_eq!(types(&answer), ["offload_error"]);
     assert_eq!(
@@ -249,17 +252,17 @@ fn the_controller_tells_a_stranger_only_the_refusal_and_a_full_pairing_waits() {
     assert!(job_start(&ctl.out).is_none());
 
     // The paired user's first request takes the one slot; a second waits.
-    ctl.call(|p, cx| controller.on_message(p, cx, &user.did(), &request));
+    ctl.call(|p, cx| controller.on_message(p, cx, &user.did(), request.clone()));
     let (job, _, _) = job_start(&ctl.out).expect("the paired request starts a sandbox");
     let listed = controller.offload_list();
     assert_eq!(listed[0]["request_id"], rid);
     assert_eq!(listed[0]["phase"], "spawning");
     // A repeated request is answered from the record: nothing starts twice.
-    ctl.call(|p, cx| controller.on_message(p, cx, &user.did(), &request));
+    ctl.call(|p, cx| controller.on_message(p, cx, &user.did(), request.clone()));
     assert!(job_start(&ctl.out).is_none());
     let second = json!({"type": "offload_request", "request_id": "1b6c6b0e-8f1c-4e6e-9d3a-6f1d2c3b4a59", "task": "y"});
     ctl.take_sent_to(&user.did());
-    ctl.call(|p, cx| controller.on_message(p, cx, &user.did(), &second));
+    ctl.call(|p, cx| controller.on_message(p, cx, &user.did(), second.clone()));
     let answer = ctl.take_sent_to(&user.did());
     assert_eq!(types(&answer), ["offload_status", "offload_error"]);
     assert!(answer[1]["error"]
@@ -300,18 +303,18 @@ fn the_sandbox_runs_nothing_without_the_requesters_go_for_its_task() {
     // Anyone but the requester is ignored, even with the right digest.
     let sha = crate::wire::transfer::sha256_hex(b"the real task");
     let go = json!({"type": "offload_start", "request_id": "r1", "task_sha256": sha});
-    sb_side.call(|p, cx| sandbox.on_message(p, cx, &stranger.did(), &go));
+    sb_side.call(|p, cx| sandbox.on_message(p, cx, &stranger.did(), go.clone()));
     assert!(sb_side.port.paced.is_empty() && sb_side.port.sent.is_empty());
 
     // The requester's go for another task ends it with an error.
     let forged = json!({"type": "offload_start", "request_id": "r1", "task_sha256": "00"});
-    sb_side.call(|p, cx| sandbox.on_message(p, cx, &user.did(), &forged));
+    sb_side.call(|p, cx| sandbox.on_message(p, cx, &user.did(), forged.clone()));
     let answer = sb_side.take_sent_to(&user.did());
     assert_eq!(types(&answer), ["offload_error"]);
     assert!(answer[0]["error"]
         .as_str()
         .is_some_and(|e| e.contains("task_sha256 differs")));
-    sb_side.call(|p, cx| sandbox.on_message(p, cx, &user.did(), &go));
+    sb_side.call(|p, cx| sandbox.on_message(p, cx, &user.did(), go.clone()));
     assert!(
         sb_side.port.paced.is_empty(),
         "an ended sandbox runs nothing"

@@ -9,6 +9,11 @@ use crate::io::{Cx, LogLevel};
 use crate::port::{Port, TimerOwner};
 use crate::store::{keys, Vault};
 use crate::tools::render;
+use crate::wire::pairing_msg::{
+    PairRequestMsg, PairResponseMsg, PairingMsg, DEFAULT_CLUSTER_NAME, DEFAULT_PAIR_ERROR,
+    DEFAULT_SLOTS, DEFAULT_TOKEN_BUDGET,
+};
+use crate::wire::payload::Family;
 use crate::wire::{b64, token};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -79,13 +84,15 @@ impl PairingClient {
         };
         let id = port.identity();
         let amid = id.amid();
-        let request = json!({
-            "type": "pair_request",
-            "secret": tok.secret,
-            "pubkey_ed25519": b64::encode_std(id.ed25519_public()),
-            "display_name": self.endpoints.name.clone().unwrap_or_else(|| format!("external-{}", amid.chars().take(8).collect::<String>())),
-            "capabilities_requested": ["offload", "handoff"],
-        });
+        let display_name =
+            self.endpoints.name.clone().unwrap_or_else(|| {
+                format!("external-{}", amid.chars().take(8).collect::<String>())
+            });
+        let request = PairRequestMsg::new(
+            &tok.secret,
+            &b64::encode_std(id.ed25519_public()),
+            &display_name,
+        );
         let at_ms = cx.now() + PAIR_TIMEOUT_MS;
         let timer = port.set_timer(cx, TimerOwner::PairWait, at_ms);
         self.waits.push(PairWait {
@@ -95,7 +102,7 @@ impl PairingClient {
             token: tok,
             sent_ms: cx.now(),
         });
-        port.send(cx, &controller, request);
+        port.send(cx, &controller, PairingMsg::from(request).to_value());
     }
 
     /// The token among `args`, and the controller DID it names; else the
@@ -141,15 +148,15 @@ impl PairingClient {
         port: &mut dyn Port,
         cx: &mut Cx<'_>,
         from: &str,
-        payload: &Value,
+        payload: &PairResponseMsg,
     ) -> bool {
         let Some(pos) = self.waits.iter().position(|w| w.controller == from) else {
             return false;
         };
         let w = self.waits.remove(pos);
         port.cancel_timer(cx, w.timer);
-        if payload["success"] != true {
-            let err = payload["error"].as_str().unwrap_or("Unknown error");
+        if !payload.succeeded() {
+            let err = payload.error.as_deref().unwrap_or(DEFAULT_PAIR_ERROR);
             render::fail(
                 cx,
                 &w.call_id,
@@ -182,28 +189,29 @@ impl PairingClient {
     fn record_from(
         &self,
         from: &str,
-        payload: &Value,
+        r: &PairResponseMsg,
         token: &token::PairingToken,
         now: u64,
     ) -> PairingRecord {
-        let text = |k: &str, default: &str| payload[k].as_str().unwrap_or(default).to_string();
         PairingRecord {
-            cluster_name: text("cluster_name", "unknown"),
+            cluster_name: r
+                .cluster_name
+                .as_deref()
+                .unwrap_or(DEFAULT_CLUSTER_NAME)
+                .to_string(),
             controller_did: from.to_string(),
-            controller_amid: text("controller_amid", &token.controller_amid),
+            controller_amid: r
+                .controller_amid
+                .as_deref()
+                .unwrap_or(&token.controller_amid)
+                .to_string(),
             relay_url: self.endpoints.relay_url.clone(),
             registry_url: self.endpoints.registry_url.clone(),
-            capabilities: payload["capabilities_granted"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|c| c.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            slots: payload["slots"].as_u64().unwrap_or(1),
-            token_budget: payload["token_budget"].as_u64().unwrap_or(500_000),
-            expires_at: text("expires_at", ""),
+            // Non-strings were left out when it was read.
+            capabilities: r.capabilities_granted.clone().unwrap_or_default(),
+            slots: r.slots.unwrap_or(DEFAULT_SLOTS),
+            token_budget: r.token_budget.unwrap_or(DEFAULT_TOKEN_BUDGET),
+            expires_at: r.expires_at.clone().unwrap_or_default(),
             paired_ms: now,
         }
     }

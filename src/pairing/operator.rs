@@ -9,6 +9,8 @@ use crate::io::{Cx, LogLevel};
 use crate::port::Port;
 use crate::store::{keys, Vault};
 use crate::tools::render;
+use crate::wire::pairing_msg::{PairRequestMsg, PairResponseMsg, PairingMsg};
+use crate::wire::payload::Family;
 use crate::wire::time;
 use serde_json::{json, Value};
 
@@ -108,21 +110,24 @@ impl Operator {
         port: &mut dyn Port,
         cx: &mut Cx<'_>,
         from: &str,
-        payload: &Value,
+        r: &PairRequestMsg,
     ) {
         let now = cx.now();
-        let secret = payload["secret"].as_str().unwrap_or_default();
-        let pk = payload["pubkey_ed25519"].as_str().unwrap_or_default();
+        let secret = r.secret.as_deref().unwrap_or_default();
+        let pk = r.pubkey_ed25519.as_deref().unwrap_or_default();
         let answer = match self.ledger.pair(secret, from, pk, now) {
-            Ok(p) => json!({
-                "type": "pair_response", "success": true, "cluster_name": self.address.cluster,
-                "controller_amid": port.identity().amid(), "controller_did": port.identity().did(),
-                "capabilities_granted": p.capabilities, "slots": p.slots_max,
-                "token_budget": p.token_budget, "expires_at": time::format_millis(p.expires_ms),
-            }),
-            Err(e) => json!({"type": "pair_response", "success": false, "error": e.to_string()}),
+            Ok(p) => PairResponseMsg::granted(
+                &self.address.cluster,
+                &port.identity().amid(),
+                port.identity().did(),
+                p.capabilities.clone(),
+                p.slots_max,
+                p.token_budget,
+                &time::format_millis(p.expires_ms),
+            ),
+            Err(e) => PairResponseMsg::refused(&e.to_string()),
         };
-        let verdict = if answer["success"] == true {
+        let verdict = if answer.succeeded() {
             "paired"
         } else {
             "refused"
@@ -132,7 +137,7 @@ impl Operator {
             &format!("pair_request from {from}: {verdict}"),
         );
         self.save(port.vault(), cx);
-        port.send(cx, from, answer);
+        port.send(cx, from, PairingMsg::from(answer).to_value());
     }
 }
 

@@ -9,10 +9,17 @@ use crate::io::{Command, Cx};
 use crate::port::testing::{FakeHost, FakePort};
 use crate::port::TimerOwner;
 use crate::store::keys;
+use crate::wire::pairing_msg::PairingMsg;
+use crate::wire::payload::Family;
 use serde_json::{json, Value};
 
 const RELAY: &str = "http://127.0.0.1:1";
 const REGISTRY: &str = "http://127.0.0.1:2";
+
+/// A sent message as the mesh would hand it to its consumer: parsed.
+fn pairing_msg(v: &Value) -> PairingMsg {
+    PairingMsg::parse(v).expect("a pairing message")
+}
 
 fn operator(port: &FakePort, host: &mut FakeHost) -> Operator {
     let address = ControllerAddress {
@@ -104,6 +111,9 @@ fn a_token_pairs_once_and_the_client_stores_the_pairing() {
     assert!(pc.waits_for(&ctl_did));
     let request = user_port.sent[0].1.clone();
     assert_eq!(request["display_name"], "laptop");
+    let PairingMsg::Request(request_msg) = pairing_msg(&request) else {
+        panic!("not a pair_request");
+    };
     assert!(user_port.timer_of(TimerOwner::PairWait).is_some());
 
     // The operator pairs it and answers.
@@ -112,7 +122,7 @@ fn a_token_pairs_once_and_the_client_stores_the_pairing() {
         host: &mut ctl_host,
         out: Vec::new(),
     };
-    op.answer_pair_request(&mut ctl_port, &mut cx, &user_did, &request);
+    op.answer_pair_request(&mut ctl_port, &mut cx, &user_did, &request_msg);
     assert_eq!(ctl_port.types_to(&user_did), ["pair_response"]);
     let response = ctl_port.sent[0].1.clone();
     assert_eq!(response["success"], true);
@@ -132,7 +142,7 @@ fn a_token_pairs_once_and_the_client_stores_the_pairing() {
         host: &mut ctl_host,
         out: Vec::new(),
     };
-    op.answer_pair_request(&mut ctl_port, &mut cx, &user_did, &request);
+    op.answer_pair_request(&mut ctl_port, &mut cx, &user_did, &request_msg);
     assert_eq!(ctl_port.sent[1].1["success"], false);
 
     // The client takes the answer: stored, the call answered, timer cancelled.
@@ -140,7 +150,10 @@ fn a_token_pairs_once_and_the_client_stores_the_pairing() {
         host: &mut user_host,
         out: Vec::new(),
     };
-    assert!(pc.take_response(&mut user_port, &mut cx, &ctl_did, &response));
+    let PairingMsg::Response(response_msg) = pairing_msg(&response) else {
+        panic!("not a pair_response");
+    };
+    assert!(pc.take_response(&mut user_port, &mut cx, &ctl_did, &response_msg));
     let r = results(&cx.out);
     assert_eq!(r[0].0, "pair-1");
     assert!(text(&r[0].1).starts_with("✅ Paired successfully with kars cluster \"lab\""));

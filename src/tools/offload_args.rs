@@ -2,12 +2,10 @@
 //! files, the timeout and the model, each checked before anything changes,
 //! with a text that says what to pass.
 
+use crate::wire::limits::{DEFAULT_TIMEOUT_MINUTES, MAX_TASK_CHARS, MAX_TIMEOUT_MINUTES};
 use crate::wire::transfer;
 use serde_json::Value;
 
-const MAX_TASK_CHARS: usize = 100_000;
-const DEFAULT_TIMEOUT_MINUTES: u64 = 30;
-const MAX_TIMEOUT_MINUTES: u64 = 24 * 60;
 const TASK_ALIASES: [&str; 7] = [
     "task",
     "prompt",

@@ -227,6 +227,8 @@ mod tests {
                 epoch: in_epoch,
             }));
             assert_eq!(msg.to_value(), body);
+            // src/agent/send.rs sends the text: byte for byte the literal's.
+            assert_eq!(msg.to_text(), body.to_string());
             assert_eq!(DeliveryMsg::parse(&body), Ok(msg.clone()));
             // A receiver finds it by its envelope.
             let mut payload = body.clone();

@@ -24,6 +24,21 @@ where
     Ok(T::deserialize(v).ok())
 }
 
+/// A JSON object read as the struct `T` (leniently, as `opt` does), else
+/// `None`. Unlike `opt` it never reads an array as the struct's fields in
+/// order (serde would): `p["x"]["field"]` finds nothing in an array, so an
+/// array reads as absent.
+pub fn object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    Ok(match Value::deserialize(d)? {
+        v @ Value::Object(_) => T::deserialize(v).ok(),
+        _ => None,
+    })
+}
+
 /// `skip_serializing_if` for the optional fields: an absent field is left
 /// out of the JSON, never written as `null` (the peers' readers treat the
 /// two alike, and the messages have always omitted it).
@@ -100,6 +115,35 @@ impl<'de> Deserialize<'de> for V1 {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[derive(Deserialize, Debug, PartialEq, Default)]
+    struct Pair {
+        #[serde(default, deserialize_with = "opt")]
+        a: Option<u64>,
+        #[serde(default, deserialize_with = "opt")]
+        b: Option<String>,
+    }
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct Nested {
+        #[serde(default, deserialize_with = "object")]
+        p: Option<Pair>,
+    }
+
+    #[test]
+    fn an_array_is_not_read_as_a_structs_fields() {
+        let read = |v: Value| serde_json::from_value::<Nested>(v).unwrap().p;
+        assert_eq!(read(json!({"p": [5, "x"]})), None);
+        assert_eq!(read(json!({"p": "x"})), None);
+        assert_eq!(
+            read(json!({"p": {"a": 5, "b": 7}})),
+            Some(Pair {
+                a: Some(5),
+                b: None
+            })
+        );
+        assert_eq!(read(json!({})), None);
+    }
 
     #[derive(Deserialize, Debug, PartialEq)]
     struct Probe {

@@ -39,3 +39,11 @@ pub const MAX_TYPE_CHARS: usize = 64;
 pub const ECHOED_NAME_CHARS: usize = 120;
 /// `offload_request.preferences.timeout_minutes` when absent (spec §7.1).
 pub const DEFAULT_TIMEOUT_MINUTES: u64 = 30;
+/// `offload_request.preferences.timeout_minutes` at most: a day (the
+/// client refuses more, and so does the controller).
+pub const MAX_TIMEOUT_MINUTES: u64 = 24 * 60;
+/// `offload_request.task` at most, in characters (checked by both sides).
+pub const MAX_TASK_CHARS: usize = 100_000;
+/// The model the controller names in the sandbox's spec when the request's
+/// preferences name none (the original controller's default, spec §7.3).
+pub const DEFAULT_MODEL: &str = "gpt-5.4";

@@ -112,10 +112,11 @@ pub trait Family: Serialize + DeserializeOwned {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
-    /// The message as compact JSON text.
+    /// The message as compact JSON text, its keys in the order a
+    /// `serde_json::Value` writes them (sorted): byte for byte what the
+    /// `json!` literals these types replace wrote.
     fn to_text(&self) -> String {
-        // Cannot fail, as for `to_value`.
-        serde_json::to_string(self).unwrap_or_default()
+        self.to_value().to_string()
     }
 }
 

@@ -12,7 +12,7 @@
 //! they saw before.
 
 use crate::crypto::x3dh::Establishment;
-use crate::wire::lenient::{absent, opt, raw, V1};
+use crate::wire::lenient::{absent, object, opt, raw, V1};
 use crate::wire::payload::Family;
 use crate::wire::{b64, frames, WireError};
 use serde::{Deserialize, Serialize};
@@ -71,17 +71,12 @@ impl RelayFrame {
     /// The routing fields of a routed frame (`message`, `knock`,
     /// `knock_accept`, `knock_reject`); `None` for the others.
     pub fn route(&self) -> Option<Route<'_>> {
-        let (from, to, id) = match self {
-            RelayFrame::Message(m) => (&m.from, &m.to, &m.id),
-            RelayFrame::Knock(k) => (&k.from, &k.to, &k.id),
-            RelayFrame::KnockAccept(r) | RelayFrame::KnockReject(r) => (&r.from, &r.to, &r.id),
-            _ => return None,
-        };
-        Some(Route {
-            from: from.as_deref().unwrap_or(""),
-            to: to.as_deref(),
-            id: id.as_deref().unwrap_or(""),
-        })
+        match self {
+            RelayFrame::Message(m) => Some(m.route()),
+            RelayFrame::Knock(k) => Some(k.route()),
+            RelayFrame::KnockAccept(r) | RelayFrame::KnockReject(r) => Some(r.route()),
+            _ => None,
+        }
     }
 
     /// `ts`, as the inbox keeps it.
@@ -129,6 +124,16 @@ impl RelayFrame {
     }
 }
 
+impl<'a> Route<'a> {
+    fn of(from: &'a Option<String>, to: &'a Option<String>, id: &'a Option<String>) -> Self {
+        Route {
+            from: from.as_deref().unwrap_or(""),
+            to: to.as_deref(),
+            id: id.as_deref().unwrap_or(""),
+        }
+    }
+}
+
 /// The only `knock_reject` reason there is.
 pub const POLICY_DENIED: &str = "policy_denied";
 /// The only KNOCK intent there is.
@@ -163,6 +168,11 @@ pub struct MessageFrame {
 }
 
 impl MessageFrame {
+    /// Its routing fields (see [`RelayFrame::route`]).
+    pub fn route(&self) -> Route<'_> {
+        Route::of(&self.from, &self.to, &self.id)
+    }
+
     /// A string `header.dh`: without it a frame is not an encrypted message.
     pub fn has_header(&self) -> bool {
         self.header
@@ -200,7 +210,7 @@ pub struct Knock {
     pub id: Option<String>,
     #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
     pub ts: Option<String>,
-    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    #[serde(default, deserialize_with = "object", skip_serializing_if = "absent")]
     pub intent: Option<Intent>,
     /// As it came: a malformed one must still reach the refusal (which acks
     /// the KNOCK), so it is checked by [`Knock::establishment`], not here.
@@ -228,6 +238,11 @@ pub struct KnockEstablishment {
 }
 
 impl Knock {
+    /// Its routing fields (see [`RelayFrame::route`]).
+    pub fn route(&self) -> Route<'_> {
+        Route::of(&self.from, &self.to, &self.id)
+    }
+
     pub fn new(
         from: &str,
         to: &str,
@@ -292,6 +307,11 @@ pub struct KnockReply {
 }
 
 impl KnockReply {
+    /// Its routing fields (see [`RelayFrame::route`]).
+    pub fn route(&self) -> Route<'_> {
+        Route::of(&self.from, &self.to, &self.id)
+    }
+
     fn new(
         from: &str,
         to: &str,
@@ -357,6 +377,8 @@ mod tests {
 
     fn same(frame: RelayFrame, literal: Value) {
         assert_eq!(frame.to_value(), literal);
+        // Byte for byte what `json!(..).to_string()` wrote.
+        assert_eq!(frame.to_text(), literal.to_string());
         assert_eq!(RelayFrame::parse(&literal).as_ref(), Ok(&frame));
         assert_eq!(
             RelayFrame::from_text(&literal.to_string()).as_ref(),

@@ -9,6 +9,8 @@ use crate::crypto::identity::is_mesh_did;
 use crate::io::Command;
 use crate::tools::args::{self, ArgError};
 use crate::tools::render;
+use crate::wire::delivery::DeliveryMsg;
+use crate::wire::payload::Family;
 use crate::wire::time;
 use serde_json::{json, Value};
 
@@ -113,14 +115,10 @@ impl InboxQuery {
 fn content_text(payload: &Value) -> String {
     match payload {
         Value::String(s) => s.clone(),
-        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("message") => {
-            match o.get("content") {
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
-                None => payload.to_string(),
-            }
-        }
-        other => other.to_string(),
+        other => match DeliveryMsg::parse(other) {
+            Ok(DeliveryMsg::Message(m)) => m.shown().unwrap_or_else(|| payload.to_string()),
+            _ => other.to_string(),
+        },
     }
 }
 

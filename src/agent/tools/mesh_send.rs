@@ -6,6 +6,8 @@ use crate::agent::{Agent, Cx, HttpAnswer, Purpose};
 use crate::mesh::registry as reg;
 use crate::tools::args::{self, ArgError};
 use crate::tools::render::{fail, fail_text, ok};
+use crate::wire::delivery::{ChatMessage, DeliveryMsg};
+use crate::wire::payload::Family;
 use serde_json::{json, Value};
 
 /// Longest idempotency key.
@@ -72,7 +74,7 @@ fn send_args(agent: &Agent, a: &Value) -> Result<(Address, Value, Option<String>
     let payload = match args::first(a, &["message", "content", "body", "text"]) {
         None => return Err(SendArgError::NoMessage),
         Some((_, Value::String(s))) if s.trim().is_empty() => return Err(SendArgError::NoMessage),
-        Some((_, Value::String(s))) => json!({"type": "message", "content": s}),
+        Some((_, Value::String(s))) => DeliveryMsg::from(ChatMessage::text(s)).to_value(),
         Some((_, Value::Object(o))) if o.is_empty() => return Err(SendArgError::NoMessage),
         Some((_, Value::Object(o))) => Value::Object(o.clone()),
         Some(_) => return Err(SendArgError::MessageType),

@@ -1,6 +1,6 @@
 //! Client → controller: `offload_request` and `offload_cleanup`.
 
-use crate::wire::lenient::{absent, opt, strings_each};
+use crate::wire::lenient::{absent, object, opt, strings_each};
 use crate::wire::limits::DEFAULT_TIMEOUT_MINUTES;
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
@@ -23,7 +23,7 @@ pub struct OffloadRequest {
     #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
     pub total_bytes: Option<u64>,
     /// Absent or not an object: the defaults.
-    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    #[serde(default, deserialize_with = "object", skip_serializing_if = "absent")]
     pub preferences: Option<Preferences>,
     #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
     pub timestamp: Option<String>,
@@ -181,6 +181,14 @@ mod tests {
         };
         assert!(r.files.is_empty());
         assert_eq!(r.preferences().timeout_minutes_f64(), 30.0);
+        // An array is no preferences (`p["preferences"]["timeout_minutes"]`
+        // is null), never its elements read as the fields in order.
+        let listed =
+            json!({"type": "offload_request", "request_id": RID, "preferences": [45, "m"]});
+        let Ok(OffloadMsg::Request(r)) = OffloadMsg::parse(&listed) else {
+            panic!("not a request");
+        };
+        assert_eq!(r.preferences(), Preferences::default());
         // A request id of the wrong type is no request id.
         let bad = json!({"type": "offload_request", "request_id": 5});
         assert_eq!(

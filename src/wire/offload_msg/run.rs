@@ -3,7 +3,7 @@
 //! `offload_done`.
 
 use super::cut;
-use crate::wire::lenient::{absent, opt};
+use crate::wire::lenient::{absent, object, opt};
 use crate::wire::limits::{MAX_SUMMARY_CHARS, TASK_PREVIEW_CHARS};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -141,7 +141,7 @@ pub struct OffloadDone {
     /// Always `[]`: files travel as `file_transfer`, never inline.
     #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
     pub output_file_contents: Option<Vec<Value>>,
-    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    #[serde(default, deserialize_with = "object", skip_serializing_if = "absent")]
     pub tokens_used: Option<TokensUsed>,
     #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
     pub duration_seconds: Option<u64>,
