@@ -91,6 +91,30 @@ fn offload_shape_refusal(r: &OffloadRequest) -> Option<String> {
     None
 }
 
+/// The host's job spec for a request's sandbox (read back as `SandboxSpec`;
+/// not a message).
+fn sandbox_spec(p: &OffloadRequest, name: &str, from: &str, rid: &str, controller: &str) -> Value {
+    let prefs = p.preferences();
+    let model: String = prefs
+        .model
+        .as_deref()
+        .unwrap_or(DEFAULT_MODEL)
+        .chars()
+        .take(200)
+        .collect();
+    let files: Vec<String> = p.files.iter().flatten().cloned().collect();
+    json!({
+        "name": name,
+        "requester": from,
+        "request_id": rid,
+        "task": p.task.as_deref().unwrap_or_default(),
+        "files": files,
+        "timeout_minutes": prefs.timeout_minutes_f64().floor() as u64,
+        "model": model,
+        "controller": controller,
+    })
+}
+
 impl Controller {
     /// The stored offloads; a sandbox still starting when the controller
     /// went down is started again.
@@ -385,28 +409,8 @@ impl Controller {
                 "No free sandbox slot.",
             );
         };
-        let prefs = p.preferences();
-        let timeout = prefs.timeout_minutes_f64();
-        let model: String = prefs
-            .model
-            .as_deref()
-            .unwrap_or(DEFAULT_MODEL)
-            .chars()
-            .take(200)
-            .collect();
-        let files: Vec<String> = p.files.iter().flatten().cloned().collect();
         let job = port.fresh_id();
-        // The host's job spec (read back as `SandboxSpec`), not a message.
-        let spec = json!({
-            "name": sandbox_name,
-            "requester": from,
-            "request_id": rid,
-            "task": p.task.as_deref().unwrap_or_default(),
-            "files": files,
-            "timeout_minutes": timeout.floor() as u64,
-            "model": model,
-            "controller": port.identity().did(),
-        });
+        let spec = sandbox_spec(p, &sandbox_name, from, rid, port.identity().did());
         // The slot and the record are stored before anything is said or
         // started: a crash after this point replays nothing and loses nothing.
         self.operator.save(port.vault(), cx);
