@@ -6,7 +6,7 @@
 // engine validates arguments and writes every text; nothing here decides a
 // protocol question.
 //
-// OpenClaw rules this file follows (shared/spec/openclaw-host.md §2, §9):
+// OpenClaw rules this file follows (docs/spec/openclaw-host.md §2, §9):
 //   - register(api) is synchronous, cheap and idempotent: OpenClaw calls it
 //     several times per process (full, tool-discovery, discovery, again after a
 //     config reload). It opens nothing; no top-level await in the module graph

@@ -1,5 +1,5 @@
 // The eight OpenClaw tools of kars-mesh: names, descriptions and parameter
-// schemas of the original @kars/mesh plugin (shared/spec/kars-mesh-plugin.md
+// schemas of the original @kars/mesh plugin (docs/spec/kars-mesh-plugin.md
 // §2; descriptions verbatim). The engine validates arguments and writes every
 // text; these definitions only tell the model what to pass.
 

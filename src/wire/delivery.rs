@@ -179,7 +179,7 @@ mod tests {
     #[test]
     fn message() {
         let s = "hello ✓";
-        // src/agent/send_tool.rs, send_args.
+        // src/agent/tools/mesh_send.rs (then src/agent/send_tool.rs), send_args.
         let literal = json!({"type": "message", "content": s});
         let msg = DeliveryMsg::from(ChatMessage::text(s));
         assert_eq!(msg.to_value(), literal);
@@ -194,7 +194,7 @@ mod tests {
                 kind: "Message".into()
             })
         );
-        // Content is optional and any JSON (src/agent/inbox_tool.rs,
+        // Content is optional and any JSON (src/agent/tools/mesh_inbox.rs (then src/agent/inbox_tool.rs),
         // content_text): `null` stays null, a missing one is none.
         for (v, shown) in [
             (json!({"type": "message", "content": null}), Some("null")),

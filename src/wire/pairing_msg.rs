@@ -191,7 +191,7 @@ mod tests {
         let secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I";
         let pk = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
         let name = "external-5Kd3NBUA";
-        // src/agent/pairing.rs, Agent::start_pairing (`tok.secret`, the
+        // src/pairing/ (then src/agent/pairing.rs), Agent::start_pairing (`tok.secret`, the
         // key as std base64, the display name).
         let literal = json!({
             "type": "pair_request",
@@ -242,7 +242,7 @@ mod tests {
         );
         let caps = vec!["offload".to_string(), "handoff".to_string()];
         let (slots_max, token_budget, expires) = (2u32, 500_000u64, "2026-04-02T03:04:05.678Z");
-        // src/agent/pairing.rs, Agent::answer_pair_request (grant; `p.*`
+        // src/pairing/ (then src/agent/pairing.rs), Agent::answer_pair_request (grant; `p.*`
         // are the ledger's pairing, `time::format_millis(p.expires_ms)`).
         let literal = json!({
             "type": "pair_response", "success": true, "cluster_name": cluster,
@@ -264,7 +264,7 @@ mod tests {
         misspelt(&literal, "pair_reply");
 
         let e = "Pairing token has expired";
-        // src/agent/pairing.rs, Agent::answer_pair_request (refusal).
+        // src/pairing/ (then src/agent/pairing.rs), Agent::answer_pair_request (refusal).
         let literal = json!({"type": "pair_response", "success": false, "error": e.to_string()});
         let refused = PairResponseMsg::refused(e);
         assert!(!refused.succeeded());
@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn pair_response_is_read_as_leniently_as_the_client_did() {
-        // src/agent/pairing.rs, take_pair_response: `success != true` is a
+        // src/pairing/ (then src/agent/pairing.rs), take_pair_response: `success != true` is a
         // refusal; capabilities keep their strings; numbers must be whole.
         let v = json!({"type": "pair_response", "success": "true",
             "capabilities_granted": ["offload", 3, "handoff"], "slots": -1, "token_budget": 1.5});

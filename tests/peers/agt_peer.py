@@ -5,7 +5,7 @@ Crypto comes from the PyPI package agent-governance-toolkit-core 5.0.0
 (``agentmesh.encryption``: X3DHKeyManager, SecureChannel, DoubleRatchet).
 That package ships no registry/relay *client*, so the glue below (registry
 REST with proof-of-possession, relay WebSocket, KNOCK, message frames, acks,
-heartbeats) is written here, byte for byte per /work/shared/spec/agentmesh-wire.md.
+heartbeats) is written here, byte for byte per docs/spec/agentmesh-wire.md.
 
     python agt_peer.py --relay URL --registry URL [--seed HEX] [--state FILE] [--echo]
 

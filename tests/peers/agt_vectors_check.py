@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Replay /work/shared/spec/vectors.json through the AGT Python reference
+"""Replay tests/fixtures/vectors.json (the spec's golden data) through the AGT Python reference
 crypto (agentmesh.encryption, core-5.0.0) and through agt_peer.py's wire
 builders, with the randomness pinned to the vector values.
 

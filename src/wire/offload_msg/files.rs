@@ -196,7 +196,7 @@ mod tests {
         let bytes = b"hello".to_vec();
         let sha = crate::wire::transfer::sha256_hex(&bytes);
         let (rid, name, from_agent) = (RID, "in.txt", "alice");
-        // src/agent/offload.rs, Agent::send_inputs; the pacer
+        // src/offload/client.rs (then src/agent/offload.rs), Agent::send_inputs; the pacer
         // (src/agent/pacer.rs, pump_to) adds `file_data` when it goes.
         let mut literal = json!({
             "type": "file_transfer", "request_id": rid, "file_name": name, "file_path": name,
@@ -214,7 +214,7 @@ mod tests {
         assert_eq!(bare.into_value_with(bytes.clone()), literal);
         misspelt(&literal, "file-transfer");
 
-        // src/agent/sandbox.rs, Agent::finish_task.
+        // src/offload/sandbox.rs (then src/agent/sandbox.rs), Agent::finish_task.
         let spec_name = "offload-1";
         let literal = json!({
             "type": "file_transfer", "request_id": rid, "file_name": name, "file_path": name,
@@ -238,7 +238,7 @@ mod tests {
     #[test]
     fn file_transfer_ack() {
         let (n, ts) = ("in.txt", TS);
-        // src/agent/sandbox.rs, Agent::sandbox_input.
+        // src/offload/sandbox.rs (then src/agent/sandbox.rs), Agent::sandbox_input.
         let literal = json!({"type": "file_transfer_ack", "file_name": n, "success": true, "saved_to": format!("in/{n}"), "timestamp": ts});
         same(
             FileTransferAck::saved(n, &format!("in/{n}"), ts),
@@ -247,17 +247,17 @@ mod tests {
         misspelt(&literal, "file_transfer_acknowledged");
         let path = "incoming/5f0c2a4e/in.txt";
         let name = n;
-        // src/agent/offload.rs, Agent::receive_output.
+        // src/offload/client.rs (then src/agent/offload.rs), Agent::receive_output.
         let literal = json!({"type": "file_transfer_ack", "file_name": name, "success": true, "saved_to": path, "timestamp": ts});
         same(FileTransferAck::saved(name, path, ts), literal);
 
         let raw = "r".repeat(200);
         let why = "unusable file name";
-        // src/agent/offload.rs, Agent::receive_output (`refuse`).
+        // src/offload/client.rs (then src/agent/offload.rs), Agent::receive_output (`refuse`).
         let literal = json!({"type": "file_transfer_ack", "file_name": raw.chars().take(120).collect::<String>(), "success": false, "error": why, "timestamp": ts});
         same(FileTransferAck::refused(&raw, why, ts), literal.clone());
         let shown: String = raw.chars().take(120).collect();
-        // src/agent/sandbox.rs, Agent::sandbox_input (refusal).
+        // src/offload/sandbox.rs (then src/agent/sandbox.rs), Agent::sandbox_input (refusal).
         let literal = json!({"type": "file_transfer_ack", "file_name": shown, "success": false, "error": why, "timestamp": ts});
         same(FileTransferAck::refused(&raw, why, ts), literal);
 

@@ -217,7 +217,7 @@ mod tests {
 
     #[test]
     fn every_message_answers_which_request_it_names() {
-        // src/agent/offload.rs, on_sandbox_news, drops sandbox news naming
+        // src/offload/client.rs (then src/agent/offload.rs), on_sandbox_news, drops sandbox news naming
         // another request whatever its type (`p["request_id"].as_str()`).
         for t in OffloadMsg::TYPES {
             let v = json!({"type": t, "request_id": "other"});

@@ -154,7 +154,7 @@ mod tests {
     #[test]
     fn offload_status() {
         let (rid, phase, message) = (RID, "spawning", "starting sandbox offload-1");
-        // src/agent/controller.rs, Agent::ctl_status; `ctl_send` adds the
+        // src/offload/controller.rs (then src/agent/controller.rs), Agent::ctl_status; `ctl_send` adds the
         // timestamp.
         let mut literal = json!({"type": "offload_status", "request_id": rid, "phase": phase, "message": message});
         literal["timestamp"] = json!(TS);
@@ -166,7 +166,7 @@ mod tests {
         missing(&literal, "request_id");
 
         let (name, did) = ("offload-1", "did:mesh:0123456789abcdef0123456789abcdef");
-        // src/agent/controller.rs, Agent::controller_job_ready (and
+        // src/offload/controller.rs (then src/agent/controller.rs), Agent::controller_job_ready (and
         // answer_repeated_request with `o.sandbox_did`); plus ctl_send's timestamp.
         let mut literal = json!({"type": "offload_status", "request_id": rid, "phase": "ready", "message": "sandbox ready", "sandbox_name": name, "sandbox_did": did});
         literal["timestamp"] = json!(TS);
@@ -185,7 +185,7 @@ mod tests {
     #[test]
     fn offload_error() {
         let (rid, phase, error) = (RID, "validating", "No free sandbox slot.");
-        // src/agent/controller.rs, Agent::ctl_error; plus ctl_send's timestamp.
+        // src/offload/controller.rs (then src/agent/controller.rs), Agent::ctl_error; plus ctl_send's timestamp.
         let mut literal =
             json!({"type": "offload_error", "request_id": rid, "error": error, "phase": phase});
         literal["timestamp"] = json!(TS);
@@ -196,7 +196,7 @@ mod tests {
         misspelt(&literal, "offload_err");
 
         let (name, code) = ("offload-1", 137);
-        // src/agent/controller.rs, Agent::controller_job_exited; plus
+        // src/offload/controller.rs (then src/agent/controller.rs), Agent::controller_job_exited; plus
         // ctl_send's timestamp.
         let mut literal = json!({"type": "offload_error", "request_id": rid, "error": format!("the sandbox {} stopped (exit code {}) before the offload was cleaned up", name, code), "phase": "execution"});
         literal["timestamp"] = json!(TS);
@@ -210,7 +210,7 @@ mod tests {
 
         let long = "e".repeat(5000);
         let error = long.as_str();
-        // src/agent/sandbox.rs, Agent::sandbox_error.
+        // src/offload/sandbox.rs (then src/agent/sandbox.rs), Agent::sandbox_error.
         let literal = json!({
             "type": "offload_error", "request_id": rid, "error": error.chars().take(4000).collect::<String>(),
             "phase": "execution", "from_agent": name, "timestamp": TS,

@@ -138,7 +138,7 @@ mod tests {
         let names = vec!["a.txt".to_string(), "b.csv".to_string()];
         let ts = TS;
         for model in [None, Some("gpt-x".to_string())] {
-            // src/agent/offload.rs, Agent::finish_submit.
+            // src/offload/client.rs (then src/agent/offload.rs), Agent::finish_submit.
             let mut prefs = json!({"timeout_minutes": timeout_minutes});
             if let Some(m) = &model {
                 prefs["model"] = json!(m);
@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn offload_request_is_read_as_leniently_as_the_controller_did() {
-        // src/agent/controller.rs reads task/files/preferences with
+        // src/offload/controller.rs (then src/agent/controller.rs) reads task/files/preferences with
         // `as_str`/`as_array`/`as_f64` and falls back; so does the type.
         let v = json!({"type": "offload_request", "request_id": RID, "task": 7,
             "files": ["a", 3], "preferences": {"timeout_minutes": 12.5, "model": false}});
@@ -202,7 +202,7 @@ mod tests {
     #[test]
     fn offload_cleanup() {
         let reason = "discovery_timeout";
-        // src/agent/offload.rs, Agent::send_cleanup.
+        // src/offload/client.rs (then src/agent/offload.rs), Agent::send_cleanup.
         let literal = json!({"type": "offload_cleanup", "request_id": RID, "reason": reason, "timestamp": TS});
         same(
             OffloadCleanup::new(RID, CleanupReason::DiscoveryTimeout, TS),

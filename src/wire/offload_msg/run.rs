@@ -187,7 +187,7 @@ mod tests {
         let name = "offload-1a2b";
         let task = "t".repeat(300);
         let now = TS;
-        // src/agent/sandbox.rs, Agent::start_sandbox.
+        // src/offload/sandbox.rs (then src/agent/sandbox.rs), Agent::start_sandbox.
         let preview: String = task.chars().take(200).collect();
         let literal = json!({
             "type": "offload_hello", "request_id": RID, "from_agent": name,
@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn offload_progress() {
         let (message, pct, elapsed, name) = ("waiting for input files (0/2)", 12u64, 20u64, "sb");
-        // src/agent/sandbox.rs, Agent::sandbox_progress_due.
+        // src/offload/sandbox.rs (then src/agent/sandbox.rs), Agent::sandbox_progress_due.
         let literal = json!({
             "type": "offload_progress", "request_id": RID, "stage": "executing",
             "message": message, "pct": pct, "elapsed_seconds": elapsed, "from_agent": name,
@@ -231,7 +231,7 @@ mod tests {
         let task_sha256 = "ab".repeat(32);
         let names = vec!["a.txt", "b.csv"];
         let from_agent = "alice";
-        // src/agent/offload.rs, Agent::send_inputs.
+        // src/offload/client.rs (then src/agent/offload.rs), Agent::send_inputs.
         let literal = json!({
             "type": "offload_start", "request_id": rid, "task_sha256": task_sha256,
             "files": names, "from_agent": from_agent, "timestamp": TS,
@@ -255,7 +255,7 @@ mod tests {
         let summary = "s".repeat(9000);
         let names = vec!["report.md".to_string()];
         let (duration, name) = (42u64, "offload-1");
-        // src/agent/sandbox.rs, Agent::finish_task (the summary is cut to
+        // src/offload/sandbox.rs (then src/agent/sandbox.rs), Agent::finish_task (the summary is cut to
         // MAX_SUMMARY_CHARS before the literal is built).
         let cut_summary: String = summary.chars().take(8000).collect();
         let literal = json!({
