@@ -283,6 +283,141 @@ fn glare_both_send_first_at_the_same_instant() {
     fail_if(seed, "glare", &problems, &w);
 }
 
+/// Frames `i` put on the wire while `f` ran, captured instead of sent.
+fn capture_during(w: &mut World, i: usize, f: impl FnOnce(&mut World)) -> Vec<String> {
+    w.agents[i].capture = true;
+    f(w);
+    w.agents[i].capture = false;
+    std::mem::take(&mut w.agents[i].captured)
+}
+
+fn of_type<'a>(frames: &'a [String], kind: &str) -> Vec<&'a String> {
+    frames
+        .iter()
+        .filter(|t| t.contains(&format!("\"type\":\"{kind}\"")))
+        .collect()
+}
+
+/// Glare, then a late frame of the losing session. The smaller DID (S)
+/// keeps its own session A when the bigger one's (L) session B crosses it;
+/// L gives way and re-sends under A, which confirms A at S. A frame L sent
+/// under B before giving way (delayed, duplicated or pushed late by the
+/// relay) then reaches S. It must not make S swap A for B: L has dropped
+/// B, so the two would be left in different sessions for good, every frame
+/// either way refused ("authentication failed", "would skip N message
+/// keys"), and nothing delivered again (seeds 1 and 40 of the 300-message
+/// exchange).
+#[test]
+fn glare_late_frame_of_the_losing_session_does_not_split_it() {
+    glare_then_late_frame(31, false);
+}
+
+/// The same with L's KNOCK itself late: S gets it (and L's first message
+/// under B) only after L has moved to A and S has read L's messages under
+/// A (seed 74 of the 300-message exchange).
+#[test]
+fn glare_late_knock_of_the_losing_session_does_not_split_it() {
+    glare_then_late_frame(37, true);
+}
+
+fn glare_then_late_frame(seed: u64, knock_late: bool) {
+    let (mut w, ids) = world_with(seed, &["alice", "bob"]);
+    // S: the smaller DID, whose session wins the glare.
+    let (s, l) = if w.did(ids[0]) < w.did(ids[1]) {
+        (ids[0], ids[1])
+    } else {
+        (ids[1], ids[0])
+    };
+    let mut fs = Flow::new(&w, s, l);
+    let mut fl = Flow::new(&w, l, s);
+    // L opens B and sends two messages; S opens A and sends one. Neither
+    // has seen the other's KNOCK yet.
+    let from_l = capture_during(&mut w, l, |w| {
+        fl.send_next(w);
+        fl.send_next(w);
+        w.run_for(1_000);
+    });
+    let from_s = capture_during(&mut w, s, |w| {
+        fs.send_next(w);
+        w.run_for(1_000);
+    });
+    let (kb, mb) = (of_type(&from_l, "knock"), of_type(&from_l, "message"));
+    let (ka, ma) = (of_type(&from_s, "knock"), of_type(&from_s, "message"));
+    assert_eq!((kb.len(), mb.len(), ka.len(), ma.len()), (1, 2, 1, 1));
+    // S gets L's KNOCK and first message: glare, S keeps A (B is set aside).
+    let to_s = |w: &mut World| {
+        w.inject(s, kb[0]);
+        w.run_for(200);
+        w.inject(s, mb[0]);
+        w.run_for(200);
+    };
+    if !knock_late {
+        capture_during(&mut w, s, to_s);
+    }
+    // L gets S's KNOCK and message: L gives way to A and re-sends under A,
+    // which S decrypts under A (A is confirmed).
+    w.inject(l, ka[0]);
+    w.run_for(200);
+    w.inject(l, ma[0]);
+    w.run_for(3_000);
+    if knock_late {
+        to_s(&mut w);
+    }
+    // The late copy of L's second message under B.
+    w.inject(s, mb[1]);
+    w.run_for(1_000);
+    for _ in 0..5 {
+        fs.send_next(&mut w);
+        w.run_for(700);
+        fl.send_next(&mut w);
+        w.run_for(700);
+    }
+    w.run_for(90_000);
+    drain(&mut w, s);
+    drain(&mut w, l);
+    let mut problems = Vec::new();
+    let ss = check_flow(&w, &fs, &mut problems);
+    let sl = check_flow(&w, &fl, &mut problems);
+    common_checks(&w, &mut problems);
+    if ss.read != 6 || sl.read != 7 {
+        problems.push(format!(
+            "S->L {ss:?} (want 6 read), L->S {sl:?} (want 7 read)"
+        ));
+    }
+    fail_if(
+        seed,
+        "glare, late frame of the losing session",
+        &problems,
+        &w,
+    );
+}
+
+/// Seeds of the 300-message exchange whose glare ended with the two agents
+/// in different sessions: almost nothing delivered either way.
+#[test]
+fn exchange_glare_seeds_stay_in_one_session() {
+    let mut failures = Vec::new();
+    for seed in [1, 40, 74] {
+        let cfg = ExchangeCfg {
+            each_way: 300,
+            faults: Faults::chaos(),
+            crashes_per_agent: 2,
+            relay_restarts: 1,
+            max_pause_ms: 1_500,
+        };
+        let (w, problems, report) = run_exchange(seed, &cfg);
+        eprintln!("{report}");
+        if !problems.is_empty() {
+            failures.push(format!(
+                "seed {seed}:\n    {}{}",
+                problems.join("\n    "),
+                crash_summary(&w)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 // ------------------------------------------------- minimal reproductions
 
 /// Two messages delivered in reverse order (no crash, no loss): the second is

@@ -108,6 +108,8 @@ struct PeerRecord {
     sent_keys: Vec<(String, String)>,
     #[serde(default)]
     used_openings: Vec<String>,
+    #[serde(default)]
+    glare_lost: Vec<String>,
 }
 
 /// A consumed relay frame: its id, when, and the sender's sequence number.
@@ -169,6 +171,11 @@ pub struct Peer {
     /// KNOCK replaying one is refused, so a recorded opening can never
     /// replace the live session (red-team finding 4).
     pub used_openings: Vec<String>,
+    /// KNOCK ids whose candidates crossed our own KNOCK and lost: the peer
+    /// went on to use the session we opened. Their late frames still
+    /// decrypt, but they never replace our session (the peer has dropped
+    /// theirs).
+    pub glare_lost: Vec<String>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -203,6 +210,7 @@ impl Peer {
             persisted_out: std::collections::BTreeSet::new(),
             sent_keys: Vec::new(),
             used_openings: Vec::new(),
+            glare_lost: Vec::new(),
         }
     }
 
@@ -240,6 +248,7 @@ impl Peer {
             in_epoch: self.in_epoch,
             sent_keys: self.sent_keys.clone(),
             used_openings: self.used_openings.clone(),
+            glare_lost: self.glare_lost.clone(),
         };
         let out = Zeroizing::new(serde_json::to_vec(&rec).unwrap_or_default());
         let mut rec = rec;
@@ -289,6 +298,7 @@ impl Peer {
             persisted_out: std::collections::BTreeSet::new(),
             sent_keys: rec.sent_keys.clone(),
             used_openings: rec.used_openings.clone(),
+            glare_lost: rec.glare_lost.clone(),
         })
     }
 
@@ -357,7 +367,15 @@ impl Peer {
     /// sides knocked at once and our session, not yet used by the peer, was
     /// initiated by the smaller DID (`we_are_smaller`), so ours wins on both
     /// sides. A session the peer has used is replaced: a new KNOCK after that
-    /// means the peer lost it.
+    /// means the peer lost it. Unless the candidate is the peer's side of a
+    /// glare it lost: once the peer uses the session we opened it has given
+    /// its own up, so a late frame under that one (delayed, duplicated,
+    /// pushed late by the relay) is read but replaces nothing; replacing
+    /// would leave the two sides in different sessions for good. Such a
+    /// candidate comes from a KNOCK we had before the peer first used ours
+    /// (`glare_lost`), or, when its KNOCK itself came late, it carries the
+    /// delivery envelope of the peer state we already talk to
+    /// (`same_incarnation`): a peer that lost its session lost that too.
     pub fn decrypt(
         &mut self,
         header: &Header,
@@ -369,6 +387,10 @@ impl Peer {
         if let Some(active) = self.active.as_mut() {
             match active.decrypt(header, ct, rng) {
                 Ok(pt) => {
+                    if !self.confirmed && self.initiated_by_us {
+                        self.glare_lost =
+                            self.candidates.iter().map(|c| c.knock_id.clone()).collect();
+                    }
                     self.confirmed = true;
                     return Ok((pt, Decrypted::Active));
                 }
@@ -380,15 +402,21 @@ impl Peer {
                 // The opening is proven: it can open no second session.
                 let opening = self.candidates[i].opening.clone();
                 self.remember_opening(opening);
+                let lost = self.active.is_some()
+                    && self.initiated_by_us
+                    && self.confirmed
+                    && (self.glare_lost.contains(&self.candidates[i].knock_id)
+                        || self.same_incarnation(&pt));
                 let keep = we_are_smaller
                     && self.active.is_some()
                     && self.initiated_by_us
                     && !self.confirmed;
-                if keep {
+                if keep || lost {
                     return Ok((pt, Decrypted::Candidate));
                 }
                 let c = self.candidates.remove(i);
                 self.candidates.clear();
+                self.glare_lost.clear();
                 self.active = Some(c.ratchet);
                 self.initiated_by_us = false;
                 self.knock_sent = None;
@@ -398,5 +426,23 @@ impl Peer {
             }
         }
         Err(first_err.unwrap_or(RatchetError::AuthenticationFailed))
+    }
+
+    /// The plaintext carries the kars delivery envelope of the peer state we
+    /// already follow: a message numbered in the epoch we track, or a
+    /// receipt for our own epoch. Inside the AEAD, so authenticated.
+    fn same_incarnation(&self, pt: &[u8]) -> bool {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(pt) else {
+            return false;
+        };
+        let env = &v["kars"];
+        let Some(epoch) = env["epoch"].as_u64() else {
+            return false;
+        };
+        if env.get("receipt").is_some() || env.get("upto").is_some() {
+            self.out_epoch != 0 && epoch == self.out_epoch
+        } else {
+            self.in_epoch == Some(epoch)
+        }
     }
 }
