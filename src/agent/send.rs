@@ -2,8 +2,9 @@
 //! into the outbox and committed before they leave, receipts, re-sealing
 //! after a session change, and re-sending until receipted.
 use super::{
-    tools::mesh_send, Agent, Cx, Purpose, Queued, Sealed, MAX_PAYLOAD_BYTES, RECEIPT_DELAY_MS,
-    RESEND_AFTER_MS, T_RECEIPTS,
+    tools::mesh_send::{self, Sent},
+    Agent, Cx, Purpose, Queued, Sealed, MAX_PAYLOAD_BYTES, RECEIPT_DELAY_MS, RESEND_AFTER_MS,
+    T_RECEIPTS,
 };
 use crate::crypto::ratchet::{channel_ad, Ratchet};
 use crate::crypto::x3dh;
@@ -12,7 +13,7 @@ use crate::wire::delivery::{DeliveryMsg, ReceiptMsg, Receipts, Sequence};
 use crate::wire::payload::Family;
 use crate::wire::relay_frame::{Knock, RelayFrame};
 use crate::wire::{frames, registry};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// A session we open from a peer's verified bundle, before its KNOCK goes.
 struct NewSession {
@@ -40,13 +41,7 @@ impl Agent {
         if let (Some(k), Some(c)) = (&key, &call_id) {
             if let Some(fid) = self.peers.get(to).and_then(|p| p.sent_key(k)) {
                 let fid = fid.to_string();
-                return mesh_send::send_done(
-                    self,
-                    cx,
-                    c,
-                    to,
-                    json!({"to": to, "id": fid, "session": "existing", "queued": false, "duplicate": true}),
-                );
+                return mesh_send::send_done(self, cx, c, to, Sent::Repeat { frame_id: &fid });
             }
         }
         let can_send = self.peers.get(to).is_some_and(|p| p.can_send());
@@ -325,18 +320,12 @@ impl Agent {
             let Some(c) = call else { continue };
             match answer {
                 Ok(sealed) => {
-                    let kind = if sealed.new_session {
-                        "new"
-                    } else {
-                        "existing"
+                    let sent = Sent::Committed {
+                        frame_id: &sealed.frame_id,
+                        new_session: sealed.new_session,
+                        queued: !sent_now,
                     };
-                    mesh_send::send_done(
-                        self,
-                        cx,
-                        &c,
-                        to,
-                        json!({"to": to, "id": sealed.frame_id, "session": kind, "queued": !sent_now}),
-                    );
+                    mesh_send::send_done(self, cx, &c, to, sent);
                 }
                 Err(e) => mesh_send::send_failed(self, cx, &c, &e),
             }

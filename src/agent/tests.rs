@@ -143,3 +143,65 @@ fn a_trusted_plaintext_message_is_stored_before_its_ack_and_an_untrusted_one_is_
     .expect("the message is acked");
     assert!(stored < acked, "stored before the relay forgets it");
 }
+
+#[test]
+fn a_send_outcome_is_told_in_the_original_words_and_details() {
+    use super::tools::mesh_send::{send_done, Sent};
+    let mut host = FakeHost::default();
+    let (mut agent, _) = start(&mut host, &[]);
+    let mut cx = Cx {
+        host: &mut host,
+        out: Vec::new(),
+    };
+    let to = "did:mesh:00";
+    let outcomes = [
+        Sent::Committed {
+            frame_id: "f1",
+            new_session: true,
+            queued: false,
+        },
+        Sent::Committed {
+            frame_id: "f2",
+            new_session: false,
+            queued: true,
+        },
+        Sent::Repeat { frame_id: "f1" },
+    ];
+    for (i, sent) in outcomes.into_iter().enumerate() {
+        send_done(&mut agent, &mut cx, &format!("c{i}"), to, sent);
+    }
+    let results: Vec<Value> = cx
+        .out
+        .iter()
+        .filter_map(|c| match c {
+            Command::ToolResult { result_json, .. } => serde_json::from_str(result_json).ok(),
+            _ => None,
+        })
+        .collect();
+    let text = |i: usize| {
+        results[i]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+    };
+    assert_eq!(text(0), format!("✓ Message sent to {to} (E2E encrypted)"));
+    assert_eq!(
+        results[0]["details"]["mesh"],
+        json!({"to": to, "id": "f1", "session": "new", "queued": false})
+    );
+    assert_eq!(
+        text(1),
+        format!("✓ Message queued for {to} (E2E encrypted); the relay is not reachable right now, it goes out when the link is back")
+    );
+    assert_eq!(
+        results[1]["details"]["mesh"],
+        json!({"to": to, "id": "f2", "session": "existing", "queued": true})
+    );
+    assert_eq!(
+        text(2),
+        format!("✓ Message already sent to {to} (E2E encrypted) with this idempotency_key; not sent again")
+    );
+    assert_eq!(
+        results[2]["details"]["mesh"],
+        json!({"to": to, "id": "f1", "session": "existing", "queued": false, "duplicate": true})
+    );
+}

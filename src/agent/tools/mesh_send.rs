@@ -19,24 +19,54 @@ pub(in crate::agent) fn send_failed(agent: &mut Agent, cx: &mut Cx<'_>, call_id:
     fail(cx, call_id, &format!("Send failed: {msg}"));
 }
 
+/// How the node carried out a mesh_send whose arguments were accepted; the
+/// text and `details` the caller sees are made here, from this alone.
+pub(in crate::agent) enum Sent<'a> {
+    /// Committed to the outbox under a new or an existing session; `queued`
+    /// while the relay link is down.
+    Committed {
+        frame_id: &'a str,
+        new_session: bool,
+        queued: bool,
+    },
+    /// The idempotency key was used before: the first send's frame, not sent
+    /// again.
+    Repeat { frame_id: &'a str },
+}
+
 /// A mesh_send that was committed (or recognised as a repeat).
 pub(in crate::agent) fn send_done(
     agent: &mut Agent,
     cx: &mut Cx<'_>,
     call_id: &str,
     to: &str,
-    details: Value,
+    sent: Sent<'_>,
 ) {
     let target = agent
         .send_labels
         .remove(call_id)
         .unwrap_or_else(|| to.to_string());
-    let text = if details["duplicate"] == json!(true) {
-        format!("✓ Message already sent to {target} (E2E encrypted) with this idempotency_key; not sent again")
-    } else if details["queued"] == json!(true) {
-        format!("✓ Message queued for {target} (E2E encrypted); the relay is not reachable right now, it goes out when the link is back")
-    } else {
-        format!("✓ Message sent to {target} (E2E encrypted)")
+    let (text, details) = match sent {
+        Sent::Repeat { frame_id } => (
+            format!("✓ Message already sent to {target} (E2E encrypted) with this idempotency_key; not sent again"),
+            json!({"to": to, "id": frame_id, "session": "existing", "queued": false, "duplicate": true}),
+        ),
+        Sent::Committed {
+            frame_id,
+            new_session,
+            queued,
+        } => {
+            let session = if new_session { "new" } else { "existing" };
+            let text = if queued {
+                format!("✓ Message queued for {target} (E2E encrypted); the relay is not reachable right now, it goes out when the link is back")
+            } else {
+                format!("✓ Message sent to {target} (E2E encrypted)")
+            };
+            (
+                text,
+                json!({"to": to, "id": frame_id, "session": session, "queued": queued}),
+            )
+        }
     };
     ok(cx, call_id, &text, details);
 }
