@@ -11,7 +11,6 @@ mod plain_seen;
 mod receive;
 mod restore;
 mod roles;
-mod route;
 mod send;
 #[cfg(test)]
 mod tests;

@@ -651,9 +651,7 @@ impl Agent {
             peer.in_next = peer.in_next.max(s.saturating_add(1));
         }
         peer.mark_seen(id, now, seq);
-        let protocol = !duplicate
-            && !held
-            && self.consumer_for(from, &payload) == super::route::Consumer::Pairing;
+        let protocol = !duplicate && !held && self.for_a_role(from, &payload);
         if duplicate {
             self.stats.duplicates += 1;
             self.release_held(cx, from);
@@ -746,7 +744,7 @@ impl Agent {
             // A protocol message that had to wait for an earlier one goes to
             // its consumer now, not to the inbox.
             let payload = self.load_payload(cx, &e);
-            if self.consumer_for(&e.from, &payload) == super::route::Consumer::Pairing {
+            if self.for_a_role(&e.from, &payload) {
                 // Effects first, then the held copy goes.
                 self.intercept(cx, &e.from, payload, e.evidence == Evidence::Encrypted);
                 if let Some(gone) = self.inbox.remove(fresh) {
@@ -863,7 +861,7 @@ impl Agent {
         };
         // No peer record for a plaintext sender: its `from` is only a claim.
         self.plain_seen.insert(from, id, now);
-        if self.consumer_for(from, &payload) == super::route::Consumer::Pairing || !trusted {
+        if self.for_a_role(from, &payload) || !trusted {
             // Effects (if `intercept` takes it at all) land before the mark.
             self.intercept(cx, from, payload, false);
             self.save_plain_seen(cx);

@@ -106,7 +106,9 @@ impl Agent {
             || self.offload.is_party(from)
     }
 
-    /// Is this payload for a sub-machine rather than the inbox?
+    /// Is this payload for a sub-machine rather than the inbox? Every
+    /// message goes to exactly one consumer (the original's defect 9, spec
+    /// §12): the inbox gets what no sub-machine claims.
     pub(super) fn for_a_role(&self, from: &str, payload: &Value) -> bool {
         // A sandbox works for its requester only; nothing is inboxed.
         self.is_sandbox()
