@@ -26,7 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { startControlServer, listening } from './control.js';
 import { killSandboxes } from './jobs.js';
 import { escapeLog } from './log-escape.js';
-import { procInfo } from './proc.js';
+import { isRunning, procInfo } from './proc.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const BIN = path.join(ROOT, 'bin', 'kars-mesh');
@@ -131,16 +131,6 @@ function processRecord(pid, match) {
   return { pid, starttime: procInfo(pid)?.starttime, match };
 }
 
-/** true when `rec` still names the process we started (not a reused pid). */
-export function isOurs(rec) {
-  if (!rec?.pid) return false;
-  const info = procInfo(rec.pid);
-  if (!info?.alive) return false;
-  if (rec.starttime && info.starttime && rec.starttime !== info.starttime) return false;
-  if (info.cmdline !== undefined) return (rec.match ?? []).every((m) => info.cmdline.includes(m));
-  return true;
-}
-
 function signalGroup(pid, sig) {
   try {
     process.kill(-pid, sig);
@@ -158,15 +148,15 @@ function signalGroup(pid, sig) {
 async function waitGone(rec, ms) {
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {
-    if (!isOurs(rec)) return true;
+    if (!isRunning(rec)) return true;
     await sleep(100);
   }
-  return !isOurs(rec);
+  return !isRunning(rec);
 }
 
 /** SIGTERM (the group when `group`), wait `graceMs`, then SIGKILL. Returns how it ended. */
 async function terminate(rec, { group = false, graceMs }) {
-  if (!isOurs(rec)) return 'not running';
+  if (!isRunning(rec)) return 'not running';
   const send = (sig) => (group ? signalGroup(rec.pid, sig) : process.kill(rec.pid, sig));
   try { send('SIGTERM'); } catch { /* gone */ }
   if (await waitGone(rec, graceMs)) return 'stopped';
@@ -439,7 +429,7 @@ export async function runCluster(opts, { out, err, signal, env = process.env, cr
 
   ensureDir(dir);
   const existing = readJson(p.state);
-  if (existing && isOurs(existing.main)) {
+  if (existing && isRunning(existing.main)) {
     throw new ClusterError(
       `a cluster is already running in ${dir} (pid ${existing.main.pid}); stop it with: kars-mesh cluster down${dirFlag(dir, env)}`,
       1,
@@ -570,7 +560,7 @@ export async function detachCluster(args, { dir, out, err, signal, env = process
   const p = clusterPaths(dir);
   ensureDir(dir);
   const existing = readJson(p.state);
-  if (existing && isOurs(existing.main)) {
+  if (existing && isRunning(existing.main)) {
     throw new ClusterError(
       `a cluster is already running in ${dir} (pid ${existing.main.pid}); stop it with: kars-mesh cluster down${dirFlag(dir, env)}`,
       1,
@@ -651,7 +641,7 @@ export async function clusterDown(dir, { graceMs = DOWN_GRACE_MS } = {}) {
     const r = await terminate(s.process, { group: true, graceMs: SERVER_STOP_GRACE_MS });
     lines.push(`${what} ${s.process.pid} (${s.url}): ${r === 'not running' ? 'stopped' : r}`);
   }
-  const left = [st.main, st.relay?.process, st.registry?.process].filter((r) => r && isOurs(r));
+  const left = [st.main, st.relay?.process, st.registry?.process].filter((r) => r && isRunning(r));
   if (left.length) {
     throw new ClusterError(`could not stop pid ${left.map((r) => r.pid).join(', ')}; kill it by hand, then run cluster down again`, 1);
   }
@@ -666,7 +656,7 @@ export async function clusterStatus(dir) {
   const p = clusterPaths(dir);
   const st = readJson(p.state);
   if (!st) return { running: false, healthy: false, lines: [`no cluster is running in ${dir}`] };
-  const mainUp = isOurs(st.main);
+  const mainUp = isRunning(st.main);
   if (!mainUp) {
     return {
       running: false,

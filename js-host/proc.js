@@ -31,3 +31,18 @@ export function procInfo(pid) {
     return e.code === 'EPERM' ? { alive: true, starttime: undefined, cmdline: undefined } : null;
   }
 }
+
+/**
+ * true while `rec` ({pid, starttime?, match?: strings its command line
+ * holds}) still names the process it was taken from: alive (not a zombie),
+ * the same start time, the same command line. A later process given the
+ * same pid does not count.
+ */
+export function isRunning(rec) {
+  if (!rec?.pid) return false;
+  const info = procInfo(rec.pid);
+  if (!info?.alive) return false;
+  if (rec.starttime && info.starttime && rec.starttime !== info.starttime) return false;
+  if (info.cmdline !== undefined) return (rec.match ?? []).every((m) => info.cmdline.includes(m));
+  return true;
+}

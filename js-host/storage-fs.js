@@ -33,7 +33,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { procInfo } from './proc.js';
+import { isRunning, procInfo } from './proc.js';
 
 const RECORDS = 'records';
 const STATE_KEY = 'state.key';
@@ -250,7 +250,9 @@ function installExitHook() {
 /**
  * The lock's holder as written by `acquireLock`: `{pid, starttime}` (starttime
  * is /proc's, absent in locks from older versions or without /proc), NaN pid
- * for an unreadable file, undefined when there is no lock.
+ * for an unreadable file, undefined when there is no lock. A holder that is
+ * not `isRunning` (gone, a zombie nobody reaped, or a later process given the
+ * same pid) holds nothing.
  */
 function readLock(lockPath) {
   let text;
@@ -264,17 +266,6 @@ function readLock(lockPath) {
   const pid = Number.parseInt(first.trim(), 10);
   const starttime = /^[0-9]+$/.test(second?.trim() ?? '') ? second.trim() : undefined;
   return { pid: Number.isSafeInteger(pid) && pid > 0 ? pid : NaN, starttime };
-}
-
-/**
- * true while the lock's holder still runs. A zombie nobody reaped (a SIGKILLed
- * node in a container without an init) holds nothing, and neither does a
- * later process that was given the same pid.
- */
-function holderAlive(holder) {
-  const info = procInfo(holder.pid);
-  if (!info?.alive) return false;
-  return !(holder.starttime && info.starttime && holder.starttime !== info.starttime);
 }
 
 function releaseLockFile(lockPath) {
@@ -318,7 +309,7 @@ export function acquireLock(dir) {
     }
     if (holder === undefined) continue; // vanished meanwhile: try again
     const { pid } = holder;
-    const stale = Number.isNaN(pid) || (pid === process.pid ? !heldLocks.has(lockPath) : !holderAlive(holder));
+    const stale = Number.isNaN(pid) || (pid === process.pid ? !heldLocks.has(lockPath) : !isRunning(holder));
     if (!stale) throw inUse(dir, pid, lockPath);
     // Take over: move the stale file aside, check it is the one we judged stale.
     const aside = `${lockPath}.stale-${process.pid}-${randomBytes(4).toString('hex')}`;
