@@ -147,6 +147,27 @@ pub mod testing {
         }
     }
 
+    /// The tool results among `out`: (call id, parsed result).
+    pub fn tool_results(out: &[Command]) -> Vec<(String, Value)> {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::ToolResult {
+                    call_id,
+                    result_json,
+                } => Some((
+                    call_id.clone(),
+                    serde_json::from_str(result_json).expect("tool results are JSON"),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A tool result's text (`content[0].text`).
+    pub fn result_text(result: &Value) -> &str {
+        result["content"][0]["text"].as_str().unwrap_or_default()
+    }
+
     /// What a sub-machine asked of the node.
     pub struct FakePort {
         pub id: Identity,

@@ -5,7 +5,7 @@
 use super::{Agent, Config};
 use crate::crypto::identity::Identity;
 use crate::io::{Command, Cx};
-use crate::port::testing::FakeHost;
+use crate::port::testing::{result_text, tool_results, FakeHost};
 use crate::store::{keys, Vault};
 use crate::wire::plaintext;
 use serde_json::{json, Value};
@@ -170,22 +170,11 @@ fn a_send_outcome_is_told_in_the_original_words_and_details() {
     for (i, sent) in outcomes.into_iter().enumerate() {
         send_done(&mut agent, &mut cx, &format!("c{i}"), to, sent);
     }
-    let results: Vec<Value> = cx
-        .out
-        .iter()
-        .filter_map(|c| match c {
-            Command::ToolResult { result_json, .. } => serde_json::from_str(result_json).ok(),
-            _ => None,
-        })
-        .collect();
-    let text = |i: usize| {
-        results[i]["content"][0]["text"]
-            .as_str()
-            .unwrap_or_default()
-    };
+    let results = tool_results(&cx.out);
+    let text = |i: usize| result_text(&results[i].1);
     assert_eq!(text(0), format!("✓ Message sent to {to} (E2E encrypted)"));
     assert_eq!(
-        results[0]["details"]["mesh"],
+        results[0].1["details"]["mesh"],
         json!({"to": to, "id": "f1", "session": "new", "queued": false})
     );
     assert_eq!(
@@ -193,7 +182,7 @@ fn a_send_outcome_is_told_in_the_original_words_and_details() {
         format!("✓ Message queued for {to} (E2E encrypted); the relay is not reachable right now, it goes out when the link is back")
     );
     assert_eq!(
-        results[1]["details"]["mesh"],
+        results[1].1["details"]["mesh"],
         json!({"to": to, "id": "f2", "session": "existing", "queued": true})
     );
     assert_eq!(
@@ -201,7 +190,7 @@ fn a_send_outcome_is_told_in_the_original_words_and_details() {
         format!("✓ Message already sent to {to} (E2E encrypted) with this idempotency_key; not sent again")
     );
     assert_eq!(
-        results[2]["details"]["mesh"],
+        results[2].1["details"]["mesh"],
         json!({"to": to, "id": "f1", "session": "existing", "queued": false, "duplicate": true})
     );
 }

@@ -12,7 +12,7 @@ use crate::io::{Command, Cx, JobExit};
 use crate::pairing::client::PairingRecord;
 use crate::pairing::ledger::{ControllerAddress, PairRequest};
 use crate::pairing::operator::Operator;
-use crate::port::testing::{FakeHost, FakePort};
+use crate::port::testing::{result_text as text, tool_results, FakeHost, FakePort};
 use crate::port::{Paced, TimerOwner};
 use crate::wire::offload_msg::OffloadMsg;
 use crate::wire::payload::Family;
@@ -79,12 +79,9 @@ impl Side {
     }
 
     fn results(&self) -> Vec<Value> {
-        self.out
-            .iter()
-            .filter_map(|c| match c {
-                Command::ToolResult { result_json, .. } => serde_json::from_str(result_json).ok(),
-                _ => None,
-            })
+        tool_results(&self.out)
+            .into_iter()
+            .map(|(_, r)| r)
             .collect()
     }
 }
@@ -93,10 +90,6 @@ fn types(msgs: &[Value]) -> Vec<&str> {
     msgs.iter()
         .map(|m| m["type"].as_str().unwrap_or("?"))
         .collect()
-}
-
-fn text(result: &Value) -> &str {
-    result["content"][0]["text"].as_str().unwrap_or_default()
 }
 
 /// A controller whose ledger holds an active pairing for `user`.

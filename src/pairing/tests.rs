@@ -6,7 +6,7 @@ use super::client::{Endpoints, PairingClient, PAIR_TIMEOUT_MS};
 use super::ledger::{ControllerAddress, Phase};
 use super::operator::Operator;
 use crate::io::{Command, Cx};
-use crate::port::testing::{FakeHost, FakePort};
+use crate::port::testing::{result_text as text, tool_results as results, FakeHost, FakePort};
 use crate::port::TimerOwner;
 use crate::store::keys;
 use crate::wire::pairing_msg::PairingMsg;
@@ -47,26 +47,6 @@ fn client(port: &FakePort, host: &mut FakeHost) -> PairingClient {
         name: Some("laptop".into()),
     };
     PairingClient::load(&port.vault, &mut cx, endpoints)
-}
-
-/// The tool results among `out`: (call id, parsed result).
-fn results(out: &[Command]) -> Vec<(String, Value)> {
-    out.iter()
-        .filter_map(|c| match c {
-            Command::ToolResult {
-                call_id,
-                result_json,
-            } => Some((
-                call_id.clone(),
-                serde_json::from_str(result_json).expect("tool results are JSON"),
-            )),
-            _ => None,
-        })
-        .collect()
-}
-
-fn text(result: &Value) -> &str {
-    result["content"][0]["text"].as_str().unwrap_or_default()
 }
 
 /// The operator makes a token; returns it.
