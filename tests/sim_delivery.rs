@@ -116,6 +116,16 @@ fn run_exchange(seed: u64, cfg: &ExchangeCfg) -> (World, Vec<String>, String) {
         let pause = rng.range(0, cfg.max_pause_ms + 1);
         w.run_for(pause);
     }
+    // A crash planned near the end may not have found its event yet (its
+    // agent was down, or no send came): keep the exchange going, bounded,
+    // until every planned crash has happened, so each run has them all.
+    for _ in 0..200 {
+        let Some(k) = (0..2).find(|&k| !w.agents[flows[k].from].crash_plans.is_empty()) else {
+            break;
+        };
+        flows[k].send_next(&mut w);
+        w.run_for(1_000);
+    }
     // Heal: no more faults; give resends (every 25 s) and holds (10 min) time.
     w.faults = Faults::none();
     for i in [a, b] {

@@ -39,6 +39,12 @@ fn x3dh_kdf_kat_tells_spec_from_legacy() {
     assert_eq!(s(&k["info_text"]).as_bytes(), kdf::X3DH_INFO);
     assert_eq!(kdf::x3dh(&h(&k["input"])).to_vec(), h(&k["output_spec"]));
     assert_ne!(h(&k["output_spec"]), h(&k["output_legacy"]));
+    // The legacy KDF is only ever accepted from a peer (npm SDK 4.0.0), and
+    // must be exactly that SDK's.
+    assert_eq!(
+        kdf::x3dh_legacy(&h(&k["input"])).to_vec(),
+        h(&k["output_legacy"])
+    );
 }
 
 #[test]

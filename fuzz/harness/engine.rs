@@ -258,6 +258,14 @@ impl Rig {
                 let v: Value = serde_json::from_str(&text)
                     .unwrap_or_else(|e| panic!("socket {socket} sent non-JSON ({e}): {text:.200}"));
                 assert!(v.is_object(), "socket frame is not an object: {text:.200}");
+                // As the relay does: a message to ourselves comes back (the
+                // engine's markers, `agent::handover`).
+                if v["type"] == "message"
+                    && v["to"] == v["from"]
+                    && v["to"] == self.self_did.as_str()
+                {
+                    self.events.push_back(Event::SocketFrame { socket, text });
+                }
             }
             Command::SocketClose {
                 socket,

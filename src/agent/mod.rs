@@ -4,6 +4,7 @@
 //! depends on it.
 
 mod address;
+mod handover;
 pub mod inbox;
 mod node_port;
 mod pacer;
@@ -59,8 +60,9 @@ const EARLY_TTL_MS: u64 = 30_000;
 const EARLY_MAX_BYTES: usize = 8 * 1024 * 1024;
 /// Peers with a KNOCK but no working session yet.
 const MAX_PENDING_PEERS: usize = 256;
-/// Candidate sessions (from KNOCKs) kept per peer.
-const MAX_CANDIDATES: usize = 8;
+/// Candidate sessions (from KNOCKs) kept per peer: two KNOCKs' worth of
+/// (two signed prekeys) x (spec and legacy KDF).
+const MAX_CANDIDATES: usize = 16;
 /// Peers in all; a KNOCK from a new one beyond that is refused.
 const MAX_PEERS: usize = 1024;
 /// New peers that may open a session at once, then one per period.
@@ -78,6 +80,17 @@ const T_RECONNECT: u64 = 2;
 const T_REGISTRY: u64 = 3;
 const T_REREGISTER: u64 = 4;
 const T_RECEIPTS: u64 = 5;
+/// Answers to sends held while the first connection attempt is under way.
+const T_HELD_SENDS: u64 = 6;
+/// How long a send's answer waits for a connection attempt to end.
+const HELD_SENDS_MAX_MS: u64 = 5_000;
+/// How long new sessions wait for the relay's stored frames after a connect.
+const T_SYNC: u64 = 7;
+const SYNC_MAX_MS: u64 = 3_000;
+/// How long a send to a peer without receipts waits for the relay's
+/// confirmation (`handover`) before it is answered as unconfirmed.
+const T_CONFIRM: u64 = 8;
+const CONFIRM_MAX_MS: u64 = 10_000;
 /// How long receipts wait to be coalesced.
 const RECEIPT_DELAY_MS: u64 = 25;
 const DYNAMIC_IDS: u64 = 1000;
@@ -243,6 +256,14 @@ struct Sealed {
     new_session: bool,
 }
 
+/// A committed send whose answer waits for the connection attempt.
+struct HeldSend {
+    call_id: String,
+    to: String,
+    frame_id: String,
+    new_session: bool,
+}
+
 struct Queued {
     key: Option<String>,
     call_id: Option<String>,
@@ -289,6 +310,22 @@ pub struct Agent {
     next_id: u64,
     waiters: Vec<Waiter>,
     awaiting_session: HashMap<String, Vec<Queued>>,
+    /// Sends committed while the link was connecting, answered when it opens
+    /// or fails.
+    held_sends: Vec<HeldSend>,
+    /// Our sync marker's id while the relay may still be pushing frames it
+    /// stored for us (`RelayFrame::sync_marker`).
+    sync_id: Option<String>,
+    /// Sends to peers without receipts written on the link, waiting for a
+    /// marker to follow them, and those whose marker is on its way.
+    unconfirmed: Vec<HeldSend>,
+    confirmations: Vec<handover::Confirmation>,
+    /// Inbox reads waiting for the relay's stored frames (`sync_id`).
+    after_sync_calls: Vec<(String, Value)>,
+    /// Peers whose new session waits for those frames (one of them may be
+    /// the peer's own KNOCK: a reference AGT client never moves to a
+    /// session we open while it has one, so we must take its).
+    fetch_after_sync: std::collections::BTreeSet<String>,
     early: BTreeMap<String, Vec<(String, u64)>>,
     knocks_awaiting_identity: HashMap<String, Vec<String>>,
     receipts_due: BTreeMap<String, Vec<u64>>,
@@ -378,6 +415,12 @@ impl Agent {
             next_id: DYNAMIC_IDS,
             waiters: Vec::new(),
             awaiting_session: HashMap::new(),
+            held_sends: Vec::new(),
+            sync_id: None,
+            unconfirmed: Vec::new(),
+            confirmations: Vec::new(),
+            after_sync_calls: Vec::new(),
+            fetch_after_sync: Default::default(),
             early: BTreeMap::new(),
             knocks_awaiting_identity: HashMap::new(),
             receipts_due: BTreeMap::new(),
@@ -885,9 +928,18 @@ impl Agent {
             text: frames::connect_frame(&self.id, &ts, self.cfg.relay_token.as_deref()),
         });
         self.arm(cx, T_RELAY_HEARTBEAT, RELAY_HEARTBEAT_MS);
+        let sync = frames::uuid_v4(cx.host);
+        let ts = Self::timestamp(cx);
+        cx.out.push(Command::SocketSend {
+            socket,
+            text: RelayFrame::sync_marker(self.id.did(), &sync, &ts).to_text(),
+        });
+        self.sync_id = Some(sync);
+        self.arm(cx, T_SYNC, SYNC_MAX_MS);
         // The relay may have restarted too: make sure the registry knows us.
         self.register(cx);
         self.flush_all(cx, true);
+        self.release_held_sends(cx);
     }
 
     pub fn on_socket_closed(&mut self, cx: &mut Cx<'_>, socket: u32, code: u16, reason: &str) {
@@ -905,6 +957,11 @@ impl Agent {
                 cx.out.push(Command::TimerCancel(T_RELAY_HEARTBEAT));
             }
         }
+        self.release_held_sends(cx);
+        self.give_up_confirmations(cx);
+        // Without a link no KNOCK can come: the waiting sessions go ahead
+        // (their messages wait in the outbox).
+        self.sync_done(cx);
     }
 
     pub fn on_timer(&mut self, cx: &mut Cx<'_>, id: u64) {
@@ -925,6 +982,9 @@ impl Agent {
             T_RECONNECT => self.connect(cx),
             T_REREGISTER => self.register(cx),
             T_RECEIPTS => self.flush_receipts(cx),
+            T_HELD_SENDS => self.release_held_sends(cx),
+            T_SYNC => self.sync_done(cx),
+            T_CONFIRM => self.give_up_confirmations(cx),
             T_REGISTRY => {
                 if self.registered {
                     let path = format!("/v1/agents/{}/heartbeat", self.id.did());
@@ -1002,6 +1062,9 @@ impl Agent {
             }
         };
         match frame {
+            RelayFrame::Message(m) if m.from.as_deref() == Some(self.id.did()) => {
+                self.on_own_frame(cx, &m)
+            }
             RelayFrame::Message(m) => self.on_message(cx, &m, text),
             RelayFrame::Knock(k) => self.on_knock(cx, &k, text),
             RelayFrame::KnockAccept(r) => self.on_knock_reply(cx, &r, true),

@@ -199,19 +199,30 @@ impl Agent {
             },
             None => None,
         };
-        // The KNOCK does not name the SPK: build a candidate for each SPK
-        // that may have been used; the first message decides.
+        // The KNOCK names neither the SPK nor the KDF: build a candidate
+        // for each SPK that may have been used, under the spec X3DH KDF and
+        // under the legacy one of the published npm SDK 4.0.0 (what the
+        // original plugin ran on); the first message decides, by its AEAD
+        // tag. Both KDFs are HKDF-SHA256 over the same DH outputs, so
+        // accepting the legacy one weakens nothing.
         let mut built = Vec::new();
         for spk in self.prekeys.spk_candidates(now) {
             match x3dh::respond(&self.id, &spk, opk.as_ref(), est) {
                 Ok(a) => {
                     let ad = channel_ad(from, self.id.did(), &a.associated_data);
-                    built.push(Candidate {
-                        knock_id: id.to_string(),
-                        ratchet: Ratchet::new_responder(&a.shared_secret, spk, ad),
-                        created_ms: now,
-                        opening: opening_id(&est.identity_key, &est.ephemeral_key),
-                    });
+                    for legacy_kdf in [false, true] {
+                        built.push(Candidate {
+                            knock_id: id.to_string(),
+                            ratchet: Ratchet::new_responder(
+                                a.secret(legacy_kdf),
+                                spk.clone(),
+                                ad.clone(),
+                            ),
+                            created_ms: now,
+                            opening: opening_id(&est.identity_key, &est.ephemeral_key),
+                            legacy_kdf,
+                        });
+                    }
                 }
                 Err(e) => cx.log(LogLevel::Warn, &format!("KNOCK from {from}: {e}")),
             }
@@ -375,6 +386,7 @@ impl Agent {
                     self.ack(cx, &id);
                 }
             }
+            self.resume_session_fetches(cx);
             return;
         };
         self.peers
@@ -385,6 +397,8 @@ impl Agent {
         for text in held {
             self.on_frame(cx, socket, &text);
         }
+        // A send to this peer may have waited for its KNOCK.
+        self.resume_session_fetches(cx);
     }
 
     /// Count, log and ack a frame we cannot use, so the relay stops pushing it.

@@ -8,6 +8,7 @@ use super::{
 };
 use crate::crypto::ratchet::{channel_ad, Ratchet};
 use crate::crypto::x3dh;
+use crate::mesh::link::LinkState;
 use crate::mesh::session::{OutEntry, Peer, OUTBOX_MAX};
 use crate::wire::delivery::{DeliveryMsg, ReceiptMsg, Receipts, Sequence};
 use crate::wire::payload::Family;
@@ -60,8 +61,21 @@ impl Agent {
         if waiting {
             return;
         }
-        // Capabilities first (does the peer speak receipts?), then the bundle,
-        // so the very first message already carries the delivery envelope.
+        if self.sync_id.is_some()
+            || matches!(self.link.state, LinkState::Connecting(_))
+            || self.knocks_awaiting_identity.contains_key(to)
+        {
+            // The relay may still hold the peer's own KNOCK for us.
+            self.fetch_after_sync.insert(to.to_string());
+            return;
+        }
+        self.fetch_for_session(cx, to);
+    }
+
+    /// Start a new session with `to`: capabilities first (does the peer
+    /// speak receipts?), then the bundle, so the very first message already
+    /// carries the delivery envelope.
+    fn fetch_for_session(&mut self, cx: &mut Cx<'_>, to: &str) {
         let path = format!("/v1/agents/{to}");
         self.http(
             cx,
@@ -74,6 +88,26 @@ impl Agent {
             false,
             None,
         );
+    }
+
+    /// Peers whose new session waited: use the session that came up
+    /// meanwhile, or fetch the bundle now; one whose KNOCK is still being
+    /// verified waits for that.
+    pub(super) fn resume_session_fetches(&mut self, cx: &mut Cx<'_>) {
+        if self.sync_id.is_some() && self.link.open_socket().is_some() {
+            return;
+        }
+        for did in std::mem::take(&mut self.fetch_after_sync) {
+            if self.knocks_awaiting_identity.contains_key(&did) {
+                self.fetch_after_sync.insert(did);
+            } else if self.peers.get(&did).is_some_and(|p| p.can_send()) {
+                for q in self.awaiting_session.remove(&did).unwrap_or_default() {
+                    self.encrypt_and_queue(cx, &did, q.payload, q.call_id, q.key);
+                }
+            } else if self.awaiting_session.contains_key(&did) {
+                self.fetch_for_session(cx, &did);
+            }
+        }
     }
 
     pub(super) fn on_bundle(
@@ -131,8 +165,10 @@ impl Agent {
         let (agreement, est) = x3dh::initiate(&self.id, &bundle, cx.host)
             .map_err(|e| format!("Key agreement with {peer_did} failed: {e}"))?;
         let ad = channel_ad(self.id.did(), peer_did, &agreement.associated_data);
+        // A peer known to use the npm SDK 4.0.0's X3DH KDF gets it back.
+        let legacy = self.peers.get(peer_did).is_some_and(|p| p.legacy_kdf);
         let ratchet =
-            Ratchet::new_initiator(&agreement.shared_secret, &bundle.signed_prekey, ad, cx.host)
+            Ratchet::new_initiator(agreement.secret(legacy), &bundle.signed_prekey, ad, cx.host)
                 .map_err(|e| format!("Key agreement with {peer_did} failed: {e}"))?;
         Ok(NewSession {
             identity_ed: bundle.identity_key_ed,
@@ -304,32 +340,26 @@ impl Agent {
         frames_out: Vec<String>,
         answers: Vec<(Option<String>, Result<Sealed, String>)>,
     ) {
-        self.save_peer(cx, to);
         let sent_now = self.link.open_socket().is_some();
+        if sent_now {
+            if let Some(p) = self.peers.get_mut(to) {
+                p.hand_over_unreceipted();
+            }
+        }
+        self.save_peer(cx, to);
         if sent_now {
             for f in frames_out {
                 self.send_frame(cx, f);
-            }
-            // Without receipts from this peer a frame on an open link is the
-            // relay's to deliver; the record forgets it on its next save.
-            if let Some(p) = self.peers.get_mut(to) {
-                p.outbox.retain(|o| o.needs_receipt);
             }
         }
         for (call, answer) in answers {
             let Some(c) = call else { continue };
             match answer {
-                Ok(sealed) => {
-                    let sent = Sent::Committed {
-                        frame_id: &sealed.frame_id,
-                        new_session: sealed.new_session,
-                        queued: !sent_now,
-                    };
-                    mesh_send::send_done(self, cx, &c, to, sent);
-                }
+                Ok(sealed) => self.answer_send(cx, c, to, sealed, sent_now),
                 Err(e) => mesh_send::send_failed(self, cx, &c, &e),
             }
         }
+        self.ask_relay_to_confirm(cx);
     }
 
     /// Receipt for one message, plus everything below `in_next`, so a lost
@@ -439,7 +469,8 @@ impl Agent {
             if let Some(p) = self.peers.get_mut(&did) {
                 if everything {
                     // A KNOCK not yet confirmed goes again before its messages
-                    // (the relay may have lost it; the peer ignores repeats).
+                    // (the relay may have lost it; a kars peer ignores
+                    // repeats, and any other peer gets it only once).
                     if let Some(k) = &p.pending_knock {
                         frames_out.push(k.clone());
                     }
@@ -457,9 +488,7 @@ impl Agent {
                         changed = true;
                     }
                 }
-                let before = p.outbox.len();
-                p.outbox.retain(|o| o.needs_receipt);
-                changed |= p.outbox.len() != before;
+                changed |= p.hand_over_unreceipted();
             }
             if changed {
                 self.save_peer(cx, &did);

@@ -146,7 +146,7 @@ fn a_trusted_plaintext_message_is_stored_before_its_ack_and_an_untrusted_one_is_
 
 #[test]
 fn a_send_outcome_is_told_in_the_original_words_and_details() {
-    use super::tools::mesh_send::{send_done, Sent};
+    use super::tools::mesh_send::{send_done, Handover, Sent};
     let mut host = FakeHost::default();
     let (mut agent, _) = start(&mut host, &[]);
     let mut cx = Cx {
@@ -158,12 +158,14 @@ fn a_send_outcome_is_told_in_the_original_words_and_details() {
         Sent::Committed {
             frame_id: "f1",
             new_session: true,
-            queued: false,
+            handover: Handover::Relay,
+            receipts: true,
         },
         Sent::Committed {
             frame_id: "f2",
             new_session: false,
-            queued: true,
+            handover: Handover::Queued("the relay is not reachable (connection refused)"),
+            receipts: false,
         },
         Sent::Repeat { frame_id: "f1" },
     ];
@@ -175,15 +177,16 @@ fn a_send_outcome_is_told_in_the_original_words_and_details() {
     assert_eq!(text(0), format!("✓ Message sent to {to} (E2E encrypted)"));
     assert_eq!(
         results[0].1["details"]["mesh"],
-        json!({"to": to, "id": "f1", "session": "new", "queued": false})
+        json!({"to": to, "id": "f1", "session": "new", "queued": false, "confirmation": "receipt"})
     );
     assert_eq!(
         text(1),
-        format!("✓ Message queued for {to} (E2E encrypted); the relay is not reachable right now, it goes out when the link is back")
+        format!("✓ Message queued for {to} (E2E encrypted): the relay is not reachable (connection refused); it goes out when the link is back")
     );
     assert_eq!(
         results[1].1["details"]["mesh"],
-        json!({"to": to, "id": "f2", "session": "existing", "queued": true})
+        json!({"to": to, "id": "f2", "session": "existing", "queued": true, "confirmation": "relay",
+               "queued_because": "the relay is not reachable (connection refused)"})
     );
     assert_eq!(
         text(2),

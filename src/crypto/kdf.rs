@@ -22,6 +22,17 @@ pub fn x3dh(dh_concat: &[u8]) -> Zeroizing<[u8; 32]> {
     out
 }
 
+/// The X3DH KDF of the published npm SDK 4.0.0 (and TS before AGT PR
+/// #3128): HKDF-SHA256(salt = 0xFF*32, ikm = DH1..DH4, info, 32). Never what
+/// we initiate with by default; accepted from a peer whose first message
+/// decrypts only under it (`x3dh_kdf_kat.output_legacy`).
+pub fn x3dh_legacy(dh_concat: &[u8]) -> Zeroizing<[u8; 32]> {
+    let hk = Hkdf::<Sha256>::new(Some(&[0xFF; 32]), dh_concat);
+    let mut out = Zeroizing::new([0u8; 32]);
+    let _ = hk.expand(X3DH_INFO, out.as_mut());
+    out
+}
+
 /// KDF_RK: HKDF-SHA256(salt = rk, ikm = dh, info, 64) split into (rk', ck).
 pub fn root(rk: &[u8; 32], dh: &[u8; 32]) -> (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>) {
     let hk = Hkdf::<Sha256>::new(Some(rk), dh);

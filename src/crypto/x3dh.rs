@@ -83,7 +83,21 @@ pub struct Establishment {
 /// The agreed secret and associated data.
 pub struct Agreement {
     pub shared_secret: Zeroizing<[u8; 32]>,
+    /// The same agreement under the npm SDK 4.0.0's legacy KDF
+    /// (`kdf::x3dh_legacy`): what such a peer computed.
+    pub legacy_shared_secret: Zeroizing<[u8; 32]>,
     pub associated_data: [u8; 64],
+}
+
+impl Agreement {
+    /// The secret under the spec KDF, or under the legacy one.
+    pub fn secret(&self, legacy: bool) -> &Zeroizing<[u8; 32]> {
+        if legacy {
+            &self.legacy_shared_secret
+        } else {
+            &self.shared_secret
+        }
+    }
 }
 
 impl std::fmt::Debug for Agreement {
@@ -113,6 +127,7 @@ pub fn initiate(
     };
     let agreement = Agreement {
         shared_secret: kdf::x3dh(&dh[..len]),
+        legacy_shared_secret: kdf::x3dh_legacy(&dh[..len]),
         associated_data: ad(own.x25519_public(), &bundle.identity_key),
     };
     let est = Establishment {
@@ -144,6 +159,7 @@ pub fn respond(
     };
     Ok(Agreement {
         shared_secret: kdf::x3dh(&dh[..len]),
+        legacy_shared_secret: kdf::x3dh_legacy(&dh[..len]),
         associated_data: ad(&est.identity_key, own.x25519_public()),
     })
 }

@@ -71,6 +71,8 @@ struct CandidateRecord {
     created_ms: u64,
     #[serde(default)]
     opening: String,
+    #[serde(default)]
+    legacy_kdf: bool,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -110,6 +112,8 @@ struct PeerRecord {
     used_openings: Vec<String>,
     #[serde(default)]
     glare_lost: Vec<String>,
+    #[serde(default)]
+    legacy_kdf: bool,
 }
 
 /// A consumed relay frame: its id, when, and the sender's sequence number.
@@ -127,6 +131,8 @@ pub struct Candidate {
     pub created_ms: u64,
     /// `opening_id` of the KNOCK that made it.
     pub opening: String,
+    /// Made with the npm SDK 4.0.0's legacy X3DH KDF.
+    pub legacy_kdf: bool,
 }
 
 /// How a frame decrypted.
@@ -176,6 +182,9 @@ pub struct Peer {
     /// decrypt, but they never replace our session (the peer has dropped
     /// theirs).
     pub glare_lost: Vec<String>,
+    /// The peer derives X3DH secrets with the npm SDK 4.0.0's legacy KDF
+    /// (learned from a session it opened): our KNOCKs to it use it too.
+    pub legacy_kdf: bool,
 }
 
 impl std::fmt::Debug for Peer {
@@ -211,6 +220,7 @@ impl Peer {
             sent_keys: Vec::new(),
             used_openings: Vec::new(),
             glare_lost: Vec::new(),
+            legacy_kdf: false,
         }
     }
 
@@ -231,6 +241,7 @@ impl Peer {
                     snapshot: c.ratchet.to_snapshot().to_vec(),
                     created_ms: c.created_ms,
                     opening: c.opening.clone(),
+                    legacy_kdf: c.legacy_kdf,
                 })
                 .collect(),
             kars: self.kars,
@@ -249,6 +260,7 @@ impl Peer {
             sent_keys: self.sent_keys.clone(),
             used_openings: self.used_openings.clone(),
             glare_lost: self.glare_lost.clone(),
+            legacy_kdf: self.legacy_kdf,
         };
         let out = Zeroizing::new(serde_json::to_vec(&rec).unwrap_or_default());
         let mut rec = rec;
@@ -274,6 +286,7 @@ impl Peer {
                 ratchet: Ratchet::from_snapshot(&c.snapshot)?,
                 created_ms: c.created_ms,
                 opening: c.opening.clone(),
+                legacy_kdf: c.legacy_kdf,
             });
         }
         Ok(Peer {
@@ -299,6 +312,7 @@ impl Peer {
             sent_keys: rec.sent_keys.clone(),
             used_openings: rec.used_openings.clone(),
             glare_lost: rec.glare_lost.clone(),
+            legacy_kdf: rec.legacy_kdf,
         })
     }
 
@@ -335,6 +349,25 @@ impl Peer {
     }
 
     /// The active session can encrypt (a responder can once it has received).
+    /// The frames about to go out on an open link are the relay's to deliver
+    /// when this peer sends no receipts: drop its entries (and, for a peer
+    /// that is not a kars agent, the KNOCK kept for repeats) from the record
+    /// *before* the write, so no later start, reconnect or relay restart
+    /// sends them again. Such a peer cannot tell a repeat from an attack: the
+    /// AGT clients fail a duplicate and tear the session down. A crash
+    /// between the commit and the write loses those frames; a repeat would
+    /// desynchronise the peer for good. Returns whether anything changed.
+    pub fn hand_over_unreceipted(&mut self) -> bool {
+        let before = self.outbox.len();
+        self.outbox.retain(|o| o.needs_receipt);
+        let mut changed = self.outbox.len() != before;
+        if !self.kars && self.pending_knock.is_some() {
+            self.pending_knock = None;
+            changed = true;
+        }
+        changed
+    }
+
     pub fn can_send(&self) -> bool {
         self.active.as_ref().is_some_and(|r| r.can_send())
     }
@@ -402,12 +435,16 @@ impl Peer {
                 // The opening is proven: it can open no second session.
                 let opening = self.candidates[i].opening.clone();
                 self.remember_opening(opening);
-                let lost = self.active.is_some()
+                // Only a kars peer ever moves to a session we opened: an AGT
+                // client keeps its own, so its KNOCK's session always wins.
+                let lost = self.kars
+                    && self.active.is_some()
                     && self.initiated_by_us
                     && self.confirmed
                     && (self.glare_lost.contains(&self.candidates[i].knock_id)
                         || self.same_incarnation(&pt));
-                let keep = we_are_smaller
+                let keep = self.kars
+                    && we_are_smaller
                     && self.active.is_some()
                     && self.initiated_by_us
                     && !self.confirmed;
@@ -415,6 +452,9 @@ impl Peer {
                     return Ok((pt, Decrypted::Candidate));
                 }
                 let c = self.candidates.remove(i);
+                // The peer's X3DH KDF is known now; our own KNOCKs to it
+                // use the same from here on.
+                self.legacy_kdf = c.legacy_kdf;
                 self.candidates.clear();
                 self.glare_lost.clear();
                 self.active = Some(c.ratchet);

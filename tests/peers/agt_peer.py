@@ -30,7 +30,21 @@ stdin: one JSON command per line:
 peer (same DID) can still decrypt KNOCKs/messages queued while it was away;
 without it every start creates fresh prekeys (and a fresh seed unless --seed).
 
-Deliberate choices, documented for the report:
+--reference drives the AGT classes the way the AGT client drives them (the
+TypeScript SDK 4.0.0 MeshClient, handleKnock/handleMessage, rule for rule), so
+it forgives nothing:
+  * no duplicate check: a frame id seen before is decrypted again;
+  * one SecureChannel per peer, decrypted in place (the reference ratchet
+    advances its state before the tag check, so a failed decrypt breaks it);
+  * a KNOCK creates a session only when none exists for its sender, and
+    KNOCKs are never acked (the relay re-delivers them; they are ignored);
+  * a decrypt failure closes the session and logs
+    {"event":"error","source":"session_desync"} (no ack);
+  * an encrypted frame with no session waits at most 3 s (5 per peer) for a
+    KNOCK, as the MeshClient's pre-KNOCK buffer, then is dropped and logged
+    {"event":"error","source":"decrypt","dropped":true}.
+
+Deliberate choices of the default (forgiving) mode, documented for the report:
   * The reference ratchet mutates state before the AEAD tag check. The peer
     decrypts on a deep copy of the channel and commits only on success, so a
     bad frame can't destroy a session (the crypto itself is untouched).
@@ -220,6 +234,8 @@ class Peer:
         self.online_evt = asyncio.Event()
         self.stop_evt = asyncio.Event()
         self.from_state = False
+        self.reference = args.reference
+        self.ref_buffer: dict[str, list[tuple[float, dict]]] = {}
 
         st = None
         if self.state_path and os.path.exists(self.state_path):
@@ -425,6 +441,9 @@ class Peer:
         if t == "error":
             emit(event="error", source="relay", detail=f.get("detail"))
             return
+        if self.reference:
+            await self.on_frame_reference(f)
+            return
         if t in ("knock", "message", "knock_accept", "knock_reject") and fid in self.seen:
             await self.ack(fid)  # redelivery of something already consumed
             return
@@ -535,6 +554,87 @@ class Peer:
         if self.echo:
             await self.send(peer, {"type": "echo", "content": payload})
 
+    # ── the reference client's rules (MeshClient 4.0.0), used with --reference ──
+    async def on_frame_reference(self, f: dict) -> None:
+        t = f.get("type")
+        if t == "error":
+            emit(event="error", source="relay", detail=f.get("detail"))
+        elif t == "knock":
+            await self.ref_knock(f)
+        elif t == "message":
+            await self.ref_message(f)
+        elif t in ("knock_accept", "knock_reject"):
+            emit(event=t, **{"from": f.get("from"), "knock_id": f.get("knock_id"), "id": f.get("id")})
+            if t == "knock_reject":
+                self.sessions.pop(f.get("from"), None)
+
+    async def ref_knock(self, f: dict) -> None:
+        peer, fid = f.get("from"), f.get("id")
+        est = f.get("establishment")
+        if est and not self.sessions.get(peer):
+            try:
+                ch = SecureChannel.create_receiver(
+                    self.km,
+                    ChannelEstablishment(b64any(est["ik"]), b64any(est["ek"]), est.get("otk")),
+                    associated_data=f"{peer}|{self.did}".encode())
+            except Exception as e:
+                emit(event="error", source="knock", **{"from": peer, "id": fid, "detail": repr(e)})
+                await self.send_frame({"v": 1, "type": "knock_reject", "from": self.did, "to": peer,
+                                       "id": str(uuid.uuid4()), "knock_id": fid,
+                                       "reason": "policy_denied", "ts": now_iso()})
+                self.ref_buffer.pop(peer, None)
+                return
+            self.sessions[peer] = [Session(ch, False, time.time())]
+            self.save()
+            emit(event="knock", **{"from": peer, "id": fid, "otk": est.get("otk")})
+        else:
+            emit(event="knock_ignored", **{"from": peer, "id": fid})
+        await self.send_frame({"v": 1, "type": "knock_accept", "from": self.did, "to": peer,
+                               "id": str(uuid.uuid4()), "knock_id": fid, "ts": now_iso()})
+        now = time.time()
+        for at, early in self.ref_buffer.pop(peer, []):
+            if now - at <= 3.0:
+                await self.ref_message(early)
+            else:
+                emit(event="error", source="decrypt", dropped=True,
+                     **{"from": peer, "id": early.get("id"), "detail": "pre-KNOCK frame expired"})
+
+    async def ref_message(self, f: dict) -> None:
+        peer, fid = f.get("from"), f.get("id")
+        hdr = f.get("header")
+        if f.get("plaintext"):
+            payload = json.loads(b64any(f.get("ciphertext")).decode("latin-1"))
+            await self.ack(fid)
+            emit(event="message", evidence="plaintext", payload=payload, **{"from": peer, "id": fid})
+            return
+        sessions = self.sessions.get(peer)
+        if not sessions:
+            buf = self.ref_buffer.setdefault(peer, [])
+            if len(buf) >= 5:
+                old = buf.pop(0)[1]
+                emit(event="error", source="decrypt", dropped=True,
+                     **{"from": peer, "id": old.get("id"), "detail": "pre-KNOCK buffer full"})
+            buf.append((time.time(), f))
+            return
+        ch = sessions[0].channel
+        try:
+            msg = EncryptedMessage(
+                header=MessageHeader(b64any(hdr["dh"]), int(hdr["pn"]), int(hdr["n"])),
+                ciphertext=b64any(f["ciphertext"]),
+            )
+            plaintext = ch.receive(msg)  # in place, as SecureChannel.receive is used
+        except Exception as e:
+            self.sessions.pop(peer, None)
+            self.save()
+            emit(event="error", source="session_desync", **{"from": peer, "id": fid, "detail": repr(e)})
+            return
+        self.save()
+        await self.ack(fid)
+        emit(event="message", evidence="encrypted", payload=json.loads(plaintext.decode("utf-8")),
+             **{"from": peer, "id": fid})
+        if self.echo:
+            await self.send(peer, {"type": "echo", "content": json.loads(plaintext.decode("utf-8"))})
+
     def pick_session(self, peer: str) -> Session | None:
         cands = [s for s in self.sessions.get(peer, []) if s.can_send()]
         if not cands:
@@ -618,6 +718,8 @@ async def main() -> None:
     ap.add_argument("--seed", help="32-byte Ed25519 seed, hex")
     ap.add_argument("--state", help="persist keys/sessions here (JSON)")
     ap.add_argument("--echo", action="store_true")
+    ap.add_argument("--reference", action="store_true",
+                    help="behave as the AGT client does (see the module docstring)")
     args = ap.parse_args()
 
     peer = Peer(args)

@@ -22,16 +22,30 @@ pub(in crate::agent) fn send_failed(agent: &mut Agent, cx: &mut Cx<'_>, call_id:
 /// How the node carried out a mesh_send whose arguments were accepted; the
 /// text and `details` the caller sees are made here, from this alone.
 pub(in crate::agent) enum Sent<'a> {
-    /// Committed to the outbox under a new or an existing session; `queued`
-    /// while the relay link is down.
+    /// Committed under a new or an existing session; `handover`: how far it
+    /// got; `receipts`: the peer confirms delivery (a kars agent) rather
+    /// than the relay's hand-off being the last word.
     Committed {
         frame_id: &'a str,
         new_session: bool,
-        queued: bool,
+        handover: Handover<'a>,
+        receipts: bool,
     },
     /// The idempotency key was used before: the first send's frame, not sent
     /// again.
     Repeat { frame_id: &'a str },
+}
+
+/// How far a committed message got.
+pub(in crate::agent) enum Handover<'a> {
+    /// On the open link (to a peer without receipts: the relay confirmed
+    /// it).
+    Relay,
+    /// Waiting in the outbox, for the reason given.
+    Queued(&'a str),
+    /// Written, but the link closed (or the relay stayed silent) before the
+    /// relay confirmed it; not written again.
+    Unconfirmed,
 }
 
 /// A mesh_send that was committed (or recognised as a repeat).
@@ -54,18 +68,26 @@ pub(in crate::agent) fn send_done(
         Sent::Committed {
             frame_id,
             new_session,
-            queued,
+            handover,
+            receipts,
         } => {
             let session = if new_session { "new" } else { "existing" };
-            let text = if queued {
-                format!("✓ Message queued for {target} (E2E encrypted); the relay is not reachable right now, it goes out when the link is back")
-            } else {
-                format!("✓ Message sent to {target} (E2E encrypted)")
+            let text = match handover {
+                Handover::Relay => format!("✓ Message sent to {target} (E2E encrypted)"),
+                Handover::Queued(why) => format!("✓ Message queued for {target} (E2E encrypted): {why}; it goes out when the link is back"),
+                Handover::Unconfirmed => format!("⚠️ Message to {target} (E2E encrypted) was written to the relay, but the connection closed before the relay confirmed it: it may not have arrived. It is not sent again, because this agent cannot tell a repeat from a replay; send it again if it matters"),
             };
-            (
-                text,
-                json!({"to": to, "id": frame_id, "session": session, "queued": queued}),
-            )
+            // What confirms delivery: the peer's receipt (kept and sent again
+            // until then), or the relay alone (sent once, never repeated).
+            let confirmation = if receipts { "receipt" } else { "relay" };
+            let queued = matches!(handover, Handover::Queued(_));
+            let mut d = json!({"to": to, "id": frame_id, "session": session, "queued": queued, "confirmation": confirmation});
+            match handover {
+                Handover::Queued(why) => d["queued_because"] = json!(why),
+                Handover::Unconfirmed => d["unconfirmed"] = json!(true),
+                Handover::Relay => {}
+            }
+            (text, d)
         }
     };
     ok(cx, call_id, &text, details);

@@ -69,6 +69,13 @@ pub(in crate::agent) fn handle(
             agent.register(cx);
         }
         "mesh_send" => mesh_send::mesh_send(agent, cx, call_id, args),
+        "mesh_inbox" if agent.relay_still_delivering() => {
+            // What the relay stored for us is on its way: a process that has
+            // just started must not show an inbox without it.
+            agent
+                .after_sync_calls
+                .push((call_id.to_string(), args.clone()));
+        }
         "mesh_inbox" => mesh_inbox(agent, cx, call_id, args),
         "mesh_await" => mesh_await::start(agent, cx, call_id, args),
         "discover" => discover::start(agent, cx, call_id, args),
