@@ -169,6 +169,7 @@ impl Agent {
                 self.with_offload(cx, |o, a, cx| o.offload_deadline(a, cx, id))
             }
             Owner::OffloadWatcher => self.offload.offload_watcher_due(cx, id),
+            Owner::OffloadStep => self.with_offload(cx, |o, a, cx| o.kars_step_due(a, cx, id)),
             Owner::SandboxProgress => {
                 self.with_sandbox(cx, |s, a, cx| s.progress_due(a, cx));
             }

@@ -138,6 +138,7 @@ fn pairing_with(ctl: &Side) -> PairingRecord {
         token_budget: 1,
         expires_at: String::new(),
         paired_ms: 0,
+        dialect: Default::default(),
     }
 }
 

@@ -140,7 +140,7 @@ fn a_token_pairs_once_and_the_client_stores_the_pairing() {
     assert!(cx
         .out
         .iter()
-        .any(|c| matches!(c, Command::Store(k, _) if k == keys::PAIRING)));
+        .any(|c| matches!(c, Command::Store(k, _) if k == keys::PAIRINGS)));
     let rec = pc.record.as_ref().expect("the pairing is kept");
     assert_eq!(rec.controller_did, ctl_did);
     assert_eq!(rec.capabilities, ["offload"]);

@@ -71,6 +71,67 @@ impl PairingToken {
     }
 }
 
+/// How a controller is spoken to, decided by the token that named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    /// A kars-mesh controller (`kars-mesh pair generate`, the token has
+    /// `controller_did`): end-to-end encrypted, like any agent.
+    #[default]
+    EndToEnd,
+    /// The kars controller (`kars pair generate`, the token names it by its
+    /// AMID only): it uploads no prekeys and speaks plaintext `payload`
+    /// frames (kars-mesh-plugin.md §6.5).
+    KarsPlaintext,
+}
+
+/// Why a token names no controller we can reach.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControllerError {
+    #[error("the token's controller_amid is the kars CLI's placeholder (ctrl_…): the CLI found no Kubernetes Secret `controller-mesh-identity` in `kars-system` when it made the token. Start the kars controller (it creates that Secret), then make a new token with `kars pair generate`.")]
+    Placeholder,
+    #[error("the token's controller_amid is neither a base58 AMID nor a did:mesh: DID. Ask the operator for a new token.")]
+    Unrecognised,
+    #[error(
+        "the token's controller_did is not a did:mesh: DID. Ask the operator for a new token."
+    )]
+    BadDid,
+}
+
+/// The routable DID of a base58 AMID: the AMID is the first 20 bytes of
+/// SHA-256(Ed25519 key), the DID the hex of the first 16 of the same hash
+/// (kars-mesh-plugin.md §4.1).
+pub fn did_from_amid(amid: &str) -> Option<String> {
+    let bytes = crate::codec::base58::decode(amid)?;
+    (bytes.len() == 20).then(|| format!("did:mesh:{}", hex::encode(&bytes[..16])))
+}
+
+impl PairingToken {
+    /// The controller's DID and how to speak to it. A kars-mesh token
+    /// carries `controller_did`; a kars CLI token only `controller_amid`,
+    /// a base58 AMID (or, from some tools, the DID itself).
+    pub fn controller(&self) -> Result<(String, Dialect), ControllerError> {
+        use crate::crypto::identity::is_mesh_did;
+        if let Some(did) = &self.controller_did {
+            return if is_mesh_did(did) {
+                Ok((did.clone(), Dialect::EndToEnd))
+            } else {
+                Err(ControllerError::BadDid)
+            };
+        }
+        let amid = self.controller_amid.trim();
+        if is_mesh_did(amid) {
+            return Ok((amid.to_string(), Dialect::KarsPlaintext));
+        }
+        if amid.starts_with("ctrl_") {
+            return Err(ControllerError::Placeholder);
+        }
+        did_from_amid(amid)
+            .map(|d| (d, Dialect::KarsPlaintext))
+            .ok_or(ControllerError::Unrecognised)
+    }
+}
+
 pub fn parse(token: &str) -> Result<PairingToken, TokenError> {
     let compact: Zeroizing<String> =
         Zeroizing::new(token.chars().filter(|c| !c.is_whitespace()).collect());
