@@ -158,3 +158,66 @@ pub fn parse(token: &str) -> Result<PairingToken, TokenError> {
     }
     serde_json::from_value(value).map_err(|_| TokenError::NotJson)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::identity::Identity;
+
+    /// A token as `kars pair generate` prints it (§4.1): only
+    /// `controller_amid`, `relay_url`, `registry_url`, `secret`.
+    fn kars_cli_token(controller_amid: &str) -> String {
+        let json = serde_json::json!({
+            "controller_amid": controller_amid,
+            "relay_url": "ws://host.docker.internal:18765",
+            "registry_url": "http://host.docker.internal:18080",
+            "secret": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I",
+        });
+        format!("{PREFIX}{}", b64::encode_url(json.to_string().as_bytes()))
+    }
+
+    #[test]
+    fn a_kars_cli_token_names_the_controller_by_the_did_its_amid_stands_for() {
+        for seed in [1u8, 2, 200] {
+            let ctl = Identity::from_seed(&[seed; 32]);
+            let tok = parse(&kars_cli_token(&ctl.amid())).expect("a kars CLI token parses");
+            assert_eq!(
+                tok.controller(),
+                Ok((ctl.did().to_string(), Dialect::KarsPlaintext))
+            );
+            // Some tools put the DID itself in `controller_amid`.
+            let tok = parse(&kars_cli_token(ctl.did())).expect("parses");
+            assert_eq!(
+                tok.controller(),
+                Ok((ctl.did().to_string(), Dialect::KarsPlaintext))
+            );
+        }
+    }
+
+    #[test]
+    fn the_placeholder_and_garbage_are_named_and_a_kars_mesh_token_stays_end_to_end() {
+        let tok = parse(&kars_cli_token("ctrl_0123456789abcdef0123")).expect("parses");
+        assert_eq!(tok.controller(), Err(ControllerError::Placeholder));
+        assert!(ControllerError::Placeholder
+            .to_string()
+            .contains("controller-mesh-identity"));
+        // Not base58 (0, O, I, l are outside the alphabet), or the wrong length.
+        for bad in ["0OIl0OIl0OIl0OIl0OIl", "abc", "did:mesh:xyz"] {
+            let tok = parse(&kars_cli_token(bad)).expect("parses");
+            assert_eq!(
+                tok.controller(),
+                Err(ControllerError::Unrecognised),
+                "{bad}"
+            );
+        }
+        let ctl = Identity::from_seed(&[9; 32]);
+        let mut ours = parse(&kars_cli_token(&ctl.amid())).expect("parses");
+        ours.controller_did = Some(ctl.did().to_string());
+        assert_eq!(
+            ours.controller(),
+            Ok((ctl.did().to_string(), Dialect::EndToEnd))
+        );
+        ours.controller_did = Some("did:mesh:nope".into());
+        assert_eq!(ours.controller(), Err(ControllerError::BadDid));
+    }
+}

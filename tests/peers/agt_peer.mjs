@@ -41,7 +41,9 @@ function hookExit() {
 
 /**
  * @param {{relayUrl: string, registryUrl: string, echo?: boolean, seed?: string,
- *          statePath?: string, readyTimeoutMs?: number, waitConnected?: boolean}} o
+ *          statePath?: string, readyTimeoutMs?: number, waitConnected?: boolean,
+ *          capabilities?: string[]}} o
+ *   capabilities: registered first (a kars sandbox registers its name)
  */
 export async function spawnAgtPeer(o) {
   hookExit();
@@ -49,6 +51,7 @@ export async function spawnAgtPeer(o) {
   if (o.echo) args.push('--echo');
   if (o.seed) args.push('--seed', o.seed);
   if (o.statePath) args.push('--state', o.statePath);
+  for (const c of o.capabilities ?? []) args.push('--capability', c);
   const child = spawn(PY, ['-c', LAUNCH, ...args], {
     cwd: ROOT,
     stdio: ['pipe', 'pipe', 'pipe'],
