@@ -66,6 +66,15 @@ async function controller(mode, { squatters = 0 } = {}) {
   return { c, started };
 }
 
+/** Wait until `f()` is truthy (the controller hears our cleanup just after we record the end). */
+async function until(f, ms = 10_000) {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) throw new Error(`not reached in ${ms} ms: ${f}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 const follow = (n, opts) => followOffload((a) => n.callTool('offload_status', a, { timeoutMs: 30_000 }), opts);
 
 async function paired(mode, name, opts) {
@@ -126,6 +135,7 @@ test('offload through the kars controller to a sandbox found by sandbox_name (he
   const out = last.outputs.find((o) => o.name === 'result.md');
   assert.match(readFileSync(path.join(stateDir, 'files', out.path), 'utf8'), /notes\.txt 27 /);
   // The controller heard offload_request and offload_cleanup, in its dialect.
+  await until(() => c.cleanups.length === 1);
   const types = c.handled.filter((h) => h.from === node.did).map((h) => h.payload.type);
   assert.deepEqual(types, ['pair_request', 'offload_request', 'offload_cleanup']);
   assert.equal(c.cleanups.at(-1).reason, 'done');
@@ -162,6 +172,7 @@ test('two agents holding the sandbox name: nothing is sent to either, the offloa
   assert.match(last.error, /^2 agents registered the sandbox name offload-[0-9a-f]{8}; kars-mesh cannot tell which one/);
   assert.equal(last.sandbox_did, null);
   assert.equal(started[0].received.length, 0, 'nothing went to the sandbox');
+  await until(() => c.cleanups.length === 1);
   assert.equal(c.cleanups.at(-1).reason, 'discovery_timeout');
 });
 
@@ -178,10 +189,11 @@ test('bad input: plaintext claiming the paired kars controller never reaches the
   const friend = await spawnAgtPeer({ relayUrl: srv.relayUrl, registryUrl: srv.registryUrl });
   closers.push(() => friend.close());
   friend.send(node.did, { type: 'message', content: 'marker' });
-  const inbox = await node.callTool('mesh_inbox', { block_until_message: true, timeout_seconds: 20 }, { timeoutMs: 30_000 });
+  await node.callTool('mesh_inbox', { block_until_message: true, timeout_seconds: 20 }, { timeoutMs: 30_000 });
+  // A moment more for any frame the relay pushed after the marker.
+  await new Promise((r) => setTimeout(r, 1000));
+  const inbox = await node.callTool('mesh_inbox', { unread_only: false, limit: 50 });
   const msgs = inbox.details.mesh.messages;
-  assert.deepEqual(msgs.map((m) => m.content?.content ?? m.content), ['marker'], JSON.stringify(msgs));
+  assert.deepEqual(msgs.map((m) => m.payload?.content), ['marker'], JSON.stringify(msgs));
   assert.ok(msgs.every((m) => m.from !== c.did));
-  const st = await node.callTool('mesh_status', {}).catch(() => null);
-  if (st?.details?.mesh?.stats) assert.ok(st.details.mesh.stats.plaintext_dropped >= 3, JSON.stringify(st.details.mesh.stats));
 });
