@@ -1451,24 +1451,11 @@ impl OffloadClient {
             .clone()
             .unwrap_or_else(|| port.identity().did().to_string());
         let files = o.files.clone();
-        // Every input is checked before any goes: none changed since
-        // cloud_offload hashed it.
-        for f in &files {
-            let changed = self
-                .input_bytes
-                .iter()
-                .find(|(n, _)| *n == f.name)
-                .is_some_and(|(_, bytes)| transfer::sha256_hex(bytes) != f.sha256);
-            if changed {
-                let msg = format!(
-                    "Input file {} changed since cloud_offload read it; offload it again.",
-                    f.path
-                );
-                // Recorded first: the cleanup goes out after the state that explains it.
-                self.fail_offload(port, cx, &msg);
-                self.send_cleanup(port, cx, CleanupReason::Error);
-                return;
-            }
+        if let Some(msg) = self.changed_input(&files) {
+            // Recorded first: the cleanup goes out after the state that explains it.
+            self.fail_offload(port, cx, &msg);
+            self.send_cleanup(port, cx, CleanupReason::Error);
+            return;
         }
         let mut items = Vec::new();
         for (i, f) in files.iter().enumerate() {
@@ -1520,6 +1507,23 @@ impl OffloadClient {
         );
         items.push(Paced::Go(go));
         port.send_paced(cx, &to, items);
+    }
+
+    /// Every input is checked before any goes: none changed since
+    /// cloud_offload hashed it. The text for the user if one did.
+    fn changed_input(&self, files: &[InputFile]) -> Option<String> {
+        files.iter().find_map(|f| {
+            self.input_bytes
+                .iter()
+                .find(|(n, _)| *n == f.name)
+                .is_some_and(|(_, bytes)| transfer::sha256_hex(bytes) != f.sha256)
+                .then(|| {
+                    format!(
+                        "Input file {} changed since cloud_offload read it; offload it again.",
+                        f.path
+                    )
+                })
+        })
     }
 
     /// The go-ahead is in the outbox: every input went before it.
