@@ -197,3 +197,34 @@ test('bad input: plaintext claiming the paired kars controller never reaches the
   assert.deepEqual(msgs.map((m) => m.payload?.content), ['marker'], JSON.stringify(msgs));
   assert.ok(msgs.every((m) => m.from !== c.did));
 });
+
+test("the original plugin's ~/.kars/pairings.json is imported once: its newest pairing offloads with no mesh_pair", { timeout: 120_000 }, async () => {
+  const { c, started } = await controller('hello');
+  const stateDir = tmp('grace');
+  // The identity the original plugin paired (here: this state directory's).
+  const first = await createNode({ stateDir, relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name: 'grace', log: () => {} });
+  const did = first.did;
+  await first.stop();
+  // What the kars controller holds for it, and what the original wrote (§4.4).
+  c.pairings.push({
+    name: 'grace',
+    spec: { tokenHash: 'x', expiresAt: new Date(Date.now() + 86_400_000).toISOString(), slotsMax: 1, tokenBudget: 500000, capabilities: ['offload'], displayName: 'grace' },
+    status: { phase: 'Active', boundAmid: did },
+  });
+  const file = path.join(tmp('home'), 'pairings.json');
+  const entry = (amid, name, at) => ({ controllerAmid: amid, relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, clusterName: name, capabilities: ['offload'], slots: 1, tokenBudget: 500000, expiresAt: '', pairedAt: at });
+  writeFileSync(file, JSON.stringify({
+    old: entry('ctrl_00112233445566778899', 'old', '2026-01-01T00:00:00.000Z'),
+    'kars-prod': entry(c.amid, 'kars-prod', '2026-06-01T00:00:00.000Z'),
+  }, null, 2), { mode: 0o600 });
+  const n = await createNode({ stateDir, relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name: 'grace', legacyPairingsFile: file, log: () => {} });
+  closers.push(() => n.stop());
+  await untilRegistered(n, 'grace');
+  assert.equal(n.did, did);
+  const r = await n.callTool('cloud_offload', { task: 'imported pairing', timeout_minutes: 5 });
+  assert.match(r.content[0].text, /^☁️ Offload submitted/, r.content[0].text);
+  const { last } = await follow(n, { timeoutMs: 60_000 });
+  assert.equal(last.phase, 'done', JSON.stringify(last));
+  assert.equal(last.sandbox_did, started[0].did);
+  assert.equal(c.handled.find((h) => h.payload.type === 'offload_request').from, did);
+});

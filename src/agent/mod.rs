@@ -117,6 +117,10 @@ pub struct Config {
     /// Role "sandbox": the one offload this peer works on.
     #[serde(default)]
     pub sandbox: Option<crate::offload::sandbox::SandboxSpec>,
+    /// The text of the original plugin's `~/.kars/pairings.json`, imported
+    /// once.
+    #[serde(default)]
+    pub legacy_pairings: Option<String>,
 }
 
 impl Config {
@@ -359,7 +363,10 @@ impl Agent {
             .unwrap_or(None)
             .unwrap_or_default();
         let operator = cfg.operator(&vault, &id, cx);
-        let pairing = PairingClient::load(&vault, cx, cfg.endpoints());
+        let mut pairing = PairingClient::load(&vault, cx, cfg.endpoints());
+        if let Some(text) = &cfg.legacy_pairings {
+            pairing.import_legacy(&vault, cx, text);
+        }
         let offload = OffloadClient {
             name: cfg.name.clone(),
             ..Default::default()

@@ -118,10 +118,10 @@ impl PairingClient {
             .pairings
             .retain(|p| p.cluster_name != rec.cluster_name);
         self.book.pairings.push(rec);
-        self.save(vault, cx);
+        self.save_book(vault, cx);
     }
 
-    fn save(&mut self, vault: &Vault, cx: &mut Cx<'_>) {
+    pub(super) fn save_book(&mut self, vault: &Vault, cx: &mut Cx<'_>) {
         self.pick_default();
         if let Err(e) = vault.put(cx.host, &mut cx.out, keys::PAIRINGS, &self.book) {
             cx.log(LogLevel::Error, &e.to_string());
