@@ -99,11 +99,7 @@ impl Agent {
     /// active or a recent sandbox)? Its traffic is the offload's, not the
     /// inbox's, and is bounded by the offload's own limits.
     pub(super) fn is_offload_party(&self, from: &str) -> bool {
-        self.pairing
-            .record
-            .as_ref()
-            .is_some_and(|p| p.controller_did == from)
-            || self.offload.is_party(from)
+        self.pairing.is_paired_controller(from) || self.offload.is_party(from)
     }
 
     /// Is this payload for a sub-machine rather than the inbox? Every

@@ -1227,7 +1227,9 @@ impl OffloadClient {
         let Some(o) = self.active.as_ref() else {
             return;
         };
-        if !matches!(o.phase, Phase::Connecting | Phase::Ready) {
+        // Verifying: a kars sandbox pinged on the legacy path may still say
+        // hello; the hello path then takes over.
+        if !matches!(o.phase, Phase::Connecting | Phase::Ready | Phase::Verifying) {
             return;
         }
         let minutes = o.timeout_minutes;

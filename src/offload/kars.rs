@@ -380,6 +380,9 @@ impl OffloadClient {
             Phase::Uploading,
             &format!("the sandbox answered the ping; sending {n} input file(s)"),
         );
+        // From here on the run's own timeout bounds the offload.
+        let minutes = self.active.as_ref().map_or(30, |o| o.timeout_minutes);
+        self.set_deadline(port, cx, minutes * 60_000 + RUN_GRACE_MS);
         if n == 0 {
             return self.send_task(port, cx, 1);
         }

@@ -315,11 +315,17 @@ impl PairingClient {
             return;
         };
         let w = self.waits.remove(pos);
+        let check = match w.dialect {
+            Dialect::EndToEnd => "Check that the cluster is up (kars-mesh cluster up)",
+            Dialect::KarsPlaintext => {
+                "Check that the kars controller runs and is connected to this relay"
+            }
+        };
         render::fail(
             cx,
             &w.call_id,
             &format!(
-                "Pairing timed out after {}s: the controller {} did not answer. Check that the cluster is up (kars-mesh cluster up) and that the token is current.",
+                "Pairing timed out after {}s: the controller {} did not answer. {check} and that the token is current.",
                 PAIR_TIMEOUT_MS / 1000,
                 w.controller
             ),
