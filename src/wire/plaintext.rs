@@ -43,8 +43,9 @@ pub fn decode_body(body: &str) -> Result<serde_json::Value, crate::wire::WireErr
 /// A plaintext `message` frame to a plaintext peer (the kars controller), in
 /// both dialects at once (agentmesh-wire.md §7): `payload` for the kars
 /// controller, `ciphertext` with `plaintext: true` for TS-SDK readers, the
-/// same base64 text in both.
-#[derive(Debug, Clone, serde::Serialize)]
+/// same base64 text in both. No `Debug`: a `pair_request` body carries
+/// the token's secret.
+#[derive(serde::Serialize)]
 pub struct PlainFrame<'a> {
     v: u8,
     #[serde(rename = "type")]
