@@ -60,6 +60,8 @@ function defaultLog(level, message) {
  * @param {string[]} [opts.execHide]        sandbox: paths hidden from the command (js-host/jobs.js)
  * @param {string} [opts.legacyIdentityFile] the original plugin's ~/.kars/identity.json: imported
  *        (read only) when this state directory has no identity yet, so the DID is kept
+ * @param {string} [opts.legacyPairingsFile] the original plugin's ~/.kars/pairings.json: its
+ *        pairings are imported once (read only; the core remembers that it looked)
  * @param {string} [opts.identitySeedHex]   KARS_IDENTITY_SEED: deterministic first identity
  * @param {string} [opts.pinnedAppId]       PINNED_AGENT_IDENTITY_APP_ID: deterministic first identity
  * @param {string} [opts.filesDir]          private directory for received files (default <stateDir>/files)
@@ -373,6 +375,15 @@ function startConfig(o, stateKeyB64, store) {
     try {
       const envelope = readFileSync(o.legacyIdentityFile, 'utf8');
       config.legacy_identity = { envelope, hostname: os.hostname(), homedir: os.homedir() };
+    } catch {
+      /* no file: nothing to import */
+    }
+  }
+  if (o.legacyPairingsFile) {
+    try {
+      // At most 1 MiB: the original writes a few hundred bytes per cluster.
+      const text = readFileSync(o.legacyPairingsFile, 'utf8');
+      if (text.length <= 1024 * 1024) config.legacy_pairings = text;
     } catch {
       /* no file: nothing to import */
     }

@@ -128,6 +128,8 @@ function startNode(settings, log, previous) {
       // A user of the original plugin keeps their DID (read only; used only
       // when this state directory has no identity yet).
       legacyIdentityFile: path.join(os.homedir(), '.kars', 'identity.json'),
+      // ... and the pairings it made (imported once; the newest is the default).
+      legacyPairingsFile: path.join(os.homedir(), '.kars', 'pairings.json'),
       log,
     });
     let timer;

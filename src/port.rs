@@ -29,6 +29,9 @@ pub enum TimerOwner {
     SandboxInputs,
     /// A blocking `mesh_inbox` or a `mesh_await`.
     Waiter,
+    /// The next step of finding or checking a kars sandbox (a registry
+    /// look-up again, the wait for its hello, a ping or task sent again).
+    OffloadStep,
 }
 
 /// One item of a paced transfer (see `agent::pacer`): only a window of
@@ -61,6 +64,13 @@ pub trait Port {
     fn ids_taken_through(&mut self, id: u64);
     /// Send `payload` to `to`, end-to-end encrypted, re-sent until receipted.
     fn send(&mut self, cx: &mut Cx<'_>, to: &str, payload: Value);
+    /// Send `payload` to `to` in plaintext (both dialects): only to a kars
+    /// controller, which runs no X3DH. Not receipted; the relay holds it
+    /// for an offline recipient.
+    fn send_plain(&mut self, cx: &mut Cx<'_>, to: &str, payload: Value);
+    /// `GET` a registry path (unauthenticated); the answer comes back to
+    /// the offload client with the returned tag.
+    fn registry_get(&mut self, cx: &mut Cx<'_>, path: &str) -> u64;
     /// Queue a paced transfer to `to` after what already waits for it.
     fn send_paced(&mut self, cx: &mut Cx<'_>, to: &str, items: Vec<Paced>);
     /// Nothing paced waits for `to`.
@@ -174,6 +184,8 @@ pub mod testing {
         pub vault: Vault,
         pub next_id: u64,
         pub sent: Vec<(String, Value)>,
+        pub plain: Vec<(String, Value)>,
+        pub gets: Vec<(u64, String)>,
         pub paced: Vec<(String, Vec<Paced>)>,
         pub busy: Vec<String>,
         pub timers: Vec<(u64, TimerOwner, u64)>,
@@ -188,6 +200,8 @@ pub mod testing {
                 vault,
                 next_id: 100,
                 sent: Vec::new(),
+                plain: Vec::new(),
+                gets: Vec::new(),
                 paced: Vec::new(),
                 busy: Vec::new(),
                 timers: Vec::new(),
@@ -230,6 +244,14 @@ pub mod testing {
         }
         fn send(&mut self, _cx: &mut Cx<'_>, to: &str, payload: Value) {
             self.sent.push((to.to_string(), payload));
+        }
+        fn send_plain(&mut self, _cx: &mut Cx<'_>, to: &str, payload: Value) {
+            self.plain.push((to.to_string(), payload));
+        }
+        fn registry_get(&mut self, _cx: &mut Cx<'_>, path: &str) -> u64 {
+            let id = self.fresh_id();
+            self.gets.push((id, path.to_string()));
+            id
         }
         fn send_paced(&mut self, _cx: &mut Cx<'_>, to: &str, items: Vec<Paced>) {
             self.paced.push((to.to_string(), items));

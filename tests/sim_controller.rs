@@ -57,8 +57,9 @@ fn pairing_through_the_controller_role() {
         ok["details"]["mesh"]["pairing"]["controller_did"],
         w.did(ctrl)
     );
+    // Kept among the pairings (one per cluster; the newest is the default).
     assert_eq!(
-        w.persisted(alice, "pairing").unwrap()["cluster_name"],
+        w.persisted(alice, "pairings").unwrap()["pairings"][0]["cluster_name"],
         "lab"
     );
 
@@ -94,13 +95,18 @@ fn pairing_through_the_controller_role() {
         bad["content"][0]["text"],
         "❌ Pairing rejected by cluster: Invalid pairing token"
     );
-    // The original CLI's AMID-only token cannot be routed: say so.
+    // A kars CLI token made while the controller had no identity names it
+    // by the `ctrl_…` placeholder: say what happened and what to do.
     let legacy = w.call_sync(bob, "mesh_pair", json!({"token": "azcp_1_eyJjb250cm9sbGVyX2FtaWQiOiJjdHJsX2FiYzEyMyIsInJlbGF5X3VybCI6IndzOi8vaG9zdC5kb2NrZXIuaW50ZXJuYWw6MTg3NjUiLCJyZWdpc3RyeV91cmwiOiJodHRwOi8vaG9zdC5kb2NrZXIuaW50ZXJuYWw6MTgwODAiLCJzZWNyZXQiOiJ0ZXN0LXNlY3JldC12YWx1ZSJ9"}), 5_000);
     assert!(
         legacy["content"][0]["text"]
             .as_str()
             .unwrap()
-            .contains("cannot route"),
+            .contains("controller_amid is the kars CLI's placeholder (ctrl_…)")
+            && legacy["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains("make a new token with `kars pair generate`"),
         "{legacy}"
     );
     let junk = w.call_sync(bob, "mesh_pair", json!({"token": "bad_token"}), 5_000);
@@ -122,7 +128,7 @@ fn pairing_through_the_controller_role() {
         "{list}"
     );
     assert_eq!(
-        w.persisted(alice, "pairing").unwrap()["controller_did"],
+        w.persisted(alice, "pairings").unwrap()["pairings"][0]["controller_did"],
         w.did(ctrl)
     );
     // A non-controller has no ledger tools.

@@ -9,6 +9,7 @@ pub mod inbox;
 mod node_port;
 mod pacer;
 mod plain_seen;
+mod plain_send;
 mod receive;
 mod restore;
 mod roles;
@@ -129,6 +130,10 @@ pub struct Config {
     /// Role "sandbox": the one offload this peer works on.
     #[serde(default)]
     pub sandbox: Option<crate::offload::sandbox::SandboxSpec>,
+    /// The text of the original plugin's `~/.kars/pairings.json`, imported
+    /// once.
+    #[serde(default)]
+    pub legacy_pairings: Option<String>,
 }
 
 impl Config {
@@ -233,6 +238,8 @@ enum Purpose {
         payload: Value,
         key: Option<String>,
     },
+    /// The offload client's registry look-up (a kars sandbox by name).
+    OffloadLookup(u64),
 }
 
 /// The registry's answer to a request, as its owner sees it: whether it
@@ -341,6 +348,9 @@ pub struct Agent {
     send_labels: HashMap<String, String>,
     /// Consumed plaintext frames (no peer record for plaintext senders).
     plain_seen: plain_seen::PlainSeen,
+    /// Plaintext frames to a kars controller written while the relay link
+    /// was down (sent once it is up).
+    plain_out: Vec<String>,
     /// How many peers we have never seen may open a session now.
     new_peers: crate::mesh::budget::Budget,
     /// Large transfers waiting for room in their peer's window.
@@ -390,7 +400,10 @@ impl Agent {
             .unwrap_or(None)
             .unwrap_or_default();
         let operator = cfg.operator(&vault, &id, cx);
-        let pairing = PairingClient::load(&vault, cx, cfg.endpoints());
+        let mut pairing = PairingClient::load(&vault, cx, cfg.endpoints());
+        if let Some(text) = &cfg.legacy_pairings {
+            pairing.import_legacy(&vault, cx, text);
+        }
         let offload = OffloadClient {
             name: cfg.name.clone(),
             ..Default::default()
@@ -432,6 +445,7 @@ impl Agent {
             sandbox: None,
             send_labels: HashMap::new(),
             plain_seen,
+            plain_out: Vec::new(),
             new_peers: crate::mesh::budget::Budget::new(NEW_PEERS_BURST, NEW_PEER_REFILL_MS, now),
             pacer: Default::default(),
             timers: Default::default(),
@@ -774,6 +788,9 @@ impl Agent {
             } => {
                 tools::mesh_send::on_send_resolved(self, cx, call_id, &name, payload, key, &answer)
             }
+            Purpose::OffloadLookup(tag) => {
+                self.with_offload(cx, |o, a, cx| o.on_lookup(a, cx, tag, (ok, body, &problem)))
+            }
         }
     }
 
@@ -939,6 +956,7 @@ impl Agent {
         // The relay may have restarted too: make sure the registry knows us.
         self.register(cx);
         self.flush_all(cx, true);
+        self.flush_plaintext(cx);
         self.release_held_sends(cx);
     }
 
@@ -1185,17 +1203,28 @@ impl Agent {
         self.link.state = LinkState::Replaced;
     }
 
-    /// The only protocol message taken in plaintext: a `pair_request` to a
-    /// controller (the original plugin's, authenticated by its token secret).
-    fn takes_plaintext(&self, payload: &Value) -> bool {
-        self.is_controller() && PayloadType::of(payload) == Ok(PayloadType::PairRequest)
+    /// The protocol messages taken in plaintext: a `pair_request` to a
+    /// controller (the original plugin's, authenticated by its token
+    /// secret), and from a kars controller (which speaks nothing else) the
+    /// `pair_response` a `mesh_pair` waits for and the news of the active
+    /// offload. Whoever forges such a frame can at most answer or end what
+    /// we asked that DID for; where a sandbox is is checked elsewhere.
+    fn takes_plaintext(&self, from: &str, payload: &Value) -> bool {
+        match PayloadType::of(payload) {
+            Ok(PayloadType::PairRequest) => self.is_controller(),
+            Ok(PayloadType::PairResponse) => self.pairing.waits_in_plaintext_for(from),
+            Ok(PayloadType::OffloadStatus | PayloadType::OffloadError) => {
+                self.offload.takes_plain(from, payload)
+            }
+            _ => false,
+        }
     }
 
     /// Hand a consumed protocol payload to its owner.
     /// `encrypted`: it came under a Double Ratchet session (else it is
     /// plaintext from a peer trusted for that).
     fn intercept(&mut self, cx: &mut Cx<'_>, from: &str, payload: Value, encrypted: bool) {
-        if !encrypted && !self.takes_plaintext(&payload) {
+        if !encrypted && !self.takes_plaintext(from, &payload) {
             // Anyone can put any DID in a plaintext frame's `from`: such a
             // frame never starts, moves or ends an offload or a pairing.
             let kind = match PayloadType::of(&payload) {

@@ -25,6 +25,21 @@ impl Port for Agent {
     fn send(&mut self, cx: &mut Cx<'_>, to: &str, payload: Value) {
         self.send_payload(cx, to, payload, None, None);
     }
+    fn send_plain(&mut self, cx: &mut Cx<'_>, to: &str, payload: Value) {
+        self.send_plaintext(cx, to, &payload);
+    }
+    fn registry_get(&mut self, cx: &mut Cx<'_>, path: &str) -> u64 {
+        let tag = self.fresh_id();
+        self.http(
+            cx,
+            super::Purpose::OffloadLookup(tag),
+            "GET",
+            path,
+            false,
+            None,
+        );
+        tag
+    }
     fn send_paced(&mut self, cx: &mut Cx<'_>, to: &str, items: Vec<Item>) {
         Agent::send_paced(self, cx, to, items);
     }

@@ -839,13 +839,22 @@ impl Agent {
     pub(super) fn on_plaintext(&mut self, cx: &mut Cx<'_>, m: &MessageFrame, from: &str, id: &str) {
         let body = m.plaintext_body();
         let decoded = plaintext::decode_body(body);
-        let trusted = self.cfg.trusted_plaintext.iter().any(|d| d == from);
-        // The flag is honoured only from DIDs the user trusts for it; a
-        // controller takes one message from anyone, the original plugin's
-        // `pair_request`, whose token secret authenticates it (the DID
-        // binding is still checked). Offload requests and cleanups are taken
-        // end-to-end only: the relay does not bind `from`.
-        if !trusted && !decoded.as_ref().is_ok_and(|p| self.takes_plaintext(p)) {
+        // A paired controller's DID is never trusted for the inbox, even
+        // when the user listed it: the relay does not bind `from`, and the
+        // kars controller's real plaintext is protocol, never a message.
+        let trusted = self.cfg.trusted_plaintext.iter().any(|d| d == from)
+            && !self.pairing.is_paired_controller(from)
+            && !self.pairing.is_kars_controller(from);
+        // The flag is honoured only from DIDs the user trusts for it. Taken
+        // from anyone else: a controller's `pair_request` (the original
+        // plugin's; its token secret authenticates it, the DID binding is
+        // still checked), and a kars controller's answers to what we asked
+        // it (`takes_plaintext`). Everything else is end-to-end only.
+        if !trusted
+            && !decoded
+                .as_ref()
+                .is_ok_and(|p| self.takes_plaintext(from, p))
+        {
             self.stats.plaintext_dropped += 1;
             cx.log(
                 LogLevel::Warn,

@@ -99,11 +99,7 @@ impl Agent {
     /// active or a recent sandbox)? Its traffic is the offload's, not the
     /// inbox's, and is bounded by the offload's own limits.
     pub(super) fn is_offload_party(&self, from: &str) -> bool {
-        self.pairing
-            .record
-            .as_ref()
-            .is_some_and(|p| p.controller_did == from)
-            || self.offload.is_party(from)
+        self.pairing.is_paired_controller(from) || self.offload.is_party(from)
     }
 
     /// Is this payload for a sub-machine rather than the inbox? Every
@@ -169,6 +165,7 @@ impl Agent {
                 self.with_offload(cx, |o, a, cx| o.offload_deadline(a, cx, id))
             }
             Owner::OffloadWatcher => self.offload.offload_watcher_due(cx, id),
+            Owner::OffloadStep => self.with_offload(cx, |o, a, cx| o.kars_step_due(a, cx, id)),
             Owner::SandboxProgress => {
                 self.with_sandbox(cx, |s, a, cx| s.progress_due(a, cx));
             }

@@ -21,6 +21,7 @@ use crate::wire::offload_msg::{
     OffloadStatus, STAGE_EXECUTING,
 };
 use crate::wire::payload::{Family, PayloadType};
+use crate::wire::token::Dialect;
 use crate::wire::{time, transfer};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -28,12 +29,12 @@ use serde_json::{json, Value};
 /// Controller's answer (`ready`) deadline.
 const READY_TIMEOUT_MS: u64 = 300_000;
 /// Sandbox hello deadline after `ready`.
-const HELLO_TIMEOUT_MS: u64 = 180_000;
+pub(super) const HELLO_TIMEOUT_MS: u64 = 180_000;
 /// Slack on top of `timeout_minutes` before the client gives up on a run.
-const RUN_GRACE_MS: u64 = 5 * 60_000;
+pub(super) const RUN_GRACE_MS: u64 = 5 * 60_000;
 /// Duplicate-offload window and guard size.
 const DUPLICATE_WINDOW_MS: u64 = 10 * 60_000;
-const DUPLICATE_KEEP: usize = 20;
+pub(super) const DUPLICATE_KEEP: usize = 20;
 /// Events kept per offload, notifications queued for the hook.
 const MAX_EVENTS: usize = 40;
 const MAX_NOTES: usize = 10;
@@ -100,6 +101,17 @@ pub struct Offload {
     /// Events recorded so far (`after_events` counts against this).
     #[serde(default)]
     pub events_total: usize,
+    /// How the controller is spoken to (its pairing's dialect).
+    #[serde(default)]
+    pub dialect: Dialect,
+    /// A kars sandbox found by name whose DID is not yet bound to this
+    /// request (no hello naming it, no `task_received`): only its hello,
+    /// pong, acks and `task_received` are taken.
+    #[serde(default)]
+    pub sandbox_unconfirmed: bool,
+    /// Legacy path: the inputs the sandbox acknowledged.
+    #[serde(default)]
+    pub acked_inputs: Vec<String>,
 }
 
 impl Offload {
@@ -109,10 +121,13 @@ impl Offload {
         request_id: String,
         task: String,
         args: &offload_args::Rest,
-        controller: String,
+        (controller, dialect): (String, Dialect),
         now: u64,
     ) -> Self {
         Offload {
+            dialect,
+            sandbox_unconfirmed: false,
+            acked_inputs: Vec::new(),
             request_id,
             task,
             model: args.model.clone(),
@@ -188,6 +203,8 @@ pub struct OffloadClient {
     pub reassembly: Reassembly,
     /// `offload_status {wait_seconds}` callers: (call id, timer, events seen).
     pub watchers: Vec<(String, u64, usize)>,
+    /// Finding and checking a kars sandbox (`kars.rs`).
+    pub kars: super::kars::KarsSteps,
 }
 
 pub struct Submit {
@@ -200,7 +217,7 @@ pub struct Submit {
 
 /// A peer's words as shown in offload events: control and direction
 /// characters made visible, so they cannot pass for our own lines.
-fn peer_words(s: &str) -> String {
+pub(super) fn peer_words(s: &str) -> String {
     crate::wire::escape_for_log(s, MAX_ERROR_CHARS)
 }
 
@@ -212,6 +229,16 @@ fn peer_error(e: &OffloadError) -> String {
         .chars()
         .take(MAX_ERROR_CHARS)
         .collect()
+}
+
+/// How a controller's news reached us, for the offload's events: the
+/// kars controller's plaintext names a sender the relay does not check.
+fn evidence(encrypted: bool) -> &'static str {
+    if encrypted {
+        ""
+    } else {
+        " [plaintext: the relay does not authenticate the controller]"
+    }
 }
 
 fn normalise_task(t: &str) -> String {
@@ -239,6 +266,7 @@ impl OffloadClient {
                 if resume {
                     self.start_sending_inputs(port, cx);
                 }
+                self.kars_resume(port, cx);
             }
             Ok(None) => {}
             Err(e) => cx.log(LogLevel::Error, &format!("{e}; the active offload is lost")),
@@ -248,7 +276,7 @@ impl OffloadClient {
         }
     }
 
-    fn save_offload(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+    pub(super) fn save_offload(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
         let res = match &self.active {
             Some(o) => port.vault().put(cx.host, &mut cx.out, keys::OFFLOAD, o),
             None => {
@@ -276,7 +304,7 @@ impl OffloadClient {
         }
     }
 
-    fn save_recent(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+    pub(super) fn save_recent(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
         if let Err(e) = port
             .vault()
             .put(cx.host, &mut cx.out, keys::OFFLOAD_RECENT, &self.recent)
@@ -285,7 +313,7 @@ impl OffloadClient {
         }
     }
 
-    fn set_deadline(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, after_ms: u64) {
+    pub(super) fn set_deadline(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, after_ms: u64) {
         if let Some(t) = self.timer.take() {
             port.cancel_timer(cx, t);
         }
@@ -299,14 +327,14 @@ impl OffloadClient {
 
     /// Record a phase change in our own words (and a notification for the
     /// hook).
-    fn phase(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, phase: Phase, text: &str) {
+    pub(super) fn phase(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, phase: Phase, text: &str) {
         self.phase_noted(port, cx, phase, text, text);
     }
 
     /// Record a phase change whose text carries a peer's words (already
     /// marked as theirs); the hook's `note` is ours alone, because the hook
     /// puts it in front of the user's own outgoing message.
-    fn phase_noted(
+    pub(super) fn phase_noted(
         &mut self,
         port: &mut dyn Port,
         cx: &mut Cx<'_>,
@@ -399,7 +427,7 @@ impl OffloadClient {
         call_id: &str,
         (task, args): (&str, &Value),
         pairing: Option<&PairingRecord>,
-    ) -> Option<String> {
+    ) -> Option<(String, Dialect)> {
         let Some(pairing) = pairing else {
             render::fail(
                 cx,
@@ -436,7 +464,7 @@ impl OffloadClient {
                 return None;
             }
         }
-        Some(pairing.controller_did.clone())
+        Some((pairing.controller_did.clone(), pairing.dialect))
     }
 
     fn duplicate_of(&mut self, cx: &mut Cx<'_>, task: &str) -> Option<String> {
@@ -614,7 +642,7 @@ impl OffloadClient {
         self.early_hello = None;
         self.set_deadline(port, cx, READY_TIMEOUT_MS);
         self.save_offload(port, cx);
-        port.send(cx, &controller, OffloadMsg::from(request).to_value());
+        self.to_controller(port, cx, &controller, OffloadMsg::from(request));
         render::ok(cx, &s.call_id, &text, details);
     }
 
@@ -814,16 +842,47 @@ impl OffloadClient {
         render::ok(cx, call_id, &lines.join("\n"), json!({"lines": lines}));
     }
 
-    fn send_cleanup(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, reason: CleanupReason) {
+    pub(super) fn send_cleanup(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        reason: CleanupReason,
+    ) {
         let Some(o) = self.active.as_ref() else {
             return;
         };
         let msg = OffloadCleanup::new(&o.request_id, reason, &time::format_millis(cx.now()));
         let to = o.controller.clone();
-        port.send(cx, &to, OffloadMsg::from(msg).to_value());
+        self.to_controller(port, cx, &to, OffloadMsg::from(msg));
     }
 
-    fn fail_offload(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, error: &str) {
+    /// A message to the controller, in its pairing's dialect.
+    fn to_controller(&self, port: &mut dyn Port, cx: &mut Cx<'_>, to: &str, msg: OffloadMsg) {
+        let kars = self
+            .active
+            .as_ref()
+            .is_some_and(|o| o.dialect == Dialect::KarsPlaintext);
+        if kars {
+            port.send_plain(cx, to, msg.to_value());
+        } else {
+            port.send(cx, to, msg.to_value());
+        }
+    }
+
+    /// May this plaintext (from `from`, claiming to be the controller) move
+    /// the active offload? Only for a kars controller, which speaks nothing
+    /// else, and only its `offload_status` or `offload_error` naming the
+    /// active request.
+    pub fn takes_plain(&self, from: &str, payload: &Value) -> bool {
+        self.active.as_ref().is_some_and(|o| {
+            !o.terminal()
+                && o.dialect == Dialect::KarsPlaintext
+                && o.controller == from
+                && self.wants(from, payload)
+        })
+    }
+
+    pub(super) fn fail_offload(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, error: &str) {
         self.fail_offload_noted(port, cx, error, error);
     }
 
@@ -839,6 +898,7 @@ impl OffloadClient {
         if let Some(t) = self.timer.take() {
             port.cancel_timer(cx, t);
         }
+        self.kars_stop(port, cx);
         let mut refused = None;
         // What still waits to go to its sandbox goes nowhere now.
         if let Some(d) = self.active.as_ref().and_then(|o| o.sandbox_did.clone()) {
@@ -956,7 +1016,7 @@ impl OffloadClient {
         let msg = OffloadMsg::from_value(payload);
         if from == o.controller {
             match msg {
-                Ok(OffloadMsg::Error(e)) => self.controller_error(port, cx, &e),
+                Ok(OffloadMsg::Error(e)) => self.controller_error(port, cx, &e, encrypted),
                 Ok(OffloadMsg::Status(s)) => self.controller_status(port, cx, &s, encrypted),
                 _ => {}
             }
@@ -995,10 +1055,16 @@ impl OffloadClient {
         let Some(phase) = s.phase.as_deref().and_then(Phase::parse) else {
             return;
         };
+        let kars = self
+            .active
+            .as_ref()
+            .is_some_and(|o| o.dialect == Dialect::KarsPlaintext);
         // The relay does not bind `from`: a plaintext `ready` could name an
         // attacker's sandbox and draw the input files to it. Only an
-        // end-to-end message may say where the sandbox is.
-        if phase == Phase::Ready && !encrypted {
+        // end-to-end message may say where the sandbox is, except from the
+        // kars controller, whose `ready` only names the sandbox and the name
+        // is checked in the registry (`kars.rs`).
+        if phase == Phase::Ready && !encrypted && !kars {
             cx.log(
                 LogLevel::Warn,
                 "ignored a plaintext `ready`: the sandbox's DID is taken only from an end-to-end encrypted message",
@@ -1017,9 +1083,14 @@ impl OffloadClient {
                     Phase::Spawning => "the cluster is starting a sandbox",
                     _ => "the sandbox is scheduled",
                 };
-                let text = format!("{own} (controller: {})", peer_words(&msg));
+                let text = format!(
+                    "{own} (controller: {}){}",
+                    peer_words(&msg),
+                    evidence(encrypted)
+                );
                 self.phase_noted(port, cx, phase, &text, own)
             }
+            Phase::Ready if kars => self.kars_ready(port, cx, s, encrypted),
             Phase::Ready => self.sandbox_ready(port, cx, s),
             _ => {}
         }
@@ -1027,7 +1098,13 @@ impl OffloadClient {
 
     /// The controller ended or refused the offload; it may hold a slot for
     /// it, so the cleanup goes too (after the state that explains it).
-    fn controller_error(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, e: &OffloadError) {
+    fn controller_error(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        e: &OffloadError,
+        encrypted: bool,
+    ) {
         let err = peer_error(e);
         let why = if e.phase.as_deref() == Some(ErrorPhase::Execution.as_str()) {
             "The cluster ended the offload"
@@ -1037,7 +1114,7 @@ impl OffloadClient {
         self.fail_offload_noted(
             port,
             cx,
-            &format!("{why}: {}", peer_words(&err)),
+            &format!("{why}: {}{}", peer_words(&err), evidence(encrypted)),
             &format!("{why}; offload_status has the controller's words"),
         );
         self.send_cleanup(port, cx, CleanupReason::Error);
@@ -1086,12 +1163,21 @@ impl OffloadClient {
     }
 
     /// News from the active offload's sandbox, for this request.
-    fn on_sandbox_news(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, m: OffloadMsg) {
+    pub(super) fn on_sandbox_news(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        from: &str,
+        m: OffloadMsg,
+    ) {
         let Some(o) = self.active.as_ref() else {
             return;
         };
         if m.request_id().is_some_and(|r| r != o.request_id) {
             return;
+        }
+        if o.sandbox_unconfirmed {
+            return self.unconfirmed_news(port, cx, m);
         }
         match m {
             OffloadMsg::Hello(_) => self.sandbox_hello(port, cx),
@@ -1137,11 +1223,13 @@ impl OffloadClient {
 
     /// The sandbox is up and talking to us: the run's deadline starts, and
     /// the inputs (then the go-ahead) go to it.
-    fn sandbox_hello(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+    pub(super) fn sandbox_hello(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
         let Some(o) = self.active.as_ref() else {
             return;
         };
-        if !matches!(o.phase, Phase::Connecting | Phase::Ready) {
+        // Verifying: a kars sandbox pinged on the legacy path may still say
+        // hello; the hello path then takes over.
+        if !matches!(o.phase, Phase::Connecting | Phase::Ready | Phase::Verifying) {
             return;
         }
         let minutes = o.timeout_minutes;
@@ -1172,7 +1260,12 @@ impl OffloadClient {
     }
 
     /// The sandbox refused one of our input files.
-    fn sandbox_refused_input(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, a: &FileTransferAck) {
+    pub(super) fn sandbox_refused_input(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        a: &FileTransferAck,
+    ) {
         let name: String = a
             .file_name
             .as_deref()
@@ -1300,7 +1393,7 @@ impl OffloadClient {
         port.send(cx, from, OffloadMsg::from(ack).to_value());
     }
 
-    fn start_sending_inputs(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+    pub(super) fn start_sending_inputs(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
         let Some(o) = self.active.as_ref() else {
             return;
         };
@@ -1360,24 +1453,11 @@ impl OffloadClient {
             .clone()
             .unwrap_or_else(|| port.identity().did().to_string());
         let files = o.files.clone();
-        // Every input is checked before any goes: none changed since
-        // cloud_offload hashed it.
-        for f in &files {
-            let changed = self
-                .input_bytes
-                .iter()
-                .find(|(n, _)| *n == f.name)
-                .is_some_and(|(_, bytes)| transfer::sha256_hex(bytes) != f.sha256);
-            if changed {
-                let msg = format!(
-                    "Input file {} changed since cloud_offload read it; offload it again.",
-                    f.path
-                );
-                // Recorded first: the cleanup goes out after the state that explains it.
-                self.fail_offload(port, cx, &msg);
-                self.send_cleanup(port, cx, CleanupReason::Error);
-                return;
-            }
+        if let Some(msg) = self.changed_input(&files) {
+            // Recorded first: the cleanup goes out after the state that explains it.
+            self.fail_offload(port, cx, &msg);
+            self.send_cleanup(port, cx, CleanupReason::Error);
+            return;
         }
         let mut items = Vec::new();
         for (i, f) in files.iter().enumerate() {
@@ -1409,6 +1489,16 @@ impl OffloadClient {
             .as_ref()
             .map(|o| transfer::sha256_hex(o.task.as_bytes()))
             .unwrap_or_default();
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|o| o.phase == Phase::Uploading)
+        {
+            // The kars sandbox's legacy path: the task follows once every
+            // input is acknowledged (`kars.rs`), as `offload_task`.
+            port.send_paced(cx, &to, items);
+            return;
+        }
         let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
         let go = OffloadStart::new(
             &rid,
@@ -1419,6 +1509,23 @@ impl OffloadClient {
         );
         items.push(Paced::Go(go));
         port.send_paced(cx, &to, items);
+    }
+
+    /// Every input is checked before any goes: none changed since
+    /// cloud_offload hashed it. The text for the user if one did.
+    fn changed_input(&self, files: &[InputFile]) -> Option<String> {
+        files.iter().find_map(|f| {
+            self.input_bytes
+                .iter()
+                .find(|(n, _)| *n == f.name)
+                .is_some_and(|(_, bytes)| transfer::sha256_hex(bytes) != f.sha256)
+                .then(|| {
+                    format!(
+                        "Input file {} changed since cloud_offload read it; offload it again.",
+                        f.path
+                    )
+                })
+        })
     }
 
     /// The go-ahead is in the outbox: every input went before it.

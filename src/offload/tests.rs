@@ -138,6 +138,7 @@ fn pairing_with(ctl: &Side) -> PairingRecord {
         token_budget: 1,
         expires_at: String::new(),
         paired_ms: 0,
+        dialect: Default::default(),
     }
 }
 
@@ -342,4 +343,123 @@ fn the_client_needs_a_pairing_that_grants_offload_and_runs_one_at_a_time() {
     user.call(|p, cx| client.cloud_offload(p, cx, "e", &other, Some(&pairing)));
     assert!(text(&user.results()[0]).starts_with("❌ Offload already in progress"));
     assert!(user.port.sent.is_empty());
+}
+
+/// A client paired with a kars controller, its offload submitted at
+/// `now` = 100 s: the request went out in plaintext.
+fn kars_client(user: &mut Side, ctl_did: &str) -> (OffloadClient, String) {
+    let mut pairing = pairing_with(&Side::new(9));
+    pairing.controller_did = ctl_did.to_string();
+    pairing.dialect = crate::wire::token::Dialect::KarsPlaintext;
+    user.host.now = 100_000;
+    let mut client = OffloadClient::default();
+    user.call(|port, cx| {
+        let args = json!({"task": "count the words", "timeout_minutes": 5});
+        client.cloud_offload(port, cx, "c-1", &args, Some(&pairing));
+    });
+    let (to, request) = user
+        .port
+        .plain
+        .pop()
+        .expect("the request went in plaintext");
+    assert_eq!(
+        (to.as_str(), request["type"].as_str()),
+        (ctl_did, Some("offload_request"))
+    );
+    assert!(
+        user.port.sent.is_empty(),
+        "nothing end to end to the kars controller"
+    );
+    (
+        client,
+        request["request_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+/// The kars controller's plaintext `ready` naming `name`, then the
+/// registry's answers: one holder, registered at `registered_at`.
+fn kars_found(
+    user: &mut Side,
+    client: &mut OffloadClient,
+    ctl: &str,
+    rid: &str,
+    registered_at: &str,
+) -> String {
+    let holder = Side::new(33).did();
+    let ready = json!({"type": "offload_status", "request_id": rid, "phase": "ready", "message": "Sandbox is ready", "sandbox_name": format!("offload-{}", &rid[..8])});
+    user.call(|port, cx| client.on_message(port, cx, ctl, ready, false));
+    let (tag, path) = user.port.gets.pop().expect("the name is looked up");
+    assert_eq!(
+        path,
+        format!("/v1/discover?capability=offload-{}&limit=5", &rid[..8])
+    );
+    let found = json!({"results": [{"did": holder, "capabilities": [format!("offload-{}", &rid[..8])]}], "total": 1});
+    let body = found.to_string().into_bytes();
+    user.call(|port, cx| client.on_lookup(port, cx, tag, (true, &body, "")));
+    let (tag, path) = user.port.gets.pop().expect("its record is fetched");
+    assert_eq!(path, format!("/v1/agents/{}", holder.replace(':', "%3A")));
+    let body = json!({"did": holder, "registered_at": registered_at})
+        .to_string()
+        .into_bytes();
+    user.call(|port, cx| client.on_lookup(port, cx, tag, (true, &body, "")));
+    holder
+}
+
+#[test]
+fn a_kars_sandbox_name_held_since_before_the_request_is_refused() {
+    let mut user = Side::new(11);
+    let ctl = Side::new(12).did();
+    let (mut client, rid) = kars_client(&mut user, &ctl);
+    // 100 s after the epoch is when we asked; this holder registered at 60 s.
+    kars_found(
+        &mut user,
+        &mut client,
+        &ctl,
+        &rid,
+        "1970-01-01T00:01:00.000000+00:00",
+    );
+    let o = client.active.as_ref().expect("the offload");
+    assert_eq!(o.phase, Phase::Error);
+    assert!(o
+        .error
+        .as_deref()
+        .unwrap_or_default()
+        .contains("registered before this offload was requested"));
+    assert_eq!(o.sandbox_did, None);
+    assert!(
+        user.port.sent.is_empty() && user.port.paced.is_empty(),
+        "nothing went to it"
+    );
+    let (_, cleanup) = user.port.plain.pop().expect("the controller is told");
+    assert_eq!(cleanup["type"], "offload_cleanup");
+}
+
+#[test]
+fn a_found_kars_sandbox_is_on_probation_until_its_hello_names_the_request() {
+    let mut user = Side::new(11);
+    let ctl = Side::new(12).did();
+    let (mut client, rid) = kars_client(&mut user, &ctl);
+    // Python's isoformat() without an offset is UTC.
+    let holder = kars_found(&mut user, &mut client, &ctl, &rid, "1970-01-01T00:01:50.5");
+    let o = client.active.as_ref().expect("the offload");
+    assert_eq!((o.phase, o.sandbox_unconfirmed), (Phase::Connecting, true));
+    assert_eq!(o.sandbox_did.as_deref(), Some(holder.as_str()));
+    // Before its hello names our request, its news moves nothing.
+    for early in [
+        json!({"type": "offload_done", "request_id": rid, "summary": "fake"}),
+        json!({"type": "offload_hello", "request_id": "someone-else"}),
+        json!({"type": "offload_progress", "request_id": rid, "pct": 50}),
+    ] {
+        user.call(|port, cx| client.on_message(port, cx, &holder, early, true));
+    }
+    let o = client.active.as_ref().expect("the offload");
+    assert_eq!(o.phase, Phase::Connecting);
+    let hello = json!({"type": "offload_hello", "request_id": rid, "from_agent": "offload-x"});
+    user.call(|port, cx| client.on_message(port, cx, &holder, hello, true));
+    let o = client.active.as_ref().expect("the offload");
+    assert_eq!((o.phase, o.sandbox_unconfirmed), (Phase::Running, false));
+    assert!(client.recent.sandboxes.contains(&holder));
 }

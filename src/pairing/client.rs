@@ -1,10 +1,12 @@
 //! The client side of `mesh_pair`: send the controller a `pair_request`
-//! with the token's secret, end to end (the token names the controller by
-//! its routable DID), wait for its `pair_response`, store the pairing and
-//! answer the call. Texts follow the original plugin (kars-mesh-plugin.md
-//! §4.3).
+//! with the token's secret, wait for its `pair_response`, store the pairing
+//! and answer the call. Texts follow the original plugin (kars-mesh-plugin.md
+//! §4.3). A kars-mesh token names its controller by DID and the exchange is
+//! end-to-end; a kars CLI token names the kars controller by its AMID, which
+//! becomes its DID (§4.1), and that controller speaks only plaintext
+//! (§6.5). Several pairings are kept, one per cluster; the newest is the
+//! default, as in the original's `~/.kars/pairings.json` (§4.4).
 
-use crate::crypto::identity::is_mesh_did;
 use crate::io::{Cx, LogLevel};
 use crate::port::{Port, TimerOwner};
 use crate::store::{keys, Vault};
@@ -14,6 +16,7 @@ use crate::wire::pairing_msg::{
     DEFAULT_SLOTS, DEFAULT_TOKEN_BUDGET,
 };
 use crate::wire::payload::Family;
+use crate::wire::token::Dialect;
 use crate::wire::{b64, token};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -34,11 +37,25 @@ pub struct PairingRecord {
     pub token_budget: u64,
     pub expires_at: String,
     pub paired_ms: u64,
+    /// End-to-end (a kars-mesh controller) or the kars controller's
+    /// plaintext (records from before this field: end-to-end).
+    #[serde(default)]
+    pub dialect: Dialect,
+}
+
+/// Every pairing this agent holds, one per cluster name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PairingBook {
+    pub pairings: Vec<PairingRecord>,
+    /// `~/.kars/pairings.json` was looked at once (imported or not).
+    #[serde(default)]
+    pub legacy_imported: bool,
 }
 
 struct PairWait {
     call_id: String,
     controller: String,
+    dialect: Dialect,
     timer: u64,
     token: token::PairingToken,
     sent_ms: u64,
@@ -54,20 +71,60 @@ pub struct Endpoints {
 
 #[derive(Default)]
 pub struct PairingClient {
-    /// The stored pairing, if any.
+    /// The default pairing: the newest of `book`.
     pub record: Option<PairingRecord>,
+    pub book: PairingBook,
     waits: Vec<PairWait>,
     endpoints: Endpoints,
 }
 
 impl PairingClient {
     pub fn load(vault: &Vault, cx: &mut Cx<'_>, endpoints: Endpoints) -> Self {
-        PairingClient {
-            record: vault
-                .get::<PairingRecord>(cx.host, keys::PAIRING)
-                .unwrap_or(None),
+        let book = match vault.get::<PairingBook>(cx.host, keys::PAIRINGS) {
+            Ok(Some(b)) => b,
+            // Before several pairings were kept: the one record, if any.
+            _ => PairingBook {
+                pairings: vault
+                    .get::<PairingRecord>(cx.host, keys::PAIRING)
+                    .unwrap_or(None)
+                    .into_iter()
+                    .collect(),
+                legacy_imported: false,
+            },
+        };
+        let mut c = PairingClient {
+            record: None,
+            book,
             waits: Vec::new(),
             endpoints,
+        };
+        c.pick_default();
+        c
+    }
+
+    fn pick_default(&mut self) {
+        self.record = self
+            .book
+            .pairings
+            .iter()
+            .max_by_key(|p| p.paired_ms)
+            .cloned();
+    }
+
+    /// Keep `rec` (replacing the pairing with the same cluster) and store
+    /// the book.
+    pub fn keep(&mut self, vault: &Vault, cx: &mut Cx<'_>, rec: PairingRecord) {
+        self.book
+            .pairings
+            .retain(|p| p.cluster_name != rec.cluster_name);
+        self.book.pairings.push(rec);
+        self.save_book(vault, cx);
+    }
+
+    pub(super) fn save_book(&mut self, vault: &Vault, cx: &mut Cx<'_>) {
+        self.pick_default();
+        if let Err(e) = vault.put(cx.host, &mut cx.out, keys::PAIRINGS, &self.book) {
+            cx.log(LogLevel::Error, &e.to_string());
         }
     }
 
@@ -76,9 +133,36 @@ impl PairingClient {
         self.waits.iter().any(|w| w.controller == from)
     }
 
+    /// Is `from` a kars controller we pair with or are paired with? Its
+    /// plaintext may answer our pairing and move our offloads on, but it
+    /// never reaches the inbox: the relay does not bind `from`.
+    pub fn is_kars_controller(&self, from: &str) -> bool {
+        self.waits
+            .iter()
+            .any(|w| w.controller == from && w.dialect == Dialect::KarsPlaintext)
+            || self
+                .book
+                .pairings
+                .iter()
+                .any(|p| p.controller_did == from && p.dialect == Dialect::KarsPlaintext)
+    }
+
+    /// Is `from` the controller of any of our pairings?
+    pub fn is_paired_controller(&self, from: &str) -> bool {
+        self.book.pairings.iter().any(|p| p.controller_did == from)
+    }
+
+    /// A plaintext `pair_response` is taken only from a kars controller a
+    /// call waits for.
+    pub fn waits_in_plaintext_for(&self, from: &str) -> bool {
+        self.waits
+            .iter()
+            .any(|w| w.controller == from && w.dialect == Dialect::KarsPlaintext)
+    }
+
     /// `mesh_pair {token}`.
     pub fn start(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, call_id: &str, args: &Value) {
-        let (tok, controller) = match self.checked_token(args) {
+        let (tok, controller, dialect) = match self.checked_token(args) {
             Ok(t) => t,
             Err(text) => return render::fail(cx, call_id, &text),
         };
@@ -98,16 +182,26 @@ impl PairingClient {
         self.waits.push(PairWait {
             call_id: call_id.to_string(),
             controller: controller.clone(),
+            dialect,
             timer,
             token: tok,
             sent_ms: cx.now(),
         });
-        port.send(cx, &controller, PairingMsg::from(request).to_value());
+        let msg = PairingMsg::from(request).to_value();
+        match dialect {
+            Dialect::EndToEnd => port.send(cx, &controller, msg),
+            // The kars controller has no prekeys and reads only plaintext;
+            // the secret is exposed to the relay, as with the original.
+            Dialect::KarsPlaintext => port.send_plain(cx, &controller, msg),
+        }
     }
 
-    /// The token among `args`, and the controller DID it names; else the
-    /// error text for the user.
-    fn checked_token(&self, args: &Value) -> Result<(token::PairingToken, String), String> {
+    /// The token among `args`, the controller DID it names and how to speak
+    /// to it; else the error text for the user.
+    fn checked_token(
+        &self,
+        args: &Value,
+    ) -> Result<(token::PairingToken, String, Dialect), String> {
         if args
             .get("token")
             .is_some_and(|t| !t.is_string() && !t.is_null())
@@ -121,9 +215,9 @@ impl PairingClient {
                 raw.len()
             )
         })?;
-        let Some(controller) = tok.controller_did.clone().filter(|d| is_mesh_did(d)) else {
-            return Err("This token names the controller only by its AMID, which the relay cannot route. Ask the operator for a token from `kars-mesh pair generate`.".into());
-        };
+        let (controller, dialect) = tok
+            .controller()
+            .map_err(|e| format!("This pairing token names no reachable controller: {e}"))?;
         for (field, url, ours) in [
             ("relay_url", &tok.relay_url, &self.endpoints.relay_url),
             (
@@ -133,12 +227,12 @@ impl PairingClient {
             ),
         ] {
             if let Some(u) = url {
-                if u.trim_end_matches('/') != ours.trim_end_matches('/') {
+                if same_place(u) != same_place(ours) {
                     return Err(format!("The token's {field} is {u}, but this agent is connected to {ours}. Start kars-mesh with that {field}, then pair again."));
                 }
             }
         }
-        Ok((tok, controller))
+        Ok((tok, controller, dialect))
     }
 
     /// The controller's answer to our `mesh_pair`: the pairing is stored and
@@ -165,10 +259,9 @@ impl PairingClient {
             return true;
         }
         let now = cx.now();
-        let rec = self.record_from(from, payload, &w.token, now);
-        if let Err(e) = port.vault().put(cx.host, &mut cx.out, keys::PAIRING, &rec) {
-            cx.log(LogLevel::Error, &e.to_string());
-        }
+        let mut rec = self.record_from(from, payload, &w.token, now);
+        rec.dialect = w.dialect;
+        self.keep(port.vault(), cx, rec.clone());
         let id = port.identity();
         let text = format!(
             "✅ Paired successfully with kars cluster \"{}\"\nYour AMID: {}\nYour DID: {}\nIdentity: sealed in the kars-mesh state directory\nBudget: {}\nCapabilities: {}\nExpires: {}\nRelay RTT: {}ms (handshake)\nYou can now use cloud_offload to delegate tasks to the cloud.",
@@ -181,7 +274,6 @@ impl PairingClient {
             now.saturating_sub(w.sent_ms)
         );
         let details = json!({"pairing": rec});
-        self.record = Some(rec);
         render::ok(cx, &w.call_id, &text, details);
         true
     }
@@ -213,6 +305,7 @@ impl PairingClient {
             token_budget: r.token_budget.unwrap_or(DEFAULT_TOKEN_BUDGET),
             expires_at: r.expires_at.clone().unwrap_or_default(),
             paired_ms: now,
+            dialect: Dialect::EndToEnd,
         }
     }
 
@@ -222,15 +315,32 @@ impl PairingClient {
             return;
         };
         let w = self.waits.remove(pos);
+        let check = match w.dialect {
+            Dialect::EndToEnd => "Check that the cluster is up (kars-mesh cluster up)",
+            Dialect::KarsPlaintext => {
+                "Check that the kars controller runs and is connected to this relay"
+            }
+        };
         render::fail(
             cx,
             &w.call_id,
             &format!(
-                "Pairing timed out after {}s: the controller {} did not answer. Check that the cluster is up (kars-mesh cluster up) and that the token is current.",
+                "Pairing timed out after {}s: the controller {} did not answer. {check} and that the token is current.",
                 PAIR_TIMEOUT_MS / 1000,
                 w.controller
             ),
         );
+    }
+}
+
+/// A relay or registry URL as a place: the token's `ws://` relay and our
+/// `http://` one are the same server.
+fn same_place(url: &str) -> String {
+    let u = url.trim().trim_end_matches('/');
+    match u.split_once("://") {
+        Some(("ws", rest)) => format!("http://{rest}"),
+        Some(("wss", rest)) => format!("https://{rest}"),
+        _ => u.to_string(),
     }
 }
 

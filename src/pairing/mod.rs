@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod ledger;
+pub mod legacy;
 pub mod operator;
 
 #[cfg(test)]

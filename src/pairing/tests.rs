@@ -140,7 +140,7 @@ fn a_token_pairs_once_and_the_client_stores_the_pairing() {
     assert!(cx
         .out
         .iter()
-        .any(|c| matches!(c, Command::Store(k, _) if k == keys::PAIRING)));
+        .any(|c| matches!(c, Command::Store(k, _) if k == keys::PAIRINGS)));
     let rec = pc.record.as_ref().expect("the pairing is kept");
     assert_eq!(rec.controller_did, ctl_did);
     assert_eq!(rec.capabilities, ["offload"]);
@@ -210,4 +210,68 @@ fn a_token_for_another_relay_is_refused_and_no_answer_times_out() {
     let r = results(&cx.out);
     assert!(text(&r[0].1).starts_with("❌ Pairing timed out after 30s: the controller did:mesh:"));
     assert!(!pc.waits_for(ctl_port.id.did()));
+}
+
+/// The original's `~/.kars/pairings.json` (§4.4): imported once, the AMID
+/// turned into the routable DID, the `ctrl_…` placeholder left out, and
+/// the newest pairing the default; a second import changes nothing.
+#[test]
+fn the_originals_pairings_file_is_imported_once_and_the_newest_is_the_default() {
+    let port = FakePort::new(5);
+    let mut host = FakeHost::default();
+    let prod = crate::crypto::identity::Identity::from_seed(&[21; 32]);
+    let lab = crate::crypto::identity::Identity::from_seed(&[22; 32]);
+    let entry = |amid: &str, name: &str, at: &str| {
+        json!({"controllerAmid": amid, "relayUrl": "ws://host.docker.internal:18765",
+               "registryUrl": "http://host.docker.internal:18080", "clusterName": name,
+               "capabilities": ["offload", "handoff"], "slots": 2, "tokenBudget": 500000,
+               "expiresAt": "", "pairedAt": at})
+    };
+    let file = json!({
+        "prod": entry(&prod.amid(), "prod", "2026-05-01T10:00:00.000Z"),
+        "lab": entry(&lab.amid(), "lab", "2026-06-01T10:00:00.000Z"),
+        "old": entry("ctrl_00112233445566778899", "old", "2026-07-01T10:00:00.000Z"),
+    })
+    .to_string();
+    let mut pc = client(&port, &mut host);
+    let mut cx = Cx {
+        host: &mut host,
+        out: Vec::new(),
+    };
+    pc.import_legacy(&port.vault, &mut cx, &file);
+    let out = cx.out;
+    host.apply(out);
+    let names: Vec<&str> = pc
+        .book
+        .pairings
+        .iter()
+        .map(|p| p.cluster_name.as_str())
+        .collect();
+    assert_eq!(names, ["lab", "prod"]);
+    let default = pc.record.clone().expect("a default pairing");
+    assert_eq!(
+        (
+            default.cluster_name.as_str(),
+            default.controller_did.as_str()
+        ),
+        ("lab", lab.did())
+    );
+    assert_eq!(default.dialect, crate::wire::token::Dialect::KarsPlaintext);
+    assert!(host
+        .logs
+        .iter()
+        .any(|(_, l)| l.contains("old") && l.contains("placeholder")));
+    // Loaded again from storage: the same book; a second import is a no-op.
+    let mut again = client(&port, &mut host);
+    assert_eq!(again.book, pc.book);
+    let mut cx = Cx {
+        host: &mut host,
+        out: Vec::new(),
+    };
+    again.import_legacy(
+        &port.vault,
+        &mut cx,
+        &json!({"x": entry(&prod.amid(), "x", "2027-01-01T00:00:00Z")}).to_string(),
+    );
+    assert_eq!(again.book, pc.book);
 }

@@ -23,7 +23,9 @@ pub mod keys {
     pub const SEEN: &str = "seen/";
     pub const META: &str = "meta";
     pub const LEDGER: &str = "ledger";
+    /// One pairing (before several were kept); read once, then `PAIRINGS`.
     pub const PAIRING: &str = "pairing";
+    pub const PAIRINGS: &str = "pairings";
     pub const OFFLOAD: &str = "offload/active";
     pub const OFFLOAD_RECENT: &str = "offload/recent";
     pub const CONTROLLER_OFFLOADS: &str = "controller/offloads";

@@ -155,10 +155,15 @@ pub enum PayloadType {
     FileTransferAck,
     TransferManifest,
     TransferChunk,
+    /// The kars sandbox's legacy path (ping, task hand-over).
+    MeshPing,
+    MeshPong,
+    OffloadTask,
+    TaskReceived,
 }
 
 impl PayloadType {
-    pub const ALL: [PayloadType; 16] = [
+    pub const ALL: [PayloadType; 20] = [
         PayloadType::Message,
         PayloadType::KarsReceipt,
         PayloadType::PairRequest,
@@ -175,6 +180,10 @@ impl PayloadType {
         PayloadType::FileTransferAck,
         PayloadType::TransferManifest,
         PayloadType::TransferChunk,
+        PayloadType::MeshPing,
+        PayloadType::MeshPong,
+        PayloadType::OffloadTask,
+        PayloadType::TaskReceived,
     ];
 
     /// The name on the wire (the families' serde renames are tested
@@ -197,6 +206,10 @@ impl PayloadType {
             PayloadType::FileTransferAck => "file_transfer_ack",
             PayloadType::TransferManifest => "mesh:transfer_manifest",
             PayloadType::TransferChunk => "mesh:transfer_chunk",
+            PayloadType::MeshPing => "mesh:ping",
+            PayloadType::MeshPong => "mesh:pong",
+            PayloadType::OffloadTask => "offload_task",
+            PayloadType::TaskReceived => "task_received",
         }
     }
 

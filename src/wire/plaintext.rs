@@ -39,3 +39,74 @@ pub fn decode_body(body: &str) -> Result<serde_json::Value, crate::wire::WireErr
     };
     serde_json::from_str(&text).map_err(|e| crate::wire::WireError::json("plaintext payload", &e))
 }
+
+/// A plaintext `message` frame to a plaintext peer (the kars controller), in
+/// both dialects at once (agentmesh-wire.md §7): `payload` for the kars
+/// controller, `ciphertext` with `plaintext: true` for TS-SDK readers, the
+/// same base64 text in both. No `Debug`: a `pair_request` body carries
+/// the token's secret.
+#[derive(serde::Serialize)]
+pub struct PlainFrame<'a> {
+    v: u8,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    from: &'a str,
+    to: &'a str,
+    id: &'a str,
+    ts: &'a str,
+    ciphertext: String,
+    payload: String,
+    plaintext: bool,
+}
+
+impl<'a> PlainFrame<'a> {
+    pub fn new(from: &'a str, to: &'a str, id: &'a str, ts: &'a str, json: &str) -> Self {
+        let body = encode_body(json);
+        PlainFrame {
+            v: 1,
+            kind: "message",
+            from,
+            to,
+            id,
+            ts,
+            ciphertext: body.clone(),
+            payload: body,
+            plaintext: true,
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        // Only strings, a number and a bool: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::payload::Family;
+    use crate::wire::relay_frame::RelayFrame;
+
+    #[test]
+    fn a_plain_frame_reads_back_in_both_dialects() {
+        let json = r#"{"type":"offload_request","task":"résumé — 1"}"#;
+        let text = PlainFrame::new(
+            "did:mesh:aa",
+            "did:mesh:bb",
+            "f-1",
+            "2026-01-02T03:04:05.678Z",
+            json,
+        )
+        .to_text();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["payload"], v["ciphertext"]);
+        assert_eq!(v["plaintext"], true);
+        assert!(v["payload"].as_str().unwrap().is_ascii());
+        let Ok(RelayFrame::Message(m)) = RelayFrame::from_text(&text) else {
+            panic!("not a message frame");
+        };
+        assert!(m.is_plaintext());
+        let back = decode_body(m.plaintext_body()).unwrap();
+        assert_eq!(back["task"], "résumé — 1");
+    }
+}

@@ -48,7 +48,9 @@ function hookExit() {
 
 /**
  * @param {{relayUrl: string, registryUrl: string, echo?: boolean, seed?: string,
- *          statePath?: string, readyTimeoutMs?: number, waitConnected?: boolean}} o
+ *          statePath?: string, readyTimeoutMs?: number, waitConnected?: boolean,
+ *          capabilities?: string[]}} o
+ *   capabilities: registered first (a kars sandbox registers its name)
  */
 export async function spawnAgtPeer(o) {
   hookExit();
@@ -57,6 +59,7 @@ export async function spawnAgtPeer(o) {
   if (o.reference) args.push('--reference');
   if (o.seed) args.push('--seed', o.seed);
   if (o.statePath) args.push('--state', o.statePath);
+  for (const c of o.capabilities ?? []) args.push('--capability', c);
   if (o.sdk && !existsSync(NODE24)) throw new Error(`${NODE24} missing: run \`bash scripts/setup.sh\``);
   const child = spawn(o.sdk ? NODE24 : PY, o.sdk ? args : ['-c', LAUNCH, ...args], {
     cwd: ROOT,

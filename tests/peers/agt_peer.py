@@ -7,7 +7,7 @@ That package ships no registry/relay *client*, so the glue below (registry
 REST with proof-of-possession, relay WebSocket, KNOCK, message frames, acks,
 heartbeats) is written here, byte for byte per docs/spec/agentmesh-wire.md.
 
-    python agt_peer.py --relay URL --registry URL [--seed HEX] [--state FILE] [--echo]
+    python agt_peer.py --relay URL --registry URL [--seed HEX] [--state FILE] [--echo] [--capability NAME]...
 
 stdout: one JSON object per line (events):
     {"event":"ready","did":...}
@@ -224,6 +224,9 @@ class Peer:
         self.relay = args.relay.rstrip("/")
         self.registry = args.registry.rstrip("/")
         self.echo = args.echo
+        # Registered before "agt-peer": a kars sandbox is found by its name
+        # as a capability (kars-mesh-plugin.md §6.2).
+        self.capabilities = list(getattr(args, "capability", None) or [])
         self.state_path = args.state
         self.sessions: dict[str, list[Session]] = {}
         self.seen: list[str] = []  # ids already processed (bounded)
@@ -317,7 +320,7 @@ class Peer:
 
     def register_and_publish(self) -> None:
         st, body = self._http("POST", "/v1/agents", register_body(
-            self.sk, now_iso(), ["agt-peer"], {"impl": "agt-python-5.0.0"}))
+            self.sk, now_iso(), [*self.capabilities, "agt-peer"], {"impl": "agt-python-5.0.0"}))
         if st == 201:
             if body.get("did") != self.did:
                 raise RuntimeError(f"registry derived {body.get('did')}, we derived {self.did}")
@@ -720,6 +723,7 @@ async def main() -> None:
     ap.add_argument("--echo", action="store_true")
     ap.add_argument("--reference", action="store_true",
                     help="behave as the AGT client does (see the module docstring)")
+    ap.add_argument("--capability", action="append", help="register this capability (repeatable)")
     args = ap.parse_args()
 
     peer = Peer(args)

@@ -15,11 +15,13 @@ use crate::wire::transfer::{ChunkMsg, ManifestMsg};
 use serde::{Deserialize, Serialize};
 
 mod files;
+mod legacy;
 mod report;
 mod request;
 mod run;
 
 pub use files::{FileTransfer, FileTransferAck};
+pub use legacy::{MeshPing, MeshPong, OffloadTask, TaskReceived};
 pub use report::{ErrorPhase, OffloadError, OffloadStatus, StatusPhase, READY_MESSAGE};
 pub use request::{CleanupReason, OffloadCleanup, OffloadRequest, Preferences};
 pub use run::{
@@ -56,6 +58,15 @@ pub enum OffloadMsg {
     TransferManifest(ManifestMsg),
     #[serde(rename = "mesh:transfer_chunk")]
     TransferChunk(ChunkMsg),
+    /// The kars sandbox's legacy path (`legacy.rs`).
+    #[serde(rename = "mesh:ping")]
+    Ping(MeshPing),
+    #[serde(rename = "mesh:pong")]
+    Pong(MeshPong),
+    #[serde(rename = "offload_task")]
+    Task(OffloadTask),
+    #[serde(rename = "task_received")]
+    TaskReceived(TaskReceived),
 }
 
 variants_from!(OffloadMsg {
@@ -71,6 +82,10 @@ variants_from!(OffloadMsg {
     FileTransferAck(FileTransferAck),
     TransferManifest(ManifestMsg),
     TransferChunk(ChunkMsg),
+    Ping(MeshPing),
+    Pong(MeshPong),
+    Task(OffloadTask),
+    TaskReceived(TaskReceived),
 });
 
 impl Family for OffloadMsg {
@@ -88,6 +103,10 @@ impl Family for OffloadMsg {
         PayloadType::FileTransferAck.as_str(),
         PayloadType::TransferManifest.as_str(),
         PayloadType::TransferChunk.as_str(),
+        PayloadType::MeshPing.as_str(),
+        PayloadType::MeshPong.as_str(),
+        PayloadType::OffloadTask.as_str(),
+        PayloadType::TaskReceived.as_str(),
     ];
 }
 
@@ -106,6 +125,10 @@ impl OffloadMsg {
             OffloadMsg::FileTransferAck(_) => PayloadType::FileTransferAck,
             OffloadMsg::TransferManifest(_) => PayloadType::TransferManifest,
             OffloadMsg::TransferChunk(_) => PayloadType::TransferChunk,
+            OffloadMsg::Ping(_) => PayloadType::MeshPing,
+            OffloadMsg::Pong(_) => PayloadType::MeshPong,
+            OffloadMsg::Task(_) => PayloadType::OffloadTask,
+            OffloadMsg::TaskReceived(_) => PayloadType::TaskReceived,
         }
     }
 
@@ -126,6 +149,10 @@ impl OffloadMsg {
             OffloadMsg::FileTransferAck(m) => m.request_id.as_deref(),
             OffloadMsg::TransferManifest(m) => m.request_id.as_deref(),
             OffloadMsg::TransferChunk(m) => m.request_id.as_deref(),
+            OffloadMsg::Task(m) => Some(&m.request_id),
+            OffloadMsg::TaskReceived(m) => Some(&m.request_id),
+            // A ping and its pong name a nonce, not a request.
+            OffloadMsg::Ping(_) | OffloadMsg::Pong(_) => None,
         }
     }
 }
@@ -220,9 +247,11 @@ mod tests {
         // src/offload/client.rs (then src/agent/offload.rs), on_sandbox_news, drops sandbox news naming
         // another request whatever its type (`p["request_id"].as_str()`).
         for t in OffloadMsg::TYPES {
-            let v = json!({"type": t, "request_id": "other"});
+            let v = json!({"type": t, "request_id": "other", "nonce": "n"});
             let m = OffloadMsg::parse(&v).unwrap();
-            assert_eq!(m.request_id(), Some("other"), "{t}");
+            // A ping and its pong name a nonce, never a request.
+            let named = !matches!(m, OffloadMsg::Ping(_) | OffloadMsg::Pong(_));
+            assert_eq!(m.request_id(), named.then_some("other"), "{t}");
             // A request id that is not a string is none (where optional).
             let v = json!({"type": t, "request_id": 5});
             if let Ok(m) = OffloadMsg::parse(&v) {
