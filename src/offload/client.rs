@@ -1212,7 +1212,8 @@ impl OffloadClient {
         let Some(o) = self.active.as_mut() else {
             return;
         };
-        let text = format!("not received: {}", not_returned_line(&lost));
+        // The name is the sandbox's: marked as its words.
+        let text = format!("not received: {}", peer_words(&not_returned_line(&lost)));
         if o.not_returned.len() < MAX_NOT_RETURNED {
             o.not_returned.push(lost);
         }
@@ -1492,32 +1493,16 @@ impl OffloadClient {
                 return;
             }
         }
-        let mut items = Vec::new();
-        for (i, f) in files.iter().enumerate() {
-            let Some(pos) = self.input_bytes.iter().position(|(n, _)| *n == f.name) else {
-                continue;
-            };
-            let (_, bytes) = self.input_bytes.swap_remove(pos);
-            let msg = FileTransfer::input(
-                &rid,
-                &f.name,
-                bytes.len() as u64,
-                &f.sha256,
-                &from_agent,
-                &time::format_millis(cx.now()),
-            );
-            let transfer_id = format!("{}-in-{i}", &rid[..8.min(rid.len())]);
-            match Paced::file(msg, bytes, transfer_id, from_agent.clone()) {
-                Ok(item) => items.push(item),
-                // cloud_offload checked this file; it can only fail if the
-                // agent's name changed since (a restart with a new config).
-                Err(e) => {
-                    self.fail_offload(port, cx, &too_large_text(&f.path, &e));
-                    self.send_cleanup(port, cx, CleanupReason::Error);
-                    return;
-                }
+        let ts = time::format_millis(cx.now());
+        let mut items = match self.input_items(&files, &rid, &from_agent, &ts) {
+            Ok(items) => items,
+            Err(why) => {
+                // Recorded first: the cleanup goes out after the state that explains it.
+                self.fail_offload(port, cx, &why);
+                self.send_cleanup(port, cx, CleanupReason::Error);
+                return;
             }
-        }
+        };
         self.input_bytes.clear();
         // The go-ahead, after the inputs: the sandbox runs nothing until this
         // end-to-end message from us names the task we asked for, so a
@@ -1528,15 +1513,40 @@ impl OffloadClient {
             .map(|o| transfer::sha256_hex(o.task.as_bytes()))
             .unwrap_or_default();
         let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
-        let go = OffloadStart::new(
-            &rid,
-            &task_sha256,
-            names,
-            &from_agent,
-            &time::format_millis(cx.now()),
-        );
+        let go = OffloadStart::new(&rid, &task_sha256, names, &from_agent, &ts);
         items.push(Paced::Go(go));
         port.send_paced(cx, &to, items);
+    }
+
+    /// The inputs as paced `file_transfer`s (their bytes taken from
+    /// `input_bytes`), or why one cannot be sent.
+    fn input_items(
+        &mut self,
+        files: &[InputFile],
+        rid: &str,
+        from_agent: &str,
+        ts: &str,
+    ) -> Result<Vec<Paced>, String> {
+        let mut items = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let Some(pos) = self.input_bytes.iter().position(|(n, _)| *n == f.name) else {
+                continue;
+            };
+            let (_, bytes) = self.input_bytes.swap_remove(pos);
+            let size = bytes.len() as u64;
+            let msg = FileTransfer::input(rid, &f.name, size, &f.sha256, from_agent, ts);
+            let transfer_id = format!("{}-in-{i}", &rid[..8.min(rid.len())]);
+            // cloud_offload checked this file; it can only fail here if the
+            // agent's name changed since (a restart with a new config).
+            let item = Paced::file(msg, bytes, transfer_id, from_agent.to_string()).map_err(|e| {
+                format!(
+                    "Input file {} cannot be sent ({e}); make it smaller (or its name shorter) and offload again.",
+                    f.path
+                )
+            })?;
+            items.push(item);
+        }
+        Ok(items)
     }
 
     /// The go-ahead is in the outbox: every input went before it.
