@@ -127,7 +127,7 @@ encrypted to the sandbox; outputs come back into the private directory
 <state>/files/incoming/<request>/. The phases are printed as they happen,
 until the offload is done (exit 0) or fails (exit 1). Ctrl-C stops watching
 only: the offload goes on; \`kars-mesh offload-status --wait 600\` picks it up.
-  --file PATH      an input file (repeat for more; at most 10, 30 MiB each)
+  --file PATH      an input file (repeat for more; at most 10, 31,454,208 bytes each)
   --timeout N      minutes the sandbox may run (default 30)
   --model NAME     inference model to ask for
   --force          run it even if the same task was offloaded in the last 10 minutes

@@ -39,8 +39,12 @@ import { fileURLToPath } from 'node:url';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SANDBOX_MAIN = path.join(HERE, 'sandbox-main.js');
-const MAX_OUTPUTS = 11; // the core takes 10 and reports the rest as skipped
-const MAX_OUTPUT_BYTES = 30 * 1024 * 1024;
+// Defaults for a spec without the core's limits (the core sends its own:
+// `max_outputs`, `max_output_bytes`); a file left out is named in `refused`.
+const MAX_OUTPUTS = 10;
+const MAX_OUTPUT_BYTES = 31_454_208;
+// Most files named in `refused` (a command may leave thousands).
+const MAX_REFUSED = 50;
 const LOG_TAIL = 16 * 1024;
 const SANDBOX_READY_TIMEOUT_MS = 120_000;
 
@@ -68,6 +72,53 @@ class LinkRefused extends Error {}
 
 /** `name` inside the directory `d` ({fd} on Linux, else {path}). */
 const at = (d, name) => (d.fd !== undefined ? `${PROC_FD}/${d.fd}/${name}` : path.join(d.path, name));
+
+/** The core's output limits from an exec spec (defaults when absent). */
+function outputLimits(spec) {
+  const n = (v, dflt) => (Number.isSafeInteger(v) && v >= 0 ? v : dflt);
+  return { maxOutputs: n(spec.max_outputs, MAX_OUTPUTS), maxBytes: n(spec.max_output_bytes, MAX_OUTPUT_BYTES) };
+}
+
+/**
+ * Regular files in the open output directory `d`, in name order, up to the
+ * limits; every file left out is named in `refused` with why (at most
+ * MAX_REFUSED of them, then one entry counting the rest).
+ */
+function collectOutputs(d, { maxOutputs, maxBytes }) {
+  const outputs = [];
+  const refused = [];
+  let unlisted = 0;
+  const refuse = (n, why) => { if (refused.length < MAX_REFUSED) refused.push([n, why]); else unlisted++; };
+  const names = fs.readdirSync(d.fd !== undefined ? `${PROC_FD}/${d.fd}` : d.path).sort();
+  for (const n of names) {
+    if (outputs.length >= maxOutputs) { refuse(n, `more than ${maxOutputs} output files`); continue; }
+    let fd;
+    try {
+      // O_NOFOLLOW: a symlink is refused at open, with no window between check and read.
+      fd = fs.openSync(at(d, n), C.O_RDONLY | C.O_NOFOLLOW | (C.O_NONBLOCK ?? 0));
+      const fst = fs.fstatSync(fd);
+      if (!fst.isFile()) { refuse(n, 'not a regular file'); continue; }
+      if (fst.size > maxBytes) {
+        refuse(n, `${fst.size} bytes; a file can be at most ${maxBytes} bytes, what fits in 80 chunks of 512 KiB once base64-encoded`);
+        continue;
+      }
+      const b = Buffer.alloc(fst.size);
+      let off = 0;
+      while (off < b.length) {
+        const r = fs.readSync(fd, b, off, b.length - off, off);
+        if (r === 0) break;
+        off += r;
+      }
+      outputs.push([n, new Uint8Array(b.buffer, b.byteOffset, off)]);
+    } catch (e) {
+      refuse(n, e.code === 'ELOOP' ? 'a symbolic link (not followed)' : `cannot be read (${e.code ?? e.message})`);
+    } finally {
+      if (fd !== undefined) fs.closeSync(fd);
+    }
+  }
+  if (unlisted > 0) refused.push([`${unlisted} more`, 'also not returned (not listed one by one)']);
+  return { outputs, refused };
+}
 
 function closeDir(d) {
   if (d?.fd !== undefined) fs.closeSync(d.fd);
@@ -511,9 +562,9 @@ export function createJobs({ filesDir, dispatch, log, sandboxes, exec, execUniso
     removeAt(root, parts);
   }
 
-  function exited(id, code, outputs, logText) {
+  function exited(id, code, outputs, logText, refused = []) {
     running.delete(id);
-    dispatch({ tag: 'job-exited', val: { id, code, outputs, log: tail(logText) } });
+    dispatch({ tag: 'job-exited', val: { id, code, outputs, refused, log: tail(logText) } });
   }
 
   function startSandbox(id, specJson) {
@@ -677,7 +728,8 @@ export function createJobs({ filesDir, dispatch, log, sandboxes, exec, execUniso
         try { removeAt(root, workParts); } catch { /* best effort */ }
         return;
       }
-      const outputs = [];
+      let outputs = [];
+      let refused = [];
       let d;
       try {
         // out/ must still be our directory, not a link the command put in
@@ -687,30 +739,7 @@ export function createJobs({ filesDir, dispatch, log, sandboxes, exec, execUniso
         } catch (e) {
           throw new Error(e instanceof LinkRefused ? 'the output directory was replaced' : e.message);
         }
-        const names = fs.readdirSync(d.fd !== undefined ? `${PROC_FD}/${d.fd}` : d.path).sort();
-        for (const n of names) {
-          if (outputs.length >= MAX_OUTPUTS) break;
-          let fd;
-          try {
-            // O_NOFOLLOW: a symlink is refused at open, with no window between check and read.
-            fd = fs.openSync(at(d, n), C.O_RDONLY | C.O_NOFOLLOW | (C.O_NONBLOCK ?? 0));
-            const fst = fs.fstatSync(fd);
-            if (!fst.isFile()) continue;
-            if (fst.size > MAX_OUTPUT_BYTES) { add(`\n[output ${n} is larger than 30 MiB; not returned]\n`); continue; }
-            const b = Buffer.alloc(fst.size);
-            let off = 0;
-            while (off < b.length) {
-              const r = fs.readSync(fd, b, off, b.length - off, off);
-              if (r === 0) break;
-              off += r;
-            }
-            outputs.push([n, new Uint8Array(b.buffer, b.byteOffset, off)]);
-          } catch (e) {
-            add(`\n[output ${n} not returned: ${e.code ?? e.message}]\n`);
-          } finally {
-            if (fd !== undefined) fs.closeSync(fd);
-          }
-        }
+        ({ outputs, refused } = collectOutputs(d, outputLimits(spec)));
       } catch (e) {
         add(`\n[outputs not collected: ${e.message}]\n`);
       } finally {
@@ -718,7 +747,7 @@ export function createJobs({ filesDir, dispatch, log, sandboxes, exec, execUniso
       }
       // Outputs are read: the work directory (inputs, outputs, scratch) goes.
       try { removeAt(root, workParts); } catch (e) { log('warn', `host: cannot erase the work directory: ${e.message}`); }
-      exited(id, signal ? -1 : code ?? -1, outputs, logText);
+      exited(id, signal ? -1 : code ?? -1, outputs, logText, refused);
     });
   }
 

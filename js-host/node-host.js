@@ -349,7 +349,7 @@ function engineCommands({ store, jobs, sockets, http, timers, calls, die, dispat
         jobs.jobStart(job);
       } catch (e) {
         log('error', `host: job ${job.id} could not start: ${errorText(e)}`);
-        queueMicrotask(() => dispatch({ tag: 'job-exited', val: { id: job.id, code: -1, outputs: [], log: errorText(e) } }));
+        queueMicrotask(() => dispatch({ tag: 'job-exited', val: { id: job.id, code: -1, outputs: [], refused: [], log: errorText(e) } }));
       }
     },
     'job-kill': jobs.jobKill,

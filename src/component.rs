@@ -106,6 +106,7 @@ impl wit_engine::Guest for Component {
                 id: x.id,
                 code: x.code,
                 outputs: x.outputs,
+                refused: x.refused,
                 log: x.log,
             }),
             Event::Stop => Ev::Stop,

@@ -72,6 +72,8 @@ pub struct JobExit {
     pub id: u64,
     pub code: i32,
     pub outputs: Vec<(String, Vec<u8>)>,
+    /// Files left out of `outputs`: name, why.
+    pub refused: Vec<(String, String)>,
     pub log: String,
 }
 

@@ -8,7 +8,7 @@
 use crate::crypto::identity::Identity;
 use crate::io::Cx;
 use crate::store::Vault;
-use crate::wire::offload_msg::{FileTransfer, OffloadStart};
+use crate::wire::offload_msg::{FileTooLarge, FileTransfer, OffloadStart};
 use serde_json::Value;
 
 /// Who set a timer that is not one of the node's fixed periodic ones; a fired
@@ -50,6 +50,27 @@ pub enum Paced {
     /// The client's go-ahead to its sandbox: once it is handed to the
     /// outbox the offload client hears `inputs_handed_over`.
     Go(OffloadStart),
+}
+
+impl Paced {
+    /// A file to send, if its message fits in one chunked transfer
+    /// ([`FileTransfer::check_fits`]). The pacer splits it only when its
+    /// turn comes, when nobody could be told any more, so the sender checks
+    /// here and says why a file cannot go.
+    pub fn file(
+        msg: FileTransfer,
+        bytes: Vec<u8>,
+        transfer_id: String,
+        from_agent: String,
+    ) -> Result<Self, FileTooLarge> {
+        msg.check_fits(bytes.len() as u64)?;
+        Ok(Paced::File {
+            msg,
+            bytes,
+            transfer_id,
+            from_agent,
+        })
+    }
 }
 
 /// The node, as a sub-machine sees it.

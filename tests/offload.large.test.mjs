@@ -1,7 +1,12 @@
 // Large offloads stay within the core's memory cap (1 GiB, set by
 // scripts/build.sh because the jco 1.11.2 glue misreads pointers past 2 GiB):
 // three inputs of just under 30 MiB go to a real sandbox and come back as
-// outputs (its --exec copies them), through the real relay. Before the paced
+// outputs (its --exec copies them), through the real relay. One of them is
+// the largest file that fits in 80 chunks of 512 KiB once base64-encoded
+// (31,454,208 bytes), both ways; an output one byte larger, and one of
+// 30 MiB less a byte (under the original's limit, but 81 chunks: it used to
+// be dropped without a word), are not sent and are named, with the reason,
+// in the final status. Before the paced
 // sender every chunk of every file was encrypted and queued in one engine
 // call: one such file peaked at 473 MiB of core memory, three stopped the
 // node at the cap. Now a file is chunked when its turn comes and 16 messages
@@ -51,7 +56,11 @@ const sha = (b) => createHash('sha256').update(b).digest('hex');
 test('three inputs of 30 MiB each way: done, every output byte for byte, core memory well under the cap', { timeout: 240_000 }, async () => {
   const ctrl = await start('ctrl-large', tmp('ctrl'), {
     role: 'controller', clusterName: 'large',
-    sandboxes: { dir: sandboxDir, exec: 'cp "$KARS_INPUT_DIR"/* "$KARS_OUTPUT_DIR"/', progressMs: 2000 },
+    sandboxes: {
+      dir: sandboxDir,
+      exec: 'cp "$KARS_INPUT_DIR"/* "$KARS_OUTPUT_DIR"/ && cd "$KARS_OUTPUT_DIR" && head -c 31454209 /dev/zero > one-more.bin && head -c 31457279 /dev/zero > almost-30mib.bin',
+      progressMs: 2000,
+    },
   });
   const aDir = tmp('alice');
   const alice = await start('alice-large', aDir);
@@ -62,7 +71,7 @@ test('three inputs of 30 MiB each way: done, every output byte for byte, core me
   const work = tmp('inputs');
   const inputs = [];
   for (let i = 0; i < 3; i++) {
-    const bytes = randomBytes(30 * 1024 * 1024 - 4096);
+    const bytes = randomBytes(i === 0 ? 31_454_208 : 30 * 1024 * 1024 - 4096);
     const f = path.join(work, `part${i}.bin`);
     writeFileSync(f, bytes);
     inputs.push({ name: `part${i}.bin`, path: f, sha: sha(bytes) });
@@ -81,6 +90,15 @@ test('three inputs of 30 MiB each way: done, every output byte for byte, core me
       assert.equal(o.sha256, x.sha);
       assert.equal(sha(readFileSync(path.join(aDir, 'files', o.path))), x.sha, `${x.name} on disk`);
     }
+    assert.equal(outs['part0.bin'].size, 31_454_208);
+    const why = (n) => `${n} bytes; a file can be at most 31454208 bytes, what fits in 80 chunks of 512 KiB once base64-encoded`;
+    assert.deepEqual(last.not_returned, [
+      { name: 'almost-30mib.bin', reason: why(31457279) },
+      { name: 'one-more.bin', reason: why(31454209) },
+    ]);
+    assert.ok(last.events.some((e) => e.text.startsWith('finished with 3 output file(s); 2 not returned (sandbox: almost-30mib.bin: 31457279 bytes;')), JSON.stringify(last.events));
+    const final = (await alice.callTool('offload_status', {})).content[0].text;
+    assert.ok(final.includes(`Output files NOT returned:\n  almost-30mib.bin: ${why(31457279)}\n  one-more.bin: ${why(31454209)}`), final);
   } finally {
     clearInterval(probe);
   }

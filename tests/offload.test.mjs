@@ -183,7 +183,7 @@ test('cancel mid-run stops the sandbox and frees the slot', { timeout: 120_000 }
   assert.ok(isAlive(job.pid), 'the running sandbox was not touched');
 
   const c = await bob.callTool('offload_cancel', {});
-  assert.match(c.content[0].text, /^🛑 Offload [0-9a-f]{8} cancelled\. Cluster CRD cleanup signal sent; the sandbox will be torn down shortly\.$/);
+  assert.match(c.content[0].text, /^🛑 Offload [0-9a-f]{8} cancelled\. Cleanup signal sent to the controller; the sandbox will be torn down shortly\.$/);
   const s = await bob.callTool('offload_status', {});
   assert.match(s.content[0].text, /Error: Cancelled by user via offload_cancel/);
   await waitFor(async () => (await ctrl.callTool('offload_list', {})).details.mesh.offloads.length === 0, 'controller dropped the offload');
@@ -306,7 +306,20 @@ test('cloud_offload bad input: the documented errors, and nothing starts', { tim
   assert.equal(await text({ task: 'x', files: [1] }), '❌ `files` must be an array of file paths (strings).');
   assert.equal(await text({ task: 'x', files: Array.from({ length: 11 }, (_, i) => `f${i}`) }), '❌ At most 10 files per offload (11 given).');
   assert.equal(await text({ task: 'x', files: [path.join(work, 'nope.txt')] }), `❌ Cannot read file: ${path.join(work, 'nope.txt')} (no such file)`);
-  assert.equal(await text({ task: 'x', files: [big] }), `❌ File too large: ${big} (31.0 MB, max 30MB)`);
+  const tooLarge = (f, n) => `❌ File too large: ${f} (${n} bytes; a file can be at most 31,454,208 bytes (30 MiB less 3 KiB), what fits in 80 chunks of 512 KiB once base64-encoded). Nothing was started: compress the file or split it into parts, then call cloud_offload again.`;
+  assert.equal(await text({ task: 'x', files: [big] }), tooLarge(big, 31 * 1024 * 1024));
+  // The original's limit, 30 MB, needs 81 chunks: such a file used to be
+  // accepted and then silently never sent. One byte over the real limit is
+  // refused before anything starts (the largest that fits goes through in
+  // tests/offload.large.test.mjs).
+  const over = path.join(work, 'over.bin');
+  writeFileSync(over, '');
+  truncateSync(over, 31_454_208 + 1);
+  assert.equal(await text({ task: 'x', files: [over] }), tooLarge(over, 31_454_209));
+  const mib30 = path.join(work, 'mib30.bin');
+  writeFileSync(mib30, '');
+  truncateSync(mib30, 30 * 1024 * 1024 - 1);
+  assert.equal(await text({ task: 'x', files: [mib30] }), tooLarge(mib30, 30 * 1024 * 1024 - 1));
   assert.equal(await text({ task: 'x', files: [work] }), `❌ Cannot read file: ${work} (not a regular file)`);
   for (const timeout_minutes of [0, -1, 'abc', 100000]) {
     assert.equal(await text({ task: 'x', timeout_minutes }), '❌ timeout_minutes must be a number from 1 to 1440.');

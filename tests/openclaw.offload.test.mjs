@@ -165,7 +165,7 @@ const BAD = () => [
   ['mesh_send', { to: () => clawDid, message: 'x' }, '❌ mesh_send: `to` is this agent\'s own DID; pass another agent\'s DID or name.'],
   // mesh_inbox: wrong types, a name where a DID belongs, negative
   ['mesh_inbox', { limit: 'abc' }, '❌ mesh_inbox: `limit` must be a number. Call mesh_inbox with no arguments to see unread messages.'],
-  ['mesh_inbox', { from: 'bob' }, '❌ mesh_inbox: `from` must be a did:mesh: DID (did:mesh: + 32 lowercase hex); use `discover` to find an agent\'s DID.'],
+  ['mesh_inbox', { from: 'bob' }, '❌ mesh_inbox: `from` must be a did:mesh: DID (did:mesh: + 32 lowercase hex) or a base58 AMID; use `discover` to find an agent\'s DID.'],
   ['mesh_inbox', { timeout_seconds: -1 }, '❌ mesh_inbox: `timeout_seconds` must not be negative. Call mesh_inbox with no arguments to see unread messages.'],
   ['mesh_inbox', { mark_read: 'maybe' }, '❌ mesh_inbox: `mark_read` must be true or false. Call mesh_inbox with no arguments to see unread messages.'],
   ['mesh_inbox', { ids: 'x' }, '❌ mesh_inbox: `ids` must be an array of strings. Call mesh_inbox with no arguments to see unread messages.'],
@@ -330,7 +330,7 @@ test('every tool through the Gateway: pair, mesh_await, discover, cloud_offload 
   assert.ok(news.includes(`✅ Offload ${rid.slice(0, 8)} done: finished with 2 output file(s)`), reply);
   assert.match(news.at(-1), new RegExp(`^⚙️ Offload ${short} running: `), reply);
   const cancelled = await invoke('offload_cancel', {});
-  assert.equal(text(cancelled), `🛑 Offload ${rid2.slice(0, 8)} cancelled. Cluster CRD cleanup signal sent; the sandbox will be torn down shortly.`);
+  assert.equal(text(cancelled), `🛑 Offload ${rid2.slice(0, 8)} cancelled. Cleanup signal sent to the controller; the sandbox will be torn down shortly.`);
   assert.equal(cancelled.details.mesh.cancelled, true);
   // A waiting offload_status on the cancelled offload answers at once.
   const ended = await invoke('offload_status', { wait_seconds: 5, after_events: 0 });

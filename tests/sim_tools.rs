@@ -426,6 +426,17 @@ fn read_marks_are_explicit_exact_and_survive_a_restart() {
 
 // ------------------------------------------------------ mesh_send, discover
 
+/// Agent `i`'s base58 AMID, as `mesh_identity` shows it.
+fn amid_of(w: &mut World, i: usize) -> String {
+    let r = w.call_sync(i, "mesh_identity", json!({}), 1_000);
+    let t = text(&r);
+    t.lines()
+        .find_map(|l| l.strip_prefix("AMID: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[test]
 fn mesh_send_aliases_texts_and_refusals() {
     let (mut w, ids) = world(67, &["alice", "bob"]);
@@ -450,22 +461,71 @@ fn mesh_send_aliases_texts_and_refusals() {
         10_000,
     );
     assert_eq!(text(&r), format!("✓ Message sent to {bd} (E2E encrypted)"));
+    // An AMID (what the original showed as an agent's id) reaches the same
+    // agent: it is sent to the DID it names.
+    let b_amid = amid_of(&mut w, b);
+    let r = w.call_sync(
+        a,
+        "mesh_send",
+        json!({"to_amid": b_amid, "message": "by amid"}),
+        10_000,
+    );
+    assert_eq!(
+        text(&r),
+        format!("✓ Message sent to {b_amid} ({short}) (E2E encrypted)")
+    );
+    assert_eq!(r["details"]["mesh"]["to"], bd.as_str());
     w.run_for(2_000);
     let got: Vec<String> = w.read_inbox(b).iter().map(|m| m.content()).collect();
-    assert_eq!(got, ["by name", "by did"]);
+    assert_eq!(got, ["by name", "by did", "by amid"]);
+    // mesh_inbox `from` takes the AMID too.
+    let ad = w.did(a);
+    let a_amid = amid_of(&mut w, a);
+    let r = w.call_sync(
+        b,
+        "mesh_inbox",
+        json!({"from": a_amid, "unread_only": false}),
+        5_000,
+    );
+    assert!(text(&r).starts_with("📬 3 of 3 message(s)"), "{r}");
+    assert_eq!(r["details"]["mesh"]["messages"][0]["from"], ad.as_str());
     let before = w.snapshot_storage(a);
     let requests = w.registry.requests.len();
-    let amid = Identity::from_seed(&[5u8; 32]).amid();
-    let amid_did = Identity::from_seed(&[5u8; 32]).did().to_string();
+    let own_amid = amid_of(&mut w, a);
     for (args, want) in [
-        (json!({"message": "x"}), "❌ mesh_send requires `to` (AMID or agent name). Use `discover` to list known agents.".to_string()),
-        (json!({"to": bd}), "❌ mesh_send requires `message` content.".to_string()),
-        (json!({"to": bd, "content": "  "}), "❌ mesh_send requires `message` content.".to_string()),
-        (json!({"to": 5, "message": "x"}), "❌ mesh_send: `to` must be a string.".to_string()),
-        (json!({"to": bd, "message": [1]}), "❌ mesh_send: `message` must be text or a JSON object.".to_string()),
-        (json!({"amid": amid, "message": "x"}), format!("❌ mesh_send: `to` is a base58 AMID, which the relay cannot route. Send to the agent's DID ({amid_did}) or its registered name instead.")),
-        (json!({"to": "did:mesh:nothex", "message": "x"}), "❌ mesh_send: `to` is not usable".to_string()),
-        (json!({"to": w.did(a), "message": "x"}), "❌ mesh_send: `to` is this agent's own DID".to_string()),
+        (
+            json!({"message": "x"}),
+            "❌ mesh_send requires `to` (AMID or agent name). Use `discover` to list known agents."
+                .to_string(),
+        ),
+        (
+            json!({"to": bd}),
+            "❌ mesh_send requires `message` content.".to_string(),
+        ),
+        (
+            json!({"to": bd, "content": "  "}),
+            "❌ mesh_send requires `message` content.".to_string(),
+        ),
+        (
+            json!({"to": 5, "message": "x"}),
+            "❌ mesh_send: `to` must be a string.".to_string(),
+        ),
+        (
+            json!({"to": bd, "message": [1]}),
+            "❌ mesh_send: `message` must be text or a JSON object.".to_string(),
+        ),
+        (
+            json!({"amid": own_amid, "message": "x"}),
+            "❌ mesh_send: `to` is this agent's own DID".to_string(),
+        ),
+        (
+            json!({"to": "did:mesh:nothex", "message": "x"}),
+            "❌ mesh_send: `to` is not usable".to_string(),
+        ),
+        (
+            json!({"to": w.did(a), "message": "x"}),
+            "❌ mesh_send: `to` is this agent's own DID".to_string(),
+        ),
     ] {
         let r = w.call_sync(a, "mesh_send", args.clone(), 1_000);
         assert!(text(&r).starts_with(&want), "{args}: {}", text(&r));

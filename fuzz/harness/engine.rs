@@ -514,6 +514,7 @@ impl Rig {
                         id,
                         code,
                         outputs: vec![(name.to_string(), content.as_bytes().to_vec())],
+                        refused: Vec::new(),
                         log: "log".into(),
                     }));
                 }

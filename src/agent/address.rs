@@ -1,6 +1,6 @@
 //! What a user-given agent address is: a DID (the only thing the relay
 //! routes), a base58 AMID (the original's display id, which names the same
-//! key as a DID but cannot be routed), or a registry name.
+//! key as a DID and is routed as that DID), or a registry name.
 
 use crate::crypto::identity::is_mesh_did;
 use crate::wire::{base58, hex};
@@ -11,6 +11,7 @@ pub(super) enum Address {
     /// A base58 AMID and the DID it corresponds to: both are prefixes of the
     /// same SHA-256 of the Ed25519 key (20 and 16 bytes).
     Amid {
+        amid: String,
         did: String,
     },
     Name(String),
@@ -56,7 +57,10 @@ pub(super) fn classify(s: &str) -> Address {
         return Address::Invalid(InvalidAddress::BadChars);
     }
     match did_from_amid(s) {
-        Some(did) => Address::Amid { did },
+        Some(did) => Address::Amid {
+            amid: s.to_string(),
+            did,
+        },
         None => Address::Name(s.to_string()),
     }
 }
@@ -78,6 +82,7 @@ mod tests {
         assert_eq!(
             classify(&id.amid()),
             Address::Amid {
+                amid: id.amid(),
                 did: id.did().to_string()
             }
         );

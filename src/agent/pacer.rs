@@ -131,6 +131,9 @@ impl Agent {
         match transfer::split(&text, transfer_id, kind, from_agent, &ts) {
             Ok(None) => vec![msg],
             Ok(Some(parts)) => parts,
+            // Not reached by a file: `Paced::file` refused (with a reason its
+            // sender reports) any file whose message would need more than 80
+            // chunks, and no other paced message comes near 512 KiB.
             Err(e) => {
                 cx.log(
                     crate::io::LogLevel::Error,

@@ -14,11 +14,13 @@ use crate::port::{Paced, Port, TimerOwner as Owner};
 use crate::store::keys;
 use crate::tools::offload_args;
 use crate::tools::render;
-use crate::wire::limits::{ECHOED_NAME_CHARS, MAX_ERROR_CHARS, MAX_SUMMARY_CHARS};
+use crate::wire::limits::{
+    ECHOED_NAME_CHARS, MAX_ERROR_CHARS, MAX_RECEIVED_FILE_BYTES, MAX_SUMMARY_CHARS,
+};
 use crate::wire::offload_msg::{
-    CleanupReason, ErrorPhase, FileTransfer, FileTransferAck, OffloadCleanup, OffloadDone,
-    OffloadError, OffloadHello, OffloadMsg, OffloadProgress, OffloadRequest, OffloadStart,
-    OffloadStatus, STAGE_EXECUTING,
+    CleanupReason, ErrorPhase, FileTooLarge, FileTransfer, FileTransferAck, NotReturned,
+    OffloadCleanup, OffloadDone, OffloadError, OffloadHello, OffloadMsg, OffloadProgress,
+    OffloadRequest, OffloadStart, OffloadStatus, MAX_NOT_RETURNED, STAGE_EXECUTING,
 };
 use crate::wire::payload::{Family, PayloadType};
 use crate::wire::token::Dialect;
@@ -112,6 +114,10 @@ pub struct Offload {
     /// Legacy path: the inputs the sandbox acknowledged.
     #[serde(default)]
     pub acked_inputs: Vec<String>,
+    /// Output files that did not arrive, and why: the ones the sandbox
+    /// names in `offload_done`, and the ones this client refused.
+    #[serde(default)]
+    pub not_returned: Vec<NotReturned>,
 }
 
 impl Offload {
@@ -159,6 +165,7 @@ impl Offload {
             viewed_events: 0,
             last_note_coalescable: false,
             events_total: 0,
+            not_returned: Vec::new(),
         }
     }
 
@@ -215,6 +222,42 @@ pub struct Submit {
     pub failed: bool,
 }
 
+impl Submit {
+    /// Input `i` as read (`res`), or the text refusing it: unreadable, or
+    /// too large to send. The read is bounded by MAX_FILE_BYTES; the
+    /// message the file makes is checked too (name and sender), so no file
+    /// is accepted here that could not be sent later.
+    fn checked(
+        &self,
+        i: usize,
+        res: Result<Vec<u8>, String>,
+        from_agent: &str,
+        ts: &str,
+    ) -> Result<Vec<u8>, String> {
+        let file = self.offload.files.get(i);
+        let path = file.map(|f| f.path.as_str()).unwrap_or_default();
+        let bytes = res.map_err(|msg| {
+            match msg
+                .strip_prefix("too large: ")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                Some(size) => too_large_text(path, &FileTooLarge::Size { size }),
+                None => format!("Cannot read file: {path} ({msg})"),
+            }
+        })?;
+        let name = file.map(|f| f.name.as_str()).unwrap_or_default();
+        let size = bytes.len() as u64;
+        // As it will be sent: only the hash (same length) is unknown yet.
+        let zeros = "0".repeat(64);
+        let probe =
+            FileTransfer::input(&self.offload.request_id, name, size, &zeros, from_agent, ts);
+        probe
+            .check_fits(size)
+            .map_err(|e| too_large_text(path, &e))?;
+        Ok(bytes)
+    }
+}
+
 /// A peer's words as shown in offload events: control and direction
 /// characters made visible, so they cannot pass for our own lines.
 pub(super) fn peer_words(s: &str) -> String {
@@ -238,6 +281,30 @@ fn evidence(encrypted: bool) -> &'static str {
         ""
     } else {
         " [plaintext: the relay does not authenticate the controller]"
+    }
+}
+
+/// `cloud_offload`'s refusal of a file that cannot be sent: which file,
+/// its size, the real limit, and what to do. Nothing has started then.
+fn too_large_text(path: &str, e: &FileTooLarge) -> String {
+    let fix = match e {
+        FileTooLarge::Size { .. } => "compress the file or split it into parts",
+        FileTooLarge::Envelope { .. } => {
+            "give the file a shorter name (or this agent a shorter display name)"
+        }
+    };
+    format!(
+        "File too large: {path} ({e}). Nothing was started: {fix}, then call cloud_offload again."
+    )
+}
+
+/// `name (N bytes): why`, for events and the snapshot.
+fn not_returned_line(x: &NotReturned) -> String {
+    let name = x.name.as_deref().unwrap_or("(no name)");
+    let why = x.reason.as_deref().unwrap_or("no reason given");
+    match x.size_bytes {
+        Some(n) => format!("{name} ({n} bytes): {why}"),
+        None => format!("{name}: {why}"),
     }
 }
 
@@ -372,6 +439,13 @@ impl OffloadClient {
         o.notes.push(line);
         self.save_offload(port, cx);
         self.wake_offload_watchers(port, cx);
+    }
+
+    /// The name this agent gives itself in the files it sends.
+    fn sender_name(&self, port: &dyn Port) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| port.identity().did().to_string())
     }
 
     // ------------------------------------------------------------------ tools
@@ -519,6 +593,8 @@ impl OffloadClient {
             return false;
         };
         let (_, i) = self.reads.remove(pos);
+        let from_agent = self.sender_name(port);
+        let ts = time::format_millis(cx.now());
         let Some(s) = self.submitting.as_mut() else {
             // A re-read after a restart, for sending.
             if let (Ok(bytes), Some(o)) = (res, self.active.as_ref()) {
@@ -531,7 +607,7 @@ impl OffloadClient {
             }
             return true;
         };
-        match res {
+        match s.checked(i, res, &from_agent, &ts) {
             Ok(bytes) if !s.failed => {
                 if let Some(f) = s.offload.files.get_mut(i) {
                     f.size = bytes.len() as u64;
@@ -542,24 +618,8 @@ impl OffloadClient {
                 }
             }
             Ok(_) => {}
-            Err(msg) if !s.failed => {
+            Err(text) if !s.failed => {
                 s.failed = true;
-                let path = s
-                    .offload
-                    .files
-                    .get(i)
-                    .map(|f| f.path.clone())
-                    .unwrap_or_default();
-                let text = match msg
-                    .strip_prefix("too large: ")
-                    .and_then(|n| n.parse::<u64>().ok())
-                {
-                    Some(n) => format!(
-                        "File too large: {path} ({:.1} MB, max 30MB)",
-                        n as f64 / 1_048_576.0
-                    ),
-                    None => format!("Cannot read file: {path} ({msg})"),
-                };
                 let call_id = s.call_id.clone();
                 render::fail(cx, &call_id, &text);
             }
@@ -747,6 +807,12 @@ impl OffloadClient {
                 ));
             }
         }
+        if !o.not_returned.is_empty() {
+            lines.push("Output files NOT returned:".into());
+            for x in &o.not_returned {
+                lines.push(format!("  {}", peer_words(&not_returned_line(x))));
+            }
+        }
         if let Some(e) = &o.error {
             lines.push(format!("Error: {e}"));
         }
@@ -755,7 +821,7 @@ impl OffloadClient {
             "sandbox_name": o.sandbox_name, "sandbox_did": o.sandbox_did,
             "summary": o.summary, "outputs": o.outputs, "error": o.error,
             "started_ms": o.started_ms, "updated_ms": o.updated_ms, "active": !o.terminal(),
-            "events_total": o.events_total,
+            "events_total": o.events_total, "not_returned": o.not_returned,
         });
         (lines.join("\n"), details)
     }
@@ -823,7 +889,7 @@ impl OffloadClient {
         render::ok(
             cx,
             call_id,
-            &format!("🛑 Offload {short} cancelled. Cluster CRD cleanup signal sent; the sandbox will be torn down shortly."),
+            &format!("🛑 Offload {short} cancelled. Cleanup signal sent to the controller; the sandbox will be torn down shortly."),
             json!({"cancelled": true, "request_id": id}),
         );
     }
@@ -1217,8 +1283,28 @@ impl OffloadClient {
                 self.reassembly.flush(cx);
             }
             Ok(None) => {}
-            Err(e) => cx.log(LogLevel::Warn, &format!("transfer from {from}: {e}")),
+            Err(e) => {
+                cx.log(LogLevel::Warn, &format!("transfer from {from}: {e}"));
+                // Whatever it carried (an output file, most likely) is lost.
+                let lost = NotReturned::new("a chunked transfer", None, &e.to_string());
+                self.output_lost(port, cx, lost);
+            }
         }
+    }
+
+    /// An output file that will not arrive: an event says which and why,
+    /// and the final snapshot lists it.
+    fn output_lost(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, lost: NotReturned) {
+        let Some(o) = self.active.as_mut() else {
+            return;
+        };
+        // The name is the sandbox's: marked as its words.
+        let text = format!("not received: {}", peer_words(&not_returned_line(&lost)));
+        if o.not_returned.len() < MAX_NOT_RETURNED {
+            o.not_returned.push(lost);
+        }
+        let phase = o.phase;
+        self.phase_noted(port, cx, phase, &text, "an output file was not received");
     }
 
     /// The sandbox is up and talking to us: the run's deadline starts, and
@@ -1312,10 +1398,39 @@ impl OffloadClient {
         };
         o.summary = Some(summary);
         let n = o.outputs.len();
-        self.phase(
+        let lost: Vec<NotReturned> = d
+            .not_returned
+            .iter()
+            .flatten()
+            .take(MAX_NOT_RETURNED)
+            .map(|x| {
+                let name = x.name.as_deref().unwrap_or_default();
+                NotReturned::new(
+                    name,
+                    x.size_bytes,
+                    x.reason.as_deref().unwrap_or("no reason given"),
+                )
+            })
+            .collect();
+        let text = if lost.is_empty() {
+            format!("finished with {n} output file(s)")
+        } else {
+            let each: Vec<String> = lost
+                .iter()
+                .map(|x| peer_words(&not_returned_line(x)))
+                .collect();
+            format!(
+                "finished with {n} output file(s); {} not returned (sandbox: {})",
+                lost.len(),
+                each.join("; ")
+            )
+        };
+        o.not_returned.extend(lost);
+        self.phase_noted(
             port,
             cx,
             Phase::Done,
+            &text,
             &format!("finished with {n} output file(s)"),
         );
         self.send_cleanup(port, cx, CleanupReason::Done);
@@ -1340,7 +1455,7 @@ impl OffloadClient {
             match (transfer::safe_file_name(raw), f.data()) {
                 (None, _) => Err(refuse("unusable file name")),
                 (_, Err(_)) => Err(refuse("file_data is not base64")),
-                (Some(_), Ok(b)) if b.len() > transfer::MAX_FILE_BYTES => {
+                (Some(_), Ok(b)) if b.len() > MAX_RECEIVED_FILE_BYTES => {
                     Err(refuse("file larger than 30 MiB"))
                 }
                 (Some(name), Ok(bytes)) => Ok((name, bytes)),
@@ -1349,8 +1464,10 @@ impl OffloadClient {
         let (name, bytes) = match ack {
             Err(msg) => {
                 cx.log(LogLevel::Warn, &format!("refused a file from {from}"));
+                let why = msg.error.clone().unwrap_or_default();
+                let size = f.size_bytes;
                 port.send(cx, from, OffloadMsg::from(msg).to_value());
-                return;
+                return self.output_lost(port, cx, NotReturned::new(raw, size, &why));
             }
             Ok(x) => x,
         };
@@ -1448,10 +1565,7 @@ impl OffloadClient {
             return;
         }
         let rid = o.request_id.clone();
-        let from_agent = self
-            .name
-            .clone()
-            .unwrap_or_else(|| port.identity().did().to_string());
+        let from_agent = self.sender_name(port);
         let files = o.files.clone();
         if let Some(msg) = self.changed_input(&files) {
             // Recorded first: the cleanup goes out after the state that explains it.
@@ -1459,27 +1573,16 @@ impl OffloadClient {
             self.send_cleanup(port, cx, CleanupReason::Error);
             return;
         }
-        let mut items = Vec::new();
-        for (i, f) in files.iter().enumerate() {
-            let Some(pos) = self.input_bytes.iter().position(|(n, _)| *n == f.name) else {
-                continue;
-            };
-            let (_, bytes) = self.input_bytes.swap_remove(pos);
-            let msg = FileTransfer::input(
-                &rid,
-                &f.name,
-                bytes.len() as u64,
-                &f.sha256,
-                &from_agent,
-                &time::format_millis(cx.now()),
-            );
-            items.push(Paced::File {
-                msg,
-                bytes,
-                transfer_id: format!("{}-in-{i}", &rid[..8.min(rid.len())]),
-                from_agent: from_agent.clone(),
-            });
-        }
+        let ts = time::format_millis(cx.now());
+        let mut items = match self.input_items(&files, &rid, &from_agent, &ts) {
+            Ok(items) => items,
+            Err(why) => {
+                // Recorded first: the cleanup goes out after the state that explains it.
+                self.fail_offload(port, cx, &why);
+                self.send_cleanup(port, cx, CleanupReason::Error);
+                return;
+            }
+        };
         self.input_bytes.clear();
         // The go-ahead, after the inputs: the sandbox runs nothing until this
         // end-to-end message from us names the task we asked for, so a
@@ -1500,13 +1603,7 @@ impl OffloadClient {
             return;
         }
         let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
-        let go = OffloadStart::new(
-            &rid,
-            &task_sha256,
-            names,
-            &from_agent,
-            &time::format_millis(cx.now()),
-        );
+        let go = OffloadStart::new(&rid, &task_sha256, names, &from_agent, &ts);
         items.push(Paced::Go(go));
         port.send_paced(cx, &to, items);
     }
@@ -1526,6 +1623,37 @@ impl OffloadClient {
                     )
                 })
         })
+    }
+
+    /// The inputs as paced `file_transfer`s (their bytes taken from
+    /// `input_bytes`), or why one cannot be sent.
+    fn input_items(
+        &mut self,
+        files: &[InputFile],
+        rid: &str,
+        from_agent: &str,
+        ts: &str,
+    ) -> Result<Vec<Paced>, String> {
+        let mut items = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let Some(pos) = self.input_bytes.iter().position(|(n, _)| *n == f.name) else {
+                continue;
+            };
+            let (_, bytes) = self.input_bytes.swap_remove(pos);
+            let size = bytes.len() as u64;
+            let msg = FileTransfer::input(rid, &f.name, size, &f.sha256, from_agent, ts);
+            let transfer_id = format!("{}-in-{i}", &rid[..8.min(rid.len())]);
+            // cloud_offload checked this file; it can only fail here if the
+            // agent's name changed since (a restart with a new config).
+            let item = Paced::file(msg, bytes, transfer_id, from_agent.to_string()).map_err(|e| {
+                format!(
+                    "Input file {} cannot be sent ({e}); make it smaller (or its name shorter) and offload again.",
+                    f.path
+                )
+            })?;
+            items.push(item);
+        }
+        Ok(items)
     }
 
     /// The go-ahead is in the outbox: every input went before it.

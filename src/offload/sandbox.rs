@@ -10,10 +10,12 @@
 use super::reassembly::{Part, Reassembly};
 use crate::io::{Command, Cx, JobExit, LogLevel};
 use crate::port::{Paced, Port, TimerOwner as Owner};
-use crate::wire::limits::{DEFAULT_TIMEOUT_MINUTES, MAX_SUMMARY_CHARS};
+use crate::wire::limits::{
+    DEFAULT_TIMEOUT_MINUTES, MAX_FILES, MAX_FILE_BYTES, MAX_RECEIVED_FILE_BYTES, MAX_SUMMARY_CHARS,
+};
 use crate::wire::offload_msg::{
-    FileTransfer, FileTransferAck, OffloadDone, OffloadError, OffloadHello, OffloadMsg,
-    OffloadProgress, OffloadStart,
+    FileTransfer, FileTransferAck, NotReturned, OffloadDone, OffloadError, OffloadHello,
+    OffloadMsg, OffloadProgress, OffloadStart,
 };
 use crate::wire::payload::Family;
 use crate::wire::{time, transfer};
@@ -158,7 +160,7 @@ impl Sandbox {
             }
             (Some(n), _) if s.inputs.iter().any(|i| &i.name == n) => Err("already received"),
             (_, Err(_)) => Err("file_data is not base64"),
-            (_, Ok(b)) if b.len() > transfer::MAX_FILE_BYTES => Err("file larger than 30 MiB"),
+            (_, Ok(b)) if b.len() > MAX_RECEIVED_FILE_BYTES => Err("file larger than 30 MiB"),
             (_, Ok(b))
                 if f.sha256
                     .as_deref()
@@ -224,10 +226,14 @@ impl Sandbox {
         if s.spec.executor.as_deref() == Some("exec") {
             let job = port.fresh_id();
             s.job = Some(job);
-            // The host's job spec, not a message.
+            // The host's job spec, not a message. The output limits are the
+            // core's, so the host names what it leaves out for the same
+            // reasons the core would (and reads no larger file).
             let spec = json!({
                 "workdir": "work",
                 "timeout_ms": s.spec.timeout_minutes.max(1) * 60_000,
+                "max_outputs": MAX_FILES,
+                "max_output_bytes": MAX_FILE_BYTES,
                 "env": {
                     "KARS_TASK": s.spec.task,
                     "KARS_REQUEST_ID": s.spec.request_id,
@@ -268,15 +274,20 @@ impl Sandbox {
             port,
             cx,
             vec![("report.md".into(), report.into_bytes())],
+            Vec::new(),
             summary,
         );
     }
 
+    /// The run is over: the outputs that can go (a window at a time), then
+    /// `offload_done` naming every output that cannot, and why. `refused`:
+    /// outputs the host already left out (name, reason).
     fn finish_task(
         &mut self,
         port: &mut dyn Port,
         cx: &mut Cx<'_>,
         outputs: Vec<(String, Vec<u8>)>,
+        refused: Vec<(String, String)>,
         summary: String,
     ) {
         let now = cx.now();
@@ -291,56 +302,17 @@ impl Sandbox {
             port.cancel_timer(cx, t);
         }
         let duration = now.saturating_sub(started_ms) / 1000;
-        let mut names = Vec::new();
-        let mut skipped = Vec::new();
-        // Outputs go a window at a time, and the end after them.
-        let mut items = Vec::new();
-        for (raw, bytes) in outputs.into_iter() {
-            let name = match transfer::safe_file_name(&raw) {
-                Some(n)
-                    if names.len() < transfer::MAX_FILES
-                        && bytes.len() <= transfer::MAX_FILE_BYTES =>
-                {
-                    n
-                }
-                _ => {
-                    skipped.push(raw);
-                    continue;
-                }
-            };
-            let name = transfer::unique_name(&name, &names);
-            let msg = FileTransfer::output(
-                &spec.request_id,
-                &name,
-                bytes.len() as u64,
-                &transfer::sha256_hex(&bytes),
-                &spec.name,
-                &time::format_millis(now),
-            );
-            items.push(Paced::File {
-                msg,
-                bytes,
-                transfer_id: format!("{}-out-{}", spec.name, names.len()),
-                from_agent: spec.name.clone(),
-            });
-            names.push(name);
-        }
-        let mut summary: String = summary;
-        if !skipped.is_empty() {
-            summary.push_str(&format!(
-                "\n(not returned: {} file(s) over the limits of 10 files, 30 MiB each, or with unusable names)",
-                skipped.len()
-            ));
-        }
-        // `new` cuts the summary to MAX_SUMMARY_CHARS.
-        let done = OffloadDone::new(
-            &spec.request_id,
-            &summary,
-            names,
-            duration,
-            &spec.name,
-            &time::format_millis(now),
+        let ts = time::format_millis(now);
+        let (mut items, names, mut not_returned) = outgoing(&spec, &ts, outputs);
+        not_returned.extend(
+            refused
+                .iter()
+                .map(|(name, why)| NotReturned::new(name, None, why)),
         );
+        let summary = with_not_returned_note(&summary, &not_returned);
+        // `new` cuts the summary to MAX_SUMMARY_CHARS.
+        let done = OffloadDone::new(&spec.request_id, &summary, names, duration, &spec.name, &ts)
+            .with_not_returned(not_returned);
         items.push(Paced::Message(OffloadMsg::from(done).to_value()));
         port.send_paced(cx, &spec.requester, items);
         cx.log(LogLevel::Info, &format!("sandbox {}: done", spec.name));
@@ -444,7 +416,7 @@ impl Sandbox {
             } else {
                 tail
             };
-            self.finish_task(port, cx, exit.outputs, summary);
+            self.finish_task(port, cx, exit.outputs, exit.refused, summary);
         } else {
             let last: String = tail
                 .chars()
@@ -462,4 +434,61 @@ impl Sandbox {
         }
         true
     }
+}
+
+/// The outputs as paced `file_transfer`s (each checked to fit in one
+/// transfer), their names as sent, and the ones that cannot go with why.
+fn outgoing(
+    spec: &SandboxSpec,
+    ts: &str,
+    outputs: Vec<(String, Vec<u8>)>,
+) -> (Vec<Paced>, Vec<String>, Vec<NotReturned>) {
+    let mut names: Vec<String> = Vec::new();
+    let mut not_returned = Vec::new();
+    let mut items = Vec::new();
+    for (raw, bytes) in outputs {
+        let size = bytes.len() as u64;
+        let Some(name) = transfer::safe_file_name(&raw) else {
+            not_returned.push(NotReturned::new(&raw, Some(size), "unusable file name"));
+            continue;
+        };
+        if names.len() >= transfer::MAX_FILES {
+            let why = format!("more than {} output files", transfer::MAX_FILES);
+            not_returned.push(NotReturned::new(&raw, Some(size), &why));
+            continue;
+        }
+        let name = transfer::unique_name(&name, &names);
+        let sha = transfer::sha256_hex(&bytes);
+        let msg = FileTransfer::output(&spec.request_id, &name, size, &sha, &spec.name, ts);
+        let id = format!("{}-out-{}", spec.name, names.len());
+        match Paced::file(msg, bytes, id, spec.name.clone()) {
+            Ok(item) => {
+                items.push(item);
+                names.push(name);
+            }
+            Err(e) => not_returned.push(NotReturned::new(&raw, Some(size), &e.to_string())),
+        }
+    }
+    (items, names, not_returned)
+}
+
+/// The summary with a line naming the outputs not returned, kept whole
+/// when the summary is cut (a client that does not read `not_returned`,
+/// like the original, still sees it).
+fn with_not_returned_note(summary: &str, not_returned: &[NotReturned]) -> String {
+    if not_returned.is_empty() {
+        return summary.to_string();
+    }
+    let names: Vec<String> = not_returned
+        .iter()
+        .map(|n| n.name.clone().unwrap_or_default())
+        .collect();
+    let listed: String = names.join(", ").chars().take(500).collect();
+    let note = format!(
+        "\n(not returned: {} file(s): {listed}; offload_status says why)",
+        not_returned.len()
+    );
+    let room = MAX_SUMMARY_CHARS.saturating_sub(note.chars().count());
+    let body: String = summary.chars().take(room).collect();
+    format!("{body}{note}")
 }

@@ -78,6 +78,31 @@ impl Side {
         msgs
     }
 
+    /// Paced items for `to` as the pacer sends them: a file over 512 KiB as
+    /// a manifest and its chunks (at most 80, or the test fails).
+    fn take_paced_chunked_to(&mut self, to: &str) -> Vec<Value> {
+        let mut msgs = Vec::new();
+        for (t, items) in std::mem::take(&mut self.port.paced) {
+            assert_eq!(t, to);
+            for item in items {
+                match item {
+                    Paced::Message(v) => msgs.push(v),
+                    Paced::Go(go) => msgs.push(OffloadMsg::from(go).to_value()),
+                    Paced::File { msg, bytes, .. } => {
+                        let text = msg.into_value_with(bytes).to_string();
+                        let split =
+                            crate::wire::transfer::split(&text, "t", "file_transfer", "a", "ts");
+                        match split.expect("a paced file splits into at most 80 chunks") {
+                            Some(parts) => msgs.extend(parts),
+                            None => msgs.push(serde_json::from_str(&text).expect("JSON")),
+                        }
+                    }
+                }
+            }
+        }
+        msgs
+    }
+
     fn results(&self) -> Vec<Value> {
         tool_results(&self.out)
             .into_iter()
@@ -268,6 +293,7 @@ fn the_controller_tells_a_stranger_only_the_refusal_and_a_full_pairing_waits() {
         id: job,
         code: 2,
         outputs: Vec::new(),
+        refused: Vec::new(),
         log: "no such command".into(),
     };
     assert!(ctl.call(|p, cx| controller.job_exited(p, cx, &exit)));
@@ -462,4 +488,188 @@ fn a_found_kars_sandbox_is_on_probation_until_its_hello_names_the_request() {
     let o = client.active.as_ref().expect("the offload");
     assert_eq!((o.phase, o.sandbox_unconfirmed), (Phase::Running, false));
     assert!(client.recent.sandboxes.contains(&holder));
+}
+
+/// A client and an `exec` sandbox with the offload running: the sandbox has
+/// its go-ahead and has started the operator's command (the job spec is
+/// returned).
+fn running_exec_offload(
+    user: &mut Side,
+    ctl: &mut Side,
+    sb_side: &mut Side,
+) -> (OffloadClient, Sandbox, u64, Value) {
+    let (u, c, s) = (user.did(), ctl.did(), sb_side.did());
+    let mut client = OffloadClient::default();
+    let pairing = pairing_with(ctl);
+    let args = json!({"task": "make outputs"});
+    user.call(|p, cx| client.cloud_offload(p, cx, "call-1", &args, Some(&pairing)));
+    let rid = user.take_sent_to(&c)[0]["request_id"].clone();
+    let spec = SandboxSpec {
+        name: "offload-0123456789abcdef".into(),
+        requester: u.clone(),
+        request_id: rid.as_str().unwrap_or_default().into(),
+        task: "make outputs".into(),
+        files: Vec::new(),
+        timeout_minutes: 5,
+        model: None,
+        executor: Some("exec".into()),
+        progress_ms: None,
+    };
+    let mut sandbox = sb_side.call(|p, cx| Sandbox::start(spec, p, cx));
+    let hello = sb_side.take_sent_to(&u);
+    let ready = json!({"type": "offload_status", "request_id": rid, "phase": "ready",
+        "message": "up", "sandbox_name": "offload-0123456789abcdef", "sandbox_did": s});
+    user.call(|p, cx| client.on_message(p, cx, &c, ready.clone(), true));
+    user.call(|p, cx| client.on_message(p, cx, &s, hello[0].clone(), true));
+    let go = user.take_paced_to(&s);
+    user.call(|p, cx| client.inputs_handed_over(p, cx));
+    sb_side.call(|p, cx| sandbox.on_message(p, cx, &u, go[0].clone()));
+    let (job, kind, spec) = job_start(&sb_side.out).expect("the command is started");
+    assert_eq!(kind, "exec");
+    let spec: Value = serde_json::from_str(&spec).expect("a JSON job spec");
+    (client, sandbox, job, spec)
+}
+
+#[test]
+fn outputs_that_cannot_be_sent_are_named_in_done_and_in_the_final_status() {
+    use crate::wire::limits::MAX_FILE_BYTES;
+    let (mut user, mut ctl, mut sb_side) = (Side::new(1), Side::new(2), Side::new(3));
+    let (u, s) = (user.did(), sb_side.did());
+    let (mut client, mut sandbox, job, spec) =
+        running_exec_offload(&mut user, &mut ctl, &mut sb_side);
+    // The host leaves out what the core would refuse, by the core's numbers.
+    assert_eq!(spec["max_outputs"], 10);
+    assert_eq!(spec["max_output_bytes"], MAX_FILE_BYTES);
+
+    // The largest file goes; one byte more, an unusable name and what the
+    // host left out are named, each with why.
+    let exit = JobExit {
+        id: job,
+        code: 0,
+        outputs: vec![
+            ("largest.bin".into(), vec![1u8; MAX_FILE_BYTES]),
+            ("one-more.bin".into(), vec![2u8; MAX_FILE_BYTES + 1]),
+            ("..".into(), b"x".to_vec()),
+        ],
+        refused: vec![("huge.iso".into(), "not a regular file".into())],
+        log: "made the outputs".into(),
+    };
+    assert!(sb_side.call(|p, cx| sandbox.job_exited(p, cx, exit)));
+    let back = sb_side.take_paced_chunked_to(&u);
+    let done = back.last().cloned().expect("offload_done");
+    assert_eq!(done["type"], "offload_done");
+    assert_eq!(done["output_files"], json!(["largest.bin"]));
+    let names: Vec<&str> = done["not_returned"]
+        .as_array()
+        .expect("not_returned")
+        .iter()
+        .map(|x| x["name"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(names, ["one-more.bin", "..", "huge.iso"]);
+    assert!(done["not_returned"][0]["reason"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("31454209 bytes; a file can be at most 31,454,208 bytes")));
+    assert!(done["summary"].as_str().is_some_and(|t| t.ends_with(
+        "(not returned: 3 file(s): one-more.bin, .., huge.iso; offload_status says why)"
+    )));
+
+    // The client reassembles the largest file and lists the rest, in the
+    // events and in the final snapshot.
+    for m in &back {
+        user.call(|p, cx| client.on_message(p, cx, &s, m.clone(), true));
+    }
+    let o = client.active.as_ref().expect("the offload is kept");
+    assert_eq!(o.phase, Phase::Done);
+    assert_eq!(o.outputs[0].size, MAX_FILE_BYTES as u64);
+    let last = &o.events.last().expect("events").text;
+    assert!(
+        last.starts_with("finished with 1 output file(s); 3 not returned (sandbox: one-more.bin (31454209 bytes): 31454209 bytes; a file can be at most"),
+        "{last}"
+    );
+    user.call(|p, cx| client.offload_status_tool(p, cx, "st", &json!({})));
+    let shown = text(&user.results()[0]).to_string();
+    assert!(shown.contains("Output files NOT returned:\n  one-more.bin (31454209 bytes): 31454209 bytes; a file can be at most 31,454,208 bytes (30 MiB less 3 KiB)"), "{shown}");
+    assert!(
+        shown.contains("\n  .. (1 bytes): unusable file name"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("\n  huge.iso: not a regular file"),
+        "{shown}"
+    );
+    assert_eq!(
+        user.results()[0]["details"]["mesh"]["not_returned"][2]["name"],
+        "huge.iso"
+    );
+}
+
+#[test]
+fn an_output_the_client_refuses_is_an_event_and_listed_at_the_end() {
+    let (mut user, mut ctl, mut sb_side) = (Side::new(1), Side::new(2), Side::new(3));
+    let s = sb_side.did();
+    let (mut client, _sandbox, _job, _spec) =
+        running_exec_offload(&mut user, &mut ctl, &mut sb_side);
+    let rid = client.active.as_ref().map(|o| o.request_id.clone());
+    let bad = json!({"type": "file_transfer", "request_id": rid, "file_name": "x.bin",
+        "file_data": "not base64!", "size_bytes": 9});
+    user.call(|p, cx| client.on_message(p, cx, &s, bad.clone(), true));
+    let ack = user.take_sent_to(&s);
+    assert_eq!(ack[0]["success"], false);
+    let o = client.active.as_ref().expect("active");
+    assert_eq!(
+        o.events.last().map(|e| e.text.as_str()),
+        Some("not received: x.bin (9 bytes): file_data is not base64")
+    );
+    assert_eq!(o.not_returned.len(), 1);
+}
+
+#[test]
+fn cloud_offload_refuses_a_file_one_byte_over_the_limit_before_anything_starts() {
+    use crate::wire::limits::MAX_FILE_BYTES;
+    let (mut user, ctl) = (Side::new(1), Side::new(2));
+    let pairing = pairing_with(&ctl);
+    let read_of = |out: &[Command]| {
+        out.iter().find_map(|c| match c {
+            Command::FileRead { id, max_bytes, .. } => Some((*id, *max_bytes)),
+            _ => None,
+        })
+    };
+    // One byte more than the limit: the host's bounded read says so.
+    let mut client = OffloadClient::default();
+    let args = json!({"task": "t", "files": ["/data/big.bin"]});
+    user.call(|p, cx| client.cloud_offload(p, cx, "a", &args, Some(&pairing)));
+    let (id, max) = read_of(&user.out).expect("the file is read");
+    assert_eq!(max, MAX_FILE_BYTES as u64);
+    let over = format!("too large: {}", MAX_FILE_BYTES + 1);
+    user.call(|p, cx| client.offload_file(p, cx, id, Err(over)));
+    assert_eq!(
+        text(&user.results()[0]),
+        "❌ File too large: /data/big.bin (31454209 bytes; a file can be at most 31,454,208 bytes (30 MiB less 3 KiB), what fits in 80 chunks of 512 KiB once base64-encoded). Nothing was started: compress the file or split it into parts, then call cloud_offload again."
+    );
+    assert!(user.port.sent.is_empty() && client.active.is_none());
+
+    // The largest file is taken.
+    user.call(|p, cx| client.cloud_offload(p, cx, "b", &args, Some(&pairing)));
+    let (id, _) = read_of(&user.out).expect("the file is read");
+    user.call(|p, cx| client.offload_file(p, cx, id, Ok(vec![0u8; MAX_FILE_BYTES])));
+    assert!(text(&user.results()[0]).starts_with("☁️ Offload submitted"));
+
+    // A name and sender too long to fit beside the data are refused too.
+    let mut client = OffloadClient {
+        name: Some("n".repeat(4000)),
+        ..Default::default()
+    };
+    let args = json!({"task": "u", "files": ["/data/small.txt"]});
+    user.call(|p, cx| client.cloud_offload(p, cx, "c", &args, Some(&pairing)));
+    let (id, _) = read_of(&user.out).expect("the file is read");
+    user.call(|p, cx| client.offload_file(p, cx, id, Ok(b"hi".to_vec())));
+    let t = text(&user.results()[0]).to_string();
+    assert!(
+        t.starts_with("❌ File too large: /data/small.txt (its name and sender take "),
+        "{t}"
+    );
+    assert!(
+        t.ends_with("or this agent a shorter display name), then call cloud_offload again."),
+        "{t}"
+    );
 }

@@ -109,7 +109,8 @@ fn timeout(args: &Value) -> Result<u64, String> {
 fn model(args: &Value) -> Result<Option<String>, String> {
     match args.get("model") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(m)) if m.len() <= 200 => {
+        // Characters, as the schema's maxLength counts them.
+        Some(Value::String(m)) if m.chars().count() <= 200 => {
             Ok(Some(m.trim().to_string()).filter(|m| !m.is_empty()))
         }
         Some(_) => Err("model must be a string naming an inference model.".into()),

@@ -16,8 +16,24 @@ pub const MAX_ORIGINAL_TYPE_CHARS: usize = 64;
 /// A chunk hash: SHA-256 as hex.
 pub const CHUNK_HASH_CHARS: usize = 64;
 
-/// Largest file either side sends or accepts.
-pub const MAX_FILE_BYTES: usize = 30 * 1024 * 1024;
+/// Characters a `file_transfer` message may spend on everything but its
+/// base64 `file_data` (type, request id, name twice, size, hash,
+/// description, sender, timestamp: about 400 with the longest names; the
+/// rest is slack).
+pub const FILE_ENVELOPE_CHARS: usize = 4096;
+/// Largest file we send, either way: its `file_transfer` message (base64,
+/// 4 characters per 3 bytes, plus at most `FILE_ENVELOPE_CHARS`) must fit
+/// in `MAX_CHUNKS` chunks of `CHUNK_CHARS`, the most the sandbox runtime
+/// reassembles. 80 × 512 KiB = 41,943,040 characters, less 4,096, is
+/// 10,484,736 base64 quads: 31,454,208 bytes (30 MiB less 3 KiB). The
+/// original's "30 MB" needs 81 chunks and was silently never sent.
+pub const MAX_FILE_BYTES: usize = (MAX_CHUNKS * CHUNK_CHARS - FILE_ENVELOPE_CHARS) / 4 * 3;
+/// `MAX_FILE_BYTES` as users read it.
+pub const MAX_FILE_TEXT: &str = "31,454,208 bytes (30 MiB less 3 KiB)";
+/// Largest file we accept from a peer: the protocol's 30 MiB (spec §7.1).
+/// Tolerant on purpose: a sender with a shorter envelope than ours may fit
+/// a few bytes more than `MAX_FILE_BYTES` into 80 chunks.
+pub const MAX_RECEIVED_FILE_BYTES: usize = 30 * 1024 * 1024;
 /// Files per offload, each way.
 pub const MAX_FILES: usize = 10;
 /// Longest file name either side creates, in UTF-8 bytes.

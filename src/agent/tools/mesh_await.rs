@@ -92,7 +92,7 @@ pub(in crate::agent) fn parse(a: &Value, call_id: &str) -> Result<AwaitWait, Awa
         }
         let did = match classify(s) {
             Address::Did(d) => Some(d),
-            Address::Amid { did } => Some(did),
+            Address::Amid { did, .. } => Some(did),
             Address::Name(_) => None,
             Address::Invalid(e) => return Err(AwaitArgError::BadSender(i + 1, e)),
         };

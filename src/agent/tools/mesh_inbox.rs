@@ -3,6 +3,7 @@
 //! exactly the returned entries are marked (by id), so a reader that dies
 //! before acting on an answer sees the same entries again.
 
+use crate::agent::address::did_from_amid;
 use crate::agent::inbox::{Entry, Evidence};
 use crate::agent::{Agent, Cx};
 use crate::crypto::identity::is_mesh_did;
@@ -43,7 +44,7 @@ pub(in crate::agent) struct InboxQuery {
 pub(in crate::agent) enum InboxArgError {
     #[error("❌ mesh_inbox: {0} Call mesh_inbox with no arguments to see unread messages.")]
     Arg(#[from] ArgError),
-    #[error("❌ mesh_inbox: `from` must be a did:mesh: DID (did:mesh: + 32 lowercase hex); use `discover` to find an agent's DID.")]
+    #[error("❌ mesh_inbox: `from` must be a did:mesh: DID (did:mesh: + 32 lowercase hex) or a base58 AMID; use `discover` to find an agent's DID.")]
     FromNotDid,
 }
 
@@ -77,10 +78,12 @@ pub(in crate::agent) fn parse(a: &Value) -> Result<InboxQuery, InboxArgError> {
         Some(t) if t > 0.0 => t.min(MAX_TIMEOUT_S),
         _ => DEFAULT_TIMEOUT_S,
     };
-    let from = args::string(a, &["from"], 128)?.map(str::to_string);
-    if from.as_deref().is_some_and(|f| !is_mesh_did(f)) {
-        return Err(InboxArgError::FromNotDid);
-    }
+    // An AMID names the same agent as its DID (entries record the DID).
+    let from = match args::string(a, &["from"], 128)? {
+        None => None,
+        Some(f) if is_mesh_did(f) => Some(f.to_string()),
+        Some(f) => Some(did_from_amid(f).ok_or(InboxArgError::FromNotDid)?),
+    };
     let ids = args::strings(a, "ids", MAX_IDS, 256)?;
     Ok(InboxQuery {
         limit,

@@ -1,5 +1,5 @@
-//! `mesh_send`: its arguments (aliases, a DID, a registered name or a
-//! refused AMID), resolving a name through the registry, and its texts.
+//! `mesh_send`: its arguments (aliases; a DID, a base58 AMID or a
+//! registered name), resolving a name through the registry, and its texts.
 
 use crate::agent::address::{classify, short_did, Address};
 use crate::agent::{Agent, Cx, HttpAnswer, Purpose};
@@ -107,10 +107,8 @@ enum SendArgError {
     MessageType,
     #[error("❌ mesh_send: `idempotency_key` must be a non-empty string of at most {MAX_KEY_CHARS} characters.")]
     Key,
-    #[error("❌ mesh_send: `to` is not usable: {0}. Pass an agent name or a did:mesh: DID; use `discover` to list known agents.")]
+    #[error("❌ mesh_send: `to` is not usable: {0}. Pass an agent name, a did:mesh: DID or a base58 AMID; use `discover` to list known agents.")]
     BadTarget(crate::agent::address::InvalidAddress),
-    #[error("❌ mesh_send: `to` is a base58 AMID, which the relay cannot route. Send to the agent's DID ({0}) or its registered name instead.")]
-    Amid(String),
     #[error("❌ mesh_send: `to` is this agent's own DID; pass another agent's DID or name.")]
     SelfTarget,
 }
@@ -141,8 +139,9 @@ fn send_args(agent: &Agent, a: &Value) -> Result<(Address, Value, Option<String>
     let addr = classify(to);
     match &addr {
         Address::Invalid(e) => return Err(SendArgError::BadTarget(*e)),
-        Address::Amid { did } => return Err(SendArgError::Amid(did.clone())),
-        Address::Did(d) if d == agent.did() => return Err(SendArgError::SelfTarget),
+        Address::Did(d) | Address::Amid { did: d, .. } if d == agent.did() => {
+            return Err(SendArgError::SelfTarget)
+        }
         _ => {}
     }
     Ok((addr, payload, key))
@@ -155,6 +154,15 @@ pub(in crate::agent) fn mesh_send(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &
     };
     match addr {
         Address::Did(did) => agent.send_payload(cx, &did, payload, Some(call_id.to_string()), key),
+        // The relay routes by DID only; an AMID names the same key (both are
+        // prefixes of its SHA-256), so it is sent to that DID, and the text
+        // shows both.
+        Address::Amid { amid, did } => {
+            agent
+                .send_labels
+                .insert(call_id.to_string(), format!("{amid} ({})", short_did(&did)));
+            agent.send_payload(cx, &did, payload, Some(call_id.to_string()), key)
+        }
         Address::Name(name) => {
             let path = format!(
                 "/v1/discover?capability={}&limit=5",
@@ -175,7 +183,7 @@ pub(in crate::agent) fn mesh_send(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &
             );
         }
         // Refused by send_args.
-        Address::Amid { .. } | Address::Invalid(_) => {}
+        Address::Invalid(_) => {}
     }
 }
 

@@ -3,7 +3,9 @@
 use super::{cut, OffloadMsg};
 use crate::wire::b64;
 use crate::wire::lenient::{absent, opt};
-use crate::wire::limits::ECHOED_NAME_CHARS;
+use crate::wire::limits::{
+    ECHOED_NAME_CHARS, FILE_ENVELOPE_CHARS, MAX_CHUNKS, MAX_FILE_BYTES, MAX_FILE_TEXT,
+};
 use crate::wire::payload::Family;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -124,11 +126,49 @@ impl FileTransfer {
         v
     }
 
+    /// Characters of the sent message besides the base64 of the file: the
+    /// text `into_value_with` makes, with an empty `file_data`.
+    pub fn envelope_chars(&self) -> usize {
+        let mut bare = self.clone();
+        bare.file_data = None;
+        let mut v = OffloadMsg::from(bare).to_value();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("file_data".into(), Value::String(String::new()));
+        }
+        v.to_string().len()
+    }
+
+    /// Can this message carry a file of `size` bytes in at most 80 chunks?
+    /// Checked before a file is queued, so a file is refused with a reason
+    /// instead of failing to split later (where nobody would hear of it).
+    pub fn check_fits(&self, size: u64) -> Result<(), FileTooLarge> {
+        if size > MAX_FILE_BYTES as u64 {
+            return Err(FileTooLarge::Size { size });
+        }
+        // A chunk is cut on a character boundary, so it may be up to 3 bytes
+        // short of 512 KiB: that slack comes out of the envelope's room.
+        let max = FILE_ENVELOPE_CHARS - 3 * MAX_CHUNKS;
+        let len = self.envelope_chars();
+        if len > max {
+            return Err(FileTooLarge::Envelope { len, max });
+        }
+        Ok(())
+    }
+
     /// The file's bytes (either base64 alphabet); no `file_data` is an
     /// empty file, as it always was.
     pub fn data(&self) -> Result<Vec<u8>, b64::B64Error> {
         b64::decode(self.file_data.as_deref().unwrap_or_default())
     }
+}
+
+/// Why a file cannot travel in one `file_transfer` (at most 80 chunks).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileTooLarge {
+    #[error("{size} bytes; a file can be at most {MAX_FILE_TEXT}, what fits in {MAX_CHUNKS} chunks of 512 KiB once base64-encoded")]
+    Size { size: u64 },
+    #[error("its name and sender take {len} characters of its message, and at most {max} fit beside the data")]
+    Envelope { len: usize, max: usize },
 }
 
 /// `file_transfer_ack`: a file was saved, or refused and why.
@@ -233,6 +273,71 @@ mod tests {
             panic!("not a file transfer");
         };
         assert_eq!(f.data(), Ok(Vec::new()));
+    }
+
+    /// Chunks the sent message of `msg` with `bytes` splits into.
+    fn chunks(
+        msg: &FileTransfer,
+        bytes: Vec<u8>,
+    ) -> Result<usize, crate::wire::transfer::TransferError> {
+        let text = msg.clone().into_value_with(bytes).to_string();
+        let parts = crate::wire::transfer::split(&text, "t", "file_transfer", "a", TS)?;
+        Ok(parts.map_or(1, |p| p.len() - 1))
+    }
+
+    #[test]
+    fn the_largest_file_we_send_fits_in_80_chunks_and_one_byte_more_is_refused() {
+        use crate::wire::limits::{MAX_CHUNKS, MAX_FILE_BYTES, MAX_RECEIVED_FILE_BYTES};
+        assert_eq!(MAX_FILE_BYTES, 31_454_208);
+        assert!(MAX_FILE_TEXT.starts_with("31,454,208 bytes"));
+        // The longest name there is, of 2-byte characters (cuts may land
+        // inside them), and the longest envelope `check_fits` allows.
+        let name = "é".repeat(100);
+        let sha = "0".repeat(64);
+        let size = MAX_FILE_BYTES as u64;
+        let mut msg = FileTransfer::output(RID, &name, size, &sha, "offload-0123456789abcdef", TS);
+        let room = FILE_ENVELOPE_CHARS - 3 * MAX_CHUNKS;
+        let pad = room - msg.envelope_chars();
+        msg.description = Some(format!(
+            "{}{}",
+            msg.description.clone().unwrap_or_default(),
+            "é".repeat(pad / 2)
+        ));
+        assert!(
+            room - msg.envelope_chars() < 2,
+            "the envelope fills its room"
+        );
+        assert_eq!(msg.check_fits(MAX_FILE_BYTES as u64), Ok(()));
+        assert!(chunks(&msg, vec![7u8; MAX_FILE_BYTES]).is_ok_and(|n| n <= MAX_CHUNKS));
+        assert_eq!(
+            msg.check_fits(MAX_FILE_BYTES as u64 + 1),
+            Err(FileTooLarge::Size {
+                size: MAX_FILE_BYTES as u64 + 1
+            })
+        );
+        // One character more of envelope is refused too.
+        msg.from_agent = Some("offload-0123456789abcdefgh".into());
+        assert!(matches!(
+            msg.check_fits(1),
+            Err(FileTooLarge::Envelope { .. })
+        ));
+        // What the original promised: a 30 MiB file needs 81 chunks.
+        let plain = FileTransfer::input(
+            RID,
+            "in.bin",
+            0,
+            &sha,
+            "did:mesh:0123456789abcdef0123456789abcdef",
+            TS,
+        );
+        assert_eq!(
+            chunks(&plain, vec![7u8; MAX_RECEIVED_FILE_BYTES]),
+            Err(crate::wire::transfer::TransferError::TooLarge(81))
+        );
+        assert!(matches!(
+            plain.check_fits(MAX_RECEIVED_FILE_BYTES as u64),
+            Err(FileTooLarge::Size { .. })
+        ));
     }
 
     #[test]

@@ -20,12 +20,13 @@ mod report;
 mod request;
 mod run;
 
-pub use files::{FileTransfer, FileTransferAck};
+pub use files::{FileTooLarge, FileTransfer, FileTransferAck};
 pub use legacy::{MeshPing, MeshPong, OffloadTask, TaskReceived};
 pub use report::{ErrorPhase, OffloadError, OffloadStatus, StatusPhase, READY_MESSAGE};
 pub use request::{CleanupReason, OffloadCleanup, OffloadRequest, Preferences};
 pub use run::{
-    OffloadDone, OffloadHello, OffloadProgress, OffloadStart, TokensUsed, STAGE_EXECUTING,
+    NotReturned, OffloadDone, OffloadHello, OffloadProgress, OffloadStart, TokensUsed,
+    MAX_NOT_RETURNED, STAGE_EXECUTING,
 };
 
 /// Every offload message, by its wire `type`.

@@ -4,7 +4,7 @@
 
 use super::cut;
 use crate::wire::lenient::{absent, object, opt};
-use crate::wire::limits::{MAX_SUMMARY_CHARS, TASK_PREVIEW_CHARS};
+use crate::wire::limits::{ECHOED_NAME_CHARS, MAX_SUMMARY_CHARS, TASK_PREVIEW_CHARS};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -149,6 +149,37 @@ pub struct OffloadDone {
     pub from_agent: Option<String>,
     #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
     pub timestamp: Option<String>,
+    /// Outputs the sandbox did not send, and why (ours; absent when every
+    /// output went, and from the original sandbox, which said nothing).
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub not_returned: Option<Vec<NotReturned>>,
+}
+
+/// An output file that was not sent: its name, size when known, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotReturned {
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub size_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub reason: Option<String>,
+}
+
+/// Entries an `offload_done` lists at most (a command may leave thousands
+/// of files; the count of the rest goes in the last entry's reason).
+pub const MAX_NOT_RETURNED: usize = 20;
+/// A reason is cut to this many characters.
+const NOT_RETURNED_REASON_CHARS: usize = 300;
+
+impl NotReturned {
+    pub fn new(name: &str, size_bytes: Option<u64>, reason: &str) -> Self {
+        NotReturned {
+            name: Some(cut(name, ECHOED_NAME_CHARS)),
+            size_bytes,
+            reason: Some(cut(reason, NOT_RETURNED_REASON_CHARS)),
+        }
+    }
 }
 
 impl OffloadDone {
@@ -170,7 +201,25 @@ impl OffloadDone {
             duration_seconds: Some(duration_seconds),
             from_agent: Some(from_agent.into()),
             timestamp: Some(timestamp.into()),
+            not_returned: None,
         }
+    }
+
+    /// Name the outputs that were not sent (none: the field stays absent,
+    /// and the message is the original's byte for byte). At most
+    /// `MAX_NOT_RETURNED` entries; the last one counts the rest.
+    pub fn with_not_returned(mut self, mut list: Vec<NotReturned>) -> Self {
+        if list.len() > MAX_NOT_RETURNED {
+            let rest = list.len() - (MAX_NOT_RETURNED - 1);
+            list.truncate(MAX_NOT_RETURNED - 1);
+            list.push(NotReturned::new(
+                &format!("{rest} more"),
+                None,
+                "also not returned (not listed one by one)",
+            ));
+        }
+        self.not_returned = (!list.is_empty()).then_some(list);
+        self
     }
 }
 
