@@ -178,7 +178,7 @@ for (const kind of ['sdk', 'py']) {
         assert.equal(new Set(b1).size, b1.length, `no message of the first burst twice: ${b1}`);
         exactlyOnce(got.filter((p) => p.tag === 'b2').map(label), [...Array(20).keys()].map((i) => `b2:${i}`), 'second burst');
         assert.deepEqual(failures, [], 'the reference peer logged no decrypt failure');
-        report.push({ peer: kind, scenario: 'SIGKILL mid-burst', sent: `${b1.length}+ of 40 before the kill, then 20`, decrypted: got.length, failed: failures.length });
+        report.push({ peer: kind, scenario: 'SIGKILL mid-burst', first_burst: `${b1.length} of 40 decrypted before the kill, none twice`, second_burst: '20 of 20', decrypted_in_all: got.length, failed: failures.length });
         await node.stop();
       } finally {
         await peer.close();
