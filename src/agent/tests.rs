@@ -168,6 +168,12 @@ fn a_send_outcome_is_told_in_the_original_words_and_details() {
             receipts: false,
         },
         Sent::Repeat { frame_id: "f1" },
+        Sent::Committed {
+            frame_id: "f3",
+            new_session: false,
+            handover: Handover::Unconfirmed,
+            receipts: false,
+        },
     ];
     for (i, sent) in outcomes.into_iter().enumerate() {
         send_done(&mut agent, &mut cx, &format!("c{i}"), to, sent);
@@ -195,6 +201,14 @@ fn a_send_outcome_is_told_in_the_original_words_and_details() {
     assert_eq!(
         results[2].1["details"]["mesh"],
         json!({"to": to, "id": "f1", "session": "existing", "queued": false, "duplicate": true})
+    );
+    assert_eq!(
+        text(3),
+        format!("⚠️ Message to {to} (E2E encrypted) was written to the relay, but the connection closed before the relay confirmed it: it may not have arrived. It is not sent again, because the recipient cannot tell a repeat from a replay; send it again if it matters")
+    );
+    assert_eq!(
+        results[3].1["details"]["mesh"],
+        json!({"to": to, "id": "f3", "session": "existing", "queued": false, "confirmation": "relay", "unconfirmed": true})
     );
 }
 
