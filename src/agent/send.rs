@@ -8,7 +8,6 @@ use super::{
 };
 use crate::crypto::ratchet::{channel_ad, Ratchet};
 use crate::crypto::x3dh;
-use crate::mesh::link::LinkState;
 use crate::mesh::session::{OutEntry, Peer, OUTBOX_MAX};
 use crate::wire::delivery::{DeliveryMsg, ReceiptMsg, Receipts, Sequence};
 use crate::wire::payload::Family;
@@ -61,10 +60,7 @@ impl Agent {
         if waiting {
             return;
         }
-        if self.sync_id.is_some()
-            || matches!(self.link.state, LinkState::Connecting(_))
-            || self.knocks_awaiting_identity.contains_key(to)
-        {
+        if self.relay_still_delivering() || self.knocks_awaiting_identity.contains_key(to) {
             // The relay may still hold the peer's own KNOCK for us.
             self.fetch_after_sync.insert(to.to_string());
             return;

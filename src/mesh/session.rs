@@ -158,7 +158,8 @@ pub struct Peer {
     pub seen: Vec<SeenMark>,
     /// Id of the KNOCK that opened our current session, while unconfirmed.
     pub knock_sent: Option<String>,
-    /// That KNOCK's frame, re-sent on reconnect until the peer confirms.
+    /// That KNOCK's frame, re-sent on reconnect until a kars peer confirms
+    /// (any other peer gets it once: `hand_over_unreceipted`).
     pub pending_knock: Option<String>,
     /// The peer has used the active session: a message decrypted under it.
     pub confirmed: bool,

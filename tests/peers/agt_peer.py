@@ -633,10 +633,10 @@ class Peer:
             return
         self.save()
         await self.ack(fid)
-        emit(event="message", evidence="encrypted", payload=json.loads(plaintext.decode("utf-8")),
-             **{"from": peer, "id": fid})
+        payload = json.loads(plaintext.decode("utf-8"))
+        emit(event="message", evidence="encrypted", payload=payload, **{"from": peer, "id": fid})
         if self.echo:
-            await self.send(peer, {"type": "echo", "content": json.loads(plaintext.decode("utf-8"))})
+            await self.send(peer, {"type": "echo", "content": payload})
 
     def pick_session(self, peer: str) -> Session | None:
         cands = [s for s in self.sessions.get(peer, []) if s.can_send()]
