@@ -1,13 +1,18 @@
 // Node host for the kars-mesh engine: it carries out what the wasm core asks
 // for and decides nothing about the mesh (js-host/ENGINE.md). createNode
 // composes the parts:
-//   event-loop.js  feeds events to the core one at a time and carries out the
-//                  commands of each call in order
+//   event-loop.js  feeds events to the core one at a time; the stores of each
+//                  batch of events commit together before its other commands
+//                  are carried out, in order (group commit)
+//   engine-thread.js / engine-worker.js  that loop, the core and the state
+//                  database in their own thread, so the engine never stalls
+//                  this one (a scripted test core runs on this thread)
 //   sockets.js     the relay WebSocket
 //   http.js        registry requests
 //   timers.js      the core's timers
 //   tool-calls.js  callTool: tool-call events, settled by tool-result commands
-//   storage-fs.js  sealed records; jobs.js: files and sandbox jobs
+//   state-db.js    sealed records in SQLite; storage-fs.js: lock, state.key;
+//                  jobs.js: files and sandbox jobs
 //
 //   import { createNode } from './node-host.js';
 //   const node = await createNode({ stateDir, relayUrl, registryUrl });
@@ -19,11 +24,14 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { loadCore } from './core.js';
-import { openStateDir, StateDirError } from './storage-fs.js';
+import { acquireLock, ensurePrivateDir, loadStateKey, StateDirError } from './storage-fs.js';
+import { openRecordsDb, sqliteModule } from './state-db.js';
+import { startEngineThread } from './engine-thread.js';
+import { crashHookFromEnv } from './crash-hook.js';
 import { createJobs } from './jobs.js';
 import { escapeLog } from './log-escape.js';
 import { NodeError, errorText } from './node-error.js';
-import { createEventLoop } from './event-loop.js';
+import { createEventLoop, commandTable } from './event-loop.js';
 import { createSockets, webSocketClass } from './sockets.js';
 import { createHttp } from './http.js';
 import { createTimers } from './timers.js';
@@ -69,6 +77,8 @@ function defaultLog(level, message) {
  *        and a few host diagnostics (never secrets, URLs or frames)
  * @param {number} [opts.stopTimeoutMs=1500] how long stop() waits for sockets to close
  * @param {Function} [opts.loadCoreImpl] tests only: replaces core.js's loadCore
+ * @param {'worker'|'main'} [opts.engineThread='worker'] where the real core runs ('main': on
+ *        this thread, as a scripted test core always does)
  * @param {boolean} [opts.sealedRecords] `store` refuses records that are not sealed (always
  *        with the real core; tests with a replacement core may turn it on)
  * @returns {Promise<{ did: string, amid: string|undefined, stateDir: string,
@@ -81,14 +91,21 @@ function defaultLog(level, message) {
 export async function createNode(opts = {}) {
   const o = withDefaults(opts);
   const logger = nodeLogger(o.log);
-  const store = openStateDir(o.stateDir, { sealedOnly: o.sealedRecords || o.loadCoreImpl === loadCore }); // throws StateDirError (in use, not creatable, ...)
-  let engine;
+  // The engine runs in its own thread with the real core; a test's scripted
+  // core (a function, which cannot cross threads) runs on this one.
+  const inWorker = o.loadCoreImpl === loadCore && o.engineThread !== 'main';
+  const sealedOnly = o.sealedRecords || o.loadCoreImpl === loadCore;
+  if (!o.stateDir || typeof o.stateDir !== 'string') throw new StateDirError('no state directory given');
+  sqliteModule(); // names the Node version needed before anything is created
+  const root = path.resolve(o.stateDir);
+  ensurePrivateDir(root, 'state directory');
+  const lock = acquireLock(root); // throws StateDirError (in use, not creatable, ...)
+  const filesDir = o.filesDir ?? path.join(root, 'files');
   let jobs;
   let WebSocketImpl;
   try {
-    engine = await loadEngine(store, o.loadCoreImpl, logger.log);
     jobs = createJobs({
-      filesDir: o.filesDir ?? path.join(store.dir, 'files'),
+      filesDir,
       dispatch: (ev) => node.dispatch(ev), // jobs report only after start, when the node exists
       log: logger.log,
       // The --exec command of a sandbox must not see this controller's state
@@ -98,35 +115,38 @@ export async function createNode(opts = {}) {
         registryUrl: o.registryUrl,
         relayToken: o.relayToken,
         ...o.sandboxes,
-        hide: [store.dir, ...(o.sandboxes.hide ?? [])],
+        hide: [root, ...(o.sandboxes.hide ?? [])],
       },
       exec: o.exec,
       execUnisolated: o.execUnisolated,
       execHide: o.execHide ?? [],
-      stateDir: store.dir,
+      stateDir: root,
     });
     WebSocketImpl = await webSocketClass().catch((e) => {
       throw new NodeError(`no WebSocket implementation: install the 'ws' package or use Node 22+ (${errorText(e)})`, { cause: e });
     });
   } catch (e) {
-    store.close(); // releases the lock
+    lock.release();
     throw e;
   }
-  const node = runNode({ engine, store, jobs, WebSocketImpl, log: logger.log, stopTimeoutMs: o.stopTimeoutMs });
-  const { did, amid } = await start(node, startConfig(o, engine.takeStateKey(), store), logger, store.dir);
+  const node = await runNode({
+    root, lock, filesDir, sealedOnly, inWorker, loadCoreImpl: o.loadCoreImpl,
+    jobs, WebSocketImpl, log: logger.log, stopTimeoutMs: o.stopTimeoutMs,
+  });
+  const { did, amid } = await start(node, startConfig(o, node.takeStateKey(), node.hasIdentity), logger, root);
   return {
     did,
     amid,
-    stateDir: store.dir,
+    stateDir: root,
     callTool: node.callTool,
     stop: node.stop,
     /** true once stop() finished or the node died */
     get stopped() {
       return node.stopped;
     },
-    /** The engine's linear memory in bytes now (undefined for a core without memoryBytes). */
+    /** The engine's linear memory in bytes (as of its last batch in the engine thread). */
     memoryBytes() {
-      return typeof engine.core.memoryBytes === 'function' ? engine.core.memoryBytes() : undefined;
+      return node.memoryBytes();
     },
     /** HTTP requests that failed and WebSocket connects that never opened, since start. */
     get ioFailures() {
@@ -147,7 +167,7 @@ function withDefaults({
   stopTimeoutMs = DEFAULT_STOP_TIMEOUT_MS,
   // Tests only: a replacement for core.js's loadCore (e.g. a scripted engine).
   loadCoreImpl = loadCore,
-  // `store` takes only well-formed sealed records (storage-fs.js). Always with
+  // `store` takes only well-formed sealed records (state-db.js). Always with
   // the real core; a test's replacement core may store what it likes unless
   // the test asks for the check.
   sealedRecords = loadCoreImpl === loadCore,
@@ -183,10 +203,11 @@ function nodeLogger(log) {
 }
 
 /**
- * Load the core on the store. Its host imports must never throw: a throw
- * aborts the core mid-call (Rust does not unwind). They record the fault
- * instead and answer something harmless; the event loop then discards that
- * call's commands and stops the node (takeHostFault).
+ * Load the core on the store (this thread; engine-worker.js does the same in
+ * the engine's thread). Its host imports must never throw: a throw aborts the
+ * core mid-call (Rust does not unwind). They record the fault instead and
+ * answer something harmless; the event loop then discards that call's
+ * commands and stops the node (takeHostFault).
  */
 async function loadEngine(store, loadCoreImpl, log) {
   let hostFault = null;
@@ -235,54 +256,126 @@ async function loadEngine(store, loadCoreImpl, log) {
 }
 
 /**
+ * The engine on this thread: the database opened here, the group-commit loop
+ * run synchronously by dispatch.
+ */
+async function engineHere({ root, sealedOnly, loadCoreImpl, jobs, log, carryOut, onDeath }) {
+  const records = openRecordsDb(root, { sealedOnly, log });
+  const store = Object.assign(Object.create(records), {
+    stateKey: () => loadStateKey(root, { recordCount: records.size }),
+  });
+  let engine;
+  try {
+    engine = await loadEngine(store, loadCoreImpl, log);
+  } catch (e) {
+    records.close();
+    throw e;
+  }
+  const loop = createEventLoop({
+    engine: engine.core.engine,
+    takeHostFault: engine.takeHostFault,
+    store: records,
+    fileWrite: (rel, bytes) => jobs.fileWrite(rel, bytes),
+    carryOut,
+    log,
+    onDeath,
+    crashHook: crashHookFromEnv(),
+  });
+  return {
+    loop,
+    hasIdentity: records.get('identity') !== undefined,
+    takeStateKey: engine.takeStateKey,
+    memoryBytes: () => (typeof engine.core.memoryBytes === 'function' ? engine.core.memoryBytes() : undefined),
+    async close() {
+      records.close();
+    },
+    terminate() {
+      records.close();
+    },
+  };
+}
+
+/** The engine in its own thread (js-host/engine-thread.js). */
+async function engineInWorker({ root, filesDir, sealedOnly, log, carryOut, onDeath }) {
+  const thread = await startEngineThread({ stateDir: root, filesDir, sealedOnly, log, carryOut, onDeath });
+  return {
+    loop: thread.loop,
+    hasIdentity: thread.hasIdentity,
+    takeStateKey: () => undefined, // the engine's thread adds it to the start event
+    memoryBytes: thread.memoryBytes,
+    close: thread.close,
+    terminate: thread.terminate,
+  };
+}
+
+/**
  * Wire the event loop to what carries out the core's commands, and keep the
  * node's life: stop() lets the core say goodbye first; death (a trap, a
  * failed durable write) releases everything at once.
  */
-function runNode({ engine, store, jobs, WebSocketImpl, log, stopTimeoutMs }) {
+async function runNode({ root, lock, filesDir, sealedOnly, inWorker, loadCoreImpl, jobs, WebSocketImpl, log, stopTimeoutMs }) {
   let ioFailures = 0;
   const countFailure = () => {
     ioFailures++;
   };
   let resolveClosed;
   const closed = new Promise((r) => (resolveClosed = r));
-  const dispatch = (ev) => loop.dispatch(ev);
+  let engine = null;
+  const dispatch = (ev) => engine?.loop.dispatch(ev);
   const timers = createTimers(dispatch);
   const http = createHttp({ dispatch, onFailure: countFailure });
   const sockets = createSockets({ WebSocketImpl, dispatch, log, onFailure: countFailure });
   const calls = createToolCalls({
     dispatch,
     log,
-    refusal: () => loop.fatal ?? (loop.state === 'running' ? null : new NodeError('the kars-mesh node is stopped', { code: 'KARS_MESH_STOPPED' })),
+    refusal: () => engine.loop.fatal ?? (engine.loop.state === 'running' ? null : new NodeError('the kars-mesh node is stopped', { code: 'KARS_MESH_STOPPED' })),
   });
-  const loop = createEventLoop({
-    engine: engine.core.engine,
-    takeHostFault: engine.takeHostFault,
-    commands: engineCommands({ store, jobs, sockets, http, timers, calls, die: (err) => loop.die(err), dispatch, log }),
+  const die = (err) => engine.loop.die(err);
+  const carryOut = commandTable(engineCommands({ jobs, sockets, http, timers, calls, dispatch, log }), {
     log,
-    onDeath(err) {
-      calls.rejectAll(err);
-      teardown();
-      resolveClosed(err);
-    },
+    isDead: () => !!engine.loop.fatal,
   });
-
+  let tornDown = false;
   function teardown() {
+    if (tornDown) return;
+    tornDown = true;
     jobs.stopAll();
     timers.clear();
     http.abortAll();
     sockets.terminateAll();
-    store.close();
-    loop.end();
+    try {
+      engine?.terminate();
+    } catch (e) {
+      log('warn', `host: closing the state database: ${errorText(e)}`);
+    }
+    lock.release();
+    engine?.loop.end();
+  }
+  function onDeath(err) {
+    calls.rejectAll(err);
+    teardown();
+    resolveClosed(err);
+  }
+  try {
+    const side = { root, filesDir, sealedOnly, loadCoreImpl, jobs, log, carryOut, onDeath };
+    engine = await (inWorker ? engineInWorker(side) : engineHere(side));
+  } catch (e) {
+    jobs.stopAll();
+    lock.release();
+    throw e;
   }
 
   let stopPromise = null;
   function stop() {
     stopPromise ??= (async () => {
+      const loop = engine.loop;
       if (loop.fatal || loop.state === 'stopped') return;
       loop.beginStop();
       // The core says goodbye, settles pending calls and emits its last stores.
       dispatch({ tag: 'stop' });
+      // Its batch committed and its commands carried out (the engine's thread
+      // answers in order), then the database is closed.
+      await allWithin([engine.close()], Math.max(stopTimeoutMs, 5000));
       if (loop.fatal) return;
       calls.rejectAll(new NodeError('the kars-mesh node stopped before answering', { code: 'KARS_MESH_STOPPED' }));
       // Sockets the core did not close are closed now; wait (bounded) for the closes.
@@ -295,11 +388,15 @@ function runNode({ engine, store, jobs, WebSocketImpl, log, stopTimeoutMs }) {
 
   return {
     dispatch,
+    die,
     callTool: calls.call,
     stop,
     closed,
+    hasIdentity: engine.hasIdentity,
+    takeStateKey: engine.takeStateKey,
+    memoryBytes: engine.memoryBytes,
     get stopped() {
-      return loop.state === 'stopped';
+      return engine.loop.state === 'stopped';
     },
     get ioFailures() {
       return ioFailures;
@@ -315,19 +412,13 @@ async function allWithin(promises, ms) {
   clearTimeout(t);
 }
 
-/** What carries out each engine command (js-host/ENGINE.md). */
-function engineCommands({ store, jobs, sockets, http, timers, calls, die, dispatch, log }) {
-  // A durable write that failed stops the node: the commands after it may rely on it.
-  const durably = (what, write) => (val) => {
-    try {
-      write(val);
-    } catch (e) {
-      die(new NodeError(`${what(val)}: ${errorText(e)}; this node is stopped`, { cause: e, code: 'KARS_MESH_STORE' }));
-    }
-  };
+/**
+ * What carries out each engine command that leaves the engine's thread
+ * (js-host/ENGINE.md); `store`, `erase` and `file-write` are carried out by
+ * the group-commit loop (event-loop.js) before these.
+ */
+function engineCommands({ jobs, sockets, http, timers, calls, dispatch, log }) {
   return {
-    store: durably(([key]) => `cannot persist state record ${JSON.stringify(key)}`, ([key, bytes]) => store.set(key, bytes)),
-    erase: durably((key) => `cannot erase state record ${JSON.stringify(key)}`, (key) => store.delete(key)),
     'socket-open': ([id, url]) => sockets.open(id, url),
     'socket-send': ({ socket, text }) => sockets.send(socket, text),
     'socket-close': ({ socket, code, reason }) => sockets.close(socket, code, reason),
@@ -336,7 +427,6 @@ function engineCommands({ store, jobs, sockets, http, timers, calls, die, dispat
     'timer-cancel': timers.cancel,
     'tool-result': ({ callId, resultJson }) => calls.settle(callId, resultJson),
     'file-read': jobs.fileRead,
-    'file-write': durably(([rel]) => `cannot write received file ${JSON.stringify(rel)}`, ([rel, bytes]) => jobs.fileWrite(rel, bytes)),
     'file-erase': (rel) => {
       try {
         jobs.fileErase(rel);
@@ -357,8 +447,8 @@ function engineCommands({ store, jobs, sockets, http, timers, calls, die, dispat
 }
 
 /** The start event's configuration (js-host/ENGINE.md). */
-function startConfig(o, stateKeyB64, store) {
-  const config = { state_key: stateKeyB64 };
+function startConfig(o, stateKeyB64, hasIdentity) {
+  const config = stateKeyB64 ? { state_key: stateKeyB64 } : {};
   if (o.relayUrl != null) config.relay_url = o.relayUrl;
   if (o.registryUrl != null) config.registry_url = o.registryUrl;
   if (o.name != null) config.name = o.name;
@@ -371,7 +461,7 @@ function startConfig(o, stateKeyB64, store) {
   if (o.sandbox != null) config.sandbox = o.sandbox;
   if (o.identitySeedHex) config.identity_seed_hex = o.identitySeedHex;
   if (o.pinnedAppId) config.pinned_app_id = o.pinnedAppId;
-  if (o.legacyIdentityFile && !store.get('identity')) {
+  if (o.legacyIdentityFile && !hasIdentity) {
     try {
       const envelope = readFileSync(o.legacyIdentityFile, 'utf8');
       config.legacy_identity = { envelope, hostname: os.hostname(), homedir: os.homedir() };

@@ -204,7 +204,7 @@ function modeString(mode) {
   return '0' + (mode & 0o777).toString(8);
 }
 
-function ensurePrivateDir(dir, what) {
+export function ensurePrivateDir(dir, what) {
   try {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (e) {

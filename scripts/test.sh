@@ -26,7 +26,7 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test (native)"
 cargo test --release
 
-step "node --test (the built component)"
-node --test tests/
+step "node --test (the built component; Node 22.13+ for node:sqlite)"
+bash scripts/node.sh --test tests/
 
 printf '\nAll checks passed.\n'

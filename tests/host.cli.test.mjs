@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { openStateDir } from '../js-host/storage-fs.js';
+import { openStateDir } from '../js-host/state-db.js';
 import { parseArgs, plan } from '../js-host/cli.js';
 
 const BIN = fileURLToPath(new URL('../bin/kars-mesh', import.meta.url));

@@ -10,7 +10,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadCore, CoreMemoryError, MAX_SAFE_CORE_MEMORY } from '../js-host/core.js';
 import { createNode } from '../js-host/node-host.js';
-import { openStateDir, NotSealedError, notSealedReason } from '../js-host/storage-fs.js';
+import { openStateDir, NotSealedError, notSealedReason } from '../js-host/state-db.js';
+import { readRecord, recordKeys } from './harness/state-db.mjs';
 import { createJobs, isolationSupport, killSandboxes, sweepSandboxDirs } from '../js-host/jobs.js';
 import { escapeLog } from '../js-host/log-escape.js';
 import { planOperator } from '../js-host/cli-operator.js';
@@ -137,7 +138,8 @@ test('sealed-only storage: set refuses bytes that are not a sealed record (unkno
   assert.throws(() => s.set('identity', rec(1, 28)), /28 bytes, shorter than the 29/);
   assert.throws(() => s.set('identity', rec(3, 64)), NotSealedError);
   assert.throws(() => s.set('identity', rec(0, 64)), NotSealedError);
-  assert.deepEqual(fs.readdirSync(path.join(dir, 'records')), [], 'nothing written, no temp file left');
+  assert.deepEqual(s.list(''), [], 'nothing written');
+  assert.equal(s.size, 0);
   s.set('a', rec(1, 29));
   s.set('b', rec(2, 100));
   assert.deepEqual(s.list(''), ['a', 'b']);
@@ -168,13 +170,13 @@ test('sealed-only storage: a core that stores plaintext is stopped before it rea
   });
   t.after(() => node.stop());
   await assert.rejects(node.callTool('leak', {}), (e) => e.code === 'KARS_MESH_STORE' && /not a sealed record/.test(e.message));
-  assert.deepEqual(fs.readdirSync(path.join(stateDir, 'records')), []);
+  assert.deepEqual(recordKeys(stateDir), [], 'nothing of the refused batch reached the database');
 
   // The real core (sealed-only by default) writes its identity sealed, version 1 or 2.
   const realDir = tmpDir(t, 'sealed-real');
   const real = await createNode({ stateDir: realDir, log: () => {} });
   await real.stop();
-  const id = fs.readFileSync(path.join(realDir, 'records', 'identity'));
+  const id = readRecord(realDir, 'identity');
   assert.ok([1, 2].includes(id[0]) && id.length >= 29);
 });
 

@@ -11,7 +11,8 @@ import net from 'node:net';
 import { once } from 'node:events';
 import { WebSocketServer } from 'ws';
 import { createNode } from '../js-host/node-host.js';
-import { openStateDir } from '../js-host/storage-fs.js';
+import { openStateDir } from '../js-host/state-db.js';
+import { readRecord, recordKeys, dbFile } from './harness/state-db.mjs';
 
 function tmpDir(t) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kars-mesh-node-'));
@@ -68,8 +69,8 @@ test('real core: the identity record on disk is sealed, not plaintext', async (t
   const stateDir = tmpDir(t);
   const node = await createNode({ stateDir, log: quiet });
   await node.stop();
-  const file = path.join(stateDir, 'records', 'identity');
-  const sealed = fs.readFileSync(file);
+  const file = dbFile(stateDir);
+  const sealed = readRecord(stateDir, 'identity');
   assert.equal(sealed[0], 2, 'version byte (bound to its storage key)');
   assert.equal(sealed.length, 1 + 12 + 32 + 16, 'version || nonce || sealed seed || tag');
   const key = fs.readFileSync(path.join(stateDir, 'state.key'));
@@ -84,7 +85,7 @@ test('real core: a replaced state key is a clear start error, and the identity i
   const stateDir = tmpDir(t);
   (await createNode({ stateDir, log: quiet })).stop();
   await new Promise((r) => setTimeout(r, 10));
-  const before = fs.readFileSync(path.join(stateDir, 'records', 'identity'));
+  const before = readRecord(stateDir, 'identity');
   fs.writeFileSync(path.join(stateDir, 'state.key'), Buffer.alloc(32, 9), { mode: 0o600 });
   await assert.rejects(createNode({ stateDir, log: quiet }), (e) => {
     assert.equal(e.name, 'StateDirError');
@@ -92,7 +93,7 @@ test('real core: a replaced state key is a clear start error, and the identity i
     assert.ok(!e.message.includes(Buffer.alloc(32, 9).toString('base64')), 'no key material in the error');
     return true;
   });
-  assert.deepEqual(fs.readFileSync(path.join(stateDir, 'records', 'identity')), before);
+  assert.deepEqual(readRecord(stateDir, 'identity'), before);
   assert.equal(fs.existsSync(path.join(stateDir, 'lock')), false, 'the failed start released the lock');
 });
 
@@ -183,8 +184,8 @@ test('scripted: store/erase land on disk before the next command; reads see them
   // The tool result is the last command: when it resolves, the stores are on disk.
   const w = await node.callTool('write', {});
   assert.equal(w.details.mesh.wrote, true);
-  assert.deepEqual([...fs.readFileSync(path.join(stateDir, 'records', 'sessions%2Fdid%3Amesh%3Aa'))], [1, 2, 3]);
-  assert.equal(fs.existsSync(path.join(stateDir, 'records', 'tmp')), false);
+  assert.deepEqual([...readRecord(stateDir, 'sessions/did:mesh:a')], [1, 2, 3], 'committed: another connection reads it');
+  assert.equal(readRecord(stateDir, 'tmp'), undefined);
   const r = await node.callTool('read', {});
   assert.deepEqual(r.details.mesh, { got: [1, 2, 3], gone: true, list: ['sessions/did:mesh:a'] });
 });
@@ -370,7 +371,7 @@ test('scripted: a failing import (host fault) discards that call\'s commands and
     return [];
   });
   await assert.rejects(node.callTool('fault', {}), { code: 'KARS_MESH_HOST_FAULT' });
-  assert.equal(fs.existsSync(path.join(stateDir, 'records', 'should-not-land')), false);
+  assert.equal(readRecord(stateDir, 'should-not-land'), undefined);
 });
 
 test('scripted: a failed durable write stops the node before later commands', async (t) => {
@@ -382,7 +383,7 @@ test('scripted: a failed durable write stops the node before later commands', as
   const { node } = await scripted(t, (ev, _h, ctx) => {
     if (ev.tag === 'tool-call') {
       return [
-        { tag: 'store', val: ['x/'.repeat(200), new Uint8Array([1])] }, // too long a file name
+        { tag: 'store', val: ['x/'.repeat(600), new Uint8Array([1])] }, // a key over the 1,024-byte limit
         { tag: 'socket-open', val: [1, `ws://127.0.0.1:${wss.address().port}/ws`] },
         result(ctx.calls.get('w'), {}),
       ];
@@ -433,7 +434,7 @@ test('scripted: stop() feeds stop, carries out its commands, waits for the close
   await closed;
   assert.deepEqual(serverGot, ['{"type":"disconnect"}']);
   assert.equal(closeCode, 1000);
-  assert.ok(fs.existsSync(path.join(stateDir, 'records', 'last')));
+  assert.ok(readRecord(stateDir, 'last'));
   assert.equal(events.filter((e) => e.tag === 'stop').length, 1);
   assert.equal(events.at(-1).tag, 'stop', 'nothing reaches the core after stop');
   await node.stop(); // idempotent

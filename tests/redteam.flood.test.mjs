@@ -12,6 +12,7 @@ import { startServers } from './harness/servers.mjs';
 import { fakeDid, rawPeer } from './peers/raw_peer.mjs';
 import { createNode } from '../js-host/node-host.js';
 import { untilRegistered } from './harness/registered.mjs';
+import { recordKeys } from './harness/state-db.mjs';
 
 let srv;
 const dirs = [];
@@ -48,12 +49,9 @@ async function raw() {
   return p;
 }
 
-/** Stored records of a node (files under <state>/records). */
-function records(node) {
-  const dir = path.join(node.stateDir, 'records');
-  return fs.readdirSync(dir).filter((n) => !n.startsWith('.'));
-}
-const sessionRecords = (node) => records(node).filter((n) => n.startsWith('session%2F'));
+/** Stored record keys of a node (its state database). */
+const records = (node) => recordKeys(node.stateDir);
+const sessionRecords = (node) => recordKeys(node.stateDir, 'session/');
 
 /** Wait until f() stays the same for `quietMs` (or `maxMs` passed); returns its last value. */
 async function settle(f, { quietMs = 2500, maxMs = 30_000 } = {}) {

@@ -1,0 +1,169 @@
+// The main thread's side of js-host/engine-worker.js: events go to the engine's
+// worker, the commands of each committed batch come back and are carried out
+// here (sockets, HTTP, timers, tool results, jobs). The same interface as
+// event-loop.js's createEventLoop, so node-host.js runs either.
+
+import { Worker, MessageChannel } from 'node:worker_threads';
+import { NodeError } from './node-error.js';
+import { StateDirError } from './storage-fs.js';
+
+const WORKER_URL = new URL('./engine-worker.js', import.meta.url);
+
+function rebuild(error) {
+  if (error?.name === 'StateDirError') return new StateDirError(error.message, { code: error.code });
+  return new NodeError(error?.message ?? 'the engine thread failed', { code: error?.code ?? 'KARS_MESH_CORE_TRAP' });
+}
+
+/**
+ * Start the engine's worker on a state directory (whose lock the caller holds).
+ * Resolves once the database is open and the core is loaded.
+ * @returns {Promise<{ hasIdentity: boolean, loop: object, memoryBytes: () => number, close: () => Promise<void>, terminate: () => void }>}
+ */
+export async function startEngineThread({ stateDir, filesDir, sealedOnly, log, carryOut, onDeath }) {
+  const { port1: port, port2 } = new MessageChannel();
+  const worker = new Worker(WORKER_URL, {
+    workerData: { port: port2, stateDir, filesDir, sealedOnly },
+    transferList: [port2],
+    // The core's own limits apply (1 GiB, js-host/core.js); the worker needs no extra heap.
+    stdout: false,
+    stderr: false,
+  });
+  let memoryBytes = 0;
+  let state = 'starting'; // 'starting' | 'running' | 'stopping' | 'stopped'
+  let fatal = null;
+  let outgoing = [];
+  let closedResolve;
+  const closed = new Promise((r) => (closedResolve = r));
+  let readyResolve;
+  let readyReject;
+  const ready = new Promise((res, rej) => {
+    readyResolve = res;
+    readyReject = rej;
+  });
+
+  function die(err) {
+    if (fatal) return;
+    fatal = err;
+    outgoing = [];
+    log('error', err.message);
+    closedResolve();
+    worker.terminate().catch(() => {});
+    onDeath(err);
+  }
+
+  port.on('message', (msg) => {
+    switch (msg.t) {
+      case 'log':
+        log(msg.level, msg.message);
+        break;
+      case 'ready':
+        memoryBytes = msg.memoryBytes;
+        state = 'running';
+        readyResolve(msg);
+        break;
+      case 'failed':
+        readyReject(rebuild(msg.error));
+        closedResolve();
+        break;
+      case 'commands':
+        memoryBytes = msg.memoryBytes;
+        inFlight -= msg.handled;
+        holdProcess();
+        if (!fatal && msg.cmds.length) carryOut(msg.cmds);
+        break;
+      case 'fatal':
+        die(rebuild(msg.error));
+        break;
+      case 'closed':
+        closedResolve();
+        break;
+      default:
+        log('warn', `host: unknown message from the engine thread: ${JSON.stringify(msg.t)}`);
+    }
+  });
+  worker.on('error', (e) => {
+    const err = new NodeError(`the engine thread failed (${e?.message ?? e}); this node is stopped, restart it`, { cause: e, code: 'KARS_MESH_CORE_TRAP' });
+    if (state === 'starting') readyReject(err);
+    else die(err);
+  });
+  worker.on('exit', (code) => {
+    closedResolve();
+    if (state === 'starting') readyReject(new NodeError(`the engine thread exited while starting (code ${code})`, { code: 'KARS_MESH_CORE_LOAD' }));
+    else if (state !== 'stopped' && !fatal) die(new NodeError(`the engine thread ended unexpectedly (code ${code}); this node is stopped, restart it`, { code: 'KARS_MESH_CORE_TRAP' }));
+  });
+  // The process stays up while the engine has work it was given (events in
+  // flight, a close), as it did when the engine ran on this thread; an idle
+  // engine does not keep it up (a CLI exits when its work is done, pending
+  // tool calls and open sockets keep it up).
+  let inFlight = 0;
+  let closing = false;
+  let held = true;
+  function holdProcess() {
+    const want = !fatal && (inFlight > 0 || closing);
+    if (want === held) return;
+    held = want;
+    if (want) {
+      worker.ref();
+      port.ref();
+    } else {
+      worker.unref();
+      port.unref();
+    }
+  }
+
+  const { hasIdentity } = await ready;
+  holdProcess();
+
+  // Events of one turn go over together (one message), in order.
+  function flush() {
+    const events = outgoing;
+    outgoing = [];
+    if (!events.length || fatal) return;
+    inFlight += events.length;
+    holdProcess();
+    port.postMessage({ t: 'events', events });
+  }
+
+  const loop = {
+    dispatch(event) {
+      if (fatal || (state !== 'running' && event.tag !== 'stop') || state === 'stopped') return;
+      if (!outgoing.length) queueMicrotask(flush);
+      outgoing.push(event);
+    },
+    die,
+    get fatal() {
+      return fatal;
+    },
+    get state() {
+      return state === 'starting' ? 'running' : state;
+    },
+    beginStop() {
+      if (state === 'running') state = 'stopping';
+    },
+    end() {
+      state = 'stopped';
+    },
+  };
+
+  return {
+    hasIdentity,
+    loop,
+    memoryBytes: () => memoryBytes,
+    /** Everything sent so far is handled and its commands carried out; the database is closed. */
+    async close() {
+      if (!fatal) {
+        flush();
+        closing = true;
+        holdProcess();
+        port.postMessage({ t: 'close' });
+      }
+      await closed;
+      closing = false;
+      holdProcess();
+    },
+    terminate() {
+      state = 'stopped';
+      worker.terminate().catch(() => {});
+    },
+  };
+}

@@ -1,0 +1,316 @@
+// The state directory on SQLite (node:sqlite, WAL): one database per identity.
+//
+//   <dir>/            mode 0700
+//   <dir>/lock        pid of the process using the directory (single instance)
+//   <dir>/state.key   32 random bytes, mode 0600: the key the core seals records with
+//   <dir>/state.db    (+ -wal, -shm) mode 0600: table `records(key, value)`,
+//                     every value a record sealed by the core; the database never
+//                     sees a secret in the clear
+//   <dir>/files/      received files (jobs.js), unchanged
+//
+//   import { openStateDir } from './state-db.js';
+//   const store = openStateDir('/home/me/.kars-mesh', { sealedOnly: true });
+//   store.get(key) / store.list(prefix)            reads (see uncommitted writes)
+//   store.set(key, bytes) / store.delete(key)      writes: durable on return outside
+//                                                  a batch, at commit() inside one
+//   store.begin() ... store.commit()               group commit (js-host/engine-loop.js)
+//   store.close()                                  closes the database, releases the lock
+//
+// Why SQLite: the 0.1.0 store (storage-fs.js) wrote one file per record, each
+// with temp file, fsync, rename and a directory fsync; a round trip cost both
+// nodes 11.5 such writes and 25 fsyncs. Here every store/erase of a batch of
+// engine calls lands in one transaction, and one WAL fsync makes it durable
+// (`synchronous = FULL`: a commit that returned survives power loss).
+//
+// A state directory written by 0.1.0 (one file per record under records/) is
+// imported on first open: every record copied in one transaction, read back and
+// compared after the commit, and only then the old files removed. A crash at any
+// point leaves either the old files (imported again next time) or the committed
+// database (the leftover files are removed next time).
+//
+// node:sqlite is built into Node 22.13+ (and the Node 24 OpenClaw requires): no
+// native addon and no install script.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+import {
+  StateDirError,
+  NotSealedError,
+  notSealedReason,
+  acquireLock,
+  loadStateKey,
+  ensurePrivateDir,
+  openRecords,
+} from './storage-fs.js';
+
+export { StateDirError, NotSealedError, notSealedReason };
+
+const DB_FILE = 'state.db';
+const LEGACY_RECORDS = 'records';
+const FORMAT = '1';
+/** Keys are the core's storage keys; the 0.1.0 store refused longer ones too. */
+const MAX_KEY_BYTES = 1024;
+
+/** The minimum Node for node:sqlite without a flag. */
+export const MIN_NODE = '22.13.0';
+
+/**
+ * `node:sqlite`'s DatabaseSync, or a StateDirError that names the Node version
+ * needed and how to get it.
+ */
+export function sqliteModule() {
+  try {
+    return createRequire(import.meta.url)('node:sqlite');
+  } catch (e) {
+    throw new StateDirError(
+      `kars-mesh keeps its state in SQLite through node:sqlite, which needs Node ${MIN_NODE} or newer; this is Node ${process.versions.node}. ` +
+        'Install Node 24 (OpenClaw requires it too), or in a source checkout run `bash scripts/setup.sh`, which puts one in .cache/node24 ' +
+        'that bin/kars-mesh uses by itself',
+      { cause: e, code: 'KARS_MESH_NODE_VERSION' },
+    );
+  }
+}
+
+/** True when this Node has node:sqlite. */
+export function hasSqlite() {
+  try {
+    createRequire(import.meta.url)('node:sqlite');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Create `file` (0600) if it does not exist, so SQLite never creates it with the umask's mode. */
+function touchPrivate(file) {
+  try {
+    fs.closeSync(fs.openSync(file, fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY | (fs.constants.O_NOFOLLOW ?? 0), 0o600));
+  } catch (e) {
+    if (e.code !== 'EEXIST') throw e;
+  }
+  const st = fs.lstatSync(file);
+  if (!st.isFile()) throw new StateDirError(`${file} is not a regular file (a link or a directory); move it aside`);
+  if (process.platform !== 'win32' && (st.mode & 0o077) !== 0) fs.chmodSync(file, 0o600);
+}
+
+/**
+ * Open the records database of a state directory without locking it (the
+ * caller holds the lock), importing 0.1.0 record files first.
+ */
+export function openRecordsDb(dir, { sealedOnly = false, log = () => {} } = {}) {
+  const { DatabaseSync } = sqliteModule();
+  const root = path.resolve(dir);
+  ensurePrivateDir(root, 'state directory');
+  const file = path.join(root, DB_FILE);
+  let db;
+  try {
+    touchPrivate(file);
+    db = new DatabaseSync(file);
+    db.exec(`
+      PRAGMA journal_mode = WAL;
+      PRAGMA synchronous = FULL;
+      PRAGMA busy_timeout = 5000;
+      PRAGMA trusted_schema = OFF;
+      CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
+    `);
+  } catch (e) {
+    try { db?.close(); } catch { /* already failing */ }
+    if (e instanceof StateDirError) throw e;
+    throw new StateDirError(`cannot open the state database ${file}: ${e.message}. If the file is damaged, restore the directory from a backup`, { cause: e });
+  }
+  for (const suffix of ['-wal', '-shm']) {
+    try { fs.chmodSync(file + suffix, 0o600); } catch { /* not there yet: SQLite gives it the database's mode */ }
+  }
+  const q = {
+    get: db.prepare('SELECT value FROM records WHERE key = ?'),
+    from: db.prepare('SELECT key FROM records WHERE key >= ? ORDER BY key'),
+    put: db.prepare('INSERT INTO records (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value'),
+    del: db.prepare('DELETE FROM records WHERE key = ?'),
+    count: db.prepare('SELECT count(*) AS n FROM records'),
+    meta: db.prepare('SELECT value FROM meta WHERE name = ?'),
+    setMeta: db.prepare('INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value'),
+  };
+  if (q.meta.get('format') === undefined) q.setMeta.run('format', FORMAT);
+  else if (q.meta.get('format').value !== FORMAT) {
+    db.close();
+    throw new StateDirError(`the state database ${file} has format ${q.meta.get('format')?.value}, which this kars-mesh does not know; use the kars-mesh that wrote it`);
+  }
+  try {
+    importLegacy(root, db, q, { sealedOnly, log });
+  } catch (e) {
+    db.close();
+    throw e;
+  }
+
+  let inBatch = false;
+  let closed = false;
+  const checkKey = (key) => {
+    if (typeof key !== 'string') throw new TypeError('storage key must be a string');
+    if (Buffer.byteLength(key) > MAX_KEY_BYTES) throw new RangeError(`storage key too long (${Buffer.byteLength(key)} bytes, max ${MAX_KEY_BYTES})`);
+  };
+  return {
+    dir: root,
+    file,
+    /** Number of records (used to refuse creating a new state key over old records). */
+    get size() {
+      return Number(q.count.get().n);
+    },
+    /** Uint8Array or undefined; sees this connection's uncommitted writes. */
+    get(key) {
+      const row = q.get.get(key);
+      return row ? row.value : undefined;
+    },
+    /** Sorted keys starting with `prefix` (an index range scan, stopped at the first key past it). */
+    list(prefix = '') {
+      const out = [];
+      for (const row of q.from.iterate(prefix)) {
+        if (!row.key.startsWith(prefix)) break;
+        out.push(row.key);
+      }
+      return out;
+    },
+    set(key, bytes) {
+      checkKey(key);
+      if (!(bytes instanceof Uint8Array)) throw new TypeError('storage value must be a Uint8Array');
+      if (sealedOnly) {
+        const why = notSealedReason(bytes);
+        if (why) throw new NotSealedError(key, why);
+      }
+      q.put.run(key, bytes);
+    },
+    delete(key) {
+      checkKey(key);
+      q.del.run(key);
+    },
+    /** Start a batch: writes land together at commit(). */
+    begin() {
+      if (inBatch) return;
+      db.exec('BEGIN IMMEDIATE');
+      inBatch = true;
+    },
+    /** Make the batch durable (one WAL fsync). */
+    commit() {
+      if (!inBatch) return;
+      db.exec('COMMIT');
+      inBatch = false;
+    },
+    /** Drop the batch (only after a failure: nothing of it may count). */
+    rollback() {
+      if (!inBatch) return;
+      inBatch = false;
+      try { db.exec('ROLLBACK'); } catch { /* a failed COMMIT may already have rolled back */ }
+    },
+    get inBatch() {
+      return inBatch;
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      if (inBatch) this.rollback();
+      try {
+        db.exec('PRAGMA wal_checkpoint(TRUNCATE)');
+      } catch { /* checkpointing is an optimisation */ }
+      db.close();
+    },
+  };
+}
+
+/**
+ * 0.1.0 records (one file each under records/) into the database. Imported in
+ * one transaction, verified byte for byte after the commit, then the files
+ * are removed. A database that already holds the import only removes files
+ * that a crash left behind.
+ */
+function importLegacy(root, db, q, { sealedOnly, log }) {
+  const recDir = path.join(root, LEGACY_RECORDS);
+  if (!fs.existsSync(recDir)) return;
+  const done = q.meta.get('imported_0_1_0');
+  if (!done) {
+    const old = openRecords(root); // indexes the files; clears temp files of a crashed write
+    const keys = old.list('');
+    db.exec('BEGIN IMMEDIATE');
+    try {
+      for (const key of keys) {
+        const bytes = old.get(key);
+        if (bytes === undefined) continue;
+        const why = sealedOnly ? notSealedReason(bytes) : undefined;
+        if (why) {
+          throw new StateDirError(
+            `cannot import record ${JSON.stringify(key)} of kars-mesh 0.1.0 from ${recDir}: it is not a sealed record (${why}). ` +
+              `Nothing was changed; move ${recDir} aside if it is not a kars-mesh state directory`,
+          );
+        }
+        q.put.run(key, bytes);
+      }
+      q.setMeta.run('imported_0_1_0', JSON.stringify({ records: keys.length, at: new Date().toISOString() }));
+      db.exec('COMMIT');
+    } catch (e) {
+      try { db.exec('ROLLBACK'); } catch { /* nothing to undo */ }
+      if (e instanceof StateDirError) throw e;
+      throw new StateDirError(`cannot import the 0.1.0 records of ${root}: ${e.message}; nothing was changed, the old files are kept`, { cause: e });
+    }
+    // Verified from the committed database before a single old file goes.
+    for (const key of keys) {
+      const want = old.get(key);
+      const got = q.get.get(key)?.value;
+      if (want !== undefined && (!got || Buffer.compare(Buffer.from(want), Buffer.from(got)) !== 0)) {
+        throw new StateDirError(`the import of ${root}'s 0.1.0 records did not verify (record ${JSON.stringify(key)} differs); the old files are kept. Report this`);
+      }
+    }
+    log('info', `host: imported ${keys.length} record(s) of kars-mesh 0.1.0 into ${DB_FILE}`);
+  }
+  // Committed and verified: the old files are a stale copy of sealed secrets.
+  const aside = path.join(root, `.records-imported-${process.pid}`);
+  fs.renameSync(recDir, aside);
+  fs.rmSync(aside, { recursive: true, force: true });
+  fsyncDirQuiet(root);
+}
+
+function fsyncDirQuiet(dir) {
+  let fd;
+  try {
+    fd = fs.openSync(dir, 'r');
+    fs.fsyncSync(fd);
+  } catch { /* some file systems refuse; the rename is atomic anyway */ } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
+/**
+ * Open a state directory for one process: creates it (0700), takes the
+ * single-instance lock, opens (and if needed imports into) the database.
+ * `stateKey()` loads or creates the sealing key; `close()` closes the
+ * database and releases the lock.
+ */
+export function openStateDir(dir, { sealedOnly = false, log } = {}) {
+  if (!dir || typeof dir !== 'string') throw new StateDirError('no state directory given');
+  sqliteModule(); // the Node version first: before anything is created or locked
+  const root = path.resolve(dir);
+  ensurePrivateDir(root, 'state directory');
+  const lock = acquireLock(root);
+  let records;
+  try {
+    records = openRecordsDb(root, { sealedOnly, log });
+  } catch (e) {
+    lock.release();
+    throw e;
+  }
+  let closed = false;
+  return Object.assign(Object.create(records), {
+    lockPath: lock.path,
+    stateKey() {
+      return loadStateKey(root, { recordCount: records.size });
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      try {
+        records.close();
+      } finally {
+        lock.release();
+      }
+    },
+  });
+}
