@@ -29,6 +29,7 @@ export async function startEngineThread({ stateDir, filesDir, sealedOnly, log, c
     stderr: false,
   });
   let memoryBytes = 0;
+  let stats = null;
   let state = 'starting'; // 'starting' | 'running' | 'stopping' | 'stopped'
   let fatal = null;
   let outgoing = [];
@@ -67,6 +68,7 @@ export async function startEngineThread({ stateDir, filesDir, sealedOnly, log, c
         break;
       case 'commands':
         memoryBytes = msg.memoryBytes;
+        stats = msg.stats;
         inFlight -= msg.handled;
         holdProcess();
         if (!fatal && msg.cmds.length) carryOut(msg.cmds);
@@ -149,6 +151,7 @@ export async function startEngineThread({ stateDir, filesDir, sealedOnly, log, c
     hasIdentity,
     loop,
     memoryBytes: () => memoryBytes,
+    storeStats: () => (stats ? { ...stats } : undefined),
     /** Everything sent so far is handled and its commands carried out; the database is closed. */
     async close() {
       if (!fatal) {

@@ -20,7 +20,7 @@ import { loadCore } from './core.js';
 import { openRecordsDb } from './state-db.js';
 import { loadStateKey } from './storage-fs.js';
 import { createJobs } from './jobs.js';
-import { createEventLoop } from './event-loop.js';
+import { createEventLoop, batchTotals } from './event-loop.js';
 import { NodeError, errorText } from './node-error.js';
 import { crashHookFromEnv } from './crash-hook.js';
 
@@ -64,6 +64,7 @@ async function boot() {
   // Only file-write is carried out here (durable, in order with the records);
   // every other file and job command goes to the main thread.
   const files = createJobs({ filesDir, dispatch: () => {}, log, stateDir });
+  const stats = batchTotals();
   loop = createEventLoop({
     engine: core.engine,
     takeHostFault() {
@@ -73,7 +74,8 @@ async function boot() {
     },
     store,
     fileWrite: (rel, bytes) => files.fileWrite(rel, bytes),
-    carryOut: (cmds, handled) => port.postMessage({ t: 'commands', cmds, handled, memoryBytes: core.memoryBytes() }),
+    carryOut: (cmds, handled) => port.postMessage({ t: 'commands', cmds, handled, memoryBytes: core.memoryBytes(), stats: stats.totals }),
+    onBatch: stats.add,
     log,
     onDeath: (err) => port.postMessage({ t: 'fatal', error: errorData(err) }),
     crashHook: crashHookFromEnv(),
@@ -100,6 +102,7 @@ function take(msg, events) {
 
 function close() {
   try {
+    loop?.flush();
     store?.close();
   } catch (e) {
     log('warn', `host: closing the state database: ${errorText(e)}`);

@@ -16,6 +16,14 @@
 //     the order "records, then the file, then later records" holds on disk.
 //   - A batch ends after MAX_BATCH_EVENTS events, MAX_BATCH_MS of engine
 //     time or MAX_BATCH_BYTES stored, so an answer never waits behind a flood.
+//   - A batch whose commands all stay inside this process (timers, reading a
+//     file the user named) need not wait for its commit: nothing leaves, so
+//     nothing can be seen that a crash would undo. Its commands are carried
+//     out at once and its writes join the next batch's commit, or are
+//     committed after LAZY_COMMIT_MS of quiet. A receipt from a peer
+//     (erasing the acknowledged entry) is such a batch, so it costs no fsync
+//     of its own; a crash before the commit makes the peer receive that
+//     message again, which it drops as a repeat.
 //   - If the core traps or a write fails, the open transaction is rolled
 //     back and nothing of the batch leaves: as if the node had crashed
 //     before it (the engine's restore handles that, and peers resend).
@@ -25,6 +33,9 @@ import { NodeError, errorText } from './node-error.js';
 export const MAX_BATCH_EVENTS = 256;
 export const MAX_BATCH_MS = 20;
 export const MAX_BATCH_BYTES = 32 * 1024 * 1024;
+export const LAZY_COMMIT_MS = 25;
+/** Commands with no effect outside this process: a batch of only these may commit later. */
+const STAYS_HERE = new Set(['timer-set', 'timer-cancel', 'file-read']);
 
 /**
  * @param {object} o
@@ -37,8 +48,10 @@ export const MAX_BATCH_BYTES = 32 * 1024 * 1024;
  *        after the commit (called for every batch, with how many events it handled)
  * @param {(level: string, message: string) => void} o.log
  * @param {(err: Error) => void} o.onDeath  the node died: settle what waits, release everything
- * @param {(point: 'store'|'commit', n: number) => void} [o.crashHook]  tests only: see node-host.js
- * @param {(stats: {events: number, stores: number, bytes: number, commitMs: number}) => void} [o.onBatch]
+ * @param {(point: 'store'|'commit', n: number, tags: Set<string>|string|undefined) => void} [o.crashHook]
+ *        tests only: js-host/crash-hook.js
+ * @param {(stats: {events: number, stores: number, bytes: number, engineMs: number, commitMs: number, committed: boolean}) => void} [o.onBatch]
+ *        after each committed batch (what the benchmarks report)
  */
 export function createEventLoop({ engine, takeHostFault, store, fileWrite, carryOut, log, onDeath, crashHook, onBatch }) {
   /** 'running' | 'stopping' (only the stop event still reaches the engine) | 'stopped' */
@@ -78,7 +91,7 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
   }
 
   function runBatch() {
-    const batch = { outbox: [], events: 0, stores: 0, bytes: 0 };
+    const batch = { outbox: [], events: 0, stores: 0, bytes: 0, engineMs: 0, tags: new Set() };
     const t0 = performance.now();
     while (queue.length && !fatal) {
       handleOne(queue.shift(), batch);
@@ -87,9 +100,18 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
     }
     if (fatal) return;
     const c0 = performance.now();
-    if (!commit()) return;
-    onBatch?.({ events: batch.events, stores: batch.stores, bytes: batch.bytes, commitMs: performance.now() - c0 });
-    crashHook?.('commit', batch.stores);
+    const leaves = batch.outbox.some((c) => !STAYS_HERE.has(c?.tag));
+    const writes = batch.stores + lazyStores;
+    if (leaves || !batched) {
+      if (!commit()) return;
+      crashHook?.('commit', writes, batch.tags);
+      lazyStores = 0;
+    } else if (store.inBatch) {
+      lazyStores += batch.stores;
+      lazyTimer ??= setTimeout(flushLazy, LAZY_COMMIT_MS);
+      lazyTimer.unref?.();
+    }
+    onBatch?.({ events: batch.events, stores: batch.stores, bytes: batch.bytes, engineMs: batch.engineMs, commitMs: performance.now() - c0, committed: (leaves || !batched) && writes > 0 });
     {
       try {
         carryOut(batch.outbox, batch.events);
@@ -99,7 +121,23 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
     }
   }
 
+  /** Writes of batches that did not need their commit yet (see the header). */
+  let lazyStores = 0;
+  let lazyTimer = null;
+  function flushLazy() {
+    lazyTimer = null;
+    if (draining || fatal || !store.inBatch) return;
+    if (commit()) {
+      crashHook?.('commit', lazyStores, undefined);
+      lazyStores = 0;
+    }
+  }
+
   function commit() {
+    if (lazyTimer) {
+      clearTimeout(lazyTimer);
+      lazyTimer = null;
+    }
     if (!batched) return true;
     try {
       store.commit();
@@ -111,10 +149,13 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
   }
 
   function handleOne(event, batch) {
+    batch.tags.add(event?.tag);
     takeHostFault(); // one recorded outside handle() is not this call's
     let cmds;
+    const h0 = performance.now();
     try {
       cmds = engine.handle(event);
+      batch.engineMs += performance.now() - h0;
     } catch (e) {
       die(new NodeError(`the kars-mesh core failed (${errorText(e)}); this node is stopped, restart it`, {
         cause: e,
@@ -139,7 +180,7 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
           })) return;
           batch.stores++;
           batch.bytes += bytes?.byteLength ?? 0;
-          crashHook?.('store', batch.stores);
+          crashHook?.('store', batch.stores, event.tag);
           break;
         }
         case 'erase':
@@ -176,6 +217,7 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
   function die(err) {
     if (fatal) return;
     fatal = err;
+    if (lazyTimer) clearTimeout(lazyTimer);
     if (batched) store.rollback();
     log('error', err.message);
     queue.length = 0;
@@ -186,6 +228,10 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
     dispatch,
     dispatchAll,
     die,
+    /** Commit writes still waiting for a lazy commit (before the database is closed). */
+    flush() {
+      if (!fatal && !draining && batched && store.inBatch) flushLazy();
+    },
     get fatal() {
       return fatal;
     },
@@ -199,6 +245,23 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
     /** Nothing reaches the engine any more. */
     end() {
       state = 'stopped';
+    },
+  };
+}
+
+/** Running totals of the batches (node.storeStats()). */
+export function batchTotals() {
+  const totals = { batches: 0, commits: 0, events: 0, stores: 0, bytes: 0, engineMs: 0, commitMs: 0 };
+  return {
+    totals,
+    add(b) {
+      totals.batches++;
+      if (b.committed) totals.commits++;
+      totals.events += b.events;
+      totals.stores += b.stores;
+      totals.bytes += b.bytes;
+      totals.engineMs += b.engineMs;
+      totals.commitMs += b.commitMs;
     },
   };
 }

@@ -31,7 +31,7 @@ import { crashHookFromEnv } from './crash-hook.js';
 import { createJobs } from './jobs.js';
 import { escapeLog } from './log-escape.js';
 import { NodeError, errorText } from './node-error.js';
-import { createEventLoop, commandTable } from './event-loop.js';
+import { createEventLoop, commandTable, batchTotals } from './event-loop.js';
 import { createSockets, webSocketClass } from './sockets.js';
 import { createHttp } from './http.js';
 import { createTimers } from './timers.js';
@@ -147,6 +147,13 @@ export async function createNode(opts = {}) {
     /** The engine's linear memory in bytes (as of its last batch in the engine thread). */
     memoryBytes() {
       return node.memoryBytes();
+    },
+    /**
+     * Group-commit totals since start: {batches, commits (batches with stores), events,
+     * stores (store + erase), bytes, engineMs, commitMs} (as of the last batch).
+     */
+    storeStats() {
+      return node.storeStats();
     },
     /** HTTP requests that failed and WebSocket connects that never opened, since start. */
     get ioFailures() {
@@ -271,9 +278,11 @@ async function engineHere({ root, sealedOnly, loadCoreImpl, jobs, log, carryOut,
     records.close();
     throw e;
   }
+  const stats = batchTotals();
   const loop = createEventLoop({
     engine: engine.core.engine,
     takeHostFault: engine.takeHostFault,
+    onBatch: stats.add,
     store: records,
     fileWrite: (rel, bytes) => jobs.fileWrite(rel, bytes),
     carryOut,
@@ -286,7 +295,9 @@ async function engineHere({ root, sealedOnly, loadCoreImpl, jobs, log, carryOut,
     hasIdentity: records.get('identity') !== undefined,
     takeStateKey: engine.takeStateKey,
     memoryBytes: () => (typeof engine.core.memoryBytes === 'function' ? engine.core.memoryBytes() : undefined),
+    storeStats: () => ({ ...stats.totals }),
     async close() {
+      loop.flush();
       records.close();
     },
     terminate() {
@@ -303,6 +314,7 @@ async function engineInWorker({ root, filesDir, sealedOnly, log, carryOut, onDea
     hasIdentity: thread.hasIdentity,
     takeStateKey: () => undefined, // the engine's thread adds it to the start event
     memoryBytes: thread.memoryBytes,
+    storeStats: thread.storeStats,
     close: thread.close,
     terminate: thread.terminate,
   };
@@ -395,6 +407,7 @@ async function runNode({ root, lock, filesDir, sealedOnly, inWorker, loadCoreImp
     hasIdentity: engine.hasIdentity,
     takeStateKey: engine.takeStateKey,
     memoryBytes: engine.memoryBytes,
+    storeStats: engine.storeStats,
     get stopped() {
       return engine.loop.state === 'stopped';
     },

@@ -27,6 +27,6 @@ step "cargo test (native)"
 cargo test --release
 
 step "node --test (the built component; Node 22.13+ for node:sqlite)"
-bash scripts/node.sh --test tests/
+bash scripts/node.sh --test 'tests/*.test.mjs'
 
 printf '\nAll checks passed.\n'

@@ -32,7 +32,8 @@ function hookExit() {
 /**
  * @param {{stateDir: string, relayUrl: string, registryUrl: string, name?: string,
  *          echo?: boolean, reader?: boolean, waitSeconds?: number, readyTimeoutMs?: number,
- *          label?: string, stderrTail?: number, buffer?: boolean}} o
+ *          label?: string, stderrTail?: number, buffer?: boolean, env?: object}} o
+ *   env: extra environment variables for the driver (e.g. KARS_MESH_TEST_CRASH_AT)
  *   buffer: false = events nobody waits for are only emitted, not kept for next()
  */
 export async function spawnMeshNode(o) {
@@ -42,7 +43,7 @@ export async function spawnMeshNode(o) {
   if (o.echo) args.push('--echo');
   if (o.reader === false) args.push('--no-reader');
   if (o.waitSeconds) args.push('--wait-seconds', String(o.waitSeconds));
-  const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'], env: o.env ? { ...process.env, ...o.env } : undefined });
   live.add(child);
 
   const em = new EventEmitter();

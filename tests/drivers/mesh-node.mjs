@@ -19,9 +19,10 @@
 //   {"req":1,"cmd":"send","to":DID,"message":{...}}       mesh_send (message = object)
 //   ... "key":"..."                                         passed as mesh_send idempotency_key
 //   {"req":2,"cmd":"inbox","wait_seconds":S,"limit":N,"mark_read":B,"ids":[...]}  (with --no-reader; peek unless mark_read)
-//   {"req":3,"cmd":"identity"}                            mesh_identity details
-//   {"req":4,"cmd":"burst","to":DID,"count":N,"tag":T}    N sequential sends of
-//                                                          {type:"bench",tag,n}; reply {sent,ms}
+//   {"req":3,"cmd":"identity"}                            mesh_identity details, store: group-commit totals
+//   {"req":4,"cmd":"burst","to":DID,"count":N,"tag":T[,"window":W]}  N sends of
+//                                                          {type:"bench",tag,n}, W in flight (default 1:
+//                                                          sequential); reply {sent,ms}
 //   {"req":5,"cmd":"stop"}                                stop the node, reply, exit 0 (also on EOF)
 // stderr: the engine's log lines (info and above) with a timestamp.
 //
@@ -122,16 +123,18 @@ async function reader() {
     }
     const batch = r.details.mesh.messages;
     for (const m of batch) await outFlushed({ event: 'message', ...m }).catch(fatal);
-    if (batch.length) {
-      const mark = await node.callTool('mesh_inbox', { ids: batch.map((m) => m.id), mark_read: true, limit: batch.length }).catch(fatal);
-      if (mark && isError(mark)) process.stderr.write(`[${stamp()} ${process.pid} driver] marking read failed: ${errText(mark)}\n`);
+    if (!batch.length) continue;
+    // Act (echo), and mark read in the same turn: the node commits both in
+    // one batch. A kill before that commit shows the messages again after
+    // the restart (acted on at least once); marking before acting would lose them.
+    const echoes = opts.echo ? batch.filter((m) => !(m.payload && m.payload.type === 'echo')) : [];
+    const sends = echoes.map((m) => node.callTool('mesh_send', { to: m.from, message: { type: 'echo', content: m.payload } }));
+    const mark = node.callTool('mesh_inbox', { ids: batch.map((m) => m.id), mark_read: true, limit: batch.length });
+    for (const s of await Promise.all(sends).catch(fatal) ?? []) {
+      if (isError(s)) process.stderr.write(`[${stamp()} ${process.pid} driver] echo failed: ${errText(s)}\n`);
     }
-    for (const m of batch) {
-      if (opts.echo && !(m.payload && m.payload.type === 'echo')) {
-        const s = await node.callTool('mesh_send', { to: m.from, message: { type: 'echo', content: m.payload } }).catch(fatal);
-        if (isError(s)) process.stderr.write(`[${stamp()} ${process.pid} driver] echo failed: ${errText(s)}\n`);
-      }
-    }
+    const marked = await mark.catch(fatal);
+    if (marked && isError(marked)) process.stderr.write(`[${stamp()} ${process.pid} driver] marking read failed: ${errText(marked)}\n`);
   }
 }
 if (opts.reader) reader();
@@ -158,18 +161,28 @@ async function command(c) {
     }
     case 'identity': {
       const r = await node.callTool('mesh_identity', {});
-      return reply({ ok: !isError(r), ...r.details?.mesh });
+      return reply({ ok: !isError(r), ...r.details?.mesh, store: node.storeStats() });
     }
     case 'burst': {
       const t0 = performance.now();
       let failed = 0;
+      // `window` sends in flight at once (default 1: each waits for the one
+      // before). The node hands them to the engine in order; with more than
+      // one in flight their stores share commits.
+      const window = Math.max(1, Math.min(1024, Number(c.window ?? 1) || 1));
+      const inFlight = new Set();
       for (let n = 0; n < c.count; n++) {
-        const r = await node.callTool('mesh_send', { to: c.to, message: { type: 'bench', tag: c.tag ?? null, n } });
-        if (isError(r)) {
-          failed++;
-          process.stderr.write(`[${stamp()} ${process.pid} driver] burst send ${n} failed: ${errText(r)}\n`);
-        }
+        const p = node.callTool('mesh_send', { to: c.to, message: { type: 'bench', tag: c.tag ?? null, n } }).then((r) => {
+          inFlight.delete(p);
+          if (isError(r)) {
+            failed++;
+            process.stderr.write(`[${stamp()} ${process.pid} driver] burst send ${n} failed: ${errText(r)}\n`);
+          }
+        });
+        inFlight.add(p);
+        if (inFlight.size >= window) await Promise.race(inFlight);
       }
+      await Promise.all(inFlight);
       return reply({ ok: failed === 0, sent: c.count - failed, failed, ms: performance.now() - t0 });
     }
     case 'stop':

@@ -1,0 +1,138 @@
+// js-host/event-loop.js: group commit. The stores of a batch of events land
+// in one transaction; nothing else the batch asked for leaves before that
+// commit; a failed commit or a trap lets nothing of the batch out; batches
+// that only set timers commit later with the next one. And js-host/state-db.js:
+// a process killed inside a transaction leaves none of it.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { createEventLoop, LAZY_COMMIT_MS } from '../js-host/event-loop.js';
+import { openRecordsDb } from '../js-host/state-db.js';
+
+const sealed = (n) => { const b = new Uint8Array(40); b[0] = 2; b[1] = n; return b; };
+
+/** A store that records what happens to it, in order, in `log`. */
+function recordingStore(log, { failCommit = false } = {}) {
+  const committed = new Map();
+  let pending = null;
+  return {
+    committed,
+    get inBatch() { return pending !== null; },
+    begin() { if (!pending) { pending = new Map(); log.push('begin'); } },
+    set(k, v) { (pending ?? committed).set(k, v); log.push(`set ${k}`); },
+    delete(k) { (pending ?? committed).set(k, undefined); log.push(`erase ${k}`); },
+    get(k) { return pending?.has(k) ? pending.get(k) : committed.get(k); },
+    commit() {
+      if (!pending) return;
+      if (failCommit) throw new Error('disk full');
+      for (const [k, v] of pending) committed.set(k, v);
+      pending = null;
+      log.push('commit');
+    },
+    rollback() { pending = null; log.push('rollback'); },
+  };
+}
+
+function loopWith(handle, { store, log, onDeath = () => {} }) {
+  return createEventLoop({
+    engine: { handle },
+    takeHostFault: () => null,
+    store,
+    fileWrite: (rel) => log.push(`file-write ${rel}`),
+    carryOut: (cmds) => { for (const c of cmds) log.push(`out ${c.tag}${c.val?.text ? ' ' + c.val.text : ''}`); },
+    log: () => {},
+    onDeath,
+  });
+}
+
+test('the events waiting together are one batch: every store first, one commit, then the commands in order', () => {
+  const log = [];
+  const store = recordingStore(log);
+  const seenBeforeCommit = [];
+  const loop = loopWith((ev) => {
+    const n = ev.val;
+    // The engine's reads see the batch's earlier stores before they are committed.
+    if (n > 0) seenBeforeCommit.push(store.get(`r${n - 1}`)?.[1]);
+    return [
+      { tag: 'store', val: [`r${n}`, sealed(n)] },
+      { tag: 'socket-send', val: { socket: 1, text: `frame ${n}` } },
+      { tag: 'tool-result', val: { callId: `c${n}`, resultJson: '{}' } },
+    ];
+  }, { store, log });
+  loop.dispatchAll([0, 1, 2].map((n) => ({ tag: 'socket-frame', val: n })));
+  assert.deepEqual(log, [
+    'begin', 'set r0', 'set r1', 'set r2', 'commit',
+    'out socket-send frame 0', 'out tool-result', 'out socket-send frame 1', 'out tool-result', 'out socket-send frame 2', 'out tool-result',
+  ]);
+  assert.deepEqual(seenBeforeCommit, [0, 1]);
+});
+
+test('a commit that fails lets nothing of the batch out and stops the node', () => {
+  const log = [];
+  let died = null;
+  const loop = loopWith(() => [
+    { tag: 'store', val: ['k', sealed(1)] },
+    { tag: 'socket-send', val: { socket: 1, text: 'must not leave' } },
+  ], { store: recordingStore(log, { failCommit: true }), log, onDeath: (e) => { died = e; } });
+  loop.dispatch({ tag: 'socket-frame', val: 0 });
+  assert.equal(died?.code, 'KARS_MESH_STORE');
+  assert.match(died.message, /cannot commit state records: disk full/);
+  assert.ok(!log.some((l) => l.startsWith('out ')), log.join('\n'));
+  assert.ok(log.includes('rollback'));
+  loop.dispatch({ tag: 'socket-frame', val: 1 });
+  assert.equal(log.filter((l) => l === 'set k').length, 1, 'a dead loop hands the engine nothing more');
+});
+
+test('a trap in the middle of a batch rolls back the batch\'s earlier stores too; none of its commands leave', () => {
+  const log = [];
+  let died = null;
+  const loop = loopWith((ev) => {
+    if (ev.val === 1) throw new Error('unreachable');
+    return [{ tag: 'store', val: [`r${ev.val}`, sealed(ev.val)] }, { tag: 'socket-send', val: { socket: 1, text: `f${ev.val}` } }];
+  }, { store: recordingStore(log), log, onDeath: (e) => { died = e; } });
+  loop.dispatchAll([0, 1].map((n) => ({ tag: 'socket-frame', val: n })));
+  assert.equal(died?.code, 'KARS_MESH_CORE_TRAP');
+  assert.deepEqual(log, ['begin', 'set r0', 'rollback']);
+});
+
+test('file-write commits the stores before it first; a batch of only timers commits later, with the next batch or after a quiet moment', async () => {
+  const log = [];
+  const store = recordingStore(log);
+  const loop = loopWith((ev) => {
+    if (ev.tag === 'file') return [{ tag: 'store', val: ['before', sealed(1)] }, { tag: 'file-write', val: ['out/a.bin', new Uint8Array(1)] }, { tag: 'store', val: ['after', sealed(2)] }, { tag: 'tool-result', val: { callId: 'x', resultJson: '{}' } }];
+    if (ev.tag === 'receipt') return [{ tag: 'erase', val: 'outbox/1' }, { tag: 'timer-cancel', val: 1n }];
+    return [{ tag: 'store', val: ['sent', sealed(3)] }, { tag: 'socket-send', val: { socket: 1, text: 'next' } }];
+  }, { store, log });
+  loop.dispatch({ tag: 'file' });
+  assert.deepEqual(log, ['begin', 'set before', 'commit', 'file-write out/a.bin', 'begin', 'set after', 'commit', 'out tool-result']);
+  log.length = 0;
+  loop.dispatch({ tag: 'receipt' });
+  assert.deepEqual(log, ['begin', 'erase outbox/1', 'out timer-cancel'], 'nothing leaves: no commit needed yet');
+  loop.dispatch({ tag: 'send' });
+  assert.deepEqual(log.slice(3), ['set sent', 'commit', 'out socket-send next'], 'one commit covers both batches');
+  log.length = 0;
+  loop.dispatch({ tag: 'receipt' });
+  await new Promise((r) => setTimeout(r, LAZY_COMMIT_MS * 4));
+  assert.deepEqual(log, ['begin', 'erase outbox/1', 'out timer-cancel', 'commit'], 'committed after a quiet moment');
+});
+
+test('state-db: a process killed inside a transaction leaves none of it; a committed one survives', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kars-txn-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const child = `
+    import { openRecordsDb } from ${JSON.stringify(new URL('../js-host/state-db.js', import.meta.url).href)};
+    const db = openRecordsDb(${JSON.stringify(dir)}, { sealedOnly: true });
+    const rec = (n) => { const b = new Uint8Array(40); b[0] = 2; b[1] = n; return b; };
+    db.begin(); db.set('committed', rec(1)); db.commit();
+    db.begin(); db.set('session', rec(2)); db.set('inbox', rec(3));
+    process.kill(process.pid, 'SIGKILL');`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', child], { encoding: 'utf8' });
+  assert.equal(r.signal, 'SIGKILL', r.stderr);
+  const db = openRecordsDb(dir);
+  t.after(() => db.close());
+  assert.deepEqual(db.list(''), ['committed']);
+  assert.equal(db.get('committed')[1], 1);
+});
