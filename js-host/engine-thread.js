@@ -9,6 +9,23 @@ import { StateDirError } from './storage-fs.js';
 
 const WORKER_URL = new URL('./engine-worker.js', import.meta.url);
 
+/**
+ * Large byte arrays that events own alone (a file the user named, an HTTP
+ * body): moved to the engine's thread instead of copied, so a 30 MiB input
+ * costs this thread no copy. Only a view over its whole buffer is moved (a
+ * Buffer from Node's shared pool is not).
+ */
+function movable(events) {
+  const out = [];
+  for (const ev of events) {
+    const bytes = ev.tag === 'file-loaded' ? ev.val?.bytes : ev.tag === 'http-response' ? ev.val?.body : undefined;
+    if (bytes instanceof Uint8Array && bytes.byteLength >= 64 * 1024 && bytes.byteOffset === 0 && bytes.buffer.byteLength === bytes.byteLength && !out.includes(bytes.buffer)) {
+      out.push(bytes.buffer);
+    }
+  }
+  return out;
+}
+
 function rebuild(error) {
   if (error?.name === 'StateDirError') return new StateDirError(error.message, { code: error.code });
   return new NodeError(error?.message ?? 'the engine thread failed', { code: error?.code ?? 'KARS_MESH_CORE_TRAP' });
@@ -34,6 +51,8 @@ export async function startEngineThread({ stateDir, filesDir, sealedOnly, log, c
   let fatal = null;
   let outgoing = [];
   let closedResolve;
+  /** The worker said it closed the database: its exit is the expected end. */
+  let closedByUs = false;
   const closed = new Promise((r) => (closedResolve = r));
   let readyResolve;
   let readyReject;
@@ -77,6 +96,7 @@ export async function startEngineThread({ stateDir, filesDir, sealedOnly, log, c
         die(rebuild(msg.error));
         break;
       case 'closed':
+        closedByUs = true;
         closedResolve();
         break;
       default:
@@ -91,7 +111,7 @@ export async function startEngineThread({ stateDir, filesDir, sealedOnly, log, c
   worker.on('exit', (code) => {
     closedResolve();
     if (state === 'starting') readyReject(new NodeError(`the engine thread exited while starting (code ${code})`, { code: 'KARS_MESH_CORE_LOAD' }));
-    else if (state !== 'stopped' && !fatal) die(new NodeError(`the engine thread ended unexpectedly (code ${code}); this node is stopped, restart it`, { code: 'KARS_MESH_CORE_TRAP' }));
+    else if (!closedByUs && state !== 'stopped' && !fatal) die(new NodeError(`the engine thread ended unexpectedly (code ${code}); this node is stopped, restart it`, { code: 'KARS_MESH_CORE_TRAP' }));
   });
   // The process stays up while the engine has work it was given (events in
   // flight, a close), as it did when the engine ran on this thread; an idle
@@ -123,7 +143,7 @@ export async function startEngineThread({ stateDir, filesDir, sealedOnly, log, c
     if (!events.length || fatal) return;
     inFlight += events.length;
     holdProcess();
-    port.postMessage({ t: 'events', events });
+    port.postMessage({ t: 'events', events }, movable(events));
   }
 
   const loop = {

@@ -83,8 +83,7 @@ test('real core: the identity record on disk is sealed, not plaintext', async (t
 
 test('real core: a replaced state key is a clear start error, and the identity is left alone', async (t) => {
   const stateDir = tmpDir(t);
-  (await createNode({ stateDir, log: quiet })).stop();
-  await new Promise((r) => setTimeout(r, 10));
+  await (await createNode({ stateDir, log: quiet })).stop();
   const before = readRecord(stateDir, 'identity');
   fs.writeFileSync(path.join(stateDir, 'state.key'), Buffer.alloc(32, 9), { mode: 0o600 });
   await assert.rejects(createNode({ stateDir, log: quiet }), (e) => {
