@@ -19,6 +19,9 @@
 //   hidden under empty tmpfs mounts and only its work directory is mounted
 //   back; without namespaces it is NOT run unless the operator opted out
 //   (--exec-unisolated). The work directory is erased when the job ends.
+//   Lines `KARS_PROGRESS <pct> <text>` the command prints on its stdout are
+//   its progress reports: passed to the core as `job-progress` (the newest
+//   at most every PROGRESS_EVERY_MS) and left out of the output's tail.
 // * Sandbox directories are used once: a job whose directory exists is
 //   refused (unless it is the same job started again after a controller
 //   restart, which gets a fresh directory), and the whole directory (state,
@@ -46,6 +49,12 @@ const MAX_OUTPUT_BYTES = 31_454_208;
 // Most files named in `refused` (a command may leave thousands).
 const MAX_REFUSED = 50;
 const LOG_TAIL = 16 * 1024;
+// An --exec command's progress lines (`KARS_PROGRESS <pct> <text>`), and how
+// often at most one goes to the core (the newest wins).
+const PROGRESS_PREFIX = 'KARS_PROGRESS';
+const PROGRESS_EVERY_MS = 200;
+// A line longer than this is output, never a progress report.
+const PROGRESS_LINE_MAX = 4096;
 const SANDBOX_READY_TIMEOUT_MS = 120_000;
 
 /** A relative path the core chose, checked again: no escape from `root`. */
@@ -72,6 +81,78 @@ class LinkRefused extends Error {}
 
 /** `name` inside the directory `d` ({fd} on Linux, else {path}). */
 const at = (d, name) => (d.fd !== undefined ? `${PROC_FD}/${d.fd}/${name}` : path.join(d.path, name));
+
+/**
+ * Split an exec command's stdout into its progress reports and the rest.
+ * `take(chunk)` returns the text that is output (complete lines, and a
+ * partial line that cannot be a report); `end()` what is left at exit.
+ * `report(rest)` gets what follows `KARS_PROGRESS ` on a report line.
+ */
+export function progressLines(report) {
+  let partial = '';
+  const isReport = (line) => line === PROGRESS_PREFIX || line.startsWith(`${PROGRESS_PREFIX} `) || line.startsWith(`${PROGRESS_PREFIX}\t`);
+  // Could `s` still become a report line once more text comes?
+  const mayBeReport = (s) => s.length <= PROGRESS_LINE_MAX && (PROGRESS_PREFIX.startsWith(s) || isReport(s));
+  const line = (l) => {
+    const text = l.endsWith('\r') ? l.slice(0, -1) : l;
+    if (isReport(text) && text.length <= PROGRESS_LINE_MAX) {
+      report(text.slice(PROGRESS_PREFIX.length + 1));
+      return '';
+    }
+    return `${l}\n`;
+  };
+  return {
+    take(chunk) {
+      const lines = (partial + chunk).split('\n');
+      partial = lines.pop();
+      let out = lines.map(line).join('');
+      if (!mayBeReport(partial)) {
+        out += partial;
+        partial = '';
+      }
+      return out;
+    },
+    end() {
+      const rest = partial;
+      partial = '';
+      if (!rest) return '';
+      return line(rest).replace(/\n$/, '');
+    },
+  };
+}
+
+/**
+ * At most one call of `send(value)` every `everyMs`: a value that comes
+ * sooner waits, and a newer one replaces it. `flush()` sends a waiting one.
+ */
+function throttled(send, everyMs) {
+  let last = 0;
+  let waiting = null;
+  let timer = null;
+  const fire = () => {
+    timer = null;
+    if (waiting === null) return;
+    const v = waiting;
+    waiting = null;
+    last = Date.now();
+    send(v);
+  };
+  return {
+    push(v) {
+      waiting = v;
+      const wait = last + everyMs - Date.now();
+      if (wait <= 0) fire();
+      else if (!timer) {
+        timer = setTimeout(fire, wait);
+        timer.unref?.();
+      }
+    },
+    flush() {
+      if (timer) clearTimeout(timer);
+      fire();
+    },
+  };
+}
 
 /** The core's output limits from an exec spec (defaults when absent). */
 function outputLimits(spec) {
@@ -716,7 +797,11 @@ export function createJobs({ filesDir, dispatch, log, sandboxes, exec, execUniso
     const entry = { child, kind: 'exec', dir: work, parts: workParts };
     running.set(id, entry);
     const add = (d) => { logText = tail(logText + d); };
-    child.stdout.setEncoding('utf8').on('data', add);
+    const progress = throttled((rest) => {
+      if (running.get(id) === entry) dispatch({ tag: 'job-progress', val: [id, rest] });
+    }, PROGRESS_EVERY_MS);
+    const stdout = progressLines((rest) => progress.push(rest));
+    child.stdout.setEncoding('utf8').on('data', (d) => add(stdout.take(d)));
     child.stderr.setEncoding('utf8').on('data', add);
     const ms = Number(spec.timeout_ms) > 0 ? Math.min(Number(spec.timeout_ms), 2 ** 31 - 1) : 30 * 60_000;
     const t = setTimeout(() => { add(`\n[killed after ${Math.round(ms / 1000)}s]\n`); killGroup(child.pid, 'SIGKILL'); }, ms);
@@ -724,6 +809,9 @@ export function createJobs({ filesDir, dispatch, log, sandboxes, exec, execUniso
     child.on('error', (e) => add(`\n${e.message}\n`));
     child.on('close', (code, signal) => {
       clearTimeout(t);
+      add(stdout.end());
+      // The last report goes before the exit.
+      progress.flush();
       if (running.get(id) !== entry) {
         try { removeAt(root, workParts); } catch { /* best effort */ }
         return;

@@ -16,6 +16,9 @@
 //     first tool call.
 //   - Tools never throw: a node that cannot start answers
 //     "❌ Failed to connect to mesh: <reason>".
+//   - Where the host passes `onUpdate` (OpenClaw's AgentToolUpdateCallback),
+//     a waiting `offload_status` streams the offload's progress reports
+//     through it (`offloadStatusWithUpdates`).
 
 import os from 'node:os';
 import path from 'node:path';
@@ -217,6 +220,82 @@ export async function callEngine(settings, log, tool, params, { signal, timeoutM
   }
 }
 
+// ---- offload progress through the host's update channel ------------------
+
+const KIB = 1024;
+const MIB = 1024 * 1024;
+
+/** `12.0 of 30.0 MiB` (both in the unit of the total), as the engine writes it. */
+function ofSize(done, total) {
+  if (total < KIB) return `${done} of ${total} bytes`;
+  const [div, unit] = total < MIB ? [KIB, 'KiB'] : [MIB, 'MiB'];
+  return `${(done / div).toFixed(1)} of ${(total / div).toFixed(1)} ${unit}`;
+}
+
+/**
+ * The public progress line of an offload event: our own words and numbers
+ * only (no file name, nothing the sandbox wrote), as OpenClaw asks of
+ * channel progress (`privacy: "public"`).
+ */
+export function publicProgressText(requestId, e) {
+  const p = e?.progress;
+  const id = `Offload ${String(requestId ?? '').slice(0, 8)}`;
+  if (!p) return `${id}: ${e?.phase ?? 'update'}`;
+  if (p.kind === 'wait') return `${id}: the sandbox is waiting to start`;
+  if (p.kind === 'run') return typeof p.pct === 'number' ? `${id} running: ${p.pct}%` : `${id} running`;
+  const verb = p.kind === 'output' ? 'received' : 'acknowledged';
+  const counted = p.chunks_total === 1 ? `1 of 1 message ${verb}` : `${p.chunks_done} of ${p.chunks_total} chunks ${verb}`;
+  const bytes = typeof p.bytes_done === 'number' && typeof p.bytes_total === 'number' ? `${ofSize(p.bytes_done, p.bytes_total)} ` : '';
+  return `${id}: ${p.kind} ${bytes}(${counted})`;
+}
+
+/**
+ * `offload_status {wait_seconds}` for a host that takes partial results:
+ * the engine's wait, repeated while the news is only progress reports
+ * (events with `progress`), each pushed through `onUpdate` as it comes; the
+ * call answers on other news (a phase, a file received, the end) or when
+ * `wait_seconds` are up, as without updates. `onUpdate` gets OpenClaw's
+ * partial AgentToolResult: `{content: [the new events' lines], details:
+ * {mesh: <the snapshot>}, progress: {text, visibility: "channel", privacy:
+ * "public", id}}`.
+ */
+export async function offloadStatusWithUpdates(call, params, onUpdate) {
+  const wait = Number(params?.wait_seconds);
+  let result = await call(params);
+  // Arguments the engine refused, or no wait: its answer as it is.
+  if (!(wait > 0) || !(wait <= 600)) return result;
+  const deadline = Date.now() + wait * 1000;
+  const given = Number(params?.after_events);
+  let after = params?.after_events != null && Number.isSafeInteger(given) && given >= 0 ? given : null;
+  for (;;) {
+    const m = result?.details?.mesh;
+    if (!m || m.error || !Array.isArray(m.events) || m.active === false || typeof m.events_total !== 'number') return result;
+    // Without `after_events` the first wait started at a count we do not
+    // know: its news is at least the newest event.
+    const fresh = m.events.filter((e) => (after === null ? e.seq === m.events_total : e.seq > after));
+    if (fresh.length === 0 || fresh.some((e) => !e.progress)) return result;
+    const latest = fresh[fresh.length - 1];
+    try {
+      onUpdate({
+        content: [{ type: 'text', text: fresh.map((e) => e.text).join('\n') }],
+        details: { mesh: m },
+        progress: {
+          text: publicProgressText(m.request_id, latest),
+          visibility: 'channel',
+          privacy: 'public',
+          id: `kars-mesh-offload-${m.request_id}`,
+        },
+      });
+    } catch {
+      /* the host's callback must not end the wait */
+    }
+    after = m.events_total;
+    const left = (deadline - Date.now()) / 1000;
+    if (left <= 0) return result;
+    result = await call({ ...params, wait_seconds: left, after_events: after });
+  }
+}
+
 function resultText(result) {
   const t = result?.content?.find?.((c) => c?.type === 'text')?.text;
   return typeof t === 'string' ? t : '';
@@ -254,7 +333,13 @@ function register(api) {
       label: def.label,
       description: def.description,
       parameters: def.parameters,
-      execute: (_toolCallId, params, signal) => callEngine(settings, log, tool, params, { signal }),
+      execute: (_toolCallId, params, signal, onUpdate) => {
+        if (tool === 'offload_status' && typeof onUpdate === 'function') {
+          const call = (p) => callEngine(settings, log, tool, p, { signal });
+          return offloadStatusWithUpdates(call, params, onUpdate);
+        }
+        return callEngine(settings, log, tool, params, { signal });
+      },
     });
   }
 

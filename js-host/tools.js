@@ -82,7 +82,7 @@ export const TOOLS = Object.freeze([
           minimum: 0,
           maximum: 600,
           description:
-            'Wait up to this many seconds (at most 600) for news before answering: the answer comes as soon as a new event arrives or the offload ends. Default 0: answer at once.',
+            'Wait up to this many seconds (at most 600) for news before answering: the answer comes as soon as a new event arrives or the offload ends. Where the host shows live tool progress, progress reports (bytes and chunks of a file acknowledged, the sandbox\'s own report) are streamed as updates instead, and the answer comes with other news. Default 0: answer at once.',
         },
         after_events: {
           type: 'integer',

@@ -109,6 +109,7 @@ impl wit_engine::Guest for Component {
                 refused: x.refused,
                 log: x.log,
             }),
+            Event::JobProgress((id, line)) => Ev::JobProgress { id, line },
             Event::Stop => Ev::Stop,
         };
         let cmds = ENGINE.with(|e| e.borrow_mut().handle(ev, &mut WitHost));

@@ -63,6 +63,12 @@ pub enum Event {
         info: String,
     },
     JobExited(JobExit),
+    /// A running job reported progress: for an `exec` job, what follows
+    /// `KARS_PROGRESS ` on a line of the command's stdout.
+    JobProgress {
+        id: u64,
+        line: String,
+    },
     Stop,
 }
 

@@ -5,9 +5,16 @@
 //! peaked at 473 MiB). Here a file is turned into its `file_transfer`
 //! message and chunks only when its turn comes, and only `WINDOW` messages
 //! to one peer wait for its receipt at a time; receipts let the next ones go.
+//!
+//! The same receipts measure a file's progress: for a peer that sends
+//! receipts, each part of a file (its chunks, or the whole message when it
+//! is small) is followed from the outbox sequence number it went under to
+//! the receipt that names it, and the offload client hears the counts
+//! (`TransferNews`). Nothing is counted that the peer did not receipt.
 
 use super::{Agent, Cx};
-use crate::wire::offload_msg::OffloadMsg;
+use crate::offload::progress::{Count, TransferNews};
+use crate::wire::offload_msg::{FileTransfer, OffloadMsg};
 use crate::wire::payload::{Family, PayloadType};
 use crate::wire::{time, transfer};
 use serde_json::Value;
@@ -20,12 +27,53 @@ pub(super) const WINDOW: usize = 16;
 /// Items are named where sub-machines can name them too.
 pub(super) use crate::port::Paced as Item;
 
+/// What waits in a peer's queue: an item as a sub-machine gave it, or one
+/// part of a file already split (`track`: the followed file and the part's
+/// index among the counted parts; a manifest is not counted).
+enum Slot {
+    /// Boxed: a file's message is large beside a part.
+    Item(Box<Item>),
+    Part {
+        msg: Value,
+        track: Option<(u64, usize)>,
+    },
+}
+
+/// A file followed from its parts' outbox sequence numbers to the
+/// receipts that name them.
+struct Tracked {
+    to: String,
+    transfer_id: String,
+    /// Text bytes of each counted part.
+    part_bytes: Vec<u64>,
+    /// (sequence number, part index) of the parts sent and not receipted.
+    in_flight: Vec<(u64, usize)>,
+    parts_done: u64,
+    text_done: u64,
+}
+
+impl Tracked {
+    fn count(&self) -> Count {
+        Count {
+            parts_done: self.parts_done,
+            parts_total: self.part_bytes.len() as u64,
+            text_done: self.text_done,
+            text_total: self.part_bytes.iter().sum(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Pacer {
-    queues: BTreeMap<String, VecDeque<Item>>,
+    queues: BTreeMap<String, VecDeque<Slot>>,
     /// A `Go` left: the offload client records its inputs as sent once it
     /// is back in the node (see `roles`).
     go_handed_over: bool,
+    /// Files followed, by a number of their own.
+    tracked: BTreeMap<u64, Tracked>,
+    next_track: u64,
+    /// Counts not yet handed to the offload client.
+    news: Vec<TransferNews>,
 }
 
 impl Pacer {
@@ -41,9 +89,56 @@ impl Pacer {
         std::mem::take(&mut self.go_handed_over)
     }
 
-    /// Forget what waits for `to` (its offload ended).
+    /// Forget what waits for `to` (its offload ended), and stop following
+    /// its files.
     pub(super) fn drop_queue(&mut self, to: &str) {
         self.queues.remove(to);
+        self.tracked.retain(|_, t| t.to != to);
+        self.news.retain(|n| n.to != to);
+    }
+
+    pub(super) fn take_news(&mut self) -> Vec<TransferNews> {
+        std::mem::take(&mut self.news)
+    }
+
+    pub(super) fn has_news(&self) -> bool {
+        self.go_handed_over || !self.news.is_empty()
+    }
+
+    /// `from` receipted the messages numbered `seqs`: the followed parts
+    /// among them are done. A file whose parts are all done is reported
+    /// once more and forgotten.
+    pub(super) fn receipted(&mut self, from: &str, seqs: &[u64]) {
+        let mut finished = Vec::new();
+        for (id, t) in self.tracked.iter_mut().filter(|(_, t)| t.to == from) {
+            let before = t.parts_done;
+            let part_bytes = &t.part_bytes;
+            let (mut parts, mut text) = (0, 0);
+            t.in_flight.retain(|(seq, i)| {
+                let done = seqs.contains(seq);
+                if done {
+                    parts += 1;
+                    text += part_bytes.get(*i).copied().unwrap_or(0);
+                }
+                !done
+            });
+            t.parts_done += parts;
+            t.text_done += text;
+            if t.parts_done == before {
+                continue;
+            }
+            self.news.push(TransferNews {
+                to: t.to.clone(),
+                transfer_id: t.transfer_id.clone(),
+                count: t.count(),
+            });
+            if t.parts_done >= t.part_bytes.len() as u64 {
+                finished.push(*id);
+            }
+        }
+        for id in finished {
+            self.tracked.remove(&id);
+        }
     }
 }
 
@@ -55,7 +150,7 @@ impl Agent {
             .queues
             .entry(to.to_string())
             .or_default()
-            .extend(items);
+            .extend(items.into_iter().map(|i| Slot::Item(Box::new(i))));
         self.pump_to(cx, to);
     }
 
@@ -83,8 +178,15 @@ impl Agent {
 
     fn pump_to(&mut self, cx: &mut Cx<'_>, to: &str) {
         while self.in_flight(to) < WINDOW {
-            let Some(item) = self.pacer.queues.get_mut(to).and_then(VecDeque::pop_front) else {
+            let Some(slot) = self.pacer.queues.get_mut(to).and_then(VecDeque::pop_front) else {
                 break;
+            };
+            let item = match slot {
+                Slot::Part { msg, track } => {
+                    self.send_part(cx, to, msg, track);
+                    continue;
+                }
+                Slot::Item(item) => *item,
             };
             match item {
                 Item::Message(v) => self.send_payload(cx, to, v, None, None),
@@ -99,12 +201,10 @@ impl Agent {
                     transfer_id,
                     from_agent,
                 } => {
-                    let msg = msg.into_value_with(bytes);
-                    let kind = PayloadType::FileTransfer.as_str();
-                    let parts = self.split_message(cx, to, msg, kind, &transfer_id, &from_agent);
+                    let parts = self.file_parts(cx, to, msg, bytes, &transfer_id, &from_agent);
                     if let Some(q) = self.pacer.queues.get_mut(to) {
-                        for part in parts.into_iter().rev() {
-                            q.push_front(Item::Message(part));
+                        for s in parts.into_iter().rev() {
+                            q.push_front(s);
                         }
                     }
                 }
@@ -112,6 +212,111 @@ impl Agent {
         }
         if self.pacer.queues.get(to).is_some_and(VecDeque::is_empty) {
             self.pacer.queues.remove(to);
+        }
+    }
+
+    /// A file's message, whole or as a manifest and chunks, each part with
+    /// what follows it (when `to` sends receipts). The manifest (when split)
+    /// names the file for the receiver's progress reports; the chunks (or
+    /// the whole message) are counted.
+    fn file_parts(
+        &mut self,
+        cx: &mut Cx<'_>,
+        to: &str,
+        msg: FileTransfer,
+        bytes: Vec<u8>,
+        transfer_id: &str,
+        from_agent: &str,
+    ) -> Vec<Slot> {
+        let name = msg.file_name.clone();
+        let size = bytes.len() as u64;
+        let msg = msg.into_value_with(bytes);
+        let kind = PayloadType::FileTransfer.as_str();
+        let mut parts = self.split_message(cx, to, msg, kind, transfer_id, from_agent);
+        let chunked = parts.len() > 1;
+        if chunked {
+            if let Some(m) = parts.first_mut().and_then(Value::as_object_mut) {
+                if let Some(n) = name {
+                    m.insert("file_name".into(), Value::String(n));
+                }
+                m.insert("file_size".into(), Value::from(size));
+            }
+        }
+        let counted = if chunked { &parts[1..] } else { &parts[..] };
+        let track = self.track(to, transfer_id, counted);
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, msg)| {
+                let part = if chunked { i.checked_sub(1) } else { Some(i) };
+                Slot::Part {
+                    msg,
+                    track: track.zip(part),
+                }
+            })
+            .collect()
+    }
+
+    /// Follow a file's counted parts to `to`, if `to` sends receipts (a
+    /// peer without them never says what arrived). Its number, or `None`.
+    fn track(&mut self, to: &str, transfer_id: &str, counted: &[Value]) -> Option<u64> {
+        if !self.peers.get(to).is_some_and(|p| p.kars) || counted.is_empty() {
+            return None;
+        }
+        let chunk_type = PayloadType::TransferChunk.as_str();
+        let part_bytes = counted
+            .iter()
+            .map(|v| match v.get("data").and_then(Value::as_str) {
+                Some(d) if v.get("type").and_then(Value::as_str) == Some(chunk_type) => {
+                    d.len() as u64
+                }
+                _ => v.to_string().len() as u64,
+            })
+            .collect();
+        let id = self.pacer.next_track;
+        self.pacer.next_track += 1;
+        let t = Tracked {
+            to: to.to_string(),
+            transfer_id: transfer_id.to_string(),
+            part_bytes,
+            in_flight: Vec::new(),
+            parts_done: 0,
+            text_done: 0,
+        };
+        // Nothing receipted yet: the client learns the file is followed.
+        self.pacer.news.push(TransferNews {
+            to: to.to_string(),
+            transfer_id: transfer_id.to_string(),
+            count: t.count(),
+        });
+        self.pacer.tracked.insert(id, t);
+        Some(id)
+    }
+
+    /// Send one part of a split file; a counted part is followed by the
+    /// sequence number it goes under. One that does not go straight into
+    /// the outbox (no session yet) cannot be followed, and its file is
+    /// followed no further: its progress would never be whole.
+    fn send_part(&mut self, cx: &mut Cx<'_>, to: &str, msg: Value, track: Option<(u64, usize)>) {
+        let seq = self
+            .peers
+            .get(to)
+            .filter(|p| p.kars && p.can_send())
+            .map(|p| p.out_seq);
+        self.send_payload(cx, to, msg, None, None);
+        let Some((id, part)) = track else {
+            return;
+        };
+        let queued = self
+            .peers
+            .get(to)
+            .and_then(|p| p.outbox.last())
+            .is_some_and(|o| Some(o.seq) == seq && o.needs_receipt);
+        match (self.pacer.tracked.get_mut(&id), seq) {
+            (Some(t), Some(seq)) if queued => t.in_flight.push((seq, part)),
+            _ => {
+                self.pacer.tracked.remove(&id);
+            }
         }
     }
 

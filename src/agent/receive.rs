@@ -591,10 +591,18 @@ impl Agent {
         let Some(peer) = self.peers.get_mut(from) else {
             return;
         };
+        let mut receipted = Vec::new();
         if r.epoch.is_none_or(|e| e == peer.out_epoch) {
-            peer.outbox
-                .retain(|o| !o.needs_receipt || (!r.receipt.contains(&o.seq) && o.seq >= r.upto));
+            peer.outbox.retain(|o| {
+                let keep = !o.needs_receipt || (!r.receipt.contains(&o.seq) && o.seq >= r.upto);
+                if !keep {
+                    receipted.push(o.seq);
+                }
+                keep
+            });
         }
+        // Files on their way to `from` count what it receipted.
+        self.pacer.receipted(from, &receipted);
         peer.mark_seen(id, now, None);
         self.save_peer(cx, from);
         self.ack(cx, id);

@@ -26,6 +26,11 @@ impl Agent {
     ) -> R {
         let mut m = std::mem::take(&mut self.offload);
         let r = f(&mut m, self, cx);
+        // Receipted parts of files first: they went before the go-ahead.
+        let news = self.pacer.take_news();
+        if !news.is_empty() {
+            m.transfer_news(self, cx, news);
+        }
         if self.pacer.take_go_handed_over() {
             m.inputs_handed_over(self, cx);
         }
@@ -33,10 +38,11 @@ impl Agent {
         r
     }
 
-    /// The offload client's go-ahead left with a receipt-driven pump.
+    /// The offload client's go-ahead left with a receipt-driven pump, or
+    /// receipts counted parts of its files.
     pub(super) fn after_pacing(&mut self, cx: &mut Cx<'_>) {
-        if self.pacer.take_go_handed_over() {
-            self.with_offload(cx, |o, a, cx| o.inputs_handed_over(a, cx));
+        if self.pacer.has_news() {
+            self.with_offload(cx, |_, _, _| {});
         }
     }
 
@@ -201,6 +207,14 @@ impl Agent {
         };
         if taken != Some(true) {
             cx.log(LogLevel::Debug, &format!("job {id} exited for nobody"));
+        }
+    }
+
+    /// A running job's progress line (the sandbox's `--exec` command).
+    pub fn on_job_progress(&mut self, cx: &mut Cx<'_>, id: u64, line: &str) {
+        let taken = self.with_sandbox(cx, |s, a, cx| s.job_progress(a, cx, id, line));
+        if taken != Some(true) {
+            cx.log(LogLevel::Debug, &format!("job {id} progress for nobody"));
         }
     }
 

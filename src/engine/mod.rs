@@ -132,6 +132,7 @@ impl Engine {
             (Event::FileFailed { id, message }, Some(a)) => a.on_file(&mut cx, id, Err(message)),
             (Event::JobReady { id, info }, Some(a)) => a.on_job_ready(&mut cx, id, &info),
             (Event::JobExited(exit), Some(a)) => a.on_job_exited(&mut cx, exit),
+            (Event::JobProgress { id, line }, Some(a)) => a.on_job_progress(&mut cx, id, &line),
             (Event::Stop, Some(a)) => a.on_stop(&mut cx),
             (_, None) => {}
         }

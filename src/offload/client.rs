@@ -6,6 +6,7 @@
 //! controller named in its end-to-end encrypted `ready`.
 
 use super::phase::Phase;
+use super::progress::{Count, Meter, ProgressInfo, ProgressKind, TransferNews};
 use super::reassembly::Part;
 use super::reassembly::Reassembly;
 use crate::io::{Command, Cx, LogLevel};
@@ -20,7 +21,7 @@ use crate::wire::limits::{
 use crate::wire::offload_msg::{
     CleanupReason, ErrorPhase, FileTooLarge, FileTransfer, FileTransferAck, NotReturned,
     OffloadCleanup, OffloadDone, OffloadError, OffloadHello, OffloadMsg, OffloadProgress,
-    OffloadRequest, OffloadStart, OffloadStatus, MAX_NOT_RETURNED, STAGE_EXECUTING,
+    OffloadRequest, OffloadStart, OffloadStatus, MAX_NOT_RETURNED, STAGE_EXECUTING, STAGE_WAITING,
 };
 use crate::wire::payload::{Family, PayloadType};
 use crate::wire::token::Dialect;
@@ -70,6 +71,10 @@ pub struct OffloadEvent {
     pub at_ms: u64,
     pub phase: Phase,
     pub text: String,
+    /// A progress report's numbers (absent on other events): a file's
+    /// bytes and chunks acknowledged, or the sandbox's report on the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ProgressInfo>,
 }
 
 /// One offload, persisted under `offload/active` while it runs.
@@ -212,6 +217,9 @@ pub struct OffloadClient {
     pub watchers: Vec<(String, u64, usize)>,
     /// Finding and checking a kars sandbox (`kars.rs`).
     pub kars: super::kars::KarsSteps,
+    /// Files on their way, by transfer id (inputs) or sender and transfer
+    /// id (outputs): what they reported last.
+    pub meters: Vec<(String, Meter)>,
 }
 
 pub struct Submit {
@@ -363,6 +371,7 @@ impl OffloadClient {
             return;
         };
         self.input_bytes.clear();
+        self.meters.clear();
         if !old.notes.is_empty() {
             self.recent.notes.extend(old.notes);
             let n = self.recent.notes.len();
@@ -409,6 +418,20 @@ impl OffloadClient {
         text: &str,
         note: &str,
     ) {
+        self.record(port, cx, phase, (text, note), None);
+    }
+
+    /// Record an event: a phase change, or (with `progress`) a progress
+    /// report, whose notification coalesces with the next news whatever
+    /// the phase.
+    fn record(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        phase: Phase,
+        (text, note): (&str, &str),
+        progress: Option<ProgressInfo>,
+    ) {
         let now = cx.now();
         let Some(o) = self.active.as_mut() else {
             return;
@@ -419,20 +442,22 @@ impl OffloadClient {
             o.events.remove(0);
         }
         o.events_total += 1;
+        let lasting =
+            progress.is_none() && matches!(phase, Phase::Returning | Phase::Done | Phase::Error);
         o.events.push(OffloadEvent {
             seq: o.events_total,
             at_ms: now,
             phase,
             text: text.to_string(),
+            progress,
         });
         let line = format!("{} Offload {} {phase}: {note}", phase.icon(), o.short());
         // Consecutive progress or phase news coalesce (the newest is kept);
         // received files and the end are always kept.
-        let lasting = |p: Phase| matches!(p, Phase::Returning | Phase::Done | Phase::Error);
-        if o.notes.last().is_some() && o.last_note_coalescable && !lasting(phase) {
+        if o.notes.last().is_some() && o.last_note_coalescable && !lasting {
             o.notes.pop();
         }
-        o.last_note_coalescable = !lasting(phase);
+        o.last_note_coalescable = !lasting;
         if o.notes.len() >= MAX_NOTES {
             o.notes.remove(0);
         }
@@ -666,6 +691,7 @@ impl OffloadClient {
             at_ms: o.started_ms,
             phase: Phase::Submitted,
             text: "offload_request sent to the controller".into(),
+            progress: None,
         });
         let controller = o.controller.clone();
         let key = normalise_task(&o.task);
@@ -1275,14 +1301,24 @@ impl OffloadClient {
     /// A piece of a chunked transfer from the sandbox; the whole message,
     /// once complete, is its news like any other.
     fn reassemble(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, part: Part<'_>) {
+        let tid = match part {
+            Part::Manifest(m) => m.transfer_id.clone(),
+            Part::Chunk(c) => c.transfer_id.clone(),
+        };
         match self.reassembly.accept(port.vault(), cx, from, part) {
             Ok(Some(whole)) => {
+                let key = format!("out:{from}:{}", tid.unwrap_or_default());
+                self.meters.retain(|(k, _)| *k != key);
                 if let Ok(m) = OffloadMsg::from_value(whole) {
                     self.on_sandbox_news(port, cx, from, m);
                 }
                 self.reassembly.flush(cx);
             }
-            Ok(None) => {}
+            Ok(None) => {
+                if let Some(t) = tid {
+                    self.output_progress(port, cx, from, &t);
+                }
+            }
             Err(e) => {
                 cx.log(LogLevel::Warn, &format!("transfer from {from}: {e}"));
                 // Whatever it carried (an output file, most likely) is lost.
@@ -1319,16 +1355,23 @@ impl OffloadClient {
             return;
         }
         let minutes = o.timeout_minutes;
+        // Not yet running: the inputs go first, and the sandbox says when
+        // the task starts (its first `offload_progress`).
         self.phase(port, cx, Phase::Acknowledged, "the sandbox said hello");
-        self.phase(port, cx, Phase::Running, "task running in the sandbox");
         self.set_deadline(port, cx, minutes * 60_000 + RUN_GRACE_MS);
         self.start_sending_inputs(port, cx);
     }
 
-    /// The sandbox's progress report, in its words (marked as its).
+    /// The sandbox's progress report, in its words (marked as its). Its
+    /// first report on the run (stage `executing`, or none) is the sandbox
+    /// saying the task runs; a percentage is shown only when the sandbox
+    /// gave one, and never made up here.
     fn sandbox_progress(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, p: &OffloadProgress) {
+        let Some(current) = self.active.as_ref().map(|o| o.phase) else {
+            return;
+        };
         let stage = p.stage.as_deref().unwrap_or(STAGE_EXECUTING);
-        let pct = p.pct.unwrap_or(0).min(100);
+        let pct = p.pct.map(|n| n.min(100));
         let m: String = p
             .message
             .as_deref()
@@ -1336,13 +1379,123 @@ impl OffloadClient {
             .chars()
             .take(300)
             .collect();
-        let text = format!(
-            "{pct}% (sandbox: {} — {})",
-            peer_words(stage),
-            peer_words(&m)
-        );
-        let note = format!("the sandbox reports {pct}%");
-        self.phase_noted(port, cx, Phase::Running, &text, &note);
+        let runs = stage == STAGE_EXECUTING && Phase::Running.advances(current);
+        let words = format!("sandbox: {} — {}", peer_words(stage), peer_words(&m));
+        let mut lead = Vec::new();
+        if runs {
+            lead.push("task running in the sandbox".to_string());
+        }
+        if let Some(n) = pct {
+            lead.push(format!("{n}%"));
+        }
+        let text = if lead.is_empty() {
+            words
+        } else {
+            format!("{} ({words})", lead.join(", "))
+        };
+        if runs {
+            // A phase change: not coalesced away, and it ends a wait.
+            return self.phase_noted(
+                port,
+                cx,
+                Phase::Running,
+                &text,
+                "task running in the sandbox",
+            );
+        }
+        let note = match pct {
+            Some(n) => format!("the sandbox reports {n}%"),
+            None => "the sandbox reports progress".to_string(),
+        };
+        let kind = if stage == STAGE_WAITING {
+            ProgressKind::Wait
+        } else {
+            ProgressKind::Run
+        };
+        let info = ProgressInfo::sandbox(kind, pct);
+        self.record(port, cx, current, (&text, &note), Some(info));
+    }
+
+    /// Receipts counted more of our input files at the sandbox: each file's
+    /// meter reports what it is due (a tenth at a time, and the end).
+    pub fn transfer_news(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, news: Vec<TransferNews>) {
+        let now = cx.now();
+        for n in news {
+            let Some(o) = self.active.as_ref().filter(|o| !o.terminal()) else {
+                return;
+            };
+            if o.sandbox_did.as_deref() != Some(n.to.as_str()) {
+                continue;
+            }
+            // Our inputs' transfer ids: `<request id[..8]>-in-<index>`.
+            let rid8: String = o.request_id.chars().take(8).collect();
+            let prefix = format!("{rid8}-in-");
+            let Some(f) = n
+                .transfer_id
+                .strip_prefix(&prefix)
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| o.files.get(i))
+            else {
+                continue;
+            };
+            let (name, size, phase) = (f.name.clone(), f.size, o.phase);
+            let report = self
+                .meter(&n.transfer_id, ProgressKind::Input, &name, Some(size))
+                .observe(n.count, now);
+            // A finished meter stays (it reports nothing more): it says the
+            // file was followed (`inputs_handed_over`).
+            if let Some(r) = report {
+                self.record(port, cx, phase, (&r.text, &r.text), Some(r.info));
+            }
+        }
+    }
+
+    /// The meter of transfer `key`, made on first use.
+    fn meter(
+        &mut self,
+        key: &str,
+        kind: ProgressKind,
+        name: &str,
+        size: Option<u64>,
+    ) -> &mut Meter {
+        let pos = match self.meters.iter().position(|(k, _)| k == key) {
+            Some(p) => p,
+            None => {
+                self.meters
+                    .push((key.to_string(), Meter::new(kind, name, size)));
+                self.meters.len() - 1
+            }
+        };
+        &mut self.meters[pos].1
+    }
+
+    /// More of an output file from the sandbox is stored here: its meter
+    /// reports what is due. Its name and size are the sandbox's words
+    /// (from the manifest), shown escaped; the file's own message names it
+    /// for good once it is whole.
+    fn output_progress(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, tid: &str) {
+        let Some(held) = self.reassembly.held(from, tid) else {
+            return;
+        };
+        let key = format!("out:{from}:{tid}");
+        let name = match &held.file_name {
+            Some(n) => peer_words(n),
+            None => format!("(transfer {})", peer_words(tid)),
+        };
+        let report = self
+            .meter(&key, ProgressKind::Output, &name, held.file_size)
+            .observe(held.count, cx.now());
+        let Some(r) = report else {
+            return;
+        };
+        let Count {
+            parts_done,
+            parts_total,
+            ..
+        } = held.count;
+        // The hook's line is ours alone: no name the sandbox chose.
+        let note = format!("receiving an output file ({parts_done} of {parts_total} chunks)");
+        self.record(port, cx, Phase::Returning, (&r.text, &note), Some(r.info));
     }
 
     /// The sandbox refused one of our input files.
@@ -1656,22 +1809,35 @@ impl OffloadClient {
         Ok(items)
     }
 
-    /// The go-ahead is in the outbox: every input went before it.
+    /// The go-ahead is in the outbox: every input went before it. Their
+    /// progress comes from the sandbox's receipts; a file the receipts do
+    /// not follow (a sandbox that sends none) gets one line saying it left
+    /// and that nothing will say when it arrived, short of the sandbox's
+    /// answer. The phase does not change: the sandbox says when it runs.
     pub fn inputs_handed_over(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
         let Some(o) = self.active.as_mut() else {
             return;
         };
         o.inputs_sent = true;
-        let (n, total): (usize, u64) = (o.files.len(), o.files.iter().map(|f| f.size).sum());
-        if n > 0 {
-            self.phase(
-                port,
-                cx,
-                Phase::Running,
-                &format!("sent {n} input file(s), {total} bytes"),
-            );
-        } else {
-            self.save_offload(port, cx);
+        let rid8: String = o.request_id.chars().take(8).collect();
+        let unfollowed: Vec<String> = o
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                let tid = format!("{rid8}-in-{i}");
+                !self.meters.iter().any(|(k, _)| *k == tid)
+            })
+            .map(|(_, f)| format!("{} ({} bytes)", f.name, f.size))
+            .collect();
+        let phase = o.phase;
+        if unfollowed.is_empty() {
+            return self.save_offload(port, cx);
         }
+        let text = format!(
+            "sent {}; this sandbox sends no receipts, so only its answer shows they arrived",
+            unfollowed.join(", ")
+        );
+        self.phase(port, cx, phase, &text);
     }
 }

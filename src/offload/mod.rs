@@ -8,6 +8,7 @@ pub mod client;
 pub mod controller;
 pub mod kars;
 pub mod phase;
+pub mod progress;
 pub mod reassembly;
 pub mod sandbox;
 

@@ -4,6 +4,7 @@
 //! A transfer its sender abandons is erased after `STALE_MS`, at the next
 //! start or the next transfer, so its records do not pile up.
 
+use super::progress::Count;
 use crate::io::{Command, Cx, LogLevel};
 use crate::store::{keys, Vault};
 use crate::wire::transfer::{
@@ -89,6 +90,14 @@ impl Part<'_> {
             Part::Chunk(c) => c.transfer_id.as_deref(),
         }
     }
+}
+
+/// An open transfer as [`Reassembly::held`] sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub count: Count,
+    pub file_name: Option<String>,
+    pub file_size: Option<u64>,
 }
 
 #[derive(Default)]
@@ -186,6 +195,25 @@ impl Reassembly {
         self.done.push(format!("{pre}m"));
         self.open.remove(&pre);
         whole.map(Some)
+    }
+
+    /// How far the open transfer `transfer_id` from `from` is (chunks held
+    /// and their text), and what its manifest says of the file it carries:
+    /// for progress reports only. `None` when no such transfer is open.
+    pub fn held(&self, from: &str, transfer_id: &str) -> Option<Held> {
+        let (m, chunks) = self.open.get(&prefix(from, transfer_id))?;
+        let m = &m.as_ref()?.manifest;
+        let text_done: usize = chunks.values().map(String::len).sum();
+        Some(Held {
+            count: Count {
+                parts_done: chunks.len() as u64,
+                parts_total: m.chunk_hashes.len() as u64,
+                text_done: text_done as u64,
+                text_total: m.total_bytes.unwrap_or(0),
+            },
+            file_name: m.file_name.clone(),
+            file_size: m.file_size,
+        })
     }
 
     /// Transfers whose sender went quiet long ago make room.

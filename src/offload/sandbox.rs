@@ -1,12 +1,19 @@
 //! The sandbox role: a peer with its own identity that works for exactly one
-//! requester. It says hello, reports progress, takes the input files, waits
+//! requester. It says hello, reports that it is alive, takes the input
+//! files, waits
 //! for the requester's end-to-end `offload_start` naming the task's SHA-256
 //! (a sandbox started on a forged request never runs anything), runs
 //! the task (the built-in executor, or the operator's `--exec` command via a
 //! host job: never anything a peer sends), returns the outputs as
 //! `file_transfer` (chunked above 512 KiB) and ends with `offload_done` or
 //! `offload_error`. Everything from anyone but the requester is dropped.
+//!
+//! Its reports are honest: it says when the task starts, then how long it
+//! has been running, with a percentage only when the executor reported one
+//! (an `--exec` command prints `KARS_PROGRESS <pct> <text>` lines; the
+//! built-in executor finishes at once).
 
+use super::progress::{parse_exec_progress, ExecProgress, MIN_REPORT_GAP_MS};
 use super::reassembly::{Part, Reassembly};
 use crate::io::{Command, Cx, JobExit, LogLevel};
 use crate::port::{Paced, Port, TimerOwner as Owner};
@@ -62,7 +69,13 @@ pub struct Sandbox {
     pub started_ms: u64,
     pub run_started_ms: Option<u64>,
     pub finished: bool,
-    pub ticks: u64,
+    /// When the last `offload_progress` went.
+    pub reported_ms: u64,
+    /// The executor's last report on its progress (an `--exec` command's
+    /// `KARS_PROGRESS` line), if it gave one.
+    pub exec_report: Option<ExecProgress>,
+    /// A report of the executor waits for `MIN_REPORT_GAP_MS` to pass.
+    pub report_pending: bool,
     pub progress_timer: u64,
     pub deadline_timer: u64,
     pub input_timer: u64,
@@ -100,7 +113,9 @@ impl Sandbox {
             started_ms: now,
             run_started_ms: None,
             finished: false,
-            ticks: 0,
+            reported_ms: now,
+            exec_report: None,
+            report_pending: false,
             progress_timer,
             deadline_timer,
             input_timer,
@@ -223,6 +238,15 @@ impl Sandbox {
         }
         s.run_started_ms = Some(now);
         port.cancel_timer(cx, s.input_timer);
+        // The sandbox's own word that the task runs: every input is here
+        // and the go-ahead named this task.
+        let bytes: usize = s.inputs.iter().map(|i| i.size).sum();
+        let started = format!(
+            "task started with {} input file(s), {bytes} bytes",
+            s.inputs.len()
+        );
+        self.report(port, cx, &started);
+        let s = &mut *self;
         if s.spec.executor.as_deref() == Some("exec") {
             let job = port.fresh_id();
             s.job = Some(job);
@@ -290,11 +314,15 @@ impl Sandbox {
         refused: Vec<(String, String)>,
         summary: String,
     ) {
-        let now = cx.now();
-        let s = &mut *self;
-        if s.finished {
+        if self.finished {
             return;
         }
+        // The executor's last report, if it still waits, goes first.
+        if self.report_pending {
+            self.progress_due(port, cx);
+        }
+        let now = cx.now();
+        let s = &mut *self;
         s.finished = true;
         let spec = s.spec.clone();
         let started_ms = s.started_ms;
@@ -343,37 +371,94 @@ impl Sandbox {
         cx.log(LogLevel::Info, &format!("sandbox {}: error", spec.name));
     }
 
-    /// Time for a progress report (the next one is armed here).
+    /// Time for a progress report: the heartbeat, or an executor's report
+    /// that waited.
     pub fn progress_due(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
-        let now = cx.now();
-        let s = &mut *self;
-        if s.finished {
+        if self.finished {
             return;
         }
-        s.ticks += 1;
-        let pct = (10 + 2 * s.ticks).min(85);
-        let elapsed = now.saturating_sub(s.started_ms) / 1000;
-        let message = if s.run_started_ms.is_some() {
-            "working on the task".to_string()
-        } else {
-            format!(
+        let now = cx.now();
+        let message = match (self.run_started_ms, &self.exec_report) {
+            (Some(t), report) => {
+                let secs = now.saturating_sub(t) / 1000;
+                match report {
+                    Some(r) if !r.text.is_empty() => format!("{} (running for {secs} s)", r.text),
+                    Some(_) => format!("running for {secs} s"),
+                    None => format!("running for {secs} s; the executor has reported no progress"),
+                }
+            }
+            (None, _) if self.inputs.len() < self.spec.files.len() => format!(
                 "waiting for input files ({}/{})",
-                s.inputs.len(),
-                s.spec.files.len()
-            )
+                self.inputs.len(),
+                self.spec.files.len()
+            ),
+            (None, _) => "waiting for the requester's go-ahead".to_string(),
         };
-        let msg = OffloadProgress::executing(
-            &s.spec.request_id,
-            &message,
-            pct,
-            elapsed,
-            &s.spec.name,
-            &time::format_millis(now),
-        );
+        self.report(port, cx, &message);
+    }
+
+    /// Send a report now and arm the next heartbeat: `executing` (with the
+    /// executor's percentage, if it gave one) once the task runs, `waiting`
+    /// before.
+    fn report(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, message: &str) {
+        let now = cx.now();
+        let s = &mut *self;
+        let elapsed = now.saturating_sub(s.started_ms) / 1000;
+        let ts = time::format_millis(now);
+        let (rid, name) = (&s.spec.request_id, &s.spec.name);
+        let msg = if s.run_started_ms.is_some() {
+            let pct = s.exec_report.as_ref().and_then(|r| r.pct);
+            OffloadProgress::executing(rid, message, pct, elapsed, name, &ts)
+        } else {
+            OffloadProgress::waiting(rid, message, elapsed, name, &ts)
+        };
         let every = s.spec.progress_ms.unwrap_or(DEFAULT_PROGRESS_MS).max(200);
         let to = s.spec.requester.clone();
+        port.cancel_timer(cx, s.progress_timer);
         s.progress_timer = port.set_timer(cx, Owner::SandboxProgress, now + every);
+        s.reported_ms = now;
+        s.report_pending = false;
         port.send(cx, &to, OffloadMsg::from(msg).to_value());
+    }
+
+    /// The running `--exec` command printed a `KARS_PROGRESS` line (`rest`:
+    /// what follows the prefix). It goes to the requester at once, or, within
+    /// `MIN_REPORT_GAP_MS` of the last report, when that has passed (the
+    /// newest report wins). `true` when `id` is this sandbox's job.
+    pub fn job_progress(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        id: u64,
+        rest: &str,
+    ) -> bool {
+        if self.job != Some(id) {
+            return false;
+        }
+        if self.finished {
+            return true;
+        }
+        let report = match parse_exec_progress(rest) {
+            Ok(r) => r,
+            Err(e) => {
+                cx.log(
+                    LogLevel::Warn,
+                    &format!("sandbox: ignored a KARS_PROGRESS line of the command: {e}"),
+                );
+                return true;
+            }
+        };
+        let now = cx.now();
+        self.exec_report = Some(report);
+        let due = self.reported_ms + MIN_REPORT_GAP_MS;
+        if now >= due {
+            self.progress_due(port, cx);
+        } else if !self.report_pending {
+            self.report_pending = true;
+            port.cancel_timer(cx, self.progress_timer);
+            self.progress_timer = port.set_timer(cx, Owner::SandboxProgress, due);
+        }
+        true
     }
 
     /// The task's time is up.

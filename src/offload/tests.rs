@@ -222,13 +222,30 @@ fn a_whole_offload_from_request_to_done_and_cleanup() {
     let go = user.take_paced_to(&s);
     assert_eq!(types(&go), ["offload_start"]);
     user.call(|p, cx| client.inputs_handed_over(p, cx));
+    // Not running yet: only the sandbox can say that.
     assert_eq!(
         client.active.as_ref().map(|o| o.phase),
-        Some(Phase::Running)
+        Some(Phase::Acknowledged)
     );
 
-    // The sandbox runs (the built-in executor) and returns report.md, then done.
+    // The sandbox runs (the built-in executor): it says the task started
+    // (no percentage), returns report.md, then done.
     sb_side.call(|p, cx| sandbox.on_message(p, cx, &u, go[0].clone()));
+    let started = sb_side.take_sent_to(&u);
+    assert_eq!(types(&started), ["offload_progress"]);
+    assert_eq!(started[0]["stage"], "executing");
+    assert_eq!(
+        started[0]["message"],
+        "task started with 0 input file(s), 0 bytes"
+    );
+    assert!(started[0].get("pct").is_none(), "{}", started[0]);
+    user.call(|p, cx| client.on_message(p, cx, &s, started[0].clone(), true));
+    let o = client.active.as_ref().expect("the offload is kept");
+    assert_eq!(o.phase, Phase::Running);
+    assert_eq!(
+        o.events.last().map(|e| e.text.as_str()),
+        Some("task running in the sandbox (sandbox: executing — task started with 0 input file(s), 0 bytes)")
+    );
     let back = sb_side.take_paced_to(&u);
     assert_eq!(types(&back), ["file_transfer", "offload_done"]);
     for m in &back {
@@ -486,8 +503,22 @@ fn a_found_kars_sandbox_is_on_probation_until_its_hello_names_the_request() {
     let hello = json!({"type": "offload_hello", "request_id": rid, "from_agent": "offload-x"});
     user.call(|port, cx| client.on_message(port, cx, &holder, hello, true));
     let o = client.active.as_ref().expect("the offload");
-    assert_eq!((o.phase, o.sandbox_unconfirmed), (Phase::Running, false));
+    assert_eq!(
+        (o.phase, o.sandbox_unconfirmed),
+        (Phase::Acknowledged, false)
+    );
     assert!(client.recent.sandboxes.contains(&holder));
+    // Confirmed now: its report on the run (a percentage it made up, shown
+    // as its words) says the task runs.
+    let progress = json!({"type": "offload_progress", "request_id": rid, "stage": "executing",
+        "message": "Working on the task", "pct": 10});
+    user.call(|port, cx| client.on_message(port, cx, &holder, progress, true));
+    let o = client.active.as_ref().expect("the offload");
+    assert_eq!(o.phase, Phase::Running);
+    assert_eq!(
+        o.events.last().map(|e| e.text.as_str()),
+        Some("task running in the sandbox, 10% (sandbox: executing — Working on the task)")
+    );
 }
 
 /// A client and an `exec` sandbox with the offload running: the sandbox has
@@ -671,5 +702,281 @@ fn cloud_offload_refuses_a_file_one_byte_over_the_limit_before_anything_starts()
     assert!(
         t.ends_with("or this agent a shorter display name), then call cloud_offload again."),
         "{t}"
+    );
+}
+
+/// What the sandbox sent `to` since the last look: its `offload_progress`
+/// messages.
+fn progress_to(side: &mut Side, to: &str) -> Vec<Value> {
+    side.take_sent_to(to)
+        .into_iter()
+        .filter(|m| m["type"] == "offload_progress")
+        .collect()
+}
+
+#[test]
+fn the_sandbox_reports_a_percentage_only_when_its_command_gave_one() {
+    let (mut user, mut ctl, mut sb_side) = (Side::new(1), Side::new(2), Side::new(3));
+    let (u, s) = (user.did(), sb_side.did());
+    let (mut client, mut sandbox, job, _spec) =
+        running_exec_offload(&mut user, &mut ctl, &mut sb_side);
+    // The start: the sandbox's word that the task runs, no percentage.
+    let started = progress_to(&mut sb_side, &u);
+    assert_eq!(started.len(), 1);
+    assert!(started[0].get("pct").is_none());
+    user.call(|p, cx| client.on_message(p, cx, &s, started[0].clone(), true));
+    assert_eq!(
+        client.active.as_ref().map(|o| o.phase),
+        Some(Phase::Running)
+    );
+
+    // The heartbeat says for how long, without a percentage.
+    sb_side.host.now = 20_000;
+    sb_side.call(|p, cx| sandbox.progress_due(p, cx));
+    let beat = progress_to(&mut sb_side, &u);
+    assert_eq!(
+        beat[0]["message"],
+        "running for 20 s; the executor has reported no progress"
+    );
+    assert!(beat[0].get("pct").is_none(), "{}", beat[0]);
+    user.call(|p, cx| client.on_message(p, cx, &s, beat[0].clone(), true));
+    let e = client
+        .active
+        .as_ref()
+        .and_then(|o| o.events.last())
+        .cloned();
+    let e = e.expect("an event");
+    assert_eq!(
+        e.text,
+        "sandbox: executing — running for 20 s; the executor has reported no progress"
+    );
+    assert_eq!(e.progress.and_then(|p| p.pct), None);
+
+    // The command reports 42 % within a second of that: it waits for the
+    // second to pass (the timer is moved up), then goes with its words.
+    sb_side.host.now = 20_400;
+    assert!(sb_side.call(|p, cx| sandbox.job_progress(p, cx, job, "42 indexing the inputs")));
+    assert!(progress_to(&mut sb_side, &u).is_empty());
+    let t = sb_side.port.timer_of(TimerOwner::SandboxProgress);
+    let at = sb_side
+        .port
+        .timers
+        .iter()
+        .find(|x| Some(x.0) == t)
+        .map(|x| x.2);
+    assert_eq!(at, Some(21_000));
+    // A newer report in the meantime replaces it.
+    sb_side.host.now = 20_700;
+    assert!(sb_side.call(|p, cx| sandbox.job_progress(p, cx, job, "43.9 indexing more")));
+    sb_side.host.now = 21_000;
+    sb_side.call(|p, cx| sandbox.progress_due(p, cx));
+    let r = progress_to(&mut sb_side, &u);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["pct"], 43);
+    assert_eq!(r[0]["message"], "indexing more (running for 21 s)");
+    user.call(|p, cx| client.on_message(p, cx, &s, r[0].clone(), true));
+    let e = client
+        .active
+        .as_ref()
+        .and_then(|o| o.events.last())
+        .cloned();
+    let e = e.expect("an event");
+    assert_eq!(
+        e.text,
+        "43% (sandbox: executing — indexing more (running for 21 s))"
+    );
+    assert_eq!(e.progress.and_then(|p| p.pct), Some(43));
+    assert_eq!(
+        client.active.as_ref().map(|o| o.phase),
+        Some(Phase::Running)
+    );
+
+    // Later than a second after: at once. A bad line or another job's
+    // changes nothing.
+    sb_side.host.now = 30_000;
+    assert!(sb_side.call(|p, cx| sandbox.job_progress(p, cx, job, "50")));
+    let r = progress_to(&mut sb_side, &u);
+    assert_eq!(
+        (r[0]["pct"].as_u64(), r[0]["message"].as_str()),
+        (Some(50), Some("running for 30 s"))
+    );
+    sb_side.host.now = 40_000;
+    assert!(sb_side.call(|p, cx| sandbox.job_progress(p, cx, job, "lots done")));
+    assert!(!sb_side.call(|p, cx| sandbox.job_progress(p, cx, job + 1, "60")));
+    assert!(progress_to(&mut sb_side, &u).is_empty());
+    // The last report stands in the heartbeat.
+    sb_side.call(|p, cx| sandbox.progress_due(p, cx));
+    assert_eq!(progress_to(&mut sb_side, &u)[0]["pct"], 50);
+
+    // A report still waiting when the command ends goes before the outputs.
+    sb_side.host.now = 40_300;
+    assert!(sb_side.call(|p, cx| sandbox.job_progress(p, cx, job, "90 almost there")));
+    assert!(progress_to(&mut sb_side, &u).is_empty());
+    let exit = JobExit {
+        id: job,
+        code: 0,
+        outputs: Vec::new(),
+        refused: Vec::new(),
+        log: "ok".into(),
+    };
+    assert!(sb_side.call(|p, cx| sandbox.job_exited(p, cx, exit)));
+    let r = progress_to(&mut sb_side, &u);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["pct"], 90);
+    assert_eq!(types(&sb_side.take_paced_to(&u)), ["offload_done"]);
+}
+
+#[test]
+fn the_sandbox_waits_without_a_percentage_before_the_task_runs() {
+    let (user, mut sb_side) = (Side::new(1), Side::new(3));
+    let u = user.did();
+    let spec = SandboxSpec {
+        name: "offload-0123456789abcdef".into(),
+        requester: u.clone(),
+        request_id: "r".repeat(36),
+        task: "t".into(),
+        files: vec!["a.txt".into()],
+        timeout_minutes: 5,
+        model: None,
+        executor: None,
+        progress_ms: None,
+    };
+    let mut sandbox = sb_side.call(|p, cx| Sandbox::start(spec, p, cx));
+    sb_side.host.now = 20_000;
+    sb_side.call(|p, cx| sandbox.progress_due(p, cx));
+    let beat = progress_to(&mut sb_side, &u);
+    assert_eq!(beat[0]["stage"], "waiting");
+    assert_eq!(beat[0]["message"], "waiting for input files (0/1)");
+    assert!(beat[0].get("pct").is_none());
+}
+
+#[test]
+fn inputs_report_what_the_sandbox_receipted_and_the_task_runs_only_when_it_says_so() {
+    use crate::offload::progress::{Count, TransferNews};
+    let (mut user, ctl, sb_side) = (Side::new(1), Side::new(2), Side::new(3));
+    let (c, s) = (ctl.did(), sb_side.did());
+    let pairing = pairing_with(&ctl);
+    let mut client = OffloadClient::default();
+    let args = json!({"task": "crunch", "files": ["/data/in.bin"]});
+    user.call(|p, cx| client.cloud_offload(p, cx, "call-1", &args, Some(&pairing)));
+    let id = user
+        .out
+        .iter()
+        .find_map(|c| match c {
+            Command::FileRead { id, .. } => Some(*id),
+            _ => None,
+        })
+        .expect("the input is read");
+    const MIB: u64 = 1024 * 1024;
+    let size = 3 * MIB;
+    user.call(|p, cx| client.offload_file(p, cx, id, Ok(vec![7u8; size as usize])));
+    let rid = user.take_sent_to(&c)[0]["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let ready = json!({"type": "offload_status", "request_id": rid, "phase": "ready",
+        "message": "up", "sandbox_name": "offload-0123456789abcdef", "sandbox_did": s});
+    user.call(|p, cx| client.on_message(p, cx, &c, ready, true));
+    let hello = json!({"type": "offload_hello", "request_id": rid});
+    user.call(|p, cx| client.on_message(p, cx, &s, hello, true));
+    assert_eq!(
+        types(&user.take_paced_to(&s)),
+        ["file_transfer", "offload_start"]
+    );
+
+    // The pacer follows the file (8 chunks here) and hands over the go-ahead:
+    // nothing is said yet, and nothing runs.
+    let tid = format!("{}-in-0", &rid[..8]);
+    let news = |done: u64| TransferNews {
+        to: s.clone(),
+        transfer_id: tid.clone(),
+        count: Count {
+            parts_done: done,
+            parts_total: 8,
+            text_done: done * 512 * 1024,
+            text_total: 8 * 512 * 1024,
+        },
+    };
+    let events = |client: &OffloadClient| client.active.as_ref().map_or(0, |o| o.events_total);
+    user.call(|p, cx| client.transfer_news(p, cx, vec![news(0)]));
+    user.call(|p, cx| client.inputs_handed_over(p, cx));
+    let before = events(&client);
+    // Receipts, 300 ms apart: a tenth and a second between reports.
+    for done in 1..=8 {
+        user.host.now = done * 300;
+        user.call(|p, cx| client.transfer_news(p, cx, vec![news(done)]));
+    }
+    let o = client.active.as_ref().expect("active");
+    assert_eq!(
+        o.phase,
+        Phase::Acknowledged,
+        "the sandbox has not said it runs"
+    );
+    let shown: Vec<&str> = o.events[before..].iter().map(|e| e.text.as_str()).collect();
+    assert_eq!(
+        shown,
+        [
+            "input in.bin: 0.4 of 3.0 MiB (1 of 8 chunks acknowledged)",
+            "input in.bin: 1.9 of 3.0 MiB (5 of 8 chunks acknowledged)",
+            "input in.bin: 3.0 of 3.0 MiB (8 of 8 chunks acknowledged)",
+        ]
+    );
+    let last = o
+        .events
+        .last()
+        .and_then(|e| e.progress.clone())
+        .expect("numbers");
+    assert_eq!(
+        (last.bytes_done, last.bytes_total),
+        (Some(size), Some(size))
+    );
+    assert_eq!(
+        (last.chunks_done, last.chunks_total, last.pct),
+        (Some(8), Some(8), None)
+    );
+    // A finished file reports nothing more.
+    let n = events(&client);
+    user.call(|p, cx| client.transfer_news(p, cx, vec![news(8)]));
+    assert_eq!(events(&client), n);
+
+    // The hook's line for the progress coalesces with the next news.
+    let notes = client
+        .active
+        .as_ref()
+        .map(|o| o.notes.clone())
+        .unwrap_or_default();
+    assert!(
+        notes
+            .last()
+            .is_some_and(|l| l.ends_with("(8 of 8 chunks acknowledged)")),
+        "{notes:?}"
+    );
+
+    // A sandbox that waits does not run.
+    let waiting = json!({"type": "offload_progress", "request_id": rid, "stage": "waiting",
+        "message": "waiting for the requester's go-ahead"});
+    user.call(|p, cx| client.on_message(p, cx, &s, waiting, true));
+    let o = client.active.as_ref().expect("active");
+    assert_eq!(o.phase, Phase::Acknowledged);
+    let e = o.events.last().expect("an event");
+    assert_eq!(
+        e.text,
+        "sandbox: waiting — waiting for the requester's go-ahead"
+    );
+    assert_eq!(
+        e.progress.as_ref().map(|p| p.kind),
+        Some(crate::offload::progress::ProgressKind::Wait)
+    );
+
+    // The sandbox's word: now it runs.
+    let started = json!({"type": "offload_progress", "request_id": rid, "stage": "executing",
+        "message": "task started with 1 input file(s), 3145728 bytes"});
+    user.call(|p, cx| client.on_message(p, cx, &s, started, true));
+    let o = client.active.as_ref().expect("active");
+    assert_eq!(o.phase, Phase::Running);
+    assert!(
+        o.events.last().is_some_and(
+            |e| e.text.starts_with("task running in the sandbox") && e.progress.is_none()
+        )
     );
 }

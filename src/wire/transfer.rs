@@ -14,7 +14,8 @@ use serde_json::Value;
 // and its callers have always found them.
 pub use crate::wire::limits::{CHUNK_CHARS, MAX_CHUNKS, MAX_FILES, MAX_FILE_BYTES, MAX_NAME_BYTES};
 use crate::wire::limits::{
-    CHUNK_HASH_CHARS, MAX_CHUNK_BYTES, MAX_ORIGINAL_TYPE_CHARS, MAX_TRANSFER_ID_CHARS,
+    CHUNK_HASH_CHARS, ECHOED_NAME_CHARS, MAX_CHUNK_BYTES, MAX_ORIGINAL_TYPE_CHARS,
+    MAX_TRANSFER_ID_CHARS,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,6 +70,13 @@ pub struct ManifestMsg {
     /// names another request, whatever its type.
     #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
     pub request_id: Option<String>,
+    /// Ours, for progress only: the name of the file a chunked
+    /// `file_transfer` carries (its message names it for good).
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub file_name: Option<String>,
+    /// Ours, for progress only: that file's size in bytes.
+    #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
+    pub file_size: Option<u64>,
 }
 
 /// `mesh:transfer_chunk`: one piece of a message's JSON text. Lenient like
@@ -170,6 +178,8 @@ pub fn split_typed(
         from_agent: Some(from_agent.into()),
         timestamp: Some(timestamp.into()),
         request_id: None,
+        file_name: None,
+        file_size: None,
     };
     let chunks = pieces
         .iter()
@@ -194,6 +204,15 @@ pub struct Manifest {
     pub transfer_id: String,
     pub original_type: String,
     pub chunk_hashes: Vec<String>,
+    /// What the sender says for progress reports only (never checked
+    /// against the data; absent when it said nothing usable): the text's
+    /// length, and the file's name and size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size: Option<u64>,
 }
 
 impl Manifest {
@@ -235,9 +254,19 @@ impl Manifest {
         if m.manifest_hash.as_deref().map(str::to_ascii_lowercase) != Some(manifest_hash(&hashes)) {
             return Err(TransferError::Manifest("manifest_hash"));
         }
+        let max_text = (hashes.len() * MAX_CHUNK_BYTES) as u64;
         Ok(Manifest {
             transfer_id: transfer_id.to_string(),
             original_type: original_type.to_string(),
+            total_bytes: m.total_bytes.filter(|n| *n > 0 && *n <= max_text),
+            file_name: m
+                .file_name
+                .as_deref()
+                .and_then(safe_file_name)
+                .map(|n| n.chars().take(ECHOED_NAME_CHARS).collect()),
+            file_size: m
+                .file_size
+                .filter(|n| *n <= crate::wire::limits::MAX_RECEIVED_FILE_BYTES as u64),
             chunk_hashes: hashes,
         })
     }

@@ -380,6 +380,7 @@ pub fn brief_event(e: &Event) -> String {
         Event::FileFailed { id, .. } => format!("file-failed {id}"),
         Event::JobReady { id, .. } => format!("job-ready {id}"),
         Event::JobExited(x) => format!("job-exited {} {}", x.id, x.code),
+        Event::JobProgress { id, .. } => format!("job-progress {id}"),
         Event::Start(_) => "start".into(),
         Event::ToolCall {
             call_id,

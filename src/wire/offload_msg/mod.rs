@@ -26,7 +26,7 @@ pub use report::{ErrorPhase, OffloadError, OffloadStatus, StatusPhase, READY_MES
 pub use request::{CleanupReason, OffloadCleanup, OffloadRequest, Preferences};
 pub use run::{
     NotReturned, OffloadDone, OffloadHello, OffloadProgress, OffloadStart, TokensUsed,
-    MAX_NOT_RETURNED, STAGE_EXECUTING,
+    MAX_NOT_RETURNED, STAGE_EXECUTING, STAGE_WAITING,
 };
 
 /// Every offload message, by its wire `type`.

@@ -38,9 +38,12 @@ impl OffloadHello {
     }
 }
 
-/// The only `stage` the sandbox reports, and what the client assumes
-/// without one.
+/// The `stage` of a report on the run, and what the client assumes
+/// without one (the original's only stage).
 pub const STAGE_EXECUTING: &str = "executing";
+/// Ours: the sandbox is up but runs nothing yet (inputs or the go-ahead
+/// still missing). Never taken as the task running.
+pub const STAGE_WAITING: &str = "waiting";
 
 /// `offload_progress` (sandbox → client).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,7 +55,8 @@ pub struct OffloadProgress {
     pub stage: Option<String>,
     #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
     pub message: Option<String>,
-    /// Absent or not a whole number: 0.
+    /// Only what the executor reported; absent otherwise (never made up
+    /// from time). A client reads a fractional value as absent too.
     #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
     pub pct: Option<u64>,
     #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
@@ -64,10 +68,11 @@ pub struct OffloadProgress {
 }
 
 impl OffloadProgress {
+    /// A report on the run; `pct` only when the executor gave one.
     pub fn executing(
         request_id: &str,
         message: &str,
-        pct: u64,
+        pct: Option<u64>,
         elapsed_seconds: u64,
         from_agent: &str,
         timestamp: &str,
@@ -76,10 +81,31 @@ impl OffloadProgress {
             request_id: Some(request_id.into()),
             stage: Some(STAGE_EXECUTING.into()),
             message: Some(message.into()),
-            pct: Some(pct),
+            pct,
             elapsed_seconds: Some(elapsed_seconds),
             from_agent: Some(from_agent.into()),
             timestamp: Some(timestamp.into()),
+        }
+    }
+
+    /// The sandbox is alive and waits (for inputs or the go-ahead).
+    pub fn waiting(
+        request_id: &str,
+        message: &str,
+        elapsed_seconds: u64,
+        from_agent: &str,
+        timestamp: &str,
+    ) -> Self {
+        OffloadProgress {
+            stage: Some(STAGE_WAITING.into()),
+            ..Self::executing(
+                request_id,
+                message,
+                None,
+                elapsed_seconds,
+                from_agent,
+                timestamp,
+            )
         }
     }
 }
@@ -255,7 +281,7 @@ mod tests {
 
     #[test]
     fn offload_progress() {
-        let (message, pct, elapsed, name) = ("waiting for input files (0/2)", 12u64, 20u64, "sb");
+        let (message, pct, elapsed, name) = ("indexing (running for 20 s)", 12u64, 20u64, "sb");
         // src/offload/sandbox.rs (then src/agent/sandbox.rs), Agent::sandbox_progress_due.
         let literal = json!({
             "type": "offload_progress", "request_id": RID, "stage": "executing",
@@ -263,10 +289,25 @@ mod tests {
             "timestamp": TS,
         });
         same(
-            OffloadProgress::executing(RID, message, pct, elapsed, name, TS),
+            OffloadProgress::executing(RID, message, Some(pct), elapsed, name, TS),
             literal.clone(),
         );
         misspelt(&literal, "progress");
+        // No percentage from the executor: none on the wire (the original's
+        // other fields unchanged).
+        let mut bare = literal.clone();
+        bare.as_object_mut().map(|o| o.remove("pct"));
+        same(
+            OffloadProgress::executing(RID, message, None, elapsed, name, TS),
+            bare.clone(),
+        );
+        // Waiting: our stage, never a percentage.
+        let mut waiting = bare;
+        waiting["stage"] = json!("waiting");
+        same(
+            OffloadProgress::waiting(RID, message, elapsed, name, TS),
+            waiting,
+        );
         // The client reads a fractional pct as none (as `as_u64` did).
         let odd = json!({"type": "offload_progress", "pct": 12.5, "stage": 3});
         assert!(
