@@ -11,4 +11,4 @@ if [[ "${KARS_MESH_DEMO_SKIP_SETUP:-}" != 1 ]]; then
   echo "==> build the component"
   bash scripts/build.sh
 fi
-exec node scripts/demo.mjs "$@"
+exec bash scripts/node.sh scripts/demo.mjs "$@"

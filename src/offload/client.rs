@@ -6,7 +6,7 @@
 //! controller named in its end-to-end encrypted `ready`.
 
 use super::phase::Phase;
-use super::progress::{Count, Meter, ProgressInfo, ProgressKind, TransferNews};
+use super::progress::{Count, Meter, ProgressInfo, ProgressKind, Report, TransferNews};
 use super::reassembly::Part;
 use super::reassembly::Reassembly;
 use crate::io::{Command, Cx, LogLevel};
@@ -1394,6 +1394,9 @@ impl OffloadClient {
             format!("{} ({words})", lead.join(", "))
         };
         if runs {
+            // The sandbox starts only with every input: their meters end
+            // here, before "running", whatever receipts are still on the way.
+            self.complete_input_meters(port, cx, current);
             // A phase change: not coalesced away, and it ends a wait.
             return self.phase_noted(
                 port,
@@ -1447,6 +1450,26 @@ impl OffloadClient {
             if let Some(r) = report {
                 self.record(port, cx, phase, (&r.text, &r.text), Some(r.info));
             }
+        }
+    }
+
+    /// Every input meter of the active offload that has not reported its
+    /// end: the final report (the sandbox said it has them all).
+    fn complete_input_meters(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, phase: Phase) {
+        let Some(o) = self.active.as_ref() else {
+            return;
+        };
+        let rid8: String = o.request_id.chars().take(8).collect();
+        let prefix = format!("{rid8}-in-");
+        let now = cx.now();
+        let reports: Vec<Report> = self
+            .meters
+            .iter_mut()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .filter_map(|(_, m)| m.complete(now))
+            .collect();
+        for r in reports {
+            self.record(port, cx, phase, (&r.text, &r.text), Some(r.info));
         }
     }
 

@@ -103,6 +103,8 @@ pub struct Meter {
     reported_step: u64,
     reported_ms: Option<u64>,
     finished: bool,
+    /// The last count observed (what `complete` finishes from).
+    last: Option<Count>,
 }
 
 /// One report of a meter: the event text and its numbers.
@@ -123,7 +125,26 @@ impl Meter {
             reported_step: 0,
             reported_ms: None,
             finished: false,
+            last: None,
         }
+    }
+
+    /// The recipient said it has the whole file (a sandbox that started its
+    /// task with every input): the final report, unless it was made. Its
+    /// last receipts may still be on their way (they are coalesced), and a
+    /// task that ends at once would otherwise leave the file's progress
+    /// short of its end. Nothing when the meter never counted a part.
+    pub fn complete(&mut self, now: u64) -> Option<Report> {
+        let c = self.last?;
+        if self.finished {
+            return None;
+        }
+        let whole = Count {
+            parts_done: c.parts_total,
+            text_done: c.text_total,
+            ..c
+        };
+        self.observe(whole, now)
     }
 
     /// A new count at `now`: a report when it is due (another tenth done
@@ -133,6 +154,7 @@ impl Meter {
         if self.finished || c.parts_total == 0 {
             return None;
         }
+        self.last = Some(c);
         let done = c.parts_done >= c.parts_total;
         let step = tenths(c);
         let gap_ok = self
@@ -362,6 +384,24 @@ mod tests {
         // Everything in, a millisecond later: reported at once.
         let r = m.observe(count(80), 5001).expect("final");
         assert!(r.finished);
+    }
+
+    #[test]
+    fn a_recipient_that_has_the_whole_file_completes_the_meter_once() {
+        let mut m = Meter::new(ProgressKind::Input, "big.bin", Some(30 * MIB));
+        assert_eq!(m.complete(0), None, "nothing counted: nothing to complete");
+        m.observe(count(40), 0).expect("first report");
+        let r = m.complete(10).expect("final");
+        assert!(r.finished);
+        assert_eq!(r.info.chunks_done, Some(80));
+        assert_eq!(r.info.chunks_total, Some(80));
+        assert_eq!(r.info.bytes_done, Some(30 * MIB));
+        assert_eq!(
+            m.observe(count(80), 20),
+            None,
+            "the late receipts add nothing"
+        );
+        assert_eq!(m.complete(30), None);
     }
 
     #[test]
