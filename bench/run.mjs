@@ -453,7 +453,7 @@ function markdown() {
     L.push('');
     L.push('### The message AEAD\'s ChaCha20: hand-written simd128 vs the `chacha20` crate');
     L.push('');
-    L.push('64 KiB ChaCha20-Poly1305 seal + open alone (no ratchet), µs per message, through the toolkit\'s `aead-seal` / `aead-open` (same key, nonce, 147-byte AD and boundary copies for both; the two must produce the same bytes). The component ships the simd128 ChaCha20 (`src/crypto/aead.rs`); the `chacha20` crate (through `chacha20poly1305`) has no wasm SIMD backend. Poly1305 is the `poly1305` crate\'s in both. Native is the crate (AVX2).');
+    L.push('64 KiB ChaCha20-Poly1305 seal + open alone (no ratchet), µs per message, through the toolkit\'s `aead-seal` / `aead-open` (same key, nonce, 147-byte AD and boundary copies for both; the two must produce the same bytes). The component ships the simd128 ChaCha20 (`src/crypto/aead.rs`); the `chacha20` crate (through `chacha20poly1305`) has no wasm SIMD backend. Poly1305 is the `poly1305` crate\'s in both. Native is the crate (its runtime-selected backend: AVX2 where the CPU has it).');
     L.push('');
     L.push('| component, simd128 ChaCha20 | component, `chacha20` crate | crate / simd128 | native (crate) | component simd128 / native |');
     L.push('| ---: | ---: | ---: | ---: | ---: |');
