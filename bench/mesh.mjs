@@ -484,7 +484,7 @@ function markdown(env, results, bd, bl, wallMs) {
   if (bd && !bd.error) {
     L.push('## Where a kars-mesh round trip goes');
     L.push('');
-    L.push(`Two nodes in the bench process (no driver, no pipes), ${bd.rounds} round trips as above, the core's \`handle()\``);
+    L.push(`Two nodes in the bench process (no driver, no pipes), ${bd.rounds} round trips as above (each side reads with \`mesh_inbox\` \`mark_read\`, as the driver does), the core's \`handle()\``);
     L.push('timed, its `store` commands counted, `fs.fsyncSync` timed (each store = temp file + fsync + rename + fsync of the directory).');
     L.push(`Per round trip, both nodes together (CPU before the section: ${bd.idleAt}):`);
     L.push('');
