@@ -188,6 +188,36 @@ note('component: chain64k');
 detail.chain64k = chainBench(64 * 1024, false);
 results.chain64k_us = detail.chain64k.us;
 
+// ── A/B of the message AEAD's ChaCha20 ───────────────────────────────
+// toolkit aead-seal / aead-open: 64 KiB sealed then opened (the AEAD alone,
+// no ratchet), once with what messages use (in the shipped wasm32 build the
+// hand-written simd128 ChaCha20; Poly1305 is the poly1305 crate's either way)
+// and once with the chacha20poly1305 crate. Same key, nonce, 147-byte AD and
+// boundary copies on both sides; the two must give the same bytes.
+if (typeof tk.aeadSeal === 'function') {
+  note('component: AEAD A/B (simd128 ChaCha20 vs the chacha20 crate)');
+  const key = new Uint8Array(randomBytes(32));
+  const nonce = new Uint8Array(randomBytes(12));
+  const aad = new Uint8Array(randomBytes(147));
+  const pt = new Uint8Array(randomBytes(64 * 1024));
+  const ours = tk.aeadSeal('messages', key, nonce, aad, pt);
+  const theirs = tk.aeadSeal('chacha20-crate', key, nonce, aad, pt);
+  assert(bytesEqual(ours, theirs), 'simd128 and crate ChaCha20-Poly1305 give the same ciphertext and tag');
+  assert(bytesEqual(tk.aeadOpen('chacha20-crate', key, nonce, aad, ours), pt), 'crate opens what simd128 sealed');
+  const ab = (which) => measure((n) => {
+    let out;
+    const t0 = now();
+    for (let i = 0; i < n; i++) out = tk.aeadOpen(which, key, nonce, aad, tk.aeadSeal(which, key, nonce, aad, pt));
+    const ns = since(t0);
+    assert(bytesEqual(out, pt), `aead ${which}`);
+    return ns;
+  });
+  detail.aead64k_simd = ab('messages');
+  detail.aead64k_crate = ab('chacha20-crate');
+  results.aead64k_simd_us = detail.aead64k_simd.us;
+  results.aead64k_crate_us = detail.aead64k_crate.us;
+}
+
 // ── where the time goes: frame-level calls vs raw calls ──────────────
 note('component: frame-level path');
 detail.frame_chain1k = chainBench(1024, true);

@@ -27,6 +27,13 @@
 //   node bench/mesh.mjs [--rounds=200] [--count=2000] [--no-write] [--wait-idle[=s]]
 //   --wait-idle  first wait (up to 300 s, or =s) until the CPUs are idle
 // Writes bench/MESH-RESULTS.md (unless --no-write).
+//
+// Every wait is bounded (STEP_TIMEOUT per step, BURST_TIMEOUT per burst,
+// SECTION_TIMEOUT per section): a section that does not finish fails with a
+// message and the run goes on. SIGINT/SIGTERM stop the run: the client
+// processes and the relay/registry are stopped, nothing is written, and the
+// exit code is 130/143 (a second signal exits at once). A failed section
+// makes the exit code 1 (its message is in the results file).
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs, { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -39,6 +46,7 @@ import { loadCore } from '../js-host/core.js';
 import { startServers, VENV_PYTHON } from '../tests/harness/servers.mjs';
 import { spawnAgtPeer } from '../tests/peers/agt_peer.mjs';
 import { spawnMeshNode } from '../tests/drivers/mesh-node-client.mjs';
+import { takeOverSignals, within, yieldToLoop } from './lifecycle.mjs';
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -53,6 +61,7 @@ const NO_WRITE = args.includes('--no-write');
 const WAIT_IDLE = args.find((a) => a === '--wait-idle' || a.startsWith('--wait-idle='));
 const STEP_TIMEOUT = 30_000;
 const BURST_TIMEOUT = 300_000;
+const SECTION_TIMEOUT = 900_000;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
@@ -87,7 +96,7 @@ async function ours() {
   let setupMs;
   for (let k = 0; k < WARMUP + ROUNDS; k++) {
     const t0 = performance.now();
-    const r = await a.request({ cmd: 'send', to: b.did, message: { type: 'ping', k } });
+    const r = await within(a.request({ cmd: 'send', to: b.did, message: { type: 'ping', k } }), STEP_TIMEOUT, `ours: send ${k}`);
     if (!r.ok) throw new Error(`ours: send failed: ${r.error}`);
     await a.next(echoOf(k), STEP_TIMEOUT, `echo ${k}`);
     const ms = performance.now() - t0;
@@ -95,11 +104,11 @@ async function ours() {
     if (k >= WARMUP) rtts.push(ms);
   }
   const latency = summary(rtts);
-  const latStats = (await b.request({ cmd: 'identity' })).stats;
+  const latStats = (await within(b.request({ cmd: 'identity' }), STEP_TIMEOUT, 'ours: identity')).stats;
 
   // Throughput: C -> D, COUNT messages back to back.
   const [c, d] = await Promise.all([mk('ours-c'), mk('ours-d', { buffer: false })]);
-  const warm = await c.request({ cmd: 'send', to: d.did, message: { type: 'warmup' } });
+  const warm = await within(c.request({ cmd: 'send', to: d.did, message: { type: 'warmup' } }), STEP_TIMEOUT, 'ours: warmup send');
   if (!warm.ok) throw new Error(`ours: warmup send failed: ${warm.error}`);
   await new Promise((resolve, reject) => {
     const t = setTimeout(() => reject(new Error('ours: warmup not received')), STEP_TIMEOUT);
@@ -119,12 +128,12 @@ async function ours() {
     });
   });
   const t0 = performance.now();
-  const burst = await c.request({ cmd: 'burst', to: d.did, count: COUNT, tag: 'ours' });
+  const burst = await within(c.request({ cmd: 'burst', to: d.did, count: COUNT, tag: 'ours' }), BURST_TIMEOUT, 'ours: burst');
   const sendDoneMs = performance.now() - t0;
   if (!burst.ok) throw new Error(`ours: burst failed: ${JSON.stringify(burst)}`);
   await allIn;
   const totalMs = lastAt - t0;
-  const [cs, ds] = await Promise.all([c.request({ cmd: 'identity' }), d.request({ cmd: 'identity' })]);
+  const [cs, ds] = await within(Promise.all([c.request({ cmd: 'identity' }), d.request({ cmd: 'identity' })]), STEP_TIMEOUT, 'ours: identity');
   return {
     name: 'kars-mesh ↔ kars-mesh',
     setupMs,
@@ -166,6 +175,7 @@ async function agt(persist) {
     for (let n = 0; n < COUNT; n++) await r.next((e) => e.event === 'sent' || e.event === 'error', BURST_TIMEOUT, 'sent');
     lastSent = performance.now();
   })();
+  sentAll.catch(() => {}); // awaited below; a failure first seen by the receive loop is not unhandled
   let lastAt = 0;
   for (let n = 0; n < COUNT; n++) {
     await s.next((e) => e.event === 'message' && e.payload?.type === 'bench', BURST_TIMEOUT, `bench message ${n}`);
@@ -185,108 +195,178 @@ async function agt(persist) {
 }
 
 
-// ── where the time goes: an instrumented pair in this process ─────────────
-const fsyncStat = { n: 0, ms: 0 };
-const realFsync = fs.fsyncSync;
-fs.fsyncSync = (fd) => {
-  const t = performance.now();
-  try { return realFsync(fd); } finally { fsyncStat.n++; fsyncStat.ms += performance.now() - t; }
-};
-
-async function instrumentedNode(name) {
-  const p = { handleMs: 0, handles: 0, stores: 0, storeBytes: 0 };
-  const node = await createNode({
-    stateDir: path.join(dir, name), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name, log: () => {},
-    loadCoreImpl: async (fns) => {
-      const core = await loadCore(fns);
-      const handle = core.engine.handle.bind(core.engine);
+// ── storage probe: the one place that knows how the host stores records ──
+// The instrumented sections count the core's `store` commands (engine
+// output, the same whatever the host does with them), time the core's
+// handle() and time fs.fsyncSync, which is where js-host/storage-fs.js spends
+// its durability today (each store: temp file + fsync + rename + fsync of the
+// directory). diskBytes() sums every file under a state directory, whatever
+// its layout. When the host's storage or threading changes (a database with
+// group commit, the engine in a worker), adapt this function only; the
+// sections read `counters()` and nothing else.
+function storageProbe() {
+  const fsync = { n: 0, ms: 0 };
+  const realFsync = fs.fsyncSync;
+  fs.fsyncSync = (fd) => {
+    const t = performance.now();
+    try { return realFsync(fd); } finally { fsync.n++; fsync.ms += performance.now() - t; }
+  };
+  const nodes = [];
+  const zero = (c) => Object.assign(c, { handleMs: 0, handles: 0, stores: 0, storeBytes: 0 });
+  return {
+    /** createNode options that count this node's engine work into `c`. */
+    nodeOptions(c) {
+      zero(c);
+      nodes.push(c);
       return {
-        ...core,
-        engine: {
-          ...core.engine,
-          handle(ev) {
-            const t = performance.now();
-            const out = handle(ev);
-            p.handleMs += performance.now() - t;
-            p.handles++;
-            for (const c of out) if (c.tag === 'store') { p.stores++; p.storeBytes += c.val[1].length; }
-            return out;
-          },
+        loadCoreImpl: async (fns) => {
+          const core = await loadCore(fns);
+          const handle = core.engine.handle.bind(core.engine);
+          return {
+            ...core,
+            engine: {
+              ...core.engine,
+              handle(ev) {
+                const t = performance.now();
+                const out = handle(ev);
+                c.handleMs += performance.now() - t;
+                c.handles++;
+                for (const cmd of out) if (cmd.tag === 'store') { c.stores++; c.storeBytes += cmd.val[1].length; }
+                return out;
+              },
+            },
+          };
         },
       };
     },
+    reset() {
+      for (const c of nodes) zero(c);
+      Object.assign(fsync, { n: 0, ms: 0 });
+    },
+    /** fsync calls and time since the last reset (all nodes of this process). */
+    fsyncs: () => ({ ...fsync }),
+    diskBytes(stateDir) {
+      let n = 0;
+      for (const e of fs.readdirSync(stateDir, { recursive: true, withFileTypes: true }))
+        if (e.isFile()) n += fs.statSync(path.join(e.parentPath ?? e.path, e.name)).size;
+      return n;
+    },
+  };
+}
+let probe;
+
+// ── where the time goes: an instrumented pair in this process ─────────────
+const toolError = (r) => (typeof r?.content?.[0]?.text === 'string' && r.content[0].text.startsWith('❌') ? r.content[0].text : null);
+
+async function instrumentedNode(name) {
+  const p = {};
+  const node = await createNode({
+    stateDir: path.join(dir, name), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name, log: () => {},
+    ...probe.nodeOptions(p),
   });
   cleanup.push(() => node.stop());
-  const reg = await node.callTool('mesh_register', {});
-  if (!reg.details?.mesh?.registered) throw new Error(`${name}: register failed`);
+  const reg = await node.callTool('mesh_register', {}, { timeoutMs: STEP_TIMEOUT });
+  if (!reg.details?.mesh?.registered) throw new Error(`${name}: register failed: ${toolError(reg) ?? JSON.stringify(reg)}`);
   return { node, p };
 }
 
-async function breakdown() {
+async function breakdown(section) {
   const [{ node: a, p: pa }, { node: b, p: pb }] = await Promise.all([instrumentedNode('prof-a'), instrumentedNode('prof-b')]);
-  let running = true;
+  // mesh_inbox only peeks unless told to mark: both readers mark what they
+  // take, or every call would return the same entries at once (and the echo
+  // would answer them again, forever).
+  const take = async (node, waitS, what) => {
+    const r = await node.callTool('mesh_inbox', { wait_seconds: waitS, mark_read: true, limit: 500 }, { timeoutMs: (waitS + 10) * 1000 });
+    const err = toolError(r);
+    if (err) throw new Error(`${what}: mesh_inbox failed: ${err}`);
+    return r.details.mesh.messages;
+  };
+  let echoError = null;
   const echo = (async () => {
-    while (running) {
-      const r = await b.callTool('mesh_inbox', { wait_seconds: 5 }).catch(() => null);
-      if (!r) return;
-      for (const m of r.details.mesh.messages) await b.callTool('mesh_send', { to: m.from, message: { type: 'echo', content: m.payload } });
+    while (!section.over) {
+      for (const m of await take(b, 2, 'echo side')) {
+        const r = await b.callTool('mesh_send', { to: m.from, message: { type: 'echo', content: m.payload } }, { timeoutMs: STEP_TIMEOUT });
+        if (toolError(r)) throw new Error(`echo side: mesh_send failed: ${toolError(r)}`);
+      }
+      await yieldToLoop();
     }
-  })();
+  })().catch((e) => { echoError = e; });
   const rt = async (k) => {
-    await a.callTool('mesh_send', { to: b.did, message: { type: 'ping', k } });
+    const deadline = performance.now() + STEP_TIMEOUT;
+    const r = await a.callTool('mesh_send', { to: b.did, message: { type: 'ping', k } }, { timeoutMs: STEP_TIMEOUT });
+    if (toolError(r)) throw new Error(`ping ${k}: mesh_send failed: ${toolError(r)}`);
     for (;;) {
-      const r = await a.callTool('mesh_inbox', { wait_seconds: 10 });
-      if (r.details.mesh.messages.some((m) => m.payload?.content?.k === k)) return;
+      if (section.over) throw new Error(`ping ${k}: section stopped`);
+      if (echoError) throw new Error(`ping ${k}: the echo side stopped: ${echoError.message}`);
+      const left = (deadline - performance.now()) / 1000;
+      if (left <= 0) throw new Error(`echo of ping ${k} not back after ${STEP_TIMEOUT / 1000} s`);
+      if ((await take(a, Math.min(2, Math.max(0.1, left)), `ping ${k}`)).some((m) => m.payload?.content?.k === k)) return;
+      await yieldToLoop();
     }
   };
-  for (let k = 0; k < WARMUP; k++) await rt(k);
-  for (const p of [pa, pb]) Object.assign(p, { handleMs: 0, handles: 0, stores: 0, storeBytes: 0 });
-  Object.assign(fsyncStat, { n: 0, ms: 0 });
-  const R = Math.min(ROUNDS, 100);
-  const rtts = [];
-  for (let k = WARMUP; k < WARMUP + R; k++) {
-    const t = performance.now();
-    await rt(k);
-    rtts.push(performance.now() - t);
+  try {
+    for (let k = 0; k < WARMUP; k++) await rt(k);
+    probe.reset();
+    const R = Math.min(ROUNDS, 100);
+    const rtts = [];
+    for (let k = WARMUP; k < WARMUP + R; k++) {
+      const t = performance.now();
+      await rt(k);
+      rtts.push(performance.now() - t);
+    }
+    const per = (x) => x / R;
+    const fsync = probe.fsyncs();
+    return {
+      rounds: R,
+      rtt: summary(rtts),
+      handleMs: per(pa.handleMs + pb.handleMs),
+      handles: per(pa.handles + pb.handles),
+      stores: per(pa.stores + pb.stores),
+      storeBytes: per(pa.storeBytes + pb.storeBytes),
+      fsyncs: per(fsync.n),
+      fsyncMs: per(fsync.ms),
+    };
+  } finally {
+    section.over = true;
+    await within(Promise.allSettled([a.stop(), b.stop()]), STEP_TIMEOUT, 'stopping the instrumented pair').catch(() => {});
+    await within(echo, STEP_TIMEOUT, 'the echo loop').catch(() => {});
   }
-  running = false;
-  const per = (x) => x / R;
-  const res = {
-    rounds: R,
-    rtt: summary(rtts),
-    handleMs: per(pa.handleMs + pb.handleMs),
-    handles: per(pa.handles + pb.handles),
-    stores: per(pa.stores + pb.stores),
-    storeBytes: per(pa.storeBytes + pb.storeBytes),
-    fsyncs: per(fsyncStat.n),
-    fsyncMs: per(fsyncStat.ms),
-  };
-  await Promise.allSettled([a.stop(), b.stop()]);
-  await echo;
-  return res;
 }
 
-async function backlog() {
+async function backlog(section) {
   // A peer that is registered but offline: nothing gets receipted.
   const { node: off } = await instrumentedNode('backlog-offline');
   const offDid = off.did;
   await off.stop();
   const { node: a, p } = await instrumentedNode('backlog-sender');
-  await a.callTool('mesh_send', { to: offDid, message: { type: 'warmup' } });
-  const rows = [];
-  // Everything the sender holds on disk: records (session, outbox, ...), excluding nothing.
-  const recordSize = () => {
-    const recs = path.join(dir, 'backlog-sender', 'records');
-    return fs.readdirSync(recs).reduce((n, f) => n + fs.statSync(path.join(recs, f)).size, 0);
+  const send = async (message) => {
+    const r = await a.callTool('mesh_send', { to: offDid, message }, { timeoutMs: STEP_TIMEOUT });
+    if (toolError(r)) throw new Error(`backlog: mesh_send failed: ${toolError(r)}`);
   };
+  await send({ type: 'warmup' });
+  const rows = [];
   for (let batch = 0; batch < 10; batch++) {
-    Object.assign(p, { handleMs: 0, handles: 0, stores: 0, storeBytes: 0 });
+    probe.reset();
     const t = performance.now();
-    for (let i = 0; i < 100; i++) await a.callTool('mesh_send', { to: offDid, message: { type: 'bench', n: batch * 100 + i } });
-    rows.push({ outstanding: batch * 100 + 1, msPerSend: (performance.now() - t) / 100, handleMsPerSend: p.handleMs / 100, bytesPerSend: p.storeBytes / 100, recordBytes: recordSize() });
+    for (let i = 0; i < 100; i++) {
+      if (section.over) throw new Error('backlog: section stopped');
+      await send({ type: 'bench', n: batch * 100 + i });
+      await yieldToLoop();
+    }
+    rows.push({ outstanding: batch * 100 + 1, msPerSend: (performance.now() - t) / 100, handleMsPerSend: p.handleMs / 100, bytesPerSend: p.storeBytes / 100, recordBytes: probe.diskBytes(path.join(dir, 'backlog-sender')) });
   }
   await a.stop();
   return rows;
+}
+
+/** Run one section with SECTION_TIMEOUT; `section.over` tells its loops to stop. */
+async function runSection(fn) {
+  const section = { over: false };
+  try {
+    return await within(fn(section), SECTION_TIMEOUT, 'section');
+  } finally {
+    section.over = true;
+  }
 }
 
 function cpuIdleFraction(ms) {
@@ -399,10 +479,12 @@ function markdown(env, results, bd, bl, wallMs) {
     L.push(`AGT peer error events during the run: ${a.map((r) => `${r.name}: ${r.errors}`).join('; ')}.`);
     L.push('');
   }
-  if (bd) {
+  if (bd?.error) L.push('## Where a kars-mesh round trip goes', '', `Failed: ${bd.error}`, '');
+  if (bl?.error) L.push('## mesh_send cost while messages wait for their receipt', '', `Failed: ${bl.error}`, '');
+  if (bd && !bd.error) {
     L.push('## Where a kars-mesh round trip goes');
     L.push('');
-    L.push(`Two nodes in the bench process (no driver, no pipes), ${bd.rounds} round trips as above, the core's \`handle()\``);
+    L.push(`Two nodes in the bench process (no driver, no pipes), ${bd.rounds} round trips as above (each side reads with \`mesh_inbox\` \`mark_read\`, as the driver does), the core's \`handle()\``);
     L.push('timed, its `store` commands counted, `fs.fsyncSync` timed (each store = temp file + fsync + rename + fsync of the directory).');
     L.push(`Per round trip, both nodes together (CPU before the section: ${bd.idleAt}):`);
     L.push('');
@@ -411,13 +493,13 @@ function markdown(env, results, bd, bl, wallMs) {
     L.push(`| ${f2(bd.rtt.p50)} | ${f2(bd.rtt.p99)} | ${f1(bd.handles)} | ${f2(bd.handleMs)} | ${f1(bd.stores)} | ${Math.round(bd.storeBytes)} | ${f1(bd.fsyncs)} | ${f2(bd.fsyncMs)} |`);
     L.push('');
   }
-  if (bl) {
+  if (bl && !bl.error) {
     L.push('## mesh_send cost while messages wait for their receipt');
     L.push('');
     L.push('One node sends 1,000 messages to a registered peer that is offline, so none is receipted and all stay in');
     L.push(`its outbox. A cost that grows with the backlog means some record is rewritten whole per send. Per batch of 100 sends (CPU before the section: ${bl.idleAt}):`);
     L.push('');
-    L.push('| unreceipted before the batch | ms per mesh_send | engine CPU ms per send | bytes stored per send | all records on disk after (bytes) |');
+    L.push('| unreceipted before the batch | ms per mesh_send | engine CPU ms per send | bytes stored per send | state directory on disk after (bytes) |');
     L.push('|---:|---:|---:|---:|---:|');
     for (const r of bl) L.push(`| ${r.outstanding}–${r.outstanding + 99} | ${f2(r.msPerSend)} | ${f2(r.handleMsPerSend)} | ${Math.round(r.bytesPerSend)} | ${r.recordBytes} |`);
     L.push('');
@@ -453,6 +535,7 @@ async function main() {
   console.log(`# ${env.cpu}; Node ${env.node}; ${env.python}; load ${env.load}; CPU idle ${env.idleNow}`);
   dir = mkdtempSync(path.join(os.tmpdir(), 'kars-bench-mesh-'));
   srv = await startServers();
+  takeOverSignals(stopEverything); // startServers() added handlers that exit at once
   console.log(`# relay ${srv.relayUrl}, registry ${srv.registryUrl}`);
   const results = [];
   for (const [name, fn] of [
@@ -463,7 +546,7 @@ async function main() {
     const idleAt = await beforeSection(name);
     const t = performance.now();
     try {
-      const r = await fn();
+      const r = await runSection(fn);
       r.idleAt = idleAt;
       results.push(r);
       console.log(`#   RTT p50 ${f2(r.latency.p50)} ms, p99 ${f2(r.latency.p99)} ms (first contact ${f1(r.setupMs)} ms); `
@@ -473,24 +556,30 @@ async function main() {
     } catch (e) {
       console.log(`#   FAILED: ${e.message}`);
       results.push({ name, error: e.message });
+      failures++;
     }
-    await Promise.allSettled(cleanup.splice(0).map((f) => f()));
+    await stopAll();
   }
+  probe = storageProbe();
   let bd = null;
   let bl = null;
-  try {
-    const idleBd = await beforeSection('where the time goes (instrumented pair in this process)');
-    bd = await breakdown();
-    bd.idleAt = idleBd;
-    console.log(`#   ${JSON.stringify(bd)}`);
-    const idleBl = await beforeSection('mesh_send cost vs. unreceipted backlog');
-    bl = await backlog();
-    bl.idleAt = idleBl;
-    for (const r of bl) console.log(`#   ${JSON.stringify(r)}`);
-  } catch (e) {
-    console.log(`#   FAILED: ${e.stack}`);
+  for (const [name, fn, keep] of [
+    ['where the time goes (instrumented pair in this process)', breakdown, (r) => (bd = r)],
+    ['mesh_send cost vs. unreceipted backlog', backlog, (r) => (bl = r)],
+  ]) {
+    const idleAt = await beforeSection(name);
+    try {
+      const r = await runSection(fn);
+      r.idleAt = idleAt;
+      keep(r);
+      for (const x of Array.isArray(r) ? r : [r]) console.log(`#   ${JSON.stringify(x)}`);
+    } catch (e) {
+      console.log(`#   FAILED: ${e.message}`);
+      keep({ error: e.message, idleAt });
+      failures++;
+    }
+    await stopAll();
   }
-  await Promise.allSettled(cleanup.splice(0).map((f) => f()));
   const endBuild = buildId();
   if (endBuild !== env.build) {
     env.build = `CHANGED DURING THE RUN (js-host/gen was rebuilt): at start ${env.build}; at the end ${endBuild}. Sections started after the rebuild ran the new engine; rerun for consistent numbers`;
@@ -504,11 +593,24 @@ async function main() {
   }
 }
 
+let failures = 0;
+/** Stop every client of this run (each stop bounded). */
+const stopAll = () => within(Promise.allSettled(cleanup.splice(0).map((f) => f())), 15_000, 'stopping the clients').catch(() => {});
+
+// SIGINT/SIGTERM: stop the clients and the relay/registry, remove the state
+// directory, write nothing, exit 128 + signal number.
+const stopEverything = async () => {
+  await stopAll();
+  await within(srv?.stop() ?? Promise.resolve(), 5000, 'stopping the relay/registry').catch(() => {});
+  try { if (dir) rmSync(dir, { recursive: true, force: true }); } catch { /* best effort */ }
+};
+takeOverSignals(stopEverything);
+
 try {
   await main();
 } finally {
-  await Promise.allSettled(cleanup.splice(0).map((f) => f()));
+  await stopAll();
   await srv?.stop();
   if (dir) rmSync(dir, { recursive: true, force: true });
 }
-process.exit(0);
+process.exit(failures ? 1 : 0);

@@ -101,6 +101,15 @@ fn main() {
             .expect("decrypt");
     });
 
+    // The message AEAD alone (natively the chacha20poly1305 crate): the
+    // native column of the component's simd128-vs-crate A/B.
+    let (key, nonce, aad) = ([7u8; 32], [9u8; 12], [3u8; 147]);
+    let mut buf = big.clone();
+    let aead64k_us = measure(7, 200, || {
+        let tag = kars_mesh::crypto::aead::seal(&key, &nonce, &aad, &mut buf);
+        kars_mesh::crypto::aead::open(&key, &nonce, &aad, &mut buf, &tag).expect("open");
+    });
+
     let frame1k_us = measure(7, 3000, || {
         let f = tk
             .session_encrypt_frame(a, &one_k, 1_767_323_045_678, &mut rng)
@@ -117,6 +126,7 @@ fn main() {
             "pingpong1k_us": pingpong1k_us,
             "chain64k_us": chain64k_us,
             "frame1k_us": frame1k_us,
+            "aead64k_us": aead64k_us,
         })
     );
 }

@@ -8,7 +8,9 @@ use crate::entropy::Entropy;
 use crate::io::{Command as Cmd, Event as Ev, Host, LogLevel};
 use crate::toolkit::Toolkit;
 use exports::kars::mesh::engine::{self as wit_engine, Command, Event};
-use exports::kars::mesh::toolkit::{self as wit_toolkit, IdentityInfo, Initiated, SealedMessage};
+use exports::kars::mesh::toolkit::{
+    self as wit_toolkit, AeadImpl, IdentityInfo, Initiated, SealedMessage,
+};
 use kars::mesh::host;
 use std::cell::RefCell;
 
@@ -182,6 +184,13 @@ fn lower_command(c: Cmd) -> Command {
     }
 }
 
+fn aead_impl(which: AeadImpl) -> crate::toolkit::AeadImpl {
+    match which {
+        AeadImpl::Messages => crate::toolkit::AeadImpl::Messages,
+        AeadImpl::Chacha20Crate => crate::toolkit::AeadImpl::Chacha20Crate,
+    }
+}
+
 fn with<T>(
     f: impl FnOnce(&mut Toolkit) -> Result<T, crate::toolkit::ToolkitError>,
 ) -> Result<T, String> {
@@ -286,6 +295,25 @@ impl wit_toolkit::Guest for Component {
         Toolkit::unseal(&key, &record_type, &sealed)
             .map(|z| z.to_vec())
             .map_err(|e| e.to_string())
+    }
+    fn aead_seal(
+        which: AeadImpl,
+        key: Vec<u8>,
+        nonce: Vec<u8>,
+        aad: Vec<u8>,
+        plaintext: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        Toolkit::aead_seal(aead_impl(which), &key, &nonce, &aad, &plaintext)
+            .map_err(|e| e.to_string())
+    }
+    fn aead_open(
+        which: AeadImpl,
+        key: Vec<u8>,
+        nonce: Vec<u8>,
+        aad: Vec<u8>,
+        sealed: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        Toolkit::aead_open(aead_impl(which), &key, &nonce, &aad, &sealed).map_err(|e| e.to_string())
     }
     fn pairing_token_parse(token: String) -> Result<String, String> {
         Toolkit::pairing_token_parse(&token).map_err(|e| e.to_string())

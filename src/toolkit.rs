@@ -2,6 +2,7 @@
 //! component's `toolkit` export, native tests and the native benchmark.
 //! Secrets never leave: callers hold small integer handles.
 
+use crate::crypto::aead;
 use crate::crypto::identity::Identity;
 use crate::crypto::keys::KeyPair;
 use crate::crypto::ratchet::{channel_ad, Header, Ratchet, RatchetError};
@@ -21,6 +22,16 @@ pub enum ToolkitError {
     NoSession(u32),
     #[error("seed must be 32 bytes, got {0}")]
     BadSeed(usize),
+    #[error("{what} must be {expected} bytes, got {got}")]
+    BadLength {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    #[error("sealed bytes must end with a 16-byte tag, got {0} bytes")]
+    NoTag(usize),
+    #[error("AEAD tag mismatch")]
+    AeadTag,
     #[error("identity {0} has no signed prekey yet; call prekeys-generate first")]
     NoSignedPrekey(u32),
     #[error("peer DID {0:?} is not a did:mesh: DID (did:mesh: + 32 lowercase hex)")]
@@ -39,6 +50,16 @@ pub enum ToolkitError {
     Token(#[from] TokenError),
     #[error(transparent)]
     Time(#[from] time::TimeError),
+}
+
+/// Which ChaCha20-Poly1305 `aead_seal` / `aead_open` run: the benchmark's A/B
+/// of the message AEAD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AeadImpl {
+    /// What messages use (on wasm32 with simd128: the hand-written ChaCha20).
+    Messages,
+    /// The `chacha20poly1305` crate.
+    Chacha20Crate,
 }
 
 struct Agent {
@@ -381,11 +402,67 @@ impl Toolkit {
         Ok(seal::unseal(key, record_type, sealed)?)
     }
 
+    /// ChaCha20-Poly1305 seal of caller bytes with a caller key (benchmarks
+    /// only: no message goes this way); returns ciphertext || tag.
+    pub fn aead_seal(
+        which: AeadImpl,
+        key: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, ToolkitError> {
+        let (key, nonce) = (fixed::<32>("key", key)?, fixed::<12>("nonce", nonce)?);
+        let mut buf = Vec::with_capacity(plaintext.len() + 16);
+        buf.extend_from_slice(plaintext);
+        let tag = match which {
+            AeadImpl::Messages => aead::seal(&key, &nonce, aad, &mut buf),
+            AeadImpl::Chacha20Crate => aead::reference::seal(&key, &nonce, aad, &mut buf),
+        };
+        buf.extend_from_slice(&tag);
+        Ok(buf)
+    }
+
+    /// The inverse of [`Toolkit::aead_seal`].
+    pub fn aead_open(
+        which: AeadImpl,
+        key: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, ToolkitError> {
+        let (key, nonce) = (fixed::<32>("key", key)?, fixed::<12>("nonce", nonce)?);
+        let split = sealed
+            .len()
+            .checked_sub(16)
+            .ok_or(ToolkitError::BadLength {
+                what: "sealed",
+                expected: 16,
+                got: sealed.len(),
+            })?;
+        let (ct, tag) = sealed.split_at(split);
+        let tag = fixed::<16>("tag", tag)?;
+        let mut buf = ct.to_vec();
+        match which {
+            AeadImpl::Messages => aead::open(&key, &nonce, aad, &mut buf, &tag),
+            AeadImpl::Chacha20Crate => aead::reference::open(&key, &nonce, aad, &mut buf, &tag),
+        }
+        .map_err(|_| ToolkitError::AeadTag)?;
+        Ok(buf)
+    }
+
     /// The token's payload as JSON (the caller's own token, secret included).
     pub fn pairing_token_parse(t: &str) -> Result<String, ToolkitError> {
         let tok = token::parse(t)?;
         Ok(serde_json::to_string(&tok).unwrap_or_default())
     }
+}
+
+fn fixed<const N: usize>(what: &'static str, b: &[u8]) -> Result<[u8; N], ToolkitError> {
+    b.try_into().map_err(|_| ToolkitError::BadLength {
+        what,
+        expected: N,
+        got: b.len(),
+    })
 }
 
 fn check_did(did: &str) -> Result<(), ToolkitError> {

@@ -598,3 +598,24 @@ test('plaintext_peer.pair_request: body encoding and decoding', async () => {
   assert.equal(JSON.parse(toolkit.plaintextDecode(enc)).t, 'ünï ☃ 😀');
   assert.throws(() => toolkit.plaintextDecode('***'), /payload/);
 });
+
+test('aead-seal/aead-open: the simd128 ChaCha20 of the built component gives the chacha20 crate\'s bytes and Node\'s', async () => {
+  const { toolkit: tk } = await freshCore();
+  for (const len of [0, 1, 63, 64, 65, 255, 256, 257, 1023, 1024, 1025, 65536, 65537]) {
+    const key = new Uint8Array(crypto.randomBytes(32));
+    const nonce = new Uint8Array(crypto.randomBytes(12));
+    const aad = new Uint8Array(crypto.randomBytes(len % 148));
+    const pt = new Uint8Array(crypto.randomBytes(len));
+    const ours = tk.aeadSeal('messages', key, nonce, aad, pt);
+    assert.equal(hex(ours), hex(tk.aeadSeal('chacha20-crate', key, nonce, aad, pt)), `len ${len}`);
+    const c = crypto.createCipheriv('chacha20-poly1305', key, nonce, { authTagLength: 16 });
+    c.setAAD(aad, { plaintextLength: len });
+    assert.equal(hex(ours), hex(Buffer.concat([c.update(pt), c.final(), c.getAuthTag()])), `len ${len}, node:crypto`);
+    assert.equal(hex(tk.aeadOpen('chacha20-crate', key, nonce, aad, ours)), hex(pt));
+    const bad = ours.slice();
+    bad[bad.length - 1] ^= 1;
+    assertRejects(() => tk.aeadOpen('messages', key, nonce, aad, bad), `len ${len}, bad tag`);
+  }
+  assertRejects(() => tk.aeadSeal('messages', new Uint8Array(31), new Uint8Array(12), new Uint8Array(0), new Uint8Array(1)), '31-byte key');
+  assertRejects(() => tk.aeadOpen('messages', new Uint8Array(32), new Uint8Array(12), new Uint8Array(0), new Uint8Array(15)), 'no tag');
+});
