@@ -19,10 +19,15 @@
 // sender's stdin until the receiver's JSON line is read from its stdout, the
 // same way for every implementation.
 //
+// Our pair runs twice: sends one at a time (each waits for the one before,
+// as the AGT peer sends), and with 64 mesh_send calls in flight, whose
+// stores the node commits together (group commit). Every message is durable
+// before it leaves and before its receipt in both.
+//
 // Two more measurements explain our numbers, in this process with an
-// instrumented pair (the core's handle() timed, store commands counted,
-// fs.fsyncSync timed): where a round trip's time goes, and what one
-// mesh_send costs while N sent messages still wait for their receipt.
+// instrumented pair (the node's group-commit totals: engine time, events,
+// stores, commits): where a round trip's time goes, and what one mesh_send
+// costs while N sent messages still wait for their receipt.
 //
 //   node bench/mesh.mjs [--rounds=200] [--count=2000] [--no-write] [--wait-idle[=s]]
 //   --wait-idle  first wait (up to 300 s, or =s) until the CPUs are idle
@@ -84,7 +89,7 @@ let dir;
 const cleanup = [];
 
 // ── (i) kars-mesh clients ─────────────────────────────────────────────────
-async function ours() {
+async function ours(window = 1) {
   const mk = (name, extra = {}) => spawnMeshNode({
     stateDir: path.join(dir, name), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name: `bench-${name}`, label: name, ...extra,
   }).then((n) => { cleanup.push(() => n.stop()); return n; });
@@ -128,14 +133,14 @@ async function ours() {
     });
   });
   const t0 = performance.now();
-  const burst = await within(c.request({ cmd: 'burst', to: d.did, count: COUNT, tag: 'ours' }), BURST_TIMEOUT, 'ours: burst');
+  const burst = await within(c.request({ cmd: 'burst', to: d.did, count: COUNT, tag: 'ours', window }), BURST_TIMEOUT, 'ours: burst');
   const sendDoneMs = performance.now() - t0;
   if (!burst.ok) throw new Error(`ours: burst failed: ${JSON.stringify(burst)}`);
   await allIn;
   const totalMs = lastAt - t0;
   const [cs, ds] = await within(Promise.all([c.request({ cmd: 'identity' }), d.request({ cmd: 'identity' })]), STEP_TIMEOUT, 'ours: identity');
   return {
-    name: 'kars-mesh ↔ kars-mesh',
+    name: window > 1 ? `kars-mesh ↔ kars-mesh (${window} sends in flight)` : 'kars-mesh ↔ kars-mesh',
     setupMs,
     latency,
     latencyEngine: latStats,
@@ -196,55 +201,48 @@ async function agt(persist) {
 
 
 // ── storage probe: the one place that knows how the host stores records ──
-// The instrumented sections count the core's `store` commands (engine
-// output, the same whatever the host does with them), time the core's
-// handle() and time fs.fsyncSync, which is where js-host/storage-fs.js spends
-// its durability today (each store: temp file + fsync + rename + fsync of the
-// directory). diskBytes() sums every file under a state directory, whatever
-// its layout. When the host's storage or threading changes (a database with
-// group commit, the engine in a worker), adapt this function only; the
-// sections read `counters()` and nothing else.
+// The instrumented sections read the node's group-commit totals
+// (node.storeStats(), kept by js-host/event-loop.js in the engine's thread):
+// engine time, events handled, `store`/`erase` commands, bytes, commits (one
+// WAL fsync each) and their time. diskBytes() sums every file under a state
+// directory, whatever its layout. When the host's storage changes, adapt
+// this function only.
 function storageProbe() {
-  const fsync = { n: 0, ms: 0 };
-  const realFsync = fs.fsyncSync;
-  fs.fsyncSync = (fd) => {
-    const t = performance.now();
-    try { return realFsync(fd); } finally { fsync.n++; fsync.ms += performance.now() - t; }
+  // The engine and its database run in the node's worker thread; the node's
+  // group-commit totals (node.storeStats(): engine time, events, stores,
+  // bytes, commits, commit time) are what this section reports, as deltas
+  // from reset(). One commit is one WAL fsync (synchronous = FULL).
+  const tracked = [];
+  const FIELDS = ['engineMs', 'events', 'stores', 'bytes', 'commits', 'commitMs'];
+  const read = (node) => node.storeStats() ?? Object.fromEntries(FIELDS.map((k) => [k, 0]));
+  const update = (t) => {
+    const now = read(t.node);
+    t.c.handleMs = now.engineMs - t.base.engineMs;
+    t.c.handles = now.events - t.base.events;
+    t.c.stores = now.stores - t.base.stores;
+    t.c.storeBytes = now.bytes - t.base.bytes;
+    t.c.commits = now.commits - t.base.commits;
+    t.c.commitMs = now.commitMs - t.base.commitMs;
   };
-  const nodes = [];
-  const zero = (c) => Object.assign(c, { handleMs: 0, handles: 0, stores: 0, storeBytes: 0 });
   return {
-    /** createNode options that count this node's engine work into `c`. */
-    nodeOptions(c) {
-      zero(c);
-      nodes.push(c);
-      return {
-        loadCoreImpl: async (fns) => {
-          const core = await loadCore(fns);
-          const handle = core.engine.handle.bind(core.engine);
-          return {
-            ...core,
-            engine: {
-              ...core.engine,
-              handle(ev) {
-                const t = performance.now();
-                const out = handle(ev);
-                c.handleMs += performance.now() - t;
-                c.handles++;
-                for (const cmd of out) if (cmd.tag === 'store') { c.stores++; c.storeBytes += cmd.val[1].length; }
-                return out;
-              },
-            },
-          };
-        },
-      };
+    /** createNode options for an instrumented node (none: the totals are always kept). */
+    nodeOptions: () => ({}),
+    /** Count `node`'s work into `c` (read with `sample`). */
+    track(node, c) {
+      const t = { node, c, base: read(node) };
+      tracked.push(t);
+      update(t);
     },
     reset() {
-      for (const c of nodes) zero(c);
-      Object.assign(fsync, { n: 0, ms: 0 });
+      for (const t of tracked) {
+        t.base = read(t.node);
+        update(t);
+      }
     },
-    /** fsync calls and time since the last reset (all nodes of this process). */
-    fsyncs: () => ({ ...fsync }),
+    /** Refresh every tracked counter (as of each node's last batch). */
+    sample() {
+      for (const t of tracked) update(t);
+    },
     diskBytes(stateDir) {
       let n = 0;
       for (const e of fs.readdirSync(stateDir, { recursive: true, withFileTypes: true }))
@@ -264,6 +262,7 @@ async function instrumentedNode(name) {
     stateDir: path.join(dir, name), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name, log: () => {},
     ...probe.nodeOptions(p),
   });
+  probe.track(node, p);
   cleanup.push(() => node.stop());
   const reg = await node.callTool('mesh_register', {}, { timeoutMs: STEP_TIMEOUT });
   if (!reg.details?.mesh?.registered) throw new Error(`${name}: register failed: ${toolError(reg) ?? JSON.stringify(reg)}`);
@@ -315,7 +314,7 @@ async function breakdown(section) {
       rtts.push(performance.now() - t);
     }
     const per = (x) => x / R;
-    const fsync = probe.fsyncs();
+    probe.sample();
     return {
       rounds: R,
       rtt: summary(rtts),
@@ -323,8 +322,8 @@ async function breakdown(section) {
       handles: per(pa.handles + pb.handles),
       stores: per(pa.stores + pb.stores),
       storeBytes: per(pa.storeBytes + pb.storeBytes),
-      fsyncs: per(fsync.n),
-      fsyncMs: per(fsync.ms),
+      fsyncs: per(pa.commits + pb.commits),
+      fsyncMs: per(pa.commitMs + pb.commitMs),
     };
   } finally {
     section.over = true;
@@ -353,6 +352,7 @@ async function backlog(section) {
       await send({ type: 'bench', n: batch * 100 + i });
       await yieldToLoop();
     }
+    probe.sample();
     rows.push({ outstanding: batch * 100 + 1, msPerSend: (performance.now() - t) / 100, handleMsPerSend: p.handleMs / 100, bytesPerSend: p.storeBytes / 100, recordBytes: probe.diskBytes(path.join(dir, 'backlog-sender')) });
   }
   await a.stop();
@@ -442,7 +442,7 @@ function markdown(env, results, bd, bl, wallMs) {
   L.push('');
   L.push('One loopback AgentMesh relay and registry (agent-governance-toolkit-core 5.0.0, `tests/harness/servers.mjs`)');
   L.push('serve every pair in this run. Each client is its own process: ours is `tests/drivers/mesh-node.mjs`');
-  L.push('(js-host/node-host.js + the wasm engine, durable state dir with an fsync per stored record, the receiver');
+  L.push('(js-host/node-host.js + the wasm engine in a worker, state in SQLite with group commit: one fsync per batch of events, the receiver');
   L.push('reads with `mesh_inbox wait_seconds`); the AGT peer is `tests/peers/agt_peer.py` (AGT 5.0.0 reference');
   L.push('crypto, websockets). Timings are taken in the bench process from writing the command to the sender\'s stdin');
   L.push('until the receiver\'s JSON line is read, identically for both.');
@@ -485,10 +485,10 @@ function markdown(env, results, bd, bl, wallMs) {
     L.push('## Where a kars-mesh round trip goes');
     L.push('');
     L.push(`Two nodes in the bench process (no driver, no pipes), ${bd.rounds} round trips as above (each side reads with \`mesh_inbox\` \`mark_read\`, as the driver does), the core's \`handle()\``);
-    L.push('timed, its `store` commands counted, `fs.fsyncSync` timed (each store = temp file + fsync + rename + fsync of the directory).');
+    L.push('the node\'s group-commit totals: engine time, events handled, `store`/`erase` commands, commits (one WAL fsync each) and their time.');
     L.push(`Per round trip, both nodes together (CPU before the section: ${bd.idleAt}):`);
     L.push('');
-    L.push('| RTT p50 (ms) | RTT p99 (ms) | engine handle() calls | engine CPU (ms) | durable writes (store) | bytes written | fsyncs | fsync time (ms) |');
+    L.push('| RTT p50 (ms) | RTT p99 (ms) | engine handle() calls | engine CPU (ms) | stores and erases | bytes stored | commits (fsyncs) | commit time (ms) |');
     L.push('|---:|---:|---:|---:|---:|---:|---:|---:|');
     L.push(`| ${f2(bd.rtt.p50)} | ${f2(bd.rtt.p99)} | ${f1(bd.handles)} | ${f2(bd.handleMs)} | ${f1(bd.stores)} | ${Math.round(bd.storeBytes)} | ${f1(bd.fsyncs)} | ${f2(bd.fsyncMs)} |`);
     L.push('');
@@ -539,7 +539,8 @@ async function main() {
   console.log(`# relay ${srv.relayUrl}, registry ${srv.registryUrl}`);
   const results = [];
   for (const [name, fn] of [
-    ['kars-mesh ↔ kars-mesh', ours],
+    ['kars-mesh ↔ kars-mesh', () => ours(1)],
+    ['kars-mesh ↔ kars-mesh (64 sends in flight)', () => ours(64)],
     ['AGT Python ↔ AGT Python (in memory)', () => agt(false)],
     ['AGT Python ↔ AGT Python (--state: fsync per frame)', () => agt(true)],
   ]) {

@@ -37,6 +37,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -124,6 +125,9 @@ async function ours(run, input, inputSha) {
   const paired = await client.callTool('mesh_pair', { token }, { timeoutMs: STEP_TIMEOUT });
   if (!/^✅ Paired/.test(paired.content[0].text)) throw new Error(`mesh_pair: ${paired.content[0].text}`);
 
+  // This thread plays the Gateway's: the engines run in their own threads.
+  const delay = monitorEventLoopDelay({ resolution: 5 });
+  delay.enable();
   const t0 = Date.now();
   const sub = await client.callTool('cloud_offload', { task: 'copy input.bin to output.bin', files: [input] }, { timeoutMs: STEP_TIMEOUT });
   if (!/^☁️ Offload submitted/.test(sub.content[0].text)) throw new Error(`cloud_offload: ${sub.content[0].text}`);
@@ -141,6 +145,7 @@ async function ours(run, input, inputSha) {
     if (['done', 'error'].includes(last.phase)) break;
     await yieldToLoop();
   }
+  delay.disable();
   if (last.phase !== 'done') throw new Error(`offload ended in ${last.phase}: ${JSON.stringify(last.error ?? last.events?.at(-1))}`);
   const outs = Object.fromEntries((last.outputs ?? []).map((o) => [o.name, o]));
   const out = outs['output.bin'];
@@ -172,6 +177,8 @@ async function ours(run, input, inputSha) {
     // The client's handle() of the hello includes reading and chunking the
     // input: how long its event loop could not answer (seen − engine time).
     helloStallMs: hello.seen_ms - hello.at_ms,
+    loopP99Ms: delay.percentile(99) / 1e6,
+    loopMaxMs: delay.max / 1e6,
   };
 }
 
@@ -279,19 +286,19 @@ function markdown(env, rows, wallMs) {
   L.push('  ("download"), from writing the first send command until the receiver printed the last message; no receipts,');
   L.push('  nothing written to disk.');
   L.push('');
-  L.push('| run | CPU before the run | kars-mesh upload MiB/s | kars-mesh download MiB/s | AGT Python P → Q MiB/s | AGT Python Q → P MiB/s | upload s | download s | AGT P → Q s | AGT Q → P s | submit → sandbox hello s | client stalled on the hello s | submit → done s |');
-  L.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  L.push('| run | CPU before the run | kars-mesh upload MiB/s | kars-mesh download MiB/s | AGT Python P → Q MiB/s | AGT Python Q → P MiB/s | upload s | download s | AGT P → Q s | AGT Q → P s | submit → sandbox hello s | client stalled on the hello s | submit → done s | host thread event-loop delay p99 / max (ms) |');
+  L.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     if (r.error) {
-      L.push(`| ${r.run} | ${r.idle ?? ''} | failed: ${r.error.replace(/\|/g, '\\|').split('\n')[0].slice(0, 400)} | | | | | | | | | | |`);
+      L.push(`| ${r.run} | ${r.idle ?? ''} | failed: ${r.error.replace(/\|/g, '\\|').split('\n')[0].slice(0, 400)} | | | | | | | | | | | |`);
       continue;
     }
     const o = r.ours;
     const a = r.agt;
-    L.push(`| ${r.run} | ${r.idle} | ${f1(o?.upMiBs)} | ${f1(o?.downMiBs)} | ${f1(a?.upMiBs)} | ${f1(a?.downMiBs)} | ${f2(o && o.upMs / 1000)} | ${f2(o && o.downMs / 1000)} | ${f2(a && a.upMs / 1000)} | ${f2(a && a.downMs / 1000)} | ${f2(o && o.setupMs / 1000)} | ${f2(o && o.helloStallMs / 1000)} | ${f2(o && o.totalMs / 1000)} |`);
+    L.push(`| ${r.run} | ${r.idle} | ${f1(o?.upMiBs)} | ${f1(o?.downMiBs)} | ${f1(a?.upMiBs)} | ${f1(a?.downMiBs)} | ${f2(o && o.upMs / 1000)} | ${f2(o && o.downMs / 1000)} | ${f2(a && a.upMs / 1000)} | ${f2(a && a.downMs / 1000)} | ${f2(o && o.setupMs / 1000)} | ${f2(o && o.helloStallMs / 1000)} | ${f2(o && o.totalMs / 1000)} | ${o ? `${f1(o.loopP99Ms)} / ${f1(o.loopMaxMs)}` : ''} |`);
   }
   if (ok.length > 1)
-    L.push(`| median | | ${f1(med('upMiBs', 'ours'))} | ${f1(med('downMiBs', 'ours'))} | ${f1(med('upMiBs', 'agt'))} | ${f1(med('downMiBs', 'agt'))} | | | | | | | |`);
+    L.push(`| median | | ${f1(med('upMiBs', 'ours'))} | ${f1(med('downMiBs', 'ours'))} | ${f1(med('upMiBs', 'agt'))} | ${f1(med('downMiBs', 'agt'))} | | | | | | | | |`);
   L.push('');
   const up = med('upMiBs', 'ours');
   const down = med('downMiBs', 'ours');
@@ -303,7 +310,9 @@ function markdown(env, rows, wallMs) {
   if (errs.length) L.push('', `AGT peer error events: ${errs.join(', ')}.`);
   L.push('');
   L.push('*Client stalled on the hello*: how much later than the engine stamped it this process saw the sandbox\'s hello');
-  L.push('event; the client\'s engine reads and chunks the input in that call, on the main thread (counted in the upload).');
+  L.push('event (the engine stamps it in its own thread; this process sees it when it reads the status), counted in the upload.');
+  L.push('*Host thread event-loop delay*: `monitorEventLoopDelay` on this process\'s main thread (what a Gateway runs on)');
+  L.push('from the submit until done; the client\'s and the controller\'s engines run in worker threads.');
   return `${L.join('\n')}\n`;
 }
 
