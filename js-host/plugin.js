@@ -372,9 +372,14 @@ function register(api) {
     // Offload news goes in front of the next outgoing message. Only a node that
     // is already running is asked (a message must not start the mesh link); an
     // engine without the tool, or any error, leaves the message alone.
+    // OpenClaw may run the hook again on the message it already returned
+    // (the Gateway's reply and its delivery): that message has its news, and
+    // asking again would take the next news away to put it in front of it.
+    const prepended = new Set();
     api.on('message_sending', async (event) => {
       const node = runningNode(settings);
       if (!node || typeof event?.content !== 'string') return undefined;
+      if (prepended.has(event.content)) return undefined;
       let result;
       try {
         result = await node.callTool('offload_notifications', {}, { timeoutMs: NOTIFY_TIMEOUT_MS });
@@ -385,7 +390,10 @@ function register(api) {
       if (result?.details?.mesh?.error || !Array.isArray(lines)) return undefined;
       const text = lines.filter((l) => typeof l === 'string' && l).join('\n');
       if (!text) return undefined;
-      return { content: `${text}\n\n${event.content}` };
+      const content = `${text}\n\n${event.content}`;
+      prepended.add(content);
+      if (prepended.size > 32) prepended.delete(prepended.values().next().value);
+      return { content };
     });
   }
 
