@@ -14,6 +14,7 @@ import { startServers } from './harness/servers.mjs';
 import { createProbedNode } from './harness/wasm-memory.mjs';
 import { rawPeer } from './peers/raw_peer.mjs';
 import { createNode } from '../js-host/node-host.js';
+import { allRecords } from './harness/state-db.mjs';
 
 const MiB = 1024 * 1024;
 const COUNT = 40;
@@ -44,7 +45,7 @@ function tmp(name) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Every file under dir except state.key, lock files and the files/ area. */
+/** Every file under dir except state.key, lock files and the files/ area (state.db and its WAL and shm among them). */
 function recordFiles(dir) {
   const out = [];
   const walk = (d, rel) => {
@@ -121,14 +122,19 @@ test('finding 1: 40 messages of ~3 MB from a stranger keep the wasm memory bound
   const unread = (await victim.callTool('mesh_inbox', { limit: 1, from: stranger.did })).details.mesh;
   assert.ok(unread.unread * CONTENT_BYTES <= 32 * MiB + CONTENT_BYTES, `unread from the stranger: ${unread.unread}`);
 
-  // At rest: every record is sealed (version byte 1 or 2, >= 29 bytes) and no
-  // message text appears in any file.
-  const files = recordFiles(victimDir);
-  assert.ok(files.length > 0);
+  // At rest: every record in the state database is sealed (version byte 1 or
+  // 2, >= 29 bytes), and no message text appears in any file of the state
+  // directory (the database, its WAL and shared memory, anything else).
   const bad = [];
+  const records = allRecords(victimDir);
+  assert.ok(records.length > 0);
+  for (const [key, b] of records) {
+    if (b.length < 29 || (b[0] !== 1 && b[0] !== 2)) bad.push(`record ${key}: not a sealed record (${b.length} bytes, first byte ${b[0]})`);
+  }
+  const files = recordFiles(victimDir);
+  assert.ok(files.some((f) => f.rel === 'state.db'), files.map((f) => f.rel).join(', '));
   for (const f of files) {
     const b = fs.readFileSync(f.full);
-    if (b.length < 29 || (b[0] !== 1 && b[0] !== 2)) bad.push(`${f.rel}: not a sealed record (${b.length} bytes, first byte ${b[0]})`);
     for (let i = 0; i < markers.length; i++) {
       if (b.includes(markers[i]) || b.includes(samples[i])) {
         bad.push(`${f.rel}: holds the plaintext of message ${i}`);
