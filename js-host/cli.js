@@ -527,7 +527,8 @@ export async function main(
   }
   let node;
   try {
-    node = await (createNodeImpl ?? createNode)({ ...run.node, log });
+    // The proxy settings come from the same environment as every other setting.
+    node = await (createNodeImpl ?? createNode)({ proxy: env, ...run.node, log });
   } catch (e) {
     if (e instanceof StateDirError) {
       err(`kars-mesh: ${e.message}`);

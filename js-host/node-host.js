@@ -9,6 +9,8 @@
 //                  this one (a scripted test core runs on this thread)
 //   sockets.js     the relay WebSocket
 //   http.js        registry requests
+//   proxy.js       both through a forward proxy's CONNECT tunnel, when the
+//                  environment (or the `proxy` option) names one
 //   timers.js      the core's timers
 //   tool-calls.js  callTool: tool-call events, settled by tool-result commands
 //   state-db.js    sealed records in SQLite; storage-fs.js: lock, state.key;
@@ -32,8 +34,9 @@ import { createJobs } from './jobs.js';
 import { escapeLog } from './log-escape.js';
 import { NodeError, errorText } from './node-error.js';
 import { createEventLoop, commandTable, batchTotals } from './event-loop.js';
-import { createSockets, webSocketClass } from './sockets.js';
+import { createSockets, webSocketClass, wsPackageClass } from './sockets.js';
 import { createHttp } from './http.js';
+import { proxySettings } from './proxy.js';
 import { createTimers } from './timers.js';
 import { createToolCalls } from './tool-calls.js';
 
@@ -58,6 +61,9 @@ function defaultLog(level, message) {
  * @param {string[]} [opts.trustedPlaintext] DIDs allowed to send plaintext frames
  * @param {string} [opts.acceptSessions]    session acceptance policy (e.g. "all")
  * @param {string} [opts.relayToken]        the relay's AGENTMESH_RELAY_TOKEN, if it has one
+ * @param {object|string|false} [opts.proxy=process.env] the forward proxy for the relay and the
+ *   registry (js-host/proxy.js): an object of environment variables (HTTPS_PROXY, HTTP_PROXY,
+ *   ALL_PROXY, NO_PROXY and their lower-case spellings), one proxy URL for everything, or false
  * @param {string} [opts.role]              "controller": keep a pairing ledger and answer pair_request
  * @param {string} [opts.clusterName]       cluster name a controller reports
  * @param {object} [opts.sandbox]           role "sandbox": the offload spec this peer works on
@@ -103,7 +109,10 @@ export async function createNode(opts = {}) {
   const filesDir = o.filesDir ?? path.join(root, 'files');
   let jobs;
   let WebSocketImpl;
+  let ProxyWebSocketImpl;
+  let proxy;
   try {
+    proxy = proxySettings(o.proxy);
     jobs = createJobs({
       filesDir,
       dispatch: (ev) => node.dispatch(ev), // jobs report only after start, when the node exists
@@ -125,13 +134,20 @@ export async function createNode(opts = {}) {
     WebSocketImpl = await webSocketClass().catch((e) => {
       throw new NodeError(`no WebSocket implementation: install the 'ws' package or use Node 22+ (${errorText(e)})`, { cause: e });
     });
+    if (proxy.any) {
+      ProxyWebSocketImpl = await wsPackageClass().catch((e) => {
+        throw new NodeError(`a proxy is set, and the relay connection through it needs the 'ws' package: ${errorText(e)}`, { cause: e });
+      });
+      for (const w of proxy.warnings) logger.log('warn', w);
+      logger.log('info', `host: relay and registry connections: ${proxy.describe()}`);
+    }
   } catch (e) {
     lock.release();
     throw e;
   }
   const node = await runNode({
     root, lock, filesDir, sealedOnly, inWorker, loadCoreImpl: o.loadCoreImpl,
-    jobs, WebSocketImpl, log: logger.log, stopTimeoutMs: o.stopTimeoutMs,
+    jobs, WebSocketImpl, ProxyWebSocketImpl, proxy, log: logger.log, stopTimeoutMs: o.stopTimeoutMs,
   });
   const { did, amid } = await start(node, startConfig(o, node.takeStateKey(), node.hasIdentity), logger, root);
   return {
@@ -167,6 +183,7 @@ export async function createNode(opts = {}) {
 /** createNode's options with their defaults. */
 function withDefaults({
   relayToken = process.env.KARS_MESH_RELAY_TOKEN,
+  proxy = process.env,
   execUnisolated = false,
   identitySeedHex = process.env.KARS_IDENTITY_SEED,
   pinnedAppId = process.env.PINNED_AGENT_IDENTITY_APP_ID,
@@ -180,7 +197,7 @@ function withDefaults({
   sealedRecords = loadCoreImpl === loadCore,
   ...given
 }) {
-  return { ...given, relayToken, execUnisolated, identitySeedHex, pinnedAppId, log, stopTimeoutMs, loadCoreImpl, sealedRecords };
+  return { ...given, relayToken, proxy, execUnisolated, identitySeedHex, pinnedAppId, log, stopTimeoutMs, loadCoreImpl, sealedRecords };
 }
 
 /**
@@ -325,7 +342,7 @@ async function engineInWorker({ root, filesDir, sealedOnly, log, carryOut, onDea
  * node's life: stop() lets the core say goodbye first; death (a trap, a
  * failed durable write) releases everything at once.
  */
-async function runNode({ root, lock, filesDir, sealedOnly, inWorker, loadCoreImpl, jobs, WebSocketImpl, log, stopTimeoutMs }) {
+async function runNode({ root, lock, filesDir, sealedOnly, inWorker, loadCoreImpl, jobs, WebSocketImpl, ProxyWebSocketImpl, proxy, log, stopTimeoutMs }) {
   let ioFailures = 0;
   const countFailure = () => {
     ioFailures++;
@@ -335,8 +352,8 @@ async function runNode({ root, lock, filesDir, sealedOnly, inWorker, loadCoreImp
   let engine = null;
   const dispatch = (ev) => engine?.loop.dispatch(ev);
   const timers = createTimers(dispatch);
-  const http = createHttp({ dispatch, onFailure: countFailure });
-  const sockets = createSockets({ WebSocketImpl, dispatch, log, onFailure: countFailure });
+  const http = createHttp({ dispatch, onFailure: countFailure, proxy });
+  const sockets = createSockets({ WebSocketImpl, dispatch, log, onFailure: countFailure, proxy, ProxyWebSocketImpl });
   const calls = createToolCalls({
     dispatch,
     log,

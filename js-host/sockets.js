@@ -3,8 +3,13 @@
 // each text frame as `socket-frame`, and exactly one `socket-closed` (a
 // failed connect too: code 1006 with the error as reason). `socket-send` to
 // a socket that is gone is dropped: the engine gets (or got) socket-closed.
+// A URL the proxy settings send through a proxy is opened with the `ws`
+// package over the proxy's CONNECT tunnel (js-host/proxy.js); a refused or
+// unreachable proxy is the failed connect's reason. Every other URL is opened
+// as it always was.
 
 import { errorText } from './node-error.js';
+import { connectThroughProxy } from './proxy.js';
 
 let wsModulePromise;
 /** The WebSocket constructor: the global one (Node 22+), else the `ws` package. */
@@ -12,6 +17,12 @@ export async function webSocketClass() {
   if (typeof globalThis.WebSocket === 'function') return globalThis.WebSocket;
   wsModulePromise ??= import('ws').then((m) => m.WebSocket ?? m.default);
   return wsModulePromise;
+}
+
+/** The `ws` package's WebSocket: the one that can run over a given connection (a proxy's tunnel). */
+export async function wsPackageClass() {
+  const m = await import('ws');
+  return m.WebSocket ?? m.default;
 }
 
 // A close reason may hold at most 123 bytes of UTF-8; cut at a character boundary.
@@ -27,14 +38,17 @@ function utf8Truncate(text, maxBytes) {
  * @param {(event: object) => void} o.dispatch  where the socket events go
  * @param {(level: string, message: string) => void} o.log
  * @param {() => void} o.onFailure  counts a connect that never opened (node.ioFailures)
+ * @param {{for: (url: string) => object|null}} [o.proxy]  proxy settings (js-host/proxy.js)
+ * @param {Function} [o.ProxyWebSocketImpl]  from wsPackageClass(), when a proxy may be used
  */
-export function createSockets({ WebSocketImpl, dispatch, log, onFailure }) {
+export function createSockets({ WebSocketImpl, dispatch, log, onFailure, proxy, ProxyWebSocketImpl }) {
   /** socket id -> { ws, opened, closing, lastError, reported, replaced, closedPromise, resolveClosed } */
   const sockets = new Map();
 
   function reportClosed(id, entry, code, reason) {
     if (entry.reported) return;
     entry.reported = true;
+    entry.tunnelAbort?.abort();
     if (sockets.get(id) === entry) sockets.delete(id);
     entry.resolveClosed();
     if (entry.replaced) return;
@@ -55,8 +69,21 @@ export function createSockets({ WebSocketImpl, dispatch, log, onFailure }) {
     sockets.set(id, entry);
     let ws;
     try {
-      // The `ws` package has no connect timeout by default; the global WebSocket takes none.
-      ws = WebSocketImpl === globalThis.WebSocket ? new WebSocketImpl(url) : new WebSocketImpl(url, { handshakeTimeout: 30_000 });
+      const via = proxy?.for(url);
+      if (via) {
+        // The tunnel first (its own 30 s bound), then the handshake inside it.
+        // A failed tunnel is this socket's connect error, its text the reason.
+        // Closing the socket before it opened gives the tunnel up too.
+        entry.tunnelAbort = new AbortController();
+        const { signal } = entry.tunnelAbort;
+        const createConnection = (_opts, callback) => {
+          connectThroughProxy(via, { signal }).then((socket) => callback(null, socket), (e) => callback(e));
+        };
+        ws = new ProxyWebSocketImpl(url, { handshakeTimeout: 30_000, createConnection });
+      } else {
+        // The `ws` package has no connect timeout by default; the global WebSocket takes none.
+        ws = WebSocketImpl === globalThis.WebSocket ? new WebSocketImpl(url) : new WebSocketImpl(url, { handshakeTimeout: 30_000 });
+      }
     } catch (e) {
       onFailure();
       // Reported through the queue: the core sees it after the current commands.
@@ -161,6 +188,7 @@ export function createSockets({ WebSocketImpl, dispatch, log, onFailure }) {
   }
 
   function forceClose(entry) {
+    entry.tunnelAbort?.abort();
     try {
       if (typeof entry.ws?.terminate === 'function') entry.ws.terminate();
       else entry.ws?.close();

@@ -8,6 +8,7 @@
 #     rust-web-llvm (Rust 1.96 from bookworm-security) plus the lld package
 #     that /usr/bin/rust-lld points at (lld-22; rust-web-llvm does not depend
 #     on it, but the wasm linker is rust-lld).
+#   - tinyproxy-bin, the forward proxy of tests/host.proxy.test.mjs.
 #   - npm devDependencies (jco) via `npm ci`, cache in .cache/npm.
 set -euo pipefail
 
@@ -84,6 +85,15 @@ else
       || die "/usr/bin/rust-lld still dangling after installing $lld"
   fi
   [ -d /usr/lib/rustlib/src/rust/library ] || die "rust-web-src did not provide /usr/lib/rustlib/src/rust/library"
+fi
+
+# ------------------------------------------------------------------ test tools
+# tinyproxy: the real forward proxy that tests/host.proxy.test.mjs runs on
+# loopback (Debian's tinyproxy-bin: the program alone, no system service).
+if command -v tinyproxy >/dev/null 2>&1; then
+  step "tinyproxy: already installed"
+else
+  apt_install tinyproxy-bin
 fi
 
 # ------------------------------------------------------------------------- npm

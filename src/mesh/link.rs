@@ -139,8 +139,14 @@ impl Link {
             self.last_problem = Some(msg.clone());
             return CloseAction::GiveUp(msg);
         }
+        let was_connecting = matches!(self.state, LinkState::Connecting(_));
         self.state = LinkState::Down;
         let problem = match code {
+            // A connect through a forward proxy that never opened: the host's
+            // reason names the proxy and what it said (refused the
+            // destination, unreachable); the user must see it where the
+            // relay's state is shown (js-host/ENGINE.md, `socket-closed`).
+            1006 if was_connecting && reason.starts_with("proxy ") => Some(reason.to_string()),
             4001 | 4002 => Some(format!("relay refused the connect frame (close {code}: {reason}); this is a kars-mesh bug, please report it")),
             4003 => Some(format!("relay refused our token (close 4003: {reason}); set relay_token to the relay's AGENTMESH_RELAY_TOKEN")),
             4005 => Some(format!(
@@ -222,5 +228,36 @@ mod tests {
         ));
         assert!(l.open().is_none());
         assert_eq!(l.closed(99, 1006, "", &mut rng), CloseAction::Ignore);
+    }
+
+    #[test]
+    fn a_proxy_refusal_is_the_links_problem_other_connect_failures_are_not() {
+        let mut rng = SeededEntropy::new(2);
+        let mut l = Link::new("ws://x/ws".into());
+        // Without a proxy, a failed connect says nothing more than before.
+        let (s, _) = l.open().unwrap();
+        assert!(matches!(
+            l.closed(s, 1006, "connect ECONNREFUSED 127.0.0.1:8083", &mut rng),
+            CloseAction::Reconnect { problem: None, .. }
+        ));
+        assert_eq!(l.last_problem, None);
+        // Through a proxy that refuses, the host's reason is shown.
+        let why = "proxy http://127.0.0.1:3128 (HTTPS_PROXY) refused the destination relay.example:443 (CONNECT answered 403 Filtered)";
+        let (s, _) = l.open().unwrap();
+        match l.closed(s, 1006, why, &mut rng) {
+            CloseAction::Reconnect { problem, .. } => assert_eq!(problem.as_deref(), Some(why)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(l.last_problem.as_deref(), Some(why));
+        // Only for a connect that never opened: an open link's close reason is the relay's.
+        let (s, _) = l.open().unwrap();
+        assert!(l.opened(s, 0));
+        l.tick(STABLE_MS);
+        assert_eq!(l.last_problem, None);
+        assert!(matches!(
+            l.closed(s, 1006, "proxy says hello", &mut rng),
+            CloseAction::Reconnect { problem: None, .. }
+        ));
+        assert_eq!(l.last_problem, None);
     }
 }
