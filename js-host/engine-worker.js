@@ -15,12 +15,12 @@
 // events that arrived during a commit form the next batch.
 
 import { workerData, receiveMessageOnPort } from 'node:worker_threads';
-import { randomBytes } from 'node:crypto';
 import { loadCore } from './core.js';
 import { openRecordsDb } from './state-db.js';
 import { loadStateKey } from './storage-fs.js';
 import { createJobs } from './jobs.js';
 import { createEventLoop, batchTotals } from './event-loop.js';
+import { loadEngine } from './engine-load.js';
 import { NodeError, errorText } from './node-error.js';
 import { crashHookFromEnv } from './crash-hook.js';
 
@@ -35,43 +35,21 @@ let stateKeyB64;
 
 async function boot() {
   store = openRecordsDb(stateDir, { sealedOnly, log });
-  const key = loadStateKey(stateDir, { recordCount: store.size });
-  stateKeyB64 = Buffer.from(key).toString('base64');
-  key.fill(0);
-  let hostFault = null;
-  const guard = (what, read, fallback) => (arg) => {
-    try {
-      return read(arg);
-    } catch (e) {
-      hostFault ??= new NodeError(`${what(arg)}: ${errorText(e)}`, { cause: e });
-      return fallback(arg);
-    }
-  };
-  let core;
-  try {
-    core = await loadCore({
-      storage: {
-        get: guard((k) => `cannot read stored record ${JSON.stringify(k)}`, (k) => store.get(k), () => undefined),
-        list: guard(() => 'cannot list stored records', (p) => store.list(p), () => []),
-      },
-      random: guard(() => 'CSPRNG failed', (len) => randomBytes(len), (len) => new Uint8Array(Number.isSafeInteger(len) && len > 0 ? len : 0)),
-      now: Date.now,
-      log,
-    });
-  } catch (e) {
-    throw new NodeError(`cannot load the kars-mesh core: ${errorText(e)}`, { cause: e, code: 'KARS_MESH_CORE_LOAD' });
-  }
+  const records = store;
+  const engine = await loadEngine(
+    { get: (k) => records.get(k), list: (p) => records.list(p), stateKey: () => loadStateKey(stateDir, { recordCount: records.size }) },
+    loadCore,
+    log,
+  );
+  const { core } = engine;
+  stateKeyB64 = engine.takeStateKey();
   // Only file-write is carried out here (durable, in order with the records);
   // every other file and job command goes to the main thread.
   const files = createJobs({ filesDir, dispatch: () => {}, log, stateDir });
   const stats = batchTotals();
   loop = createEventLoop({
     engine: core.engine,
-    takeHostFault() {
-      const f = hostFault;
-      hostFault = null;
-      return f;
-    },
+    takeHostFault: engine.takeHostFault,
     store,
     fileWrite: (rel, bytes) => files.fileWrite(rel, bytes),
     carryOut: (cmds, handled) => port.postMessage({ t: 'commands', cmds, handled, memoryBytes: core.memoryBytes(), stats: stats.totals }),

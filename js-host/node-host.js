@@ -23,13 +23,13 @@
 
 import os from 'node:os';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { loadCore } from './core.js';
 import { acquireLock, ensurePrivateDir, loadStateKey, StateDirError } from './storage-fs.js';
 import { openRecordsDb, sqliteModule } from './state-db.js';
 import { startEngineThread } from './engine-thread.js';
 import { crashHookFromEnv } from './crash-hook.js';
+import { loadEngine } from './engine-load.js';
 import { createJobs } from './jobs.js';
 import { escapeLog } from './log-escape.js';
 import { NodeError, errorText } from './node-error.js';
@@ -222,59 +222,6 @@ function nodeLogger(log) {
     startErrors,
     started() {
       starting = false;
-    },
-  };
-}
-
-/**
- * Load the core on the store (this thread; engine-worker.js does the same in
- * the engine's thread). Its host imports must never throw: a throw aborts the
- * core mid-call (Rust does not unwind). They record the fault instead and
- * answer something harmless; the event loop then discards that call's
- * commands and stops the node (takeHostFault).
- */
-async function loadEngine(store, loadCoreImpl, log) {
-  let hostFault = null;
-  const guard = (what, read, fallback) => (arg) => {
-    try {
-      return read(arg);
-    } catch (e) {
-      hostFault ??= new NodeError(`${what(arg)}: ${errorText(e)}`, { cause: e });
-      return fallback(arg);
-    }
-  };
-  let stateKeyB64;
-  let core;
-  try {
-    const key = store.stateKey();
-    stateKeyB64 = Buffer.from(key).toString('base64');
-    key.fill(0);
-    core = await loadCoreImpl({
-      storage: {
-        get: guard((key) => `cannot read stored record ${JSON.stringify(key)}`, (key) => store.get(key), () => undefined),
-        list: guard(() => 'cannot list stored records', (prefix) => store.list(prefix), () => []),
-      },
-      // On failure, bytes of the right length that are never used: the call's commands are dropped.
-      random: guard(() => 'CSPRNG failed', (len) => randomBytes(len), (len) => new Uint8Array(Number.isSafeInteger(len) && len > 0 ? len : 0)),
-      now: Date.now,
-      log,
-    });
-  } catch (e) {
-    if (e instanceof StateDirError) throw e;
-    throw new NodeError(`cannot load the kars-mesh core: ${errorText(e)}`, { cause: e, code: 'KARS_MESH_CORE_LOAD' });
-  }
-  return {
-    core,
-    takeHostFault() {
-      const f = hostFault;
-      hostFault = null;
-      return f;
-    },
-    /** The state key for the start configuration, handed out once. */
-    takeStateKey() {
-      const k = stateKeyB64;
-      stateKeyB64 = undefined;
-      return k;
     },
   };
 }

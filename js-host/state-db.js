@@ -42,6 +42,7 @@ import {
   loadStateKey,
   ensurePrivateDir,
   openRecords,
+  fsyncDir,
 } from './storage-fs.js';
 
 export { StateDirError, NotSealedError, notSealedReason };
@@ -265,17 +266,7 @@ function importLegacy(root, db, q, { sealedOnly, log }) {
   const aside = path.join(root, `.records-imported-${process.pid}`);
   fs.renameSync(recDir, aside);
   fs.rmSync(aside, { recursive: true, force: true });
-  fsyncDirQuiet(root);
-}
-
-function fsyncDirQuiet(dir) {
-  let fd;
-  try {
-    fd = fs.openSync(dir, 'r');
-    fs.fsyncSync(fd);
-  } catch { /* some file systems refuse; the rename is atomic anyway */ } finally {
-    if (fd !== undefined) fs.closeSync(fd);
-  }
+  fsyncDir(root);
 }
 
 /**

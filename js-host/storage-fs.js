@@ -127,7 +127,7 @@ export function decodeKey(name) {
 // ---------------------------------------------------------------------------
 // Small fs helpers
 
-function fsyncDir(dir) {
+export function fsyncDir(dir) {
   if (isWindows) return; // directories cannot be opened for fsync there
   let fd;
   try {
