@@ -373,13 +373,15 @@ function register(api) {
     // is already running is asked (a message must not start the mesh link); an
     // engine without the tool, or any error, leaves the message alone.
     // OpenClaw may run the hook again on the message it already returned
-    // (the Gateway's reply and its delivery): that message has its news, and
-    // asking again would take the next news away to put it in front of it.
-    const prepended = new Set();
+    // (the reply and its delivery), with the text no longer byte for byte
+    // ours: a message that already opens with news lines (the engine's
+    // offload_notifications format, which no other text starts with) has its
+    // news; asking again would take the next news to put in front of it.
+    const NEWS_LINE = /^\S+ Offload [0-9a-f]{8} [a-z]+: \S/;
     api.on('message_sending', async (event) => {
       const node = runningNode(settings);
       if (!node || typeof event?.content !== 'string') return undefined;
-      if (prepended.has(event.content)) return undefined;
+      if (NEWS_LINE.test(event.content)) return undefined;
       let result;
       try {
         result = await node.callTool('offload_notifications', {}, { timeoutMs: NOTIFY_TIMEOUT_MS });
@@ -390,10 +392,7 @@ function register(api) {
       if (result?.details?.mesh?.error || !Array.isArray(lines)) return undefined;
       const text = lines.filter((l) => typeof l === 'string' && l).join('\n');
       if (!text) return undefined;
-      const content = `${text}\n\n${event.content}`;
-      prepended.add(content);
-      if (prepended.size > 32) prepended.delete(prepended.values().next().value);
-      return { content };
+      return { content: `${text}\n\n${event.content}` };
     });
   }
 
