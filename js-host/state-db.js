@@ -38,11 +38,10 @@ import {
   StateDirError,
   NotSealedError,
   notSealedReason,
-  acquireLock,
-  loadStateKey,
   ensurePrivateDir,
   openRecords,
   fsyncDir,
+  openLocked,
 } from './storage-fs.js';
 
 export { StateDirError, NotSealedError, notSealedReason };
@@ -278,30 +277,5 @@ function importLegacy(root, db, q, { sealedOnly, log }) {
 export function openStateDir(dir, { sealedOnly = false, log } = {}) {
   if (!dir || typeof dir !== 'string') throw new StateDirError('no state directory given');
   sqliteModule(); // the Node version first: before anything is created or locked
-  const root = path.resolve(dir);
-  ensurePrivateDir(root, 'state directory');
-  const lock = acquireLock(root);
-  let records;
-  try {
-    records = openRecordsDb(root, { sealedOnly, log });
-  } catch (e) {
-    lock.release();
-    throw e;
-  }
-  let closed = false;
-  return Object.assign(Object.create(records), {
-    lockPath: lock.path,
-    stateKey() {
-      return loadStateKey(root, { recordCount: records.size });
-    },
-    close() {
-      if (closed) return;
-      closed = true;
-      try {
-        records.close();
-      } finally {
-        lock.release();
-      }
-    },
-  });
+  return openLocked(dir, (root) => openRecordsDb(root, { sealedOnly, log }));
 }

@@ -512,23 +512,31 @@ export function openRecords(dir, { sealedOnly = false } = {}) {
  * is not a sealed record (NotSealedError), see the header.
  */
 export function openStateDir(dir, { sealedOnly = false } = {}) {
+  return openLocked(dir, (root) => openRecords(root, { sealedOnly }));
+}
+
+/**
+ * A state directory for one process, whatever holds its records: creates it
+ * (0700), takes the single-instance lock, then `open(root)` gives the records
+ * (released again if that throws). The result reads and writes as the
+ * records do, plus `lockPath`, `stateKey()` and `close()` (the records'
+ * own `close`, if they have one, then the lock). Used by this module's
+ * file records and by state-db.js.
+ */
+export function openLocked(dir, open) {
   if (!dir || typeof dir !== 'string') throw new StateDirError('no state directory given');
   const root = path.resolve(dir);
   ensurePrivateDir(root, 'state directory');
   const lock = acquireLock(root);
   let records;
   try {
-    records = openRecords(root, { sealedOnly });
+    records = open(root);
   } catch (e) {
     lock.release();
     throw e;
   }
   let closed = false;
-  return {
-    ...records,
-    get size() {
-      return records.size;
-    },
+  return Object.assign(Object.create(records), {
     lockPath: lock.path,
     stateKey() {
       return loadStateKey(root, { recordCount: records.size });
@@ -536,7 +544,11 @@ export function openStateDir(dir, { sealedOnly = false } = {}) {
     close() {
       if (closed) return;
       closed = true;
-      lock.release();
+      try {
+        records.close?.();
+      } finally {
+        lock.release();
+      }
     },
-  };
+  });
 }
