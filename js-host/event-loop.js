@@ -50,7 +50,7 @@ const STAYS_HERE = new Set(['timer-set', 'timer-cancel', 'file-read']);
  * @param {(err: Error) => void} o.onDeath  the node died: settle what waits, release everything
  * @param {(point: 'store'|'commit', n: number, tags: Set<string>|string|undefined) => void} [o.crashHook]
  *        tests only: js-host/crash-hook.js
- * @param {(stats: {events: number, stores: number, bytes: number, engineMs: number, commitMs: number, committed: boolean}) => void} [o.onBatch]
+ * @param {(stats: {events: number, stores: number, bytes: number, engineMs: number, maxCallMs: number, maxCallSent: number, commitMs: number, committed: boolean}) => void} [o.onBatch]
  *        after each committed batch (what the benchmarks report)
  */
 export function createEventLoop({ engine, takeHostFault, store, fileWrite, carryOut, log, onDeath, crashHook, onBatch }) {
@@ -91,7 +91,7 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
   }
 
   function runBatch() {
-    const batch = { outbox: [], events: 0, stores: 0, bytes: 0, engineMs: 0, tags: new Set() };
+    const batch = { outbox: [], events: 0, stores: 0, bytes: 0, engineMs: 0, maxCallMs: 0, maxCallSent: 0, tags: new Set() };
     const t0 = performance.now();
     while (queue.length && !fatal) {
       handleOne(queue.shift(), batch);
@@ -111,7 +111,7 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
       lazyTimer ??= setTimeout(flushLazy, LAZY_COMMIT_MS);
       lazyTimer.unref?.();
     }
-    onBatch?.({ events: batch.events, stores: batch.stores, bytes: batch.bytes, engineMs: batch.engineMs, commitMs: performance.now() - c0, committed: (leaves || !batched) && writes > 0 });
+    onBatch?.({ events: batch.events, stores: batch.stores, bytes: batch.bytes, engineMs: batch.engineMs, maxCallMs: batch.maxCallMs, maxCallSent: batch.maxCallSent, commitMs: performance.now() - c0, committed: (leaves || !batched) && writes > 0 });
     {
       try {
         carryOut(batch.outbox, batch.events);
@@ -155,7 +155,9 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
     const h0 = performance.now();
     try {
       cmds = engine.handle(event);
-      batch.engineMs += performance.now() - h0;
+      const ms = performance.now() - h0;
+      batch.engineMs += ms;
+      if (ms > batch.maxCallMs) batch.maxCallMs = ms;
     } catch (e) {
       die(new NodeError(`the kars-mesh core failed (${errorText(e)}); this node is stopped, restart it`, {
         cause: e,
@@ -170,6 +172,9 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
       die(new NodeError(`${fault.message}; this node is stopped, restart it`, { cause: fault, code: 'KARS_MESH_HOST_FAULT' }));
       return;
     }
+    let sent = 0;
+    for (const cmd of cmds) if (cmd?.tag === 'socket-send') sent += cmd.val?.text?.length ?? 0;
+    if (sent > batch.maxCallSent) batch.maxCallSent = sent;
     for (const cmd of cmds) {
       switch (cmd?.tag) {
         case 'store': {
@@ -249,9 +254,13 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
   };
 }
 
-/** Running totals of the batches (node.storeStats()). */
+/**
+ * Running totals of the batches (node.storeStats()), and the longest single
+ * engine call and the most frame text one call sent (`maxCallMs`,
+ * `maxCallSent`): what a tool call that arrives meanwhile may wait behind.
+ */
 export function batchTotals() {
-  const totals = { batches: 0, commits: 0, events: 0, stores: 0, bytes: 0, engineMs: 0, commitMs: 0 };
+  const totals = { batches: 0, commits: 0, events: 0, stores: 0, bytes: 0, engineMs: 0, commitMs: 0, maxCallMs: 0, maxCallSent: 0 };
   return {
     totals,
     add(b) {
@@ -262,6 +271,8 @@ export function batchTotals() {
       totals.bytes += b.bytes;
       totals.engineMs += b.engineMs;
       totals.commitMs += b.commitMs;
+      totals.maxCallMs = Math.max(totals.maxCallMs, b.maxCallMs ?? 0);
+      totals.maxCallSent = Math.max(totals.maxCallSent, b.maxCallSent ?? 0);
     },
   };
 }

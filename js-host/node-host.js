@@ -166,7 +166,8 @@ export async function createNode(opts = {}) {
     },
     /**
      * Group-commit totals since start: {batches, commits (batches with stores), events,
-     * stores (store + erase), bytes, engineMs, commitMs} (as of the last batch).
+     * stores (store + erase), bytes, engineMs, commitMs, maxCallMs (the longest engine
+     * call), maxCallSent (the most frame text one engine call sent)} (as of the last batch).
      */
     storeStats() {
       return node.storeStats();

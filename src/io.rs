@@ -139,6 +139,19 @@ pub struct Cx<'a> {
 }
 
 impl Cx<'_> {
+    /// Bytes this call has handed out so far: frames, records and files.
+    /// What a long job measures to stop and go on in a later call.
+    pub fn bytes_out(&self) -> usize {
+        self.out
+            .iter()
+            .map(|c| match c {
+                Command::Store(_, b) | Command::FileWrite(_, b) => b.len(),
+                Command::SocketSend { text, .. } => text.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     pub fn now(&mut self) -> u64 {
         self.host.now_ms()
     }

@@ -115,6 +115,13 @@ test('three inputs of 30 MiB each way: done, every output byte for byte, core me
   // bound is far above what the engine thread gives (see the bench), far
   // below what the old design did.
   assert.ok(delay.max < 1000 * 1e6, `the host thread stalled for ${ms(delay.max)} ms`);
+  // One engine call sends at most the pacer's share (1 MiB) and the chunk
+  // that crosses it (a 512 KiB chunk is about 0.7 MB as a frame): a window
+  // of 16 chunks (11 MB) in one call held a tool call that arrived
+  // meanwhile for about a second.
+  const st = alice.storeStats();
+  console.log(`# measured: longest engine call ${st.maxCallMs.toFixed(0)} ms, most frame text sent by one call ${(st.maxCallSent / 1e6).toFixed(2)} MB`);
+  assert.ok(st.maxCallSent > 0 && st.maxCallSent < 1048576 + 1_000_000, `one engine call sent ${st.maxCallSent} bytes of frames`);
   peak = Math.max(peak, alice.memoryBytes());
   console.log(`# measured: core memory peak ${(peak / 1048576).toFixed(0)} MiB for three 30 MiB files each way`);
   // Measured 251 and 331 MiB in two runs (timing decides how many chunks

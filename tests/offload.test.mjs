@@ -287,6 +287,33 @@ test('a client restart mid-offload: the result is still delivered and reported',
   assert.deepEqual(inputs.inputs, [{ name: 'in.bin', size: input.length, sha256: sha(input) }]);
 });
 
+test('an input changed while the client was down is refused after its restart, and nothing runs', { timeout: 120_000 }, async () => {
+  // The controller is down, so no sandbox says hello before the client
+  // stops: the restarted client reads the input again, and those bytes no
+  // longer match what cloud_offload hashed. (Bytes kept from the
+  // cloud_offload read itself are not hashed a second time.)
+  const ctrlDir = tmp('ctrl-i');
+  let ctrl = await start('ctrl-i', ctrlDir, controllerOpts());
+  const iDir = tmp('ivy');
+  let ivy = await start('ivy', iDir);
+  await pair(ctrl, ivy, 'ivy');
+  await stop(ctrl);
+  const work = tmp('iwork');
+  const file = path.join(work, 'in.bin');
+  writeFileSync(file, randomBytes(700 * 1024));
+  const sub = await ivy.callTool('cloud_offload', { task: 'report', files: [file] });
+  assert.match(sub.content[0].text, /^☁️|^✅|Offload/, sub.content[0].text);
+  await stop(ivy);
+  writeFileSync(file, randomBytes(700 * 1024));
+  ivy = await start('ivy', iDir);
+  ctrl = await start('ctrl-i', ctrlDir, controllerOpts());
+  const { last } = await follow(ivy);
+  assert.equal(last.phase, 'error', JSON.stringify(last));
+  assert.equal(last.error, `Input file ${file} changed since cloud_offload read it; offload it again.`);
+  assert.ok(!last.events.some((e) => e.phase === 'running'), `nothing ran: ${JSON.stringify(last.events)}`);
+  assert.deepEqual(last.outputs, []);
+});
+
 test('cloud_offload bad input: the documented errors, and nothing starts', { timeout: 60_000 }, async () => {
   const ctrl = await start('ctrl-g', tmp('ctrl-g'), controllerOpts());
   const hank = await start('hank', tmp('hank'));

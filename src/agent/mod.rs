@@ -92,6 +92,9 @@ const SYNC_MAX_MS: u64 = 3_000;
 /// confirmation (`handover`) before it is answered as unconfirmed.
 const T_CONFIRM: u64 = 8;
 const CONFIRM_MAX_MS: u64 = 10_000;
+/// The pacer's next share of a large transfer (`pacer::CALL_BUDGET`), due
+/// at once: a later engine call, so what arrived meanwhile goes first.
+const T_PACE: u64 = 9;
 /// How long receipts wait to be coalesced.
 const RECEIPT_DELAY_MS: u64 = 25;
 const DYNAMIC_IDS: u64 = 1000;
@@ -1003,6 +1006,7 @@ impl Agent {
             T_HELD_SENDS => self.release_held_sends(cx),
             T_SYNC => self.sync_done(cx),
             T_CONFIRM => self.give_up_confirmations(cx),
+            T_PACE => self.pump_outgoing(cx),
             T_REGISTRY => {
                 if self.registered {
                     let path = format!("/v1/agents/{}/heartbeat", self.id.did());

@@ -24,6 +24,18 @@ use std::collections::{BTreeMap, VecDeque};
 /// 8 MiB of chunks.
 pub(super) const WINDOW: usize = 16;
 
+/// Bytes (frames sent, records stored) one engine call hands out for the
+/// pacer before it leaves the rest to a later call (`T_PACE`, due at
+/// once). Each chunk costs about 30 ms of core time (encrypted, sealed,
+/// stored); a window sent in one call held a tool call or a frame that
+/// arrived meanwhile for about a second. Now it waits for one chunk.
+pub(super) const CALL_BUDGET: usize = 1 << 20;
+
+/// Bytes of a file's JSON text hashed per engine call while it is cut
+/// into chunks (about 40 ms): a 30 MiB file's chunk hashes took 230 ms in
+/// one call.
+const HASH_SLICE: usize = 8 << 20;
+
 /// Items are named where sub-machines can name them too.
 pub(super) use crate::port::Paced as Item;
 
@@ -37,6 +49,21 @@ enum Slot {
         msg: Value,
         track: Option<(u64, usize)>,
     },
+    /// A file too large for one message, its pieces hashed a slice per call.
+    Cutting(Box<Cutting>),
+}
+
+/// A file's `file_transfer` text being cut into chunks: the manifest that
+/// goes first names every chunk's hash.
+struct Cutting {
+    text: String,
+    bounds: Vec<(usize, usize)>,
+    hashes: Vec<String>,
+    name: Option<String>,
+    size: u64,
+    transfer_id: String,
+    from_agent: String,
+    ts: String,
 }
 
 /// A file followed from its parts' outbox sequence numbers to the
@@ -74,6 +101,22 @@ pub(super) struct Pacer {
     next_track: u64,
     /// Counts not yet handed to the offload client.
     news: Vec<TransferNews>,
+}
+
+impl Cutting {
+    /// Hash the next pieces, about [`HASH_SLICE`] bytes; whether all are.
+    fn hash_slice(&mut self) -> bool {
+        let mut hashed = 0;
+        while let Some(&(a, b)) = self.bounds.get(self.hashes.len()) {
+            if hashed >= HASH_SLICE {
+                return false;
+            }
+            self.hashes
+                .push(transfer::sha256_hex(&self.text.as_bytes()[a..b]));
+            hashed += b - a;
+        }
+        true
+    }
 }
 
 impl Pacer {
@@ -177,13 +220,34 @@ impl Agent {
     }
 
     fn pump_to(&mut self, cx: &mut Cx<'_>, to: &str) {
+        // This call's share is spent (or a file is being cut): the rest goes
+        // in a later call, so what arrives meanwhile is not held behind it.
+        let mut later = false;
         while self.in_flight(to) < WINDOW {
+            if cx.bytes_out() >= CALL_BUDGET {
+                later = true;
+                break;
+            }
             let Some(slot) = self.pacer.queues.get_mut(to).and_then(VecDeque::pop_front) else {
                 break;
             };
             let item = match slot {
                 Slot::Part { msg, track } => {
                     self.send_part(cx, to, msg, track);
+                    continue;
+                }
+                Slot::Cutting(mut c) => {
+                    let done = c.hash_slice();
+                    let slots = if done {
+                        self.cut_parts(to, *c)
+                    } else {
+                        later = true;
+                        vec![Slot::Cutting(c)]
+                    };
+                    self.push_front(to, slots);
+                    if later {
+                        break;
+                    }
                     continue;
                 }
                 Slot::Item(item) => *item,
@@ -201,58 +265,106 @@ impl Agent {
                     transfer_id,
                     from_agent,
                 } => {
-                    let parts = self.file_parts(cx, to, msg, bytes, &transfer_id, &from_agent);
-                    if let Some(q) = self.pacer.queues.get_mut(to) {
-                        for s in parts.into_iter().rev() {
-                            q.push_front(s);
-                        }
-                    }
+                    let slots = self.file_parts(cx, to, msg, bytes, transfer_id, from_agent);
+                    self.push_front(to, slots);
                 }
             }
         }
         if self.pacer.queues.get(to).is_some_and(VecDeque::is_empty) {
             self.pacer.queues.remove(to);
         }
+        if later {
+            self.arm(cx, super::T_PACE, 0);
+        }
     }
 
-    /// A file's message, whole or as a manifest and chunks, each part with
-    /// what follows it (when `to` sends receipts). The manifest (when split)
-    /// names the file for the receiver's progress reports; the chunks (or
-    /// the whole message) are counted.
+    fn push_front(&mut self, to: &str, slots: Vec<Slot>) {
+        if let Some(q) = self.pacer.queues.get_mut(to) {
+            for s in slots.into_iter().rev() {
+                q.push_front(s);
+            }
+        }
+    }
+
+    /// A file's message: whole when it fits in one, or to be cut into a
+    /// manifest and chunks (hashed over the next calls; see [`Cutting`]).
     fn file_parts(
         &mut self,
         cx: &mut Cx<'_>,
         to: &str,
         msg: FileTransfer,
         bytes: Vec<u8>,
-        transfer_id: &str,
-        from_agent: &str,
+        transfer_id: String,
+        from_agent: String,
     ) -> Vec<Slot> {
         let name = msg.file_name.clone();
         let size = bytes.len() as u64;
         let msg = msg.into_value_with(bytes);
-        let kind = PayloadType::FileTransfer.as_str();
-        let mut parts = self.split_message(cx, to, msg, kind, transfer_id, from_agent);
-        let chunked = parts.len() > 1;
-        if chunked {
-            if let Some(m) = parts.first_mut().and_then(Value::as_object_mut) {
-                if let Some(n) = name {
-                    m.insert("file_name".into(), Value::String(n));
-                }
-                m.insert("file_size".into(), Value::from(size));
+        let text = msg.to_string();
+        let bounds = match transfer::cut(&text) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                let parts = vec![msg];
+                let track = self.track(to, &transfer_id, &parts);
+                return parts
+                    .into_iter()
+                    .map(|msg| Slot::Part {
+                        msg,
+                        track: track.map(|t| (t, 0)),
+                    })
+                    .collect();
             }
+            // Not reached by a file: `Paced::file` refused (with a reason its
+            // sender reports) any file whose message would need more than 80
+            // chunks.
+            Err(e) => {
+                cx.log(
+                    crate::io::LogLevel::Error,
+                    &format!("cannot send to {to}: {e}"),
+                );
+                return Vec::new();
+            }
+        };
+        drop(msg);
+        vec![Slot::Cutting(Box::new(Cutting {
+            text,
+            hashes: Vec::with_capacity(bounds.len()),
+            bounds,
+            name,
+            size,
+            transfer_id,
+            from_agent,
+            ts: time::format_millis(cx.now()),
+        }))]
+    }
+
+    /// A cut file's parts, each with what follows it (when `to` sends
+    /// receipts): the manifest (which names the file for the receiver's
+    /// progress reports), then the counted chunks.
+    fn cut_parts(&mut self, to: &str, c: Cutting) -> Vec<Slot> {
+        let kind = PayloadType::FileTransfer.as_str();
+        let mut parts = transfer::assemble_values(
+            &c.text,
+            &c.bounds,
+            c.hashes,
+            &c.transfer_id,
+            kind,
+            &c.from_agent,
+            &c.ts,
+        );
+        if let Some(m) = parts.first_mut().and_then(Value::as_object_mut) {
+            if let Some(n) = c.name {
+                m.insert("file_name".into(), Value::String(n));
+            }
+            m.insert("file_size".into(), Value::from(c.size));
         }
-        let counted = if chunked { &parts[1..] } else { &parts[..] };
-        let track = self.track(to, transfer_id, counted);
+        let track = self.track(to, &c.transfer_id, &parts[1..]);
         parts
             .into_iter()
             .enumerate()
-            .map(|(i, msg)| {
-                let part = if chunked { i.checked_sub(1) } else { Some(i) };
-                Slot::Part {
-                    msg,
-                    track: track.zip(part),
-                }
+            .map(|(i, msg)| Slot::Part {
+                msg,
+                track: track.zip(i.checked_sub(1)),
             })
             .collect()
     }
@@ -316,35 +428,6 @@ impl Agent {
             (Some(t), Some(seq)) if queued => t.in_flight.push((seq, part)),
             _ => {
                 self.pacer.tracked.remove(&id);
-            }
-        }
-    }
-
-    /// A message (of type `kind`) whole, or as a manifest and chunks when
-    /// its JSON text is over 512 KiB.
-    fn split_message(
-        &mut self,
-        cx: &mut Cx<'_>,
-        to: &str,
-        msg: Value,
-        kind: &str,
-        transfer_id: &str,
-        from_agent: &str,
-    ) -> Vec<Value> {
-        let text = msg.to_string();
-        let ts = time::format_millis(cx.now());
-        match transfer::split(&text, transfer_id, kind, from_agent, &ts) {
-            Ok(None) => vec![msg],
-            Ok(Some(parts)) => parts,
-            // Not reached by a file: `Paced::file` refused (with a reason its
-            // sender reports) any file whose message would need more than 80
-            // chunks, and no other paced message comes near 512 KiB.
-            Err(e) => {
-                cx.log(
-                    crate::io::LogLevel::Error,
-                    &format!("cannot send to {to}: {e}"),
-                );
-                Vec::new()
             }
         }
     }

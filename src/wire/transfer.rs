@@ -150,24 +150,59 @@ pub fn split_typed(
     from_agent: &str,
     timestamp: &str,
 ) -> Result<Option<(ManifestMsg, Vec<ChunkMsg>)>, TransferError> {
+    let Some(bounds) = cut(text)? else {
+        return Ok(None);
+    };
+    let hashes: Vec<String> = bounds
+        .iter()
+        .map(|&(a, b)| sha256_hex(&text.as_bytes()[a..b]))
+        .collect();
+    Ok(Some(assemble(
+        text,
+        &bounds,
+        hashes,
+        transfer_id,
+        original_type,
+        from_agent,
+        timestamp,
+    )))
+}
+
+/// Where `text` is cut into chunks (byte ranges on character boundaries),
+/// or `None` when it travels whole. Cheap: it reads no bytes but the few
+/// at each cut, so a sender can hash the pieces a slice at a time.
+pub fn cut(text: &str) -> Result<Option<Vec<(usize, usize)>>, TransferError> {
     if text.len() <= CHUNK_CHARS {
         return Ok(None);
     }
-    let mut pieces: Vec<&str> = Vec::new();
+    let mut bounds = Vec::new();
     let mut start = 0;
     while start < text.len() {
         let mut end = (start + CHUNK_CHARS).min(text.len());
         while !text.is_char_boundary(end) {
             end -= 1;
         }
-        pieces.push(&text[start..end]);
+        bounds.push((start, end));
         start = end;
     }
-    if pieces.len() > MAX_CHUNKS {
-        return Err(TransferError::TooLarge(pieces.len()));
+    if bounds.len() > MAX_CHUNKS {
+        return Err(TransferError::TooLarge(bounds.len()));
     }
-    let hashes: Vec<String> = pieces.iter().map(|p| sha256_hex(p.as_bytes())).collect();
-    let total = pieces.len() as u64;
+    Ok(Some(bounds))
+}
+
+/// The manifest and chunks of `text` cut at `bounds` (from [`cut`]), with
+/// `hashes[i]` the SHA-256 hex of piece `i`.
+pub fn assemble(
+    text: &str,
+    bounds: &[(usize, usize)],
+    hashes: Vec<String>,
+    transfer_id: &str,
+    original_type: &str,
+    from_agent: &str,
+    timestamp: &str,
+) -> (ManifestMsg, Vec<ChunkMsg>) {
+    let total = bounds.len() as u64;
     let manifest = ManifestMsg {
         transfer_id: Some(transfer_id.into()),
         original_type: Some(original_type.into()),
@@ -181,21 +216,46 @@ pub fn split_typed(
         file_name: None,
         file_size: None,
     };
-    let chunks = pieces
+    let chunks = bounds
         .iter()
         .zip(hashes)
         .enumerate()
-        .map(|(i, (p, h))| ChunkMsg {
+        .map(|(i, (&(a, b), h))| ChunkMsg {
             transfer_id: Some(transfer_id.into()),
             chunk_index: Some(i as u64),
             total_chunks: Some(total),
-            data: Some((*p).into()),
+            data: Some(text[a..b].into()),
             hash: Some(h),
             from_agent: Some(from_agent.into()),
             request_id: None,
         })
         .collect();
-    Ok(Some((manifest, chunks)))
+    (manifest, chunks)
+}
+
+/// [`assemble`], as the JSON values that are sent: the manifest first.
+pub fn assemble_values(
+    text: &str,
+    bounds: &[(usize, usize)],
+    hashes: Vec<String>,
+    transfer_id: &str,
+    original_type: &str,
+    from_agent: &str,
+    timestamp: &str,
+) -> Vec<Value> {
+    let (manifest, chunks) = assemble(
+        text,
+        bounds,
+        hashes,
+        transfer_id,
+        original_type,
+        from_agent,
+        timestamp,
+    );
+    let mut out = Vec::with_capacity(chunks.len() + 1);
+    out.push(tagged(PayloadType::TransferManifest, &manifest));
+    out.extend(chunks.iter().map(|c| tagged(PayloadType::TransferChunk, c)));
+    out
 }
 
 /// A validated manifest.
