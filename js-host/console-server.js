@@ -8,8 +8,9 @@
 //
 // Why a forward: the AGT registry sends no CORS headers, so a page cannot read
 // its answers from another origin. `/registry/<path>` is sent on to
-// `<registry>/<path>` (the page's engine is given `<origin>/registry` as its
-// registry URL). The relay is a WebSocket, which CORS does not govern: the
+// `<registry>/<path>`: the page's engine keeps the registry's own URL (the
+// one pairing tokens name) and its host sends the requests to
+// `<origin>/registry` (js-host/console/engine-worker-browser.js, routes). The relay is a WebSocket, which CORS does not govern: the
 // page's engine connects to it directly. A kars operator who serves the
 // console from elsewhere must give the registry either CORS headers for that
 // origin or a route under the console's own origin (README, "Browser console").
@@ -107,7 +108,9 @@ export async function startConsoleServer({ port = 0, host = '127.0.0.1', relayUr
       return res.end();
     }
     if (url.pathname === `${CONSOLE_PATH}config.json`) {
-      const config = { relay_url: relayUrl, registry_url: `${origin}/registry`, registry_upstream: registryBase };
+      // The engine keeps the registry's own URL (the one pairing tokens name);
+      // the page's host sends its requests through this server's forward.
+      const config = { relay_url: relayUrl, registry_url: registryBase, registry_via: `${origin}/registry` };
       if (relayToken) config.relay_token = relayToken;
       if (name) config.name = name;
       return send(res, 200, TYPES['.json'], JSON.stringify(config));

@@ -180,7 +180,7 @@ class NodeProxy {
 }
 
 /** Start the engine's Worker and wait until the core has opened the identity. */
-async function startWorker(profile, config, handlers) {
+async function startWorker(profile, config, routes, handlers) {
   const worker = new Worker(WORKER_URL, { type: 'module', name: `kars-mesh ${profile}` });
   const node = new NodeProxy(worker, handlers);
   const ready = new Promise((resolve, reject) => {
@@ -205,7 +205,7 @@ async function startWorker(profile, config, handlers) {
       node.die(err);
     };
   });
-  worker.postMessage({ t: 'start', profile, config });
+  worker.postMessage({ t: 'start', profile, config, routes });
   return ready;
 }
 
@@ -214,7 +214,7 @@ async function startWorker(profile, config, handlers) {
  * @returns {Promise<{node: NodeProxy} | {blocked: true, whenFree: Promise<{node: NodeProxy}>}>}
  *   blocked: another tab has it; whenFree resolves (with a started node) once it is free.
  */
-export async function openNode({ profile, config, onLink, onActivity, onFatal, onLog, onOtherTab }) {
+export async function openNode({ profile, config, routes = [], onLink, onActivity, onFatal, onLog, onOtherTab }) {
   checkProfile(profile);
   const name = lockName(profile);
   const channel = new BroadcastChannel(name);
@@ -223,7 +223,7 @@ export async function openNode({ profile, config, onLink, onActivity, onFatal, o
   /** Run the engine under a granted lock, holding it until the node stops or dies. */
   const underLock = (settle) => () =>
     new Promise((releaseLock) => {
-      startWorker(profile, config, handlers).then(
+      startWorker(profile, config, routes, handlers).then(
         (node) => {
           const stop = node.stop.bind(node);
           node.stop = async () => {

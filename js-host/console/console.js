@@ -139,6 +139,12 @@ function parseMessage(text) {
 // -------------------------------------------------------------------- inbox
 let inboxShown = [];
 let inboxTimer = null;
+let identityTimer = null;
+
+function scheduleIdentity() {
+  clearTimeout(identityTimer);
+  identityTimer = setTimeout(() => refreshIdentity().catch(() => {}), 60);
+}
 
 function scheduleInbox() {
   clearTimeout(inboxTimer);
@@ -467,16 +473,20 @@ function onFatal(err) {
 
 async function startEngine() {
   const name = localStorage.getItem(storageKey('name')) ?? config.name;
+  // The engine knows the registry by its own URL (pairing tokens name it);
+  // the host reaches it through the console server's forward (no CORS there).
   const startConfig = { relay_url: config.relay_url, registry_url: config.registry_url, accept_sessions: 'all' };
+  const routes = config.registry_via ? [[config.registry_url, config.registry_via]] : [];
   if (name) startConfig.name = name;
   if (config.relay_token) startConfig.relay_token = config.relay_token;
   const opened = await openNode({
     profile,
     config: startConfig,
+    routes,
     onLink,
-    onActivity: () => {
-      scheduleInbox();
-      refreshIdentity().catch(() => {});
+    onActivity: ({ frames }) => {
+      if (frames) scheduleInbox();
+      scheduleIdentity();
     },
     onFatal,
     onLog: (level, message) => {
@@ -486,8 +496,8 @@ async function startEngine() {
       notice('Another tab of this console tried to open this identity. It runs here only: that tab waits, and takes over when you close this one.', { kind: 'info' }),
   });
   if (opened.blocked) {
-    api.state = 'blocked';
     setStatus('stopped', 'Open in another tab');
+    api.state = 'blocked';
     notice(`This identity (profile "${profile}") is open in another tab of this browser, and one identity runs in one tab only. Use that tab, or close it: this tab starts the engine as soon as it is closed.`, { kind: 'info' });
     const got = await opened.whenFree;
     clearNotice();
@@ -517,6 +527,24 @@ async function main() {
     notice(`Cannot read the console's configuration (${e.message}). Is \`kars-mesh console\` still running?`, { action: { label: 'Reload', run: () => location.reload() } });
     return;
   }
+  // A name given in the address (?name=…) is this profile's first name.
+  if (params.get('name') && localStorage.getItem(storageKey('name')) === null) localStorage.setItem(storageKey('name'), params.get('name').trim().slice(0, 64));
+  // A profile never started here: its name first (the registry keeps the first one).
+  if (localStorage.getItem(storageKey('started')) === null && localStorage.getItem(storageKey('name')) === null && !config.name) {
+    setStatus('stopped', 'Not started');
+    api.state = 'setup';
+    $('setup-profile').textContent = profile;
+    $('setup').hidden = false;
+    $('setup-name').focus();
+    await new Promise((resolve) =>
+      $('setup').addEventListener('submit', (ev) => {
+        ev.preventDefault();
+        const name = $('setup-name').value.trim();
+        if (name) localStorage.setItem(storageKey('name'), name);
+        $('setup').hidden = true;
+        resolve();
+      }, { once: true }));
+  }
   // Ask the browser not to evict this origin's storage (the identity lives there).
   navigator.storage?.persist?.().then((p) => (api.persisted = p)).catch(() => {});
   setStatus('connecting', 'Starting the engine…');
@@ -530,6 +558,7 @@ async function main() {
   }
   api.node = node;
   metrics.engineReadyMs = performance.now();
+  localStorage.setItem(storageKey('started'), '1');
   if (api.state !== 'connected') setStatus(node.linkOpen ? 'connected' : 'connecting', node.linkOpen ? 'Connected to the relay' : 'Connecting to the relay…');
   $('main').hidden = false;
   $('id-profile').textContent = profile;

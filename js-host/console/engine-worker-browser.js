@@ -15,7 +15,9 @@
 // Sandboxes (`job-start`) do not run in a browser.
 //
 // Protocol with browser-host.js (postMessage):
-//   in   {t:'start', profile, config}          config: the start event's JSON fields, without state_key
+//   in   {t:'start', profile, config, routes}  config: the start event's JSON fields, without state_key;
+//                                              routes: [[from, to]] URL prefixes the host's fetches are
+//                                              sent through (the registry via the console's own origin)
 //        {t:'call', id, tool, args, timeoutMs} a tool call
 //        {t:'abort', id}
 //        {t:'add-inputs', id, files: [File]}   -> {t:'reply', id, value: [path]}
@@ -50,7 +52,23 @@ const log = (level, message) => post({ t: 'log', level, message: escapeLog(Strin
 let node = null;
 let booting = null;
 
-async function boot(profile, config) {
+/**
+ * The registry as the engine knows it (its real URL, the one pairing tokens
+ * name) reached through the console server's same-origin forward: the AGT
+ * registry sends no CORS headers. Like a proxy in the Node host, this is the
+ * host's business; the engine's URLs and texts stay the registry's own.
+ */
+function router(routes = []) {
+  const table = routes.filter((r) => Array.isArray(r) && typeof r[0] === 'string' && typeof r[1] === 'string').map(([from, to]) => [from.replace(/\/+$/, ''), to.replace(/\/+$/, '')]);
+  return (url) => {
+    for (const [from, to] of table) {
+      if (url === from || url.startsWith(`${from}/`) || url.startsWith(`${from}?`)) return to + url.slice(from.length);
+    }
+    return url;
+  };
+}
+
+async function boot(profile, config, routes) {
   const store = await openIdbStore(profile, { sealedOnly: true });
   let engine;
   try {
@@ -64,11 +82,12 @@ async function boot(profile, config) {
   let ioFailures = 0;
   // The page refreshes its inbox when frames arrived (it asks the engine: the
   // host never reads a frame), once their batch is committed and carried out.
-  // Whether each event waiting in the loop is a frame, in order: carryOut
-  // learns how many events its batch handled.
-  const isFrame = [];
+  // What each event waiting in the loop is (a frame, an HTTP answer such as
+  // the registration's), in order: carryOut learns how many events its batch
+  // handled, and the page is told that it may have news to ask for.
+  const kinds = [];
   const dispatch = (ev) => {
-    if (loop && loop.state === 'running') isFrame.push(ev.tag === 'socket-frame');
+    if (loop && loop.state === 'running') kinds.push(ev.tag === 'socket-frame' ? 'frame' : ev.tag.startsWith('http-') ? 'http' : '');
     if (ev.tag === 'socket-opened') post({ t: 'link', open: true });
     else if (ev.tag === 'socket-closed') post({ t: 'link', open: false, code: ev.val.code, reason: ev.val.reason });
     loop?.dispatch(ev);
@@ -85,12 +104,13 @@ async function boot(profile, config) {
     refusal: () => loop.fatal ?? (loop.state === 'running' ? null : new NodeError('the kars-mesh node is stopped', { code: 'KARS_MESH_STOPPED' })),
   });
   const files = browserFiles(store, dispatch, log);
+  const route = router(routes);
   const carryOutCommands = commandTable(
     {
       'socket-open': ([id, url]) => sockets.open(id, url),
       'socket-send': ({ socket, text }) => sockets.send(socket, text),
       'socket-close': ({ socket, code, reason }) => sockets.close(socket, code, reason),
-      'http-request': http.request,
+      'http-request': (req) => http.request({ ...req, url: route(req.url) }),
       'timer-set': ([id, atMs]) => timers.set(id, atMs),
       'timer-cancel': timers.cancel,
       'tool-result': ({ callId, resultJson }) => calls.settle(callId, resultJson),
@@ -106,8 +126,9 @@ async function boot(profile, config) {
   );
   const carryOut = (cmds, handled) => {
     carryOutCommands(cmds);
-    const frames = isFrame.splice(0, handled).some(Boolean);
-    if (frames) post({ t: 'activity' });
+    const done = kinds.splice(0, handled);
+    const frames = done.includes('frame');
+    if (frames || done.includes('http')) post({ t: 'activity', frames });
   };
   let died = null;
   function teardown() {
@@ -232,7 +253,7 @@ self.onmessage = async ({ data: msg }) => {
   switch (msg?.t) {
     case 'start':
       if (booting) return;
-      booting = boot(msg.profile, msg.config).then(
+      booting = boot(msg.profile, msg.config, msg.routes).then(
         (n) => {
           node = n;
           post({ t: 'ready', did: n.did, identity: n.identity });
