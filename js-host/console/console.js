@@ -292,7 +292,8 @@ async function followOffload(after = 0) {
     for (;;) {
       const r = await call('offload_status', { wait_seconds: 30, after_events: after }, { signal: offloadCtl.signal, timeoutMs: 90_000 });
       const m = r.details?.mesh ?? {};
-      if (m.active === false || !m.request_id) {
+      // No offload at all ({active: false} without a request); a finished one has its request id.
+      if (!m.request_id) {
         if (after === 0) $('offload-view').hidden = true;
         break;
       }
