@@ -225,7 +225,7 @@ const GLOBAL_FLAGS = Object.keys(FLAGS).filter((f) => FLAGS[f].global);
 
 function mainUsage() {
   const synopsis = (c) => c.synopsis ?? c.usage.slice('kars-mesh '.length);
-  const entries = [...Object.values(COMMANDS).map((c) => [synopsis(c), c.summary]), ...OPERATOR_SUMMARY];
+  const entries = [...Object.values(COMMANDS).map((c) => [synopsis(c), c.summary]), ...OPERATOR_SUMMARY, CONSOLE_SUMMARY];
   const width = Math.max(...entries.map(([s]) => s.length));
   const lines = entries.map(([s, summary]) => `  ${s.padEnd(width)}  ${summary}`);
   return `Usage: kars-mesh [flags] <command> [args]
@@ -284,6 +284,7 @@ export function plan(argv, env = process.env) {
     const topic = positional[0];
     if (topic === undefined) return { help: mainUsage() };
     if (OPERATOR_GROUPS.includes(topic)) return { help: operatorUsage(topic) };
+    if (topic === 'console') return { consoleHelp: true };
     if (!isCommand(topic)) throw new UsageError(`unknown command "${topic}"`);
     return { help: commandUsage(topic) };
   }
@@ -376,6 +377,8 @@ function readStdin() {
 }
 
 const OPERATOR_GROUPS = ['cluster', 'pair'];
+/** `kars-mesh console` (js-host/console-server.js): the browser console's server. */
+const CONSOLE_SUMMARY = ['console [--port N]', 'serve the browser agent console on 127.0.0.1'];
 const MAIN_VALUE_FLAGS = new Set(GLOBAL_FLAGS.filter((f) => FLAGS[f].value).map((f) => `--${f}`));
 
 /** The first positional argument of argv (skipping the global flags and their values). */
@@ -480,6 +483,10 @@ export async function main(
 
   // Operator commands (a local cluster, its pairing tokens) have their own flags.
   const first = firstPositional(argv);
+  // The browser console's server (js-host/console-server.js) has its own too.
+  if (first.value === 'console' && first.index === 0) {
+    return (await import('./console-server.js')).mainConsole(argv, { out, err, env, signal });
+  }
   if (OPERATOR_GROUPS.includes(first.value)) {
     if (first.index !== 0) {
       err(`kars-mesh: put "${first.value}" first: kars-mesh ${first.value} ... (it takes --dir, not the agent flags)`);
@@ -497,6 +504,10 @@ export async function main(
   }
   if (p.help) {
     out(p.help);
+    return EXIT.OK;
+  }
+  if (p.consoleHelp) {
+    out((await import('./console-server.js')).CONSOLE_USAGE);
     return EXIT.OK;
   }
   if (p.version) {

@@ -1,10 +1,25 @@
 // Loading the wasm core with host imports that never throw (see loadEngine).
-// Shared by the two places an engine runs: js-host/node-host.js (a scripted
-// test core, on the main thread) and js-host/engine-worker.js.
+// Shared by every place an engine runs: js-host/node-host.js (a scripted
+// test core, on the main thread), js-host/engine-worker.js (Node's engine
+// thread) and js-host/console/engine-worker-browser.js (a browser's Worker).
+// No Node module: the CSPRNG is the platform's Web Crypto unless the caller
+// passes its own (the Node host passes node:crypto's randomBytes).
 
-import { randomBytes } from 'node:crypto';
-import { NodeError, errorText } from './node-error.js';
-import { StateDirError } from './storage-fs.js';
+import { NodeError, StateDirError, errorText } from './node-error.js';
+
+/** Web Crypto's CSPRNG, at most 65,536 bytes per getRandomValues call. */
+export function webRandomBytes(len) {
+  const out = new Uint8Array(len);
+  for (let off = 0; off < len; off += 65536) globalThis.crypto.getRandomValues(out.subarray(off, Math.min(len, off + 65536)));
+  return out;
+}
+
+/** Standard base64 of bytes (the start event's state_key). */
+export function bytesToBase64(bytes) {
+  let bin = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  return btoa(bin);
+}
 
 /**
  * Load the core on a store ({get, list, stateKey()}), in whichever thread runs
@@ -14,7 +29,7 @@ import { StateDirError } from './storage-fs.js';
  * answer something harmless; the event loop then discards that call's
  * commands and stops the node (takeHostFault).
  */
-export async function loadEngine(store, loadCoreImpl, log) {
+export async function loadEngine(store, loadCoreImpl, log, { random = webRandomBytes } = {}) {
   let hostFault = null;
   const guard = (what, read, fallback) => (arg) => {
     try {
@@ -28,7 +43,7 @@ export async function loadEngine(store, loadCoreImpl, log) {
   let core;
   try {
     const key = store.stateKey();
-    stateKeyB64 = Buffer.from(key).toString('base64');
+    stateKeyB64 = bytesToBase64(key);
     key.fill(0);
     core = await loadCoreImpl({
       storage: {
@@ -36,12 +51,12 @@ export async function loadEngine(store, loadCoreImpl, log) {
         list: guard(() => 'cannot list stored records', (prefix) => store.list(prefix), () => []),
       },
       // On failure, bytes of the right length that are never used: the call's commands are dropped.
-      random: guard(() => 'CSPRNG failed', (len) => randomBytes(len), (len) => new Uint8Array(Number.isSafeInteger(len) && len > 0 ? len : 0)),
+      random: guard(() => 'CSPRNG failed', (len) => random(len), (len) => new Uint8Array(Number.isSafeInteger(len) && len > 0 ? len : 0)),
       now: Date.now,
       log,
     });
   } catch (e) {
-    if (e instanceof StateDirError) throw e;
+    if (e instanceof StateDirError || e?.name === 'StateDirError') throw e;
     throw new NodeError(`cannot load the kars-mesh core: ${errorText(e)}`, { cause: e, code: 'KARS_MESH_CORE_LOAD' });
   }
   return {

@@ -21,6 +21,7 @@ import { loadStateKey } from './storage-fs.js';
 import { createJobs } from './jobs.js';
 import { createEventLoop, batchTotals } from './event-loop.js';
 import { loadEngine } from './engine-load.js';
+import { randomBytes } from 'node:crypto';
 import { NodeError, errorText } from './node-error.js';
 import { crashHookFromEnv } from './crash-hook.js';
 
@@ -40,6 +41,7 @@ async function boot() {
     { get: (k) => records.get(k), list: (p) => records.list(p), stateKey: () => loadStateKey(stateDir, { recordCount: records.size }) },
     loadCore,
     log,
+    { random: randomBytes },
   );
   const { core } = engine;
   stateKeyB64 = engine.takeStateKey();

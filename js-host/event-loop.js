@@ -27,6 +27,13 @@
 //   - If the core traps or a write fails, the open transaction is rolled
 //     back and nothing of the batch leaves: as if the node had crashed
 //     before it (the engine's restore handles that, and peers resend).
+//
+// A store whose commit() returns a promise (the browser's IndexedDB,
+// js-host/console/storage-idb.js) commits asynchronously: the batch's outbox
+// is carried out once the promise resolves, and no further batch starts
+// before that (events that arrive meanwhile wait and form the next batch);
+// a rejected commit stops the node as a failed one does. Reads during a
+// batch come from the store (which sees its own uncommitted writes) either way.
 
 import { NodeError, errorText } from './node-error.js';
 
@@ -41,8 +48,9 @@ const STAYS_HERE = new Set(['timer-set', 'timer-cancel', 'file-read']);
  * @param {object} o
  * @param {{ handle(event: object): object[] }} o.engine
  * @param {() => Error|null} o.takeHostFault  the fault a host import recorded since the last call, cleared
- * @param {{ set(k, v): void, delete(k): void, begin?(): void, commit?(): void, rollback?(): void }} o.store
- *        where `store`/`erase` go; with begin/commit, in one transaction per batch
+ * @param {{ set(k, v): void, delete(k): void, begin?(): void, commit?(): void|Promise<void>, rollback?(): void }} o.store
+ *        where `store`/`erase` go; with begin/commit, in one transaction per batch (commit may
+ *        return a promise: the batch's outbox then waits for it)
  * @param {(rel: string, bytes: Uint8Array) => void} o.fileWrite  durable file write (`file-write`)
  * @param {(cmds: object[], events: number) => void} o.carryOut  the batch's other commands, in order,
  *        after the commit (called for every batch, with how many events it handled)
@@ -82,12 +90,40 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
 
   function drain() {
     draining = true;
+    let paused = false;
     try {
-      while (queue.length && !fatal) runBatch();
+      while (queue.length && !fatal) {
+        const waiting = runBatch();
+        if (waiting) {
+          // An asynchronous commit: the outbox and the next batch wait for it.
+          paused = true;
+          waiting.then(resume);
+          return;
+        }
+      }
     } finally {
-      draining = false;
-      if (fatal) queue.length = 0;
+      if (!paused) {
+        draining = false;
+        if (fatal) queue.length = 0;
+        settleIdle();
+      }
     }
+  }
+
+  function resume() {
+    draining = false;
+    if (fatal) queue.length = 0;
+    if (queue.length && !fatal) drain();
+    else settleIdle();
+  }
+
+  /** Who waits for the loop to have nothing to do (whenIdle). */
+  let idleWaiters = [];
+  function settleIdle() {
+    if (draining || pendingCommit || !idleWaiters.length) return;
+    const waiters = idleWaiters;
+    idleWaiters = [];
+    for (const w of waiters) w();
   }
 
   function runBatch() {
@@ -111,14 +147,25 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
       lazyTimer ??= setTimeout(flushLazy, LAZY_COMMIT_MS);
       lazyTimer.unref?.();
     }
-    onBatch?.({ events: batch.events, stores: batch.stores, bytes: batch.bytes, engineMs: batch.engineMs, maxCallMs: batch.maxCallMs, maxCallSent: batch.maxCallSent, commitMs: performance.now() - c0, committed: (leaves || !batched) && writes > 0 });
-    {
+    const committed = (leaves || !batched) && writes > 0;
+    const finish = () => {
+      onBatch?.({ events: batch.events, stores: batch.stores, bytes: batch.bytes, engineMs: batch.engineMs, maxCallMs: batch.maxCallMs, maxCallSent: batch.maxCallSent, commitMs: performance.now() - c0, committed });
       try {
         carryOut(batch.outbox, batch.events);
       } catch (e) {
         die(new NodeError(`the host could not carry out the core's commands (${errorText(e)}); this node is stopped, restart it`, { cause: e, code: 'KARS_MESH_HOST_FAULT' }));
       }
+    };
+    if (pendingCommit && (leaves || !batched)) {
+      // Nothing of the batch leaves before every commit so far has landed.
+      const waiting = pendingCommit;
+      pendingCommit = null;
+      return waiting.then((ok) => {
+        if (ok && !fatal) finish();
+      });
     }
+    finish();
+    return undefined;
   }
 
   /** Writes of batches that did not need their commit yet (see the header). */
@@ -133,19 +180,37 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
     }
   }
 
+  /** Commits started but not yet landed (an asynchronous store): resolves true, or false after a failure. */
+  let pendingCommit = null;
+
   function commit() {
     if (lazyTimer) {
       clearTimeout(lazyTimer);
       lazyTimer = null;
     }
     if (!batched) return true;
+    const failed = (e) => die(new NodeError(`cannot commit state records: ${errorText(e)}; this node is stopped`, { cause: e, code: e?.code ?? 'KARS_MESH_STORE' }));
+    let landed;
     try {
-      store.commit();
-      return true;
+      landed = store.commit();
     } catch (e) {
-      die(new NodeError(`cannot commit state records: ${errorText(e)}; this node is stopped`, { cause: e, code: 'KARS_MESH_STORE' }));
+      failed(e);
       return false;
     }
+    if (landed && typeof landed.then === 'function') {
+      const p = landed.then(() => true, (e) => {
+        failed(e);
+        return false;
+      });
+      const all = pendingCommit ? Promise.all([pendingCommit, p]).then(([a, b]) => a && b) : p;
+      pendingCommit = all;
+      // A lazy commit nobody waits for is done with once it lands.
+      all.then(() => {
+        if (pendingCommit === all) pendingCommit = null;
+        settleIdle();
+      });
+    }
+    return true;
   }
 
   function handleOne(event, batch) {
@@ -226,6 +291,10 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
     if (batched) store.rollback();
     log('error', err.message);
     queue.length = 0;
+    pendingCommit = null;
+    const waiters = idleWaiters;
+    idleWaiters = [];
+    for (const w of waiters) w();
     onDeath(err);
   }
 
@@ -233,9 +302,18 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
     dispatch,
     dispatchAll,
     die,
-    /** Commit writes still waiting for a lazy commit (before the database is closed). */
+    /**
+     * Commit writes still waiting for a lazy commit (before the database is
+     * closed). With an asynchronous store, a promise of every commit landing.
+     */
     flush() {
       if (!fatal && !draining && batched && store.inBatch) flushLazy();
+      return pendingCommit ?? undefined;
+    },
+    /** Resolves once no batch runs and no commit is on its way (an asynchronous store). */
+    whenIdle() {
+      if (!draining && !pendingCommit) return Promise.resolve();
+      return new Promise((r) => idleWaiters.push(r));
     },
     get fatal() {
       return fatal;

@@ -3,11 +3,12 @@
 // included: the engine decides what they mean) or `http-failed` (no status:
 // network error, timeout, host stopped). A destination the proxy settings
 // send through a proxy goes through its CONNECT tunnel (js-host/proxy.js);
-// every other request is fetched as it always was.
+// every other request is fetched as it always was. Nothing here needs Node
+// (the browser host uses it with the page's fetch); proxy.js is loaded only
+// when a proxy is set.
 
 import { errorText } from './node-error.js';
 import { MAX_TIMEOUT } from './timers.js';
-import { requestThroughProxy } from './proxy.js';
 
 const DEFAULT_HTTP_TIMEOUT_MS = 30_000;
 // The engine keeps a response in its memory: a hostile server cannot make it big.
@@ -62,6 +63,7 @@ export function createHttp({ dispatch, onFailure, proxy }) {
       const sendBody = body != null && method !== 'GET' && method !== 'HEAD' ? body : undefined;
       via = proxy?.for(url) ?? null;
       if (via) {
+        const { requestThroughProxy } = await import('./proxy.js');
         const res = await requestThroughProxy(via, { url, method, headers: h, body: sendBody, signal });
         try {
           const bytes = await readBodyCapped(res.contentLength, res.body, res.cancel, MAX_HTTP_BODY);

@@ -1,4 +1,5 @@
-// The errors of the Node host (node-host.js and the modules it composes).
+// The errors of the hosts (node-host.js, the browser host and the modules they
+// compose). No Node module: the browser host imports this too.
 
 /** An error from the host itself (the node is stopped, the core trapped, a write failed). */
 export class NodeError extends Error {
@@ -22,4 +23,13 @@ export function errorText(e) {
     if (detail && !msg.includes(detail)) msg += `: ${detail}`;
   }
   return msg;
+}
+
+/** An error about the state (directory, or the browser's database) that a user can act on (CLI exit code 3). */
+export class StateDirError extends Error {
+  constructor(message, { cause, code } = {}) {
+    super(message, cause ? { cause } : undefined);
+    this.name = 'StateDirError';
+    this.code = code ?? 'KARS_MESH_STATE_DIR';
+  }
 }

@@ -30,6 +30,7 @@ import { openRecordsDb, sqliteModule } from './state-db.js';
 import { startEngineThread } from './engine-thread.js';
 import { crashHookFromEnv } from './crash-hook.js';
 import { loadEngine } from './engine-load.js';
+import { randomBytes } from 'node:crypto';
 import { createJobs } from './jobs.js';
 import { escapeLog } from './log-escape.js';
 import { NodeError, errorText } from './node-error.js';
@@ -238,7 +239,7 @@ async function engineHere({ root, sealedOnly, loadCoreImpl, jobs, log, carryOut,
   });
   let engine;
   try {
-    engine = await loadEngine(store, loadCoreImpl, log);
+    engine = await loadEngine(store, loadCoreImpl, log, { random: randomBytes });
   } catch (e) {
     records.close();
     throw e;

@@ -6,10 +6,15 @@
 // A URL the proxy settings send through a proxy is opened with the `ws`
 // package over the proxy's CONNECT tunnel (js-host/proxy.js); a refused or
 // unreachable proxy is the failed connect's reason. Every other URL is opened
-// as it always was.
+// as it always was. Nothing here needs Node: the browser host
+// (js-host/console/engine-worker-browser.js) opens the relay link with it and
+// the page's own WebSocket; proxy.js (node:net, node:tls) is loaded only when
+// a proxy is set, which only the Node host does.
 
 import { errorText } from './node-error.js';
-import { connectThroughProxy } from './proxy.js';
+
+/** proxy.js, loaded the first time a proxy is used (it needs Node). */
+const proxyModule = () => import('./proxy.js');
 
 let wsModulePromise;
 /** The WebSocket constructor: the global one (Node 22+), else the `ws` package. */
@@ -27,7 +32,7 @@ export async function wsPackageClass() {
 
 // A close reason may hold at most 123 bytes of UTF-8; cut at a character boundary.
 function utf8Truncate(text, maxBytes) {
-  const buf = Buffer.from(text, 'utf8');
+  const buf = new TextEncoder().encode(text);
   if (buf.length <= maxBytes) return text;
   return new TextDecoder().decode(buf.subarray(0, maxBytes)).replace(/\uFFFD+$/, '');
 }
@@ -77,7 +82,7 @@ export function createSockets({ WebSocketImpl, dispatch, log, onFailure, proxy, 
         entry.tunnelAbort = new AbortController();
         const { signal } = entry.tunnelAbort;
         const createConnection = (_opts, callback) => {
-          connectThroughProxy(via, { signal }).then((socket) => callback(null, socket), (e) => callback(e));
+          proxyModule().then((m) => m.connectThroughProxy(via, { signal })).then((socket) => callback(null, socket), (e) => callback(e));
         };
         ws = new ProxyWebSocketImpl(url, { handshakeTimeout: 30_000, createConnection });
       } else {

@@ -34,6 +34,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { isRunning, procInfo } from './proc.js';
+import { StateDirError } from './node-error.js';
+import { SEAL_VERSIONS, MIN_SEALED_LEN, notSealedReason, NotSealedError } from './sealed.js';
 
 const RECORDS = 'records';
 const STATE_KEY = 'state.key';
@@ -42,46 +44,9 @@ const STATE_KEY_LEN = 32;
 const MAX_NAME = 255;
 const isWindows = process.platform === 'win32';
 
-/** An error about the state directory that a user can act on (CLI exit code 3). */
-export class StateDirError extends Error {
-  constructor(message, { cause, code } = {}) {
-    super(message, cause ? { cause } : undefined);
-    this.name = 'StateDirError';
-    this.code = code ?? 'KARS_MESH_STATE_DIR';
-  }
-}
-
-// ---------------------------------------------------------------------------
-// Sealed records
-
-/** Seal format versions the core writes (src/crypto/seal.rs VERSION; 2 is coming). */
-export const SEAL_VERSIONS = Object.freeze([1, 2]);
-/** version(1) + nonce(12) + tag(16): the smallest sealed record (empty plaintext). */
-export const MIN_SEALED_LEN = 1 + 12 + 16;
-
-/**
- * Why `bytes` cannot be a sealed record, or undefined when it can. A shape
- * check only (the host has no key): the version byte and the minimum length.
- */
-export function notSealedReason(bytes) {
-  if (!(bytes instanceof Uint8Array)) return 'it is not a byte array';
-  if (bytes.byteLength < MIN_SEALED_LEN) {
-    return `it is ${bytes.byteLength} bytes, shorter than the ${MIN_SEALED_LEN} of the smallest sealed record`;
-  }
-  if (!SEAL_VERSIONS.includes(bytes[0])) {
-    return `its first byte ${bytes[0]} is not a known seal version (${SEAL_VERSIONS.join(' or ')})`;
-  }
-  return undefined;
-}
-
-/** Thrown by a sealed-only `set`: the core asked to store something that is not sealed. */
-export class NotSealedError extends Error {
-  constructor(key, reason) {
-    super(`refusing to store record ${JSON.stringify(key)}: it is not a sealed record (${reason}); nothing was written`);
-    this.name = 'NotSealedError';
-    this.code = 'KARS_MESH_NOT_SEALED';
-  }
-}
+// StateDirError lives in node-error.js and the sealed-record check in
+// sealed.js (the browser host uses both); re-exported here as before.
+export { StateDirError, SEAL_VERSIONS, MIN_SEALED_LEN, notSealedReason, NotSealedError };
 
 // ---------------------------------------------------------------------------
 // Key escaping

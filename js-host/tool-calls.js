@@ -2,8 +2,8 @@
 // the engine settles it with a `tool-result` command carrying that id. A
 // caller that gives up (abort signal, timeout) sends `tool-abort`, so the
 // engine stops waiting on its behalf too (mesh_inbox and mesh_await block).
+// Shared by the Node host and the browser host (no Node module needed).
 
-import { randomUUID } from 'node:crypto';
 import { NodeError, errorText } from './node-error.js';
 import { MAX_TIMEOUT } from './timers.js';
 
@@ -74,7 +74,7 @@ export function createToolCalls({ dispatch, log, refusal }) {
     } catch (e) {
       return Promise.reject(new TypeError(`tool arguments are not JSON-serialisable: ${errorText(e)}`));
     }
-    const callId = randomUUID();
+    const callId = globalThis.crypto.randomUUID();
     return new Promise((resolve, reject) => {
       let timer = null;
       const giveUp = (err) => {

@@ -9,6 +9,9 @@
 #     that /usr/bin/rust-lld points at (lld-22; rust-web-llvm does not depend
 #     on it, but the wasm linker is rust-lld).
 #   - tinyproxy-bin, the forward proxy of tests/host.proxy.test.mjs.
+#   - chromium, the real browser of tests/browser.*.test.mjs and the browser
+#     bench (driven by the playwright-core devDependency, which downloads no
+#     browser of its own).
 #   - npm devDependencies (jco) via `npm ci`, cache in .cache/npm.
 set -euo pipefail
 
@@ -94,6 +97,14 @@ if command -v tinyproxy >/dev/null 2>&1; then
   step "tinyproxy: already installed"
 else
   apt_install tinyproxy-bin
+fi
+
+# chromium: Debian's browser that tests/browser.*.test.mjs and bench/browser.mjs
+# drive through playwright-core (/usr/bin/chromium; no browser download).
+if [ -x /usr/bin/chromium ]; then
+  step "chromium: already installed"
+else
+  apt_install chromium
 fi
 
 # ------------------------------------------------------------------------- npm

@@ -15,7 +15,7 @@ import { openRecordsDb } from '../js-host/state-db.js';
 const sealed = (n) => { const b = new Uint8Array(40); b[0] = 2; b[1] = n; return b; };
 
 /** A store that records what happens to it, in order, in `log`. */
-function recordingStore(log, { failCommit = false } = {}) {
+function recordingStore(log, { failCommit = false, async = false } = {}) {
   const committed = new Map();
   let pending = null;
   return {
@@ -26,11 +26,28 @@ function recordingStore(log, { failCommit = false } = {}) {
     delete(k) { (pending ?? committed).set(k, undefined); log.push(`erase ${k}`); },
     get(k) { return pending?.has(k) ? pending.get(k) : committed.get(k); },
     commit() {
-      if (!pending) return;
+      if (!pending) return undefined;
+      if (async) {
+        // An IndexedDB-like store (js-host/console/storage-idb.js): the
+        // transaction lands later, or fails later.
+        const batch = pending;
+        pending = null;
+        log.push('commit started');
+        return new Promise((resolve, reject) => setTimeout(() => {
+          if (failCommit) {
+            log.push('commit failed');
+            return reject(Object.assign(new Error('quota exceeded'), { code: 'KARS_MESH_QUOTA' }));
+          }
+          for (const [k, v] of batch) committed.set(k, v);
+          log.push('commit landed');
+          resolve();
+        }, 5));
+      }
       if (failCommit) throw new Error('disk full');
       for (const [k, v] of pending) committed.set(k, v);
       pending = null;
       log.push('commit');
+      return undefined;
     },
     rollback() { pending = null; log.push('rollback'); },
   };
@@ -117,6 +134,51 @@ test('file-write commits the stores before it first; a batch of only timers comm
   loop.dispatch({ tag: 'receipt' });
   await new Promise((r) => setTimeout(r, LAZY_COMMIT_MS * 4));
   assert.deepEqual(log, ['begin', 'erase outbox/1', 'out timer-cancel', 'commit'], 'committed after a quiet moment');
+});
+
+test('an asynchronous commit (the browser\'s IndexedDB): the outbox waits for it, events meanwhile form the next batch, in order', async () => {
+  const log = [];
+  const store = recordingStore(log, { async: true });
+  const loop = loopWith((ev) => [
+    { tag: 'store', val: [`r${ev.val}`, sealed(ev.val)] },
+    { tag: 'socket-send', val: { socket: 1, text: `m${ev.val}` } },
+  ], { store, log });
+  loop.dispatch({ tag: 'ev', val: 1 });
+  assert.deepEqual(log, ['begin', 'set r1', 'commit started'], 'nothing leaves before the commit lands');
+  loop.dispatch({ tag: 'ev', val: 2 });
+  loop.dispatch({ tag: 'ev', val: 3 });
+  assert.equal(log.length, 3, 'events arriving during the commit wait');
+  await loop.whenIdle();
+  assert.deepEqual(log, [
+    'begin', 'set r1', 'commit started', 'commit landed', 'out socket-send m1',
+    'begin', 'set r2', 'set r3', 'commit started', 'commit landed', 'out socket-send m2', 'out socket-send m3',
+  ]);
+  // file-write: the records before it are committed first (a transaction of their own), and the
+  // batch's commands wait for every commit so far.
+  log.length = 0;
+  const files = loopWith((ev) => [
+    { tag: 'store', val: ['before', sealed(1)] },
+    { tag: 'file-write', val: ['incoming/x/a.bin', new Uint8Array(1)] },
+    { tag: 'store', val: ['after', sealed(2)] },
+    { tag: 'tool-result', val: { callId: 'x', resultJson: '{}' } },
+  ], { store, log });
+  files.dispatch({ tag: 'file' });
+  await files.whenIdle();
+  assert.deepEqual(log, ['begin', 'set before', 'commit started', 'file-write incoming/x/a.bin', 'begin', 'set after', 'commit started', 'commit landed', 'commit landed', 'out tool-result']);
+});
+
+test('an asynchronous commit that fails (a full quota) lets nothing of the batch out and stops the node', async () => {
+  const log = [];
+  let died = null;
+  const store = recordingStore(log, { async: true, failCommit: true });
+  const loop = loopWith(() => [{ tag: 'store', val: ['r', sealed(1)] }, { tag: 'socket-send', val: { socket: 1, text: 'm' } }], { store, log, onDeath: (e) => (died = e) });
+  loop.dispatch({ tag: 'ev' });
+  loop.dispatch({ tag: 'ev' });
+  await loop.whenIdle();
+  assert.deepEqual(log, ['begin', 'set r', 'commit started', 'commit failed', 'rollback']);
+  assert.equal(died?.code, 'KARS_MESH_QUOTA');
+  assert.match(died.message, /^cannot commit state records: quota exceeded; this node is stopped/);
+  assert.ok(loop.fatal);
 });
 
 test('state-db: a process killed inside a transaction leaves none of it; a committed one survives', (t) => {

@@ -1,0 +1,74 @@
+// Real Chromium for the browser tests (tests/browser.*.test.mjs) and the
+// browser bench: Debian's `chromium` package (scripts/setup.sh installs it)
+// driven by playwright-core, each profile in a fresh user-data-dir, with
+// nothing that calls out to Google's hosts (this machine's network refuses
+// them).
+//
+//   const b = chromiumOrSkip(t);             // in a test: skips (outside CI) when missing
+//   const profile = await launchProfile();   // a persistent context on a fresh profile
+//   const page = await profile.context.newPage();
+//   await profile.close();
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export const CHROMIUM = process.env.KARS_CHROMIUM ?? '/usr/bin/chromium';
+export const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+/**
+ * Why the browser tests cannot run here, or null. Under CI (CI=true) a missing
+ * Chromium is a failure, not a reason to skip: scripts/setup.sh installs it.
+ */
+export function browserMissing() {
+  if (fs.existsSync(CHROMIUM)) return null;
+  const why = `${CHROMIUM} is missing (Debian's chromium package; scripts/setup.sh installs it)`;
+  if (process.env.CI === 'true') throw new Error(`${why}: under CI the browser tests must run`);
+  return why;
+}
+
+const live = new Set();
+process.on('exit', () => {
+  for (const dir of live) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** A Chromium with its own fresh profile directory (removed on close). */
+export async function launchProfile({ downloads = true } = {}) {
+  const { chromium } = await import('playwright-core');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kars-chromium-'));
+  live.add(dir);
+  const context = await chromium.launchPersistentContext(dir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_ARGS,
+    acceptDownloads: downloads,
+    viewport: { width: 360, height: 800 },
+  });
+  return {
+    context,
+    dir,
+    async close() {
+      await context.close().catch(() => {});
+      fs.rmSync(dir, { recursive: true, force: true });
+      live.delete(dir);
+    },
+  };
+}
+
+/** Page errors and console errors of a page, for assertion messages. */
+export function collectPageErrors(page) {
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning') errors.push(`console.${m.type()}: ${m.text()}`);
+  });
+  return errors;
+}
