@@ -195,7 +195,7 @@ const BAD = () => [
   ['discover', { limit: -3 }, '❌ discover: `limit` must not be negative. Pass `capability` as a string such as "analysis" (or nothing to list kars-mesh agents).'],
 ];
 
-test('bad input for each of the 8 tools through the Gateway: the engine\'s exact text, and nothing changes', { timeout: 120_000 }, async () => {
+test('bad input for each of the 8 tools through the Gateway: a failed call (HTTP 400) with the engine\'s exact ❌ text, and nothing changes', { timeout: 120_000 }, async () => {
   const inboxBefore = await invoke('mesh_inbox', { unread_only: false });
   assert.equal(inboxBefore.details.mesh.total, 0, text(inboxBefore));
   const tools = new Set();
