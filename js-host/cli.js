@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { StateDirError } from './storage-fs.js';
+import { followMoved } from './state-location.js';
 import { OPERATOR_SUMMARY, mainOperator, operatorUsage } from './cli-operator.js';
 import { EXIT, isErrorResult, resultText, stderrLog } from './cli-output.js';
 import { UsageError, checkArguments, onlyFlags, parseArgv, resolveDir } from './flags.js';
@@ -334,7 +335,10 @@ export function plan(argv, env = process.env) {
  * what pair-with remembered for this state directory, else the default.
  */
 function nodeSettings(flags, env, command, fromToken) {
-  const stateRaw = flags.state ?? (env.KARS_MESH_STATE || path.join(os.homedir(), '.kars-mesh'));
+  // The default follows ~/.kars-mesh/MOVED.json to where the OpenClaw plugin
+  // imported it (state-location.js): the CLI and the Gateway keep one
+  // identity and take turns through its lock.
+  const stateRaw = flags.state ?? (env.KARS_MESH_STATE || followMoved(path.join(os.homedir(), '.kars-mesh')));
   if (!stateRaw) throw new UsageError('--state needs a directory', command);
   const stateDir = resolveDir(stateRaw);
   // After pair-with, the cluster's relay and registry are remembered for this

@@ -454,6 +454,7 @@ const SECRET_PLACES = [
   ['~/.kars', "the kars plugin's identity"],
   ['~/.kars-mesh', 'a kars-mesh state directory with secret keys'],
   ['~/.kars-mesh-cluster', "a kars cluster's controller and sandbox keys"],
+  ['~/.openclaw/kars-mesh', "the kars-mesh OpenClaw plugin's state directory with secret keys"],
   ['~/.config/gcloud', 'your Google Cloud credentials'],
   ['~/.azure', 'your Azure credentials'],
   ['~/.openclaw/credentials', "OpenClaw's stored credentials"],

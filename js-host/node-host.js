@@ -25,7 +25,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { loadCore } from './core.js';
-import { acquireLock, ensurePrivateDir, loadStateKey, StateDirError } from './storage-fs.js';
+import { acquireLock, ensurePrivateDir, loadStateKey, refuseMovedDir, StateDirError } from './storage-fs.js';
 import { openRecordsDb, sqliteModule } from './state-db.js';
 import { startEngineThread } from './engine-thread.js';
 import { crashHookFromEnv } from './crash-hook.js';
@@ -105,6 +105,7 @@ export async function createNode(opts = {}) {
   if (!o.stateDir || typeof o.stateDir !== 'string') throw new StateDirError('no state directory given');
   sqliteModule(); // names the Node version needed before anything is created
   const root = path.resolve(o.stateDir);
+  refuseMovedDir(root); // imported elsewhere by the OpenClaw plugin (state-location.js)
   ensurePrivateDir(root, 'state directory');
   const lock = acquireLock(root); // throws StateDirError (in use, not creatable, ...)
   const filesDir = o.filesDir ?? path.join(root, 'files');

@@ -14,8 +14,15 @@
 //   - One node per state directory per process, shared by every registration,
 //     started by the background service (Gateway `full` mode only) or by the
 //     first tool call.
-//   - Tools never throw: a node that cannot start answers
-//     "❌ Failed to connect to mesh: <reason>".
+//   - A failed tool call throws, as OpenClaw's tool contract asks ("throw on
+//     failure instead of encoding errors in content", AgentTool.execute in
+//     the plugin SDK), with the original's ❌ text as the message (see
+//     `toolOutcome`): a node that cannot start fails every tool with
+//     "❌ Failed to connect to mesh: <reason>". The /offload command and the
+//     message_sending hook still take the engine's results as they are.
+//   - Without `state_dir`, the state lives under OpenClaw's state directory
+//     (<state>/kars-mesh, with fallbacks for a read-only one) and an existing
+//     ~/.kars-mesh is imported once (js-host/state-location.js).
 //   - Where the host passes `onUpdate` (OpenClaw's AgentToolUpdateCallback),
 //     a waiting `offload_status` streams the offload's progress reports
 //     through it (`offloadStatusWithUpdates`).
@@ -24,6 +31,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { TOOLS, TOOL_NAMES } from './tools.js';
 import { escapeLog } from './log-escape.js';
+import { openclawStateDirFromEnv, prepareDefaultStateDir } from './state-location.js';
 
 export const PLUGIN_ID = 'kars-mesh';
 export { TOOL_NAMES };
@@ -34,6 +42,7 @@ const DEFAULT_START_SECONDS = 30;
 // Above the longest wait an engine tool may take (mesh_await: 600 s).
 const DEFAULT_TOOL_SECONDS = 660;
 const NOTIFY_TIMEOUT_MS = 5000;
+const DEFAULT_NODE_KEY = '(OpenClaw state directory)';
 
 // ---- secrets never leave through texts or logs ---------------------------
 
@@ -55,8 +64,59 @@ function errorText(e) {
   return msg;
 }
 
-function errorResult(text, error) {
-  return { content: [{ type: 'text', text }], details: { mesh: { error } } };
+/** How a failed call is reported to OpenClaw (see `toolOutcome`). */
+const FAILURE = Symbol('kars-mesh.failure');
+
+function errorResult(text, error, failure = 'refused') {
+  const r = { content: [{ type: 'text', text }], details: { mesh: { error } } };
+  Object.defineProperty(r, FAILURE, { value: failure });
+  return r;
+}
+
+/**
+ * Whether a tool result is a failed call: the engine's failure shape,
+ * `details.mesh` exactly `{error: string}` with a text starting with ❌
+ * (js-host/ENGINE.md). A result that *reports* a failure of something else
+ * (offload_status on an offload that ended in error) carries more than
+ * `error` and is an answer, not a failed call.
+ */
+export function isToolFailure(result) {
+  const mesh = result?.details?.mesh;
+  const text = result?.content?.[0]?.text;
+  return (
+    !!mesh && typeof mesh === 'object' && typeof mesh.error === 'string' &&
+    Object.keys(mesh).length === 1 && typeof text === 'string' && text.startsWith('❌')
+  );
+}
+
+/**
+ * The error a failed tool call throws. OpenClaw's contract (openclaw 2026.9.6):
+ *   - `name: "ToolInputError"` (status 400) is what OpenClaw's own tools throw
+ *     for a call they refuse or cannot carry out and explain why (e.g. "No PDF
+ *     model configured."); POST /tools/invoke answers HTTP 400
+ *     `{ok:false, error:{type:"tool_error", message}}` with the message as it
+ *     is. The engine's refusals and failures, and a node that cannot start,
+ *     are reported this way: their ❌ texts are written for the caller.
+ *   - any other error is an unexpected failure: /tools/invoke answers HTTP
+ *     500 with the message withheld ("tool execution failed") and logs it.
+ *     A call that timed out, was cancelled, or got no answer from the engine.
+ * In an agent turn both become the tool result `{status:"error", tool,
+ * error: <message>}`, which OpenClaw counts as a failed call. The engine's
+ * `details` ride along on the error (`.details`) for in-process callers.
+ */
+export class MeshToolError extends Error {
+  constructor(message, { details, expected = true } = {}) {
+    super(message);
+    this.name = expected ? 'ToolInputError' : 'MeshToolError';
+    if (expected) this.status = 400;
+    this.details = details;
+  }
+}
+
+/** The engine's result for a successful call; throws MeshToolError for a failed one. */
+export function toolOutcome(result) {
+  if (!isToolFailure(result)) return result;
+  throw new MeshToolError(result.content[0].text, { details: result.details, expected: result[FAILURE] !== 'unexpected' });
 }
 
 // ---- settings ------------------------------------------------------------
@@ -79,9 +139,15 @@ function positiveSeconds(v, fallback) {
 export function resolveSettings(pluginConfig = {}, env = process.env) {
   const c = pluginConfig && typeof pluginConfig === 'object' ? pluginConfig : {};
   const str = (v) => (typeof v === 'string' && v.trim() ? v.trim() : undefined);
-  const stateDir = expandHome(str(c.state_dir) ?? str(env.KARS_MESH_STATE) ?? '~/.kars-mesh');
+  const named = str(c.state_dir) ?? str(env.KARS_MESH_STATE);
   const settings = {
-    stateDir,
+    // A directory the configuration names, or undefined: the default place
+    // under OpenClaw's state directory, chosen when the node starts.
+    stateDir: named ? expandHome(named) : undefined,
+    // One node per state directory per process; the default place is one.
+    nodeKey: named ? expandHome(named) : DEFAULT_NODE_KEY,
+    // register() replaces it with the host's answer (api.runtime.state).
+    openclawStateDir: () => openclawStateDirFromEnv(env),
     relayUrl: str(c.relay_url) ?? str(env.KARS_MESH_RELAY) ?? DEFAULT_RELAY,
     registryUrl: str(c.registry_url) ?? str(env.KARS_MESH_REGISTRY) ?? DEFAULT_REGISTRY,
     name: str(c.display_name),
@@ -121,8 +187,11 @@ function startNode(settings, log, previous) {
   return (async () => {
     if (previous) await stopEntry(previous); // releases the state directory's lock
     const { createNode } = await import('./node-host.js');
+    const stateDir =
+      settings.stateDir ??
+      prepareDefaultStateDir({ openclawStateDir: settings.openclawStateDir(), log });
     const starting = createNode({
-      stateDir: settings.stateDir,
+      stateDir,
       relayUrl: settings.relayUrl,
       registryUrl: settings.registryUrl,
       name: settings.name,
@@ -161,21 +230,21 @@ function startNode(settings, log, previous) {
  */
 export function getNode(settings, log) {
   const map = nodes();
-  let entry = map.get(settings.stateDir);
+  let entry = map.get(settings.nodeKey);
   let previous = null;
   if (entry && ((entry.node && entry.node.stopped) || entry.fingerprint !== settings.fingerprint)) {
     previous = entry;
-    map.delete(settings.stateDir);
+    map.delete(settings.nodeKey);
     entry = undefined;
   }
   if (!entry) {
     entry = { fingerprint: settings.fingerprint, node: null, promise: null };
     entry.promise = startNode(settings, log, previous);
-    map.set(settings.stateDir, entry);
+    map.set(settings.nodeKey, entry);
     const own = entry;
     entry.promise.then(
       (n) => { own.node = n; },
-      () => { if (map.get(settings.stateDir) === own) map.delete(settings.stateDir); },
+      () => { if (map.get(settings.nodeKey) === own) map.delete(settings.nodeKey); },
     );
   }
   return entry.promise;
@@ -183,7 +252,7 @@ export function getNode(settings, log) {
 
 /** The node for this state directory if it is already running (never starts one). */
 function runningNode(settings) {
-  const n = nodes().get(settings.stateDir)?.node;
+  const n = nodes().get(settings.nodeKey)?.node;
   return n && !n.stopped ? n : null;
 }
 
@@ -200,7 +269,8 @@ export async function stopAllNodes() {
 /**
  * Call an engine tool on the shared node. Resolves with the engine's result,
  * or an error result when the node cannot start or the call cannot be
- * answered (aborted, timed out, node stopped). Never rejects.
+ * answered (aborted, timed out, node stopped). Never rejects; the tools'
+ * `execute` turns a failed call into a throw (`toolOutcome`).
  */
 export async function callEngine(settings, log, tool, params, { signal, timeoutMs } = {}) {
   let node;
@@ -213,10 +283,10 @@ export async function callEngine(settings, log, tool, params, { signal, timeoutM
   try {
     const result = await node.callTool(tool, params ?? {}, { signal, timeoutMs: timeoutMs ?? settings.toolTimeoutMs });
     if (result && typeof result === 'object' && Array.isArray(result.content)) return result;
-    return errorResult(`❌ ${tool}: the engine returned no result`, 'no result');
+    return errorResult(`❌ ${tool}: the engine returned no result`, 'no result', 'unexpected');
   } catch (e) {
     const reason = signal?.aborted ? 'cancelled' : redact(errorText(e));
-    return errorResult(`❌ ${tool} failed: ${reason}`, reason);
+    return errorResult(`❌ ${tool} failed: ${reason}`, reason, 'unexpected');
   }
 }
 
@@ -318,12 +388,28 @@ function makeLogger(api) {
   };
 }
 
+/**
+ * OpenClaw's state directory: the host's own answer
+ * (api.runtime.state.resolveStateDir, which also knows OpenClaw's legacy
+ * directory names), else OPENCLAW_STATE_DIR or ~/.openclaw.
+ */
+function openclawStateDir(api) {
+  try {
+    const d = api.runtime?.state?.resolveStateDir?.(process.env);
+    if (typeof d === 'string' && d.trim()) return path.resolve(d);
+  } catch {
+    /* not offered in this registration mode */
+  }
+  return openclawStateDirFromEnv(process.env);
+}
+
 function register(api) {
   const mode = api.registrationMode ?? 'full';
   // Metadata-only loads have no runtime; register nothing.
   if (mode === 'cli-metadata' || mode === 'setup-only') return;
 
   const settings = resolveSettings(api.pluginConfig);
+  settings.openclawStateDir = () => openclawStateDir(api);
   const log = makeLogger(api);
 
   for (const def of TOOLS) {
@@ -333,12 +419,12 @@ function register(api) {
       label: def.label,
       description: def.description,
       parameters: def.parameters,
-      execute: (_toolCallId, params, signal, onUpdate) => {
+      execute: async (_toolCallId, params, signal, onUpdate) => {
         if (tool === 'offload_status' && typeof onUpdate === 'function') {
           const call = (p) => callEngine(settings, log, tool, p, { signal });
-          return offloadStatusWithUpdates(call, params, onUpdate);
+          return toolOutcome(await offloadStatusWithUpdates(call, params, onUpdate));
         }
-        return callEngine(settings, log, tool, params, { signal });
+        return toolOutcome(await callEngine(settings, log, tool, params, { signal }));
       },
     });
   }
@@ -403,7 +489,7 @@ function register(api) {
       async start(ctx) {
         try {
           const node = await getNode(settings, log);
-          log('info', `mesh node started (${node.did})`);
+          log('info', `mesh node started (${node.did}); state directory ${node.stateDir}`);
           ctx?.serviceHealth?.clearFailure?.();
         } catch (e) {
           // Not fatal for the Gateway: tools retry the start and report the reason.

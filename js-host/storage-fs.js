@@ -4,6 +4,8 @@
 //   <dir>/lock        pid of the process using the directory (single instance)
 //   <dir>/state.key   32 random bytes, mode 0600: the key the core seals records with
 //   <dir>/records/    one file per storage key, mode 0600
+//   <dir>/MOVED.json  only in a directory the OpenClaw plugin imported elsewhere
+//                     (state-location.js): opening it is refused (refuseMovedDir)
 //
 //   import { openStateDir } from './storage-fs.js';
 //   const store = openStateDir('/home/me/.kars-mesh');   // creates, locks, indexes
@@ -195,6 +197,41 @@ export function ensurePrivateDir(dir, what) {
       throw new StateDirError(`cannot make ${what} ${dir} private (chmod 700): ${e.message}`, { cause: e });
     }
   }
+}
+
+// ---------------------------------------------------------------------------
+// A state directory that was moved
+
+/**
+ * The note the OpenClaw plugin leaves in a state directory it imported
+ * (js-host/state-location.js): `{moved_to, imported_at, ...}`.
+ */
+export const MOVED_MARKER = 'MOVED.json';
+
+/**
+ * Refuse a state directory whose identity was moved elsewhere: the same
+ * identity used from two places breaks its encrypted sessions (each copy
+ * would advance its ratchets without the other).
+ */
+export function refuseMovedDir(dir) {
+  const marker = path.join(dir, MOVED_MARKER);
+  let text;
+  try {
+    text = fs.readFileSync(marker, 'utf8');
+  } catch {
+    return;
+  }
+  let to;
+  try {
+    to = JSON.parse(text)?.moved_to;
+  } catch { /* unreadable note: still refused */ }
+  const where = typeof to === 'string' && to ? to : 'another place (see the note)';
+  throw new StateDirError(
+    `state directory ${dir} was imported into ${where} and is not used any more (${marker}): ` +
+      `one identity used from two places breaks its encrypted sessions. Use ${where} (--state or KARS_MESH_STATE), ` +
+      `or, to go back to this copy, stop everything using ${where} and delete ${marker}.`,
+    { code: 'KARS_MESH_STATE_MOVED' },
+  );
 }
 
 // ---------------------------------------------------------------------------
@@ -491,6 +528,7 @@ export function openStateDir(dir, { sealedOnly = false } = {}) {
 export function openLocked(dir, open) {
   if (!dir || typeof dir !== 'string') throw new StateDirError('no state directory given');
   const root = path.resolve(dir);
+  refuseMovedDir(root);
   ensurePrivateDir(root, 'state directory');
   const lock = acquireLock(root);
   let records;

@@ -9,6 +9,9 @@
 //      replied meanwhile (the stub holds the model until he has);
 // and both tool results reach the model. Nothing compares a text that holds a
 // time (mesh_inbox's diagnostics carry `counters_since`).
+// A second turn makes two calls the engine refuses: the model gets OpenClaw's
+// failed-tool result ({status:"error", tool, error: <the ❌ text>}) and the
+// run counts neither call as successful.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -137,4 +140,70 @@ test('openclaw agent --local: the model calls mesh_send then mesh_inbox; the pee
   }
   const system = chats[0].body.messages.filter((m) => m.role === 'system').map((m) => textOf(m.content)).join('\n');
   assert.match(system, /mesh-federation/);
+});
+
+test('openclaw agent --local: a failed call reaches the model as a failed tool result with the original\'s ❌ text, and the run does not count it as successful', { timeout: 180_000 }, async () => {
+  // mesh_inbox with a name where a DID belongs, then mesh_pair with a
+  // token-like string: both pass the tools' schemas (OpenClaw checks those
+  // before calling), and the engine refuses them.
+  const badToken = `azcp_1_${'Z'.repeat(40)}`;
+  const stub = await startStubLlm({
+    script: [
+      { name: 'mesh_inbox', args: { from: 'bob' } },
+      { name: 'mesh_pair', args: { token: badToken } },
+    ],
+    replyPrefix: 'TOOL SAID: ',
+  });
+  cleanups.push(() => stub.close());
+  const h = makeOpenClawHome({
+    pluginConfig: (base) => ({
+      state_dir: path.join(base, 'mesh-state'),
+      relay_url: srv.relayUrl,
+      registry_url: srv.registryUrl,
+      timeouts: { start_seconds: 30, tool_seconds: 60 },
+    }),
+    config: {
+      models: {
+        providers: {
+          stub: {
+            baseUrl: stub.baseUrl,
+            api: 'openai-completions',
+            apiKey: 'x',
+            models: [{ id: 'stub-1', name: 'Stub', reasoning: false, input: ['text'], cost: { input: 0, output: 0, cacheRead: 0, cacheWrite: 0 }, contextWindow: 128000, maxTokens: 4096 }],
+          },
+        },
+      },
+      agents: { defaults: { model: { primary: 'stub/stub-1' } } },
+      tools: { toolSearch: false },
+    },
+  });
+  cleanups.push(() => h.cleanup());
+
+  const r = await h.run(['agent', '--local', '--agent', 'main', '--session-id', 'mesh-fail', '--message', 'send something to bob, then pair', '--json'], { timeoutMs: 150_000 });
+  assert.equal(r.code, 0, `${r.stdout.slice(0, 2000)}\n${r.stderr.slice(-3000)}`);
+  // Before this contract, both calls were "successful" (HTTP 200 ok:true with a ❌ text).
+  const receipt = r.json.meta.agentMeta.terminalReceipt;
+  assert.deepEqual(receipt.successfulToolNames ?? [], [], JSON.stringify(receipt));
+  // OpenClaw logs each failed call with its message (and the arguments, secrets masked).
+  assert.match(r.stderr, /\[tools\] mesh_inbox failed: ❌ mesh_inbox: `from` must be a did:mesh: DID/);
+  assert.match(r.stderr, /\[tools\] mesh_pair failed: ❌ Invalid pairing token\./);
+
+  // What the model saw: OpenClaw's failed-tool result, the engine's text as its error.
+  const chats = stub.requests.filter((q) => q.url.endsWith('/chat/completions'));
+  const results = chats.at(-1).body.messages.filter((m) => m.role === 'tool').map((m) => textOf(m.content));
+  assert.equal(results.length, 2, JSON.stringify(chats.at(-1).body.messages).slice(0, 3000));
+  const [inboxFailed, pairFailed] = results.map((t) => {
+    try { return JSON.parse(t); } catch { assert.fail(`not OpenClaw's failed-tool result: ${t}`); }
+  });
+  assert.deepEqual(inboxFailed, {
+    status: 'error',
+    tool: 'mesh_inbox',
+    error: '❌ mesh_inbox: `from` must be a did:mesh: DID (did:mesh: + 32 lowercase hex) or a base58 AMID; use `discover` to find an agent\'s DID.',
+  });
+  assert.equal(pairFailed.status, 'error');
+  assert.equal(pairFailed.tool, 'mesh_pair');
+  assert.match(pairFailed.error, /^❌ Invalid pairing token\. /);
+  // The token-like argument reached neither the model's tool result nor the run's output.
+  assert.ok(!results.join('\n').includes(badToken), results.join('\n'));
+  assert.ok(!r.stderr.includes(badToken) && !r.stdout.includes(badToken), 'the token reached the agent run\'s output');
 });

@@ -7,9 +7,13 @@
 //     reads it from its inbox and replies; mesh_inbox through the Gateway
 //     shows the reply
 //   - discover through the Gateway
-//   - bad input answers with the engine's ❌ text (HTTP 200), never a throw
+//   - a failed call follows OpenClaw's tool contract (the tool throws): bad
+//     input answers HTTP 400 {ok:false, error:{type:"tool_error", message}}
+//     with the engine's ❌ text as the message, as OpenClaw's own tools do
 //   - stopping the Gateway stops the node (the state directory's lock is released)
-//   - a node that cannot start: every tool answers "❌ Failed to connect to mesh"
+//   - a node that cannot start: every tool fails with "❌ Failed to connect to mesh"
+//   - the same failure through the Gateway's WebSocket RPC (tools.invoke):
+//     {ok:false, error:{message}}
 //   - /offload and /offload cancel sent as chat messages (chat.send over the
 //     Gateway's WebSocket RPC) answer with the engine's offload_status /
 //     offload_cancel texts
@@ -63,6 +67,21 @@ async function invoke(tool, args, ms) {
 }
 const text = (result) => result.content[0].text;
 
+/**
+ * POST /tools/invoke of a call that fails: OpenClaw's answer to a tool that
+ * threw a ToolInputError (openclaw 2026.9.6 tools-invoke-shared: HTTP 400,
+ * the message as it is). Returns the message.
+ */
+async function invokeFails(g, tool, args, ms) {
+  const r = await g.invoke(tool, args, ms);
+  assert.equal(r.status, 400, `${tool}: expected a failed call, got HTTP ${r.status} ${r.text.slice(0, 1000)}`);
+  assert.equal(r.json?.ok, false, r.text.slice(0, 1000));
+  assert.equal(r.json.error?.type, 'tool_error', r.text.slice(0, 1000));
+  assert.equal(r.json.result, undefined);
+  assert.equal(typeof r.json.error.message, 'string');
+  return r.json.error.message;
+}
+
 test('OpenClaw Gateway: pair, send, receive a reply, discover, bad input', { timeout: 240_000 }, async () => {
   const ctrl = await node('controller', { role: 'controller', clusterName: 'local-lab' });
   const bob = await node('bob');
@@ -87,20 +106,28 @@ test('OpenClaw Gateway: pair, send, receive a reply, discover, bad input', { tim
   );
   assert.ok(existsSync(path.join(meshDir, 'lock')), 'the node holds its state directory');
 
-  // ---- bad input: the engine's error text, HTTP 200, no throw ------------
-  const noToken = await invoke('mesh_pair', {});
-  assert.match(text(noToken), /^❌ /);
-  assert.match(text(noToken), /token/i);
-  assert.ok(noToken.details.mesh.error, JSON.stringify(noToken));
-
-  const noTo = await invoke('mesh_send', { message: 'hello' });
-  assert.match(text(noTo), /^❌ /);
-  assert.match(text(noTo), /`to`/);
-  assert.ok(noTo.details.mesh.error);
-
-  const noMessage = await invoke('mesh_send', { to: 'bob' });
-  assert.match(text(noMessage), /^❌ /);
-  assert.ok(noMessage.details.mesh.error);
+  // ---- bad input: a failed call (HTTP 400, ok:false), the engine's ❌ text as the message
+  assert.equal(
+    await invokeFails(gw, 'mesh_pair', {}),
+    '❌ No token provided. Pass a pairing token starting with azcp_1_. (received argument keys: none)',
+  );
+  assert.equal(
+    await invokeFails(gw, 'mesh_send', { message: 'hello' }),
+    '❌ mesh_send requires `to` (AMID or agent name). Use `discover` to list known agents.',
+  );
+  assert.equal(await invokeFails(gw, 'mesh_send', { to: 'bob' }), '❌ mesh_send requires `message` content.');
+  // A refusal that is not about the arguments' shape: same contract.
+  assert.match(await invokeFails(gw, 'mesh_send', { to: 'nobody-here', message: 'x' }, 30_000), /^❌ Send failed: no agent is registered under the name "nobody-here"/);
+  // The WebSocket RPC (tools.invoke) reports the same failure with the same text.
+  const rpc = await gw.call('tools.invoke', { name: 'mesh_send', args: { to: 'bob' } });
+  assert.equal(rpc.code, 0, rpc.stdout.slice(0, 1000) + rpc.stderr.slice(-1000));
+  assert.equal(rpc.json?.ok, false, rpc.stdout.slice(0, 1000));
+  assert.equal(rpc.json.error?.message, '❌ mesh_send requires `message` content.', rpc.stdout.slice(0, 1000));
+  // A failed mesh_pair with a token-like argument: the token reaches neither the answer nor the log.
+  const badToken = `azcp_1_${'Q'.repeat(40)}`;
+  const refused = await invokeFails(gw, 'mesh_pair', { token: badToken });
+  assert.match(refused, /^❌ Invalid pairing token\./, refused);
+  assert.ok(!refused.includes(badToken) && !gw.logs().includes(badToken), 'a token-like argument leaked');
 
   // ---- pairing with the controller -------------------------------------
   const gen = await ctrl.callTool('pair_generate', { name: 'claw', slots: 1, capabilities: 'offload', expires: '1d' });
@@ -148,11 +175,15 @@ test('OpenClaw Gateway: pair, send, receive a reply, discover, bad input', { tim
   assert.deepEqual(reg.results.map((a) => a.did), [clawDid]);
 
   // ---- the other four tools are registered and forwarded to the engine ---
-  for (const tool of ['cloud_offload', 'offload_status', 'offload_cancel', 'mesh_await']) {
+  // (offload_status and offload_cancel answer; cloud_offload and mesh_await
+  // without arguments are failed calls, with the engine's text: not a 404.)
+  for (const tool of ['offload_status', 'offload_cancel']) {
     const r = await gw.invoke(tool, {}, 30_000);
     assert.equal(r.status, 200, `${tool} is not registered in the Gateway: ${r.status} ${r.text.slice(0, 500)}`);
     assert.ok(Array.isArray(r.json?.result?.content), r.text.slice(0, 500));
   }
+  assert.match(await invokeFails(gw, 'cloud_offload', {}, 30_000), /^❌ cloud_offload requires a `task` parameter/);
+  assert.match(await invokeFails(gw, 'mesh_await', {}, 30_000), /^❌ mesh_await: `senders` must be a non-empty array/);
 
   // ---- stopping the Gateway stops the node (service stop) ---------------
   await gw.stop();
@@ -161,7 +192,7 @@ test('OpenClaw Gateway: pair, send, receive a reply, discover, bad input', { tim
   gw = null;
 });
 
-test('OpenClaw Gateway: a node that cannot start answers "❌ Failed to connect to mesh" and the Gateway keeps running', { timeout: 180_000 }, async () => {
+test('OpenClaw Gateway: a node that cannot start fails every tool with "❌ Failed to connect to mesh" and the Gateway keeps running', { timeout: 180_000 }, async () => {
   const h = makeOpenClawHome({
     pluginConfig: (base) => {
       const blocker = path.join(base, 'not-a-directory');
@@ -177,12 +208,12 @@ test('OpenClaw Gateway: a node that cannot start answers "❌ Failed to connect 
       `the service did not report the failed start:\n${g.logs().slice(-4000)}`,
     );
     for (const [tool, args] of [['mesh_inbox', {}], ['mesh_send', { to: 'bob', message: 'x' }], ['discover', {}], ['offload_status', {}]]) {
-      const r = await g.invoke(tool, args, 30_000);
-      assert.equal(r.status, 200, `${tool}: ${r.status} ${r.text.slice(0, 500)}`);
-      const result = r.json.result;
-      assert.match(result.content[0].text, /^❌ Failed to connect to mesh: \S/, result.content[0].text);
-      assert.equal(typeof result.details.mesh.error, 'string');
+      const message = await invokeFails(g, tool, args, 30_000);
+      assert.match(message, /^❌ Failed to connect to mesh: cannot create state directory \S+not-a-directory\/mesh: /, message);
     }
+    // The Gateway is still up and answers other requests.
+    const r = await g.invoke('kars_mesh_no_such_tool', {});
+    assert.equal(r.status, 404);
   } finally {
     await g.stop();
     h.cleanup();

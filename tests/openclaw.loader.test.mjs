@@ -89,6 +89,8 @@ test('linked from the clone (plugins.load.paths = the working tree): inspect --r
   assert.equal(r.json.plugin.status, 'loaded', JSON.stringify(r.json.diagnostics));
   assert.equal(r.json.plugin.source, path.join(ROOT, 'js-host/plugin.js'));
   assert.deepEqual([...r.json.plugin.toolNames].sort(), [...TOOLS].sort());
+  // No state_dir: the default place (<OpenClaw state dir>/kars-mesh) is not made by loading.
+  assert.equal(existsSync(path.join(h.stateDir, 'kars-mesh')), false, 'loading must not make the state directory');
 });
 
 test('a config value outside the schema blocks the plugin', { timeout: 120_000 }, async () => {

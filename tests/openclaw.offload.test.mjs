@@ -4,8 +4,9 @@
 // that starts real sandbox processes (js-host/sandbox-main.js) running the
 // `--exec` command tests/fixtures/offload-task.mjs, and two peer nodes.
 // One Gateway for the whole file; the tests run in order:
-//   1. bad input for each of the 8 tools before pairing: the engine's exact
-//      texts, HTTP 200, and nothing changed anywhere;
+//   1. bad input for each of the 8 tools before pairing: a failed call as
+//      OpenClaw's tool contract has it (HTTP 400, ok:false) with the engine's
+//      exact ❌ text as the message, and nothing changed anywhere;
 //   2. mesh_pair, mesh_await on a named peer, discover, cloud_offload with an
 //      input file followed through offload_status {wait_seconds, after_events}
 //      to done (output files in <state_dir>/files/incoming/<id8>/), the
@@ -107,6 +108,15 @@ async function invoke(tool, args, ms = 30_000) {
 }
 const text = (result) => result.content[0].text;
 
+/** POST /tools/invoke of a failed call (the tool threw a ToolInputError): HTTP 400 {ok:false}; returns the message. */
+async function invokeFails(tool, args, ms = 30_000) {
+  const r = await gw.invoke(tool, args, ms);
+  assert.equal(r.status, 400, `${tool}: expected a failed call, got HTTP ${r.status} ${r.text.slice(0, 1000)}`);
+  assert.equal(r.json?.ok, false, r.text.slice(0, 1000));
+  assert.equal(r.json.error?.type, 'tool_error', r.text.slice(0, 1000));
+  return r.json.error.message;
+}
+
 async function waitFor(fn, what, ms = 20_000) {
   const until = Date.now() + ms;
   while (Date.now() < until) {
@@ -185,18 +195,23 @@ const BAD = () => [
   ['discover', { limit: -3 }, '❌ discover: `limit` must not be negative. Pass `capability` as a string such as "analysis" (or nothing to list kars-mesh agents).'],
 ];
 
-test('bad input for each of the 8 tools through the Gateway: the engine\'s exact text, and nothing changes', { timeout: 120_000 }, async () => {
+test('bad input for each of the 8 tools through the Gateway: a failed call (HTTP 400) with the engine\'s exact ❌ text, and nothing changes', { timeout: 120_000 }, async () => {
   const inboxBefore = await invoke('mesh_inbox', { unread_only: false });
   assert.equal(inboxBefore.details.mesh.total, 0, text(inboxBefore));
   const tools = new Set();
   for (const [tool, rawArgs, want] of BAD()) {
     const args = Object.fromEntries(Object.entries(rawArgs).map(([k, v]) => [k, typeof v === 'function' ? v() : v]));
     const label = `${tool} ${JSON.stringify(args).slice(0, 80)}`;
-    const r = await invoke(tool, args);
-    if (want instanceof RegExp) assert.match(text(r), want, label);
-    else assert.equal(text(r), want, label);
-    if (want instanceof RegExp || want.startsWith('❌')) assert.equal(typeof r.details.mesh.error, 'string', `${label}: ${JSON.stringify(r.details)}`);
-    else assert.equal(r.details.mesh.error, undefined, label);
+    if (want instanceof RegExp || want.startsWith('❌')) {
+      // A failed call: the engine's text is the error message.
+      const message = await invokeFails(tool, args);
+      if (want instanceof RegExp) assert.match(message, want, label);
+      else assert.equal(message, want, label);
+    } else {
+      const r = await invoke(tool, args);
+      assert.equal(text(r), want, label);
+      assert.equal(r.details.mesh.error, undefined, label);
+    }
     tools.add(tool);
   }
   assert.equal(tools.size, 8);

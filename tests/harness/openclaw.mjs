@@ -88,6 +88,18 @@ export function listFiles(dir, prefix = '') {
   return out;
 }
 
+/**
+ * [command, args] that runs `cmd args` with the given paths mounted read-only
+ * (a private mount namespace: `unshare -m`, root only; the paths stay
+ * writable for everyone else). No paths: `cmd args` as it is.
+ */
+export function withReadOnly(readOnly, cmd, args) {
+  if (!readOnly?.length) return [cmd, args];
+  const mounts = readOnly.map((_, i) => `mount --bind "$${i + 1}" "$${i + 1}" && mount -o remount,bind,ro "$${i + 1}"`).join(' && ');
+  const script = `${mounts} && shift ${readOnly.length} && exec "$@"`;
+  return ['unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, 'sh', ...readOnly, cmd, ...args]];
+}
+
 const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*m/g, '');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -114,14 +126,15 @@ function childEnv(home, stateDir, extra) {
  * A temp HOME and OpenClaw state directory with openclaw.json written by hand.
  * `pluginConfig` (plugins.entries.kars-mesh.config) may be a function of the
  * temp base directory.
- * @param {{pluginConfig?: object|((base: string) => object), config?: object, pluginDir?: string}} [opts]
+ * @param {{pluginConfig?: object|((base: string) => object), config?: object, pluginDir?: string, bare?: boolean}} [opts]
  *   pluginDir: the directory to load (default: a fresh stagePackage() in the temp dir)
+ *   bare: no openclaw.json and no plugin (a fresh OpenClaw home, for `openclaw plugins install`)
  */
-export function makeOpenClawHome({ pluginConfig = {}, config = {}, pluginDir } = {}) {
+export function makeOpenClawHome({ pluginConfig = {}, config = {}, pluginDir, bare = false } = {}) {
   requireOpenClaw();
   hookExit();
   const base = mkdtempSync(path.join(tmpdir(), 'kars-oc-'));
-  pluginDir ??= stagePackage(base);
+  if (!bare) pluginDir ??= stagePackage(base);
   const home = path.join(base, 'home');
   const stateDir = path.join(base, 'openclaw');
   mkdirSync(home, { mode: 0o700 });
@@ -135,7 +148,7 @@ export function makeOpenClawHome({ pluginConfig = {}, config = {}, pluginDir } =
     },
     ...config,
   };
-  writeFileSync(path.join(stateDir, 'openclaw.json'), JSON.stringify(cfg, null, 2));
+  if (!bare) writeFileSync(path.join(stateDir, 'openclaw.json'), JSON.stringify(cfg, null, 2));
   const env = (extra) => childEnv(home, stateDir, extra);
 
   /** Run one openclaw command to completion (bounded); parses stdout as JSON when it is. */
@@ -172,14 +185,17 @@ export function makeOpenClawHome({ pluginConfig = {}, config = {}, pluginDir } =
   /**
    * `openclaw gateway run` on a free loopback port with token auth, in its own
    * process group. Resolves once POST /tools/invoke answers (a 404 for a tool
-   * nobody has: no kars-mesh tool is called while waiting).
+   * nobody has: no kars-mesh tool is called while waiting). `readOnly`:
+   * paths the Gateway sees mounted read-only (withReadOnly; root only);
+   * `env`: more environment variables for it.
    */
-  async function startGateway({ timeoutMs = 90_000 } = {}) {
+  async function startGateway({ timeoutMs = 90_000, readOnly, env: extra } = {}) {
     const port = await freePort();
     const token = randomBytes(18).toString('hex');
-    const child = spawn(NODE24, [OPENCLAW, 'gateway', 'run', '--port', String(port), '--bind', 'loopback', '--auth', 'token'], {
+    const [cmd, argv] = withReadOnly(readOnly, NODE24, [OPENCLAW, 'gateway', 'run', '--port', String(port), '--bind', 'loopback', '--auth', 'token']);
+    const child = spawn(cmd, argv, {
       cwd: base,
-      env: env({ OPENCLAW_GATEWAY_TOKEN: token }),
+      env: env({ ...extra, OPENCLAW_GATEWAY_TOKEN: token }),
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
