@@ -3,7 +3,7 @@
 // here (sockets, HTTP, timers, tool results, jobs). The same interface as
 // event-loop.js's createEventLoop, so node-host.js runs either.
 
-import { Worker, MessageChannel } from 'node:worker_threads';
+import { Worker, MessageChannel, receiveMessageOnPort } from 'node:worker_threads';
 import { NodeError } from './node-error.js';
 import { StateDirError } from './storage-fs.js';
 
@@ -71,7 +71,7 @@ export async function startEngineThread({ stateDir, filesDir, sealedOnly, log, c
     onDeath(err);
   }
 
-  port.on('message', (msg) => {
+  function onMessage(msg) {
     switch (msg.t) {
       case 'log':
         log(msg.level, msg.message);
@@ -102,13 +102,18 @@ export async function startEngineThread({ stateDir, filesDir, sealedOnly, log, c
       default:
         log('warn', `host: unknown message from the engine thread: ${JSON.stringify(msg.t)}`);
     }
-  });
+  }
+  port.on('message', onMessage);
   worker.on('error', (e) => {
     const err = new NodeError(`the engine thread failed (${e?.message ?? e}); this node is stopped, restart it`, { cause: e, code: 'KARS_MESH_CORE_TRAP' });
     if (state === 'starting') readyReject(err);
     else die(err);
   });
   worker.on('exit', (code) => {
+    // The worker's last messages (its final commands, 'closed') may still
+    // wait on the port when its exit is reported: the two travel apart.
+    // Taken first, a clean close is not mistaken for a death.
+    for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) onMessage(m.message);
     closedResolve();
     if (state === 'starting') readyReject(new NodeError(`the engine thread exited while starting (code ${code})`, { code: 'KARS_MESH_CORE_LOAD' }));
     else if (!closedByUs && state !== 'stopped' && !fatal) die(new NodeError(`the engine thread ended unexpectedly (code ${code}); this node is stopped, restart it`, { code: 'KARS_MESH_CORE_TRAP' }));

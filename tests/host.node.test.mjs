@@ -65,6 +65,22 @@ test('real core: mesh_identity answers a did:mesh: DID; one process per state di
   assert.equal(second.did, first.did, 'the identity survives a restart');
 });
 
+test('real core: a command that ends cleanly reports no death of its engine thread', { timeout: 60_000 }, async (t) => {
+  // The worker's 'closed' message and its exit travel apart; taking the exit
+  // first made about every second `kars-mesh id` print "the engine thread
+  // ended unexpectedly (code 0)" after a clean stop.
+  const { execFile } = await import('node:child_process');
+  const { promisify } = await import('node:util');
+  const bin = path.join(import.meta.dirname, '..', 'bin', 'kars-mesh');
+  const stateDir = tmpDir(t);
+  const port = await closedPort();
+  for (let i = 0; i < 12; i++) {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [bin, '--state', stateDir, '--relay', `http://127.0.0.1:${port}`, '--registry', `http://127.0.0.1:${port}`, 'id'], { timeout: 20_000 });
+    assert.match(stdout, /did:mesh:[0-9a-f]{32}/);
+    assert.equal(stderr, '', `run ${i + 1}: ${stderr}`);
+  }
+});
+
 test('real core: the identity record on disk is sealed, not plaintext', async (t) => {
   const stateDir = tmpDir(t);
   const node = await createNode({ stateDir, log: quiet });
