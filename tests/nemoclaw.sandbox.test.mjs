@@ -241,8 +241,10 @@ before(async () => {
   // In /var/tmp: the sandbox gets a /tmp of its own (S.tmp mounted there).
   S.base = fs.mkdtempSync('/var/tmp/kars-nemo-');
   fs.chmodSync(S.base, 0o755);
-  for (const d of ['home', 'state', 'tmp', 'pkg', 'peer', 'proxy', 'npm-cache']) fs.mkdirSync(path.join(S.base, d), { mode: 0o755 });
-  S.home = path.join(S.base, 'home');
+  for (const d of ['home', 'operator-home', 'state', 'tmp', 'pkg', 'peer', 'proxy', 'npm-cache']) fs.mkdirSync(path.join(S.base, d), { mode: 0o755 });
+  S.home = path.join(S.base, 'home'); // the sandbox's HOME, read-only to it
+  fs.mkdirSync(path.join(S.home, '.config'));
+  fs.writeFileSync(path.join(S.home, '.profile'), '# the sandbox user\'s read-only HOME\n');
   S.state = path.join(S.base, 'state');
   S.tmp = path.join(S.base, 'tmp');
   S.meshState = path.join(S.state, 'kars-mesh');
@@ -304,7 +306,8 @@ before(async () => {
   const installEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(OPENCLAW_|KARS_MESH_|npm_)/.test(k)));
   const oc = (args, timeout = 180_000) => spawnSync(NODE24, [OPENCLAW, ...args], {
     cwd: S.base, encoding: 'utf8', timeout, stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...installEnv, ...S.ocEnv, TMPDIR: S.tmp, npm_config_cache: path.join(S.base, 'npm-cache'), npm_config_update_notifier: 'false', npm_config_fund: 'false', npm_config_audit: 'false' },
+    // the operator's own HOME: the sandbox's is touched by nobody
+    env: { ...installEnv, ...S.ocEnv, HOME: path.join(S.base, 'operator-home'), TMPDIR: path.join(S.base, 'operator-home'), npm_config_cache: path.join(S.base, 'npm-cache'), npm_config_update_notifier: 'false', npm_config_fund: 'false', npm_config_audit: 'false' },
   });
   const inst = oc(['plugins', 'install', S.tgz, '--force', '--accept-capabilities']);
   assert.equal(inst.status, 0, `openclaw plugins install: ${inst.error?.message ?? ''}\n${inst.stdout}\n${inst.stderr}`);
@@ -313,16 +316,18 @@ before(async () => {
   assert.equal(mode.status, 0, `${mode.stdout}\n${mode.stderr}`);
   S.configFile = path.join(S.state, 'openclaw.json');
   // The plugin's own state (OPENCLAW_STATE_DIR/kars-mesh) and endpoints.
+  // (with `openclaw config set`, which checks it against the plugin's config schema)
   S.setPluginConfig = (relayUrl, registryUrl) => {
-    const cfg = JSON.parse(fs.readFileSync(S.configFile, 'utf8'));
-    cfg.plugins.entries['kars-mesh'].config = {
+    const config = {
       relay_url: relayUrl,
       registry_url: registryUrl,
-      state_dir: S.meshState,
+      state_dir: S.meshState, // HOME (the default's place) is read-only here
       display_name: 'sandboxed-claw',
       timeouts: { start_seconds: 60, tool_seconds: 120 },
     };
-    fs.writeFileSync(S.configFile, JSON.stringify(cfg, null, 2));
+    const set = oc(['config', 'set', 'plugins.entries.kars-mesh.config', JSON.stringify(config), '--strict-json'], 120_000);
+    assert.equal(set.status, 0, `openclaw config set: ${set.stdout}\n${set.stderr}`);
+    assert.deepEqual(JSON.parse(fs.readFileSync(S.configFile, 'utf8')).plugins.entries['kars-mesh'].config, config);
     execFileSync('chown', ['-R', `${SANDBOX_UID}:${SANDBOX_UID}`, S.state]);
   };
   S.setPluginConfig(S.relayUrl, S.registryUrl);
