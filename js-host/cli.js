@@ -13,6 +13,7 @@ import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { StateDirError } from './storage-fs.js';
 import { followMoved } from './state-location.js';
 import { OPERATOR_SUMMARY, mainOperator, operatorUsage } from './cli-operator.js';
+import { PRESET_SUMMARY, mainPreset } from './cli-preset.js';
 import { EXIT, isErrorResult, resultText, stderrLog } from './cli-output.js';
 import { UsageError, checkArguments, onlyFlags, parseArgv, resolveDir } from './flags.js';
 
@@ -226,7 +227,7 @@ const GLOBAL_FLAGS = Object.keys(FLAGS).filter((f) => FLAGS[f].global);
 
 function mainUsage() {
   const synopsis = (c) => c.synopsis ?? c.usage.slice('kars-mesh '.length);
-  const entries = [...Object.values(COMMANDS).map((c) => [synopsis(c), c.summary]), ...OPERATOR_SUMMARY, CONSOLE_SUMMARY];
+  const entries = [...Object.values(COMMANDS).map((c) => [synopsis(c), c.summary]), ...OPERATOR_SUMMARY, CONSOLE_SUMMARY, ...PRESET_SUMMARY];
   const width = Math.max(...entries.map(([s]) => s.length));
   const lines = entries.map(([s, summary]) => `  ${s.padEnd(width)}  ${summary}`);
   return `Usage: kars-mesh [flags] <command> [args]
@@ -499,6 +500,8 @@ export async function main(
     }
     return mainOperator(argv, { out, err, env, signal, createNodeImpl });
   }
+  // The NemoClaw preset: no node, no state directory (js-host/cli-preset.js).
+  if (first.value === 'preset' && first.index === 0) return mainPreset(argv.slice(1), { out, err, env });
 
   let p;
   try {

@@ -8,7 +8,9 @@
 #     rust-web-llvm (Rust 1.96 from bookworm-security) plus the lld package
 #     that /usr/bin/rust-lld points at (lld-22; rust-web-llvm does not depend
 #     on it, but the wasm linker is rust-lld).
-#   - tinyproxy-bin, the forward proxy of tests/host.proxy.test.mjs.
+#   - tinyproxy-bin, the forward proxy of tests/host.proxy.test.mjs and
+#     tests/nemoclaw.sandbox.test.mjs; iproute2 (ip) for the latter's network
+#     namespace.
 #   - chromium, the real browser of tests/browser.*.test.mjs and the browser
 #     bench (driven by the playwright-core devDependency, which downloads no
 #     browser of its own).
@@ -97,6 +99,14 @@ if command -v tinyproxy >/dev/null 2>&1; then
   step "tinyproxy: already installed"
 else
   apt_install tinyproxy-bin
+fi
+# ip (iproute2): the network namespace and veth pair of
+# tests/nemoclaw.sandbox.test.mjs (unshare, setpriv and mount are util-linux
+# and mount, always there on Debian).
+if command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ]; then
+  step "ip: already installed"
+else
+  apt_install iproute2
 fi
 
 # chromium: Debian's browser that tests/browser.*.test.mjs and bench/browser.mjs
