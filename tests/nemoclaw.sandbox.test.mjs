@@ -315,13 +315,13 @@ before(async () => {
   const mode = oc(['config', 'set', 'gateway.mode', 'local'], 120_000);
   assert.equal(mode.status, 0, `${mode.stdout}\n${mode.stderr}`);
   S.configFile = path.join(S.state, 'openclaw.json');
-  // The plugin's own state (OPENCLAW_STATE_DIR/kars-mesh) and endpoints.
+  // The plugin's endpoints; its state goes to its default place,
+  // OPENCLAW_STATE_DIR/kars-mesh (S.meshState), not the read-only HOME.
   // (with `openclaw config set`, which checks it against the plugin's config schema)
   S.setPluginConfig = (relayUrl, registryUrl) => {
     const config = {
       relay_url: relayUrl,
       registry_url: registryUrl,
-      state_dir: S.meshState, // HOME (the default's place) is read-only here
       display_name: 'sandboxed-claw',
       timeouts: { start_seconds: 60, tool_seconds: 120 },
     };
@@ -402,7 +402,15 @@ async function startGateway() {
     assert.equal(r.json?.ok, true, r.text.slice(0, 1000));
     return r.json.result;
   };
-  return { ...gw, url, invoke };
+  /** A call that fails as OpenClaw's tool contract has it: HTTP 400, ok:false, the ❌ text as the message. */
+  const invokeFailing = async (tool, args = {}, ms = 60_000) => {
+    const r = await post({ tool, args }, ms);
+    assert.equal(r.status, 400, `${tool}: expected a failed call, got HTTP ${r.status} ${r.text.slice(0, 1000)}`);
+    assert.equal(r.json?.ok, false, r.text.slice(0, 1000));
+    assert.equal(r.json.error?.type, 'tool_error', r.text.slice(0, 1000));
+    return r.json.error.message;
+  };
+  return { ...gw, url, invoke, invokeFailing };
 }
 
 const text = (r) => r.content[0].text;
@@ -565,9 +573,9 @@ test('a NemoClaw-like sandbox: pair, encrypted messages both ways, discover, an 
     `registry unreachable at http://localhost:${refusedPort}: proxy ${S.proxy.url.replace(/[.]/g, '\\.')} \\(HTTP_PROXY\\) refused the destination localhost:${refusedPort} ` +
       `\\(CONNECT answered 403 Filtered\\): its policy does not allow this host and port; under NemoClaw/OpenShell the sandbox's network policy preset must allow localhost:${refusedPort}`,
   );
-  const denied = await gw2.invoke('discover', { capability: 'outside-peer' });
-  assert.match(text(denied), /^❌ Discovery failed: /, text(denied));
-  assert.match(text(denied), refusal);
+  const denied = await gw2.invokeFailing('discover', { capability: 'outside-peer' });
+  assert.match(denied, /^❌ Discovery failed: /, denied);
+  assert.match(denied, refusal);
   const queued = await gw2.invoke('mesh_send', { to: S.peer.did, message: 'not through' }, 60_000);
   assert.match(text(queued), new RegExp(`refused the destination localhost:${S.relayPort} \\(CONNECT answered 403 Filtered\\)`), text(queued));
   assert.match(S.proxy.log(), /Proxying refused on filtered domain "localhost"/);
