@@ -76,6 +76,8 @@ test('two console agents pair, discover each other and exchange encrypted messag
   assert.equal(await alice.locator('#id-name').textContent(), 'console-alice');
   assert.equal(await bob.locator('#id-name').textContent(), 'console-bob');
   const [aliceDid, bobDid] = [await didOf(alice), await didOf(bob)];
+  const pageLog = [];
+  for (const page of [alice, bob]) page.on('console', (m) => pageLog.push(m.text()));
   assert.match(aliceDid, /^did:mesh:[0-9a-f]{32}$/);
   assert.notEqual(aliceDid, bobDid);
   assert.match(await alice.locator('#id-amid').textContent(), /^[1-9A-HJ-NP-Za-km-z]+$/);
@@ -84,13 +86,35 @@ test('two console agents pair, discover each other and exchange encrypted messag
   const ctrl = await createNode({ stateDir: tmp('ctrl'), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name: 'browser-lab-ctrl', role: 'controller', clusterName: 'browser-lab', log: () => {} });
   nodes.push(ctrl);
   await untilRegistered(ctrl, 'controller');
+  const tokens = [];
   for (const [page, name] of [[alice, 'alice'], [bob, 'bob']]) {
     const gen = await ctrl.callTool('pair_generate', { name, slots: 1, capabilities: 'offload', expires: '1d' });
+    tokens.push(gen.details.mesh.token);
     const text = await submitAndRead(page, '#pair-form', { '#pair-token': gen.details.mesh.token }, '#pair-result');
     assert.match(text, /^✅ Paired successfully/, text);
     assert.match(text, /browser-lab/);
     assert.equal(await page.locator('#pair-token').inputValue(), '', 'the token is not left in the form');
   }
+  // What a new user meets at 360 px (the profiles' viewport): no horizontal
+  // scroll, every field labelled and every button named, the setup form gone
+  // once started; the pairing token nowhere in the page, its storage or its console.
+  for (const page of [alice, bob]) {
+    const seen = await page.evaluate(() => ({
+      overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+      wide: [...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1).map((e) => `${e.tagName}#${e.id} ${e.textContent.slice(0, 40)}`).slice(0, 5),
+      unlabeled: [...document.querySelectorAll('input, textarea, select')].filter((i) => !i.labels?.length && !i.getAttribute('aria-label')).map((i) => i.id || i.name),
+      unnamed: [...document.querySelectorAll('button')].filter((b) => !(b.textContent.trim() || b.getAttribute('aria-label'))).length,
+      setupShown: getComputedStyle(document.getElementById('setup')).display !== 'none',
+      kept: JSON.stringify({ ...localStorage }) + document.body.innerText,
+    }));
+    assert.equal(page.viewportSize().width, 360);
+    assert.equal(seen.overflow, 0, `no horizontal scroll at 360 px: ${JSON.stringify(seen.wide)}`);
+    assert.deepEqual(seen.unlabeled, [], 'every field has a label');
+    assert.equal(seen.unnamed, 0, 'every button has a name');
+    assert.equal(seen.setupShown, false, 'the new-identity form is hidden once the engine runs');
+    for (const token of tokens) assert.ok(!seen.kept.includes(token.slice(8, 40)), 'the pairing token is not kept or shown after pairing');
+  }
+  for (const token of tokens) assert.ok(!pageLog.some((l) => l.includes(token.slice(8, 40))), 'the pairing token is not logged in the page console');
   const bad = await submitAndRead(alice, '#pair-form', { '#pair-token': 'azcp_1_notatoken' }, '#pair-result');
   assert.match(bad, /^❌/, 'a bad token is refused with a reason');
 

@@ -1,9 +1,8 @@
 // Faults of the console in real Chromium against the real relay and
 // registry: the relay drops (restarted: every queued frame lost) while the
 // console sends; a tab closed right after "Send". Each with a clear message
-// and nothing lost. (A full storage quota: the failed asynchronous commit is
-// pinned in tests/host.group-commit.test.mjs; Chromium's CDP quota override
-// did not reach the Worker's IndexedDB when tried, so it is not driven here.)
+// and nothing lost. (A full storage quota: tests/browser.quota.test.mjs, with
+// Chromium's profile on a small disk of its own.)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';

@@ -147,9 +147,9 @@ class NodeProxy {
   addInputs(files) {
     return this.request('add-inputs', { files: [...files] });
   }
-  /** Forget picked files other than `keep`. */
-  eraseInputs(keep = []) {
-    return this.request('erase-inputs', { keep });
+  /** Forget picked files: every one but `keep` (an array), or only `{drop}`. */
+  eraseInputs(which = []) {
+    return this.request('erase-inputs', Array.isArray(which) ? { keep: which } : { drop: which.drop });
   }
   /** A received file (offload output) as a Blob. */
   getFile(path) {

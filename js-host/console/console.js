@@ -4,6 +4,7 @@
 // textContent (never as HTML).
 
 import { openNode, missingFeatures, checkProfile } from './browser-host.js';
+import { storedFiles, removeStored } from './stored-files.js';
 
 const $ = (id) => document.getElementById(id);
 const metrics = { start: performance.timeOrigin, engineReadyMs: null, connectedMs: null };
@@ -47,9 +48,10 @@ function setStatus(state, text) {
   api.state = state;
 }
 
-function notice(text, { kind = 'error', action } = {}) {
+function notice(text, { kind = 'error', action, extra } = {}) {
   const n = $('notice');
   n.replaceChildren(el('p', { text }));
+  if (extra) n.append(extra);
   if (action) n.append(el('button', { type: 'button', text: action.label, onclick: action.run }));
   n.dataset.kind = kind;
   n.hidden = false;
@@ -276,11 +278,64 @@ async function refreshFiles() {
       return el('li', {},
         el('div', {}, el('code', { text: f.path }), ` ${fmtBytes(f.size)}`),
         el('div', { class: 'row' },
-          el('button', { type: 'button', class: 'secondary', text: 'Download', onclick: (ev) => download(f.path, f.path, null, status, ev.currentTarget) }),
+          el('button', { type: 'button', class: 'secondary', text: 'Download', 'aria-label': `Download ${f.path}`, onclick: (ev) => download(f.path, f.path, null, status, ev.currentTarget) }),
+          el('button', { type: 'button', class: 'secondary', text: 'Remove', 'aria-label': `Remove ${f.path} from this browser`, onclick: (ev) => busy(ev.currentTarget, async () => {
+            try {
+              await removeStored(profile, 'files', f.path);
+              await refreshFiles();
+            } catch (e) {
+              status.textContent = `❌ cannot remove it: ${e.message}`;
+            }
+          }) }),
           status));
     }),
   );
   if (!files.length) $('files-list').append(el('li', { class: 'muted', text: 'None yet.' }));
+}
+
+// ------------------------------------------------------------- a full quota
+const QUOTA_FIX =
+  'remove received files (download what you still need first) or picked files below, or other data of this site (other profiles of this console) in the browser\'s settings';
+
+/**
+ * The engine stopped because the browser's storage for this origin is full:
+ * say so, what was kept, and list what this console keeps here with Remove
+ * buttons (the page removes them itself: the engine is stopped), then Reload.
+ */
+async function quotaNotice() {
+  api.quota = true;
+  setStatus('stopped', 'Stopped: the browser\'s storage for this console is full');
+  const list = el('ul', { class: 'cards', 'aria-label': 'Files this console keeps in this browser' });
+  const render = async () => {
+    let files = [];
+    try {
+      files = await storedFiles(profile);
+    } catch (e) {
+      list.replaceChildren(el('li', { text: `❌ cannot list them: ${e.message}` }));
+      return;
+    }
+    list.replaceChildren(
+      ...files.map((f) =>
+        el('li', {},
+          el('div', {}, el('code', { text: f.path }), ` ${fmtBytes(f.size)} · ${f.store === 'files' ? 'received' : 'picked for an offload'}`),
+          el('button', { type: 'button', class: 'secondary', text: 'Remove', 'aria-label': `Remove ${f.path} (${fmtBytes(f.size)})`, onclick: (ev) => busy(ev.currentTarget, async () => {
+            try {
+              await removeStored(profile, f.store, f.path);
+            } catch (e) {
+              ev.target.after(el('span', { class: 'muted', text: ` ❌ ${e.message}` }));
+              return;
+            }
+            await render();
+          }) }))),
+    );
+    if (!files.length) list.append(el('li', { class: 'muted', text: 'This console keeps no received or picked files here now: free space in the browser\'s settings, then reload.' }));
+  };
+  await render();
+  notice(
+    'The browser\'s storage for this console is full (quota exceeded), so the engine stopped. Nothing of its last step was kept or sent; ' +
+      'everything before it is safe, and what peers sent meanwhile comes again once it runs. To go on: ' + QUOTA_FIX + ', then reload.',
+    { extra: list, action: { label: 'Reload', run: () => location.reload() } },
+  );
 }
 
 /** Follow the active offload (each call waits for news: no polling) until it ends. */
@@ -295,6 +350,8 @@ async function followOffload(after = 0) {
       // No offload at all ({active: false} without a request); a finished one has its request id.
       if (!m.request_id) {
         if (after === 0) $('offload-view').hidden = true;
+        // No offload needs picked files: drop what an interrupted submission left.
+        node.eraseInputs([]).catch(() => {});
         break;
       }
       renderOffload(m);
@@ -421,12 +478,22 @@ function wire() {
     const picked = [...$('offload-files').files];
     const timeout = Number($('offload-timeout').value);
     return busy(ev.submitter, async () => {
+      let files = [];
       try {
         // Kept in IndexedDB first: the engine reads them again after a reload.
-        await node.eraseInputs([]);
-        const files = picked.length ? await node.addInputs(picked) : [];
+        files = picked.length ? await node.addInputs(picked) : [];
+      } catch (e) {
+        const size = picked.reduce((n, f) => n + f.size, 0);
+        showResult('offload-result', isQuota(e)
+          ? new Error(`The picked files (${fmtBytes(size)}) do not fit in the browser's storage for this console (quota exceeded); nothing was kept or sent. Pick smaller files, or make room: ${QUOTA_FIX}.`)
+          : e);
+        return;
+      }
+      try {
         const r = await call('cloud_offload', { task, files, timeout_minutes: timeout });
         showResult('offload-result', r);
+        // Refused (not paired, an offload already running, …): the files just picked are not needed.
+        if (isError(r) && files.length) node.eraseInputs({ drop: files }).catch(() => {});
         if (!isError(r)) {
           $('offload-files').value = '';
           offloadCtl?.abort(new DOMException('a new offload', 'AbortError'));
@@ -450,6 +517,8 @@ function wire() {
 
 // -------------------------------------------------------------------- start
 function onLink({ open, reason }) {
+  // The engine stopped: its link closing says nothing new (the notice says why).
+  if (api.stopped) return;
   if (open) {
     metrics.connectedMs ??= performance.now();
     setStatus('connected', 'Connected to the relay');
@@ -460,16 +529,16 @@ function onLink({ open, reason }) {
   if (open) scheduleInbox();
 }
 
+const isQuota = (err) => err?.code === 'KARS_MESH_QUOTA';
+
 function onFatal(err) {
-  setStatus('stopped', 'The engine stopped');
-  const quota = err?.code === 'KARS_MESH_QUOTA' || /quota/i.test(err?.message ?? '');
-  notice(
-    quota
-      ? `${err.message}`
-      : `The engine stopped: ${err.message}. Nothing it had confirmed is lost; reload the page to start it again.`,
-    { action: { label: 'Reload', run: () => location.reload() } },
-  );
+  api.stopped = true;
   for (const b of document.querySelectorAll('main button, main input, main textarea')) b.disabled = true;
+  if (isQuota(err)) return void quotaNotice();
+  setStatus('stopped', 'The engine stopped');
+  notice(`The engine stopped: ${err.message}. Nothing it had confirmed is lost; reload the page to start it again.`, {
+    action: { label: 'Reload', run: () => location.reload() },
+  });
 }
 
 async function startEngine() {
@@ -532,7 +601,8 @@ async function main() {
   if (params.get('name') && localStorage.getItem(storageKey('name')) === null) localStorage.setItem(storageKey('name'), params.get('name').trim().slice(0, 64));
   // A profile never started here: its name first (the registry keeps the first one).
   if (localStorage.getItem(storageKey('started')) === null && localStorage.getItem(storageKey('name')) === null && !config.name) {
-    setStatus('stopped', 'Not started');
+    // Not a fault: a grey dot, and what to do.
+    setStatus('setup', 'Not started yet: choose a display name below');
     api.state = 'setup';
     $('setup-profile').textContent = profile;
     $('setup').hidden = false;
@@ -552,9 +622,10 @@ async function main() {
   try {
     node = await startEngine();
   } catch (e) {
+    api.startError = e.message;
+    if (isQuota(e)) return void (await quotaNotice());
     setStatus('stopped', 'The engine did not start');
     notice(`The engine did not start: ${e.message}`, { action: { label: 'Reload', run: () => location.reload() } });
-    api.startError = e.message;
     return;
   }
   api.node = node;

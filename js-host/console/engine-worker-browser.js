@@ -21,7 +21,8 @@
 //        {t:'call', id, tool, args, timeoutMs} a tool call
 //        {t:'abort', id}
 //        {t:'add-inputs', id, files: [File]}   -> {t:'reply', id, value: [path]}
-//        {t:'erase-inputs', id, keep: [path]}  -> {t:'reply', id}
+//        {t:'erase-inputs', id, keep: [path]}  -> {t:'reply', id, value: n}  every picked file but keep
+//        {t:'erase-inputs', id, drop: [path]}  -> {t:'reply', id, value: n}  only these
 //        {t:'get-file', id, path}              -> {t:'reply', id, value: Blob}
 //        {t:'stats', id}                       -> {t:'reply', id, value: {...}}
 //        {t:'stop', id}                        -> the core says goodbye; {t:'stopped'}
@@ -229,9 +230,9 @@ function browserFiles(store, dispatch, log) {
       await store.putInputs(entries);
       return entries.map(([p]) => p);
     },
-    async eraseInputs(keep) {
+    async eraseInputs(keep, only) {
       const all = await store.listInputs();
-      const drop = all.filter((p) => !keep.includes(p));
+      const drop = only ? all.filter((p) => only.includes(p)) : all.filter((p) => !keep.includes(p));
       if (drop.length) await store.eraseInputs(drop);
       return drop.length;
     },
@@ -277,7 +278,7 @@ self.onmessage = async ({ data: msg }) => {
     case 'add-inputs':
       return reply(msg.id, () => node.files.addInputs(msg.files));
     case 'erase-inputs':
-      return reply(msg.id, () => node.files.eraseInputs(msg.keep ?? []));
+      return reply(msg.id, () => node.files.eraseInputs(msg.keep ?? [], msg.drop));
     case 'get-file':
       return reply(msg.id, async () => {
         const blob = await node.store.getFile(msg.path);

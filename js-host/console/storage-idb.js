@@ -53,8 +53,8 @@ export function storageError(e, what) {
   const inner = e?.inner ?? e;
   if (name === 'QuotaExceededError' || inner?.name === 'QuotaExceededError' || /quota/i.test(e?.message ?? '')) {
     const err = new StateDirError(
-      `${what}: the browser's storage for this page is full (quota exceeded). Nothing of the last step was kept or sent; ` +
-        'free space (remove downloaded offload outputs in the console, or other sites\' data in the browser settings) and reload the page',
+      `${what}: the browser's storage for this console is full (quota exceeded); nothing of it was kept. ` +
+        'Free space (remove received or picked files in the console, or other data of this site in the browser\'s settings) and reload the page',
       { cause: e, code: 'KARS_MESH_QUOTA' },
     );
     return err;
