@@ -142,10 +142,13 @@ test('two console agents pair, discover each other and exchange encrypted messag
   assert.equal(await bob.locator('#send-to').inputValue(), aliceDid);
   const reply = await sendFromConsole(bob, 'console-alice', 'hi alice, bob here');
   assert.match(reply, /^✓ Message sent to console-alice/, reply);
-  await alice.waitForFunction(() => document.getElementById('await-result').textContent.includes('"status"'), null, { timeout: 60_000 });
-  const awaited = JSON.parse(await alice.locator('#await-result').textContent());
-  assert.equal(awaited.status, 'all_received');
-  assert.deepEqual(awaited.missing, []);
+  await alice.waitForFunction(() => document.getElementById('await-result').dataset.status, null, { timeout: 60_000 });
+  assert.equal(await alice.locator('#await-result').getAttribute('data-status'), 'all_received');
+  const awaited = await alice.locator('#await-result').textContent();
+  assert.match(awaited, /^✓ Every sender answered after \d+ s: console-bob \(did:mesh:[0-9a-f]{11}…\)\. Their messages are in the inbox below\.\n\n\{/, awaited);
+  const toolText = JSON.parse(awaited.slice(awaited.indexOf('\n\n') + 2));
+  assert.equal(toolText.status, 'all_received');
+  assert.deepEqual(toolText.missing, []);
   await untilInboxShows(alice, 'hi alice, bob here');
 });
 

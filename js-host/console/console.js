@@ -42,6 +42,37 @@ function showResult(id, result) {
   p.dataset.kind = result instanceof Error || isError(result) ? 'error' : 'ok';
 }
 
+/**
+ * mesh_await's answer: its text is the tool's JSON (what OpenClaw's model
+ * reads), so the page first says in words who answered and who is still
+ * missing, then shows that text.
+ */
+function showAwait(result) {
+  const m = result?.details?.mesh;
+  const p = $('await-result');
+  if (!m?.status || isError(result)) {
+    showResult('await-result', result);
+    return;
+  }
+  const who = (name) => {
+    const dids = m.answered_by?.[name] ?? [];
+    return dids.length ? `${name} (${dids.map((d) => `${d.slice(0, 20)}…`).join(', ')})` : name;
+  };
+  const answered = (m.requested_senders ?? []).filter((s) => !(m.missing ?? []).includes(s));
+  const lines = [];
+  if (m.status === 'all_received') {
+    lines.push(`✓ Every sender answered after ${m.waited_seconds} s: ${answered.map(who).join(', ')}. Their messages are in the inbox below.`);
+  } else {
+    lines.push(`⏱ Waited ${m.waited_seconds} s; still no message from: ${m.missing.join(', ')}.`);
+    if (answered.length) lines.push(`Answered: ${answered.map(who).join(', ')} (in the inbox below).`);
+    lines.push('Check the names (Discover finds them), or wait again.');
+  }
+  // The tool's own text follows, as OpenClaw's model reads it.
+  p.textContent = `${lines.join('\n')}\n\n${textOf(result)}`;
+  p.dataset.kind = m.status === 'all_received' ? 'ok' : 'error';
+  p.dataset.status = m.status;
+}
+
 function setStatus(state, text) {
   $('status').dataset.state = state;
   $('status-text').textContent = text;
@@ -458,10 +489,11 @@ function wire() {
     $('await-cancel').disabled = false;
     $('await-result').textContent = `Waiting for ${senders.join(', ')} (at most ${timeout} s)…`;
     $('await-result').dataset.kind = '';
+    delete $('await-result').dataset.status;
     return busy($('await-btn'), async () => {
       try {
         const r = await call('mesh_await', { senders, timeout_seconds: timeout }, { signal: awaitCtl.signal, timeoutMs: (timeout + 30) * 1000 });
-        showResult('await-result', r);
+        showAwait(r);
       } catch (e) {
         showResult('await-result', e.name === 'AbortError' ? new Error('Stopped waiting.') : e);
       } finally {
