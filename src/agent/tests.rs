@@ -30,6 +30,59 @@ fn start(host: &mut FakeHost, trusted: &[&str]) -> (Agent, Vec<Command>) {
     (agent, host.apply_keep(out))
 }
 
+/// A start on the same state with another configuration (a later run).
+fn start_with(host: &mut FakeHost, cfg: Value) -> (Agent, Vec<Command>) {
+    let cfg: Config = serde_json::from_value(cfg).expect("a valid configuration");
+    let vault = Vault::new(Zeroizing::new(vec![7u8; 32]));
+    let mut cx = Cx {
+        host,
+        out: Vec::new(),
+    };
+    let agent = Agent::start(cfg, vault, Identity::from_seed(&[1u8; 32]), &mut cx)
+        .expect("the node starts");
+    let out = cx.out;
+    (agent, host.apply_keep(out))
+}
+
+/// The capabilities of the node's registration request.
+fn registered_capabilities(out: &[Command]) -> Vec<String> {
+    out.iter()
+        .find_map(|c| match c {
+            Command::HttpRequest {
+                method, url, body, ..
+            } if method == "POST" && url.ends_with("/v1/agents") => {
+                let v: Value = serde_json::from_slice(body.as_deref()?).ok()?;
+                serde_json::from_value(v["capabilities"].clone()).ok()
+            }
+            _ => None,
+        })
+        .expect("the node registers")
+}
+
+#[test]
+fn a_start_without_a_name_registers_under_the_name_given_before() {
+    let mut host = FakeHost::default();
+    let (_, out) = start(&mut host, &[]);
+    assert!(registered_capabilities(&out).contains(&"alone".to_string()));
+    // A later run (`kars-mesh register` without --name, after the registry
+    // restarted and forgot the agent) comes back under the same name.
+    let cfg = json!({"relay_url": "http://127.0.0.1:1", "registry_url": "http://127.0.0.1:2"});
+    let (agent, out) = start_with(&mut host, cfg.clone());
+    assert!(registered_capabilities(&out).contains(&"alone".to_string()));
+    assert_eq!(agent.status()["name"], "alone");
+    // A new name replaces it, for this run and the next ones.
+    let mut renamed = cfg.clone();
+    renamed["name"] = json!("other");
+    let (_, out) = start_with(&mut host, renamed);
+    assert!(registered_capabilities(&out).contains(&"other".to_string()));
+    let (_, out) = start_with(&mut host, cfg);
+    let caps = registered_capabilities(&out);
+    assert!(
+        caps.contains(&"other".to_string()) && !caps.contains(&"alone".to_string()),
+        "{caps:?}"
+    );
+}
+
 fn position(out: &[Command], f: impl Fn(&Command) -> bool) -> Option<usize> {
     out.iter().position(f)
 }
