@@ -116,6 +116,10 @@ impl Agent {
         self.ack(cx, id);
         // Ours came back through this connection: the relay accepted it.
         self.link.confirm();
+        if self.marker_out.as_deref() == Some(id) {
+            self.marker_out = None;
+            self.answer_inbox_reads(cx, false);
+        }
         if self.sync_id.as_deref() == Some(id) {
             self.sync_done(cx);
         }
@@ -225,11 +229,14 @@ impl Agent {
     }
 
     /// What the relay stored for us may not be in the inbox yet: it is
-    /// still arriving, or a KNOCK among it waits for its sender's registry
+    /// still arriving (our marker is not back, however long the relay
+    /// takes to push), or a KNOCK among it waits for its sender's registry
     /// record (an AGT sender's KNOCK carries no signing key), and with it
     /// the messages that followed it.
     pub(super) fn inbox_still_arriving(&self) -> bool {
-        self.relay_still_delivering() || !self.knocks_awaiting_identity.is_empty()
+        self.relay_still_delivering()
+            || self.marker_out.is_some()
+            || !self.knocks_awaiting_identity.is_empty()
     }
 
     /// Hold an inbox read until what the relay stored has been taken in, at

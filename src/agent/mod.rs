@@ -333,6 +333,10 @@ pub struct Agent {
     /// Our sync marker's id while the relay may still be pushing frames it
     /// stored for us (`RelayFrame::sync_marker`).
     sync_id: Option<String>,
+    /// This connection's marker until it is back: new sessions stop waiting
+    /// for it after `SYNC_MAX_MS`, inbox reads only after
+    /// `INBOX_SYNC_MAX_MS` (a far relay pushing many stored frames).
+    marker_out: Option<String>,
     /// Sends to peers without receipts written on the link, waiting for a
     /// marker to follow them, and those whose marker is on its way.
     unconfirmed: Vec<HeldSend>,
@@ -443,6 +447,7 @@ impl Agent {
             awaiting_session: HashMap::new(),
             held_sends: Vec::new(),
             sync_id: None,
+            marker_out: None,
             unconfirmed: Vec::new(),
             confirmations: Vec::new(),
             after_sync_calls: Vec::new(),
@@ -984,7 +989,8 @@ impl Agent {
             socket,
             text: RelayFrame::sync_marker(self.id.did(), &sync, &ts).to_text(),
         });
-        self.sync_id = Some(sync);
+        self.sync_id = Some(sync.clone());
+        self.marker_out = Some(sync);
         self.arm(cx, T_SYNC, SYNC_MAX_MS);
     }
 
@@ -1009,6 +1015,7 @@ impl Agent {
         self.give_up_confirmations(cx);
         // Without a link no KNOCK can come: the waiting sessions go ahead
         // (their messages wait in the outbox).
+        self.marker_out = None;
         self.sync_done(cx);
     }
 

@@ -330,3 +330,79 @@ fn plaintext_claiming_the_paired_kars_controller_never_reaches_the_inbox() {
     assert_eq!(status["unread"], 0, "nothing reached the inbox");
     assert_eq!(status["stats"]["plaintext_dropped"], bodies.len());
 }
+
+#[test]
+fn an_inbox_read_after_a_connect_waits_for_the_relays_stored_frames_even_past_the_session_wait() {
+    let mut host = FakeHost::default();
+    let (mut agent, out) = start(&mut host, &[]);
+    let socket = out
+        .iter()
+        .find_map(|c| match c {
+            Command::SocketOpen { socket, .. } => Some(*socket),
+            _ => None,
+        })
+        .expect("the node opens the relay socket");
+    let me = agent.did().to_string();
+    let mut cx = Cx {
+        host: &mut host,
+        out: Vec::new(),
+    };
+    agent.on_socket_opened(&mut cx, socket);
+    let frames = sent_texts(&cx.out);
+    // The marker is the last frame of the connect: after what the outbox
+    // sent again, so its return confirms those too.
+    let marker = frames.last().expect("frames on connect").clone();
+    assert_eq!(
+        (marker["from"].as_str(), marker["to"].as_str()),
+        (Some(me.as_str()), Some(me.as_str()))
+    );
+    assert_eq!(
+        agent.status()["connected"],
+        false,
+        "not before the relay accepted it"
+    );
+
+    cx.out.clear();
+    agent.tool(&mut cx, "read-1", "mesh_inbox", &json!({}));
+    assert!(
+        tool_results(&cx.out).is_empty(),
+        "held while the stored frames arrive"
+    );
+    // New sessions stop waiting after SYNC_MAX_MS; the read goes on waiting
+    // for the marker (a far relay pushing many stored frames).
+    agent.on_timer(&mut cx, super::T_SYNC);
+    assert!(
+        tool_results(&cx.out).is_empty(),
+        "still held: the marker is not back"
+    );
+    assert_eq!(
+        agent.status()["connected"],
+        true,
+        "a socket open that long without a refusal is accepted"
+    );
+    agent.on_frame(&mut cx, socket, &marker.to_string());
+    let answered = tool_results(&cx.out);
+    assert_eq!(answered.len(), 1);
+    assert_eq!(answered[0].0, "read-1");
+    assert!(result_text(&answered[0].1).starts_with("📭 Inbox empty."));
+
+    // Another connection whose marker never comes back: the read is answered
+    // after INBOX_SYNC_MAX_MS all the same.
+    cx.out.clear();
+    agent.on_socket_closed(&mut cx, socket, 1006, "gone");
+    agent.on_timer(&mut cx, super::T_RECONNECT);
+    let socket = cx
+        .out
+        .iter()
+        .find_map(|c| match c {
+            Command::SocketOpen { socket, .. } => Some(*socket),
+            _ => None,
+        })
+        .expect("it connects again");
+    agent.on_socket_opened(&mut cx, socket);
+    cx.out.clear();
+    agent.tool(&mut cx, "read-2", "mesh_inbox", &json!({}));
+    assert!(tool_results(&cx.out).is_empty());
+    agent.on_timer(&mut cx, super::T_INBOX_SYNC);
+    assert_eq!(tool_results(&cx.out).len(), 1, "bounded");
+}
