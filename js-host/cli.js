@@ -5,7 +5,8 @@
 //   process.exitCode = await main(process.argv.slice(2));
 //
 // Exit codes: 0 ok; 1 the tool reported an error; 2 usage error; 3 the relay
-// or registry could not be reached, or the state directory is unusable.
+// or registry could not be reached (or refused this agent, or the registry
+// URL answers as something else), or the state directory is unusable.
 
 import os from 'node:os';
 import path from 'node:path';
@@ -28,7 +29,7 @@ const GLOBAL_HELP = `Global flags (before or after the command):
   --name NAME       display name, registered as a capability (remembered in
                     the state directory: later commands register under it)
   --json            print the whole tool result as JSON
-  -v, --verbose     print the core's log lines (and inbox counters) to stderr
+  -v, --verbose     print the core's log lines to stderr (and the inbox counters)
   -h, --help        show help
 
 Environment:
@@ -255,7 +256,8 @@ ${lines.join('\n')}
 ${GLOBAL_HELP}
 
 Exit codes: 0 ok, 1 the mesh reported an error, 2 usage error,
-3 relay/registry unreachable or state directory problem.`;
+3 relay/registry unreachable (or refusing this agent, or not at that URL)
+or state directory problem.`;
 }
 
 const isCommand = (name) => Object.hasOwn(COMMANDS, name);
