@@ -22,7 +22,8 @@ import {
   urlFor,
 } from './cluster.js';
 import { NoControlSocket, controlCall } from './control.js';
-import { EXIT, isErrorResult, resultText, stderrLog } from './cli-output.js';
+import { makeDirs } from './storage-fs.js';
+import { EXIT, cliText, isErrorResult, resultText, stderrLog } from './cli-output.js';
 import { UsageError, checkArguments, onlyFlags, parseArgv, resolveDir } from './flags.js';
 
 const DIR_HELP = `  --dir DIR            the cluster's directory (env KARS_MESH_CLUSTER_DIR, default ~/.kars-mesh-cluster)`;
@@ -278,7 +279,7 @@ async function pairTool(run, { log, createNodeImpl }) {
   }
   const cfg = clusterConfig(run.dir);
   const { createNode } = createNodeImpl ? { createNode: createNodeImpl } : await import('./node-host.js');
-  fs.mkdirSync(run.dir, { recursive: true, mode: 0o700 });
+  makeDirs(run.dir, 0o700);
   let node;
   try {
     node = await createNode({
@@ -356,9 +357,9 @@ export async function mainOperator(argv, { out, err, env = process.env, signal, 
     const { result } = await pairTool(run, { log, createNodeImpl });
     const failed = isErrorResult(result);
     if (run.json) out(JSON.stringify(result, null, 2));
-    else if (failed) err(resultText(result));
+    else if (failed) err(cliText(resultText(result)));
     else if (run.tool === 'pair_list') out(formatPairings(result?.details?.mesh?.pairings ?? []));
-    else out(resultText(result));
+    else out(cliText(resultText(result)));
     if (!failed && run.tool === 'pair_generate' && !run.json) {
       err(`On the client: kars-mesh pair-with <token>   (or the mesh_pair tool with {"token": "<token>"})`);
     }

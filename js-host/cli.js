@@ -5,7 +5,8 @@
 //   process.exitCode = await main(process.argv.slice(2));
 //
 // Exit codes: 0 ok; 1 the tool reported an error; 2 usage error; 3 the relay
-// or registry could not be reached, or the state directory is unusable.
+// or registry could not be reached (or refused this agent, or the registry
+// URL answers as something else), or the state directory is unusable.
 
 import os from 'node:os';
 import path from 'node:path';
@@ -14,7 +15,7 @@ import { StateDirError } from './storage-fs.js';
 import { followMoved } from './state-location.js';
 import { OPERATOR_SUMMARY, mainOperator, operatorUsage } from './cli-operator.js';
 import { PRESET_SUMMARY, mainPreset } from './cli-preset.js';
-import { EXIT, isErrorResult, resultText, stderrLog } from './cli-output.js';
+import { EXIT, cliText, isErrorResult, relayRefused, relayTrouble, resultText, stderrLog } from './cli-output.js';
 import { UsageError, checkArguments, onlyFlags, parseArgv, resolveDir } from './flags.js';
 
 export { EXIT };
@@ -27,10 +28,16 @@ const GLOBAL_HELP = `Global flags (before or after the command):
   --relay URL       relay base URL     (env KARS_MESH_RELAY, default ${DEFAULT_RELAY})
   --registry URL    registry base URL  (env KARS_MESH_REGISTRY, default ${DEFAULT_REGISTRY})
   --state DIR       state directory    (env KARS_MESH_STATE, default ~/.kars-mesh)
-  --name NAME       display name, registered as a capability
+  --name NAME       display name, registered as a capability (remembered in
+                    the state directory: later commands register under it)
   --json            print the whole tool result as JSON
-  -v, --verbose     print the core's log lines to stderr
-  -h, --help        show help`;
+  -v, --verbose     print the core's log lines to stderr (and the inbox counters)
+  -h, --help        show help
+
+Environment:
+  KARS_MESH_RELAY_TOKEN  the relay's shared token, for a relay started with
+                    AGENTMESH_RELAY_TOKEN (no flag: it would show in the
+                    process list)`;
 
 const COMMANDS = {
   id: {
@@ -59,6 +66,9 @@ fresh prekeys so that other agents can open encrypted sessions to it.`,
     help: `Send a message to another agent. If the message parses as a JSON object it
 is sent as is; otherwise it is sent as {"type":"message","content":<text>}.
 Several words are joined with spaces; put -- before a message starting with -.
+Exit code 0 once the relay has the message; 3 when the relay cannot be
+reached or refuses this agent (the message is kept in the state directory
+and goes out the next time kars-mesh runs there and reaches the relay).
 
 Examples:
   kars-mesh send did:mesh:0123... "hello there"
@@ -80,7 +90,7 @@ Examples:
   },
   inbox: {
     tool: 'mesh_inbox',
-    usage: 'kars-mesh inbox [--wait SECONDS] [--from DID] [--limit N] [--peek]',
+    usage: 'kars-mesh inbox [--wait SECONDS] [--from DID] [--limit N] [--all] [--peek]',
     synopsis: 'inbox [--wait SECONDS]',
     summary: 'read received messages',
     help: `Read unread messages. They are printed first and marked read afterwards
@@ -88,14 +98,19 @@ Examples:
   --wait SECONDS   if nothing is unread, wait up to SECONDS (at most 300)
   --from DID       only messages from this agent
   --limit N        at most N messages
-  --peek           do not mark them read`,
-    flags: ['wait', 'from', 'limit', 'peek'],
+  --all            also the messages already read (the newest N, see --limit)
+  --peek           do not mark them read
+The messages the relay kept for this agent are fetched first. Exit code 3
+when the relay cannot be reached (or refuses this agent): what is shown is
+then only what had arrived before.`,
+    flags: ['wait', 'from', 'limit', 'all', 'peek'],
     positional: [],
     args: (_pos, f) => {
       const a = {};
       if (f.wait !== undefined) a.wait_seconds = f.wait;
       if (f.from !== undefined) a.from = f.from;
       if (f.limit !== undefined) a.limit = f.limit;
+      if (f.all) a.unread_only = false;
       if (f.peek) a.peek = true;
       return a;
     },
@@ -215,6 +230,7 @@ const FLAGS = {
   wait: { value: true },
   from: { value: true },
   limit: { value: true },
+  all: { value: false },
   peek: { value: false },
   file: { value: true, multi: true },
   timeout: { value: true },
@@ -242,7 +258,8 @@ ${lines.join('\n')}
 ${GLOBAL_HELP}
 
 Exit codes: 0 ok, 1 the mesh reported an error, 2 usage error,
-3 relay/registry unreachable or state directory problem.`;
+3 relay/registry unreachable (or refusing this agent, or not at that URL)
+or state directory problem.`;
 }
 
 const isCommand = (name) => Object.hasOwn(COMMANDS, name);
@@ -345,20 +362,33 @@ function nodeSettings(flags, env, command, fromToken) {
   // After pair-with, the cluster's relay and registry are remembered for this
   // state directory (flags and environment still win).
   const paired = command === 'pair-with' ? {} : rememberedEndpoints(stateDir);
+  const from = {};
   const endpoint = (flag, envName, fallback) => {
     const key = `${flag}Url`;
-    const [from, value] =
+    const [source, value] =
       flags[flag] !== undefined ? [`--${flag}`, flags[flag]]
       : fromToken[key] ? [`the token's ${flag}_url`, fromToken[key]]
       : env[envName] ? [envName, env[envName]]
-      : paired[key] ? [`${ENDPOINTS_FILE} in the state directory`, paired[key]]
+      : paired[key] ? [`${ENDPOINTS_FILE} in the state directory (written by pair-with)`, paired[key]]
       : ['the default', fallback];
-    return checkUrl(from, value);
+    from[flag] = source;
+    return checkUrl(source, value);
   };
   const relayUrl = endpoint('relay', 'KARS_MESH_RELAY', DEFAULT_RELAY);
   const registryUrl = endpoint('registry', 'KARS_MESH_REGISTRY', DEFAULT_REGISTRY);
   if (flags.name !== undefined && !flags.name.trim()) throw new UsageError('--name must not be empty', command);
-  return { stateDir, relayUrl, registryUrl, name: flags.name };
+  return { stateDir, relayUrl, registryUrl, name: flags.name, from };
+}
+
+/** Where the CLI reads the relay token from, for the engine's 4003 text. */
+const RELAY_TOKEN_HINT =
+  "run kars-mesh with the environment variable KARS_MESH_RELAY_TOKEN set to the relay's AGENTMESH_RELAY_TOKEN";
+
+/** Which flag or variable sets an endpoint, and where this one came from. */
+function endpointHint(node, which) {
+  const flag = which === 'relay' ? '--relay URL or KARS_MESH_RELAY' : '--registry URL or KARS_MESH_REGISTRY';
+  const url = which === 'relay' ? node.relayUrl : node.registryUrl;
+  return `the ${which} URL ${url} came from ${node.from?.[which] ?? 'the settings'}; give the right one with ${flag}`;
 }
 
 const ENDPOINTS_FILE = 'endpoints.json';
@@ -411,17 +441,83 @@ function version() {
 /** Commands that queue messages for other agents. */
 const SENDS = new Set(['send', 'offload', 'offload-cancel']);
 
-/** Wait (bounded) until every queued message is confirmed by its recipient. */
-async function flushOutbox(node, err, signal, ms = 15_000) {
+const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
+
+/** The node's state (mesh_identity's details: connected, relay_problem, relay_error, outbox), or null. */
+async function nodeStatus(node, signal) {
+  const r = await node.callTool('mesh_identity', {}, { signal, timeoutMs: 5_000 }).catch(() => null);
+  return r?.details?.mesh ?? null;
+}
+
+/**
+ * Wait (bounded) until every queued message is confirmed by its recipient,
+ * or until the relay has refused this agent (waiting does not cure a wrong
+ * token). Returns how many still wait and the node's last state.
+ */
+async function flushOutbox(node, signal, ms = 15_000) {
   const until = Date.now() + ms;
   let pending = 0;
+  let status = null;
   while (!signal.aborted) {
-    const r = await node.callTool('mesh_identity', {}, { signal, timeoutMs: 5_000 }).catch(() => null);
-    pending = Number(r?.details?.mesh?.outbox ?? 0);
-    if (!pending || Date.now() >= until) break;
-    await new Promise((res) => setTimeout(res, 150));
+    status = await nodeStatus(node, signal);
+    pending = Number(status?.outbox ?? 0);
+    if (!pending || relayRefused(status) || Date.now() >= until) break;
+    await sleep(150);
   }
-  if (pending) err(`kars-mesh: ${pending} message(s) not yet confirmed by the recipient; they are kept and sent again the next time this agent runs`);
+  return { pending, status };
+}
+
+/** What became of the messages a command queued (offload, offload-cancel). */
+function reportPending(err, run, { pending, status }) {
+  if (!pending) return;
+  const trouble = relayTrouble(status, run.node.relayUrl);
+  if (trouble) {
+    err(`kars-mesh: ${pending} message(s) not sent yet: ${trouble}; they are kept and go out the next time this agent runs and reaches the relay`);
+  } else {
+    err(`kars-mesh: ${pending} message(s) not yet confirmed by the recipient; they are kept and sent again the next time this agent runs`);
+  }
+}
+
+/** Print why the relay does not work for this agent, and what sets it, on stderr. */
+function relayFailure(err, run, status, what) {
+  err(`kars-mesh: ${what}: ${relayTrouble(status, run.node.relayUrl)}`);
+  // A refusal says what to change; otherwise the address may be wrong.
+  if (!relayRefused(status)) err(`kars-mesh: ${endpointHint(run.node, 'relay')}, and check that the relay runs`);
+}
+
+/**
+ * `send`: "sent" only once the relay has the message. A message the engine
+ * queued (no relay connection yet) gets the bounded flush to go out; if it
+ * does not, say why (unreachable, refused token, ...) and exit 3. The
+ * message stays in the outbox either way.
+ */
+async function sendOutcome({ node, run, result, text, out, err, signal }) {
+  const mesh = result?.details?.mesh ?? {};
+  if (run.json) out(JSON.stringify(result, null, 2));
+  if (mesh.unconfirmed) {
+    // Written once to a peer without receipts, never written again.
+    if (!run.json) err(text);
+    return EXIT.UNREACHABLE;
+  }
+  if (!mesh.queued) {
+    if (!run.json) out(text);
+    reportPending(err, run, await flushOutbox(node, signal));
+    return EXIT.OK;
+  }
+  const label = text.match(/^✓ Message queued for (.+?) \(E2E encrypted\)/)?.[1] ?? mesh.to;
+  const flushed = await flushOutbox(node, signal);
+  if (signal.aborted) throw signal.reason ?? new Error('interrupted');
+  const { pending, status } = flushed;
+  if (!pending || status?.connected) {
+    // The relay took the connection after all: what was queued went out
+    // on it, before the marker that confirmed it (src/agent/handover.rs).
+    if (!run.json) out(`✓ Message sent to ${label} (E2E encrypted; it waited for the relay connection)`);
+    reportPending(err, run, flushed);
+    return EXIT.OK;
+  }
+  relayFailure(err, run, status, `the message to ${label} was not sent`);
+  err(`kars-mesh: it is kept (end-to-end encrypted) in ${run.node.stateDir} and goes out the next time kars-mesh runs with this state directory and reaches the relay`);
+  return EXIT.UNREACHABLE;
 }
 
 /**
@@ -442,7 +538,7 @@ async function followOffload(node, run, out, signal) {
     last = r?.details?.mesh;
     if (!last?.events) break;
     for (const e of last.events.filter((x) => x.seq > after)) {
-      out(`  ${new Date(e.at_ms).toISOString().slice(11, 19)}  ${e.phase.padEnd(12)} ${e.text}`);
+      out(`  ${new Date(e.at_ms).toISOString().slice(11, 19)}  ${e.phase.padEnd(12)} ${cliText(e.text)}`);
     }
     if (last.events_total > after) quietSince = Date.now();
     after = last.events_total;
@@ -460,7 +556,7 @@ async function followOffload(node, run, out, signal) {
   // The final snapshot (reading it clears the finished offload).
   const snap = await node.callTool('offload_status', {}, { signal, timeoutMs: 30_000 });
   out('');
-  out(resultText(snap));
+  out(cliText(resultText(snap), { verbose: run.verbose }));
   for (const f of last.outputs ?? []) out(`  → ${path.join(node.stateDir, 'files', f.path)}`);
   return last.phase === 'done' ? EXIT.OK : EXIT.TOOL_ERROR;
 }
@@ -546,10 +642,14 @@ export async function main(
   let node;
   try {
     // The proxy settings come from the same environment as every other setting.
-    node = await (createNodeImpl ?? createNode)({ proxy: env, ...run.node, log });
+    const { from: _sources, ...settings } = run.node;
+    node = await (createNodeImpl ?? createNode)({ proxy: env, relayTokenHint: RELAY_TOKEN_HINT, ...settings, log });
   } catch (e) {
     if (e instanceof StateDirError) {
       err(`kars-mesh: ${e.message}`);
+      if (e.code === 'KARS_MESH_STATE_DIR_CREATE') {
+        err('kars-mesh: give a directory this user can create and write with --state DIR or KARS_MESH_STATE (default ~/.kars-mesh)');
+      }
       return EXIT.UNREACHABLE;
     }
     err(`kars-mesh: cannot start: ${e?.message ?? e}`);
@@ -562,18 +662,30 @@ export async function main(
   const ctl = new AbortController();
   const onAbort = () => ctl.abort(signal.reason);
   signal?.addEventListener('abort', onAbort, { once: true });
+  // A signal while the node was starting: stop now, do not begin the command.
+  if (signal?.aborted) onAbort();
   const failuresBefore = node.ioFailures;
   let code;
   try {
+    if (ctl.signal.aborted) throw ctl.signal.reason ?? new Error('interrupted');
     const result = await node.callTool(run.tool, run.args, {
       signal: ctl.signal,
       timeoutMs: CALL_TIMEOUT_MS + run.waitSeconds * 1000,
     });
     const failed = isErrorResult(result);
-    if (run.json) out(JSON.stringify(result, null, 2));
-    else if (failed) err(resultText(result));
-    else out(resultText(result));
+    const text = cliText(resultText(result), { verbose: run.verbose });
+    if (!failed && run.command === 'send') {
+      code = await sendOutcome({ node, run, result, text, out, err, signal: ctl.signal });
+      return code;
+    }
+    // inbox: the relay must have been reached, else what it keeps is missing.
+    const relayStatus = !failed && run.command === 'inbox' ? await nodeStatus(node, ctl.signal) : null;
+    const relayDown = relayStatus && !relayStatus.connected;
     const shown = result?.details?.mesh?.messages;
+    if (run.json) out(JSON.stringify(result, null, 2));
+    else if (failed) err(text);
+    // An empty inbox is not news when the relay was not reached.
+    else if (!relayDown || (Array.isArray(shown) && shown.length)) out(text);
     if (!failed && run.markAfter && Array.isArray(shown) && shown.length) {
       const ids = shown.map((m) => m.id);
       const marked = await node.callTool(run.tool, { ids, mark_read: true }, { signal: ctl.signal, timeoutMs: CALL_TIMEOUT_MS });
@@ -585,16 +697,23 @@ export async function main(
       writeFileSync(`${file}.tmp`, `${text}\n`, { mode: 0o600 });
       renameSync(`${file}.tmp`, file);
     }
+    // An error that names the registry's URL is about that URL (not the
+    // registry, unreachable): say which setting gave it.
+    const aboutRegistry = failed && text.includes(run.node.registryUrl);
+    if (aboutRegistry) err(`kars-mesh: ${endpointHint(run.node, 'registry')}`);
     if (failed) {
       // A tool error while the host saw the network fail: relay/registry unreachable.
-      code = node.ioFailures > failuresBefore ? EXIT.UNREACHABLE : EXIT.TOOL_ERROR;
+      code = node.ioFailures > failuresBefore || aboutRegistry ? EXIT.UNREACHABLE : EXIT.TOOL_ERROR;
+    } else if (relayDown) {
+      relayFailure(err, run, relayStatus, 'messages the relay keeps for this agent were not fetched');
+      code = EXIT.UNREACHABLE;
     } else {
       code = run.follow && result?.details?.mesh?.request_id !== undefined
         ? await followOffload(node, run, out, ctl.signal)
         : EXIT.OK;
       // A one-shot process must not stop before what it queued went out (a
-      // cancel, a message, an offload submitted with --no-follow).
-      if (SENDS.has(run.command)) await flushOutbox(node, err, ctl.signal);
+      // cancel, an offload submitted with --no-follow).
+      if (SENDS.has(run.command)) reportPending(err, run, await flushOutbox(node, ctl.signal));
     }
   } catch (e) {
     if (ctl.signal.aborted) {

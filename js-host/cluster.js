@@ -27,6 +27,7 @@ import { startControlServer, listening } from './control.js';
 import { killSandboxes } from './jobs.js';
 import { escapeLog } from './log-escape.js';
 import { isRunning, procInfo } from './proc.js';
+import { makeDirs } from './storage-fs.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const BIN = path.join(ROOT, 'bin', 'kars-mesh');
@@ -85,7 +86,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /** Create the directory 0700 (or tighten an existing one we own). */
 export function ensureDir(dir) {
   try {
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    makeDirs(dir, 0o700);
   } catch (e) {
     throw new ClusterError(`cannot create ${dir}: ${e.message}; pick another with --dir`, 3);
   }

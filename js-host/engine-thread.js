@@ -115,8 +115,12 @@ export async function startEngineThread({ stateDir, filesDir, sealedOnly, log, c
     // Taken first, a clean close is not mistaken for a death.
     for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) onMessage(m.message);
     closedResolve();
+    // Asked to close, it ended cleanly: its `closed` message and this event
+    // come by different ways, in either order (a CLI used to print "ended
+    // unexpectedly" after a stop that went as planned).
+    const asked = closing && code === 0;
     if (state === 'starting') readyReject(new NodeError(`the engine thread exited while starting (code ${code})`, { code: 'KARS_MESH_CORE_LOAD' }));
-    else if (!closedByUs && state !== 'stopped' && !fatal) die(new NodeError(`the engine thread ended unexpectedly (code ${code}); this node is stopped, restart it`, { code: 'KARS_MESH_CORE_TRAP' }));
+    else if (!closedByUs && !asked && state !== 'stopped' && !fatal) die(new NodeError(`the engine thread ended unexpectedly (code ${code}); this node is stopped, restart it`, { code: 'KARS_MESH_CORE_TRAP' }));
   });
   // The process stays up while the engine has work it was given (events in
   // flight, a close), as it did when the engine ran on this thread; an idle

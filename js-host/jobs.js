@@ -39,6 +39,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { makeDirs } from './storage-fs.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SANDBOX_MAIN = path.join(HERE, 'sandbox-main.js');
@@ -67,7 +68,7 @@ export function safeJoin(root, rel) {
 }
 
 function mkdirPrivate(dir) {
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  makeDirs(dir, 0o700);
 }
 
 // ---- files without following symbolic links --------------------------------

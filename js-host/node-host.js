@@ -62,6 +62,9 @@ function defaultLog(level, message) {
  * @param {string[]} [opts.trustedPlaintext] DIDs allowed to send plaintext frames
  * @param {string} [opts.acceptSessions]    session acceptance policy (e.g. "all")
  * @param {string} [opts.relayToken]        the relay's AGENTMESH_RELAY_TOKEN, if it has one
+ *        (default: env KARS_MESH_RELAY_TOKEN)
+ * @param {string} [opts.relayTokenHint]    what to do when the relay refuses the token (or wants
+ *        one), in the host's terms: where this host reads it from (the engine's relay texts)
  * @param {object|string|false} [opts.proxy=process.env] the forward proxy for the relay and the
  *   registry (js-host/proxy.js): an object of environment variables (HTTPS_PROXY, HTTP_PROXY,
  *   ALL_PROXY, NO_PROXY and their lower-case spellings), one proxy URL for everything, or false
@@ -186,6 +189,9 @@ export async function createNode(opts = {}) {
 /** createNode's options with their defaults. */
 function withDefaults({
   relayToken = process.env.KARS_MESH_RELAY_TOKEN,
+  // Where the default token comes from; a host that reads it elsewhere, or
+  // whose user sets it elsewhere, says so.
+  relayTokenHint = "set KARS_MESH_RELAY_TOKEN in this process's environment to the relay's AGENTMESH_RELAY_TOKEN",
   proxy = process.env,
   execUnisolated = false,
   identitySeedHex = process.env.KARS_IDENTITY_SEED,
@@ -200,7 +206,7 @@ function withDefaults({
   sealedRecords = loadCoreImpl === loadCore,
   ...given
 }) {
-  return { ...given, relayToken, proxy, execUnisolated, identitySeedHex, pinnedAppId, log, stopTimeoutMs, loadCoreImpl, sealedRecords };
+  return { ...given, relayToken, relayTokenHint, proxy, execUnisolated, identitySeedHex, pinnedAppId, log, stopTimeoutMs, loadCoreImpl, sealedRecords };
 }
 
 /**
@@ -436,6 +442,7 @@ function startConfig(o, stateKeyB64, hasIdentity) {
   if (o.trustedPlaintext != null) config.trusted_plaintext = o.trustedPlaintext;
   if (o.acceptSessions != null) config.accept_sessions = o.acceptSessions;
   if (o.relayToken) config.relay_token = o.relayToken;
+  if (o.relayTokenHint) config.relay_token_hint = o.relayTokenHint;
   if (o.role != null) config.role = o.role;
   if (o.clusterName != null) config.cluster_name = o.clusterName;
   if (o.sandbox != null) config.sandbox = o.sandbox;

@@ -197,6 +197,10 @@ function startNode(settings, log, previous) {
       name: settings.name,
       capabilities: settings.capabilities,
       acceptSessions: settings.acceptSessions,
+      // The token is never part of the plugin's config (README): it comes
+      // from the Gateway's environment.
+      relayTokenHint:
+        "set KARS_MESH_RELAY_TOKEN in the OpenClaw Gateway's environment to the relay's AGENTMESH_RELAY_TOKEN, then restart the Gateway",
       // A user of the original plugin keeps their DID (read only; used only
       // when this state directory has no identity yet).
       legacyIdentityFile: path.join(os.homedir(), '.kars', 'identity.json'),

@@ -37,6 +37,49 @@ function utf8Truncate(text, maxBytes) {
   return new TextDecoder().decode(buf.subarray(0, maxBytes)).replace(/\uFFFD+$/, '');
 }
 
+/** What Node's own WebSocket says about every failed connect. */
+const GENERIC_ERROR = 'WebSocket error';
+const DIAGNOSE_MS = 3000;
+
+/**
+ * Why a WebSocket connect to `url` fails, found by trying it once with the
+ * `ws` package (it names the error; Node's global WebSocket does not);
+ * null when it cannot tell (or the connect works this time).
+ */
+export async function connectError(url, ms = DIAGNOSE_MS) {
+  let WS;
+  try {
+    WS = await wsPackageClass();
+  } catch {
+    return null;
+  }
+  return new Promise((resolve) => {
+    let ws;
+    let timer;
+    const done = (why) => {
+      clearTimeout(timer);
+      try { ws?.terminate(); } catch { /* ignore */ }
+      resolve(why);
+    };
+    timer = setTimeout(() => done(`no WebSocket handshake within ${ms / 1000} s`), ms);
+    timer.unref?.();
+    try {
+      ws = new WS(url, { handshakeTimeout: ms });
+    } catch (e) {
+      done(errorText(e));
+      return;
+    }
+    ws.on('open', () => done(null));
+    ws.on('error', (e) => done(e?.message || null));
+    ws.on('unexpected-response', (req, res) => {
+      const type = String(res.headers?.['content-type'] ?? '').split(';')[0].trim().slice(0, 60).replace(/[^\x20-\x7e]/g, '');
+      req.destroy();
+      res.destroy?.();
+      done(`the server answered HTTP ${res.statusCode}${type ? ` (${type})` : ''} instead of opening a WebSocket: is this the relay's address?`);
+    });
+  });
+}
+
 /**
  * @param {object} o
  * @param {Function} o.WebSocketImpl  from webSocketClass()
@@ -69,13 +112,14 @@ export function createSockets({ WebSocketImpl, dispatch, log, onFailure, proxy, 
       try { old.ws?.close(); } catch { /* ignore */ }
       sockets.delete(id);
     }
-    const entry = { ws: null, opened: false, closing: false, lastError: null, reported: false, replaced: false };
+    const entry = { id, url, direct: true, ws: null, opened: false, closing: false, lastError: null, reported: false, replaced: false, diagnosing: false };
     entry.closedPromise = new Promise((r) => (entry.resolveClosed = r));
     sockets.set(id, entry);
     let ws;
     try {
       const via = proxy?.for(url);
       if (via) {
+        entry.direct = false;
         // The tunnel first (its own 30 s bound), then the handshake inside it.
         // A failed tunnel is this socket's connect error, its text the reason.
         // Closing the socket before it opened gives the tunnel up too.
@@ -125,14 +169,14 @@ export function createSockets({ WebSocketImpl, dispatch, log, onFailure, proxy, 
   }
 
   function onError(id, entry, ev) {
-    entry.lastError = ev?.error?.message || ev?.message || 'WebSocket error';
-    if (entry.reported || entry.replaced) return;
+    entry.lastError = ev?.error?.message || ev?.message || GENERIC_ERROR;
+    if (entry.reported || entry.replaced || entry.diagnosing) return;
     if (!entry.opened) {
       // A failed connect. Some WebSocket implementations (Node 20's
       // experimental global one) never follow up with a close event.
       if (!entry.closing) onFailure(); // not when the core itself gave up
-      reportClosed(id, entry, 1006, entry.lastError);
       forceClose(entry);
+      failedConnect(id, entry, entry.lastError);
     } else {
       // Expect a close event (1006); report it ourselves if none comes.
       setTimeout(() => {
@@ -144,13 +188,13 @@ export function createSockets({ WebSocketImpl, dispatch, log, onFailure, proxy, 
   }
 
   function onClose(id, entry, ev) {
-    if (entry.reported) return;
+    if (entry.reported || entry.diagnosing) return;
     let code = Number(ev?.code) || 1006;
     let reason = typeof ev?.reason === 'string' ? ev.reason : '';
     if (!entry.opened) {
       if (!entry.closing) onFailure();
-      code = 1006;
-      if (!reason) reason = entry.lastError || 'connection failed';
+      failedConnect(id, entry, reason || entry.lastError);
+      return;
     } else if (!reason && code === 1006 && entry.lastError) {
       reason = entry.lastError;
     }
@@ -170,6 +214,23 @@ export function createSockets({ WebSocketImpl, dispatch, log, onFailure, proxy, 
     }
   }
 
+  /**
+   * Report a connect that never opened. Node's own WebSocket gives no reason
+   * at all ("WebSocket error"): then the `ws` package tries the URL once to
+   * name it (connect ECONNREFUSED …, getaddrinfo ENOTFOUND …, the server
+   * answered HTTP 200 instead of a WebSocket), so that "the relay cannot be
+   * reached" can say why.
+   */
+  function failedConnect(id, entry, reason) {
+    if (entry.reported || entry.diagnosing) return;
+    if (entry.direct && !entry.closing && (!reason || reason === GENERIC_ERROR)) {
+      entry.diagnosing = true;
+      connectError(entry.url).then((why) => reportClosed(id, entry, 1006, why || reason || 'connection failed'));
+      return;
+    }
+    reportClosed(id, entry, 1006, reason || 'connection failed');
+  }
+
   function close(id, code, reason) {
     const entry = sockets.get(id);
     if (!entry) return; // already closed and reported
@@ -177,6 +238,8 @@ export function createSockets({ WebSocketImpl, dispatch, log, onFailure, proxy, 
   }
 
   function closeEntry(entry, code, reason) {
+    // Still finding out why its connect failed: the core gave it up, done.
+    if (entry.diagnosing) reportClosed(entry.id, entry, 1006, entry.lastError || 'connection failed');
     if (entry.closing || !entry.ws) return;
     entry.closing = true;
     const r = utf8Truncate(reason ?? '', 123);

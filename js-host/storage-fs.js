@@ -171,11 +171,55 @@ function modeString(mode) {
   return '0' + (mode & 0o777).toString(8);
 }
 
+/**
+ * `mkdir -p` one level at a time. Node's `mkdirSync(dir, {recursive: true})`
+ * never returns for a path whose parent exists but refuses children with
+ * ENOENT (anything under /proc): it creates the parent again, gets EEXIST,
+ * tries the child again, forever, on the main thread, so not even SIGTERM
+ * gets through. Here each missing level is made once, and the first refusal
+ * is thrown.
+ */
+export function makeDirs(dir, mode = 0o700) {
+  const missing = [];
+  for (let p = path.resolve(dir); ; ) {
+    try {
+      fs.statSync(p);
+      break;
+    } catch (e) {
+      if (e.code !== 'ENOENT') throw e; // ENOTDIR, EACCES, ...: nothing to make
+      missing.push(p);
+      const parent = path.dirname(p);
+      if (parent === p) break;
+      p = parent;
+    }
+  }
+  for (const d of missing.reverse()) {
+    try {
+      fs.mkdirSync(d, { mode });
+    } catch (e) {
+      if (e.code !== 'EEXIST') throw e;
+    }
+  }
+}
+
+/** Why `dir` cannot be created, in words (the system's message stays in parentheses). */
+function cannotCreate(e) {
+  const why = {
+    ENOENT: 'its parent directory does not take new directories',
+    EACCES: 'permission denied',
+    EPERM: 'not permitted',
+    EROFS: 'the file system is read-only',
+    ENOTDIR: 'a part of the path is a file, not a directory',
+    ENOSPC: 'no space left on the device',
+  }[e?.code];
+  return why ? `${why} (${e.message})` : e?.message ?? String(e);
+}
+
 export function ensurePrivateDir(dir, what) {
   try {
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    makeDirs(dir, 0o700);
   } catch (e) {
-    throw new StateDirError(`cannot create ${what} ${dir}: ${e.message}`, { cause: e });
+    throw new StateDirError(`cannot create ${what} ${dir}: ${cannotCreate(e)}`, { cause: e, code: 'KARS_MESH_STATE_DIR_CREATE' });
   }
   let st;
   try {

@@ -175,13 +175,15 @@ function sink() {
   return s;
 }
 
-function fakeNode({ result, failIo = false, hang = false } = {}) {
+function fakeNode({ result, failIo = false, hang = false, status } = {}) {
   const node = {
     ioFailures: 0,
     stopped: false,
     calls: [],
     async callTool(tool, args, { signal } = {}) {
       node.calls.push({ tool, args });
+      // mesh_identity's details: the relay's state (cli.js asks after inbox and send).
+      if (status && tool === 'mesh_identity') return { content: [{ type: 'text', text: 'DID: …' }], details: { mesh: status } };
       if (failIo) node.ioFailures++;
       if (hang) {
         return new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }));
@@ -233,15 +235,32 @@ test('exit codes: 0 ok, 1 tool error, 3 tool error with unreachable relay/regist
   assert.equal(r.code, EXIT.UNREACHABLE);
   assert.match(r.stderr, /in use by process 1/);
 
-  // inbox prints first, then marks exactly the printed entries read.
+  // inbox prints first (after asking whether the relay was reached), then
+  // marks exactly the printed entries read.
   const inboxResult = { content: [{ type: 'text', text: '📬 1 of 1 message(s) (1 unread):' }], details: { mesh: { messages: [{ id: 'm1' }] } } };
-  n = fakeNode({ result: inboxResult });
+  const up = { connected: true };
+  n = fakeNode({ result: inboxResult, status: up });
   r = await mainWith(n, ['inbox']);
   assert.equal(r.code, EXIT.OK);
-  assert.deepEqual(n.calls, [{ tool: 'mesh_inbox', args: {} }, { tool: 'mesh_inbox', args: { ids: ['m1'], mark_read: true } }]);
-  n = fakeNode({ result: inboxResult });
+  assert.deepEqual(n.calls, [
+    { tool: 'mesh_inbox', args: {} },
+    { tool: 'mesh_identity', args: {} },
+    { tool: 'mesh_inbox', args: { ids: ['m1'], mark_read: true } },
+  ]);
+  n = fakeNode({ result: inboxResult, status: up });
   r = await mainWith(n, ['inbox', '--peek']);
-  assert.deepEqual(n.calls, [{ tool: 'mesh_inbox', args: { peek: true } }]);
+  assert.deepEqual(n.calls, [{ tool: 'mesh_inbox', args: { peek: true } }, { tool: 'mesh_identity', args: {} }]);
+  // The relay not reached: what arrived earlier is shown (and marked), exit 3 says why.
+  const down = { connected: false, relay_error: 'connect ECONNREFUSED 127.0.0.1:8083' };
+  n = fakeNode({ result: inboxResult, status: down });
+  r = await mainWith(n, ['inbox']);
+  assert.equal(r.code, EXIT.UNREACHABLE);
+  assert.equal(r.stdout, '📬 1 of 1 message(s) (1 unread):\n');
+  assert.match(r.stderr, /not fetched: the relay at http:\/\/127\.0\.0\.1:8083 cannot be reached: connect ECONNREFUSED/);
+  assert.equal(n.calls.at(-1).args.mark_read, true);
+  const empty = { content: [{ type: 'text', text: '📭 Inbox empty.\n\nDiagnostics: {}' }], details: { mesh: { messages: [] } } };
+  r = await mainWith(fakeNode({ result: empty, status: down }), ['inbox']);
+  assert.deepEqual([r.code, r.stdout], [EXIT.UNREACHABLE, ''], 'no "Inbox empty" when the relay was not reached');
 
   n = fakeNode({ hang: true });
   const ctl = new AbortController();

@@ -172,6 +172,8 @@ test('scripted: start config carries the options and a base64 state key', async 
     capabilities: ['x'],
     trusted_plaintext: ['did:mesh:' + '1'.repeat(32)],
     accept_sessions: 'all',
+    // Where this host reads the relay token from, for the engine's 4003 text.
+    relay_token_hint: "set KARS_MESH_RELAY_TOKEN in this process's environment to the relay's AGENTMESH_RELAY_TOKEN",
   });
 });
 

@@ -20,14 +20,15 @@
 //!   never moves to a session we open while it has its own.
 use super::{
     tools::mesh_send::{self, Handover, Sent},
-    Agent, Cx, HeldSend, Sealed, CONFIRM_MAX_MS, HELD_SENDS_MAX_MS, T_CONFIRM, T_HELD_SENDS,
-    T_SYNC,
+    Agent, Cx, HeldSend, Sealed, CONFIRM_MAX_MS, HELD_SENDS_MAX_MS, INBOX_SYNC_MAX_MS, T_CONFIRM,
+    T_HELD_SENDS, T_INBOX_SYNC, T_SYNC,
 };
 use crate::io::Command;
-use crate::mesh::link::LinkState;
+use crate::mesh::link::{LinkState, ProblemKind};
 use crate::wire::frames;
 use crate::wire::payload::Family;
 use crate::wire::relay_frame::{MessageFrame, RelayFrame};
+use serde_json::Value;
 
 /// Sends written on the open link, waiting for the marker that follows
 /// them.
@@ -71,9 +72,14 @@ impl Agent {
         self.tell_sent(cx, &held, Handover::Queued(&why));
     }
 
-    /// A send whose frame is on the open link.
+    /// A send whose frame is on the open link. To a kars peer it is sent
+    /// once the relay has accepted the connection (the peer's receipt is
+    /// the real confirmation, and the message is kept and sent again until
+    /// then); before that, and to a peer without receipts, only when a
+    /// marker written after it comes back: a relay that refuses our token
+    /// closes a socket that had opened.
     fn after_write(&mut self, cx: &mut Cx<'_>, held: HeldSend) {
-        if self.peers.get(&held.to).is_some_and(|p| p.kars) {
+        if self.link.is_confirmed() && self.peers.get(&held.to).is_some_and(|p| p.kars) {
             self.tell_sent(cx, &held, Handover::Relay);
         } else {
             self.unconfirmed.push(held);
@@ -108,6 +114,12 @@ impl Agent {
         };
         // Only a stored marker has anything to delete at the relay.
         self.ack(cx, id);
+        // Ours came back through this connection: the relay accepted it.
+        self.link.confirm();
+        if self.marker_out.as_deref() == Some(id) {
+            self.marker_out = None;
+            self.answer_inbox_reads(cx, false);
+        }
         if self.sync_id.as_deref() == Some(id) {
             self.sync_done(cx);
         }
@@ -124,8 +136,10 @@ impl Agent {
     }
 
     /// The link closed, or the relay took too long: the sends still waiting
-    /// were written, and are not written again; say that the relay did not
-    /// confirm them.
+    /// were written. To a peer without receipts they are not written again:
+    /// say that the relay did not confirm them. To a kars peer they stay in
+    /// the outbox and go again on the next connection: say they are queued,
+    /// and why.
     pub(super) fn give_up_confirmations(&mut self, cx: &mut Cx<'_>) {
         cx.out.push(Command::TimerCancel(T_CONFIRM));
         let waiting: Vec<HeldSend> = std::mem::take(&mut self.confirmations)
@@ -134,7 +148,12 @@ impl Agent {
             .chain(std::mem::take(&mut self.unconfirmed))
             .collect();
         for h in waiting {
-            self.tell_sent(cx, &h, Handover::Unconfirmed);
+            if self.peers.get(&h.to).is_some_and(|p| p.kars) {
+                let why = self.why_queued();
+                self.tell_sent(cx, &h, Handover::Queued(&why));
+            } else {
+                self.tell_sent(cx, &h, Handover::Unconfirmed);
+            }
         }
     }
 
@@ -172,12 +191,22 @@ impl Agent {
 
     /// Why a committed message waits, in words for the caller.
     fn why_queued(&self) -> String {
-        match (&self.link.state, &self.link.last_problem) {
-            (LinkState::Replaced, _) => {
+        let link = &self.link;
+        match (&link.state, &link.last_problem, &link.last_error) {
+            (LinkState::Replaced, _, _) => {
                 "another process with this identity holds the relay connection".to_string()
             }
-            (_, Some(p)) => format!("the relay is not reachable ({p})"),
-            (LinkState::Connecting(_), None) => "the relay connection is still opening".to_string(),
+            (_, Some(p), _) if link.problem_kind.is_some_and(ProblemKind::is_refusal) => {
+                format!("the relay refused the connection ({p})")
+            }
+            (_, Some(p), _) => format!("the relay is not reachable ({p})"),
+            (LinkState::Connecting(_), None, _) => {
+                "the relay connection is still opening".to_string()
+            }
+            (LinkState::Open { .. }, None, _) => {
+                "the relay has not confirmed the connection yet".to_string()
+            }
+            (_, None, Some(e)) => format!("the relay is not reachable ({e})"),
             _ => "the relay is not reachable right now".to_string(),
         }
     }
@@ -190,14 +219,46 @@ impl Agent {
             cx.out.push(Command::TimerCancel(T_SYNC));
         }
         self.resume_session_fetches(cx);
-        for (call, args) in std::mem::take(&mut self.after_sync_calls) {
-            self.tool(cx, &call, "mesh_inbox", &args);
-        }
+        self.answer_inbox_reads(cx, false);
     }
 
     /// Connecting, or connected with the relay's stored frames still on
     /// their way (bounded by `SYNC_MAX_MS` and by the attempt's end).
     pub(super) fn relay_still_delivering(&self) -> bool {
         self.sync_id.is_some() || matches!(self.link.state, LinkState::Connecting(_))
+    }
+
+    /// What the relay stored for us may not be in the inbox yet: it is
+    /// still arriving (our marker is not back, however long the relay
+    /// takes to push), or a KNOCK among it waits for its sender's registry
+    /// record (an AGT sender's KNOCK carries no signing key), and with it
+    /// the messages that followed it.
+    pub(super) fn inbox_still_arriving(&self) -> bool {
+        self.relay_still_delivering()
+            || self.marker_out.is_some()
+            || !self.knocks_awaiting_identity.is_empty()
+    }
+
+    /// Hold an inbox read until what the relay stored has been taken in, at
+    /// most `INBOX_SYNC_MAX_MS`: a process that has just started must not
+    /// show an inbox without it.
+    pub(super) fn defer_inbox_read(&mut self, cx: &mut Cx<'_>, call_id: &str, args: &Value) {
+        if self.after_sync_calls.is_empty() {
+            self.arm(cx, T_INBOX_SYNC, INBOX_SYNC_MAX_MS);
+        }
+        self.after_sync_calls
+            .push((call_id.to_string(), args.clone()));
+    }
+
+    /// Answer the held inbox reads once nothing stored is still on its way
+    /// (`force`: the wait is over).
+    pub(super) fn answer_inbox_reads(&mut self, cx: &mut Cx<'_>, force: bool) {
+        if self.after_sync_calls.is_empty() || (!force && self.inbox_still_arriving()) {
+            return;
+        }
+        cx.out.push(Command::TimerCancel(T_INBOX_SYNC));
+        for (call, args) in std::mem::take(&mut self.after_sync_calls) {
+            super::tools::mesh_inbox_now(self, cx, &call, &args);
+        }
     }
 }

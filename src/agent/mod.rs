@@ -95,6 +95,11 @@ const CONFIRM_MAX_MS: u64 = 10_000;
 /// The pacer's next share of a large transfer (`pacer::CALL_BUDGET`), due
 /// at once: a later engine call, so what arrived meanwhile goes first.
 const T_PACE: u64 = 9;
+/// How long an inbox read waits, after a connect, for what the relay
+/// stored to be taken in: the relay's push (`T_SYNC`), then the registry
+/// look-ups of senders whose KNOCK does not carry their key.
+const T_INBOX_SYNC: u64 = 10;
+const INBOX_SYNC_MAX_MS: u64 = 10_000;
 /// How long receipts wait to be coalesced.
 const RECEIPT_DELAY_MS: u64 = 25;
 const DYNAMIC_IDS: u64 = 1000;
@@ -124,6 +129,11 @@ pub struct Config {
     /// Shared secret of a relay started with AGENTMESH_RELAY_TOKEN.
     #[serde(default)]
     pub relay_token: Option<String>,
+    /// What to do about a refused (or missing) relay token, in the host's
+    /// terms (where the host reads the token from); the engine's own
+    /// neutral words without it.
+    #[serde(default)]
+    pub relay_token_hint: Option<String>,
     /// `"controller"`: keep a pairing ledger and answer `pair_request`.
     #[serde(default)]
     pub role: Option<String>,
@@ -326,6 +336,10 @@ pub struct Agent {
     /// Our sync marker's id while the relay may still be pushing frames it
     /// stored for us (`RelayFrame::sync_marker`).
     sync_id: Option<String>,
+    /// This connection's marker until it is back: new sessions stop waiting
+    /// for it after `SYNC_MAX_MS`, inbox reads only after
+    /// `INBOX_SYNC_MAX_MS` (a far relay pushing many stored frames).
+    marker_out: Option<String>,
     /// Sends to peers without receipts written on the link, waiting for a
     /// marker to follow them, and those whose marker is on its way.
     unconfirmed: Vec<HeldSend>,
@@ -395,6 +409,7 @@ impl Agent {
     ) -> Result<Self, AgentError> {
         let ws = cfg.relay_ws_url()?;
         let now = cx.now();
+        let cfg = restore::registered_name(cfg, &vault, cx);
         let prekeys = restore::prekeys(&vault, &id, cx, now)?;
         let (mut peers, fast_forwarded) = restore::peers(&vault, cx);
         let inbox = restore::inbox(&vault, cx);
@@ -412,6 +427,8 @@ impl Agent {
             ..Default::default()
         };
         let cfg = cfg.for_role();
+        let relay_token_set = cfg.relay_token.as_deref().is_some_and(|t| !t.is_empty());
+        let relay_token_hint = cfg.relay_token_hint.clone();
         // A crash between an inbox write and the peer record's can leave the
         // record's next expected number behind what was delivered.
         for p in peers.values_mut() {
@@ -426,13 +443,14 @@ impl Agent {
             prekeys,
             peers,
             inbox,
-            link: Link::new(ws),
+            link: Link::new(ws).with_token(relay_token_set, relay_token_hint.as_deref()),
             http: HashMap::new(),
             next_id: DYNAMIC_IDS,
             waiters: Vec::new(),
             awaiting_session: HashMap::new(),
             held_sends: Vec::new(),
             sync_id: None,
+            marker_out: None,
             unconfirmed: Vec::new(),
             confirmations: Vec::new(),
             after_sync_calls: Vec::new(),
@@ -755,11 +773,23 @@ impl Agent {
             );
             return;
         }
+        // Whatever answers there with something that is not JSON (a web
+        // server's page, a captive portal, a proxy's error page) is not the
+        // registry, whatever its status: say what came back, briefly, and
+        // where; its page is never shown.
+        let foreign = status.filter(|_| reg::is_foreign(body));
         let problem = match (status, failure) {
+            (Some(s), _) if foreign.is_some() => format!(
+                "the registry URL {} answered {s} with {}, not with the AgentMesh registry's JSON: is it the registry's address?",
+                self.cfg.registry_url,
+                reg::describe_foreign(body)
+            ),
             (Some(s), _) => format!("registry answered {s}: {}", reg::detail(body)),
             (None, Some(m)) => format!("registry unreachable at {}: {m}", self.cfg.registry_url),
             (None, None) => "registry request failed".to_string(),
         };
+        // Not the registry's answer: to every purpose, no answer.
+        let status = if foreign.is_some() { None } else { status };
         let ok = status.is_some_and(|s| (200..300).contains(&s));
         let answer = HttpAnswer {
             ok,
@@ -948,26 +978,32 @@ impl Agent {
             text: frames::connect_frame(&self.id, &ts, self.cfg.relay_token.as_deref()),
         });
         self.arm(cx, T_RELAY_HEARTBEAT, RELAY_HEARTBEAT_MS);
+        // The relay may have restarted too: make sure the registry knows us.
+        self.register(cx);
+        self.flush_all(cx, true);
+        self.flush_plaintext(cx);
+        self.release_held_sends(cx);
+        // The marker goes last: when it comes back, the relay has accepted
+        // this connection, pushed what it stored for us, and routed every
+        // frame written above (it reads ours in order).
         let sync = frames::uuid_v4(cx.host);
         let ts = Self::timestamp(cx);
         cx.out.push(Command::SocketSend {
             socket,
             text: RelayFrame::sync_marker(self.id.did(), &sync, &ts).to_text(),
         });
-        self.sync_id = Some(sync);
+        self.sync_id = Some(sync.clone());
+        self.marker_out = Some(sync);
         self.arm(cx, T_SYNC, SYNC_MAX_MS);
-        // The relay may have restarted too: make sure the registry knows us.
-        self.register(cx);
-        self.flush_all(cx, true);
-        self.flush_plaintext(cx);
-        self.release_held_sends(cx);
     }
 
     pub fn on_socket_closed(&mut self, cx: &mut Cx<'_>, socket: u32, code: u16, reason: &str) {
+        let before = self.link.last_problem.clone();
         match self.link.closed(socket, code, reason, cx.host) {
             CloseAction::Ignore => {}
             CloseAction::Reconnect { delay_ms, problem } => {
-                if let Some(p) = problem {
+                // Said once, not at every reconnect while it lasts.
+                if let Some(p) = problem.filter(|p| before.as_ref() != Some(p)) {
                     cx.log(LogLevel::Warn, &p);
                 }
                 cx.out.push(Command::TimerCancel(T_RELAY_HEARTBEAT));
@@ -982,6 +1018,7 @@ impl Agent {
         self.give_up_confirmations(cx);
         // Without a link no KNOCK can come: the waiting sessions go ahead
         // (their messages wait in the outbox).
+        self.marker_out = None;
         self.sync_done(cx);
     }
 
@@ -1004,7 +1041,13 @@ impl Agent {
             T_REREGISTER => self.register(cx),
             T_RECEIPTS => self.flush_receipts(cx),
             T_HELD_SENDS => self.release_held_sends(cx),
-            T_SYNC => self.sync_done(cx),
+            T_SYNC => {
+                // The socket stayed open this long without a refusal: the
+                // relay took it (agentmesh-wire.md §4.2, grace period).
+                self.link.confirm();
+                self.sync_done(cx)
+            }
+            T_INBOX_SYNC => self.answer_inbox_reads(cx, true),
             T_CONFIRM => self.give_up_confirmations(cx),
             T_PACE => self.pump_outgoing(cx),
             T_REGISTRY => {
@@ -1261,8 +1304,15 @@ impl Agent {
             "did": self.id.did(),
             "amid": self.id.amid(),
             "registered": self.registered,
-            "connected": self.link.open_socket().is_some(),
+            // Open and accepted by the relay (not merely a socket that opened).
+            "connected": self.link.is_confirmed(),
             "relay_problem": self.link.last_problem,
+            // "token", "identity", "proxy", "replaced", ... (link.rs ProblemKind).
+            "relay_problem_kind": self.link.problem_kind.map(|k| k.as_str()),
+            // Why the relay cannot be reached right now, also for a plain
+            // connect error (null once the relay accepted a connection).
+            "relay_error": self.link.last_error,
+            "name": self.cfg.name,
             "sessions": self.peers.values().filter(|p| p.active.is_some()).count(),
             "unread": self.inbox.unread_count(),
             // Messages not yet confirmed by their recipient (or still waiting

@@ -387,6 +387,7 @@ impl Agent {
                 }
             }
             self.resume_session_fetches(cx);
+            self.answer_inbox_reads(cx, false);
             return;
         };
         self.peers
@@ -399,6 +400,8 @@ impl Agent {
         }
         // A send to this peer may have waited for its KNOCK.
         self.resume_session_fetches(cx);
+        // An inbox read may have waited for its messages.
+        self.answer_inbox_reads(cx, false);
     }
 
     /// Count, log and ack a frame we cannot use, so the relay stops pushing it.

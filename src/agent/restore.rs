@@ -3,7 +3,7 @@
 //! before payloads had their own are moved over once).
 
 use super::inbox::{Entry, Inbox};
-use super::{store_entry_records, AgentError, Cx};
+use super::{store_entry_records, AgentError, Config, Cx};
 use crate::crypto::identity::Identity;
 use crate::io::LogLevel;
 use crate::mesh::prekeys::Prekeys;
@@ -25,6 +25,32 @@ pub(super) fn prekeys(
     let p = Prekeys::generate(id, now, cx.host);
     vault.put(cx.host, &mut cx.out, keys::PREKEYS, &p)?;
     Ok(p)
+}
+
+/// The configuration with the name this agent registers under: the
+/// host's, remembered for later starts, or else the one remembered. A
+/// registry that restarted has forgotten the name; an agent that then
+/// registers again must not come back without it because this start was
+/// not told it again (`kars-mesh register` without `--name`).
+pub(super) fn registered_name(mut cfg: Config, vault: &Vault, cx: &mut Cx<'_>) -> Config {
+    cfg.name = cfg.name.filter(|n| !n.trim().is_empty());
+    let stored = match vault.get::<String>(cx.host, keys::NAME) {
+        Ok(n) => n,
+        Err(e) => {
+            cx.log(LogLevel::Warn, &e.to_string());
+            None
+        }
+    };
+    match (&cfg.name, stored) {
+        (Some(given), stored) if stored.as_deref() != Some(given.as_str()) => {
+            if let Err(e) = vault.put(cx.host, &mut cx.out, keys::NAME, given) {
+                cx.log(LogLevel::Error, &e.to_string());
+            }
+        }
+        (None, Some(stored)) => cfg.name = Some(stored),
+        _ => {}
+    }
+    cfg
 }
 
 /// Every stored peer with its outbox entries, and the DIDs whose sending

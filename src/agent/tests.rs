@@ -30,6 +30,59 @@ fn start(host: &mut FakeHost, trusted: &[&str]) -> (Agent, Vec<Command>) {
     (agent, host.apply_keep(out))
 }
 
+/// A start on the same state with another configuration (a later run).
+fn start_with(host: &mut FakeHost, cfg: Value) -> (Agent, Vec<Command>) {
+    let cfg: Config = serde_json::from_value(cfg).expect("a valid configuration");
+    let vault = Vault::new(Zeroizing::new(vec![7u8; 32]));
+    let mut cx = Cx {
+        host,
+        out: Vec::new(),
+    };
+    let agent = Agent::start(cfg, vault, Identity::from_seed(&[1u8; 32]), &mut cx)
+        .expect("the node starts");
+    let out = cx.out;
+    (agent, host.apply_keep(out))
+}
+
+/// The capabilities of the node's registration request.
+fn registered_capabilities(out: &[Command]) -> Vec<String> {
+    out.iter()
+        .find_map(|c| match c {
+            Command::HttpRequest {
+                method, url, body, ..
+            } if method == "POST" && url.ends_with("/v1/agents") => {
+                let v: Value = serde_json::from_slice(body.as_deref()?).ok()?;
+                serde_json::from_value(v["capabilities"].clone()).ok()
+            }
+            _ => None,
+        })
+        .expect("the node registers")
+}
+
+#[test]
+fn a_start_without_a_name_registers_under_the_name_given_before() {
+    let mut host = FakeHost::default();
+    let (_, out) = start(&mut host, &[]);
+    assert!(registered_capabilities(&out).contains(&"alone".to_string()));
+    // A later run (`kars-mesh register` without --name, after the registry
+    // restarted and forgot the agent) comes back under the same name.
+    let cfg = json!({"relay_url": "http://127.0.0.1:1", "registry_url": "http://127.0.0.1:2"});
+    let (agent, out) = start_with(&mut host, cfg.clone());
+    assert!(registered_capabilities(&out).contains(&"alone".to_string()));
+    assert_eq!(agent.status()["name"], "alone");
+    // A new name replaces it, for this run and the next ones.
+    let mut renamed = cfg.clone();
+    renamed["name"] = json!("other");
+    let (_, out) = start_with(&mut host, renamed);
+    assert!(registered_capabilities(&out).contains(&"other".to_string()));
+    let (_, out) = start_with(&mut host, cfg);
+    let caps = registered_capabilities(&out);
+    assert!(
+        caps.contains(&"other".to_string()) && !caps.contains(&"alone".to_string()),
+        "{caps:?}"
+    );
+}
+
 fn position(out: &[Command], f: impl Fn(&Command) -> bool) -> Option<usize> {
     out.iter().position(f)
 }
@@ -276,4 +329,80 @@ fn plaintext_claiming_the_paired_kars_controller_never_reaches_the_inbox() {
     let status = agent.status();
     assert_eq!(status["unread"], 0, "nothing reached the inbox");
     assert_eq!(status["stats"]["plaintext_dropped"], bodies.len());
+}
+
+#[test]
+fn an_inbox_read_after_a_connect_waits_for_the_relays_stored_frames_even_past_the_session_wait() {
+    let mut host = FakeHost::default();
+    let (mut agent, out) = start(&mut host, &[]);
+    let socket = out
+        .iter()
+        .find_map(|c| match c {
+            Command::SocketOpen { socket, .. } => Some(*socket),
+            _ => None,
+        })
+        .expect("the node opens the relay socket");
+    let me = agent.did().to_string();
+    let mut cx = Cx {
+        host: &mut host,
+        out: Vec::new(),
+    };
+    agent.on_socket_opened(&mut cx, socket);
+    let frames = sent_texts(&cx.out);
+    // The marker is the last frame of the connect: after what the outbox
+    // sent again, so its return confirms those too.
+    let marker = frames.last().expect("frames on connect").clone();
+    assert_eq!(
+        (marker["from"].as_str(), marker["to"].as_str()),
+        (Some(me.as_str()), Some(me.as_str()))
+    );
+    assert_eq!(
+        agent.status()["connected"],
+        false,
+        "not before the relay accepted it"
+    );
+
+    cx.out.clear();
+    agent.tool(&mut cx, "read-1", "mesh_inbox", &json!({}));
+    assert!(
+        tool_results(&cx.out).is_empty(),
+        "held while the stored frames arrive"
+    );
+    // New sessions stop waiting after SYNC_MAX_MS; the read goes on waiting
+    // for the marker (a far relay pushing many stored frames).
+    agent.on_timer(&mut cx, super::T_SYNC);
+    assert!(
+        tool_results(&cx.out).is_empty(),
+        "still held: the marker is not back"
+    );
+    assert_eq!(
+        agent.status()["connected"],
+        true,
+        "a socket open that long without a refusal is accepted"
+    );
+    agent.on_frame(&mut cx, socket, &marker.to_string());
+    let answered = tool_results(&cx.out);
+    assert_eq!(answered.len(), 1);
+    assert_eq!(answered[0].0, "read-1");
+    assert!(result_text(&answered[0].1).starts_with("📭 Inbox empty."));
+
+    // Another connection whose marker never comes back: the read is answered
+    // after INBOX_SYNC_MAX_MS all the same.
+    cx.out.clear();
+    agent.on_socket_closed(&mut cx, socket, 1006, "gone");
+    agent.on_timer(&mut cx, super::T_RECONNECT);
+    let socket = cx
+        .out
+        .iter()
+        .find_map(|c| match c {
+            Command::SocketOpen { socket, .. } => Some(*socket),
+            _ => None,
+        })
+        .expect("it connects again");
+    agent.on_socket_opened(&mut cx, socket);
+    cx.out.clear();
+    agent.tool(&mut cx, "read-2", "mesh_inbox", &json!({}));
+    assert!(tool_results(&cx.out).is_empty());
+    agent.on_timer(&mut cx, super::T_INBOX_SYNC);
+    assert_eq!(tool_results(&cx.out).len(), 1, "bounded");
 }

@@ -49,6 +49,81 @@ pub fn detail(body: &[u8]) -> String {
     }
 }
 
+/// An answer that is not the registry's: a body that is there and is not
+/// JSON (every registry answer is JSON, errors too).
+pub fn is_foreign(body: &[u8]) -> bool {
+    let text = body.trim_ascii();
+    !text.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(text).is_err()
+}
+
+/// Characters of a foreign answer's title or start that are shown.
+const EXCERPT_CHARS: usize = 60;
+
+/// What a foreign answer is, in a few words: `an HTML page titled "…"`,
+/// or its size and first characters; printable characters only, clipped.
+pub fn describe_foreign(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim_start_matches('\u{feff}').trim();
+    let lower = text
+        .chars()
+        .take(2048)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if lower.starts_with('<') && (lower.contains("<html") || lower.starts_with("<!doctype")) {
+        let title = lower.find("<title").and_then(|start| {
+            let open_end = start + lower[start..].find('>')? + 1;
+            let close = open_end + lower[open_end..].find("</title")?;
+            // `lower` is the ASCII-lowercased prefix of `text`: same byte offsets.
+            Some(excerpt(&text[open_end..close]))
+        });
+        return match title.filter(|t| !t.is_empty()) {
+            Some(t) => format!("an HTML page titled \"{t}\""),
+            None => "an HTML page".to_string(),
+        };
+    }
+    let start = excerpt(text);
+    if start.is_empty() {
+        format!("{} bytes that are not JSON", body.len())
+    } else {
+        format!(
+            "{} bytes that are not JSON, starting \"{start}\"",
+            body.len()
+        )
+    }
+}
+
+/// Printable characters only, runs of white space as one space, clipped.
+fn excerpt(s: &str) -> String {
+    let mut out = String::new();
+    let mut space = false;
+    let mut count = 0;
+    for c in s.chars() {
+        if c.is_whitespace() {
+            space = !out.is_empty();
+            continue;
+        }
+        if c.is_control()
+            || c == '"'
+            || c == '\u{fffd}'
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        {
+            continue;
+        }
+        if count >= EXCERPT_CHARS {
+            out.push('…');
+            break;
+        }
+        if space {
+            out.push(' ');
+            count += 1;
+            space = false;
+        }
+        out.push(c);
+        count += 1;
+    }
+    out
+}
+
 /// Percent-encode a query value.
 pub fn query_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -61,4 +136,41 @@ pub fn query_escape(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_that_is_not_the_registry_is_named_briefly_never_shown() {
+        let page = format!(
+            "<!DOCTYPE html>\n<html><head><title>\n  Welcome to\tnginx!\u{1b}[31m </title></head><body>{}</body></html>",
+            "x".repeat(5000)
+        );
+        assert!(is_foreign(page.as_bytes()));
+        assert_eq!(
+            describe_foreign(page.as_bytes()),
+            "an HTML page titled \"Welcome to nginx![31m\""
+        );
+        assert_eq!(
+            describe_foreign(b"<html><body>hi</body></html>"),
+            "an HTML page"
+        );
+        let long = format!("Service Unavailable {}", "y".repeat(500));
+        let d = describe_foreign(long.as_bytes());
+        assert!(
+            d.starts_with("520 bytes that are not JSON, starting \"Service Unavailable yyy"),
+            "{d}"
+        );
+        assert!(d.chars().count() < 120, "{d}");
+        assert_eq!(
+            describe_foreign(&[0xff, 0xfe, 0x00]),
+            "3 bytes that are not JSON"
+        );
+        // Every registry answer is JSON, errors too; nothing at all is not foreign.
+        assert!(!is_foreign(br#"{"detail":"Agent not found"}"#));
+        assert!(!is_foreign(b"  \n"));
+        assert!(!is_foreign(b""));
+    }
 }

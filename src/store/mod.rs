@@ -19,6 +19,9 @@ pub mod keys {
     pub const INBOX: &str = "inbox/";
     pub const INBOX_PAYLOAD: &str = "inboxp/";
     pub const PLAIN_SEEN: &str = "plainseen";
+    /// The name this agent registers under: the last one its host gave,
+    /// used when a later start gives none.
+    pub const NAME: &str = "name";
     pub const OUTBOX: &str = "outbox/";
     pub const SEEN: &str = "seen/";
     pub const META: &str = "meta";

@@ -12,7 +12,13 @@ use crate::tools::args;
 use crate::tools::render::{fail, fail_text, ok};
 use serde_json::Value;
 
-fn mesh_inbox(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
+/// Answer (or, blocking, wait for) a `mesh_inbox` call now.
+pub(in crate::agent) fn mesh_inbox_now(
+    agent: &mut Agent,
+    cx: &mut Cx<'_>,
+    call_id: &str,
+    a: &Value,
+) {
     let q = match mesh_inbox::parse(a) {
         Ok(q) => q,
         Err(e) => return fail_text(cx, call_id, &e.to_string()),
@@ -33,6 +39,22 @@ fn mesh_inbox(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
         });
     } else {
         mesh_inbox::answer(agent, cx, call_id, &q, None);
+    }
+}
+
+/// The `Relay:` line of `mesh_identity`: connected once the relay accepted
+/// the connection; else its problem, or why the last attempt failed.
+fn relay_line(agent: &Agent) -> String {
+    let link = &agent.link;
+    if link.is_confirmed() {
+        return "connected".to_string();
+    }
+    if let Some(p) = &link.last_problem {
+        return p.clone();
+    }
+    match &link.last_error {
+        Some(e) => format!("connecting (the last attempt failed: {e})"),
+        None => "connecting".to_string(),
     }
 }
 
@@ -58,7 +80,7 @@ pub(in crate::agent) fn handle(
                 agent.did(),
                 agent.identity().amid(),
                 if agent.registered { "yes" } else { "not yet" },
-                if agent.link.open_socket().is_some() { "connected".to_string() } else { agent.link.last_problem.clone().unwrap_or_else(|| "connecting".into()) }
+                relay_line(agent)
             );
             ok(cx, call_id, &text, s);
         }
@@ -69,14 +91,10 @@ pub(in crate::agent) fn handle(
             agent.register(cx);
         }
         "mesh_send" => mesh_send::mesh_send(agent, cx, call_id, args),
-        "mesh_inbox" if agent.relay_still_delivering() => {
-            // What the relay stored for us is on its way: a process that has
-            // just started must not show an inbox without it.
-            agent
-                .after_sync_calls
-                .push((call_id.to_string(), args.clone()));
-        }
-        "mesh_inbox" => mesh_inbox(agent, cx, call_id, args),
+        // What the relay stored for us is on its way: a process that has
+        // just started must not show an inbox without it.
+        "mesh_inbox" if agent.inbox_still_arriving() => agent.defer_inbox_read(cx, call_id, args),
+        "mesh_inbox" => mesh_inbox_now(agent, cx, call_id, args),
         "mesh_await" => mesh_await::start(agent, cx, call_id, args),
         "discover" => discover::start(agent, cx, call_id, args),
         "mesh_pair" | "cloud_offload" | "offload_status" | "offload_cancel"

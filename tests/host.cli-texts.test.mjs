@@ -1,0 +1,288 @@
+// bin/kars-mesh against the REAL relay and registry (tests/harness/servers.mjs):
+// what a shell user reads must be something they can act on (issue 11).
+//
+//   * a refused relay token names KARS_MESH_RELAY_TOKEN, and `send` does not
+//     say "sent" (exit 3) while the message waits in the outbox;
+//   * `inbox` shows a message that waits at the relay on the first try, even
+//     when its sender's KNOCK needs a registry look-up, and says "nothing
+//     new" once; an unreachable relay is named with the reason (exit 3);
+//   * a wrong registry URL is named with what answered there, never its page;
+//   * an unusable --state fails at once, and SIGTERM/SIGINT end the CLI;
+//   * CLI words, not tool words; no raw diagnostics line without --verbose;
+//   * `register` without --name keeps the name after a registry restart.
+//
+//   bash scripts/node.sh --test tests/host.cli-texts.test.mjs
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+import { CLI_WORDS, cliText } from '../js-host/cli-output.js';
+import { createNode } from '../js-host/node-host.js';
+import { freePort, startServers } from './harness/servers.mjs';
+import { spawnAgtPeer } from './peers/agt_peer.mjs';
+
+const BIN = fileURLToPath(new URL('../bin/kars-mesh', import.meta.url));
+const SRC = fileURLToPath(new URL('../src/', import.meta.url));
+const TOKEN = 'cli-texts-relay-token';
+
+let plain; // relay without a token
+let guarded; // relay started with AGENTMESH_RELAY_TOKEN
+let dir;
+const closers = [];
+
+before(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kars-cli-texts-'));
+  [plain, guarded] = await Promise.all([startServers(), startServers({ relayEnv: { AGENTMESH_RELAY_TOKEN: TOKEN } })]);
+});
+
+after(async () => {
+  for (const c of closers.reverse()) await c();
+  await Promise.all([plain?.stop(), guarded?.stop()]);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** Run the CLI with a private HOME and only the KARS_MESH_* settings given here. */
+function run(args, { srv = plain, env = {}, signalAfterMs, signal = 'SIGTERM', timeoutMs = 40_000 } = {}) {
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KARS_MESH_')));
+  return new Promise((resolve, reject) => {
+    const t0 = Date.now();
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env: {
+        ...clean,
+        HOME: dir,
+        ...(srv ? { KARS_MESH_RELAY: srv.relayUrl, KARS_MESH_REGISTRY: srv.registryUrl } : {}),
+        ...(srv === guarded ? { KARS_MESH_RELAY_TOKEN: TOKEN } : {}),
+        ...env,
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const killer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    let signalledAt;
+    if (signalAfterMs !== undefined) {
+      setTimeout(() => {
+        signalledAt = Date.now();
+        child.kill(signal);
+      }, signalAfterMs);
+    }
+    child.on('error', reject);
+    child.on('close', (code, sig) => {
+      clearTimeout(killer);
+      const end = Date.now();
+      resolve({ code, signal: sig, stdout, stderr, ms: end - t0, afterSignalMs: signalledAt && end - signalledAt });
+    });
+  });
+}
+
+const state = (name) => path.join(dir, name);
+const didOf = (r) => r.stdout.match(/did:mesh:[0-9a-f]{32}/)?.[0];
+const count = (text, re) => (text.match(new RegExp(re, 'g')) ?? []).length;
+
+async function registered(name, srv = plain, extra = []) {
+  const r = await run(['register', '--state', state(name), ...extra], { srv });
+  assert.equal(r.code, 0, r.stderr);
+  const did = didOf(r);
+  assert.ok(did, r.stdout);
+  return did;
+}
+
+test('a refused relay token names KARS_MESH_RELAY_TOKEN; send does not claim "sent" and exits 3; the message goes out with the right token', async () => {
+  const help = await run(['--help'], { srv: null });
+  assert.match(help.stdout, /KARS_MESH_RELAY_TOKEN/, 'the token variable is in kars-mesh --help');
+
+  const bob = await registered('token-bob', guarded);
+  for (const [env, said] of [
+    [{ KARS_MESH_RELAY_TOKEN: 'not-the-token' }, /the relay refused this agent's relay token \(close 4003\)/],
+    [{ KARS_MESH_RELAY_TOKEN: '' }, /the relay requires a token and this agent has none \(close 4003\)/],
+  ]) {
+    const r = await run(['send', '--state', state('token-alice'), bob, 'kept for later'], { srv: guarded, env });
+    assert.equal(r.code, 3, `${r.stdout}\n${r.stderr}`);
+    assert.doesNotMatch(r.stdout, /Message sent/);
+    assert.match(r.stderr, said);
+    assert.match(r.stderr, /was not sent: .*KARS_MESH_RELAY_TOKEN set to the relay's AGENTMESH_RELAY_TOKEN/);
+    assert.match(r.stderr, new RegExp(`relay ${guarded.relayUrl.replace(/[.]/g, '\\.')}`));
+    assert.match(r.stderr, /it is kept .* goes out the next time/);
+    assert.doesNotMatch(r.stderr, /set relay_token/, 'no setting that does not exist');
+    assert.ok(r.ms < 10_000, `a refusal is not waited out (${r.ms} ms)`);
+  }
+  // With the right token the kept messages go out, and a new one is "sent".
+  const ok = await run(['send', '--state', state('token-alice'), bob, 'with the token'], { srv: guarded });
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.match(ok.stdout, /^✓ Message sent to did:mesh:/);
+  const inbox = await run(['inbox', '--state', state('token-bob')], { srv: guarded });
+  assert.equal(inbox.code, 0, inbox.stderr);
+  assert.equal(count(inbox.stdout, 'kept for later'), 2, inbox.stdout);
+  assert.equal(count(inbox.stdout, 'with the token'), 1, inbox.stdout);
+});
+
+test('a host says in its own words where the relay token is set (the plugin: the Gateway environment)', async () => {
+  const hint = "set KARS_MESH_RELAY_TOKEN in the OpenClaw Gateway's environment to the relay's AGENTMESH_RELAY_TOKEN, then restart the Gateway";
+  const node = await createNode({
+    stateDir: state('token-host'), relayUrl: guarded.relayUrl, registryUrl: guarded.registryUrl,
+    relayToken: 'wrong', relayTokenHint: hint, log: () => {},
+  });
+  closers.push(() => node.stop());
+  let m;
+  for (let i = 0; i < 100 && !m?.relay_problem; i++) {
+    m = (await node.callTool('mesh_identity', {})).details.mesh;
+    if (!m.relay_problem) await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.equal(m.relay_problem, `the relay refused this agent's relay token (close 4003); ${hint}`);
+  assert.equal(m.relay_problem_kind, 'token');
+  assert.equal(m.connected, false, 'a socket the relay refused is not "connected"');
+});
+
+/** A registry in front of the real one whose agent look-ups take `delayMs` (a slow, far registry). */
+async function slowRegistry(target, delayMs) {
+  const server = http.createServer(async (req, res) => {
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    if (req.method === 'GET' && /^\/v1\/agents\/[^/?]+\/prekeys/.test(req.url)) await new Promise((r) => setTimeout(r, delayMs));
+    const r = await fetch(target + req.url, {
+      method: req.method,
+      headers: { 'content-type': req.headers['content-type'] ?? 'application/json' },
+      body: chunks.length ? Buffer.concat(chunks) : undefined,
+    });
+    res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/json' });
+    res.end(Buffer.from(await r.arrayBuffer()));
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  closers.push(() => new Promise((r) => server.close(r)));
+  return `http://127.0.0.1:${server.address().port}`;
+}
+
+test('inbox shows a message waiting at the relay on the first try, also one whose KNOCK needs a registry look-up; then "nothing new" once', async () => {
+  const carol = await registered('inbox-carol');
+  // An AGT peer's KNOCK carries no signing key: the engine checks the
+  // sender's registry record first, which here takes 1.5 s.
+  const agt = await spawnAgtPeer({ relayUrl: plain.relayUrl, registryUrl: plain.registryUrl });
+  closers.push(() => agt.close());
+  agt.send(carol, { type: 'message', content: 'from an AGT peer' });
+  await agt.next((e) => e.event === 'sent', 15_000, 'sent');
+  await agt.close();
+  const dave = await run(['send', '--state', state('inbox-dave'), carol, 'from a kars agent'], {});
+  assert.equal(dave.code, 0, dave.stderr);
+
+  const slow = await slowRegistry(plain.registryUrl, 1500);
+  const first = await run(['inbox', '--state', state('inbox-carol'), '--registry', slow]);
+  assert.equal(first.code, 0, first.stderr);
+  assert.equal(count(first.stdout, 'from an AGT peer'), 1, first.stdout);
+  assert.equal(count(first.stdout, 'from a kars agent'), 1, first.stdout);
+  assert.doesNotMatch(first.stdout, /Diagnostics:/, 'the raw counters only with --verbose');
+
+  const again = await run(['inbox', '--state', state('inbox-carol'), '--registry', slow]);
+  assert.equal(again.code, 0, again.stderr);
+  assert.equal(count(again.stdout, '📭'), 1, again.stdout);
+  assert.match(again.stdout, /^📭 No unread messages \(2 already read; kars-mesh inbox --all shows them again\)\.\n$/);
+  // The CLI flag the text names does it.
+  const all = await run(['inbox', '--state', state('inbox-carol'), '--all', '--verbose']);
+  assert.equal(all.code, 0, all.stderr);
+  assert.match(all.stdout, /from an AGT peer/);
+  assert.match(all.stdout, /\n\nDiagnostics: \{"build_hash"/, '--verbose shows the counters');
+});
+
+test('inbox with the relay unreachable or refusing says so, with the URL and why, and exits 3 (never "Inbox empty")', async () => {
+  const closed = `http://127.0.0.1:${await freePort()}`;
+  const r = await run(['inbox', '--state', state('unreach'), '--relay', closed]);
+  assert.equal(r.code, 3, r.stderr);
+  assert.equal(r.stdout, '');
+  assert.match(r.stderr, new RegExp(`the relay at ${closed.replace(/[.]/g, '\\.')} cannot be reached: connect ECONNREFUSED`));
+  assert.match(r.stderr, /came from --relay; give the right one with --relay URL or KARS_MESH_RELAY/);
+
+  const t = await run(['inbox', '--state', state('unreach')], { srv: guarded, env: { KARS_MESH_RELAY_TOKEN: 'wrong' } });
+  assert.equal(t.code, 3, t.stderr);
+  assert.doesNotMatch(t.stdout, /Inbox empty|No unread/);
+  assert.match(t.stderr, /were not fetched: the relay refused this agent's relay token .*KARS_MESH_RELAY_TOKEN/);
+});
+
+/** A web server answering every request with a large HTML page. */
+async function htmlServer() {
+  const page = `<!DOCTYPE html><html><head><title>Welcome to nginx!</title><style>body{width:35em}</style></head><body><h1>Welcome to nginx!</h1>${'<p>filler</p>'.repeat(400)}</body></html>`;
+  const server = http.createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html' });
+    res.end(page);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  closers.push(() => new Promise((r) => server.close(r)));
+  return `http://127.0.0.1:${server.address().port}`;
+}
+
+test('a wrong registry URL is named with what answered there and the flag that sets it; its page is never shown', async () => {
+  const web = await htmlServer();
+  for (const args of [['register'], ['discover', 'translator'], ['send', 'some-name', 'hi']]) {
+    const r = await run([...args, '--state', state('wrong-registry'), '--registry', web]);
+    const all = r.stdout + r.stderr;
+    assert.equal(r.code, 3, `${args[0]}: ${all}`);
+    assert.match(r.stderr, new RegExp(`the registry URL ${web.replace(/[.]/g, '\\.')} answered 200 with an HTML page titled "Welcome to nginx!", not with the AgentMesh registry's JSON`), args[0]);
+    assert.match(r.stderr, /came from --registry; give the right one with --registry URL or KARS_MESH_REGISTRY/, args[0]);
+    assert.doesNotMatch(all, /<!DOCTYPE|<html|<h1|<style|filler/i, `${args[0]}: no page: ${all}`);
+    assert.ok(all.length < 2000, `${args[0]}: short (${all.length} chars)`);
+  }
+});
+
+test('an unusable --state fails at once naming the path and the fix; SIGTERM and SIGINT end the CLI promptly', { skip: process.platform !== 'linux' }, async () => {
+  const r = await run(['id', '--state', '/proc/nope'], { srv: null, timeoutMs: 10_000 });
+  assert.equal(r.signal, null, 'it ends by itself (it used to spin at 100 % CPU)');
+  assert.equal(r.code, 3, r.stderr);
+  assert.match(r.stderr, /cannot create state directory \/proc\/nope: /);
+  assert.match(r.stderr, /--state DIR or KARS_MESH_STATE/);
+  assert.ok(r.ms < 5000, `${r.ms} ms`);
+
+  // A command waiting for a message, and one signalled while it starts.
+  await registered('signals');
+  for (const [signal, afterMs] of [['SIGTERM', 2500], ['SIGINT', 2500], ['SIGTERM', 150]]) {
+    const s = await run(['inbox', '--wait', '60', '--state', state('signals')], { signalAfterMs: afterMs, signal });
+    assert.ok(s.afterSignalMs < 3000, `${signal} after ${afterMs} ms: ended ${s.afterSignalMs} ms later`);
+    assert.ok(s.code === 130 || s.signal === signal, `${signal}: code ${s.code} signal ${s.signal}\n${s.stderr}`);
+  }
+});
+
+test('the CLI speaks CLI: commands and flags instead of tool calls', async () => {
+  const r = await run(['offload', 'summarise this', '--state', state('words')]);
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /Not paired with any kars cluster\. Pair first: kars-mesh pair-with <token>/);
+  assert.doesNotMatch(r.stderr + r.stdout, /mesh_pair|cloud_offload|offload_status/);
+  // Every translated sentence is still the engine's (so the CLI's words do not rot).
+  const rs = [];
+  const walk = (d) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(path.join(d, e.name));
+      else if (e.name.endsWith('.rs')) rs.push(fs.readFileSync(path.join(d, e.name), 'utf8'));
+    }
+  };
+  walk(SRC);
+  const source = rs.join('\n').replace(/\\"/g, '"');
+  for (const [tool, cli] of CLI_WORDS) {
+    assert.ok(source.includes(tool), `the engine no longer says ${JSON.stringify(tool)}`);
+    assert.doesNotMatch(cli, /mesh_[a-z]+|cloud_offload|offload_(status|cancel)|unread_only/, cli);
+  }
+  assert.equal(cliText('📭 Inbox empty.\n\nDiagnostics: {"a":1}'), '📭 Inbox empty.');
+  assert.equal(cliText('📭 Inbox empty.\n\nDiagnostics: {"a":1}', { verbose: true }), '📭 Inbox empty.\n\nDiagnostics: {"a":1}');
+});
+
+test('register without --name after a registry restart keeps the name registered before', async () => {
+  const srv = await startServers();
+  closers.push(() => srv.stop());
+  const did = await registered('named', srv, ['--name', 'zed-the-agent']);
+  const find = async () => {
+    const r = await run(['discover', 'zed-the-agent', '--state', state('finder')], { srv });
+    assert.equal(r.code, 0, r.stderr);
+    return r.stdout;
+  };
+  assert.ok((await find()).includes(did));
+  await srv.restartRegistry();
+  assert.ok(!(await find()).includes(did), 'the restarted registry forgot it');
+  const again = await run(['register', '--state', state('named')], { srv });
+  assert.equal(again.code, 0, again.stderr);
+  assert.ok((await find()).includes(did), 'registered again under its name');
+  const id = await run(['id', '--json', '--state', state('named')], { srv });
+  assert.equal(JSON.parse(id.stdout).details.mesh.name, 'zed-the-agent');
+});
