@@ -346,10 +346,20 @@ before(async () => {
 async function startGateway() {
   const token = randomBytes(18).toString('hex');
   const ro = [...WORLD_WRITABLE.filter((d) => d !== '/tmp'), S.home];
+  // Node 24 and OpenClaw live in this checkout's .cache/, which a clone under
+  // /tmp (as CI may make it) would lose under the private /tmp: they are
+  // bound, read-only, under base first and run from there.
+  const runtime = path.join(S.base, 'runtime');
+  const cacheDir = path.join(ROOT, '.cache');
+  const inRuntime = (p) => path.join(runtime, path.relative(cacheDir, p));
+  fs.mkdirSync(runtime, { recursive: true, mode: 0o755 });
   const script = [
     'set -e',
     // read-only: every world-writable directory but /tmp (base lies in /var/tmp), and HOME
     ...ro.map((d) => `if [ -d '${d}' ]; then mount --bind '${d}' '${d}'; mount -o remount,bind,ro '${d}'; fi`),
+    // after those (a bind of /var/tmp onto itself would hide it), before the private /tmp
+    `mount --bind '${cacheDir}' '${runtime}'`,
+    `mount -o remount,bind,ro '${runtime}'`,
     // writable: a private /tmp (as NemoClaw's) and the state directory
     // (a bind mount keeps the read-only flag of where its source lies: made rw again)
     `mount --bind '${S.tmp}' /tmp`,
@@ -369,7 +379,7 @@ async function startGateway() {
     OPENCLAW_GATEWAY_TOKEN: token,
   };
   const gw = start('ip', ['netns', 'exec', S.ns, 'unshare', '--mount', '--propagation', 'private', '--', 'sh', '-c', script, 'sandbox',
-    NODE24, OPENCLAW, 'gateway', 'run', '--port', String(GATEWAY_PORT), '--bind', 'lan', '--auth', 'token'], { cwd: '/', env });
+    inRuntime(NODE24), inRuntime(OPENCLAW), 'gateway', 'run', '--port', String(GATEWAY_PORT), '--bind', 'lan', '--auth', 'token'], { cwd: '/', env: { ...env, PATH: `${path.dirname(inRuntime(NODE24))}:${env.PATH.split(':').slice(1).join(':')}` } });
   const url = `http://${S.nsIp}:${GATEWAY_PORT}`;
   const post = async (body, ms = 60_000) => {
     const res = await fetch(`${url}/tools/invoke`, {

@@ -107,6 +107,13 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 function childEnv(home, stateDir, extra) {
   const env = {};
   for (const [k, v] of Object.entries(process.env)) {
+    // NODE_EXTRA_CA_CERTS is the machine's network, not a Node setting: where
+    // egress is TLS-inspected, npm (which `openclaw plugins install` runs for
+    // the plugin's dependency) retried for minutes without it.
+    if (k === 'NODE_EXTRA_CA_CERTS') {
+      env[k] = v;
+      continue;
+    }
     if (k.startsWith('OPENCLAW_') || k.startsWith('KARS_MESH_') || k.startsWith('NODE_') || k.startsWith('npm_')) continue;
     env[k] = v;
   }
