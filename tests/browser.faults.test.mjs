@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startServers } from './harness/servers.mjs';
 import { browserMissing, launchProfile } from './harness/browser.mjs';
-import { openConsole } from './harness/console-page.mjs';
+import { openConsole, nodeHas, untilNodeHas } from './harness/console-page.mjs';
 import { untilRegistered } from './harness/registered.mjs';
 import { startConsoleServer } from '../js-host/console-server.js';
 import { createNode } from '../js-host/node-host.js';
@@ -41,21 +41,8 @@ after(async () => {
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
-/** Every message the peer has (read or not) whose content includes `text`. */
-async function peerHas(text) {
-  const r = await peer.callTool('mesh_inbox', { unread_only: false, limit: 200 });
-  return (r.details.mesh.messages ?? []).filter((m) => JSON.stringify(m.payload).includes(text));
-}
-
-async function untilPeerHas(text, ms = 30_000) {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
-    const got = await peerHas(text);
-    if (got.length) return got;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`the peer never received ${JSON.stringify(text)}`);
-}
+const peerHas = (text) => nodeHas(peer, text);
+const untilPeerHas = (text, ms) => untilNodeHas(peer, text, ms);
 
 test('the relay drops: the console says so, queues what is sent meanwhile, reconnects and delivers it', { skip, timeout: 120_000 }, async () => {
   const page = await openConsole(profile.context, `${server.url}?name=faults-console`);

@@ -18,7 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startServers } from './harness/servers.mjs';
 import { browserMissing, smallDiskMissing, launchProfile } from './harness/browser.mjs';
-import { openConsole, untilReady, didOf, sendFromConsole, untilInboxShows } from './harness/console-page.mjs';
+import { openConsole, untilReady, didOf, sendFromConsole, untilInboxShows, nodeHas, untilNodeHas } from './harness/console-page.mjs';
 import { untilRegistered } from './harness/registered.mjs';
 import { startConsoleServer } from '../js-host/console-server.js';
 import { createNode } from '../js-host/node-host.js';
@@ -51,20 +51,8 @@ after(async () => {
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
-async function peerHas(text) {
-  const r = await peer.callTool('mesh_inbox', { unread_only: false, limit: 200 });
-  return (r.details.mesh.messages ?? []).filter((m) => JSON.stringify(m.payload).includes(text));
-}
-
-async function untilPeerHas(text, ms = 30_000) {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
-    const got = await peerHas(text);
-    if (got.length) return got;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`the peer never received ${JSON.stringify(text)}`);
-}
+const peerHas = (text) => nodeHas(peer, text);
+const untilPeerHas = (text, ms) => untilNodeHas(peer, text, ms);
 
 /** Inbox entries of the page whose text includes `text`. */
 const inboxCount = (page, text) => page.evaluate((t) => [...document.querySelectorAll('#inbox-list li')].filter((li) => li.textContent.includes(t)).length, text);

@@ -69,3 +69,20 @@ export async function untilInboxShows(page, text, timeoutMs = 30_000) {
   );
   return page.locator('#inbox-list li', { hasText: text }).first().textContent();
 }
+
+/** Every message a Node agent has (read or not) whose content includes `text`. */
+export async function nodeHas(node, text) {
+  const r = await node.callTool('mesh_inbox', { unread_only: false, limit: 200 });
+  return (r.details.mesh.messages ?? []).filter((m) => JSON.stringify(m.payload).includes(text));
+}
+
+/** Those messages once there are any, or an error after `ms`. */
+export async function untilNodeHas(node, text, ms = 30_000) {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    const got = await nodeHas(node, text);
+    if (got.length) return got;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`the peer never received ${JSON.stringify(text)}`);
+}
