@@ -24,6 +24,30 @@ export function notSealedReason(bytes) {
   return undefined;
 }
 
+/** The longest storage key a store takes, in UTF-8 bytes (the 0.1.0 file store's limit too). */
+export const MAX_KEY_BYTES = 1024;
+const utf8 = new TextEncoder();
+
+/** A storage key a store takes, or a TypeError/RangeError saying why not. */
+export function checkKey(key) {
+  if (typeof key !== 'string') throw new TypeError('storage key must be a string');
+  const n = utf8.encode(key).length;
+  if (n > MAX_KEY_BYTES) throw new RangeError(`storage key too long (${n} bytes, max ${MAX_KEY_BYTES})`);
+}
+
+/**
+ * What every store's `set` checks before writing: the key, a byte array, and
+ * (`sealedOnly`, what the real core's stores use) a sealed record's shape.
+ */
+export function checkRecord(key, bytes, sealedOnly) {
+  checkKey(key);
+  if (!(bytes instanceof Uint8Array)) throw new TypeError('storage value must be a Uint8Array');
+  if (sealedOnly) {
+    const why = notSealedReason(bytes);
+    if (why) throw new NotSealedError(key, why);
+  }
+}
+
 /** Thrown by a sealed-only `set`: the core asked to store something that is not sealed. */
 export class NotSealedError extends Error {
   constructor(key, reason) {

@@ -34,6 +34,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
+import { checkKey, checkRecord } from './sealed.js';
 import {
   StateDirError,
   NotSealedError,
@@ -49,8 +50,6 @@ export { StateDirError, NotSealedError, notSealedReason };
 const DB_FILE = 'state.db';
 const LEGACY_RECORDS = 'records';
 const FORMAT = '1';
-/** Keys are the core's storage keys; the 0.1.0 store refused longer ones too. */
-const MAX_KEY_BYTES = 1024;
 
 /** The minimum Node for node:sqlite without a flag. */
 export const MIN_NODE = '22.13.0';
@@ -146,10 +145,6 @@ export function openRecordsDb(dir, { sealedOnly = false, log = () => {} } = {}) 
 
   let inBatch = false;
   let closed = false;
-  const checkKey = (key) => {
-    if (typeof key !== 'string') throw new TypeError('storage key must be a string');
-    if (Buffer.byteLength(key) > MAX_KEY_BYTES) throw new RangeError(`storage key too long (${Buffer.byteLength(key)} bytes, max ${MAX_KEY_BYTES})`);
-  };
   return {
     dir: root,
     file,
@@ -172,12 +167,7 @@ export function openRecordsDb(dir, { sealedOnly = false, log = () => {} } = {}) 
       return out;
     },
     set(key, bytes) {
-      checkKey(key);
-      if (!(bytes instanceof Uint8Array)) throw new TypeError('storage value must be a Uint8Array');
-      if (sealedOnly) {
-        const why = notSealedReason(bytes);
-        if (why) throw new NotSealedError(key, why);
-      }
+      checkRecord(key, bytes, sealedOnly);
       q.put.run(key, bytes);
     },
     delete(key) {

@@ -35,7 +35,7 @@ import { fileURLToPath } from 'node:url';
 import { createNode } from '../js-host/node-host.js';
 import { killSandboxes } from '../js-host/jobs.js';
 import { PRESET_NAME } from '../js-host/preset.js';
-import { NODE24, OPENCLAW } from './harness/openclaw.mjs';
+import { NODE24, OPENCLAW, postToolsInvoke } from './harness/openclaw.mjs';
 import { freePort, startServers } from './harness/servers.mjs';
 import { runCli } from './harness/cluster.mjs';
 import { untilRegistered } from './harness/registered.mjs';
@@ -381,18 +381,7 @@ async function startGateway() {
   const gw = start('ip', ['netns', 'exec', S.ns, 'unshare', '--mount', '--propagation', 'private', '--', 'sh', '-c', script, 'sandbox',
     inRuntime(NODE24), inRuntime(OPENCLAW), 'gateway', 'run', '--port', String(GATEWAY_PORT), '--bind', 'lan', '--auth', 'token'], { cwd: '/', env: { ...env, PATH: `${path.dirname(inRuntime(NODE24))}:${env.PATH.split(':').slice(1).join(':')}` } });
   const url = `http://${S.nsIp}:${GATEWAY_PORT}`;
-  const post = async (body, ms = 60_000) => {
-    const res = await fetch(`${url}/tools/invoke`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-      body: JSON.stringify(body),
-      signal: AbortSignal.timeout(ms),
-    });
-    const text = await res.text();
-    let json;
-    try { json = JSON.parse(text); } catch { /* not JSON */ }
-    return { status: res.status, json, text };
-  };
+  const post = (body, ms = 60_000) => postToolsInvoke(url, token, body, ms);
   const deadline = Date.now() + 120_000;
   for (;;) {
     if (!gw.running()) throw new Error(`the Gateway exited during startup:\n${gw.output().slice(-6000)}`);

@@ -25,13 +25,11 @@
 // docs/design/BROWSER.md for what that protects and what it does not.
 
 import { StateDirError } from '../node-error.js';
-import { notSealedReason, NotSealedError } from '../sealed.js';
+import { checkKey, checkRecord } from '../sealed.js';
 
 const DB_VERSION = 1;
 const FORMAT = '1';
 const STATE_KEY_LEN = 32;
-const MAX_KEY_BYTES = 1024;
-const enc = new TextEncoder();
 
 export const dbName = (profile) => `kars-mesh:${profile}`;
 
@@ -87,11 +85,6 @@ function lowerBound(arr, key) {
   return lo;
 }
 
-function checkKey(key) {
-  if (typeof key !== 'string') throw new TypeError('storage key must be a string');
-  const n = enc.encode(key).length;
-  if (n > MAX_KEY_BYTES) throw new RangeError(`storage key too long (${n} bytes, max ${MAX_KEY_BYTES})`);
-}
 
 /** A received file's path as the core chose it: relative, no empty, `.` or `..` part. */
 function checkRel(rel) {
@@ -203,12 +196,7 @@ export async function openIdbStore(profile, { sealedOnly = true } = {}) {
       inBatch = true;
     },
     set(key, bytes) {
-      checkKey(key);
-      if (!(bytes instanceof Uint8Array)) throw new TypeError('storage value must be a Uint8Array');
-      if (sealedOnly) {
-        const why = notSealedReason(bytes);
-        if (why) throw new NotSealedError(key, why);
-      }
+      checkRecord(key, bytes, sealedOnly);
       inBatch = true;
       remember(key);
       memSet(key, bytes);

@@ -103,6 +103,20 @@ export function withReadOnly(readOnly, cmd, args) {
 const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*m/g, '');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** POST `body` to a Gateway's /tools/invoke: {status, json (if JSON), text}. */
+export async function postToolsInvoke(url, token, body, ms = 60_000) {
+  const res = await fetch(`${url}/tools/invoke`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+    signal: AbortSignal.timeout(ms),
+  });
+  const text = await res.text();
+  let json;
+  try { json = JSON.parse(text); } catch { /* not JSON */ }
+  return { status: res.status, json, text };
+}
+
 /** The environment for every openclaw child: isolated dirs, no inherited OpenClaw/kars settings. */
 function childEnv(home, stateDir, extra) {
   const env = {};
@@ -223,18 +237,7 @@ export function makeOpenClawHome({ pluginConfig = {}, config = {}, pluginDir, ba
     }));
     const url = `http://127.0.0.1:${port}`;
 
-    async function post(body, ms = 60_000) {
-      const res = await fetch(`${url}/tools/invoke`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-        body: JSON.stringify(body),
-        signal: AbortSignal.timeout(ms),
-      });
-      const text = await res.text();
-      let json;
-      try { json = JSON.parse(text); } catch { /* not JSON */ }
-      return { status: res.status, json, text };
-    }
+    const post = (body, ms = 60_000) => postToolsInvoke(url, token, body, ms);
 
     async function stop() {
       if (!exited) {
