@@ -125,10 +125,15 @@ pub fn split(
     else {
         return Ok(None);
     };
+    Ok(Some(as_values(&manifest, &chunks)))
+}
+
+/// The values that are sent: the manifest first, then the chunks.
+fn as_values(manifest: &ManifestMsg, chunks: &[ChunkMsg]) -> Vec<Value> {
     let mut out = Vec::with_capacity(chunks.len() + 1);
-    out.push(tagged(PayloadType::TransferManifest, &manifest));
+    out.push(tagged(PayloadType::TransferManifest, manifest));
     out.extend(chunks.iter().map(|c| tagged(PayloadType::TransferChunk, c)));
-    Ok(Some(out))
+    out
 }
 
 /// A transfer message as a JSON value with its `type`.
@@ -252,10 +257,7 @@ pub fn assemble_values(
         from_agent,
         timestamp,
     );
-    let mut out = Vec::with_capacity(chunks.len() + 1);
-    out.push(tagged(PayloadType::TransferManifest, &manifest));
-    out.extend(chunks.iter().map(|c| tagged(PayloadType::TransferChunk, c)));
-    out
+    as_values(&manifest, &chunks)
 }
 
 /// A validated manifest.
