@@ -42,7 +42,14 @@ for (const c of CASES) {
   test(`a ${c.victim} killed ${c.what} loses nothing and repeats nothing`, { timeout: 120_000 }, async (t) => {
     const base = fs.mkdtempSync(path.join(os.tmpdir(), 'kars-crashpt-'));
     dirs.push(base);
-    const spawn = (name, env) => spawnMeshNode({ stateDir: path.join(base, name), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, label: name, env });
+    // Every message event the receiver's drivers print, across restarts
+    // (listened to from the start: a restarted driver prints what survived
+    // the crash right after 'ready').
+    const seen = [];
+    const spawn = (name, env) => spawnMeshNode({
+      stateDir: path.join(base, name), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, label: name, env,
+      on: name === 'receiver' ? { message: (m) => seen.push(m) } : undefined,
+    });
     const live = new Set();
     t.after(() => Promise.all([...live].map((n) => n.stop())));
     const up = async (name, env) => {
@@ -53,10 +60,6 @@ for (const c of CASES) {
     };
     let sender = await up('sender');
     let receiver = await up('receiver');
-    // Every message event the receiver's drivers print, across restarts.
-    const seen = [];
-    const watch = (n) => n.on('message', (m) => seen.push(m));
-    watch(receiver);
     // A session first, so the crash hits a steady-state batch.
     assert.equal((await sender.request({ cmd: 'send', to: receiver.did, message: { type: 'warm' } })).ok, true);
     const untilSeen = async (pred, what) => {
@@ -73,7 +76,6 @@ for (const c of CASES) {
     if (c.victim === 'receiver') {
       await receiver.stop();
       receiver = await up('receiver', env);
-      watch(receiver);
     } else {
       await sender.stop();
       sender = await up('sender', env);
@@ -96,14 +98,12 @@ for (const c of CASES) {
       if (c.victim === 'receiver' && !victim.alive && receiver === victim) {
         await died;
         receiver = await up('receiver');
-        watch(receiver);
       }
     }
     await died.catch(() => {});
     assert.equal(killed, true, `the ${c.victim} was killed at ${c.at}`);
     if (c.victim === 'receiver' && receiver === victim) {
       receiver = await up('receiver');
-      watch(receiver);
     }
 
     const seqOf = (m) => (m.payload?.type === 'seq' ? m.payload.i : undefined);

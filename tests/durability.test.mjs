@@ -97,6 +97,9 @@ class Side {
   async start() {
     this.incarnation += 1;
     const inc = this.incarnation;
+    // Listeners go in before the driver starts: a restarted driver prints the
+    // inbox entries that survived the kill right after 'ready', often in the
+    // same stdout chunk, before an `await` here would resume.
     const node = await spawnMeshNode({
       stateDir: this.stateDir,
       relayUrl: srv.relayUrl,
@@ -105,18 +108,20 @@ class Side {
       label: `${this.name}#${inc}`,
       buffer: false,
       stderrTail: 8 * 1024 * 1024,
+      on: {
+        message: (m) => {
+          // The same inbox entry shown again after a kill (peek, then mark read)
+          // is one delivery; a second entry for the same number is a duplicate.
+          this.shownIds ??= new Set();
+          if (this.shownIds.has(m.id)) return;
+          this.shownIds.add(m.id);
+          this.received.push({ n: m.payload?.n, type: m.payload?.type, sender: m.payload?.from, from: m.from, id: m.id, evidence: m.evidence, inc, at: secs() });
+        },
+      },
     });
     if (this.did && node.did !== this.did) throw new Error(`${this.name}: DID changed across restart`);
     this.did = node.did;
     this.stderrs.push({ inc, get: node.stderr });
-    node.on('message', (m) => {
-      // The same inbox entry shown again after a kill (peek, then mark read)
-      // is one delivery; a second entry for the same number is a duplicate.
-      this.shownIds ??= new Set();
-      if (this.shownIds.has(m.id)) return;
-      this.shownIds.add(m.id);
-      this.received.push({ n: m.payload?.n, type: m.payload?.type, sender: m.payload?.from, from: m.from, id: m.id, evidence: m.evidence, inc, at: secs() });
-    });
     node.on('exit', (info) => {
       if (!this.killing && !stopping) {
         this.unexpected = `${this.name}#${inc} exited unexpectedly (${info.signal ?? info.code})`;

@@ -32,8 +32,14 @@ function hookExit() {
 /**
  * @param {{stateDir: string, relayUrl: string, registryUrl: string, name?: string,
  *          echo?: boolean, reader?: boolean, waitSeconds?: number, readyTimeoutMs?: number,
- *          label?: string, stderrTail?: number, buffer?: boolean, env?: object}} o
+ *          label?: string, stderrTail?: number, buffer?: boolean, env?: object,
+ *          on?: Record<string, (ev: object) => void>}} o
  *   env: extra environment variables for the driver (e.g. KARS_MESH_TEST_CRASH_AT)
+ *   on: listeners attached before the driver starts. A listener attached after
+ *       `await spawnMeshNode()` misses what the driver printed in the same
+ *       stdout chunk as 'ready' (readline emits a chunk's lines synchronously,
+ *       before the awaiting code resumes): after a restart, the inbox entries
+ *       that survived it are printed right then.
  *   buffer: false = events nobody waits for are only emitted, not kept for next()
  */
 export async function spawnMeshNode(o) {
@@ -48,6 +54,7 @@ export async function spawnMeshNode(o) {
 
   const em = new EventEmitter();
   em.setMaxListeners(50);
+  for (const [name, fn] of Object.entries(o.on ?? {})) em.on(name, fn);
   const label = o.label ?? path.basename(o.stateDir);
   const tailMax = o.stderrTail ?? 256 * 1024;
   let stderr = '';
