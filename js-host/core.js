@@ -31,6 +31,7 @@
 // the default reads ./gen/<name> from disk.
 
 import { instantiate } from './gen/kars_mesh.component.js';
+import { webRandom as defaultRandom } from './random.js';
 
 /**
  * The core's linear memory must stay below 2 GiB. Upstream bug (to report to
@@ -78,33 +79,6 @@ async function defaultGetCoreModule(name) {
     return WebAssembly.compile(await readFile(url));
   }
   return WebAssembly.compileStreaming(fetch(url));
-}
-
-/**
- * Default CSPRNG: Web Crypto, drawn 4 KiB at a time. One getRandomValues call
- * costs about 2.7 µs in Node 20 whatever its size, and the core asks for 12
- * bytes per message nonce, so pooling removes most of the per-message cost.
- * Bytes handed out are wiped from the pool; the pool is as good as its source.
- */
-const POOL_SIZE = 4096;
-const pool = new Uint8Array(POOL_SIZE);
-let poolOff = POOL_SIZE;
-function defaultRandom(len) {
-  const out = new Uint8Array(len);
-  if (len > POOL_SIZE / 4) {
-    for (let off = 0; off < len; off += 65536) {
-      globalThis.crypto.getRandomValues(out.subarray(off, Math.min(len, off + 65536)));
-    }
-    return out;
-  }
-  if (poolOff + len > POOL_SIZE) {
-    globalThis.crypto.getRandomValues(pool);
-    poolOff = 0;
-  }
-  out.set(pool.subarray(poolOff, poolOff + len));
-  pool.fill(0, poolOff, poolOff + len);
-  poolOff += len;
-  return out;
 }
 
 function defaultLog(level, message) {

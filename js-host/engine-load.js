@@ -3,16 +3,10 @@
 // test core, on the main thread), js-host/engine-worker.js (Node's engine
 // thread) and js-host/console/engine-worker-browser.js (a browser's Worker).
 // No Node module: the CSPRNG is the platform's Web Crypto unless the caller
-// passes its own (the Node host passes node:crypto's randomBytes).
+// passes its own (the Node host passes node:crypto's randomFillSync, pooled).
 
 import { NodeError, StateDirError, errorText } from './node-error.js';
-
-/** Web Crypto's CSPRNG, at most 65,536 bytes per getRandomValues call. */
-export function webRandomBytes(len) {
-  const out = new Uint8Array(len);
-  for (let off = 0; off < len; off += 65536) globalThis.crypto.getRandomValues(out.subarray(off, Math.min(len, off + 65536)));
-  return out;
-}
+import { webRandom } from './random.js';
 
 /** Standard base64 of bytes (the start event's state_key). */
 export function bytesToBase64(bytes) {
@@ -29,7 +23,7 @@ export function bytesToBase64(bytes) {
  * answer something harmless; the event loop then discards that call's
  * commands and stops the node (takeHostFault).
  */
-export async function loadEngine(store, loadCoreImpl, log, { random = webRandomBytes } = {}) {
+export async function loadEngine(store, loadCoreImpl, log, { random = webRandom } = {}) {
   let hostFault = null;
   const guard = (what, read, fallback) => (arg) => {
     try {

@@ -21,7 +21,8 @@ import { loadStateKey } from './storage-fs.js';
 import { createJobs } from './jobs.js';
 import { createEventLoop, batchTotals } from './event-loop.js';
 import { loadEngine } from './engine-load.js';
-import { randomBytes } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
+import { pooledRandom } from './random.js';
 import { NodeError, errorText } from './node-error.js';
 import { crashHookFromEnv } from './crash-hook.js';
 
@@ -41,7 +42,8 @@ async function boot() {
     { get: (k) => records.get(k), list: (p) => records.list(p), stateKey: () => loadStateKey(stateDir, { recordCount: records.size }) },
     loadCore,
     log,
-    { random: randomBytes },
+    // The OS CSPRNG through OpenSSL, pooled (see pooledRandom).
+    { random: pooledRandom(randomFillSync) },
   );
   const { core } = engine;
   stateKeyB64 = engine.takeStateKey();

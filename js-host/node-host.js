@@ -30,7 +30,8 @@ import { openRecordsDb, sqliteModule } from './state-db.js';
 import { startEngineThread } from './engine-thread.js';
 import { crashHookFromEnv } from './crash-hook.js';
 import { loadEngine } from './engine-load.js';
-import { randomBytes } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
+import { pooledRandom } from './random.js';
 import { createJobs } from './jobs.js';
 import { escapeLog } from './log-escape.js';
 import { NodeError, errorText } from './node-error.js';
@@ -246,7 +247,7 @@ async function engineHere({ root, sealedOnly, loadCoreImpl, jobs, log, carryOut,
   });
   let engine;
   try {
-    engine = await loadEngine(store, loadCoreImpl, log, { random: randomBytes });
+    engine = await loadEngine(store, loadCoreImpl, log, { random: pooledRandom(randomFillSync) });
   } catch (e) {
     records.close();
     throw e;

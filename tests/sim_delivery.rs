@@ -459,7 +459,7 @@ fn reordered_messages_are_returned_in_send_order() {
     w.run_for(500);
     w.inject(b, &frames[0]);
     w.run_for(500);
-    let got: Vec<String> = w.read_inbox(b).iter().map(|m| m.content()).collect();
+    let got = w.read_texts(b);
     assert_eq!(
         got,
         ["m1", "m2"],
@@ -496,7 +496,7 @@ fn crash_after_the_inbox_store_does_not_deliver_twice() {
         rec.lost[0].starts_with("store session/"),
         "crash point: {rec:?}"
     );
-    let got: Vec<String> = w.read_inbox(b).iter().map(|m| m.content()).collect();
+    let got = w.read_texts(b);
     assert_eq!(got, ["m1"], "m1 must be delivered exactly once");
 }
 
@@ -569,7 +569,7 @@ fn a_retried_send_with_the_same_key_is_not_sent_twice() {
         "{bad}"
     );
     w.run_for(3_000);
-    let got: Vec<String> = w.read_inbox(b).iter().map(|m| m.content()).collect();
+    let got = w.read_texts(b);
     assert_eq!(got, ["once", "twice"]);
 }
 
@@ -610,7 +610,7 @@ fn a_full_outbox_refuses_new_sends_instead_of_dropping_old_ones() {
     let mut got: Vec<String> = Vec::new();
     loop {
         // mesh_inbox answers at most 500 at a time.
-        let batch: Vec<String> = w.read_inbox(b).iter().map(|m| m.content()).collect();
+        let batch = w.read_texts(b);
         if batch.is_empty() {
             break;
         }
@@ -683,7 +683,7 @@ fn copy_of_a_held_message_after_a_crash_loses_nothing() {
     w.run_for(500);
     w.agents[a].capture = false;
     w.run_for(60_000);
-    let got: Vec<String> = w.read_inbox(b).iter().map(|m| m.content()).collect();
+    let got = w.read_texts(b);
     assert_eq!(got, ["m1", "m2", "m3"], "every message once, in order");
 }
 
@@ -709,6 +709,112 @@ fn copy_of_a_held_message_at_the_expected_number_releases_it() {
     w.run_for(500);
     w.agents[a].capture = false;
     w.run_for(60_000);
-    let got: Vec<String> = w.read_inbox(b).iter().map(|m| m.content()).collect();
+    let got = w.read_texts(b);
     assert_eq!(got, ["m1", "m2", "m3"], "every message once, in order");
+}
+
+/// A receipt is acked to the relay later, not in the handle() call that
+/// takes it: that call would otherwise cost the host a commit (one fsync)
+/// of its own for every receipt. The ack still comes (after ACK_DELAY_MS,
+/// or with the next frame), so the relay forgets a receipt it stored while
+/// the sender was away.
+#[test]
+fn a_stored_receipt_is_acked_later_and_the_relay_forgets_it() {
+    let (mut w, ids) = world_with(31, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    (w.faults.latency_min_ms, w.faults.latency_max_ms) = (5, 5);
+    let ad = w.did(a);
+    assert!(w.send(a, b, "one").is_some());
+    w.run_for(2_000);
+    assert_eq!(w.outbox_contents(a, &w.did(b)), Vec::<String>::new());
+    // Alice away: bob's receipt for her next message waits at the relay.
+    assert!(w.send(a, b, "two").is_some());
+    w.run_for(8); // at the relay (5 ms a hop), not yet receipted
+    w.crash_now(a, 5_000);
+    w.run_for(1_000);
+    assert!(
+        w.relay.stored_for(&ad) >= 1,
+        "bob's receipt is stored for alice"
+    );
+    // Back: alice takes the receipt (her outbox empties); whatever she sent
+    // meanwhile carried the ack, or the ack timer did.
+    w.run_for(6_000);
+    assert_eq!(w.outbox_contents(a, &w.did(b)), Vec::<String>::new());
+    assert_eq!(
+        w.relay.stored_for(&ad),
+        0,
+        "the relay still holds frames for alice: a receipt was never acked"
+    );
+    let got = w.read_texts(b);
+    assert_eq!(got, ["one", "two"]);
+}
+
+/// The handle() call that takes a receipt sends nothing, so the host need
+/// not commit before it (js-host/event-loop.js: a batch whose commands all
+/// stay in the process commits later, with the next one).
+#[test]
+fn taking_a_receipt_sends_nothing_at_once() {
+    let (mut w, ids) = world_with(32, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    // 5 ms a hop: the receipt is back after about 45 ms, its ack due 200 ms later.
+    (w.faults.latency_min_ms, w.faults.latency_max_ms) = (5, 5);
+    let bd = w.did(b);
+    assert!(w.send(a, b, "one").is_some());
+    w.run_for(2_000);
+    // Bob's receipt for the next message is back after about 45 ms; its
+    // ack leaves 200 ms after that (ACK_DELAY_MS), not with it.
+    let t0 = w.now;
+    assert!(w.send(a, b, "two").is_some());
+    w.run_for(120);
+    assert_eq!(
+        w.outbox_contents(a, &bd),
+        Vec::<String>::new(),
+        "the receipt came"
+    );
+    let acks_since = |w: &World, t: u64| {
+        w.agents[a]
+            .wire
+            .iter()
+            .filter(|(at, text)| *at > t && text.contains("\"type\":\"ack\""))
+            .count()
+    };
+    assert_eq!(acks_since(&w, t0), 0, "an ack left with the receipt");
+    w.run_for(500);
+    assert_eq!(acks_since(&w, t0), 1, "the ack goes after ACK_DELAY_MS");
+}
+
+/// A reply sent while a receipt is due carries the receipt in its own batch
+/// (one commit), instead of the receipt going RECEIPT_DELAY_MS later in a
+/// batch (and a commit) of its own.
+#[test]
+fn a_receipt_due_leaves_with_the_next_message_to_that_peer() {
+    let (mut w, ids) = world_with(33, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    (w.faults.latency_min_ms, w.faults.latency_max_ms) = (5, 5);
+    let (ad, bd) = (w.did(a), w.did(b));
+    assert!(w.send(a, b, "warm").is_some());
+    w.run_for(2_000);
+    let t0 = w.now;
+    assert!(w.send(a, b, "ping").is_some());
+    w.run_for(12); // at bob (two 5 ms hops), his receipt due in 25 ms
+    assert!(w.send(b, a, "pong").is_some());
+    w.run_for(1_000);
+    let sent: Vec<u64> = w.agents[b]
+        .wire
+        .iter()
+        .filter(|(at, t)| *at > t0 && t.contains("\"type\":\"message\"") && t.contains(&ad))
+        .map(|(at, _)| *at)
+        .collect();
+    assert_eq!(sent.len(), 2, "the reply and one receipt: {sent:?}");
+    assert_eq!(
+        sent[0], sent[1],
+        "the receipt left with the reply, not later"
+    );
+    assert_eq!(
+        w.outbox_contents(a, &bd),
+        Vec::<String>::new(),
+        "the ping was receipted"
+    );
+    let got = w.read_texts(a);
+    assert_eq!(got, ["pong"]);
 }

@@ -22,10 +22,6 @@ fn world(seed: u64, names: &[&str]) -> (World, Vec<usize>) {
     (w, ids)
 }
 
-fn contents(w: &mut World, i: usize) -> Vec<String> {
-    w.read_inbox(i).iter().map(|m| m.content()).collect()
-}
-
 fn fresh_id(n: u32) -> String {
     format!("5c8e2a4e-0b7c-4d5e-9f1a-{n:012x}")
 }
@@ -74,7 +70,7 @@ fn finding_1_large_messages_stop_at_a_byte_quota_and_are_delivered_once_read() {
     // Reading makes room; the refused ones come again and land once each.
     let mut got = Vec::new();
     for _ in 0..20 {
-        got.extend(contents(&mut w, b));
+        got.extend(w.read_texts(b));
         if got.len() >= 40 {
             break;
         }
@@ -100,7 +96,7 @@ fn finding_4_a_replayed_session_opening_never_replaces_a_live_session() {
     w.registry.drain_opks(&bd);
     w.send(a, b, "m0");
     w.run_for(3_000);
-    assert_eq!(contents(&mut w, b), ["m0"]);
+    assert_eq!(w.read_texts(b), ["m0"]);
     let knock = w.wire_frames(a, "knock", &bd);
     assert_eq!(knock.len(), 1, "one KNOCK");
     assert!(
@@ -116,8 +112,8 @@ fn finding_4_a_replayed_session_opening_never_replaces_a_live_session() {
         w.send(b, a, &format!("r{i}"));
         w.run_for(2_000);
     }
-    assert_eq!(contents(&mut w, b), ["m1", "m2", "m3"]);
-    assert_eq!(contents(&mut w, a), ["r1", "r2", "r3"]);
+    assert_eq!(w.read_texts(b), ["m1", "m2", "m3"]);
+    assert_eq!(w.read_texts(a), ["r1", "r2", "r3"]);
     // The replay, as frames the relay pushes to bob.
     let mut k = knock[0].clone();
     k["id"] = json!(fresh_id(0x4001));
@@ -133,7 +129,7 @@ fn finding_4_a_replayed_session_opening_never_replaces_a_live_session() {
         "{:#?}",
         w.warnings(b)
     );
-    assert!(contents(&mut w, b).is_empty(), "m0 delivered twice");
+    assert!(w.read_texts(b).is_empty(), "m0 delivered twice");
     for i in 4..=5 {
         w.send(a, b, &format!("m{i}"));
         w.run_for(2_000);
@@ -141,12 +137,12 @@ fn finding_4_a_replayed_session_opening_never_replaces_a_live_session() {
         w.run_for(2_000);
     }
     assert_eq!(
-        contents(&mut w, b),
+        w.read_texts(b),
         ["m4", "m5"],
         "alice → bob after the replay"
     );
     assert_eq!(
-        contents(&mut w, a),
+        w.read_texts(a),
         ["r4", "r5"],
         "bob → alice after the replay"
     );
@@ -232,7 +228,7 @@ fn finding_8_swapped_and_rolled_back_records_are_refused() {
     w.send(b, a, "from bob");
     w.send(c, a, "from carol");
     w.run_for(3_000);
-    assert_eq!(contents(&mut w, a).len(), 2);
+    assert_eq!(w.read_texts(a).len(), 2);
     let mut s = w.snapshot_storage(a);
     let kb = format!("session/{bd}");
     let kc = format!("session/{cd}");
@@ -316,7 +312,7 @@ fn finding_8_a_forged_knock_reject_loses_no_queued_message() {
     w.schedule_relay_restart(t, 1_000);
     w.run_for(200_000);
     assert!(w.agents[b].up());
-    assert_eq!(contents(&mut w, b), ["while you were out"]);
+    assert_eq!(w.read_texts(b), ["while you were out"]);
 }
 
 /// Finding 8: the chunk records of a transfer its sender abandoned are

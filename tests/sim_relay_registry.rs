@@ -149,7 +149,7 @@ fn second_instance_of_an_identity_is_replaced_without_a_fight() {
     assert_eq!(w.status(a2)["connected"], true);
     w.send(b, a, "after");
     w.run_for(3_000);
-    let got: Vec<String> = w.read_inbox(a2).iter().map(|m| m.content()).collect();
+    let got = w.read_texts(a2);
     assert_eq!(got, ["after"]);
 }
 

@@ -476,7 +476,7 @@ fn mesh_send_aliases_texts_and_refusals() {
     );
     assert_eq!(r["details"]["mesh"]["to"], bd.as_str());
     w.run_for(2_000);
-    let got: Vec<String> = w.read_inbox(b).iter().map(|m| m.content()).collect();
+    let got = w.read_texts(b);
     assert_eq!(got, ["by name", "by did", "by amid"]);
     // mesh_inbox `from` takes the AMID too.
     let ad = w.did(a);

@@ -100,6 +100,12 @@ const T_PACE: u64 = 9;
 /// look-ups of senders whose KNOCK does not carry their key.
 const T_INBOX_SYNC: u64 = 10;
 const INBOX_SYNC_MAX_MS: u64 = 10_000;
+/// Relay acks that may wait (`ack_later`): they go before our next frame,
+/// or after ACK_DELAY_MS.
+const T_ACKS: u64 = 11;
+const ACK_DELAY_MS: u64 = 200;
+/// Acks held at most; more go out at once.
+const ACKS_DUE_MAX: usize = 512;
 /// How long receipts wait to be coalesced.
 const RECEIPT_DELAY_MS: u64 = 25;
 const DYNAMIC_IDS: u64 = 1000;
@@ -353,6 +359,8 @@ pub struct Agent {
     early: BTreeMap<String, Vec<(String, u64)>>,
     knocks_awaiting_identity: HashMap<String, Vec<String>>,
     receipts_due: BTreeMap<String, Vec<u64>>,
+    /// Relay acks of frames whose loss costs nothing (`ack_later`).
+    acks_due: Vec<String>,
     registered: bool,
     register_calls: Vec<String>,
     /// The sub-machines (`roles`): each owns its state and sees the node
@@ -458,6 +466,7 @@ impl Agent {
             early: BTreeMap::new(),
             knocks_awaiting_identity: HashMap::new(),
             receipts_due: BTreeMap::new(),
+            acks_due: Vec::new(),
             registered: false,
             register_calls: Vec::new(),
             pairing,
@@ -956,6 +965,9 @@ impl Agent {
     fn send_frame(&mut self, cx: &mut Cx<'_>, text: String) -> bool {
         match self.link.open_socket() {
             Some(socket) => {
+                // Waiting acks ride along: this batch commits before it
+                // sends anyway (js-host/ENGINE.md).
+                self.push_acks(cx, socket);
                 cx.out.push(Command::SocketSend { socket, text });
                 true
             }
@@ -965,6 +977,40 @@ impl Agent {
 
     fn ack(&mut self, cx: &mut Cx<'_>, frame_id: &str) {
         self.send_frame(cx, RelayFrame::ack(frame_id).to_text());
+    }
+
+    /// Ack a frame whose effects a crash may undo at no cost: a receipt
+    /// (taken again if the relay delivers it again, and it takes nothing
+    /// twice). The host commits a batch before anything of it leaves, so an
+    /// ack sent at once would cost a commit (one fsync) of its own for every
+    /// receipt; held, it goes out with our next frame, whose batch commits
+    /// anyway, or after ACK_DELAY_MS. The relay keeps a stored frame until
+    /// it is acked, so the worst a crash does here is one redelivery.
+    fn ack_later(&mut self, cx: &mut Cx<'_>, frame_id: &str) {
+        if self.acks_due.len() >= ACKS_DUE_MAX {
+            self.flush_acks(cx);
+        }
+        if self.acks_due.is_empty() {
+            self.arm(cx, T_ACKS, ACK_DELAY_MS);
+        }
+        self.acks_due.push(frame_id.to_string());
+    }
+
+    fn flush_acks(&mut self, cx: &mut Cx<'_>) {
+        match self.link.open_socket() {
+            Some(socket) => self.push_acks(cx, socket),
+            // After a reconnect the relay pushes the stored ones again.
+            None => self.acks_due.clear(),
+        }
+    }
+
+    fn push_acks(&mut self, cx: &mut Cx<'_>, socket: u32) {
+        for id in self.acks_due.drain(..) {
+            cx.out.push(Command::SocketSend {
+                socket,
+                text: RelayFrame::ack(&id).to_text(),
+            });
+        }
     }
 
     pub fn on_socket_opened(&mut self, cx: &mut Cx<'_>, socket: u32) {
@@ -1040,6 +1086,7 @@ impl Agent {
             T_RECONNECT => self.connect(cx),
             T_REREGISTER => self.register(cx),
             T_RECEIPTS => self.flush_receipts(cx),
+            T_ACKS => self.flush_acks(cx),
             T_HELD_SENDS => self.release_held_sends(cx),
             T_SYNC => {
                 // The socket stayed open this long without a refusal: the
@@ -1229,6 +1276,7 @@ impl Agent {
             self.answer_waiter(cx, w, true);
         }
         self.flush_receipts(cx);
+        self.flush_acks(cx);
         if let Some(socket) = self.link.open_socket() {
             let bye = RelayFrame::disconnect(self.id.did()).to_text();
             cx.out.push(Command::SocketSend { socket, text: bye });
@@ -1244,6 +1292,7 @@ impl Agent {
             T_REGISTRY,
             T_REREGISTER,
             T_RECEIPTS,
+            T_ACKS,
         ] {
             cx.out.push(Command::TimerCancel(t));
         }

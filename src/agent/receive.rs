@@ -608,7 +608,7 @@ impl Agent {
         self.pacer.receipted(from, &receipted);
         peer.mark_seen(id, now, None);
         self.save_peer(cx, from);
-        self.ack(cx, id);
+        self.ack_later(cx, id);
         self.after_decrypt(cx, from, how);
         self.pump_outgoing(cx);
     }

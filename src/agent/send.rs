@@ -333,13 +333,27 @@ impl Agent {
         &mut self,
         cx: &mut Cx<'_>,
         to: &str,
-        frames_out: Vec<String>,
+        mut frames_out: Vec<String>,
         answers: Vec<(Option<String>, Result<Sealed, String>)>,
     ) {
         let sent_now = self.link.open_socket().is_some();
         if sent_now {
             if let Some(p) = self.peers.get_mut(to) {
                 p.hand_over_unreceipted();
+            }
+            // Receipts due to this peer go now, after these frames, instead
+            // of in a batch of their own RECEIPT_DELAY_MS later: this batch
+            // commits before it sends anyway, a batch of their own would
+            // cost one more commit (an fsync on each side in a conversation).
+            if !frames_out.is_empty() {
+                if let Some(seqs) = self.receipts_due.remove(to) {
+                    match self.seal_receipt(cx, to, &seqs) {
+                        Some(frame) => frames_out.push(frame),
+                        None => {
+                            self.receipts_due.insert(to.to_string(), seqs);
+                        }
+                    }
+                }
             }
         }
         self.save_peer(cx, to);

@@ -698,6 +698,11 @@ impl World {
         self.agents[i].reads[before..].to_vec()
     }
 
+    /// What `read_inbox` returned, as the messages' contents.
+    pub fn read_texts(&mut self, i: usize) -> Vec<String> {
+        self.read_inbox(i).iter().map(|m| m.content()).collect()
+    }
+
     pub fn status(&mut self, i: usize) -> Value {
         let v = self.call_sync(i, "mesh_identity", json!({}), 10_000);
         v["details"]["mesh"].clone()
