@@ -818,3 +818,54 @@ fn a_receipt_due_leaves_with_the_next_message_to_that_peer() {
     let got = w.read_texts(a);
     assert_eq!(got, ["pong"]);
 }
+
+/// A large message's frame is not stored with its outbox entry (the
+/// plaintext is, and the frame's place in the sending chain): a restart
+/// seals it again under the session with its sequence number, and the peer
+/// gets it once, whether or not the first copy reached it.
+#[test]
+fn a_large_message_sent_before_a_restart_arrives_once_without_its_frame_stored() {
+    let (mut w, ids) = world_with(34, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let bd = w.did(b);
+    assert!(w.send(a, b, "warm").is_some());
+    w.run_for(2_000);
+    assert_eq!(w.read_texts(b), ["warm"]);
+    // Bob away: the big message waits at the relay, unreceipted.
+    w.crash_now(b, 8_000);
+    let big = "x".repeat(100 * 1024);
+    assert!(w.send(a, b, &big).is_some());
+    w.run_for(200);
+    let prefix = format!("outbox/{bd}/");
+    let keys: Vec<String> = w.agents[a]
+        .host
+        .storage
+        .keys()
+        .filter(|k| k.starts_with(&prefix))
+        .cloned()
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let rec = w.persisted(a, &keys[0]).unwrap();
+    assert!(rec.get("frame").is_none(), "the large frame was stored");
+    assert!(rec["sent_under"]["n"].is_u64(), "{}", rec["sent_under"]);
+    assert_eq!(w.outbox_contents(a, &bd), std::slice::from_ref(&big));
+    // Alice restarts: the entry is sealed again and sent; the relay now
+    // holds both copies for bob.
+    let sent_before = w.wire_frames(a, "message", &bd).len();
+    w.crash_now(a, 1_000);
+    w.run_for(12_000);
+    let copies = w.wire_frames(a, "message", &bd);
+    assert!(
+        copies.len() > sent_before
+            && copies.iter().all(
+                |f| f["ciphertext"].as_str().is_some_and(|c| c.len() > 100_000)
+                    || f["ciphertext"].as_str().is_some_and(|c| c.len() < 1_000)
+            ),
+        "the restarted alice sent the message again, sealed anew"
+    );
+    assert_eq!(w.read_texts(b), std::slice::from_ref(&big));
+    assert_eq!(w.outbox_contents(a, &bd), Vec::<String>::new());
+    assert!(w.send(a, b, "after").is_some());
+    w.run_for(2_000);
+    assert_eq!(w.read_texts(b), ["after"]);
+}

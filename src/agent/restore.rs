@@ -88,8 +88,16 @@ pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, 
         for o in loaded {
             // The entry was written before the session record: if that
             // write was lost, never reuse the message number it used.
-            if let (Ok(m), Some(r)) = (frames::parse_message_frame(&o.frame), p.active.as_mut()) {
-                if r.fast_forward_send(&m.header.dh, m.header.n) {
+            let sent_under = match frames::parse_message_frame(&o.frame) {
+                Ok(m) => Some((m.header.dh, m.header.n)),
+                // A large entry's frame is not stored: its place is.
+                Err(_) => o
+                    .sent_under
+                    .as_ref()
+                    .and_then(|s| Some((<[u8; 32]>::try_from(s.dh.as_slice()).ok()?, s.n))),
+            };
+            if let (Some((dh, n)), Some(r)) = (sent_under, p.active.as_mut()) {
+                if r.fast_forward_send(&dh, n) {
                     fast_forwarded.push(p.did.clone());
                 }
             }

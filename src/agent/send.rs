@@ -8,7 +8,7 @@ use super::{
 };
 use crate::crypto::ratchet::{channel_ad, Ratchet};
 use crate::crypto::x3dh;
-use crate::mesh::session::{OutEntry, Peer, OUTBOX_MAX};
+use crate::mesh::session::{OutEntry, Peer, SentUnder, OUTBOX_MAX};
 use crate::wire::delivery::{DeliveryMsg, ReceiptMsg, Receipts, Sequence};
 use crate::wire::payload::Family;
 use crate::wire::relay_frame::{Knock, RelayFrame};
@@ -311,6 +311,7 @@ impl Agent {
             seq,
             frame_id: fid.clone(),
             frame: frame.clone(),
+            sent_under: Some(SentUnder::of(&header)),
             plaintext: bare,
             created_ms: now,
             last_sent_ms: now,
@@ -475,6 +476,7 @@ impl Agent {
         let dids: Vec<String> = self.peers.keys().cloned().collect();
         for did in dids {
             let mut frames_out = Vec::new();
+            let mut frameless = Vec::new();
             let mut changed = false;
             if let Some(p) = self.peers.get_mut(&did) {
                 if everything {
@@ -490,8 +492,22 @@ impl Agent {
                     now.saturating_sub(o.created_ms) < crate::mesh::session::SEEN_TTL_MS
                 });
                 changed |= p.outbox.len() != before;
+                let due = |o: &OutEntry| {
+                    everything || now.saturating_sub(o.last_sent_ms) >= RESEND_AFTER_MS
+                };
+                // Entries whose frame was not stored (large ones, after a
+                // restart) are sealed again below, if the session can send.
+                if p.can_send() && p.outbox.iter().any(|o| o.frame.is_empty() && due(o)) {
+                    let (bare, kept): (Vec<OutEntry>, Vec<OutEntry>) =
+                        std::mem::take(&mut p.outbox)
+                            .into_iter()
+                            .partition(|o| o.frame.is_empty() && due(o));
+                    p.outbox = kept;
+                    frameless = bare;
+                    changed = true;
+                }
                 for o in p.outbox.iter_mut() {
-                    if everything || now.saturating_sub(o.last_sent_ms) >= RESEND_AFTER_MS {
+                    if !o.frame.is_empty() && due(o) {
                         o.last_sent_ms = now;
                         o.attempts += 1;
                         frames_out.push(o.frame.clone());
@@ -499,6 +515,9 @@ impl Agent {
                     }
                 }
                 changed |= p.hand_over_unreceipted();
+            }
+            if !frameless.is_empty() {
+                self.reseal(cx, &did, std::mem::take(&mut frameless), &mut frames_out);
             }
             if changed {
                 self.save_peer(cx, &did);

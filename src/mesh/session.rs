@@ -40,8 +40,20 @@ pub fn opening_id(identity_key: &[u8; 32], ephemeral_key: &[u8; 32]) -> String {
 pub struct OutEntry {
     pub seq: u64,
     pub frame_id: String,
-    /// The frame as sent; re-sent verbatim until the session changes.
+    /// The frame as sent; re-sent verbatim until the session changes. A
+    /// large one (over FRAME_STORED_MAX, the chunks of a file) is kept in
+    /// memory only: storing it beside the plaintext had the sender seal
+    /// about three times a file's size. After a restart such an entry has
+    /// no frame and is sealed again from its plaintext, under the current
+    /// session and with its sequence number, as after a session change (the
+    /// peer drops a copy it already has by that number).
+    #[serde(default, skip_serializing_if = "frame_left_out")]
     pub frame: String,
+    /// Where in our sending chain the frame went (its header's `dh` and
+    /// `n`), so a restart steps the chain past it even when the frame itself
+    /// was not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_under: Option<SentUnder>,
     /// Plaintext, sealed with the record, to re-encrypt under a new session.
     #[serde(with = "b64bytes")]
     pub plaintext: Vec<u8>,
@@ -55,6 +67,30 @@ pub struct OutEntry {
     /// The caller's idempotency key, if it gave one.
     #[serde(default)]
     pub key: Option<String>,
+}
+
+/// Frames longer than this are not stored with their outbox entry.
+pub const FRAME_STORED_MAX: usize = 64 * 1024;
+
+fn frame_left_out(frame: &str) -> bool {
+    frame.is_empty() || frame.len() > FRAME_STORED_MAX
+}
+
+/// A sent frame's place in the sending chain.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SentUnder {
+    #[serde(with = "b64bytes")]
+    pub dh: Vec<u8>,
+    pub n: u32,
+}
+
+impl SentUnder {
+    pub fn of(header: &Header) -> Self {
+        SentUnder {
+            dh: header.dh.to_vec(),
+            n: header.n,
+        }
+    }
 }
 
 impl Drop for OutEntry {
