@@ -836,14 +836,7 @@ fn a_large_message_sent_before_a_restart_arrives_once_without_its_frame_stored()
     let big = "x".repeat(100 * 1024);
     assert!(w.send(a, b, &big).is_some());
     w.run_for(200);
-    let prefix = format!("outbox/{bd}/");
-    let keys: Vec<String> = w.agents[a]
-        .host
-        .storage
-        .keys()
-        .filter(|k| k.starts_with(&prefix))
-        .cloned()
-        .collect();
+    let keys = w.outbox_keys(a, &bd);
     assert_eq!(keys.len(), 1, "{keys:?}");
     let rec = w.persisted(a, &keys[0]).unwrap();
     assert!(rec.get("frame").is_none(), "the large frame was stored");

@@ -1520,7 +1520,18 @@ impl World {
         v
     }
 
-    /// Message contents in agent `i`'s persisted outbox towards `peer`.
+    /// The keys of agent `i`'s stored outbox entries for `peer`.
+    pub fn outbox_keys(&self, i: usize, peer: &str) -> Vec<String> {
+        let prefix = format!("outbox/{peer}/");
+        self.agents[i]
+            .host
+            .storage
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect()
+    }
+
     /// Contents of the messages in agent `i`'s outbox for `peer`: the
     /// per-entry records `outbox/<peer>/<frame id>` (and the session
     /// record's own list, which only records from older builds use).
@@ -1530,14 +1541,7 @@ impl World {
             let v: Value = serde_json::from_slice(&pt).ok()?;
             v["content"].as_str().map(str::to_string)
         };
-        let prefix = format!("outbox/{peer}/");
-        let keys: Vec<String> = self.agents[i]
-            .host
-            .storage
-            .keys()
-            .filter(|k| k.starts_with(&prefix))
-            .cloned()
-            .collect();
+        let keys = self.outbox_keys(i, peer);
         let mut out: Vec<String> = keys
             .iter()
             .filter_map(|k| self.persisted(i, k))
