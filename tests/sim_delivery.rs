@@ -783,9 +783,9 @@ fn taking_a_receipt_sends_nothing_at_once() {
     assert_eq!(acks_since(&w, t0), 1, "the ack goes after ACK_DELAY_MS");
 }
 
-/// A reply sent while a receipt is due carries the receipt in its own batch
-/// (one commit), instead of the receipt going RECEIPT_DELAY_MS later in a
-/// batch (and a commit) of its own.
+/// A reply sent while a receipt is due carries the receipt inside it (the
+/// peer's envelopes say it reads nested receipts): one frame, one commit,
+/// instead of a receipt of its own RECEIPT_DELAY_MS later.
 #[test]
 fn a_receipt_due_leaves_with_the_next_message_to_that_peer() {
     let (mut w, ids) = world_with(33, &["alice", "bob"]);
@@ -805,10 +805,10 @@ fn a_receipt_due_leaves_with_the_next_message_to_that_peer() {
         .filter(|(at, t)| *at > t0 && t.contains("\"type\":\"message\"") && t.contains(&ad))
         .map(|(at, _)| *at)
         .collect();
-    assert_eq!(sent.len(), 2, "the reply and one receipt: {sent:?}");
     assert_eq!(
-        sent[0], sent[1],
-        "the receipt left with the reply, not later"
+        sent.len(),
+        1,
+        "the reply alone, the receipt inside it: {sent:?}"
     );
     assert_eq!(
         w.outbox_contents(a, &bd),
@@ -861,4 +861,142 @@ fn a_large_message_sent_before_a_restart_arrives_once_without_its_frame_stored()
     assert!(w.send(a, b, "after").is_some());
     w.run_for(2_000);
     assert_eq!(w.read_texts(b), ["after"]);
+}
+
+/// A peer before 0.2 (its envelopes list no `caps`) reads only receipts of
+/// their own: a reply to it while a receipt is due carries none, and the
+/// receipt goes as a `kars_receipt`. Scripted from the relay's side with
+/// the crate's own X3DH and ratchet, speaking exactly what 0.1.0 sent: a
+/// KNOCK, then data messages whose envelope has `seq` and `epoch` only.
+#[test]
+fn a_peer_before_nested_receipts_gets_receipts_of_their_own() {
+    use kars_mesh::crypto::identity::Identity;
+    use kars_mesh::crypto::ratchet::{channel_ad, Ratchet};
+    use kars_mesh::crypto::x3dh;
+    use kars_mesh::entropy::SeededEntropy;
+    use kars_mesh::wire::{frames, registry as wreg, time};
+    use serde_json::Value;
+
+    let (mut w, ids) = world_with(35, &["bob"]);
+    let b = ids[0];
+    (w.faults.latency_min_ms, w.faults.latency_max_ms) = (5, 5);
+    let bd = w.did(b);
+    let old = Identity::from_seed(&[0x42; 32]);
+    let od = old.did().to_string();
+    // Registered with prekeys, as any agent is: bob checks a KNOCK's
+    // identity against the registry.
+    {
+        use kars_mesh::toolkit::Toolkit;
+        let mut tk = Toolkit::default();
+        let h = tk.identity_import(&[0x42; 32]).unwrap();
+        let ts = time::format_millis(w.now);
+        let reg = tk.registration_body(h, &ts, &[]).unwrap();
+        let (st, _) = w
+            .registry
+            .handle("POST", "/v1/agents", &[], Some(reg.as_bytes()), w.now);
+        assert!(st < 300, "register: {st}");
+        let pk = tk
+            .prekeys_generate(h, 4, &mut SeededEntropy::new(36))
+            .unwrap();
+        let auth = tk.authorization_header(h, &ts).unwrap();
+        let (st, body) = w.registry.handle(
+            "PUT",
+            &format!("/v1/agents/{od}/prekeys"),
+            &[("Authorization".to_string(), auth)],
+            Some(pk.as_bytes()),
+            w.now,
+        );
+        assert!(st < 300, "prekeys: {st} {}", String::from_utf8_lossy(&body));
+    }
+    let (_, bundle) =
+        w.registry
+            .handle("GET", &format!("/v1/agents/{bd}/prekeys"), &[], None, w.now);
+    let bundle = wreg::parse_bundle(std::str::from_utf8(&bundle).unwrap()).unwrap();
+    let mut rng = SeededEntropy::new(35);
+    let (agreement, est) = x3dh::initiate(&old, &bundle, &mut rng).unwrap();
+    let adata = channel_ad(&od, &bd, &agreement.associated_data);
+    let mut r = Ratchet::new_initiator(
+        &agreement.shared_secret,
+        &bundle.signed_prekey,
+        adata,
+        &mut rng,
+    )
+    .unwrap();
+    let ts = time::format_millis(w.now);
+    let est_v: Value = serde_json::from_str(&frames::establishment_json(&est)).unwrap();
+    let knock = json!({"v":1,"type":"knock","from":od,"to":bd,"id":frames::uuid_v4(&mut rng),
+        "ts":ts,"intent":{"action":"establish_session"},"establishment":est_v});
+    let message = |r: &mut Ratchet, rng: &mut SeededEntropy, seq: u64, text: &str| {
+        let body = json!({"type":"message","content":text,"kars":{"seq":seq,"epoch":77}});
+        let (h, ct) = r.encrypt(body.to_string().as_bytes(), rng).unwrap();
+        frames::message_frame(&od, &bd, &frames::uuid_v4(rng), &ts, &h, &ct)
+    };
+    let raw = w.raw_connect([0x42; 32]);
+    w.raw_send(raw, &knock.to_string());
+    w.run_for(100);
+    let first = message(&mut r, &mut rng, 0, "hello from 0.1");
+    w.raw_send(raw, &first);
+    w.run_for(12); // at bob (two 5 ms hops), his receipt due in 25 ms
+    let reply = w.call(
+        b,
+        "mesh_send",
+        json!({"to": od, "message": "hi, old friend"}),
+    );
+    assert!(reply.is_some());
+    w.run_for(1_000);
+    let logs: Vec<String> = w.agents[b]
+        .host
+        .logs
+        .iter()
+        .map(|(_, _, l)| l.clone())
+        .collect();
+    assert_eq!(w.read_texts(b), ["hello from 0.1"], "{logs:#?}");
+    // What reached the old peer, decrypted as it would.
+    let mut payloads = Vec::new();
+    for text in w.raws[raw].received.clone() {
+        let Ok(m) = frames::parse_message_frame(&text) else {
+            continue;
+        };
+        let pt = r.decrypt(&m.header, &m.ciphertext, &mut rng).unwrap();
+        payloads.push(serde_json::from_slice::<Value>(&pt).unwrap());
+    }
+    let data: Vec<&Value> = payloads.iter().filter(|p| p["type"] == "message").collect();
+    let receipts: Vec<&Value> = payloads
+        .iter()
+        .filter(|p| p["type"] == "kars_receipt")
+        .collect();
+    assert_eq!(data.len(), 1, "{payloads:?}");
+    assert_eq!(data[0]["content"], "hi, old friend");
+    assert!(
+        data[0]["kars"].get("ack").is_none(),
+        "no receipt nested for a peer that does not read them: {}",
+        data[0]
+    );
+    assert_eq!(receipts.len(), 1, "{payloads:?}");
+    assert_eq!(receipts[0]["kars"]["upto"], 1);
+    assert_eq!(receipts[0]["kars"]["epoch"], 77);
+    // Once its envelopes list `ack` (it moved to 0.2), receipts ride along.
+    let newer = {
+        let body = json!({"type":"message","content":"upgraded","kars":{"seq":1,"epoch":77,"caps":["ack"]}});
+        let (h, ct) = r.encrypt(body.to_string().as_bytes(), &mut rng).unwrap();
+        frames::message_frame(&od, &bd, &frames::uuid_v4(&mut rng), &ts, &h, &ct)
+    };
+    let seen_before = w.raws[raw].received.len();
+    w.raw_send(raw, &newer);
+    w.run_for(12);
+    assert!(w
+        .call(b, "mesh_send", json!({"to": od, "message": "welcome"}))
+        .is_some());
+    w.run_for(1_000);
+    let mut later = Vec::new();
+    for text in &w.raws[raw].received[seen_before..] {
+        let Ok(m) = frames::parse_message_frame(text) else {
+            continue;
+        };
+        let pt = r.decrypt(&m.header, &m.ciphertext, &mut rng).unwrap();
+        later.push(serde_json::from_slice::<Value>(&pt).unwrap());
+    }
+    assert_eq!(later.len(), 1, "{later:?}");
+    assert_eq!(later[0]["content"], "welcome");
+    assert_eq!(later[0]["kars"]["ack"]["upto"], 2, "{}", later[0]);
 }

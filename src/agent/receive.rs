@@ -591,8 +591,23 @@ impl Agent {
         how: Decrypted,
     ) {
         let now = cx.now();
+        self.apply_receipts(from, r);
         let Some(peer) = self.peers.get_mut(from) else {
             return;
+        };
+        peer.mark_seen(id, now, None);
+        self.save_peer(cx, from);
+        self.ack_later(cx, id);
+        self.after_decrypt(cx, from, how);
+        self.pump_outgoing(cx);
+    }
+
+    /// The listed sequence numbers, and everything below `upto`, leave the
+    /// outbox (in memory; the caller saves the peer); files on their way to
+    /// `from` count them. Whether any left.
+    fn apply_receipts(&mut self, from: &str, r: &Receipts) -> bool {
+        let Some(peer) = self.peers.get_mut(from) else {
+            return false;
         };
         let mut receipted = Vec::new();
         if r.epoch.is_none_or(|e| e == peer.out_epoch) {
@@ -604,13 +619,8 @@ impl Agent {
                 keep
             });
         }
-        // Files on their way to `from` count what it receipted.
         self.pacer.receipted(from, &receipted);
-        peer.mark_seen(id, now, None);
-        self.save_peer(cx, from);
-        self.ack_later(cx, id);
-        self.after_decrypt(cx, from, how);
-        self.pump_outgoing(cx);
+        !receipted.is_empty()
     }
 
     /// The sender starts a new numbering (first contact, or it lost its
@@ -649,14 +659,27 @@ impl Agent {
             envelope,
             how,
         } = opened;
-        let (seq, epoch) = match envelope {
-            Some(Envelope::Data { seq, epoch }) => (seq, epoch),
+        let (seq, epoch, ack) = match envelope {
+            Some(Envelope::Data {
+                seq,
+                epoch,
+                ack,
+                reads_ack,
+            }) => {
+                if let Some(p) = self.peers.get_mut(from) {
+                    p.reads_ack = reads_ack;
+                }
+                (seq, epoch, ack)
+            }
             // Receipts never get here (`on_message` takes them).
-            _ => (None, None),
+            _ => (None, None, None),
         };
         if let Some(e) = epoch {
             self.follow_numbering(cx, from, e);
         }
+        // Authenticated and idempotent: taken from a duplicate or a held
+        // message too.
+        let receipted = ack.is_some_and(|r| self.apply_receipts(from, &r));
         let now = cx.now();
         let Some(peer) = self.peers.get_mut(from) else {
             return;
@@ -708,6 +731,10 @@ impl Agent {
         }
         self.after_decrypt(cx, from, how);
         self.wake_waiters(cx);
+        if receipted {
+            // Room in the window: the next parts of a transfer may go.
+            self.pump_outgoing(cx);
+        }
     }
 
     fn count_received(&mut self, cx: &mut Cx<'_>) {

@@ -280,12 +280,15 @@ impl Agent {
         }
         let seq = keep_seq.unwrap_or(peer.out_seq);
         let bare = serde_json::to_vec(&payload).unwrap_or_default();
+        // Receipts due to a peer that reads them nested ride in this
+        // message; they leave the queue only once it is sealed.
+        let ack = (kars && peer.reads_ack)
+            .then(|| self.receipts_due.get(to))
+            .flatten()
+            .map(|seqs| receipts_for(peer, seqs));
+        let nested_ack = ack.is_some();
         if kars {
-            Sequence {
-                seq,
-                epoch: peer.out_epoch,
-            }
-            .put_into(&mut payload);
+            Sequence::new(seq, peer.out_epoch, ack).put_into(&mut payload);
         }
         let plain = serde_json::to_vec(&payload).unwrap_or_default();
         if plain.len() > MAX_PAYLOAD_BYTES {
@@ -319,11 +322,15 @@ impl Agent {
             needs_receipt: kars,
             key,
         });
+        let new_session = peer.knock_sent.is_some();
         self.stats.sent += 1;
+        if nested_ack {
+            self.receipts_due.remove(to);
+        }
         Ok(Sealed {
             frame_id: fid,
             frame,
-            new_session: peer.knock_sent.is_some(),
+            new_session,
         })
     }
 
@@ -411,17 +418,7 @@ impl Agent {
         let ts = Self::timestamp(cx);
         let me = self.id.did().to_string();
         let peer = self.peers.get_mut(to)?;
-        // Explicit numbers only for those above the cumulative mark (held).
-        let explicit: Vec<u64> = seqs
-            .iter()
-            .copied()
-            .filter(|s| *s >= peer.in_next)
-            .collect();
-        let receipts = Receipts {
-            receipt: explicit,
-            upto: peer.in_next,
-            epoch: peer.in_epoch,
-        };
+        let receipts = receipts_for(peer, seqs);
         let r = peer.active.as_mut().filter(|r| r.can_send())?;
         let body = DeliveryMsg::from(ReceiptMsg::new(receipts)).to_text();
         let (header, ct) = r.encrypt(body.as_bytes(), cx.host).ok()?;
@@ -529,5 +526,20 @@ impl Agent {
                 self.send_frame(cx, f);
             }
         }
+    }
+}
+
+/// Receipts for `seqs` from `peer` plus everything below `in_next`, so a
+/// lost receipt never pins the sender's outbox. Explicit numbers only for
+/// those above the cumulative mark (held back).
+fn receipts_for(peer: &Peer, seqs: &[u64]) -> Receipts {
+    Receipts {
+        receipt: seqs
+            .iter()
+            .copied()
+            .filter(|s| *s >= peer.in_next)
+            .collect(),
+        upto: peer.in_next,
+        epoch: peer.in_epoch,
     }
 }

@@ -128,8 +128,12 @@ struct PeerRecord {
     in_next: u64,
     #[serde(default)]
     outbox: Vec<OutEntry>,
-    #[serde(default)]
-    seen: Vec<SeenMark>,
+    /// Records written before the marks were packed (`seen_marks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    seen: Vec<LegacySeenMark>,
+    /// The marks packed: [`SeenMark::PACKED`] bytes each, base64.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    seen_marks: String,
     #[serde(default)]
     knock_sent: Option<String>,
     #[serde(default)]
@@ -150,15 +154,88 @@ struct PeerRecord {
     glare_lost: Vec<String>,
     #[serde(default)]
     legacy_kdf: bool,
+    #[serde(default)]
+    reads_ack: bool,
 }
 
-/// A consumed relay frame: its id, when, and the sender's sequence number.
+/// A consumed relay frame as records before 0.2 kept it: its id in full.
 #[derive(Serialize, Deserialize, Clone, Debug)]
-pub struct SeenMark {
-    pub id: String,
-    pub at: u64,
+struct LegacySeenMark {
+    id: String,
+    at: u64,
     #[serde(default)]
+    seq: Option<u64>,
+}
+
+/// A consumed relay frame: a digest of its id, when, and the sender's
+/// sequence number. The peer record is rewritten with every message, and
+/// 64 marks with full ids and JSON field names were about 5.4 KB of a
+/// 7 KB record, sealed six times per round trip; packed they are 1.4 KB.
+/// Eight bytes of SHA-256 make a false match among 64 marks a 2^-58
+/// chance, and only the peer itself chooses its frame ids, so only it
+/// could lose a message to a made-up collision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenMark {
+    pub digest: [u8; 8],
+    /// Milliseconds; kept to the second.
+    pub at: u64,
     pub seq: Option<u64>,
+}
+
+impl SeenMark {
+    /// Packed size: digest, seconds (u32), sequence number (u32, with
+    /// `u32::MAX` for none; a larger one is kept as none, which only costs
+    /// a duplicate's repeated receipt: the peer's next receipt covers it).
+    pub const PACKED: usize = 16;
+
+    pub fn digest_of(frame_id: &str) -> [u8; 8] {
+        let h = crate::crypto::kdf::sha256(frame_id.as_bytes());
+        let mut d = [0u8; 8];
+        d.copy_from_slice(&h[..8]);
+        d
+    }
+
+    fn pack_all(marks: &[SeenMark]) -> String {
+        if marks.is_empty() {
+            return String::new();
+        }
+        let mut b = Vec::with_capacity(marks.len() * Self::PACKED);
+        for m in marks {
+            b.extend_from_slice(&m.digest);
+            let secs = u32::try_from(m.at / 1000).unwrap_or(u32::MAX);
+            b.extend_from_slice(&secs.to_be_bytes());
+            let seq = m
+                .seq
+                .and_then(|s| u32::try_from(s).ok())
+                .filter(|&s| s != u32::MAX)
+                .unwrap_or(u32::MAX);
+            b.extend_from_slice(&seq.to_be_bytes());
+        }
+        crate::wire::b64::encode_std(&b)
+    }
+
+    fn unpack_all(s: &str) -> Result<Vec<SeenMark>, RatchetError> {
+        if s.is_empty() {
+            return Ok(Vec::new());
+        }
+        let b = crate::wire::b64::decode(s).map_err(|_| RatchetError::Snapshot("seen marks"))?;
+        if b.len() % Self::PACKED != 0 {
+            return Err(RatchetError::Snapshot("seen marks"));
+        }
+        Ok(b.chunks_exact(Self::PACKED)
+            .map(|c| {
+                let mut digest = [0u8; 8];
+                digest.copy_from_slice(&c[..8]);
+                let secs = u32::from_be_bytes([c[8], c[9], c[10], c[11]]);
+                let seq = u32::from_be_bytes([c[12], c[13], c[14], c[15]]);
+                SeenMark {
+                    digest,
+                    at: u64::from(secs) * 1000,
+                    seq: (seq != u32::MAX).then_some(u64::from(seq)),
+                }
+            })
+            .collect())
+    }
 }
 
 pub struct Candidate {
@@ -222,6 +299,10 @@ pub struct Peer {
     /// The peer derives X3DH secrets with the npm SDK 4.0.0's legacy KDF
     /// (learned from a session it opened): our KNOCKs to it use it too.
     pub legacy_kdf: bool,
+    /// The peer's latest data envelope listed `CAP_NESTED_ACK`: receipts
+    /// to it ride in our data messages. Follows every envelope, so a peer
+    /// moved back to an older version gets receipts of their own again.
+    pub reads_ack: bool,
 }
 
 impl std::fmt::Debug for Peer {
@@ -258,6 +339,7 @@ impl Peer {
             used_openings: Vec::new(),
             glare_lost: Vec::new(),
             legacy_kdf: false,
+            reads_ack: false,
         }
     }
 
@@ -287,7 +369,8 @@ impl Peer {
             // Entries live in their own records; this field only reads
             // records written before that.
             outbox: Vec::new(),
-            seen: self.seen.clone(),
+            seen: Vec::new(),
+            seen_marks: SeenMark::pack_all(&self.seen),
             knock_sent: self.knock_sent.clone(),
             pending_knock: self.pending_knock.clone(),
             confirmed: self.confirmed,
@@ -298,6 +381,7 @@ impl Peer {
             used_openings: self.used_openings.clone(),
             glare_lost: self.glare_lost.clone(),
             legacy_kdf: self.legacy_kdf,
+            reads_ack: self.reads_ack,
         };
         let out = Zeroizing::new(serde_json::to_vec(&rec).unwrap_or_default());
         let mut rec = rec;
@@ -326,6 +410,19 @@ impl Peer {
                 legacy_kdf: c.legacy_kdf,
             });
         }
+        let mut seen: Vec<SeenMark> = rec
+            .seen
+            .iter()
+            .map(|m| SeenMark {
+                digest: SeenMark::digest_of(&m.id),
+                at: m.at,
+                seq: m.seq,
+            })
+            .collect();
+        // Best-effort marks: a damaged set (sealed records cannot be
+        // damaged unnoticed, so only a bug of ours) costs the window, not
+        // the session.
+        seen.extend(SeenMark::unpack_all(&rec.seen_marks).unwrap_or_default());
         Ok(Peer {
             did: rec.did.clone(),
             active,
@@ -335,7 +432,7 @@ impl Peer {
             out_seq: rec.out_seq,
             in_next: rec.in_next,
             outbox: rec.outbox.clone(),
-            seen: rec.seen.clone(),
+            seen,
             knock_sent: rec.knock_sent.clone(),
             pending_knock: rec.pending_knock.clone(),
             confirmed: rec.confirmed,
@@ -350,6 +447,7 @@ impl Peer {
             used_openings: rec.used_openings.clone(),
             glare_lost: rec.glare_lost.clone(),
             legacy_kdf: rec.legacy_kdf,
+            reads_ack: rec.reads_ack,
         })
     }
 
@@ -410,19 +508,21 @@ impl Peer {
     }
 
     pub fn has_seen(&self, frame_id: &str) -> bool {
-        self.seen.iter().any(|m| m.id == frame_id)
+        let d = SeenMark::digest_of(frame_id);
+        self.seen.iter().any(|m| m.digest == d)
     }
 
     /// `Some(seq)` when the frame was consumed before.
     pub fn seen_seq(&self, frame_id: &str) -> Option<Option<u64>> {
-        self.seen.iter().find(|m| m.id == frame_id).map(|m| m.seq)
+        let d = SeenMark::digest_of(frame_id);
+        self.seen.iter().find(|m| m.digest == d).map(|m| m.seq)
     }
 
     pub fn mark_seen(&mut self, frame_id: &str, now_ms: u64, seq: Option<u64>) {
         self.seen
             .retain(|m| now_ms.saturating_sub(m.at) < SEEN_TTL_MS);
         self.seen.push(SeenMark {
-            id: frame_id.to_string(),
+            digest: SeenMark::digest_of(frame_id),
             at: now_ms,
             seq,
         });
@@ -521,5 +621,85 @@ impl Peer {
         } else {
             self.in_epoch == Some(epoch)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_id(i: u64) -> String {
+        format!("5f0c2a7e-9b1d-4c3e-8a6f-{i:012x}")
+    }
+
+    #[test]
+    fn seen_marks_survive_the_record_and_stay_small() {
+        let mut p = Peer::new("did:mesh:abc");
+        let t0 = 1_790_000_000_123;
+        for i in 0..(SEEN_MAX as u64 + 10) {
+            let seq = (i % 3 != 0).then_some(i);
+            p.mark_seen(&frame_id(i), t0 + i, seq);
+        }
+        let bytes = p.to_bytes();
+        let back = Peer::from_bytes(&bytes).expect("own record reads back");
+        assert_eq!(back.seen.len(), SEEN_MAX);
+        // The oldest ten left the window; the rest answer as before.
+        assert!(!back.has_seen(&frame_id(9)));
+        for i in 10..(SEEN_MAX as u64 + 10) {
+            let want = (i % 3 != 0).then_some(i);
+            assert_eq!(back.seen_seq(&frame_id(i)), Some(want), "mark {i}");
+        }
+        assert_eq!(back.seen_seq("some-other-frame"), None);
+        // Packed: 16 bytes a mark (base64: 22), not ~85 of JSON.
+        assert!(
+            bytes.len() < 300 + SEEN_MAX * 22,
+            "peer record with {SEEN_MAX} marks is {} bytes",
+            bytes.len()
+        );
+    }
+
+    #[test]
+    fn a_sequence_number_past_u32_is_kept_as_none() {
+        let mut p = Peer::new("did:mesh:abc");
+        p.mark_seen("a", 1000, Some(u64::from(u32::MAX)));
+        p.mark_seen("b", 1000, Some(u64::from(u32::MAX) + 7));
+        p.mark_seen("c", 1000, Some(u64::from(u32::MAX) - 1));
+        let back = Peer::from_bytes(&p.to_bytes()).expect("reads back");
+        assert_eq!(back.seen_seq("a"), Some(None));
+        assert_eq!(back.seen_seq("b"), Some(None));
+        assert_eq!(back.seen_seq("c"), Some(Some(u64::from(u32::MAX) - 1)));
+    }
+
+    #[test]
+    fn a_record_written_with_full_frame_ids_still_reads() {
+        // The shape 0.1.0 wrote: each mark with its id in full.
+        let old = serde_json::json!({
+            "did": "did:mesh:abc",
+            "seen": [
+                {"id": frame_id(1), "at": 1_790_000_000_000u64, "seq": 4},
+                {"id": frame_id(2), "at": 1_790_000_001_000u64},
+            ],
+        });
+        let p = Peer::from_bytes(old.to_string().as_bytes()).expect("old record reads");
+        assert_eq!(p.seen_seq(&frame_id(1)), Some(Some(4)));
+        assert_eq!(p.seen_seq(&frame_id(2)), Some(None));
+        assert!(!p.has_seen(&frame_id(3)));
+        // Written back packed, with the same answers.
+        let again = Peer::from_bytes(&p.to_bytes()).expect("reads back");
+        let v: serde_json::Value = serde_json::from_slice(&p.to_bytes()).expect("json");
+        assert!(v.get("seen").is_none(), "no full ids written: {v}");
+        assert_eq!(again.seen_seq(&frame_id(1)), Some(Some(4)));
+    }
+
+    #[test]
+    fn damaged_packed_marks_cost_the_marks_not_the_session() {
+        let mut p = Peer::new("did:mesh:abc");
+        p.out_seq = 7;
+        p.mark_seen("a", 1000, Some(1));
+        let mut v: serde_json::Value = serde_json::from_slice(&p.to_bytes()).expect("json");
+        v["seen_marks"] = serde_json::json!("AAAA");
+        let back = Peer::from_bytes(v.to_string().as_bytes()).expect("the session still reads");
+        assert_eq!(back.out_seq, 7);
+        assert!(back.seen.is_empty() && !back.has_seen("a"));
     }
 }

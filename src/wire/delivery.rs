@@ -118,19 +118,46 @@ impl Receipts {
     }
 }
 
-/// The envelope of a data message: its place in the sender's numbering.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a data envelope's `caps` lists when its sender reads receipts
+/// nested in the data messages it receives (`ack`). Peers before 0.2 list
+/// nothing and read only receipts of their own (`kars_receipt`).
+pub const CAP_NESTED_ACK: &str = "ack";
+
+/// The envelope of a data message: its place in the sender's numbering,
+/// what its sender can read, and receipts riding along.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sequence {
     pub seq: u64,
     pub epoch: u64,
+    /// What the sender reads ([`CAP_NESTED_ACK`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caps: Vec<String>,
+    /// Receipts for the receiver's messages, in a data message instead of
+    /// a `kars_receipt` of their own: one frame, one decryption and one
+    /// record write fewer on each side of a conversation. Only sent to a
+    /// peer whose own envelopes list [`CAP_NESTED_ACK`]; older peers read
+    /// an envelope with a top-level `receipt`/`upto` as a receipt only,
+    /// and ignore keys they do not know, so they are never sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<Receipts>,
 }
 
 impl Sequence {
+    /// A data envelope from a sender that reads nested receipts.
+    pub fn new(seq: u64, epoch: u64, ack: Option<Receipts>) -> Self {
+        Sequence {
+            seq,
+            epoch,
+            caps: vec![CAP_NESTED_ACK.to_string()],
+            ack,
+        }
+    }
+
     /// Put the envelope into a payload object (anything else goes as it
     /// is: only objects can carry it).
     pub fn put_into(&self, payload: &mut Value) {
         if let Some(o) = payload.as_object_mut() {
-            // Cannot fail: two integers.
+            // Cannot fail: integers, strings and a receipt.
             let env = serde_json::to_value(self).unwrap_or(Value::Null);
             o.insert(ENVELOPE_KEY.into(), env);
         }
@@ -146,6 +173,10 @@ pub enum Envelope {
     Data {
         seq: Option<u64>,
         epoch: Option<u64>,
+        /// Receipts riding along (an `ack` object; anything else is none).
+        ack: Option<Receipts>,
+        /// The sender reads nested receipts.
+        reads_ack: bool,
     },
 }
 
@@ -157,6 +188,10 @@ impl Envelope {
             Envelope::Data {
                 seq: v["seq"].as_u64(),
                 epoch: v["epoch"].as_u64(),
+                ack: v.get("ack").filter(|a| a.is_object()).map(Receipts::read),
+                reads_ack: v["caps"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|x| x.as_str() == Some(CAP_NESTED_ACK))),
             }
         }
     }
@@ -266,20 +301,65 @@ mod tests {
         // src/agent/send.rs, Agent::seal_for_peer.
         let mut expected = payload.clone();
         if let Some(o) = expected.as_object_mut() {
-            o.insert("kars".to_string(), json!({"seq": seq, "epoch": out_epoch}));
+            o.insert(
+                "kars".to_string(),
+                json!({"seq": seq, "epoch": out_epoch, "caps": ["ack"]}),
+            );
         }
-        Sequence {
-            seq,
-            epoch: out_epoch,
-        }
-        .put_into(&mut payload);
+        Sequence::new(seq, out_epoch, None).put_into(&mut payload);
         assert_eq!(payload, expected);
         assert_eq!(
             Envelope::take(&mut payload),
             Some(Envelope::Data {
                 seq: Some(seq),
-                epoch: Some(out_epoch)
+                epoch: Some(out_epoch),
+                ack: None,
+                reads_ack: true,
             })
+        );
+        // Receipts riding in a data message: a data envelope still (no
+        // top-level `receipt`/`upto`, so a peer before 0.2 would deliver
+        // the message and ignore them; it is never sent one).
+        let mut with_ack = json!({"type": "message", "content": "hi"});
+        let ack = Receipts {
+            receipt: vec![9],
+            upto: 5,
+            epoch: Some(42),
+        };
+        Sequence::new(4, out_epoch, Some(ack.clone())).put_into(&mut with_ack);
+        assert_eq!(
+            with_ack["kars"],
+            json!({"seq": 4, "epoch": out_epoch, "caps": ["ack"],
+                   "ack": {"receipt": [9], "upto": 5, "epoch": 42}})
+        );
+        assert_eq!(
+            Envelope::take(&mut with_ack),
+            Some(Envelope::Data {
+                seq: Some(4),
+                epoch: Some(out_epoch),
+                ack: Some(ack),
+                reads_ack: true,
+            })
+        );
+        // What a peer before 0.2 sends: no caps, no ack.
+        assert_eq!(
+            Envelope::read(&json!({"seq": 2, "epoch": 7})),
+            Envelope::Data {
+                seq: Some(2),
+                epoch: Some(7),
+                ack: None,
+                reads_ack: false,
+            }
+        );
+        // Odd shapes read as none, never as a receipt-only message.
+        assert_eq!(
+            Envelope::read(&json!({"seq": 2, "ack": 5, "caps": "ack"})),
+            Envelope::Data {
+                seq: Some(2),
+                epoch: None,
+                ack: None,
+                reads_ack: false,
+            }
         );
         assert_eq!(payload, json!({"type": "message", "content": "hi"}));
         // src/agent/receive.rs reads leniently: a present `upto` of any
@@ -296,11 +376,13 @@ mod tests {
             Envelope::read(&json!("odd")),
             Envelope::Data {
                 seq: None,
-                epoch: None
+                epoch: None,
+                ack: None,
+                reads_ack: false,
             }
         );
         let mut s = json!("a bare string");
-        Sequence { seq: 1, epoch: 1 }.put_into(&mut s);
+        Sequence::new(1, 1, None).put_into(&mut s);
         assert_eq!(Envelope::take(&mut s), None);
     }
 }
