@@ -863,7 +863,7 @@ fn a_large_message_sent_before_a_restart_arrives_once_without_its_frame_stored()
     assert_eq!(w.read_texts(b), ["after"]);
 }
 
-/// A peer before 0.2 (its envelopes list no `caps`) reads only receipts of
+/// A 0.1.0 peer (its envelopes list no `caps`) reads only receipts of
 /// their own: a reply to it while a receipt is due carries none, and the
 /// receipt goes as a `kars_receipt`. Scripted from the relay's side with
 /// the crate's own X3DH and ratchet, speaking exactly what 0.1.0 sent: a
@@ -975,7 +975,7 @@ fn a_peer_before_nested_receipts_gets_receipts_of_their_own() {
     assert_eq!(receipts.len(), 1, "{payloads:?}");
     assert_eq!(receipts[0]["kars"]["upto"], 1);
     assert_eq!(receipts[0]["kars"]["epoch"], 77);
-    // Once its envelopes list `ack` (it moved to 0.2), receipts ride along.
+    // Once its envelopes list `ack` (it moved to a newer version), receipts ride along.
     let newer = {
         let body = json!({"type":"message","content":"upgraded","kars":{"seq":1,"epoch":77,"caps":["ack"]}});
         let (h, ct) = r.encrypt(body.to_string().as_bytes(), &mut rng).unwrap();
@@ -999,4 +999,62 @@ fn a_peer_before_nested_receipts_gets_receipts_of_their_own() {
     assert_eq!(later.len(), 1, "{later:?}");
     assert_eq!(later[0]["content"], "welcome");
     assert_eq!(later[0]["kars"]["ack"]["upto"], 2, "{}", later[0]);
+
+    // A copy of its first message sealed again (as 0.1.0 re-sends after a
+    // session change: same `seq`, no `caps`) is a duplicate: it says
+    // nothing about what the peer reads now.
+    let seal = |r: &mut Ratchet, rng: &mut SeededEntropy, body: Value| {
+        let (h, ct) = r.encrypt(body.to_string().as_bytes(), rng).unwrap();
+        frames::message_frame(&od, &bd, &frames::uuid_v4(rng), &ts, &h, &ct)
+    };
+    let read_new = |w: &World, r: &mut Ratchet, rng: &mut SeededEntropy, from: usize| {
+        let mut out = Vec::new();
+        for text in &w.raws[raw].received[from..] {
+            if let Ok(m) = frames::parse_message_frame(text) {
+                let pt = r.decrypt(&m.header, &m.ciphertext, rng).unwrap();
+                out.push(serde_json::from_slice::<Value>(&pt).unwrap());
+            }
+        }
+        out
+    };
+    let fresh = seal(
+        &mut r,
+        &mut rng,
+        json!({"type":"message","content":"still here","kars":{"seq":2,"epoch":77,"caps":["ack"]}}),
+    );
+    let resealed = message(&mut r, &mut rng, 0, "hello from 0.1");
+    let mark = w.raws[raw].received.len();
+    w.raw_send(raw, &fresh);
+    w.raw_send(raw, &resealed);
+    w.run_for(15);
+    assert!(w
+        .call(b, "mesh_send", json!({"to": od, "message": "got it"}))
+        .is_some());
+    w.run_for(1_000);
+    assert_eq!(w.read_texts(b), ["upgraded", "still here"]);
+    let got = read_new(&w, &mut r, &mut rng, mark);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["kars"]["ack"]["upto"], 3, "{}", got[0]);
+
+    // A large reply (a file's part, which the peer's inbox quota may
+    // refuse unread) carries no receipt: the receipt goes on its own.
+    let ping = seal(
+        &mut r,
+        &mut rng,
+        json!({"type":"message","content":"ping","kars":{"seq":3,"epoch":77,"caps":["ack"]}}),
+    );
+    let mark = w.raws[raw].received.len();
+    w.raw_send(raw, &ping);
+    w.run_for(12);
+    let big = "y".repeat(20 * 1024);
+    assert!(w
+        .call(b, "mesh_send", json!({"to": od, "message": big}))
+        .is_some());
+    w.run_for(1_000);
+    let got = read_new(&w, &mut r, &mut rng, mark);
+    assert_eq!(got.len(), 2, "the large reply and a receipt: {got:?}");
+    assert_eq!(got[0]["type"], "message");
+    assert!(got[0]["kars"].get("ack").is_none(), "{}", got[0]["kars"]);
+    assert_eq!(got[1]["type"], "kars_receipt");
+    assert_eq!(got[1]["kars"]["upto"], 4);
 }

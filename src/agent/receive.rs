@@ -659,20 +659,15 @@ impl Agent {
             envelope,
             how,
         } = opened;
-        let (seq, epoch, ack) = match envelope {
+        let (seq, epoch, ack, reads_ack) = match envelope {
             Some(Envelope::Data {
                 seq,
                 epoch,
                 ack,
                 reads_ack,
-            }) => {
-                if let Some(p) = self.peers.get_mut(from) {
-                    p.reads_ack = reads_ack;
-                }
-                (seq, epoch, ack)
-            }
+            }) => (seq, epoch, ack, Some(reads_ack)),
             // Receipts never get here (`on_message` takes them).
-            _ => (None, None, None),
+            _ => (None, None, None, None),
         };
         if let Some(e) = epoch {
             self.follow_numbering(cx, from, e);
@@ -688,6 +683,12 @@ impl Agent {
         let duplicate = seq.is_some_and(|s| s < peer.in_next || self.inbox.has_seq(from, epoch, s))
             || self.inbox.contains(from, id);
         let held = !duplicate && seq.is_some_and(|s| s > peer.in_next);
+        // What the peer reads follows its newest messages only: a copy of
+        // an old one (a late frame, a verbatim re-send) may come from a
+        // version it has since left.
+        if let (Some(r), false) = (reads_ack, duplicate) {
+            peer.reads_ack = r;
+        }
         // A copy we already delivered still moves the expected number on (a
         // crash may have lost the record that did so the first time). A copy
         // of one we hold back does not: the messages before it are still

@@ -281,8 +281,11 @@ impl Agent {
         let seq = keep_seq.unwrap_or(peer.out_seq);
         let bare = serde_json::to_vec(&payload).unwrap_or_default();
         // Receipts due to a peer that reads them nested ride in this
-        // message; they leave the queue only once it is sealed.
-        let ack = (kars && peer.reads_ack)
+        // message; they leave the queue only once it is sealed. Only in a
+        // small one: a large one (a file's part) may be refused unread by
+        // the peer's inbox quota, where a receipt of its own gets through,
+        // and must not cross the payload limit for a receipt's sake.
+        let ack = (kars && peer.reads_ack && bare.len() <= NESTED_ACK_MAX_BYTES)
             .then(|| self.receipts_due.get(to))
             .flatten()
             .map(|seqs| receipts_for(peer, seqs));
@@ -528,6 +531,9 @@ impl Agent {
         }
     }
 }
+
+/// Largest message that carries receipts nested (see `seal_for_peer`).
+const NESTED_ACK_MAX_BYTES: usize = 16 * 1024;
 
 /// Receipts for `seqs` from `peer` plus everything below `in_next`, so a
 /// lost receipt never pins the sender's outbox. Explicit numbers only for

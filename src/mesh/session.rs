@@ -158,7 +158,7 @@ struct PeerRecord {
     reads_ack: bool,
 }
 
-/// A consumed relay frame as records before 0.2 kept it: its id in full.
+/// A consumed relay frame as 0.1.0 records kept it: its id in full.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct LegacySeenMark {
     id: String,

@@ -119,7 +119,7 @@ impl Receipts {
 }
 
 /// What a data envelope's `caps` lists when its sender reads receipts
-/// nested in the data messages it receives (`ack`). Peers before 0.2 list
+/// nested in the data messages it receives (`ack`). 0.1.0 peers list
 /// nothing and read only receipts of their own (`kars_receipt`).
 pub const CAP_NESTED_ACK: &str = "ack";
 
@@ -318,7 +318,7 @@ mod tests {
             })
         );
         // Receipts riding in a data message: a data envelope still (no
-        // top-level `receipt`/`upto`, so a peer before 0.2 would deliver
+        // top-level `receipt`/`upto`, so a 0.1.0 peer would deliver
         // the message and ignore them; it is never sent one).
         let mut with_ack = json!({"type": "message", "content": "hi"});
         let ack = Receipts {
@@ -341,7 +341,7 @@ mod tests {
                 reads_ack: true,
             })
         );
-        // What a peer before 0.2 sends: no caps, no ack.
+        // What a 0.1.0 peer sends: no caps, no ack.
         assert_eq!(
             Envelope::read(&json!({"seq": 2, "epoch": 7})),
             Envelope::Data {
