@@ -5,7 +5,7 @@
 
 use crate::crypto::ratchet::{Header, Ratchet, RatchetError};
 use crate::entropy::Entropy;
-use crate::store::b64bytes;
+use crate::store::{b64bytes, text_or_b64};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -55,7 +55,7 @@ pub struct OutEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_under: Option<SentUnder>,
     /// Plaintext, sealed with the record, to re-encrypt under a new session.
-    #[serde(with = "b64bytes")]
+    #[serde(with = "text_or_b64")]
     pub plaintext: Vec<u8>,
     pub created_ms: u64,
     pub last_sent_ms: u64,

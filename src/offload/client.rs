@@ -1676,7 +1676,7 @@ impl OffloadClient {
             name: name.clone(),
             path: path.clone(),
             size: bytes.len() as u64,
-            sha256: transfer::sha256_hex(&bytes),
+            sha256: sha,
         };
         // The file lands before the record that lists it, and both before the ack.
         cx.out.push(Command::FileWrite(path.clone(), bytes));

@@ -1537,7 +1537,12 @@ impl World {
     /// record's own list, which only records from older builds use).
     pub fn outbox_contents(&self, i: usize, peer: &str) -> Vec<String> {
         let content = |e: &Value| -> Option<String> {
-            let pt = b64::decode(e["plaintext"].as_str()?).ok()?;
+            // Text behind `~` (this build), base64 (older builds).
+            let stored = e["plaintext"].as_str()?;
+            let pt = match stored.strip_prefix('~') {
+                Some(text) => text.as_bytes().to_vec(),
+                None => b64::decode(stored).ok()?,
+            };
             let v: Value = serde_json::from_slice(&pt).ok()?;
             v["content"].as_str().map(str::to_string)
         };
