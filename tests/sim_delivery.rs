@@ -500,6 +500,49 @@ fn crash_after_the_inbox_store_does_not_deliver_twice() {
     assert_eq!(got, ["m1"], "m1 must be delivered exactly once");
 }
 
+/// A message delivered live is gone from the relay; if the receiver crashes
+/// before its commit, only the sender's re-send brings it back. That comes
+/// at the oldest unreceipted entry's due time (RESEND_AFTER_MS, 20 s, plus
+/// a second of slack), not at the next relay heartbeat after it (which made
+/// it up to 45 s).
+#[test]
+fn a_message_lost_to_a_receivers_crash_comes_back_about_20_s_later() {
+    let (mut w, ids) = world_with(23, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    w.send(a, b, "m0");
+    w.run_for(3_000);
+    assert_eq!(w.read_texts(b), ["m0"], "setup");
+    w.plan_crash(
+        b,
+        CrashPlan {
+            not_before: 0,
+            on: CrashOn::Frame("message"),
+            // Nothing of the message's handling lands.
+            prefix: Prefix::Exactly(0),
+            restart_after_ms: 1_000,
+        },
+    );
+    w.send(a, b, "m1");
+    w.run_for(19_000);
+    assert!(
+        !w.agents[b].crashes.is_empty() && !w.agents[b].crashes[0].skipped,
+        "bob crashed on m1"
+    );
+    // (Each read marks what it returns: a later one shows only what is new.)
+    assert!(
+        w.read_texts(b).is_empty(),
+        "m1 is lost until alice sends it again"
+    );
+    w.run_for(4_000);
+    assert_eq!(
+        w.read_texts(b),
+        ["m1"],
+        "m1 came back within 23 s of its send"
+    );
+    w.run_for(60_000);
+    assert!(w.read_texts(b).is_empty(), "and only once");
+}
+
 // ----------------------------------------------------------- oracle checks
 
 /// The key-reuse oracle fires when it should: a host that loses writes (its

@@ -336,6 +336,8 @@ const QUOTA_FIX =
 async function quotaNotice() {
   api.quota = true;
   setStatus('stopped', 'Stopped: the browser\'s storage for this console is full');
+  const usageAtStop = await storageUsage();
+  let removedBytes = 0;
   const list = el('ul', { class: 'cards', 'aria-label': 'Files this console keeps in this browser' });
   const render = async () => {
     let files = [];
@@ -352,6 +354,7 @@ async function quotaNotice() {
           el('button', { type: 'button', class: 'secondary', text: 'Remove', 'aria-label': `Remove ${f.path} (${fmtBytes(f.size)})`, onclick: (ev) => busy(ev.currentTarget, async () => {
             try {
               await removeStored(profile, f.store, f.path);
+              removedBytes += f.size;
             } catch (e) {
               ev.target.after(el('span', { class: 'muted', text: ` ❌ ${e.message}` }));
               return;
@@ -365,8 +368,50 @@ async function quotaNotice() {
   notice(
     'The browser\'s storage for this console is full (quota exceeded), so the engine stopped. Nothing of its last step was kept or sent; ' +
       'everything before it is safe, and what peers sent meanwhile comes again once it runs. To go on: ' + QUOTA_FIX + ', then reload.',
-    { extra: list, action: { label: 'Reload', run: () => location.reload() } },
+    {
+      extra: list,
+      action: {
+        label: 'Reload',
+        // At least half of what was removed must show as given back.
+        run: (ev) => reloadWhenFreed(ev.currentTarget, usageAtStop != null && removedBytes > 0 ? usageAtStop - removedBytes / 2 : null),
+      },
+    },
   );
+}
+
+/** The origin's storage use in bytes (navigator.storage.estimate), or null where the browser does not tell. */
+async function storageUsage() {
+  try {
+    const { usage } = await navigator.storage.estimate();
+    return Number.isFinite(usage) ? usage : null;
+  } catch {
+    return null;
+  }
+}
+
+/** How long a reload waits for the browser to give back the space of removed files. */
+const FREE_WAIT_MS = 120_000;
+
+/**
+ * Reload once the browser has given back the space of the removed files.
+ * Chromium frees a deleted IndexedDB blob some time after the delete (about
+ * 30 s here): an engine started before that stops again at its first
+ * larger write (a peer's message coming back), which reads as if removing
+ * files had not helped. So wait (at most FREE_WAIT_MS) until the storage's
+ * use shows the removal, saying so on the button, then reload.
+ */
+async function reloadWhenFreed(button, expectUsage) {
+  if (expectUsage != null) {
+    if (button) button.disabled = true;
+    const deadline = Date.now() + FREE_WAIT_MS;
+    for (;;) {
+      const usage = await storageUsage();
+      if (usage == null || usage <= expectUsage || Date.now() >= deadline) break;
+      if (button) button.textContent = `Waiting for the browser to give back the removed files' space (${fmtBytes(usage)} in use); reloading then`;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+  location.reload();
 }
 
 /** Follow the active offload (each call waits for news: no polling) until it ends. */

@@ -103,6 +103,12 @@ const INBOX_SYNC_MAX_MS: u64 = 10_000;
 /// Relay acks that may wait (`ack_later`): they go before our next frame,
 /// or after ACK_DELAY_MS.
 const T_ACKS: u64 = 11;
+/// The next re-send of what waits for a receipt: set at the oldest entry's
+/// due time (`RESEND_AFTER_MS` after it last went) plus RESEND_SLACK_MS, so
+/// a message lost to a receiver's crash goes again about 20 s after it was
+/// sent, not at the next relay heartbeat after that (up to 45 s).
+const T_RESEND: u64 = 12;
+const RESEND_SLACK_MS: u64 = 1_000;
 const ACK_DELAY_MS: u64 = 200;
 /// Acks held at most; more go out at once.
 const ACKS_DUE_MAX: usize = 512;
@@ -359,6 +365,8 @@ pub struct Agent {
     early: BTreeMap<String, Vec<(String, u64)>>,
     knocks_awaiting_identity: HashMap<String, Vec<String>>,
     receipts_due: BTreeMap<String, Vec<u64>>,
+    /// When T_RESEND is set for (`arm_resend`), if it is.
+    resend_at: Option<u64>,
     /// Relay acks of frames whose loss costs nothing (`ack_later`).
     acks_due: Vec<String>,
     registered: bool,
@@ -466,6 +474,7 @@ impl Agent {
             early: BTreeMap::new(),
             knocks_awaiting_identity: HashMap::new(),
             receipts_due: BTreeMap::new(),
+            resend_at: None,
             acks_due: Vec::new(),
             registered: false,
             register_calls: Vec::new(),
@@ -1087,6 +1096,10 @@ impl Agent {
             T_REREGISTER => self.register(cx),
             T_RECEIPTS => self.flush_receipts(cx),
             T_ACKS => self.flush_acks(cx),
+            T_RESEND => {
+                self.resend_at = None;
+                self.flush_all(cx, false);
+            }
             T_HELD_SENDS => self.release_held_sends(cx),
             T_SYNC => {
                 // The socket stayed open this long without a refusal: the

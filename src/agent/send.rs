@@ -4,10 +4,11 @@
 use super::{
     tools::mesh_send::{self, Sent},
     Agent, Cx, Purpose, Queued, Sealed, MAX_PAYLOAD_BYTES, RECEIPT_DELAY_MS, RESEND_AFTER_MS,
-    T_RECEIPTS,
+    RESEND_SLACK_MS, T_RECEIPTS, T_RESEND,
 };
 use crate::crypto::ratchet::{channel_ad, Ratchet};
 use crate::crypto::x3dh;
+use crate::io::Command;
 use crate::mesh::session::{OutEntry, Peer, SentUnder, OUTBOX_MAX};
 use crate::wire::delivery::{DeliveryMsg, ReceiptMsg, Receipts, Sequence};
 use crate::wire::payload::Family;
@@ -464,6 +465,44 @@ impl Agent {
         let mut frames_out = Vec::new();
         self.reseal(cx, peer_did, stale, &mut frames_out);
         self.commit_and_send(cx, peer_did, frames_out, Vec::new());
+    }
+
+    /// Keep T_RESEND set for the oldest outbox entry's re-send (after every
+    /// event: entries come and go in many places). It is only ever moved
+    /// earlier; one that fires with nothing due yet (the entry was receipted
+    /// meanwhile) finds the next due time here. Without a link nothing goes
+    /// out: the connect sends everything anyway.
+    pub(crate) fn arm_resend(&mut self, cx: &mut Cx<'_>) {
+        if self.link.open_socket().is_none() {
+            return;
+        }
+        let Some(oldest) = self
+            .peers
+            .values()
+            // What `flush_all` can send: a stored frame, or one sealed again
+            // from its plaintext when the session can send.
+            .flat_map(|p| {
+                let can = p.can_send();
+                p.outbox.iter().filter(move |o| can || !o.frame.is_empty())
+            })
+            .map(|o| o.last_sent_ms)
+            .min()
+        else {
+            return;
+        };
+        // Never sooner than the slack from now: an entry that stays due
+        // (its send keeps failing) costs a check a second, not a loop.
+        let at = oldest
+            .saturating_add(RESEND_AFTER_MS)
+            .max(cx.now())
+            .saturating_add(RESEND_SLACK_MS);
+        if self.resend_at.is_none_or(|t| at < t) {
+            self.resend_at = Some(at);
+            cx.out.push(Command::TimerSet {
+                id: T_RESEND,
+                at_ms: at,
+            });
+        }
     }
 
     /// (Re)send what is pending: on a new link everything, on a tick only

@@ -133,8 +133,15 @@ impl Engine {
             (Event::JobReady { id, info }, Some(a)) => a.on_job_ready(&mut cx, id, &info),
             (Event::JobExited(exit), Some(a)) => a.on_job_exited(&mut cx, exit),
             (Event::JobProgress { id, line }, Some(a)) => a.on_job_progress(&mut cx, id, &line),
-            (Event::Stop, Some(a)) => a.on_stop(&mut cx),
+            (Event::Stop, Some(a)) => {
+                a.on_stop(&mut cx);
+                return cx.out;
+            }
             (_, None) => {}
+        }
+        // After every event: outbox entries come and go in many places.
+        if let Some(a) = self.agent.as_mut() {
+            a.arm_resend(&mut cx);
         }
         cx.out
     }
