@@ -57,7 +57,7 @@ const untilPeerHas = (text, ms) => untilNodeHas(peer, text, ms);
 /** Inbox entries of the page whose text includes `text`. */
 const inboxCount = (page, text) => page.evaluate((t) => [...document.querySelectorAll('#inbox-list li')].filter((li) => li.textContent.includes(t)).length, text);
 
-test('storage quota exceeded: picked files that do not fit, then a full storage under a peer\'s messages; a clear message, nothing lost, and the console goes on once space is freed', { skip, timeout: 240_000 }, async (t) => {
+test('storage quota exceeded: picked files that do not fit, then a full storage under a peer\'s messages; a clear message, nothing lost, and the console goes on once space is freed', { skip, timeout: 360_000 }, async (t) => {
   const t0 = Date.now();
   let page = await openConsole(profile.context, `${server.url}?name=quota-console`);
   const did = await didOf(page);

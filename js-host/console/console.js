@@ -334,7 +334,6 @@ const QUOTA_FIX =
  * buttons (the page removes them itself: the engine is stopped), then Reload.
  */
 async function quotaNotice() {
-  api.quota = true;
   setStatus('stopped', 'Stopped: the browser\'s storage for this console is full');
   const usageAtStop = await storageUsage();
   let removedBytes = 0;
@@ -377,15 +376,21 @@ async function quotaNotice() {
       },
     },
   );
+  api.quota = true; // the notice is up (what a test waits for)
 }
 
 /** The origin's storage use in bytes (navigator.storage.estimate), or null where the browser does not tell. */
 async function storageUsage() {
+  let timer;
   try {
-    const { usage } = await navigator.storage.estimate();
+    // An estimate that never comes must not hold the notice or the reload.
+    const timeout = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error('no estimate')), 2000); });
+    const { usage } = await Promise.race([navigator.storage.estimate(), timeout]);
     return Number.isFinite(usage) ? usage : null;
   } catch {
     return null;
+  } finally {
+    clearTimeout(timer);
   }
 }
 

@@ -109,6 +109,10 @@ const T_ACKS: u64 = 11;
 /// sent, not at the next relay heartbeat after that (up to 45 s).
 const T_RESEND: u64 = 12;
 const RESEND_SLACK_MS: u64 = 1_000;
+/// Re-send rounds are at least this far apart: entries sent at different
+/// times to a peer that is away are not each a round (and a commit) of
+/// their own.
+const RESEND_ROUND_MIN_MS: u64 = 5_000;
 const ACK_DELAY_MS: u64 = 200;
 /// Acks held at most; more go out at once.
 const ACKS_DUE_MAX: usize = 512;
@@ -367,6 +371,8 @@ pub struct Agent {
     receipts_due: BTreeMap<String, Vec<u64>>,
     /// When T_RESEND is set for (`arm_resend`), if it is.
     resend_at: Option<u64>,
+    /// When T_RESEND last re-sent something.
+    resend_round_ms: u64,
     /// Relay acks of frames whose loss costs nothing (`ack_later`).
     acks_due: Vec<String>,
     registered: bool,
@@ -475,6 +481,7 @@ impl Agent {
             knocks_awaiting_identity: HashMap::new(),
             receipts_due: BTreeMap::new(),
             resend_at: None,
+            resend_round_ms: 0,
             acks_due: Vec::new(),
             registered: false,
             register_calls: Vec::new(),
@@ -1098,7 +1105,13 @@ impl Agent {
             T_ACKS => self.flush_acks(cx),
             T_RESEND => {
                 self.resend_at = None;
+                let before = self.stats.resent;
                 self.flush_all(cx, false);
+                // A round counts only if it sent something (the timer may
+                // fire for an entry receipted meanwhile).
+                if self.stats.resent != before {
+                    self.resend_round_ms = cx.now();
+                }
             }
             T_HELD_SENDS => self.release_held_sends(cx),
             T_SYNC => {

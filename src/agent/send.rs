@@ -4,7 +4,7 @@
 use super::{
     tools::mesh_send::{self, Sent},
     Agent, Cx, Purpose, Queued, Sealed, MAX_PAYLOAD_BYTES, RECEIPT_DELAY_MS, RESEND_AFTER_MS,
-    RESEND_SLACK_MS, T_RECEIPTS, T_RESEND,
+    RESEND_ROUND_MIN_MS, RESEND_SLACK_MS, T_RECEIPTS, T_RESEND,
 };
 use crate::crypto::ratchet::{channel_ad, Ratchet};
 use crate::crypto::x3dh;
@@ -490,12 +490,15 @@ impl Agent {
         else {
             return;
         };
-        // Never sooner than the slack from now: an entry that stays due
-        // (its send keeps failing) costs a check a second, not a loop.
+        // Never sooner than the slack from now, nor than RESEND_ROUND_MIN_MS
+        // after the last round: an entry that stays due (its send keeps
+        // failing) costs a check now and then, not a loop, and entries sent
+        // at different times to a peer that is away share rounds.
         let at = oldest
             .saturating_add(RESEND_AFTER_MS)
             .max(cx.now())
-            .saturating_add(RESEND_SLACK_MS);
+            .saturating_add(RESEND_SLACK_MS)
+            .max(self.resend_round_ms.saturating_add(RESEND_ROUND_MIN_MS));
         if self.resend_at.is_none_or(|t| at < t) {
             self.resend_at = Some(at);
             cx.out.push(Command::TimerSet {

@@ -167,9 +167,6 @@ impl Sandbox {
         let raw = f.file_name.as_deref().unwrap_or_default();
         let name = transfer::safe_file_name(raw);
         let bytes = f.data();
-        // Hashed once: the check below and the record both use it (a 30 MiB
-        // input is about 0.2 s of SHA-256 in the engine).
-        let sha = bytes.as_ref().ok().map(|b| transfer::sha256_hex(b));
         let verdict = match (&name, &bytes) {
             _ if s.run_started_ms.is_some() => Err("the task is already running"),
             (None, _) => Err("unusable file name"),
@@ -179,14 +176,20 @@ impl Sandbox {
             (Some(n), _) if s.inputs.iter().any(|i| &i.name == n) => Err("already received"),
             (_, Err(_)) => Err("file_data is not base64"),
             (_, Ok(b)) if b.len() > MAX_RECEIVED_FILE_BYTES => Err("file larger than 30 MiB"),
-            (_, Ok(_))
-                if f.sha256.as_deref().is_some_and(|h| {
-                    !sha.as_deref().is_some_and(|s| h.eq_ignore_ascii_case(s))
-                }) =>
-            {
+            (Some(_), Ok(_)) => Ok(()),
+        };
+        // Hashed once, and only a file that passed every other check: the
+        // comparison and the record both use it (a 30 MiB input is about
+        // 0.2 s of SHA-256 in the engine).
+        let sha = match (&verdict, &bytes) {
+            (Ok(()), Ok(b)) => Some(transfer::sha256_hex(b)),
+            _ => None,
+        };
+        let verdict = match (verdict, f.sha256.as_deref(), sha.as_deref()) {
+            (Ok(()), Some(want), Some(got)) if !want.eq_ignore_ascii_case(got) => {
                 Err("sha256 does not match the data")
             }
-            (Some(_), Ok(_)) => Ok(()),
+            (v, _, _) => v,
         };
         let ack = match (verdict, name, bytes) {
             (Ok(()), Some(n), Ok(b)) => {

@@ -360,6 +360,56 @@ fn the_sandbox_runs_nothing_without_the_requesters_go_for_its_task() {
 }
 
 #[test]
+fn the_sandbox_refuses_an_input_whose_sha256_differs_and_takes_one_without() {
+    let (user, mut sb_side) = (Side::new(1), Side::new(3));
+    let spec = SandboxSpec {
+        name: "offload-00".into(),
+        requester: user.did(),
+        request_id: "r1".into(),
+        task: "t".into(),
+        files: vec!["a.txt".into(), "b.txt".into(), "c.txt".into()],
+        timeout_minutes: 5,
+        model: None,
+        executor: None,
+        progress_ms: None,
+    };
+    let mut sandbox = sb_side.call(|p, cx| Sandbox::start(spec, p, cx));
+    sb_side.take_sent_to(&user.did());
+    let data = crate::wire::b64::encode_std(b"the input");
+    let sha = crate::wire::transfer::sha256_hex(b"the input");
+    let mut give = |name: &str, sha256: Option<&str>| {
+        let mut m = json!({"type": "file_transfer", "request_id": "r1", "file_name": name,
+            "file_data": data, "size_bytes": 9});
+        if let Some(h) = sha256 {
+            m["sha256"] = json!(h);
+        }
+        sb_side.call(|p, cx| sandbox.on_message(p, cx, &user.did(), m));
+        let ack = sb_side.take_sent_to(&user.did());
+        assert_eq!(types(&ack), ["file_transfer_ack"], "{name}");
+        ack[0].clone()
+    };
+    let wrong = give("a.txt", Some(&crate::wire::transfer::sha256_hex(b"other")));
+    assert_eq!(wrong["success"], false);
+    assert!(wrong["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("sha256 does not match")));
+    // The same file with its digest (any case), and one sent without a digest.
+    assert_eq!(give("a.txt", Some(&sha.to_uppercase()))["success"], true);
+    assert_eq!(give("b.txt", None)["success"], true);
+    // A refusal for another reason is not hashed first (nor said to differ).
+    let again = give("a.txt", Some("00"));
+    assert!(again["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("already received")));
+    let kept: Vec<(&str, &str)> = sandbox
+        .inputs
+        .iter()
+        .map(|i| (i.name.as_str(), i.sha256.as_str()))
+        .collect();
+    assert_eq!(kept, [("a.txt", sha.as_str()), ("b.txt", sha.as_str())]);
+}
+
+#[test]
 fn the_client_needs_a_pairing_that_grants_offload_and_runs_one_at_a_time() {
     let (mut user, ctl) = (Side::new(1), Side::new(2));
     let mut client = OffloadClient::default();
