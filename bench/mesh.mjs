@@ -90,8 +90,12 @@ const cleanup = [];
 
 // ── (i) kars-mesh clients ─────────────────────────────────────────────────
 async function ours(window = 1) {
+  // Each section's nodes start from empty state directories of their own: a
+  // pair that reused the previous section's would re-send, on connecting,
+  // what was still waiting for a receipt when that section stopped it (seen:
+  // `resent` 7 to 36 in the 64-in-flight section).
   const mk = (name, extra = {}) => spawnMeshNode({
-    stateDir: path.join(dir, name), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name: `bench-${name}`, label: name, ...extra,
+    stateDir: path.join(dir, `w${window}-${name}`), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name: `bench-w${window}-${name}`, label: name, ...extra,
   }).then((n) => { cleanup.push(() => n.stop()); return n; });
 
   // Latency: A -> B (echo) -> A.

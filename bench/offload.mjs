@@ -68,6 +68,7 @@ const MiB = 1024 * 1024;
 const sha = (b) => createHash('sha256').update(b).digest('hex');
 const f1 = (x) => (x == null ? '—' : x.toFixed(1));
 const f2 = (x) => (x == null ? '—' : x.toFixed(2));
+const pctOf = (cpuS, ms) => (cpuS == null || !ms ? '—' : `${Math.round((cpuS / (ms / 1000)) * 100)}`);
 const median = (xs) => {
   const s = xs.filter((x) => x != null).sort((a, b) => a - b);
   if (!s.length) return null;
@@ -164,6 +165,12 @@ async function ours(run, input, inputSha) {
   if (!hello || !received) throw new Error(`events missing (hello ${!!hello}, output received ${!!received}): ${events.map((e) => `${e.phase}: ${e.text}`).join(' | ')}`);
   const upMs = execStarted - hello.at_ms;
   const downMs = received.seen_ms - execEnded;
+  const upRelayS = relayCpu?.between(hello.at_ms, execStarted) ?? null;
+  const downRelayS = relayCpu?.between(execEnded, received.seen_ms) ?? null;
+  // Everything else: this process (client and controller), the sandbox, and
+  // whatever else ran on the machine meanwhile.
+  const upOthersS = relayCpu?.othersBetween(hello.at_ms, execStarted) ?? null;
+  const downOthersS = relayCpu?.othersBetween(execEnded, received.seen_ms) ?? null;
   const doneAt = events.find((e) => e.phase === 'done')?.seen_ms ?? Date.now();
   await Promise.allSettled([client.stop(), ctrl.stop()]);
   return {
@@ -171,6 +178,10 @@ async function ours(run, input, inputSha) {
     downMs,
     upMiBs: SIZE / MiB / (upMs / 1000),
     downMiBs: SIZE / MiB / (downMs / 1000),
+    upRelayS,
+    downRelayS,
+    upOthersS,
+    downOthersS,
     setupMs: hello.at_ms - t0, // submit until the sandbox's hello: validate, spawn, connect
     execMs: execEnded - execStarted,
     totalMs: doneAt - t0,
@@ -182,11 +193,69 @@ async function ours(run, input, inputSha) {
   };
 }
 
+// ── the relay's CPU: how much of the machine the relay itself takes ───────
+// Its user + system time from /proc/<pid>/stat, sampled every 50 ms on this
+// clock (Date.now()), so any window (an upload, an anchor direction) can be
+// read afterwards. On a 2-core machine the relay's share bounds what any
+// client can get through it: at 100 % of one core it forwards at most
+// 1 / (its CPU seconds per MiB) MiB/s of such frames.
+const TICK_S = 0.01; // USER_HZ: 100 on Linux
+function relayCpuSampler(pid) {
+  const samples = [];
+  const read = () => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const m = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+      const busy = m.reduce((x, y) => x + y, 0) - m[3] - (m[4] ?? 0);
+      samples.push([Date.now(), (Number(f[11]) + Number(f[12])) * TICK_S, busy * TICK_S]);
+    } catch { /* not running: no sample */ }
+  };
+  read();
+  const timer = setInterval(read, 50);
+  timer.unref();
+  const at = (t, k) => {
+    // Linear between the two samples around t.
+    const i = samples.findIndex(([ts]) => ts >= t);
+    if (i < 0) return null;
+    if (i === 0) return samples[0][0] === t ? samples[0][k] : null;
+    const [t0] = samples[i - 1];
+    const [t1] = samples[i];
+    const c0 = samples[i - 1][k];
+    const c1 = samples[i][k];
+    return c0 + ((c1 - c0) * (t - t0)) / Math.max(1, t1 - t0);
+  };
+  const diff = (a, b, k) => {
+    const x = at(a, k);
+    const y = at(b, k);
+    return x == null || y == null ? null : y - x;
+  };
+  return {
+    /** CPU seconds the relay used between two Date.now() times, or null. */
+    between(a, b) {
+      read();
+      return diff(a, b, 1);
+    },
+    /** CPU seconds everything on the machine but the relay used meanwhile, or null. */
+    othersBetween(a, b) {
+      read();
+      const all = diff(a, b, 2);
+      const relay = diff(a, b, 1);
+      return all == null || relay == null ? null : all - relay;
+    },
+    stop() {
+      clearInterval(timer);
+    },
+  };
+}
+let relayCpu = null;
+
 // ── anchor: two AGT Python peers, the same bytes in 512 KiB messages ──────
 async function agtOneWay(from, to, bytes, label) {
   const b64 = bytes.toString('base64');
   const n = Math.ceil(b64.length / CHUNK_B64);
   const t0 = performance.now();
+  const e0 = Date.now();
   for (let i = 0; i < n; i++) from.send(to.did, { type: 'chunk', label, i, n, data: b64.slice(i * CHUNK_B64, (i + 1) * CHUNK_B64) });
   const parts = new Array(n);
   for (let k = 0; k < n; k++) {
@@ -195,9 +264,10 @@ async function agtOneWay(from, to, bytes, label) {
     parts[ev.payload.i] = ev.payload.data;
   }
   const ms = performance.now() - t0;
+  const relayS = relayCpu?.between(e0, Date.now()) ?? null;
   const back = Buffer.from(parts.join(''), 'base64');
   if (!back.equals(bytes)) throw new Error(`${label}: the bytes that arrived differ`);
-  return { ms, messages: n };
+  return { ms, messages: n, relayS };
 }
 
 async function anchor(bytes) {
@@ -221,6 +291,8 @@ async function anchor(bytes) {
     upMiBs: bytes.length / MiB / (up.ms / 1000),
     downMiBs: bytes.length / MiB / (down.ms / 1000),
     messages: up.messages,
+    upRelayS: up.relayS,
+    downRelayS: down.relayS,
     errors,
   };
 }
@@ -286,19 +358,19 @@ function markdown(env, rows, wallMs) {
   L.push('  ("download"), from writing the first send command until the receiver printed the last message; no receipts,');
   L.push('  nothing written to disk.');
   L.push('');
-  L.push('| run | CPU before the run | kars-mesh upload MiB/s | kars-mesh download MiB/s | AGT Python P → Q MiB/s | AGT Python Q → P MiB/s | upload s | download s | AGT P → Q s | AGT Q → P s | submit → sandbox hello s | client stalled on the hello s | submit → done s | host thread event-loop delay p99 / max (ms) |');
-  L.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  L.push('| run | CPU before the run | kars-mesh upload MiB/s | kars-mesh download MiB/s | AGT Python P → Q MiB/s | AGT Python Q → P MiB/s | upload s | download s | AGT P → Q s | AGT Q → P s | submit → sandbox hello s | client stalled on the hello s | submit → done s | host thread event-loop delay p99 / max (ms) | relay CPU % during upload / download | relay CPU % during AGT P → Q / Q → P |');
+  L.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     if (r.error) {
-      L.push(`| ${r.run} | ${r.idle ?? ''} | failed: ${r.error.replace(/\|/g, '\\|').split('\n')[0].slice(0, 400)} | | | | | | | | | | | |`);
+      L.push(`| ${r.run} | ${r.idle ?? ''} | failed: ${r.error.replace(/\|/g, '\\|').split('\n')[0].slice(0, 400)} | | | | | | | | | | | | | |`);
       continue;
     }
     const o = r.ours;
     const a = r.agt;
-    L.push(`| ${r.run} | ${r.idle} | ${f1(o?.upMiBs)} | ${f1(o?.downMiBs)} | ${f1(a?.upMiBs)} | ${f1(a?.downMiBs)} | ${f2(o && o.upMs / 1000)} | ${f2(o && o.downMs / 1000)} | ${f2(a && a.upMs / 1000)} | ${f2(a && a.downMs / 1000)} | ${f2(o && o.setupMs / 1000)} | ${f2(o && o.helloStallMs / 1000)} | ${f2(o && o.totalMs / 1000)} | ${o ? `${f1(o.loopP99Ms)} / ${f1(o.loopMaxMs)}` : ''} |`);
+    L.push(`| ${r.run} | ${r.idle} | ${f1(o?.upMiBs)} | ${f1(o?.downMiBs)} | ${f1(a?.upMiBs)} | ${f1(a?.downMiBs)} | ${f2(o && o.upMs / 1000)} | ${f2(o && o.downMs / 1000)} | ${f2(a && a.upMs / 1000)} | ${f2(a && a.downMs / 1000)} | ${f2(o && o.setupMs / 1000)} | ${f2(o && o.helloStallMs / 1000)} | ${f2(o && o.totalMs / 1000)} | ${o ? `${f1(o.loopP99Ms)} / ${f1(o.loopMaxMs)}` : ''} | ${o ? `${pctOf(o.upRelayS, o.upMs)} / ${pctOf(o.downRelayS, o.downMs)}` : ''} | ${a ? `${pctOf(a.upRelayS, a.upMs)} / ${pctOf(a.downRelayS, a.downMs)}` : ''} |`);
   }
   if (ok.length > 1)
-    L.push(`| median | | ${f1(med('upMiBs', 'ours'))} | ${f1(med('downMiBs', 'ours'))} | ${f1(med('upMiBs', 'agt'))} | ${f1(med('downMiBs', 'agt'))} | | | | | | | | |`);
+    L.push(`| median | | ${f1(med('upMiBs', 'ours'))} | ${f1(med('downMiBs', 'ours'))} | ${f1(med('upMiBs', 'agt'))} | ${f1(med('downMiBs', 'agt'))} | | | | | | | | | | |`);
   L.push('');
   const up = med('upMiBs', 'ours');
   const down = med('downMiBs', 'ours');
@@ -306,6 +378,23 @@ function markdown(env, rows, wallMs) {
   const aDown = med('downMiBs', 'agt');
   if (up != null && aUp != null)
     L.push(`kars-mesh / AGT Python: upload ${f2(up / aUp)}x, download ${f2(down / aDown)}x (medians of this run). Target (issue 12): 15 MiB/s or more each way on an idle machine.`);
+  // The relay's CPU per MiB of file moved, over every direction of every run.
+  const perMiB = (w, up, down) => {
+    const xs = ok.flatMap((r) => [r[w]?.[up], r[w]?.[down]]).filter((x) => x != null);
+    return xs.length ? median(xs) / (SIZE / MiB) : null;
+  };
+  const rOurs = perMiB('ours', 'upRelayS', 'downRelayS');
+  const rAgt = perMiB('agt', 'upRelayS', 'downRelayS');
+  const others = perMiB('ours', 'upOthersS', 'downOthersS');
+  if (rOurs != null && rAgt != null) {
+    const cores = os.cpus().length;
+    const left = (cores - 15 * rOurs) / 15; // CPU s per MiB left for everything else at 15 MiB/s
+    L.push('');
+    L.push(`**Where the CPU goes.** The relay's own CPU per MiB of file moved (medians over both directions of every run): ${f1(rOurs * 1000)} ms for kars-mesh's frames, ${f1(rAgt * 1000)} ms for the anchor's. `
+      + `With a whole core to itself the relay alone forwards at most ${f1(1 / rOurs)} MiB/s of our frames (${f1(1 / rAgt)} MiB/s of the anchor's). `
+      + `At 15 MiB/s it would take ${f2(15 * rOurs)} of this machine's ${cores} cores, leaving ${f1(left * 1000)} ms of CPU per MiB for the client, the controller and the sandbox together; `
+      + `during our transfers everything but the relay used ${others == null ? '—' : f1(others * 1000)} ms per MiB.`);
+  }
   const errs = ok.map((r) => r.agt?.errors).filter((x) => x != null);
   if (errs.length) L.push('', `AGT peer error events: ${errs.join(', ')}.`);
   L.push('');
@@ -337,6 +426,7 @@ async function main() {
   srv = await startServers();
   takeOverSignals(stopEverything); // startServers() added handlers that exit at once
   console.log(`# relay ${srv.relayUrl}, registry ${srv.registryUrl}`);
+  if (srv.relayPid?.()) relayCpu = relayCpuSampler(srv.relayPid());
   const bytes = randomBytes(SIZE);
   const input = path.join(dir, 'input.bin');
   writeFileSync(input, bytes);

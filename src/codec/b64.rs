@@ -25,6 +25,55 @@ pub fn encode_url(bytes: &[u8]) -> String {
     encode(bytes, URL, false)
 }
 
+/// Input bytes per call of [`encode_piece`] (a multiple of 3); characters
+/// per call of [`decode_piece`] (a multiple of 4). Why pieces: V8 runs a
+/// wasm function in its baseline compiler (Liftoff) until the function has
+/// used up its tiering budget, and only calls that start after that run
+/// optimized code (wasm has no on-stack replacement), so one call over a
+/// 30 MiB file would run its whole loop unoptimized. Many short calls
+/// switch to the optimized code after the first few.
+const ENCODE_PIECE: usize = 48 * 1024;
+const DECODE_PIECE: usize = 64 * 1024;
+
+/// Whole groups of three bytes: `dst` is exactly 4/3 of `src`.
+#[inline(never)]
+fn encode_piece(src: &[u8], dst: &mut [u8], table: &[u8; 64]) {
+    for (s, d) in src.chunks_exact(3).zip(dst.chunks_exact_mut(4)) {
+        let n = (s[0] as u32) << 16 | (s[1] as u32) << 8 | s[2] as u32;
+        d[0] = table[(n >> 18) as usize & 63];
+        d[1] = table[(n >> 12) as usize & 63];
+        d[2] = table[(n >> 6) as usize & 63];
+        d[3] = table[n as usize & 63];
+    }
+}
+
+/// Whole groups of four characters into `dst` (exactly 3/4 of `src`); the
+/// position in `src` of the first character outside both alphabets.
+#[inline(never)]
+fn decode_piece(src: &[u8], dst: &mut [u8]) -> Result<(), usize> {
+    for (q, (c, d)) in src.chunks_exact(4).zip(dst.chunks_exact_mut(3)).enumerate() {
+        let (a, b, cc, e) = (
+            DECODE[c[0] as usize],
+            DECODE[c[1] as usize],
+            DECODE[c[2] as usize],
+            DECODE[c[3] as usize],
+        );
+        // Valid values are below 64; INVALID (0xFF) sets the high bits.
+        if (a | b | cc | e) & 0xC0 != 0 {
+            let bad = c
+                .iter()
+                .position(|&x| DECODE[x as usize] == INVALID)
+                .unwrap_or(0);
+            return Err(q * 4 + bad);
+        }
+        let n = (a as u32) << 18 | (b as u32) << 12 | (cc as u32) << 6 | e as u32;
+        d[0] = (n >> 16) as u8;
+        d[1] = (n >> 8) as u8;
+        d[2] = n as u8;
+    }
+    Ok(())
+}
+
 fn encode(bytes: &[u8], table: &[u8; 64], pad: bool) -> String {
     // Sized once and filled by index: this runs over every message body.
     let full = bytes.len() / 3;
@@ -36,12 +85,12 @@ fn encode(bytes: &[u8], table: &[u8; 64], pad: bool) -> String {
         _ => 3,
     };
     let mut out = vec![b'='; full * 4 + tail];
-    for (src, dst) in bytes.chunks_exact(3).zip(out.chunks_exact_mut(4)) {
-        let n = (src[0] as u32) << 16 | (src[1] as u32) << 8 | src[2] as u32;
-        dst[0] = table[(n >> 18) as usize & 63];
-        dst[1] = table[(n >> 12) as usize & 63];
-        dst[2] = table[(n >> 6) as usize & 63];
-        dst[3] = table[n as usize & 63];
+    // In pieces, by a function that is never inlined: see ENCODE_PIECE.
+    for (src, dst) in bytes[..full * 3]
+        .chunks(ENCODE_PIECE)
+        .zip(out.chunks_mut(ENCODE_PIECE / 3 * 4))
+    {
+        encode_piece(src, dst, table);
     }
     let at = full * 4;
     match bytes.chunks_exact(3).remainder() {
@@ -92,29 +141,15 @@ pub fn decode(s: &str) -> Result<Vec<u8>, B64Error> {
     // One pass: four characters to three bytes into a buffer sized once.
     let whole = body.len() / 4;
     let mut out = vec![0u8; whole * 3];
-    let mut quads = body.chunks_exact(4);
-    for (q, (c, dst)) in (&mut quads).zip(out.chunks_exact_mut(3)).enumerate() {
-        let (a, b, cc, d) = (
-            DECODE[c[0] as usize],
-            DECODE[c[1] as usize],
-            DECODE[c[2] as usize],
-            DECODE[c[3] as usize],
-        );
-        // Valid values are below 64; INVALID (0xFF) sets the high bits.
-        if (a | b | cc | d) & 0xC0 != 0 {
-            let bad = c
-                .iter()
-                .position(|&x| DECODE[x as usize] == INVALID)
-                .unwrap_or(0);
-            return Err(B64Error::BadChar(q * 4 + bad));
-        }
-        let n = (a as u32) << 18 | (b as u32) << 12 | (cc as u32) << 6 | d as u32;
-        dst[0] = (n >> 16) as u8;
-        dst[1] = (n >> 8) as u8;
-        dst[2] = n as u8;
+    for (k, (src, dst)) in body[..whole * 4]
+        .chunks(DECODE_PIECE)
+        .zip(out.chunks_mut(DECODE_PIECE / 4 * 3))
+        .enumerate()
+    {
+        decode_piece(src, dst).map_err(|at| B64Error::BadChar(k * DECODE_PIECE + at))?;
     }
-    let rem = quads.remainder();
-    let base = body.len() - rem.len();
+    let base = whole * 4;
+    let rem = &body[base..];
     let mut vals = [0u8; 3];
     for (i, &c) in rem.iter().enumerate() {
         let v = DECODE[c as usize];
@@ -176,6 +211,34 @@ fn pack(vals: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inputs_longer_than_a_piece() {
+        // Encoding three bytes at a time: the text of a long input is the
+        // texts of its 3-byte groups joined, whatever the pieces.
+        for len in [
+            ENCODE_PIECE - 1,
+            ENCODE_PIECE,
+            ENCODE_PIECE + 2,
+            2 * DECODE_PIECE + 7,
+            5 * ENCODE_PIECE + 1,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 131 % 256) as u8).collect();
+            let text = encode_std(&data);
+            let by_groups: String = data.chunks(3).map(encode_std).collect();
+            assert_eq!(text, by_groups, "{len} bytes");
+            assert_eq!(decode(&text).unwrap(), data, "{len} bytes");
+            assert_eq!(decode(&encode_url(&data)).unwrap(), data, "{len} bytes");
+        }
+        // A bad character is reported where it is, in any piece.
+        let text = encode_std(&vec![9u8; 3 * DECODE_PIECE]);
+        for at in [0, DECODE_PIECE - 1, DECODE_PIECE, 2 * DECODE_PIECE + 5] {
+            let mut bad = text.clone().into_bytes();
+            bad[at] = b'*';
+            let bad = String::from_utf8(bad).unwrap();
+            assert_eq!(decode(&bad), Err(B64Error::BadChar(at)), "at {at}");
+        }
+    }
 
     #[test]
     fn both_alphabets_padding_and_errors() {

@@ -174,6 +174,8 @@ export async function startServers(opts = {}) {
     registryUrl: registry.url,
     relayPort,
     registryPort,
+    /** The relay's process id (its CPU time is in /proc/<pid>/stat), or undefined when it is not running. */
+    relayPid: () => relay.child?.pid,
     /** ms the last start of each server took until /health answered 200 */
     startTimes: () => ({ relay: relay.startMs, registry: registry.startMs }),
     async restartRelay() {
