@@ -36,7 +36,7 @@ import { createJobs } from './jobs.js';
 import { escapeLog } from './log-escape.js';
 import { NodeError, errorText } from './node-error.js';
 import { createEventLoop, commandTable, batchTotals } from './event-loop.js';
-import { createSockets, webSocketClass, wsPackageClass } from './sockets.js';
+import { createSockets, relaySocketClass, wsPackageClass } from './sockets.js';
 import { createHttp } from './http.js';
 import { proxySettings } from './proxy.js';
 import { createTimers } from './timers.js';
@@ -137,7 +137,7 @@ export async function createNode(opts = {}) {
       execHide: o.execHide ?? [],
       stateDir: root,
     });
-    WebSocketImpl = await webSocketClass().catch((e) => {
+    WebSocketImpl = await relaySocketClass().catch((e) => {
       throw new NodeError(`no WebSocket implementation: install the 'ws' package or use Node 22+ (${errorText(e)})`, { cause: e });
     });
     if (proxy.any) {

@@ -247,6 +247,37 @@ test('scripted: WebSocket open, frames both ways in order, close reported once',
   assert.equal(events.filter((e) => e.tag === 'socket-opened').length, 1);
 });
 
+test('scripted: the relay link does not offer permessage-deflate (the relay would deflate every frame of base64 ciphertext)', async (t) => {
+  // A server that would take the extension if offered, as the AgentMesh
+  // relay (uvicorn) does.
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: true });
+  await once(wss, 'listening');
+  t.after(() => wss.close());
+  const offered = [];
+  wss.on('connection', (ws, req) => {
+    offered.push({ header: req.headers['sec-websocket-extensions'] ?? null, taken: ws.extensions });
+    ws.on('message', (data) => ws.send(`echo:${data}`));
+  });
+  const url = `ws://127.0.0.1:${wss.address().port}/ws`;
+  const { node } = await scripted(t, (ev, _host, ctx) => {
+    switch (ev.tag) {
+      case 'tool-call':
+        return [{ tag: 'socket-open', val: [3, url] }];
+      case 'socket-opened':
+        return [{ tag: 'socket-send', val: { socket: 3, text: 'x'.repeat(4096) } }];
+      case 'socket-frame':
+        return [{ tag: 'socket-close', val: { socket: 3, code: 1000, reason: 'done' } }];
+      case 'socket-closed':
+        return [result(ctx.calls.get('ws'), { code: ev.val.code })];
+      default:
+        return [];
+    }
+  });
+  const r = await node.callTool('ws', {});
+  assert.deepEqual(r.details.mesh, { code: 1000 });
+  assert.deepEqual(offered, [{ header: null, taken: '' }]);
+});
+
 test('scripted: a failed connect is socket-closed 1006 with the error as reason', async (t) => {
   const port = await closedPort();
   const { node } = await scripted(t, (ev, _h, ctx) => {
