@@ -207,7 +207,9 @@ function relayCpuSampler(pid) {
       const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       const m = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-      const busy = m.reduce((x, y) => x + y, 0) - m[3] - (m[4] ?? 0);
+      // user + nice + system + irq + softirq: not idle, iowait, steal (time
+      // the hypervisor gave elsewhere), nor guest (already in user).
+      const busy = m[0] + m[1] + m[2] + (m[5] ?? 0) + (m[6] ?? 0);
       samples.push([Date.now(), (Number(f[11]) + Number(f[12])) * TICK_S, busy * TICK_S]);
     } catch { /* not running: no sample */ }
   };

@@ -137,7 +137,7 @@ export async function createNode(opts = {}) {
       execHide: o.execHide ?? [],
       stateDir: root,
     });
-    WebSocketImpl = await relaySocketClass().catch((e) => {
+    WebSocketImpl = await relaySocketClass(logger.log).catch((e) => {
       throw new NodeError(`no WebSocket implementation: install the 'ws' package or use Node 22+ (${errorText(e)})`, { cause: e });
     });
     if (proxy.any) {

@@ -36,10 +36,11 @@ export async function webSocketClass() {
  * it, 15 without; our offload throughput went from about 0.9x to 1.1x the
  * AGT anchor's, and the relay's own ceiling from about 16 to 65 MiB/s).
  */
-export async function relaySocketClass() {
+export async function relaySocketClass(log = () => {}) {
   try {
     return await wsPackageClass();
-  } catch {
+  } catch (e) {
+    log('warn', `host: the 'ws' package cannot be loaded (${errorText(e)}); the relay link uses Node's WebSocket, which has the relay compress every frame it sends (more CPU on both ends). Reinstall kars-mesh's dependencies`);
     return webSocketClass();
   }
 }
@@ -58,6 +59,17 @@ function utf8Truncate(text, maxBytes) {
   const buf = new TextEncoder().encode(text);
   if (buf.length <= maxBytes) return text;
   return new TextDecoder().decode(buf.subarray(0, maxBytes)).replace(/\uFFFD+$/, '');
+}
+
+/** A connect that got an HTTP answer, not a WebSocket. */
+function notAWebSocket(status, type = '') {
+  return `the server answered HTTP ${status}${type ? ` (${type})` : ''} instead of opening a WebSocket: is this the relay's address?`;
+}
+
+/** A `ws` package error text as the user reads it (its "Unexpected server response: 404" said plainly). */
+function explainError(message) {
+  const m = /^Unexpected server response: (\d{3})$/.exec(message);
+  return m ? notAWebSocket(m[1]) : message;
 }
 
 /** What Node's own WebSocket says about every failed connect. */
@@ -98,7 +110,7 @@ export async function connectError(url, ms = DIAGNOSE_MS) {
       const type = String(res.headers?.['content-type'] ?? '').split(';')[0].trim().slice(0, 60).replace(/[^\x20-\x7e]/g, '');
       req.destroy();
       res.destroy?.();
-      done(`the server answered HTTP ${res.statusCode}${type ? ` (${type})` : ''} instead of opening a WebSocket: is this the relay's address?`);
+      done(notAWebSocket(res.statusCode, type));
     });
   });
 }
@@ -192,7 +204,7 @@ export function createSockets({ WebSocketImpl, dispatch, log, onFailure, proxy, 
   }
 
   function onError(id, entry, ev) {
-    entry.lastError = ev?.error?.message || ev?.message || GENERIC_ERROR;
+    entry.lastError = explainError(ev?.error?.message || ev?.message || GENERIC_ERROR);
     if (entry.reported || entry.replaced || entry.diagnosing) return;
     if (!entry.opened) {
       // A failed connect. Some WebSocket implementations (Node 20's

@@ -294,6 +294,25 @@ test('scripted: a failed connect is socket-closed 1006 with the error as reason'
   assert.equal(node.ioFailures, before + 1);
 });
 
+test('scripted: a relay address that answers HTTP, not a WebSocket, is named as such', async (t) => {
+  const srv = http.createServer((_req, res) => {
+    res.statusCode = 404;
+    res.end('not found');
+  });
+  srv.listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  t.after(() => srv.close());
+  const { node } = await scripted(t, (ev, _h, ctx) => {
+    if (ev.tag === 'tool-call') return [{ tag: 'socket-open', val: [1, `ws://127.0.0.1:${srv.address().port}/ws`] }];
+    if (ev.tag === 'socket-opened') return [result(ctx.calls.get('ws'), { opened: true })];
+    if (ev.tag === 'socket-closed') return [result(ctx.calls.get('ws'), ev.val)];
+    return [];
+  });
+  const r = await node.callTool('ws', {});
+  assert.equal(r.details.mesh.code, 1006);
+  assert.match(r.details.mesh.reason, /^the server answered HTTP 404 instead of opening a WebSocket: is this the relay's address\?$/);
+});
+
 test('scripted: http-request reports any status with the body, network errors and timeouts as http-failed', async (t) => {
   const seen = [];
   const srv = http.createServer((req, res) => {

@@ -140,7 +140,10 @@ pub fn decode(s: &str) -> Result<Vec<u8>, B64Error> {
     }
     // One pass: four characters to three bytes into a buffer sized once.
     let whole = body.len() / 4;
-    let mut out = vec![0u8; whole * 3];
+    // Room for the 1 or 2 bytes of a final partial group too, so adding them
+    // does not copy the whole buffer.
+    let mut out = Vec::with_capacity(whole * 3 + 2);
+    out.resize(whole * 3, 0);
     for (k, (src, dst)) in body[..whole * 4]
         .chunks(DECODE_PIECE)
         .zip(out.chunks_mut(DECODE_PIECE / 4 * 3))
