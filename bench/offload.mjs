@@ -200,13 +200,15 @@ async function ours(run, input, inputSha) {
 // client can get through it: at 100 % of one core it forwards at most
 // 1 / (its CPU seconds per MiB) MiB/s of such frames.
 const TICK_S = 0.01; // USER_HZ: 100 on Linux
+/** The machine's CPU counters (the `cpu` line of /proc/stat), in ticks. */
+const procStat = () => readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
 function relayCpuSampler(pid) {
   const samples = [];
   const read = () => {
     try {
       const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      const m = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+      const m = procStat();
       // user + nice + system + irq + softirq: not idle, iowait, steal (time
       // the hypervisor gave elsewhere), nor guest (already in user).
       const busy = m[0] + m[1] + m[2] + (m[5] ?? 0) + (m[6] ?? 0);
@@ -244,9 +246,6 @@ function relayCpuSampler(pid) {
       const all = diff(a, b, 2);
       const relay = diff(a, b, 1);
       return all == null || relay == null ? null : all - relay;
-    },
-    stop() {
-      clearInterval(timer);
     },
   };
 }
@@ -302,7 +301,7 @@ async function anchor(bytes) {
 // ── machine state ─────────────────────────────────────────────────────────
 function cpuIdleFraction(ms) {
   const read = () => {
-    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    const f = procStat();
     return { idle: f[3] + (f[4] ?? 0), total: f.reduce((x, y) => x + y, 0) };
   };
   const a = read();
