@@ -29,7 +29,12 @@
 // stores, commits): where a round trip's time goes, and what one mesh_send
 // costs while N sent messages still wait for their receipt.
 //
-//   node bench/mesh.mjs [--rounds=200] [--count=2000] [--no-write] [--wait-idle[=s]]
+// Every pair gets SETTLE ms after its clients started before its first
+// message (a user's first message comes seconds after the Gateway started,
+// not in the same millisecond); in that second our engine's thread runs its
+// warm-up (js-host/warm-up.js). --settle=0 sends at once, as before.
+//
+//   node bench/mesh.mjs [--rounds=200] [--count=2000] [--settle=1000] [--no-write] [--wait-idle[=s]]
 //   --wait-idle  first wait (up to 300 s, or =s) until the CPUs are idle
 // Writes bench/MESH-RESULTS.md (unless --no-write).
 //
@@ -62,6 +67,8 @@ const opt = (name, dflt) => {
 const ROUNDS = opt('rounds', 200);
 const WARMUP = opt('warmup', 20);
 const COUNT = opt('count', 2000);
+const SETTLE = opt('settle', 1000);
+const settle = () => new Promise((r) => setTimeout(r, SETTLE));
 const NO_WRITE = args.includes('--no-write');
 const WAIT_IDLE = args.find((a) => a === '--wait-idle' || a.startsWith('--wait-idle='));
 const STEP_TIMEOUT = 30_000;
@@ -100,6 +107,7 @@ async function ours(window = 1) {
 
   // Latency: A -> B (echo) -> A.
   const [a, b] = await Promise.all([mk('ours-a'), mk('ours-b', { echo: true })]);
+  await settle();
   const echoOf = (k) => (e) => e.event === 'message' && e.payload?.type === 'echo' && e.payload.content?.k === k;
   const rtts = [];
   let setupMs;
@@ -117,6 +125,7 @@ async function ours(window = 1) {
 
   // Throughput: C -> D, COUNT messages back to back.
   const [c, d] = await Promise.all([mk('ours-c'), mk('ours-d', { buffer: false })]);
+  await settle();
   const warm = await within(c.request({ cmd: 'send', to: d.did, message: { type: 'warmup' } }), STEP_TIMEOUT, 'ours: warmup send');
   if (!warm.ok) throw new Error(`ours: warmup send failed: ${warm.error}`);
   await new Promise((resolve, reject) => {
@@ -161,6 +170,7 @@ async function agt(persist) {
   }).then((p) => { cleanup.push(() => p.close()); return p; });
 
   const [p, q] = await Promise.all([mk('p'), mk('q', { echo: true })]);
+  await settle();
   const rtts = [];
   let setupMs;
   for (let k = 0; k < WARMUP + ROUNDS; k++) {
@@ -175,6 +185,7 @@ async function agt(persist) {
   const errors = [...p.events(), ...q.events()].filter((e) => e.event === 'error').length;
 
   const [r, s] = await Promise.all([mk('r'), mk('s')]);
+  await settle();
   r.send(s.did, { type: 'warmup' });
   await s.next((e) => e.event === 'message' && e.payload?.type === 'warmup', STEP_TIMEOUT, 'warmup');
   const t0 = performance.now();
@@ -275,6 +286,7 @@ async function instrumentedNode(name) {
 
 async function breakdown(section) {
   const [{ node: a, p: pa }, { node: b, p: pb }] = await Promise.all([instrumentedNode('prof-a'), instrumentedNode('prof-b')]);
+  await settle();
   // mesh_inbox only peeks unless told to mark: both readers mark what they
   // take, or every call would return the same entries at once (and the echo
   // would answer them again, forever).
@@ -451,6 +463,9 @@ function markdown(env, results, bd, bl, wallMs) {
   L.push('crypto, websockets). Timings are taken in the bench process from writing the command to the sender\'s stdin');
   L.push('until the receiver\'s JSON line is read, identically for both.');
   L.push('');
+  L.push(`- **Start**: every pair's first message goes ${SETTLE} ms after its two clients were up (\`--settle\`; a user's first message comes`);
+  L.push('  seconds after the Gateway started). In that time our engine\'s thread runs its warm-up (js-host/warm-up.js), which steps aside');
+  L.push('  while the node has traffic of its own.');
   L.push(`- **Round trip**: A sends, B decrypts and echoes (\`{type:"echo", content}\`), A decrypts the echo. ${WARMUP} warm-up`);
   L.push(`  round trips (the first one includes the KNOCK / X3DH setup) are excluded, then ${ROUNDS} sequential ones.`);
   L.push(`- **Throughput**: a fresh pair, session set up by one warm-up message, then ${COUNT} messages C → D back to`);

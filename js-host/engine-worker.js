@@ -22,25 +22,41 @@ import { createJobs } from './jobs.js';
 import { createEventLoop, batchTotals } from './event-loop.js';
 import { loadEngine } from './engine-load.js';
 import { randomFillSync } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { pooledRandom } from './random.js';
 import { NodeError, errorText } from './node-error.js';
 import { crashHookFromEnv } from './crash-hook.js';
+import { warmUp, whenQuiet, WARM_UP_ROUNDS } from './warm-up.js';
 
 const { port, stateDir, filesDir, sealedOnly } = workerData;
 
 const log = (level, message) => port.postMessage({ t: 'log', level, message: String(message) });
 const errorData = (e) => ({ name: e?.name, message: errorText(e), code: e?.code });
 
+// One compiled core for the node's engine and the warm-up's throwaway pair:
+// what V8 optimizes for one instance serves the others.
+const compiled = new Map();
+const getCoreModule = (name) => {
+  if (!compiled.has(name)) compiled.set(name, readFile(new URL(`./gen/${name}`, import.meta.url)).then((b) => WebAssembly.compile(b)));
+  return compiled.get(name);
+};
+const loadCoreShared = (o = {}) => loadCore({ ...o, getCoreModule });
+
 let store;
 let loop;
 let stateKeyB64;
+let closed = false;
+/** The start event's role, once it came (null: a plain node). */
+let startRole;
+/** When the node's own latest events came (performance.now()): the warm-up waits for a quiet moment. */
+let lastEventAt = 0;
 
 async function boot() {
   store = openRecordsDb(stateDir, { sealedOnly, log });
   const records = store;
   const engine = await loadEngine(
     { get: (k) => records.get(k), list: (p) => records.list(p), stateKey: () => loadStateKey(stateDir, { recordCount: records.size }) },
-    loadCore,
+    loadCoreShared,
     log,
     // The OS CSPRNG through OpenSSL, pooled (see pooledRandom).
     { random: pooledRandom(randomFillSync) },
@@ -65,6 +81,39 @@ async function boot() {
   port.postMessage({ t: 'ready', hasIdentity: store.get('identity') !== undefined, memoryBytes: core.memoryBytes() });
 }
 
+/**
+ * Once the engine has its start event: a throwaway pair of engines converses
+ * in slices, so the node's first messages meet optimized code
+ * (js-host/warm-up.js says why). Not for a sandbox: it lives for one
+ * offload, and the warm-up's CPU would compete with the transfer it was
+ * started for.
+ */
+let warming = false;
+function startWarmUp(role) {
+  const rounds = warmUpRounds();
+  if (warming || rounds === 0 || role === 'sandbox') return;
+  warming = true;
+  const throwaway = (o) => loadCoreShared({ ...o, log: () => {} });
+  const stateKey = () => randomFillSync(Buffer.alloc(32)).toString('base64');
+  const next = whenQuiet(() => lastEventAt);
+  warmUp(throwaway, { rounds, stateKey, next, stopped: () => closed || !!loop?.fatal }).then((r) => {
+    if (r.error) log('warn', `host: the engine's warm-up stopped after ${r.rounds} round trips (${r.error}); the node works, its first messages are only slower`);
+    else log('debug', `host: engine warm-up: ${r.rounds} round trips, ${r.calls} engine calls, ${r.ms.toFixed(0)} ms`);
+  });
+}
+
+/** KARS_MESH_WARM_UP_ROUNDS: a whole number (0 turns the warm-up off, for measuring it). */
+function warmUpRounds() {
+  const v = process.env.KARS_MESH_WARM_UP_ROUNDS;
+  if (v === undefined || v === '') return WARM_UP_ROUNDS;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) {
+    log('warn', `host: KARS_MESH_WARM_UP_ROUNDS=${JSON.stringify(v)} is not a whole number; using ${WARM_UP_ROUNDS} (set 0 to turn the warm-up off)`);
+    return WARM_UP_ROUNDS;
+  }
+  return n;
+}
+
 function take(msg, events) {
   if (msg.t === 'events') {
     for (const ev of msg.events) {
@@ -73,6 +122,7 @@ function take(msg, events) {
         config.state_key = stateKeyB64;
         stateKeyB64 = undefined; // handed to the core once
         events.push({ tag: 'start', val: JSON.stringify(config) });
+        startRole = config.sandbox ? 'sandbox' : config.role ?? null;
       } else {
         events.push(ev);
       }
@@ -83,6 +133,7 @@ function take(msg, events) {
 }
 
 function close() {
+  closed = true;
   try {
     loop?.flush();
     store?.close();
@@ -94,12 +145,14 @@ function close() {
 }
 
 port.on('message', (first) => {
+  lastEventAt = performance.now();
   const events = [];
   let closing = false;
   for (let msg = first; msg; msg = receiveMessageOnPort(port)?.message) {
     if (!take(msg, events) && msg.t === 'close') closing = true;
   }
   if (events.length && loop && !loop.fatal) loop.dispatchAll(events);
+  if (startRole !== undefined) startWarmUp(startRole);
   if (closing) close();
 });
 

@@ -1,0 +1,155 @@
+#!/usr/bin/env node
+// What the engine's warm-up (js-host/warm-up.js) does for a fresh node, A/B
+// in one run: pairs of fresh kars-mesh clients (tests/drivers/mesh-node.mjs,
+// each its own process, one loopback AgentMesh relay and registry), with the
+// warm-up off (KARS_MESH_WARM_UP_ROUNDS=0) and on, alternating, CYCLES times
+// each, in two starts:
+//
+//   settled  the first message SETTLE ms after both clients were up (a user's
+//            first message comes seconds after the Gateway started)
+//   at once  the first message the moment both are up (the warm-up steps
+//            aside while the node has traffic of its own)
+//
+// For each run: the first round trip (KNOCK / X3DH included), the second, the
+// mean of the 3rd to 20th, and p50/p99 of the 21st to ROUNDS-th; the table
+// gives the medians over the runs of each configuration.
+//
+//   node bench/warm-up.mjs [--cycles=4] [--rounds=220] [--settle=1000] [--no-write] [--wait-idle[=s]]
+// Writes bench/WARM-UP-RESULTS.md (unless --no-write).
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startServers } from '../tests/harness/servers.mjs';
+import { spawnMeshNode } from '../tests/drivers/mesh-node-client.mjs';
+import { takeOverSignals, within } from './lifecycle.mjs';
+
+const BENCH = path.dirname(fileURLToPath(import.meta.url));
+const args = process.argv.slice(2);
+const opt = (name, dflt) => {
+  const a = args.find((x) => x.startsWith(`--${name}=`));
+  return a ? Number(a.slice(name.length + 3)) : dflt;
+};
+const CYCLES = opt('cycles', 4);
+const ROUNDS = opt('rounds', 220);
+const SETTLE = opt('settle', 1000);
+const NO_WRITE = args.includes('--no-write');
+const WAIT_IDLE = args.find((a) => a === '--wait-idle' || a.startsWith('--wait-idle='));
+const STEP_TIMEOUT = 15_000;
+for (const [k, v] of [['cycles', CYCLES], ['rounds', ROUNDS], ['settle', SETTLE]]) {
+  if (!Number.isInteger(v) || v < 0 || (k !== 'settle' && v < 1)) {
+    console.error(`bench/warm-up.mjs: --${k}=${v} is not a whole number${k === 'settle' ? '' : ' of at least 1'}`);
+    process.exit(2);
+  }
+}
+if (ROUNDS < 21) {
+  console.error('bench/warm-up.mjs: --rounds must be at least 21 (rounds 21 onwards give p50/p99)');
+  process.exit(2);
+}
+
+let srv;
+let dir;
+const live = new Set();
+const stopEverything = async () => {
+  await Promise.allSettled([...live].map((n) => within(n.stop(), 5000, 'stopping a client')));
+  await within(srv?.stop() ?? Promise.resolve(), 5000, 'stopping the relay/registry').catch(() => {});
+  try { if (dir) rmSync(dir, { recursive: true, force: true }); } catch { /* best effort */ }
+};
+takeOverSignals(stopEverything);
+
+const pct = (s, p) => s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
+const median = (xs) => { const s = [...xs].sort((x, y) => x - y); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
+
+function cpuIdle() {
+  const t = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  return { idle: t[3] + t[4], total: t.slice(0, 8).reduce((a, b) => a + b, 0) };
+}
+async function waitIdle() {
+  if (!WAIT_IDLE) return;
+  const limit = WAIT_IDLE.includes('=') ? Number(WAIT_IDLE.split('=')[1]) * 1000 : 300_000;
+  const end = Date.now() + limit;
+  while (Date.now() < end) {
+    const a = cpuIdle();
+    await new Promise((r) => setTimeout(r, 2000));
+    const b = cpuIdle();
+    if ((b.idle - a.idle) / Math.max(1, b.total - a.total) >= 0.9) return;
+  }
+}
+
+async function pair(run, env, settle) {
+  const mk = (who, extra = {}) => spawnMeshNode({
+    stateDir: path.join(dir, `${run}-${who}`), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name: `wu-${run}-${who}`, label: who, env, ...extra,
+  }).then((n) => { live.add(n); return n; });
+  const [a, b] = await Promise.all([mk('a'), mk('b', { echo: true })]);
+  try {
+    if (settle) await new Promise((r) => setTimeout(r, settle));
+    const rtts = [];
+    for (let k = 0; k < ROUNDS; k++) {
+      const t0 = performance.now();
+      const r = await within(a.request({ cmd: 'send', to: b.did, message: { type: 'ping', k } }), STEP_TIMEOUT, `send ${k}`);
+      if (!r.ok) throw new Error(`send ${k} failed: ${r.error}`);
+      await a.next((e) => e.event === 'message' && e.payload?.type === 'echo' && e.payload.content?.k === k, STEP_TIMEOUT, `echo ${k}`);
+      rtts.push(performance.now() - t0);
+    }
+    const steady = rtts.slice(20).sort((x, y) => x - y);
+    return { first: rtts[0], second: rtts[1], early: rtts.slice(2, 20).reduce((x, y) => x + y, 0) / 18, p50: pct(steady, 50), p99: pct(steady, 99) };
+  } finally {
+    await Promise.allSettled([a.stop(), b.stop()]);
+    live.delete(a); live.delete(b);
+  }
+}
+
+const CONFIGS = [['off', { KARS_MESH_WARM_UP_ROUNDS: '0' }], ['on', { KARS_MESH_WARM_UP_ROUNDS: '' }]];
+const STARTS = [['settled', SETTLE], ['at once', 0]];
+const FIELDS = [['first', 'first round trip'], ['second', 'second'], ['early', 'mean of 3rd-20th'], ['p50', 'p50 of 21st on'], ['p99', 'p99 of 21st on']];
+
+async function main() {
+  const t0 = Date.now();
+  const loadAtStart = os.loadavg().map((x) => x.toFixed(2)).join(' ');
+  dir = mkdtempSync(path.join(os.tmpdir(), 'kars-bench-warm-up-'));
+  srv = await startServers();
+  takeOverSignals(stopEverything); // startServers() added handlers that exit at once
+  const res = {};
+  let run = 0;
+  for (let c = 0; c < CYCLES; c++) {
+    for (const [start, settle] of STARTS) {
+      for (const [name, env] of CONFIGS) {
+        await waitIdle();
+        const r = await pair(++run, env, settle);
+        (res[`${start}/${name}`] ??= []).push(r);
+        console.log(`# ${start.padEnd(7)} warm-up ${name.padEnd(3)} ${FIELDS.map(([k]) => `${k} ${r[k].toFixed(1)}`).join('  ')}`);
+      }
+    }
+  }
+  const L = [];
+  L.push('# The engine\'s warm-up: fresh nodes, off against on');
+  L.push('');
+  L.push(`Written by \`node bench/warm-up.mjs\` on ${new Date().toISOString()} (run took ${((Date.now() - t0) / 1000).toFixed(0)} s). ${os.cpus()[0]?.model ?? 'cpu'} × ${os.cpus().length}; Node ${process.versions.node}; load average at start ${loadAtStart}.${WAIT_IDLE ? ' Each run waited for idle CPUs first (`--wait-idle`).' : ''}`);
+  L.push('');
+  L.push(`Pairs of fresh kars-mesh clients (each its own process, \`tests/drivers/mesh-node.mjs\`) on one loopback AgentMesh relay and registry: A sends, B echoes, A reads the echo; ${ROUNDS} round trips per run. The warm-up off (\`KARS_MESH_WARM_UP_ROUNDS=0\`) and on, alternating, ${CYCLES} runs each; *settled*: the first message ${SETTLE} ms after both clients were up; *at once*: the moment they were up. Medians over the runs, in ms:`);
+  L.push('');
+  L.push(`| start | warm-up | ${FIELDS.map(([, t]) => t).join(' | ')} |`);
+  L.push(`|---|---|${FIELDS.map(() => '---:').join('|')}|`);
+  for (const [start] of STARTS) {
+    for (const [name] of CONFIGS) {
+      const rs = res[`${start}/${name}`];
+      L.push(`| ${start} | ${name} | ${FIELDS.map(([k]) => median(rs.map((r) => r[k])).toFixed(1)).join(' | ')} |`);
+    }
+  }
+  L.push('');
+  const text = L.join('\n') + '\n';
+  console.log(text);
+  if (!NO_WRITE) {
+    writeFileSync(path.join(BENCH, 'WARM-UP-RESULTS.md'), text);
+    console.log('# wrote bench/WARM-UP-RESULTS.md');
+  }
+}
+
+main()
+  .then(() => stopEverything())
+  .then(() => process.exit(0))
+  .catch(async (e) => {
+    console.error(`bench/warm-up.mjs: ${e?.stack ?? e}`);
+    await stopEverything();
+    process.exit(1);
+  });
