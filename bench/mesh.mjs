@@ -68,6 +68,10 @@ const ROUNDS = opt('rounds', 200);
 const WARMUP = opt('warmup', 20);
 const COUNT = opt('count', 2000);
 const SETTLE = opt('settle', 1000);
+if (!Number.isInteger(SETTLE) || SETTLE < 0) {
+  console.error(`bench/mesh.mjs: --settle=${args.find((a) => a.startsWith('--settle='))?.slice(9)} is not a whole number of milliseconds`);
+  process.exit(2);
+}
 const settle = () => new Promise((r) => setTimeout(r, SETTLE));
 const NO_WRITE = args.includes('--no-write');
 const WAIT_IDLE = args.find((a) => a === '--wait-idle' || a.startsWith('--wait-idle='));

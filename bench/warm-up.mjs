@@ -14,6 +14,10 @@
 // mean of the 3rd to 20th, and p50/p99 of the 21st to ROUNDS-th; the table
 // gives the medians over the runs of each configuration.
 //
+// A first pair is not counted (the relay and registry have just started), and
+// the order alternates (off first, then on first), so neither side always
+// runs first.
+//
 //   node bench/warm-up.mjs [--cycles=4] [--rounds=220] [--settle=1000] [--no-write] [--wait-idle[=s]]
 // Writes bench/WARM-UP-RESULTS.md (unless --no-write).
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
@@ -42,6 +46,18 @@ for (const [k, v] of [['cycles', CYCLES], ['rounds', ROUNDS], ['settle', SETTLE]
     process.exit(2);
   }
 }
+const IDLE_S = WAIT_IDLE?.includes('=') ? Number(WAIT_IDLE.split('=')[1]) : 300;
+if (!(IDLE_S > 0)) {
+  console.error(`bench/warm-up.mjs: ${WAIT_IDLE} is not a number of seconds`);
+  process.exit(2);
+}
+const known = ['--cycles=', '--rounds=', '--settle=', '--no-write', '--wait-idle'];
+for (const a of args) {
+  if (!known.some((k) => a.startsWith(k))) {
+    console.error(`bench/warm-up.mjs: unknown option ${a} (options: --cycles=N --rounds=N --settle=MS --no-write --wait-idle[=S])`);
+    process.exit(2);
+  }
+}
 if (ROUNDS < 21) {
   console.error('bench/warm-up.mjs: --rounds must be at least 21 (rounds 21 onwards give p50/p99)');
   process.exit(2);
@@ -66,8 +82,7 @@ function cpuIdle() {
 }
 async function waitIdle() {
   if (!WAIT_IDLE) return;
-  const limit = WAIT_IDLE.includes('=') ? Number(WAIT_IDLE.split('=')[1]) * 1000 : 300_000;
-  const end = Date.now() + limit;
+  const end = Date.now() + IDLE_S * 1000;
   while (Date.now() < end) {
     const a = cpuIdle();
     await new Promise((r) => setTimeout(r, 2000));
@@ -94,7 +109,7 @@ async function pair(run, env, settle) {
     const steady = rtts.slice(20).sort((x, y) => x - y);
     return { first: rtts[0], second: rtts[1], early: rtts.slice(2, 20).reduce((x, y) => x + y, 0) / 18, p50: pct(steady, 50), p99: pct(steady, 99) };
   } finally {
-    await Promise.allSettled([a.stop(), b.stop()]);
+    await Promise.allSettled([a, b].map((n) => within(n.stop(), 10_000, 'stopping a client')));
     live.delete(a); live.delete(b);
   }
 }
@@ -111,9 +126,14 @@ async function main() {
   takeOverSignals(stopEverything); // startServers() added handlers that exit at once
   const res = {};
   let run = 0;
+  // A first pair whose figures are not kept: the relay and registry have
+  // just started, and their first clients would count against whichever
+  // configuration went first.
+  await pair(++run, CONFIGS[0][1], 0);
   for (let c = 0; c < CYCLES; c++) {
     for (const [start, settle] of STARTS) {
-      for (const [name, env] of CONFIGS) {
+      // Off first in even cycles, on first in odd ones.
+      for (const [name, env] of c % 2 ? [...CONFIGS].reverse() : CONFIGS) {
         await waitIdle();
         const r = await pair(++run, env, settle);
         (res[`${start}/${name}`] ??= []).push(r);
@@ -126,7 +146,7 @@ async function main() {
   L.push('');
   L.push(`Written by \`node bench/warm-up.mjs\` on ${new Date().toISOString()} (run took ${((Date.now() - t0) / 1000).toFixed(0)} s). ${os.cpus()[0]?.model ?? 'cpu'} × ${os.cpus().length}; Node ${process.versions.node}; load average at start ${loadAtStart}.${WAIT_IDLE ? ' Each run waited for idle CPUs first (`--wait-idle`).' : ''}`);
   L.push('');
-  L.push(`Pairs of fresh kars-mesh clients (each its own process, \`tests/drivers/mesh-node.mjs\`) on one loopback AgentMesh relay and registry: A sends, B echoes, A reads the echo; ${ROUNDS} round trips per run. The warm-up off (\`KARS_MESH_WARM_UP_ROUNDS=0\`) and on, alternating, ${CYCLES} runs each; *settled*: the first message ${SETTLE} ms after both clients were up; *at once*: the moment they were up. Medians over the runs, in ms:`);
+  L.push(`Pairs of fresh kars-mesh clients (each its own process, \`tests/drivers/mesh-node.mjs\`) on one loopback AgentMesh relay and registry: A sends, B echoes, A reads the echo; ${ROUNDS} round trips per run. A first pair, not counted, then the warm-up off (\`KARS_MESH_WARM_UP_ROUNDS=0\`) and on, alternating (off first in even cycles, on first in odd ones), ${CYCLES} runs each; *settled*: the first message ${SETTLE} ms after both clients were up; *at once*: the moment they were up. Medians over the runs, in ms:`);
   L.push('');
   L.push(`| start | warm-up | ${FIELDS.map(([, t]) => t).join(' | ')} |`);
   L.push(`|---|---|${FIELDS.map(() => '---:').join('|')}|`);

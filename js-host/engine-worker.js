@@ -90,13 +90,19 @@ async function boot() {
  */
 let warming = false;
 function startWarmUp(role) {
+  if (warming) return;
+  warming = true; // once per worker, whatever the outcome
+  if (closed || loop?.fatal || role === 'sandbox') return;
   const rounds = warmUpRounds();
-  if (warming || rounds === 0 || role === 'sandbox') return;
-  warming = true;
+  if (rounds === 0) {
+    log('debug', 'host: engine warm-up off (KARS_MESH_WARM_UP_ROUNDS=0)');
+    return;
+  }
   const throwaway = (o) => loadCoreShared({ ...o, log: () => {} });
   const stateKey = () => randomFillSync(Buffer.alloc(32)).toString('base64');
   const next = whenQuiet(() => lastEventAt);
   warmUp(throwaway, { rounds, stateKey, next, stopped: () => closed || !!loop?.fatal }).then((r) => {
+    if (r.stopped) return; // the node is closing: nothing to say
     if (r.error) log('warn', `host: the engine's warm-up stopped after ${r.rounds} round trips (${r.error}); the node works, its first messages are only slower`);
     else log('debug', `host: engine warm-up: ${r.rounds} round trips, ${r.calls} engine calls, ${r.ms.toFixed(0)} ms`);
   });

@@ -5,8 +5,8 @@
 // TurboFan, on a background thread. A fresh node therefore answers its first
 // messages with unoptimized code, and on a 2-core machine the background
 // compiles compete with those very messages. Measured with two fresh nodes on
-// the loopback relay (.cache/prof/ab.mjs): the first round trip 51 to 74 ms,
-// the second 22 to 38, and the slow round trips of the p99 (12 to 25 ms where
+// the loopback relay (bench/warm-up.mjs): the first round trip 51 to 90 ms,
+// the second 20 to 38, and the slow round trips of the p99 (12 to 25 ms where
 // most take 5 to 6) fall between the 40th and the 150th. V8's flags do not fit:
 // `--no-wasm-dynamic-tiering` doubles the first contact (every function
 // compiled by TurboFan at its first call), a lower `--wasm-tiering-budget`
@@ -34,8 +34,8 @@
 
 /** Round trips, past where the slow ones of bench:mesh ended. */
 export const WARM_UP_ROUNDS = 150;
-/** Engine calls, at most (a pair that does not converse stops here). */
-const MAX_CALLS = 40_000;
+/** Engine calls per round trip, at most (about 8 are needed): a pair that does not converse stops there. */
+const MAX_CALLS_PER_ROUND = 20;
 
 const RELAY = 'ws://warm-up.invalid/';
 const REGISTRY = 'http://warm-up.invalid';
@@ -73,15 +73,16 @@ function defaultNext() {
  *   through `storage`): called twice with `{ storage, now }`
  * @param {{ rounds?: number, next?: (fn: () => void) => void, stopped?: () => boolean,
  *   stateKey: () => string }} o  stateKey: a fresh base64 key for a throwaway engine
- * @returns {Promise<{ rounds: number, calls: number, ms: number, routed: object, error?: string }>}
- *   routed: frames the in-memory relay delivered, by type (knock, message, ...)
+ * @returns {Promise<{ rounds: number, calls: number, ms: number, routed: object, stopped?: true, error?: string }>}
+ *   routed: frames the in-memory relay delivered, by type (knock, message, ...);
+ *   stopped: `o.stopped()` said so before the last round trip
  */
 export async function warmUp(makeCore, o) {
   const rounds = o.rounds ?? WARM_UP_ROUNDS;
   const next = o.next ?? defaultNext();
   const stopped = o.stopped ?? (() => false);
   const t0 = performance.now();
-  const w = new World(next, stopped);
+  const w = new World(next, stopped, Math.max(1_000, (rounds + 5) * MAX_CALLS_PER_ROUND));
   let done = 0;
   try {
     const [a, b] = await Promise.all([w.engine(makeCore, 'a'), w.engine(makeCore, 'b')]);
@@ -99,7 +100,7 @@ export async function warmUp(makeCore, o) {
     }
     return w.report(done, t0);
   } catch (e) {
-    if (e === STOPPED) return w.report(done, t0);
+    if (e === STOPPED) return { ...w.report(done, t0), stopped: true };
     return { ...w.report(done, t0), error: e?.message ?? String(e) };
   } finally {
     w.drop();
@@ -110,9 +111,10 @@ const STOPPED = Symbol('stopped');
 
 /** Two engines, their storage, timers, a relay and a registry, all in memory. */
 class World {
-  constructor(next, stopped) {
+  constructor(next, stopped, maxCalls) {
     this.next = next;
     this.stopped = stopped;
+    this.maxCalls = maxCalls;
     this.now = Date.now();
     this.calls = 0;
     this.queue = []; // [engine, event]
@@ -162,7 +164,10 @@ class World {
       const r = await this.tool(e, 'mesh_inbox', { mark_read: true, limit: 50 });
       const m = (r.details?.mesh?.messages ?? []).find(want);
       if (m) return m;
-      if (!(await this.advance())) await this.step();
+      // Frames still on their way first; then the next timer (a receipt's
+      // delay, a re-send) moves the clock.
+      if (this.queue.length) await this.step();
+      else if (!(await this.advance())) throw new WarmUpError(`${e.label}: the message did not arrive, and nothing is left to run`);
     }
     throw new WarmUpError(`${e.label}: the message did not arrive`);
   }
@@ -191,7 +196,7 @@ class World {
   async step() {
     await new Promise((r) => this.next(r));
     if (this.stopped()) throw STOPPED;
-    if (++this.calls > MAX_CALLS) throw new WarmUpError(`no conversation after ${MAX_CALLS} engine calls`);
+    if (++this.calls > this.maxCalls) throw new WarmUpError(`no conversation after ${this.maxCalls} engine calls`);
     const [e, ev] = this.queue.shift();
     if (!e.core) return;
     for (const c of e.core.engine.handle(ev)) this.carryOut(e, c);
@@ -205,7 +210,11 @@ class World {
       case 'timer-cancel': e.timers.delete(val); break;
       case 'tool-result': e.results.set(val.callId, val.resultJson); break;
       case 'socket-open': e.sockets.set(val[0], null); e.push({ tag: 'socket-opened', val: val[0] }); break;
-      case 'socket-close': this.closed(e, val.socket); break;
+      case 'socket-close':
+        // As a host must: the engine hears socket-closed for it (js-host/ENGINE.md).
+        this.closed(e, val.socket);
+        e.push({ tag: 'socket-closed', val: { socket: val.socket, code: val.code, reason: val.reason } });
+        break;
       case 'socket-send': this.relay(e, val.socket, val.text); break;
       case 'http-request': {
         const [status, body] = this.registry(val.method, val.url, val.body);

@@ -57,6 +57,7 @@ test('warm-up: stops at the next slice once told to, without an error', async ()
     stopped: () => slices > 30,
   });
   assert.equal(r.error, undefined);
+  assert.equal(r.stopped, true);
   assert.ok(r.rounds < 50, `stopped early: ${r.rounds} round trips`);
   assert.equal(r.calls, 30);
 });
@@ -126,13 +127,27 @@ test('a node runs the warm-up in its engine thread after start, and answers tool
   assert.ok(!JSON.stringify(identity).includes('warm-up-'), JSON.stringify(identity));
 });
 
-test('KARS_MESH_WARM_UP_ROUNDS=0 turns it off; a bad value is named and the default used', { timeout: 60_000 }, async (t) => {
+test('KARS_MESH_WARM_UP_ROUNDS=0 turns it off; a bad value is named once and the default used', { timeout: 60_000 }, async (t) => {
   const off = await nodeLogs(t, '0');
   await off.node.callTool('mesh_identity', {});
+  assert.ok(await waitFor(() => off.logs.some((l) => l === 'debug: host: engine warm-up off (KARS_MESH_WARM_UP_ROUNDS=0)'), 30_000), off.logs.join('\n'));
   await new Promise((r) => setTimeout(r, 1500));
-  assert.ok(!off.logs.some((l) => /warm-up/.test(l)), off.logs.join('\n'));
+  assert.ok(!off.logs.some((l) => /warm-up: \d+ round trips|warm-up stopped/.test(l)), off.logs.join('\n'));
 
   const bad = await nodeLogs(t, 'lots');
   assert.ok(await waitFor(() => bad.logs.some((l) => /warm-up: \d+ round trips/.test(l)), 30_000), bad.logs.join('\n'));
-  assert.ok(bad.logs.some((l) => l.startsWith('warn: ') && l.includes('KARS_MESH_WARM_UP_ROUNDS="lots" is not a whole number') && l.includes('set 0 to turn the warm-up off')), bad.logs.join('\n'));
+  // More batches of the node's own: the warning stays one.
+  for (let i = 0; i < 3; i++) await bad.node.callTool('mesh_identity', {});
+  const warned = bad.logs.filter((l) => l.startsWith('warn: ') && l.includes('KARS_MESH_WARM_UP_ROUNDS="lots" is not a whole number') && l.includes('set 0 to turn the warm-up off'));
+  assert.equal(warned.length, 1, bad.logs.join('\n'));
+});
+
+test('a node stopped during its warm-up stops at once and says nothing of it', { timeout: 60_000 }, async (t) => {
+  const { node, logs } = await nodeLogs(t, '100000'); // far more than it gets to
+  await node.callTool('mesh_identity', {});
+  await new Promise((r) => setTimeout(r, 300)); // under way
+  const t0 = Date.now();
+  await node.stop();
+  assert.ok(Date.now() - t0 < 10_000, `stop took ${Date.now() - t0} ms`);
+  assert.ok(!logs.some((l) => /warm-up/.test(l)), logs.join('\n'));
 });
