@@ -45,8 +45,7 @@
 // exit code is 130/143 (a second signal exits at once). A failed section
 // makes the exit code 1 (its message is in the results file).
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import fs, { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import fs, { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -57,6 +56,7 @@ import { startServers, VENV_PYTHON } from '../tests/harness/servers.mjs';
 import { spawnAgtPeer } from '../tests/peers/agt_peer.mjs';
 import { spawnMeshNode } from '../tests/drivers/mesh-node-client.mjs';
 import { takeOverSignals, within, yieldToLoop } from './lifecycle.mjs';
+import { buildId, cpuIdleFraction, waitIdle, waitIdleSeconds } from './machine.mjs';
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -74,12 +74,11 @@ if (!Number.isInteger(SETTLE) || SETTLE < 0) {
 }
 const settle = () => new Promise((r) => setTimeout(r, SETTLE));
 const NO_WRITE = args.includes('--no-write');
-const WAIT_IDLE = args.find((a) => a === '--wait-idle' || a.startsWith('--wait-idle='));
+const IDLE_S = waitIdleSeconds(args, 'bench/mesh.mjs');
 const STEP_TIMEOUT = 30_000;
 const BURST_TIMEOUT = 300_000;
 const SECTION_TIMEOUT = 900_000;
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
 function summary(xs) {
   const s = [...xs].sort((a, b) => a - b);
@@ -389,51 +388,6 @@ async function runSection(fn) {
   }
 }
 
-function cpuIdleFraction(ms) {
-  const read = () => {
-    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-    return { idle: f[3] + (f[4] ?? 0), total: f.reduce((x, y) => x + y, 0) };
-  };
-  const a = read();
-  return sleep(ms).then(() => {
-    const b = read();
-    return (b.idle - a.idle) / Math.max(1, b.total - a.total);
-  });
-}
-
-/** Linux PSI: share of the last 10 s in which some task waited for I/O (%), or null. */
-function ioPressure() {
-  try {
-    return Number(/some avg10=([\d.]+)/.exec(readFileSync('/proc/pressure/io', 'utf8'))[1]);
-  } catch {
-    return null;
-  }
-}
-
-async function waitIdle(maxS) {
-  const t0 = Date.now();
-  for (;;) {
-    let idle;
-    try { idle = await cpuIdleFraction(2000); } catch { return 'unknown (no /proc/stat)'; }
-    const io = ioPressure();
-    const what = `idle ${(idle * 100).toFixed(0)}%${io == null ? '' : `, I/O pressure ${io.toFixed(1)}%`}`;
-    if (idle >= 0.85 && (io == null || io < 2)) return `${what} after ${((Date.now() - t0) / 1000).toFixed(0)} s wait`;
-    if (Date.now() - t0 > maxS * 1000) return `still busy (${what}) after ${maxS} s; measured anyway`;
-  }
-}
-
-function buildId() {
-  try {
-    const root = path.resolve(BENCH, '..');
-    const head = execFileSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['-C', root, 'status', '--porcelain', '--', 'src', 'wit', 'js-host'], { encoding: 'utf8' }).trim() ? ' + uncommitted changes in src/wit/js-host' : '';
-    const wasm = readFileSync(path.join(root, 'js-host/gen/kars_mesh.component.core.wasm'));
-    return `commit ${head}${dirty}; js-host/gen core wasm sha256 ${createHash('sha256').update(wasm).digest('hex').slice(0, 16)}`;
-  } catch {
-    return '?';
-  }
-}
-
 function environment() {
   let py = '?';
   try { py = execFileSync(VENV_PYTHON, ['--version'], { encoding: 'utf8' }).trim(); } catch { /* ignore */ }
@@ -533,9 +487,8 @@ function markdown(env, results, bd, bl, wallMs) {
 /** Before each section: wait for idle CPUs (with --wait-idle), note the idle share. */
 async function beforeSection(name) {
   let note;
-  if (WAIT_IDLE) {
-    const maxS = WAIT_IDLE.includes('=') ? Number(WAIT_IDLE.split('=')[1]) : 300;
-    note = await waitIdle(maxS);
+  if (IDLE_S) {
+    note = await waitIdle(IDLE_S);
   } else {
     try { note = `idle ${(100 * (await cpuIdleFraction(1000))).toFixed(0)}%`; } catch { note = '?'; }
   }
@@ -546,8 +499,8 @@ async function beforeSection(name) {
 async function main() {
   const wall0 = performance.now();
   let idleNote = 'not waited for';
-  if (WAIT_IDLE) {
-    const maxS = WAIT_IDLE.includes('=') ? Number(WAIT_IDLE.split('=')[1]) : 300;
+  if (IDLE_S) {
+    const maxS = IDLE_S;
     console.log(`# waiting (up to ${maxS} s) for idle CPUs ...`);
     idleNote = await waitIdle(maxS);
     console.log(`# ${idleNote}`);

@@ -46,9 +46,9 @@ import { killSandboxes } from '../js-host/jobs.js';
 import { startServers, VENV_PYTHON } from '../tests/harness/servers.mjs';
 import { spawnAgtPeer } from '../tests/peers/agt_peer.mjs';
 import { takeOverSignals, within, yieldToLoop } from './lifecycle.mjs';
+import { buildId, cpuIdleFraction, procStat, waitIdle, waitIdleSeconds } from './machine.mjs';
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(BENCH, '..');
 const args = process.argv.slice(2);
 const opt = (name, dflt) => {
   const a = args.find((x) => x.startsWith(`--${name}=`));
@@ -58,7 +58,7 @@ const MAX_FILE = 31_454_208;
 const SIZE = opt('size', MAX_FILE);
 const RUNS = opt('runs', 2);
 const NO_WRITE = args.includes('--no-write');
-const WAIT_IDLE = args.find((a) => a === '--wait-idle' || a.startsWith('--wait-idle='));
+const IDLE_S = waitIdleSeconds(args, 'bench/offload.mjs');
 const STEP_TIMEOUT = 40_000;
 const RUN_TIMEOUT = 300_000;
 const CHUNK_B64 = 512 * 1024; // base64 characters per anchor message, as our chunks
@@ -201,7 +201,6 @@ async function ours(run, input, inputSha) {
 // 1 / (its CPU seconds per MiB) MiB/s of such frames.
 const TICK_S = 0.01; // USER_HZ: 100 on Linux
 /** The machine's CPU counters (the `cpu` line of /proc/stat), in ticks. */
-const procStat = () => readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
 function relayCpuSampler(pid) {
   const samples = [];
   const read = () => {
@@ -299,39 +298,9 @@ async function anchor(bytes) {
 }
 
 // ── machine state ─────────────────────────────────────────────────────────
-function cpuIdleFraction(ms) {
-  const read = () => {
-    const f = procStat();
-    return { idle: f[3] + (f[4] ?? 0), total: f.reduce((x, y) => x + y, 0) };
-  };
-  const a = read();
-  return sleep(ms).then(() => {
-    const b = read();
-    return (b.idle - a.idle) / Math.max(1, b.total - a.total);
-  });
-}
 async function idleNote() {
-  const maxS = WAIT_IDLE?.includes('=') ? Number(WAIT_IDLE.split('=')[1]) : 300;
-  const t0 = Date.now();
-  for (;;) {
-    let idle;
-    try { idle = await cpuIdleFraction(2000); } catch { return 'unknown (no /proc/stat)'; }
-    const what = `idle ${(idle * 100).toFixed(0)}%`;
-    if (!WAIT_IDLE) return what;
-    if (idle >= 0.85) return `${what} after ${((Date.now() - t0) / 1000).toFixed(0)} s wait`;
-    if (Date.now() - t0 > maxS * 1000) return `still busy (${what}) after ${maxS} s; measured anyway`;
-  }
-}
-
-function buildId() {
-  try {
-    const head = execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src', 'wit', 'js-host'], { encoding: 'utf8' }).trim() ? ' + uncommitted changes in src/wit/js-host' : '';
-    const wasm = readFileSync(path.join(ROOT, 'js-host/gen/kars_mesh.component.core.wasm'));
-    return `commit ${head}${dirty}; js-host/gen core wasm sha256 ${sha(wasm).slice(0, 16)}`;
-  } catch {
-    return '?';
-  }
+  if (IDLE_S) return waitIdle(IDLE_S, { io: false });
+  try { return `idle ${(100 * (await cpuIdleFraction(2000))).toFixed(0)}%`; } catch { return 'unknown (no /proc/stat)'; }
 }
 
 function markdown(env, rows, wallMs) {
@@ -344,7 +313,7 @@ function markdown(env, rows, wallMs) {
   L.push('');
   L.push(`Engine build: ${env.build}.`);
   L.push('');
-  L.push(`Machine: ${env.cpu}; ${env.os}; Node ${env.node}; ${env.python}; load average at start ${env.load}.${WAIT_IDLE ? ' Each run waited for idle CPUs first (`--wait-idle`);' : ''} other work on the machine during a run still shows up in its figures.`);
+  L.push(`Machine: ${env.cpu}; ${env.os}; Node ${env.node}; ${env.python}; load average at start ${env.load}.${IDLE_S ? ' Each run waited for idle CPUs first (`--wait-idle`);' : ''} other work on the machine during a run still shows up in its figures.`);
   L.push('');
   L.push(`One loopback AgentMesh relay and registry (agent-governance-toolkit-core 5.0.0, \`tests/harness/servers.mjs\`) serve everything. The file is ${SIZE.toLocaleString('en-US')} bytes (${f2(SIZE / MiB)} MiB) of random data.`);
   L.push('');

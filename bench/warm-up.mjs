@@ -20,13 +20,14 @@
 //
 //   node bench/warm-up.mjs [--cycles=4] [--rounds=220] [--settle=1000] [--no-write] [--wait-idle[=s]]
 // Writes bench/WARM-UP-RESULTS.md (unless --no-write).
-import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServers } from '../tests/harness/servers.mjs';
 import { spawnMeshNode } from '../tests/drivers/mesh-node-client.mjs';
 import { takeOverSignals, within } from './lifecycle.mjs';
+import { buildId, waitIdle, waitIdleSeconds } from './machine.mjs';
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -38,18 +39,13 @@ const CYCLES = opt('cycles', 4);
 const ROUNDS = opt('rounds', 220);
 const SETTLE = opt('settle', 1000);
 const NO_WRITE = args.includes('--no-write');
-const WAIT_IDLE = args.find((a) => a === '--wait-idle' || a.startsWith('--wait-idle='));
+const IDLE_S = waitIdleSeconds(args, 'bench/warm-up.mjs');
 const STEP_TIMEOUT = 15_000;
 for (const [k, v] of [['cycles', CYCLES], ['rounds', ROUNDS], ['settle', SETTLE]]) {
   if (!Number.isInteger(v) || v < 0 || (k !== 'settle' && v < 1)) {
     console.error(`bench/warm-up.mjs: --${k}=${v} is not a whole number${k === 'settle' ? '' : ' of at least 1'}`);
     process.exit(2);
   }
-}
-const IDLE_S = WAIT_IDLE?.includes('=') ? Number(WAIT_IDLE.split('=')[1]) : 300;
-if (!(IDLE_S > 0)) {
-  console.error(`bench/warm-up.mjs: ${WAIT_IDLE} is not a number of seconds`);
-  process.exit(2);
 }
 const known = ['--cycles=', '--rounds=', '--settle=', '--no-write', '--wait-idle'];
 for (const a of args) {
@@ -75,21 +71,6 @@ takeOverSignals(stopEverything);
 
 const pct = (s, p) => s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
 const median = (xs) => { const s = [...xs].sort((x, y) => x - y); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
-
-function cpuIdle() {
-  const t = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
-  return { idle: t[3] + t[4], total: t.slice(0, 8).reduce((a, b) => a + b, 0) };
-}
-async function waitIdle() {
-  if (!WAIT_IDLE) return;
-  const end = Date.now() + IDLE_S * 1000;
-  while (Date.now() < end) {
-    const a = cpuIdle();
-    await new Promise((r) => setTimeout(r, 2000));
-    const b = cpuIdle();
-    if ((b.idle - a.idle) / Math.max(1, b.total - a.total) >= 0.9) return;
-  }
-}
 
 async function pair(run, env, settle) {
   const mk = (who, extra = {}) => spawnMeshNode({
@@ -129,12 +110,13 @@ async function main() {
   // A first pair whose figures are not kept: the relay and registry have
   // just started, and their first clients would count against whichever
   // configuration went first.
+  if (IDLE_S) await waitIdle(IDLE_S);
   await pair(++run, CONFIGS[0][1], 0);
   for (let c = 0; c < CYCLES; c++) {
     for (const [start, settle] of STARTS) {
       // Off first in even cycles, on first in odd ones.
       for (const [name, env] of c % 2 ? [...CONFIGS].reverse() : CONFIGS) {
-        await waitIdle();
+        if (IDLE_S) await waitIdle(IDLE_S);
         const r = await pair(++run, env, settle);
         (res[`${start}/${name}`] ??= []).push(r);
         console.log(`# ${start.padEnd(7)} warm-up ${name.padEnd(3)} ${FIELDS.map(([k]) => `${k} ${r[k].toFixed(1)}`).join('  ')}`);
@@ -144,7 +126,7 @@ async function main() {
   const L = [];
   L.push('# The engine\'s warm-up: fresh nodes, off against on');
   L.push('');
-  L.push(`Written by \`node bench/warm-up.mjs\` on ${new Date().toISOString()} (run took ${((Date.now() - t0) / 1000).toFixed(0)} s). ${os.cpus()[0]?.model ?? 'cpu'} × ${os.cpus().length}; Node ${process.versions.node}; load average at start ${loadAtStart}.${WAIT_IDLE ? ' Each run waited for idle CPUs first (`--wait-idle`).' : ''}`);
+  L.push(`Written by \`node bench/warm-up.mjs\` on ${new Date().toISOString()} (run took ${((Date.now() - t0) / 1000).toFixed(0)} s). ${os.cpus()[0]?.model ?? 'cpu'} × ${os.cpus().length}; Node ${process.versions.node}; load average at start ${loadAtStart}.${IDLE_S ? ' Each run waited for idle CPUs first (`--wait-idle`).' : ''} Engine build: ${buildId()}.`);
   L.push('');
   L.push(`Pairs of fresh kars-mesh clients (each its own process, \`tests/drivers/mesh-node.mjs\`) on one loopback AgentMesh relay and registry: A sends, B echoes, A reads the echo; ${ROUNDS} round trips per run. A first pair, not counted, then the warm-up off (\`KARS_MESH_WARM_UP_ROUNDS=0\`) and on, alternating (off first in even cycles, on first in odd ones), ${CYCLES} runs each; *settled*: the first message ${SETTLE} ms after both clients were up; *at once*: the moment they were up. Medians over the runs, in ms:`);
   L.push('');
