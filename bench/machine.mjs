@@ -1,6 +1,6 @@
 // Shared by the bench scripts that measure against a loopback relay
-// (mesh.mjs, offload.mjs, warm-up.mjs): how busy the machine is, waiting for
-// it to be idle, and which build is measured.
+// (mesh.mjs, offload.mjs, warm-up.mjs): their numeric options, how busy the
+// machine is, waiting for it to be idle, and which build is measured.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -49,6 +49,18 @@ export async function waitIdle(maxS, { io = true } = {}) {
     if (idle >= 0.85 && (p == null || p < 2)) return `${what} after ${((Date.now() - t0) / 1000).toFixed(0)} s wait`;
     if (Date.now() - t0 > maxS * 1000) return `still busy (${what}) after ${maxS} s; measured anyway`;
   }
+}
+
+/** `--name=N`: a whole number of at least `min`, else `dflt` without the option. Exits on a bad value. */
+export function wholeOption(args, name, dflt, script, min = 0) {
+  const a = args.find((x) => x.startsWith(`--${name}=`));
+  if (!a) return dflt;
+  const v = Number(a.slice(name.length + 3));
+  if (!Number.isInteger(v) || v < min) {
+    console.error(`${script}: ${a} is not a whole number of at least ${min}`);
+    process.exit(2);
+  }
+  return v;
 }
 
 /** `--wait-idle[=s]`'s seconds (300 without a value); null without the flag. Exits on a bad value. */

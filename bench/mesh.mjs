@@ -56,22 +56,15 @@ import { startServers, VENV_PYTHON } from '../tests/harness/servers.mjs';
 import { spawnAgtPeer } from '../tests/peers/agt_peer.mjs';
 import { spawnMeshNode } from '../tests/drivers/mesh-node-client.mjs';
 import { takeOverSignals, within, yieldToLoop } from './lifecycle.mjs';
-import { buildId, cpuIdleFraction, waitIdle, waitIdleSeconds } from './machine.mjs';
+import { buildId, cpuIdleFraction, waitIdle, waitIdleSeconds, wholeOption } from './machine.mjs';
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const a = args.find((x) => x.startsWith(`--${name}=`));
-  return a ? Number(a.slice(name.length + 3)) : dflt;
-};
-const ROUNDS = opt('rounds', 200);
+const opt = (name, dflt, min = 0) => wholeOption(args, name, dflt, 'bench/mesh.mjs', min);
+const ROUNDS = opt('rounds', 200, 1);
 const WARMUP = opt('warmup', 20);
-const COUNT = opt('count', 2000);
+const COUNT = opt('count', 2000, 1);
 const SETTLE = opt('settle', 1000);
-if (!Number.isInteger(SETTLE) || SETTLE < 0) {
-  console.error(`bench/mesh.mjs: --settle=${args.find((a) => a.startsWith('--settle='))?.slice(9)} is not a whole number of milliseconds`);
-  process.exit(2);
-}
 const settle = () => new Promise((r) => setTimeout(r, SETTLE));
 const NO_WRITE = args.includes('--no-write');
 const IDLE_S = waitIdleSeconds(args, 'bench/mesh.mjs');

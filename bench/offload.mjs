@@ -46,14 +46,11 @@ import { killSandboxes } from '../js-host/jobs.js';
 import { startServers, VENV_PYTHON } from '../tests/harness/servers.mjs';
 import { spawnAgtPeer } from '../tests/peers/agt_peer.mjs';
 import { takeOverSignals, within, yieldToLoop } from './lifecycle.mjs';
-import { buildId, cpuIdleFraction, procStat, waitIdle, waitIdleSeconds } from './machine.mjs';
+import { buildId, cpuIdleFraction, procStat, waitIdle, waitIdleSeconds, wholeOption } from './machine.mjs';
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const a = args.find((x) => x.startsWith(`--${name}=`));
-  return a ? Number(a.slice(name.length + 3)) : dflt;
-};
+const opt = (name, dflt, min = 1) => wholeOption(args, name, dflt, 'bench/offload.mjs', min);
 const MAX_FILE = 31_454_208;
 const SIZE = opt('size', MAX_FILE);
 const RUNS = opt('runs', 2);

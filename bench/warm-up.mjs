@@ -27,36 +27,23 @@ import { fileURLToPath } from 'node:url';
 import { startServers } from '../tests/harness/servers.mjs';
 import { spawnMeshNode } from '../tests/drivers/mesh-node-client.mjs';
 import { takeOverSignals, within } from './lifecycle.mjs';
-import { buildId, waitIdle, waitIdleSeconds } from './machine.mjs';
+import { buildId, waitIdle, waitIdleSeconds, wholeOption } from './machine.mjs';
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const a = args.find((x) => x.startsWith(`--${name}=`));
-  return a ? Number(a.slice(name.length + 3)) : dflt;
-};
-const CYCLES = opt('cycles', 4);
-const ROUNDS = opt('rounds', 220);
-const SETTLE = opt('settle', 1000);
+const opt = (name, dflt, min) => wholeOption(args, name, dflt, 'bench/warm-up.mjs', min);
+const CYCLES = opt('cycles', 4, 1);
+const ROUNDS = opt('rounds', 220, 21); // rounds 21 onwards give p50/p99
+const SETTLE = opt('settle', 1000, 0);
 const NO_WRITE = args.includes('--no-write');
 const IDLE_S = waitIdleSeconds(args, 'bench/warm-up.mjs');
 const STEP_TIMEOUT = 15_000;
-for (const [k, v] of [['cycles', CYCLES], ['rounds', ROUNDS], ['settle', SETTLE]]) {
-  if (!Number.isInteger(v) || v < 0 || (k !== 'settle' && v < 1)) {
-    console.error(`bench/warm-up.mjs: --${k}=${v} is not a whole number${k === 'settle' ? '' : ' of at least 1'}`);
-    process.exit(2);
-  }
-}
 const known = ['--cycles=', '--rounds=', '--settle=', '--no-write', '--wait-idle'];
 for (const a of args) {
   if (!known.some((k) => a.startsWith(k))) {
     console.error(`bench/warm-up.mjs: unknown option ${a} (options: --cycles=N --rounds=N --settle=MS --no-write --wait-idle[=S])`);
     process.exit(2);
   }
-}
-if (ROUNDS < 21) {
-  console.error('bench/warm-up.mjs: --rounds must be at least 21 (rounds 21 onwards give p50/p99)');
-  process.exit(2);
 }
 
 let srv;
