@@ -81,6 +81,19 @@ async function defaultGetCoreModule(name) {
   return WebAssembly.compileStreaming(fetch(url));
 }
 
+/**
+ * A getCoreModule that compiles each core module once and hands the same
+ * compiled module to every instance made with it (the engine and the
+ * warm-up's throwaway pair: what V8 optimizes for one serves the others).
+ */
+export function sharedCoreModules(get = defaultGetCoreModule) {
+  const compiled = new Map();
+  return (name) => {
+    if (!compiled.has(name)) compiled.set(name, get(name));
+    return compiled.get(name);
+  };
+}
+
 function defaultLog(level, message) {
   if (level === 'warn' || level === 'error') console.error(`[kars-mesh ${level}] ${message}`);
 }

@@ -15,14 +15,13 @@
 // events that arrived during a commit form the next batch.
 
 import { workerData, receiveMessageOnPort } from 'node:worker_threads';
-import { loadCore } from './core.js';
+import { loadCore, sharedCoreModules } from './core.js';
 import { openRecordsDb } from './state-db.js';
 import { loadStateKey } from './storage-fs.js';
 import { createJobs } from './jobs.js';
 import { createEventLoop, batchTotals } from './event-loop.js';
 import { loadEngine } from './engine-load.js';
 import { randomFillSync } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import { pooledRandom } from './random.js';
 import { NodeError, errorText } from './node-error.js';
 import { crashHookFromEnv } from './crash-hook.js';
@@ -33,13 +32,8 @@ const { port, stateDir, filesDir, sealedOnly } = workerData;
 const log = (level, message) => port.postMessage({ t: 'log', level, message: String(message) });
 const errorData = (e) => ({ name: e?.name, message: errorText(e), code: e?.code });
 
-// One compiled core for the node's engine and the warm-up's throwaway pair:
-// what V8 optimizes for one instance serves the others.
-const compiled = new Map();
-const getCoreModule = (name) => {
-  if (!compiled.has(name)) compiled.set(name, readFile(new URL(`./gen/${name}`, import.meta.url)).then((b) => WebAssembly.compile(b)));
-  return compiled.get(name);
-};
+// One compiled core for the node's engine and the warm-up's throwaway pair.
+const getCoreModule = sharedCoreModules();
 const loadCoreShared = (o = {}) => loadCore({ ...o, getCoreModule });
 
 let store;
