@@ -493,9 +493,8 @@ async function main() {
   const wall0 = performance.now();
   let idleNote = 'not waited for';
   if (IDLE_S) {
-    const maxS = IDLE_S;
-    console.log(`# waiting (up to ${maxS} s) for idle CPUs ...`);
-    idleNote = await waitIdle(maxS);
+    console.log(`# waiting (up to ${IDLE_S} s) for idle CPUs ...`);
+    idleNote = await waitIdle(IDLE_S);
     console.log(`# ${idleNote}`);
   }
   const env = environment();
