@@ -4,10 +4,16 @@
 // (state-db.js, storage-fs.js) and the browser's (console/storage-idb.js)
 // share it.
 
-/** Seal format versions the core writes (src/crypto/seal.rs VERSION; 2 is coming). */
-export const SEAL_VERSIONS = Object.freeze([1, 2]);
+/**
+ * Seal format versions the core writes (src/crypto/seal.rs): 1 and 2 sealed
+ * whole; 3 a sealed head followed by bytes that are already ciphertext end to
+ * end (a file chunk's frame in the sender's outbox), stored as they are.
+ */
+export const SEAL_VERSIONS = Object.freeze([1, 2, 3]);
 /** version(1) + nonce(12) + tag(16): the smallest sealed record (empty plaintext). */
 export const MIN_SEALED_LEN = 1 + 12 + 16;
+/** Version 3: version(1) + the sealed head's length (u32 LE) + nonce(12) + tag(16). */
+const MIN_TRAILER_LEN = 1 + 4 + 12 + 16;
 
 /**
  * Why `bytes` cannot be a sealed record, or undefined when it can. A shape
@@ -19,7 +25,12 @@ export function notSealedReason(bytes) {
     return `it is ${bytes.byteLength} bytes, shorter than the ${MIN_SEALED_LEN} of the smallest sealed record`;
   }
   if (!SEAL_VERSIONS.includes(bytes[0])) {
-    return `its first byte ${bytes[0]} is not a known seal version (${SEAL_VERSIONS.join(' or ')})`;
+    return `its first byte ${bytes[0]} is not a known seal version (${SEAL_VERSIONS.join(', ')})`;
+  }
+  if (bytes[0] === 3) {
+    if (bytes.byteLength < MIN_TRAILER_LEN) return `it is ${bytes.byteLength} bytes, shorter than the ${MIN_TRAILER_LEN} of the smallest sealed record with a trailer`;
+    const head = new DataView(bytes.buffer, bytes.byteOffset + 1, 4).getUint32(0, true);
+    if (head < 12 + 16 || head > bytes.byteLength - 5) return `its sealed head is said to be ${head} bytes, which does not fit a sealed record of ${bytes.byteLength}`;
   }
   return undefined;
 }

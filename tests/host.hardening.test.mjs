@@ -136,7 +136,15 @@ test('sealed-only storage: set refuses bytes that are not a sealed record (unkno
   const plaintext = new TextEncoder().encode('{"seed":"0123456789abcdef0123456789abcdef"}');
   assert.throws(() => s.set('identity', plaintext), (e) => e instanceof NotSealedError && /first byte 123 is not a known seal version/.test(e.message));
   assert.throws(() => s.set('identity', rec(1, 28)), /28 bytes, shorter than the 29/);
-  assert.throws(() => s.set('identity', rec(3, 64)), NotSealedError);
+  // Version 3 (a sealed head, then a trailer): its head's length must fit.
+  assert.throws(() => s.set('identity', rec(3, 64)), (e) => e instanceof NotSealedError && /sealed head is said to be 0 bytes/.test(e.message));
+  const v3 = rec(3, 64);
+  new DataView(v3.buffer).setUint32(1, 60, true);
+  assert.throws(() => s.set('identity', v3), NotSealedError);
+  new DataView(v3.buffer).setUint32(1, 28, true);
+  assert.equal(notSealedReason(v3), undefined);
+  assert.throws(() => s.set('identity', rec(3, 32)), /shorter than the 33/);
+  assert.throws(() => s.set('identity', rec(4, 64)), NotSealedError);
   assert.throws(() => s.set('identity', rec(0, 64)), NotSealedError);
   assert.deepEqual(s.list(''), [], 'nothing written');
   assert.equal(s.size, 0);

@@ -565,7 +565,18 @@ impl Agent {
         for o in &p.outbox {
             if !p.persisted_out.contains(&o.frame_id) {
                 let key = format!("{}{}/{}", keys::OUTBOX, did, o.frame_id);
-                match self.vault.put(cx.host, &mut cx.out, &key, o) {
+                let stored = match o.record_parts() {
+                    Ok((head, None)) => self.vault.put_bytes(cx.host, &mut cx.out, &key, &head),
+                    Ok((head, Some(frame))) => {
+                        self.vault
+                            .put_with_trailer(cx.host, &mut cx.out, &key, &head, frame)
+                    }
+                    Err(e) => Err(crate::store::StoreError::Corrupt {
+                        key: key.clone(),
+                        detail: crate::wire::describe_json_error(&e),
+                    }),
+                };
+                match stored {
                     Ok(()) => {
                         p.persisted_out.insert(o.frame_id.clone());
                     }

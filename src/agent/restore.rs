@@ -78,8 +78,14 @@ pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, 
         let prefix = format!("{}{}/", keys::OUTBOX, p.did);
         let mut loaded: Vec<OutEntry> = Vec::new();
         for key in cx.host.storage_list(&prefix) {
-            match vault.get::<OutEntry>(cx.host, &key) {
-                Ok(Some(o)) => loaded.push(o),
+            match vault.get_with_trailer(cx.host, &key) {
+                Ok(Some((head, frame))) => match OutEntry::from_record(&head, &frame) {
+                    Ok(o) => loaded.push(o),
+                    Err(e) => cx.log(
+                        LogLevel::Error,
+                        &format!("outbox record {key} unreadable ({e}); skipped"),
+                    ),
+                },
                 Ok(None) => {}
                 Err(e) => cx.log(LogLevel::Error, &format!("{e}; skipped")),
             }

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::crypto::ratchet::{channel_ad, Ratchet};
 use crate::crypto::x3dh;
-use crate::io::Command;
+use crate::io::{Command, LogLevel};
 use crate::mesh::session::{OutEntry, Peer, SentUnder, OUTBOX_MAX};
 use crate::wire::delivery::{DeliveryMsg, ReceiptMsg, Receipts, Sequence};
 use crate::wire::payload::Family;
@@ -440,6 +440,19 @@ impl Agent {
         frames_out: &mut Vec<String>,
     ) {
         for o in stale {
+            if o.plaintext.is_empty() && !o.frame.is_empty() {
+                // A file's chunk read back after a restart keeps only its
+                // frame (`OutEntry::keeps_frame_only`), which the new
+                // session cannot carry. Its transfer does not complete;
+                // the offload that sent it ends by its own deadline.
+                cx.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "a part of a file sent to {peer_did} before the restart cannot go under its new session; that transfer will not complete (send the file again)"
+                    ),
+                );
+                continue;
+            }
             let payload: Value = serde_json::from_slice(&o.plaintext).unwrap_or_default();
             if let Ok(sealed) = self.seal_for_peer(
                 cx,

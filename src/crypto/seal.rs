@@ -30,12 +30,14 @@ pub enum SealError {
     BadKey(usize),
     #[error("sealed record is {0} bytes, too short to be valid; the file is truncated")]
     Truncated(usize),
-    #[error("sealed record has format version {0}; this build reads versions {VERSION} and {VERSION_BOUND}. Upgrade kars-mesh")]
+    #[error("sealed record has format version {0}; this build reads versions {VERSION} to {VERSION_TRAILER}. Upgrade kars-mesh")]
     UnknownVersion(u8),
     #[error("sealed record has format version 1 (not bound to its storage key) although this state was migrated to version 2: it was put back from an older copy")]
     Unbound,
     #[error("sealed record failed authentication: wrong state key, wrong record type, or the file was modified")]
     Authentication,
+    #[error("sealed record has a trailer (format version 3) and was read as one without")]
+    Trailer,
 }
 
 fn key(k: &[u8]) -> Result<Aes256Gcm, SealError> {
@@ -121,6 +123,86 @@ fn open_with(state_key: &[u8], aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Ve
     Ok(pt)
 }
 
+/// Records with a trailer (version 3): a sealed head, then bytes that are
+/// already ciphertext end to end and are stored as they are (a file chunk's
+/// frame in the sender's outbox: sealing it again cost as much CPU as the
+/// rest of sending it). The trailer's length is bound in the head's AAD;
+/// what it holds is checked by its reader (a frame names its id and its
+/// place in the sending chain, which the head records).
+///
+/// Layout: 3 || sealed_len u32 LE || nonce(12) || ciphertext || tag(16) || trailer.
+/// AAD: "kars-mesh/seal/v3" || 0x00 || record type || 0x00 || storage key
+/// || 0x00 || trailer length u64 LE.
+pub const VERSION_TRAILER: u8 = 3;
+const AAD_PREFIX_TRAILER: &[u8] = b"kars-mesh/seal/v3\0";
+
+fn aad_trailer(record_type: &str, storage_key: &str, trailer_len: usize) -> Vec<u8> {
+    let mut a =
+        Vec::with_capacity(AAD_PREFIX_TRAILER.len() + record_type.len() + storage_key.len() + 10);
+    a.extend_from_slice(AAD_PREFIX_TRAILER);
+    a.extend_from_slice(record_type.as_bytes());
+    a.push(0);
+    a.extend_from_slice(storage_key.as_bytes());
+    a.push(0);
+    a.extend_from_slice(&(trailer_len as u64).to_le_bytes());
+    a
+}
+
+/// Seal `head` bound to its type, storage key and the trailer's length,
+/// and put `trailer` after it unsealed (version 3).
+pub fn seal_with_trailer(
+    state_key: &[u8],
+    record_type: &str,
+    storage_key: &str,
+    head: &[u8],
+    trailer: &[u8],
+    rng: &mut dyn Entropy,
+) -> Result<Vec<u8>, SealError> {
+    let aad = aad_trailer(record_type, storage_key, trailer.len());
+    let sealed = seal_with(state_key, VERSION_TRAILER, &aad, head, rng)?;
+    let inner = sealed.len() - 1;
+    let mut out = Vec::with_capacity(5 + inner + trailer.len());
+    out.push(VERSION_TRAILER);
+    out.extend_from_slice(
+        &u32::try_from(inner)
+            .map_err(|_| SealError::Truncated(inner))?
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(&sealed[1..]);
+    out.extend_from_slice(trailer);
+    Ok(out)
+}
+
+/// A version 3 record's head (opened) and trailer (as stored).
+pub fn unseal_with_trailer<'a>(
+    state_key: &[u8],
+    record_type: &str,
+    storage_key: &str,
+    record: &'a [u8],
+) -> Result<(Zeroizing<Vec<u8>>, &'a [u8]), SealError> {
+    if record.first() != Some(&VERSION_TRAILER) {
+        return Err(SealError::UnknownVersion(
+            record.first().copied().unwrap_or(0),
+        ));
+    }
+    if record.len() < 5 {
+        return Err(SealError::Truncated(record.len()));
+    }
+    let mut n = [0u8; 4];
+    n.copy_from_slice(&record[1..5]);
+    let inner = u32::from_le_bytes(n) as usize;
+    if inner < NONCE + TAG || record.len() - 5 < inner {
+        return Err(SealError::Truncated(record.len()));
+    }
+    let (sealed, trailer) = record[5..].split_at(inner);
+    // open_with reads the nonce from byte 1 on: give it the version byte's place.
+    let mut framed = Vec::with_capacity(1 + inner);
+    framed.push(VERSION_TRAILER);
+    framed.extend_from_slice(sealed);
+    let aad = aad_trailer(record_type, storage_key, trailer.len());
+    Ok((open_with(state_key, &aad, &framed)?, trailer))
+}
+
 /// Seal a record bound to its type and its storage key (version 2).
 pub fn seal_bound(
     state_key: &[u8],
@@ -154,6 +236,76 @@ pub fn unseal_bound(
         VERSION_BOUND => open_with(state_key, &aad_bound(record_type, storage_key), sealed),
         VERSION if accept_v1 => unseal(state_key, record_type, sealed),
         VERSION => Err(SealError::Unbound),
+        VERSION_TRAILER => Err(SealError::Trailer),
         v => Err(SealError::UnknownVersion(v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entropy::SeededEntropy;
+
+    const KEY: [u8; 32] = [7; 32];
+
+    #[test]
+    fn a_trailer_is_stored_as_it_is_and_bound_to_its_record() {
+        let mut rng = SeededEntropy::new(1);
+        let trailer = vec![0xAB; 100_000];
+        let rec = seal_with_trailer(
+            &KEY,
+            "outbox.v1",
+            "outbox/p/f1",
+            b"{\"seq\":3}",
+            &trailer,
+            &mut rng,
+        )
+        .expect("seals");
+        assert_eq!(rec[0], VERSION_TRAILER);
+        // Only the head is sealed: the trailer follows as it is.
+        assert_eq!(rec.len(), 5 + 12 + 9 + 16 + trailer.len());
+        assert_eq!(&rec[rec.len() - trailer.len()..], &trailer[..]);
+        let (head, t) = unseal_with_trailer(&KEY, "outbox.v1", "outbox/p/f1", &rec).expect("opens");
+        assert_eq!(&head[..], b"{\"seq\":3}");
+        assert_eq!(t, &trailer[..]);
+        // Another key, type or storage key, or a trailer cut short or grown: refused.
+        assert_eq!(
+            unseal_with_trailer(&[8; 32], "outbox.v1", "outbox/p/f1", &rec).err(),
+            Some(SealError::Authentication)
+        );
+        assert_eq!(
+            unseal_with_trailer(&KEY, "outbox.v1", "outbox/p/f2", &rec).err(),
+            Some(SealError::Authentication)
+        );
+        assert_eq!(
+            unseal_with_trailer(&KEY, "session.v1", "outbox/p/f1", &rec).err(),
+            Some(SealError::Authentication)
+        );
+        assert_eq!(
+            unseal_with_trailer(&KEY, "outbox.v1", "outbox/p/f1", &rec[..rec.len() - 1]).err(),
+            Some(SealError::Authentication)
+        );
+        let mut grown = rec.clone();
+        grown.push(0);
+        assert_eq!(
+            unseal_with_trailer(&KEY, "outbox.v1", "outbox/p/f1", &grown).err(),
+            Some(SealError::Authentication)
+        );
+        // A head length that does not fit, and a short record.
+        let mut bad = rec.clone();
+        bad[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            unseal_with_trailer(&KEY, "outbox.v1", "outbox/p/f1", &bad),
+            Err(SealError::Truncated(_))
+        ));
+        assert!(matches!(
+            unseal_with_trailer(&KEY, "outbox.v1", "outbox/p/f1", &rec[..4]),
+            Err(SealError::Truncated(_))
+        ));
+        // Read as a record without a trailer, it is named, not misread.
+        assert_eq!(
+            unseal_bound(&KEY, "outbox.v1", "outbox/p/f1", &rec, false).err(),
+            Some(SealError::Trailer)
+        );
     }
 }

@@ -72,6 +72,71 @@ pub struct OutEntry {
 /// Frames longer than this are not stored with their outbox entry.
 pub const FRAME_STORED_MAX: usize = 64 * 1024;
 
+/// An outbox entry's record: its fields (JSON) and the frame stored after
+/// them, if it keeps one apart.
+pub type RecordParts<'a> = (Zeroizing<Vec<u8>>, Option<&'a [u8]>);
+
+impl OutEntry {
+    /// Whether the entry's record keeps its frame, not its plaintext: a
+    /// large entry (a file's chunk). Its frame is ciphertext end to end
+    /// and is stored after the sealed fields as it is (`seal` version 3);
+    /// sealing the plaintext again cost the sender as much CPU as the rest
+    /// of sending a file. Such an entry can be sent again as it is after a
+    /// restart, but not sealed again under a new session (`Agent::reseal`).
+    pub fn keeps_frame_only(&self) -> bool {
+        self.plaintext.len() > FRAME_STORED_MAX && !self.frame.is_empty()
+    }
+
+    /// The entry's record: its fields (JSON, sealed by the caller) and, for
+    /// an entry that [keeps its frame only](Self::keeps_frame_only), the
+    /// frame to store after them.
+    pub fn record_parts(&self) -> Result<RecordParts<'_>, serde_json::Error> {
+        if !self.keeps_frame_only() {
+            return Ok((Zeroizing::new(serde_json::to_vec(self)?), None));
+        }
+        // Every field named: a field added to OutEntry must be placed here.
+        let head = OutEntry {
+            seq: self.seq,
+            frame_id: self.frame_id.clone(),
+            frame: String::new(),
+            sent_under: self.sent_under.clone(),
+            plaintext: Vec::new(),
+            created_ms: self.created_ms,
+            last_sent_ms: self.last_sent_ms,
+            attempts: self.attempts,
+            needs_receipt: self.needs_receipt,
+            key: self.key.clone(),
+        };
+        Ok((
+            Zeroizing::new(serde_json::to_vec(&head)?),
+            Some(self.frame.as_bytes()),
+        ))
+    }
+
+    /// An entry from its record: the fields, and the frame stored after
+    /// them (empty when the record has none). The frame must be the one the
+    /// fields name (its id, its place in the sending chain): a frame moved
+    /// from another record, or cut short, is refused.
+    pub fn from_record(head: &[u8], frame: &[u8]) -> Result<OutEntry, String> {
+        let mut o = serde_json::from_slice::<OutEntry>(head)
+            .map_err(|e| crate::wire::describe_json_error(&e))?;
+        if frame.is_empty() {
+            return Ok(o);
+        }
+        let text = std::str::from_utf8(frame).map_err(|_| "its frame is not text".to_string())?;
+        let m = crate::wire::frames::parse_message_frame(text)
+            .map_err(|e| format!("its frame does not parse ({e})"))?;
+        let under = o.sent_under.as_ref();
+        if m.id != o.frame_id
+            || under.is_none_or(|s| s.dh.as_slice() != m.header.dh.as_slice() || s.n != m.header.n)
+        {
+            return Err("its frame is not the one its fields name".into());
+        }
+        o.frame = text.to_string();
+        Ok(o)
+    }
+}
+
 fn frame_left_out(frame: &str) -> bool {
     frame.is_empty() || frame.len() > FRAME_STORED_MAX
 }
@@ -630,6 +695,75 @@ mod tests {
 
     fn frame_id(i: u64) -> String {
         format!("5f0c2a7e-9b1d-4c3e-8a6f-{i:012x}")
+    }
+
+    fn out_entry(plaintext_len: usize, n: u32) -> OutEntry {
+        let header = Header {
+            dh: [9; 32],
+            pn: 0,
+            n,
+        };
+        let fid = frame_id(u64::from(n));
+        let frame = crate::wire::frames::message_frame(
+            "did:mesh:a",
+            "did:mesh:b",
+            &fid,
+            "2026-12-04T00:00:00Z",
+            &header,
+            &vec![5u8; plaintext_len + 40],
+        );
+        OutEntry {
+            seq: u64::from(n),
+            frame_id: fid,
+            frame,
+            sent_under: Some(SentUnder::of(&header)),
+            plaintext: vec![b'x'; plaintext_len],
+            created_ms: 1,
+            last_sent_ms: 2,
+            attempts: 1,
+            needs_receipt: true,
+            key: Some("k".into()),
+        }
+    }
+
+    #[test]
+    fn a_large_outbox_entry_keeps_its_frame_and_not_its_plaintext() {
+        // Small: one JSON record with both, as before.
+        let small = out_entry(1000, 1);
+        assert!(!small.keeps_frame_only());
+        let (head, frame) = small.record_parts().expect("serializes");
+        assert!(frame.is_none());
+        let back = OutEntry::from_record(&head, b"").expect("reads back");
+        assert_eq!(back.plaintext, small.plaintext);
+        assert_eq!(back.frame, small.frame);
+        // A file's chunk: the fields, and the frame after them; no plaintext.
+        let big = out_entry(FRAME_STORED_MAX + 1, 2);
+        assert!(big.keeps_frame_only());
+        let (head, frame) = big.record_parts().expect("serializes");
+        assert_eq!(frame, Some(big.frame.as_bytes()));
+        assert!(head.len() < 400, "head is {} bytes", head.len());
+        assert!(
+            !head.windows(16).any(|w| w == [b'x'; 16]),
+            "no plaintext in the head"
+        );
+        let back = OutEntry::from_record(&head, big.frame.as_bytes()).expect("reads back");
+        assert_eq!(back.frame, big.frame);
+        assert!(back.plaintext.is_empty());
+        assert_eq!(
+            (back.seq, back.key.as_deref(), back.needs_receipt),
+            (2, Some("k"), true)
+        );
+        // Another entry's frame, or one cut short, is refused.
+        let other = out_entry(FRAME_STORED_MAX + 1, 3);
+        let e = OutEntry::from_record(&head, other.frame.as_bytes()).err();
+        assert_eq!(
+            e.as_deref(),
+            Some("its frame is not the one its fields name")
+        );
+        let cut = &big.frame.as_bytes()[..big.frame.len() - 2];
+        assert!(OutEntry::from_record(&head, cut)
+            .err()
+            .is_some_and(|e| e.starts_with("its frame does not parse")));
     }
 
     #[test]

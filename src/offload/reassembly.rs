@@ -6,7 +6,7 @@
 
 use super::progress::Count;
 use crate::io::{Command, Cx, LogLevel};
-use crate::store::{keys, Vault};
+use crate::store::{keys, packed, Vault};
 use crate::wire::transfer::{
     valid_transfer_id, ChunkMsg, Manifest, ManifestMsg, TransferError, MAX_CHUNKS,
 };
@@ -19,9 +19,39 @@ const MAX_OPEN: usize = 8;
 /// An unfinished transfer with no manifest for this long is abandoned.
 pub const STALE_MS: u64 = 2 * 3600 * 1000;
 
+/// A held chunk as builds before `store::packed` wrote it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Chunk {
     data: String,
+}
+
+/// A held chunk's text: packed (`store::packed`), or the JSON [`Chunk`]
+/// that builds before it wrote. `None` (logged) when it cannot be read: the
+/// sender's copy is sent again until the manifest's hash matches.
+fn read_chunk(vault: &Vault, cx: &mut Cx<'_>, key: &str) -> Option<String> {
+    let bytes = match vault.get_bytes(cx.host, key) {
+        Ok(b) => b?,
+        Err(e) => {
+            cx.log(LogLevel::Error, &format!("{e}; skipped"));
+            return None;
+        }
+    };
+    let text = if packed::is_packed(&bytes) {
+        packed::unpack(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|(_, t)| String::from_utf8(t.to_vec()).map_err(|e| e.to_string()))
+    } else {
+        serde_json::from_slice::<Chunk>(&bytes)
+            .map(|c| c.data)
+            .map_err(|e| crate::wire::describe_json_error(&e))
+    };
+    text.map_err(|e| {
+        cx.log(
+            LogLevel::Error,
+            &format!("record {key} unreadable ({e}); skipped"),
+        )
+    })
+    .ok()
 }
 
 /// The manifest as stored, with when it came.
@@ -171,13 +201,14 @@ impl Reassembly {
                     return Err(TransferError::ChunkIndex(i as u64));
                 }
                 if let std::collections::btree_map::Entry::Vacant(slot) = entry.1.entry(i) {
-                    let rec = Chunk {
-                        data: data.to_string(),
-                    };
-                    if let Err(e) = vault.put(cx.host, &mut cx.out, &format!("{pre}c{i}"), &rec) {
+                    // Packed: a quarter less to seal and write (`store::packed`).
+                    let rec = packed::pack(b"", data.as_bytes());
+                    if let Err(e) =
+                        vault.put_bytes(cx.host, &mut cx.out, &format!("{pre}c{i}"), &rec)
+                    {
                         cx.host.log(LogLevel::Error, &e.to_string());
                     }
-                    slot.insert(rec.data);
+                    slot.insert(data.to_string());
                 }
             }
         }
@@ -257,8 +288,8 @@ impl Reassembly {
         let mut held = BTreeMap::new();
         for k in cx.host.storage_list(&format!("{pre}c")) {
             let idx = k.rsplit('c').next().and_then(|i| i.parse::<usize>().ok());
-            if let (Some(i), Ok(Some(c))) = (idx, vault.get::<Chunk>(cx.host, &k)) {
-                held.insert(i, c.data);
+            if let (Some(i), Some(data)) = (idx, read_chunk(vault, cx, &k)) {
+                held.insert(i, data);
             }
         }
         self.open.insert(pre.to_string(), (stored, held));

@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 /// Storage key prefixes. A reader should find each record kind here.
 pub mod legacy;
+pub mod packed;
 
 pub mod keys {
     pub const IDENTITY: &str = "identity";
@@ -43,6 +44,9 @@ pub enum StoreError {
     #[error("record {key} is unreadable ({detail}); move it aside to continue without it")]
     Corrupt { key: String, detail: String },
 }
+
+/// A record's opened bytes and the trailer stored after them.
+pub type WithTrailer = (Zeroizing<Vec<u8>>, Vec<u8>);
 
 pub struct Vault {
     key: Zeroizing<Vec<u8>>,
@@ -133,6 +137,56 @@ impl Vault {
             })?;
         out.push(Command::Store(key.to_string(), sealed));
         Ok(())
+    }
+
+    /// Store `head` sealed and `trailer` after it as it is: for bytes that
+    /// are already ciphertext end to end (`seal::seal_with_trailer`).
+    pub fn put_with_trailer(
+        &self,
+        host: &mut dyn Host,
+        out: &mut Vec<Command>,
+        key: &str,
+        head: &[u8],
+        trailer: &[u8],
+    ) -> Result<(), StoreError> {
+        let rec =
+            seal::seal_with_trailer(&self.key, &Self::record_type(key), key, head, trailer, host)
+                .map_err(|source| StoreError::Sealed {
+                key: key.into(),
+                source,
+            })?;
+        out.push(Command::Store(key.to_string(), rec));
+        Ok(())
+    }
+
+    /// A record's opened bytes and its trailer (empty for a record without).
+    pub fn get_with_trailer(
+        &self,
+        host: &mut dyn Host,
+        key: &str,
+    ) -> Result<Option<WithTrailer>, StoreError> {
+        let Some(rec) = host.storage_get(key) else {
+            return Ok(None);
+        };
+        let sealed = |source| StoreError::Sealed {
+            key: key.into(),
+            source,
+        };
+        if rec.first() == Some(&seal::VERSION_TRAILER) {
+            let (head, trailer) =
+                seal::unseal_with_trailer(&self.key, &Self::record_type(key), key, &rec)
+                    .map_err(sealed)?;
+            return Ok(Some((head, trailer.to_vec())));
+        }
+        let head = seal::unseal_bound(
+            &self.key,
+            &Self::record_type(key),
+            key,
+            &rec,
+            self.accept_v1,
+        )
+        .map_err(sealed)?;
+        Ok(Some((head, Vec::new())))
     }
 
     pub fn get<T: DeserializeOwned>(

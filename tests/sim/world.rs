@@ -25,6 +25,7 @@ use super::{Fnv, Rng};
 use kars_mesh::crypto::identity::Identity;
 use kars_mesh::crypto::seal;
 use kars_mesh::engine::{Command, Engine, Event};
+use kars_mesh::store::packed;
 use kars_mesh::wire::{b64, frames, time};
 use serde_json::{json, Value};
 use std::cmp::Ordering;
@@ -428,9 +429,22 @@ fn kind_of(e: &Event) -> EvKind {
 /// Open a sealed record with the agent's state key (record type = key kind).
 pub fn unseal_json(state_key: &[u8; 32], key: &str, sealed: &[u8]) -> Option<Value> {
     let kind = key.split('/').next().unwrap_or(key);
+    let record_type = format!("{kind}.v1");
+    if sealed.first() == Some(&seal::VERSION_TRAILER) {
+        // A large outbox entry: its fields, and its frame stored after them.
+        let (head, frame) = seal::unseal_with_trailer(state_key, &record_type, key, sealed).ok()?;
+        let mut v: Value = serde_json::from_slice(&head).ok()?;
+        v["frame"] = Value::String(String::from_utf8(frame.to_vec()).ok()?);
+        return Some(v);
+    }
     // Records are bound to their storage key (seal version 2).
-    let pt = seal::unseal_bound(state_key, &format!("{kind}.v1"), key, sealed, false).ok()?;
-    serde_json::from_slice(&pt).ok()
+    let pt = seal::unseal_bound(state_key, &record_type, key, sealed, false).ok()?;
+    if !packed::is_packed(&pt) {
+        return serde_json::from_slice(&pt).ok();
+    }
+    // A file's chunk, packed, read as the JSON that builds before it wrote.
+    let (_, text) = packed::unpack(&pt).ok()?;
+    Some(serde_json::json!({ "data": String::from_utf8(text.to_vec()).ok()? }))
 }
 
 impl World {
