@@ -4,7 +4,7 @@
 // textContent (never as HTML).
 
 import { openNode, missingFeatures, checkProfile } from './browser-host.js';
-import { storedFiles, removeStored } from './stored-files.js';
+import { storedFilesApart, removeStored } from './stored-files.js';
 
 const $ = (id) => document.getElementById(id);
 const metrics = { start: performance.timeOrigin, engineReadyMs: null, connectedMs: null };
@@ -341,7 +341,8 @@ async function quotaNotice() {
   const render = async () => {
     let files = [];
     try {
-      files = await storedFiles(profile);
+      // In a Worker of its own: see stored-files-worker.js.
+      files = await storedFilesApart(profile);
     } catch (e) {
       list.replaceChildren(el('li', { text: `❌ cannot list them: ${e.message}` }));
       return;
@@ -616,7 +617,13 @@ const isQuota = (err) => err?.code === 'KARS_MESH_QUOTA';
 function onFatal(err) {
   api.stopped = true;
   for (const b of document.querySelectorAll('main button, main input, main textarea')) b.disabled = true;
-  if (isQuota(err)) return void quotaNotice();
+  if (isQuota(err)) {
+    // The stopped engine's Worker goes too: Blobs it read (the files list,
+    // an offload's inputs) would keep removed files' space taken until its
+    // next garbage collection.
+    node?.worker.terminate();
+    return void quotaNotice();
+  }
   setStatus('stopped', 'The engine stopped');
   notice(`The engine stopped: ${err.message}. Nothing it had confirmed is lost; reload the page to start it again.`, {
     action: { label: 'Reload', run: () => location.reload() },

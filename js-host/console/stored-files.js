@@ -6,6 +6,7 @@
 // quota stops the engine, and removing these is how the user makes room.
 //
 //   const list = await storedFiles('default');   // [{store, path, size}]
+//   const same = await storedFilesApart('default'); // read in a Worker ended after
 //   await removeStored('default', 'files', path);
 
 import { dbName } from './storage-idb.js';
@@ -59,6 +60,43 @@ export async function storedFiles(profile) {
     return out.sort((a, b) => b.size - a.size);
   } finally {
     db.close();
+  }
+}
+
+/** How long `storedFilesApart` waits for its Worker. */
+const APART_TIMEOUT_MS = 15_000;
+
+/**
+ * `storedFiles`, read in a Worker that is ended right after
+ * (stored-files-worker.js says why: the Blobs that reading sizes makes would
+ * otherwise keep removed files' space taken until the page's next garbage
+ * collection). Where that Worker cannot start, the page reads them itself.
+ */
+export async function storedFilesApart(profile) {
+  let worker;
+  try {
+    worker = new Worker(new URL('./stored-files-worker.js', import.meta.url), { type: 'module', name: 'kars-mesh stored files' });
+  } catch {
+    return storedFiles(profile);
+  }
+  try {
+    return await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`listing the stored files took over ${APART_TIMEOUT_MS / 1000} s`)), APART_TIMEOUT_MS);
+      worker.onmessage = ({ data }) => {
+        clearTimeout(timer);
+        if (data?.error) reject(Object.assign(new Error(data.error.message), { name: data.error.name }));
+        else resolve(data?.files ?? []);
+      };
+      worker.onerror = (ev) => {
+        ev.preventDefault?.();
+        clearTimeout(timer);
+        // The Worker did not load (a browser without module Workers): read here.
+        storedFiles(profile).then(resolve, reject);
+      };
+      worker.postMessage({ profile });
+    });
+  } finally {
+    worker.terminate();
   }
 }
 
