@@ -14,12 +14,18 @@ export const SEAL_VERSIONS = Object.freeze([1, 2, 3]);
 export const MIN_SEALED_LEN = 1 + 12 + 16;
 /** Version 3: version(1) + the sealed head's length (u32 LE) + nonce(12) + tag(16). */
 const MIN_TRAILER_LEN = 1 + 4 + 12 + 16;
+/** Only an outbox entry keeps a trailer, and it is a relay `message` frame (src/wire/frames.rs). */
+const TRAILER_KEY_PREFIX = 'outbox/';
+const TRAILER_START = Array.from('{"v":1,"type":"message",', (c) => c.charCodeAt(0));
 
 /**
  * Why `bytes` cannot be a sealed record, or undefined when it can. A shape
- * check only (the host has no key): the version byte and the minimum length.
+ * check only (the host has no key): the version byte and the minimum length;
+ * for version 3, that its head fits and (given the record's `key`) that it is
+ * an outbox entry whose trailer is an encrypted `message` frame, so nothing
+ * else can reach the disk unsealed as a "trailer".
  */
-export function notSealedReason(bytes) {
+export function notSealedReason(bytes, key) {
   if (!(bytes instanceof Uint8Array)) return 'it is not a byte array';
   if (bytes.byteLength < MIN_SEALED_LEN) {
     return `it is ${bytes.byteLength} bytes, shorter than the ${MIN_SEALED_LEN} of the smallest sealed record`;
@@ -31,6 +37,11 @@ export function notSealedReason(bytes) {
     if (bytes.byteLength < MIN_TRAILER_LEN) return `it is ${bytes.byteLength} bytes, shorter than the ${MIN_TRAILER_LEN} of the smallest sealed record with a trailer`;
     const head = new DataView(bytes.buffer, bytes.byteOffset + 1, 4).getUint32(0, true);
     if (head < 12 + 16 || head > bytes.byteLength - 5) return `its sealed head is said to be ${head} bytes, which does not fit a sealed record of ${bytes.byteLength}`;
+    if (key !== undefined && !String(key).startsWith(TRAILER_KEY_PREFIX)) return `only an outbox entry keeps an unsealed trailer (format 3), and this is ${JSON.stringify(String(key).slice(0, 64))}`;
+    const at = 5 + head;
+    if (bytes.byteLength - at < TRAILER_START.length || TRAILER_START.some((c, i) => bytes[at + i] !== c)) {
+      return 'its unsealed trailer (format 3) is not an encrypted message frame';
+    }
   }
   return undefined;
 }
@@ -54,7 +65,7 @@ export function checkRecord(key, bytes, sealedOnly) {
   checkKey(key);
   if (!(bytes instanceof Uint8Array)) throw new TypeError('storage value must be a Uint8Array');
   if (sealedOnly) {
-    const why = notSealedReason(bytes);
+    const why = notSealedReason(bytes, key);
     if (why) throw new NotSealedError(key, why);
   }
 }

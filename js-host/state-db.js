@@ -225,7 +225,7 @@ function importLegacy(root, db, q, { sealedOnly, log }) {
       for (const key of keys) {
         const bytes = old.get(key);
         if (bytes === undefined) continue;
-        const why = sealedOnly ? notSealedReason(bytes) : undefined;
+        const why = sealedOnly ? notSealedReason(bytes, key) : undefined;
         if (why) {
           throw new StateDirError(
             `cannot import record ${JSON.stringify(key)} of kars-mesh 0.1.0 from ${recDir}: it is not a sealed record (${why}). ` +

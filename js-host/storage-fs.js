@@ -523,7 +523,7 @@ export function openRecords(dir, { sealedOnly = false } = {}) {
     set(key, bytes) {
       if (!(bytes instanceof Uint8Array)) throw new TypeError('storage value must be a Uint8Array');
       if (sealedOnly) {
-        const why = notSealedReason(bytes);
+        const why = notSealedReason(bytes, key);
         if (why) throw new NotSealedError(key, why);
       }
       const file = fileOf(key);

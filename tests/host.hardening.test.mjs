@@ -138,12 +138,24 @@ test('sealed-only storage: set refuses bytes that are not a sealed record (unkno
   assert.throws(() => s.set('identity', rec(1, 28)), /28 bytes, shorter than the 29/);
   // Version 3 (a sealed head, then a trailer): its head's length must fit.
   assert.throws(() => s.set('identity', rec(3, 64)), (e) => e instanceof NotSealedError && /sealed head is said to be 0 bytes/.test(e.message));
-  const v3 = rec(3, 64);
-  new DataView(v3.buffer).setUint32(1, 60, true);
-  assert.throws(() => s.set('identity', v3), NotSealedError);
+  // Its trailer must be an encrypted message frame, and only an outbox entry has one.
+  const frameText = new TextEncoder().encode('{"v":1,"type":"message","from":"a","to":"b","id":"f","ciphertext":"AAAA"}');
+  const v3 = new Uint8Array(5 + 28 + frameText.length);
+  v3[0] = 3;
+  new DataView(v3.buffer).setUint32(1, 60_000, true);
+  assert.throws(() => s.set('outbox/did:mesh:b/f', v3), /sealed head is said to be 60000 bytes/);
   new DataView(v3.buffer).setUint32(1, 28, true);
-  assert.equal(notSealedReason(v3), undefined);
-  assert.throws(() => s.set('identity', rec(3, 32)), /shorter than the 33/);
+  v3.set(frameText, 33);
+  assert.equal(notSealedReason(v3, 'outbox/did:mesh:b/f'), undefined);
+  assert.throws(() => s.set('identity', v3), (e) => e instanceof NotSealedError && /only an outbox entry keeps an unsealed trailer/.test(e.message));
+  assert.throws(() => s.set('inbox/1', v3), /only an outbox entry/);
+  const plainTrailer = v3.slice();
+  plainTrailer.set(new TextEncoder().encode('{"seed":"0123456789abcdef012345678'), 33);
+  assert.throws(() => s.set('outbox/did:mesh:b/f', plainTrailer), /trailer \(format 3\) is not an encrypted message frame/);
+  assert.throws(() => s.set('outbox/did:mesh:b/g', rec(3, 32)), /shorter than the 33/);
+  s.set('outbox/did:mesh:b/f', v3);
+  assert.deepEqual(s.list('outbox/'), ['outbox/did:mesh:b/f']);
+  s.delete('outbox/did:mesh:b/f');
   assert.throws(() => s.set('identity', rec(4, 64)), NotSealedError);
   assert.throws(() => s.set('identity', rec(0, 64)), NotSealedError);
   assert.deepEqual(s.list(''), [], 'nothing written');

@@ -233,6 +233,20 @@ impl Rig {
     fn check(&mut self, c: Command) {
         self.kinds.insert(kind(&c));
         match c {
+            Command::Store(ref k, ref v) if v.first() == Some(&seal::VERSION_TRAILER) => {
+                // A file chunk's outbox entry: sealed fields, then its frame.
+                assert!(
+                    k.starts_with("outbox/"),
+                    "Store {k:?}: a trailer outside the outbox"
+                );
+                let opened = seal::unseal_with_trailer(&STATE_KEY, &record_type(k), k, v);
+                assert!(
+                    opened.is_ok_and(|(_, t)| t.starts_with(b"{\"v\":1,\"type\":\"message\",")),
+                    "Store {k:?} does not open as {} with a message frame after it",
+                    record_type(k)
+                );
+                self.host.apply_storage(&c);
+            }
             Command::Store(ref k, ref v) => {
                 assert!(
                     v.len() >= 29 && v[0] == seal::VERSION_BOUND,

@@ -89,9 +89,18 @@ export async function storedFilesApart(profile) {
       };
       worker.onerror = (ev) => {
         ev.preventDefault?.();
+        // The Worker did not load (a browser without module Workers): read
+        // here, said in the browser's console, as removed files' space may
+        // then come back only at the page's next garbage collection.
+        console.warn(`kars-mesh: listing stored files in the page (${ev.message || 'its Worker did not load'}); removed files' space may come back later`);
+        storedFiles(profile).then(
+          (files) => { clearTimeout(timer); resolve(files); },
+          (e) => { clearTimeout(timer); reject(e); },
+        );
+      };
+      worker.onmessageerror = () => {
         clearTimeout(timer);
-        // The Worker did not load (a browser without module Workers): read here.
-        storedFiles(profile).then(resolve, reject);
+        reject(new Error('the stored files list could not be read from its Worker'));
       };
       worker.postMessage({ profile });
     });

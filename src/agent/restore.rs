@@ -79,7 +79,7 @@ pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, 
         let mut loaded: Vec<OutEntry> = Vec::new();
         for key in cx.host.storage_list(&prefix) {
             match vault.get_with_trailer(cx.host, &key) {
-                Ok(Some((head, frame))) => match OutEntry::from_record(&head, &frame) {
+                Ok(Some((head, frame))) => match OutEntry::from_record(&head, &frame, &p.did) {
                     Ok(o) => loaded.push(o),
                     Err(e) => cx.log(
                         LogLevel::Error,

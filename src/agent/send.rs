@@ -11,7 +11,7 @@ use crate::crypto::x3dh;
 use crate::io::{Command, LogLevel};
 use crate::mesh::session::{OutEntry, Peer, SentUnder, OUTBOX_MAX};
 use crate::wire::delivery::{DeliveryMsg, ReceiptMsg, Receipts, Sequence};
-use crate::wire::payload::Family;
+use crate::wire::payload::{Family, PayloadType};
 use crate::wire::relay_frame::{Knock, RelayFrame};
 use crate::wire::{frames, registry};
 use serde_json::Value;
@@ -271,6 +271,8 @@ impl Agent {
             peer.out_epoch = (u64::from_le_bytes(e) >> 11).max(1);
         }
         let kars = peer.kars;
+        let file_part = payload.get("type").and_then(Value::as_str)
+            == Some(PayloadType::TransferChunk.as_str());
         let waiting = peer.outbox.iter().filter(|o| o.needs_receipt).count();
         if keep_seq.is_none() && waiting >= OUTBOX_MAX {
             // Refuse rather than drop: nothing already accepted is ever lost.
@@ -325,6 +327,7 @@ impl Agent {
             attempts: 1,
             needs_receipt: kars,
             key,
+            file_part,
         });
         let new_session = peer.knock_sent.is_some();
         self.stats.sent += 1;

@@ -67,6 +67,12 @@ pub struct OutEntry {
     /// The caller's idempotency key, if it gave one.
     #[serde(default)]
     pub key: Option<String>,
+    /// A part of a file (`mesh:transfer_chunk`): only such an entry's
+    /// record may keep its frame instead of its plaintext
+    /// ([`OutEntry::keeps_frame_only`]). Not stored: an entry read back
+    /// without its plaintext is one.
+    #[serde(skip)]
+    pub file_part: bool,
 }
 
 /// Frames longer than this are not stored with their outbox entry.
@@ -78,13 +84,17 @@ pub type RecordParts<'a> = (Zeroizing<Vec<u8>>, Option<&'a [u8]>);
 
 impl OutEntry {
     /// Whether the entry's record keeps its frame, not its plaintext: a
-    /// large entry (a file's chunk). Its frame is ciphertext end to end
-    /// and is stored after the sealed fields as it is (`seal` version 3);
-    /// sealing the plaintext again cost the sender as much CPU as the rest
-    /// of sending a file. Such an entry can be sent again as it is after a
-    /// restart, but not sealed again under a new session (`Agent::reseal`).
+    /// file's chunk whose frame is too large to store beside its plaintext
+    /// (or an entry read back that way, which has no plaintext left). The
+    /// frame is ciphertext end to end and is stored after the sealed fields
+    /// as it is (`seal` version 3); sealing the plaintext again cost the
+    /// sender as much CPU as the rest of sending a file. Such an entry is
+    /// sent again as it is after a restart, but cannot be sealed again
+    /// under a new session (`Agent::reseal`), so only file parts are kept
+    /// this way: a message the user sent keeps its plaintext, whatever its
+    /// size.
     pub fn keeps_frame_only(&self) -> bool {
-        self.plaintext.len() > FRAME_STORED_MAX && !self.frame.is_empty()
+        self.frame.len() > FRAME_STORED_MAX && (self.file_part || self.plaintext.is_empty())
     }
 
     /// The entry's record: its fields (JSON, sealed by the caller) and, for
@@ -106,6 +116,7 @@ impl OutEntry {
             attempts: self.attempts,
             needs_receipt: self.needs_receipt,
             key: self.key.clone(),
+            file_part: self.file_part,
         };
         Ok((
             Zeroizing::new(serde_json::to_vec(&head)?),
@@ -114,10 +125,13 @@ impl OutEntry {
     }
 
     /// An entry from its record: the fields, and the frame stored after
-    /// them (empty when the record has none). The frame must be the one the
-    /// fields name (its id, its place in the sending chain): a frame moved
-    /// from another record, or cut short, is refused.
-    pub fn from_record(head: &[u8], frame: &[u8]) -> Result<OutEntry, String> {
+    /// them (empty when the record has none), for the peer `to` whose
+    /// outbox it is in. The frame must be the one the fields name: its id,
+    /// its recipient, its place in the sending chain (`dh`, `pn`, `n`). A
+    /// frame moved from another record or cut short is refused here; its
+    /// ciphertext is not sealed again, so a change to it that keeps its
+    /// length is refused by the peer (its end-to-end tag fails) instead.
+    pub fn from_record(head: &[u8], frame: &[u8], to: &str) -> Result<OutEntry, String> {
         let mut o = serde_json::from_slice::<OutEntry>(head)
             .map_err(|e| crate::wire::describe_json_error(&e))?;
         if frame.is_empty() {
@@ -128,7 +142,12 @@ impl OutEntry {
             .map_err(|e| format!("its frame does not parse ({e})"))?;
         let under = o.sent_under.as_ref();
         if m.id != o.frame_id
-            || under.is_none_or(|s| s.dh.as_slice() != m.header.dh.as_slice() || s.n != m.header.n)
+            || m.to != to
+            || under.is_none_or(|s| {
+                s.dh.as_slice() != m.header.dh.as_slice()
+                    || s.pn != m.header.pn
+                    || s.n != m.header.n
+            })
         {
             return Err("its frame is not the one its fields name".into());
         }
@@ -146,6 +165,9 @@ fn frame_left_out(frame: &str) -> bool {
 pub struct SentUnder {
     #[serde(with = "b64bytes")]
     pub dh: Vec<u8>,
+    /// Checked against a stored frame (entries written before it read 0).
+    #[serde(default)]
+    pub pn: u32,
     pub n: u32,
 }
 
@@ -153,6 +175,7 @@ impl SentUnder {
     pub fn of(header: &Header) -> Self {
         SentUnder {
             dh: header.dh.to_vec(),
+            pn: header.pn,
             n: header.n,
         }
     }
@@ -723,6 +746,7 @@ mod tests {
             attempts: 1,
             needs_receipt: true,
             key: Some("k".into()),
+            file_part: true,
         }
     }
 
@@ -733,7 +757,7 @@ mod tests {
         assert!(!small.keeps_frame_only());
         let (head, frame) = small.record_parts().expect("serializes");
         assert!(frame.is_none());
-        let back = OutEntry::from_record(&head, b"").expect("reads back");
+        let back = OutEntry::from_record(&head, b"", "did:mesh:b").expect("reads back");
         assert_eq!(back.plaintext, small.plaintext);
         assert_eq!(back.frame, small.frame);
         // A file's chunk: the fields, and the frame after them; no plaintext.
@@ -746,22 +770,41 @@ mod tests {
             !head.windows(16).any(|w| w == [b'x'; 16]),
             "no plaintext in the head"
         );
-        let back = OutEntry::from_record(&head, big.frame.as_bytes()).expect("reads back");
+        let back =
+            OutEntry::from_record(&head, big.frame.as_bytes(), "did:mesh:b").expect("reads back");
         assert_eq!(back.frame, big.frame);
         assert!(back.plaintext.is_empty());
         assert_eq!(
             (back.seq, back.key.as_deref(), back.needs_receipt),
             (2, Some("k"), true)
         );
-        // Another entry's frame, or one cut short, is refused.
+        // Read back, it has no plaintext: saved again, it still keeps its
+        // frame (else its record would hold neither).
+        assert!(back.keeps_frame_only());
+        // A message the user sent keeps its plaintext whatever its size:
+        // it must be sealed again if the peer opens a new session.
+        let mut user = out_entry(FRAME_STORED_MAX + 1, 4);
+        user.file_part = false;
+        assert!(!user.keeps_frame_only());
+        let (head_u, frame_u) = user.record_parts().expect("serializes");
+        assert!(frame_u.is_none());
+        let back_u = OutEntry::from_record(&head_u, b"", "did:mesh:b").expect("reads back");
+        assert_eq!(back_u.plaintext, user.plaintext);
+        // Another entry's frame, one for another peer, or one cut short, is refused.
+        assert_eq!(
+            OutEntry::from_record(&head, big.frame.as_bytes(), "did:mesh:c")
+                .err()
+                .as_deref(),
+            Some("its frame is not the one its fields name")
+        );
         let other = out_entry(FRAME_STORED_MAX + 1, 3);
-        let e = OutEntry::from_record(&head, other.frame.as_bytes()).err();
+        let e = OutEntry::from_record(&head, other.frame.as_bytes(), "did:mesh:b").err();
         assert_eq!(
             e.as_deref(),
             Some("its frame is not the one its fields name")
         );
         let cut = &big.frame.as_bytes()[..big.frame.len() - 2];
-        assert!(OutEntry::from_record(&head, cut)
+        assert!(OutEntry::from_record(&head, cut, "did:mesh:b")
             .err()
             .is_some_and(|e| e.starts_with("its frame does not parse")));
     }
