@@ -952,6 +952,128 @@ fn a_large_message_waiting_across_a_restart_goes_under_the_peers_new_session() {
     );
 }
 
+/// Alice's one outbox entry for `bd` rewritten, while she is down, as a
+/// file's chunk is kept (seal format 3: its fields sealed with no
+/// plaintext, its frame after them as it went out). The simulator's agents
+/// send no files, so a large message's own record and frame stand in.
+fn keep_as_frame_only(w: &mut World, a: usize, bd: &str) -> String {
+    let keys = w.outbox_keys(a, bd);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let key = keys[0].clone();
+    let mut head = w.persisted(a, &key).expect("the entry's record");
+    let fid = head["frame_id"].as_str().expect("frame id").to_string();
+    let frame = w.agents[a]
+        .wire
+        .iter()
+        .map(|(_, t)| t.clone())
+        .find(|t| {
+            serde_json::from_str::<serde_json::Value>(t).is_ok_and(|v| v["id"] == fid.as_str())
+        })
+        .expect("the frame as it went out");
+    head["plaintext"] = json!("~");
+    if let Some(o) = head.as_object_mut() {
+        o.remove("frame");
+    }
+    let mut rng = kars_mesh::entropy::SeededEntropy::new(77);
+    let rec = kars_mesh::crypto::seal::seal_with_trailer(
+        &w.agents[a].state_key,
+        "outbox.v1",
+        &key,
+        head.to_string().as_bytes(),
+        frame.as_bytes(),
+        &mut rng,
+    )
+    .expect("sealed");
+    let mut storage = w.snapshot_storage(a);
+    storage.insert(key, rec);
+    w.restore_storage(a, storage);
+    frame
+}
+
+/// A file's chunk waiting in the outbox keeps only its frame: after a
+/// restart that frame goes again as it was, the same bytes, and the peer
+/// reads the message once.
+#[test]
+fn a_frame_only_entry_goes_again_as_it_was_after_a_restart() {
+    let (mut w, ids) = world_with(36, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let bd = w.did(b);
+    assert!(w.send(a, b, "warm").is_some());
+    w.run_for(2_000);
+    assert_eq!(w.read_texts(b), ["warm"]);
+    w.crash_now(b, 8_000);
+    let big = "z".repeat(100 * 1024);
+    assert!(w.send(a, b, &big).is_some());
+    w.run_for(200);
+    w.crash_now(a, 1_000);
+    let frame = keep_as_frame_only(&mut w, a, &bd);
+    let ct = |t: &str| {
+        serde_json::from_str::<serde_json::Value>(t).ok()?["ciphertext"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let first = ct(&frame).expect("ciphertext");
+    let before = w.wire_frames(a, "message", &bd).len();
+    w.run_for(12_000);
+    let again: Vec<String> = w.wire_frames(a, "message", &bd)[before..]
+        .iter()
+        .filter_map(|f| f["ciphertext"].as_str().map(str::to_string))
+        .filter(|c| c.len() > 100_000)
+        .collect();
+    assert!(
+        !again.is_empty() && again.iter().all(|c| *c == first),
+        "sent again as it was"
+    );
+    assert_eq!(w.read_texts(b), std::slice::from_ref(&big));
+    assert!(w.outbox_keys(a, &bd).is_empty(), "receipted, erased");
+    assert!(w.warnings(a).is_empty(), "{:#?}", w.warnings(a));
+}
+
+/// What a frame-only entry cannot do: go under a new session. Bob loses his
+/// sessions (not his identity) while it waits in a restarted alice's
+/// outbox; his next message opens a new session, which alice takes. The
+/// entry is dropped with a warning naming him (no `null` goes in its place);
+/// what alice sends after it arrives (held back after the gap until
+/// HOLD_MAX_MS at most).
+#[test]
+fn a_frame_only_entry_is_dropped_with_a_warning_under_a_new_session() {
+    let (mut w, ids) = world_with(35, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let bd = w.did(b);
+    assert!(w.send(a, b, "warm").is_some());
+    assert!(w.send(b, a, "hi").is_some());
+    w.run_for(2_000);
+    assert_eq!(w.read_texts(b), ["warm"]);
+    assert_eq!(w.read_texts(a), ["hi"]);
+    let mut kept = w.snapshot_storage(b);
+    w.crash_now(b, 6_000);
+    let big = "y".repeat(100 * 1024);
+    assert!(w.send(a, b, &big).is_some());
+    w.run_for(200);
+    w.crash_now(a, 500);
+    keep_as_frame_only(&mut w, a, &bd);
+    w.run_for(1_000);
+    kept.retain(|k, _| {
+        !k.starts_with("session/") && !k.starts_with("outbox/") && !k.starts_with("seen/")
+    });
+    w.restore_storage(b, kept);
+    w.run_for(8_000);
+    assert!(w.send(b, a, "new session").is_some());
+    w.run_for(8_000);
+    assert_eq!(w.read_texts(a), ["new session"]);
+    let warned = w.warnings(a);
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains("cannot go under its new session") && l.contains(&bd)),
+        "{warned:#?}"
+    );
+    assert!(w.send(a, b, "after").is_some());
+    w.run_for(kars_mesh::agent::HOLD_MAX_MS + 60_000);
+    let got = w.read_texts(b);
+    assert_eq!(got, ["after"]);
+}
+
 /// A 0.1.0 peer (its envelopes list no `caps`) reads only receipts of
 /// their own: a reply to it while a receipt is due carries none, and the
 /// receipt goes as a `kars_receipt`. Scripted from the relay's side with
