@@ -130,12 +130,21 @@ impl Vault {
         key: &str,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        let sealed = seal::seal_bound(&self.key, &Self::record_type(key), key, bytes, host)
-            .map_err(|source| StoreError::Sealed {
-                key: key.into(),
-                source,
-            })?;
-        out.push(Command::Store(key.to_string(), sealed));
+        let sealed = seal::seal_bound(&self.key, &Self::record_type(key), key, bytes, host);
+        Self::push_store(out, key, sealed)
+    }
+
+    /// The `Store` of a record just sealed, or why it could not be.
+    fn push_store(
+        out: &mut Vec<Command>,
+        key: &str,
+        sealed: Result<Vec<u8>, SealError>,
+    ) -> Result<(), StoreError> {
+        let rec = sealed.map_err(|source| StoreError::Sealed {
+            key: key.into(),
+            source,
+        })?;
+        out.push(Command::Store(key.to_string(), rec));
         Ok(())
     }
 
@@ -150,13 +159,8 @@ impl Vault {
         trailer: &[u8],
     ) -> Result<(), StoreError> {
         let rec =
-            seal::seal_with_trailer(&self.key, &Self::record_type(key), key, head, trailer, host)
-                .map_err(|source| StoreError::Sealed {
-                key: key.into(),
-                source,
-            })?;
-        out.push(Command::Store(key.to_string(), rec));
-        Ok(())
+            seal::seal_with_trailer(&self.key, &Self::record_type(key), key, head, trailer, host);
+        Self::push_store(out, key, rec)
     }
 
     /// A record's opened bytes and its trailer (empty for a record without).
