@@ -862,23 +862,31 @@ fn a_receipt_due_leaves_with_the_next_message_to_that_peer() {
     assert_eq!(got, ["pong"]);
 }
 
+/// Alice and bob have talked; bob goes away (back after 8 s) and alice
+/// sends him a 100 KiB message of `fill`, which waits unreceipted. The
+/// world, alice, bob, bob's DID and the message.
+fn big_message_while_bob_is_away(seed: u64, fill: &str) -> (World, usize, usize, String, String) {
+    let (mut w, ids) = world_with(seed, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let bd = w.did(b);
+    assert!(w.send(a, b, "warm").is_some());
+    w.run_for(2_000);
+    assert_eq!(w.read_texts(b), ["warm"]);
+    w.crash_now(b, 8_000);
+    let big = fill.repeat(100 * 1024);
+    assert!(w.send(a, b, &big).is_some());
+    w.run_for(200);
+    (w, a, b, bd, big)
+}
+
 /// A large message's frame is not stored with its outbox entry (the
 /// plaintext is, and the frame's place in the sending chain): a restart
 /// seals it again under the session with its sequence number, and the peer
 /// gets it once, whether or not the first copy reached it.
 #[test]
 fn a_large_message_sent_before_a_restart_arrives_once_without_its_frame_stored() {
-    let (mut w, ids) = world_with(34, &["alice", "bob"]);
-    let (a, b) = (ids[0], ids[1]);
-    let bd = w.did(b);
-    assert!(w.send(a, b, "warm").is_some());
-    w.run_for(2_000);
-    assert_eq!(w.read_texts(b), ["warm"]);
     // Bob away: the big message waits at the relay, unreceipted.
-    w.crash_now(b, 8_000);
-    let big = "x".repeat(100 * 1024);
-    assert!(w.send(a, b, &big).is_some());
-    w.run_for(200);
+    let (mut w, a, b, bd, big) = big_message_while_bob_is_away(34, "x");
     let keys = w.outbox_keys(a, &bd);
     assert_eq!(keys.len(), 1, "{keys:?}");
     let rec = w.persisted(a, &keys[0]).unwrap();
@@ -1010,16 +1018,7 @@ fn keep_as_frame_only(w: &mut World, a: usize, bd: &str) -> String {
 /// reads the message once.
 #[test]
 fn a_frame_only_entry_goes_again_as_it_was_after_a_restart() {
-    let (mut w, ids) = world_with(36, &["alice", "bob"]);
-    let (a, b) = (ids[0], ids[1]);
-    let bd = w.did(b);
-    assert!(w.send(a, b, "warm").is_some());
-    w.run_for(2_000);
-    assert_eq!(w.read_texts(b), ["warm"]);
-    w.crash_now(b, 8_000);
-    let big = "z".repeat(100 * 1024);
-    assert!(w.send(a, b, &big).is_some());
-    w.run_for(200);
+    let (mut w, a, b, bd, big) = big_message_while_bob_is_away(36, "z");
     w.crash_now(a, 1_000);
     let frame = keep_as_frame_only(&mut w, a, &bd);
     let ct = |t: &str| {
