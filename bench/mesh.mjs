@@ -371,6 +371,48 @@ async function backlog(section) {
   return rows;
 }
 
+async function inboxGrowth(section) {
+  // A reader that is away: every message stays unread in the receiver's
+  // inbox (5,000 per sender is its quota). A receive cost that grows with
+  // the inbox means some check walks every entry.
+  const SEG = 800;
+  const [{ node: a }, { node: b, p }] = await Promise.all([instrumentedNode('grow-sender'), instrumentedNode('grow-receiver')]);
+  const send = async (message) => {
+    const r = await a.callTool('mesh_send', { to: b.did, message }, { timeoutMs: STEP_TIMEOUT });
+    if (toolError(r)) throw new Error(`inbox growth: mesh_send failed: ${toolError(r)}`);
+  };
+  const unread = async () => {
+    const r = await b.callTool('mesh_inbox', { limit: 1, peek: true }, { timeoutMs: STEP_TIMEOUT });
+    if (toolError(r)) throw new Error(`inbox growth: mesh_inbox failed: ${toolError(r)}`);
+    return r.details.mesh.unread;
+  };
+  await send({ type: 'warmup' });
+  const rows = [];
+  let total = 1;
+  for (let seg = 0; seg < 6; seg++) {
+    probe.reset();
+    const t = performance.now();
+    const inFlight = new Set();
+    for (let i = 0; i < SEG; i++) {
+      if (section.over) throw new Error('inbox growth: section stopped');
+      const q = send({ type: 'bench', n: seg * SEG + i }).finally(() => inFlight.delete(q));
+      inFlight.add(q);
+      if (inFlight.size >= 16) await Promise.race(inFlight);
+    }
+    await Promise.all(inFlight);
+    const deadline = performance.now() + STEP_TIMEOUT;
+    while ((await unread()) < total + SEG) {
+      if (section.over || performance.now() > deadline) throw new Error(`inbox growth: ${total + SEG} messages not all in the inbox after ${STEP_TIMEOUT / 1000} s`);
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    probe.sample();
+    rows.push({ unreadBefore: total, count: SEG, msPerMsg: (performance.now() - t) / SEG, handleMsPerMsg: p.handleMs / SEG, bytesPerMsg: p.storeBytes / SEG });
+    total += SEG;
+  }
+  await Promise.allSettled([a.stop(), b.stop()]);
+  return rows;
+}
+
 /** Run one section with SECTION_TIMEOUT; `section.over` tells its loops to stop. */
 async function runSection(fn) {
   const section = { over: false };
@@ -397,7 +439,7 @@ function environment() {
   };
 }
 
-function markdown(env, results, bd, bl, wallMs) {
+function markdown(env, results, bd, bl, ig, wallMs) {
   const L = [];
   L.push('# kars-mesh end-to-end mesh benchmark');
   L.push('');
@@ -474,6 +516,19 @@ function markdown(env, results, bd, bl, wallMs) {
     for (const r of bl) L.push(`| ${r.outstanding}–${r.outstanding + 99} | ${f2(r.msPerSend)} | ${f2(r.handleMsPerSend)} | ${Math.round(r.bytesPerSend)} | ${r.recordBytes} |`);
     L.push('');
   }
+  if (ig?.error) L.push('## Receiving while the inbox fills', '', `Failed: ${ig.error}`, '');
+  if (ig && !ig.error) {
+    L.push('## Receiving while the inbox fills');
+    L.push('');
+    L.push('One node sends 4,800 messages (16 sends in flight) to a peer whose reader is away, so every message stays');
+    L.push('unread in its inbox (the quota is 5,000 unread per sender). A receive cost that grows with the inbox means');
+    L.push(`some check walks every entry. Receiver's totals per message, per batch of ${ig[0].count} (CPU before the section: ${ig.idleAt}):`);
+    L.push('');
+    L.push('| unread before the batch | ms per message, all delivered | receiver engine CPU ms per message | bytes stored per message |');
+    L.push('|---:|---:|---:|---:|');
+    for (const r of ig) L.push(`| ${r.unreadBefore}–${r.unreadBefore + r.count - 1} | ${f2(r.msPerMsg)} | ${f2(r.handleMsPerMsg)} | ${Math.round(r.bytesPerMsg)} |`);
+    L.push('');
+  }
   return `${L.join('\n')}\n`;
 }
 
@@ -532,9 +587,11 @@ async function main() {
   probe = storageProbe();
   let bd = null;
   let bl = null;
+  let ig = null;
   for (const [name, fn, keep] of [
     ['where the time goes (instrumented pair in this process)', breakdown, (r) => (bd = r)],
     ['mesh_send cost vs. unreceipted backlog', backlog, (r) => (bl = r)],
+    ['receive cost vs. unread inbox', inboxGrowth, (r) => (ig = r)],
   ]) {
     const idleAt = await beforeSection(name);
     try {
@@ -554,7 +611,7 @@ async function main() {
     env.build = `CHANGED DURING THE RUN (js-host/gen was rebuilt): at start ${env.build}; at the end ${endBuild}. Sections started after the rebuild ran the new engine; rerun for consistent numbers`;
     console.log(`# WARNING: the engine build changed during the run: ${env.build}`);
   }
-  const md = markdown(env, results, bd, bl, performance.now() - wall0);
+  const md = markdown(env, results, bd, bl, ig, performance.now() - wall0);
   console.log(`\n${md}`);
   if (!NO_WRITE) {
     writeFileSync(path.join(BENCH, 'MESH-RESULTS.md'), md);

@@ -6,7 +6,7 @@
 //! quota, never the engine's memory (red-team finding 1).
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Read messages kept; older read ones are erased.
 pub const KEEP_READ: usize = 1000;
@@ -163,11 +163,116 @@ pub struct Counters {
     pub last_read_at: Option<String>,
 }
 
+/// The inbox's entries by arrival number, with indexes kept beside them so
+/// that each arriving message costs the same whatever the inbox holds: the
+/// checks a message meets (duplicate id or sequence number, quotas, room,
+/// held copies) and the counts the tools show were each a scan of every
+/// entry, eight or more per message, which made receiving into an inbox of
+/// thousands of entries several times slower than into an empty one.
 #[derive(Default)]
 pub struct Inbox {
     entries: BTreeMap<u64, Entry>,
     next_n: u64,
     pub counters: Counters,
+    index: Index,
+}
+
+/// Derived from `entries` alone; every change to an entry goes through
+/// `Inbox::put` and `Inbox::take`, which keep it in step.
+#[derive(Default, Debug, PartialEq)]
+struct Index {
+    /// (sender, frame id) → entries with it (one, unless records written
+    /// by an older build hold two).
+    ids: BTreeMap<(String, String), u32>,
+    /// (sender, epoch, sequence number) → how many entries hold it, held
+    /// back and delivered.
+    seqs: BTreeMap<(String, Option<u64>, u64), SeqCount>,
+    /// Arrival numbers of unread, deliverable entries.
+    unread: BTreeSet<u64>,
+    /// Arrival numbers of read entries (held or not), oldest first.
+    read: BTreeSet<u64>,
+    /// Arrival numbers of held-back entries.
+    held: BTreeSet<u64>,
+    /// Per sender: unread entries (held or not) and their payload bytes.
+    sender_unread: BTreeMap<String, (usize, u64)>,
+    /// Read and deliverable.
+    read_deliverable: usize,
+    total_bytes: u64,
+}
+
+#[derive(Default, Debug, Clone, Copy, PartialEq)]
+struct SeqCount {
+    held: u32,
+    released: u32,
+}
+
+impl Index {
+    fn add(&mut self, e: &Entry) {
+        *self.ids.entry((e.from.clone(), e.id.clone())).or_default() += 1;
+        if let Some(seq) = e.seq {
+            let c = self.seqs.entry((e.from.clone(), e.epoch, seq)).or_default();
+            if e.held {
+                c.held += 1;
+            } else {
+                c.released += 1;
+            }
+        }
+        if e.held {
+            self.held.insert(e.n);
+        } else if e.read {
+            self.read_deliverable += 1;
+        } else {
+            self.unread.insert(e.n);
+        }
+        if e.read {
+            self.read.insert(e.n);
+        } else {
+            let s = self.sender_unread.entry(e.from.clone()).or_default();
+            s.0 += 1;
+            s.1 = s.1.saturating_add(e.bytes);
+        }
+        self.total_bytes = self.total_bytes.saturating_add(e.bytes);
+    }
+
+    fn remove(&mut self, e: &Entry) {
+        let key = (e.from.clone(), e.id.clone());
+        if let Some(c) = self.ids.get_mut(&key) {
+            *c -= 1;
+            if *c == 0 {
+                self.ids.remove(&key);
+            }
+        }
+        if let Some(seq) = e.seq {
+            let key = (e.from.clone(), e.epoch, seq);
+            if let Some(c) = self.seqs.get_mut(&key) {
+                if e.held {
+                    c.held = c.held.saturating_sub(1);
+                } else {
+                    c.released = c.released.saturating_sub(1);
+                }
+                if c.held == 0 && c.released == 0 {
+                    self.seqs.remove(&key);
+                }
+            }
+        }
+        if e.held {
+            self.held.remove(&e.n);
+        } else if e.read {
+            self.read_deliverable = self.read_deliverable.saturating_sub(1);
+        } else {
+            self.unread.remove(&e.n);
+        }
+        if e.read {
+            self.read.remove(&e.n);
+        } else if let Some(s) = self.sender_unread.get_mut(&e.from) {
+            s.0 = s.0.saturating_sub(1);
+            s.1 = s.1.saturating_sub(e.bytes);
+            if s.0 == 0 {
+                self.sender_unread.remove(&e.from);
+            }
+        }
+        self.total_bytes = self.total_bytes.saturating_sub(e.bytes);
+    }
 }
 
 impl Inbox {
@@ -175,9 +280,25 @@ impl Inbox {
         let mut inbox = Inbox::default();
         for e in entries {
             inbox.next_n = inbox.next_n.max(e.n + 1);
-            inbox.entries.insert(e.n, e);
+            inbox.put(e);
         }
         inbox
+    }
+
+    /// Every entry goes in through here (replacing one with the same number).
+    fn put(&mut self, e: Entry) {
+        if let Some(old) = self.entries.remove(&e.n) {
+            self.index.remove(&old);
+        }
+        self.index.add(&e);
+        self.entries.insert(e.n, e);
+    }
+
+    /// Every entry comes out through here.
+    fn take(&mut self, n: u64) -> Option<Entry> {
+        let e = self.entries.remove(&n)?;
+        self.index.remove(&e);
+        Some(e)
     }
 
     pub fn next_n(&mut self) -> u64 {
@@ -187,104 +308,116 @@ impl Inbox {
     }
 
     pub fn contains(&self, from: &str, id: &str) -> bool {
-        self.entries.values().any(|e| e.id == id && e.from == from)
+        self.index
+            .ids
+            .contains_key(&(from.to_string(), id.to_string()))
+    }
+
+    fn seq_count(&self, from: &str, epoch: Option<u64>, seq: u64) -> SeqCount {
+        self.index
+            .seqs
+            .get(&(from.to_string(), epoch, seq))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// A message with this sequence number (in this epoch) is already here.
     pub fn has_seq(&self, from: &str, epoch: Option<u64>, seq: u64) -> bool {
-        self.entries
-            .values()
-            .any(|e| e.from == from && e.seq == Some(seq) && e.epoch == epoch)
+        self.seq_count(from, epoch, seq) != SeqCount::default()
     }
 
     /// A message with this sequence number (in this epoch) is here, held
     /// back for an earlier one.
     pub fn holds_seq(&self, from: &str, epoch: Option<u64>, seq: u64) -> bool {
-        self.entries
-            .values()
-            .any(|e| e.held && e.from == from && e.seq == Some(seq) && e.epoch == epoch)
+        self.seq_count(from, epoch, seq).held > 0
     }
 
     /// Highest delivered (not held) sequence number from `from` in `epoch`.
     pub fn max_released_seq(&self, from: &str, epoch: Option<u64>) -> Option<u64> {
-        self.entries
-            .values()
-            .filter(|e| !e.held && e.from == from && e.epoch == epoch)
-            .filter_map(|e| e.seq)
-            .max()
+        let lo = (from.to_string(), epoch, 0);
+        let hi = (from.to_string(), epoch, u64::MAX);
+        self.index
+            .seqs
+            .range(lo..=hi)
+            .rev()
+            .find(|(_, c)| c.released > 0)
+            .map(|((_, _, seq), _)| *seq)
     }
 
     pub fn remove(&mut self, n: u64) -> Option<Entry> {
-        self.entries.remove(&n)
+        self.take(n)
     }
 
     pub fn insert(&mut self, e: Entry) {
-        self.entries.insert(e.n, e);
+        self.put(e);
+    }
+
+    /// Unread, deliverable entries in arrival order.
+    pub fn unread_entries(&self) -> impl Iterator<Item = &Entry> {
+        self.index.unread.iter().filter_map(|n| self.entries.get(n))
     }
 
     /// Unread, deliverable entries, oldest first, optionally from one sender.
     pub fn unread(&self, from: Option<&str>) -> Vec<&Entry> {
-        self.entries
-            .values()
-            .filter(|e| !e.read && !e.held && from.is_none_or(|f| e.from == f))
+        self.unread_entries()
+            .filter(|e| from.is_none_or(|f| e.from == f))
             .collect()
     }
 
     pub fn unread_count(&self) -> usize {
-        self.entries.values().filter(|e| !e.read && !e.held).count()
+        self.index.unread.len()
     }
 
     pub fn mark_read(&mut self, n: u64) -> Option<&Entry> {
-        let e = self.entries.get_mut(&n)?;
+        let mut e = self.take(n)?;
         e.read = true;
-        Some(e)
+        self.put(e);
+        self.entries.get(&n)
     }
 
     /// Held entries from `from`, by sequence number.
     pub fn held_from(&self, from: &str) -> BTreeMap<u64, u64> {
-        self.entries
-            .values()
-            .filter(|e| e.held && e.from == from)
+        self.index
+            .held
+            .iter()
+            .filter_map(|n| self.entries.get(n))
+            .filter(|e| e.from == from)
             .filter_map(|e| e.seq.map(|s| (s, e.n)))
             .collect()
     }
 
     /// Deliver a held entry under a fresh arrival number `fresh`.
     pub fn release(&mut self, n: u64, fresh: u64) -> Option<&Entry> {
-        let mut e = self.entries.remove(&n)?;
+        let mut e = self.take(n)?;
         e.held = false;
         e.n = fresh;
-        self.entries.insert(fresh, e);
+        self.put(e);
         self.entries.get(&fresh)
     }
 
     pub fn oldest_held(&self) -> Option<&Entry> {
-        self.entries.values().find(|e| e.held)
+        self.index.held.first().and_then(|n| self.entries.get(n))
     }
 
     /// Read entries beyond the retention limit, oldest first: their keys to erase.
     pub fn prune(&mut self) -> Vec<String> {
-        let read: Vec<u64> = self
-            .entries
-            .values()
-            .filter(|e| e.read)
-            .map(|e| e.n)
-            .collect();
-        if read.len() <= KEEP_READ {
+        let read = self.index.read.len();
+        if read <= KEEP_READ {
             return Vec::new();
         }
-        let cut = read.len() - KEEP_READ;
+        let cut = read - KEEP_READ;
         self.counters.fifo_dropped += cut as u64;
-        read[..cut]
-            .iter()
-            .filter_map(|n| self.entries.remove(n))
+        let oldest: Vec<u64> = self.index.read.iter().take(cut).copied().collect();
+        oldest
+            .into_iter()
+            .filter_map(|n| self.take(n))
             .flat_map(|e| e.storage_keys())
             .collect()
     }
 
     /// Payload bytes kept, in all.
     pub fn total_bytes(&self) -> u64 {
-        self.entries.values().map(|e| e.bytes).sum()
+        self.index.total_bytes
     }
 
     /// Make room for a new message of `bytes` from `from`: read entries are
@@ -292,25 +425,24 @@ impl Inbox {
     /// keys to erase come back with the verdict. Unread messages are never
     /// dropped to make room: the new one is refused instead.
     pub fn make_room(&mut self, from: &str, bytes: u64) -> (Result<(), Refusal>, Vec<String>) {
-        let (mut count, mut sender_bytes) = (0usize, 0u64);
-        for e in self.entries.values().filter(|e| !e.read && e.from == from) {
-            count += 1;
-            sender_bytes += e.bytes;
-        }
+        let (count, sender_bytes) = self
+            .index
+            .sender_unread
+            .get(from)
+            .copied()
+            .unwrap_or_default();
         if count >= MAX_UNREAD_PER_SENDER {
             return (Err(Refusal::SenderCount), Vec::new());
         }
         if sender_bytes.saturating_add(bytes) > MAX_UNREAD_BYTES_PER_SENDER {
             return (Err(Refusal::SenderBytes), Vec::new());
         }
-        let mut total = self.total_bytes();
         let mut erased = Vec::new();
-        while total.saturating_add(bytes) > MAX_INBOX_BYTES {
-            let Some(n) = self.entries.values().find(|e| e.read).map(|e| e.n) else {
+        while self.index.total_bytes.saturating_add(bytes) > MAX_INBOX_BYTES {
+            let Some(n) = self.index.read.first().copied() else {
                 return (Err(Refusal::TotalBytes), erased);
             };
-            if let Some(e) = self.entries.remove(&n) {
-                total = total.saturating_sub(e.bytes);
+            if let Some(e) = self.take(n) {
                 self.counters.fifo_dropped += 1;
                 erased.extend(e.storage_keys());
             }
@@ -327,11 +459,301 @@ impl Inbox {
         self.entries.values().filter(|e| !e.held)
     }
 
+    /// Read, deliverable entries in arrival order.
+    pub fn read_entries(&self) -> impl Iterator<Item = &Entry> {
+        self.index
+            .read
+            .iter()
+            .filter_map(|n| self.entries.get(n))
+            .filter(|e| !e.held)
+    }
+
     pub fn read_count(&self) -> usize {
-        self.entries.values().filter(|e| e.read && !e.held).count()
+        self.index.read_deliverable
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scans the index replaced, kept as the reference it must agree with.
+    mod reference {
+        use super::super::Entry;
+        use std::collections::BTreeMap;
+
+        pub(super) fn contains(es: &BTreeMap<u64, Entry>, from: &str, id: &str) -> bool {
+            es.values().any(|e| e.id == id && e.from == from)
+        }
+        pub(super) fn has_seq(
+            es: &BTreeMap<u64, Entry>,
+            from: &str,
+            ep: Option<u64>,
+            seq: u64,
+        ) -> bool {
+            es.values()
+                .any(|e| e.from == from && e.seq == Some(seq) && e.epoch == ep)
+        }
+        pub(super) fn holds_seq(
+            es: &BTreeMap<u64, Entry>,
+            from: &str,
+            ep: Option<u64>,
+            seq: u64,
+        ) -> bool {
+            es.values()
+                .any(|e| e.held && e.from == from && e.seq == Some(seq) && e.epoch == ep)
+        }
+        pub(super) fn max_released(
+            es: &BTreeMap<u64, Entry>,
+            from: &str,
+            ep: Option<u64>,
+        ) -> Option<u64> {
+            es.values()
+                .filter(|e| !e.held && e.from == from && e.epoch == ep)
+                .filter_map(|e| e.seq)
+                .max()
+        }
+        pub(super) fn held_from(es: &BTreeMap<u64, Entry>, from: &str) -> BTreeMap<u64, u64> {
+            es.values()
+                .filter(|e| e.held && e.from == from)
+                .filter_map(|e| e.seq.map(|s| (s, e.n)))
+                .collect()
+        }
+        pub(super) fn sender_unread(es: &BTreeMap<u64, Entry>, from: &str) -> (usize, u64) {
+            es.values()
+                .filter(|e| !e.read && e.from == from)
+                .fold((0, 0), |(c, b), e| (c + 1, b + e.bytes))
+        }
+    }
+
+    /// xorshift64*: reproducible without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+        }
+    }
+
+    const SENDERS: [&str; 3] = ["did:mesh:a", "did:mesh:b", "did:mesh:c"];
+
+    fn entry(r: &mut Rng, n: u64) -> Entry {
+        let from = SENDERS[r.below(3) as usize];
+        let mut e = Entry::new(
+            &format!("id-{}", r.below(40)),
+            from,
+            r.below(1000),
+            Evidence::Encrypted,
+            serde_json::Value::Null,
+        );
+        e.n = n;
+        e.seq = (r.below(5) != 0).then(|| r.below(30));
+        e.epoch = (r.below(3) != 0).then(|| r.below(2));
+        e.held = r.below(4) == 0;
+        e.read = !e.held && r.below(3) == 0;
+        // Now and then big enough for make_room to have to erase.
+        e.bytes = if r.below(50) == 0 {
+            MAX_INBOX_BYTES / 3
+        } else {
+            r.below(5000)
+        };
+        e
+    }
+
+    fn rebuilt(inbox: &Inbox) -> Index {
+        let mut i = Index::default();
+        for e in inbox.entries.values() {
+            i.add(e);
+        }
+        i
+    }
+
+    fn agrees(inbox: &Inbox, step: usize) {
+        let es = &inbox.entries;
+        assert_eq!(inbox.index, rebuilt(inbox), "index after step {step}");
+        for from in SENDERS {
+            for k in 0..40 {
+                let id = format!("id-{k}");
+                assert_eq!(
+                    inbox.contains(from, &id),
+                    reference::contains(es, from, &id)
+                );
+            }
+            for ep in [None, Some(0), Some(1)] {
+                for seq in 0..30 {
+                    assert_eq!(
+                        inbox.has_seq(from, ep, seq),
+                        reference::has_seq(es, from, ep, seq)
+                    );
+                    assert_eq!(
+                        inbox.holds_seq(from, ep, seq),
+                        reference::holds_seq(es, from, ep, seq)
+                    );
+                }
+                assert_eq!(
+                    inbox.max_released_seq(from, ep),
+                    reference::max_released(es, from, ep)
+                );
+            }
+            assert_eq!(inbox.held_from(from), reference::held_from(es, from));
+            let want: Vec<u64> = es
+                .values()
+                .filter(|e| !e.read && !e.held && e.from == from)
+                .map(|e| e.n)
+                .collect();
+            let got: Vec<u64> = inbox.unread(Some(from)).iter().map(|e| e.n).collect();
+            assert_eq!(got, want);
+            let su = inbox
+                .index
+                .sender_unread
+                .get(from)
+                .copied()
+                .unwrap_or_default();
+            assert_eq!(su, reference::sender_unread(es, from));
+        }
+        let unread: Vec<u64> = inbox
+            .deliverable()
+            .filter(|e| !e.read)
+            .map(|e| e.n)
+            .collect();
+        assert_eq!(
+            inbox.unread_entries().map(|e| e.n).collect::<Vec<_>>(),
+            unread
+        );
+        assert_eq!(inbox.unread_count(), unread.len());
+        let read: Vec<u64> = inbox
+            .deliverable()
+            .filter(|e| e.read)
+            .map(|e| e.n)
+            .collect();
+        assert_eq!(inbox.read_entries().map(|e| e.n).collect::<Vec<_>>(), read);
+        assert_eq!(inbox.read_count(), read.len());
+        assert_eq!(
+            inbox.total_bytes(),
+            es.values().map(|e| e.bytes).sum::<u64>()
+        );
+        assert_eq!(
+            inbox.oldest_held().map(|e| e.n),
+            es.values().find(|e| e.held).map(|e| e.n)
+        );
+    }
+
+    /// Every way an entry changes keeps the index equal to one built from
+    /// scratch, and every query equal to the scan it replaced.
+    #[test]
+    fn index_agrees_with_a_scan_through_every_change() {
+        for seed in 1..=6u64 {
+            let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let mut inbox = Inbox::default();
+            for step in 0..1500 {
+                let known: Vec<u64> = inbox.entries.keys().copied().collect();
+                let pick = |r: &mut Rng| {
+                    if known.is_empty() {
+                        0
+                    } else {
+                        known[r.below(known.len() as u64) as usize]
+                    }
+                };
+                match r.below(10) {
+                    0..=3 => {
+                        let n = inbox.next_n();
+                        let e = entry(&mut r, n);
+                        inbox.insert(e);
+                    }
+                    4 => {
+                        // Replace an entry under its own number (a rewrite).
+                        let n = pick(&mut r);
+                        let e = entry(&mut r, n);
+                        inbox.insert(e);
+                    }
+                    5 => {
+                        let n = pick(&mut r);
+                        inbox.remove(n);
+                    }
+                    6 => {
+                        let n = pick(&mut r);
+                        inbox.mark_read(n);
+                    }
+                    7 => {
+                        if let Some(n) = inbox.oldest_held().map(|e| e.n) {
+                            let fresh = inbox.next_n();
+                            inbox.release(n, fresh);
+                        }
+                    }
+                    8 => {
+                        inbox.prune();
+                        assert!(inbox.index.read.len() <= KEEP_READ);
+                    }
+                    _ => {
+                        let from = SENDERS[r.below(3) as usize];
+                        let (verdict, _) = inbox.make_room(from, MAX_INBOX_BYTES / 4);
+                        if verdict.is_ok() {
+                            assert!(inbox.total_bytes() + MAX_INBOX_BYTES / 4 <= MAX_INBOX_BYTES);
+                        }
+                    }
+                }
+                agrees(&inbox, step);
+                if step % 500 == 499 {
+                    // A restart: the same entries loaded afresh.
+                    let next = inbox.next_n;
+                    inbox = Inbox::load(inbox.entries.values().cloned().collect());
+                    assert!(inbox.next_n <= next);
+                    inbox.next_n = next;
+                    agrees(&inbox, step);
+                }
+            }
+        }
+    }
+
+    /// Retention and room keep the oldest read entries last, as before.
+    #[test]
+    fn prune_and_make_room_take_the_oldest_read_first() {
+        let mut inbox = Inbox::default();
+        for k in 0..(2 * KEEP_READ as u64 + 40) {
+            let n = inbox.next_n();
+            let mut e = Entry::new(
+                &format!("m{k}"),
+                "did:mesh:a",
+                k,
+                Evidence::Encrypted,
+                serde_json::Value::Null,
+            );
+            e.n = n;
+            e.bytes = 10;
+            e.read = k % 2 == 0;
+            inbox.insert(e);
+        }
+        let read_before: Vec<u64> = inbox.read_entries().map(|e| e.n).collect();
+        let erased = inbox.prune();
+        let cut = read_before.len() - KEEP_READ;
+        assert_eq!(erased.len(), cut * 2, "entry and payload of each");
+        let read_after: Vec<u64> = inbox.read_entries().map(|e| e.n).collect();
+        assert_eq!(read_after, read_before[cut..].to_vec());
+        // An unread entry fills the inbox to 10 bytes short of its limit;
+        // a message of 30 needs the space of two read entries.
+        let n = inbox.next_n();
+        let mut big = Entry::new(
+            "big",
+            "did:mesh:c",
+            0,
+            Evidence::Encrypted,
+            serde_json::Value::Null,
+        );
+        big.n = n;
+        big.bytes = MAX_INBOX_BYTES - inbox.total_bytes() - 10;
+        inbox.insert(big);
+        let (v, erased) = inbox.make_room("did:mesh:b", 30);
+        assert_eq!(v, Ok(()));
+        assert_eq!(erased.len(), 4);
+        assert_eq!(
+            inbox.read_entries().next().map(|e| e.n),
+            Some(read_after[2])
+        );
     }
 }

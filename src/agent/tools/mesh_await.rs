@@ -145,8 +145,8 @@ fn matches<'a>(agent: &'a Agent, w: &AwaitWait) -> BTreeMap<String, Vec<&'a Entr
     for s in &w.senders {
         let found: Vec<&Entry> = agent
             .inbox
-            .deliverable()
-            .filter(|e| !e.read && s.matches(e))
+            .unread_entries()
+            .filter(|e| s.matches(e))
             .collect();
         out.insert(s.key.clone(), found);
     }

@@ -105,6 +105,16 @@ impl InboxQuery {
 
     /// Entries this call may return, in arrival order.
     pub(in crate::agent) fn visible<'a>(&self, agent: &'a Agent) -> Vec<&'a Entry> {
+        // Unread only (the default, and every waiting call): walk the unread
+        // index, not the whole inbox. A waiting call is checked again on
+        // every message that arrives.
+        if self.unread_only {
+            return agent
+                .inbox
+                .unread_entries()
+                .filter(|e| self.admits(e))
+                .collect();
+        }
         agent
             .inbox
             .deliverable()
@@ -207,11 +217,10 @@ pub(in crate::agent) fn answer(
         e.payload = agent.load_payload(cx, e);
     }
     let unread = agent.inbox.unread_count();
-    let already_read = agent
-        .inbox
-        .deliverable()
-        .filter(|e| e.read && q.from.as_deref().is_none_or(|f| e.from == f))
-        .count();
+    let already_read = match q.from.as_deref() {
+        None => agent.inbox.read_count(),
+        Some(f) => agent.inbox.read_entries().filter(|e| e.from == f).count(),
+    };
     let ns: Vec<u64> = page.iter().map(|e| e.n).collect();
     let marked = if q.mark_read {
         mark(agent, cx, &ns)
