@@ -1254,3 +1254,64 @@ fn a_peer_before_nested_receipts_gets_receipts_of_their_own() {
     assert_eq!(got[1]["type"], "kars_receipt");
     assert_eq!(got[1]["kars"]["upto"], 4);
 }
+
+/// Sends waiting for a receipt (the peer is away) each write their own
+/// outbox record and the session record, never the records of the sends
+/// before them; a restart reads the records back without writing them
+/// again; the peer's receipts erase every one.
+#[test]
+fn sends_awaiting_receipts_write_only_their_own_records() {
+    let (mut w, ids) = world_with(36, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let bd = w.did(b);
+    assert!(w.send(a, b, "warm").is_some());
+    w.run_for(2_000);
+    assert_eq!(w.read_texts(b), ["warm"]);
+    w.crash_now(b, 120_000);
+    let send = |w: &mut World, text: &str| {
+        let before = w.agents[a].host.stores;
+        let r = w.call_sync(
+            a,
+            "mesh_send",
+            json!({"to": bd.clone(), "message": text}),
+            5_000,
+        );
+        assert!(!World::call_text(&r).starts_with('❌'), "{r}");
+        w.agents[a].host.stores - before
+    };
+    let mut most = 0;
+    for k in 0..40 {
+        most = most.max(send(&mut w, &format!("m{k}")));
+    }
+    assert!(
+        most <= 3,
+        "one send wrote {most} records with up to 40 waiting"
+    );
+    assert_eq!(w.outbox_keys(a, &bd).len(), 40);
+    w.crash_now(a, 500);
+    w.run_for(3_000);
+    assert_eq!(w.outbox_keys(a, &bd).len(), 40, "kept across the restart");
+    let after_restart = send(&mut w, "m40");
+    assert!(
+        after_restart <= 3,
+        "the first send after a restart wrote {after_restart} records"
+    );
+    assert_eq!(w.outbox_keys(a, &bd).len(), 41);
+    // Bob comes back: everything arrives once, and every record goes.
+    w.run_for(150_000);
+    let got = w.read_texts(b);
+    let want: Vec<String> = (0..41).map(|k| format!("m{k}")).collect();
+    assert_eq!(got, want);
+    w.run_for(30_000);
+    assert_eq!(
+        w.outbox_keys(a, &bd),
+        Vec::<String>::new(),
+        "receipted records erased"
+    );
+    // And a send after the receipts is stored and erased the same way.
+    assert!(send(&mut w, "later") <= 3);
+    w.run_for(5_000);
+    assert_eq!(w.read_texts(b), ["later"]);
+    w.run_for(30_000);
+    assert_eq!(w.outbox_keys(a, &bd), Vec::<String>::new());
+}

@@ -562,40 +562,56 @@ impl Agent {
         let Some(p) = self.peers.get_mut(did) else {
             return;
         };
-        for o in &p.outbox {
-            if !p.persisted_out.contains(&o.frame_id) {
-                let key = format!("{}{}/{}", keys::OUTBOX, did, o.frame_id);
-                let stored = match o.record_parts() {
-                    Ok((head, None)) => self.vault.put_bytes(cx.host, &mut cx.out, &key, &head),
-                    Ok((head, Some(frame))) => {
-                        self.vault
-                            .put_with_trailer(cx.host, &mut cx.out, &key, &head, frame)
-                    }
-                    Err(e) => Err(crate::store::StoreError::Corrupt {
-                        key: key.clone(),
-                        detail: crate::wire::describe_json_error(&e),
-                    }),
-                };
-                match stored {
-                    Ok(()) => {
-                        p.persisted_out.insert(o.frame_id.clone());
-                    }
-                    Err(e) => cx.host.log(LogLevel::Error, &e.to_string()),
+        // Every stored entry's id is in `persisted_out` (both are set
+        // together) and ids are unique (fresh per send; restore skips
+        // repeats). So when the stored entries are as many as the ids,
+        // they are the same set: nothing left the outbox since the last
+        // save, and only entries not yet stored need a look. Otherwise
+        // (receipts, hand-overs, reseals) the whole outbox is compared.
+        let unchanged = p.outbox.iter().filter(|o| o.stored).count() == p.persisted_out.len();
+        for o in p.outbox.iter_mut() {
+            let needed = if unchanged {
+                !o.stored
+            } else {
+                !p.persisted_out.contains(&o.frame_id)
+            };
+            if !needed {
+                continue;
+            }
+            let key = format!("{}{}/{}", keys::OUTBOX, did, o.frame_id);
+            let stored = match o.record_parts() {
+                Ok((head, None)) => self.vault.put_bytes(cx.host, &mut cx.out, &key, &head),
+                Ok((head, Some(frame))) => {
+                    self.vault
+                        .put_with_trailer(cx.host, &mut cx.out, &key, &head, frame)
                 }
+                Err(e) => Err(crate::store::StoreError::Corrupt {
+                    key: key.clone(),
+                    detail: crate::wire::describe_json_error(&e),
+                }),
+            };
+            match stored {
+                Ok(()) => {
+                    p.persisted_out.insert(o.frame_id.clone());
+                    o.stored = true;
+                }
+                Err(e) => cx.host.log(LogLevel::Error, &e.to_string()),
             }
         }
-        let live: std::collections::HashSet<&str> =
-            p.outbox.iter().map(|o| o.frame_id.as_str()).collect();
-        let gone: Vec<String> = p
-            .persisted_out
-            .iter()
-            .filter(|id| !live.contains(id.as_str()))
-            .cloned()
-            .collect();
-        for id in gone {
-            cx.out
-                .push(Command::Erase(format!("{}{}/{}", keys::OUTBOX, did, id)));
-            p.persisted_out.remove(&id);
+        if !unchanged {
+            let live: std::collections::HashSet<&str> =
+                p.outbox.iter().map(|o| o.frame_id.as_str()).collect();
+            let gone: Vec<String> = p
+                .persisted_out
+                .iter()
+                .filter(|id| !live.contains(id.as_str()))
+                .cloned()
+                .collect();
+            for id in gone {
+                cx.out
+                    .push(Command::Erase(format!("{}{}/{}", keys::OUTBOX, did, id)));
+                p.persisted_out.remove(&id);
+            }
         }
         let key = format!("{}{}", keys::SESSION, did);
         if let Err(e) = self

@@ -115,6 +115,8 @@ pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, 
                 p.remember_key(k, &o.frame_id);
             }
             if !p.outbox.iter().any(|x| x.frame_id == o.frame_id) {
+                let mut o = o;
+                o.stored = true;
                 p.outbox.push(o);
             }
         }

@@ -328,6 +328,7 @@ impl Agent {
             needs_receipt: kars,
             key,
             file_part,
+            stored: false,
         });
         let new_session = peer.knock_sent.is_some();
         self.stats.sent += 1;

@@ -73,6 +73,12 @@ pub struct OutEntry {
     /// without its plaintext is one.
     #[serde(skip)]
     pub file_part: bool,
+    /// Its record is in storage under its frame id (set when it is written
+    /// or read back; in memory only). Saving the peer writes the entries
+    /// without it instead of looking every entry up in `Peer::persisted_out`,
+    /// which made each send cost more the more sends awaited a receipt.
+    #[serde(skip)]
+    pub stored: bool,
 }
 
 /// Frames longer than this are not stored with their outbox entry.
@@ -117,6 +123,7 @@ impl OutEntry {
             needs_receipt: self.needs_receipt,
             key: self.key.clone(),
             file_part: self.file_part,
+            stored: false,
         };
         Ok((
             Zeroizing::new(serde_json::to_vec(&head)?),
@@ -747,6 +754,7 @@ mod tests {
             needs_receipt: true,
             key: Some("k".into()),
             file_part: true,
+            stored: false,
         }
     }
 
