@@ -34,7 +34,8 @@
 // not in the same millisecond); in that second our engine's thread runs its
 // warm-up (js-host/warm-up.js). --settle=0 sends at once, as before.
 //
-//   node bench/mesh.mjs [--rounds=200] [--count=2000] [--settle=1000] [--no-write] [--wait-idle[=s]]
+//   node bench/mesh.mjs [--rounds=200] [--count=2000] [--settle=1000] [--repeat=3] [--no-write] [--wait-idle[=s]]
+//   --repeat     runs of every pair, taking turns; the table gives medians
 //   --wait-idle  first wait (up to 300 s, or =s) until the CPUs are idle
 // Writes bench/MESH-RESULTS.md (unless --no-write).
 //
@@ -64,6 +65,7 @@ const opt = (name, dflt, min = 0) => wholeOption(args, name, dflt, 'bench/mesh.m
 const ROUNDS = opt('rounds', 200, 1);
 const WARMUP = opt('warmup', 20);
 const COUNT = opt('count', 2000, 1);
+const REPEAT = opt('repeat', 3, 1);
 const SETTLE = opt('settle', 1000);
 const settle = () => new Promise((r) => setTimeout(r, SETTLE));
 const NO_WRITE = args.includes('--no-write');
@@ -413,6 +415,51 @@ async function inboxGrowth(section) {
   return rows;
 }
 
+/** One run of one pair: its results (or its failure) go to `into`. */
+async function runPair(name, fn, rep, into) {
+  const idleAt = await beforeSection(REPEAT > 1 ? `${name}, run ${rep + 1} of ${REPEAT}` : name);
+  const t = performance.now();
+  try {
+    const r = await runSection(fn);
+    r.idleAt = idleAt;
+    into.push(r);
+    console.log(`#   RTT p50 ${f2(r.latency.p50)} ms, p99 ${f2(r.latency.p99)} ms (first contact ${f1(r.setupMs)} ms); `
+      + `${COUNT} msgs delivered in ${(r.throughput.totalMs / 1000).toFixed(2)} s = ${Math.round(r.throughput.perSec)} msg/s `
+      + `(send side ${Math.round(r.throughput.sendPerSec)} msg/s) [${((performance.now() - t) / 1000).toFixed(1)} s]`);
+    if (r.engine) console.log(`#   engine sender ${JSON.stringify(r.engine.sender)}\n#   engine receiver ${JSON.stringify(r.engine.receiver)}`);
+  } catch (e) {
+    console.log(`#   FAILED: ${e.message}`);
+    into.push({ name, error: e.message });
+    failures++;
+  }
+  await stopAll();
+}
+
+const median = (xs) => {
+  const s = xs.filter((x) => x != null).sort((a, b) => a - b);
+  if (!s.length) return null;
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+/** One pair's runs as one row: each figure the median of its runs. */
+function combineRuns(name, rs) {
+  const bad = rs.find((r) => r.error);
+  if (bad) return { name, error: rs.length > 1 ? `run ${rs.indexOf(bad) + 1} of ${rs.length}: ${bad.error}` : bad.error };
+  const med = (f) => median(rs.map(f));
+  const last = rs[rs.length - 1];
+  return {
+    name,
+    runs: rs.length,
+    setupMs: med((r) => r.setupMs),
+    latency: { p50: med((r) => r.latency.p50), p99: med((r) => r.latency.p99), mean: med((r) => r.latency.mean), max: med((r) => r.latency.max) },
+    throughput: { count: COUNT, totalMs: med((r) => r.throughput.totalMs), perSec: med((r) => r.throughput.perSec), sendPerSec: med((r) => r.throughput.sendPerSec) },
+    engine: last.engine,
+    errors: rs.some((r) => r.errors !== undefined) ? rs.reduce((n, r) => n + (r.errors ?? 0), 0) : undefined,
+    idleAt: rs.map((r) => r.idleAt).filter(Boolean).join('; '),
+  };
+}
+
 /** Run one section with SECTION_TIMEOUT; `section.over` tells its loops to stop. */
 async function runSection(fn) {
   const section = { over: false };
@@ -465,6 +512,12 @@ function markdown(env, results, bd, bl, ig, wallMs) {
   L.push('  back; *delivered/s* = messages / (time from the first send until D has decrypted the last one).');
   L.push('  *send/s* is how fast the sender accepted them.');
   L.push('');
+  if (REPEAT > 1) {
+    L.push(`- **Runs**: every pair runs ${REPEAT} times, the pairs taking turns (every other round in reverse order), so a slow`);
+    L.push('  minute of this shared machine falls on all of them alike. Each figure below is the median of its pair\'s runs;');
+    L.push('  the next table gives every run, with our figures over the fsync pair\'s from the same round.');
+  }
+  L.push('');
   L.push('| pair | first contact RTT (ms) | RTT p50 (ms) | RTT p99 (ms) | RTT mean (ms) | RTT max (ms) | delivered/s | send/s | all delivered after (s) | CPU before the section |');
   L.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---|');
   for (const r of results) {
@@ -475,6 +528,34 @@ function markdown(env, results, bd, bl, ig, wallMs) {
     L.push(`| ${r.name} | ${f1(r.setupMs)} | ${f2(r.latency.p50)} | ${f2(r.latency.p99)} | ${f2(r.latency.mean)} | ${f1(r.latency.max)} | ${Math.round(r.throughput.perSec)} | ${Math.round(r.throughput.sendPerSec)} | ${(r.throughput.totalMs / 1000).toFixed(2)} | ${r.idleAt ?? ''} |`);
   }
   L.push('');
+  const per = perRun.filter((p) => p.runs.length && !p.runs.some((r) => r.error));
+  const fsyncRuns = per.find((p) => p.name.includes('fsync'))?.runs;
+  if (REPEAT > 1 && per.length) {
+    const short = (n) => n.replace('kars-mesh ↔ kars-mesh', 'ours').replace('AGT Python ↔ AGT Python', 'AGT').replace(' (--state: fsync per frame)', ' fsync').replace(' (in memory)', ' in memory').replace(' (64 sends in flight)', ', 64 in flight');
+    const ourRuns = per.filter((p) => p.name.startsWith('kars-mesh'));
+    const head = ['run', ...per.flatMap((p) => [`${short(p.name)} p50`, 'p99', 'msgs/s'])];
+    if (fsyncRuns) head.push(...ourRuns.flatMap((p) => [`${short(p.name)} ÷ AGT fsync: p50`, 'p99', 'msgs/s']));
+    L.push('Every run (RTT in ms):');
+    L.push('');
+    L.push(`| ${head.join(' | ')} |`);
+    L.push(`|${head.map((_, i) => (i ? '---:' : '---')).join('|')}|`);
+    for (let k = 0; k < REPEAT; k++) {
+      const row = [String(k + 1)];
+      for (const p of per) {
+        const r = p.runs[k];
+        row.push(r ? f2(r.latency.p50) : '', r ? f2(r.latency.p99) : '', r ? String(Math.round(r.throughput.perSec)) : '');
+      }
+      if (fsyncRuns) {
+        const base = fsyncRuns[k];
+        for (const p of ourRuns) {
+          const r = p.runs[k];
+          row.push(r && base ? f2(r.latency.p50 / base.latency.p50) : '', r && base ? f2(r.latency.p99 / base.latency.p99) : '', r && base ? f2(r.throughput.perSec / base.throughput.perSec) : '');
+        }
+      }
+      L.push(`| ${row.join(' | ')} |`);
+    }
+    L.push('');
+  }
   const o = results.find((r) => r.engine);
   if (o) {
     L.push('Engine counters of our throughput pair after the run (`mesh_identity` stats):');
@@ -560,30 +641,24 @@ async function main() {
   srv = await startServers();
   takeOverSignals(stopEverything); // startServers() added handlers that exit at once
   console.log(`# relay ${srv.relayUrl}, registry ${srv.registryUrl}`);
-  const results = [];
-  for (const [name, fn] of [
+  const PAIRS = [
     ['kars-mesh ↔ kars-mesh', () => ours(1)],
     ['kars-mesh ↔ kars-mesh (64 sends in flight)', () => ours(64)],
     ['AGT Python ↔ AGT Python (in memory)', () => agt(false)],
     ['AGT Python ↔ AGT Python (--state: fsync per frame)', () => agt(true)],
-  ]) {
-    const idleAt = await beforeSection(name);
-    const t = performance.now();
-    try {
-      const r = await runSection(fn);
-      r.idleAt = idleAt;
-      results.push(r);
-      console.log(`#   RTT p50 ${f2(r.latency.p50)} ms, p99 ${f2(r.latency.p99)} ms (first contact ${f1(r.setupMs)} ms); `
-        + `${COUNT} msgs delivered in ${(r.throughput.totalMs / 1000).toFixed(2)} s = ${Math.round(r.throughput.perSec)} msg/s `
-        + `(send side ${Math.round(r.throughput.sendPerSec)} msg/s) [${((performance.now() - t) / 1000).toFixed(1)} s]`);
-      if (r.engine) console.log(`#   engine sender ${JSON.stringify(r.engine.sender)}\n#   engine receiver ${JSON.stringify(r.engine.receiver)}`);
-    } catch (e) {
-      console.log(`#   FAILED: ${e.message}`);
-      results.push({ name, error: e.message });
-      failures++;
+  ];
+  // Every pair runs REPEAT times, the pairs taking turns (every other
+  // round in reverse order), so a slow minute of this shared machine falls
+  // on all of them alike; the table gives each pair's medians.
+  const runs = new Map(PAIRS.map(([name]) => [name, []]));
+  for (let rep = 0; rep < REPEAT; rep++) {
+    for (const [name, fn] of rep % 2 ? [...PAIRS].reverse() : PAIRS) {
+      await runPair(name, fn, rep, runs.get(name));
     }
-    await stopAll();
   }
+  const results = PAIRS.map(([name]) => combineRuns(name, runs.get(name)));
+  perRun = PAIRS.map(([name]) => ({ name, runs: runs.get(name) }));
+  await stopAll();
   probe = storageProbe();
   let bd = null;
   let bl = null;
@@ -620,6 +695,8 @@ async function main() {
 }
 
 let failures = 0;
+/** Each pair's runs, for the per-run table. */
+let perRun = [];
 /** Stop every client of this run (each stop bounded). */
 const stopAll = () => within(Promise.allSettled(cleanup.splice(0).map((f) => f())), 15_000, 'stopping the clients').catch(() => {});
 
