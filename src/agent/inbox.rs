@@ -178,26 +178,37 @@ pub struct Inbox {
 }
 
 /// Derived from `entries` alone; every change to an entry goes through
-/// `Inbox::put` and `Inbox::take`, which keep it in step.
-#[derive(Default, Debug, PartialEq)]
+/// `Inbox::put` and `Inbox::take`, which keep it in step. The maps key on a
+/// sender's number, not a copy of its DID per entry.
+#[derive(Default, Debug)]
 struct Index {
-    /// (sender, frame id) → entries with it (one, unless records written
-    /// by an older build hold two).
-    ids: BTreeMap<(String, String), u32>,
-    /// (sender, epoch, sequence number) → how many entries hold it, held
-    /// back and delivered.
-    seqs: BTreeMap<(String, Option<u64>, u64), SeqCount>,
+    /// Every sender with entries here, by DID.
+    senders: BTreeMap<String, Sender>,
+    next_sender: u64,
+    /// (sender number, frame id) → entries with it (one, unless records
+    /// written by an older build hold two).
+    ids: BTreeMap<(u64, String), u32>,
+    /// (sender number, epoch, sequence number) → how many entries hold
+    /// it, held back and delivered.
+    seqs: BTreeMap<(u64, Option<u64>, u64), SeqCount>,
     /// Arrival numbers of unread, deliverable entries.
     unread: BTreeSet<u64>,
     /// Arrival numbers of read entries (held or not), oldest first.
     read: BTreeSet<u64>,
     /// Arrival numbers of held-back entries.
     held: BTreeSet<u64>,
-    /// Per sender: unread entries (held or not) and their payload bytes.
-    sender_unread: BTreeMap<String, (usize, u64)>,
     /// Read and deliverable.
     read_deliverable: usize,
     total_bytes: u64,
+}
+
+#[derive(Default, Debug, Clone, Copy, PartialEq)]
+struct Sender {
+    no: u64,
+    entries: usize,
+    /// Unread entries (held or not) and their payload bytes.
+    unread: usize,
+    unread_bytes: u64,
 }
 
 #[derive(Default, Debug, Clone, Copy, PartialEq)]
@@ -207,10 +218,34 @@ struct SeqCount {
 }
 
 impl Index {
+    fn sender_no(&self, from: &str) -> Option<u64> {
+        self.senders.get(from).map(|s| s.no)
+    }
+
     fn add(&mut self, e: &Entry) {
-        *self.ids.entry((e.from.clone(), e.id.clone())).or_default() += 1;
+        if !self.senders.contains_key(&e.from) {
+            let no = self.next_sender;
+            self.next_sender += 1;
+            self.senders.insert(
+                e.from.clone(),
+                Sender {
+                    no,
+                    ..Sender::default()
+                },
+            );
+        }
+        let Some(s) = self.senders.get_mut(&e.from) else {
+            return;
+        };
+        s.entries += 1;
+        if !e.read {
+            s.unread += 1;
+            s.unread_bytes = s.unread_bytes.saturating_add(e.bytes);
+        }
+        let no = s.no;
+        *self.ids.entry((no, e.id.clone())).or_default() += 1;
         if let Some(seq) = e.seq {
-            let c = self.seqs.entry((e.from.clone(), e.epoch, seq)).or_default();
+            let c = self.seqs.entry((no, e.epoch, seq)).or_default();
             if e.held {
                 c.held += 1;
             } else {
@@ -226,16 +261,24 @@ impl Index {
         }
         if e.read {
             self.read.insert(e.n);
-        } else {
-            let s = self.sender_unread.entry(e.from.clone()).or_default();
-            s.0 += 1;
-            s.1 = s.1.saturating_add(e.bytes);
         }
         self.total_bytes = self.total_bytes.saturating_add(e.bytes);
     }
 
     fn remove(&mut self, e: &Entry) {
-        let key = (e.from.clone(), e.id.clone());
+        let Some(s) = self.senders.get_mut(&e.from) else {
+            return;
+        };
+        let no = s.no;
+        s.entries = s.entries.saturating_sub(1);
+        if !e.read {
+            s.unread = s.unread.saturating_sub(1);
+            s.unread_bytes = s.unread_bytes.saturating_sub(e.bytes);
+        }
+        if s.entries == 0 {
+            self.senders.remove(&e.from);
+        }
+        let key = (no, e.id.clone());
         if let Some(c) = self.ids.get_mut(&key) {
             *c -= 1;
             if *c == 0 {
@@ -243,7 +286,7 @@ impl Index {
             }
         }
         if let Some(seq) = e.seq {
-            let key = (e.from.clone(), e.epoch, seq);
+            let key = (no, e.epoch, seq);
             if let Some(c) = self.seqs.get_mut(&key) {
                 if e.held {
                     c.held = c.held.saturating_sub(1);
@@ -264,12 +307,6 @@ impl Index {
         }
         if e.read {
             self.read.remove(&e.n);
-        } else if let Some(s) = self.sender_unread.get_mut(&e.from) {
-            s.0 = s.0.saturating_sub(1);
-            s.1 = s.1.saturating_sub(e.bytes);
-            if s.0 == 0 {
-                self.sender_unread.remove(&e.from);
-            }
         }
         self.total_bytes = self.total_bytes.saturating_sub(e.bytes);
     }
@@ -309,15 +346,14 @@ impl Inbox {
 
     pub fn contains(&self, from: &str, id: &str) -> bool {
         self.index
-            .ids
-            .contains_key(&(from.to_string(), id.to_string()))
+            .sender_no(from)
+            .is_some_and(|no| self.index.ids.contains_key(&(no, id.to_string())))
     }
 
     fn seq_count(&self, from: &str, epoch: Option<u64>, seq: u64) -> SeqCount {
         self.index
-            .seqs
-            .get(&(from.to_string(), epoch, seq))
-            .copied()
+            .sender_no(from)
+            .and_then(|no| self.index.seqs.get(&(no, epoch, seq)).copied())
             .unwrap_or_default()
     }
 
@@ -334,11 +370,10 @@ impl Inbox {
 
     /// Highest delivered (not held) sequence number from `from` in `epoch`.
     pub fn max_released_seq(&self, from: &str, epoch: Option<u64>) -> Option<u64> {
-        let lo = (from.to_string(), epoch, 0);
-        let hi = (from.to_string(), epoch, u64::MAX);
+        let no = self.index.sender_no(from)?;
         self.index
             .seqs
-            .range(lo..=hi)
+            .range((no, epoch, 0)..=(no, epoch, u64::MAX))
             .rev()
             .find(|(_, c)| c.released > 0)
             .map(|((_, _, seq), _)| *seq)
@@ -427,10 +462,9 @@ impl Inbox {
     pub fn make_room(&mut self, from: &str, bytes: u64) -> (Result<(), Refusal>, Vec<String>) {
         let (count, sender_bytes) = self
             .index
-            .sender_unread
+            .senders
             .get(from)
-            .copied()
-            .unwrap_or_default();
+            .map_or((0, 0), |s| (s.unread, s.unread_bytes));
         if count >= MAX_UNREAD_PER_SENDER {
             return (Err(Refusal::SenderCount), Vec::new());
         }
@@ -574,9 +608,44 @@ mod tests {
         i
     }
 
+    /// The index with sender numbers (which depend on the order entries
+    /// came in) replaced by the senders' DIDs.
+    fn canonical(i: &Index) -> String {
+        let did = |no: u64| {
+            i.senders
+                .iter()
+                .find(|(_, s)| s.no == no)
+                .map(|(d, _)| d.clone())
+                .unwrap_or_else(|| format!("unknown sender {no}"))
+        };
+        let ids: BTreeMap<(String, String), u32> = i
+            .ids
+            .iter()
+            .map(|((no, id), c)| ((did(*no), id.clone()), *c))
+            .collect();
+        let seqs: BTreeMap<(String, Option<u64>, u64), SeqCount> = i
+            .seqs
+            .iter()
+            .map(|((no, ep, seq), c)| ((did(*no), *ep, *seq), *c))
+            .collect();
+        let senders: BTreeMap<&String, (usize, usize, u64)> = i
+            .senders
+            .iter()
+            .map(|(d, s)| (d, (s.entries, s.unread, s.unread_bytes)))
+            .collect();
+        format!(
+            "{senders:?} {ids:?} {seqs:?} {:?} {:?} {:?} {} {}",
+            i.unread, i.read, i.held, i.read_deliverable, i.total_bytes
+        )
+    }
+
     fn agrees(inbox: &Inbox, step: usize) {
         let es = &inbox.entries;
-        assert_eq!(inbox.index, rebuilt(inbox), "index after step {step}");
+        assert_eq!(
+            canonical(&inbox.index),
+            canonical(&rebuilt(inbox)),
+            "index after step {step}"
+        );
         for from in SENDERS {
             for k in 0..40 {
                 let id = format!("id-{k}");
@@ -611,11 +680,15 @@ mod tests {
             assert_eq!(got, want);
             let su = inbox
                 .index
-                .sender_unread
+                .senders
                 .get(from)
-                .copied()
-                .unwrap_or_default();
+                .map_or((0, 0), |s| (s.unread, s.unread_bytes));
             assert_eq!(su, reference::sender_unread(es, from));
+            // A sender's number lives exactly as long as its entries.
+            assert_eq!(
+                inbox.index.senders.get(from).map(|s| s.entries),
+                Some(es.values().filter(|e| e.from == from).count()).filter(|&n| n > 0)
+            );
         }
         let unread: Vec<u64> = inbox
             .deliverable()
