@@ -695,6 +695,8 @@ mod tests {
             .filter(|e| !e.read)
             .map(|e| e.n)
             .collect();
+        let all: Vec<u64> = inbox.unread(None).iter().map(|e| e.n).collect();
+        assert_eq!(all, unread);
         assert_eq!(
             inbox.unread_entries().map(|e| e.n).collect::<Vec<_>>(),
             unread

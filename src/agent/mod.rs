@@ -591,9 +591,14 @@ impl Agent {
                 }),
             };
             match stored {
+                // Only the first entry under an id counts as stored: the
+                // fast path above needs the stored entries' ids distinct
+                // (a repeat, which no path is known to make, is written
+                // again at each save instead).
                 Ok(()) => {
-                    p.persisted_out.insert(o.frame_id.clone());
-                    o.stored = true;
+                    if p.persisted_out.insert(o.frame_id.clone()) {
+                        o.stored = true;
+                    }
                 }
                 Err(e) => cx.host.log(LogLevel::Error, &e.to_string()),
             }
