@@ -862,17 +862,24 @@ fn a_receipt_due_leaves_with_the_next_message_to_that_peer() {
     assert_eq!(got, ["pong"]);
 }
 
-/// Alice and bob have talked; bob goes away (back after 8 s) and alice
-/// sends him a 100 KiB message of `fill`, which waits unreceipted. The
-/// world, alice, bob, bob's DID and the message.
-fn big_message_while_bob_is_away(seed: u64, fill: &str) -> (World, usize, usize, String, String) {
+/// Alice and bob exchange a first message (read by bob), then bob crashes
+/// and stays away for `away_ms`. The world, alice, bob and bob's DID.
+fn warm_then_bob_away(seed: u64, away_ms: u64) -> (World, usize, usize, String) {
     let (mut w, ids) = world_with(seed, &["alice", "bob"]);
     let (a, b) = (ids[0], ids[1]);
     let bd = w.did(b);
     assert!(w.send(a, b, "warm").is_some());
     w.run_for(2_000);
     assert_eq!(w.read_texts(b), ["warm"]);
-    w.crash_now(b, 8_000);
+    w.crash_now(b, away_ms);
+    (w, a, b, bd)
+}
+
+/// Alice and bob have talked; bob goes away (back after 8 s) and alice
+/// sends him a 100 KiB message of `fill`, which waits unreceipted. The
+/// world, alice, bob, bob's DID and the message.
+fn big_message_while_bob_is_away(seed: u64, fill: &str) -> (World, usize, usize, String, String) {
+    let (mut w, a, b, bd) = warm_then_bob_away(seed, 8_000);
     let big = fill.repeat(100 * 1024);
     assert!(w.send(a, b, &big).is_some());
     w.run_for(200);
@@ -1261,13 +1268,7 @@ fn a_peer_before_nested_receipts_gets_receipts_of_their_own() {
 /// again; the peer's receipts erase every one.
 #[test]
 fn sends_awaiting_receipts_write_only_their_own_records() {
-    let (mut w, ids) = world_with(36, &["alice", "bob"]);
-    let (a, b) = (ids[0], ids[1]);
-    let bd = w.did(b);
-    assert!(w.send(a, b, "warm").is_some());
-    w.run_for(2_000);
-    assert_eq!(w.read_texts(b), ["warm"]);
-    w.crash_now(b, 120_000);
+    let (mut w, a, b, bd) = warm_then_bob_away(36, 120_000);
     let send = |w: &mut World, text: &str| {
         let before = w.agents[a].host.stores;
         let r = w.call_sync(

@@ -178,7 +178,7 @@ pub struct Inbox {
 }
 
 /// Derived from `entries` alone; every change to an entry goes through
-/// `Inbox::put` and `Inbox::take`, which keep it in step. The maps key on a
+/// `Inbox::insert` and `Inbox::remove`, which keep it in step. The maps key on a
 /// sender's number, not a copy of its DID per entry.
 #[derive(Default, Debug)]
 struct Index {
@@ -317,13 +317,13 @@ impl Inbox {
         let mut inbox = Inbox::default();
         for e in entries {
             inbox.next_n = inbox.next_n.max(e.n + 1);
-            inbox.put(e);
+            inbox.insert(e);
         }
         inbox
     }
 
     /// Every entry goes in through here (replacing one with the same number).
-    fn put(&mut self, e: Entry) {
+    pub fn insert(&mut self, e: Entry) {
         if let Some(old) = self.entries.remove(&e.n) {
             self.index.remove(&old);
         }
@@ -332,7 +332,7 @@ impl Inbox {
     }
 
     /// Every entry comes out through here.
-    fn take(&mut self, n: u64) -> Option<Entry> {
+    pub fn remove(&mut self, n: u64) -> Option<Entry> {
         let e = self.entries.remove(&n)?;
         self.index.remove(&e);
         Some(e)
@@ -379,14 +379,6 @@ impl Inbox {
             .map(|((_, _, seq), _)| *seq)
     }
 
-    pub fn remove(&mut self, n: u64) -> Option<Entry> {
-        self.take(n)
-    }
-
-    pub fn insert(&mut self, e: Entry) {
-        self.put(e);
-    }
-
     /// Unread, deliverable entries in arrival order.
     pub fn unread_entries(&self) -> impl Iterator<Item = &Entry> {
         self.index.unread.iter().filter_map(|n| self.entries.get(n))
@@ -404,9 +396,9 @@ impl Inbox {
     }
 
     pub fn mark_read(&mut self, n: u64) -> Option<&Entry> {
-        let mut e = self.take(n)?;
+        let mut e = self.remove(n)?;
         e.read = true;
-        self.put(e);
+        self.insert(e);
         self.entries.get(&n)
     }
 
@@ -423,10 +415,10 @@ impl Inbox {
 
     /// Deliver a held entry under a fresh arrival number `fresh`.
     pub fn release(&mut self, n: u64, fresh: u64) -> Option<&Entry> {
-        let mut e = self.take(n)?;
+        let mut e = self.remove(n)?;
         e.held = false;
         e.n = fresh;
-        self.put(e);
+        self.insert(e);
         self.entries.get(&fresh)
     }
 
@@ -445,7 +437,7 @@ impl Inbox {
         let oldest: Vec<u64> = self.index.read.iter().take(cut).copied().collect();
         oldest
             .into_iter()
-            .filter_map(|n| self.take(n))
+            .filter_map(|n| self.remove(n))
             .flat_map(|e| e.storage_keys())
             .collect()
     }
@@ -476,7 +468,7 @@ impl Inbox {
             let Some(n) = self.index.read.first().copied() else {
                 return (Err(Refusal::TotalBytes), erased);
             };
-            if let Some(e) = self.take(n) {
+            if let Some(e) = self.remove(n) {
                 self.counters.fifo_dropped += 1;
                 erased.extend(e.storage_keys());
             }
