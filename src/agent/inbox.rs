@@ -515,14 +515,23 @@ mod tests {
         pub(super) fn contains(es: &BTreeMap<u64, Entry>, from: &str, id: &str) -> bool {
             es.values().any(|e| e.id == id && e.from == from)
         }
+        /// Entries from `from` holding `seq` in epoch `ep`.
+        fn with_seq<'a>(
+            es: &'a BTreeMap<u64, Entry>,
+            from: &'a str,
+            ep: Option<u64>,
+            seq: u64,
+        ) -> impl Iterator<Item = &'a Entry> {
+            es.values()
+                .filter(move |e| e.from == from && e.seq == Some(seq) && e.epoch == ep)
+        }
         pub(super) fn has_seq(
             es: &BTreeMap<u64, Entry>,
             from: &str,
             ep: Option<u64>,
             seq: u64,
         ) -> bool {
-            es.values()
-                .any(|e| e.from == from && e.seq == Some(seq) && e.epoch == ep)
+            with_seq(es, from, ep, seq).next().is_some()
         }
         pub(super) fn holds_seq(
             es: &BTreeMap<u64, Entry>,
@@ -530,8 +539,7 @@ mod tests {
             ep: Option<u64>,
             seq: u64,
         ) -> bool {
-            es.values()
-                .any(|e| e.held && e.from == from && e.seq == Some(seq) && e.epoch == ep)
+            with_seq(es, from, ep, seq).any(|e| e.held)
         }
         pub(super) fn max_released(
             es: &BTreeMap<u64, Entry>,
