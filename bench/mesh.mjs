@@ -99,8 +99,13 @@ async function ours(window = 1) {
   // pair that reused the previous section's would re-send, on connecting,
   // what was still waiting for a receipt when that section stopped it (seen:
   // `resent` 7 to 36 in the 64-in-flight section).
+  // The readers consume, as an agent reads (`mesh_inbox` with mark_read,
+  // the marks committed with the arrival), then print: as the AGT peer
+  // persists, then prints. The tests' default reader peeks, prints, then
+  // marks in a call of its own, which a SIGKILL test needs and which costs
+  // a round trip one more commit (tests/drivers/mesh-node.mjs).
   const mk = (name, extra = {}) => spawnMeshNode({
-    stateDir: path.join(dir, `w${window}-${name}`), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name: `bench-w${window}-${name}`, label: name, ...extra,
+    stateDir: path.join(dir, `w${window}-${name}`), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name: `bench-w${window}-${name}`, label: name, consume: true, ...extra,
   }).then((n) => { cleanup.push(() => n.stop()); return n; });
 
   // Latency: A -> B (echo) -> A.
@@ -499,7 +504,8 @@ function markdown(env, results, bd, bl, ig, wallMs) {
   L.push('One loopback AgentMesh relay and registry (agent-governance-toolkit-core 5.0.0, `tests/harness/servers.mjs`)');
   L.push('serve every pair in this run. Each client is its own process: ours is `tests/drivers/mesh-node.mjs`');
   L.push('(js-host/node-host.js + the wasm engine in a worker, state in SQLite with group commit: one fsync per batch of events, the receiver');
-  L.push('reads with `mesh_inbox wait_seconds`); the AGT peer is `tests/peers/agt_peer.py` (AGT 5.0.0 reference');
+  L.push('reads with `mesh_inbox wait_seconds` and `mark_read`, as an agent reads: the read marks commit with the arrival, then the');
+  L.push('message is printed); the AGT peer is `tests/peers/agt_peer.py` (AGT 5.0.0 reference');
   L.push('crypto, websockets). Timings are taken in the bench process from writing the command to the sender\'s stdin');
   L.push('until the receiver\'s JSON line is read, identically for both.');
   L.push('');

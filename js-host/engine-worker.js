@@ -66,7 +66,11 @@ async function boot() {
     takeHostFault: engine.takeHostFault,
     store,
     fileWrite: (rel, bytes) => files.fileWrite(rel, bytes),
-    carryOut: (cmds, handled) => port.postMessage({ t: 'commands', cmds, handled, memoryBytes: core.memoryBytes(), stats: stats.totals }),
+    carryOut: (cmds, handled) => {
+      // An idle batch with nothing to carry out: nothing for the main thread.
+      if (!cmds.length && !handled) return;
+      port.postMessage({ t: 'commands', cmds, handled, memoryBytes: core.memoryBytes(), stats: stats.totals });
+    },
     onBatch: stats.add,
     log,
     onDeath: (err) => port.postMessage({ t: 'fatal', error: errorData(err) }),

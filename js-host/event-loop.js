@@ -28,6 +28,15 @@
 //     back and nothing of the batch leaves: as if the node had crashed
 //     before it (the engine's restore handles that, and peers resend).
 //
+// Idle time. The engine may ask for it (`idle-wanted`: a ratchet step a
+// received message left owing, whose key generation and DH it would rather
+// not do on the path of the next message). Once no event waits, no batch
+// runs and no commit is on its way, the loop hands it one `idle` event, as
+// a batch of its own, on a later turn of the event loop (so events already
+// on their way come first). An idle batch stores nothing in practice and
+// nothing of it leaves; it is not counted as a handled event (`carryOut`'s
+// count is of dispatched events). A host that never answers loses nothing.
+//
 // A store whose commit() returns a promise (the browser's IndexedDB,
 // js-host/console/storage-idb.js) commits asynchronously: the batch's outbox
 // is carried out once the promise resolves, and no further batch starts
@@ -43,6 +52,10 @@ export const MAX_BATCH_BYTES = 32 * 1024 * 1024;
 export const LAZY_COMMIT_MS = 25;
 /** Commands with no effect outside this process: a batch of only these may commit later. */
 const STAYS_HERE = new Set(['timer-set', 'timer-cancel', 'file-read']);
+/** The idle event (one object: the loop tells it from dispatched events by identity). */
+const IDLE = Object.freeze({ tag: 'idle' });
+/** A later turn of the event loop: after I/O already waiting (Node), or a task (a browser worker). */
+const laterTurn = typeof setImmediate === 'function' ? setImmediate : (f) => setTimeout(f, 0);
 
 /**
  * @param {object} o
@@ -106,6 +119,7 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
         draining = false;
         if (fatal) queue.length = 0;
         settleIdle();
+        offerIdle();
       }
     }
   }
@@ -114,7 +128,27 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
     draining = false;
     if (fatal) queue.length = 0;
     if (queue.length && !fatal) drain();
-    else settleIdle();
+    else {
+      settleIdle();
+      offerIdle();
+    }
+  }
+
+  /** The engine asked for idle time (`idle-wanted`) and has not had it yet. */
+  let idleWanted = false;
+  let idleOffered = false;
+  /** Hand the engine its idle event on a later turn, once nothing else is to do. */
+  function offerIdle() {
+    if (!idleWanted || idleOffered || fatal || state !== 'running') return;
+    idleOffered = true;
+    laterTurn(() => {
+      idleOffered = false;
+      if (!idleWanted || fatal || state !== 'running') return;
+      // Busy again: offered anew when this work is done.
+      if (draining || queue.length || pendingCommit) return;
+      idleWanted = false;
+      dispatch(IDLE);
+    });
   }
 
   /** Who waits for the loop to have nothing to do (whenIdle). */
@@ -127,7 +161,7 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
   }
 
   function runBatch() {
-    const batch = { outbox: [], events: 0, stores: 0, bytes: 0, engineMs: 0, maxCallMs: 0, maxCallSent: 0, tags: new Set() };
+    const batch = { outbox: [], events: 0, idle: 0, stores: 0, bytes: 0, engineMs: 0, maxCallMs: 0, maxCallSent: 0, tags: new Set() };
     const t0 = performance.now();
     while (queue.length && !fatal) {
       handleOne(queue.shift(), batch);
@@ -151,7 +185,7 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
     const finish = () => {
       onBatch?.({ events: batch.events, stores: batch.stores, bytes: batch.bytes, engineMs: batch.engineMs, maxCallMs: batch.maxCallMs, maxCallSent: batch.maxCallSent, commitMs: performance.now() - c0, committed });
       try {
-        carryOut(batch.outbox, batch.events);
+        carryOut(batch.outbox, batch.events - batch.idle);
       } catch (e) {
         die(new NodeError(`the host could not carry out the core's commands (${errorText(e)}); this node is stopped, restart it`, { cause: e, code: 'KARS_MESH_HOST_FAULT' }));
       }
@@ -208,6 +242,7 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
       all.then(() => {
         if (pendingCommit === all) pendingCommit = null;
         settleIdle();
+        if (!draining) offerIdle();
       });
     }
     return true;
@@ -215,6 +250,7 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
 
   function handleOne(event, batch) {
     batch.tags.add(event?.tag);
+    if (event === IDLE) batch.idle++;
     takeHostFault(); // one recorded outside handle() is not this call's
     let cmds;
     const h0 = performance.now();
@@ -259,6 +295,9 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
             store.delete(cmd.val);
           })) return;
           batch.stores++;
+          break;
+        case 'idle-wanted':
+          idleWanted = true;
           break;
         case 'file-write': {
           const [rel, bytes] = cmd.val;

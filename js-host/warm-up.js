@@ -223,6 +223,8 @@ class World {
       }
       case 'file-read': e.push({ tag: 'file-failed', val: { id: val.id, message: 'no files in the warm-up' } }); break;
       case 'job-start': e.push({ tag: 'job-exited', val: { id: val.id, code: -1, outputs: [], refused: [], log: 'no jobs in the warm-up' } }); break;
+      // As the event loop does: the idle step is on the message path too.
+      case 'idle-wanted': e.push({ tag: 'idle' }); break;
       default: break; // file-write, file-erase, job-kill: nothing to do
     }
   }

@@ -112,6 +112,7 @@ impl wit_engine::Guest for Component {
                 log: x.log,
             }),
             Event::JobProgress((id, line)) => Ev::JobProgress { id, line },
+            Event::Idle => Ev::Idle,
             Event::Stop => Ev::Stop,
         };
         let cmds = ENGINE.with(|e| e.borrow_mut().handle(ev, &mut WitHost));
@@ -181,6 +182,7 @@ fn lower_command(c: Cmd) -> Command {
             spec_json,
         }),
         Cmd::JobKill(id) => Command::JobKill(id),
+        Cmd::IdleWanted => Command::IdleWanted,
     }
 }
 

@@ -69,6 +69,9 @@ pub enum Event {
         id: u64,
         line: String,
     },
+    /// Nothing else waits: work the engine asked for with
+    /// [`Command::IdleWanted`] and may do ahead of need.
+    Idle,
     Stop,
 }
 
@@ -130,6 +133,10 @@ pub enum Command {
         spec_json: String,
     },
     JobKill(u64),
+    /// The engine has work it may do ahead of need (a ratchet step's
+    /// sending half): send [`Event::Idle`] once no other event waits. A
+    /// host that never does loses nothing; the work is done when needed.
+    IdleWanted,
 }
 
 /// Context of one engine call: the host and the commands produced so far.

@@ -136,6 +136,48 @@ test('file-write commits the stores before it first; a batch of only timers comm
   assert.deepEqual(log, ['begin', 'erase outbox/1', 'out timer-cancel', 'commit'], 'committed after a quiet moment');
 });
 
+test('idle time: an engine that asks for it gets one idle event once nothing waits, after the events already there; the idle batch commits, counts and carries out nothing', async () => {
+  const log = [];
+  const store = recordingStore(log);
+  const counts = [];
+  let died = null;
+  const loop = createEventLoop({
+    engine: {
+      handle(ev) {
+        log.push(`handle ${ev.tag}`);
+        if (ev.tag === 'idle') return [];
+        // A message under a new ratchet key: its records, its ack, then the ask.
+        return [{ tag: 'store', val: [`r${ev.val}`, sealed(ev.val)] }, { tag: 'socket-send', val: { socket: 1, text: `ack ${ev.val}` } }, { tag: 'idle-wanted' }];
+      },
+    },
+    takeHostFault: () => null,
+    store,
+    fileWrite: () => {},
+    carryOut: (cmds, handled) => { counts.push(handled); for (const c of cmds) log.push(`out ${c.tag}`); },
+    log: () => {},
+    onDeath: (e) => { died = e; },
+  });
+  loop.dispatch({ tag: 'socket-frame', val: 1 });
+  // Another event in the same turn is handled first.
+  loop.dispatch({ tag: 'socket-frame', val: 2 });
+  assert.ok(!log.includes('handle idle'), 'not in the turn that asked');
+  await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(log, [
+    'handle socket-frame', 'begin', 'set r1', 'commit', 'out socket-send',
+    'handle socket-frame', 'begin', 'set r2', 'commit', 'out socket-send',
+    'handle idle',
+  ], 'one idle event for two asks, after both frames; nothing of it is committed or carried out');
+  assert.deepEqual(counts, [1, 1, 0], 'the idle batch is not a handled event');
+  assert.ok(!log.includes('out idle-wanted'), 'idle-wanted stays in the loop');
+  // Asked again, then stopping: no idle for a loop that no longer runs.
+  loop.dispatch({ tag: 'socket-frame', val: 3 });
+  loop.beginStop();
+  await new Promise((r) => setImmediate(r));
+  assert.equal(log.filter((l) => l === 'handle idle').length, 1);
+  assert.equal(died, null);
+});
+
 test('an asynchronous commit (the browser\'s IndexedDB): the outbox waits for it, events meanwhile form the next batch, in order', async () => {
   const log = [];
   const store = recordingStore(log, { async: true });

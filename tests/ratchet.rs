@@ -427,3 +427,119 @@ fn snapshot_round_trip_mid_session() {
     let dbg = format!("{:?}", p.tk.session(a).unwrap().ratchet);
     assert!(dbg.starts_with("Ratchet {") && !dbg.contains("rk"), "{dbg}");
 }
+
+fn pick(c: &mut SeededEntropy) -> u32 {
+    let mut b = [0u8; 4];
+    c.fill(&mut b);
+    u32::from_le_bytes(b)
+}
+
+/// Who sends next and how many, the delivery order within a turn, and
+/// whether each party takes an owed step ahead of its send (idle time) or
+/// is snapshotted and restored, all from `plan`'s seed.
+fn converse(plan: u64, policy: &dyn Fn(&mut SeededEntropy) -> bool) -> Vec<Vec<u8>> {
+    use kars_mesh::crypto::ratchet::Ratchet;
+    use kars_mesh::crypto::KeyPair;
+    let mut rng = [SeededEntropy::new(101), SeededEntropy::new(202)];
+    let mut choice = SeededEntropy::new(plan);
+    // The policy's own draws, so the plan is the same whatever it decides.
+    let mut whim = SeededEntropy::new(plan + 1000);
+    let spk = KeyPair::from_secret([3u8; 32]);
+    let spk_pub = *spk.public();
+    let ad = b"did:mesh:a|did:mesh:b".to_vec();
+    let shared = [5u8; 32];
+    let a = Ratchet::new_initiator(&shared, &spk_pub, ad.clone(), &mut rng[0]).unwrap();
+    let b = Ratchet::new_responder(&shared, spk, ad);
+    let mut party = [a, b];
+    let mut wire = Vec::new();
+    let mut sender = 0usize;
+    for turn in 0..60u32 {
+        let n = 1 + (pick(&mut choice) % 3) as usize;
+        let mut msgs = Vec::new();
+        for i in 0..n {
+            let text = format!("turn {turn} msg {i}");
+            let (h, ct) = party[sender]
+                .encrypt(text.as_bytes(), &mut rng[sender])
+                .unwrap();
+            wire.push([h.to_bytes().to_vec(), ct.clone()].concat());
+            msgs.push((h, ct, text));
+        }
+        if pick(&mut choice) % 2 == 0 {
+            msgs.reverse(); // skipped keys, then the ones skipped
+        }
+        let rx = 1 - sender;
+        for (h, ct, text) in msgs {
+            let pt = party[rx].decrypt(&h, &ct, &mut rng[rx]).unwrap();
+            assert_eq!(pt, text.as_bytes());
+            if policy(&mut whim) {
+                party[rx].prepare_send(&mut rng[rx]).unwrap();
+            }
+            if policy(&mut whim) {
+                let snap = party[rx].to_snapshot();
+                party[rx] = Ratchet::from_snapshot(&snap).unwrap();
+            }
+        }
+        if pick(&mut choice) % 3 != 0 {
+            sender = rx;
+        }
+    }
+    wire
+}
+
+/// A message under a new peer key takes only the receiving half of the DH
+/// ratchet step; the sending half (new key pair, DH) comes with the next
+/// send, or earlier in idle time (`prepare_send`). Either way every byte on
+/// the wire is what taking the whole step at once gives (the old ratchet:
+/// `prepare_send` right after each decrypt), through skipped keys and
+/// snapshots taken while a step is owed.
+#[test]
+fn a_step_taken_later_or_in_idle_time_sends_the_same_bytes() {
+    for plan in [1u64, 2, 3, 4] {
+        let whole = converse(plan, &|_| true);
+        let when_sending = converse(plan, &|_| false);
+        let at_random = converse(plan, &|c| pick(c) % 2 == 0);
+        assert_eq!(whole.len(), when_sending.len());
+        assert!(
+            whole == when_sending,
+            "plan {plan}: a step taken when sending changed the wire"
+        );
+        assert!(
+            whole == at_random,
+            "plan {plan}: idle-time steps and snapshots changed the wire"
+        );
+    }
+}
+
+#[test]
+fn an_owed_step_is_kept_in_the_snapshot_and_checked() {
+    use kars_mesh::crypto::ratchet::Ratchet;
+    use kars_mesh::crypto::KeyPair;
+    let mut rng = SeededEntropy::new(9);
+    let spk = KeyPair::from_secret([4u8; 32]);
+    let spk_pub = *spk.public();
+    let mut a = Ratchet::new_initiator(&[6u8; 32], &spk_pub, b"ad".to_vec(), &mut rng).unwrap();
+    let mut b = Ratchet::new_responder(&[6u8; 32], spk, b"ad".to_vec());
+    assert!(!b.can_send());
+    let (h, ct) = a.encrypt(b"hello", &mut rng).unwrap();
+    b.decrypt(&h, &ct, &mut rng).unwrap();
+    assert!(b.send_step_pending() && b.can_send());
+    let snap = b.to_snapshot();
+    let mut restored = Ratchet::from_snapshot(&snap).unwrap();
+    assert!(restored.send_step_pending());
+    assert!(restored.prepare_send(&mut rng).unwrap());
+    assert!(!restored.prepare_send(&mut rng).unwrap(), "taken once");
+    let (h2, ct2) = restored.encrypt(b"back", &mut rng).unwrap();
+    assert_eq!(a.decrypt(&h2, &ct2, &mut rng).unwrap(), b"back");
+    // Flags after version, root key and key pair: owing a step means a peer
+    // key and no sending chain; anything else is refused, not misread.
+    let at = 1 + 32 + 32 + 32;
+    assert_eq!(snap[at], 0b1101, "peer key, receiving chain, step owed");
+    for bad in [0b1111u8, 0b1100, 0b1_0101] {
+        let mut v = snap.to_vec();
+        v[at] = bad;
+        assert!(
+            matches!(Ratchet::from_snapshot(&v), Err(RatchetError::Snapshot(_))),
+            "flags {bad:#b} accepted"
+        );
+    }
+}

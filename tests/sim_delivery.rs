@@ -543,6 +543,76 @@ fn a_message_lost_to_a_receivers_crash_comes_back_about_20_s_later() {
     assert!(w.read_texts(b).is_empty(), "and only once");
 }
 
+/// A message under a new ratchet key leaves the receiver owing the sending
+/// half of the DH ratchet step. The engine asks for idle time last, after
+/// the message's records and frames, and the idle event takes the step in
+/// memory, storing nothing: a crash right after it finds the record still
+/// owing the step, and the reply takes a fresh one, which the peer reads;
+/// no message key is used twice.
+#[test]
+fn an_owed_ratchet_step_is_taken_in_idle_time_and_afresh_after_a_crash() {
+    let (mut w, ids) = world_with(29, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let ad = w.did(a);
+    let owes = |w: &World| {
+        let e = w.agents[b].engine.as_ref().and_then(|e| e.agent());
+        e.map(|ag| ag.owes_ratchet_step(&ad))
+    };
+    w.send(a, b, "m0");
+    w.run_for(3_000);
+    assert_eq!(w.read_texts(b), ["m0"]);
+    // Bob's receipts are under the step he took: alice owes one now, and
+    // her next message makes bob owe one. Watch it arrive, ms by ms.
+    w.send(a, b, "m1");
+    w.journal = Some(Vec::new());
+    let bob_lines = |w: &World| -> Vec<String> {
+        let j = w.journal.as_deref().unwrap_or_default();
+        j.iter().filter(|l| l.contains(" bob ")).cloned().collect()
+    };
+    let mut waited = 0;
+    while !bob_lines(&w)
+        .iter()
+        .any(|l| l.contains("frame@") && l.contains("message"))
+    {
+        assert!(waited < 1_000, "m1 did not reach bob");
+        w.run_for(1);
+        waited += 1;
+    }
+    let lines = bob_lines(&w);
+    let arrival = lines
+        .iter()
+        .position(|l| l.contains("frame@") && l.contains("message"))
+        .unwrap_or(0);
+    let cmds = lines[arrival].split_once("=> ").map(|x| x.1).unwrap_or("");
+    assert!(
+        cmds.contains("store session/") && cmds.trim_end().ends_with("idle-wanted"),
+        "asked for idle time last: {cmds}"
+    );
+    let after: Vec<&String> = lines[arrival + 1..].iter().collect();
+    assert!(
+        after.iter().any(|l| l.contains(" idle")),
+        "bob got idle time: {after:?}"
+    );
+    assert!(
+        after
+            .iter()
+            .all(|l| !l.contains("store") && !l.contains("send message")),
+        "the idle step stores and sends nothing: {after:?}"
+    );
+    assert_eq!(owes(&w), Some(false), "idle time took the step");
+    w.crash_now(b, 1_000);
+    w.run_for(2_000);
+    assert_eq!(owes(&w), Some(true), "the record still owed it");
+    w.send(b, a, "r1");
+    w.run_for(3_000);
+    assert_eq!(owes(&w), Some(false));
+    assert_eq!(w.read_texts(a), ["r1"]);
+    w.send(a, b, "m2");
+    w.run_for(3_000);
+    assert_eq!(w.read_texts(b), ["m1", "m2"]);
+    assert!(w.violations.is_empty(), "{:?}", w.violations);
+}
+
 // ----------------------------------------------------------- oracle checks
 
 /// The key-reuse oracle fires when it should: a host that loses writes (its
@@ -554,15 +624,25 @@ fn key_reuse_oracle_catches_a_host_that_loses_writes() {
     let (a, b) = (ids[0], ids[1]);
     w.send(a, b, "m0");
     w.run_for(3_000);
+    // Bob's receipts under his new ratchet key left alice owing a step; m1
+    // takes it, so the rollback lands inside her new sending chain (rolled
+    // back to a step still owed, she would take it again with a fresh key
+    // and reuse nothing).
+    let bd = w.did(b);
+    w.call_sync(a, "mesh_send", json!({"to": bd, "message": "m1"}), 10_000);
     let snap = w.snapshot_storage(a);
-    w.send(a, b, "m1");
+    w.send(a, b, "m2");
     w.run_for(3_000);
     assert!(w.violations.is_empty(), "{:?}", w.violations);
+    // Nothing of bob's reaches alice from here: his answer to her re-sent
+    // m1 would start a new step, which she would take with a fresh key.
+    w.agents[b].capture = true;
     w.crash_now(a, 1_000);
     w.restore_storage(a, snap);
     w.run_for(3_000);
-    w.send(a, b, "m2 (after the rollback)");
+    w.send(a, b, "m3 (after the rollback)");
     w.run_for(3_000);
+
     assert!(
         w.violations.iter().any(|v| v.contains("MESSAGE KEY REUSE")),
         "the oracle missed a rolled-back ratchet: {:?}",

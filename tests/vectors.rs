@@ -273,11 +273,28 @@ fn full_alice_bob_session() {
     assert_eq!(ct1, h(&m1["ciphertext"]));
     assert_eq!(b64::encode_std(&ct1), s(&m1["ciphertext_b64"]));
 
-    rng.push(&[7u8; 32]);
+    // Bob's new ratchet key: Alice takes the receiving half of the step
+    // now (no randomness), the sending half with her next message.
     let pt1 = tk
         .session_decrypt(init.session, &h(&m1["header40"]), &ct1, &mut rng)
         .unwrap();
     assert_eq!(pt1, s(&m1["plaintext_text"]).as_bytes());
+    assert_eq!(rng.mismatches, 0);
+    rng.push(&[7u8; 32]);
+    rng.push(&[9u8; 12]);
+    let (hdr2, ct2) = tk.session_encrypt(init.session, b"m2", &mut rng).unwrap();
+    let alice_dhs2 = kars_mesh::crypto::KeyPair::from_secret([7u8; 32]);
+    assert_eq!(
+        hdr2.dh,
+        *alice_dhs2.public(),
+        "the step's new key is the one drawn"
+    );
+    assert_eq!((hdr2.pn, hdr2.n), (1, 0));
+    assert_eq!(&ct2[..12], &[9u8; 12]);
+    let pt2 = tk
+        .session_decrypt(bs, &hdr2.to_bytes(), &ct2, &mut rng)
+        .unwrap();
+    assert_eq!(pt2, b"m2");
     assert_eq!(rng.remaining(), 0);
     assert_eq!(rng.mismatches, 0);
 }

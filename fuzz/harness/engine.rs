@@ -103,6 +103,7 @@ fn kind(c: &Command) -> &'static str {
         Command::FileErase(_) => "ferase",
         Command::JobStart { .. } => "job",
         Command::JobKill(_) => "kill",
+        Command::IdleWanted => "idle",
     }
 }
 
@@ -321,6 +322,8 @@ impl Rig {
             Command::TimerCancel(id) => {
                 self.timers.remove(&id);
             }
+            // Idle time comes after what already waits.
+            Command::IdleWanted => self.events.push_back(Event::Idle),
             Command::ToolResult {
                 call_id,
                 result_json,

@@ -4,6 +4,7 @@
 //! depends on it.
 
 mod address;
+mod ahead;
 mod handover;
 pub mod inbox;
 mod node_port;
@@ -400,6 +401,8 @@ pub struct Agent {
     http_retry: HashMap<u64, InFlight>,
     /// When this engine started (the inbox counters count from here).
     started_at: String,
+    /// Ratchet steps owed, taken in idle time (`ahead`).
+    ahead: ahead::Ahead,
     pub stats: Stats,
 }
 
@@ -497,6 +500,7 @@ impl Agent {
             timers: Default::default(),
             http_retry: HashMap::new(),
             started_at: time::format_millis(now),
+            ahead: Default::default(),
             stats: Stats::default(),
         };
         agent.begin(cx, fast_forwarded, operator);

@@ -572,6 +572,7 @@ impl Agent {
         if envelope.is_some() {
             peer.kars = true;
         }
+        self.owe_step(from);
         Some(Opened {
             payload,
             envelope,

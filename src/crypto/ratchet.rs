@@ -93,6 +93,31 @@ struct State {
     ns: u32,
     nr: u32,
     pn: u32,
+    /// The sending half of the last DH ratchet step is still to be taken:
+    /// `cks` is empty and `dhs` is the key pair the receiving half used.
+    /// A new peer key starts the receiving chain at once; the new ratchet
+    /// key pair and sending chain (a key generation and a DH, two thirds of
+    /// the step) wait until a send needs them or the host is idle
+    /// ([`Ratchet::prepare_send`]), which takes them off the path of a
+    /// message being received. The keys, the headers and the order in which
+    /// randomness is drawn are those of taking the whole step at once.
+    send_step: bool,
+}
+
+/// Take the sending half of a DH ratchet step if it is owed. Nothing changes
+/// unless it succeeds.
+fn take_send_step(st: &mut State, rng: &mut dyn Entropy) -> Result<bool, RatchetError> {
+    if !st.send_step {
+        return Ok(false);
+    }
+    let dhr = st.dhr.ok_or(RatchetError::SendChainNotInitialized)?;
+    let dhs = KeyPair::generate(rng);
+    let (rk, cks) = kdf::root(&st.rk, &*dhs.agree(&dhr)?);
+    st.dhs = dhs;
+    st.rk = rk;
+    st.cks = Some(cks);
+    st.send_step = false;
+    Ok(true)
 }
 
 type SkippedId = ([u8; 32], u32);
@@ -192,6 +217,7 @@ impl Ratchet {
                 ns: 0,
                 nr: 0,
                 pn: 0,
+                send_step: false,
             },
             ad,
         ))
@@ -210,6 +236,7 @@ impl Ratchet {
                 ns: 0,
                 nr: 0,
                 pn: 0,
+                send_step: false,
             },
             ad,
         )
@@ -245,7 +272,20 @@ impl Ratchet {
     }
 
     pub fn can_send(&self) -> bool {
-        self.state.cks.is_some()
+        self.state.cks.is_some() || self.state.send_step
+    }
+
+    /// Whether the sending half of a DH ratchet step is owed (see
+    /// `State::send_step`).
+    pub fn send_step_pending(&self) -> bool {
+        self.state.send_step
+    }
+
+    /// Take the sending half of a DH ratchet step now, if it is owed, so the
+    /// next send does not (idle time). Takes 32 bytes of entropy when it
+    /// does; returns whether it did.
+    pub fn prepare_send(&mut self, rng: &mut dyn Entropy) -> Result<bool, RatchetError> {
+        take_send_step(&mut self.state, rng)
     }
 
     pub fn skipped_count(&self) -> usize {
@@ -253,12 +293,14 @@ impl Ratchet {
     }
 
     /// Encrypt one message. Output: nonce(12) || ciphertext || tag(16).
-    /// Takes 12 bytes of entropy for the nonce.
+    /// Takes 32 bytes of entropy for a new ratchet key when a DH ratchet
+    /// step's sending half is owed, then 12 for the nonce.
     pub fn encrypt(
         &mut self,
         plaintext: &[u8],
         rng: &mut dyn Entropy,
     ) -> Result<(Header, Vec<u8>), RatchetError> {
+        take_send_step(&mut self.state, rng)?;
         let ck = self
             .state
             .cks
@@ -289,8 +331,10 @@ impl Ratchet {
         Ok((header, out))
     }
 
-    /// Decrypt one message, atomically. May take 32 bytes of entropy when the
-    /// message starts a new DH ratchet step.
+    /// Decrypt one message, atomically. A message that starts a new DH
+    /// ratchet step takes only its receiving half (the sending half waits:
+    /// `State::send_step`); it takes 32 bytes of entropy only if the step
+    /// before it still owed its sending half.
     pub fn decrypt(
         &mut self,
         header: &Header,
@@ -321,17 +365,19 @@ impl Ratchet {
         let mut next = self.state.clone();
         let mut new_skipped: Vec<(SkippedId, Zeroizing<[u8; 32]>)> = Vec::new();
         if !same_chain {
+            // A step still owing its sending half is completed first, where
+            // a ratchet taking whole steps would already have taken it.
+            take_send_step(&mut next, rng)?;
             skip(&mut next, header.pn, header.n, &mut new_skipped)?;
             next.pn = next.ns;
             next.ns = 0;
             next.nr = 0;
             next.dhr = Some(header.dh);
             let (rk, ckr) = kdf::root(&next.rk, &*next.dhs.agree(&header.dh)?);
+            next.rk = rk;
             next.ckr = Some(ckr);
-            next.dhs = KeyPair::generate(rng);
-            let (rk2, cks) = kdf::root(&rk, &*next.dhs.agree(&header.dh)?);
-            next.rk = rk2;
-            next.cks = Some(cks);
+            next.cks = None;
+            next.send_step = true;
         }
         skip(&mut next, header.n, header.n, &mut new_skipped)?;
         let ckr = next
@@ -389,8 +435,12 @@ impl Ratchet {
         b.extend_from_slice(s.rk.as_ref());
         b.extend_from_slice(s.dhs.secret_bytes());
         b.extend_from_slice(s.dhs.public());
-        let flags =
-            s.dhr.is_some() as u8 | (s.cks.is_some() as u8) << 1 | (s.ckr.is_some() as u8) << 2;
+        // Bit 3 (a sending half owed) is never set by versions before it,
+        // which refuse it as an unknown flag.
+        let flags = s.dhr.is_some() as u8
+            | (s.cks.is_some() as u8) << 1
+            | (s.ckr.is_some() as u8) << 2
+            | (s.send_step as u8) << 3;
         b.push(flags);
         for k in [s.dhr.as_ref(), s.cks.as_deref(), s.ckr.as_deref()]
             .into_iter()
@@ -424,8 +474,13 @@ impl Ratchet {
         let dhs = KeyPair::from_parts(secret, r.arr()?);
         secret.zeroize();
         let flags = r.take(1)?[0];
-        if flags & !7 != 0 {
+        if flags & !15 != 0 {
             return Err(RatchetError::Snapshot("unknown flags"));
+        }
+        let send_step = flags & 8 != 0;
+        if send_step && (flags & 1 == 0 || flags & 2 != 0) {
+            // Owing a sending half means a peer key and no sending chain.
+            return Err(RatchetError::Snapshot("inconsistent flags"));
         }
         let dhr = if flags & 1 != 0 { Some(r.arr()?) } else { None };
         let cks = if flags & 2 != 0 {
@@ -455,6 +510,7 @@ impl Ratchet {
                 ns,
                 nr,
                 pn,
+                send_step,
             },
             ad,
         );

@@ -133,6 +133,11 @@ impl Engine {
             (Event::JobReady { id, info }, Some(a)) => a.on_job_ready(&mut cx, id, &info),
             (Event::JobExited(exit), Some(a)) => a.on_job_exited(&mut cx, exit),
             (Event::JobProgress { id, line }, Some(a)) => a.on_job_progress(&mut cx, id, &line),
+            (Event::Idle, Some(a)) => {
+                // Changes no outbox: no resend to arm.
+                a.on_idle(&mut cx);
+                return cx.out;
+            }
             (Event::Stop, Some(a)) => {
                 a.on_stop(&mut cx);
                 return cx.out;
@@ -142,6 +147,7 @@ impl Engine {
         // After every event: outbox entries come and go in many places.
         if let Some(a) = self.agent.as_mut() {
             a.arm_resend(&mut cx);
+            a.ask_idle(&mut cx);
         }
         cx.out
     }

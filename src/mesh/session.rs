@@ -602,6 +602,20 @@ impl Peer {
         self.active.as_ref().is_some_and(|r| r.can_send())
     }
 
+    /// Whether the active session owes the sending half of a ratchet step.
+    pub fn send_step_pending(&self) -> bool {
+        self.active.as_ref().is_some_and(|r| r.send_step_pending())
+    }
+
+    /// Take the active session's owed ratchet step now (idle time), in
+    /// memory only: the record on disk keeps owing it until the next save,
+    /// and a restart in between takes a fresh one. Returns whether it did.
+    pub fn prepare_send(&mut self, rng: &mut dyn Entropy) -> bool {
+        self.active
+            .as_mut()
+            .is_some_and(|r| r.prepare_send(rng).unwrap_or(false))
+    }
+
     pub fn has_seen(&self, frame_id: &str) -> bool {
         let d = SeenMark::digest_of(frame_id);
         self.seen.iter().any(|m| m.digest == d)

@@ -31,7 +31,7 @@ function hookExit() {
 
 /**
  * @param {{stateDir: string, relayUrl: string, registryUrl: string, name?: string,
- *          echo?: boolean, reader?: boolean, waitSeconds?: number, readyTimeoutMs?: number,
+ *          echo?: boolean, reader?: boolean, consume?: boolean, waitSeconds?: number, readyTimeoutMs?: number,
  *          label?: string, stderrTail?: number, buffer?: boolean, env?: object,
  *          on?: Record<string, (ev: object) => void>}} o
  *   env: extra environment variables for the driver (e.g. KARS_MESH_TEST_CRASH_AT)
@@ -48,6 +48,7 @@ export async function spawnMeshNode(o) {
   if (o.name) args.push('--name', o.name);
   if (o.echo) args.push('--echo');
   if (o.reader === false) args.push('--no-reader');
+  if (o.consume) args.push('--consume');
   if (o.waitSeconds) args.push('--wait-seconds', String(o.waitSeconds));
   const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'], env: o.env ? { ...process.env, ...o.env } : undefined });
   live.add(child);

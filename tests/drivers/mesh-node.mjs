@@ -4,7 +4,7 @@
 // restart on the same state dir, two cores).
 //
 //   node tests/drivers/mesh-node.mjs --state DIR --relay URL --registry URL
-//        [--name NAME] [--echo] [--no-reader] [--wait-seconds S]
+//        [--name NAME] [--echo] [--no-reader] [--consume] [--wait-seconds S]
 //
 // stdout: one JSON object per line
 //   {"event":"ready","did":...,"pid":...}          node started and registered
@@ -28,10 +28,17 @@
 //
 // --echo: every received message whose payload is not itself an echo is
 // answered with mesh_send {type:"echo", content: payload}.
+//
+// --consume: the reader takes messages as an agent does, marking them read
+// in the waiting call itself (their read marks commit with their arrival),
+// then prints them. By default it peeks, prints, then marks (one more call
+// and commit per read), so that a SIGKILL between the two shows them again:
+// what the tests that kill a node need, and more than the AGT peer gives
+// (it persists, then prints). The benchmarks consume.
 import { createNode } from '../../js-host/node-host.js';
 
 function parseArgs(argv) {
-  const o = { reader: true, echo: false, waitSeconds: 10 };
+  const o = { reader: true, echo: false, consume: false, waitSeconds: 10 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -43,6 +50,7 @@ function parseArgs(argv) {
     else if (a === '--registry') o.registryUrl = val();
     else if (a === '--name') o.name = val();
     else if (a === '--echo') o.echo = true;
+    else if (a === '--consume') o.consume = true;
     else if (a === '--no-reader') o.reader = false;
     else if (a === '--wait-seconds') o.waitSeconds = Number(val());
     else throw new Error(`unknown argument ${a}`);
@@ -110,8 +118,11 @@ async function reader() {
     try {
       // Peek, print, then mark read: a kill between the two shows the
       // messages again after the restart (the parent drops repeated inbox
-      // entry ids), where marking first would lose them.
-      r = await node.callTool('mesh_inbox', { wait_seconds: opts.waitSeconds, limit: 500, peek: true });
+      // entry ids), where marking first would lose them. --consume marks
+      // them in this call.
+      r = await node.callTool('mesh_inbox', opts.consume
+        ? { wait_seconds: opts.waitSeconds, limit: 500, mark_read: true }
+        : { wait_seconds: opts.waitSeconds, limit: 500, peek: true });
     } catch (e) {
       return fatal(e);
     }
@@ -129,11 +140,11 @@ async function reader() {
     // the restart (acted on at least once); marking before acting would lose them.
     const echoes = opts.echo ? batch.filter((m) => !(m.payload && m.payload.type === 'echo')) : [];
     const sends = echoes.map((m) => node.callTool('mesh_send', { to: m.from, message: { type: 'echo', content: m.payload } }));
-    const mark = node.callTool('mesh_inbox', { ids: batch.map((m) => m.id), mark_read: true, limit: batch.length });
+    const mark = opts.consume ? null : node.callTool('mesh_inbox', { ids: batch.map((m) => m.id), mark_read: true, limit: batch.length });
     for (const s of await Promise.all(sends).catch(fatal) ?? []) {
       if (isError(s)) process.stderr.write(`[${stamp()} ${process.pid} driver] echo failed: ${errText(s)}\n`);
     }
-    const marked = await mark.catch(fatal);
+    const marked = await mark?.catch(fatal);
     if (marked && isError(marked)) process.stderr.write(`[${stamp()} ${process.pid} driver] marking read failed: ${errText(marked)}\n`);
   }
 }

@@ -230,6 +230,8 @@ pub struct SimAgent {
     pub inc: u32,
     pub did: String,
     timers: BTreeMap<u64, u64>,
+    /// An `idle-wanted` not yet answered with `idle`.
+    idle_wanted: bool,
     sockets: BTreeMap<u32, Sock>,
     pub calls: BTreeMap<String, Call>,
     next_call: u64,
@@ -274,6 +276,11 @@ enum Ev {
         inc: u32,
         id: u64,
         gen: u64,
+    },
+    /// The host's idle time, after what is due at the same moment.
+    Idle {
+        agent: usize,
+        inc: u32,
     },
     Boot {
         agent: usize,
@@ -404,6 +411,7 @@ pub fn brief_event(e: &Event) -> String {
         Event::HttpResponse { id, status, .. } => format!("http {id} -> {status}"),
         Event::HttpFailed { id, message } => format!("http {id} failed {message}"),
         Event::TimerFired(t) => format!("timer {t}"),
+        Event::Idle => "idle".into(),
         Event::Stop => "stop".into(),
     }
 }
@@ -576,6 +584,7 @@ impl World {
             inc: 0,
             did: String::new(),
             timers: BTreeMap::new(),
+            idle_wanted: false,
             sockets: BTreeMap::new(),
             calls: BTreeMap::new(),
             next_call: 0,
@@ -880,6 +889,13 @@ impl World {
                     self.deliver(agent, Event::TimerFired(id));
                 }
             }
+            Ev::Idle { agent, inc } => {
+                let a = &mut self.agents[agent];
+                if a.inc == inc && a.idle_wanted {
+                    a.idle_wanted = false;
+                    self.deliver(agent, Event::Idle);
+                }
+            }
             Ev::Boot { agent, inc } => {
                 if self.agents[agent].inc == inc {
                     self.boot(agent);
@@ -1039,6 +1055,7 @@ impl World {
         a.engine = None;
         a.inc += 1;
         a.timers.clear();
+        a.idle_wanted = false;
         let conns: Vec<u64> = a.sockets.values().filter_map(|s| s.conn).collect();
         a.sockets.clear();
         a.crashes.push(CrashRecord {
@@ -1243,6 +1260,12 @@ impl World {
             | Command::FileWrite(..)
             | Command::FileErase(_)
             | Command::JobKill(_) => {}
+            Command::IdleWanted => {
+                if !self.agents[i].idle_wanted {
+                    self.agents[i].idle_wanted = true;
+                    self.schedule(now, Ev::Idle { agent: i, inc });
+                }
+            }
             Command::ToolResult {
                 call_id,
                 result_json,
@@ -1484,6 +1507,7 @@ impl World {
             inc: 0,
             did: String::new(),
             timers: BTreeMap::new(),
+            idle_wanted: false,
             sockets: BTreeMap::new(),
             calls: BTreeMap::new(),
             next_call: 0,
@@ -1634,5 +1658,6 @@ pub fn brief(c: &Command) -> String {
         Command::FileErase(p) => format!("file-erase {p}"),
         Command::JobStart { id, kind, .. } => format!("job-start {id} {kind}"),
         Command::JobKill(id) => format!("job-kill {id}"),
+        Command::IdleWanted => "idle-wanted".into(),
     }
 }
