@@ -137,13 +137,15 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
   /** The engine asked for idle time (`idle-wanted`) and has not had it yet. */
   let idleWanted = false;
   let idleOffered = false;
+  /** The engine has had its stop event (a worker's loop never hears beginStop). */
+  let stopHandled = false;
   /** Hand the engine its idle event on a later turn, once nothing else is to do. */
   function offerIdle() {
-    if (!idleWanted || idleOffered || fatal || state !== 'running') return;
+    if (!idleWanted || idleOffered || fatal || stopHandled || state !== 'running') return;
     idleOffered = true;
     laterTurn(() => {
       idleOffered = false;
-      if (!idleWanted || fatal || state !== 'running') return;
+      if (!idleWanted || fatal || stopHandled || state !== 'running') return;
       // Busy again: offered anew when this work is done.
       if (draining || queue.length || pendingCommit) return;
       idleWanted = false;
@@ -251,6 +253,7 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
   function handleOne(event, batch) {
     batch.tags.add(event?.tag);
     if (event === IDLE) batch.idle++;
+    else if (event?.tag === 'stop') stopHandled = true;
     takeHostFault(); // one recorded outside handle() is not this call's
     let cmds;
     const h0 = performance.now();

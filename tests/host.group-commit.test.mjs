@@ -178,6 +178,38 @@ test('idle time: an engine that asks for it gets one idle event once nothing wai
   assert.equal(died, null);
 });
 
+test('idle time waits for an asynchronous commit, is offered again once it lands, and never follows the stop event', async () => {
+  const log = [];
+  const store = recordingStore(log, { async: true });
+  const loop = createEventLoop({
+    engine: {
+      handle(ev) {
+        log.push(`handle ${ev.tag}`);
+        if (ev.tag === 'socket-frame') return [{ tag: 'store', val: [`r${ev.val}`, sealed(ev.val)] }, { tag: 'socket-send', val: { socket: 1, text: 'ack' } }, { tag: 'idle-wanted' }];
+        return [];
+      },
+    },
+    takeHostFault: () => null,
+    store,
+    fileWrite: () => {},
+    carryOut: (cmds) => { for (const c of cmds) log.push(`out ${c.tag}`); },
+    log: () => {},
+    onDeath: () => {},
+  });
+  loop.dispatch({ tag: 'socket-frame', val: 1 });
+  await new Promise((r) => setImmediate(r));
+  assert.ok(!log.includes('handle idle'), 'not while the commit is on its way');
+  await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(log.slice(-3), ['commit landed', 'out socket-send', 'handle idle'], 'offered again once the commit landed');
+  // A worker's loop hears `stop` as an event, never beginStop().
+  log.length = 0;
+  loop.dispatchAll([{ tag: 'socket-frame', val: 2 }, { tag: 'stop' }]);
+  await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setImmediate(r));
+  assert.ok(log.includes('handle stop') && !log.includes('handle idle'), log.join('\n'));
+});
+
 test('an asynchronous commit (the browser\'s IndexedDB): the outbox waits for it, events meanwhile form the next batch, in order', async () => {
   const log = [];
   const store = recordingStore(log, { async: true });

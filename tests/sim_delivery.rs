@@ -613,6 +613,52 @@ fn an_owed_ratchet_step_is_taken_in_idle_time_and_afresh_after_a_crash() {
     assert!(w.violations.is_empty(), "{:?}", w.violations);
 }
 
+/// A sender owing a ratchet step takes it for its next send, in memory.
+/// A host without one transaction per batch may lose the session record
+/// after the outbox entry was written: the entry's frame is under a key no
+/// stored state reaches, and it never left. A restart seals it again under
+/// the session, so the peer reads it and everything after it (the frame
+/// under the lost key, read first, would strand the peer on a chain ours
+/// does not continue). Every crash point of that send.
+#[test]
+fn a_send_whose_lost_session_record_held_its_ratchet_step_is_sealed_again() {
+    for k in 0..4 {
+        let (mut w, ids) = world_with(29, &["alice", "bob"]);
+        let (a, b) = (ids[0], ids[1]);
+        w.send(a, b, "m0");
+        w.run_for(3_000);
+        assert_eq!(w.read_texts(b), ["m0"]);
+        // Bob's receipts came under his new key: alice's record owes a step
+        // (idle time took it in memory only).
+        w.plan_crash(
+            a,
+            CrashPlan {
+                not_before: 0,
+                on: CrashOn::Tool("mesh_send"),
+                prefix: Prefix::Exactly(k),
+                restart_after_ms: 1_000,
+            },
+        );
+        w.send(a, b, "m1");
+        w.run_for(30_000);
+        assert!(!w.agents[a].crashes.is_empty(), "k={k}: alice crashed");
+        w.send(a, b, "m2");
+        w.run_for(30_000);
+        w.send(a, b, "m3");
+        w.run_for(30_000);
+        let got = w.read_texts(b);
+        // m1's record may have been lost before its entry (k = 0): then it
+        // was never sent, and its caller had no answer.
+        let want: &[&str] = if k == 0 {
+            &["m2", "m3"]
+        } else {
+            &["m1", "m2", "m3"]
+        };
+        assert_eq!(got, want, "k={k}: bob reads every message sent, once");
+        assert!(w.violations.is_empty(), "k={k}: {:?}", w.violations);
+    }
+}
+
 // ----------------------------------------------------------- oracle checks
 
 /// The key-reuse oracle fires when it should: a host that loses writes (its

@@ -7,7 +7,9 @@
 // RNG contract of the toolkit:
 //   identity-generate: 32 (seed)      prekeys-generate(id, n): 32 (SPK) + n x 32 (OPKs)
 //   session-initiate: 32 (EK) + 32 (first ratchet key)    session-respond: nothing
-//   session-decrypt with a DH step: 32 (new ratchet key)  session-encrypt: 12 (nonce)
+//   session-decrypt: nothing (a new peer key takes the receiving half of the DH step)
+//   session-encrypt: 32 (new ratchet key: the sending half of a DH step a received
+//     message left owing, drawn by the first send after it), then 12 (nonce)
 // session-encrypt-frame / seal are not in the contract: those tests run the RNG
 // in "lenient" mode (unscripted requests get CSPRNG bytes and are recorded).
 
@@ -151,18 +153,17 @@ async function aliceBob(until) {
 
   s.bobSess = tk.sessionRespond(s.bob, AB.alice.did_text, AB.x3dh.establishment_text);
   rng.assertUsedUp('session-respond (takes no randomness)');
-  rng.push('bob_dhs_private', AB.ratchet.bob_dhs_private);
   s.msg0Plain = tk.sessionDecrypt(s.bobSess, fromHex(AB.msg0.header40), fromHex(AB.msg0.ciphertext));
-  rng.assertUsedUp('session-decrypt msg0 (DH step)');
+  rng.assertUsedUp('session-decrypt msg0 (receiving half of the DH step: no randomness)');
   if (upTo < 5) return s;
 
+  rng.push('bob_dhs_private', AB.ratchet.bob_dhs_private);
   rng.push('msg1.nonce', AB.msg1.nonce);
   s.msg1 = tk.sessionEncrypt(s.bobSess, utf8(AB.msg1.plaintext_text));
-  rng.assertUsedUp('session-encrypt msg1');
+  rng.assertUsedUp('session-encrypt msg1 (the sending half of the DH step, then the nonce)');
   s.aliceNextRatchetPriv = '5a'.repeat(32);
-  rng.push("alice's next ratchet private (arbitrary)", s.aliceNextRatchetPriv);
   s.msg1Plain = tk.sessionDecrypt(s.aliceSess, fromHex(AB.msg1.header40), fromHex(AB.msg1.ciphertext));
-  rng.assertUsedUp('session-decrypt msg1 (DH step)');
+  rng.assertUsedUp('session-decrypt msg1 (receiving half of the DH step: no randomness)');
   return s;
 }
 
@@ -342,17 +343,17 @@ test('alice_bob.msg1: Bob encrypts after his DH step, Alice decrypts', async () 
 test('session-decrypt: forged ciphertext rejected without changing state', async () => {
   const s = await aliceBob('msg0');
   s.bobSess = s.tk.sessionRespond(s.bob, AB.alice.did_text, AB.x3dh.establishment_text);
-  s.rng.lenient = true; // a failed DH step may or may not draw its key before the tag check
+  s.rng.lenient = true; // a failed decrypt draws nothing; lenient in case that changes
   const forged = fromHex(AB.msg0.ciphertext);
   forged[20] ^= 0x01;
   assertRejects(() => s.tk.sessionDecrypt(s.bobSess, fromHex(AB.msg0.header40), forged), 'flipped ciphertext byte');
   s.rng.takeDrawn();
   s.rng.lenient = false;
-  s.rng.push('bob_dhs_private', AB.ratchet.bob_dhs_private);
   const plain = s.tk.sessionDecrypt(s.bobSess, fromHex(AB.msg0.header40), fromHex(AB.msg0.ciphertext));
   s.rng.assertUsedUp('genuine msg0 after a forgery');
   assert.equal(text(plain), AB.msg0.plaintext_text);
   // and the state after it is the vector's: Bob's reply is still msg1 exactly
+  s.rng.push('bob_dhs_private', AB.ratchet.bob_dhs_private);
   s.rng.push('msg1.nonce', AB.msg1.nonce);
   const m1 = s.tk.sessionEncrypt(s.bobSess, utf8(AB.msg1.plaintext_text));
   assert.equal(hex(m1.ciphertext), AB.msg1.ciphertext, 'msg1 after the rejected forgery');
@@ -396,7 +397,10 @@ test('session-encrypt-frame / session-decrypt-frame round trip', async (t) => {
   const s = await framesReady();
   const { tk, rng } = s;
 
-  // Alice -> Bob: first message of Alice's new sending chain (after her DH step on msg1).
+  // Alice -> Bob: first message of Alice's new sending chain: it takes the
+  // sending half of the DH step msg1 left owing (her new ratchet key).
+  rng.push('frame id (arbitrary)', '11'.repeat(16));
+  rng.push("alice's next ratchet private (arbitrary)", s.aliceNextRatchetPriv);
   const p1 = '{"type":"message","content":"frame one"}';
   const j1 = tk.sessionEncryptFrame(s.aliceSess, utf8(p1));
   const draws1 = rng.takeDrawn();

@@ -1017,10 +1017,11 @@ impl Agent {
     fn send_frame(&mut self, cx: &mut Cx<'_>, text: String) -> bool {
         match self.link.open_socket() {
             Some(socket) => {
-                // Waiting acks ride along: this batch commits before it
-                // sends anyway (js-host/ENGINE.md).
-                self.push_acks(cx, socket);
+                // Waiting acks ride along, after the frame (which someone
+                // may be waiting for): this batch commits before it sends
+                // anyway (js-host/ENGINE.md).
                 cx.out.push(Command::SocketSend { socket, text });
+                self.push_acks(cx, socket);
                 true
             }
             None => false,

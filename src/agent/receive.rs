@@ -727,7 +727,11 @@ impl Agent {
             }
         }
         self.save_peer(cx, from);
-        self.ack(cx, id);
+        // Held back like a receipt's: the message is ours once this batch
+        // commits, and a redelivery after a crash is dropped as a repeat.
+        // Sent at once, the ack's write would stand between the commit and
+        // the reader woken below (the host carries out commands in order).
+        self.ack_later(cx, id);
         if let Some(s) = seq {
             self.queue_receipt(cx, from, s);
         }

@@ -10,7 +10,7 @@ use crate::mesh::prekeys::Prekeys;
 use crate::mesh::session::{OutEntry, Peer};
 use crate::store::{keys, Vault};
 use crate::wire::frames;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// The stored prekeys, or new ones (stored) on a first start.
 pub(super) fn prekeys(
@@ -91,7 +91,33 @@ pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, 
             }
         }
         loaded.sort_by_key(|o| (o.created_ms, o.seq));
-        for o in loaded {
+        // Entries a record of the 0.1.0 shape held itself, then each id
+        // once (a set: an outbox to a peer away for long holds thousands).
+        let mut held: HashSet<String> = p.outbox.iter().map(|x| x.frame_id.clone()).collect();
+        let record_out_seq = p.out_seq;
+        for mut o in loaded {
+            // Sealed under a ratchet step the session record does not know:
+            // the step was taken for this send (in memory, `State::send_step`)
+            // and the record that held it was lost after the entry was
+            // written (a host without one transaction per batch). Its frame
+            // never left (frames leave after both records), and no chain the
+            // record can reach makes its key: sealed again from its
+            // plaintext under the session, with its number, as after a
+            // session change. An older entry under an earlier key that did
+            // leave keeps its frame (its number is below the record's).
+            if let (Some(r), Ok(m)) = (p.active.as_ref(), frames::parse_message_frame(&o.frame)) {
+                let lost_step = r.send_step_pending()
+                    && m.header.dh != *r.sending_key()
+                    && (!o.needs_receipt || o.seq >= record_out_seq);
+                if lost_step {
+                    cx.log(
+                        LogLevel::Info,
+                        &format!("a message to {} was written before a session record that was lost; it is sealed again", p.did),
+                    );
+                    o.frame.clear();
+                    o.sent_under = None;
+                }
+            }
             // The entry was written before the session record: if that
             // write was lost, never reuse the message number it used.
             let sent_under = match frames::parse_message_frame(&o.frame) {
@@ -114,7 +140,7 @@ pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, 
             if let Some(k) = &o.key {
                 p.remember_key(k, &o.frame_id);
             }
-            if !p.outbox.iter().any(|x| x.frame_id == o.frame_id) {
+            if held.insert(o.frame_id.clone()) {
                 let mut o = o;
                 o.stored = true;
                 p.outbox.push(o);

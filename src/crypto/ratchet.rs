@@ -275,6 +275,12 @@ impl Ratchet {
         self.state.cks.is_some() || self.state.send_step
     }
 
+    /// Our current ratchet public key (the `dh` of the headers we send; while
+    /// a step is owed, the key of the chain before it).
+    pub fn sending_key(&self) -> &[u8; 32] {
+        self.state.dhs.public()
+    }
+
     /// Whether the sending half of a DH ratchet step is owed (see
     /// `State::send_step`).
     pub fn send_step_pending(&self) -> bool {
