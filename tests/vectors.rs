@@ -291,6 +291,16 @@ fn full_alice_bob_session() {
     );
     assert_eq!((hdr2.pn, hdr2.n), (1, 0));
     assert_eq!(&ct2[..12], &[9u8; 12]);
+    // The bytes the ratchet that took the whole step in decrypt gave for the
+    // same draws (488aebd, its key drawn before Alice's decrypt of msg1).
+    assert_eq!(
+        kars_mesh::codec::hex::encode(&hdr2.to_bytes()),
+        "13be4feaeaf204c7fd3358fc9c00721881d174278128227ec674f37f7fe97b6d0000000100000000"
+    );
+    assert_eq!(
+        kars_mesh::codec::hex::encode(&ct2),
+        "0909090909090909090909095d2251bf568d058e527abefe6c09968ebf8c"
+    );
     let pt2 = tk
         .session_decrypt(bs, &hdr2.to_bytes(), &ct2, &mut rng)
         .unwrap();
