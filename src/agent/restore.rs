@@ -105,9 +105,13 @@ pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, 
             // plaintext under the session, with its number, as after a
             // session change. An older entry under an earlier key that did
             // leave keeps its frame (its number is below the record's).
-            if let (Some(r), Ok(m)) = (p.active.as_ref(), frames::parse_message_frame(&o.frame)) {
+            // The frame's place in our sending chain, read once.
+            let mut framed = frames::parse_message_frame(&o.frame)
+                .ok()
+                .map(|m| (m.header.dh, m.header.n));
+            if let (Some(r), Some((dh, _))) = (p.active.as_ref(), framed) {
                 let lost_step = r.send_step_pending()
-                    && m.header.dh != *r.sending_key()
+                    && dh != *r.sending_key()
                     && (!o.needs_receipt || o.seq >= record_out_seq);
                 if lost_step {
                     cx.log(
@@ -116,14 +120,15 @@ pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, 
                     );
                     o.frame.clear();
                     o.sent_under = None;
+                    framed = None;
                 }
             }
             // The entry was written before the session record: if that
             // write was lost, never reuse the message number it used.
-            let sent_under = match frames::parse_message_frame(&o.frame) {
-                Ok(m) => Some((m.header.dh, m.header.n)),
+            let sent_under = match framed {
+                Some(place) => Some(place),
                 // A large entry's frame is not stored: its place is.
-                Err(_) => o
+                None => o
                     .sent_under
                     .as_ref()
                     .and_then(|s| Some((<[u8; 32]>::try_from(s.dh.as_slice()).ok()?, s.n))),
