@@ -1,8 +1,10 @@
 //! Crash sweeps: one small two-agent scenario run again and again with a
 //! crash after exactly k commands of one handle() call, for every k, at the
 //! sender's mesh_send, session setup and receipt handling and at the
-//! receiver's KNOCK, first message, any message and mesh_inbox. Every crash
-//! point must keep delivery exactly-once and in order.
+//! receiver's KNOCK, first message, any message and mesh_inbox, and at a
+//! mesh_send whose stored session still owes the sending half of a ratchet
+//! step (src/crypto/ratchet.rs). Every crash point must keep delivery
+//! exactly-once and in order.
 //! Virtual clock, seeded; the harness is in tests/sim/.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -12,7 +14,7 @@ mod sim;
 
 use serde_json::json;
 use sim::scenario::{check_flow, common_checks, drain, world_with, Flow, JOURNAL};
-use sim::world::{CrashOn, CrashPlan, Prefix};
+use sim::world::{CrashOn, CrashPlan, Prefix, World};
 
 // --------------------------------------------------------------- crash sweeps
 
@@ -33,6 +35,26 @@ enum Target {
     ReceiverKnock,
     /// Bob handling the first message of a new session.
     ReceiverFirstMessage,
+    /// Bob handling his own mesh_send while his stored session record owes
+    /// the sending half of a ratchet step: alice's receipt came under her
+    /// new key, and idle time took the step in memory only (see
+    /// `the_owing_sweep_starts_from_a_stored_owed_step`).
+    ReceiverSendOwingStep,
+}
+
+/// Phase 1 of every sweep: open the session, learn that both are kars peers,
+/// read both inboxes. It leaves bob's stored record owing a ratchet step.
+fn open_session(w: &mut World, ab: &mut Flow, ba: &mut Flow, a: usize, b: usize) {
+    ab.send_next(w);
+    w.run_for(3_000);
+    ba.send_next(w);
+    w.run_for(3_000);
+    for i in [a, b] {
+        if w.agents[i].up() {
+            w.call(i, "mesh_inbox", json!({"limit": 500, "mark_read": true}));
+        }
+    }
+    w.run_for(2_000);
 }
 
 /// One run of the sweep scenario with a crash after exactly `k` commands of
@@ -62,26 +84,23 @@ fn sweep_run(seed: u64, target: Target, k: usize) -> Option<(Vec<String>, String
     if let Some(on) = early {
         w.plan_crash(who, plan(on));
     }
-    // Phase 1: open the session, learn that both are kars peers.
-    ab.send_next(&mut w);
-    w.run_for(3_000);
-    ba.send_next(&mut w);
-    w.run_for(3_000);
-    for i in [a, b] {
-        if w.agents[i].up() {
-            w.call(i, "mesh_inbox", json!({"limit": 500, "mark_read": true}));
-        }
-    }
-    w.run_for(2_000);
+    open_session(&mut w, &mut ab, &mut ba, a, b);
     // Phase 2: the targeted call.
     let late = match target {
-        Target::SenderSend => Some(CrashOn::Tool("mesh_send")),
+        Target::SenderSend | Target::ReceiverSendOwingStep => Some(CrashOn::Tool("mesh_send")),
         Target::ReceiverMessage | Target::SenderReceipt => Some(CrashOn::Frame("message")),
         Target::ReceiverInbox => Some(CrashOn::Tool("mesh_inbox")),
         _ => None,
     };
     if let Some(on) = late {
         w.plan_crash(who, plan(on));
+    }
+    if target == Target::ReceiverSendOwingStep {
+        // Bob's send comes first, so the step his record owes is still owed.
+        ba.send_next(&mut w);
+        w.run_for(3_000);
+        w.call(a, "mesh_inbox", json!({"limit": 500, "mark_read": true}));
+        w.run_for(3_000);
     }
     ab.send_next(&mut w);
     w.run_for(3_000);
@@ -205,6 +224,43 @@ fn crash_sweep_receiver_first_message() {
     sweep(Target::ReceiverFirstMessage);
 }
 
+/// Crash bob at every command boundary of a mesh_send that takes the
+/// sending half of a ratchet step his stored session record owes.
+#[test]
+fn crash_sweep_sender_owing_a_ratchet_step() {
+    sweep(Target::ReceiverSendOwingStep);
+}
+
+/// The premise of the sweep above: after phase 1, bob's stored record owes
+/// a step (a restart brings it back owed), and his send takes it.
+#[test]
+fn the_owing_sweep_starts_from_a_stored_owed_step() {
+    let (mut w, ids) = world_with(77, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let mut ab = Flow::new(&w, a, b);
+    let mut ba = Flow::new(&w, b, a);
+    open_session(&mut w, &mut ab, &mut ba, a, b);
+    let ad = w.did(a);
+    let owes = |w: &World| {
+        let e = w.agents[b].engine.as_ref().and_then(|e| e.agent());
+        e.map(|ag| ag.owes_ratchet_step(&ad))
+    };
+    assert_eq!(owes(&w), Some(false), "idle time took the step in memory");
+    w.crash_now(b, 1_000);
+    w.run_for(2_000);
+    assert_eq!(owes(&w), Some(true), "the stored record owes it");
+    ba.send_next(&mut w);
+    w.run_for(3_000);
+    assert_eq!(owes(&w), Some(false), "the send took it");
+    drain(&mut w, a);
+    drain(&mut w, b);
+    let mut problems = Vec::new();
+    check_flow(&w, &ab, &mut problems);
+    check_flow(&w, &ba, &mut problems);
+    common_checks(&w, &mut problems);
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
 /// Diagnosis aid, not a check: `SIM_SWEEP=ReceiverMessage:1 cargo test --test
 /// sim_crash_sweeps debug_sweep -- --ignored --nocapture` prints the journal of
 /// one sweep run.
@@ -220,6 +276,7 @@ fn debug_sweep() {
         "ReceiverInbox" => Target::ReceiverInbox,
         "SenderFirstHttp" => Target::SenderFirstHttp,
         "ReceiverKnock" => Target::ReceiverKnock,
+        "ReceiverSendOwingStep" => Target::ReceiverSendOwingStep,
         _ => Target::ReceiverFirstMessage,
     };
     JOURNAL.with(|j| j.set(true));
