@@ -125,14 +125,12 @@ pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, 
             }
             // The entry was written before the session record: if that
             // write was lost, never reuse the message number it used.
-            let sent_under = match framed {
-                Some(place) => Some(place),
-                // A large entry's frame is not stored: its place is.
-                None => o
-                    .sent_under
+            // A large entry's frame is not stored: its place is.
+            let sent_under = framed.or_else(|| {
+                o.sent_under
                     .as_ref()
-                    .and_then(|s| Some((<[u8; 32]>::try_from(s.dh.as_slice()).ok()?, s.n))),
-            };
+                    .and_then(|s| Some((<[u8; 32]>::try_from(s.dh.as_slice()).ok()?, s.n)))
+            });
             if let (Some((dh, n)), Some(r)) = (sent_under, p.active.as_mut()) {
                 if r.fast_forward_send(&dh, n) {
                     fast_forwarded.push(p.did.clone());

@@ -448,8 +448,8 @@ impl Agent {
                 // A file's chunk read back after a restart keeps only its
                 // frame (`OutEntry::keeps_frame_only`), which the new
                 // session cannot carry (nor one whose frame restore had to
-                // drop). Its transfer does not complete;
-                // the offload that sent it ends by its own deadline.
+                // drop). Its transfer does not complete; the offload that
+                // sent it ends by its own deadline.
                 cx.log(
                     LogLevel::Warn,
                     &format!(
