@@ -24,7 +24,7 @@ import { startServers } from '../tests/harness/servers.mjs';
 import { spawnAgtPeer } from '../tests/peers/agt_peer.mjs';
 import { spawnMeshNode } from '../tests/drivers/mesh-node-client.mjs';
 import { takeOverSignals, within } from './lifecycle.mjs';
-import { buildId, cpuIdleFraction, waitIdle, waitIdleSeconds, wholeOption } from './machine.mjs';
+import { buildId, cpuIdleFraction, summary, waitIdle, waitIdleSeconds, wholeOption } from './machine.mjs';
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -97,7 +97,6 @@ function cpuByThread() {
   return out;
 }
 
-const q = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
 const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 const settle = () => new Promise((r) => setTimeout(r, SETTLE));
 
@@ -158,8 +157,8 @@ async function runPair(kind, w) {
     if (d > 0) perRt[k] = d;
   }
   const total = Object.values(perRt).reduce((x, y) => x + y, 0);
-  rtts.sort((x, y) => x - y);
-  return { p50: q(rtts, 0.5), p99: q(rtts, 0.99), max: rtts.at(-1), cpuMs: total, cores: (total * ROUNDS) / wallMs, perRt };
+  const { p50, p99, max } = summary(rtts);
+  return { p50, p99, max, cpuMs: total, cores: (total * ROUNDS) / wallMs, perRt };
 }
 
 function markdown(env, runs, wallMs) {

@@ -1,6 +1,7 @@
 // Shared by the bench scripts that measure against a loopback relay
-// (mesh.mjs, offload.mjs, warm-up.mjs): their numeric options, how busy the
-// machine is, waiting for it to be idle, and which build is measured.
+// (mesh.mjs, cpu.mjs, offload.mjs, warm-up.mjs): their numeric options, how
+// busy the machine is, waiting for it to be idle, percentiles, and which
+// build is measured.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -73,6 +74,22 @@ export function waitIdleSeconds(args, script) {
     process.exit(2);
   }
   return s;
+}
+
+/** The p-th percentile (nearest rank) of an ascending array. */
+export const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
+
+/** Round-trip times in ms: count, p50, p99 (nearest rank), mean, min, max. */
+export function summary(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return {
+    n: s.length,
+    p50: pct(s, 50),
+    p99: pct(s, 99),
+    mean: s.reduce((a, b) => a + b, 0) / s.length,
+    min: s[0],
+    max: s[s.length - 1],
+  };
 }
 
 /** The commit and core build measured. */

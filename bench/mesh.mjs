@@ -57,7 +57,7 @@ import { startServers, VENV_PYTHON } from '../tests/harness/servers.mjs';
 import { spawnAgtPeer } from '../tests/peers/agt_peer.mjs';
 import { spawnMeshNode } from '../tests/drivers/mesh-node-client.mjs';
 import { takeOverSignals, within, yieldToLoop } from './lifecycle.mjs';
-import { buildId, cpuIdleFraction, waitIdle, waitIdleSeconds, wholeOption } from './machine.mjs';
+import { buildId, cpuIdleFraction, summary, waitIdle, waitIdleSeconds, wholeOption } from './machine.mjs';
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -74,18 +74,6 @@ const STEP_TIMEOUT = 30_000;
 const BURST_TIMEOUT = 300_000;
 const SECTION_TIMEOUT = 900_000;
 
-const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
-function summary(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  return {
-    n: s.length,
-    p50: pct(s, 50),
-    p99: pct(s, 99),
-    mean: s.reduce((a, b) => a + b, 0) / s.length,
-    min: s[0],
-    max: s[s.length - 1],
-  };
-}
 const f1 = (x) => (x == null ? '—' : x.toFixed(1));
 const f2 = (x) => (x == null ? '—' : x.toFixed(2));
 

@@ -27,7 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { startServers } from '../tests/harness/servers.mjs';
 import { spawnMeshNode } from '../tests/drivers/mesh-node-client.mjs';
 import { takeOverSignals, within } from './lifecycle.mjs';
-import { buildId, waitIdle, waitIdleSeconds, wholeOption } from './machine.mjs';
+import { buildId, pct, waitIdle, waitIdleSeconds, wholeOption } from './machine.mjs';
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -56,7 +56,6 @@ const stopEverything = async () => {
 };
 takeOverSignals(stopEverything);
 
-const pct = (s, p) => s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
 const median = (xs) => { const s = [...xs].sort((x, y) => x - y); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
 
 async function pair(run, env, settle) {
