@@ -315,5 +315,10 @@ export function createSockets({ WebSocketImpl, dispatch, log, onFailure, proxy, 
     sockets.clear();
   }
 
-  return { open, send, close, closeAll, terminateAll };
+  /** Sockets open or opening, not yet reported closed (what keeps a Node process up). */
+  function count() {
+    return sockets.size;
+  }
+
+  return { open, send, close, closeAll, terminateAll, count };
 }
