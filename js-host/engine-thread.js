@@ -1,8 +1,7 @@
 // The main thread's side of js-host/engine-worker.js: events go to the engine's
-// worker, the commands of each committed batch that are not the worker's own
-// (the relay link and timers stay there) come back and are carried out here
-// (HTTP, tool results, files, jobs). The same interface as event-loop.js's
-// createEventLoop, so node-host.js runs either.
+// worker, the commands of each committed batch come back and are carried out
+// here (sockets, HTTP, timers, tool results, jobs). The same interface as
+// event-loop.js's createEventLoop, so node-host.js runs either.
 
 import { Worker, MessageChannel, receiveMessageOnPort } from 'node:worker_threads';
 import { NodeError } from './node-error.js';
@@ -37,11 +36,10 @@ function rebuild(error) {
  * Resolves once the database is open and the core is loaded.
  * @returns {Promise<{ hasIdentity: boolean, loop: object, memoryBytes: () => number, close: () => Promise<void>, terminate: () => void }>}
  */
-export async function startEngineThread({ stateDir, filesDir, sealedOnly, proxy, stopTimeoutMs, log, carryOut, onDeath, onIoFailure }) {
+export async function startEngineThread({ stateDir, filesDir, sealedOnly, log, carryOut, onDeath }) {
   const { port1: port, port2 } = new MessageChannel();
   const worker = new Worker(WORKER_URL, {
-    // proxy: proxy.js's proxyInput (plain data); the worker opens the relay link.
-    workerData: { port: port2, stateDir, filesDir, sealedOnly, proxy, stopTimeoutMs },
+    workerData: { port: port2, stateDir, filesDir, sealedOnly },
     transferList: [port2],
     // The core's own limits apply (1 GiB, js-host/core.js); the worker needs no extra heap.
     stdout: false,
@@ -94,13 +92,6 @@ export async function startEngineThread({ stateDir, filesDir, sealedOnly, proxy,
         holdProcess();
         if (!fatal && msg.cmds.length) carryOut(msg.cmds);
         break;
-      case 'sockets':
-        socketsOpen = msg.open;
-        holdProcess();
-        break;
-      case 'io-failure':
-        onIoFailure();
-        break;
       case 'fatal':
         die(rebuild(msg.error));
         break;
@@ -132,15 +123,14 @@ export async function startEngineThread({ stateDir, filesDir, sealedOnly, proxy,
     else if (!closedByUs && !asked && state !== 'stopped' && !fatal) die(new NodeError(`the engine thread ended unexpectedly (code ${code}); this node is stopped, restart it`, { code: 'KARS_MESH_CORE_TRAP' }));
   });
   // The process stays up while the engine has work it was given (events in
-  // flight, a close) or a relay socket open, as it did when the engine and
-  // its sockets ran on this thread; an idle engine does not keep it up (a
-  // CLI exits when its work is done, pending tool calls keep it up).
+  // flight, a close), as it did when the engine ran on this thread; an idle
+  // engine does not keep it up (a CLI exits when its work is done, pending
+  // tool calls and open sockets keep it up).
   let inFlight = 0;
-  let socketsOpen = 0;
   let closing = false;
   let held = true;
   function holdProcess() {
-    const want = !fatal && (inFlight > 0 || closing || socketsOpen > 0);
+    const want = !fatal && (inFlight > 0 || closing);
     if (want === held) return;
     held = want;
     if (want) {

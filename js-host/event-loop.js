@@ -50,7 +50,12 @@ export const MAX_BATCH_EVENTS = 256;
 export const MAX_BATCH_MS = 20;
 export const MAX_BATCH_BYTES = 32 * 1024 * 1024;
 export const LAZY_COMMIT_MS = 25;
-/** Commands with no effect outside this process: a batch of only these may commit later. */
+/**
+ * Commands with no effect outside this process: a batch of only these may
+ * commit later. The core holds relay acks back until something else of its
+ * own leaves, and tells the two apart the same way (`waits_for_commit` in
+ * src/io.rs): the lists must agree.
+ */
 const STAYS_HERE = new Set(['timer-set', 'timer-cancel', 'file-read']);
 /** The idle event (one object: the loop tells it from dispatched events by identity). */
 const IDLE = Object.freeze({ tag: 'idle' });

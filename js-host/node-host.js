@@ -4,10 +4,9 @@
 //   event-loop.js  feeds events to the core one at a time; the stores of each
 //                  batch of events commit together before its other commands
 //                  are carried out, in order (group commit)
-//   engine-thread.js / engine-worker.js  that loop, the core, the state
-//                  database, the relay link and the core's timers in their
-//                  own thread, so the engine never stalls this one (a
-//                  scripted test core runs on this thread, with them)
+//   engine-thread.js / engine-worker.js  that loop, the core and the state
+//                  database in their own thread, so the engine never stalls
+//                  this one (a scripted test core runs on this thread)
 //   sockets.js     the relay WebSocket
 //   http.js        registry requests
 //   proxy.js       both through a forward proxy's CONNECT tunnel, when the
@@ -39,7 +38,7 @@ import { NodeError, errorText } from './node-error.js';
 import { createEventLoop, commandTable, batchTotals } from './event-loop.js';
 import { createSockets, relaySocketClass, wsPackageClass } from './sockets.js';
 import { createHttp } from './http.js';
-import { proxyInput, proxySettings } from './proxy.js';
+import { proxySettings } from './proxy.js';
 import { createTimers } from './timers.js';
 import { createToolCalls } from './tool-calls.js';
 
@@ -154,7 +153,7 @@ export async function createNode(opts = {}) {
   }
   const node = await runNode({
     root, lock, filesDir, sealedOnly, inWorker, loadCoreImpl: o.loadCoreImpl,
-    jobs, WebSocketImpl, ProxyWebSocketImpl, proxy, proxyGiven: proxyInput(o.proxy), log: logger.log, stopTimeoutMs: o.stopTimeoutMs,
+    jobs, WebSocketImpl, ProxyWebSocketImpl, proxy, log: logger.log, stopTimeoutMs: o.stopTimeoutMs,
   });
   const { did, amid } = await start(node, startConfig(o, node.takeStateKey(), node.hasIdentity), logger, root);
   return {
@@ -282,8 +281,8 @@ async function engineHere({ root, sealedOnly, loadCoreImpl, jobs, log, carryOut,
 }
 
 /** The engine in its own thread (js-host/engine-thread.js). */
-async function engineInWorker({ root, filesDir, sealedOnly, proxyGiven, stopTimeoutMs, log, carryOut, onDeath, onIoFailure }) {
-  const thread = await startEngineThread({ stateDir: root, filesDir, sealedOnly, proxy: proxyGiven, stopTimeoutMs, log, carryOut, onDeath, onIoFailure });
+async function engineInWorker({ root, filesDir, sealedOnly, log, carryOut, onDeath }) {
+  const thread = await startEngineThread({ stateDir: root, filesDir, sealedOnly, log, carryOut, onDeath });
   return {
     loop: thread.loop,
     hasIdentity: thread.hasIdentity,
@@ -300,7 +299,7 @@ async function engineInWorker({ root, filesDir, sealedOnly, proxyGiven, stopTime
  * node's life: stop() lets the core say goodbye first; death (a trap, a
  * failed durable write) releases everything at once.
  */
-async function runNode({ root, lock, filesDir, sealedOnly, inWorker, loadCoreImpl, jobs, WebSocketImpl, ProxyWebSocketImpl, proxy, proxyGiven, log, stopTimeoutMs }) {
+async function runNode({ root, lock, filesDir, sealedOnly, inWorker, loadCoreImpl, jobs, WebSocketImpl, ProxyWebSocketImpl, proxy, log, stopTimeoutMs }) {
   let ioFailures = 0;
   const countFailure = () => {
     ioFailures++;
@@ -344,7 +343,7 @@ async function runNode({ root, lock, filesDir, sealedOnly, inWorker, loadCoreImp
     resolveClosed(err);
   }
   try {
-    const side = { root, filesDir, sealedOnly, loadCoreImpl, jobs, proxyGiven, stopTimeoutMs, log, carryOut, onDeath, onIoFailure: countFailure };
+    const side = { root, filesDir, sealedOnly, loadCoreImpl, jobs, log, carryOut, onDeath };
     engine = await (inWorker ? engineInWorker(side) : engineHere(side));
   } catch (e) {
     jobs.stopAll();

@@ -160,21 +160,6 @@ function bypassed(noProxy, host, port) {
   return false;
 }
 
-/** The environment variables proxySettings reads. */
-const PROXY_VARS = ['https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY', 'all_proxy', 'ALL_PROXY', 'no_proxy', 'NO_PROXY'];
-
-/**
- * proxySettings' input as a plain value another thread can be given (the
- * engine's worker opens the relay link): a string or false as it is, of an
- * environment only the variables proxySettings reads.
- */
-export function proxyInput(input = process.env) {
-  if (!input || typeof input !== 'object') return input;
-  const out = {};
-  for (const name of PROXY_VARS) if (typeof input[name] === 'string') out[name] = input[name];
-  return out;
-}
-
 /**
  * The node's proxy settings.
  *

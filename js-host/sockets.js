@@ -315,10 +315,5 @@ export function createSockets({ WebSocketImpl, dispatch, log, onFailure, proxy, 
     sockets.clear();
   }
 
-  /** Sockets open or opening, not yet reported closed (what keeps a Node process up). */
-  function count() {
-    return sockets.size;
-  }
-
-  return { open, send, close, closeAll, terminateAll, count };
+  return { open, send, close, closeAll, terminateAll };
 }

@@ -139,6 +139,26 @@ pub enum Command {
     IdleWanted,
 }
 
+impl Command {
+    /// Whether the host carries this out only after the batch's commit
+    /// (js-host/ENGINE.md, group commit): anything that leaves the process.
+    /// Records, timers, reading a file the user named and the idle request
+    /// stay in it, and a batch of only those need not commit at once (the
+    /// host's `STAYS_HERE` in js-host/event-loop.js). A file write commits
+    /// the batch before it.
+    pub fn waits_for_commit(&self) -> bool {
+        !matches!(
+            self,
+            Command::Store(..)
+                | Command::Erase(_)
+                | Command::TimerSet { .. }
+                | Command::TimerCancel(_)
+                | Command::FileRead { .. }
+                | Command::IdleWanted
+        )
+    }
+}
+
 /// Context of one engine call: the host and the commands produced so far.
 pub struct Cx<'a> {
     pub host: &'a mut dyn Host,

@@ -335,14 +335,25 @@ test('NO_PROXY=127.0.0.1 bypasses the proxy', { skip: NO_TINYPROXY, timeout: 90_
 
 test('no proxy variable: fetch as before, the relay link a direct `ws` socket, the proxy untouched', { skip: NO_TINYPROXY, timeout: 90_000 }, async (t) => {
   const realFetch = globalThis.fetch;
+  const RealWebSocket = globalThis.WebSocket;
   const fetches = [];
+  const sockets = [];
   globalThis.fetch = (url, init) => {
     fetches.push({ url: String(url), keys: Object.keys(init ?? {}).sort(), redirect: init?.redirect });
     return realFetch(url, init);
   };
+  class CountingWebSocket extends RealWebSocket {
+    constructor(...args) {
+      sockets.push(args);
+      super(...args);
+    }
+  }
+  globalThis.WebSocket = CountingWebSocket;
   t.after(() => {
     globalThis.fetch = realFetch;
+    globalThis.WebSocket = RealWebSocket;
   });
+  assert.equal(await webSocketClass(), CountingWebSocket);
 
   const before = tp.connects().length;
   const kim = await node(t, 'kim', { proxy: {} });
@@ -359,10 +370,9 @@ test('no proxy variable: fetch as before, the relay link a direct `ws` socket, t
   }
   // The relay link is the `ws` package's socket (relaySocketClass: no
   // permessage-deflate), not Node's global WebSocket, and it went direct:
-  // the exchange above crossed it, and the proxy saw no CONNECT. (It lives
-  // in the engine's worker, out of this thread's sight; what it offers the
-  // relay is checked there: tests/host.relay-link.test.mjs.)
+  // the exchange above crossed it, and the proxy saw no CONNECT.
   assert.equal(await relaySocketClass(), await wsPackageClass());
+  assert.deepEqual(sockets, []);
   for (const n of [kim, lee]) assert.ok(!n.logs.some((l) => /proxy/i.test(l)), n.logs.join('\n'));
 });
 

@@ -1,16 +1,13 @@
-// The relay link of a node whose engine runs in its worker thread
-// (js-host/engine-worker.js): the WebSocket and the core's timers live in
-// that thread, beside the engine, so a frame from the relay reaches the
-// engine, and the engine's frames leave, without crossing to the main thread.
-// What a user relies on must hold there as it did on the main thread:
+// The relay link of a node with the real core (its engine in the worker
+// thread, the link on the thread that serves the host), as a user meets it:
 //   - the link offers no permessage-deflate (the relay would deflate every
-//     frame of base64 ciphertext), and frames cross it both ways;
+//     frame of base64 ciphertext), and a relay frame reaches the engine;
 //   - a relay that cannot be reached counts as an I/O failure, and the core
-//     keeps trying (it reconnects on its timers, which now fire in the worker);
-//   - an open link keeps a Node process up (as an open socket on the main
-//     thread did), and a stopped node lets the process end.
-// The scripted-core twins of these tests (tests/host.node.test.mjs) cover
-// the main-thread host that a test's scripted core runs on.
+//     keeps trying on its timers until the relay is there;
+//   - an open link keeps a Node process up, and a stopped node lets the
+//     process end by itself.
+// The scripted-core twins (tests/host.node.test.mjs) cover the same host
+// with a test's core on the main thread.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -76,7 +73,7 @@ async function standInRelay(t) {
   return { url: `http://127.0.0.1:${wss.address().port}`, seen };
 }
 
-test('real core in its worker: the relay link offers no permessage-deflate, and the core speaks over it', { timeout: 60_000 }, async (t) => {
+test('real core: the relay link offers no permessage-deflate, and the core speaks over it', { timeout: 60_000 }, async (t) => {
   const dir = tmpDir(t);
   const relay = await standInRelay(t);
   const registry = `http://127.0.0.1:${await closedPort()}`;
@@ -89,7 +86,7 @@ test('real core in its worker: the relay link offers no permessage-deflate, and 
   const connect = relay.seen.frames.find((f) => f.type === 'connect');
   assert.equal(connect.from, node.did);
   assert.equal(node.ioFailures > 0, true, 'the registry (a closed port) failed: counted');
-  // A frame from the relay reaches the core in the worker: one that is not
+  // A frame from the relay reaches the engine: one that is not
   // JSON is counted as malformed (mesh_identity's stats), not ignored.
   const before = (await node.callTool('mesh_identity', {})).details.mesh.stats.malformed;
   relay.seen.sockets[0].send('not json');
@@ -102,7 +99,7 @@ test('real core in its worker: the relay link offers no permessage-deflate, and 
   assert.equal(after, before + 1, 'the relay frame reached the engine');
 });
 
-test('real core in its worker: a relay that cannot be reached counts as an I/O failure, and the core tries again', { timeout: 60_000 }, async (t) => {
+test('real core: a relay that cannot be reached counts as an I/O failure, and the core tries again', { timeout: 60_000 }, async (t) => {
   const dir = tmpDir(t);
   const port = await closedPort();
   // A registry that never answers: its requests fail only after the core's
@@ -120,7 +117,7 @@ test('real core in its worker: a relay that cannot be reached counts as an I/O f
   t.after(() => node.stop());
   await until(() => node.ioFailures >= 2, 'two failed relay connects (the second on a reconnect timer)', 8_000);
   assert.ok(Date.now() - t0 < 9_500, 'counted before any registry request could time out');
-  // Now a relay comes up on that port: the core's next try (its timer, in the worker) opens the link.
+  // Now a relay comes up on that port: the core's next try (on its timer) opens the link.
   const wss = new WebSocketServer({ host: '127.0.0.1', port });
   await once(wss, 'listening');
   const frames = [];
@@ -144,7 +141,7 @@ process.on('SIGUSR2', async () => { await node.stop(); console.log('stopped'); p
 console.log('up ' + node.did);
 `;
 
-test('real core in its worker: an open relay link keeps the process up; a stopped node lets it end', { timeout: 60_000 }, async (t) => {
+test('real core: an open relay link keeps the process up; a stopped node lets it end', { timeout: 60_000 }, async (t) => {
   const dir = tmpDir(t);
   const relay = await standInRelay(t);
   const registry = `http://127.0.0.1:${await closedPort()}`;

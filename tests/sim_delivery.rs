@@ -1442,3 +1442,91 @@ fn sends_awaiting_receipts_write_only_their_own_records() {
     w.run_for(30_000);
     assert_eq!(w.outbox_keys(a, &bd), Vec::<String>::new());
 }
+
+/// A message that no reader waits for costs no commit of its own. Its frame's
+/// engine call stores it and sends nothing (a group-commit host carries such
+/// a batch out without committing, js-host/ENGINE.md rule 5); its relay ack
+/// leaves with the next thing that leaves anyway, in the same engine call:
+/// the reader's answer if it comes first, else the receipt to the sender
+/// (RECEIPT_DELAY_MS later). Acked at once, every message made its batch
+/// commit for the ack alone, and the reader's call commit again: two fsyncs
+/// per message where one does (bench/mesh.mjs's throughput pair, whose
+/// reader is not always waiting).
+#[test]
+fn a_message_no_reader_waits_for_costs_no_commit_of_its_own() {
+    let (mut w, ids) = world_with(31, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    w.send(a, b, "m0");
+    w.run_for(3_000);
+    assert_eq!(w.read_texts(b), ["m0"]);
+    w.run_for(3_000);
+    let bob_lines = |w: &World| -> Vec<String> {
+        let j = w.journal.as_deref().unwrap_or_default();
+        j.iter().filter(|l| l.contains(" bob ")).cloned().collect()
+    };
+    let arrived = |w: &World| {
+        bob_lines(w)
+            .iter()
+            .position(|l| l.contains("frame@") && l.contains("message"))
+    };
+    let cmds_of = |l: &str| {
+        l.split_once("=> ")
+            .map_or(String::new(), |x| x.1.to_string())
+    };
+    let until_arrival = |w: &mut World, what: &str| {
+        let mut waited = 0;
+        while arrived(w).is_none() {
+            assert!(waited < 1_000, "{what} did not reach bob");
+            w.run_for(1);
+            waited += 1;
+        }
+    };
+
+    // m1: the reader comes 5 ms after it, before the receipt is due.
+    w.journal = Some(Vec::new());
+    w.send(a, b, "m1");
+    until_arrival(&mut w, "m1");
+    let at = arrived(&w).unwrap_or(0);
+    let cmds = cmds_of(&bob_lines(&w)[at]);
+    assert!(cmds.contains("store inbox/"), "m1 is stored: {cmds}");
+    assert!(
+        !cmds.contains("send ") && !cmds.contains("tool-result") && !cmds.contains("http "),
+        "nothing of the arrival leaves, so its batch need not commit: {cmds}"
+    );
+    w.run_for(5);
+    let before_read = bob_lines(&w)[at + 1..].to_vec();
+    assert!(
+        before_read.iter().all(|l| !l.contains("send ")),
+        "nothing left before the reader came: {before_read:?}"
+    );
+    let first = bob_lines(&w).len();
+    assert_eq!(w.read_texts(b), ["m1"]);
+    let read = bob_lines(&w)[first..]
+        .iter()
+        .find(|l| l.contains("tool mesh_inbox"))
+        .cloned()
+        .unwrap_or_default();
+    let cmds = cmds_of(&read);
+    assert!(
+        cmds.contains("tool-result") && cmds.contains("send ack"),
+        "the held ack leaves with the reader's answer, in one engine call: {cmds}"
+    );
+
+    // m2: no reader; the ack leaves with the receipt, in one engine call.
+    w.run_for(3_000);
+    w.journal = Some(Vec::new());
+    w.send(a, b, "m2");
+    until_arrival(&mut w, "m2");
+    let at = arrived(&w).unwrap_or(0);
+    w.run_for(100);
+    let after = bob_lines(&w)[at + 1..].to_vec();
+    let leaving: Vec<&String> = after.iter().filter(|l| l.contains("send ")).collect();
+    assert_eq!(leaving.len(), 1, "one engine call sends: {after:?}");
+    let cmds = cmds_of(leaving[0]);
+    assert!(
+        cmds.contains("send message") && cmds.contains("send ack"),
+        "the receipt and the held ack together: {cmds}"
+    );
+    assert_eq!(w.read_texts(b), ["m2"]);
+    assert!(w.violations.is_empty(), "{:?}", w.violations);
+}

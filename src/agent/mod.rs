@@ -1032,13 +1032,18 @@ impl Agent {
         self.send_frame(cx, RelayFrame::ack(frame_id).to_text());
     }
 
-    /// Ack a frame whose effects a crash may undo at no cost: a receipt
-    /// (taken again if the relay delivers it again, and it takes nothing
-    /// twice). The host commits a batch before anything of it leaves, so an
-    /// ack sent at once would cost a commit (one fsync) of its own for every
-    /// receipt; held, it goes out with our next frame, whose batch commits
-    /// anyway, or after ACK_DELAY_MS. The relay keeps a stored frame until
-    /// it is acked, so the worst a crash does here is one redelivery.
+    /// Ack a frame later: one whose effects a crash may undo at no cost (a
+    /// receipt, taken again if the relay delivers it again, and it takes
+    /// nothing twice), or a message whose records this call stores (the
+    /// ack is only carried out after they commit). The host commits a batch
+    /// before anything of it leaves, so an ack sent at once would cost a
+    /// commit (one fsync) of its own whenever nothing else of its batch
+    /// leaves (a message that no reader waits for); held, it goes out with
+    /// the next thing this engine sends out of the process (a frame, a tool
+    /// result: `acks_ride_along`), whose batch commits anyway, or after
+    /// ACK_DELAY_MS. The relay keeps a stored frame until it is acked and a
+    /// live one needs no ack (agentmesh-wire.md §4.5), so the worst a crash
+    /// before the ack does is one redelivery, which the seen ids drop.
     fn ack_later(&mut self, cx: &mut Cx<'_>, frame_id: &str) {
         if self.acks_due.len() >= ACKS_DUE_MAX {
             self.flush_acks(cx);
@@ -1047,6 +1052,15 @@ impl Agent {
             self.arm(cx, T_ACKS, ACK_DELAY_MS);
         }
         self.acks_due.push(frame_id.to_string());
+    }
+
+    /// Held acks leave with anything of this engine call that leaves the
+    /// process: its batch commits before any of it is carried out, so they
+    /// cost no commit of their own (`ack_later`).
+    pub(crate) fn acks_ride_along(&mut self, cx: &mut Cx<'_>) {
+        if !self.acks_due.is_empty() && cx.out.iter().any(Command::waits_for_commit) {
+            self.flush_acks(cx);
+        }
     }
 
     fn flush_acks(&mut self, cx: &mut Cx<'_>) {

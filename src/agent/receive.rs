@@ -727,10 +727,11 @@ impl Agent {
             }
         }
         self.save_peer(cx, from);
-        // Acked at once: holding it back like a receipt's (it would ride
-        // after our next frame) measured no faster in alternating runs and
-        // costs a timer per message.
-        self.ack(cx, id);
+        // Acked with whatever leaves next (a reader's tool result, our next
+        // frame), not at once: at once, a message no reader waits for made
+        // its batch commit for the ack alone, then the reader's call
+        // committed again (two fsyncs per message where one does).
+        self.ack_later(cx, id);
         if let Some(s) = seq {
             self.queue_receipt(cx, from, s);
         }

@@ -148,6 +148,7 @@ impl Engine {
         if let Some(a) = self.agent.as_mut() {
             a.arm_resend(&mut cx);
             a.ask_idle(&mut cx);
+            a.acks_ride_along(&mut cx);
         }
         cx.out
     }
