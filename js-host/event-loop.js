@@ -40,8 +40,9 @@
 // A store whose commit() returns a promise (the browser's IndexedDB,
 // js-host/console/storage-idb.js) commits asynchronously: the batch's outbox
 // is carried out once the promise resolves, and no further batch starts
-// before that (events that arrive meanwhile wait and form the next batch);
-// a rejected commit stops the node as a failed one does. Reads during a
+// before that, nor before a lazy commit lands (events that arrive meanwhile
+// wait and form the next batch); a rejected commit stops the node as a
+// failed one does, and nothing after it commits. Reads during a
 // batch come from the store (which sees its own uncommitted writes) either way.
 
 import { NodeError, errorText } from './node-error.js';
@@ -111,6 +112,17 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
     let paused = false;
     try {
       while (queue.length && !fatal) {
+        if (pendingCommit) {
+          // A lazy commit is on its way (an asynchronous store): no batch
+          // starts before it lands. IndexedDB runs a later transaction even
+          // when an earlier one failed (a full quota), so a batch started now
+          // could make a session record that saw a message durable without
+          // the message itself, and the message, sent again, would be
+          // dropped as a repeat.
+          paused = true;
+          pendingCommit.then(resume);
+          return;
+        }
         const waiting = runBatch();
         if (waiting) {
           // An asynchronous commit: the outbox and the next batch wait for it.

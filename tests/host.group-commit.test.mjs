@@ -18,6 +18,7 @@ const sealed = (n) => { const b = new Uint8Array(40); b[0] = 2; b[1] = n; return
 function recordingStore(log, { failCommit = false, async = false } = {}) {
   const committed = new Map();
   let pending = null;
+  let commits = 0;
   return {
     committed,
     get inBatch() { return pending !== null; },
@@ -30,11 +31,14 @@ function recordingStore(log, { failCommit = false, async = false } = {}) {
       if (async) {
         // An IndexedDB-like store (js-host/console/storage-idb.js): the
         // transaction lands later, or fails later.
+        // failCommit 'first': only the first transaction fails; a later
+        // one still lands, as IndexedDB runs it after the failed one.
         const batch = pending;
         pending = null;
         log.push('commit started');
+        const fails = failCommit === 'first' ? ++commits === 1 : failCommit;
         return new Promise((resolve, reject) => setTimeout(() => {
-          if (failCommit) {
+          if (fails) {
             log.push('commit failed');
             return reject(Object.assign(new Error('quota exceeded'), { code: 'KARS_MESH_QUOTA' }));
           }
@@ -252,6 +256,31 @@ test('an asynchronous commit that fails (a full quota) lets nothing of the batch
   assert.deepEqual(log, ['begin', 'set r', 'commit started', 'commit failed', 'rollback']);
   assert.equal(died?.code, 'KARS_MESH_QUOTA');
   assert.match(died.message, /^cannot commit state records: quota exceeded; this node is stopped/);
+  assert.ok(loop.fatal);
+});
+
+test('an asynchronous lazy commit that fails: no later batch starts, so none commits after it (IndexedDB would run a later transaction)', async () => {
+  // A message that no reader waits for: its batch keeps everything in the
+  // process (a timer), so its stores commit lazily. While that commit is on
+  // its way, a send comes: a session record that saw the message. Had the
+  // send's batch started (and committed in a transaction of its own) before
+  // the lazy one failed, the session would be durable without the message,
+  // and the message, sent again after the restart, dropped as a repeat.
+  const log = [];
+  let died = null;
+  const store = recordingStore(log, { async: true, failCommit: 'first' });
+  const loop = loopWith((ev) => (ev.tag === 'arrive'
+    ? [{ tag: 'store', val: ['inbox/m1', sealed(1)] }, { tag: 'timer-set', val: [1n, 0] }]
+    : [{ tag: 'store', val: ['session/p', sealed(2)] }, { tag: 'socket-send', val: { socket: 1, text: 'm2' } }]), { store, log, onDeath: (e) => (died = e) });
+  loop.dispatch({ tag: 'arrive' });
+  assert.deepEqual(log, ['begin', 'set inbox/m1', 'out timer-set'], 'a lazy batch: carried out at once, not committed');
+  loop.flush(); // the lazy commit starts (as its timer would start it)
+  loop.dispatch({ tag: 'send' });
+  await loop.whenIdle();
+  await new Promise((r) => setTimeout(r, 30));
+  assert.deepEqual(log, ['begin', 'set inbox/m1', 'out timer-set', 'commit started', 'commit failed', 'rollback']);
+  assert.equal(store.committed.has('session/p'), false, 'nothing after the failed commit is durable');
+  assert.equal(died?.code, 'KARS_MESH_QUOTA');
   assert.ok(loop.fatal);
 });
 
