@@ -7,10 +7,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import http from 'node:http';
-import net from 'node:net';
 import { once } from 'node:events';
 import { WebSocketServer } from 'ws';
 import { createNode } from '../js-host/node-host.js';
+// A loopback port nothing listens on.
+import { freePort as closedPort } from './harness/servers.mjs';
 import { openStateDir } from '../js-host/state-db.js';
 import { readRecord, recordKeys, dbFile } from './harness/state-db.mjs';
 
@@ -20,16 +21,6 @@ function tmpDir(t) {
   return path.join(dir, 'state');
 }
 
-/** A loopback port nothing listens on. */
-async function closedPort() {
-  const srv = net.createServer();
-  srv.listen(0, '127.0.0.1');
-  await once(srv, 'listening');
-  const { port } = srv.address();
-  srv.close();
-  await once(srv, 'close');
-  return port;
-}
 
 const quiet = () => {};
 

@@ -14,12 +14,13 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import net from 'node:net';
 import http from 'node:http';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { WebSocketServer } from 'ws';
 import { createNode } from '../js-host/node-host.js';
+// A loopback port nothing listens on.
+import { freePort as closedPort } from './harness/servers.mjs';
 
 function tmpDir(t) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kars-mesh-link-'));
@@ -27,16 +28,6 @@ function tmpDir(t) {
   return dir;
 }
 
-/** A loopback port nothing listens on. */
-async function closedPort() {
-  const srv = net.createServer();
-  srv.listen(0, '127.0.0.1');
-  await once(srv, 'listening');
-  const { port } = srv.address();
-  srv.close();
-  await once(srv, 'close');
-  return port;
-}
 
 /** Resolves once `cond()` holds (polled), or fails naming `what` after `ms`. */
 async function until(cond, what, ms = 15_000) {

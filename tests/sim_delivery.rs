@@ -293,6 +293,13 @@ fn glare_both_send_first_at_the_same_instant() {
     fail_if(seed, "glare", &problems, &w);
 }
 
+/// The journal's lines of the agent called `name` (with the journal on).
+fn journal_of(w: &World, name: &str) -> Vec<String> {
+    let tag = format!(" {name} ");
+    let j = w.journal.as_deref().unwrap_or_default();
+    j.iter().filter(|l| l.contains(&tag)).cloned().collect()
+}
+
 /// Frames `i` put on the wire while `f` ran, captured instead of sent.
 fn capture_during(w: &mut World, i: usize, f: impl FnOnce(&mut World)) -> Vec<String> {
     w.agents[i].capture = true;
@@ -565,10 +572,7 @@ fn an_owed_ratchet_step_is_taken_in_idle_time_and_afresh_after_a_crash() {
     // her next message makes bob owe one. Watch it arrive, ms by ms.
     w.send(a, b, "m1");
     w.journal = Some(Vec::new());
-    let bob_lines = |w: &World| -> Vec<String> {
-        let j = w.journal.as_deref().unwrap_or_default();
-        j.iter().filter(|l| l.contains(" bob ")).cloned().collect()
-    };
+    let bob_lines = |w: &World| journal_of(w, "bob");
     let mut waited = 0;
     while !bob_lines(&w)
         .iter()
@@ -1460,10 +1464,7 @@ fn a_message_no_reader_waits_for_costs_no_commit_of_its_own() {
     w.run_for(3_000);
     assert_eq!(w.read_texts(b), ["m0"]);
     w.run_for(3_000);
-    let bob_lines = |w: &World| -> Vec<String> {
-        let j = w.journal.as_deref().unwrap_or_default();
-        j.iter().filter(|l| l.contains(" bob ")).cloned().collect()
-    };
+    let bob_lines = |w: &World| journal_of(w, "bob");
     let arrived = |w: &World| {
         bob_lines(w)
             .iter()
