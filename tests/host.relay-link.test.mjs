@@ -28,11 +28,10 @@ function tmpDir(t) {
   return dir;
 }
 
-
-/** Resolves once `cond()` holds (polled), or fails naming `what` after `ms`. */
+/** Resolves once `cond()` (which may return a promise) holds, polled, or fails naming `what` after `ms`. */
 async function until(cond, what, ms = 15_000) {
   const end = Date.now() + ms;
-  while (!cond()) {
+  while (!(await cond())) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -41,8 +40,7 @@ async function until(cond, what, ms = 15_000) {
 /**
  * A stand-in relay: a `ws` server that would take permessage-deflate if it
  * were offered, as the AgentMesh relay (uvicorn) does. It records each
- * connection's offer and the frames it gets, and answers a `connect` frame
- * with one frame of its own.
+ * connection's offer, its socket (to send from) and the frames it gets.
  */
 async function standInRelay(t) {
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: true });
@@ -82,11 +80,8 @@ test('real core: the relay link offers no permessage-deflate, and the core speak
   const before = (await node.callTool('mesh_identity', {})).details.mesh.stats.malformed;
   relay.seen.sockets[0].send('not json');
   let after = before;
-  const end = Date.now() + 10_000;
-  while (after === before && Date.now() < end) {
-    await new Promise((r) => setTimeout(r, 50));
-    after = (await node.callTool('mesh_identity', {})).details.mesh.stats.malformed;
-  }
+  const malformed = async () => (after = (await node.callTool('mesh_identity', {})).details.mesh.stats.malformed);
+  await until(async () => (await malformed()) !== before, 'the relay frame at the engine', 10_000);
   assert.equal(after, before + 1, 'the relay frame reached the engine');
 });
 
