@@ -55,7 +55,8 @@ export const LAZY_COMMIT_MS = 25;
  * Commands with no effect outside this process: a batch of only these may
  * commit later. The core holds relay acks back until something else of its
  * own leaves, and tells the two apart the same way (`waits_for_commit` in
- * src/io.rs): the lists must agree.
+ * src/io.rs): the lists must agree, and tests/host_contract.rs reads both
+ * and fails when they do not.
  */
 const STAYS_HERE = new Set(['timer-set', 'timer-cancel', 'file-read']);
 /** The idle event (one object: the loop tells it from dispatched events by identity). */

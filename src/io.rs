@@ -144,8 +144,8 @@ impl Command {
     /// (js-host/ENGINE.md, group commit): anything that leaves the process.
     /// Records, timers, reading a file the user named and the idle request
     /// stay in it, and a batch of only those need not commit at once (the
-    /// host's `STAYS_HERE` in js-host/event-loop.js). A file write commits
-    /// the batch before it.
+    /// host's `STAYS_HERE` in js-host/event-loop.js; tests/host_contract.rs
+    /// checks that the two agree). A file write commits the batch before it.
     pub fn waits_for_commit(&self) -> bool {
         !matches!(
             self,
