@@ -323,7 +323,7 @@ export async function mainOperator(argv, { out, err, env = process.env, signal, 
     return EXIT.OK;
   }
   const run = p.run;
-  const log = stderrLog(err, run.verbose);
+  const log = stderrLog(err, run.verbose, { longRunning: run.group === 'cluster' && run.sub === 'up' && !run.detach });
   try {
     if (run.group === 'cluster') {
       if (run.sub === 'up') {

@@ -42,6 +42,7 @@ export const CLI_WORDS = Object.freeze([
   ['use `discover` to list known agents', 'kars-mesh discover lists known agents'],
   ["use `discover` to find an agent's DID", "kars-mesh discover finds an agent's DID"],
   ['Call mesh_inbox with no arguments to see unread messages.', 'kars-mesh inbox shows unread messages.'],
+  ['Pass force=true only if the user explicitly asked to run it again.', 'Add --force to run it again.'],
 ]);
 
 /** mesh_inbox ends its text with the engine's counters as one JSON line (ENGINE.md). */
@@ -85,9 +86,20 @@ export function relayTrouble(status, relayUrl) {
   return `the relay at ${relayUrl} has not accepted the connection yet`;
 }
 
-/** A node's `log` option for a command: warnings and errors always reach stderr, the rest with -v. */
-export function stderrLog(err, verbose) {
+/**
+ * A node's `log` option for a command: warnings and errors always reach
+ * stderr, the rest with -v. `longRunning`: the process stays up (a cluster
+ * in the foreground), so the core's "retrying in 30 s" is kept; a one-shot
+ * command usually ends before that retry, and without -v the promise is
+ * left out.
+ */
+export function stderrLog(err, verbose, { longRunning = false } = {}) {
   return (level, message) => {
-    if (verbose || level === 'warn' || level === 'error') err(`kars-mesh ${level}: ${escapeLog(message)}`);
+    if (!verbose && level !== 'warn' && level !== 'error') return;
+    const text = verbose || longRunning ? message : String(message).replace(RETRY_NOTE, '');
+    err(`kars-mesh ${level}: ${escapeLog(text)}`);
   };
 }
+
+/** The core's "…; retrying in 30 s" at the end of a log line. */
+const RETRY_NOTE = /; retrying in \d+ s$/;

@@ -142,7 +142,9 @@ registry and the peers this agent has sessions with.
 (pair first with \`kars-mesh pair-with\`). Input files travel end-to-end
 encrypted to the sandbox; outputs come back into the private directory
 <state>/files/incoming/<request>/. The phases are printed as they happen,
-until the offload is done (exit 0) or fails (exit 1). Ctrl-C stops watching
+until the offload is done (exit 0) or fails (exit 1). The same task
+offloaded in the last 10 minutes starts nothing (exit 1) unless --force.
+Ctrl-C stops watching
 only: the offload goes on; \`kars-mesh offload-status --wait 600\` picks it up.
   --file PATH      an input file (repeat for more; at most 10, 31,454,208 bytes each)
   --timeout N      minutes the sandbox may run (default 30)
@@ -443,6 +445,32 @@ const SENDS = new Set(['send', 'offload', 'offload-cancel']);
 
 const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
 
+/** How long `id` waits for this run's registration and relay link to settle. */
+const ID_SETTLE_MS = 3_000;
+
+/**
+ * `id` answers from a process that has just started: until the registry has
+ * answered and the relay has accepted (or refused) this agent, it would say
+ * "Registered: not yet" and "Relay: connecting" about an agent registered
+ * long ago. Waits (bounded) for both, or for a network failure.
+ */
+async function settleIdentity(node, signal, failuresBefore, ms = ID_SETTLE_MS) {
+  const until = Date.now() + ms;
+  while (!signal.aborted && Date.now() < until) {
+    const s = await nodeStatus(node, signal);
+    if (!s || node.ioFailures > failuresBefore) return;
+    if (s.registered && (s.connected || s.relay_problem || s.relay_error)) return;
+    await sleep(50);
+  }
+}
+
+/** `id`'s lines about what did not settle in time, as a shell user can act on them. */
+export function unsettledIdText(text) {
+  return text
+    .replace(/^Registered: not yet$/m, 'Registered: not confirmed in this run (the registry has not answered; kars-mesh register waits for it and says why)')
+    .replace(/^Relay: connecting$/m, 'Relay: not connected yet (kars-mesh inbox connects, and says why if it cannot)');
+}
+
 /** The node's state (mesh_identity's details: connected, relay_problem, relay_error, outbox), or null. */
 async function nodeStatus(node, signal) {
   const r = await node.callTool('mesh_identity', {}, { signal, timeoutMs: 5_000 }).catch(() => null);
@@ -668,12 +696,14 @@ export async function main(
   let code;
   try {
     if (ctl.signal.aborted) throw ctl.signal.reason ?? new Error('interrupted');
+    if (run.command === 'id') await settleIdentity(node, ctl.signal, failuresBefore);
     const result = await node.callTool(run.tool, run.args, {
       signal: ctl.signal,
       timeoutMs: CALL_TIMEOUT_MS + run.waitSeconds * 1000,
     });
     const failed = isErrorResult(result);
-    const text = cliText(resultText(result), { verbose: run.verbose });
+    let text = cliText(resultText(result), { verbose: run.verbose });
+    if (run.command === 'id') text = unsettledIdText(text);
     if (!failed && run.command === 'send') {
       code = await sendOutcome({ node, run, result, text, out, err, signal: ctl.signal });
       return code;
@@ -690,6 +720,8 @@ export async function main(
       const ids = shown.map((m) => m.id);
       const marked = await node.callTool(run.tool, { ids, mark_read: true }, { signal: ctl.signal, timeoutMs: CALL_TIMEOUT_MS });
       if (isErrorResult(marked)) err(`kars-mesh: the messages above stay unread: ${resultText(marked)}`);
+      // The header counted them unread when they were printed.
+      else if (!run.json) out('(now marked read; kars-mesh inbox --all shows them again)');
     }
     if (!failed && run.command === 'pair-with') {
       const file = path.join(run.node.stateDir, ENDPOINTS_FILE);
@@ -707,6 +739,10 @@ export async function main(
     } else if (relayDown) {
       relayFailure(err, run, relayStatus, 'messages the relay keeps for this agent were not fetched');
       code = EXIT.UNREACHABLE;
+    } else if (run.command === 'offload' && result?.details?.mesh?.duplicate === true) {
+      // Nothing was started: a script must not take the earlier run's
+      // result for this one's.
+      code = EXIT.TOOL_ERROR;
     } else {
       code = run.follow && result?.details?.mesh?.request_id !== undefined
         ? await followOffload(node, run, out, ctl.signal)

@@ -86,8 +86,15 @@ async function walk(name, upExtra, check) {
 }
 
 test('walk-through: cluster up, pair, offload with the built-in executor, cluster down', { timeout: 240_000 }, async () => {
-  await walk('builtin', [], async ({ off, outputs, input }) => {
+  await walk('builtin', [], async ({ off, outputs, input, state }) => {
     assert.match(off.stdout, /Built-in executor: received the task \(\d+ characters\) and 1 input file\(s\)/);
+    // The same command again within 10 minutes starts nothing: said with the
+    // CLI's flag, and not exit 0 (a script would take the first run's result).
+    const again = await cli(['--state', state, 'offload', 'summarise the notes', '--file', input, '--timeout', '5']);
+    assert.equal(again.code, 1, `${again.stdout}\n${again.stderr}`);
+    assert.match(again.stdout, /already offloaded \d+s ago — not starting a new sandbox/);
+    assert.match(again.stdout, /Add --force to run it again\./);
+    assert.doesNotMatch(again.stdout + again.stderr, /force=true/);
     const report = fs.readFileSync(outputs.find((p) => p.endsWith('report.md')), 'utf8');
     const bytes = fs.readFileSync(input);
     assert.ok(report.includes(`notes.txt — ${bytes.length} bytes — sha256 ${createHash('sha256').update(bytes).digest('hex')}`), report);

@@ -268,6 +268,31 @@ test('the CLI speaks CLI: commands and flags instead of tool calls', async () =>
   assert.equal(cliText('📭 Inbox empty.\n\nDiagnostics: {"a":1}', { verbose: true }), '📭 Inbox empty.\n\nDiagnostics: {"a":1}');
 });
 
+test('id tells an agent registered earlier as registered and connected, not what a process that has just started knows; with nothing reachable it says it could not confirm, at once', async () => {
+  await registered('id-known');
+  const r = await run(['id', '--state', state('id-known')]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^Registered: yes$/m, r.stdout);
+  assert.match(r.stdout, /^Relay: connected$/m, r.stdout);
+  const closed = `http://127.0.0.1:${await freePort()}`;
+  const off = await run(['id', '--state', state('id-known')], { srv: null, env: { KARS_MESH_RELAY: closed, KARS_MESH_REGISTRY: closed } });
+  assert.equal(off.code, 0, off.stderr);
+  assert.match(off.stdout, /^Registered: not confirmed in this run \(the registry has not answered; kars-mesh register waits for it and says why\)$/m, off.stdout);
+  assert.match(off.stdout, /^Relay: (connecting \(the last attempt failed: .+\)|not connected yet \(kars-mesh inbox connects, and says why if it cannot\))$/m, off.stdout);
+  assert.ok(off.ms < 10_000, `id took ${off.ms} ms with nothing to reach`);
+});
+
+test('a one-shot command does not promise a retry it will not be there to make', async () => {
+  const closed = `http://127.0.0.1:${await freePort()}`;
+  const r = await run(['discover', '--state', state('no-retry')], { srv: null, env: { KARS_MESH_RELAY: closed, KARS_MESH_REGISTRY: closed } });
+  assert.equal(r.code, 3, r.stderr);
+  assert.match(r.stderr, /registry unreachable at http:\/\/127\.0\.0\.1:\d+/);
+  assert.doesNotMatch(r.stderr, /retrying in/);
+  // --verbose shows the core's log as it is.
+  const v = await run(['discover', '--verbose', '--state', state('no-retry')], { srv: null, env: { KARS_MESH_RELAY: closed, KARS_MESH_REGISTRY: closed } });
+  assert.match(v.stderr, /registration failed: .*; retrying in 30 s/);
+});
+
 test('register without --name after a registry restart keeps the name registered before', async () => {
   const srv = await startServers();
   closers.push(() => srv.stop());

@@ -242,6 +242,8 @@ test('exit codes: 0 ok, 1 tool error, 3 tool error with unreachable relay/regist
   n = fakeNode({ result: inboxResult, status: up });
   r = await mainWith(n, ['inbox']);
   assert.equal(r.code, EXIT.OK);
+  // The header counted it unread when it was printed; a line after the mark says it no longer is.
+  assert.equal(r.stdout, '📬 1 of 1 message(s) (1 unread):\n(now marked read; kars-mesh inbox --all shows them again)\n');
   assert.deepEqual(n.calls, [
     { tool: 'mesh_inbox', args: {} },
     { tool: 'mesh_identity', args: {} },
@@ -255,7 +257,7 @@ test('exit codes: 0 ok, 1 tool error, 3 tool error with unreachable relay/regist
   n = fakeNode({ result: inboxResult, status: down });
   r = await mainWith(n, ['inbox']);
   assert.equal(r.code, EXIT.UNREACHABLE);
-  assert.equal(r.stdout, '📬 1 of 1 message(s) (1 unread):\n');
+  assert.equal(r.stdout, '📬 1 of 1 message(s) (1 unread):\n(now marked read; kars-mesh inbox --all shows them again)\n');
   assert.match(r.stderr, /not fetched: the relay at http:\/\/127\.0\.0\.1:8083 cannot be reached: connect ECONNREFUSED/);
   assert.equal(n.calls.at(-1).args.mark_read, true);
   const empty = { content: [{ type: 'text', text: '📭 Inbox empty.\n\nDiagnostics: {}' }], details: { mesh: { messages: [] } } };
