@@ -141,11 +141,11 @@ registry and the peers this agent has sessions with.
     help: `Delegate a task to a sandbox of the cluster this agent is paired with
 (pair first with \`kars-mesh pair-with\`). Input files travel end-to-end
 encrypted to the sandbox; outputs come back into the private directory
-<state>/files/incoming/<request>/. The phases are printed as they happen,
-until the offload is done (exit 0) or fails (exit 1). The same task
-offloaded in the last 10 minutes starts nothing (exit 1) unless --force.
-Ctrl-C stops watching
-only: the offload goes on; \`kars-mesh offload-status --wait 600\` picks it up.
+<state>/files/incoming/<first 8 characters of the request id>/. The phases
+are printed as they happen, until the offload is done (exit 0) or fails
+(exit 1). The same task offloaded in the last 10 minutes starts nothing
+(exit 1) unless --force. Ctrl-C stops watching only: the offload goes on;
+\`kars-mesh offload-status --wait 600\` picks it up.
   --file PATH      an input file (repeat for more; at most 10, 31,454,208 bytes each)
   --timeout N      minutes the sandbox may run (default 30)
   --model NAME     inference model to ask for
@@ -465,7 +465,7 @@ async function settleIdentity(node, signal, failuresBefore, ms = ID_SETTLE_MS) {
 }
 
 /** `id`'s lines about what did not settle in time, as a shell user can act on them. */
-export function unsettledIdText(text) {
+function unsettledIdText(text) {
   return text
     .replace(/^Registered: not yet$/m, 'Registered: not confirmed in this run (the registry has not answered; kars-mesh register waits for it and says why)')
     .replace(/^Relay: connecting$/m, 'Relay: not connected yet (kars-mesh inbox connects, and says why if it cannot)');
