@@ -252,6 +252,7 @@ test('exit codes: 0 ok, 1 tool error, 3 tool error with unreachable relay/regist
   n = fakeNode({ result: inboxResult, status: up });
   r = await mainWith(n, ['inbox', '--peek']);
   assert.deepEqual(n.calls, [{ tool: 'mesh_inbox', args: { peek: true } }, { tool: 'mesh_identity', args: {} }]);
+  assert.equal(r.stdout, '📬 1 of 1 message(s) (1 unread):\n', 'nothing was marked read');
   // The relay not reached: what arrived earlier is shown (and marked), exit 3 says why.
   const down = { connected: false, relay_error: 'connect ECONNREFUSED 127.0.0.1:8083' };
   n = fakeNode({ result: inboxResult, status: down });
