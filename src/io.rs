@@ -140,6 +140,28 @@ pub enum Command {
 }
 
 impl Command {
+    /// The case of the WIT's `variant command` (wit/world.wit) this command
+    /// crosses the component boundary as: the name hosts switch on.
+    pub fn wire_name(&self) -> &'static str {
+        match self {
+            Command::Store(..) => "store",
+            Command::Erase(_) => "erase",
+            Command::SocketOpen { .. } => "socket-open",
+            Command::SocketSend { .. } => "socket-send",
+            Command::SocketClose { .. } => "socket-close",
+            Command::HttpRequest { .. } => "http-request",
+            Command::TimerSet { .. } => "timer-set",
+            Command::TimerCancel(_) => "timer-cancel",
+            Command::ToolResult { .. } => "tool-result",
+            Command::FileRead { .. } => "file-read",
+            Command::FileWrite(..) => "file-write",
+            Command::FileErase(_) => "file-erase",
+            Command::JobStart { .. } => "job-start",
+            Command::JobKill(_) => "job-kill",
+            Command::IdleWanted => "idle-wanted",
+        }
+    }
+
     /// Whether the host carries this out only after the batch's commit
     /// (js-host/ENGINE.md, group commit): anything that leaves the process.
     /// Records, timers, reading a file the user named and the idle request

@@ -17,28 +17,9 @@ fn source(rel: &str) -> Result<String, String> {
     std::fs::read_to_string(&path).map_err(|e| format!("cannot read {rel}: {e}"))
 }
 
-/// The wire name of a command. Exhaustive: a new variant fails to compile
-/// until it is named here, and then fails `one_of_each` until it is built.
-fn tag(c: &Command) -> &'static str {
-    match c {
-        Command::Store(..) => "store",
-        Command::Erase(_) => "erase",
-        Command::SocketOpen { .. } => "socket-open",
-        Command::SocketSend { .. } => "socket-send",
-        Command::SocketClose { .. } => "socket-close",
-        Command::HttpRequest { .. } => "http-request",
-        Command::TimerSet { .. } => "timer-set",
-        Command::TimerCancel(_) => "timer-cancel",
-        Command::ToolResult { .. } => "tool-result",
-        Command::FileRead { .. } => "file-read",
-        Command::FileWrite(..) => "file-write",
-        Command::FileErase(_) => "file-erase",
-        Command::JobStart { .. } => "job-start",
-        Command::JobKill(_) => "job-kill",
-        Command::IdleWanted => "idle-wanted",
-    }
-}
-
+/// One command of each kind. `Command::wire_name` matches every variant,
+/// so a new one gets a name there first; `every_wit_command_is_classified`
+/// then fails until it is built here too.
 fn one_of_each() -> Vec<Command> {
     vec![
         Command::Store("k".into(), vec![1]),
@@ -159,7 +140,10 @@ fn host_stays() -> Result<BTreeSet<String>, String> {
 
 #[test]
 fn every_wit_command_is_classified() -> Result<(), String> {
-    let built: BTreeSet<String> = one_of_each().iter().map(|c| tag(c).to_string()).collect();
+    let built: BTreeSet<String> = one_of_each()
+        .iter()
+        .map(|c| c.wire_name().to_string())
+        .collect();
     assert_eq!(
         built,
         wit_commands()?,
@@ -180,9 +164,9 @@ fn core_and_host_agree_on_what_leaves_the_process() -> Result<(), String> {
     }
     let disagree: Vec<String> = one_of_each()
         .iter()
-        .filter(|c| c.waits_for_commit() == stays.contains(tag(c)))
+        .filter(|c| c.waits_for_commit() == stays.contains(c.wire_name()))
         .map(|c| {
-            let t = tag(c);
+            let t = c.wire_name();
             if c.waits_for_commit() {
                 format!("{t}: the core says it leaves, the host lets it stay (STAYS_HERE, or a command its loop carries out itself)")
             } else {

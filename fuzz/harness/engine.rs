@@ -87,26 +87,6 @@ fn record_type(key: &str) -> String {
     format!("{}.v1", key.split('/').next().unwrap_or(key))
 }
 
-fn kind(c: &Command) -> &'static str {
-    match c {
-        Command::Store(..) => "store",
-        Command::Erase(_) => "erase",
-        Command::SocketOpen { .. } => "open",
-        Command::SocketSend { .. } => "send",
-        Command::SocketClose { .. } => "close",
-        Command::HttpRequest { .. } => "http",
-        Command::TimerSet { .. } => "timer",
-        Command::TimerCancel(_) => "cancel",
-        Command::ToolResult { .. } => "result",
-        Command::FileRead { .. } => "fread",
-        Command::FileWrite(..) => "fwrite",
-        Command::FileErase(_) => "ferase",
-        Command::JobStart { .. } => "job",
-        Command::JobKill(_) => "kill",
-        Command::IdleWanted => "idle",
-    }
-}
-
 impl Rig {
     /// A started engine in `mode`, registered and connected.
     pub fn new(mode: &str) -> Self {
@@ -232,7 +212,7 @@ impl Rig {
     }
 
     fn check(&mut self, c: Command) {
-        self.kinds.insert(kind(&c));
+        self.kinds.insert(c.wire_name());
         match c {
             Command::Store(ref k, ref v) if v.first() == Some(&seal::VERSION_TRAILER) => {
                 // A file chunk's outbox entry: sealed fields, then its frame.
