@@ -9,7 +9,9 @@
 //   * a wrong registry URL is named with what answered there, never its page;
 //   * an unusable --state fails at once, and SIGTERM/SIGINT end the CLI;
 //   * CLI words, not tool words; no raw diagnostics line without --verbose;
-//   * `register` without --name keeps the name after a registry restart.
+//   * `register` without --name keeps the name after a registry restart;
+//   * `id` of a registered agent says so (not what a process that has just
+//     started knows), and a one-shot command promises no retry.
 //
 //   bash scripts/node.sh --test tests/host.cli-texts.test.mjs
 import assert from 'node:assert/strict';
