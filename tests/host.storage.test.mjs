@@ -1,5 +1,8 @@
 // js-host/storage-fs.js: durable records, modes, key escaping, the state key
-// and the single-instance lock.
+// and the single-instance lock. The file-per-record store is 0.1.0's layout,
+// still read when a 0.1.0 state directory is imported; the records of a node
+// live in js-host/state-db.js, whose own checks of the same properties
+// follow the lock's.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -15,6 +18,8 @@ import {
   acquireLock,
   StateDirError,
 } from '../js-host/storage-fs.js';
+import { openStateDir as openStateDb } from '../js-host/state-db.js';
+import { MAX_KEY_BYTES } from '../js-host/sealed.js';
 
 const posix = process.platform !== 'win32';
 
@@ -321,4 +326,89 @@ test('records without a lock (openRecords) share the same layout', (t) => {
   s.close();
   const r = openRecords(dir);
   assert.deepEqual(r.list('a/'), ['a/b']);
+});
+
+// ── js-host/state-db.js: the store a node writes through ──
+
+test('state-db: set/get/delete round-trip; a batch lands whole at commit or not at all; a reopen sees what was committed', (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  const s = openStateDb(dir);
+  assert.equal(s.get('identity'), undefined);
+  s.set('identity', bytes('one'));
+  assert.ok(s.get('identity') instanceof Uint8Array);
+  assert.equal(Buffer.from(s.get('identity')).toString(), 'one');
+  s.set('identity', bytes('two'));
+  s.set('empty', new Uint8Array(0));
+  assert.equal(s.get('empty').byteLength, 0);
+  s.delete('never-existed'); // fine
+
+  s.begin();
+  s.set('sessions/a', bytes('kept'));
+  s.delete('empty');
+  assert.equal(Buffer.from(s.get('sessions/a')).toString(), 'kept', 'a batch sees its own writes');
+  s.commit();
+  s.begin();
+  s.set('sessions/b', bytes('dropped'));
+  s.set('identity', bytes('dropped'));
+  s.rollback();
+  assert.equal(s.get('sessions/b'), undefined);
+  s.close();
+
+  const again = openStateDb(dir);
+  t.after(() => again.close());
+  assert.deepEqual(again.list(''), ['identity', 'sessions/a']);
+  assert.equal(Buffer.from(again.get('identity')).toString(), 'two');
+  assert.equal(Buffer.from(again.get('sessions/a')).toString(), 'kept');
+});
+
+test('state-db: list(prefix) is sorted and exact at the prefix edge (no LIKE wildcards), and survives a reopen', (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  const s = openStateDb(dir);
+  const keys = ['sessions/did:mesh:b', 'sessions/did:mesh:a', 'sessionsX', 'inbox/002', 'inbox/001', 'identity', 'Sessions/upper', 'in%box/1', 'in_box/1', 'inbox0', 'peers/\u00fc'];
+  for (const k of keys) s.set(k, bytes(k));
+  assert.deepEqual(s.list('sessions/'), ['sessions/did:mesh:a', 'sessions/did:mesh:b']);
+  assert.deepEqual(s.list('sessions'), ['sessions/did:mesh:a', 'sessions/did:mesh:b', 'sessionsX']);
+  assert.deepEqual(s.list('inbox/'), ['inbox/001', 'inbox/002']);
+  assert.deepEqual(s.list('in%'), ['in%box/1'], '% is not a wildcard');
+  assert.deepEqual(s.list('in_'), ['in_box/1'], '_ is not a wildcard');
+  assert.deepEqual(s.list('peers/'), ['peers/\u00fc']);
+  assert.deepEqual(s.list(''), [...keys].sort());
+  assert.deepEqual(s.list('nothing'), []);
+  s.delete('inbox/001');
+  s.close();
+  const again = openStateDb(dir);
+  t.after(() => again.close());
+  assert.deepEqual(again.list('inbox/'), ['inbox/002']);
+  assert.equal(Buffer.from(again.get('sessions/did:mesh:b')).toString(), 'sessions/did:mesh:b');
+});
+
+test('state-db: over-long keys and values that are not bytes are refused without a write', (t) => {
+  const s = openStateDb(path.join(tmpDir(t), 'state'));
+  t.after(() => s.close());
+  const longest = 'k'.repeat(MAX_KEY_BYTES);
+  s.set(longest, bytes('x'));
+  s.delete(longest);
+  assert.throws(() => s.set(`${longest}/`, bytes('x')), /too long/);
+  assert.throws(() => s.set('\u00fc'.repeat(MAX_KEY_BYTES / 2 + 1), bytes('x')), /too long/, 'counted in UTF-8 bytes');
+  assert.throws(() => s.set('k', 'a string'), /Uint8Array/);
+  assert.throws(() => s.delete(`${longest}/`), /too long/);
+  assert.deepEqual(s.list(''), []);
+});
+
+test('state-db: the database, its WAL and shared-memory files are 0600 and the directory 0700, even with umask 0', { skip: !posix }, (t) => {
+  const old = process.umask(0);
+  t.after(() => process.umask(old));
+  const dir = path.join(tmpDir(t), 'a', 'state');
+  const s = openStateDb(dir);
+  t.after(() => s.close());
+  s.stateKey();
+  s.begin();
+  s.set('inbox/1', bytes('x'));
+  s.commit();
+  // The WAL and shared-memory files exist while the database is open (a
+  // clean close checkpoints the WAL away): each must be private.
+  for (const f of ['state.db', 'state.db-wal', 'state.db-shm', 'state.key', 'lock']) {
+    assert.equal(mode(path.join(dir, f)), 0o600, f);
+  }
+  assert.equal(mode(dir), 0o700);
 });

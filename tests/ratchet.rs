@@ -166,9 +166,25 @@ fn bad_bundles_are_refused() {
     let legacy = serde_json::json!({
         "initiator_identity_key": est["ik"], "ephemeral_public_key": est["ek"], "used_one_time_key_id": 0
     });
-    assert!(tk
+    let bob_legacy = tk
         .session_respond(bob, &alice_did, &legacy.to_string())
-        .is_ok());
+        .unwrap();
+    // The session built from the long names is Alice's peer: it reads her
+    // first message, and she reads its answer.
+    let (h, ct) = tk
+        .session_encrypt(init.session, b"hello, legacy", &mut rng)
+        .unwrap();
+    assert_eq!(
+        tk.session_decrypt(bob_legacy, &h.to_bytes(), &ct, &mut rng)
+            .unwrap(),
+        b"hello, legacy"
+    );
+    let (h, ct) = tk.session_encrypt(bob_legacy, b"answer", &mut rng).unwrap();
+    assert_eq!(
+        tk.session_decrypt(init.session, &h.to_bytes(), &ct, &mut rng)
+            .unwrap(),
+        b"answer"
+    );
 }
 
 #[test]
@@ -273,28 +289,43 @@ fn skip_limits_are_enforced_with_a_clear_error() {
 fn skipped_keys_total_is_capped_oldest_first() {
     let mut p = establish(5, true);
     let (a, b) = (p.a, p.b);
-    // 25 chains of 100 skipped messages each; B answers between chains so
-    // that A's next chain uses a new ratchet key.
-    let mut first_skipped = None;
-    for round in 0..25 {
-        let skipped: Vec<_> = (0..MAX_SKIP).map(|_| send(&mut p, a, b"s")).collect();
-        if round == 0 {
-            first_skipped = Some(skipped[0].clone());
-        }
+    // 25 chains of MAX_SKIP skipped messages each; B answers between chains
+    // so that A's next chain uses a new ratchet key.
+    const CHAINS: usize = 25;
+    let mut skipped = Vec::new();
+    for _ in 0..CHAINS {
+        skipped.extend((0..MAX_SKIP).map(|_| send(&mut p, a, b"s")));
         let last = send(&mut p, a, b"last");
         assert_eq!(recv(&mut p, b, &last).unwrap(), b"last");
         let r = send(&mut p, b, b"r");
         assert_eq!(recv(&mut p, a, &r).unwrap(), b"r");
     }
+    let total = skipped.len();
+    assert!(
+        total > MAX_SKIPPED_TOTAL,
+        "the test must skip more than the cap"
+    );
+    let dropped = total - MAX_SKIPPED_TOTAL;
     let snap = snapshot(&mut p, b);
     let restored = p.tk.session_import(&snap).unwrap();
-    // 2500 were skipped; only the newest 2000 remain, so the first is gone.
-    let e = recv(&mut p, restored, first_skipped.as_ref().unwrap()).unwrap_err();
-    assert!(
-        e.to_string().contains("authentication") || e.to_string().contains("already"),
-        "{e}"
-    );
-    let _ = MAX_SKIPPED_TOTAL;
+    // Exactly the newest MAX_SKIPPED_TOTAL keys survive the export: the
+    // oldest kept and the newest read, the newest dropped and the oldest
+    // do not.
+    for i in [dropped, total - 1] {
+        let got = recv(&mut p, restored, &skipped[i]);
+        assert_eq!(
+            got.as_deref().ok(),
+            Some(&b"s"[..]),
+            "skipped message {i} of {total} should still be readable: {got:?}"
+        );
+    }
+    for i in [dropped - 1, 0] {
+        let e = recv(&mut p, restored, &skipped[i]).unwrap_err();
+        assert!(
+            e.to_string().contains("authentication") || e.to_string().contains("already"),
+            "skipped message {i} of {total} should be gone: {e}"
+        );
+    }
 }
 
 /// A tiny PRNG for delivery decisions (separate from key material).

@@ -159,12 +159,18 @@ fn sweep_run(seed: u64, target: Target, k: usize) -> Option<(Vec<String>, String
     Some((problems, point))
 }
 
+/// Crash points one sweep may take; a sweep that has more fails instead of
+/// stopping quietly short.
+const MAX_POINTS: usize = 64;
+
 fn sweep(target: Target) {
     let seed = 77;
     let mut failures = Vec::new();
     let mut points = 0;
-    for k in 0..64 {
+    let mut swept_all = false;
+    for k in 0..MAX_POINTS {
         let Some((problems, point)) = sweep_run(seed, target, k) else {
+            swept_all = true;
             break;
         };
         points += 1;
@@ -173,6 +179,10 @@ fn sweep(target: Target) {
         }
     }
     assert!(points > 1, "{target:?}: the crash point was never reached");
+    assert!(
+        swept_all,
+        "{target:?}: more than {MAX_POINTS} crash points; raise MAX_POINTS so the sweep covers every one"
+    );
     assert!(
         failures.is_empty(),
         "{target:?} (seed {seed}): {} of {points} crash points break exactly-once delivery:\n  {}",
