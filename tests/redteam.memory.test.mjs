@@ -111,6 +111,9 @@ test('finding 1: 40 messages of ~3 MB from a stranger keep the wasm memory bound
   const taken = d.received_total - d0.received_total;
   const refused = d.refused_over_quota - d0.refused_over_quota;
   const growth = peak - mem0;
+  // Every message must have been dealt with: a node that stalled or dropped
+  // frames unseen would otherwise pass the memory bound below.
+  assert.equal(taken + refused, COUNT, `after 60 s the victim had taken ${taken} and refused ${refused} of the ${COUNT} messages sent`);
   const info = `memory ${(mem0 / MiB).toFixed(1)} → ${(peak / MiB).toFixed(1)} MiB (read via ${probe.source(victim)}); taken ${taken}, refused_over_quota ${refused}`;
 
   // Bounded memory: payloads must not be kept in the engine's memory.
