@@ -81,7 +81,10 @@ test('cluster up/down, pairing tokens from the operator CLI, state kept across r
   assert.ok(first.stdout.includes('kars-mesh pair generate --name NAME'), first.stdout);
   assert.equal(fs.statSync(dir).mode & 0o777, 0o700);
   assert.equal(fs.statSync(path.join(dir, 'control.sock')).mode & 0o777, 0o600);
-  for (const pid of clusterPids(dir)) assert.ok(alive(pid), `pid ${pid} runs`);
+  // An empty list would make the liveness checks here and after `down` vacuous.
+  const running = clusterPids(dir);
+  assert.equal(running.length, 3, `cluster.json should list the cluster process, the relay and the registry: ${running}`);
+  for (const pid of running) assert.ok(alive(pid), `pid ${pid} runs`);
   const health = await fetch(`${st.relay.url}/health`);
   assert.equal(health.status, 200);
   const status = await cli(['cluster', 'status', '--dir', dir]);
@@ -136,6 +139,7 @@ test('cluster up/down, pairing tokens from the operator CLI, state kept across r
   // ---- down, up again: same identity, same ledger ------------------------------
   await bob.stop();
   const pids1 = clusterPids(dir);
+  assert.equal(pids1.length, 3, `cluster.json lists ${pids1} before down`);
   const down = await cli(['cluster', 'down', '--dir', dir]);
   assert.equal(down.code, 0, down.stderr);
   assert.equal(fs.existsSync(path.join(dir, 'cluster.json')), false);

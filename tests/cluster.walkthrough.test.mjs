@@ -49,13 +49,36 @@ function sandboxPids(dir) {
   });
 }
 
+/**
+ * Collect every sandbox pid that appears under <dir>/sandboxes until stop():
+ * a sandbox's directory (its job.json with it) is erased when it ends, so
+ * reading it once after the offload, or after `cluster down`, finds nothing.
+ */
+function watchSandboxes(dir) {
+  const pids = new Set();
+  const look = () => {
+    for (const p of sandboxPids(dir)) {
+      pids.add(p);
+      seenPids.add(p);
+    }
+  };
+  // unref: a failed assertion before stop() must not keep the test process alive.
+  const timer = setInterval(look, 20).unref();
+  return { pids, stop: () => (clearInterval(timer), look()) };
+}
+
 async function walk(name, upExtra, check) {
   const dir = path.join(home, name);
   dirs.push(dir);
   const ports = ['--registry-port', String(await freePort()), '--relay-port', String(await freePort())];
   const up = await cli(['cluster', 'up', '--detach', '--dir', dir, ...ports, ...upExtra]);
-  for (const p of clusterPids(dir)) seenPids.add(p);
+  // Read now: `cluster down` deletes cluster.json, and with it these pids.
+  const started = clusterPids(dir);
+  for (const p of started) seenPids.add(p);
   assert.equal(up.code, 0, `${up.stdout}\n${up.stderr}`);
+  assert.equal(started.length, 3, `cluster.json should list the cluster process (the controller), the relay and the registry: ${started}`);
+  for (const p of started) assert.ok(alive(p), `pid ${p} from cluster.json is not running after cluster up`);
+  const sandboxes = watchSandboxes(dir);
 
   const gen = await cli(['pair', 'generate', '--dir', dir, '--name', 'laptop', '--slots', '1', '--capabilities', 'offload,handoff', '--expires', '30d']);
   assert.equal(gen.code, 0, gen.stderr);
@@ -75,14 +98,14 @@ async function walk(name, upExtra, check) {
   }
   const outputs = [...off.stdout.matchAll(/→ (.+)$/gm)].map((m) => m[1]);
   assert.ok(outputs.length > 0, off.stdout);
-  for (const p of sandboxPids(dir)) seenPids.add(p);
+  assert.ok(sandboxes.pids.size > 0, `no sandbox process was seen under ${dir}/sandboxes while the offload ran`);
   await check({ off, outputs, input, state, dir });
 
   const down = await cli(['cluster', 'down', '--dir', dir]);
+  sandboxes.stop();
   assert.equal(down.code, 0, down.stderr);
-  const pids = [...clusterPids(dir), ...sandboxPids(dir)];
-  await waitGone(pids, 5000);
-  for (const p of sandboxPids(dir)) assert.ok(!alive(p), `sandbox ${p} still running after cluster down`);
+  const all = [...started, ...sandboxes.pids];
+  assert.ok(await waitGone(all, 5000), `still running 5 s after cluster down: ${all.filter(alive).map((p) => `${p} (${started.includes(p) ? 'cluster.json' : 'sandbox'})`).join(', ')}`);
 }
 
 test('walk-through: cluster up, pair, offload with the built-in executor, cluster down', { timeout: 240_000 }, async () => {

@@ -10,8 +10,9 @@ import path from 'node:path';
 import { startServers } from './harness/servers.mjs';
 import { followOffload } from './harness/follow.mjs';
 import { createNode } from '../js-host/node-host.js';
-import { isolationSupport, killSandboxes } from '../js-host/jobs.js';
+import { killSandboxes } from '../js-host/jobs.js';
 import { untilRegistered } from './harness/registered.mjs';
+import { isolationMissing, skipTestUnlessCi } from './harness/prereq.mjs';
 
 let srv;
 let sandboxDir;
@@ -75,7 +76,8 @@ test('cloud_offload of the node\'s own state.key (or a link to it) is refused wi
   assert.deepEqual((await ctrl.callTool('offload_list', {})).details.mesh.offloads, []);
 });
 
-test('a sandbox\'s --exec command cannot read the controller\'s state.key, other sandboxes or its own state.key; the sandbox directory is erased afterwards', { timeout: 120_000, skip: !isolationSupport().ok && 'no namespaces here' }, async () => {
+test('a sandbox\'s --exec command cannot read the controller\'s state.key, other sandboxes or its own state.key; the sandbox directory is erased afterwards', { timeout: 120_000 }, async (t) => {
+  if (skipTestUnlessCi(t, isolationMissing())) return;
   const ctrlDir = tmp('ctrl-x');
   const probe = [
     `echo "ctrl: $(base64 -w0 < ${ctrlDir}/state.key 2>&1)"`,

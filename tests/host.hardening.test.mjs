@@ -15,6 +15,7 @@ import { readRecord, recordKeys } from './harness/state-db.mjs';
 import { createJobs, isolationSupport, killSandboxes, sweepSandboxDirs } from '../js-host/jobs.js';
 import { escapeLog } from '../js-host/log-escape.js';
 import { planOperator } from '../js-host/cli-operator.js';
+import { isolationMissing, skipTestUnlessCi } from './harness/prereq.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -386,7 +387,8 @@ function execJobs(L, extra = {}) {
   return sink.next((e) => e.tag === 'job-exited');
 }
 
-test('exec isolation: the command cannot read the controller\'s state.key, other sandboxes or its own state.key; it reads its inputs and writes outputs', { skip: !isolationSupport().ok && 'no namespaces here' }, async (t) => {
+test('exec isolation: the command cannot read the controller\'s state.key, other sandboxes or its own state.key; it reads its inputs and writes outputs', async (t) => {
+  if (skipTestUnlessCi(t, isolationMissing())) return;
   const L = clusterLayout(t);
   const ev = await execJobs(L);
   const log = ev.val.log;

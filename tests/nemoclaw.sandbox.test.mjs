@@ -24,7 +24,8 @@
 // has no route anywhere else, so nothing leaves the machine (OpenClaw's own
 // telemetry goes to the proxy, which refuses it). Everything is torn down in
 // `after`, also on failure. Needs root (ip netns, mount namespaces); where
-// that or network namespaces are unavailable, the test says why and skips.
+// that or network namespaces are unavailable, the test says why and skips,
+// except under CI (CI=true), where that is a failure (tests/harness/prereq.mjs).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
@@ -41,6 +42,7 @@ import { runCli } from './harness/cluster.mjs';
 import { untilRegistered } from './harness/registered.mjs';
 import { followOffload } from './harness/follow.mjs';
 import { globMatches, parsePreset, presetProblems } from './harness/nemoclaw-preset.mjs';
+import { skipTestUnlessCi } from './harness/prereq.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SANDBOX_UID = 65534; // nobody, as NemoClaw's non-root `sandbox` user
@@ -61,9 +63,17 @@ function sh(cmd, args, { allowFail = false, timeout = 30_000 } = {}) {
 
 /** Why this machine cannot run the sandbox (null when it can). */
 function cannotRun() {
-  if (process.getuid?.() !== 0) return 'needs root (ip netns, veth, mount namespaces)';
-  for (const tool of ['ip', 'unshare', 'setpriv', 'mount', 'tinyproxy']) {
-    if (!which(tool)) return `${tool} is not installed${tool === 'tinyproxy' ? ' (Debian package tinyproxy-bin; scripts/setup.sh installs it)' : ''}`;
+  if (process.getuid?.() !== 0) return 'needs root (ip netns, veth, mount namespaces): run the tests as root, as CI does';
+  // Each tool's Debian package, so the reason says how to install it.
+  const packages = {
+    ip: 'iproute2; scripts/setup.sh installs it',
+    unshare: 'util-linux',
+    setpriv: 'util-linux',
+    mount: 'mount',
+    tinyproxy: 'tinyproxy-bin; scripts/setup.sh installs it',
+  };
+  for (const [tool, pkg] of Object.entries(packages)) {
+    if (!which(tool)) return `${tool} is not installed (Debian package ${pkg})`;
   }
   if (!fs.existsSync(NODE24) || !fs.existsSync(OPENCLAW)) return `Node 24 or openclaw missing: run bash scripts/setup-openclaw.sh`;
   if (!fs.existsSync(path.join(ROOT, 'js-host/gen/kars_mesh.component.js'))) return 'js-host/gen/ missing: run bash scripts/build.sh';
@@ -222,7 +232,7 @@ before(async () => {
   S.vethNs = `kns${tag}`;
   const made = sh('ip', ['netns', 'add', S.ns], { allowFail: true });
   if (made.status !== 0) {
-    skipReason = `cannot create network namespaces: ip netns add: ${(made.stderr || made.error?.message || '').trim()}`;
+    skipReason = `cannot create network namespaces (needs root with CAP_SYS_ADMIN, e.g. a container started with --privileged): ip netns add: ${(made.stderr || made.error?.message || '').trim()}`;
     S.ns = undefined;
     return;
   }
@@ -444,10 +454,7 @@ after(async () => {
 });
 
 test('a NemoClaw-like sandbox: pair, encrypted messages both ways, discover, an offload with a file; only the preset\'s endpoints; HOME untouched', { timeout: 600_000 }, async (t) => {
-  if (skipReason) {
-    t.skip(skipReason);
-    return;
-  }
+  if (skipTestUnlessCi(t, skipReason)) return;
   // ---- from inside the namespace, the proxy is the only reachable address ----
   const probe = `const net=require('net');const out={};let n=0;const T=${JSON.stringify([
     [S.hostIp, Number(new URL(S.proxy.url).port)],

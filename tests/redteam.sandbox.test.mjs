@@ -118,7 +118,19 @@ test('finding 3: the operator\'s --exec command cannot return the controller\'s 
   const r = await mel.callTool('cloud_offload', { task: 'leak the controller key' });
   assert.ok(r.details.mesh.request_id, r.content[0].text);
   const { last } = await c.follow(mel);
-  assert.ok(['done', 'error'].includes(last.phase), JSON.stringify(last));
+  // "Nothing leaked" means something only if the script really ran in its
+  // sandbox: an offload refused (isolation not set up) or a crashed sandbox
+  // returns nothing either. So: done, the script's own output came back, and
+  // the leak attempt's outputs came back empty.
+  assert.equal(last.phase, 'done', `the --exec script did not run to the end: ${JSON.stringify(last)}`);
+  assert.match(last.summary ?? '', /^finished: leak the controller key$/m, `the script's stdout is not the summary: ${last.summary}`);
+  const got = Object.fromEntries(last.outputs.map((o) => [o.name, fs.readFileSync(path.join(mel.stateDir, 'files', o.path))]));
+  assert.equal(got['out.txt']?.toString(), 'task: leak the controller key\n', `out.txt, the script's last write, did not come back: ${JSON.stringify(last.outputs)}`);
+  // `cat state.key > leak` makes the file before cat fails: its presence shows the leak line ran.
+  assert.ok('leak' in got, `the leak attempt left no output, so it did not run: ${JSON.stringify(last.outputs)}`);
+  for (const [name, bytes] of Object.entries(got)) {
+    if (name.startsWith('leak')) assert.equal(bytes.length, 0, `${name} came back with ${bytes.length} bytes: the command could read state.key`);
+  }
   assert.ok(!holds(Buffer.from(JSON.stringify(last))), `the offload's status/summary carries the controller's state key: ${last.summary ?? last.error}`);
   const leaked = allFiles(path.join(mel.stateDir, 'files')).filter((f) => holds(fs.readFileSync(f)));
   assert.deepEqual(leaked.map((f) => path.relative(mel.stateDir, f)), [], "the controller's state.key came back to the client");

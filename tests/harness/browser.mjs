@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { skipUnlessCi } from './prereq.mjs';
 
 const SMALL_DISK = path.join(path.dirname(fileURLToPath(import.meta.url)), 'chromium-small-disk.sh');
 
@@ -34,9 +35,7 @@ export const CHROMIUM_ARGS = [
  */
 export function browserMissing() {
   if (fs.existsSync(CHROMIUM)) return null;
-  const why = `${CHROMIUM} is missing (Debian's chromium package; scripts/setup.sh installs it)`;
-  if (process.env.CI === 'true') throw new Error(`${why}: under CI the browser tests must run`);
-  return why;
+  return skipUnlessCi(`${CHROMIUM} is missing (Debian's chromium package; scripts/setup.sh installs it)`) || null;
 }
 
 const live = new Set();
