@@ -11,7 +11,7 @@ import { UsageError, checkArguments, parseArgv } from './flags.js';
 
 export const PRESET_SUMMARY = [['preset [--relay URL] [--registry URL] [--out FILE]', 'the NemoClaw network policy preset for that relay and registry']];
 
-const USAGE = `Usage: kars-mesh preset [--relay URL] [--registry URL] [--out FILE]
+export const PRESET_USAGE = `Usage: kars-mesh preset [--relay URL] [--registry URL] [--out FILE]
 
 Print the NemoClaw network policy preset that lets the kars-mesh plugin in a
 NemoClaw (OpenShell) sandbox reach this relay and this registry, and nothing
@@ -36,14 +36,14 @@ export function mainPreset(argv, { out, err, env = process.env }) {
     const parsed = parseArgv(argv, { flags: FLAGS, short: { h: 'help' }, command: () => 'preset' });
     flags = parsed.flags;
     if (flags.help) {
-      out(USAGE);
+      out(PRESET_USAGE);
       return EXIT.OK;
     }
     checkArguments(parsed.words, { required: [], optional: [] }, 'preset');
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
     err(`kars-mesh preset: ${e.message}`);
-    err(USAGE);
+    err(PRESET_USAGE);
     return EXIT.USAGE;
   }
   const relayUrl = flags.relay ?? env.KARS_MESH_RELAY;

@@ -14,7 +14,7 @@ import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { StateDirError } from './storage-fs.js';
 import { followMoved } from './state-location.js';
 import { OPERATOR_SUMMARY, mainOperator, operatorUsage } from './cli-operator.js';
-import { PRESET_SUMMARY, mainPreset } from './cli-preset.js';
+import { PRESET_SUMMARY, PRESET_USAGE, mainPreset } from './cli-preset.js';
 import { EXIT, cliText, isErrorResult, relayRefused, relayTrouble, resultText, stderrLog } from './cli-output.js';
 import { UsageError, checkArguments, onlyFlags, parseArgv, resolveDir } from './flags.js';
 
@@ -306,6 +306,7 @@ export function plan(argv, env = process.env) {
     if (topic === undefined) return { help: mainUsage() };
     if (OPERATOR_GROUPS.includes(topic)) return { help: operatorUsage(topic) };
     if (topic === 'console') return { consoleHelp: true };
+    if (topic === 'preset') return { help: PRESET_USAGE };
     if (!isCommand(topic)) throw new UsageError(`unknown command "${topic}"`);
     return { help: commandUsage(topic) };
   }

@@ -84,6 +84,15 @@ test('--help and help <command> exit 0 and print usage on stdout', async () => {
   const h = await run(['help', 'inbox']);
   assert.equal(h.code, 0);
   assert.match(h.stdout, /--wait SECONDS/);
+  // Every command the main help lists answers `help <command>` (the main
+  // help offers it), with its own usage.
+  const listed = [...r.stdout.split('\nGlobal flags')[0].matchAll(/^  ([a-z][a-z-]*)\b/gm)].map((m) => m[1]).filter((c) => c !== 'help');
+  assert.ok(listed.length >= 13, `commands listed by --help: ${listed}`);
+  for (const c of listed) {
+    const u = await run(['help', c]);
+    assert.equal(u.code, 0, `help ${c}: ${u.stderr}`);
+    assert.match(u.stdout, new RegExp(`kars-mesh ${c}\\b`), `help ${c} printed: ${u.stdout.slice(0, 200)}`);
+  }
 });
 
 test('unknown command exits 2 with usage on stderr', async () => {
