@@ -261,8 +261,14 @@ test('the plugin streams progress-only news through onUpdate and answers on othe
   assert.equal((await run([done], { wait_seconds: 5, after_events: 0 }, () => {})).r, done);
   const err = { content: [{ type: 'text', text: '❌ offload_status: bad' }], details: { mesh: { error: 'bad' } } };
   assert.equal((await run([err], { wait_seconds: 5 }, () => {})).r, err);
+  // No wait: one call and no update. (onUpdate's throws are swallowed, so
+  // the updates are collected and checked; a second answer is there so that
+  // a wrong second call would not just end on an empty answer.)
   const plain = snap([ev(1, input(1))]);
-  const once = await run([plain], {}, () => assert.fail('no update without a wait'));
+  const noWait = [];
+  const once = await run([plain, snap([ev(1, input(1)), ev(2)])], {}, (u) => noWait.push(u));
+  assert.deepEqual(noWait, [], 'no update without a wait');
+  assert.equal(once.calls.length, 1, 'one call without a wait');
   assert.equal(once.r, plain);
   const timedOut = snap([ev(1, input(1))]);
   assert.equal((await run([timedOut], { wait_seconds: 5, after_events: 1 }, () => {})).r, timedOut);

@@ -17,6 +17,7 @@ import { createNode } from '../js-host/node-host.js';
 import { killSandboxes } from '../js-host/jobs.js';
 import { followOffload } from './harness/follow.mjs';
 import { untilRegistered } from './harness/registered.mjs';
+import { rawPeer } from './peers/raw_peer.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const TASK_CMD = `"${process.execPath}" "${path.join(HERE, 'fixtures/offload-task.mjs')}"`;
@@ -182,6 +183,12 @@ test('cancel mid-run stops the sandbox and frees the slot', { timeout: 120_000 }
   assert.equal(collision?.error, 'No free sandbox slot (1 of 1 in use). Cancel or finish a running offload first.');
   assert.ok(isAlive(job.pid), 'the running sandbox was not touched');
 
+  const connected = async () => (await (await fetch(`${srv.relayUrl}/health`)).json()).connected_agents;
+  const withSandbox = await connected();
+  // Something the sandbox answers at once, sent just before the cancel: its
+  // answer (a file_transfer refused, the task runs already) comes after it.
+  const sandboxDid = list.details.mesh.offloads[0].sandbox_did;
+  await bob.callTool('mesh_send', { to: sandboxDid, message: { type: 'file_transfer', file_name: 'late.txt', file_data: Buffer.from('late\n').toString('base64') } });
   const c = await bob.callTool('offload_cancel', {});
   assert.match(c.content[0].text, /^🛑 Offload [0-9a-f]{8} cancelled\. Cleanup signal sent to the controller; the sandbox will be torn down shortly\.$/);
   const s = await bob.callTool('offload_status', {});
@@ -191,11 +198,29 @@ test('cancel mid-run stops the sandbox and frees the slot', { timeout: 120_000 }
   await waitFor(() => !isAlive(job.pid), 'sandbox process gone');
   assert.equal((await bob.callTool('offload_cancel', {})).content[0].text, 'No active cloud offload to cancel.');
   // Whatever the sandbox still sent after the cancel is dropped, not inboxed.
-  await new Promise((r) => setTimeout(r, 1000));
-  const sandboxDid = list.details.mesh.offloads[0].sandbox_did;
-  const stray = (await bob.callTool('mesh_inbox', { unread_only: false, limit: 100 })).details.mesh.messages.filter((m) => m.from === sandboxDid);
-  assert.deepEqual(stray, []);
+  // Its last frame is behind us once the relay has dropped its connection
+  // (it handles a connection's frames, then its `disconnect` or its end, in
+  // order, forwarding each to Bob's connection at once); a sentinel sent to
+  // Bob after that reaches him after all of them.
+  await waitFor(async () => (await connected()) < withSandbox, `the relay dropped the sandbox's connection (${withSandbox} connected with it)`);
+  const sentinel = await sentinelTo(bob);
+  const inbox = (await bob.callTool('mesh_inbox', { unread_only: false, limit: 100 })).details.mesh.messages;
+  assert.ok(inbox.some((m) => m.from === sentinel), 'the sentinel is in the inbox');
+  assert.deepEqual(inbox.filter((m) => m.from === sandboxDid), []);
 });
+
+/** A message to `node` from a fresh raw peer, once it is in node's inbox; returns the peer's DID. */
+async function sentinelTo(node) {
+  const p = await rawPeer({ relayUrl: srv.relayUrl, registryUrl: srv.registryUrl });
+  try {
+    const s = await p.openSession(node.did);
+    await p.encrypted(s, { type: 'message', content: 'sentinel' });
+    await waitFor(async () => (await node.callTool('mesh_inbox', { from: p.did, unread_only: false })).details.mesh.messages.length > 0, 'the sentinel reached the inbox');
+    return p.did;
+  } finally {
+    await p.close();
+  }
+}
 
 function isAlive(pid) {
   try {
@@ -246,16 +271,45 @@ test('strangers cannot pair with a used token, offload, clean up or feed a sandb
   assert.equal((await ctrl.callTool('offload_list', {})).details.mesh.offloads.length, 0);
 
   // Dave offloads a slow task; Eve tries to clean it up and to feed the sandbox.
-  await dave.callTool('cloud_offload', { task: 'sleep 4 then report' });
+  await dave.callTool('cloud_offload', { task: 'sleep 10 then report' });
   await follow(dave, { until: ['running'] });
   const [o] = (await ctrl.callTool('offload_list', {})).details.mesh.offloads;
   await eve.callTool('mesh_send', { to: ctrl.did, message: { type: 'offload_cleanup', request_id: o.request_id, reason: 'cancelled' } });
   await eve.callTool('mesh_send', { to: o.sandbox_did, message: { type: 'file_transfer', file_name: 'evil.sh', file_data: Buffer.from('rm -rf /').toString('base64') } });
+  // Eve's cleanup: a second request of hers, on the same session, is
+  // refused; the controller had handled the cleanup before it.
+  const rid4 = '11111111-2222-4333-8444-666666666666';
+  await eve.callTool('mesh_send', { to: ctrl.did, message: { type: 'offload_request', task: 'after the cleanup', files: [], file_count: 0, total_bytes: 0, preferences: { timeout_minutes: 5 }, request_id: rid4 } });
+  let after;
+  await waitFor(async () => {
+    const got2 = await eve.callTool('mesh_inbox', { from: ctrl.did, unread_only: false, limit: 50 });
+    after = got2.details.mesh.messages.map((m) => m.payload).find((p) => p.request_id === rid4);
+    return !!after;
+  }, "the controller's answer to Eve's second request");
+  assert.equal(after.error, 'Not paired with this cluster. Pair first with mesh_pair.');
+  assert.equal((await ctrl.callTool('offload_list', {})).details.mesh.offloads.length, 1, "Eve's cleanup ended Dave's offload");
+  // The sandbox's own word that it refused Eve (her session, or her message
+  // once in one; its log is in its directory while it runs: the task sleeps
+  // 10 s), and at that moment its input directory, where the file would be
+  // written, holds no evil.sh.
+  const sbDir = path.join(sandboxDir, o.sandbox_name);
+  const inDir = path.join(sbDir, 'state', 'files', 'work', 'in');
+  const sbLog = () => {
+    try {
+      return readFileSync(path.join(sbDir, 'sandbox.log'), 'utf8');
+    } catch {
+      return '';
+    }
+  };
+  const refusedEve = new RegExp(`rejected a session from ${eve.did} |dropped a message from ${eve.did}, which is not the requester`);
+  await waitFor(() => refusedEve.test(sbLog()), "the sandbox's log line refusing Eve")
+    .catch((e) => assert.fail(`${e.message}; the sandbox's log:\n${sbLog()}`));
+  assert.ok(existsSync(inDir), `no input directory ${inDir} while the task runs`);
+  assert.ok(!existsSync(path.join(inDir, 'evil.sh')), "Eve's file is in the sandbox's input directory");
   const { last } = await follow(dave);
   assert.equal(last.phase, 'done', 'a stranger cancelled the offload');
   const inputs = JSON.parse(readFileSync(path.join(dave.stateDir, 'files', last.outputs.find((x) => x.name === 'inputs.json').path), 'utf8'));
   assert.deepEqual(inputs.inputs, []);
-  assert.ok(!existsSync(path.join(sandboxDir, o.sandbox_name, 'state', 'files', 'work', 'in', 'evil.sh')));
 });
 
 test('the sandbox honours timeout_minutes: the command is stopped and the offload ends in an error', { timeout: 150_000 }, async () => {

@@ -87,16 +87,24 @@ async function waitInbox(node, from, pred, ms = 20_000) {
 }
 const says = (text) => (m) => JSON.stringify(m.payload).includes(text);
 
-test('finding 6: 500 plaintext pair_requests from made-up DIDs with bad tokens grow the controller\'s stored records by at most 5', { timeout: 90_000 }, async () => {
-  const ctrl = await start('ctrl6', { role: 'controller', clusterName: 'rt-lab' });
+test('finding 6: 500 plaintext pair_requests from made-up DIDs with bad tokens grow the controller\'s stored records by at most 5', { timeout: 150_000 }, async () => {
+  // The controller's own word that it handled each forged request (its log).
+  const refused = new Set();
+  const log = (_level, m) => {
+    const r = /^pair_request from (did:mesh:[0-9a-f]{32}): refused$/.exec(m);
+    if (r) refused.add(r[1]);
+  };
+  const ctrl = await start('ctrl6', { role: 'controller', clusterName: 'rt-lab', log });
   // A real pairing exists, so the ledger is not empty.
   await ctrl.callTool('pair_generate', { name: 'someone', slots: 1, capabilities: 'offload', expires: '1d' });
   const before = await settle(() => records(ctrl).length, { quietMs: 1000 });
 
   const attacker = await raw();
   const routed0 = await relayRouted();
+  const forged = new Set();
   for (let i = 0; i < 500; i++) {
     const from = fakeDid();
+    forged.add(from);
     await attacker.plaintext(ctrl.did, {
       type: 'pair_request',
       secret: randomBytes(32).toString('base64url'),
@@ -105,9 +113,17 @@ test('finding 6: 500 plaintext pair_requests from made-up DIDs with bad tokens g
       capabilities_requested: ['offload', 'handoff'],
     }, { from, dialect: i % 2 ? 'payload' : 'ts' });
   }
-  // Every frame routed by the relay, then the controller's state settles.
+  // Every frame routed by the relay and handled by the controller, then its
+  // state settles: without that, "grew by at most 5" would also pass for
+  // frames that never arrived.
   const routedBy = Date.now() + 20_000;
-  while ((await relayRouted()) - routed0 < 500 && Date.now() < routedBy) await sleep(200);
+  let routed = 0;
+  while ((routed = (await relayRouted()) - routed0) < 500 && Date.now() < routedBy) await sleep(200);
+  assert.ok(routed >= 500, `the relay routed ${routed} of the 500 forged pair_requests to the controller`);
+  const handledBy = Date.now() + 60_000;
+  while ([...forged].some((d) => !refused.has(d)) && Date.now() < handledBy) await sleep(200);
+  const unhandled = [...forged].filter((d) => !refused.has(d)).length;
+  assert.equal(unhandled, 0, `the controller refused ${500 - unhandled} of the 500 forged pair_requests (no log line for the others)`);
   const after = await settle(() => records(ctrl).length);
   assert.ok(after - before <= 5, `the controller's stored records grew from ${before} to ${after} (${after - before} new) after 500 forged pair_requests`);
   // The controller still works.

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startRedteamCluster, waitFor } from './harness/redteam-cluster.mjs';
 import { alive } from './harness/cluster.mjs';
-import { rawPeer } from './peers/raw_peer.mjs';
+import { rawPeer, rawToolkit } from './peers/raw_peer.mjs';
 
 let c;
 const peers = new Set();
@@ -23,7 +23,7 @@ before(async () => {
     execScript: ({ work }) => `#!/bin/sh
 case "$KARS_TASK" in
   *PWNED*) echo "ran $KARS_REQUEST_ID" >> "${work}/marker" ;;
-  *slow*) sleep 5 ;;
+  *slow*) sleep 8 ;;
   # (not instant: a task that ends before the controller's "ready" reaches
   # the client trips an unrelated race, reported separately)
   *) sleep 1 ;;
@@ -47,6 +47,35 @@ async function attacker() {
   return p;
 }
 
+/**
+ * Send `p`'s own encrypted offload_request (session `s` with the controller)
+ * and wait for the controller's refusal: the relay forwards a connection's
+ * frames in order and the controller handles them in order, so everything
+ * `p` sent before has been handled once it comes.
+ */
+async function handledUpTo(p, s) {
+  const tk = await rawToolkit();
+  const rid = randomUUID();
+  const before = p.frames.length;
+  await p.encrypted(s, offloadRequest('sentinel', rid));
+  const answers = [];
+  let read = before;
+  await waitFor(() => {
+    for (; read < p.frames.length; read++) {
+      const f = p.frames[read];
+      if (f.type !== 'message' || f.from !== c.controllerDid) continue;
+      try {
+        answers.push(JSON.parse(Buffer.from(tk.sessionDecryptFrame(s, JSON.stringify(f))).toString('utf8')));
+      } catch (e) {
+        answers.push({ undecryptable: String(e?.message ?? e) });
+      }
+    }
+    return answers.some((a) => a.request_id === rid);
+  }, `the controller's answer to the sentinel ${rid}`);
+  const refusal = answers.find((a) => a.request_id === rid);
+  assert.equal(refusal.error, 'Not paired with this cluster. Pair first with mesh_pair.', JSON.stringify(answers));
+}
+
 function offloadRequest(task, requestId = randomUUID()) {
   return {
     type: 'offload_request', task, files: [], file_count: 0, total_bytes: 0,
@@ -63,6 +92,13 @@ test('finding 2: a plaintext offload_request claiming a paired DID starts nothin
   // The original plugin's dialect (`payload`), then the TS SDK's (`ciphertext` + plaintext:true).
   await mallory.plaintext(c.controllerDid, offloadRequest('PWNED: write the marker'), { from: dave.did, dialect: 'payload' });
   await mallory.plaintext(c.controllerDid, offloadRequest('PWNED: write the marker (ts dialect)'), { from: dave.did, dialect: 'ts' });
+  // Sentinel: Mallory's own encrypted offload_request, after them on the same
+  // connection. Its "Not paired" answer proves the controller had handled the
+  // forged frames; had it taken one, Dave's slot would be taken by then (it is
+  // stored before anything is said).
+  const s = await mallory.openSession(c.controllerDid);
+  await handledUpTo(mallory, s);
+  assert.equal(await c.slotsUsed('dave'), 0, "a forged offload_request took the victim's slot");
   // Give a sandbox every chance to start and run (it takes ~1-2 s when it does).
   const until = Date.now() + 6000;
   while (Date.now() < until) {
@@ -91,7 +127,10 @@ test('finding 2: a plaintext offload_request claiming a paired DID starts nothin
   for (const dialect of ['payload', 'ts']) {
     await mallory.plaintext(c.controllerDid, { type: 'offload_cleanup', request_id: rid, reason: 'cancelled', timestamp: new Date().toISOString() }, { from: dave.did, dialect });
   }
-  await sleep(1500); // the task runs 5 s
+  // The controller has handled them (the task runs 8 s), and the sandbox was
+  // given a moment to be stopped had one been taken.
+  await handledUpTo(mallory, s);
+  await sleep(1500);
   assert.ok(alive(job.pid), 'a plaintext offload_cleanup stopped the sandbox of a running offload');
   assert.equal(await c.slotsUsed('dave'), 1, 'a plaintext offload_cleanup freed the slot of a running offload');
   let second;
