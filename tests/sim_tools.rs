@@ -118,6 +118,49 @@ fn mesh_await_matches_a_did_and_a_registry_name_and_wakes_on_arrival() {
 }
 
 #[test]
+fn mesh_await_finds_a_registered_name_written_with_capitals() {
+    // The registry matches a name exactly, case included, while senders
+    // match case-insensitively: the tool asks for the name as written and
+    // lower-cased.
+    let (mut w, ids) = world(47, &["alice", "Analyst", "Dup", "dup"]);
+    let (a, an) = (ids[0], ids[1]);
+    let (ad, and) = (w.did(a), w.did(an));
+    let call = w
+        .call(
+            a,
+            "mesh_await",
+            json!({"senders": ["Analyst"], "timeout_seconds": 60}),
+        )
+        .unwrap();
+    w.run_for(2_000);
+    assert!(pending(&w, a, &call), "answered before anyone wrote");
+    send(&mut w, an, &ad, json!("from the analyst"));
+    let r = w
+        .wait_result(a, &call, 3_000)
+        .expect("woken by the arrival");
+    let j = await_json(&r);
+    assert_eq!(j["status"], "all_received", "{j}");
+    assert_eq!(j["answered_by"]["analyst"], json!([and]));
+    // Two agents hold the name in its two forms: matched case-insensitively,
+    // the name identifies neither.
+    let r = w.call_sync(
+        a,
+        "mesh_await",
+        json!({"senders": ["Dup"], "timeout_seconds": 2}),
+        10_000,
+    );
+    let j = await_json(&r);
+    assert_eq!(j["status"], "partial_timeout", "{j}");
+    assert!(
+        j["note"]
+            .as_str()
+            .unwrap()
+            .contains("2 agents registered the name \"Dup\""),
+        "{j}"
+    );
+}
+
+#[test]
 fn mesh_await_never_trusts_a_plaintext_name_claim() {
     let ctrl_seed = [0x42; 32];
     let ctrl_did = Identity::from_seed(&ctrl_seed).did().to_string();

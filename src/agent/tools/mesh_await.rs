@@ -13,7 +13,7 @@ use crate::mesh::registry as reg;
 use crate::tools::args::{self, ArgError};
 use crate::tools::render;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub(in crate::agent) const DEFAULT_TIMEOUT_S: f64 = 180.0;
 pub(in crate::agent) const MAX_TIMEOUT_S: f64 = 600.0;
@@ -48,8 +48,18 @@ pub(in crate::agent) enum Binding {
 
 #[derive(Debug, Clone)]
 pub(in crate::agent) struct Sender {
-    /// Lower-cased, trimmed: the key of `matched`.
+    /// Lower-cased, trimmed: the key of `matched`, and what a name inside a
+    /// message is compared with.
     pub(in crate::agent) key: String,
+    /// Trimmed, as the caller wrote it: what the notes name.
+    pub(in crate::agent) name: String,
+    /// The registry matches a name exactly, case included, while a sender
+    /// matches case-insensitively (spec): it is asked for the name as
+    /// written and, when that differs, lower-cased. What the answers found
+    /// so far, and how many are still out.
+    pub(in crate::agent) lookups_out: usize,
+    pub(in crate::agent) found: BTreeSet<String>,
+    pub(in crate::agent) lookup_failed: Option<String>,
     /// A DID given directly (or through an AMID); `None` for a name.
     pub(in crate::agent) did: Option<String>,
     pub(in crate::agent) binding: Binding,
@@ -101,7 +111,15 @@ pub(in crate::agent) fn parse(a: &Value, call_id: &str) -> Result<AwaitWait, Awa
         } else {
             Binding::Pending
         };
-        senders.push(Sender { key, did, binding });
+        senders.push(Sender {
+            key,
+            name: s.clone(),
+            did,
+            binding,
+            lookups_out: 0,
+            found: BTreeSet::new(),
+            lookup_failed: None,
+        });
     }
     let timeout_s = match args::number(a, "timeout_seconds")? {
         Some(t) if t >= 1.0 => t.floor().min(MAX_TIMEOUT_S) as u64,
@@ -164,11 +182,19 @@ pub(in crate::agent) fn start(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str,
         Err(e) => return render::fail_text(cx, call_id, &e.to_string()),
     };
     w.started_ms = cx.now();
-    for s in &w.senders {
-        if s.did.is_none() {
+    for s in &mut w.senders {
+        if s.did.is_some() {
+            continue;
+        }
+        let mut forms = vec![s.name.as_str()];
+        if s.key != s.name {
+            forms.push(s.key.as_str());
+        }
+        s.lookups_out = forms.len();
+        for form in forms {
             let path = format!(
                 "/v1/discover?capability={}&limit=5",
-                reg::query_escape(&s.key)
+                reg::query_escape(form)
             );
             agent.http(
                 cx,
@@ -202,22 +228,10 @@ pub(in crate::agent) fn on_resolved(
     answer: &HttpAnswer<'_>,
 ) {
     let (ok, body, problem) = (answer.ok, answer.body, answer.problem);
-    let binding = if ok {
-        match reg::parse_discover(body) {
-            Ok(found) => {
-                // Exact capability membership is what the registry searched
-                // on; several holders means the name proves nothing.
-                let dids: Vec<String> = found.into_iter().map(|d| d.did).collect();
-                match dids.as_slice() {
-                    [] => Binding::NotRegistered,
-                    [one] => Binding::Did(one.clone()),
-                    many => Binding::Ambiguous(many.len()),
-                }
-            }
-            Err(e) => Binding::LookupFailed(e),
-        }
+    let heard = if ok {
+        reg::parse_discover(body).map(|found| found.into_iter().map(|d| d.did))
     } else {
-        Binding::LookupFailed(problem.to_string())
+        Err(problem.to_string())
     };
     let Some(w) = agent.waiters.iter_mut().find_map(|w| match w {
         crate::agent::Waiter::Await(a) if a.call_id == call_id => Some(a),
@@ -225,9 +239,28 @@ pub(in crate::agent) fn on_resolved(
     }) else {
         return;
     };
-    if let Some(s) = w.senders.iter_mut().find(|s| s.key == key) {
-        s.binding = binding;
+    let Some(s) = w.senders.iter_mut().find(|s| s.key == key) else {
+        return;
+    };
+    match heard {
+        Ok(dids) => s.found.extend(dids),
+        Err(e) => s.lookup_failed = Some(e),
     }
+    s.lookups_out = s.lookups_out.saturating_sub(1);
+    if s.lookups_out > 0 {
+        return;
+    }
+    // Exact capability membership is what the registry searched on; several
+    // holders (of the name in either form) means the name proves nothing.
+    s.binding = match (s.found.len(), &s.lookup_failed) {
+        (1, _) => s
+            .found
+            .first()
+            .map_or(Binding::NotRegistered, |d| Binding::Did(d.clone())),
+        (0, Some(e)) => Binding::LookupFailed(e.clone()),
+        (0, None) => Binding::NotRegistered,
+        (n, _) => Binding::Ambiguous(n),
+    };
     agent.wake_waiters(cx);
 }
 
@@ -238,15 +271,15 @@ fn binding_note(s: &Sender) -> Option<String> {
     }
     match &s.binding {
         Binding::Did(_) => None,
-        Binding::Pending => Some(format!("the registry had not answered for {:?}", s.key)),
+        Binding::Pending => Some(format!("the registry had not answered for {:?}", s.name)),
         Binding::Ambiguous(n) => Some(format!(
             "{n} agents registered the name {:?}, so the registry does not identify it",
-            s.key
+            s.name
         )),
-        Binding::NotRegistered => Some(format!("no agent is registered as {:?}", s.key)),
+        Binding::NotRegistered => Some(format!("no agent is registered as {:?}", s.name)),
         Binding::LookupFailed(p) => Some(format!(
             "looking up {:?} failed ({})",
-            s.key,
+            s.name,
             args::clip(p, 120)
         )),
     }
