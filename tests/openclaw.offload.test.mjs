@@ -169,7 +169,7 @@ const BAD = () => [
   ['mesh_send', { to: 5, message: 'x' }, '❌ mesh_send: `to` must be a string. Pass `to` (an agent name or did:mesh: DID) and `message` (text).'],
   ['mesh_send', { to: 'bob', message: 5 }, '❌ mesh_send: `message` must be text or a JSON object.'],
   ['mesh_send', { to: 'x'.repeat(5000), message: 'x' }, '❌ mesh_send: `to` is too long (5000 characters; at most 256). Pass `to` (an agent name or did:mesh: DID) and `message` (text).'],
-  ['mesh_send', { to: 'bob', message: 'x'.repeat(1_100_000) }, /^❌ Send failed: Message is 110\d{4} bytes; the limit is 1048576\. Send large data as a file transfer\.$/], // the size of the sealed envelope varies by a byte or two
+  ['mesh_send', { to: 'bob', message: 'x'.repeat(1_100_000) }, /^❌ Send failed: Message is 110\d{4} bytes; the limit is 1048576\. Shorten it, or split it over several mesh_send calls\.$/], // the size of the sealed envelope varies by a byte or two
   ['mesh_send', { to: 'nobody-here', message: 'x' }, '❌ Send failed: no agent is registered under the name "nobody-here". Use `discover` to list known agents, or pass a did:mesh: DID.'],
   ['mesh_send', { to: `did:mesh:${'0'.repeat(32)}`, message: 'x' }, `❌ Send failed: did:mesh:${'0'.repeat(32)} has no prekey bundle in the registry: it is not registered, or the registry restarted and the agent has not come back yet. Check the DID or try again later.`],
   ['mesh_send', { to: () => clawDid, message: 'x' }, '❌ mesh_send: `to` is this agent\'s own DID; pass another agent\'s DID or name.'],

@@ -299,7 +299,7 @@ impl Agent {
         let plain = serde_json::to_vec(&payload).unwrap_or_default();
         if plain.len() > MAX_PAYLOAD_BYTES {
             return Err(format!(
-                "Message is {} bytes; the limit is {MAX_PAYLOAD_BYTES}. Send large data as a file transfer.",
+                "Message is {} bytes; the limit is {MAX_PAYLOAD_BYTES}. Shorten it, or split it over several mesh_send calls.",
                 plain.len()
             ));
         }

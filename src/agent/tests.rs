@@ -257,7 +257,7 @@ fn a_send_outcome_is_told_in_the_original_words_and_details() {
     );
     assert_eq!(
         text(3),
-        format!("⚠️ Message to {to} (E2E encrypted) was written to the relay, but the connection closed before the relay confirmed it: it may not have arrived. It is not sent again, because the recipient cannot tell a repeat from a replay; send it again if it matters")
+        format!("⚠️ Message to {to} (E2E encrypted) was written to the relay, but the connection closed before the relay confirmed it: it may not have arrived. It is not sent again, because the recipient cannot tell a repeat from a replay; send it again (with a new idempotency_key, or none: a repeated key is not sent again) if it matters")
     );
     assert_eq!(
         results[3].1["details"]["mesh"],

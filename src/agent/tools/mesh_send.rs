@@ -75,7 +75,7 @@ pub(in crate::agent) fn send_done(
             let text = match handover {
                 Handover::Relay => format!("✓ Message sent to {target} (E2E encrypted)"),
                 Handover::Queued(why) => format!("✓ Message queued for {target} (E2E encrypted): {why}; it goes out when the link is back"),
-                Handover::Unconfirmed => format!("⚠️ Message to {target} (E2E encrypted) was written to the relay, but the connection closed before the relay confirmed it: it may not have arrived. It is not sent again, because the recipient cannot tell a repeat from a replay; send it again if it matters"),
+                Handover::Unconfirmed => format!("⚠️ Message to {target} (E2E encrypted) was written to the relay, but the connection closed before the relay confirmed it: it may not have arrived. It is not sent again, because the recipient cannot tell a repeat from a replay; send it again (with a new idempotency_key, or none: a repeated key is not sent again) if it matters"),
             };
             // What confirms delivery: the peer's receipt (kept and sent again
             // until then), or the relay alone (sent once, never repeated).
