@@ -366,6 +366,13 @@ test('an input changed while the client was down is refused after its restart, a
   assert.equal(last.error, `Input file ${file} changed since cloud_offload read it; offload it again.`);
   assert.ok(!last.events.some((e) => e.phase === 'running'), `nothing ran: ${JSON.stringify(last.events)}`);
   assert.deepEqual(last.outputs, []);
+  // "offload it again" works as said: the same task, without force, is a new
+  // offload (nothing ran, so the duplicate guard does not hold it back).
+  const again = await ivy.callTool('cloud_offload', { task: 'report', files: [file] });
+  assert.doesNotMatch(again.content[0].text, /already offloaded/, again.content[0].text);
+  assert.notEqual(again.details.mesh.request_id, last.request_id, again.content[0].text);
+  const second = await follow(ivy);
+  assert.equal(second.last.phase, 'done', JSON.stringify(second.last));
 });
 
 test('cloud_offload bad input: the documented errors, and nothing starts', { timeout: 60_000 }, async () => {

@@ -593,14 +593,17 @@ impl OffloadClient {
             .find(|(_, i, _)| i == id)
             .map(|(_, _, t)| *t)
             .unwrap_or(now);
-        let phase = self
-            .active
-            .as_ref()
-            .filter(|o| o.request_id == id)
-            .map(|o| o.phase.name())
-            .unwrap_or("finished");
+        let same = self.active.as_ref().filter(|o| o.request_id == id);
+        let phase = same.map(|o| o.phase.name()).unwrap_or("finished");
+        // While it still runs, force=true would be refused as "already in
+        // progress": say what works instead.
+        let next = if same.is_some_and(|o| !o.terminal()) {
+            "It is still running: offload_status follows it, and offload_cancel stops it if the user wants it run again."
+        } else {
+            "Pass force=true only if the user explicitly asked to run it again."
+        };
         let text = format!(
-            "⚠️  This task was already offloaded {}s ago — not starting a new sandbox.\nRequest ID: {id}\nStatus: {phase}\nPass force=true only if the user explicitly asked to run it again.",
+            "⚠️  This task was already offloaded {}s ago — not starting a new sandbox.\nRequest ID: {id}\nStatus: {phase}\n{next}",
             now.saturating_sub(started) / 1000
         );
         render::ok(
@@ -1005,8 +1008,12 @@ impl OffloadClient {
         }
         if let Some(o) = self.active.as_mut() {
             o.error = Some(error.chars().take(MAX_ERROR_CHARS).collect());
-            // Never started: the duplicate guard must not block a retry.
-            if !o.phase.reached(Phase::Ready) {
+            // The task never ran (the go-ahead, which follows the inputs,
+            // never left: a sandbox runs nothing without it), so the
+            // duplicate guard must not block a retry. An input that changed
+            // since cloud_offload read it fails here after the sandbox is
+            // ready, and its text asks for exactly that retry.
+            if !o.inputs_sent {
                 refused = Some(o.request_id.clone());
             }
         }

@@ -431,7 +431,20 @@ fn the_client_needs_a_pairing_that_grants_offload_and_runs_one_at_a_time() {
     assert!(user.port.timer_of(TimerOwner::OffloadDeadline).is_some());
     // The same task again is the same offload; another one waits its turn.
     user.call(|p, cx| client.cloud_offload(p, cx, "d", &args, Some(&pairing)));
-    assert!(text(&user.results()[0]).starts_with("⚠️  This task was already offloaded"));
+    let results = user.results();
+    let dup = text(&results[0]);
+    assert!(
+        dup.starts_with("⚠️  This task was already offloaded"),
+        "{dup}"
+    );
+    // Still running, force=true would be refused: the answer says what works.
+    assert!(
+        dup.ends_with("It is still running: offload_status follows it, and offload_cancel stops it if the user wants it run again."),
+        "{dup}"
+    );
+    let forced = json!({"task": "t", "force": true});
+    user.call(|p, cx| client.cloud_offload(p, cx, "d2", &forced, Some(&pairing)));
+    assert!(text(&user.results()[0]).starts_with("❌ Offload already in progress"));
     let other = json!({"task": "another"});
     user.call(|p, cx| client.cloud_offload(p, cx, "e", &other, Some(&pairing)));
     assert!(text(&user.results()[0]).starts_with("❌ Offload already in progress"));
