@@ -49,7 +49,9 @@ pub enum StoreError {
 pub type WithTrailer = (Zeroizing<Vec<u8>>, Vec<u8>);
 
 pub struct Vault {
-    key: Zeroizing<Vec<u8>>,
+    /// The state key, expanded once; a key of the wrong length is reported
+    /// by every read and write, as it was when each expanded its own.
+    key: Result<seal::SealKey, SealError>,
     /// Records sealed before they were bound to their key are read only
     /// until the state is migrated (`migrate`).
     accept_v1: bool,
@@ -61,7 +63,7 @@ const MIGRATED: &str = "meta/seal-v2";
 impl Vault {
     pub fn new(key: Zeroizing<Vec<u8>>) -> Self {
         Self {
-            key,
+            key: seal::SealKey::new(&key),
             accept_v1: false,
         }
     }
@@ -103,6 +105,10 @@ impl Vault {
         self.accept_v1 = false;
     }
 
+    fn key(&self) -> Result<&seal::SealKey, SealError> {
+        self.key.as_ref().map_err(Clone::clone)
+    }
+
     /// Record type used in the AAD: the key's kind (prefix) plus version.
     fn record_type(key: &str) -> String {
         let kind = key.split('/').next().unwrap_or(key);
@@ -130,7 +136,9 @@ impl Vault {
         key: &str,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        let sealed = seal::seal_bound(&self.key, &Self::record_type(key), key, bytes, host);
+        let sealed = self
+            .key()
+            .and_then(|k| k.seal_bound(&Self::record_type(key), key, bytes, host));
         Self::push_store(out, key, sealed)
     }
 
@@ -158,8 +166,9 @@ impl Vault {
         head: &[u8],
         trailer: &[u8],
     ) -> Result<(), StoreError> {
-        let rec =
-            seal::seal_with_trailer(&self.key, &Self::record_type(key), key, head, trailer, host);
+        let rec = self
+            .key()
+            .and_then(|k| k.seal_with_trailer(&Self::record_type(key), key, head, trailer, host));
         Self::push_store(out, key, rec)
     }
 
@@ -177,19 +186,16 @@ impl Vault {
             source,
         };
         if rec.first() == Some(&seal::VERSION_TRAILER) {
-            let (head, trailer) =
-                seal::unseal_with_trailer(&self.key, &Self::record_type(key), key, &rec)
-                    .map_err(sealed)?;
+            let (head, trailer) = self
+                .key()
+                .and_then(|k| k.unseal_with_trailer(&Self::record_type(key), key, &rec))
+                .map_err(sealed)?;
             return Ok(Some((head, trailer.to_vec())));
         }
-        let head = seal::unseal_bound(
-            &self.key,
-            &Self::record_type(key),
-            key,
-            &rec,
-            self.accept_v1,
-        )
-        .map_err(sealed)?;
+        let head = self
+            .key()
+            .and_then(|k| k.unseal_bound(&Self::record_type(key), key, &rec, self.accept_v1))
+            .map_err(sealed)?;
         Ok(Some((head, Vec::new())))
     }
 
@@ -227,7 +233,9 @@ impl Vault {
         let Some(sealed) = waiting else {
             return self.get(host, key);
         };
-        let bytes = seal::unseal_bound(&self.key, &Self::record_type(key), key, sealed, false)
+        let bytes = self
+            .key()
+            .and_then(|k| k.unseal_bound(&Self::record_type(key), key, sealed, false))
             .map_err(|source| StoreError::Sealed {
                 key: key.into(),
                 source,
@@ -247,18 +255,14 @@ impl Vault {
     ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
         match host.storage_get(key) {
             None => Ok(None),
-            Some(sealed) => seal::unseal_bound(
-                &self.key,
-                &Self::record_type(key),
-                key,
-                &sealed,
-                self.accept_v1,
-            )
-            .map(Some)
-            .map_err(|source| StoreError::Sealed {
-                key: key.into(),
-                source,
-            }),
+            Some(sealed) => self
+                .key()
+                .and_then(|k| k.unseal_bound(&Self::record_type(key), key, &sealed, self.accept_v1))
+                .map(Some)
+                .map_err(|source| StoreError::Sealed {
+                    key: key.into(),
+                    source,
+                }),
         }
     }
 }
