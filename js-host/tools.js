@@ -138,7 +138,7 @@ export const TOOLS = Object.freeze([
     parameters: {
       type: 'object',
       properties: {
-        limit: { type: 'number', minimum: 0, maximum: 500, description: 'Max messages to return (default: 10, at most 500)' },
+        limit: { type: 'number', minimum: 0, maximum: 500, description: 'Max messages to return (default: 10, at most 500; 0 also means the default)' },
         mark_read: { type: 'boolean', description: 'When true, flag returned entries as read.' },
         peek: {
           type: 'boolean',
@@ -165,7 +165,7 @@ export const TOOLS = Object.freeze([
           type: 'number',
           minimum: 0,
           maximum: 300,
-          description: 'Maximum wait when block_until_message=true (default 120, max 300).',
+          description: 'Maximum wait when block_until_message=true (default 120, max 300; 0 also means the default, not "do not wait").',
         },
         wait_seconds: {
           type: 'number',
@@ -195,7 +195,7 @@ export const TOOLS = Object.freeze([
           type: 'number',
           minimum: 0,
           maximum: 600,
-          description: 'Max wait in seconds (default 180, max 600).',
+          description: 'Max wait in seconds (default 180, max 600; 0 also means the default, not "do not wait").',
         },
         mark_read: {
           type: 'boolean',

@@ -123,7 +123,7 @@ test('the bounds declared are the engine\'s', () => {
   assert.equal(p('cloud_offload', 'files').maxItems, num('MAX_FILES'));
   assert.equal(p('cloud_offload', 'timeout_minutes').maximum, 24 * 60);
   assert.match(src('src/wire/limits.rs'), /pub const MAX_TIMEOUT_MINUTES: u64 = 24 \* 60;/);
-  assert.match(src('src/tools/offload_args.rs'), /chars\(\)\.count\(\) <= 200/);
+  assert.match(src('src/tools/offload_args.rs'), /const MAX_MODEL_CHARS: usize = 200;/);
   assert.equal(p('cloud_offload', 'model').maxLength, 200);
   assert.match(src('src/agent/tools/mesh_await.rs'), /const MAX_SENDERS: usize = 50;/);
   assert.equal(p('mesh_await', 'senders').maxItems, 50);

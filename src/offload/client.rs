@@ -193,6 +193,11 @@ pub struct Recent {
     /// cancel) is dropped, not put in the inbox.
     #[serde(default)]
     pub sandboxes: Vec<String>,
+    /// How the offloads in `tasks` that are over ended (request id, `done`
+    /// or `error`; a cancel is an error, spec §7.6): a duplicate answers
+    /// with the request's real status after it was cleared.
+    #[serde(default)]
+    pub ended: Vec<(String, Phase)>,
 }
 
 /// Client state outside the persisted record.
@@ -467,8 +472,27 @@ impl OffloadClient {
             o.notes.remove(0);
         }
         o.notes.push(line);
+        if phase.is_terminal() {
+            let id = o.request_id.clone();
+            self.note_ended(port, cx, id, phase);
+        }
         self.save_offload(port, cx);
         self.wake_offload_watchers(port, cx);
+    }
+
+    /// Keep how a guarded offload ended, for a duplicate asked after it was
+    /// cleared.
+    fn note_ended(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, id: String, phase: Phase) {
+        if !self.recent.tasks.iter().any(|(_, r, _)| *r == id) {
+            return;
+        }
+        self.recent.ended.retain(|(r, _)| *r != id);
+        self.recent.ended.push((id, phase));
+        let tasks = &self.recent.tasks;
+        self.recent
+            .ended
+            .retain(|(r, _)| tasks.iter().any(|(_, t, _)| t == r));
+        self.save_recent(port, cx);
     }
 
     /// The name this agent gives itself in the files it sends.
@@ -577,6 +601,10 @@ impl OffloadClient {
         self.recent
             .tasks
             .retain(|(_, _, t)| now.saturating_sub(*t) < DUPLICATE_WINDOW_MS);
+        let tasks = &self.recent.tasks;
+        self.recent
+            .ended
+            .retain(|(r, _)| tasks.iter().any(|(_, t, _)| t == r));
         self.recent
             .tasks
             .iter()
@@ -594,14 +622,24 @@ impl OffloadClient {
             .map(|(_, _, t)| *t)
             .unwrap_or(now);
         let same = self.active.as_ref().filter(|o| o.request_id == id);
-        let phase = same.map(|o| o.phase.name()).unwrap_or("finished");
-        // While it still runs, force=true would be refused as "already in
-        // progress": say what works instead.
-        let next = if same.is_some_and(|o| !o.terminal()) {
-            "It is still running: offload_status follows it, and offload_cancel stops it if the user wants it run again."
-        } else {
-            "Pass force=true only if the user explicitly asked to run it again."
+        let ended = || {
+            self.recent
+                .ended
+                .iter()
+                .find(|(r, _)| r == id)
+                .map(|(_, p)| *p)
         };
+        let phase = same.map(|o| o.phase).or_else(ended);
+        // While it still runs, force=true would be refused as "already in
+        // progress": say what works instead. One that failed or was
+        // cancelled must not read as finished.
+        let next = match phase {
+            Some(p) if !p.is_terminal() => "It is still running: offload_status follows it, and offload_cancel stops it if the user wants it run again.",
+            Some(Phase::Error) => "It did not complete (it failed or was cancelled). Pass force=true only if the user explicitly asked to run it again.",
+            _ => "Pass force=true only if the user explicitly asked to run it again.",
+        };
+        // A request ended before this build kept how (`ended`).
+        let phase = phase.map_or("ended", Phase::name);
         let text = format!(
             "⚠️  This task was already offloaded {}s ago — not starting a new sandbox.\nRequest ID: {id}\nStatus: {phase}\n{next}",
             now.saturating_sub(started) / 1000

@@ -270,6 +270,19 @@ fn a_whole_offload_from_request_to_done_and_cleanup() {
     );
     assert_eq!(controller.operator.ledger.pairings[0].slots_used, 0);
     assert_eq!(controller.offload_list(), json!([]));
+
+    // Once cleared, the same task is answered with how it ended.
+    user.results();
+    user.call(|p, cx| client.offload_status_tool(p, cx, "call-2", &json!({})));
+    user.results();
+    assert!(client.active.is_none());
+    user.call(|p, cx| client.cloud_offload(p, cx, "call-3", &args, Some(&pairing)));
+    let r = user.results();
+    let dup = text(&r[0]);
+    assert!(
+        dup.contains("\nStatus: done\nPass force=true only if"),
+        "{dup}"
+    );
 }
 
 #[test]
@@ -449,6 +462,73 @@ fn the_client_needs_a_pairing_that_grants_offload_and_runs_one_at_a_time() {
     user.call(|p, cx| client.cloud_offload(p, cx, "e", &other, Some(&pairing)));
     assert!(text(&user.results()[0]).starts_with("❌ Offload already in progress"));
     assert!(user.port.sent.is_empty());
+}
+
+/// A duplicate asked after the offload was over and cleared gives how it
+/// really ended: one cancelled after its task ran (the local `error`
+/// phase, spec §7.6) used to read "Status: finished".
+#[test]
+fn a_duplicate_of_a_cancelled_offload_says_it_did_not_complete() {
+    let (mut user, mut ctl, mut sb_side) = (Side::new(1), Side::new(2), Side::new(3));
+    let (u, c, s) = (user.did(), ctl.did(), sb_side.did());
+    let mut client = OffloadClient::default();
+    let mut controller = controller(&mut ctl, &user, 1);
+    let pairing = pairing_with(&ctl);
+    let args = json!({"task": "Count   the words"});
+    user.call(|p, cx| client.cloud_offload(p, cx, "a", &args, Some(&pairing)));
+    let request = user.take_sent_to(&c);
+    ctl.call(|p, cx| controller.on_message(p, cx, &u, request[0].clone()));
+    let news = ctl.take_sent_to(&u);
+    let (job, _, spec) = job_start(&ctl.out).expect("a sandbox is started");
+    let spec: SandboxSpec = serde_json::from_str(&spec).expect("the spec is a SandboxSpec");
+    let _sandbox = sb_side.call(|p, cx| Sandbox::start(spec, p, cx));
+    let hello = sb_side.take_sent_to(&u);
+    ctl.call(|p, cx| controller.job_ready(p, cx, job, &s));
+    for m in news.iter().chain(&ctl.take_sent_to(&u)) {
+        user.call(|p, cx| client.on_message(p, cx, &c, m.clone(), true));
+    }
+    user.call(|p, cx| client.on_message(p, cx, &s, hello[0].clone(), true));
+    assert_eq!(types(&user.take_paced_to(&s)), ["offload_start"]);
+    user.call(|p, cx| client.inputs_handed_over(p, cx));
+    user.results();
+
+    // The go-ahead left (the task ran): a cancel keeps the guard.
+    user.call(|p, cx| client.offload_cancel(p, cx, "b"));
+    assert!(text(&user.results()[0]).contains("cancelled"));
+    assert_eq!(types(&user.take_sent_to(&c)), ["offload_cleanup"]);
+    // Rendering the ended offload clears it.
+    user.call(|p, cx| client.offload_status_tool(p, cx, "c", &json!({})));
+    user.results();
+    assert!(
+        client.active.is_none(),
+        "the status cleared the ended offload"
+    );
+    // The same task (normalised) within the window: its real status.
+    let again = json!({"task": "count the words"});
+    user.call(|p, cx| client.cloud_offload(p, cx, "d", &again, Some(&pairing)));
+    let r = user.results();
+    let dup = text(&r[0]);
+    assert!(
+        dup.starts_with("⚠️  This task was already offloaded"),
+        "{dup}"
+    );
+    assert!(dup.contains("\nStatus: error\n"), "{dup}");
+    assert!(dup.contains("It did not complete"), "{dup}");
+    assert!(!dup.contains("finished"), "{dup}");
+    assert_eq!(r[0]["details"]["mesh"]["phase"], "error", "{}", r[0]);
+    // `ended` is part of the stored record, and one written before it
+    // existed still reads (its duplicate says "ended").
+    let stored = serde_json::to_value(&client.recent).expect("serialises");
+    let back: super::client::Recent = serde_json::from_value(stored).expect("reads back");
+    assert_eq!(back.ended.len(), 1);
+    let old: super::client::Recent =
+        serde_json::from_value(json!({"tasks": [["count the words", "r-old", 1]]}))
+            .expect("reads an older record");
+    assert!(old.ended.is_empty());
+    // force=true (as models write it) runs it again.
+    let forced = json!({"task": "count the words", "force": "True"});
+    user.call(|p, cx| client.cloud_offload(p, cx, "e", &forced, Some(&pairing)));
+    assert_eq!(types(&user.take_sent_to(&c)), ["offload_request"]);
 }
 
 /// A client paired with a kars controller, its offload submitted at

@@ -33,9 +33,14 @@ pub fn task(args: &Value) -> Result<String, String> {
     Ok(task)
 }
 
-/// `force=true` (or "true"): run a task again within the duplicate window.
+/// `force=true` (or "true" in any case, as models write it: "True"): run a
+/// task again within the duplicate window. Anything else is false (spec).
 pub fn force(args: &Value) -> bool {
-    args["force"] == true || args["force"] == "true"
+    match &args["force"] {
+        Value::Bool(b) => *b,
+        Value::String(s) => s.trim().eq_ignore_ascii_case("true"),
+        _ => false,
+    }
 }
 
 /// The rest of the arguments, checked once the task and the pairing are.
@@ -94,10 +99,15 @@ fn files(args: &Value) -> Result<Vec<String>, String> {
     Ok(files)
 }
 
+/// Minutes from 1 to the maximum; a number, or its string form ("30"),
+/// which models often send and every other tool reads (`tools::args`).
 fn timeout(args: &Value) -> Result<u64, String> {
     match args.get("timeout_minutes").or_else(|| args.get("timeout")) {
         None | Some(Value::Null) => Ok(DEFAULT_TIMEOUT_MINUTES),
-        Some(v) => match v.as_f64() {
+        Some(v) => match v
+            .as_f64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse::<f64>().ok()))
+        {
             Some(t) if t >= 1.0 && t <= MAX_TIMEOUT_MINUTES as f64 => Ok(t.floor() as u64),
             _ => Err(format!(
                 "timeout_minutes must be a number from 1 to {MAX_TIMEOUT_MINUTES}."
@@ -106,11 +116,17 @@ fn timeout(args: &Value) -> Result<u64, String> {
     }
 }
 
+/// The schema's `maxLength` for `model`, in characters as it counts them.
+const MAX_MODEL_CHARS: usize = 200;
+
 fn model(args: &Value) -> Result<Option<String>, String> {
     match args.get("model") {
         None | Some(Value::Null) => Ok(None),
-        // Characters, as the schema's maxLength counts them.
-        Some(Value::String(m)) if m.chars().count() <= 200 => {
+        Some(Value::String(m)) => {
+            let len = m.chars().count();
+            if len > MAX_MODEL_CHARS {
+                return Err(format!("model is {len} characters long; a model name has at most {MAX_MODEL_CHARS}. Pass only the model's name, or leave it out for the cluster's default."));
+            }
             Ok(Some(m.trim().to_string()).filter(|m| !m.is_empty()))
         }
         Some(_) => Err("model must be a string naming an inference model.".into()),
@@ -120,4 +136,67 @@ fn model(args: &Value) -> Result<Option<String>, String> {
 /// The last component of a path, as a file is named to the sandbox.
 pub fn basename(path: &str) -> String {
     path.rsplit(['/', '\\']).next().unwrap_or(path).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn force_is_true_only_for_true_in_any_case() {
+        for yes in [json!(true), json!("true"), json!("True"), json!(" TRUE ")] {
+            assert!(force(&json!({ "force": yes })), "{yes}");
+        }
+        for no in [
+            json!(false),
+            json!("false"),
+            json!("yes"),
+            json!(1),
+            json!(null),
+            json!([true]),
+        ] {
+            assert!(!force(&json!({ "force": no })), "{no}");
+        }
+        assert!(!force(&json!({})));
+    }
+
+    #[test]
+    fn timeout_reads_numbers_and_their_string_forms() {
+        let t = |v: Value| timeout(&json!({ "timeout_minutes": v }));
+        assert_eq!(t(json!(45)), Ok(45));
+        assert_eq!(t(json!("45")), Ok(45));
+        assert_eq!(t(json!(" 12.5 ")), Ok(12));
+        assert_eq!(timeout(&json!({ "timeout": "5" })), Ok(5));
+        assert_eq!(timeout(&json!({})), Ok(DEFAULT_TIMEOUT_MINUTES));
+        for bad in [json!("soon"), json!("0"), json!(0), json!(-3), json!(true)] {
+            let e = t(bad.clone()).expect_err("refused");
+            assert!(
+                e.contains(&format!("from 1 to {MAX_TIMEOUT_MINUTES}")),
+                "{bad}: {e}"
+            );
+        }
+        let over = (MAX_TIMEOUT_MINUTES + 1).to_string();
+        assert!(t(json!(over)).is_err());
+    }
+
+    #[test]
+    fn an_overlong_model_is_refused_naming_the_limit() {
+        assert_eq!(
+            model(&json!({ "model": " gpt-5.4 " })),
+            Ok(Some("gpt-5.4".into()))
+        );
+        assert_eq!(model(&json!({ "model": "  " })), Ok(None));
+        assert_eq!(
+            model(&json!({ "model": "é".repeat(200) })).map(|m| m.map(|m| m.chars().count())),
+            Ok(Some(200))
+        );
+        let e = model(&json!({ "model": "m".repeat(201) })).expect_err("refused");
+        assert!(
+            e.contains("201 characters") && e.contains("at most 200"),
+            "{e}"
+        );
+        assert!(!e.contains("mmmm"), "the value is not echoed: {e}");
+        assert!(model(&json!({ "model": 5 })).is_err());
+    }
 }
