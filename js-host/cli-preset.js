@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { EXIT } from './cli-output.js';
 import { PRESET_NAME, PresetError, presetFor } from './preset.js';
-import { UsageError, checkArguments, parseArgv } from './flags.js';
+import { UsageError, checkArguments, parseArgv, resolveDir } from './flags.js';
 
 export const PRESET_SUMMARY = [['preset [--relay URL] [--registry URL] [--out FILE]', 'the NemoClaw network policy preset for that relay and registry']];
 
@@ -63,11 +63,17 @@ export function mainPreset(argv, { out, err, env = process.env }) {
   }
   for (const w of preset.warnings) err(`kars-mesh preset: warning: ${w}`);
   if (flags.out) {
-    const file = path.resolve(flags.out);
+    const file = resolveDir(flags.out);
     if (path.basename(file) !== `${PRESET_NAME}.yaml`) {
       err(`kars-mesh preset: warning: NemoClaw expects the file name to match the preset's name: ${PRESET_NAME}.yaml`);
     }
-    fs.writeFileSync(file, preset.yaml);
+    try {
+      fs.writeFileSync(file, preset.yaml);
+    } catch (e) {
+      const why = e.code === 'ENOENT' ? `its directory ${path.dirname(file)} does not exist` : e.code === 'EACCES' || e.code === 'EPERM' ? 'this user may not write there' : e.code === 'EISDIR' ? 'it is a directory' : e.message;
+      err(`kars-mesh preset: cannot write ${file}: ${why}. Give --out a file in an existing directory you can write, or leave --out out to print the preset.`);
+      return EXIT.USAGE;
+    }
     err(`kars-mesh preset: wrote ${file}; next: nemoclaw <sandbox> policy add --from-file ${file} --dry-run`);
   } else {
     out(preset.yaml.replace(/\n$/, ''));

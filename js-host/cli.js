@@ -27,7 +27,8 @@ const CALL_TIMEOUT_MS = 120_000;
 const GLOBAL_HELP = `Global flags (before or after the command):
   --relay URL       relay base URL     (env KARS_MESH_RELAY, default ${DEFAULT_RELAY})
   --registry URL    registry base URL  (env KARS_MESH_REGISTRY, default ${DEFAULT_REGISTRY})
-  --state DIR       state directory    (env KARS_MESH_STATE, default ~/.kars-mesh)
+  --state DIR       state directory    (env KARS_MESH_STATE, absolute or ~/...;
+                    default ~/.kars-mesh)
   --name NAME       display name, registered as a capability (remembered in
                     the state directory: later commands register under it)
   --json            print the whole tool result as JSON
@@ -277,17 +278,28 @@ export function parseArgs(argv) {
   return { command: words[0], positional: words.slice(1), flags };
 }
 
-function checkUrl(flag, value) {
+/**
+ * An endpoint URL as given, trimmed. The registry takes http(s) only; neither
+ * may carry a user name or password (refused without quoting the URL, which
+ * holds it: kars-mesh never sends URL credentials, and Node's fetch refuses
+ * them quoting the whole URL).
+ */
+function checkUrl(flag, value, command, schemes = ['http:', 'https:', 'ws:', 'wss:']) {
+  const v = String(value).trim();
   let u;
   try {
-    u = new URL(value);
+    u = new URL(v);
   } catch {
-    throw new UsageError(`${flag} must be a URL like http://127.0.0.1:8083, not ${JSON.stringify(value)}`);
+    throw new UsageError(`${flag} must be a URL like ${schemes.includes('ws:') ? 'http://127.0.0.1:8083' : 'http://127.0.0.1:8082'}, not ${JSON.stringify(v)}`, command);
   }
-  if (!['http:', 'https:', 'ws:', 'wss:'].includes(u.protocol)) {
-    throw new UsageError(`${flag} must be an http(s) or ws(s) URL, not ${JSON.stringify(value)}`);
+  if (u.username || u.password) {
+    throw new UsageError(`${flag} carries a user name or password (user:password@host): remove them; kars-mesh never sends URL credentials (a relay token goes in KARS_MESH_RELAY_TOKEN)`, command);
   }
-  return value;
+  if (!schemes.includes(u.protocol)) {
+    const want = schemes.includes('ws:') ? 'an http(s) or ws(s) URL' : 'an http(s) URL';
+    throw new UsageError(`${flag} must be ${want}, not ${JSON.stringify(v)}`, command);
+  }
+  return v;
 }
 
 function nonNegative(flag, value, { integer = false } = {}) {
@@ -329,6 +341,7 @@ export function plan(argv, env = process.env) {
   if (flags.timeout !== undefined) parsed.timeout = nonNegative('--timeout', flags.timeout);
 
   if (command === 'pair-with' && positional[0] === '-') positional[0] = readStdin();
+  if (command === 'pair-with') positional[0] = unquoteToken(positional[0]);
   // pair-with: the token says where its cluster is, and only the engine reads
   // tokens (asynchronously), so main() settles the node with run.nodeFor(urls).
   const nodeFor = (fromToken) => nodeSettings(flags, env, command, fromToken);
@@ -359,7 +372,16 @@ function nodeSettings(flags, env, command, fromToken) {
   // The default follows ~/.kars-mesh/MOVED.json to where the OpenClaw plugin
   // imported it (state-location.js): the CLI and the Gateway keep one
   // identity and take turns through its lock.
-  const stateRaw = flags.state ?? (env.KARS_MESH_STATE || followMoved(path.join(os.homedir(), '.kars-mesh')));
+  const fromEnv = flags.state === undefined ? env.KARS_MESH_STATE?.trim() : undefined;
+  // The OpenClaw plugin reads a relative KARS_MESH_STATE from the home
+  // directory, a command would read it from wherever it runs: two identities.
+  if (fromEnv && !path.isAbsolute(fromEnv) && !/^~(?=$|[\\/])/.test(fromEnv)) {
+    throw new UsageError(
+      `KARS_MESH_STATE=${JSON.stringify(fromEnv)} is a relative path: a command would take it from its working directory and the OpenClaw plugin from the home directory, two different identities. Set it to an absolute path (or ~/${fromEnv}), or pass --state DIR`,
+      command,
+    );
+  }
+  const stateRaw = flags.state ?? (fromEnv || followMoved(path.join(os.homedir(), '.kars-mesh')));
   if (!stateRaw) throw new UsageError('--state needs a directory', command);
   const stateDir = resolveDir(stateRaw);
   // After pair-with, the cluster's relay and registry are remembered for this
@@ -375,7 +397,7 @@ function nodeSettings(flags, env, command, fromToken) {
       : paired[key] ? [`${ENDPOINTS_FILE} in the state directory (written by pair-with)`, paired[key]]
       : ['the default', fallback];
     from[flag] = source;
-    return checkUrl(source, value);
+    return checkUrl(source, value, command, flag === 'registry' ? ['http:', 'https:'] : undefined);
   };
   const relayUrl = endpoint('relay', 'KARS_MESH_RELAY', DEFAULT_RELAY);
   const registryUrl = endpoint('registry', 'KARS_MESH_REGISTRY', DEFAULT_REGISTRY);
@@ -403,6 +425,21 @@ function rememberedEndpoints(stateDir) {
     return { relayUrl: typeof j.relay_url === 'string' ? j.relay_url : undefined, registryUrl: typeof j.registry_url === 'string' ? j.registry_url : undefined };
   } catch {
     return {};
+  }
+}
+
+/**
+ * A token as users paste it: inside quotes (from a chat or a document,
+ * straight or curly) and with spaces around. The engine's own reader copes
+ * with that; the URLs the CLI reads from the token did not, so the node
+ * started on the default relay and mesh_pair blamed the token's relay_url.
+ */
+export function unquoteToken(raw) {
+  let t = String(raw ?? '').trim();
+  for (;;) {
+    const m = /^(["'`\u2018\u201c])([\s\S]*)(["'`\u2019\u201d])$/.exec(t);
+    if (!m) return t;
+    t = m[2].trim();
   }
 }
 
@@ -737,6 +774,15 @@ export async function main(
     if (failed) {
       // A tool error while the host saw the network fail: relay/registry unreachable.
       code = node.ioFailures > failuresBefore || aboutRegistry ? EXIT.UNREACHABLE : EXIT.TOOL_ERROR;
+      // A pairing that timed out while this agent never reached the relay:
+      // the controller could not have answered, so name the relay, not it.
+      if (run.command === 'pair-with') {
+        const status = await nodeStatus(node, ctl.signal);
+        if (status && !status.connected) {
+          relayFailure(err, run, status, 'the pairing request never reached the cluster');
+          code = EXIT.UNREACHABLE;
+        }
+      }
     } else if (relayDown) {
       relayFailure(err, run, relayStatus, 'messages the relay keeps for this agent were not fetched');
       code = EXIT.UNREACHABLE;

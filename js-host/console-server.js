@@ -71,6 +71,11 @@ const gzip = promisify(zlib.gzip);
 export async function startConsoleServer({ port = 0, host = '127.0.0.1', relayUrl, registryUrl, relayToken, name, extraPrefixes = [], log = () => {} }) {
   const relay = new URL(relayUrl);
   const registry = new URL(registryUrl);
+  // Refused without quoting the URL, which holds the password (as the
+  // engine and the CLI refuse it): kars-mesh never sends URL credentials.
+  for (const [what, u] of [['relay', relay], ['registry', registry]]) {
+    if (u.username || u.password) throw new Error(`the ${what} URL carries a user name or password (user:password@host): remove them`);
+  }
   if (!['http:', 'https:', 'ws:', 'wss:'].includes(relay.protocol)) throw new Error(`the relay URL must be http(s) or ws(s): ${relayUrl}`);
   if (!['http:', 'https:'].includes(registry.protocol)) throw new Error(`the registry URL must be http(s): ${registryUrl}`);
   const registryBase = registryUrl.replace(/\/+$/, '');

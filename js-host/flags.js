@@ -96,7 +96,16 @@ export function checkArguments(args, { required = [], optional = [], rest = fals
     throw new UsageError(`missing ${required.slice(args.length).map((p) => `<${p}>`).join(' ')}`, topic);
   }
   const takes = required.length + optional.length;
-  if (!rest && args.length > takes) throw new UsageError(`unexpected argument ${JSON.stringify(args[takes])}`, topic);
+  if (!rest && args.length > takes) {
+    const extra = args[takes];
+    // A long word is likely part of a secret split by a line wrap (a pairing
+    // token pasted unquoted): say it is there, not what it is.
+    const shown = extra.length <= 40 && !/azcp_/i.test(args.join(' ')) ? JSON.stringify(extra) : `(${extra.length} characters, not shown)`;
+    const token = required.includes('token')
+      ? `; if it is the rest of the token, put the whole token in quotes, or pass - to read it from standard input`
+      : '';
+    throw new UsageError(`unexpected argument ${shown}${token}`, topic);
+  }
 }
 
 /** A directory given on the command line: a leading ~ is the home directory. */

@@ -491,7 +491,15 @@ async function start(node, config, logger, stateDir) {
   if (typeof did !== 'string' || !did.startsWith('did:')) {
     await node.stop();
     const why = logger.startErrors.length ? logger.startErrors.join('; ') : identity?.content?.[0]?.text ?? 'no DID';
-    throw new StateDirError(`the kars-mesh core could not open the identity in ${stateDir}: ${why}`, { code: 'KARS_MESH_START' });
+    // A setting the engine cannot use (a URL, accept_sessions) is not a
+    // problem with the identity or its directory: say which it is.
+    const settings = /(^|; )configuration: /.test(why);
+    throw new StateDirError(
+      settings
+        ? `the kars-mesh node cannot start with these settings: ${why.replace(/(^|; )configuration: /g, '$1')}`
+        : `the kars-mesh core could not open the identity in ${stateDir}: ${why}`,
+      { code: 'KARS_MESH_START' },
+    );
   }
   return { did, amid: identity?.details?.mesh?.amid };
 }

@@ -96,7 +96,9 @@ export function presetFor({ relayUrl, registryUrl }) {
   const wsPath = relay.base.endsWith('/ws') ? relay.base : `${relay.base}/ws`;
   const endpoints = [
     { ...relay, protocol: 'websocket', rules: RELAY_METHODS.map((m) => [m, wsPath]) },
-    { ...registry, protocol: 'rest', rules: REGISTRY_RULES.map(([m, p]) => [m, registry.base + p]) },
+    // The registry's base as the engine takes it (src/agent/mod.rs): a
+    // pasted /v1 is the API's own prefix, not part of the base.
+    { ...registry, protocol: 'rest', rules: REGISTRY_RULES.map(([m, p]) => [m, registry.base.replace(/\/v1$/, '') + p]) },
   ];
   const warnings = [hostWarning('relay', relay.host), hostWarning('registry', registry.host)].filter(Boolean);
   const lines = [

@@ -116,7 +116,17 @@ test('usage errors exit 2: no command, missing arguments, bad flags and values',
     [['inbox', '--wait'], /--wait needs a value/],
     [['id', '--wait', '3'], /--wait does not apply to "id"/],
     [['id', '--relay', 'not a url'], /--relay must be a URL/],
-    [['id', '--registry', 'ftp://x'], /--registry must be an http\(s\) or ws\(s\) URL/],
+    [['id', '--registry', 'ftp://x'], /--registry must be an http\(s\) URL/],
+    [['id', '--relay', 'ftp://x'], /--relay must be an http\(s\) or ws\(s\) URL/],
+    // The registry is reached over HTTP only: a ws:// registry used to reach
+    // the engine and come back as 'could not open the identity … not valid JSON'.
+    [['id', '--registry', 'ws://127.0.0.1:8082'], /--registry must be an http\(s\) URL/],
+    // Credentials are refused without quoting the URL that holds them.
+    [['id', '--relay', 'https://bob:hunter2@relay.example'], /--relay carries a user name or password/],
+    [['id', '--registry', 'http://hunter2@127.0.0.1:8082'], /--registry carries a user name or password/],
+    // A token split by a line wrap: its second half (where the secret is) is not echoed.
+    [['pair-with', 'azcp_1_eyJjb250cm9sbGVy', 'hunter2hunter2'], /unexpected argument \(14 characters, not shown\); if it is the rest of the token, put the whole token in quotes, or pass - to read it/],
+    [['discover', 'x', 'hunter2'.repeat(7)], /unexpected argument \(49 characters, not shown\)$/m],
   ];
   const results = await Promise.all(cases.map(([args]) => run([...args, '--state', path.join(dir, 's')], { home: dir })));
   for (const [i, [args, re]] of cases.entries()) {
@@ -124,8 +134,31 @@ test('usage errors exit 2: no command, missing arguments, bad flags and values',
     assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
     assert.match(r.stderr, re, args.join(' '));
     assert.match(r.stderr, /Usage: kars-mesh/, args.join(' '));
+    assert.doesNotMatch(r.stderr, /hunter2/, args.join(' '));
   }
   assert.equal(fs.existsSync(path.join(dir, 's')), false, 'usage errors touch no state');
+});
+
+test('a relative KARS_MESH_STATE is refused: the plugin reads it from the home directory, a command from where it runs', async (t) => {
+  const dir = tmp(t);
+  const cwd = path.join(dir, 'work');
+  fs.mkdirSync(cwd);
+  const r = await new Promise((resolve) => {
+    const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KARS_MESH_')));
+    const child = spawn(process.execPath, [BIN, 'id'], { cwd, env: { ...clean, HOME: dir, KARS_MESH_STATE: 'relstate' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('close', (code) => resolve({ code, stderr }));
+  });
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /KARS_MESH_STATE="relstate" is a relative path/);
+  assert.match(r.stderr, /Set it to an absolute path \(or ~\/relstate\)/);
+  assert.equal(fs.existsSync(path.join(cwd, 'relstate')), false, 'no identity made in the working directory');
+  assert.equal(fs.existsSync(path.join(dir, 'relstate')), false, 'nor in the home directory');
+  // ~/… and absolute paths are taken; --state still reads a relative path from where it runs.
+  const tilde = await run(['id'], { home: dir, env: { KARS_MESH_STATE: '~/from-tilde' } });
+  assert.equal(tilde.code, 0, tilde.stderr);
+  assert.ok(fs.existsSync(path.join(dir, 'from-tilde', 'state.key')));
 });
 
 test('a state directory in use exits 3 with an actionable message', async (t) => {
@@ -281,4 +314,50 @@ test('exit codes: 0 ok, 1 tool error, 3 tool error with unreachable relay/regist
   assert.equal(r.code, EXIT.INTERRUPTED);
   assert.deepEqual(n.calls[0].args, { wait_seconds: 60 });
   assert.equal(n.stopped, true, 'an interrupted command still stops the node');
+});
+
+test('a pairing token pasted inside quotes still names its relay and registry', async () => {
+  const { unquoteToken, tokenUrls } = await import('../js-host/cli.js');
+  const json = JSON.stringify({ controller_amid: 'a'.repeat(32), relay_url: 'http://127.0.0.1:18083', registry_url: 'http://127.0.0.1:18082', secret: 's'.repeat(43) });
+  const token = 'azcp_1_' + Buffer.from(json).toString('base64url');
+  for (const pasted of [token, ` ${token}\n`, `"${token}"`, `'${token}'`, `\u201c${token}\u201d`, `"'${token}'"`, `\`${token}\``]) {
+    assert.equal(unquoteToken(pasted), token, JSON.stringify(pasted.slice(0, 3)));
+    assert.deepEqual(await tokenUrls(unquoteToken(pasted)), { relayUrl: 'http://127.0.0.1:18083', registryUrl: 'http://127.0.0.1:18082' });
+  }
+  // Quoted, the engine's token reader found no URLs: the node started on the default relay.
+  assert.deepEqual(await tokenUrls(`"${token}"`), {});
+  assert.equal(unquoteToken('"unbalanced'), '"unbalanced');
+  // pair-with hands mesh_pair (and the URL reader) the unquoted token.
+  assert.equal(plan(['pair-with', `"${token}"`], {}).run.args.token, token);
+  // URLs as pasted: spaces around are dropped.
+  assert.equal(plan(['id', '--relay', ' http://r:1 '], {}).run.node.relayUrl, 'http://r:1');
+});
+
+test('the console server refuses a relay or registry URL with credentials, without quoting it', async () => {
+  const { startConsoleServer } = await import('../js-host/console-server.js');
+  for (const [relayUrl, registryUrl, what] of [
+    ['http://bob:hunter2@127.0.0.1:1', 'http://127.0.0.1:2', 'relay'],
+    ['http://127.0.0.1:1', 'http://hunter2@127.0.0.1:2', 'registry'],
+  ]) {
+    await assert.rejects(startConsoleServer({ port: 0, relayUrl, registryUrl }), (e) => {
+      assert.match(e.message, new RegExp(`the ${what} URL carries a user name or password`));
+      assert.doesNotMatch(e.message, /hunter2|bob/);
+      return true;
+    });
+  }
+});
+
+test('pair-with that timed out while the relay was never reached names the relay, not the controller', async () => {
+  const json = JSON.stringify({ controller_amid: 'a'.repeat(32), relay_url: 'http://127.0.0.1:9', registry_url: 'http://127.0.0.1:10', secret: 's'.repeat(43) });
+  const token = 'azcp_1_' + Buffer.from(json).toString('base64url');
+  const timedOut = { content: [{ type: 'text', text: '❌ Pairing timed out after 30s: the controller did not answer.' }], details: { mesh: { error: 'Pairing timed out' } } };
+  const down = { connected: false, relay_error: 'connect ECONNREFUSED 127.0.0.1:9' };
+  let r = await mainWith(fakeNode({ result: timedOut, status: down }), ['pair-with', token]);
+  assert.equal(r.code, EXIT.UNREACHABLE);
+  assert.match(r.stderr, /the pairing request never reached the cluster: .*ECONNREFUSED 127\.0\.0\.1:9/);
+  assert.match(r.stderr, /the relay URL http:\/\/127\.0\.0\.1:9 came from the token's relay_url/);
+  // Connected: the controller's silence is the news, as before.
+  r = await mainWith(fakeNode({ result: timedOut, status: { connected: true } }), ['pair-with', token]);
+  assert.equal(r.code, EXIT.TOOL_ERROR);
+  assert.doesNotMatch(r.stderr, /never reached the cluster/);
 });

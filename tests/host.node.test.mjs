@@ -88,6 +88,28 @@ test('real core: the identity record on disk is sealed, not plaintext', async (t
   }
 });
 
+test('real core: settings the engine cannot use are named as settings, not as the identity', async (t) => {
+  const stateDir = tmpDir(t);
+  const port = await closedPort();
+  const base = { stateDir, relayUrl: `http://127.0.0.1:${port}`, registryUrl: `http://127.0.0.1:${port}`, log: quiet };
+  for (const [opts, re] of [
+    [{ acceptSessions: 'everyone' }, /^the kars-mesh node cannot start with these settings: accept_sessions: "everyone" is neither "all" nor a DID/],
+    [{ registryUrl: `ws://127.0.0.1:${port}` }, /^the kars-mesh node cannot start with these settings: registry URL .* must start with http:\/\/ or https:\/\//],
+    [{ relayUrl: `https://bob:hunter2@127.0.0.1:${port}` }, /^the kars-mesh node cannot start with these settings: the relay URL carries a user name or password/],
+  ]) {
+    await assert.rejects(createNode({ ...base, ...opts }), (e) => {
+      assert.match(e.message, re);
+      assert.doesNotMatch(e.message, /could not open the identity|not valid JSON|hunter2/);
+      return true;
+    });
+    assert.equal(fs.existsSync(path.join(stateDir, 'lock')), false, 'the failed start released the lock');
+  }
+  // The same directory starts with usable settings, and "ALL" is "all".
+  const node = await createNode({ ...base, acceptSessions: 'ALL' });
+  t.after(() => node.stop());
+  assert.match(node.did, /^did:mesh:/);
+});
+
 test('real core: a replaced state key is a clear start error, and the identity is left alone', async (t) => {
   const stateDir = tmpDir(t);
   await (await createNode({ stateDir, log: quiet })).stop();

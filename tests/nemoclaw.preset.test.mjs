@@ -7,7 +7,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import fs, { readFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BINARIES, PRESET_NAME, PresetError, REGISTRY_RULES, SHIPPED_PRESET_URLS, presetFor } from '../js-host/preset.js';
@@ -110,6 +111,22 @@ test('kars-mesh preset: the user’s relay and registry, base paths, ports, TLS 
   const wild = spawnSync(process.execPath, [BIN, 'preset', '--relay', 'wss://0.0.0.0', '--registry', 'https://g.example'], { encoding: 'utf8', env });
   assert.equal(wild.status, 2);
   assert.match(wild.stderr, /relay host "0\.0\.0\.0" is not one exact DNS name: NemoClaw refuses catch-all/);
+  // A registry URL pasted with the API's /v1 makes the same file (it made /v1/v1/agents).
+  assert.equal(presetFor({ ...SHIPPED_PRESET_URLS, registryUrl: 'https://registry.example.com/v1/' }).yaml, presetFor(SHIPPED_PRESET_URLS).yaml);
+  // --out: a ~ is the home directory; a place it cannot write is said plainly (it was an internal error, exit 70).
+  const home = fs.mkdtempSync(path.join(os.tmpdir(), 'kars-preset-'));
+  try {
+    const urls = ['--relay', 'wss://relay.example.com', '--registry', 'https://registry.example.com'];
+    const tilde = spawnSync(process.execPath, [BIN, 'preset', ...urls, '--out=~/kars-mesh.yaml'], { encoding: 'utf8', env: { ...env, HOME: home } });
+    assert.equal(tilde.status, 0, tilde.stderr);
+    assert.equal(fs.readFileSync(path.join(home, 'kars-mesh.yaml'), 'utf8'), presetFor(SHIPPED_PRESET_URLS).yaml);
+    const nowhere = spawnSync(process.execPath, [BIN, 'preset', ...urls, '--out', path.join(home, 'missing', 'kars-mesh.yaml')], { encoding: 'utf8', env });
+    assert.equal(nowhere.status, 2, nowhere.stderr);
+    assert.match(nowhere.stderr, /cannot write .*kars-mesh\.yaml: its directory .*missing does not exist\. Give --out a file in an existing directory/);
+    assert.doesNotMatch(nowhere.stderr, /internal error|at .*\.js:\d+/);
+  } finally {
+    fs.rmSync(home, { recursive: true, force: true });
+  }
 });
 
 test('the path glob NemoClaw rules use: * is one segment, ** any', () => {

@@ -28,6 +28,8 @@ pub(super) enum InvalidAddress {
     TooLong,
     #[error("names contain no spaces or control characters")]
     BadChars,
+    #[error("it is a pairing token, not an agent (a token goes to mesh_pair; check that `to` and `message` are not swapped)")]
+    PairingToken,
 }
 
 /// The DID an AMID names, if `s` decodes to exactly the 20 AMID bytes.
@@ -41,11 +43,19 @@ pub(super) fn did_from_amid(s: &str) -> Option<String> {
 
 pub(super) fn classify(s: &str) -> Address {
     let s = s.trim();
-    if is_mesh_did(s) {
-        return Address::Did(s.to_string());
+    // A DID as users type it: DIDs are compared lower-cased, and one in
+    // capitals was looked up as a registry name.
+    let lower = s.to_ascii_lowercase();
+    if is_mesh_did(&lower) {
+        return Address::Did(lower);
     }
-    if s.starts_with("did:") {
+    if lower.starts_with("did:") {
         return Address::Invalid(InvalidAddress::BadDid);
+    }
+    // Never looked up as a name: a lookup would put the token's secret in
+    // the registry's request log.
+    if s.starts_with("azcp_") {
+        return Address::Invalid(InvalidAddress::PairingToken);
     }
     if s.is_empty() {
         return Address::Invalid(InvalidAddress::Empty);
@@ -88,6 +98,15 @@ mod tests {
         );
         assert_eq!(classify(id.did()), Address::Did(id.did().to_string()));
         assert_eq!(classify("analyst"), Address::Name("analyst".into()));
+        // A DID in capitals is that DID; a pairing token is no address.
+        assert_eq!(
+            classify(&id.did().to_uppercase()),
+            Address::Did(id.did().to_string())
+        );
+        assert_eq!(
+            classify(" azcp_1_eyJzZWNyZXQiOiJ4In0 "),
+            Address::Invalid(InvalidAddress::PairingToken)
+        );
         assert_eq!(
             classify("did:mesh:XYZ"),
             Address::Invalid(InvalidAddress::BadDid)

@@ -166,9 +166,28 @@ pub struct Config {
     pub legacy_pairings: Option<String>,
 }
 
+/// Whether a URL's authority (between `scheme://` and the path) holds
+/// `user@` or `user:password@`.
+fn carries_credentials(url: &str) -> bool {
+    let rest = url.trim().split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.contains('@')
+}
+
 impl Config {
-    /// The relay's WebSocket URL; the registry URL must be http(s).
+    /// The relay's WebSocket URL; the registry URL must be http(s). Neither
+    /// may carry a user name or password: fetch refuses such a URL (its
+    /// error quotes it whole, password included, into every retry's log
+    /// line and tool error), and the relay takes its token in the connect
+    /// frame. The refusal names neither URL, since both hold the secret.
     fn relay_ws_url(&self) -> Result<String, AgentError> {
+        for (what, url) in [("relay", &self.relay_url), ("registry", &self.registry_url)] {
+            if carries_credentials(url) {
+                return Err(AgentError::Config(format!(
+                    "the {what} URL carries a user name or password (user:password@host); remove them from it: kars-mesh never sends URL credentials (a relay token is passed apart from the URL, as KARS_MESH_RELAY_TOKEN)"
+                )));
+            }
+        }
         let ws = ws_url(&self.relay_url).map_err(AgentError::Config)?;
         if !(self.registry_url.starts_with("http://") || self.registry_url.starts_with("https://"))
         {
@@ -217,6 +236,46 @@ impl Config {
                 .unwrap_or_else(|| "kars-cluster".into()),
         };
         Operator::load(vault, cx, address)
+    }
+
+    /// The URLs as users paste them, and `accept_sessions` as written by a
+    /// user: "all" in any case, or DIDs
+    /// (lower-cased, as DIDs are compared). Anything else is refused at the
+    /// start: a typo ("ALL", a name for a DID) used to start a node that
+    /// quietly refused every session and dropped what was sent.
+    fn checked(mut self) -> Result<Self, AgentError> {
+        // The registry's base URL as users paste it: spaces, a trailing
+        // slash, or the API's own /v1 (which doubled every path to
+        // /v1/v1/… and was answered 404).
+        let reg = self.registry_url.trim().trim_end_matches('/');
+        let reg = reg.strip_suffix("/v1").unwrap_or(reg).trim_end_matches('/');
+        self.registry_url = reg.to_string();
+        self.relay_url = self.relay_url.trim().to_string();
+        let did = |s: &str| -> Result<String, AgentError> {
+            let d = s.trim().to_ascii_lowercase();
+            if crate::crypto::identity::is_mesh_did(&d) {
+                Ok(d)
+            } else {
+                Err(AgentError::Config(format!(
+                    "accept_sessions: {:?} is neither \"all\" nor a DID (did:mesh: and 32 hex digits); give \"all\", one DID, or a list of DIDs (an agent's DID is what `mesh_identity` or `kars-mesh id` prints)",
+                    crate::tools::args::clip(s.trim(), 60)
+                )))
+            }
+        };
+        self.accept_sessions = match self.accept_sessions {
+            AcceptPolicy::Named(s) if s.trim().eq_ignore_ascii_case("all") => AcceptPolicy::All,
+            AcceptPolicy::Named(s) => AcceptPolicy::Named(did(&s)?),
+            AcceptPolicy::Only(list)
+                if list.iter().any(|d| d.trim().eq_ignore_ascii_case("all")) =>
+            {
+                AcceptPolicy::All
+            }
+            AcceptPolicy::Only(list) => {
+                AcceptPolicy::Only(list.iter().map(|d| did(d)).collect::<Result<_, _>>()?)
+            }
+            AcceptPolicy::All => AcceptPolicy::All,
+        };
+        Ok(self)
     }
 
     fn accepts(&self, did: &str) -> bool {
@@ -432,6 +491,7 @@ impl Agent {
         id: Identity,
         cx: &mut Cx<'_>,
     ) -> Result<Self, AgentError> {
+        let cfg = cfg.checked()?;
         let ws = cfg.relay_ws_url()?;
         let now = cx.now();
         let cfg = restore::registered_name(cfg, &vault, cx);

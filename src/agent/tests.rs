@@ -406,3 +406,144 @@ fn an_inbox_read_after_a_connect_waits_for_the_relays_stored_frames_even_past_th
     agent.on_timer(&mut cx, super::T_INBOX_SYNC);
     assert_eq!(tool_results(&cx.out).len(), 1, "bounded");
 }
+
+/// A relay or registry URL with a user name or password is refused at the
+/// start, and the refusal quotes neither URL (both hold the password).
+#[test]
+fn a_url_with_credentials_is_refused_without_quoting_it() {
+    for (relay, registry, what) in [
+        (
+            "https://bob:hunter2@relay.example",
+            "http://127.0.0.1:2",
+            "relay",
+        ),
+        (
+            "http://127.0.0.1:1",
+            "http://bob:hunter2@127.0.0.1:2/v1",
+            "registry",
+        ),
+        (
+            "wss://hunter2@relay.example/ws",
+            "http://127.0.0.1:2",
+            "relay",
+        ),
+    ] {
+        let mut host = FakeHost::default();
+        let cfg: Config = serde_json::from_value(json!({
+            "relay_url": relay, "registry_url": registry, "name": "alone",
+        }))
+        .expect("parses");
+        let mut cx = Cx {
+            host: &mut host,
+            out: Vec::new(),
+        };
+        let vault = Vault::new(Zeroizing::new(vec![7u8; 32]));
+        let err = Agent::start(cfg, vault, Identity::from_seed(&[1u8; 32]), &mut cx)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains(&format!("the {what} URL carries a user name or password")),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2") && !err.contains("bob"), "{err}");
+    }
+    // An @ in the path or query is not a credential.
+    assert!(!super::carries_credentials("http://127.0.0.1:2/v1?by=a@b"));
+    assert!(!super::carries_credentials("https://relay.example/@ws"));
+    assert!(super::carries_credentials(" http://u@h "));
+}
+
+/// `accept_sessions` as users write it: "all" in any case and DIDs in any
+/// case are taken; a name or a typo is refused at the start, naming what to
+/// give, instead of starting a node that refuses every session.
+#[test]
+fn accept_sessions_is_checked_at_the_start() {
+    let did = "did:mesh:0123456789abcdef0123456789abcdef";
+    let try_start = |accept: Value| {
+        let mut host = FakeHost::default();
+        let cfg: Config = serde_json::from_value(json!({
+            "relay_url": "http://127.0.0.1:1", "registry_url": "http://127.0.0.1:2",
+            "name": "alone", "accept_sessions": accept,
+        }))
+        .expect("parses");
+        let mut cx = Cx {
+            host: &mut host,
+            out: Vec::new(),
+        };
+        let vault = Vault::new(Zeroizing::new(vec![7u8; 32]));
+        Agent::start(cfg, vault, Identity::from_seed(&[1u8; 32]), &mut cx)
+    };
+    let other = "did:mesh:ffffffffffffffffffffffffffffffff";
+    for (accept, takes_did, takes_other) in [
+        (json!("ALL"), true, true),
+        (json!(" all "), true, true),
+        (
+            json!(did.to_uppercase().replace("DID:MESH:", "DID:mesh:")),
+            true,
+            false,
+        ),
+        (json!([did.to_uppercase()]), true, false),
+        (json!(["All", did]), true, true),
+        (json!([]), false, false),
+    ] {
+        let agent = try_start(accept.clone()).unwrap_or_else(|e| panic!("{accept}: {e}"));
+        assert_eq!(agent.cfg.accepts(did), takes_did, "{accept}");
+        assert_eq!(agent.cfg.accepts(other), takes_other, "{accept}");
+    }
+    for bad in [
+        json!("everyone"),
+        json!("analyst"),
+        json!([did, "did:mesh:xyz"]),
+    ] {
+        let e = try_start(bad.clone())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("accept_sessions:") && e.contains("is neither \"all\" nor a DID"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+/// The registry's base URL as users paste it (spaces, a trailing slash, the
+/// API's own /v1) reaches the registry's paths once.
+#[test]
+fn a_pasted_registry_url_is_taken_as_its_base() {
+    for pasted in [
+        " http://127.0.0.1:2/v1/ ",
+        "http://127.0.0.1:2/v1",
+        "http://127.0.0.1:2/",
+        "http://127.0.0.1:2",
+    ] {
+        let mut host = FakeHost::default();
+        let cfg: Config = serde_json::from_value(json!({
+            "relay_url": " http://127.0.0.1:1 ", "registry_url": pasted, "name": "alone",
+        }))
+        .expect("parses");
+        let mut cx = Cx {
+            host: &mut host,
+            out: Vec::new(),
+        };
+        let vault = Vault::new(Zeroizing::new(vec![7u8; 32]));
+        let agent = Agent::start(cfg, vault, Identity::from_seed(&[1u8; 32]), &mut cx)
+            .unwrap_or_else(|e| panic!("{pasted:?}: {e}"));
+        assert_eq!(agent.cfg.registry_url, "http://127.0.0.1:2", "{pasted:?}");
+        let urls: Vec<String> = cx
+            .out
+            .iter()
+            .filter_map(|c| match c {
+                Command::HttpRequest { url, .. } => Some(url.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(!urls.is_empty(), "{pasted:?}: the start registers");
+        for u in urls {
+            assert!(
+                u.starts_with("http://127.0.0.1:2/v1/") && !u.contains("/v1/v1"),
+                "{u}"
+            );
+        }
+    }
+}

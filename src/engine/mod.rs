@@ -23,6 +23,10 @@ pub use crate::io::{Command, Event, Host, JobExit, LogLevel};
 pub enum EngineError {
     #[error("start configuration is not valid JSON: {0}")]
     Config(String),
+    /// The node's settings were read but cannot be used (a URL, a policy),
+    /// or its state could not be written; the text says which.
+    #[error("{0}")]
+    Start(String),
     #[error("state_key must be base64 of 32 random bytes; the host creates it once and keeps it private")]
     StateKey,
     #[error("the stored identity could not be opened: {0}. Restore the state key that sealed it, or move the state directory aside to start a new identity")]
@@ -155,7 +159,7 @@ impl Engine {
 
     fn start(&mut self, config: &str, cx: &mut Cx<'_>) -> Result<(), EngineError> {
         if self.identity.is_some() || self.agent.is_some() {
-            return Err(EngineError::Config("the engine is already started".into()));
+            return Err(EngineError::Start("the engine is already started".into()));
         }
         let raw: serde_json::Value =
             serde_json::from_str(config).map_err(|e| EngineError::Config(e.to_string()))?;
@@ -189,12 +193,12 @@ impl Engine {
             Err(crate::store::StoreError::Sealed { source, .. }) => {
                 return Err(EngineError::IdentityUnreadable(source))
             }
-            Err(e) => return Err(EngineError::Config(e.to_string())),
+            Err(e) => return Err(EngineError::Start(e.to_string())),
             Ok(None) => {
                 let id = new_identity(&cfg, cx);
                 vault
                     .put_bytes(cx.host, &mut cx.out, IDENTITY_KEY, id.seed().as_ref())
-                    .map_err(|e| EngineError::Config(e.to_string()))?;
+                    .map_err(|e| EngineError::Start(e.to_string()))?;
                 cx.host
                     .log(LogLevel::Info, &format!("created identity {}", id.did()));
                 id
@@ -203,7 +207,7 @@ impl Engine {
         match mesh {
             Some(mesh) => {
                 let agent = Agent::start(mesh, vault, identity, cx)
-                    .map_err(|e| EngineError::Config(e.to_string()))?;
+                    .map_err(|e| EngineError::Start(e.to_string()))?;
                 self.agent = Some(agent);
             }
             None => self.identity = Some(identity),

@@ -83,6 +83,17 @@ pub struct ControllerAddress {
     pub cluster: String,
 }
 
+/// The error for a name (or expiry) an operator gave, which the error
+/// repeats: clipped to a name's length, and never a pairing token (pasted
+/// in the wrong place, its secret would be printed back).
+fn named(given: &str, err: fn(String) -> LedgerError) -> LedgerError {
+    if given.contains("azcp_") {
+        LedgerError::TokenForName
+    } else {
+        err(crate::tools::args::clip(given, 63))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {
     #[error(
@@ -97,6 +108,8 @@ pub enum LedgerError {
     BadSlots,
     #[error("no pairing named {0:?}")]
     NoSuchPairing(String),
+    #[error("that is a pairing token, not a pairing's name: revoke a pairing by its name (`kars-mesh pair list` shows them)")]
+    TokenForName,
     // The original controller's texts, verbatim.
     #[error("Invalid pairing token")]
     InvalidToken,
@@ -156,7 +169,7 @@ impl Ledger {
         rng: &mut dyn Entropy,
     ) -> Result<(String, &Pairing), LedgerError> {
         let name =
-            sanitize_name(&req.name).ok_or_else(|| LedgerError::BadName(req.name.clone()))?;
+            sanitize_name(&req.name).ok_or_else(|| named(&req.name, LedgerError::BadName))?;
         if self
             .pairings
             .iter()
@@ -165,7 +178,7 @@ impl Ledger {
             return Err(LedgerError::NameTaken(name));
         }
         let ttl = parse_expiry(&req.expires)
-            .ok_or_else(|| LedgerError::BadExpiry(req.expires.clone()))?;
+            .ok_or_else(|| named(&req.expires, LedgerError::BadExpiry))?;
         if req.slots == 0 {
             return Err(LedgerError::BadSlots);
         }
@@ -235,11 +248,13 @@ impl Ledger {
     }
 
     pub fn revoke(&mut self, name: &str) -> Result<&Pairing, LedgerError> {
+        // A name is at most 63 characters; what an operator passes in its
+        // place is echoed clipped, and a token (pasted by mistake) not at all.
         let p = self
             .pairings
             .iter_mut()
             .find(|p| p.name == name)
-            .ok_or_else(|| LedgerError::NoSuchPairing(name.into()))?;
+            .ok_or_else(|| named(name, LedgerError::NoSuchPairing))?;
         p.phase = Phase::Revoked;
         Ok(p)
     }
@@ -465,5 +480,47 @@ mod tests {
             ),
             Err(LedgerError::BadSlots)
         ));
+    }
+
+    /// What an operator passes in a name's (or expiry's) place is echoed
+    /// clipped, and a pairing token pasted there not at all.
+    #[test]
+    fn a_token_given_as_a_name_is_not_echoed() {
+        let mut l = Ledger::default();
+        let mut rng = SeededEntropy::new(4);
+        let token = format!("azcp_1_{}", "Z".repeat(300));
+        let e = l
+            .revoke(&token)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.starts_with("that is a pairing token") && !e.contains("ZZZ"),
+            "{e}"
+        );
+        let e = l
+            .revoke(&"n".repeat(500))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.starts_with("no pairing named") && e.len() < 100, "{e}");
+        assert_eq!(
+            l.revoke("nobody").err().map(|e| e.to_string()),
+            Some("no pairing named \"nobody\"".into())
+        );
+        let e = l
+            .generate(
+                &PairRequest {
+                    name: token.clone(),
+                    ..Default::default()
+                },
+                &addr(),
+                0,
+                &mut rng,
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(!e.contains("ZZZ"), "{e}");
     }
 }

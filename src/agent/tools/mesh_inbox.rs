@@ -81,7 +81,8 @@ pub(in crate::agent) fn parse(a: &Value) -> Result<InboxQuery, InboxArgError> {
     // An AMID names the same agent as its DID (entries record the DID).
     let from = match args::string(a, &["from"], 128)? {
         None => None,
-        Some(f) if is_mesh_did(f) => Some(f.to_string()),
+        // DIDs are compared lower-cased, as users may not type them.
+        Some(f) if is_mesh_did(&f.to_ascii_lowercase()) => Some(f.to_ascii_lowercase()),
         Some(f) => Some(did_from_amid(f).ok_or(InboxArgError::FromNotDid)?),
     };
     let ids = args::strings(a, "ids", MAX_IDS, 256)?;
@@ -316,5 +317,22 @@ fn inbox_text(
             ));
         }
         format!("{}\n\nDiagnostics: {diag}", lines.join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn from_takes_a_did_in_any_case() {
+        let did = "did:mesh:0123456789abcdef0123456789abcdef";
+        let q = parse(&json!({ "from": did.to_uppercase() })).expect("a DID");
+        assert_eq!(q.from.as_deref(), Some(did));
+        assert!(matches!(
+            parse(&json!({ "from": "did:mesh:xyz" })),
+            Err(InboxArgError::FromNotDid)
+        ));
     }
 }
