@@ -302,10 +302,12 @@ function checkUrl(flag, value, command, schemes = ['http:', 'https:', 'ws:', 'ws
   return v;
 }
 
-function nonNegative(flag, value, { integer = false } = {}) {
+/** A number flag within [min, max]; the refusal names the command whose usage follows it. */
+function numberFlag(flag, value, command, { integer = false, min = 0, max = Infinity } = {}) {
   const n = Number(value);
-  if (value === '' || !Number.isFinite(n) || n < 0 || (integer && !Number.isInteger(n))) {
-    throw new UsageError(`${flag} must be a ${integer ? 'whole ' : ''}number ≥ 0, not ${JSON.stringify(value)}`);
+  if (value === '' || !Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n))) {
+    const range = max === Infinity ? `≥ ${min}` : `from ${min} to ${max}`;
+    throw new UsageError(`${flag} must be a ${integer ? 'whole ' : ''}number ${range}, not ${JSON.stringify(value)}`, command);
   }
   return n;
 }
@@ -336,9 +338,11 @@ export function plan(argv, env = process.env) {
     throw new UsageError(`empty ${spec.positional.map((p) => `<${p}>`).join(' or ')}`, command);
   }
   const parsed = { ...flags };
-  if (flags.wait !== undefined) parsed.wait = nonNegative('--wait', flags.wait);
-  if (flags.limit !== undefined) parsed.limit = nonNegative('--limit', flags.limit, { integer: true });
-  if (flags.timeout !== undefined) parsed.timeout = nonNegative('--timeout', flags.timeout);
+  if (flags.wait !== undefined) parsed.wait = numberFlag('--wait', flags.wait, command);
+  // --limit 0 was taken and quietly meant the engine's default.
+  if (flags.limit !== undefined) parsed.limit = numberFlag('--limit', flags.limit, command, { integer: true, min: 1 });
+  // The sandbox's bounds (src/wire/limits.rs MAX_TIMEOUT_MINUTES), said before anything starts.
+  if (flags.timeout !== undefined) parsed.timeout = numberFlag('--timeout', flags.timeout, command, { min: 1, max: 24 * 60 });
 
   if (command === 'pair-with' && positional[0] === '-') positional[0] = readStdin();
   if (command === 'pair-with') positional[0] = unquoteToken(positional[0]);
@@ -402,6 +406,10 @@ function nodeSettings(flags, env, command, fromToken) {
   const relayUrl = endpoint('relay', 'KARS_MESH_RELAY', DEFAULT_RELAY);
   const registryUrl = endpoint('registry', 'KARS_MESH_REGISTRY', DEFAULT_REGISTRY);
   if (flags.name !== undefined && !flags.name.trim()) throw new UsageError('--name must not be empty', command);
+  // Other agents send to it by name: one word (the engine refuses others too).
+  if (flags.name !== undefined && (/\s/.test(flags.name.trim()) || [...flags.name.trim()].length > 128)) {
+    throw new UsageError('--name is what other agents send to: one word of at most 128 characters, such as alice or laptop-claw', command);
+  }
   return { stateDir, relayUrl, registryUrl, name: flags.name, from };
 }
 

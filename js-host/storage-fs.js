@@ -340,7 +340,16 @@ export function acquireLock(dir) {
     try {
       created = createExclusive(dir, lockPath, content);
     } catch (e) {
-      throw new StateDirError(`cannot create lock file ${lockPath}: ${e.message}`, { cause: e });
+      // Say what to do, not only the errno (a read-only directory of one's own gave just EACCES).
+      const fix =
+        e.code === 'EACCES' || e.code === 'EPERM'
+          ? ` (this user may not write in ${dir}: make it writable for this user, or use another state directory)`
+          : e.code === 'EROFS'
+            ? ` (${dir} is on a read-only file system: use a state directory on a writable one)`
+            : e.code === 'ENOSPC'
+              ? ' (the disk is full: free some space)'
+              : '';
+      throw new StateDirError(`cannot create lock file ${lockPath}: ${e.message}${fix}`, { cause: e });
     }
     if (created) {
       heldLocks.add(lockPath);

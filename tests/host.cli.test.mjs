@@ -112,7 +112,10 @@ test('usage errors exit 2: no command, missing arguments, bad flags and values',
     [['discover', 'a', 'b'], /unexpected argument "b"/],
     [['id', 'extra'], /unexpected argument "extra"/],
     [['id', '--bogus'], /unknown flag --bogus/],
-    [['inbox', '--wait', 'soon'], /--wait must be a number/],
+    [['inbox', '--wait', 'soon'], /--wait must be a number ≥ 0, not "soon"/],
+    [['inbox', '--limit', '0'], /--limit must be a whole number ≥ 1, not "0"/],
+    [['id', '--name', 'Alice Smith'], /--name is what other agents send to: one word of at most 128 characters/],
+    [['offload', 'task', '--timeout', '5000'], /--timeout must be a number from 1 to 1440, not "5000"/],
     [['inbox', '--wait'], /--wait needs a value/],
     [['id', '--wait', '3'], /--wait does not apply to "id"/],
     [['id', '--relay', 'not a url'], /--relay must be a URL/],
@@ -135,6 +138,8 @@ test('usage errors exit 2: no command, missing arguments, bad flags and values',
     assert.match(r.stderr, re, args.join(' '));
     assert.match(r.stderr, /Usage: kars-mesh/, args.join(' '));
     assert.doesNotMatch(r.stderr, /hunter2/, args.join(' '));
+    // A bad value shows its command's usage, not the whole list.
+    if (['inbox', 'offload'].includes(args[0])) assert.match(r.stderr, new RegExp(`Usage: kars-mesh ${args[0]}`), args.join(' '));
   }
   assert.equal(fs.existsSync(path.join(dir, 's')), false, 'usage errors touch no state');
 });
@@ -360,4 +365,27 @@ test('pair-with that timed out while the relay was never reached names the relay
   r = await mainWith(fakeNode({ result: timedOut, status: { connected: true } }), ['pair-with', token]);
   assert.equal(r.code, EXIT.TOOL_ERROR);
   assert.doesNotMatch(r.stderr, /never reached the cluster/);
+});
+
+test('a state directory this user may not write says what to do, not only EACCES', async (t) => {
+  const { skipTestUnlessCi } = await import('./harness/prereq.mjs');
+  const root = process.getuid?.() === 0;
+  const setpriv = fs.existsSync('/usr/bin/setpriv');
+  if (skipTestUnlessCi(t, !root ? 'needs root (to run the CLI as another user)' : !setpriv ? "needs util-linux's setpriv" : null)) return;
+  const dir = tmp(t);
+  fs.chmodSync(dir, 0o755);
+  const state = path.join(dir, 'st');
+  fs.mkdirSync(state);
+  fs.chownSync(state, 65534, 65534);
+  fs.chmodSync(state, 0o500); // its owner's, read-only
+  const r = await new Promise((resolve) => {
+    const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KARS_MESH_')));
+    const child = spawn('/usr/bin/setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, BIN, 'id', '--state', state], { env: { ...clean, HOME: dir }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('close', (code) => resolve({ code, stderr }));
+  });
+  assert.equal(r.code, 3, r.stderr);
+  assert.match(r.stderr, /cannot create lock file .*EACCES.*\(this user may not write in .*st: make it writable for this user, or use another state directory\)/);
+  assert.deepEqual(fs.readdirSync(state), [], 'nothing was written');
 });

@@ -131,7 +131,8 @@ pub enum AcceptPolicy {
     Only(Vec<String>),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `Debug` never shows `relay_token` (a hand-written impl below).
+#[derive(Clone, Deserialize)]
 pub struct Config {
     pub relay_url: String,
     pub registry_url: String,
@@ -164,6 +165,34 @@ pub struct Config {
     /// once.
     #[serde(default)]
     pub legacy_pairings: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URLs may carry credentials until `checked` refuses them.
+        let url = |u: &str| {
+            if carries_credentials(u) {
+                "<a URL with credentials>".to_string()
+            } else {
+                u.to_string()
+            }
+        };
+        f.debug_struct("Config")
+            .field("relay_url", &url(&self.relay_url))
+            .field("registry_url", &url(&self.registry_url))
+            .field("name", &self.name)
+            .field("capabilities", &self.capabilities)
+            .field("trusted_plaintext", &self.trusted_plaintext)
+            .field("accept_sessions", &self.accept_sessions)
+            .field(
+                "relay_token",
+                &self.relay_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("role", &self.role)
+            .field("cluster_name", &self.cluster_name)
+            .field("sandbox", &self.sandbox)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Whether a URL's authority (between `scheme://` and the path) holds
@@ -251,6 +280,29 @@ impl Config {
         let reg = reg.strip_suffix("/v1").unwrap_or(reg).trim_end_matches('/');
         self.registry_url = reg.to_string();
         self.relay_url = self.relay_url.trim().to_string();
+        // A name nobody could send to ("Alice Smith") used to be registered
+        // and then refused by every mesh_send that named it.
+        if let Some(n) = self
+            .name
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            let why = match address::classify(n) {
+                address::Address::Name(_) => None,
+                address::Address::Invalid(e) => Some(e.to_string()),
+                address::Address::Did(_) | address::Address::Amid { .. } => {
+                    Some("it reads as an agent's DID or AMID".to_string())
+                }
+            };
+            if let Some(why) = why {
+                return Err(AgentError::Config(format!(
+                    "the name {:?} cannot be sent to ({why}): give one word of at most 128 characters, such as \"alice\" or \"laptop-claw\"",
+                    crate::tools::args::clip(n, 60)
+                )));
+            }
+            self.name = Some(n.to_string());
+        }
         let did = |s: &str| -> Result<String, AgentError> {
             let d = s.trim().to_ascii_lowercase();
             if crate::crypto::identity::is_mesh_did(&d) {

@@ -547,3 +547,62 @@ fn a_pasted_registry_url_is_taken_as_its_base() {
         }
     }
 }
+
+/// `Debug` of the configuration shows neither the relay token nor URL
+/// credentials (nothing formats it today; this keeps it that way).
+#[test]
+fn the_configuration_debug_hides_its_secrets() {
+    let cfg: Config = serde_json::from_value(json!({
+        "relay_url": "https://bob:hunter2@relay.example", "registry_url": "http://127.0.0.1:2",
+        "relay_token": "t0ps3cr3t", "legacy_pairings": "{\"secret\":\"old-s3cr3t\"}",
+    }))
+    .expect("parses");
+    let shown = format!("{cfg:?}");
+    for secret in ["t0ps3cr3t", "hunter2", "old-s3cr3t"] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    assert!(
+        shown.contains("<redacted>") && shown.contains("http://127.0.0.1:2"),
+        "{shown}"
+    );
+}
+
+/// A name other agents could never send to is refused at the start, naming
+/// why; a usable one is taken trimmed.
+#[test]
+fn a_name_nobody_can_send_to_is_refused_at_the_start() {
+    let start_named = |name: &str| {
+        let mut host = FakeHost::default();
+        let cfg: Config = serde_json::from_value(json!({
+            "relay_url": "http://127.0.0.1:1", "registry_url": "http://127.0.0.1:2", "name": name,
+        }))
+        .expect("parses");
+        let mut cx = Cx {
+            host: &mut host,
+            out: Vec::new(),
+        };
+        let vault = Vault::new(Zeroizing::new(vec![7u8; 32]));
+        Agent::start(cfg, vault, Identity::from_seed(&[1u8; 32]), &mut cx)
+    };
+    for (bad, why) in [
+        ("Alice Smith", "names contain no spaces"),
+        (&"n".repeat(129), "longer than 128 characters"),
+        (
+            "did:mesh:0123456789abcdef0123456789abcdef",
+            "reads as an agent's DID",
+        ),
+        ("did:web:x", "not a did:mesh: DID"),
+    ] {
+        let e = start_named(bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("cannot be sent to") && e.contains(why),
+            "{bad}: {e}"
+        );
+    }
+    let a = start_named("  laptop-claw ").expect("a usable name");
+    assert_eq!(a.cfg.name.as_deref(), Some("laptop-claw"));
+    assert!(start_named("   ").is_ok(), "a blank name is no name");
+}

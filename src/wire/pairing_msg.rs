@@ -53,8 +53,8 @@ pub const DEFAULT_SLOTS: u64 = 1;
 pub const DEFAULT_TOKEN_BUDGET: u64 = 500_000;
 pub const DEFAULT_PAIR_ERROR: &str = "Unknown error";
 
-/// `pair_request` (client → controller).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `pair_request` (client → controller). `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairRequestMsg {
     /// The token's secret. Absent: matches no pairing (a refusal).
     #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
@@ -67,6 +67,17 @@ pub struct PairRequestMsg {
     pub display_name: Option<String>,
     #[serde(default, deserialize_with = "opt", skip_serializing_if = "absent")]
     pub capabilities_requested: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for PairRequestMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairRequestMsg")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("pubkey_ed25519", &self.pubkey_ed25519)
+            .field("display_name", &self.display_name)
+            .field("capabilities_requested", &self.capabilities_requested)
+            .finish()
+    }
 }
 
 impl PairRequestMsg {
@@ -165,6 +176,22 @@ mod tests {
     use super::*;
     use crate::wire::payload::ParseError;
     use serde_json::{json, Value};
+
+    #[test]
+    fn a_pair_request_debug_hides_the_secret() {
+        let m = PairRequestMsg {
+            secret: Some("s3cr3t-part".into()),
+            pubkey_ed25519: Some("pk".into()),
+            display_name: Some("laptop".into()),
+            capabilities_requested: None,
+        };
+        let shown = format!("{m:?} {:?}", PairingMsg::from(m.clone()));
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("laptop"),
+            "{shown}"
+        );
+    }
 
     fn same(msg: impl Into<PairingMsg>, literal: Value) {
         let msg = msg.into();
