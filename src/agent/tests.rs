@@ -44,6 +44,30 @@ fn start_with(host: &mut FakeHost, cfg: Value) -> (Agent, Vec<Command>) {
     (agent, host.apply_keep(out))
 }
 
+/// A first start on a fresh state with `cfg` (relay and registry on
+/// 127.0.0.1 unless it says otherwise): the node, or the text of its
+/// refusal, and the commands of the start.
+fn try_start(cfg: Value) -> (Result<Agent, String>, Vec<Command>) {
+    let mut all = json!({"relay_url": "http://127.0.0.1:1", "registry_url": "http://127.0.0.1:2"});
+    if let (Some(a), Some(c)) = (all.as_object_mut(), cfg.as_object()) {
+        a.extend(c.clone());
+    }
+    let cfg: Config = serde_json::from_value(all).expect("parses");
+    let mut host = FakeHost::default();
+    let mut cx = Cx {
+        host: &mut host,
+        out: Vec::new(),
+    };
+    let vault = Vault::new(Zeroizing::new(vec![7u8; 32]));
+    let agent = Agent::start(cfg, vault, Identity::from_seed(&[1u8; 32]), &mut cx);
+    (agent.map_err(|e| e.to_string()), cx.out)
+}
+
+/// The refusal of a first start with `cfg`.
+fn refusal(cfg: Value) -> String {
+    try_start(cfg).0.err().unwrap_or_default()
+}
+
 /// The capabilities of the node's registration request.
 fn registered_capabilities(out: &[Command]) -> Vec<String> {
     out.iter()
@@ -428,20 +452,7 @@ fn a_url_with_credentials_is_refused_without_quoting_it() {
             "relay",
         ),
     ] {
-        let mut host = FakeHost::default();
-        let cfg: Config = serde_json::from_value(json!({
-            "relay_url": relay, "registry_url": registry, "name": "alone",
-        }))
-        .expect("parses");
-        let mut cx = Cx {
-            host: &mut host,
-            out: Vec::new(),
-        };
-        let vault = Vault::new(Zeroizing::new(vec![7u8; 32]));
-        let err = Agent::start(cfg, vault, Identity::from_seed(&[1u8; 32]), &mut cx)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = refusal(json!({"relay_url": relay, "registry_url": registry, "name": "alone"}));
         assert!(
             err.contains(&format!("the {what} URL carries a user name or password")),
             "{err}"
@@ -460,20 +471,7 @@ fn a_url_with_credentials_is_refused_without_quoting_it() {
 #[test]
 fn accept_sessions_is_checked_at_the_start() {
     let did = "did:mesh:0123456789abcdef0123456789abcdef";
-    let try_start = |accept: Value| {
-        let mut host = FakeHost::default();
-        let cfg: Config = serde_json::from_value(json!({
-            "relay_url": "http://127.0.0.1:1", "registry_url": "http://127.0.0.1:2",
-            "name": "alone", "accept_sessions": accept,
-        }))
-        .expect("parses");
-        let mut cx = Cx {
-            host: &mut host,
-            out: Vec::new(),
-        };
-        let vault = Vault::new(Zeroizing::new(vec![7u8; 32]));
-        Agent::start(cfg, vault, Identity::from_seed(&[1u8; 32]), &mut cx)
-    };
+    let start = |accept: Value| try_start(json!({"name": "alone", "accept_sessions": accept})).0;
     let other = "did:mesh:ffffffffffffffffffffffffffffffff";
     for (accept, takes_did, takes_other) in [
         (json!("ALL"), true, true),
@@ -487,7 +485,7 @@ fn accept_sessions_is_checked_at_the_start() {
         (json!(["All", did]), true, true),
         (json!([]), false, false),
     ] {
-        let agent = try_start(accept.clone()).unwrap_or_else(|e| panic!("{accept}: {e}"));
+        let agent = start(accept.clone()).unwrap_or_else(|e| panic!("{accept}: {e}"));
         assert_eq!(agent.cfg.accepts(did), takes_did, "{accept}");
         assert_eq!(agent.cfg.accepts(other), takes_other, "{accept}");
     }
@@ -496,10 +494,7 @@ fn accept_sessions_is_checked_at_the_start() {
         json!("analyst"),
         json!([did, "did:mesh:xyz"]),
     ] {
-        let e = try_start(bad.clone())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = refusal(json!({"name": "alone", "accept_sessions": bad}));
         assert!(
             e.contains("accept_sessions:") && e.contains("is neither \"all\" nor a DID"),
             "{bad}: {e}"
@@ -517,21 +512,12 @@ fn a_pasted_registry_url_is_taken_as_its_base() {
         "http://127.0.0.1:2/",
         "http://127.0.0.1:2",
     ] {
-        let mut host = FakeHost::default();
-        let cfg: Config = serde_json::from_value(json!({
-            "relay_url": " http://127.0.0.1:1 ", "registry_url": pasted, "name": "alone",
-        }))
-        .expect("parses");
-        let mut cx = Cx {
-            host: &mut host,
-            out: Vec::new(),
-        };
-        let vault = Vault::new(Zeroizing::new(vec![7u8; 32]));
-        let agent = Agent::start(cfg, vault, Identity::from_seed(&[1u8; 32]), &mut cx)
-            .unwrap_or_else(|e| panic!("{pasted:?}: {e}"));
+        let (agent, out) = try_start(
+            json!({"relay_url": " http://127.0.0.1:1 ", "registry_url": pasted, "name": "alone"}),
+        );
+        let agent = agent.unwrap_or_else(|e| panic!("{pasted:?}: {e}"));
         assert_eq!(agent.cfg.registry_url, "http://127.0.0.1:2", "{pasted:?}");
-        let urls: Vec<String> = cx
-            .out
+        let urls: Vec<String> = out
             .iter()
             .filter_map(|c| match c {
                 Command::HttpRequest { url, .. } => Some(url.clone()),
@@ -571,19 +557,7 @@ fn the_configuration_debug_hides_its_secrets() {
 /// why; a usable one is taken trimmed.
 #[test]
 fn a_name_nobody_can_send_to_is_refused_at_the_start() {
-    let start_named = |name: &str| {
-        let mut host = FakeHost::default();
-        let cfg: Config = serde_json::from_value(json!({
-            "relay_url": "http://127.0.0.1:1", "registry_url": "http://127.0.0.1:2", "name": name,
-        }))
-        .expect("parses");
-        let mut cx = Cx {
-            host: &mut host,
-            out: Vec::new(),
-        };
-        let vault = Vault::new(Zeroizing::new(vec![7u8; 32]));
-        Agent::start(cfg, vault, Identity::from_seed(&[1u8; 32]), &mut cx)
-    };
+    let start_named = |name: &str| try_start(json!({ "name": name })).0;
     for (bad, why) in [
         ("Alice Smith", "names contain no spaces"),
         (&"n".repeat(129), "longer than 128 characters"),
@@ -593,10 +567,7 @@ fn a_name_nobody_can_send_to_is_refused_at_the_start() {
         ),
         ("did:web:x", "not a did:mesh: DID"),
     ] {
-        let e = start_named(bad)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = start_named(bad).err().unwrap_or_default();
         assert!(
             e.contains("cannot be sent to") && e.contains(why),
             "{bad}: {e}"
