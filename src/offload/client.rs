@@ -200,6 +200,16 @@ pub struct Recent {
     pub ended: Vec<(String, Phase)>,
 }
 
+impl Recent {
+    /// Drop how an offload ended once the duplicate guard no longer holds
+    /// its task.
+    fn forget_untracked_ends(&mut self) {
+        let tasks = &self.tasks;
+        self.ended
+            .retain(|(r, _)| tasks.iter().any(|(_, t, _)| t == r));
+    }
+}
+
 /// Client state outside the persisted record.
 /// The user's side of offloading: at most one offload at a time, its
 /// inputs on the way out, its outputs on the way in.
@@ -488,10 +498,7 @@ impl OffloadClient {
         }
         self.recent.ended.retain(|(r, _)| *r != id);
         self.recent.ended.push((id, phase));
-        let tasks = &self.recent.tasks;
-        self.recent
-            .ended
-            .retain(|(r, _)| tasks.iter().any(|(_, t, _)| t == r));
+        self.recent.forget_untracked_ends();
         self.save_recent(port, cx);
     }
 
@@ -601,10 +608,7 @@ impl OffloadClient {
         self.recent
             .tasks
             .retain(|(_, _, t)| now.saturating_sub(*t) < DUPLICATE_WINDOW_MS);
-        let tasks = &self.recent.tasks;
-        self.recent
-            .ended
-            .retain(|(r, _)| tasks.iter().any(|(_, t, _)| t == r));
+        self.recent.forget_untracked_ends();
         self.recent
             .tasks
             .iter()
