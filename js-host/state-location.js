@@ -57,20 +57,23 @@ const IMPORT_PREFIX = '.kars-mesh-import-';
 /** Files of a state directory that belong to the process using it, not to the identity. */
 const SKIP = (name) => name === 'lock' || name.startsWith('lock.stale-') || name.startsWith('.tmp-') || name === MOVED_MARKER;
 
-function expandHome(p, home) {
+/** A leading ~ is the home directory; any other relative path is taken from `cwd`, as OpenClaw does. */
+function expandHome(p, home, cwd) {
   if (p === '~') return home;
   if (p.startsWith('~/')) return path.join(home, p.slice(2));
-  return path.resolve(home, p);
+  return path.resolve(cwd, p);
 }
 
 /**
  * OpenClaw's state directory as OpenClaw resolves it when the plugin API does
  * not say (api.runtime.state.resolveStateDir is preferred): OPENCLAW_STATE_DIR
- * (a leading ~ is the home directory), else ~/.openclaw.
+ * (a leading ~ is the home directory, another relative path is taken from
+ * the working directory, as OpenClaw's resolveStateDir does: the same
+ * directory as the Gateway's), else ~/.openclaw.
  */
-export function openclawStateDirFromEnv(env = process.env, home = os.homedir()) {
+export function openclawStateDirFromEnv(env = process.env, home = os.homedir(), cwd = process.cwd()) {
   const override = typeof env.OPENCLAW_STATE_DIR === 'string' ? env.OPENCLAW_STATE_DIR.trim() : '';
-  return override ? expandHome(override, home) : path.join(home, '.openclaw');
+  return override ? expandHome(override, home, cwd) : path.join(home, '.openclaw');
 }
 
 function isDir(p) {

@@ -23,6 +23,7 @@ import { fileURLToPath } from 'node:url';
 import {
   chooseStateDir,
   followMoved,
+  openclawStateDirFromEnv,
   importStateDir,
   prepareDefaultStateDir,
   readMoved,
@@ -256,4 +257,15 @@ test('importStateDir refuses a symbolic link in the original and leaves nothing 
   assert.deepEqual(fs.readdirSync(oc), []);
   assert.equal(readMoved(legacy), undefined);
   assert.ok(!fs.existsSync(path.join(legacy, 'lock')), 'the lock was released');
+});
+
+test('OPENCLAW_STATE_DIR is read as OpenClaw reads it: ~ is the home directory, another relative path is taken from the working directory', () => {
+  const home = '/home/u';
+  const cwd = '/srv/gateway';
+  assert.equal(openclawStateDirFromEnv({}, home, cwd), '/home/u/.openclaw');
+  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: '  ' }, home, cwd), '/home/u/.openclaw');
+  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: '~' }, home, cwd), '/home/u');
+  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: '~/oc' }, home, cwd), '/home/u/oc');
+  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: 'oc-state' }, home, cwd), '/srv/gateway/oc-state');
+  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: '/abs/oc ' }, home, cwd), '/abs/oc');
 });
