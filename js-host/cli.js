@@ -260,7 +260,8 @@ ${lines.join('\n')}
 
 ${GLOBAL_HELP}
 
-Exit codes: 0 ok, 1 the mesh reported an error, 2 usage error,
+Exit codes: 0 ok, 1 the mesh reported an error, 2 usage error (also an
+argument the mesh refused, such as a malformed DID),
 3 relay/registry unreachable (or refusing this agent, or not at that URL)
 or state directory problem.`;
 }
@@ -779,7 +780,12 @@ export async function main(
     // registry, unreachable): say which setting gave it.
     const aboutRegistry = failed && text.includes(run.node.registryUrl);
     if (aboutRegistry) err(`kars-mesh: ${endpointHint(run.node, 'registry')}`);
-    if (failed) {
+    if (failed && result?.details?.mesh?.bad_input === true) {
+      // The arguments were refused before anything was asked of the
+      // network: a usage error, whatever the network did meanwhile (a
+      // background registration failing is not why).
+      code = EXIT.USAGE;
+    } else if (failed) {
       // A tool error while the host saw the network fail: relay/registry unreachable.
       code = node.ioFailures > failuresBefore || aboutRegistry ? EXIT.UNREACHABLE : EXIT.TOOL_ERROR;
       // A pairing that timed out while this agent never reached the relay:

@@ -84,7 +84,7 @@ export class MeshToolError extends Error {
   details?: MeshToolResult['details'];
 }
 
-/** Whether a result is a failed call (`details.mesh` exactly `{error}`, text starting with ❌). */
+/** Whether a result is a failed call (`details.mesh` exactly `{error}`, or `{error, bad_input: true}` for refused arguments; text starting with ❌). */
 export function isToolFailure(result: unknown): boolean;
 /** The result of a successful call; throws MeshToolError for a failed one. */
 export function toolOutcome(result: MeshToolResult): MeshToolResult;

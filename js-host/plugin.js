@@ -75,18 +75,19 @@ function errorResult(text, error, failure = 'refused') {
 
 /**
  * Whether a tool result is a failed call: the engine's failure shape,
- * `details.mesh` exactly `{error: string}` with a text starting with ❌
- * (js-host/ENGINE.md). A result that *reports* a failure of something else
- * (offload_status on an offload that ended in error) carries more than
- * `error` and is an answer, not a failed call.
+ * `details.mesh` exactly `{error: string}`, or `{error, bad_input: true}`
+ * for refused arguments, with a text starting with ❌ (js-host/ENGINE.md).
+ * A result that *reports* a failure of something else (offload_status on an
+ * offload that ended in error) carries more and is an answer, not a failed
+ * call.
  */
 export function isToolFailure(result) {
   const mesh = result?.details?.mesh;
   const text = result?.content?.[0]?.text;
-  return (
-    !!mesh && typeof mesh === 'object' && typeof mesh.error === 'string' &&
-    Object.keys(mesh).length === 1 && typeof text === 'string' && text.startsWith('❌')
-  );
+  if (!mesh || typeof mesh !== 'object' || typeof mesh.error !== 'string') return false;
+  if (typeof text !== 'string' || !text.startsWith('❌')) return false;
+  const keys = Object.keys(mesh);
+  return keys.length === 1 || (keys.length === 2 && mesh.bad_input === true);
 }
 
 /**

@@ -304,6 +304,20 @@ test('a one-shot command does not promise a retry it will not be there to make',
   assert.match(v.stderr, /^kars-mesh warn: registration failed: .*; retrying in 30 s$/m);
 });
 
+test('an argument the mesh refuses is a usage error (exit 2), not "unreachable", even while the registry is down', async () => {
+  const closed = `http://127.0.0.1:${await freePort()}`;
+  const env = { KARS_MESH_RELAY: closed, KARS_MESH_REGISTRY: closed };
+  // The background registration fails meanwhile; the refusal is not about it.
+  const r = await run(['send', 'did:mesh:xyz', 'hi', '--verbose', '--state', state('bad-did')], { srv: null, env });
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /^❌ mesh_send: `to` is not usable: .+$/m);
+  assert.doesNotMatch(r.stderr, /came from KARS_MESH_REGISTRY/);
+  // A send the registry's absence did stop is still exit 3.
+  const down = await run(['send', 'did:mesh:0123456789abcdef0123456789abcdef', 'hi', '--state', state('bad-did')], { srv: null, env });
+  assert.equal(down.code, 3, down.stderr);
+  assert.match(down.stderr, /registry unreachable at/);
+});
+
 test('register without --name after a registry restart keeps the name registered before', async () => {
   const srv = await startServers();
   closers.push(() => srv.stop());

@@ -95,6 +95,8 @@ fn pairing_through_the_controller_role() {
         bad["content"][0]["text"],
         "❌ Pairing rejected by cluster: Invalid pairing token"
     );
+    // The cluster's refusal, not this agent's check of the arguments.
+    assert!(bad["details"]["mesh"].get("bad_input").is_none(), "{bad}");
     // A kars CLI token made while the controller had no identity names it
     // by the `ctrl_…` placeholder: say what happened and what to do.
     let legacy = w.call_sync(bob, "mesh_pair", json!({"token": "azcp_1_eyJjb250cm9sbGVyX2FtaWQiOiJjdHJsX2FiYzEyMyIsInJlbGF5X3VybCI6IndzOi8vaG9zdC5kb2NrZXIuaW50ZXJuYWw6MTg3NjUiLCJyZWdpc3RyeV91cmwiOiJodHRwOi8vaG9zdC5kb2NrZXIuaW50ZXJuYWw6MTgwODAiLCJzZWNyZXQiOiJ0ZXN0LXNlY3JldC12YWx1ZSJ9"}), 5_000);

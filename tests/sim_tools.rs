@@ -573,6 +573,9 @@ fn mesh_send_aliases_texts_and_refusals() {
         let r = w.call_sync(a, "mesh_send", args.clone(), 1_000);
         assert!(text(&r).starts_with(&want), "{args}: {}", text(&r));
         assert_wrapped(&r);
+        // Refused before anything was asked of the network: a host must
+        // not blame a network failure it saw meanwhile (the CLI's exit code).
+        assert_eq!(mesh(&r)["bad_input"], true, "{args}: {r}");
     }
     assert_eq!(before, w.snapshot_storage(a), "a refused send wrote state");
     assert_eq!(
@@ -590,6 +593,8 @@ fn mesh_send_aliases_texts_and_refusals() {
         text(&r).starts_with("❌ Send failed: no agent is registered under the name \"nobody\"."),
         "{r}"
     );
+    // The registry's answer, not the arguments, made this one fail.
+    assert!(mesh(&r).get("bad_input").is_none(), "{r}");
 }
 
 #[test]
@@ -630,4 +635,5 @@ fn discover_lists_agents_with_and_without_a_capability() {
         text(&r).starts_with("❌ discover: `limit` must be a number."),
         "{r}"
     );
+    assert_eq!(mesh(&r)["bad_input"], true, "{r}");
 }

@@ -521,14 +521,14 @@ impl OffloadClient {
     ) {
         let task = match offload_args::task(args) {
             Ok(t) => t,
-            Err(e) => return render::fail(cx, call_id, &e),
+            Err(e) => return render::refuse(cx, call_id, &e),
         };
         let Some(controller) = self.may_offload(cx, call_id, (&task, args), pairing) else {
             return;
         };
         let rest = match offload_args::rest(args) {
             Ok(r) => r,
-            Err(e) => return render::fail(cx, call_id, &e),
+            Err(e) => return render::refuse(cx, call_id, &e),
         };
         let now = cx.now();
         let request_id = crate::wire::frames::uuid_v4(cx.host);
@@ -796,7 +796,7 @@ impl OffloadClient {
             Ok(Some(w)) if w <= 600.0 => (w > 0.0).then_some((w * 1000.0) as u64),
             Ok(None) => None,
             _ => {
-                return render::fail(
+                return render::refuse(
                     cx,
                     call_id,
                     "offload_status: `wait_seconds` must be a number of seconds from 0 to 600.",
@@ -807,7 +807,7 @@ impl OffloadClient {
             Ok(Some(n)) if n.fract() == 0.0 => Some(n as usize),
             Ok(None) => None,
             _ => {
-                return render::fail(
+                return render::refuse(
                     cx,
                     call_id,
                     "offload_status: `after_events` must be a whole number ≥ 0 (the `events_total` of the previous answer).",

@@ -1123,3 +1123,25 @@ fn inputs_report_what_the_sandbox_receipted_and_the_task_runs_only_when_it_says_
         )
     );
 }
+
+#[test]
+fn refused_arguments_say_so_to_the_host() {
+    // A host (the CLI's exit code) must tell "called wrong" from a network
+    // failure it saw meanwhile: refusals of the arguments carry bad_input.
+    let (mut user, ctl) = (Side::new(1), Side::new(2));
+    let pairing = pairing_with(&ctl);
+    let mut client = OffloadClient::default();
+    user.call(|p, cx| client.cloud_offload(p, cx, "a", &json!({}), Some(&pairing)));
+    let r = user.results();
+    assert!(text(&r[0]).starts_with("❌ "), "{}", r[0]);
+    assert_eq!(r[0]["details"]["mesh"]["bad_input"], true, "{}", r[0]);
+    user.call(|p, cx| client.offload_status_tool(p, cx, "b", &json!({"wait_seconds": 601})));
+    let r = user.results();
+    assert!(
+        text(&r[0]).starts_with("❌ offload_status: `wait_seconds`"),
+        "{}",
+        r[0]
+    );
+    assert_eq!(r[0]["details"]["mesh"]["bad_input"], true, "{}", r[0]);
+    assert!(user.port.sent.is_empty() && client.active.is_none());
+}

@@ -164,7 +164,7 @@ impl PairingClient {
     pub fn start(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, call_id: &str, args: &Value) {
         let (tok, controller, dialect) = match self.checked_token(args) {
             Ok(t) => t,
-            Err(text) => return render::fail(cx, call_id, &text),
+            Err(text) => return render::refuse(cx, call_id, &text),
         };
         let id = port.identity();
         let amid = id.amid();

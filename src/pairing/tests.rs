@@ -167,6 +167,9 @@ fn bad_tokens_are_refused_before_anything_is_sent() {
         "❌ No token provided. Pass a pairing token starting with azcp_1_. (received argument keys: other)"
     );
     assert!(text(&r[2].1).starts_with("❌ Invalid pairing token."));
+    for (_, answer) in &r {
+        assert_eq!(answer["details"]["mesh"]["bad_input"], true, "{answer}");
+    }
     assert!(port.sent.is_empty());
     assert!(port.timers.is_empty());
 }

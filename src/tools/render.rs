@@ -31,3 +31,21 @@ pub fn fail_text(cx: &mut Cx<'_>, call_id: &str, text: &str) {
         result_json: result(text, json!({"error": msg})),
     });
 }
+
+/// The call's arguments are refused before anything was asked of the
+/// network (`msg` as for `fail`). `details.mesh.bad_input` says so, so that
+/// a host does not blame a failure of the network it saw meanwhile (a
+/// background registration retry) for it: the CLI's exit code tells "you
+/// called it wrong" from "unreachable".
+pub fn refuse(cx: &mut Cx<'_>, call_id: &str, msg: &str) {
+    refuse_text(cx, call_id, &format!("❌ {msg}"));
+}
+
+/// `refuse` with a complete text (it starts with ❌).
+pub fn refuse_text(cx: &mut Cx<'_>, call_id: &str, text: &str) {
+    let msg = text.trim_start_matches("❌").trim_start();
+    cx.out.push(Command::ToolResult {
+        call_id: call_id.to_string(),
+        result_json: result(text, json!({"error": msg, "bad_input": true})),
+    });
+}

@@ -33,7 +33,7 @@ pub(in crate::agent) fn start(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str,
     })();
     let (capability, limit) = match parsed {
         Ok(p) => p,
-        Err(e) => return render::fail_text(cx, call_id, &e.to_string()),
+        Err(e) => return render::refuse_text(cx, call_id, &e.to_string()),
     };
     let query = capability.as_deref().unwrap_or(KARS_CAPABILITY);
     let path = format!(

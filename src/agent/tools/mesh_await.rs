@@ -179,7 +179,7 @@ pub(in crate::agent) fn complete(agent: &Agent, w: &AwaitWait) -> bool {
 pub(in crate::agent) fn start(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
     let mut w = match parse(a, call_id) {
         Ok(w) => w,
-        Err(e) => return render::fail_text(cx, call_id, &e.to_string()),
+        Err(e) => return render::refuse_text(cx, call_id, &e.to_string()),
     };
     w.started_ms = cx.now();
     for s in &mut w.senders {

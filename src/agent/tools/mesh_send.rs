@@ -5,7 +5,7 @@ use crate::agent::address::{classify, short_did, Address};
 use crate::agent::{Agent, Cx, HttpAnswer, Purpose};
 use crate::mesh::registry as reg;
 use crate::tools::args::{self, ArgError};
-use crate::tools::render::{fail, fail_text, ok};
+use crate::tools::render::{fail, ok, refuse_text};
 use crate::wire::delivery::{ChatMessage, DeliveryMsg};
 use crate::wire::payload::Family;
 use serde_json::{json, Value};
@@ -150,7 +150,7 @@ fn send_args(agent: &Agent, a: &Value) -> Result<(Address, Value, Option<String>
 pub(in crate::agent) fn mesh_send(agent: &mut Agent, cx: &mut Cx<'_>, call_id: &str, a: &Value) {
     let (addr, payload, key) = match send_args(agent, a) {
         Ok(p) => p,
-        Err(e) => return fail_text(cx, call_id, &e.to_string()),
+        Err(e) => return refuse_text(cx, call_id, &e.to_string()),
     };
     match addr {
         Address::Did(did) => agent.send_payload(cx, &did, payload, Some(call_id.to_string()), key),

@@ -9,7 +9,7 @@ pub(super) mod mesh_send;
 
 use crate::agent::{Agent, Cx};
 use crate::tools::args;
-use crate::tools::render::{fail, fail_text, ok};
+use crate::tools::render::{fail, ok, refuse_text};
 use serde_json::Value;
 
 /// Answer (or, blocking, wait for) a `mesh_inbox` call now.
@@ -21,7 +21,7 @@ pub(in crate::agent) fn mesh_inbox_now(
 ) {
     let q = match mesh_inbox::parse(a) {
         Ok(q) => q,
-        Err(e) => return fail_text(cx, call_id, &e.to_string()),
+        Err(e) => return refuse_text(cx, call_id, &e.to_string()),
     };
     if q.block && q.visible(agent).is_empty() {
         // Pending until a message lands (wake_waiters) or the timer fires.
