@@ -550,6 +550,54 @@ fn a_message_lost_to_a_receivers_crash_comes_back_about_20_s_later() {
     assert!(w.read_texts(b).is_empty(), "and only once");
 }
 
+/// The same loss, and then a later message: bob holds it behind the gap
+/// and receipts it by number, which tells alice that m1, sent before it on
+/// the same ordered path, was lost. She sends m1 again at once instead of
+/// 20 s after it went, and bob's reader gets both, in order, within a
+/// second or two of m2.
+#[test]
+fn a_message_lost_to_a_receivers_crash_comes_back_with_the_next_receipt() {
+    let (mut w, ids) = world_with(23, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    w.send(a, b, "m0");
+    w.run_for(3_000);
+    assert_eq!(w.read_texts(b), ["m0"], "setup");
+    let resent_before = w.status(a)["stats"]["resent"].as_u64();
+    assert_eq!(resent_before, Some(0), "setup");
+    w.plan_crash(
+        b,
+        CrashPlan {
+            not_before: 0,
+            on: CrashOn::Frame("message"),
+            prefix: Prefix::Exactly(0),
+            restart_after_ms: 1_000,
+        },
+    );
+    w.send(a, b, "m1");
+    w.run_for(4_000);
+    assert!(
+        !w.agents[b].crashes.is_empty() && !w.agents[b].crashes[0].skipped,
+        "bob crashed on m1"
+    );
+    assert!(w.agents[b].connected(), "setup: bob is back on the relay");
+    assert!(w.read_texts(b).is_empty(), "m1 is lost for now");
+    w.send(a, b, "m2");
+    w.run_for(2_000);
+    assert_eq!(
+        w.read_texts(b),
+        ["m1", "m2"],
+        "m1 came back with m2's receipt, 6 s after it was sent, not 21 s"
+    );
+    assert_eq!(w.status(a)["stats"]["resent"].as_u64(), Some(1));
+    w.run_for(60_000);
+    assert!(w.read_texts(b).is_empty(), "and each only once");
+    assert_eq!(
+        w.status(a)["stats"]["resent"].as_u64(),
+        Some(1),
+        "nothing was sent a third time"
+    );
+}
+
 /// A message under a new ratchet key leaves the receiver owing the sending
 /// half of the DH ratchet step. The engine asks for idle time last, after
 /// the message's records and frames, and the idle event takes the step in

@@ -592,7 +592,7 @@ impl Agent {
         how: Decrypted,
     ) {
         let now = cx.now();
-        self.apply_receipts(from, r);
+        self.apply_receipts(cx, from, r);
         let Some(peer) = self.peers.get_mut(from) else {
             return;
         };
@@ -606,21 +606,67 @@ impl Agent {
     /// The listed sequence numbers, and everything below `upto`, leave the
     /// outbox (in memory; the caller saves the peer); files on their way to
     /// `from` count them. Whether any left.
-    fn apply_receipts(&mut self, from: &str, r: &Receipts) -> bool {
+    ///
+    /// A gap goes again at once. The relay keeps one sender's frames to one
+    /// receiver in order, so an entry sent before one the peer receipts by
+    /// number (held behind a gap), and not receipted itself, was lost: most
+    /// often delivered live to a process that crashed before storing it,
+    /// which the relay does not deliver again. It is sent again now instead
+    /// of after RESEND_AFTER_MS, and the peer releases what it held behind
+    /// it. Once sent again it is newer than what was receipted, so later
+    /// receipts naming the same numbers do not send it a third time (the
+    /// timer does, if this copy is lost too). A frame that was only late
+    /// costs the peer one copy, which it drops as a repeat.
+    fn apply_receipts(&mut self, cx: &mut Cx<'_>, from: &str, r: &Receipts) -> bool {
         let Some(peer) = self.peers.get_mut(from) else {
             return false;
         };
         let mut receipted = Vec::new();
+        // The highest number receipted by number (not by `upto`), and when
+        // that entry last went.
+        let mut by_number: Option<(u64, u64)> = None;
         if r.epoch.is_none_or(|e| e == peer.out_epoch) {
             peer.outbox.retain(|o| {
+                let named = r.receipt.contains(&o.seq) && o.seq >= r.upto;
                 let keep = !o.needs_receipt || (!r.receipt.contains(&o.seq) && o.seq >= r.upto);
                 if !keep {
                     receipted.push(o.seq);
+                    if named && by_number.is_none_or(|(s, _)| o.seq > s) {
+                        by_number = Some((o.seq, o.last_sent_ms));
+                    }
                 }
                 keep
             });
         }
+        let mut gaps = Vec::new();
+        if let Some((top, sent_at)) = by_number {
+            let now = cx.now();
+            for o in peer.outbox.iter_mut() {
+                if o.needs_receipt
+                    && o.seq < top
+                    && o.last_sent_ms <= sent_at
+                    && !o.frame.is_empty()
+                {
+                    o.last_sent_ms = now;
+                    o.attempts = o.attempts.saturating_add(1);
+                    gaps.push(o.frame.clone());
+                }
+            }
+        }
         self.pacer.receipted(from, &receipted);
+        if !gaps.is_empty() {
+            self.stats.resent += gaps.len() as u64;
+            cx.log(
+                LogLevel::Debug,
+                &format!(
+                    "{from} receipted later messages but not {} before them; sending those again now",
+                    gaps.len()
+                ),
+            );
+            for f in gaps {
+                self.send_frame(cx, f);
+            }
+        }
         !receipted.is_empty()
     }
 
@@ -675,7 +721,7 @@ impl Agent {
         }
         // Authenticated and idempotent: taken from a duplicate or a held
         // message too.
-        let receipted = ack.is_some_and(|r| self.apply_receipts(from, &r));
+        let receipted = ack.is_some_and(|r| self.apply_receipts(cx, from, &r));
         let now = cx.now();
         let Some(peer) = self.peers.get_mut(from) else {
             return;
