@@ -4,7 +4,8 @@
 //   import { main } from './cli.js';
 //   process.exitCode = await main(process.argv.slice(2));
 //
-// Exit codes: 0 ok; 1 the tool reported an error; 2 usage error; 3 the relay
+// Exit codes: 0 ok; 1 the tool reported an error; 2 usage error (also
+// arguments the engine refused, details.mesh.bad_input); 3 the relay
 // or registry could not be reached (or refused this agent, or the registry
 // URL answers as something else), or the state directory is unusable.
 

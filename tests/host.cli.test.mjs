@@ -278,6 +278,15 @@ test('exit codes: 0 ok, 1 tool error, 3 tool error with unreachable relay/regist
   r = await mainWith(fakeNode({ result: ok, failIo: true }), ['discover', 'x']);
   assert.equal(r.code, EXIT.OK, 'a transient network failure that the core recovered from is not an error');
 
+  // Arguments the engine refused before asking the network: a usage error,
+  // whatever the network did meanwhile; only the engine's exact marker counts.
+  const refused = { content: [{ type: 'text', text: '❌ mesh_send: `to` is not usable' }], details: { mesh: { error: 'mesh_send: `to` is not usable', bad_input: true } } };
+  r = await mainWith(fakeNode({ result: refused, failIo: true }), ['send', 'did:mesh:ab', 'hi']);
+  assert.deepEqual([r.code, r.stderr], [EXIT.USAGE, '❌ mesh_send: `to` is not usable\n']);
+  const loose = { ...refused, details: { mesh: { ...refused.details.mesh, bad_input: 'true' } } };
+  r = await mainWith(fakeNode({ result: loose, failIo: true }), ['send', 'did:mesh:ab', 'hi']);
+  assert.equal(r.code, EXIT.UNREACHABLE);
+
   r = await mainWith(null, ['id'], { createNodeImpl: async () => { throw new StateDirError('state directory /x is in use by process 1'); } });
   assert.equal(r.code, EXIT.UNREACHABLE);
   assert.match(r.stderr, /in use by process 1/);

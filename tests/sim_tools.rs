@@ -569,6 +569,10 @@ fn mesh_send_aliases_texts_and_refusals() {
             json!({"to": w.did(a), "message": "x"}),
             "❌ mesh_send: `to` is this agent's own DID".to_string(),
         ),
+        (
+            json!({"to": "bob", "message": "x".repeat(1_100_000)}),
+            "❌ Send failed: Message is 11000".to_string(),
+        ),
     ] {
         let r = w.call_sync(a, "mesh_send", args.clone(), 1_000);
         assert!(text(&r).starts_with(&want), "{args}: {}", text(&r));

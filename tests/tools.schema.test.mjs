@@ -11,6 +11,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TOOLS } from '../js-host/tools.js';
+import { isToolFailure } from '../js-host/plugin.js';
 
 const ROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const src = (rel) => readFileSync(path.join(ROOT, rel), 'utf8');
@@ -190,4 +191,17 @@ test('corrected texts no longer promise what this engine does not do', () => {
   assert.match(src('src/agent/tools/mesh_send.rs'), /Address::Amid \{ amid, did \} => \{/);
   assert.match(src('src/agent/tools/mesh_inbox.rs'), /did_from_amid\(f\)/);
   assert.match(src('src/agent/tools/mesh_await.rs'), /Address::Amid \{ did, \.\. \} => Some\(did\)/);
+});
+
+test('the plugin takes the engine\'s failure shapes as failed calls, and nothing else: {error}, or {error, bad_input: true} for refused arguments (js-host/ENGINE.md)', () => {
+  const r = (text, mesh) => ({ content: [{ type: 'text', text }], details: { mesh } });
+  assert.equal(isToolFailure(r('❌ no such agent', { error: 'no such agent' })), true);
+  assert.equal(isToolFailure(r('❌ mesh_send: `to` is not usable', { error: 'mesh_send: `to` is not usable', bad_input: true })), true);
+  // An answer that reports a failure of something else (offload_status of an
+  // offload that ended in error) carries more, and is an answer.
+  assert.equal(isToolFailure(r('❌ Offload failed', { error: 'x', phase: 'error' })), false);
+  assert.equal(isToolFailure(r('❌ x', { error: 'x', bad_input: 'true' })), false);
+  assert.equal(isToolFailure(r('❌ x', { error: 'x', bad_input: false })), false);
+  assert.equal(isToolFailure(r('x', { error: 'x' })), false, 'no ❌');
+  assert.equal(isToolFailure(r('❌ x', {})), false, 'no error');
 });

@@ -387,6 +387,13 @@ fn an_inbox_read_after_a_connect_waits_for_the_relays_stored_frames_even_past_th
     );
 
     cx.out.clear();
+    // Bad arguments are refused at once, not after the wait.
+    agent.tool(&mut cx, "bad-read", "mesh_inbox", &json!({"limit": "many"}));
+    let refused = tool_results(&cx.out);
+    assert_eq!(refused.len(), 1, "answered at once");
+    assert!(result_text(&refused[0].1).starts_with("❌ mesh_inbox"));
+    assert_eq!(refused[0].1["details"]["mesh"]["bad_input"], true);
+    cx.out.clear();
     agent.tool(&mut cx, "read-1", "mesh_inbox", &json!({}));
     assert!(
         tool_results(&cx.out).is_empty(),

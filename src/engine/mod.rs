@@ -102,10 +102,11 @@ impl Engine {
                 Ok(args) if args.is_object() || args.is_null() => {
                     agent.tool(&mut cx, &call_id, &tool, &args)
                 }
-                _ => cx.out.push(Command::ToolResult {
-                    call_id,
-                    result_json: error_result("tool arguments must be a JSON object").to_string(),
-                }),
+                _ => crate::tools::render::refuse(
+                    &mut cx,
+                    &call_id,
+                    "tool arguments must be a JSON object",
+                ),
             },
             (Event::ToolCall { call_id, tool, .. }, None) => {
                 let result = self.tool(&tool);

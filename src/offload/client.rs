@@ -697,7 +697,9 @@ impl OffloadClient {
             Err(text) if !s.failed => {
                 s.failed = true;
                 let call_id = s.call_id.clone();
-                render::fail(cx, &call_id, &text);
+                // A file the call named that cannot be read or is too
+                // large: nothing has gone to the controller yet.
+                render::refuse(cx, &call_id, &text);
             }
             Err(_) => {}
         }

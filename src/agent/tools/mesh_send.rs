@@ -2,7 +2,7 @@
 //! registered name), resolving a name through the registry, and its texts.
 
 use crate::agent::address::{classify, short_did, Address};
-use crate::agent::{Agent, Cx, HttpAnswer, Purpose};
+use crate::agent::{Agent, Cx, HttpAnswer, Purpose, MAX_PAYLOAD_BYTES};
 use crate::mesh::registry as reg;
 use crate::tools::args::{self, ArgError};
 use crate::tools::render::{fail, ok, refuse_text};
@@ -111,6 +111,10 @@ enum SendArgError {
     BadTarget(crate::agent::address::InvalidAddress),
     #[error("❌ mesh_send: `to` is this agent's own DID; pass another agent's DID or name.")]
     SelfTarget,
+    /// Over the limit before its envelope is added (the send's own check
+    /// counts the envelope too, after a name was looked up).
+    #[error("❌ Send failed: Message is {0} bytes; the limit is {MAX_PAYLOAD_BYTES}. Shorten it, or split it over several mesh_send calls.")]
+    TooLarge(usize),
 }
 
 fn send_args(agent: &Agent, a: &Value) -> Result<(Address, Value, Option<String>), SendArgError> {
@@ -129,6 +133,10 @@ fn send_args(agent: &Agent, a: &Value) -> Result<(Address, Value, Option<String>
         Some((_, Value::Object(o))) => Value::Object(o.clone()),
         Some(_) => return Err(SendArgError::MessageType),
     };
+    let bytes = serde_json::to_vec(&payload).map_or(0, |v| v.len());
+    if bytes > MAX_PAYLOAD_BYTES {
+        return Err(SendArgError::TooLarge(bytes));
+    }
     let key = match a.get("idempotency_key") {
         None | Some(Value::Null) => None,
         Some(Value::String(k)) if !k.is_empty() && k.chars().count() <= MAX_KEY_CHARS => {

@@ -9,7 +9,7 @@ pub(super) mod mesh_send;
 
 use crate::agent::{Agent, Cx};
 use crate::tools::args;
-use crate::tools::render::{fail, ok, refuse_text};
+use crate::tools::render::{fail, ok, refuse, refuse_text};
 use serde_json::Value;
 
 /// Answer (or, blocking, wait for) a `mesh_inbox` call now.
@@ -66,7 +66,7 @@ pub(in crate::agent) fn handle(
     args: &Value,
 ) {
     if !args.is_object() {
-        return fail(
+        return refuse(
             cx,
             call_id,
             &format!("{tool}: arguments must be a JSON object of named parameters."),
@@ -93,7 +93,11 @@ pub(in crate::agent) fn handle(
         "mesh_send" => mesh_send::mesh_send(agent, cx, call_id, args),
         // What the relay stored for us is on its way: a process that has
         // just started must not show an inbox without it.
-        "mesh_inbox" if agent.inbox_still_arriving() => agent.defer_inbox_read(cx, call_id, args),
+        // Bad arguments are refused at once, not after the wait.
+        "mesh_inbox" if agent.inbox_still_arriving() => match mesh_inbox::parse(args) {
+            Err(e) => refuse_text(cx, call_id, &e.to_string()),
+            Ok(_) => agent.defer_inbox_read(cx, call_id, args),
+        },
         "mesh_inbox" => mesh_inbox_now(agent, cx, call_id, args),
         "mesh_await" => mesh_await::start(agent, cx, call_id, args),
         "discover" => discover::start(agent, cx, call_id, args),
