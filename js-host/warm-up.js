@@ -93,7 +93,10 @@ export async function warmUp(makeCore, o) {
     if (!a.did || !b.did) throw new WarmUpError(`mesh_register gave no DID: ${JSON.stringify(ra).slice(0, 200)}`);
     for (; done < rounds; done++) {
       const sent = await w.tool(a, 'mesh_send', { to: b.did, message: { type: 'warm-up', n: done, text: 'x'.repeat(120) } });
-      if (sent.isError) throw new WarmUpError(`mesh_send: ${sent.content?.[0]?.text}`);
+      // The engine's failed call: a text starting with ❌ and details.mesh.error.
+      if (sent.details?.mesh?.error != null || String(sent.content?.[0]?.text ?? '').startsWith('❌')) {
+        throw new WarmUpError(`mesh_send: ${sent.content?.[0]?.text}`);
+      }
       const got = await w.inbox(b, (m) => m.payload?.n === done);
       await w.tool(b, 'mesh_send', { to: a.did, message: { type: 'echo', content: got.payload } });
       await w.inbox(a, (m) => m.payload?.content?.n === done);

@@ -69,6 +69,30 @@ test('warm-up: a pair that cannot converse reports why instead of hanging', asyn
   assert.match(r.error, /mesh_register on a: nothing left to run/);
 });
 
+test('warm-up: a send the engine refuses ends the warm-up with its text (it was taken for a message that did not arrive)', async () => {
+  // The real core, except that a's mesh_send fails as the engine fails a call.
+  let engines = 0;
+  const r = await warmUp(async (o) => {
+    const mine = engines++ === 0; // the first asked for is a's
+    const core = await loadCore({ ...o, log: () => {} });
+    const handle = core.engine.handle.bind(core.engine);
+    return {
+      ...core,
+      engine: {
+        handle(ev) {
+          if (mine && ev.tag === 'tool-call' && ev.val.tool === 'mesh_send') {
+            const resultJson = JSON.stringify({ content: [{ type: 'text', text: '❌ Send failed: refused for the test' }], details: { mesh: { error: 'Send failed: refused for the test' } } });
+            return [{ tag: 'tool-result', val: { callId: ev.val.callId, resultJson } }];
+          }
+          return handle(ev);
+        },
+      },
+    };
+  }, { rounds: 3, stateKey: key });
+  assert.equal(r.rounds, 0);
+  assert.match(r.error ?? '', /mesh_send: ❌ Send failed: refused for the test/);
+});
+
 test('warm-up: steps aside while the node has events of its own, and goes on once they stop', async () => {
   // On a clock of the test's own: a busy machine's late timer would
   // otherwise look like a quiet moment. whenQuiet reads only `now()` and the
