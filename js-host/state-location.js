@@ -57,23 +57,25 @@ const IMPORT_PREFIX = '.kars-mesh-import-';
 /** Files of a state directory that belong to the process using it, not to the identity. */
 const SKIP = (name) => name === 'lock' || name.startsWith('lock.stale-') || name.startsWith('.tmp-') || name === MOVED_MARKER;
 
-/** A leading ~ is the home directory; any other relative path is taken from `cwd`, as OpenClaw does. */
-function expandHome(p, home, cwd) {
-  if (p === '~') return home;
-  if (p.startsWith('~/')) return path.join(home, p.slice(2));
-  return path.resolve(cwd, p);
-}
-
 /**
  * OpenClaw's state directory as OpenClaw resolves it when the plugin API does
  * not say (api.runtime.state.resolveStateDir is preferred): OPENCLAW_STATE_DIR
  * (a leading ~ is the home directory, another relative path is taken from
  * the working directory, as OpenClaw's resolveStateDir does: the same
  * directory as the Gateway's), else ~/.openclaw.
+ *
+ * Earlier versions took a relative path from the home directory: where only
+ * that directory exists, it is kept, so an identity made there is not
+ * replaced by a new one at the other place.
  */
-export function openclawStateDirFromEnv(env = process.env, home = os.homedir(), cwd = process.cwd()) {
+export function openclawStateDirFromEnv(env = process.env, home = os.homedir(), cwd = process.cwd(), exists = isDir) {
   const override = typeof env.OPENCLAW_STATE_DIR === 'string' ? env.OPENCLAW_STATE_DIR.trim() : '';
-  return override ? expandHome(override, home, cwd) : path.join(home, '.openclaw');
+  if (!override) return path.join(home, '.openclaw');
+  if (override === '~') return home;
+  if (override.startsWith('~/')) return path.join(home, override.slice(2));
+  const here = path.resolve(cwd, override);
+  const before = path.resolve(home, override);
+  return before !== here && !exists(here) && exists(before) ? before : here;
 }
 
 function isDir(p) {

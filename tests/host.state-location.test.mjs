@@ -262,10 +262,16 @@ test('importStateDir refuses a symbolic link in the original and leaves nothing 
 test('OPENCLAW_STATE_DIR is read as OpenClaw reads it: ~ is the home directory, another relative path is taken from the working directory', () => {
   const home = '/home/u';
   const cwd = '/srv/gateway';
-  assert.equal(openclawStateDirFromEnv({}, home, cwd), '/home/u/.openclaw');
-  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: '  ' }, home, cwd), '/home/u/.openclaw');
-  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: '~' }, home, cwd), '/home/u');
-  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: '~/oc' }, home, cwd), '/home/u/oc');
-  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: 'oc-state' }, home, cwd), '/srv/gateway/oc-state');
-  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: '/abs/oc ' }, home, cwd), '/abs/oc');
+  const none = () => false;
+  const dirs = (...d) => (p) => d.includes(p);
+  assert.equal(openclawStateDirFromEnv({}, home, cwd, none), '/home/u/.openclaw');
+  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: '  ' }, home, cwd, none), '/home/u/.openclaw');
+  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: '~' }, home, cwd, none), '/home/u');
+  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: '~/oc' }, home, cwd, none), '/home/u/oc');
+  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: 'oc-state' }, home, cwd, none), '/srv/gateway/oc-state');
+  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: '/abs/oc ' }, home, cwd, none), '/abs/oc');
+  // Where earlier versions put it (from the home directory) and only there:
+  // kept, so its identity is not replaced by a new one.
+  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: 'oc-state' }, home, cwd, dirs('/home/u/oc-state')), '/home/u/oc-state');
+  assert.equal(openclawStateDirFromEnv({ OPENCLAW_STATE_DIR: 'oc-state' }, home, cwd, dirs('/home/u/oc-state', '/srv/gateway/oc-state')), '/srv/gateway/oc-state');
 });
