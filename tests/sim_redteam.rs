@@ -82,6 +82,48 @@ fn finding_1_large_messages_stop_at_a_byte_quota_and_are_delivered_once_read() {
     assert_eq!(firsts, want, "every message exactly once");
 }
 
+/// A message the peer refused over its quota is not sent again with every
+/// later message it receipts: the later ones are held behind the gap and
+/// receipted by number, which sends an entry sent only once again at once
+/// (a lost frame), but each entry once that way; the timer keeps its pace.
+#[test]
+fn a_refused_message_goes_again_once_per_entry_not_with_every_later_receipt() {
+    let (mut w, ids) = world(147, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let big = |i: usize| format!("{i:03}:{}", "x".repeat(900_000));
+    for i in 0..40 {
+        w.send(a, b, &big(i));
+        w.run_for(300);
+    }
+    w.run_for(2_000);
+    let r = w.call_sync(b, "mesh_inbox", json!({"limit": 1, "peek": true}), 10_000);
+    let refused = r["details"]["mesh"]["diagnostics"]["refused_over_quota"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        refused > 0,
+        "setup: nothing was refused: {}",
+        r["details"]["mesh"]
+    );
+    let s = w.status(a);
+    let waiting = s["outbox"].as_u64().unwrap_or(0);
+    let resent_before = s["stats"]["resent"].as_u64().unwrap_or(0);
+    assert!(
+        waiting > 0,
+        "setup: refused messages wait for their receipt"
+    );
+    // 20 small messages, each held behind the gap and receipted by number.
+    for i in 0..20 {
+        w.send(a, b, &format!("small {i}"));
+        w.run_for(200);
+    }
+    let resent = w.status(a)["stats"]["resent"].as_u64().unwrap_or(0) - resent_before;
+    assert!(
+        resent <= waiting,
+        "{resent} copies sent again for {waiting} waiting entries during 20 receipts"
+    );
+}
+
 /// Finding 4: the relay's operator (or anyone watching a ws:// relay)
 /// records a session opening made without a one-time prekey and its first
 /// message, and replays both later under fresh frame ids. The live session

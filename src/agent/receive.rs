@@ -592,7 +592,7 @@ impl Agent {
         how: Decrypted,
     ) {
         let now = cx.now();
-        self.apply_receipts(cx, from, r);
+        self.apply_receipts(cx, from, r, how != Decrypted::Promoted);
         let Some(peer) = self.peers.get_mut(from) else {
             return;
         };
@@ -607,46 +607,51 @@ impl Agent {
     /// outbox (in memory; the caller saves the peer); files on their way to
     /// `from` count them. Whether any left.
     ///
-    /// A gap goes again at once. The relay keeps one sender's frames to one
-    /// receiver in order, so an entry sent before one the peer receipts by
-    /// number (held behind a gap), and not receipted itself, was lost: most
-    /// often delivered live to a process that crashed before storing it,
-    /// which the relay does not deliver again. It is sent again now instead
-    /// of after RESEND_AFTER_MS, and the peer releases what it held behind
-    /// it. Once sent again it is newer than what was receipted, so later
-    /// receipts naming the same numbers do not send it a third time (the
-    /// timer does, if this copy is lost too). A frame that was only late
-    /// costs the peer one copy, which it drops as a repeat.
-    fn apply_receipts(&mut self, cx: &mut Cx<'_>, from: &str, r: &Receipts) -> bool {
+    /// A gap goes again at once (`fast`: not when the receipt came under a
+    /// session that replaced ours, whose entries are sealed again anyway).
+    /// The relay normally passes one sender's frames to one receiver in
+    /// order, and a frame it delivered live to a process that crashed before
+    /// storing it is not delivered again. So an entry whose only copy went
+    /// before a message the peer receipts by number (held behind a gap) was
+    /// most likely lost: it is sent again now instead of after
+    /// RESEND_AFTER_MS, and the peer releases what it held behind it. Only
+    /// an entry sent once, before that message was sealed (strictly: one
+    /// sealed in the same millisecond may have left after it): once more
+    /// this way, then the timer's. So a frame the peer refuses (its inbox
+    /// quota), or one that was only late (stored at the relay while the
+    /// peer was away, pushed after later live ones), costs at most one
+    /// copy, which the peer refuses again or drops as a repeat.
+    fn apply_receipts(&mut self, cx: &mut Cx<'_>, from: &str, r: &Receipts, fast: bool) -> bool {
         let Some(peer) = self.peers.get_mut(from) else {
             return false;
         };
         let mut receipted = Vec::new();
-        // The highest number receipted by number (not by `upto`), and when
-        // that entry last went.
-        let mut by_number: Option<(u64, u64)> = None;
+        // Entries receipted by number (not by `upto`): their number and
+        // when they were sealed.
+        let mut named: Vec<(u64, u64)> = Vec::new();
         if r.epoch.is_none_or(|e| e == peer.out_epoch) {
             peer.outbox.retain(|o| {
-                let named = r.receipt.contains(&o.seq) && o.seq >= r.upto;
                 let keep = !o.needs_receipt || (!r.receipt.contains(&o.seq) && o.seq >= r.upto);
                 if !keep {
                     receipted.push(o.seq);
-                    if named && by_number.is_none_or(|(s, _)| o.seq > s) {
-                        by_number = Some((o.seq, o.last_sent_ms));
+                    if o.seq >= r.upto && r.receipt.contains(&o.seq) {
+                        named.push((o.seq, o.created_ms));
                     }
                 }
                 keep
             });
         }
         let mut gaps = Vec::new();
-        if let Some((top, sent_at)) = by_number {
+        if fast && !named.is_empty() {
             let now = cx.now();
             for o in peer.outbox.iter_mut() {
-                if o.needs_receipt
-                    && o.seq < top
-                    && o.last_sent_ms <= sent_at
+                let lost = o.needs_receipt
+                    && o.attempts == 1
                     && !o.frame.is_empty()
-                {
+                    && named
+                        .iter()
+                        .any(|&(seq, sealed)| seq > o.seq && o.last_sent_ms < sealed);
+                if lost {
                     o.last_sent_ms = now;
                     o.attempts = o.attempts.saturating_add(1);
                     gaps.push(o.frame.clone());
@@ -659,7 +664,7 @@ impl Agent {
             cx.log(
                 LogLevel::Debug,
                 &format!(
-                    "{from} receipted later messages but not {} before them; sending those again now",
+                    "{from} receipted later messages but not {} sent before them; sending those again now",
                     gaps.len()
                 ),
             );
@@ -721,7 +726,8 @@ impl Agent {
         }
         // Authenticated and idempotent: taken from a duplicate or a held
         // message too.
-        let receipted = ack.is_some_and(|r| self.apply_receipts(cx, from, &r));
+        let receipted =
+            ack.is_some_and(|r| self.apply_receipts(cx, from, &r, how != Decrypted::Promoted));
         let now = cx.now();
         let Some(peer) = self.peers.get_mut(from) else {
             return;
