@@ -83,8 +83,8 @@ const cleanup = [];
 
 // ── (i) kars-mesh clients ─────────────────────────────────────────────────
 async function ours(window = 1) {
-  // Each section's nodes start from empty state directories of their own: a
-  // pair that reused the previous section's would re-send, on connecting,
+  // Each section's nodes, in each run, start from empty state directories of
+  // their own (`round`): a pair that reused the previous one's would re-send, on connecting,
   // what was still waiting for a receipt when that section stopped it (seen:
   // `resent` 7 to 36 in the 64-in-flight section).
   // The readers consume, as an agent reads (`mesh_inbox` with mark_read,
@@ -93,7 +93,7 @@ async function ours(window = 1) {
   // marks in a call of its own, which a SIGKILL test needs and which costs
   // a round trip one more commit (tests/drivers/mesh-node.mjs).
   const mk = (name, extra = {}) => spawnMeshNode({
-    stateDir: path.join(dir, `w${window}-${name}`), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name: `bench-w${window}-${name}`, label: name, consume: true, ...extra,
+    stateDir: path.join(dir, `r${round}-w${window}-${name}`), relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, name: `bench-r${round}-w${window}-${name}`, label: name, consume: true, ...extra,
   }).then((n) => { cleanup.push(() => n.stop()); return n; });
 
   // Latency: A -> B (echo) -> A.
@@ -157,7 +157,7 @@ async function ours(window = 1) {
 async function agt(persist) {
   const tag = persist ? 'agt-state' : 'agt';
   const mk = (name, extra = {}) => spawnAgtPeer({
-    relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, ...(persist ? { statePath: path.join(dir, `${tag}-${name}.json`) } : {}), ...extra,
+    relayUrl: srv.relayUrl, registryUrl: srv.registryUrl, ...(persist ? { statePath: path.join(dir, `r${round}-${tag}-${name}.json`) } : {}), ...extra,
   }).then((p) => { cleanup.push(() => p.close()); return p; });
 
   const [p, q] = await Promise.all([mk('p'), mk('q', { echo: true })]);
@@ -409,7 +409,17 @@ async function inboxGrowth(section) {
 }
 
 /** One run of one pair: its results (or its failure) go to `into`. */
+/**
+ * Which run of its pair a section is: its clients' state (ours and the AGT
+ * peer's --state file) and names are the run's own, so every run's first
+ * message is a first contact (KNOCK, X3DH) and nothing waits from a run
+ * before (reused, the later runs timed a message on an existing session as
+ * "first contact" and re-sent what the run before left unreceipted).
+ */
+let round = 0;
+
 async function runPair(name, fn, rep, into) {
+  round = rep;
   const idleAt = await beforeSection(REPEAT > 1 ? `${name}, run ${rep + 1} of ${REPEAT}` : name);
   const t = performance.now();
   try {
@@ -557,7 +567,7 @@ function markdown(env, results, bd, bl, ig, wallMs) {
     L.push(`- sender: \`${JSON.stringify(o.engine.sender)}\``);
     L.push(`- receiver: \`${JSON.stringify(o.engine.receiver)}\``);
     L.push('');
-    L.push('`resent` > 0 on the sender means messages waited more than 20 s for their receipt and went out again;');
+    L.push('`resent` > 0 on the sender means messages went out again: after 20 s without their receipt, or at once when the receiver receipted a later one (held behind a gap);');
     L.push('`undecryptable`/`duplicates` on the receiver count those extra copies.');
     L.push('');
   }
