@@ -507,13 +507,10 @@ fn crash_after_the_inbox_store_does_not_deliver_twice() {
     assert_eq!(got, ["m1"], "m1 must be delivered exactly once");
 }
 
-/// A message delivered live is gone from the relay; if the receiver crashes
-/// before its commit, only the sender's re-send brings it back. That comes
-/// at the oldest unreceipted entry's due time (RESEND_AFTER_MS, 20 s, plus
-/// a second of slack), not at the next relay heartbeat after it (which made
-/// it up to 45 s).
-#[test]
-fn a_message_lost_to_a_receivers_crash_comes_back_about_20_s_later() {
+/// Alice and bob with a session (m0 read), bob set to crash on the next
+/// message before any of its handling lands (restarting 1 s later), and m1
+/// just sent to him.
+fn m1_sent_to_a_bob_about_to_crash() -> (World, usize, usize) {
     let (mut w, ids) = world_with(23, &["alice", "bob"]);
     let (a, b) = (ids[0], ids[1]);
     w.send(a, b, "m0");
@@ -530,6 +527,17 @@ fn a_message_lost_to_a_receivers_crash_comes_back_about_20_s_later() {
         },
     );
     w.send(a, b, "m1");
+    (w, a, b)
+}
+
+/// A message delivered live is gone from the relay; if the receiver crashes
+/// before its commit, only the sender's re-send brings it back. That comes
+/// at the oldest unreceipted entry's due time (RESEND_AFTER_MS, 20 s, plus
+/// a second of slack), not at the next relay heartbeat after it (which made
+/// it up to 45 s).
+#[test]
+fn a_message_lost_to_a_receivers_crash_comes_back_about_20_s_later() {
+    let (mut w, _, b) = m1_sent_to_a_bob_about_to_crash();
     w.run_for(19_000);
     assert!(
         !w.agents[b].crashes.is_empty() && !w.agents[b].crashes[0].skipped,
@@ -557,24 +565,9 @@ fn a_message_lost_to_a_receivers_crash_comes_back_about_20_s_later() {
 /// second or two of m2.
 #[test]
 fn a_message_lost_to_a_receivers_crash_comes_back_with_the_next_receipt() {
-    let (mut w, ids) = world_with(23, &["alice", "bob"]);
-    let (a, b) = (ids[0], ids[1]);
-    w.send(a, b, "m0");
-    w.run_for(3_000);
-    assert_eq!(w.read_texts(b), ["m0"], "setup");
-    let resent_before = w.status(a)["stats"]["resent"].as_u64();
-    assert_eq!(resent_before, Some(0), "setup");
-    w.plan_crash(
-        b,
-        CrashPlan {
-            not_before: 0,
-            on: CrashOn::Frame("message"),
-            prefix: Prefix::Exactly(0),
-            restart_after_ms: 1_000,
-        },
-    );
-    w.send(a, b, "m1");
+    let (mut w, a, b) = m1_sent_to_a_bob_about_to_crash();
     w.run_for(4_000);
+    assert_eq!(w.status(a)["stats"]["resent"].as_u64(), Some(0), "setup");
     assert!(
         !w.agents[b].crashes.is_empty() && !w.agents[b].crashes[0].skipped,
         "bob crashed on m1"

@@ -34,6 +34,15 @@ fn plaintext_frame(from: &str, to: &str, id: &str, payload: &Value) -> String {
     .to_string()
 }
 
+/// 40 messages of 900 kB ("000:xxx…" to "039:xxx…"), 300 ms apart: more
+/// than bob's 32 MiB unread quota for one sender holds.
+fn send_40_large(w: &mut World, a: usize, b: usize) {
+    for i in 0..40 {
+        w.send(a, b, &format!("{i:03}:{}", "x".repeat(900_000)));
+        w.run_for(300);
+    }
+}
+
 /// Finding 1: a peer sending large messages fills its unread quota (bytes,
 /// not only a count), never the engine's memory, and loses nothing: a kars
 /// sender's refused frames decrypt when it re-sends them after the reader
@@ -42,11 +51,7 @@ fn plaintext_frame(from: &str, to: &str, id: &str, payload: &Value) -> String {
 fn finding_1_large_messages_stop_at_a_byte_quota_and_are_delivered_once_read() {
     let (mut w, ids) = world(141, &["alice", "bob"]);
     let (a, b) = (ids[0], ids[1]);
-    let big = |i: usize| format!("{i:03}:{}", "x".repeat(900_000));
-    for i in 0..40 {
-        w.send(a, b, &big(i));
-        w.run_for(300);
-    }
+    send_40_large(&mut w, a, b);
     w.run_for(5_000);
     let r = w.call_sync(b, "mesh_inbox", json!({"limit": 1}), 10_000);
     let refused = r["details"]["mesh"]["diagnostics"]["refused_over_quota"]
@@ -90,11 +95,7 @@ fn finding_1_large_messages_stop_at_a_byte_quota_and_are_delivered_once_read() {
 fn a_refused_message_goes_again_once_per_entry_not_with_every_later_receipt() {
     let (mut w, ids) = world(147, &["alice", "bob"]);
     let (a, b) = (ids[0], ids[1]);
-    let big = |i: usize| format!("{i:03}:{}", "x".repeat(900_000));
-    for i in 0..40 {
-        w.send(a, b, &big(i));
-        w.run_for(300);
-    }
+    send_40_large(&mut w, a, b);
     w.run_for(2_000);
     let r = w.call_sync(b, "mesh_inbox", json!({"limit": 1, "peek": true}), 10_000);
     let refused = r["details"]["mesh"]["diagnostics"]["refused_over_quota"]

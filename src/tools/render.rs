@@ -25,11 +25,7 @@ pub fn fail(cx: &mut Cx<'_>, call_id: &str, msg: &str) {
 
 /// An error with a complete text (it starts with ❌).
 pub fn fail_text(cx: &mut Cx<'_>, call_id: &str, text: &str) {
-    let msg = text.trim_start_matches("❌").trim_start();
-    cx.out.push(Command::ToolResult {
-        call_id: call_id.to_string(),
-        result_json: result(text, json!({"error": msg})),
-    });
+    error(cx, call_id, text, false);
 }
 
 /// The call's arguments are refused before anything was asked of the
@@ -43,9 +39,21 @@ pub fn refuse(cx: &mut Cx<'_>, call_id: &str, msg: &str) {
 
 /// `refuse` with a complete text (it starts with ❌).
 pub fn refuse_text(cx: &mut Cx<'_>, call_id: &str, text: &str) {
+    error(cx, call_id, text, true);
+}
+
+/// The failure shape: `details.mesh` is `{error}` (the text without its
+/// ❌), with `bad_input: true` for refused arguments; nothing else, which is
+/// how a host tells a failed call from an answer (js-host/ENGINE.md).
+fn error(cx: &mut Cx<'_>, call_id: &str, text: &str, bad_input: bool) {
     let msg = text.trim_start_matches("❌").trim_start();
+    let details = if bad_input {
+        json!({"error": msg, "bad_input": true})
+    } else {
+        json!({"error": msg})
+    };
     cx.out.push(Command::ToolResult {
         call_id: call_id.to_string(),
-        result_json: result(text, json!({"error": msg, "bad_input": true})),
+        result_json: result(text, details),
     });
 }
