@@ -32,6 +32,8 @@
 // first message 1 s after start: first round trip 63 → 43 ms, p99 16.8 →
 // 11.6 ms (docs/design/TOOLCHAIN.md).
 
+import { isErrorResult } from './cli-output.js';
+
 /** Round trips, past where the slow ones of bench:mesh ended. */
 export const WARM_UP_ROUNDS = 150;
 /** Engine calls per round trip, at most (about 8 are needed): a pair that does not converse stops there. */
@@ -93,10 +95,7 @@ export async function warmUp(makeCore, o) {
     if (!a.did || !b.did) throw new WarmUpError(`mesh_register gave no DID: ${JSON.stringify(ra).slice(0, 200)}`);
     for (; done < rounds; done++) {
       const sent = await w.tool(a, 'mesh_send', { to: b.did, message: { type: 'warm-up', n: done, text: 'x'.repeat(120) } });
-      // The engine's failed call: a text starting with ❌ and details.mesh.error.
-      if (sent.details?.mesh?.error != null || String(sent.content?.[0]?.text ?? '').startsWith('❌')) {
-        throw new WarmUpError(`mesh_send: ${sent.content?.[0]?.text}`);
-      }
+      if (isErrorResult(sent)) throw new WarmUpError(`mesh_send: ${sent.content?.[0]?.text}`);
       const got = await w.inbox(b, (m) => m.payload?.n === done);
       await w.tool(b, 'mesh_send', { to: a.did, message: { type: 'echo', content: got.payload } });
       await w.inbox(a, (m) => m.payload?.content?.n === done);
