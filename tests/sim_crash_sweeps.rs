@@ -29,7 +29,9 @@ enum Target {
     SenderReceipt,
     /// Bob answering mesh_inbox.
     ReceiverInbox,
-    /// Alice handling a registry answer while opening the first session.
+    /// Alice handling the registry answer that opens the first session (her
+    /// peer's bundle or registration, whichever came last: both are asked
+    /// for at once).
     SenderFirstHttp,
     /// Bob handling the first KNOCK.
     ReceiverKnock,
@@ -76,7 +78,7 @@ fn sweep_run(seed: u64, target: Target, k: usize) -> Option<(Vec<String>, String
         _ => b,
     };
     let early = match target {
-        Target::SenderFirstHttp => Some(CrashOn::Http),
+        Target::SenderFirstHttp => Some(CrashOn::HttpSending("knock")),
         Target::ReceiverKnock => Some(CrashOn::Frame("knock")),
         Target::ReceiverFirstMessage => Some(CrashOn::Frame("message")),
         _ => None,

@@ -469,6 +469,58 @@ fn read_marks_are_explicit_exact_and_survive_a_restart() {
 
 // ------------------------------------------------------ mesh_send, discover
 
+/// A first send asks the registry for the peer's registration (does it
+/// speak receipts?) and its bundle at once: with every registry round trip
+/// taking 200 ms, the send is answered after one, not two.
+#[test]
+fn a_first_send_asks_for_the_registration_and_the_bundle_at_once() {
+    let (mut w, ids) = world(41, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let bob = w.did(b);
+    w.faults.latency_min_ms = 100;
+    w.faults.latency_max_ms = 100;
+    let id = w
+        .call(a, "mesh_send", json!({"to": bob, "message": "first"}))
+        .unwrap();
+    w.run_for(250);
+    assert!(
+        !pending(&w, a, &id),
+        "answered after one registry round trip"
+    );
+    let r = result(&w, a, &id);
+    assert_eq!(mesh(&r)["session"], "new", "{r}");
+    assert_eq!(mesh(&r)["confirmation"], "receipt", "{r}");
+}
+
+/// When the bundle comes back before the registration, the session waits
+/// for the registration: nothing leaves before both are in, and the first
+/// message to a kars peer still carries its delivery envelope (a receipt
+/// is asked for, and the peer stores the message with its number).
+#[test]
+fn a_first_send_waits_for_the_registration_when_the_bundle_comes_first() {
+    let (mut w, ids) = world(42, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let bob = w.did(b);
+    // `GET /v1/agents/<bob>` ends with bob's DID; `…/prekeys` does not.
+    w.faults.registry_slow = Some((bob.clone(), 400));
+    let id = w
+        .call(a, "mesh_send", json!({"to": bob, "message": "first"}))
+        .unwrap();
+    w.run_for(300);
+    assert!(pending(&w, a, &id), "the send waits for the registration");
+    assert!(w.persisted_inbox(b).is_empty(), "nothing left before it");
+    w.run_for(1_000);
+    let r = result(&w, a, &id);
+    assert_eq!(mesh(&r)["confirmation"], "receipt", "{r}");
+    let got = w.persisted_inbox(b);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["payload"]["content"], "first", "{got:?}");
+    assert!(
+        got[0]["seq"].is_u64(),
+        "the message carries its number: {got:?}"
+    );
+}
+
 /// Agent `i`'s base58 AMID, as `mesh_identity` shows it.
 fn amid_of(w: &mut World, i: usize) -> String {
     let r = w.call_sync(i, "mesh_identity", json!({}), 1_000);

@@ -458,6 +458,10 @@ pub struct Agent {
     next_id: u64,
     waiters: Vec<Waiter>,
     awaiting_session: HashMap<String, Vec<Queued>>,
+    /// New sessions whose peer's registration (does it speak receipts?) is
+    /// still being fetched, beside its bundle: the bundle, if it came first,
+    /// waits here for it (`send::fetch_for_session`).
+    capabilities_pending: HashMap<String, Option<send::BundleAnswer>>,
     /// Sends committed while the link was connecting, answered when it opens
     /// or fails.
     held_sends: Vec<HeldSend>,
@@ -548,7 +552,7 @@ impl Agent {
         let now = cx.now();
         let cfg = restore::registered_name(cfg, &vault, cx);
         let prekeys = restore::prekeys(&vault, &id, cx, now)?;
-        let (mut peers, fast_forwarded) = restore::peers(&vault, cx);
+        let (mut peers, repairs) = restore::peers(&vault, cx);
         let inbox = restore::inbox(&vault, cx);
         let plain_seen = vault
             .get::<plain_seen::PlainSeen>(cx.host, keys::PLAIN_SEEN)
@@ -585,6 +589,7 @@ impl Agent {
             next_id: DYNAMIC_IDS,
             waiters: Vec::new(),
             awaiting_session: HashMap::new(),
+            capabilities_pending: HashMap::new(),
             held_sends: Vec::new(),
             sync_id: None,
             marker_out: None,
@@ -615,19 +620,26 @@ impl Agent {
             ahead: Default::default(),
             stats: Stats::default(),
         };
-        agent.begin(cx, fast_forwarded, operator);
+        agent.begin(cx, repairs, operator);
         Ok(agent)
     }
 
     /// Loaded: repair what an interrupted write left, then register,
     /// connect and pick up the offload, controller and sandbox roles.
-    fn begin(&mut self, cx: &mut Cx<'_>, fast_forwarded: Vec<String>, operator: Option<Operator>) {
-        for did in fast_forwarded {
+    fn begin(&mut self, cx: &mut Cx<'_>, repairs: restore::Repairs, operator: Option<Operator>) {
+        for did in repairs.fast_forwarded {
             cx.log(
                 LogLevel::Warn,
                 &format!("recovered the sending chain to {did} after an interrupted write"),
             );
             self.save_peer(cx, &did);
+        }
+        // Their messages wait for a session, as a send to a new peer does
+        // (opened once the relay has handed over what it stored for us,
+        // which may be the peer's own KNOCK).
+        for did in repairs.without_session {
+            self.awaiting_session.entry(did.clone()).or_default();
+            self.fetch_after_sync.insert(did);
         }
         cx.log(
             LogLevel::Info,
@@ -973,7 +985,7 @@ impl Agent {
             Purpose::Register => self.on_registered(cx, status, &problem),
             Purpose::Upload => self.on_uploaded(cx, status, body, &problem),
             Purpose::RegistryHeartbeat => self.on_registry_heartbeat(cx, status),
-            Purpose::Bundle(peer) => self.on_bundle(cx, &peer, status, body, &problem),
+            Purpose::Bundle(peer) => self.on_bundle_fetched(cx, &peer, status, body, &problem),
             Purpose::VerifyKnocker(peer) => self.on_knocker_bundle(cx, &peer, ok, body, &problem),
             Purpose::AgentInfo { peer, then_bundle } => {
                 self.on_agent_info(cx, &peer, then_bundle, ok, body)
@@ -1088,15 +1100,7 @@ impl Agent {
             }
         }
         if then_bundle {
-            let path = format!("/v1/agents/{peer}/prekeys");
-            self.http(
-                cx,
-                Purpose::Bundle(peer.to_string()),
-                "GET",
-                &path,
-                false,
-                None,
-            );
+            self.capabilities_known(cx, peer);
         }
     }
 

@@ -53,10 +53,19 @@ pub(super) fn registered_name(mut cfg: Config, vault: &Vault, cx: &mut Cx<'_>) -
     cfg
 }
 
-/// Every stored peer with its outbox entries, and the DIDs whose sending
-/// chain had to be stepped past an entry written before a lost session
-/// record.
-pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, Vec<String>) {
+/// What `peers` found besides the peers: the DIDs whose sending chain had
+/// to be stepped past an entry written before a lost session record, and
+/// those whose first session record was lost after their entries were
+/// written (their messages wait for a new session).
+#[derive(Default)]
+pub(super) struct Repairs {
+    pub fast_forwarded: Vec<String>,
+    pub without_session: Vec<String>,
+}
+
+/// Every stored peer with its outbox entries, and what an interrupted
+/// write left to repair.
+pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, Repairs) {
     let mut peers = BTreeMap::new();
     for key in cx.host.storage_list(keys::SESSION) {
         match vault.get_bytes(cx.host, &key) {
@@ -73,11 +82,37 @@ pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, 
             Err(e) => cx.log(LogLevel::Error, &format!("{e}; skipped")),
         }
     }
-    let mut fast_forwarded = Vec::new();
+    // Every outbox entry's key, by peer (one listing; keys are
+    // `outbox/<did>/<frame id>`).
+    let mut outbox_keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for key in cx.host.storage_list(keys::OUTBOX) {
+        if let Some((did, _)) = key
+            .strip_prefix(keys::OUTBOX)
+            .and_then(|rest| rest.split_once('/'))
+        {
+            outbox_keys.entry(did.to_string()).or_default().push(key);
+        }
+    }
+    // Entries to a peer with no session record: the first session's record
+    // was lost after they were written (a host without one transaction per
+    // batch; no session record is ever erased). Their frames never left
+    // (frames leave after both records) and no session can open them: they
+    // are sealed again under a new session, with their numbers.
+    let mut repairs = Repairs::default();
+    for did in outbox_keys.keys() {
+        if !peers.contains_key(did) {
+            cx.log(
+                LogLevel::Warn,
+                &format!("messages to {did} were written before a session record that was lost; they go under a new session"),
+            );
+            peers.insert(did.clone(), Peer::new(did));
+            repairs.without_session.push(did.clone());
+        }
+    }
     for p in peers.values_mut() {
-        let prefix = format!("{}{}/", keys::OUTBOX, p.did);
+        let orphaned = repairs.without_session.contains(&p.did);
         let mut loaded: Vec<OutEntry> = Vec::new();
-        for key in cx.host.storage_list(&prefix) {
+        for key in outbox_keys.remove(&p.did).unwrap_or_default() {
             match vault.get_with_trailer(cx.host, &key) {
                 Ok(Some((head, frame))) => match OutEntry::from_record(&head, &frame, &p.did) {
                     Ok(o) => loaded.push(o),
@@ -106,6 +141,10 @@ pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, 
             // session change. An older entry under an earlier key that did
             // leave keeps its frame (its number is below the record's).
             // The frame's place in our sending chain, read once.
+            if orphaned {
+                o.frame.clear();
+                o.sent_under = None;
+            }
             let mut framed = frames::parse_message_frame(&o.frame)
                 .ok()
                 .map(|m| (m.header.dh, m.header.n));
@@ -133,7 +172,7 @@ pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, 
             });
             if let (Some((dh, n)), Some(r)) = (sent_under, p.active.as_mut()) {
                 if r.fast_forward_send(&dh, n) {
-                    fast_forwarded.push(p.did.clone());
+                    repairs.fast_forwarded.push(p.did.clone());
                 }
             }
             if o.needs_receipt && o.seq >= p.out_seq {
@@ -150,7 +189,7 @@ pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, 
             }
         }
     }
-    (peers, fast_forwarded)
+    (peers, repairs)
 }
 
 /// The inbox entries (their payloads stay in storage).

@@ -23,6 +23,14 @@ struct NewSession {
     ratchet: Ratchet,
 }
 
+/// A registry answer to a bundle request, kept while the peer's
+/// registration is still being read.
+pub(super) struct BundleAnswer {
+    status: Option<u16>,
+    body: Vec<u8>,
+    problem: String,
+}
+
 impl Agent {
     // ---------------------------------------------------------------- sending
 
@@ -69,10 +77,13 @@ impl Agent {
         self.fetch_for_session(cx, to);
     }
 
-    /// Start a new session with `to`: capabilities first (does the peer
-    /// speak receipts?), then the bundle, so the very first message already
-    /// carries the delivery envelope.
+    /// Start a new session with `to`: its registration (does the peer speak
+    /// receipts?) and its bundle, asked for together, so the very first
+    /// message carries the delivery envelope and a first contact waits for
+    /// one registry round trip, not two in a row. A bundle that comes back
+    /// first waits for the registration (`on_bundle_fetched`).
     fn fetch_for_session(&mut self, cx: &mut Cx<'_>, to: &str) {
+        self.capabilities_pending.insert(to.to_string(), None);
         let path = format!("/v1/agents/{to}");
         self.http(
             cx,
@@ -85,6 +96,44 @@ impl Agent {
             false,
             None,
         );
+        let path = format!("/v1/agents/{to}/prekeys");
+        self.http(
+            cx,
+            Purpose::Bundle(to.to_string()),
+            "GET",
+            &path,
+            false,
+            None,
+        );
+    }
+
+    /// The bundle of a new session: used now if the peer's registration
+    /// has been read, else kept until it is.
+    pub(super) fn on_bundle_fetched(
+        &mut self,
+        cx: &mut Cx<'_>,
+        peer_did: &str,
+        status: Option<u16>,
+        body: &[u8],
+        problem: &str,
+    ) {
+        if let Some(slot @ None) = self.capabilities_pending.get_mut(peer_did) {
+            *slot = Some(BundleAnswer {
+                status,
+                body: body.to_vec(),
+                problem: problem.to_string(),
+            });
+            return;
+        }
+        self.on_bundle(cx, peer_did, status, body, problem);
+    }
+
+    /// The peer's registration has been read (or could not be): its bundle,
+    /// if it came first, is used now.
+    pub(super) fn capabilities_known(&mut self, cx: &mut Cx<'_>, peer_did: &str) {
+        if let Some(Some(b)) = self.capabilities_pending.remove(peer_did) {
+            self.on_bundle(cx, peer_did, b.status, &b.body, &b.problem);
+        }
     }
 
     /// Peers whose new session waited: use the session that came up
@@ -107,7 +156,7 @@ impl Agent {
         }
     }
 
-    pub(super) fn on_bundle(
+    fn on_bundle(
         &mut self,
         cx: &mut Cx<'_>,
         peer_did: &str,

@@ -49,6 +49,8 @@ pub struct Faults {
     pub reorder_max_ms: u64,
     pub latency_min_ms: u64,
     pub latency_max_ms: u64,
+    /// Registry requests whose URL ends with this take that many ms more.
+    pub registry_slow: Option<(String, u64)>,
 }
 
 impl Faults {
@@ -60,6 +62,7 @@ impl Faults {
             reorder_max_ms: 0,
             latency_min_ms: 2,
             latency_max_ms: 25,
+            registry_slow: None,
         }
     }
 
@@ -107,12 +110,20 @@ pub enum CrashOn {
     Tool(&'static str),
     Frame(&'static str),
     Http,
+    /// A registry answer whose handling sends a frame of this type (the
+    /// one that opens a session sends its `knock`, whichever of the
+    /// session's registry answers came last).
+    HttpSending(&'static str),
     Timer,
 }
 
 impl CrashOn {
-    fn matches(&self, k: &EvKind) -> bool {
+    fn matches(&self, k: &EvKind, cmds: &[Command]) -> bool {
         match (self, k) {
+            (CrashOn::HttpSending(t), EvKind::Http) => cmds.iter().any(|c| {
+                matches!(c, Command::SocketSend { text, .. }
+                    if serde_json::from_str::<Value>(text).is_ok_and(|v| v["type"] == *t))
+            }),
             (CrashOn::Any, _) => true,
             (CrashOn::AnyBut(t), EvKind::Tool(x)) => t != x,
             (CrashOn::AnyBut(_), _) => true,
@@ -991,7 +1002,7 @@ impl World {
         self.trace.feed_u64(now);
         self.trace.feed_u64(i as u64);
         let total = cmds.len();
-        let cut = self.crash_cut(i, &kind, total);
+        let cut = self.crash_cut(i, &kind, &cmds);
         let take = cut.map_or(total, |(k, _)| k);
         let mut cmds = cmds.into_iter();
         for c in cmds.by_ref().take(take) {
@@ -1003,13 +1014,14 @@ impl World {
         }
     }
 
-    fn crash_cut(&mut self, i: usize, kind: &EvKind, len: usize) -> Option<(usize, u64)> {
+    fn crash_cut(&mut self, i: usize, kind: &EvKind, cmds: &[Command]) -> Option<(usize, u64)> {
         let now = self.now;
+        let len = cmds.len();
         let a = &mut self.agents[i];
         let pos = a
             .crash_plans
             .iter()
-            .position(|p| now >= p.not_before && p.on.matches(kind))?;
+            .position(|p| now >= p.not_before && p.on.matches(kind, cmds))?;
         let p = a.crash_plans.remove(pos);
         let k = match p.prefix {
             Prefix::Random => self.rng.below(len as u64 + 1) as usize,
@@ -1218,7 +1230,11 @@ impl World {
                 body,
                 ..
             } => {
-                let at = now + self.latency();
+                let slow = match &self.faults.registry_slow {
+                    Some((suffix, ms)) if url.ends_with(suffix.as_str()) => *ms,
+                    _ => 0,
+                };
+                let at = now + self.latency() + slow;
                 self.schedule(
                     at,
                     Ev::Http {
