@@ -368,6 +368,10 @@ pub struct World {
     relay_down_until: u64,
     pub net: NetStats,
     last_down: BTreeMap<u64, u64>,
+    /// The next `message` frame the relay sends this agent arrives this
+    /// many ms late, after frames sent after it (a frame the relay stored
+    /// and pushes while later ones come live): late, not lost.
+    pub late_message: Option<(usize, u64)>,
     /// (conn, client→relay) → arrival time of the last in-order frame.
     fifo: BTreeMap<(u64, bool), u64>,
     /// "from>to|dh|n" → ciphertext of every encrypted frame put on the wire.
@@ -481,6 +485,7 @@ impl World {
             relay_down_until: 0,
             net: NetStats::default(),
             last_down: BTreeMap::new(),
+            late_message: None,
             fifo: BTreeMap::new(),
             keys_seen: BTreeMap::new(),
             ids_seen: BTreeMap::new(),
@@ -1325,9 +1330,19 @@ impl World {
                     let Some(owner) = self.relay.conn(conn).map(|c| c.owner) else {
                         continue;
                     };
+                    let late = match (self.late_message, owner) {
+                        (Some((to, ms)), Owner::Agent { agent, .. })
+                            if to == agent && text.contains("\"type\":\"message\"") =>
+                        {
+                            self.late_message = None;
+                            ms
+                        }
+                        _ => 0,
+                    };
                     for at in self.transmit(conn, false, false) {
                         let last = self.last_down.entry(conn).or_insert(0);
                         *last = (*last).max(at);
+                        let at = at + late;
                         let ev = match owner {
                             Owner::Agent { agent, inc, socket } => Ev::Agent {
                                 agent,
