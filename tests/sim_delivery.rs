@@ -1085,6 +1085,82 @@ fn warm_then_bob_away(seed: u64, away_ms: u64) -> (World, usize, usize, String) 
     (w, a, b, bd)
 }
 
+/// A session record that cannot be read (a newer kars-mesh's, a damaged
+/// one) is left alone with its outbox: its messages are not taken for ones
+/// whose record was lost, so no new session is opened over it and nothing
+/// is written in its place.
+#[test]
+fn an_unreadable_session_record_is_left_alone_with_its_outbox() {
+    let (mut w, a, _b, bd) = warm_then_bob_away(37, 60_000);
+    assert!(w.send(a, _b, "waiting").is_some());
+    w.run_for(200);
+    assert_eq!(w.outbox_keys(a, &bd).len(), 1, "setup: one entry waits");
+    let knocks = w.wire_frames(a, "knock", &bd).len();
+    w.crash_now(a, 1_000);
+    let key = format!("session/{bd}");
+    let mut storage = w.snapshot_storage(a);
+    storage.insert(key.clone(), b"not a sealed record".to_vec());
+    w.restore_storage(a, storage);
+    w.run_for(10_000);
+    assert!(w.agents[a].up(), "alice is back");
+    assert_eq!(
+        w.wire_frames(a, "knock", &bd).len(),
+        knocks,
+        "no new session"
+    );
+    assert_eq!(
+        w.snapshot_storage(a).get(&key).map(Vec::as_slice),
+        Some(&b"not a sealed record"[..]),
+        "the record is not written over"
+    );
+    assert_eq!(w.outbox_keys(a, &bd).len(), 1, "the entry is kept");
+}
+
+/// The first session's record lost after its message's entry was written
+/// (a host without one transaction per batch), and a second restart before
+/// the new session could open (its bundle request never answered): the
+/// next start repairs it again, and bob reads the message once.
+#[test]
+fn a_message_whose_first_session_record_was_lost_survives_a_second_restart() {
+    let (mut w, ids) = world_with(38, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    w.plan_crash(
+        a,
+        CrashPlan {
+            not_before: 0,
+            on: CrashOn::HttpSending("knock"),
+            // The outbox entry lands; the session record does not.
+            prefix: Prefix::Exactly(1),
+            restart_after_ms: 1_500,
+        },
+    );
+    w.send(a, b, "first");
+    w.run_for(500);
+    let crash = w.agents[a].crashes.first().cloned().expect("alice crashed");
+    assert!(!crash.skipped && crash.applied == 1, "{crash:?}");
+    assert!(
+        crash.lost.iter().any(|l| l.starts_with("store session/")),
+        "{crash:?}"
+    );
+    // Back, alice asks for bob's bundle again; it does not come.
+    w.faults.registry_slow = Some(("/prekeys".into(), 600_000));
+    w.run_for(4_000);
+    assert!(
+        w.warnings(a)
+            .iter()
+            .any(|l| l.contains("no session to go under")),
+        "{:#?}",
+        w.warnings(a)
+    );
+    assert!(w.read_texts(b).is_empty(), "nothing reached bob yet");
+    w.crash_now(a, 1_000);
+    w.faults.registry_slow = None;
+    w.run_for(6_000);
+    assert_eq!(w.read_texts(b), ["first"]);
+    w.run_for(60_000);
+    assert!(w.read_texts(b).is_empty(), "once");
+}
+
 /// Alice and bob have talked; bob goes away (back after 8 s) and alice
 /// sends him a 100 KiB message of `fill`, which waits unreceipted. The
 /// world, alice, bob, bob's DID and the message.

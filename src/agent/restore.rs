@@ -67,7 +67,13 @@ pub(super) struct Repairs {
 /// write left to repair.
 pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, Repairs) {
     let mut peers = BTreeMap::new();
+    // Every DID with a session record, readable or not: an unreadable one
+    // (a newer kars-mesh's, a damaged one) is left alone, with its outbox.
+    let mut recorded: HashSet<String> = HashSet::new();
     for key in cx.host.storage_list(keys::SESSION) {
+        if let Some(did) = key.strip_prefix(keys::SESSION) {
+            recorded.insert(did.to_string());
+        }
         match vault.get_bytes(cx.host, &key) {
             Ok(Some(bytes)) => match Peer::from_bytes(&bytes) {
                 Ok(p) => {
@@ -97,16 +103,23 @@ pub(super) fn peers(vault: &Vault, cx: &mut Cx<'_>) -> (BTreeMap<String, Peer>, 
     // was lost after they were written (a host without one transaction per
     // batch; no session record is ever erased). Their frames never left
     // (frames leave after both records) and no session can open them: they
-    // are sealed again under a new session, with their numbers.
+    // are sealed again under a new session, with their numbers. A peer
+    // saved since with no session yet (its new session did not open before
+    // another restart) is repaired the same way: a session, once made, is
+    // never dropped, so entries under a record without one are these.
     let mut repairs = Repairs::default();
     for did in outbox_keys.keys() {
-        if !peers.contains_key(did) {
+        if !recorded.contains(did) {
+            peers.insert(did.clone(), Peer::new(did));
+        }
+    }
+    for p in peers.values() {
+        if p.active.is_none() && outbox_keys.contains_key(&p.did) {
             cx.log(
                 LogLevel::Warn,
-                &format!("messages to {did} were written before a session record that was lost; they go under a new session"),
+                &format!("messages to {} have no session to go under (its record was lost after they were written); they go under a new session", p.did),
             );
-            peers.insert(did.clone(), Peer::new(did));
-            repairs.without_session.push(did.clone());
+            repairs.without_session.push(p.did.clone());
         }
     }
     for p in peers.values_mut() {

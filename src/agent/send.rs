@@ -176,6 +176,16 @@ impl Agent {
         match self.session_from_bundle(cx, peer_did, status, body, problem) {
             Ok(opened) => self.open_session(cx, peer_did, opened, queued),
             Err(msg) => {
+                let waiting = self.peers.get(peer_did).map_or(0, |p| p.outbox.len());
+                if waiting > 0 {
+                    // Entries restored without a session (`Repairs`): they
+                    // wait for the next send to this peer, its own message,
+                    // or the next start.
+                    cx.log(
+                        LogLevel::Warn,
+                        &format!("{waiting} message(s) to {peer_did} wait for a session that could not be opened: {msg}"),
+                    );
+                }
                 for q in queued {
                     if let Some(c) = q.call_id {
                         mesh_send::send_failed(self, cx, &c, &msg);

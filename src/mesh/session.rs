@@ -586,10 +586,13 @@ impl Peer {
     /// sends them again. Such a peer cannot tell a repeat from an attack: the
     /// AGT clients fail a duplicate and tear the session down. A crash
     /// between the commit and the write loses those frames; a repeat would
-    /// desynchronise the peer for good. Returns whether anything changed.
+    /// desynchronise the peer for good. An entry with no frame is not about
+    /// to go out (it waits to be sealed again, under a new session after a
+    /// lost record): it stays. Returns whether anything changed.
     pub fn hand_over_unreceipted(&mut self) -> bool {
         let before = self.outbox.len();
-        self.outbox.retain(|o| o.needs_receipt);
+        self.outbox
+            .retain(|o| o.needs_receipt || o.frame.is_empty());
         let mut changed = self.outbox.len() != before;
         if !self.kars && self.pending_knock.is_some() {
             self.pending_knock = None;
@@ -770,6 +773,24 @@ mod tests {
             file_part: true,
             stored: false,
         }
+    }
+
+    /// Handing over to the relay drops what goes out now to a peer that
+    /// sends no receipts; an entry with no frame is not going out (it
+    /// waits to be sealed again under a new session) and stays.
+    #[test]
+    fn handing_over_keeps_entries_that_have_no_frame_yet() {
+        let mut p = Peer::new("did:mesh:b");
+        let mut going = out_entry(10, 1);
+        going.needs_receipt = false;
+        let mut frameless = out_entry(10, 2);
+        frameless.needs_receipt = false;
+        frameless.frame.clear();
+        let receipted = out_entry(10, 3);
+        p.outbox = vec![going, frameless, receipted];
+        assert!(p.hand_over_unreceipted());
+        let left: Vec<u64> = p.outbox.iter().map(|o| o.seq).collect();
+        assert_eq!(left, [2, 3]);
     }
 
     #[test]
