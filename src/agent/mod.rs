@@ -361,7 +361,7 @@ enum Purpose {
     VerifyKnocker(String),
     AgentInfo {
         peer: String,
-        then_bundle: bool,
+        for_session: bool,
     },
     Discover {
         call_id: String,
@@ -987,8 +987,8 @@ impl Agent {
             Purpose::RegistryHeartbeat => self.on_registry_heartbeat(cx, status),
             Purpose::Bundle(peer) => self.on_bundle_fetched(cx, &peer, status, body, &problem),
             Purpose::VerifyKnocker(peer) => self.on_knocker_bundle(cx, &peer, ok, body, &problem),
-            Purpose::AgentInfo { peer, then_bundle } => {
-                self.on_agent_info(cx, &peer, then_bundle, ok, body)
+            Purpose::AgentInfo { peer, for_session } => {
+                self.on_agent_info(cx, &peer, for_session, ok, body)
             }
             Purpose::Discover {
                 call_id,
@@ -1074,13 +1074,13 @@ impl Agent {
         }
     }
 
-    /// What the registry says of a peer: does it speak kars receipts? Then,
-    /// for a send, its bundle.
+    /// What the registry says of a peer: does it speak kars receipts? For a
+    /// new session (`for_session`), its bundle is used now if it came first.
     fn on_agent_info(
         &mut self,
         cx: &mut Cx<'_>,
         peer: &str,
-        then_bundle: bool,
+        for_session: bool,
         ok: bool,
         body: &[u8],
     ) {
@@ -1094,12 +1094,12 @@ impl Agent {
                 .or_insert_with(|| Peer::new(peer));
             if !p.kars {
                 p.kars = true;
-                if !then_bundle {
+                if !for_session {
                     self.save_peer(cx, peer);
                 }
             }
         }
-        if then_bundle {
+        if for_session {
             self.capabilities_known(cx, peer);
         }
     }

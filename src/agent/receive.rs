@@ -279,7 +279,7 @@ impl Agent {
                 cx,
                 Purpose::AgentInfo {
                     peer: from.to_string(),
-                    then_bundle: false,
+                    for_session: false,
                 },
                 "GET",
                 &path,

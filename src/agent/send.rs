@@ -89,7 +89,7 @@ impl Agent {
             cx,
             Purpose::AgentInfo {
                 peer: to.to_string(),
-                then_bundle: true,
+                for_session: true,
             },
             "GET",
             &path,
