@@ -1161,6 +1161,66 @@ fn a_message_whose_first_session_record_was_lost_survives_a_second_restart() {
     assert!(w.read_texts(b).is_empty(), "once");
 }
 
+/// The same loss, and then a session record of bob saved with no session
+/// in it (as a repair that did not finish would leave it, before another
+/// restart): a record that holds no session cannot open its entries, so
+/// they are repaired as if there were no record, and bob reads the
+/// message once.
+#[test]
+fn entries_under_a_session_record_with_no_session_are_sealed_again() {
+    use kars_mesh::crypto::seal;
+    use kars_mesh::entropy::SeededEntropy;
+    use kars_mesh::mesh::session::Peer;
+
+    let (mut w, ids) = world_with(39, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    let bd = w.did(b);
+    w.plan_crash(
+        a,
+        CrashPlan {
+            not_before: 0,
+            on: CrashOn::HttpSending("knock"),
+            // The outbox entry lands; the session record does not.
+            prefix: Prefix::Exactly(1),
+            restart_after_ms: 1_500,
+        },
+    );
+    w.send(a, b, "first");
+    w.run_for(500);
+    let crash = w.agents[a].crashes.first().cloned().expect("alice crashed");
+    assert!(!crash.skipped && crash.applied == 1, "{crash:?}");
+    assert!(!w.agents[a].up(), "alice is still down");
+    // While she is down: a readable session record of bob with no session.
+    let key = format!("session/{bd}");
+    let mut storage = w.snapshot_storage(a);
+    assert!(!storage.contains_key(&key), "setup: the record was lost");
+    assert_eq!(w.outbox_keys(a, &bd).len(), 1, "setup: the entry was kept");
+    let empty = Peer::new(&bd);
+    assert!(empty.active.is_none());
+    let sealed = seal::seal_bound(
+        &w.agents[a].state_key,
+        "session.v1",
+        &key,
+        &empty.to_bytes(),
+        &mut SeededEntropy::new(39),
+    )
+    .unwrap();
+    storage.insert(key.clone(), sealed);
+    w.restore_storage(a, storage);
+    w.run_for(6_000);
+    assert!(w.agents[a].up(), "alice is back");
+    assert!(
+        w.warnings(a)
+            .iter()
+            .any(|l| l.contains("no session to go under")),
+        "{:#?}",
+        w.warnings(a)
+    );
+    assert_eq!(w.read_texts(b), ["first"]);
+    w.run_for(60_000);
+    assert!(w.read_texts(b).is_empty(), "once");
+}
+
 /// Alice and bob have talked; bob goes away (back after 8 s) and alice
 /// sends him a 100 KiB message of `fill`, which waits unreceipted. The
 /// world, alice, bob, bob's DID and the message.
