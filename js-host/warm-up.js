@@ -75,8 +75,9 @@ function defaultNext() {
  *   through `storage`): called twice with `{ storage, now }`
  * @param {{ rounds?: number, next?: (fn: () => void) => void, stopped?: () => boolean,
  *   stateKey: () => string }} o  stateKey: a fresh base64 key for a throwaway engine
- * @returns {Promise<{ rounds: number, calls: number, ms: number, routed: object, stopped?: true, error?: string }>}
+ * @returns {Promise<{ rounds: number, calls: number, ms: number, routed: object, confirmation?: string, stopped?: true, error?: string }>}
  *   routed: frames the in-memory relay delivered, by type (knock, message, ...);
+ *   confirmation: the first mesh_send's (`receipt`: the pair used the kars delivery envelope);
  *   stopped: `o.stopped()` said so before the last round trip
  */
 export async function warmUp(makeCore, o) {
@@ -96,6 +97,7 @@ export async function warmUp(makeCore, o) {
     for (; done < rounds; done++) {
       const sent = await w.tool(a, 'mesh_send', { to: b.did, message: { type: 'warm-up', n: done, text: 'x'.repeat(120) } });
       if (isErrorResult(sent)) throw new WarmUpError(`mesh_send: ${sent.content?.[0]?.text}`);
+      w.confirmation ??= sent.details?.mesh?.confirmation;
       const got = await w.inbox(b, (m) => m.payload?.n === done);
       await w.tool(b, 'mesh_send', { to: a.did, message: { type: 'echo', content: got.payload } });
       await w.inbox(a, (m) => m.payload?.content?.n === done);
@@ -125,10 +127,12 @@ class World {
     this.agents = new Map(); // did -> prekey bundle (or null)
     this.nextCall = 0;
     this.routed = {};
+    /** The first send's `confirmation`: "receipt" when the pair speaks the kars delivery envelope. */
+    this.confirmation = undefined;
   }
 
   report(rounds, t0) {
-    return { rounds, calls: this.calls, ms: performance.now() - t0, routed: { ...this.routed } };
+    return { rounds, calls: this.calls, ms: performance.now() - t0, routed: { ...this.routed }, confirmation: this.confirmation };
   }
 
   async engine(makeCore, label) {
@@ -138,7 +142,7 @@ class World {
       *list(prefix) { for (const k of records.keys()) if (k.startsWith(prefix)) yield k; },
     };
     const core = await makeCore({ storage, now: () => this.now });
-    const e = { label, core, records, timers: new Map(), sockets: new Map(), results: new Map(), did: null };
+    const e = { label, core, records, timers: new Map(), sockets: new Map(), results: new Map(), did: null, capabilities: [] };
     e.push = (ev) => this.queue.push([e, ev]);
     this.engines.push(e);
     return e;
@@ -219,7 +223,7 @@ class World {
         break;
       case 'socket-send': this.relay(e, val.socket, val.text); break;
       case 'http-request': {
-        const [status, body] = this.registry(val.method, val.url, val.body);
+        const [status, body] = this.registry(e, val.method, val.url, val.body);
         e.push({ tag: 'http-response', val: { id: val.id, status, body: new TextEncoder().encode(JSON.stringify(body)) } });
         break;
       }
@@ -253,12 +257,22 @@ class World {
     to[0].push({ tag: 'socket-frame', val: { socket: to[1], text } });
   }
 
-  /** The registry's endpoints the message path uses (agentmesh-wire.md §3.1). */
-  registry(method, url, body) {
+  /**
+   * The registry's endpoints the message path uses (agentmesh-wire.md §3.1).
+   * An agent's registration is answered with the capabilities it registered:
+   * both engines register `kars-mesh`, so they speak the kars delivery
+   * envelope (sequence numbers, receipts, held messages) as two nodes do,
+   * and that is the code the warm-up must reach.
+   */
+  registry(e, method, url, body) {
     const path = url.slice(REGISTRY.length).split('?')[0];
     const seg = path.split('/').filter(Boolean);
     const json = () => { try { return JSON.parse(new TextDecoder().decode(body)); } catch { return {}; } };
-    if (method === 'POST' && path === '/v1/agents') return [201, { status: 'registered' }];
+    if (method === 'POST' && path === '/v1/agents') {
+      const caps = json().capabilities;
+      e.capabilities = Array.isArray(caps) ? caps.filter((c) => typeof c === 'string') : [];
+      return [201, { status: 'registered' }];
+    }
     if (seg[0] === 'v1' && seg[1] === 'agents' && seg[2]) {
       const did = decodeURIComponent(seg[2]);
       if (seg[3] === 'prekeys' && method === 'PUT') {
@@ -273,7 +287,10 @@ class World {
         return [200, { ...rest, identity_key_ed: rest.identity_key_ed ?? null, one_time_pre_key: otks.shift() ?? null }];
       }
       if (seg[3] === 'heartbeat') return [200, { did, last_seen: new Date(this.now).toISOString() }];
-      if (!seg[3] && method === 'GET') return this.agents.has(did) ? [200, { did, capabilities: [], metadata: {} }] : [404, { detail: 'Agent not found' }];
+      if (!seg[3] && method === 'GET') {
+        const owner = this.engines.find((x) => x.did === did);
+        return this.agents.has(did) ? [200, { did, capabilities: owner?.capabilities ?? [], metadata: {} }] : [404, { detail: 'Agent not found' }];
+      }
     }
     if (path === '/v1/discover') return [200, { results: [], total: 0 }];
     return [404, { detail: 'Not Found' }];

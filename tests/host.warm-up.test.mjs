@@ -35,6 +35,11 @@ test('warm-up: two throwaway engines hold an encrypted conversation of N round t
   assert.equal(r.error, undefined, `the warm-up failed: ${r.error}`);
   assert.equal(r.rounds, 6);
   assert.equal(made.length, 2, 'two engines of their own');
+  // The pair speaks the kars delivery envelope (sequence numbers and
+  // receipts), as two nodes do: the code a node's own messages run. Its
+  // registry answered with capabilities [] until this was checked, so the
+  // warm-up ran the path of a peer without receipts instead.
+  assert.equal(r.confirmation, 'receipt', `the warm-up's sends were not receipted: ${r.confirmation}`);
   // A session was set up (KNOCK, accepted) and every message went encrypted:
   // 12 messages and their receipts, as ratchet frames.
   assert.equal(r.routed.knock, 1, JSON.stringify(r.routed));
