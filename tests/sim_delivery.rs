@@ -409,6 +409,85 @@ fn glare_then_late_frame(seed: u64, knock_late: bool) {
     );
 }
 
+/// Glare in which the bigger DID (L) gives way, and the first frame it
+/// reads under the smaller one's session A is a receipt that names a later
+/// message (m2) while an earlier one (m1, lost) waits. A receipt by number
+/// makes a sender send again, at once, what went before the named message
+/// was sealed; not under a session that replaces ours: the old frame is
+/// under the session L just dropped, and L seals everything unreceipted
+/// again under A anyway. S reads m1 and m2 once, in order, with no extra
+/// copy (receive.rs, `how != Decrypted::Promoted`).
+#[test]
+fn a_receipt_under_the_session_that_replaces_ours_sends_nothing_again_under_the_old_one() {
+    let (mut w, ids) = world_with(41, &["alice", "bob"]);
+    let (s, l) = if w.did(ids[0]) < w.did(ids[1]) {
+        (ids[0], ids[1])
+    } else {
+        (ids[1], ids[0])
+    };
+    let sd = w.did(s);
+    // L opens B and sends m1, then m2 a moment later; S opens A and sends
+    // s1. Neither has seen the other's KNOCK.
+    let from_l = capture_during(&mut w, l, |w| {
+        assert!(w.send(l, s, "m1").is_some());
+        w.run_for(50);
+        assert!(w.send(l, s, "m2").is_some());
+        w.run_for(1_000);
+    });
+    let from_s = capture_during(&mut w, s, |w| {
+        assert!(w.send(s, l, "s1").is_some());
+        w.run_for(1_000);
+    });
+    let (kb, mb) = (of_type(&from_l, "knock"), of_type(&from_l, "message"));
+    let (ka, ma) = (of_type(&from_s, "knock"), of_type(&from_s, "message"));
+    assert_eq!((kb.len(), mb.len(), ka.len(), ma.len()), (1, 2, 1, 1));
+    // S gets B's KNOCK and m2 (m1 is lost): glare, S keeps A, holds m2
+    // behind the gap and receipts it by number, under A.
+    let from_s2 = capture_during(&mut w, s, |w| {
+        w.inject(s, kb[0]);
+        w.run_for(200);
+        w.inject(s, mb[1]);
+        w.run_for(5_000);
+    });
+    assert!(w.read_texts(s).is_empty(), "m2 is held behind m1");
+    let receipts = of_type(&from_s2, "message");
+    assert!(!receipts.is_empty(), "S sent a receipt: {from_s2:#?}");
+    // L gets A's KNOCK, then that receipt before anything else under A: it
+    // gives way to A there.
+    w.inject(l, ka[0]);
+    w.run_for(200);
+    let after = capture_during(&mut w, l, |w| {
+        for r in &receipts {
+            w.inject(l, r);
+            w.run_for(100);
+        }
+    });
+    // Nothing goes under B again: what L sends now is under A, and m2 is
+    // receipted, so only m1 goes, once.
+    let copies_of_m1: Vec<&String> = of_type(&after, "message")
+        .into_iter()
+        .filter(|f| mb.contains(f))
+        .collect();
+    assert!(
+        copies_of_m1.is_empty(),
+        "an old frame under B went again: {copies_of_m1:#?}"
+    );
+    for f in of_type(&after, "message") {
+        assert!(w.inject(s, f), "S takes L's frames");
+    }
+    // And s1, which L has not had yet.
+    w.inject(l, ma[0]);
+    w.run_for(5_000);
+    assert_eq!(w.read_texts(s), ["m1", "m2"]);
+    assert_eq!(w.read_texts(l), ["s1"]);
+    let stats = w.status(s)["stats"].clone();
+    assert_eq!(stats["duplicates"].as_u64(), Some(0), "{stats}");
+    assert_eq!(stats["undecryptable"].as_u64(), Some(0), "{stats}");
+    w.run_for(60_000);
+    assert!(w.read_texts(s).is_empty(), "each is read once");
+    assert!(w.outbox_keys(l, &sd).is_empty(), "all receipted");
+}
+
 /// Seeds of the 300-message exchange whose glare ended with the two agents
 /// in different sessions: almost nothing delivered either way.
 #[test]
