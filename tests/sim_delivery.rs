@@ -1195,20 +1195,18 @@ fn an_unreadable_session_record_is_left_alone_with_its_outbox() {
     assert_eq!(w.outbox_keys(a, &bd).len(), 1, "the entry is kept");
 }
 
-/// The first session's record lost after its message's entry was written
-/// (a host without one transaction per batch), and a second restart before
-/// the new session could open (its bundle request never answered): the
-/// next start repairs it again, and bob reads the message once.
-#[test]
-fn a_message_whose_first_session_record_was_lost_survives_a_second_restart() {
-    let (mut w, ids) = world_with(38, &["alice", "bob"]);
+/// Alice sends bob "first" and crashes as the registry answer that opens
+/// the session is taken: its outbox entry lands, the session record does
+/// not (a host without one transaction per batch). She is back 1.5 s
+/// later; this returns 500 ms after the send, with her still down.
+fn first_session_record_lost(seed: u64) -> (World, usize, usize) {
+    let (mut w, ids) = world_with(seed, &["alice", "bob"]);
     let (a, b) = (ids[0], ids[1]);
     w.plan_crash(
         a,
         CrashPlan {
             not_before: 0,
             on: CrashOn::HttpSending("knock"),
-            // The outbox entry lands; the session record does not.
             prefix: Prefix::Exactly(1),
             restart_after_ms: 1_500,
         },
@@ -1221,6 +1219,16 @@ fn a_message_whose_first_session_record_was_lost_survives_a_second_restart() {
         crash.lost.iter().any(|l| l.starts_with("store session/")),
         "{crash:?}"
     );
+    (w, a, b)
+}
+
+/// The first session's record lost after its message's entry was written
+/// (a host without one transaction per batch), and a second restart before
+/// the new session could open (its bundle request never answered): the
+/// next start repairs it again, and bob reads the message once.
+#[test]
+fn a_message_whose_first_session_record_was_lost_survives_a_second_restart() {
+    let (mut w, a, b) = first_session_record_lost(38);
     // Back, alice asks for bob's bundle again; it does not come.
     w.faults.registry_slow = Some(("/prekeys".into(), 600_000));
     w.run_for(4_000);
@@ -1251,23 +1259,8 @@ fn entries_under_a_session_record_with_no_session_are_sealed_again() {
     use kars_mesh::entropy::SeededEntropy;
     use kars_mesh::mesh::session::Peer;
 
-    let (mut w, ids) = world_with(39, &["alice", "bob"]);
-    let (a, b) = (ids[0], ids[1]);
+    let (mut w, a, b) = first_session_record_lost(39);
     let bd = w.did(b);
-    w.plan_crash(
-        a,
-        CrashPlan {
-            not_before: 0,
-            on: CrashOn::HttpSending("knock"),
-            // The outbox entry lands; the session record does not.
-            prefix: Prefix::Exactly(1),
-            restart_after_ms: 1_500,
-        },
-    );
-    w.send(a, b, "first");
-    w.run_for(500);
-    let crash = w.agents[a].crashes.first().cloned().expect("alice crashed");
-    assert!(!crash.skipped && crash.applied == 1, "{crash:?}");
     assert!(!w.agents[a].up(), "alice is still down");
     // While she is down: a readable session record of bob with no session.
     let key = format!("session/{bd}");
