@@ -293,6 +293,17 @@ fn glare_both_send_first_at_the_same_instant() {
     fail_if(seed, "glare", &problems, &w);
 }
 
+/// Alice and bob once alice's "m0" has been read: a session open and
+/// receipts flowing (the setup of most tests here).
+fn after_m0(seed: u64) -> (World, usize, usize) {
+    let (mut w, ids) = world_with(seed, &["alice", "bob"]);
+    let (a, b) = (ids[0], ids[1]);
+    w.send(a, b, "m0");
+    w.run_for(3_000);
+    assert_eq!(w.read_texts(b), ["m0"], "setup: alice's m0 read");
+    (w, a, b)
+}
+
 /// The journal's lines of the agent called `name` (with the journal on).
 fn journal_of(w: &World, name: &str) -> Vec<String> {
     let tag = format!(" {name} ");
@@ -521,16 +532,8 @@ fn exchange_glare_seeds_stay_in_one_session() {
 /// send order.
 #[test]
 fn reordered_messages_are_returned_in_send_order() {
-    let (mut w, ids) = world_with(17, &["alice", "bob"]);
-    let (a, b) = (ids[0], ids[1]);
+    let (mut w, a, b) = after_m0(17);
     let bd = w.did(b);
-    w.send(a, b, "m0");
-    w.run_for(3_000);
-    assert_eq!(
-        w.read_inbox(b).len(),
-        1,
-        "setup: session open, receipts flowing"
-    );
     w.agents[a].capture = true;
     w.send(a, b, "m1");
     w.send(a, b, "m2");
@@ -559,11 +562,7 @@ fn reordered_messages_are_returned_in_send_order() {
 /// second inbox entry.
 #[test]
 fn crash_after_the_inbox_store_does_not_deliver_twice() {
-    let (mut w, ids) = world_with(19, &["alice", "bob"]);
-    let (a, b) = (ids[0], ids[1]);
-    w.send(a, b, "m0");
-    w.run_for(3_000);
-    assert_eq!(w.read_inbox(b).len(), 1);
+    let (mut w, a, b) = after_m0(19);
     w.plan_crash(
         b,
         CrashPlan {
@@ -590,11 +589,7 @@ fn crash_after_the_inbox_store_does_not_deliver_twice() {
 /// message before any of its handling lands (restarting 1 s later), and m1
 /// just sent to him.
 fn m1_sent_to_a_bob_about_to_crash() -> (World, usize, usize) {
-    let (mut w, ids) = world_with(23, &["alice", "bob"]);
-    let (a, b) = (ids[0], ids[1]);
-    w.send(a, b, "m0");
-    w.run_for(3_000);
-    assert_eq!(w.read_texts(b), ["m0"], "setup");
+    let (mut w, a, b) = after_m0(23);
     w.plan_crash(
         b,
         CrashPlan {
@@ -678,11 +673,7 @@ fn a_message_lost_to_a_receivers_crash_comes_back_with_the_next_receipt() {
 /// price of not waiting 20 s when m1 really was lost.
 #[test]
 fn a_late_message_costs_one_extra_copy_and_is_read_once_in_order() {
-    let (mut w, ids) = world_with(31, &["alice", "bob"]);
-    let (a, b) = (ids[0], ids[1]);
-    w.send(a, b, "m0");
-    w.run_for(3_000);
-    assert_eq!(w.read_texts(b), ["m0"], "setup");
+    let (mut w, a, b) = after_m0(31);
     w.late_message = Some((b, 6_000));
     w.send(a, b, "m1");
     w.run_for(1_000);
@@ -910,12 +901,8 @@ fn a_retried_send_with_the_same_key_is_not_sent_twice() {
 /// accepted arrives once the peer is back.
 #[test]
 fn a_full_outbox_refuses_new_sends_instead_of_dropping_old_ones() {
-    let (mut w, ids) = world_with(29, &["alice", "bob"]);
-    let (a, b) = (ids[0], ids[1]);
+    let (mut w, a, b) = after_m0(29);
     let bd = w.did(b);
-    w.send(a, b, "m0");
-    w.run_for(3_000);
-    assert_eq!(w.read_inbox(b).len(), 1, "setup: receipts flowing");
     w.crash_now(b, 120_000);
     let limit = kars_mesh::mesh::session::OUTBOX_MAX;
     for i in 0..limit {
@@ -997,11 +984,7 @@ fn crash_bob_on_next_message(w: &mut World, b: usize, applied: usize, frame: &st
 /// expected number past m1 nor throw the held copy away.
 #[test]
 fn copy_of_a_held_message_after_a_crash_loses_nothing() {
-    let (mut w, ids) = world_with(23, &["alice", "bob"]);
-    let (a, b) = (ids[0], ids[1]);
-    w.send(a, b, "m0");
-    w.run_for(3_000);
-    assert_eq!(w.read_inbox(b).len(), 1, "setup: session open");
+    let (mut w, a, b) = after_m0(23);
     let f = captured_messages(&mut w, a, b, &["m1", "m2", "m3"]);
     w.agents[a].capture = true; // alice's re-sends stay out of the way
                                 // The payload record and the held entry are durable; the session
@@ -1026,11 +1009,7 @@ fn copy_of_a_held_message_after_a_crash_loses_nothing() {
 /// and no gap left behind (durability.test.mjs: "missing: 377").
 #[test]
 fn copy_of_a_held_message_at_the_expected_number_releases_it() {
-    let (mut w, ids) = world_with(29, &["alice", "bob"]);
-    let (a, b) = (ids[0], ids[1]);
-    w.send(a, b, "m0");
-    w.run_for(3_000);
-    assert_eq!(w.read_inbox(b).len(), 1, "setup: session open");
+    let (mut w, a, b) = after_m0(29);
     let f = captured_messages(&mut w, a, b, &["m1", "m2", "m3"]);
     w.agents[a].capture = true;
     crash_bob_on_next_message(&mut w, b, 2, &f[1]);
