@@ -16,7 +16,7 @@
 
 import { workerData, receiveMessageOnPort } from 'node:worker_threads';
 import { loadCore, sharedCoreModules } from './core.js';
-import { openRecordsDb } from './state-db.js';
+import { openRecordsDb, openMemoryRecordsDb } from './state-db.js';
 import { loadStateKey } from './storage-fs.js';
 import { createJobs } from './jobs.js';
 import { createEventLoop, batchTotals } from './event-loop.js';
@@ -35,6 +35,15 @@ const errorData = (e) => ({ name: e?.name, message: errorText(e), code: e?.code 
 // One compiled core for the node's engine and the warm-up's throwaway pair.
 const getCoreModule = sharedCoreModules();
 const loadCoreShared = (o = {}) => loadCore({ ...o, getCoreModule });
+// The OS CSPRNG through OpenSSL, pooled (see pooledRandom): the node's and the warm-up's.
+const random = pooledRandom(randomFillSync);
+
+/**
+ * What the core reads its records through. The node and the warm-up's pair
+ * use this same code (and the same store code, the same loadEngine, the same
+ * event loop), so the calls V8 learns in the warm-up are the node's own.
+ */
+const engineStore = (records, stateKey) => ({ get: (k) => records.get(k), list: (p) => records.list(p), stateKey });
 
 let store;
 let loop;
@@ -49,11 +58,10 @@ async function boot() {
   store = openRecordsDb(stateDir, { sealedOnly, log });
   const records = store;
   const engine = await loadEngine(
-    { get: (k) => records.get(k), list: (p) => records.list(p), stateKey: () => loadStateKey(stateDir, { recordCount: records.size }) },
+    engineStore(records, () => loadStateKey(stateDir, { recordCount: records.size })),
     loadCoreShared,
     log,
-    // The OS CSPRNG through OpenSSL, pooled (see pooledRandom).
-    { random: pooledRandom(randomFillSync) },
+    { random },
   );
   const { core } = engine;
   stateKeyB64 = engine.takeStateKey();
@@ -96,10 +104,14 @@ function startWarmUp(role) {
     log('debug', 'host: engine warm-up off (KARS_MESH_WARM_UP_ROUNDS=0)');
     return;
   }
-  const throwaway = (o) => loadCoreShared({ ...o, log: () => {} });
-  const stateKey = () => randomFillSync(Buffer.alloc(32)).toString('base64');
+  // Each throwaway engine as the node's own is made: loadEngine on a records
+  // store (SQLite, in memory), on the warm-up's clock.
+  const quiet = () => {};
+  const throwaway = ({ store, now }) =>
+    loadEngine(engineStore(store, () => randomFillSync(Buffer.alloc(32))), (o) => loadCoreShared({ ...o, now, log: quiet }), quiet, { random });
   const next = whenQuiet(() => lastEventAt);
-  warmUp(throwaway, { rounds, stateKey, next, stopped: () => closed || !!loop?.fatal }).then((r) => {
+  const openStore = () => openMemoryRecordsDb({ sealedOnly });
+  warmUp(throwaway, { rounds, next, openStore, stopped: () => closed || !!loop?.fatal }).then((r) => {
     if (r.stopped) return; // the node is closing: nothing to say
     if (r.error) log('warn', `host: the engine's warm-up stopped after ${r.rounds} round trips (${r.error}); the node works, its first messages are only slower`);
     else log('debug', `host: engine warm-up: ${r.rounds} round trips, ${r.calls} engine calls, ${r.ms.toFixed(0)} ms`);

@@ -111,9 +111,8 @@ export function openRecordsDb(dir, { sealedOnly = false, log = () => {} } = {}) 
       PRAGMA synchronous = FULL;
       PRAGMA busy_timeout = 5000;
       PRAGMA trusted_schema = OFF;
-      CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
-      CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
     `);
+    db.exec(SCHEMA);
   } catch (e) {
     try { db?.close(); } catch { /* already failing */ }
     if (e instanceof StateDirError) throw e;
@@ -122,15 +121,7 @@ export function openRecordsDb(dir, { sealedOnly = false, log = () => {} } = {}) 
   for (const suffix of ['-wal', '-shm']) {
     try { fs.chmodSync(file + suffix, 0o600); } catch { /* not there yet: SQLite gives it the database's mode */ }
   }
-  const q = {
-    get: db.prepare('SELECT value FROM records WHERE key = ?'),
-    from: db.prepare('SELECT key FROM records WHERE key >= ? ORDER BY key'),
-    put: db.prepare('INSERT INTO records (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value'),
-    del: db.prepare('DELETE FROM records WHERE key = ?'),
-    count: db.prepare('SELECT count(*) AS n FROM records'),
-    meta: db.prepare('SELECT value FROM meta WHERE name = ?'),
-    setMeta: db.prepare('INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value'),
-  };
+  const q = prepareRecords(db);
   if (q.meta.get('format') === undefined) q.setMeta.run('format', FORMAT);
   else if (q.meta.get('format').value !== FORMAT) {
     db.close();
@@ -143,10 +134,36 @@ export function openRecordsDb(dir, { sealedOnly = false, log = () => {} } = {}) 
     throw e;
   }
 
+  return recordsApi(db, q, { sealedOnly, dir: root, file });
+}
+
+const SCHEMA = `
+  CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+  CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL);
+`;
+
+function prepareRecords(db) {
+  return {
+    get: db.prepare('SELECT value FROM records WHERE key = ?'),
+    from: db.prepare('SELECT key FROM records WHERE key >= ? ORDER BY key'),
+    put: db.prepare('INSERT INTO records (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value'),
+    del: db.prepare('DELETE FROM records WHERE key = ?'),
+    count: db.prepare('SELECT count(*) AS n FROM records'),
+    meta: db.prepare('SELECT value FROM meta WHERE name = ?'),
+    setMeta: db.prepare('INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value'),
+  };
+}
+
+/**
+ * The records API over an open database (one for a state directory, one in
+ * memory for the engine's warm-up: the same code, so what V8 learns from the
+ * one serves the other).
+ */
+function recordsApi(db, q, { sealedOnly, dir, file }) {
   let inBatch = false;
   let closed = false;
   return {
-    dir: root,
+    dir,
     file,
     /** Number of records (used to refuse creating a new state key over old records). */
     get size() {
@@ -205,6 +222,20 @@ export function openRecordsDb(dir, { sealedOnly = false, log = () => {} } = {}) 
       db.close();
     },
   };
+}
+
+/**
+ * A records database in memory, with the API of openRecordsDb: the engine's
+ * warm-up (js-host/warm-up.js) runs its throwaway pair on it, so the node's
+ * own store code is warm too. Nothing of it reaches the disk.
+ */
+export function openMemoryRecordsDb({ sealedOnly = true } = {}) {
+  const { DatabaseSync } = sqliteModule();
+  const db = new DatabaseSync(':memory:');
+  db.exec(SCHEMA);
+  const q = prepareRecords(db);
+  q.setMeta.run('format', FORMAT);
+  return recordsApi(db, q, { sealedOnly, dir: null, file: ':memory:' });
 }
 
 /**

@@ -31,11 +31,30 @@
 // (measured: they added 15 to 20 ms to such a first contact). With the
 // first message 1 s after start: first round trip 63 → 43 ms, p99 16.8 →
 // 11.6 ms (docs/design/TOOLCHAIN.md).
+//
+// What V8 learns must be what the node needs, or the node pays twice:
+//   - A function's tiering budget is counted per instance, so the pair must
+//     run each hot function as often as the node would before its own
+//     compile: at 150 round trips `mesh_inbox`'s answer (a 38 KiB TurboFan
+//     compile, 12 to 21 ms), the frame parser and serde's content visitor
+//     were still unoptimized, and the node compiled them itself near its
+//     27th, 36th and 100th round trips; at 300 the pair compiles them.
+//   - JavaScript's optimized code is shared by closures of one site, and
+//     checks the shapes and call targets it was made for: so each engine runs
+//     behind the node's event loop, on a store of the node's kind, loaded by
+//     the same code, with events that crossed a structured clone as the
+//     node's do. With events of its own shapes, the glue's `handle` was sent
+//     back to unoptimized code by the node's first idle event, and
+//     recompiled near its 37th round trip.
+// Measured, 6 alternating rounds of two driver nodes, p99 of 200 round trips
+// after 20 (two runs): 8.76 and 9.21 ms before, 7.47 and 7.53 ms with both
+// (docs/design/TOOLCHAIN.md).
 
 import { isErrorResult } from './cli-output.js';
+import { createEventLoop, batchTotals } from './event-loop.js';
 
-/** Round trips, past where the slow ones of bench:mesh ended. */
-export const WARM_UP_ROUNDS = 150;
+/** Round trips: enough for each instance to spend the tiering budget of the node's hot functions (above). */
+export const WARM_UP_ROUNDS = 300;
 /** Engine calls per round trip, at most (about 8 are needed): a pair that does not converse stops there. */
 const MAX_CALLS_PER_ROUND = 20;
 
@@ -70,11 +89,16 @@ function defaultNext() {
 }
 
 /**
- * @param {() => Promise<{engine: object}>} makeCore a fresh core instance
- *   (`loadCore` with the node's compiled module, memory storage given back
- *   through `storage`): called twice with `{ storage, now }`
+ * @param {(o: { storage: object, store: object, now: () => number }) => Promise<object>} makeCore
+ *   a fresh core instance, called twice: `loadCore` with the node's compiled
+ *   module and `storage` (reads of `store`), or what `loadEngine` gives
+ *   (`{ core, takeHostFault }`, on `store`)
  * @param {{ rounds?: number, next?: (fn: () => void) => void, stopped?: () => boolean,
- *   stateKey: () => string }} o  stateKey: a fresh base64 key for a throwaway engine
+ *   stateKey?: () => string, openStore?: () => object }} o
+ *   stateKey: a fresh base64 key for a throwaway engine (when makeCore gives none);
+ *   openStore: a store for one throwaway engine, with the records API of
+ *   js-host/state-db.js (the node passes openMemoryRecordsDb, so its own
+ *   store code is warmed too); closed when the warm-up ends. Default: a Map.
  * @returns {Promise<{ rounds: number, calls: number, ms: number, routed: object, confirmation?: string, stopped?: true, error?: string }>}
  *   routed: frames the in-memory relay delivered, by type (knock, message, ...);
  *   confirmation: the first mesh_send's (`receipt`: the pair used the kars delivery envelope);
@@ -85,22 +109,26 @@ export async function warmUp(makeCore, o) {
   const next = o.next ?? defaultNext();
   const stopped = o.stopped ?? (() => false);
   const t0 = performance.now();
-  const w = new World(next, stopped, Math.max(1_000, (rounds + 5) * MAX_CALLS_PER_ROUND));
+  const w = new World(next, stopped, Math.max(1_000, (rounds + 5) * MAX_CALLS_PER_ROUND), o.openStore ?? mapStore);
   let done = 0;
   try {
     const [a, b] = await Promise.all([w.engine(makeCore, 'a'), w.engine(makeCore, 'b')]);
-    for (const e of [a, b]) e.push({ tag: 'start', val: JSON.stringify({ relay_url: RELAY, registry_url: REGISTRY, name: `warm-up-${e.label}`, state_key: o.stateKey() }) });
+    for (const e of [a, b]) e.push({ tag: 'start', val: JSON.stringify({ relay_url: RELAY, registry_url: REGISTRY, name: `warm-up-${e.label}`, state_key: e.stateKey ?? o.stateKey() }) });
     const ra = await w.tool(a, 'mesh_register', {});
     const rb = await w.tool(b, 'mesh_register', {});
     a.did = ra.details?.mesh?.did; b.did = rb.details?.mesh?.did;
     if (!a.did || !b.did) throw new WarmUpError(`mesh_register gave no DID: ${JSON.stringify(ra).slice(0, 200)}`);
     for (; done < rounds; done++) {
+      // Each side reads as an agent waiting for a reply does: a waiting
+      // mesh_inbox, answered when the message comes in.
+      const bReads = w.call(b, 'mesh_inbox', WAITING_READ);
       const sent = await w.tool(a, 'mesh_send', { to: b.did, message: { type: 'warm-up', n: done, text: 'x'.repeat(120) } });
       if (isErrorResult(sent)) throw new WarmUpError(`mesh_send: ${sent.content?.[0]?.text}`);
       w.confirmation ??= sent.details?.mesh?.confirmation;
-      const got = await w.inbox(b, (m) => m.payload?.n === done);
+      const got = await w.inbox(b, bReads, (m) => m.payload?.n === done);
+      const aReads = w.call(a, 'mesh_inbox', WAITING_READ);
       await w.tool(b, 'mesh_send', { to: a.did, message: { type: 'echo', content: got.payload } });
-      await w.inbox(a, (m) => m.payload?.content?.n === done);
+      await w.inbox(a, aReads, (m) => m.payload?.content?.n === done);
     }
     return w.report(done, t0);
   } catch (e) {
@@ -112,13 +140,38 @@ export async function warmUp(makeCore, o) {
 }
 
 const STOPPED = Symbol('stopped');
+/** A reader's call: wait for messages (on the warm-up's clock), take them and mark them read. */
+const WAITING_READ = { wait_seconds: 10, limit: 500, mark_read: true };
 
-/** Two engines, their storage, timers, a relay and a registry, all in memory. */
+/** Records in a Map, with the reads and writes of js-host/state-db.js's API (no transactions). */
+function mapStore() {
+  const records = new Map();
+  return {
+    get: (k) => records.get(k),
+    *list(prefix = '') { for (const k of [...records.keys()].sort()) if (k.startsWith(prefix)) yield k; },
+    set: (k, v) => { records.set(k, v); },
+    delete: (k) => { records.delete(k); },
+    close: () => records.clear(),
+  };
+}
+
+/**
+ * Two engines, their stores, timers, a relay and a registry, all in memory.
+ * Each engine runs behind an event loop of js-host/event-loop.js, on a store
+ * of the node's kind, and every event it is handed has crossed a structured
+ * clone, as the node's own events cross from the main thread: so what V8
+ * learns here (object shapes, call targets, hot functions of the loop and
+ * the store) is what the node's first messages need. Measured: with events
+ * of other shapes, the glue's `handle` was thrown back to unoptimized code
+ * by the node's first idle event and compiled again near its 37th round trip
+ * (docs/design/TOOLCHAIN.md).
+ */
 class World {
-  constructor(next, stopped, maxCalls) {
+  constructor(next, stopped, maxCalls, openStore) {
     this.next = next;
     this.stopped = stopped;
     this.maxCalls = maxCalls;
+    this.openStore = openStore;
     this.now = Date.now();
     this.calls = 0;
     this.queue = []; // [engine, event]
@@ -136,44 +189,74 @@ class World {
   }
 
   async engine(makeCore, label) {
-    const records = new Map();
-    const storage = {
-      get: (k) => records.get(k),
-      *list(prefix) { for (const k of records.keys()) if (k.startsWith(prefix)) yield k; },
-    };
-    const core = await makeCore({ storage, now: () => this.now });
-    const e = { label, core, records, timers: new Map(), sockets: new Map(), results: new Map(), did: null, capabilities: [] };
+    const store = this.openStore();
+    const e = { label, core: null, store, loop: null, dead: null, timers: new Map(), sockets: new Map(), results: new Map(), did: null, capabilities: [] };
+    this.engines.push(e); // closed by drop() even if the core fails to load
+    const storage = { get: (k) => store.get(k), list: (p) => store.list(p) };
+    const made = await makeCore({ storage, store, now: () => this.now });
+    e.core = made.engine ? made : made.core;
+    e.stateKey = made.takeStateKey?.(); // loadEngine made one; else o.stateKey()
+    e.loop = createEventLoop({
+      engine: e.core.engine,
+      takeHostFault: made.takeHostFault ?? (() => null),
+      store,
+      fileWrite: () => {}, // the pair sends no files
+      carryOut: (cmds) => { for (const c of cmds) this.carryOut(e, c); },
+      onBatch: batchTotals().add, // as the node counts its batches
+      log: () => {},
+      onDeath: (err) => { e.dead ??= err; },
+      // The idle event the engine asks for comes as a slice of its own, like every engine call here.
+      laterTurn: (fn) => this.queue.push([e, fn]),
+    });
     e.push = (ev) => this.queue.push([e, ev]);
-    this.engines.push(e);
     return e;
   }
 
   drop() {
-    for (const e of this.engines) { e.records.clear(); e.core = null; }
+    for (const e of this.engines) {
+      try {
+        e.loop?.flush();
+        e.loop?.end();
+        e.store.close?.();
+      } catch { /* a throwaway store: nothing of it is kept */ }
+      e.core = null;
+    }
     this.engines = [];
     this.queue = [];
   }
 
   /** Call a tool and run the world until its result. */
   async tool(e, tool, args) {
+    return this.result(e, this.call(e, tool, args), tool);
+  }
+
+  /** Start a tool call; its result comes with result(). */
+  call(e, tool, args) {
     const callId = `w${++this.nextCall}`;
     e.push({ tag: 'tool-call', val: { callId, tool, argsJson: JSON.stringify(args) } });
-    await this.runUntil(() => e.results.has(callId), `${tool} on ${e.label}`);
+    return callId;
+  }
+
+  /** Run the world until the call's result. */
+  async result(e, callId, what = 'tool call') {
+    await this.runUntil(() => e.results.has(callId), `${what} on ${e.label}`);
     const r = JSON.parse(e.results.get(callId));
     e.results.delete(callId);
     return r;
   }
 
-  /** Read (and mark) e's inbox until a message matching `want` is there. */
-  async inbox(e, want) {
+  /**
+   * Wait on e's waiting read (`callId`) until a message matching `want` is
+   * there, reading again while it is not (frames still on their way, or a
+   * timer to move the clock: a receipt's delay, a re-send).
+   */
+  async inbox(e, callId, want) {
     for (let tries = 0; tries < 50; tries++) {
-      const r = await this.tool(e, 'mesh_inbox', { mark_read: true, limit: 50 });
+      const r = await this.result(e, callId, 'mesh_inbox');
+      if (isErrorResult(r)) throw new WarmUpError(`mesh_inbox: ${r.content?.[0]?.text}`);
       const m = (r.details?.mesh?.messages ?? []).find(want);
       if (m) return m;
-      // Frames still on their way first; then the next timer (a receipt's
-      // delay, a re-send) moves the clock.
-      if (this.queue.length) await this.step();
-      else if (!(await this.advance())) throw new WarmUpError(`${e.label}: the message did not arrive, and nothing is left to run`);
+      callId = this.call(e, 'mesh_inbox', WAITING_READ);
     }
     throw new WarmUpError(`${e.label}: the message did not arrive`);
   }
@@ -204,14 +287,16 @@ class World {
     if (this.stopped()) throw STOPPED;
     if (++this.calls > this.maxCalls) throw new WarmUpError(`no conversation after ${this.maxCalls} engine calls`);
     const [e, ev] = this.queue.shift();
-    if (!e.core) return;
-    for (const c of e.core.engine.handle(ev)) this.carryOut(e, c);
+    if (!e.loop) return;
+    // The loop's idle offer: it dispatches the idle event if still wanted.
+    if (typeof ev === 'function') ev();
+    else e.loop.dispatch(structuredClone(ev));
+    if (e.dead) throw new WarmUpError(`${e.label}: ${e.dead.message}`);
   }
 
   carryOut(e, { tag, val }) {
+    // store, erase, file-write and idle-wanted stay in the event loop.
     switch (tag) {
-      case 'store': e.records.set(val[0], val[1]); break;
-      case 'erase': e.records.delete(val); break;
       case 'timer-set': e.timers.set(val[0], val[1]); break;
       case 'timer-cancel': e.timers.delete(val); break;
       case 'tool-result': e.results.set(val.callId, val.resultJson); break;
@@ -229,9 +314,7 @@ class World {
       }
       case 'file-read': e.push({ tag: 'file-failed', val: { id: val.id, message: 'no files in the warm-up' } }); break;
       case 'job-start': e.push({ tag: 'job-exited', val: { id: val.id, code: -1, outputs: [], refused: [], log: 'no jobs in the warm-up' } }); break;
-      // As the event loop does: the idle step is on the message path too.
-      case 'idle-wanted': e.push({ tag: 'idle' }); break;
-      default: break; // file-write, file-erase, job-kill: nothing to do
+      default: break; // file-erase, job-kill: nothing to do
     }
   }
 
