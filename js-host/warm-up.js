@@ -112,6 +112,10 @@ export async function warmUp(makeCore, o) {
   const w = new World(next, stopped, Math.max(1_000, (rounds + 5) * MAX_CALLS_PER_ROUND), o.openStore ?? mapStore);
   let done = 0;
   try {
+    // The pair's instances and stores are made in a slice of their own too,
+    // not beside the node's first events (its registration).
+    await new Promise((r) => next(r));
+    if (stopped()) throw STOPPED;
     const [a, b] = await Promise.all([w.engine(makeCore, 'a'), w.engine(makeCore, 'b')]);
     for (const e of [a, b]) e.push({ tag: 'start', val: JSON.stringify({ relay_url: RELAY, registry_url: REGISTRY, name: `warm-up-${e.label}`, state_key: e.stateKey ?? o.stateKey() }) });
     const ra = await w.tool(a, 'mesh_register', {});
