@@ -59,10 +59,10 @@ export const LAZY_COMMIT_MS = 25;
  * and fails when they do not.
  */
 const STAYS_HERE = new Set(['timer-set', 'timer-cancel', 'file-read']);
-/** The idle event (one object: the loop tells it from dispatched events by identity). */
-const IDLE = Object.freeze({ tag: 'idle' });
+/** The idle event (one object: the loop tells it from dispatched events by identity; the warm-up hands the engine the same one). */
+export const IDLE = Object.freeze({ tag: 'idle' });
 /** A later turn of the event loop: after I/O already waiting (Node), or a task (a browser worker). */
-const defaultLaterTurn = typeof setImmediate === 'function' ? setImmediate : (f) => setTimeout(f, 0);
+const laterTurn = typeof setImmediate === 'function' ? setImmediate : (f) => setTimeout(f, 0);
 
 /**
  * @param {object} o
@@ -80,10 +80,8 @@ const defaultLaterTurn = typeof setImmediate === 'function' ? setImmediate : (f)
  *        tests only: js-host/crash-hook.js
  * @param {(stats: {events: number, stores: number, bytes: number, engineMs: number, maxCallMs: number, maxCallSent: number, commitMs: number, committed: boolean}) => void} [o.onBatch]
  *        after each committed batch (what the benchmarks report)
- * @param {(fn: () => void) => void} [o.laterTurn]  how the idle offer waits for a later turn
- *        (default setImmediate; the warm-up runs it as one of its slices)
  */
-export function createEventLoop({ engine, takeHostFault, store, fileWrite, carryOut, log, onDeath, crashHook, onBatch, laterTurn = defaultLaterTurn }) {
+export function createEventLoop({ engine, takeHostFault, store, fileWrite, carryOut, log, onDeath, crashHook, onBatch }) {
   /** 'running' | 'stopping' (only the stop event still reaches the engine) | 'stopped' */
   let state = 'running';
   /** Why the node died (trap, failed write), if it did. */

@@ -40,18 +40,18 @@
 //     were still unoptimized, and the node compiled them itself near its
 //     27th, 36th and 100th round trips; at 300 the pair compiles them.
 //   - JavaScript's optimized code is shared by closures of one site, and
-//     checks the shapes and call targets it was made for: so each engine runs
-//     behind the node's event loop, on a store of the node's kind, loaded by
-//     the same code, with events that crossed a structured clone as the
-//     node's do. With events of its own shapes, the glue's `handle` was sent
-//     back to unoptimized code by the node's first idle event, and
-//     recompiled near its 37th round trip.
+//     checks the shapes and call targets it was made for: so each engine is
+//     loaded by the same code as the node's, writes to a store of the node's
+//     kind, and is handed events that crossed a structured clone as the
+//     node's do, and the event loop's own idle event. With events of its own
+//     shapes, the glue's `handle` was sent back to unoptimized code by the
+//     node's first idle event, and recompiled near its 37th round trip.
 // Measured, 6 alternating rounds of two driver nodes, p99 of 200 round trips
-// after 20 (two runs): 8.76 and 9.21 ms before, 7.47 and 7.53 ms with both
+// after 20: 8.76 to 9.41 ms before (three runs), 7.21 to 7.87 ms with both
 // (docs/design/TOOLCHAIN.md).
 
 import { isErrorResult } from './cli-output.js';
-import { createEventLoop, batchTotals } from './event-loop.js';
+import { IDLE } from './event-loop.js';
 
 /** Round trips: enough for each instance to spend the tiering budget of the node's hot functions (above). */
 export const WARM_UP_ROUNDS = 300;
@@ -161,14 +161,16 @@ function mapStore() {
 
 /**
  * Two engines, their stores, timers, a relay and a registry, all in memory.
- * Each engine runs behind an event loop of js-host/event-loop.js, on a store
- * of the node's kind, and every event it is handed has crossed a structured
- * clone, as the node's own events cross from the main thread: so what V8
- * learns here (object shapes, call targets, hot functions of the loop and
- * the store) is what the node's first messages need. Measured: with events
- * of other shapes, the glue's `handle` was thrown back to unoptimized code
- * by the node's first idle event and compiled again near its 37th round trip
- * (docs/design/TOOLCHAIN.md).
+ * Each engine writes to a store of the node's kind, each call's writes in a
+ * transaction, and every event it is handed has crossed a structured clone,
+ * as the node's own events cross from the main thread; its idle event is the
+ * event loop's own object: so what V8 learns here (object shapes, call
+ * targets) is what the node's first messages need. Measured: with events of
+ * other shapes, the glue's `handle` was thrown back to unoptimized code by
+ * the node's first idle event and compiled again near its 37th round trip.
+ * The engines do not run behind an event loop of their own: that warmed the
+ * loop's code too, for the same p99, but one-at-a-time sends were about 5 %
+ * slower afterwards (docs/design/TOOLCHAIN.md).
  */
 class World {
   constructor(next, stopped, maxCalls, openStore) {
@@ -194,24 +196,13 @@ class World {
 
   async engine(makeCore, label) {
     const store = this.openStore();
-    const e = { label, core: null, store, loop: null, dead: null, timers: new Map(), sockets: new Map(), results: new Map(), did: null, capabilities: [] };
+    const e = { label, core: null, store, takeHostFault: () => null, timers: new Map(), sockets: new Map(), results: new Map(), did: null, capabilities: [] };
     this.engines.push(e); // closed by drop() even if the core fails to load
     const storage = { get: (k) => store.get(k), list: (p) => store.list(p) };
     const made = await makeCore({ storage, store, now: () => this.now });
     e.core = made.engine ? made : made.core;
     e.stateKey = made.takeStateKey?.(); // loadEngine made one; else o.stateKey()
-    e.loop = createEventLoop({
-      engine: e.core.engine,
-      takeHostFault: made.takeHostFault ?? (() => null),
-      store,
-      fileWrite: () => {}, // the pair sends no files
-      carryOut: (cmds) => { for (const c of cmds) this.carryOut(e, c); },
-      onBatch: batchTotals().add, // as the node counts its batches
-      log: () => {},
-      onDeath: (err) => { e.dead ??= err; },
-      // The idle event the engine asks for comes as a slice of its own, like every engine call here.
-      laterTurn: (fn) => this.queue.push([e, fn]),
-    });
+    if (made.takeHostFault) e.takeHostFault = made.takeHostFault;
     e.push = (ev) => this.queue.push([e, ev]);
     return e;
   }
@@ -219,8 +210,7 @@ class World {
   drop() {
     for (const e of this.engines) {
       try {
-        e.loop?.flush();
-        e.loop?.end();
+        if (e.store.inBatch) e.store.rollback();
         e.store.close?.();
       } catch { /* a throwaway store: nothing of it is kept */ }
       e.core = null;
@@ -291,15 +281,25 @@ class World {
     if (this.stopped()) throw STOPPED;
     if (++this.calls > this.maxCalls) throw new WarmUpError(`no conversation after ${this.maxCalls} engine calls`);
     const [e, ev] = this.queue.shift();
-    if (!e.loop) return;
-    // The loop's idle offer: it dispatches the idle event if still wanted.
-    if (typeof ev === 'function') ev();
-    else e.loop.dispatch(structuredClone(ev));
-    if (e.dead) throw new WarmUpError(`${e.label}: ${e.dead.message}`);
+    if (!e.core) return;
+    // The loop's idle event is one object, known by identity: not cloned.
+    const cmds = e.core.engine.handle(ev === IDLE ? ev : structuredClone(ev));
+    const fault = e.takeHostFault();
+    if (fault) throw new WarmUpError(`${e.label}: ${fault.message}`);
+    // The call's writes in one transaction, as the node's batch does.
+    try {
+      for (const c of cmds) {
+        if (c.tag === 'store') { e.store.begin?.(); e.store.set(c.val[0], c.val[1]); }
+        else if (c.tag === 'erase') { e.store.begin?.(); e.store.delete(c.val); }
+      }
+      e.store.commit?.();
+    } catch (err) {
+      throw new WarmUpError(`${e.label}: cannot store a record (${err?.message ?? err})`);
+    }
+    for (const c of cmds) this.carryOut(e, c);
   }
 
   carryOut(e, { tag, val }) {
-    // store, erase, file-write and idle-wanted stay in the event loop.
     switch (tag) {
       case 'timer-set': e.timers.set(val[0], val[1]); break;
       case 'timer-cancel': e.timers.delete(val); break;
@@ -318,7 +318,9 @@ class World {
       }
       case 'file-read': e.push({ tag: 'file-failed', val: { id: val.id, message: 'no files in the warm-up' } }); break;
       case 'job-start': e.push({ tag: 'job-exited', val: { id: val.id, code: -1, outputs: [], refused: [], log: 'no jobs in the warm-up' } }); break;
-      default: break; // file-erase, job-kill: nothing to do
+      // As the event loop does: the idle step is on the message path too.
+      case 'idle-wanted': e.push(IDLE); break;
+      default: break; // store and erase are done; file-write, file-erase, job-kill: nothing to do
     }
   }
 
