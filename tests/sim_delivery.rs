@@ -1174,6 +1174,16 @@ fn an_unreadable_session_record_is_left_alone_with_its_outbox() {
     assert_eq!(w.outbox_keys(a, &bd).len(), 1, "the entry is kept");
 }
 
+/// Alice said that the entries she repaired wait for a session to go under
+/// (the warning restore logs when it cannot open one yet).
+fn assert_repair_waits_for_a_session(w: &World, a: usize) {
+    let warned = w.warnings(a);
+    assert!(
+        warned.iter().any(|l| l.contains("no session to go under")),
+        "{warned:#?}"
+    );
+}
+
 /// Alice sends bob "first" and crashes as the registry answer that opens
 /// the session is taken: its outbox entry lands, the session record does
 /// not (a host without one transaction per batch). She is back 1.5 s
@@ -1211,13 +1221,7 @@ fn a_message_whose_first_session_record_was_lost_survives_a_second_restart() {
     // Back, alice asks for bob's bundle again; it does not come.
     w.faults.registry_slow = Some(("/prekeys".into(), 600_000));
     w.run_for(4_000);
-    assert!(
-        w.warnings(a)
-            .iter()
-            .any(|l| l.contains("no session to go under")),
-        "{:#?}",
-        w.warnings(a)
-    );
+    assert_repair_waits_for_a_session(&w, a);
     assert!(w.read_texts(b).is_empty(), "nothing reached bob yet");
     w.crash_now(a, 1_000);
     w.faults.registry_slow = None;
@@ -1260,13 +1264,7 @@ fn entries_under_a_session_record_with_no_session_are_sealed_again() {
     w.restore_storage(a, storage);
     w.run_for(6_000);
     assert!(w.agents[a].up(), "alice is back");
-    assert!(
-        w.warnings(a)
-            .iter()
-            .any(|l| l.contains("no session to go under")),
-        "{:#?}",
-        w.warnings(a)
-    );
+    assert_repair_waits_for_a_session(&w, a);
     assert_eq!(w.read_texts(b), ["first"]);
     w.run_for(60_000);
     assert!(w.read_texts(b).is_empty(), "once");
