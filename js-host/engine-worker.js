@@ -40,8 +40,8 @@ const random = pooledRandom(randomFillSync);
 
 /**
  * What the core reads its records through. The node and the warm-up's pair
- * use this same code (and the same store code, the same loadEngine, the same
- * event loop), so the calls V8 learns in the warm-up are the node's own.
+ * use this same code (and the same store code and loadEngine), so the calls
+ * V8 learns in the warm-up are the node's own.
  */
 const engineStore = (records, stateKey) => ({ get: (k) => records.get(k), list: (p) => records.list(p), stateKey });
 

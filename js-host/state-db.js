@@ -233,9 +233,7 @@ export function openMemoryRecordsDb({ sealedOnly = true } = {}) {
   const { DatabaseSync } = sqliteModule();
   const db = new DatabaseSync(':memory:');
   db.exec(SCHEMA);
-  const q = prepareRecords(db);
-  q.setMeta.run('format', FORMAT);
-  return recordsApi(db, q, { sealedOnly, dir: null, file: ':memory:' });
+  return recordsApi(db, prepareRecords(db), { sealedOnly, dir: null, file: ':memory:' });
 }
 
 /**
