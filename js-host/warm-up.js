@@ -47,7 +47,7 @@
 //     shapes, the glue's `handle` was sent back to unoptimized code by the
 //     node's first idle event, and recompiled near its 37th round trip.
 // Measured, 6 alternating rounds of two driver nodes, p99 of 200 round trips
-// after 20: 8.76 to 9.41 ms before (three runs), 7.21 to 7.87 ms with both
+// after 20: 8.76 to 9.41 ms before (four runs), 7.21 to 7.87 ms with both
 // (docs/design/TOOLCHAIN.md).
 
 import { isErrorResult } from './cli-output.js';
