@@ -52,6 +52,7 @@
 
 import { isErrorResult } from './cli-output.js';
 import { IDLE } from './event-loop.js';
+import { memoryStorage } from './core.js';
 
 /** Round trips: enough for each instance to spend the tiering budget of the node's hot functions (above). */
 export const WARM_UP_ROUNDS = 300;
@@ -147,16 +148,10 @@ const STOPPED = Symbol('stopped');
 /** A reader's call: wait for messages (on the warm-up's clock), take them and mark them read. */
 const WAITING_READ = { wait_seconds: 10, limit: 500, mark_read: true };
 
-/** Records in a Map, with the reads and writes of js-host/state-db.js's API (no transactions). */
+/** Records in a Map (core.js's memoryStorage: reads and writes, no transactions), emptied when closed. */
 function mapStore() {
-  const records = new Map();
-  return {
-    get: (k) => records.get(k),
-    *list(prefix = '') { for (const k of [...records.keys()].sort()) if (k.startsWith(prefix)) yield k; },
-    set: (k, v) => { records.set(k, v); },
-    delete: (k) => { records.delete(k); },
-    close: () => records.clear(),
-  };
+  const storage = memoryStorage();
+  return { ...storage, close: () => storage.map.clear() };
 }
 
 /**
@@ -210,8 +205,7 @@ class World {
   drop() {
     for (const e of this.engines) {
       try {
-        if (e.store.inBatch) e.store.rollback();
-        e.store.close?.();
+        e.store.close?.(); // a transaction still open is rolled back by close
       } catch { /* a throwaway store: nothing of it is kept */ }
       e.core = null;
     }
