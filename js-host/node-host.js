@@ -88,8 +88,9 @@ function defaultLog(level, message) {
  *        and a few host diagnostics (never secrets, URLs or frames)
  * @param {number} [opts.stopTimeoutMs=1500] how long stop() waits for sockets to close
  * @param {Function} [opts.loadCoreImpl] tests only: replaces core.js's loadCore
- * @param {'worker'|'main'} [opts.engineThread='worker'] where the real core runs ('main': on
- *        this thread, as a scripted test core always does)
+ * @param {'worker'|'main'} [opts.engineThread] where the real core runs ('main': on this
+ *        thread, as a scripted test core always does; a large offload then stalls it). Default:
+ *        KARS_MESH_ENGINE_THREAD, for measuring (bench/placement.mjs), else 'worker'
  * @param {boolean} [opts.sealedRecords] `store` refuses records that are not sealed (always
  *        with the real core; tests with a replacement core may turn it on)
  * @returns {Promise<{ did: string, amid: string|undefined, stateDir: string,
@@ -104,7 +105,7 @@ export async function createNode(opts = {}) {
   const logger = nodeLogger(o.log);
   // The engine runs in its own thread with the real core; a test's scripted
   // core (a function, which cannot cross threads) runs on this one.
-  const inWorker = o.loadCoreImpl === loadCore && o.engineThread !== 'main';
+  const inWorker = o.loadCoreImpl === loadCore && (o.engineThread ?? engineThreadFromEnv(process.env.KARS_MESH_ENGINE_THREAD, logger.log)) !== 'main';
   const sealedOnly = o.sealedRecords || o.loadCoreImpl === loadCore;
   if (!o.stateDir || typeof o.stateDir !== 'string') throw new StateDirError('no state directory given');
   sqliteModule(); // names the Node version needed before anything is created
@@ -185,6 +186,23 @@ export async function createNode(opts = {}) {
     /** Resolves when the node is stopped: undefined after stop(), the error if it died. */
     closed: node.closed,
   };
+}
+
+/**
+ * KARS_MESH_ENGINE_THREAD: `main` runs the engine on the thread that serves
+ * the Gateway (no warm-up, and a 30 MiB offload stalls that thread for up
+ * to 0.2 s: for measuring where the engine runs, bench/placement.mjs);
+ * unset, empty or `worker`: its own worker thread. Anything else is named
+ * and the worker used.
+ */
+export function engineThreadFromEnv(value, log) {
+  if (value === undefined || value === '' || value === 'worker') return 'worker';
+  if (value === 'main') {
+    log('info', "host: the engine runs on this thread (KARS_MESH_ENGINE_THREAD=main): a large offload stalls it; unset it for the engine's own thread");
+    return 'main';
+  }
+  log('warn', `host: KARS_MESH_ENGINE_THREAD=${JSON.stringify(value)} is neither main nor worker; the engine runs in its own thread (worker)`);
+  return 'worker';
 }
 
 /** createNode's options with their defaults. */

@@ -9,7 +9,7 @@ import path from 'node:path';
 import http from 'node:http';
 import { once } from 'node:events';
 import { WebSocket, WebSocketServer } from 'ws';
-import { createNode } from '../js-host/node-host.js';
+import { createNode, engineThreadFromEnv } from '../js-host/node-host.js';
 // A loopback port nothing listens on.
 import { freePort as closedPort } from './harness/servers.mjs';
 import { openStateDir } from '../js-host/state-db.js';
@@ -70,6 +70,47 @@ test('real core: a command that ends cleanly reports no death of its engine thre
     assert.match(stdout, /did:mesh:[0-9a-f]{32}/);
     assert.equal(stderr, '', `run ${i + 1}: ${stderr}`);
   }
+});
+
+test('KARS_MESH_ENGINE_THREAD: main runs the real engine on the calling thread (a tool answered within the turn); worker or unset, its own thread; anything else named, and the worker used', { timeout: 60_000 }, async (t) => {
+  const lines = [];
+  const log = (level, m) => lines.push(`${level}: ${m}`);
+  assert.equal(engineThreadFromEnv(undefined, log), 'worker');
+  assert.equal(engineThreadFromEnv('', log), 'worker');
+  assert.equal(engineThreadFromEnv('worker', log), 'worker');
+  assert.deepEqual(lines, [], 'the default says nothing');
+  assert.equal(engineThreadFromEnv('main', log), 'main');
+  assert.match(lines.at(-1), /^info: .*KARS_MESH_ENGINE_THREAD=main.*a large offload stalls it/);
+  assert.equal(engineThreadFromEnv('gateway', log), 'worker');
+  assert.match(lines.at(-1), /^warn: .*KARS_MESH_ENGINE_THREAD="gateway" is neither main nor worker; the engine runs in its own thread/);
+
+  const saved = process.env.KARS_MESH_ENGINE_THREAD;
+  t.after(() => {
+    if (saved === undefined) delete process.env.KARS_MESH_ENGINE_THREAD;
+    else process.env.KARS_MESH_ENGINE_THREAD = saved;
+  });
+  const port = await closedPort();
+  /** Is a mesh_identity call answered before the event loop's next turn (only an engine on this thread can)? */
+  const answeredWithinTurn = async (env) => {
+    process.env.KARS_MESH_ENGINE_THREAD = env;
+    const logs = [];
+    const node = await createNode({ stateDir: tmpDir(t), relayUrl: `http://127.0.0.1:${port}`, registryUrl: `http://127.0.0.1:${port}`, log: (l, m) => logs.push(`${l}: ${m}`) });
+    try {
+      await node.callTool('mesh_identity', {}); // the engine is up and answering
+      const call = node.callTool('mesh_identity', {});
+      const first = await Promise.race([call.then(() => 'answered'), new Promise((r) => setImmediate(() => r('next turn')))]);
+      const r = await call;
+      assert.equal(r.details.mesh.did, node.did);
+      return { first, logs };
+    } finally {
+      await node.stop();
+    }
+  };
+  const main = await answeredWithinTurn('main');
+  assert.equal(main.first, 'answered', 'an engine on this thread answers within the turn');
+  assert.ok(main.logs.some((l) => l.startsWith('info: ') && l.includes('KARS_MESH_ENGINE_THREAD=main')), main.logs.join('\n'));
+  const bad = await answeredWithinTurn('gateway');
+  assert.ok(bad.logs.some((l) => l.startsWith('warn: ') && l.includes('KARS_MESH_ENGINE_THREAD="gateway"')), bad.logs.join('\n'));
 });
 
 test('real core: the identity record on disk is sealed, not plaintext', async (t) => {
