@@ -169,6 +169,9 @@ async function ours(run, input, inputSha) {
   const upOthersS = relayCpu?.othersBetween(hello.at_ms, execStarted) ?? null;
   const downOthersS = relayCpu?.othersBetween(execEnded, received.seen_ms) ?? null;
   const doneAt = events.find((e) => e.phase === 'done')?.seen_ms ?? Date.now();
+  // The longest single engine call of each node since its start: what a
+  // tool call or frame that came meanwhile waited behind.
+  const maxCallMs = [client, ctrl].map((n) => n.storeStats()?.maxCallMs ?? null);
   await Promise.allSettled([client.stop(), ctrl.stop()]);
   return {
     upMs,
@@ -187,6 +190,7 @@ async function ours(run, input, inputSha) {
     helloStallMs: hello.seen_ms - hello.at_ms,
     loopP99Ms: delay.percentile(99) / 1e6,
     loopMaxMs: delay.max / 1e6,
+    maxCallMs,
   };
 }
 
@@ -325,16 +329,16 @@ function markdown(env, rows, wallMs) {
   L.push('  ("download"), from writing the first send command until the receiver printed the last message; no receipts,');
   L.push('  nothing written to disk.');
   L.push('');
-  L.push('| run | CPU before the run | kars-mesh upload MiB/s | kars-mesh download MiB/s | AGT Python P → Q MiB/s | AGT Python Q → P MiB/s | upload s | download s | AGT P → Q s | AGT Q → P s | submit → sandbox hello s | client stalled on the hello s | submit → done s | host thread event-loop delay p99 / max (ms) | relay CPU % during upload / download | relay CPU % during AGT P → Q / Q → P |');
+  L.push('| run | CPU before the run | kars-mesh upload MiB/s | kars-mesh download MiB/s | AGT Python P → Q MiB/s | AGT Python Q → P MiB/s | upload s | download s | AGT P → Q s | AGT Q → P s | submit → sandbox hello s | client stalled on the hello s | submit → done s | host thread event-loop delay p99 / max (ms) | longest engine call, client / controller (ms) | relay CPU % during upload / download | relay CPU % during AGT P → Q / Q → P |');
   L.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     if (r.error) {
-      L.push(`| ${r.run} | ${r.idle ?? ''} | failed: ${r.error.replace(/\|/g, '\\|').split('\n')[0].slice(0, 400)} | | | | | | | | | | | | | |`);
+      L.push(`| ${r.run} | ${r.idle ?? ''} | failed: ${r.error.replace(/\|/g, '\\|').split('\n')[0].slice(0, 400)} | | | | | | | | | | | | | | |`);
       continue;
     }
     const o = r.ours;
     const a = r.agt;
-    L.push(`| ${r.run} | ${r.idle} | ${f1(o?.upMiBs)} | ${f1(o?.downMiBs)} | ${f1(a?.upMiBs)} | ${f1(a?.downMiBs)} | ${f2(o && o.upMs / 1000)} | ${f2(o && o.downMs / 1000)} | ${f2(a && a.upMs / 1000)} | ${f2(a && a.downMs / 1000)} | ${f2(o && o.setupMs / 1000)} | ${f2(o && o.helloStallMs / 1000)} | ${f2(o && o.totalMs / 1000)} | ${o ? `${f1(o.loopP99Ms)} / ${f1(o.loopMaxMs)}` : ''} | ${o ? `${pctOf(o.upRelayS, o.upMs)} / ${pctOf(o.downRelayS, o.downMs)}` : ''} | ${a ? `${pctOf(a.upRelayS, a.upMs)} / ${pctOf(a.downRelayS, a.downMs)}` : ''} |`);
+    L.push(`| ${r.run} | ${r.idle} | ${f1(o?.upMiBs)} | ${f1(o?.downMiBs)} | ${f1(a?.upMiBs)} | ${f1(a?.downMiBs)} | ${f2(o && o.upMs / 1000)} | ${f2(o && o.downMs / 1000)} | ${f2(a && a.upMs / 1000)} | ${f2(a && a.downMs / 1000)} | ${f2(o && o.setupMs / 1000)} | ${f2(o && o.helloStallMs / 1000)} | ${f2(o && o.totalMs / 1000)} | ${o ? `${f1(o.loopP99Ms)} / ${f1(o.loopMaxMs)}` : ''} | ${o ? o.maxCallMs.map(f1).join(' / ') : ''} | ${o ? `${pctOf(o.upRelayS, o.upMs)} / ${pctOf(o.downRelayS, o.downMs)}` : ''} | ${a ? `${pctOf(a.upRelayS, a.upMs)} / ${pctOf(a.downRelayS, a.downMs)}` : ''} |`);
   }
   if (ok.length > 1)
     L.push(`| median | | ${f1(med('upMiBs', 'ours'))} | ${f1(med('downMiBs', 'ours'))} | ${f1(med('upMiBs', 'agt'))} | ${f1(med('downMiBs', 'agt'))} | | | | | | | | | | |`);
@@ -368,7 +372,9 @@ function markdown(env, rows, wallMs) {
   L.push('*Client stalled on the hello*: how much later than the engine stamped it this process saw the sandbox\'s hello');
   L.push('event (the engine stamps it in its own thread; this process sees it when it reads the status), counted in the upload.');
   L.push('*Host thread event-loop delay*: `monitorEventLoopDelay` on this process\'s main thread (what a Gateway runs on)');
-  L.push('from the submit until done; the client\'s and the controller\'s engines run in worker threads.');
+  L.push(`from the submit until done; the client's and the controller's engines run ${process.env.KARS_MESH_ENGINE_THREAD === 'main' ? 'on that thread too (`KARS_MESH_ENGINE_THREAD=main`)' : 'in worker threads'}.`);
+  L.push('*Longest engine call*: the longest single `handle()` of each node since its start (`storeStats().maxCallMs`): what a tool call');
+  L.push('or frame that came meanwhile waited behind.');
   return `${L.join('\n')}\n`;
 }
 
