@@ -330,7 +330,7 @@ function markdown(env, rows, wallMs) {
   L.push('  nothing written to disk.');
   L.push('');
   L.push('| run | CPU before the run | kars-mesh upload MiB/s | kars-mesh download MiB/s | AGT Python P → Q MiB/s | AGT Python Q → P MiB/s | upload s | download s | AGT P → Q s | AGT Q → P s | submit → sandbox hello s | client stalled on the hello s | submit → done s | host thread event-loop delay p99 / max (ms) | longest engine call, client / controller (ms) | relay CPU % during upload / download | relay CPU % during AGT P → Q / Q → P |');
-  L.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  L.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     if (r.error) {
       L.push(`| ${r.run} | ${r.idle ?? ''} | failed: ${r.error.replace(/\|/g, '\\|').split('\n')[0].slice(0, 400)} | | | | | | | | | | | | | | |`);
@@ -341,7 +341,7 @@ function markdown(env, rows, wallMs) {
     L.push(`| ${r.run} | ${r.idle} | ${f1(o?.upMiBs)} | ${f1(o?.downMiBs)} | ${f1(a?.upMiBs)} | ${f1(a?.downMiBs)} | ${f2(o && o.upMs / 1000)} | ${f2(o && o.downMs / 1000)} | ${f2(a && a.upMs / 1000)} | ${f2(a && a.downMs / 1000)} | ${f2(o && o.setupMs / 1000)} | ${f2(o && o.helloStallMs / 1000)} | ${f2(o && o.totalMs / 1000)} | ${o ? `${f1(o.loopP99Ms)} / ${f1(o.loopMaxMs)}` : ''} | ${o ? o.maxCallMs.map(f1).join(' / ') : ''} | ${o ? `${pctOf(o.upRelayS, o.upMs)} / ${pctOf(o.downRelayS, o.downMs)}` : ''} | ${a ? `${pctOf(a.upRelayS, a.upMs)} / ${pctOf(a.downRelayS, a.downMs)}` : ''} |`);
   }
   if (ok.length > 1)
-    L.push(`| median | | ${f1(med('upMiBs', 'ours'))} | ${f1(med('downMiBs', 'ours'))} | ${f1(med('upMiBs', 'agt'))} | ${f1(med('downMiBs', 'agt'))} | | | | | | | | | | |`);
+    L.push(`| median | | ${f1(med('upMiBs', 'ours'))} | ${f1(med('downMiBs', 'ours'))} | ${f1(med('upMiBs', 'agt'))} | ${f1(med('downMiBs', 'agt'))} | | | | | | | | | | | |`);
   L.push('');
   const up = med('upMiBs', 'ours');
   const down = med('downMiBs', 'ours');
