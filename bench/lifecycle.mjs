@@ -1,7 +1,9 @@
 // Shared by the bench scripts that run the relay/registry and client
-// processes (mesh.mjs, offload.mjs): bounded waits and a clean stop on
-// SIGINT/SIGTERM/SIGHUP.
+// processes (mesh.mjs, offload.mjs, warm-up.mjs, placement.mjs): bounded
+// waits, a clean stop on SIGINT/SIGTERM/SIGHUP, and how a run ends.
+import { writeFileSync } from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 
 /** `p`, or a rejection naming `what` after `ms`. */
 export function within(p, ms, what) {
@@ -44,4 +46,27 @@ export function takeOverSignals(stop) {
     for (const l of process.listeners(sig)) if (l !== onSignal) process.off(sig, l);
     if (!process.listeners(sig).includes(onSignal)) process.on(sig, onSignal);
   }
+}
+
+/**
+ * Print a run's results and, unless `noWrite`, write them to `dir/file`
+ * (the bench's results file, named in the README).
+ */
+export function emitResults(text, { dir, file, noWrite }) {
+  console.log(text);
+  if (noWrite) return;
+  writeFileSync(path.join(dir, file), text);
+  console.log(`# wrote bench/${file}`);
+}
+
+/** Run `main`, then `stop`; exit 0, or 1 with `script`'s error after stopping. */
+export function runBench(script, main, stop) {
+  main()
+    .then(() => stop())
+    .then(() => process.exit(0))
+    .catch(async (e) => {
+      console.error(`${script}: ${e?.stack ?? e}`);
+      await stop();
+      process.exit(1);
+    });
 }

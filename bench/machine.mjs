@@ -103,3 +103,6 @@ export function buildId() {
     return '?';
   }
 }
+
+/** The median (the mean of the middle two for an even count). */
+export const median = (xs) => { const s = [...xs].sort((x, y) => x - y); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };

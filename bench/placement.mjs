@@ -22,15 +22,15 @@
 // Writes bench/PLACEMENT-RESULTS.md (unless --no-write). Every wait is
 // bounded; SIGINT/SIGTERM stop the clients and the relay/registry and exit
 // 130/143 without writing.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServers } from '../tests/harness/servers.mjs';
 import { spawnMeshNode } from '../tests/drivers/mesh-node-client.mjs';
 import { spawnAgtPeer } from '../tests/peers/agt_peer.mjs';
-import { takeOverSignals, within } from './lifecycle.mjs';
-import { buildId, waitIdle, waitIdleSeconds, wholeOption } from './machine.mjs';
+import { emitResults, runBench, takeOverSignals, within } from './lifecycle.mjs';
+import { buildId, median, waitIdle, waitIdleSeconds, wholeOption } from './machine.mjs';
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const SCRIPT = 'bench/placement.mjs';
@@ -61,7 +61,6 @@ const stopEverything = async () => {
 };
 takeOverSignals(stopEverything);
 
-const median = (xs) => { const s = [...xs].sort((x, y) => x - y); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
 const settle = () => new Promise((r) => setTimeout(r, SETTLE));
 const thread = (main) => ({ KARS_MESH_ENGINE_THREAD: main ? 'main' : 'worker' });
 let run = 0;
@@ -163,19 +162,7 @@ async function main() {
     L.push(`| ${name} | ${median(rates).toFixed(0)} | ${ratios} | ${commits} |`);
   }
   L.push('');
-  const text = L.join('\n') + '\n';
-  console.log(text);
-  if (!NO_WRITE) {
-    writeFileSync(path.join(BENCH, 'PLACEMENT-RESULTS.md'), text);
-    console.log('# wrote bench/PLACEMENT-RESULTS.md');
-  }
+  emitResults(L.join('\n') + '\n', { dir: BENCH, file: 'PLACEMENT-RESULTS.md', noWrite: NO_WRITE });
 }
 
-main()
-  .then(() => stopEverything())
-  .then(() => process.exit(0))
-  .catch(async (e) => {
-    console.error(`${SCRIPT}: ${e?.stack ?? e}`);
-    await stopEverything();
-    process.exit(1);
-  });
+runBench(SCRIPT, main, stopEverything);

@@ -20,14 +20,14 @@
 //
 //   node bench/warm-up.mjs [--cycles=4] [--rounds=220] [--settle=1000] [--no-write] [--wait-idle[=s]]
 // Writes bench/WARM-UP-RESULTS.md (unless --no-write).
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServers } from '../tests/harness/servers.mjs';
 import { spawnMeshNode } from '../tests/drivers/mesh-node-client.mjs';
-import { takeOverSignals, within } from './lifecycle.mjs';
-import { buildId, pct, waitIdle, waitIdleSeconds, wholeOption } from './machine.mjs';
+import { emitResults, runBench, takeOverSignals, within } from './lifecycle.mjs';
+import { buildId, median, pct, waitIdle, waitIdleSeconds, wholeOption } from './machine.mjs';
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -56,7 +56,6 @@ const stopEverything = async () => {
 };
 takeOverSignals(stopEverything);
 
-const median = (xs) => { const s = [...xs].sort((x, y) => x - y); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
 
 async function pair(run, env, settle) {
   const mk = (who, extra = {}) => spawnMeshNode({
@@ -125,19 +124,7 @@ async function main() {
     }
   }
   L.push('');
-  const text = L.join('\n') + '\n';
-  console.log(text);
-  if (!NO_WRITE) {
-    writeFileSync(path.join(BENCH, 'WARM-UP-RESULTS.md'), text);
-    console.log('# wrote bench/WARM-UP-RESULTS.md');
-  }
+  emitResults(L.join('\n') + '\n', { dir: BENCH, file: 'WARM-UP-RESULTS.md', noWrite: NO_WRITE });
 }
 
-main()
-  .then(() => stopEverything())
-  .then(() => process.exit(0))
-  .catch(async (e) => {
-    console.error(`bench/warm-up.mjs: ${e?.stack ?? e}`);
-    await stopEverything();
-    process.exit(1);
-  });
+runBench('bench/warm-up.mjs', main, stopEverything);
