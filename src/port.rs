@@ -32,6 +32,9 @@ pub enum TimerOwner {
     /// The next step of finding or checking a kars sandbox (a registry
     /// look-up again, the wait for its hello, a ping or task sent again).
     OffloadStep,
+    /// The next slice of hashing the input files `cloud_offload` read
+    /// (due at once: what came meanwhile goes first).
+    OffloadHash,
 }
 
 /// One item of a paced transfer (see `agent::pacer`): only a window of

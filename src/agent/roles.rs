@@ -172,6 +172,7 @@ impl Agent {
             }
             Owner::OffloadWatcher => self.offload.offload_watcher_due(cx, id),
             Owner::OffloadStep => self.with_offload(cx, |o, a, cx| o.kars_step_due(a, cx, id)),
+            Owner::OffloadHash => self.with_offload(cx, |o, a, cx| o.hash_due(a, cx, id)),
             Owner::SandboxProgress => {
                 self.with_sandbox(cx, |s, a, cx| s.progress_due(a, cx));
             }

@@ -9,6 +9,7 @@ use super::phase::Phase;
 use super::progress::{Count, Meter, ProgressInfo, ProgressKind, Report, TransferNews};
 use super::reassembly::Part;
 use super::reassembly::Reassembly;
+use crate::crypto::kdf::Sha256Stream;
 use crate::io::{Command, Cx, LogLevel};
 use crate::pairing::client::PairingRecord;
 use crate::port::{Paced, Port, TimerOwner as Owner};
@@ -28,6 +29,7 @@ use crate::wire::token::Dialect;
 use crate::wire::{time, transfer};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::collections::VecDeque;
 
 /// Controller's answer (`ready`) deadline.
 const READY_TIMEOUT_MS: u64 = 300_000;
@@ -43,6 +45,10 @@ const MAX_EVENTS: usize = 40;
 const MAX_NOTES: usize = 10;
 /// A repeated `offload_status` within this window with no news says so.
 const NO_CHANGE_WINDOW_MS: u64 = 15_000;
+/// Bytes of an input file hashed per engine call once it is read (about
+/// 20 ms): a 30 MiB input hashed at once held the engine for 100 ms, and a
+/// tool call or a message that came meanwhile waited behind it.
+pub(super) const HASH_SLICE: usize = 4 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InputFile {
@@ -247,6 +253,11 @@ pub struct Submit {
     pub bytes: Vec<Option<Vec<u8>>>,
     pub pending: usize,
     pub failed: bool,
+    /// Inputs read and larger than a slice, hashed a slice per call in
+    /// order: (index, hash so far, bytes hashed).
+    hashing: VecDeque<(usize, Sha256Stream, usize)>,
+    /// The timer of the next slice.
+    hash_timer: Option<u64>,
 }
 
 impl Submit {
@@ -546,6 +557,8 @@ impl OffloadClient {
             bytes: vec![None; n],
             pending: n,
             failed: false,
+            hashing: VecDeque::new(),
+            hash_timer: None,
         });
         if n == 0 {
             self.finish_submit(port, cx);
@@ -687,7 +700,11 @@ impl OffloadClient {
             Ok(bytes) if !s.failed => {
                 if let Some(f) = s.offload.files.get_mut(i) {
                     f.size = bytes.len() as u64;
-                    f.sha256 = transfer::sha256_hex(&bytes);
+                    if bytes.len() <= HASH_SLICE {
+                        f.sha256 = transfer::sha256_hex(&bytes);
+                    } else {
+                        s.hashing.push_back((i, Sha256Stream::default(), 0));
+                    }
                 }
                 if let Some(slot) = s.bytes.get_mut(i) {
                     *slot = Some(bytes);
@@ -704,10 +721,56 @@ impl OffloadClient {
             Err(_) => {}
         }
         s.pending = s.pending.saturating_sub(1);
-        if s.pending == 0 {
-            self.finish_submit(port, cx);
-        }
+        self.submit_next(port, cx);
         true
+    }
+
+    /// The submit's next step: its answer once every input is read and
+    /// hashed (or one failed), else the next hash slice on a later call.
+    fn submit_next(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
+        let Some(s) = self.submitting.as_mut() else {
+            return;
+        };
+        if s.pending == 0 && (s.failed || s.hashing.is_empty()) {
+            if let Some(t) = s.hash_timer.take() {
+                port.cancel_timer(cx, t);
+            }
+            return self.finish_submit(port, cx);
+        }
+        if !s.failed && !s.hashing.is_empty() && s.hash_timer.is_none() {
+            let now = cx.now();
+            s.hash_timer = Some(port.set_timer(cx, Owner::OffloadHash, now));
+        }
+    }
+
+    /// Hash the next slice of the inputs being submitted.
+    pub fn hash_due(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, timer: u64) {
+        let Some(s) = self
+            .submitting
+            .as_mut()
+            .filter(|s| s.hash_timer == Some(timer))
+        else {
+            return;
+        };
+        s.hash_timer = None;
+        if let Some((i, h, at)) = s.hashing.front_mut() {
+            let bytes = s
+                .bytes
+                .get(*i)
+                .and_then(Option::as_deref)
+                .unwrap_or_default();
+            let end = bytes.len().min(*at + HASH_SLICE);
+            h.update(bytes.get(*at..end).unwrap_or_default());
+            *at = end;
+            if end == bytes.len() {
+                if let Some((i, h, _)) = s.hashing.pop_front() {
+                    if let Some(f) = s.offload.files.get_mut(i) {
+                        f.sha256 = crate::wire::hex::encode(&h.finish());
+                    }
+                }
+            }
+        }
+        self.submit_next(port, cx);
     }
 
     fn finish_submit(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {

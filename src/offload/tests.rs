@@ -822,11 +822,30 @@ fn cloud_offload_refuses_a_file_one_byte_over_the_limit_before_anything_starts()
     );
     assert!(user.port.sent.is_empty() && client.active.is_none());
 
-    // The largest file is taken.
+    // The largest file is taken. It is hashed a slice per engine call
+    // (a timer due at once each time), so a tool call or a message that
+    // comes meanwhile waits for one slice, not for the whole file; the
+    // answer comes with the last slice.
     user.call(|p, cx| client.cloud_offload(p, cx, "b", &args, Some(&pairing)));
     let (id, _) = read_of(&user.out).expect("the file is read");
-    user.call(|p, cx| client.offload_file(p, cx, id, Ok(vec![0u8; MAX_FILE_BYTES])));
+    let big: Vec<u8> = (0..MAX_FILE_BYTES).map(|i| (i % 253) as u8).collect();
+    let sha = crate::wire::transfer::sha256_hex(&big);
+    user.call(|p, cx| client.offload_file(p, cx, id, Ok(big)));
+    let mut slices = 0;
+    while let Some(t) = user.port.timer_of(TimerOwner::OffloadHash) {
+        assert!(
+            user.results().is_empty(),
+            "answered before the file was hashed"
+        );
+        user.port.cancelled.push(t);
+        user.call(|p, cx| client.hash_due(p, cx, t));
+        slices += 1;
+    }
+    assert_eq!(slices, MAX_FILE_BYTES.div_ceil(super::client::HASH_SLICE));
     assert!(text(&user.results()[0]).starts_with("☁️ Offload submitted"));
+    let o = client.active.as_ref().expect("active");
+    assert_eq!(o.files[0].sha256, sha, "the hash of the whole file");
+    assert_eq!(o.files[0].size, MAX_FILE_BYTES as u64);
 
     // A name and sender too long to fit beside the data are refused too.
     let mut client = OffloadClient {

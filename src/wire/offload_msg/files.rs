@@ -126,16 +126,33 @@ impl FileTransfer {
         v
     }
 
-    /// Characters of the sent message besides the base64 of the file: the
-    /// text `into_value_with` makes, with an empty `file_data`.
-    pub fn envelope_chars(&self) -> usize {
+    /// The text `into_value_with` makes, with an empty `file_data`.
+    fn bare_text(&self) -> String {
         let mut bare = self.clone();
         bare.file_data = None;
         let mut v = OffloadMsg::from(bare).to_value();
         if let Some(o) = v.as_object_mut() {
             o.insert("file_data".into(), Value::String(String::new()));
         }
-        v.to_string().len()
+        v.to_string()
+    }
+
+    /// Characters of the sent message besides the base64 of the file.
+    pub fn envelope_chars(&self) -> usize {
+        self.bare_text().len()
+    }
+
+    /// The sent message's text on either side of the file's base64:
+    /// `into_value_with(bytes).to_string()` is `before + base64 + after`.
+    /// Base64 needs no JSON escaping, so a sender can write the text a
+    /// slice of the file at a time instead of in one 40 MB serialisation.
+    /// The key is found by its unescaped quotes, which no string value in
+    /// the text can hold; `None` only if it were missing.
+    pub fn envelope(&self) -> Option<(String, String)> {
+        const KEY: &str = "\"file_data\":\"";
+        let text = self.bare_text();
+        let at = text.find(&format!("{KEY}\""))? + KEY.len();
+        Some((text[..at].to_string(), text[at..].to_string()))
     }
 
     /// Can this message carry a file of `size` bytes in at most 80 chunks?
@@ -273,6 +290,24 @@ mod tests {
             panic!("not a file transfer");
         };
         assert_eq!(f.data(), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn the_envelope_around_the_base64_is_the_sent_text() {
+        // Names with quotes, escapes and the key itself: the key is still
+        // found where it is, not inside a value.
+        for name in ["in.txt", "\"file_data\":\"\"", "a\\\"b\u{1}é"] {
+            for len in [0usize, 1, 2, 3, 4, 5, 1000] {
+                let bytes: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+                let msg = FileTransfer::input(RID, name, len as u64, &"0".repeat(64), "alice", TS);
+                let Some((before, after)) = msg.envelope() else {
+                    panic!("no envelope for {name:?}");
+                };
+                assert_eq!(before.len() + after.len(), msg.envelope_chars());
+                let whole = msg.clone().into_value_with(bytes.clone()).to_string();
+                assert_eq!(format!("{before}{}{after}", b64::encode_std(&bytes)), whole);
+            }
+        }
     }
 
     /// Chunks the sent message of `msg` with `bytes` splits into.
