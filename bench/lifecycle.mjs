@@ -9,7 +9,7 @@ import path from 'node:path';
 export function within(p, ms, what) {
   let t;
   const timeout = new Promise((_, reject) => {
-    t = setTimeout(() => reject(new Error(`${what}: no answer after ${ms / 1000} s`)), ms);
+    t = setTimeout(() => reject(new Error(`${typeof what === 'function' ? what() : what}: no answer after ${ms / 1000} s`)), ms);
   });
   return Promise.race([p, timeout]).finally(() => clearTimeout(t));
 }

@@ -57,6 +57,7 @@ import { startServers, VENV_PYTHON } from '../tests/harness/servers.mjs';
 import { spawnAgtPeer } from '../tests/peers/agt_peer.mjs';
 import { spawnMeshNode } from '../tests/drivers/mesh-node-client.mjs';
 import { takeOverSignals, within, yieldToLoop } from './lifecycle.mjs';
+import { agtBurst, oursBurst } from './throughput.mjs';
 import { buildId, cpuIdleFraction, summary, waitIdle, waitIdleSeconds, wholeOption } from './machine.mjs';
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
@@ -117,39 +118,14 @@ async function ours(window = 1) {
   // Throughput: C -> D, COUNT messages back to back.
   const [c, d] = await Promise.all([mk('ours-c'), mk('ours-d', { buffer: false })]);
   await settle();
-  const warm = await within(c.request({ cmd: 'send', to: d.did, message: { type: 'warmup' } }), STEP_TIMEOUT, 'ours: warmup send');
-  if (!warm.ok) throw new Error(`ours: warmup send failed: ${warm.error}`);
-  await new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('ours: warmup not received')), STEP_TIMEOUT);
-    d.on('message', function on(m) {
-      if (m.payload?.type === 'warmup') { clearTimeout(t); d.off('message', on); resolve(); }
-    });
-  });
-  let got = 0;
-  let lastAt = 0;
-  const allIn = new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`ours: only ${got}/${COUNT} received after ${BURST_TIMEOUT} ms`)), BURST_TIMEOUT);
-    d.on('message', (m) => {
-      if (m.payload?.type !== 'bench') return;
-      got++;
-      lastAt = performance.now();
-      if (got === COUNT) { clearTimeout(t); resolve(); }
-    });
-  });
-  const t0 = performance.now();
-  const burst = await within(c.request({ cmd: 'burst', to: d.did, count: COUNT, tag: 'ours', window }), BURST_TIMEOUT, 'ours: burst');
-  const sendDoneMs = performance.now() - t0;
-  if (!burst.ok) throw new Error(`ours: burst failed: ${JSON.stringify(burst)}`);
-  await allIn;
-  const totalMs = lastAt - t0;
-  const [cs, ds] = await within(Promise.all([c.request({ cmd: 'identity' }), d.request({ cmd: 'identity' })]), STEP_TIMEOUT, 'ours: identity');
+  const t = await oursBurst(c, d, { count: COUNT, window, tag: 'ours', stepTimeout: STEP_TIMEOUT, burstTimeout: BURST_TIMEOUT });
   return {
     name: window > 1 ? `kars-mesh ↔ kars-mesh (${window} sends in flight)` : 'kars-mesh ↔ kars-mesh',
     setupMs,
     latency,
     latencyEngine: latStats,
-    throughput: { count: COUNT, totalMs, perSec: COUNT / (totalMs / 1000), sendMs: sendDoneMs, sendPerSec: COUNT / (sendDoneMs / 1000) },
-    engine: { sender: cs.stats, receiver: ds.stats },
+    throughput: { count: t.count, totalMs: t.totalMs, perSec: t.perSec, sendMs: t.sendMs, sendPerSec: t.sendPerSec },
+    engine: { sender: t.sender, receiver: t.receiver },
   };
 }
 
@@ -177,30 +153,13 @@ async function agt(persist) {
 
   const [r, s] = await Promise.all([mk('r'), mk('s')]);
   await settle();
-  r.send(s.did, { type: 'warmup' });
-  await s.next((e) => e.event === 'message' && e.payload?.type === 'warmup', STEP_TIMEOUT, 'warmup');
-  const t0 = performance.now();
-  for (let n = 0; n < COUNT; n++) r.send(s.did, { type: 'bench', tag, n });
-  let lastSent = 0;
-  const sentAll = (async () => {
-    for (let n = 0; n < COUNT; n++) await r.next((e) => e.event === 'sent' || e.event === 'error', BURST_TIMEOUT, 'sent');
-    lastSent = performance.now();
-  })();
-  sentAll.catch(() => {}); // awaited below; a failure first seen by the receive loop is not unhandled
-  let lastAt = 0;
-  for (let n = 0; n < COUNT; n++) {
-    await s.next((e) => e.event === 'message' && e.payload?.type === 'bench', BURST_TIMEOUT, `bench message ${n}`);
-    lastAt = performance.now();
-  }
-  await sentAll;
-  const totalMs = lastAt - t0;
-  const sendMs = lastSent - t0;
+  const t = await agtBurst(r, s, { count: COUNT, tag, stepTimeout: STEP_TIMEOUT, burstTimeout: BURST_TIMEOUT });
   const errors2 = [...r.events(), ...s.events()].filter((e) => e.event === 'error').length;
   return {
     name: persist ? 'AGT Python ↔ AGT Python (--state: fsync per frame)' : 'AGT Python ↔ AGT Python (in memory)',
     setupMs,
     latency,
-    throughput: { count: COUNT, totalMs, perSec: COUNT / (totalMs / 1000), sendMs, sendPerSec: COUNT / (sendMs / 1000) },
+    throughput: t,
     errors: errors + errors2,
   };
 }

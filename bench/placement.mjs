@@ -30,6 +30,7 @@ import { startServers } from '../tests/harness/servers.mjs';
 import { spawnMeshNode } from '../tests/drivers/mesh-node-client.mjs';
 import { spawnAgtPeer } from '../tests/peers/agt_peer.mjs';
 import { emitResults, runBench, takeOverSignals, within } from './lifecycle.mjs';
+import { agtBurst, oursBurst } from './throughput.mjs';
 import { buildId, median, waitIdle, waitIdleSeconds, wholeOption } from './machine.mjs';
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
@@ -74,19 +75,8 @@ async function ours(senderMain, receiverMain) {
   const [c, d] = await Promise.all([mk('c', thread(senderMain)), mk('d', thread(receiverMain), { buffer: false })]);
   try {
     await settle();
-    const warm = await within(c.request({ cmd: 'send', to: d.did, message: { type: 'warmup' } }), STEP_TIMEOUT, 'warm-up send');
-    if (!warm.ok) throw new Error(`warm-up send failed: ${warm.error}`);
-    await within(new Promise((r) => d.on('message', function on(m) { if (m.payload?.type === 'warmup') { d.off('message', on); r(); } })), STEP_TIMEOUT, 'warm-up message');
-    const before = (await within(d.request({ cmd: 'identity' }), STEP_TIMEOUT, 'receiver stats')).store;
-    let got = 0;
-    let lastAt = 0;
-    const allIn = new Promise((r) => d.on('message', (m) => { if (m.payload?.type === 'bench' && ++got === COUNT) { lastAt = performance.now(); r(); } }));
-    const t0 = performance.now();
-    const burst = await within(c.request({ cmd: 'burst', to: d.did, count: COUNT, tag: 'placement', window: 1 }), BURST_TIMEOUT, 'burst');
-    if (!burst.ok) throw new Error(`burst failed: ${JSON.stringify(burst)}`);
-    await within(allIn, BURST_TIMEOUT, `all ${COUNT} messages (${got} so far)`);
-    const after = (await within(d.request({ cmd: 'identity' }), STEP_TIMEOUT, 'receiver stats')).store;
-    return { perSec: COUNT / ((lastAt - t0) / 1000), receiverCommits: (after.commits - before.commits) / COUNT };
+    const t = await oursBurst(c, d, { count: COUNT, window: 1, tag: 'placement', stepTimeout: STEP_TIMEOUT, burstTimeout: BURST_TIMEOUT });
+    return { perSec: t.perSec, receiverCommits: t.receiverCommits };
   } finally {
     await Promise.allSettled([c, d].map((n) => within(n.stop(), 10_000, 'stopping a client')));
     live.delete(c); live.delete(d);
@@ -101,16 +91,8 @@ async function agt() {
   const [r, s] = await Promise.all([mk('r'), mk('s')]);
   try {
     await settle();
-    r.send(s.did, { type: 'warmup' });
-    await s.next((e) => e.event === 'message' && e.payload?.type === 'warmup', STEP_TIMEOUT, 'warm-up');
-    const t0 = performance.now();
-    for (let n = 0; n < COUNT; n++) r.send(s.did, { type: 'bench', n });
-    let lastAt = 0;
-    for (let n = 0; n < COUNT; n++) {
-      await s.next((e) => e.event === 'message' && e.payload?.type === 'bench', BURST_TIMEOUT, `bench message ${n}`);
-      lastAt = performance.now();
-    }
-    return { perSec: COUNT / ((lastAt - t0) / 1000) };
+    const t = await agtBurst(r, s, { count: COUNT, tag: 'agt-state', stepTimeout: STEP_TIMEOUT, burstTimeout: BURST_TIMEOUT });
+    return { perSec: t.perSec };
   } finally {
     await Promise.allSettled([r, s].map((p) => within(p.close(), 10_000, 'stopping a peer')));
     live.delete(r); live.delete(s);
