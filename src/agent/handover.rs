@@ -18,6 +18,7 @@
 //! * after a connect, a new session waits for the stored frames (`sync_id`):
 //!   one of them may be the peer's own KNOCK, and a reference AGT client
 //!   never moves to a session we open while it has its own.
+use super::tools::mesh_inbox::InboxQuery;
 use super::{
     tools::mesh_send::{self, Handover, Sent},
     Agent, Cx, HeldSend, Sealed, CONFIRM_MAX_MS, HELD_SENDS_MAX_MS, INBOX_SYNC_MAX_MS, T_CONFIRM,
@@ -28,7 +29,6 @@ use crate::mesh::link::{LinkState, ProblemKind};
 use crate::wire::frames;
 use crate::wire::payload::Family;
 use crate::wire::relay_frame::{MessageFrame, RelayFrame};
-use serde_json::Value;
 
 /// Sends written on the open link, waiting for the marker that follows
 /// them.
@@ -242,12 +242,11 @@ impl Agent {
     /// Hold an inbox read until what the relay stored has been taken in, at
     /// most `INBOX_SYNC_MAX_MS`: a process that has just started must not
     /// show an inbox without it.
-    pub(super) fn defer_inbox_read(&mut self, cx: &mut Cx<'_>, call_id: &str, args: &Value) {
+    pub(super) fn defer_inbox_read(&mut self, cx: &mut Cx<'_>, call_id: &str, q: InboxQuery) {
         if self.after_sync_calls.is_empty() {
             self.arm(cx, T_INBOX_SYNC, INBOX_SYNC_MAX_MS);
         }
-        self.after_sync_calls
-            .push((call_id.to_string(), args.clone()));
+        self.after_sync_calls.push((call_id.to_string(), q));
     }
 
     /// Answer the held inbox reads once nothing stored is still on its way
@@ -257,8 +256,8 @@ impl Agent {
             return;
         }
         cx.out.push(Command::TimerCancel(T_INBOX_SYNC));
-        for (call, args) in std::mem::take(&mut self.after_sync_calls) {
-            super::tools::mesh_inbox_now(self, cx, &call, &args);
+        for (call, q) in std::mem::take(&mut self.after_sync_calls) {
+            super::tools::mesh_inbox_query(self, cx, &call, q);
         }
     }
 }

@@ -477,7 +477,7 @@ pub struct Agent {
     unconfirmed: Vec<HeldSend>,
     confirmations: Vec<handover::Confirmation>,
     /// Inbox reads waiting for the relay's stored frames (`sync_id`).
-    after_sync_calls: Vec<(String, Value)>,
+    after_sync_calls: Vec<(String, tools::mesh_inbox::InboxQuery)>,
     /// Peers whose new session waits for those frames (one of them may be
     /// the peer's own KNOCK: a reference AGT client never moves to a
     /// session we open while it has one, so we must take its).

@@ -4,7 +4,7 @@
 
 pub(super) mod discover;
 pub(super) mod mesh_await;
-pub(super) mod mesh_inbox;
+pub(in crate::agent) mod mesh_inbox;
 pub(super) mod mesh_send;
 
 use crate::agent::{Agent, Cx};
@@ -19,10 +19,20 @@ pub(in crate::agent) fn mesh_inbox_now(
     call_id: &str,
     a: &Value,
 ) {
-    let q = match mesh_inbox::parse(a) {
-        Ok(q) => q,
-        Err(e) => return refuse_text(cx, call_id, &e.to_string()),
-    };
+    match mesh_inbox::parse(a) {
+        Ok(q) => mesh_inbox_query(agent, cx, call_id, q),
+        Err(e) => refuse_text(cx, call_id, &e.to_string()),
+    }
+}
+
+/// A `mesh_inbox` read whose arguments were checked: answered now, or
+/// pending until a message lands or its wait is over.
+pub(in crate::agent) fn mesh_inbox_query(
+    agent: &mut Agent,
+    cx: &mut Cx<'_>,
+    call_id: &str,
+    q: mesh_inbox::InboxQuery,
+) {
     if q.block && q.visible(agent).is_empty() {
         // Pending until a message lands (wake_waiters) or the timer fires.
         let since_ms = cx.now();
@@ -96,7 +106,7 @@ pub(in crate::agent) fn handle(
         // Bad arguments are refused at once, not after the wait.
         "mesh_inbox" if agent.inbox_still_arriving() => match mesh_inbox::parse(args) {
             Err(e) => refuse_text(cx, call_id, &e.to_string()),
-            Ok(_) => agent.defer_inbox_read(cx, call_id, args),
+            Ok(q) => agent.defer_inbox_read(cx, call_id, q),
         },
         "mesh_inbox" => mesh_inbox_now(agent, cx, call_id, args),
         "mesh_await" => mesh_await::start(agent, cx, call_id, args),
