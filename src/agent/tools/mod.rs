@@ -12,19 +12,6 @@ use crate::tools::args;
 use crate::tools::render::{fail, ok, refuse, refuse_text};
 use serde_json::Value;
 
-/// Answer (or, blocking, wait for) a `mesh_inbox` call now.
-pub(in crate::agent) fn mesh_inbox_now(
-    agent: &mut Agent,
-    cx: &mut Cx<'_>,
-    call_id: &str,
-    a: &Value,
-) {
-    match mesh_inbox::parse(a) {
-        Ok(q) => mesh_inbox_query(agent, cx, call_id, q),
-        Err(e) => refuse_text(cx, call_id, &e.to_string()),
-    }
-}
-
 /// A `mesh_inbox` read whose arguments were checked: answered now, or
 /// pending until a message lands or its wait is over.
 pub(in crate::agent) fn mesh_inbox_query(
@@ -101,14 +88,14 @@ pub(in crate::agent) fn handle(
             agent.register(cx);
         }
         "mesh_send" => mesh_send::mesh_send(agent, cx, call_id, args),
-        // What the relay stored for us is on its way: a process that has
-        // just started must not show an inbox without it.
-        // Bad arguments are refused at once, not after the wait.
-        "mesh_inbox" if agent.inbox_still_arriving() => match mesh_inbox::parse(args) {
+        // Bad arguments are refused at once, not after the wait below.
+        "mesh_inbox" => match mesh_inbox::parse(args) {
             Err(e) => refuse_text(cx, call_id, &e.to_string()),
-            Ok(q) => agent.defer_inbox_read(cx, call_id, q),
+            // What the relay stored for us is on its way: a process that
+            // has just started must not show an inbox without it.
+            Ok(q) if agent.inbox_still_arriving() => agent.defer_inbox_read(cx, call_id, q),
+            Ok(q) => mesh_inbox_query(agent, cx, call_id, q),
         },
-        "mesh_inbox" => mesh_inbox_now(agent, cx, call_id, args),
         "mesh_await" => mesh_await::start(agent, cx, call_id, args),
         "discover" => discover::start(agent, cx, call_id, args),
         "mesh_pair" | "cloud_offload" | "offload_status" | "offload_cancel"
