@@ -386,6 +386,9 @@ fn reassembly(s: &str) -> String {
     let mut host = SimHost::new(3, 1_800_000_000_000);
     let mut r = Reassembly::default();
     let mut label = String::from("|");
+    // Accepted chunks' texts by transfer and index: a file read as its
+    // chunks came must be the one the whole text holds.
+    let mut texts: std::collections::BTreeMap<(String, u64), String> = Default::default();
     for line in s.lines() {
         let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
         let mut cx = Cx {
@@ -409,9 +412,51 @@ fn reassembly(s: &str) -> String {
             ),
             None => Err(transfer::TransferError::Manifest("not a transfer message")),
         };
+        match (&accepted, &parsed) {
+            (Ok(_), Ok(OffloadMsg::TransferChunk(c))) => {
+                if let (Some(t), Some(i), Some(d)) = (&c.transfer_id, c.chunk_index, &c.data) {
+                    texts.entry((t.clone(), i)).or_insert_with(|| d.clone());
+                }
+            }
+            // A new manifest keeps only the held chunks it names, as the
+            // reassembly does.
+            (Ok(_), Ok(OffloadMsg::TransferManifest(m))) => {
+                let tid = m.transfer_id.clone().unwrap_or_default();
+                let hashes = m.chunk_hashes.clone().unwrap_or_default();
+                texts.retain(|(t, i), d| {
+                    *t != tid
+                        || hashes.get(*i as usize).map(String::as_str)
+                            == Some(transfer::sha256_hex(d.as_bytes()).as_str())
+                });
+            }
+            _ => {}
+        }
         let done = match accepted {
             Ok(Some(whole)) => {
-                assert!(whole.is_object(), "reassembled a non-object");
+                assert!(whole.value.is_object(), "reassembled a non-object");
+                if whole.file.is_some() {
+                    let tid = match &parsed {
+                        Ok(OffloadMsg::TransferChunk(c)) => c.transfer_id.clone(),
+                        Ok(OffloadMsg::TransferManifest(m)) => m.transfer_id.clone(),
+                        _ => None,
+                    }
+                    .unwrap_or_default();
+                    let text: String = texts
+                        .range((tid.clone(), 0)..=(tid.clone(), u64::MAX))
+                        .map(|(_, d)| d.as_str())
+                        .collect();
+                    texts.retain(|(t, _), _| *t != tid);
+                    let mut want: Value =
+                        serde_json::from_str(&text).expect("a streamed file's text is JSON");
+                    if want.get("type").is_none() {
+                        want["type"] = Value::String("file_transfer".into());
+                    }
+                    assert_eq!(
+                        whole.into_value(),
+                        want,
+                        "a streamed file differs from its text"
+                    );
+                }
                 r.flush(&mut cx);
                 label.push('W');
                 true

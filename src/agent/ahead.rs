@@ -6,6 +6,10 @@
 //! here in idle time, it leaves the path of the message being received and
 //! of the reply that follows it. The engine asks for idle time with
 //! `Command::IdleWanted`; a host that never gives it loses nothing.
+//!
+//! The other work done here: the file of a chunked `file_transfer`, decoded
+//! and hashed a held chunk per idle call (`offload::reassembly`), so the
+//! call that completes the transfer does not do it all at once.
 
 use super::Agent;
 use crate::io::{Command, Cx};
@@ -50,18 +54,37 @@ impl Agent {
     /// owing the step until its next save, and a restart before that takes
     /// a fresh one.
     pub fn on_idle(&mut self, cx: &mut Cx<'_>) {
+        let mut stepped = false;
         while let Some(did) = self.ahead.next() {
             if self
                 .peers
                 .get_mut(&did)
                 .is_some_and(|p| p.prepare_send(cx.host))
             {
+                stepped = true;
                 break;
             }
         }
-        if !self.ahead.is_empty() {
+        // A ratchet step first (a reply may need it at once); else one
+        // held chunk of a file being received.
+        if !stepped {
+            self.offload.reassembly.read_ahead();
+            if let Some(s) = self.sandbox.as_mut() {
+                s.reassembly.read_ahead();
+            }
+        }
+        if !self.ahead.is_empty() || self.reads_waiting() {
             cx.out.push(Command::IdleWanted);
         }
+    }
+
+    /// A file being received has held chunks idle time has not read.
+    fn reads_waiting(&self) -> bool {
+        self.offload.reassembly.wants_idle()
+            || self
+                .sandbox
+                .as_ref()
+                .is_some_and(|s| s.reassembly.wants_idle())
     }
 
     /// Whether the session with `did` owes a ratchet step's sending half
@@ -81,7 +104,7 @@ impl Agent {
     /// At the end of an event: ask for idle time if a step came to be owed
     /// (last, after the event's records and frames).
     pub fn ask_idle(&mut self, cx: &mut Cx<'_>) {
-        if std::mem::take(&mut self.ahead.ask) {
+        if std::mem::take(&mut self.ahead.ask) || self.reads_waiting() {
             cx.out.push(Command::IdleWanted);
         }
     }

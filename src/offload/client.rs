@@ -8,7 +8,7 @@
 use super::phase::Phase;
 use super::progress::{Count, Meter, ProgressInfo, ProgressKind, Report, TransferNews};
 use super::reassembly::Part;
-use super::reassembly::Reassembly;
+use super::reassembly::{Reassembly, StreamedFile};
 use crate::crypto::kdf::Sha256Stream;
 use crate::io::{Command, Cx, LogLevel};
 use crate::pairing::client::PairingRecord;
@@ -1245,7 +1245,7 @@ impl OffloadClient {
             return;
         }
         if let Ok(m) = msg {
-            self.on_sandbox_news(port, cx, from, m);
+            self.on_sandbox_news(port, cx, from, m, None);
         }
     }
 
@@ -1370,7 +1370,7 @@ impl OffloadClient {
         self.set_deadline(port, cx, HELLO_TIMEOUT_MS);
         if let Some((from, hello)) = self.early_hello.take() {
             if from == did {
-                self.on_sandbox_news(port, cx, &from, OffloadMsg::Hello(hello));
+                self.on_sandbox_news(port, cx, &from, OffloadMsg::Hello(hello), None);
             }
         }
     }
@@ -1382,6 +1382,7 @@ impl OffloadClient {
         cx: &mut Cx<'_>,
         from: &str,
         m: OffloadMsg,
+        file: Option<StreamedFile>,
     ) {
         let Some(o) = self.active.as_ref() else {
             return;
@@ -1395,7 +1396,7 @@ impl OffloadClient {
         match m {
             OffloadMsg::Hello(_) => self.sandbox_hello(port, cx),
             OffloadMsg::Progress(p) => self.sandbox_progress(port, cx, &p),
-            OffloadMsg::FileTransfer(f) => self.receive_output(port, cx, from, &f),
+            OffloadMsg::FileTransfer(f) => self.receive_output(port, cx, from, &f, file),
             OffloadMsg::TransferManifest(ref t) => {
                 self.reassemble(port, cx, from, Part::Manifest(t))
             }
@@ -1430,8 +1431,8 @@ impl OffloadClient {
             Ok(Some(whole)) => {
                 let key = format!("out:{from}:{}", tid.unwrap_or_default());
                 self.meters.retain(|(k, _)| *k != key);
-                if let Ok(m) = OffloadMsg::from_value(whole) {
-                    self.on_sandbox_news(port, cx, from, m);
+                if let Ok(m) = OffloadMsg::from_value(whole.value) {
+                    self.on_sandbox_news(port, cx, from, m, whole.file);
                 }
                 self.reassembly.flush(cx);
             }
@@ -1739,6 +1740,7 @@ impl OffloadClient {
         cx: &mut Cx<'_>,
         from: &str,
         f: &FileTransfer,
+        file: Option<StreamedFile>,
     ) {
         let raw = f.file_name.as_deref().unwrap_or_default();
         let ts = time::format_millis(cx.now());
@@ -1746,10 +1748,11 @@ impl OffloadClient {
             return;
         };
         let refuse = |why: &str| FileTransferAck::refused(raw, why, &ts);
+        let (data, streamed_sha) = StreamedFile::or_decode(file, f);
         let ack = if o.outputs.len() >= transfer::MAX_FILES {
             Err(refuse("too many files"))
         } else {
-            match (transfer::safe_file_name(raw), f.data()) {
+            match (transfer::safe_file_name(raw), data) {
                 (None, _) => Err(refuse("unusable file name")),
                 (_, Err(_)) => Err(refuse("file_data is not base64")),
                 (Some(_), Ok(b)) if b.len() > MAX_RECEIVED_FILE_BYTES => {
@@ -1768,7 +1771,7 @@ impl OffloadClient {
             }
             Ok(x) => x,
         };
-        let sha = transfer::sha256_hex(&bytes);
+        let sha = streamed_sha.unwrap_or_else(|| transfer::sha256_hex(&bytes));
         if o.outputs.iter().any(|f| f.name == name && f.sha256 == sha) {
             // The same file again (a replay after a crash): acked, not kept twice.
             // Found by name just above, so there is a path.

@@ -258,7 +258,7 @@ impl OffloadClient {
         self.kars_step_after(port, cx, Step::Hello, HELLO_GRACE_MS);
         if let Some((from, hello)) = self.early_hello.take() {
             if from == did {
-                self.on_sandbox_news(port, cx, &from, OffloadMsg::Hello(hello));
+                self.on_sandbox_news(port, cx, &from, OffloadMsg::Hello(hello), None);
             }
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod controller;
+pub mod file_stream;
 pub mod kars;
 pub mod phase;
 pub mod progress;

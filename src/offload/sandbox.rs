@@ -14,7 +14,7 @@
 //! built-in executor finishes at once).
 
 use super::progress::{parse_exec_progress, ExecProgress, MIN_REPORT_GAP_MS};
-use super::reassembly::{Part, Reassembly};
+use super::reassembly::{Part, Reassembly, StreamedFile};
 use crate::io::{Command, Cx, JobExit, LogLevel};
 use crate::port::{Paced, Port, TimerOwner as Owner};
 use crate::wire::limits::{
@@ -120,7 +120,7 @@ impl Sandbox {
             deadline_timer,
             input_timer,
             job: None,
-            reassembly: Default::default(),
+            reassembly: Reassembly::reading_when_idle(),
             go: false,
         }
     }
@@ -130,6 +130,19 @@ impl Sandbox {
     /// the fields its type requires, is ignored), anyone else's are dropped
     /// (never inboxed).
     pub fn on_message(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, p: Value) {
+        self.take_message(port, cx, from, p, None)
+    }
+
+    /// A message, with the file of a chunked `file_transfer` when it was
+    /// read as its chunks came (`reassembly.rs`).
+    fn take_message(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        from: &str,
+        p: Value,
+        file: Option<StreamedFile>,
+    ) {
         if from != self.spec.requester {
             cx.log(
                 LogLevel::Warn,
@@ -138,7 +151,7 @@ impl Sandbox {
             return;
         }
         match OffloadMsg::from_value(p) {
-            Ok(OffloadMsg::FileTransfer(f)) => self.input(port, cx, from, &f),
+            Ok(OffloadMsg::FileTransfer(f)) => self.input(port, cx, from, &f, file),
             Ok(OffloadMsg::Start(go)) => self.go(port, cx, &go),
             Ok(OffloadMsg::TransferManifest(m)) => {
                 self.reassemble(port, cx, from, Part::Manifest(&m))
@@ -153,7 +166,7 @@ impl Sandbox {
     fn reassemble(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, part: Part<'_>) {
         match self.reassembly.accept(port.vault(), cx, from, part) {
             Ok(Some(whole)) => {
-                self.on_message(port, cx, from, whole);
+                self.take_message(port, cx, from, whole.value, whole.file);
                 self.reassembly.flush(cx);
             }
             Ok(None) => {}
@@ -161,12 +174,19 @@ impl Sandbox {
         }
     }
 
-    fn input(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>, from: &str, f: &FileTransfer) {
+    fn input(
+        &mut self,
+        port: &mut dyn Port,
+        cx: &mut Cx<'_>,
+        from: &str,
+        f: &FileTransfer,
+        file: Option<StreamedFile>,
+    ) {
         let ts = time::format_millis(cx.now());
         let s = &mut *self;
         let raw = f.file_name.as_deref().unwrap_or_default();
         let name = transfer::safe_file_name(raw);
-        let bytes = f.data();
+        let (bytes, streamed_sha) = StreamedFile::or_decode(file, f);
         let verdict = match (&name, &bytes) {
             _ if s.run_started_ms.is_some() => Err("the task is already running"),
             (None, _) => Err("unusable file name"),
@@ -182,7 +202,7 @@ impl Sandbox {
         // comparison and the record both use it (a 30 MiB input is about
         // 0.2 s of SHA-256 in the engine).
         let sha = match (&verdict, &bytes) {
-            (Ok(()), Ok(b)) => Some(transfer::sha256_hex(b)),
+            (Ok(()), Ok(b)) => Some(streamed_sha.unwrap_or_else(|| transfer::sha256_hex(b))),
             _ => None,
         };
         let verdict = match (verdict, f.sha256.as_deref(), sha.as_deref()) {
