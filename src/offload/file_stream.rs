@@ -82,12 +82,18 @@ pub struct FileStream {
     sha: Sha256Stream,
 }
 
+impl Default for FileStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FileStream {
-    /// A stream for a file of about `size` bytes (the manifest's word; only
-    /// a capacity hint, at most 32 MiB).
-    pub fn new(size: Option<u64>) -> Self {
-        // At most what a received file may be (30 MiB), with room to spare.
-        let cap = size.unwrap_or(0).min(32 * 1024 * 1024) as usize;
+    /// A stream for a file's chunks, from the first. Its buffer grows with
+    /// what arrives, not with the size the sender's manifest claims: eight
+    /// open transfers claiming 30 MiB each would otherwise hold 240 MiB of
+    /// the core's memory before a byte came.
+    pub fn new() -> Self {
         FileStream {
             next: 0,
             place: Place::Head,
@@ -96,7 +102,7 @@ impl FileStream {
             tail: String::new(),
             carry: Vec::new(),
             padded: false,
-            bytes: Vec::with_capacity(cap),
+            bytes: Vec::new(),
             sha: Sha256Stream::default(),
         }
     }
@@ -351,7 +357,7 @@ mod tests {
 
     /// Feed `text` cut at `cuts`; the decoded file, or None.
     fn stream(text: &str, cuts: &[usize]) -> Option<Decoded> {
-        let mut s = FileStream::new(None);
+        let mut s = FileStream::new();
         let mut cuts = cuts.to_vec();
         cuts.sort_unstable();
         cuts.dedup();
@@ -450,14 +456,14 @@ mod tests {
         }
         // Out of order.
         let text = format!("{{\"file_data\":\"{good}\"}}");
-        let mut s = FileStream::new(None);
+        let mut s = FileStream::new();
         s.feed(0, &text[..20]);
         s.feed(2, &text[40..]);
         s.feed(1, &text[20..40]);
         assert!(s.failed());
         assert!(s.finish(3).is_none());
         // Fewer chunks read than the transfer has.
-        let mut s = FileStream::new(None);
+        let mut s = FileStream::new();
         s.feed(0, &text);
         assert!(s.finish(2).is_none());
     }

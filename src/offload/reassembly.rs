@@ -276,7 +276,7 @@ impl Reassembly {
                         == Some(crate::wire::transfer::sha256_hex(d.as_bytes()).as_str())
                 });
                 if m.manifest.original_type == "file_transfer" {
-                    let mut file = FileStream::new(m.manifest.file_size);
+                    let mut file = FileStream::new();
                     if self.read_at_arrival {
                         read_held(&mut file, &entry.1);
                     }
@@ -329,13 +329,7 @@ impl Reassembly {
             .and_then(|d| {
                 // The message around the file: what the whole text would
                 // parse to, with file_data "" (file_stream.rs says why).
-                let mut v: Value = serde_json::from_str(&d.envelope).ok()?;
-                if !v.is_object() {
-                    return None;
-                }
-                if v.get("type").is_none() {
-                    v["type"] = Value::String(m.original_type.clone());
-                }
+                let v = m.message(&d.envelope).ok()?;
                 let file = StreamedFile {
                     bytes: d.bytes,
                     sha256: d.sha256,

@@ -370,8 +370,13 @@ impl Manifest {
 
     /// Join the chunks (in index order) into the original message.
     pub fn assemble(&self, chunks: &[String]) -> Result<Value, TransferError> {
-        let text: String = chunks.concat();
-        let mut v: Value = serde_json::from_str(&text).map_err(|_| TransferError::NotJson)?;
+        self.message(&chunks.concat())
+    }
+
+    /// The message a transfer's text holds: a JSON object, its `type` the
+    /// manifest's `original_type` when it names none.
+    pub fn message(&self, text: &str) -> Result<Value, TransferError> {
+        let mut v: Value = serde_json::from_str(text).map_err(|_| TransferError::NotJson)?;
         if !v.is_object() {
             return Err(TransferError::NotJson);
         }
