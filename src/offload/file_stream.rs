@@ -130,9 +130,8 @@ impl FileStream {
         let mut rest = text;
         while !rest.is_empty() && self.place != Place::Failed {
             rest = match self.place {
-                Place::Head => self.read_head(rest),
+                Place::Head | Place::Tail => self.read_json(rest),
                 Place::Data => self.read_data(rest),
-                Place::Tail => self.read_tail(rest),
                 Place::Failed => "",
             };
         }
@@ -160,22 +159,18 @@ impl FileStream {
         })
     }
 
-    fn read_head<'a>(&mut self, text: &'a str) -> &'a str {
-        let (n, found) = self.scan_json(text.as_bytes(), true);
-        self.head.push_str(&text[..n]);
+    /// Outside the data: the head, up to the data's opening quote, or the
+    /// tail (where scan_json refuses a second `file_data`).
+    fn read_json<'a>(&mut self, text: &'a str) -> &'a str {
+        let in_head = self.place == Place::Head;
+        let (n, found) = self.scan_json(text.as_bytes(), in_head);
+        if in_head {
+            self.head.push_str(&text[..n]);
+        } else {
+            self.tail.push_str(&text[..n]);
+        }
         if found {
             self.place = Place::Data;
-        }
-        &text[n..]
-    }
-
-    fn read_tail<'a>(&mut self, text: &'a str) -> &'a str {
-        let (n, found) = self.scan_json(text.as_bytes(), false);
-        self.tail.push_str(&text[..n]);
-        if found {
-            // Only the first `file_data` is read here: a second is refused
-            // in scan_json, so this cannot happen; refuse all the same.
-            self.place = Place::Failed;
         }
         &text[n..]
     }
