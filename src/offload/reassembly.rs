@@ -478,18 +478,22 @@ mod tests {
 
     /// A file's JSON message as chunks: (manifest, chunks).
     fn file_message() -> (String, ManifestMsg, Vec<ChunkMsg>) {
-        let bytes: Vec<u8> = (0..900_000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
-            .collect();
+        file_message_with("content", "t-1")
+    }
+
+    /// The fixture's file under `key` (a file_transfer's is `file_data`),
+    /// as transfer `tid`.
+    fn file_message_with(key: &str, tid: &str) -> (String, ManifestMsg, Vec<ChunkMsg>) {
+        let bytes = file_bytes();
         let text = serde_json::json!({
             "type": "file_transfer",
             "name": "out.bin",
-            "content": crate::wire::b64::encode_std(&bytes),
+            key: crate::wire::b64::encode_std(&bytes),
         })
         .to_string();
         let (m, c) = split_typed(
             &text,
-            "t-1",
+            tid,
             "file_transfer",
             "sandbox",
             "2026-12-04T00:00:00Z",
@@ -498,6 +502,22 @@ mod tests {
         .expect("needs chunks");
         assert!(c.len() >= 3, "{} chunks", c.len());
         (text, m, c)
+    }
+
+    fn file_bytes() -> Vec<u8> {
+        (0..900_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect()
+    }
+
+    /// A key and a host at the fixtures' time.
+    fn fresh(seed: u8) -> (Vault, FakeHost) {
+        let vault = Vault::new(Zeroizing::new(vec![seed; 32]));
+        let host = FakeHost {
+            now: 1_800_000_000_000,
+            ..Default::default()
+        };
+        (vault, host)
     }
 
     fn step(
@@ -530,36 +550,14 @@ mod tests {
 
     #[test]
     fn a_file_read_as_its_chunks_come_is_the_file_sent_and_out_of_order_chunks_are_read_whole() {
-        let (text, m, chunks) = file_message();
-        let sent: Value = serde_json::from_str(&text).expect("json");
-        let content = crate::codec::b64::decode(sent["content"].as_str().unwrap_or_default())
-            .expect("base64");
-        // The fixture carries its file under `content`; a file_transfer's is
-        // `file_data`.
-        let mut v = sent.clone();
-        let o = v.as_object_mut().expect("object");
-        o.remove("content");
-        o.insert("file_data".into(), sent["content"].clone());
-        let text = v.to_string();
-        let (m2, chunks2) = split_typed(
-            &text,
-            "t-2",
-            "file_transfer",
-            "sandbox",
-            "2026-12-04T00:00:00Z",
-        )
-        .expect("splits")
-        .expect("needs chunks");
-        let _ = (m, chunks);
+        let (text, m2, chunks2) = file_message_with("file_data", "t-2");
+        let v: Value = serde_json::from_str(&text).expect("json");
+        let content = file_bytes();
         for order in [
             (0..chunks2.len()).collect::<Vec<_>>(),
             (0..chunks2.len()).rev().collect::<Vec<_>>(),
         ] {
-            let vault = Vault::new(Zeroizing::new(vec![4u8; 32]));
-            let mut host = FakeHost {
-                now: 1_800_000_000_000,
-                ..Default::default()
-            };
+            let (vault, mut host) = fresh(4);
             let mut r = Reassembly::reading_when_idle();
             assert!(step_whole(&mut r, &vault, &mut host, Part::Manifest(&m2)).is_none());
             let mut whole = None;
@@ -592,11 +590,7 @@ mod tests {
         }
         // The default (the user's node) reads each chunk as it arrives:
         // nothing is left for idle time or for the last call.
-        let vault = Vault::new(Zeroizing::new(vec![5u8; 32]));
-        let mut host = FakeHost {
-            now: 1_800_000_000_000,
-            ..Default::default()
-        };
+        let (vault, mut host) = fresh(5);
         let mut r = Reassembly::default();
         assert!(step_whole(&mut r, &vault, &mut host, Part::Manifest(&m2)).is_none());
         let mut whole = None;
@@ -616,11 +610,7 @@ mod tests {
     #[test]
     fn chunks_held_across_a_restart_are_read_back_packed_or_as_older_builds_wrote_them() {
         let (text, m, chunks) = file_message();
-        let vault = Vault::new(Zeroizing::new(vec![3u8; 32]));
-        let mut host = FakeHost {
-            now: 1_800_000_000_000,
-            ..Default::default()
-        };
+        let (vault, mut host) = fresh(3);
         let mut r = Reassembly::default();
         assert!(step(&mut r, &vault, &mut host, Part::Manifest(&m)).is_none());
         assert!(step(&mut r, &vault, &mut host, Part::Chunk(&chunks[0])).is_none());
