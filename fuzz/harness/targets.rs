@@ -434,7 +434,7 @@ fn reassembly(s: &str) -> String {
         let done = match accepted {
             Ok(Some(whole)) => {
                 assert!(whole.value.is_object(), "reassembled a non-object");
-                if whole.file.is_some() {
+                if let Some(file) = whole.file {
                     let tid = match &parsed {
                         Ok(OffloadMsg::TransferChunk(c)) => c.transfer_id.clone(),
                         Ok(OffloadMsg::TransferManifest(m)) => m.transfer_id.clone(),
@@ -451,11 +451,26 @@ fn reassembly(s: &str) -> String {
                     if want.get("type").is_none() {
                         want["type"] = Value::String("file_transfer".into());
                     }
+                    // The file's bytes, not its base64 as written: the
+                    // sender may use either alphabet, padded or not.
+                    let data = want
+                        .as_object_mut()
+                        .and_then(|o| o.remove("file_data"))
+                        .expect("a streamed file's text has file_data");
+                    let want_bytes = b64::decode(data.as_str().expect("file_data is a string"))
+                        .expect("a streamed file's text holds base64");
+                    let mut got = whole.value;
+                    got.as_object_mut().map(|o| o.remove("file_data"));
                     assert_eq!(
-                        whole.into_value(),
-                        want,
+                        file.bytes, want_bytes,
                         "a streamed file differs from its text"
                     );
+                    assert_eq!(
+                        file.sha256,
+                        kars_mesh::crypto::kdf::sha256(&want_bytes),
+                        "a streamed file's hash is not its bytes'"
+                    );
+                    assert_eq!(got, want, "a streamed message differs from its text");
                 }
                 r.flush(&mut cx);
                 label.push('W');

@@ -123,7 +123,7 @@ impl FileStream {
             return;
         }
         if index != self.next {
-            self.place = Place::Failed;
+            self.give_up();
             return;
         }
         self.next += 1;
@@ -135,6 +135,19 @@ impl FileStream {
                 Place::Failed => "",
             };
         }
+        if self.place == Place::Failed {
+            self.give_up();
+        }
+    }
+
+    /// The whole text will be parsed instead: what was read so far is of
+    /// no more use (a transfer may stay open, one chunk short, for hours).
+    fn give_up(&mut self) {
+        self.place = Place::Failed;
+        self.head = String::new();
+        self.tail = String::new();
+        self.carry = Vec::new();
+        self.bytes = Vec::new();
     }
 
     /// The file, once every one of `chunks` chunks was read and the message
@@ -164,6 +177,11 @@ impl FileStream {
     fn read_json<'a>(&mut self, text: &'a str) -> &'a str {
         let in_head = self.place == Place::Head;
         let (n, found) = self.scan_json(text.as_bytes(), in_head);
+        if self.place == Place::Failed {
+            // Where it stopped may be inside a character (a non-ASCII
+            // byte after `"file_data":`): nothing more is read or kept.
+            return "";
+        }
         if in_head {
             self.head.push_str(&text[..n]);
         } else {
@@ -236,6 +254,14 @@ impl FileStream {
     /// Whole groups, no padding: decoded and hashed now.
     fn decode_groups(&mut self, groups: &[u8]) {
         if groups.is_empty() || self.place == Place::Failed {
+            return;
+        }
+        // Padding is only ever the data's trailing run, which take_base64
+        // holds back: an '=' here is inside the data ("QQ==QQ"), which
+        // `b64::decode` refuses in the whole text but would accept as the
+        // end of these groups (a group "QQ==" cut off by a chunk's end).
+        if memchr::memchr(b'=', groups).is_some() {
+            self.place = Place::Failed;
             return;
         }
         let Ok(text) = std::str::from_utf8(groups) else {
@@ -461,5 +487,70 @@ mod tests {
         let mut s = FileStream::new();
         s.feed(0, &text);
         assert!(s.finish(2).is_none());
+    }
+
+    /// Every way to cut `text` into two or three chunks.
+    fn every_cut(text: &str, mut each: impl FnMut(&[usize])) {
+        let len = text.len();
+        each(&[]);
+        for a in 1..len {
+            if !text.is_char_boundary(a) {
+                continue;
+            }
+            each(&[a]);
+            for b in a + 1..len {
+                if text.is_char_boundary(b) {
+                    each(&[a, b]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_texts_cut_anywhere_are_left_to_the_whole_text_and_never_stop_the_core() {
+        // A peer's chunks: a non-ASCII character where the data's quote
+        // should be used to end the scan inside that character (a panic,
+        // the core's trap), and padding inside the data was read as the
+        // end of a group whenever a chunk ended just after it.
+        let cases = [
+            "{\"file_data\":é}",
+            "{\"file_data\": \u{feff}\"QUJD\"}",
+            "{\"a\":\"é\",\"file_data\":€\"QUJD\"}",
+            "{\"file_data\":\"QQ==QQ\"}",
+            "{\"file_data\":\"QUJD QQ==QUJD\"}",
+            "{\"file_data\":\"QUJDQQ==QUJD\"}",
+            "{\"file_data\":\"QUI=QUJD\"}",
+            "{\"file_data\":\"QQ=\"}",
+            "{\"file_data\":\"QQ=é\"}",
+            "{\"file_data\":\"QUJDé\"}",
+        ];
+        for text in cases {
+            assert!(whole(text).is_none(), "the whole text reads {text}");
+            every_cut(text, |cuts| {
+                assert!(stream(text, cuts).is_none(), "{text} cut at {cuts:?}");
+            });
+        }
+        // And texts that do read: at every cut, the same as the whole.
+        for text in [
+            "{\"file_data\":\"QQ==\",\"n\":\"é\"}",
+            "{\"é\":1,\"file_data\":\"QUI=\"}",
+            "{\"file_data\":\"QUJDRA\"}",
+        ] {
+            every_cut(text, |cuts| check_same(text, cuts));
+        }
+    }
+
+    #[test]
+    fn a_stream_that_gives_up_lets_go_of_what_it_read() {
+        let good = b64::encode_std(&file(3000));
+        let text = format!("{{\"file_data\":\"{good}\",\"file_data\":\"\"}}");
+        let mut s = FileStream::new();
+        s.feed(0, &text[..text.len() / 2]);
+        assert!(!s.bytes.is_empty());
+        s.feed(1, &text[text.len() / 2..]);
+        assert!(s.failed());
+        assert!(
+            s.head.capacity() + s.tail.capacity() + s.carry.capacity() + s.bytes.capacity() == 0
+        );
     }
 }

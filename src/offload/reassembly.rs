@@ -433,8 +433,15 @@ impl Reassembly {
             return Err(TransferError::Manifest("chunk before its manifest"));
         }
         if self.open.len() >= MAX_OPEN {
-            // The oldest unfinished transfer makes room (its sender gave up).
-            if let Some(old) = self.open.keys().next().cloned() {
+            // The oldest unfinished transfer makes room (its sender gave
+            // up), by when its manifest came: the map's first key is only
+            // the smallest hash, which may be a transfer still arriving.
+            let oldest = self
+                .open
+                .iter()
+                .min_by_key(|(_, (m, _))| m.as_ref().map_or(0, |m| m.at_ms))
+                .map(|(k, _)| k.clone());
+            if let Some(old) = oldest {
                 self.drop_transfer(cx, &old);
             }
         }
@@ -546,6 +553,102 @@ mod tests {
         let out = std::mem::take(&mut cx.out);
         host.apply(out);
         whole
+    }
+
+    #[test]
+    fn past_the_open_limit_the_transfer_that_started_first_makes_room() {
+        let (vault, mut host) = fresh(5);
+        let mut r = Reassembly::default();
+        let text =
+            serde_json::json!({"type": "file_transfer", "pad": "A".repeat(1_200_000)}).to_string();
+        let split = |tid: &str| {
+            split_typed(
+                &text,
+                tid,
+                "file_transfer",
+                "sandbox",
+                "2026-12-04T00:00:00Z",
+            )
+            .expect("splits")
+            .expect("needs chunks")
+        };
+        // MAX_OPEN transfers, a second apart, each one chunk in.
+        let tids: Vec<String> = (0..MAX_OPEN).map(|i| format!("t-open-{i}")).collect();
+        for tid in &tids {
+            let (m, c) = split(tid);
+            assert!(step(&mut r, &vault, &mut host, Part::Manifest(&m)).is_none());
+            assert!(step(&mut r, &vault, &mut host, Part::Chunk(&c[0])).is_none());
+            host.now += 1000;
+        }
+        // The first-started one is not the smallest key (the keys are hashes).
+        let first = prefix("did:mesh:sb", &tids[0]);
+        assert_ne!(
+            r.open.keys().next(),
+            Some(&first),
+            "pick other ids: the test needs the first not to sort first"
+        );
+        let (m, _) = split("t-open-new");
+        assert!(step(&mut r, &vault, &mut host, Part::Manifest(&m)).is_none());
+        assert_eq!(r.open.len(), MAX_OPEN);
+        assert!(
+            r.held("did:mesh:sb", &tids[0]).is_none(),
+            "the oldest made room"
+        );
+        for tid in &tids[1..] {
+            assert!(r.held("did:mesh:sb", tid).is_some(), "{tid} still arriving");
+        }
+        assert!(
+            host.records.keys().all(|k| !k.starts_with(&first)),
+            "its records erased"
+        );
+    }
+
+    #[test]
+    fn a_peers_chunks_that_are_not_json_where_the_data_should_start_stop_nothing() {
+        // A non-ASCII character after "file_data": used to end the
+        // stream's scan inside that character: a panic in the chunk's call
+        // (the client reads at arrival) or in idle time (a sandbox), and
+        // the core trapped. Now the stream gives up and the whole text,
+        // which is not JSON, is refused.
+        let text = format!(
+            "{{\"type\":\"file_transfer\",\"file_data\":é,\"pad\":\"{}\"}}",
+            "A".repeat(2_000_000)
+        );
+        let (m, chunks) = split_typed(
+            &text,
+            "t-9",
+            "file_transfer",
+            "sandbox",
+            "2026-12-04T00:00:00Z",
+        )
+        .expect("splits")
+        .expect("needs chunks");
+        for idle in [false, true] {
+            let (vault, mut host) = fresh(9);
+            let mut r = if idle {
+                Reassembly::reading_when_idle()
+            } else {
+                Reassembly::default()
+            };
+            let mut cx = Cx {
+                host: &mut host,
+                out: Vec::new(),
+            };
+            assert!(matches!(
+                r.accept(&vault, &mut cx, "did:mesh:sb", Part::Manifest(&m)),
+                Ok(None)
+            ));
+            let mut last = None;
+            for c in &chunks {
+                last = Some(r.accept(&vault, &mut cx, "did:mesh:sb", Part::Chunk(c)));
+                while r.read_ahead() {}
+            }
+            assert!(
+                matches!(last, Some(Err(_))),
+                "idle {idle}: the whole text is not JSON"
+            );
+            assert!(r.files.is_empty(), "nothing left behind");
+        }
     }
 
     #[test]
