@@ -281,13 +281,20 @@ export function refuseMovedDir(dir) {
 // ---------------------------------------------------------------------------
 // Single-instance lock
 
-/** Lock files held by this process (absolute path -> true), released on exit. */
-const heldLocks = new Set();
-let exitHookInstalled = false;
+/**
+ * Lock files held by this process (absolute paths), released on exit: one
+ * set and one exit hook for the whole process, not one per copy of this
+ * module. A plugin host may load the plugin afresh on every config reload
+ * (OpenClaw does), and each copy's own hook piled up on `process` (Node's
+ * "11 exit listeners" warning in a long-running Gateway); a lock one copy
+ * holds must not look stale to another either.
+ */
+const HELD_LOCKS = Symbol.for('kars-mesh.state-dir-locks');
+const heldLocks = (globalThis[HELD_LOCKS] ??= new Set());
 
 function installExitHook() {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
+  if (heldLocks.exitHook) return;
+  heldLocks.exitHook = true;
   process.on('exit', () => {
     for (const lockPath of heldLocks) releaseLockFile(lockPath);
   });

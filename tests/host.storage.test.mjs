@@ -264,6 +264,25 @@ test('lock: a second open while the first holds it is refused with the pid', (t)
   openStateDir(dir).close();
 });
 
+test('lock: copies of the module loaded afresh (a plugin host reloading) share one exit hook and see each other\'s locks', async (t) => {
+  // OpenClaw loads the plugin again on each config reload; each copy of
+  // storage-fs.js used to add its own process exit hook, and a lock that
+  // one copy held looked stale to the next, which took it over.
+  const base = new URL('../js-host/storage-fs.js', import.meta.url).href;
+  const copies = await Promise.all([1, 2, 3].map((n) => import(`${base}?reload=${n}-${process.pid}`)));
+  const dirs = copies.map((_, i) => path.join(tmpDir(t), `state-${i}`));
+  const before = process.listenerCount('exit');
+  const locks = copies.map((m, i) => {
+    fs.mkdirSync(dirs[i], { mode: 0o700 });
+    return m.acquireLock(dirs[i]);
+  });
+  assert.ok(process.listenerCount('exit') - before <= 1, `exit listeners added: ${process.listenerCount('exit') - before}`);
+  assert.throws(() => copies[1].acquireLock(dirs[0]), new RegExp(`in use by process ${process.pid}`), 'a lock another copy holds is not stale');
+  for (const l of locks) l.release();
+  for (const d of dirs) assert.equal(fs.existsSync(path.join(d, 'lock')), false);
+  copies[2].acquireLock(dirs[0]).release();
+});
+
 test('lock: a lock held by another live process is refused', (t) => {
   const dir = path.join(tmpDir(t), 'state');
   fs.mkdirSync(dir, { mode: 0o700 });
