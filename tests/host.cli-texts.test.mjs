@@ -230,6 +230,19 @@ test('a wrong registry URL is named with what answered there and the flag that s
   }
 });
 
+test('the relay given as the registry (the two ports swapped) is named as not the registry, with the flag that sets it', async () => {
+  // The real relay answers registry paths with FastAPI's bare 404; the CLI
+  // used to print "registry answered 404: Not Found" and exit 1.
+  const relayHttp = plain.relayUrl.replace(/^ws/, 'http');
+  for (const args of [['register'], ['discover', 'translator'], ['send', 'some-name', 'hi']]) {
+    const r = await run([...args, '--state', state('swapped'), '--registry', relayHttp]);
+    const all = r.stdout + r.stderr;
+    assert.equal(r.code, 3, `${args[0]}: ${all}`);
+    assert.match(r.stderr, new RegExp(`the registry URL ${relayHttp.replace(/[.]/g, '\\.')} answered 404 "Not Found" for a path every AgentMesh registry serves: is it the registry's address \\(not the relay's\\)\\?`), `${args[0]}: ${all}`);
+    assert.match(r.stderr, /came from --registry; give the right one with --registry URL or KARS_MESH_REGISTRY/, args[0]);
+  }
+});
+
 test('an unusable --state fails at once naming the path and the fix; SIGTERM and SIGINT end the CLI promptly', { skip: process.platform !== 'linux' }, async () => {
   const r = await run(['id', '--state', '/proc/nope'], { srv: null, timeoutMs: 10_000 });
   assert.equal(r.signal, null, 'it ends by itself (it used to spin at 100 % CPU)');

@@ -962,8 +962,13 @@ impl Agent {
         // server's page, a captive portal, a proxy's error page) is not the
         // registry, whatever its status: say what came back, briefly, and
         // where; its page is never shown.
-        let foreign = status.filter(|_| reg::is_foreign(body));
+        let route_miss = status.is_some_and(|s| reg::is_route_miss(s, body));
+        let foreign = status.filter(|_| reg::is_foreign(body) || route_miss);
         let problem = match (status, failure) {
+            (Some(s), _) if route_miss => format!(
+                "the registry URL {} answered {s} \"Not Found\" for a path every AgentMesh registry serves: is it the registry's address (not the relay's)?",
+                self.cfg.registry_url
+            ),
             (Some(s), _) if foreign.is_some() => format!(
                 "the registry URL {} answered {s} with {}, not with the AgentMesh registry's JSON: is it the registry's address?",
                 self.cfg.registry_url,

@@ -56,6 +56,17 @@ pub fn is_foreign(body: &[u8]) -> bool {
     !text.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(text).is_err()
 }
 
+/// FastAPI's answer for a path it has no route for (`{"detail":"Not
+/// Found"}`, 404). The registry serves every path kars-mesh asks of it, and
+/// its own 404s say what was missing ("Agent not found", "Pre-key bundle
+/// not found"): this is another server, most often the relay given as the
+/// registry (the two ports side by side are easy to swap).
+pub fn is_route_miss(status: u16, body: &[u8]) -> bool {
+    status == 404
+        && serde_json::from_slice::<serde_json::Value>(body.trim_ascii())
+            .is_ok_and(|v| v == serde_json::json!({"detail": "Not Found"}))
+}
+
 /// Characters of a foreign answer's title or start that are shown.
 const EXCERPT_CHARS: usize = 60;
 
@@ -172,5 +183,21 @@ mod tests {
         assert!(!is_foreign(br#"{"detail":"Agent not found"}"#));
         assert!(!is_foreign(b"  \n"));
         assert!(!is_foreign(b""));
+    }
+
+    #[test]
+    fn a_server_with_no_such_path_is_told_from_the_registrys_own_404s() {
+        // FastAPI's route miss, as the relay answers a registry path.
+        assert!(is_route_miss(404, br#"{"detail":"Not Found"}"#));
+        assert!(is_route_miss(404, b" {\"detail\": \"Not Found\"}\n"));
+        // The registry's own answers: what it did not find.
+        assert!(!is_route_miss(404, br#"{"detail":"Agent not found"}"#));
+        assert!(!is_route_miss(
+            404,
+            br#"{"detail":"Pre-key bundle not found"}"#
+        ));
+        assert!(!is_route_miss(404, br#"{"detail":"Not Found","did":"x"}"#));
+        assert!(!is_route_miss(200, br#"{"detail":"Not Found"}"#));
+        assert!(!is_route_miss(404, b""));
     }
 }
