@@ -343,6 +343,18 @@ export async function mainConsole(argv, { out, err, env = process.env, signal } 
   }
   const relayUrl = flags.relay ?? (env.KARS_MESH_RELAY || 'http://127.0.0.1:8083');
   const registryUrl = flags.registry ?? (env.KARS_MESH_REGISTRY || 'http://127.0.0.1:8082');
+  // Named as the other commands name them ("Invalid URL" said neither
+  // which setting nor what was wrong).
+  for (const [flag, envName, value, example] of [
+    ['--relay', 'KARS_MESH_RELAY', relayUrl, 'http://127.0.0.1:8083'],
+    ['--registry', 'KARS_MESH_REGISTRY', registryUrl, 'http://127.0.0.1:8082'],
+  ]) {
+    if (URL.canParse(String(value).trim())) continue;
+    const from = flags[flag.slice(2)] !== undefined ? flag : envName;
+    err(`kars-mesh: ${from} must be a URL like ${example}, not ${JSON.stringify(value)}\n`);
+    err(CONSOLE_USAGE);
+    return 2;
+  }
   let s;
   try {
     s = await startConsoleServer({ port, relayUrl, registryUrl, relayToken: env.KARS_MESH_RELAY_TOKEN, name: flags.name, log: (l) => err(l) });

@@ -361,6 +361,22 @@ test('the console server refuses a relay or registry URL with credentials, witho
   }
 });
 
+test('kars-mesh console names a relay or registry that is not a URL, and where it came from', async () => {
+  const { mainConsole } = await import('../js-host/console-server.js');
+  const cases = [
+    [['console', '--port', '0', '--relay', 'bogus'], {}, /^kars-mesh: --relay must be a URL like http:\/\/127\.0\.0\.1:8083, not "bogus"/],
+    [['console', '--port', '0', '--registry', '127.0.0.1:8082'], {}, /^kars-mesh: --registry must be a URL like http:\/\/127\.0\.0\.1:8082, not "127\.0\.0\.1:8082"/],
+    [['console', '--port', '0'], { KARS_MESH_RELAY: 'relay host' }, /^kars-mesh: KARS_MESH_RELAY must be a URL like http:\/\/127\.0\.0\.1:8083, not "relay host"/],
+  ];
+  for (const [argv, env, want] of cases) {
+    let stderr = '';
+    const code = await mainConsole(argv, { out: () => {}, err: (t) => (stderr += t), env });
+    assert.equal(code, 2, stderr);
+    assert.match(stderr, want);
+    assert.doesNotMatch(stderr, /Invalid URL/);
+  }
+});
+
 test('pair-with that timed out while the relay was never reached names the relay, not the controller', async () => {
   const json = JSON.stringify({ controller_amid: 'a'.repeat(32), relay_url: 'http://127.0.0.1:9', registry_url: 'http://127.0.0.1:10', secret: 's'.repeat(43) });
   const token = 'azcp_1_' + Buffer.from(json).toString('base64url');
