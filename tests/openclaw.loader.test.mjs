@@ -103,6 +103,20 @@ test('a config value outside the schema blocks the plugin', { timeout: 120_000 }
   assert.match(issue.message, /no_such_key/);
 });
 
+test('a display_name nobody could send to is refused when the config is read, not at the first tool call', { timeout: 120_000 }, async () => {
+  // The node refuses such a name at start (src/agent/mod.rs); without a
+  // pattern, `openclaw config set` took it and every tool call then failed.
+  const bad = home({ relay_url: 'http://127.0.0.1:9', display_name: 'laptop claw' });
+  let r = await bad.run(['plugins', 'inspect', 'kars-mesh', '--runtime', '--json']);
+  assert.notEqual(r.json?.plugin?.status, 'loaded', r.stdout.slice(0, 1500));
+  const issue = (r.json?.issues ?? []).find((i) => String(i.path).startsWith('plugins.entries.kars-mesh.config'));
+  assert.ok(issue, `no issue for the plugin config: ${r.stdout.slice(0, 1500)}`);
+  assert.match(`${issue.path} ${issue.message}`, /display_name/);
+  const good = home({ relay_url: 'http://127.0.0.1:9', display_name: 'laptop-claw' });
+  r = await good.run(['plugins', 'inspect', 'kars-mesh', '--runtime', '--json']);
+  assert.equal(r.json?.plugin?.status, 'loaded', r.stdout.slice(0, 1500));
+});
+
 test('openclaw skills info mesh-federation: eligible, always', { timeout: 120_000 }, async () => {
   const h = home({});
   const r = await h.run(['skills', 'info', 'mesh-federation', '--json']);
