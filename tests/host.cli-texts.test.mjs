@@ -349,3 +349,40 @@ test('register without --name after a registry restart keeps the name registered
   const id = await run(['id', '--json', '--state', state('named')], { srv });
   assert.equal(JSON.parse(id.stdout).details.mesh.name, 'zed-the-agent');
 });
+
+test('register --name with a new name renames the agent in the registry; others reach it by the new name, its sessions go on', async () => {
+  // The registry keeps what an identity first registered with (409 to a
+  // second registration): `--name` said "Registered" while the registry
+  // kept the old name until it happened to restart.
+  const srv = await startServers();
+  closers.push(() => srv.stop());
+  const did = await registered('renamed', srv, ['--name', 'ren-old']);
+  const peer = await registered('ren-peer', srv, ['--name', 'ren-peer']);
+  const first = await run(['send', '--state', state('ren-peer'), 'ren-old', 'before the rename'], { srv });
+  assert.equal(first.code, 0, first.stderr);
+  const record = async () => (await (await fetch(`${srv.registryUrl}/v1/agents/${did}`)).json());
+  assert.equal((await record()).metadata.name, 'ren-old');
+
+  const again = await run(['register', '--state', state('renamed'), '--name', 'ren-new'], { srv });
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stdout, /Registered as did:mesh:/);
+  const r = await record();
+  assert.equal(r.metadata.name, 'ren-new');
+  assert.ok(r.capabilities.includes('ren-new') && !r.capabilities.includes('ren-old'), JSON.stringify(r.capabilities));
+
+  const byOld = await run(['send', '--state', state('ren-peer'), 'ren-old', 'to the old name'], { srv });
+  assert.notEqual(byOld.code, 0, byOld.stdout);
+  assert.match(byOld.stdout + byOld.stderr, /no agent is registered under the name "ren-old"/);
+  const byNew = await run(['send', '--state', state('ren-peer'), 'ren-new', 'after the rename'], { srv });
+  assert.equal(byNew.code, 0, byNew.stderr);
+  const inbox = await run(['inbox', '--state', state('renamed'), '--wait', '5'], { srv });
+  assert.equal(inbox.code, 0, inbox.stderr);
+  assert.match(inbox.stdout, /before the rename/);
+  assert.match(inbox.stdout, /after the rename/);
+  assert.ok(inbox.stdout.includes(peer.slice(0, 16)) || /ren-peer/.test(inbox.stdout), inbox.stdout);
+
+  // Registering again under the same name changes nothing.
+  const same = await run(['register', '--state', state('renamed')], { srv });
+  assert.equal(same.code, 0, same.stderr);
+  assert.equal((await record()).metadata.name, 'ren-new');
+});

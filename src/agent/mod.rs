@@ -12,6 +12,7 @@ mod pacer;
 mod plain_seen;
 mod plain_send;
 mod receive;
+mod registration;
 mod restore;
 mod roles;
 mod send;
@@ -359,6 +360,10 @@ enum Purpose {
     RegistryHeartbeat,
     Bundle(String),
     VerifyKnocker(String),
+    /// Our own record, after a 409 with settings it may not have.
+    OwnRecord,
+    /// Our own record deleted, to register it with new settings.
+    Unregister,
     AgentInfo {
         peer: String,
         for_session: bool,
@@ -492,6 +497,9 @@ pub struct Agent {
     /// Relay acks of frames whose loss costs nothing (`ack_later`).
     acks_due: Vec<String>,
     registered: bool,
+    /// This start deleted its registry record to register new settings
+    /// (once: a 409 after it keeps the record as it is).
+    registration_renewed: bool,
     register_calls: Vec<String>,
     /// The sub-machines (`roles`): each owns its state and sees the node
     /// through `crate::port::Port`.
@@ -604,6 +612,7 @@ impl Agent {
             resend_round_ms: 0,
             acks_due: Vec::new(),
             registered: false,
+            registration_renewed: false,
             register_calls: Vec::new(),
             pairing,
             offload,
@@ -883,38 +892,6 @@ impl Agent {
         );
     }
 
-    fn register(&mut self, cx: &mut Cx<'_>) {
-        if self
-            .http
-            .values()
-            .any(|f| matches!(f.purpose, Purpose::Register))
-        {
-            return;
-        }
-        let ts = Self::timestamp(cx);
-        let mut caps: Vec<String> = Vec::new();
-        if let Some(n) = &self.cfg.name {
-            caps.push(n.clone());
-        }
-        caps.extend(self.cfg.capabilities.iter().cloned());
-        caps.push(KARS_CAPABILITY.to_string());
-        caps.dedup();
-        let mut meta = BTreeMap::new();
-        meta.insert("agent".to_string(), "kars-mesh".to_string());
-        if let Some(n) = &self.cfg.name {
-            meta.insert("name".to_string(), n.clone());
-        }
-        let body = registry::registration_body(&self.id, &ts, &caps, &meta);
-        self.http(
-            cx,
-            Purpose::Register,
-            "POST",
-            "/v1/agents",
-            false,
-            Some(body.into_bytes()),
-        );
-    }
-
     fn upload_prekeys(&mut self, cx: &mut Cx<'_>) {
         let now = cx.now();
         let (body, _count) = self.prekeys.upload_body(&self.id, now, cx.host);
@@ -990,6 +967,8 @@ impl Agent {
             Purpose::Register => self.on_registered(cx, status, &problem),
             Purpose::Upload => self.on_uploaded(cx, status, body, &problem),
             Purpose::RegistryHeartbeat => self.on_registry_heartbeat(cx, status),
+            Purpose::OwnRecord => self.on_own_record(cx, status, body, &problem),
+            Purpose::Unregister => self.on_unregistered(cx, status, &problem),
             Purpose::Bundle(peer) => self.on_bundle_fetched(cx, &peer, status, body, &problem),
             Purpose::VerifyKnocker(peer) => self.on_knocker_bundle(cx, &peer, ok, body, &problem),
             Purpose::AgentInfo { peer, for_session } => {
@@ -1013,35 +992,6 @@ impl Agent {
             }
             Purpose::OffloadLookup(tag) => {
                 self.with_offload(cx, |o, a, cx| o.on_lookup(a, cx, tag, (ok, body, &problem)))
-            }
-        }
-    }
-
-    /// The registry's answer to our registration.
-    fn on_registered(&mut self, cx: &mut Cx<'_>, status: Option<u16>, problem: &str) {
-        match status {
-            Some(201) => {
-                // Registry did not know us: first run, or it restarted
-                // and lost everything. Publish a fresh bundle.
-                self.registered = true;
-                self.prekeys.registry_lost();
-                self.upload_prekeys(cx);
-            }
-            Some(409) => {
-                self.registered = true;
-                if !self.prekeys.uploaded() || self.prekeys.needs_replenish() {
-                    self.upload_prekeys(cx);
-                } else {
-                    self.finish_register_calls(cx, None);
-                }
-            }
-            _ => {
-                cx.log(
-                    LogLevel::Warn,
-                    &format!("registration failed: {problem}; retrying in 30 s"),
-                );
-                self.finish_register_calls(cx, Some(problem));
-                self.arm(cx, T_REREGISTER, 30_000);
             }
         }
     }

@@ -107,6 +107,167 @@ fn a_start_without_a_name_registers_under_the_name_given_before() {
     );
 }
 
+/// The registry requests among `out`: (id, method, path, signed).
+fn registry_requests(out: &[Command]) -> Vec<(u64, String, String, bool)> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::HttpRequest {
+                id,
+                method,
+                url,
+                headers,
+                ..
+            } => Some((
+                *id,
+                method.clone(),
+                url.trim_start_matches("http://127.0.0.1:2").to_string(),
+                headers.iter().any(|(k, _)| k == "authorization"),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Answer the request `id` as the registry; the commands that follow.
+fn answer(
+    agent: &mut Agent,
+    host: &mut FakeHost,
+    id: u64,
+    status: u16,
+    body: Value,
+) -> Vec<Command> {
+    let mut cx = Cx {
+        host,
+        out: Vec::new(),
+    };
+    agent.on_http(&mut cx, id, Some(status), body.to_string().as_bytes(), None);
+    let out = cx.out;
+    host.apply_keep(out)
+}
+
+/// A start's POST /v1/agents answered `status`; the commands that follow.
+fn registered_with(
+    agent: &mut Agent,
+    host: &mut FakeHost,
+    out: &[Command],
+    status: u16,
+) -> Vec<Command> {
+    let (id, ..) = registry_requests(out)
+        .into_iter()
+        .find(|(_, m, p, _)| m == "POST" && p == "/v1/agents")
+        .expect("the node registers");
+    answer(
+        agent,
+        host,
+        id,
+        status,
+        json!({"detail": "Agent already registered"}),
+    )
+}
+
+#[test]
+fn a_new_name_replaces_the_one_the_registry_kept_and_an_unchanged_node_asks_nothing_more() {
+    let mut host = FakeHost::default();
+    let did = Identity::from_seed(&[1u8; 32]).did().to_string();
+    let (mut agent, out) = start(&mut host, &[]);
+    let after = registered_with(&mut agent, &mut host, &out, 201);
+    assert!(registry_requests(&after)
+        .iter()
+        .any(|(_, m, p, _)| m == "PUT" && p.ends_with("/prekeys")));
+
+    // Started again under the same name: the registry's 409 is taken as it
+    // always was, with no further request about the record.
+    let cfg = json!({"relay_url": "http://127.0.0.1:1", "registry_url": "http://127.0.0.1:2", "name": "alone"});
+    let (mut agent, out) = start_with(&mut host, cfg);
+    let after = registered_with(&mut agent, &mut host, &out, 409);
+    assert!(
+        registry_requests(&after)
+            .iter()
+            .all(|(_, m, p, _)| !(p == &format!("/v1/agents/{did}")
+                && (m == "GET" || m == "DELETE"))),
+        "{:?}",
+        registry_requests(&after)
+    );
+
+    // Under a new name: the record is read, found to hold the old name,
+    // deleted with a signed request, and registered again.
+    let cfg = json!({"relay_url": "http://127.0.0.1:1", "registry_url": "http://127.0.0.1:2", "name": "other"});
+    let (mut agent, out) = start_with(&mut host, cfg.clone());
+    let after = registered_with(&mut agent, &mut host, &out, 409);
+    let reqs = registry_requests(&after);
+    let (get, ..) = reqs
+        .iter()
+        .find(|(_, m, p, _)| m == "GET" && p == &format!("/v1/agents/{did}"))
+        .cloned()
+        .expect("reads its record");
+    let record = json!({"did": did, "capabilities": ["alone", "kars-mesh"], "metadata": {"agent": "kars-mesh", "name": "alone"}});
+    let after = answer(&mut agent, &mut host, get, 200, record);
+    let reqs = registry_requests(&after);
+    let (del, _, _, signed) = reqs
+        .iter()
+        .find(|(_, m, p, _)| m == "DELETE" && p == &format!("/v1/agents/{did}"))
+        .cloned()
+        .expect("deletes its record");
+    assert!(signed, "the delete is signed");
+    let after = answer(&mut agent, &mut host, del, 204, Value::Null);
+    assert!(registered_capabilities(&after).contains(&"other".to_string()));
+    let after = registered_with(&mut agent, &mut host, &after, 201);
+    assert!(
+        registry_requests(&after)
+            .iter()
+            .any(|(_, m, p, _)| m == "PUT" && p.ends_with("/prekeys")),
+        "a fresh bundle is published"
+    );
+
+    // The next start under that name asks nothing more again.
+    let (mut agent, out) = start_with(&mut host, cfg.clone());
+    let after = registered_with(&mut agent, &mut host, &out, 409);
+    assert!(registry_requests(&after)
+        .iter()
+        .all(|(_, m, _, _)| m != "GET" && m != "DELETE"));
+
+    // A record that already holds the settings (an older build's state,
+    // which remembered nothing) is kept, and remembered.
+    host.records.remove(keys::REGISTERED);
+    let (mut agent, out) = start_with(&mut host, cfg.clone());
+    let after = registered_with(&mut agent, &mut host, &out, 409);
+    let (get, ..) = registry_requests(&after)
+        .into_iter()
+        .find(|(_, m, _, _)| m == "GET")
+        .expect("reads its record");
+    let record = json!({"did": did, "capabilities": ["kars-mesh", "other"], "metadata": {"agent": "kars-mesh", "name": "other"}});
+    let after = answer(&mut agent, &mut host, get, 200, record);
+    assert!(registry_requests(&after)
+        .iter()
+        .all(|(_, m, _, _)| m != "DELETE"));
+    assert!(host.records.contains_key(keys::REGISTERED));
+
+    // A registry that answers 409 again after the delete: kept as it is,
+    // not a loop.
+    host.records.remove(keys::REGISTERED);
+    let (mut agent, out) = start_with(&mut host, cfg);
+    let after = registered_with(&mut agent, &mut host, &out, 409);
+    let (get, ..) = registry_requests(&after)
+        .into_iter()
+        .find(|(_, m, _, _)| m == "GET")
+        .expect("reads its record");
+    let old =
+        json!({"did": did, "capabilities": ["alone", "kars-mesh"], "metadata": {"name": "alone"}});
+    let after = answer(&mut agent, &mut host, get, 200, old);
+    let (del, ..) = registry_requests(&after)
+        .into_iter()
+        .find(|(_, m, _, _)| m == "DELETE")
+        .expect("deletes");
+    let after = answer(&mut agent, &mut host, del, 204, Value::Null);
+    let after = registered_with(&mut agent, &mut host, &after, 409);
+    assert!(
+        registry_requests(&after)
+            .iter()
+            .all(|(_, m, _, _)| m != "GET" && m != "DELETE"),
+        "no second round"
+    );
+}
+
 fn position(out: &[Command], f: impl Fn(&Command) -> bool) -> Option<usize> {
     out.iter().position(f)
 }

@@ -23,6 +23,9 @@ pub mod keys {
     /// The name this agent registers under: the last one its host gave,
     /// used when a later start gives none.
     pub const NAME: &str = "name";
+    /// The name and capabilities the registry last accepted for this agent
+    /// (`agent/registration.rs`).
+    pub const REGISTERED: &str = "registered";
     pub const OUTBOX: &str = "outbox/";
     pub const SEEN: &str = "seen/";
     pub const META: &str = "meta";
