@@ -526,31 +526,44 @@ async function nodeStatus(node, signal) {
 }
 
 /**
- * Wait (bounded) until every queued message is confirmed by its recipient,
- * or until the relay has refused this agent (waiting does not cure a wrong
- * token). Returns how many still wait and the node's last state.
+ * Wait (bounded, `ms`) until every queued message is confirmed by its
+ * recipient, or until the relay has refused this agent (waiting does not
+ * cure a wrong token). `receiptMs`: once the relay connection is up (what
+ * was queued goes out on it), how long to wait for receipts. A `send` waits
+ * 1 s: a recipient that is online confirms within milliseconds, and one that
+ * is not never will while this runs (the relay keeps the message for it),
+ * so every send to an offline agent used to take the whole 15 s. Returns
+ * how many still wait, whether they went out, and the node's last state.
  */
-async function flushOutbox(node, signal, ms = 15_000) {
+async function flushOutbox(node, signal, { ms = 15_000, receiptMs = ms } = {}) {
   const until = Date.now() + ms;
+  let connectedAt = null;
   let pending = 0;
   let status = null;
   while (!signal.aborted) {
     status = await nodeStatus(node, signal);
     pending = Number(status?.outbox ?? 0);
+    if (status?.connected) connectedAt ??= Date.now();
     if (!pending || relayRefused(status) || Date.now() >= until) break;
-    await sleep(150);
+    if (connectedAt !== null && Date.now() >= connectedAt + receiptMs) break;
+    await sleep(connectedAt === null ? 150 : 50);
   }
   return { pending, status };
 }
 
-/** What became of the messages a command queued (offload, offload-cancel). */
+/** How long a `send` waits for its recipient's receipt (see flushOutbox). */
+const SEND_RECEIPT_MS = 1000;
+
+/** What became of the messages a command queued (send, offload, offload-cancel). */
 function reportPending(err, run, { pending, status }) {
   if (!pending) return;
   const trouble = relayTrouble(status, run.node.relayUrl);
   if (trouble) {
     err(`kars-mesh: ${pending} message(s) not sent yet: ${trouble}; they are kept and go out the next time this agent runs and reaches the relay`);
   } else {
-    err(`kars-mesh: ${pending} message(s) not yet confirmed by the recipient; they are kept and sent again the next time this agent runs`);
+    // Handed to the relay, which keeps them for a recipient that is not
+    // online; not a failure, and not worth a line on every send.
+    err(`kars-mesh: ${pending} message(s) at the relay, not yet confirmed by the recipient (it may not be online); the relay keeps them for it, and the next run of this agent sends them again until it confirms`);
   }
 }
 
@@ -577,18 +590,17 @@ async function sendOutcome({ node, run, result, text, out, err, signal }) {
   }
   if (!mesh.queued) {
     if (!run.json) out(text);
-    reportPending(err, run, await flushOutbox(node, signal));
+    await flushOutbox(node, signal, { receiptMs: SEND_RECEIPT_MS });
     return EXIT.OK;
   }
   const label = text.match(/^✓ Message queued for (.+?) \(E2E encrypted\)/)?.[1] ?? mesh.to;
-  const flushed = await flushOutbox(node, signal);
+  const flushed = await flushOutbox(node, signal, { receiptMs: SEND_RECEIPT_MS });
   if (signal.aborted) throw signal.reason ?? new Error('interrupted');
   const { pending, status } = flushed;
   if (!pending || status?.connected) {
     // The relay took the connection after all: what was queued went out
     // on it, before the marker that confirmed it (src/agent/handover.rs).
     if (!run.json) out(`✓ Message sent to ${label} (E2E encrypted; it waited for the relay connection)`);
-    reportPending(err, run, flushed);
     return EXIT.OK;
   }
   relayFailure(err, run, status, `the message to ${label} was not sent`);

@@ -386,3 +386,25 @@ test('register --name with a new name renames the agent in the registry; others 
   assert.equal(same.code, 0, same.stderr);
   assert.equal((await record()).metadata.name, 'ren-new');
 });
+
+test('send to an agent that is not running returns once the relay has the message, without a failure-sounding line; it arrives when the agent reads', async () => {
+  // It used to wait the whole 15 s for a receipt that an offline agent
+  // never sends, on every send, then print "not yet confirmed".
+  const bob = await registered('offline-bob');
+  await registered('offline-alice');
+  for (const text of ['one', 'two']) {
+    const r = await run(['send', '--state', state('offline-alice'), bob, `while offline ${text}`]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /✓ Message sent to /);
+    assert.equal(r.stderr, '', 'nothing on stderr for a message the relay keeps');
+    assert.ok(r.ms < 8000, `send took ${r.ms} ms`);
+  }
+  const inbox = await run(['inbox', '--state', state('offline-bob')]);
+  assert.equal(inbox.code, 0, inbox.stderr);
+  assert.match(inbox.stdout, /while offline one/);
+  assert.match(inbox.stdout, /while offline two/);
+  // Receipted now: the next send has nothing of the earlier ones to send again.
+  const next = await run(['send', '--state', state('offline-alice'), bob, 'third']);
+  assert.equal(next.code, 0, next.stderr);
+  assert.equal(next.stderr, '');
+});
