@@ -140,6 +140,9 @@ function subUsage(group, sub) {
 }
 
 /** Parse `cluster ...` / `pair ...` argv (argv[0] is the group). Throws UsageError (its topic: the sub-command). */
+/** What a pairing can grant that kars-mesh clients use (src/wire/pairing_msg.rs). */
+const KNOWN_CAPABILITIES = ['offload', 'handoff'];
+
 export function planOperator(argv, env = process.env) {
   const group = argv[0];
   const subs = () => Object.keys(SUB[group]).map((s) => `${group} ${s}`).join(', ');
@@ -166,7 +169,7 @@ export function planOperator(argv, env = process.env) {
   const dirRaw = flags.dir ?? defaultClusterDir(env);
   if (!dirRaw) throw new UsageError('--dir needs a directory', sub);
   const dir = resolveDir(dirRaw);
-  const run = { group, sub, dir, json: !!flags.json, verbose: !!flags.verbose };
+  const run = { group, sub, dir, json: !!flags.json, verbose: !!flags.verbose, notes: [] };
 
   const port = (flag) => {
     const v = flags[flag];
@@ -224,6 +227,13 @@ export function planOperator(argv, env = process.env) {
           throw new UsageError(`--capabilities must be a comma-separated list like offload,handoff, not ${JSON.stringify(flags.capabilities)}`, sub);
         }
         args.capabilities = caps;
+        // Granted as given (a kars cluster may know more), but a typo
+        // ("ofload") used to pass unnoticed until the client's offload was
+        // refused.
+        const unknown = caps.filter((c) => !KNOWN_CAPABILITIES.includes(c));
+        if (unknown.length) {
+          run.notes.push(`--capabilities: ${unknown.map((c) => JSON.stringify(c)).join(', ')} ${unknown.length > 1 ? 'are' : 'is'} not a capability kars-mesh knows (${KNOWN_CAPABILITIES.join(', ')}); the pairing grants it as given`);
+        }
       }
       if (flags.expires !== undefined) {
         if (!/^\d+[dhm]$/.test(flags.expires) || /^0+[dhm]$/.test(flags.expires)) {
@@ -323,6 +333,7 @@ export async function mainOperator(argv, { out, err, env = process.env, signal, 
     return EXIT.OK;
   }
   const run = p.run;
+  for (const note of run.notes ?? []) err(`kars-mesh: ${note}`);
   const log = stderrLog(err, run.verbose, { longRunning: run.group === 'cluster' && run.sub === 'up' && !run.detach });
   try {
     if (run.group === 'cluster') {

@@ -43,6 +43,10 @@ export const CLI_WORDS = Object.freeze([
   ["use `discover` to find an agent's DID", "kars-mesh discover finds an agent's DID"],
   ['Call mesh_inbox with no arguments to see unread messages.', 'kars-mesh inbox shows unread messages.'],
   ['Pass force=true only if the user explicitly asked to run it again.', 'Add --force to run it again.'],
+  ['❌ mesh_send: `to` is not usable', '❌ send: the recipient is not usable'],
+  ['pass `capability` to find others', 'kars-mesh discover <capability> finds others'],
+  ['The cloud sandbox is working on it.', "The cluster's sandbox is working on it."],
+  ['No active cloud offload to cancel.', 'No active offload to cancel.'],
 ]);
 
 /** mesh_inbox ends its text with the engine's counters as one JSON line (ENGINE.md). */

@@ -776,8 +776,11 @@ export async function main(
     else if (failed) err(text);
     // An empty inbox is not news when the relay was not reached.
     else if (!relayDown || (Array.isArray(shown) && shown.length)) out(text);
-    if (!failed && run.markAfter && Array.isArray(shown) && shown.length) {
-      const ids = shown.map((m) => m.id);
+    // Only what was unread is marked (and said to be): `inbox --all` also
+    // shows messages read before.
+    const unreadShown = Array.isArray(shown) ? shown.filter((m) => m.read !== true) : [];
+    if (!failed && run.markAfter && unreadShown.length) {
+      const ids = unreadShown.map((m) => m.id);
       const marked = await node.callTool(run.tool, { ids, mark_read: true }, { signal: ctl.signal, timeoutMs: CALL_TIMEOUT_MS });
       if (isErrorResult(marked)) err(`kars-mesh: the messages above stay unread: ${resultText(marked)}`);
       // The header counted them unread when they were printed.

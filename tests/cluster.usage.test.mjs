@@ -96,3 +96,15 @@ test('pair-with takes the relay and registry from the token (read by the engine)
   assert.deepEqual(await tokenUrls('azcp_2_abc'), {});
   assert.deepEqual(await tokenUrls('azcp_1_!!!'), {});
 });
+
+test('pair generate names a capability kars-mesh does not know (a typo), and grants it as given', { timeout: 60_000 }, async (t) => {
+  const home = tmp(t);
+  const dir = path.join(home, 'c');
+  const typo = await runCli(['pair', 'generate', '--name', 'typo', '--capabilities', 'ofload,handoff', '--dir', dir], { home });
+  assert.equal(typo.code, 0, typo.stderr);
+  assert.match(typo.stderr, /--capabilities: "ofload" is not a capability kars-mesh knows \(offload, handoff\); the pairing grants it as given/);
+  assert.match(typo.stdout, /ofload/);
+  const fine = await runCli(['pair', 'generate', '--name', 'fine', '--capabilities', 'offload', '--dir', dir], { home });
+  assert.equal(fine.code, 0, fine.stderr);
+  assert.doesNotMatch(fine.stderr, /not a capability/);
+});

@@ -279,6 +279,16 @@ test('the CLI speaks CLI: commands and flags instead of tool calls', async () =>
     assert.ok(source.includes(tool), `the engine no longer says ${JSON.stringify(tool)}`);
     assert.doesNotMatch(cli, /mesh_[a-z]+|cloud_offload|offload_(status|cancel)|unread_only/, cli);
   }
+  // Refusals and notes of other commands (a fresh-clone walk-through found these in tool words).
+  const bad = await run(['send', 'did:mesh:zz', 'hi', '--state', state('words')]);
+  assert.equal(bad.code, 2, bad.stderr);
+  assert.match(bad.stderr, /❌ send: the recipient is not usable: .*kars-mesh discover lists known agents/);
+  assert.doesNotMatch(bad.stderr + bad.stdout, /mesh_send|`to`|`discover`/);
+  await registered('words-lister');
+  const list = await run(['discover', '--state', state('words-lister')]);
+  assert.equal(list.code, 0, list.stderr);
+  assert.match(list.stdout, /kars-mesh discover <capability> finds others/);
+  assert.doesNotMatch(list.stdout, /`capability`/);
   assert.equal(cliText('📭 Inbox empty.\n\nDiagnostics: {"a":1}'), '📭 Inbox empty.');
   assert.equal(cliText('📭 Inbox empty.\n\nDiagnostics: {"a":1}', { verbose: true }), '📭 Inbox empty.\n\nDiagnostics: {"a":1}');
 });
@@ -403,6 +413,12 @@ test('send to an agent that is not running returns once the relay has the messag
   assert.equal(inbox.code, 0, inbox.stderr);
   assert.match(inbox.stdout, /while offline one/);
   assert.match(inbox.stdout, /while offline two/);
+  assert.match(inbox.stdout, /now marked read/);
+  // Shown again with --all: nothing is marked, and nothing says so.
+  const all = await run(['inbox', '--all', '--state', state('offline-bob')]);
+  assert.equal(all.code, 0, all.stderr);
+  assert.match(all.stdout, /while offline one/);
+  assert.doesNotMatch(all.stdout, /now marked read/);
   // Receipted now: the next send has nothing of the earlier ones to send again.
   const next = await run(['send', '--state', state('offline-alice'), bob, 'third']);
   assert.equal(next.code, 0, next.stderr);
