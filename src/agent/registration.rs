@@ -13,7 +13,7 @@
 //! and registers again. An unchanged node asks the registry nothing more
 //! than before.
 
-use super::{Agent, Cx, Purpose, KARS_CAPABILITY, T_REREGISTER};
+use super::{address, Agent, Cx, Purpose, KARS_CAPABILITY, T_REREGISTER};
 use crate::io::LogLevel;
 use crate::mesh::registry as reg;
 use crate::store::keys;
@@ -141,6 +141,10 @@ impl Agent {
             .and_then(|_| reg::parse_agent(body));
         match (status, record) {
             (_, Some(r)) => {
+                if !self.adopt_registered_name(cx, &r) {
+                    self.registered_as_before(cx);
+                    return;
+                }
                 let (mut want, meta) = self.registration();
                 want.sort();
                 want.dedup();
@@ -180,6 +184,31 @@ impl Agent {
                 self.registered_as_before(cx);
             }
         }
+    }
+
+    /// A node that was never given a name (an identity the original
+    /// plugin registered, imported with its record) keeps the record's:
+    /// registering again without it would take the agent's name away.
+    /// False: the record holds a name this node cannot register under
+    /// (one with a space), so the record stays as it is.
+    fn adopt_registered_name(&mut self, cx: &mut Cx<'_>, r: &reg::AgentRecord) -> bool {
+        if self.cfg.name.is_some() {
+            return true;
+        }
+        let Some(name) = r.metadata.get("name").and_then(|v| v.as_str()) else {
+            return true;
+        };
+        if !matches!(address::classify(name), address::Address::Name(_)) {
+            return false;
+        }
+        self.cfg.name = Some(name.to_string());
+        if let Err(e) = self
+            .vault
+            .put(cx.host, &mut cx.out, keys::NAME, &name.to_string())
+        {
+            cx.log(LogLevel::Error, &e.to_string());
+        }
+        true
     }
 
     /// Our record deleted (to register it with new settings).

@@ -266,6 +266,37 @@ fn a_new_name_replaces_the_one_the_registry_kept_and_an_unchanged_node_asks_noth
             .all(|(_, m, _, _)| m != "GET" && m != "DELETE"),
         "no second round"
     );
+
+    // A node never given a name (an identity the original plugin
+    // registered, imported): it keeps the record's name, registered again
+    // with it when the capabilities differ, and one nobody could send to
+    // leaves the record as it is.
+    let unnamed = json!({"relay_url": "http://127.0.0.1:1", "registry_url": "http://127.0.0.1:2"});
+    for (old_name, renews) in [("legacy-claw", true), ("Legacy Claw", false)] {
+        let mut host = FakeHost::default();
+        let (mut agent, out) = start_with(&mut host, unnamed.clone());
+        let after = registered_with(&mut agent, &mut host, &out, 409);
+        let (get, ..) = registry_requests(&after)
+            .into_iter()
+            .find(|(_, m, _, _)| m == "GET")
+            .expect("reads its record");
+        let record =
+            json!({"did": did, "capabilities": ["offload"], "metadata": {"name": old_name}});
+        let after = answer(&mut agent, &mut host, get, 200, record);
+        let del = registry_requests(&after)
+            .into_iter()
+            .find(|(_, m, _, _)| m == "DELETE");
+        assert_eq!(del.is_some(), renews, "{old_name}");
+        if let Some((del, ..)) = del {
+            let after = answer(&mut agent, &mut host, del, 204, Value::Null);
+            let caps = registered_capabilities(&after);
+            assert!(
+                caps.contains(&old_name.to_string()) && caps.contains(&"kars-mesh".to_string()),
+                "{caps:?}"
+            );
+            assert_eq!(agent.status()["name"], old_name);
+        }
+    }
 }
 
 fn position(out: &[Command], f: impl Fn(&Command) -> bool) -> Option<usize> {
