@@ -333,7 +333,7 @@ test('an argument the mesh refuses is a usage error (exit 2), not "unreachable",
   // The background registration fails meanwhile; the refusal is not about it.
   const r = await run(['send', 'did:mesh:xyz', 'hi', '--verbose', '--state', state('bad-did')], { srv: null, env });
   assert.equal(r.code, 2, r.stderr);
-  assert.match(r.stderr, /^❌ mesh_send: `to` is not usable: .+$/m);
+  assert.match(r.stderr, /^❌ send: the recipient is not usable: .+$/m);
   assert.doesNotMatch(r.stderr, /came from KARS_MESH_REGISTRY/);
   // A send the registry's absence did stop is still exit 3.
   const down = await run(['send', 'did:mesh:0123456789abcdef0123456789abcdef', 'hi', '--state', state('bad-did')], { srv: null, env });

@@ -282,7 +282,8 @@ test('exit codes: 0 ok, 1 tool error, 3 tool error with unreachable relay/regist
   // whatever the network did meanwhile; only the engine's exact marker counts.
   const refused = { content: [{ type: 'text', text: '❌ mesh_send: `to` is not usable' }], details: { mesh: { error: 'mesh_send: `to` is not usable', bad_input: true } } };
   r = await mainWith(fakeNode({ result: refused, failIo: true }), ['send', 'did:mesh:ab', 'hi']);
-  assert.deepEqual([r.code, r.stderr], [EXIT.USAGE, '❌ mesh_send: `to` is not usable\n']);
+  // In the CLI's words (js-host/cli-output.js CLI_WORDS).
+  assert.deepEqual([r.code, r.stderr], [EXIT.USAGE, '❌ send: the recipient is not usable\n']);
   const loose = { ...refused, details: { mesh: { ...refused.details.mesh, bad_input: 'true' } } };
   r = await mainWith(fakeNode({ result: loose, failIo: true }), ['send', 'did:mesh:ab', 'hi']);
   assert.equal(r.code, EXIT.UNREACHABLE);
