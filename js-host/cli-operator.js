@@ -139,10 +139,10 @@ function subUsage(group, sub) {
   return `Usage: ${spec.usage}\n\n${spec.help}`;
 }
 
-/** Parse `cluster ...` / `pair ...` argv (argv[0] is the group). Throws UsageError (its topic: the sub-command). */
 /** What a pairing can grant that kars-mesh clients use (src/wire/pairing_msg.rs). */
 const KNOWN_CAPABILITIES = ['offload', 'handoff'];
 
+/** Parse `cluster ...` / `pair ...` argv (argv[0] is the group). Throws UsageError (its topic: the sub-command). */
 export function planOperator(argv, env = process.env) {
   const group = argv[0];
   const subs = () => Object.keys(SUB[group]).map((s) => `${group} ${s}`).join(', ');

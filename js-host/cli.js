@@ -533,7 +533,7 @@ async function nodeStatus(node, signal) {
  * 1 s: a recipient that is online confirms within milliseconds, and one that
  * is not never will while this runs (the relay keeps the message for it),
  * so every send to an offline agent used to take the whole 15 s. Returns
- * how many still wait, whether they went out, and the node's last state.
+ * how many still wait and the node's last state.
  */
 async function flushOutbox(node, signal, { ms = 15_000, receiptMs = ms } = {}) {
   const until = Date.now() + ms;
@@ -554,7 +554,7 @@ async function flushOutbox(node, signal, { ms = 15_000, receiptMs = ms } = {}) {
 /** How long a `send` waits for its recipient's receipt (see flushOutbox). */
 const SEND_RECEIPT_MS = 1000;
 
-/** What became of the messages a command queued (send, offload, offload-cancel). */
+/** What became of the messages a command queued (offload, offload-cancel). */
 function reportPending(err, run, { pending, status }) {
   if (!pending) return;
   const trouble = relayTrouble(status, run.node.relayUrl);
@@ -562,7 +562,7 @@ function reportPending(err, run, { pending, status }) {
     err(`kars-mesh: ${pending} message(s) not sent yet: ${trouble}; they are kept and go out the next time this agent runs and reaches the relay`);
   } else {
     // Handed to the relay, which keeps them for a recipient that is not
-    // online; not a failure, and not worth a line on every send.
+    // online: not a failure.
     err(`kars-mesh: ${pending} message(s) at the relay, not yet confirmed by the recipient (it may not be online); the relay keeps them for it, and the next run of this agent sends them again until it confirms`);
   }
 }

@@ -165,107 +165,86 @@ fn registered_with(
     )
 }
 
+/// A later start on `host` whose registration the registry answers 409.
+fn started_again(host: &mut FakeHost, cfg: &Value) -> (Agent, Vec<Command>) {
+    let (mut agent, out) = start_with(host, cfg.clone());
+    let after = registered_with(&mut agent, host, &out, 409);
+    (agent, after)
+}
+
+/// The registry request among `out` made with `method`: (id, path, signed).
+fn request(out: &[Command], method: &str) -> Option<(u64, String, bool)> {
+    registry_requests(out)
+        .into_iter()
+        .find(|(_, m, _, _)| m == method)
+        .map(|(id, _, p, signed)| (id, p, signed))
+}
+
+/// Nothing about the node's own record: neither read nor deleted.
+fn leaves_its_record(out: &[Command]) -> bool {
+    request(out, "GET").is_none() && request(out, "DELETE").is_none()
+}
+
 #[test]
 fn a_new_name_replaces_the_one_the_registry_kept_and_an_unchanged_node_asks_nothing_more() {
     let mut host = FakeHost::default();
     let did = Identity::from_seed(&[1u8; 32]).did().to_string();
+    let own = format!("/v1/agents/{did}");
     let (mut agent, out) = start(&mut host, &[]);
     let after = registered_with(&mut agent, &mut host, &out, 201);
-    assert!(registry_requests(&after)
-        .iter()
-        .any(|(_, m, p, _)| m == "PUT" && p.ends_with("/prekeys")));
+    assert!(request(&after, "PUT").is_some_and(|(_, p, _)| p.ends_with("/prekeys")));
 
     // Started again under the same name: the registry's 409 is taken as it
     // always was, with no further request about the record.
-    let cfg = json!({"relay_url": "http://127.0.0.1:1", "registry_url": "http://127.0.0.1:2", "name": "alone"});
-    let (mut agent, out) = start_with(&mut host, cfg);
-    let after = registered_with(&mut agent, &mut host, &out, 409);
-    assert!(
-        registry_requests(&after)
-            .iter()
-            .all(|(_, m, p, _)| !(p == &format!("/v1/agents/{did}")
-                && (m == "GET" || m == "DELETE"))),
-        "{:?}",
-        registry_requests(&after)
-    );
+    let named = |n: &str| json!({"relay_url": "http://127.0.0.1:1", "registry_url": "http://127.0.0.1:2", "name": n});
+    let (_, after) = started_again(&mut host, &named("alone"));
+    assert!(leaves_its_record(&after), "{:?}", registry_requests(&after));
 
     // Under a new name: the record is read, found to hold the old name,
     // deleted with a signed request, and registered again.
-    let cfg = json!({"relay_url": "http://127.0.0.1:1", "registry_url": "http://127.0.0.1:2", "name": "other"});
-    let (mut agent, out) = start_with(&mut host, cfg.clone());
-    let after = registered_with(&mut agent, &mut host, &out, 409);
-    let reqs = registry_requests(&after);
-    let (get, ..) = reqs
-        .iter()
-        .find(|(_, m, p, _)| m == "GET" && p == &format!("/v1/agents/{did}"))
-        .cloned()
-        .expect("reads its record");
+    let cfg = named("other");
+    let (mut agent, after) = started_again(&mut host, &cfg);
+    let (get, path, _) = request(&after, "GET").expect("reads its record");
+    assert_eq!(path, own);
     let record = json!({"did": did, "capabilities": ["alone", "kars-mesh"], "metadata": {"agent": "kars-mesh", "name": "alone"}});
     let after = answer(&mut agent, &mut host, get, 200, record);
-    let reqs = registry_requests(&after);
-    let (del, _, _, signed) = reqs
-        .iter()
-        .find(|(_, m, p, _)| m == "DELETE" && p == &format!("/v1/agents/{did}"))
-        .cloned()
-        .expect("deletes its record");
+    let (del, path, signed) = request(&after, "DELETE").expect("deletes its record");
+    assert_eq!(path, own);
     assert!(signed, "the delete is signed");
     let after = answer(&mut agent, &mut host, del, 204, Value::Null);
     assert!(registered_capabilities(&after).contains(&"other".to_string()));
     let after = registered_with(&mut agent, &mut host, &after, 201);
     assert!(
-        registry_requests(&after)
-            .iter()
-            .any(|(_, m, p, _)| m == "PUT" && p.ends_with("/prekeys")),
+        request(&after, "PUT").is_some_and(|(_, p, _)| p.ends_with("/prekeys")),
         "a fresh bundle is published"
     );
 
     // The next start under that name asks nothing more again.
-    let (mut agent, out) = start_with(&mut host, cfg.clone());
-    let after = registered_with(&mut agent, &mut host, &out, 409);
-    assert!(registry_requests(&after)
-        .iter()
-        .all(|(_, m, _, _)| m != "GET" && m != "DELETE"));
+    let (_, after) = started_again(&mut host, &cfg);
+    assert!(leaves_its_record(&after));
 
     // A record that already holds the settings (an older build's state,
     // which remembered nothing) is kept, and remembered.
     host.records.remove(keys::REGISTERED);
-    let (mut agent, out) = start_with(&mut host, cfg.clone());
-    let after = registered_with(&mut agent, &mut host, &out, 409);
-    let (get, ..) = registry_requests(&after)
-        .into_iter()
-        .find(|(_, m, _, _)| m == "GET")
-        .expect("reads its record");
+    let (mut agent, after) = started_again(&mut host, &cfg);
+    let (get, ..) = request(&after, "GET").expect("reads its record");
     let record = json!({"did": did, "capabilities": ["kars-mesh", "other"], "metadata": {"agent": "kars-mesh", "name": "other"}});
     let after = answer(&mut agent, &mut host, get, 200, record);
-    assert!(registry_requests(&after)
-        .iter()
-        .all(|(_, m, _, _)| m != "DELETE"));
+    assert!(request(&after, "DELETE").is_none());
     assert!(host.records.contains_key(keys::REGISTERED));
 
     // A registry that answers 409 again after the delete: kept as it is,
     // not a loop.
     host.records.remove(keys::REGISTERED);
-    let (mut agent, out) = start_with(&mut host, cfg);
-    let after = registered_with(&mut agent, &mut host, &out, 409);
-    let (get, ..) = registry_requests(&after)
-        .into_iter()
-        .find(|(_, m, _, _)| m == "GET")
-        .expect("reads its record");
+    let (mut agent, after) = started_again(&mut host, &cfg);
+    let (get, ..) = request(&after, "GET").expect("reads its record");
     let old =
         json!({"did": did, "capabilities": ["alone", "kars-mesh"], "metadata": {"name": "alone"}});
     let after = answer(&mut agent, &mut host, get, 200, old);
-    let (del, ..) = registry_requests(&after)
-        .into_iter()
-        .find(|(_, m, _, _)| m == "DELETE")
-        .expect("deletes");
+    let (del, ..) = request(&after, "DELETE").expect("deletes");
     let after = answer(&mut agent, &mut host, del, 204, Value::Null);
     let after = registered_with(&mut agent, &mut host, &after, 409);
-    assert!(
-        registry_requests(&after)
-            .iter()
-            .all(|(_, m, _, _)| m != "GET" && m != "DELETE"),
-        "no second round"
-    );
+    assert!(leaves_its_record(&after), "no second round");
 
     // A node never given a name (an identity the original plugin
     // registered, imported): it keeps the record's name, registered again
@@ -274,18 +253,12 @@ fn a_new_name_replaces_the_one_the_registry_kept_and_an_unchanged_node_asks_noth
     let unnamed = json!({"relay_url": "http://127.0.0.1:1", "registry_url": "http://127.0.0.1:2"});
     for (old_name, renews) in [("legacy-claw", true), ("Legacy Claw", false)] {
         let mut host = FakeHost::default();
-        let (mut agent, out) = start_with(&mut host, unnamed.clone());
-        let after = registered_with(&mut agent, &mut host, &out, 409);
-        let (get, ..) = registry_requests(&after)
-            .into_iter()
-            .find(|(_, m, _, _)| m == "GET")
-            .expect("reads its record");
+        let (mut agent, after) = started_again(&mut host, &unnamed);
+        let (get, ..) = request(&after, "GET").expect("reads its record");
         let record =
             json!({"did": did, "capabilities": ["offload"], "metadata": {"name": old_name}});
         let after = answer(&mut agent, &mut host, get, 200, record);
-        let del = registry_requests(&after)
-            .into_iter()
-            .find(|(_, m, _, _)| m == "DELETE");
+        let del = request(&after, "DELETE");
         assert_eq!(del.is_some(), renews, "{old_name}");
         if let Some((del, ..)) = del {
             let after = answer(&mut agent, &mut host, del, 204, Value::Null);

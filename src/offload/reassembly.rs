@@ -498,17 +498,22 @@ mod tests {
             key: crate::wire::b64::encode_std(&bytes),
         })
         .to_string();
-        let (m, c) = split_typed(
-            &text,
+        let (m, c) = chunked(&text, tid);
+        assert!(c.len() >= 3, "{} chunks", c.len());
+        (text, m, c)
+    }
+
+    /// A `file_transfer` text as the sandbox cuts it, at the fixtures' time.
+    fn chunked(text: &str, tid: &str) -> (ManifestMsg, Vec<ChunkMsg>) {
+        split_typed(
+            text,
             tid,
             "file_transfer",
             "sandbox",
             "2026-12-04T00:00:00Z",
         )
         .expect("splits")
-        .expect("needs chunks");
-        assert!(c.len() >= 3, "{} chunks", c.len());
-        (text, m, c)
+        .expect("needs chunks")
     }
 
     fn file_bytes() -> Vec<u8> {
@@ -561,17 +566,7 @@ mod tests {
         let mut r = Reassembly::default();
         let text =
             serde_json::json!({"type": "file_transfer", "pad": "A".repeat(1_200_000)}).to_string();
-        let split = |tid: &str| {
-            split_typed(
-                &text,
-                tid,
-                "file_transfer",
-                "sandbox",
-                "2026-12-04T00:00:00Z",
-            )
-            .expect("splits")
-            .expect("needs chunks")
-        };
+        let split = |tid: &str| chunked(&text, tid);
         // MAX_OPEN transfers, a second apart, each one chunk in.
         let tids: Vec<String> = (0..MAX_OPEN).map(|i| format!("t-open-{i}")).collect();
         for tid in &tids {
@@ -614,15 +609,7 @@ mod tests {
             "{{\"type\":\"file_transfer\",\"file_data\":é,\"pad\":\"{}\"}}",
             "A".repeat(2_000_000)
         );
-        let (m, chunks) = split_typed(
-            &text,
-            "t-9",
-            "file_transfer",
-            "sandbox",
-            "2026-12-04T00:00:00Z",
-        )
-        .expect("splits")
-        .expect("needs chunks");
+        let (m, chunks) = chunked(&text, "t-9");
         for idle in [false, true] {
             let (vault, mut host) = fresh(9);
             let mut r = if idle {
