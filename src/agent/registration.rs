@@ -39,13 +39,10 @@ impl Agent {
         (caps, meta)
     }
 
-    /// What a registration is compared by: its name and its capabilities
-    /// as a set (the registry may keep them in another order).
+    /// This agent's registration as [`mark`] compares it.
     fn registration_mark(&self) -> String {
-        let (mut caps, meta) = self.registration();
-        caps.sort();
-        caps.dedup();
-        json!({"name": meta.get("name"), "capabilities": caps}).to_string()
+        let (caps, meta) = self.registration();
+        mark(meta.get("name").map(String::as_str), &caps)
     }
 
     pub(super) fn register(&mut self, cx: &mut Cx<'_>) {
@@ -145,20 +142,13 @@ impl Agent {
                     self.registered_as_before(cx);
                     return;
                 }
-                let (mut want, meta) = self.registration();
-                want.sort();
-                want.dedup();
-                let mut have = r.capabilities.clone();
-                have.sort();
-                have.dedup();
                 let old_name = r.metadata.get("name").and_then(|v| v.as_str());
-                let new_name = meta.get("name").map(String::as_str);
-                if have == want && old_name == new_name {
+                if mark(old_name, &r.capabilities) == self.registration_mark() {
                     self.remember_registration(cx);
                     self.registered_as_before(cx);
                     return;
                 }
-                let what = match (old_name, new_name) {
+                let what = match (old_name, self.cfg.name.as_deref()) {
                     (Some(o), Some(n)) if o != n => format!("the name {o:?} to {n:?}"),
                     (None, Some(n)) => format!("no name to {n:?}"),
                     _ => "its capabilities".to_string(),
@@ -224,4 +214,14 @@ impl Agent {
             self.registered_as_before(cx);
         }
     }
+}
+
+/// What a registration is compared by: its name and its capabilities as a
+/// set (the registry may keep them in another order). What is remembered
+/// and what a record read back holds are compared the same way.
+fn mark(name: Option<&str>, caps: &[String]) -> String {
+    let mut caps = caps.to_vec();
+    caps.sort();
+    caps.dedup();
+    json!({"name": name, "capabilities": caps}).to_string()
 }
