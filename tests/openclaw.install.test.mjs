@@ -136,7 +136,7 @@ async function gatewayAnswers(h) {
   return g;
 }
 
-test('npm pack: the prebuilt component, its .d.ts files, the manifest, skill, preset and LICENSE; no tests or sources; no install scripts', { timeout: 120_000 }, (t) => {
+test('npm pack: the prebuilt component, its .d.ts files, the manifest, skill, preset, LICENSE and SECURITY.md; no tests or sources; no install scripts', { timeout: 120_000 }, (t) => {
   const out = execFileSync('npm', ['pack', '--dry-run', '--json'], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, ...NPM_ENV } });
   const info = JSON.parse(out)[0];
   t.diagnostic(`npm pack: ${info.entryCount} files, ${(info.size / 1024).toFixed(0)} KiB packed, ${(info.unpackedSize / 1024).toFixed(0)} KiB unpacked`);
@@ -145,6 +145,8 @@ test('npm pack: the prebuilt component, its .d.ts files, the manifest, skill, pr
     'package.json',
     'LICENSE',
     'README.md',
+    // The README links to it three times (reporting a vulnerability, the threat model).
+    'SECURITY.md',
     'openclaw.plugin.json',
     'js-host/plugin.js',
     'js-host/plugin.d.ts',
