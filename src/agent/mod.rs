@@ -489,6 +489,11 @@ pub struct Agent {
     fetch_after_sync: std::collections::BTreeSet<String>,
     early: BTreeMap<String, Vec<(String, u64)>>,
     knocks_awaiting_identity: HashMap<String, Vec<String>>,
+    /// The Ed25519 key just verified for a KNOCK's sender that is not a
+    /// peer yet, while its held KNOCKs are replayed (`on_knocker_bundle`):
+    /// the KNOCK makes the peer only once admitted, under the caps and the
+    /// rate every new peer meets.
+    knocker_verified: Option<(String, [u8; 32])>,
     receipts_due: BTreeMap<String, Vec<u64>>,
     /// When T_RESEND is set for (`arm_resend`), if it is.
     resend_at: Option<u64>,
@@ -607,6 +612,7 @@ impl Agent {
             fetch_after_sync: Default::default(),
             early: BTreeMap::new(),
             knocks_awaiting_identity: HashMap::new(),
+            knocker_verified: None,
             receipts_due: BTreeMap::new(),
             resend_at: None,
             resend_round_ms: 0,

@@ -142,7 +142,16 @@ impl Agent {
         let claimed_ed = k
             .ik_ed()
             .and_then(|s| crate::wire::b64::decode_array::<32>(s).ok());
-        let known_ed = self.peers.get(from).and_then(|p| p.identity_ed);
+        let known_ed = self
+            .peers
+            .get(from)
+            .and_then(|p| p.identity_ed)
+            .or_else(|| {
+                self.knocker_verified
+                    .as_ref()
+                    .filter(|(did, _)| did == from)
+                    .map(|(_, ed)| *ed)
+            });
         let Some(ik_ed) = claimed_ed.or(known_ed) else {
             // No registry look-up for a stranger who could not open a
             // session anyway.
@@ -390,14 +399,19 @@ impl Agent {
             self.answer_inbox_reads(cx, false);
             return;
         };
-        self.peers
-            .entry(from.to_string())
-            .or_insert_with(|| Peer::new(from))
-            .identity_ed = Some(ed);
+        // Not a peer yet: its KNOCKs, replayed, meet the caps and the rate
+        // of new peers (admit_knock, adopt_knock) as any other does; a
+        // stranger with many registered identities used to get a peer per
+        // identity past them.
+        match self.peers.get_mut(from) {
+            Some(p) => p.identity_ed = Some(ed),
+            None => self.knocker_verified = Some((from.to_string(), ed)),
+        }
         let socket = self.link.open_socket().unwrap_or(0);
         for text in held {
             self.on_frame(cx, socket, &text);
         }
+        self.knocker_verified = None;
         // A send to this peer may have waited for its KNOCK.
         self.resume_session_fetches(cx);
         // An inbox read may have waited for its messages.
@@ -630,11 +644,13 @@ impl Agent {
         // when they were sealed.
         let mut named: Vec<(u64, u64)> = Vec::new();
         if r.epoch.is_none_or(|e| e == peer.out_epoch) {
+            let listed = listed_receipts(&peer.outbox, r);
             peer.outbox.retain(|o| {
-                let keep = !o.needs_receipt || (!r.receipt.contains(&o.seq) && o.seq >= r.upto);
+                let by_name = o.seq >= r.upto && listed.contains(&o.seq);
+                let keep = !o.needs_receipt || (!by_name && o.seq >= r.upto);
                 if !keep {
                     receipted.push(o.seq);
-                    if o.seq >= r.upto && r.receipt.contains(&o.seq) {
+                    if by_name {
                         named.push((o.seq, o.created_ms));
                     }
                 }
@@ -1000,5 +1016,75 @@ impl Agent {
         self.ack(cx, id);
         self.stats.received += 1;
         self.wake_waiters(cx);
+    }
+}
+
+/// The numbers `r` lists that name an entry of `outbox` waiting for its
+/// receipt, in one pass over the list: the peer chooses its length (up to
+/// a frame's size, about a million numbers), and looking each entry up in
+/// it cost the entries times the list, seconds of one frame's handling.
+fn listed_receipts(
+    outbox: &[crate::mesh::session::OutEntry],
+    r: &Receipts,
+) -> std::collections::HashSet<u64> {
+    let waiting: std::collections::HashSet<u64> = outbox
+        .iter()
+        .filter(|o| o.needs_receipt && o.seq >= r.upto)
+        .map(|o| o.seq)
+        .collect();
+    r.receipt
+        .iter()
+        .copied()
+        .filter(|s| waiting.contains(s))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listed_receipts;
+    use crate::mesh::session::OutEntry;
+    use crate::wire::delivery::Receipts;
+
+    fn entry(seq: u64, needs_receipt: bool) -> OutEntry {
+        OutEntry {
+            seq,
+            frame_id: format!("f-{seq}"),
+            frame: String::new(),
+            sent_under: None,
+            plaintext: Vec::new(),
+            created_ms: 0,
+            last_sent_ms: 0,
+            attempts: 1,
+            needs_receipt,
+            key: None,
+            file_part: false,
+            stored: false,
+        }
+    }
+
+    #[test]
+    fn a_receipt_names_only_entries_waiting_for_one_and_a_long_list_costs_one_pass() {
+        let outbox: Vec<OutEntry> = (0..5000).map(|s| entry(s, s != 7)).collect();
+        let small = Receipts {
+            receipt: vec![3, 7, 9, 9, 4999, 6000],
+            upto: 5,
+            epoch: None,
+        };
+        let mut named: Vec<u64> = listed_receipts(&outbox, &small).into_iter().collect();
+        named.sort_unstable();
+        // 3 is under `upto` (receipted by it, not by name), 7 needs none,
+        // 6000 is not ours.
+        assert_eq!(named, vec![9, 4999]);
+        // A hostile list as long as a frame holds, against a full outbox:
+        // with a look-up per entry in the list this took about 2 s (native).
+        let long = Receipts {
+            receipt: vec![u64::MAX; 1_000_000],
+            upto: 0,
+            epoch: None,
+        };
+        let t0 = std::time::Instant::now();
+        assert!(listed_receipts(&outbox, &long).is_empty());
+        let ms = t0.elapsed().as_millis();
+        assert!(ms < 300, "a million listed numbers took {ms} ms");
     }
 }

@@ -749,3 +749,99 @@ fn a_name_nobody_can_send_to_is_refused_at_the_start() {
     assert_eq!(a.cfg.name.as_deref(), Some("laptop-claw"));
     assert!(start_named("   ").is_ok(), "a blank name is no name");
 }
+
+/// A KNOCK without the sender's Ed25519 key (the AGT dialect) from each of
+/// `n` identities the registry vouches for, one after the other on the
+/// node's relay socket, all at the same moment: the node holds each,
+/// fetches the sender's bundle, and is answered with a valid one (when it
+/// asks). The commands of all of it.
+fn knocks_from_registered_strangers(
+    agent: &mut Agent,
+    host: &mut FakeHost,
+    socket: u32,
+    n: u8,
+) -> Vec<Command> {
+    use crate::crypto::keys::KeyPair;
+    use crate::wire::b64;
+    use crate::wire::registry::{prekey_upload_body, PublishedPrekeys};
+    let me = agent.id.did().to_string();
+    let mut all = Vec::new();
+    for i in 0..n {
+        let them = Identity::from_seed(&[i.wrapping_add(100); 32]);
+        let ek = KeyPair::from_secret([i.wrapping_add(7); 32]);
+        let knock = json!({
+            "v": 1, "type": "knock", "from": them.did(), "to": me, "id": format!("knock-{i}"),
+            "intent": {"action": "establish_session"},
+            "establishment": {"ik": b64::encode_std(them.x25519_public()), "ek": b64::encode_std(ek.public())},
+        });
+        let mut cx = Cx {
+            host: &mut *host,
+            out: Vec::new(),
+        };
+        agent.on_frame(&mut cx, socket, &knock.to_string());
+        let out = cx.out;
+        let out = host.apply_keep(out);
+        let wanted = format!("/v1/agents/{}/prekeys", them.did());
+        let asked = out.iter().find_map(|c| match c {
+            Command::HttpRequest {
+                id, method, url, ..
+            } if method == "GET" && url.ends_with(&wanted) => Some(*id),
+            _ => None,
+        });
+        all.extend(out);
+        // Refused before the registry is asked (the rate of new peers is used up).
+        let Some(id) = asked else { continue };
+        let spk = KeyPair::from_secret([i.wrapping_add(50); 32]);
+        let sig = them.sign(spk.public());
+        let body = prekey_upload_body(
+            &them,
+            &PublishedPrekeys {
+                signed_prekey_id: 1,
+                signed_prekey: spk.public(),
+                signed_prekey_signature: &sig,
+                one_time: vec![],
+            },
+        );
+        let mut cx = Cx {
+            host: &mut *host,
+            out: Vec::new(),
+        };
+        agent.on_http(&mut cx, id, Some(200), body.as_bytes(), None);
+        let out = cx.out;
+        all.extend(host.apply_keep(out));
+    }
+    all
+}
+
+#[test]
+fn knocks_verified_through_the_registry_meet_the_new_peer_rate_and_caps() {
+    let mut host = FakeHost::default();
+    let (mut agent, out) = start(&mut host, &[]);
+    let socket = connect(&mut agent, &mut host, &out);
+    let out = knocks_from_registered_strangers(&mut agent, &mut host, socket, 100);
+    let accepted = sent_texts(&out)
+        .iter()
+        .filter(|f| f["type"] == "knock_accept")
+        .count();
+    // The clock did not move: the burst of new peers is all that may open.
+    assert_eq!(accepted, super::NEW_PEERS_BURST as usize, "KNOCKs accepted");
+    assert_eq!(
+        agent.peers.len(),
+        super::NEW_PEERS_BURST as usize,
+        "peers made"
+    );
+    // The others were told apart from a failure: acked (the relay forgets
+    // them) with the reason in the log, and they left nothing behind.
+    let acked = sent_texts(&out)
+        .iter()
+        .filter(|f| f["type"] == "ack")
+        .count();
+    assert!(acked >= 100, "every KNOCK acked ({acked})");
+    assert!(
+        host.logs
+            .iter()
+            .any(|(_, m)| m.contains("too many new sessions at once")),
+        "the refusal is logged"
+    );
+    assert!(agent.knocker_verified.is_none());
+}
