@@ -3,7 +3,6 @@
 //! key as a DID and is routed as that DID), or a registry name.
 
 use crate::crypto::identity::is_mesh_did;
-use crate::wire::{base58, hex};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Address {
@@ -33,13 +32,7 @@ pub(super) enum InvalidAddress {
 }
 
 /// The DID an AMID names, if `s` decodes to exactly the 20 AMID bytes.
-pub(super) fn did_from_amid(s: &str) -> Option<String> {
-    if !(20..=40).contains(&s.len()) {
-        return None;
-    }
-    let bytes = base58::decode(s).filter(|b| b.len() == 20)?;
-    Some(format!("did:mesh:{}", hex::encode(&bytes[..16])))
-}
+pub(super) use crate::wire::token::did_from_amid;
 
 pub(super) fn classify(s: &str) -> Address {
     let s = s.trim();

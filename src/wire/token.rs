@@ -100,8 +100,15 @@ pub enum ControllerError {
 
 /// The routable DID of a base58 AMID: the AMID is the first 20 bytes of
 /// SHA-256(Ed25519 key), the DID the hex of the first 16 of the same hash
-/// (kars-mesh-plugin.md §4.1).
+/// (kars-mesh-plugin.md §4.1). `None` unless `amid` decodes to exactly 20
+/// bytes. Base58 decoding takes time quadratic in its input, so a text
+/// longer than 20 bytes' base58 can be is refused before it is decoded (a
+/// pasted token with a long `controller_amid` once held the engine for
+/// minutes).
 pub fn did_from_amid(amid: &str) -> Option<String> {
+    if !(20..=40).contains(&amid.len()) {
+        return None;
+    }
     let bytes = crate::codec::base58::decode(amid)?;
     (bytes.len() == 20).then(|| format!("did:mesh:{}", hex::encode(&bytes[..16])))
 }
@@ -174,6 +181,21 @@ mod tests {
             "secret": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I",
         });
         format!("{PREFIX}{}", b64::encode_url(json.to_string().as_bytes()))
+    }
+
+    #[test]
+    fn a_long_controller_amid_is_refused_at_once_not_decoded() {
+        // 400,000 base58 digits: decoding them (quadratic) took minutes.
+        let tok = parse(&kars_cli_token(&"z".repeat(400_000))).expect("parses");
+        let t0 = std::time::Instant::now();
+        assert_eq!(tok.controller(), Err(ControllerError::Unrecognised));
+        let ms = t0.elapsed().as_millis();
+        assert!(ms < 100, "took {ms} ms");
+        // Just past what 20 bytes can be in base58, and just inside.
+        assert_eq!(did_from_amid(&"2".repeat(41)), None);
+        let ctl = Identity::from_seed(&[9; 32]);
+        assert!((20..=40).contains(&ctl.amid().len()));
+        assert_eq!(did_from_amid(&ctl.amid()).as_deref(), Some(ctl.did()));
     }
 
     #[test]
