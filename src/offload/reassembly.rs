@@ -17,6 +17,13 @@ use std::collections::BTreeMap;
 
 /// Transfers in progress at once (per node).
 const MAX_OPEN: usize = 8;
+/// Chunk text held in memory across the open transfers (per node): one
+/// transfer's most as our senders and the sandbox runtime cut it (80
+/// chunks of 512 Ki characters, 40 MiB of base64 JSON) with room for a
+/// second. A chunk may take up to 4 bytes a character
+/// (`MAX_CHUNK_BYTES`), so without this 8 transfers of hostile chunks
+/// once held 1.25 GiB, past the core's memory (a trap).
+const MAX_HELD_TEXT: usize = 96 * 1024 * 1024;
 /// An unfinished transfer with no manifest for this long is abandoned.
 pub const STALE_MS: u64 = 2 * 3600 * 1000;
 
@@ -296,7 +303,11 @@ impl Reassembly {
                 if i >= MAX_CHUNKS {
                     return Err(TransferError::ChunkIndex(i as u64));
                 }
-                if let std::collections::btree_map::Entry::Vacant(slot) = entry.1.entry(i) {
+                if !entry.1.contains_key(&i) {
+                    self.make_room(cx, &pre, data.len())?;
+                    let Some(entry) = self.open.get_mut(&pre) else {
+                        return Ok(None);
+                    };
                     // Packed: a quarter less to seal and write (`store::packed`).
                     let rec = packed::pack(b"", data.as_bytes());
                     if let Err(e) =
@@ -304,13 +315,16 @@ impl Reassembly {
                     {
                         cx.host.log(LogLevel::Error, &e.to_string());
                     }
-                    slot.insert(data.to_string());
+                    entry.1.insert(i, data.to_string());
                     if let Some(file) = self.files.get_mut(&pre).filter(|_| self.read_at_arrival) {
                         read_held(file, &entry.1);
                     }
                 }
             }
         }
+        let Some(entry) = self.open.get_mut(&pre) else {
+            return Ok(None);
+        };
         let Some(m) = entry.0.as_ref().map(|m| m.manifest.clone()) else {
             return Ok(None);
         };
@@ -398,6 +412,44 @@ impl Reassembly {
             file_name: m.file_name.clone(),
             file_size: m.file_size,
         })
+    }
+
+    /// Room for `incoming` more bytes of chunk text beside what the open
+    /// transfers hold (`MAX_HELD_TEXT`): the transfers that started first
+    /// make it, the one under `pre` last; a transfer that cannot fit alone
+    /// is given up (its error says so).
+    fn make_room(
+        &mut self,
+        cx: &mut Cx<'_>,
+        pre: &str,
+        incoming: usize,
+    ) -> Result<(), TransferError> {
+        loop {
+            let held: usize = self
+                .open
+                .values()
+                .flat_map(|(_, chunks)| chunks.values())
+                .map(String::len)
+                .sum();
+            if held.saturating_add(incoming) <= MAX_HELD_TEXT {
+                return Ok(());
+            }
+            let oldest = self
+                .open
+                .iter()
+                .filter(|(k, _)| k.as_str() != pre)
+                .min_by_key(|(_, (m, _))| m.as_ref().map_or(0, |m| m.at_ms))
+                .map(|(k, _)| k.clone());
+            let Some(old) = oldest else {
+                self.drop_transfer(cx, pre);
+                return Err(TransferError::HeldTooMuch(MAX_HELD_TEXT / (1024 * 1024)));
+            };
+            cx.log(
+                LogLevel::Warn,
+                "an unfinished chunked transfer was given up to make room for a newer one (too much chunk text held at once)",
+            );
+            self.drop_transfer(cx, &old);
+        }
     }
 
     /// Transfers whose sender went quiet long ago make room.
@@ -595,6 +647,121 @@ mod tests {
         assert!(
             host.records.keys().all(|k| !k.starts_with(&first)),
             "its records erased"
+        );
+    }
+
+    /// A manifest for `tid` whose `n` chunks are all `data` (a sender may
+    /// make every chunk as long as MAX_CHUNK_BYTES), and chunk `i` of it.
+    fn same_chunks(tid: &str, data: &str, n: usize) -> (ManifestMsg, impl Fn(usize) -> ChunkMsg) {
+        use crate::wire::transfer::{manifest_hash, sha256_hex};
+        let hashes = vec![sha256_hex(data.as_bytes()); n];
+        let m = ManifestMsg {
+            transfer_id: Some(tid.to_string()),
+            original_type: Some("x".into()),
+            total_chunks: Some(n as u64),
+            manifest_hash: Some(manifest_hash(&hashes)),
+            chunk_hashes: Some(hashes),
+            ..Default::default()
+        };
+        let (tid, data) = (tid.to_string(), data.to_string());
+        let chunk = move |i: usize| ChunkMsg {
+            transfer_id: Some(tid.clone()),
+            chunk_index: Some(i as u64),
+            total_chunks: Some(n as u64),
+            data: Some(data.clone()),
+            ..Default::default()
+        };
+        (m, chunk)
+    }
+
+    /// One part taken in a call of its own, its commands carried out.
+    fn take(
+        r: &mut Reassembly,
+        vault: &Vault,
+        host: &mut FakeHost,
+        part: Part<'_>,
+    ) -> Result<Option<Whole>, TransferError> {
+        let mut cx = Cx {
+            host,
+            out: Vec::new(),
+        };
+        let got = r.accept(vault, &mut cx, "did:mesh:sb", part);
+        let out = std::mem::take(&mut cx.out);
+        host.apply(out);
+        got
+    }
+
+    #[test]
+    fn chunk_text_held_at_once_is_bounded_and_a_transfer_past_it_is_given_up() {
+        use crate::wire::limits::{MAX_CHUNKS, MAX_CHUNK_BYTES};
+        let (vault, mut host) = fresh(11);
+        let mut r = Reassembly::default();
+        let data = "A".repeat(MAX_CHUNK_BYTES);
+        let held = |r: &Reassembly| -> usize {
+            r.open
+                .values()
+                .flat_map(|(_, c)| c.values())
+                .map(String::len)
+                .sum()
+        };
+        // MAX_OPEN transfers of the largest chunks, one after the other,
+        // all but the last chunk each: 1.25 GiB held before the bound.
+        let mut refused = Vec::new();
+        for t in 0..MAX_OPEN {
+            let tid = format!("t-big-{t}");
+            let (m, chunk) = same_chunks(&tid, &data, MAX_CHUNKS);
+            assert!(matches!(
+                take(&mut r, &vault, &mut host, Part::Manifest(&m)),
+                Ok(None)
+            ));
+            for i in 0..MAX_CHUNKS - 1 {
+                match take(&mut r, &vault, &mut host, Part::Chunk(&chunk(i))) {
+                    Ok(None) => {}
+                    Err(TransferError::HeldTooMuch(mib)) => {
+                        assert_eq!(mib, MAX_HELD_TEXT / (1024 * 1024));
+                        refused.push((t, i));
+                        break;
+                    }
+                    other => panic!(
+                        "chunk {i} of {tid}: {:?}",
+                        other.map(|w| w.map(|w| w.value))
+                    ),
+                }
+                assert!(held(&r) <= MAX_HELD_TEXT, "{} bytes held", held(&r));
+            }
+            host.now += 1000;
+        }
+        // Every transfer (158 MiB of text) is given up once it alone would
+        // pass the bound, at the same chunk, and its records are erased.
+        let at = MAX_HELD_TEXT / MAX_CHUNK_BYTES;
+        assert_eq!(refused, (0..MAX_OPEN).map(|t| (t, at)).collect::<Vec<_>>());
+        assert!(r.open.is_empty());
+        assert!(
+            host.records.keys().all(|k| !k.starts_with(keys::TRANSFER)),
+            "records erased"
+        );
+        // A transfer of our own size still fits beside one that started
+        // first and holds half the bound: the older makes room only when
+        // the newer needs it.
+        let (m1, c1) = same_chunks("t-older", &data, at / 2 + 1);
+        let (m2, c2) = same_chunks("t-newer", &"B".repeat(512 * 1024), MAX_CHUNKS);
+        assert!(take(&mut r, &vault, &mut host, Part::Manifest(&m1)).is_ok());
+        for i in 0..at / 2 {
+            assert!(take(&mut r, &vault, &mut host, Part::Chunk(&c1(i))).is_ok());
+        }
+        host.now += 1000;
+        assert!(take(&mut r, &vault, &mut host, Part::Manifest(&m2)).is_ok());
+        for i in 0..MAX_CHUNKS - 1 {
+            assert!(matches!(
+                take(&mut r, &vault, &mut host, Part::Chunk(&c2(i))),
+                Ok(None)
+            ));
+        }
+        assert!(r.held("did:mesh:sb", "t-older").is_some(), "both fit");
+        let whole = take(&mut r, &vault, &mut host, Part::Chunk(&c2(MAX_CHUNKS - 1)));
+        assert!(
+            matches!(whole, Err(TransferError::NotJson)),
+            "complete (its text is not JSON)"
         );
     }
 

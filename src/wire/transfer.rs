@@ -30,6 +30,10 @@ pub enum TransferError {
     NotJson,
     #[error("message too large to send: {0} chunks needed, at most {MAX_CHUNKS}")]
     TooLarge(usize),
+    #[error(
+        "chunked transfer given up: its chunks would hold more than {0} MiB of text in memory"
+    )]
+    HeldTooMuch(usize),
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
