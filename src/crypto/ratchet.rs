@@ -257,7 +257,9 @@ impl Ratchet {
     /// message `n` of chain `dh`, so that number is never used again.
     /// Returns whether it moved.
     pub fn fast_forward_send(&mut self, dh: &[u8; 32], n: u32) -> bool {
-        if self.state.dhs.public() != dh || n < self.state.ns {
+        // `n` is from our own sealed records, and `encrypt` never issues
+        // u32::MAX; were it there, the loop below would never end.
+        if self.state.dhs.public() != dh || n < self.state.ns || n == u32::MAX {
             return false;
         }
         let Some(mut ck) = self.state.cks.take() else {
