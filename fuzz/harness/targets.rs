@@ -419,14 +419,14 @@ fn reassembly(s: &str) -> String {
                 }
             }
             // A new manifest keeps only the held chunks it names, as the
-            // reassembly does.
+            // reassembly does (which reads the hashes in either case).
             (Ok(_), Ok(OffloadMsg::TransferManifest(m))) => {
                 let tid = m.transfer_id.clone().unwrap_or_default();
                 let hashes = m.chunk_hashes.clone().unwrap_or_default();
                 texts.retain(|(t, i), d| {
                     *t != tid
-                        || hashes.get(*i as usize).map(String::as_str)
-                            == Some(transfer::sha256_hex(d.as_bytes()).as_str())
+                        || hashes.get(*i as usize).map(|h| h.to_ascii_lowercase())
+                            == Some(transfer::sha256_hex(d.as_bytes()))
                 });
             }
             _ => {}
