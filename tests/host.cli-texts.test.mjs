@@ -424,3 +424,25 @@ test('send to an agent that is not running returns once the relay has the messag
   assert.equal(next.code, 0, next.stderr);
   assert.equal(next.stderr, '');
 });
+
+test('inbox --limit marks every message it printed read, not the first 10', async () => {
+  const bob = await registered('many-bob');
+  // 14 messages from an agent in this process (14 CLI sends would take 14 starts).
+  const alice = await createNode({ stateDir: path.join(dir, 'many-alice'), relayUrl: plain.relayUrl, registryUrl: plain.registryUrl, name: 'many-alice', log: () => {} });
+  try {
+    for (let i = 0; i < 14; i++) {
+      const r = await alice.callTool('mesh_send', { to: bob, message: `numbered ${String(i).padStart(2, '0')}` });
+      assert.notEqual(r.isError, true, JSON.stringify(r.content));
+    }
+  } finally {
+    await alice.stop();
+  }
+  const first = await run(['inbox', '--limit', '500', '--wait', '10', '--state', state('many-bob')]);
+  assert.equal(first.code, 0, first.stderr);
+  assert.equal((first.stdout.match(/numbered \d\d/g) ?? []).length, 14, first.stdout);
+  assert.match(first.stdout, /now marked read/);
+  // They were marked, as it said: nothing unread is shown again.
+  const again = await run(['inbox', '--limit', '500', '--state', state('many-bob')]);
+  assert.equal(again.code, 0, again.stderr);
+  assert.doesNotMatch(again.stdout, /numbered \d\d/, again.stdout);
+});

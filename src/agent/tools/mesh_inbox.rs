@@ -49,8 +49,15 @@ pub(in crate::agent) enum InboxArgError {
 }
 
 pub(in crate::agent) fn parse(a: &Value) -> Result<InboxQuery, InboxArgError> {
+    let ids = args::strings(a, "ids", MAX_IDS, 256)?;
     let limit = match args::number(a, "limit")? {
         Some(n) if n >= 1.0 => (n.floor() as usize).min(MAX_LIMIT),
+        // Entries named by id: all of them (the CLI marks what it printed
+        // this way; the default of 10 left the rest unread).
+        _ if ids.is_some() => ids
+            .as_ref()
+            .map_or(0, Vec::len)
+            .clamp(DEFAULT_LIMIT, MAX_LIMIT),
         // The original: anything not positive means the default.
         _ => DEFAULT_LIMIT,
     };
@@ -85,7 +92,6 @@ pub(in crate::agent) fn parse(a: &Value) -> Result<InboxQuery, InboxArgError> {
         Some(f) if is_mesh_did(&f.to_ascii_lowercase()) => Some(f.to_ascii_lowercase()),
         Some(f) => Some(did_from_amid(f).ok_or(InboxArgError::FromNotDid)?),
     };
-    let ids = args::strings(a, "ids", MAX_IDS, 256)?;
     Ok(InboxQuery {
         limit,
         mark_read,
@@ -334,5 +340,22 @@ mod tests {
             parse(&json!({ "from": "did:mesh:xyz" })),
             Err(InboxArgError::FromNotDid)
         ));
+    }
+
+    #[test]
+    fn entries_named_by_id_are_all_taken_unless_a_limit_says_otherwise() {
+        let ids: Vec<String> = (0..30).map(|i| format!("m-{i}")).collect();
+        let q = parse(&json!({ "ids": ids, "mark_read": true })).expect("ids");
+        assert_eq!(q.limit, 30);
+        let q = parse(&json!({ "ids": ids, "limit": 5 })).expect("ids and a limit");
+        assert_eq!(q.limit, 5);
+        let q = parse(&json!({ "ids": ["m-1"] })).expect("one id");
+        assert_eq!(q.limit, DEFAULT_LIMIT);
+        let many: Vec<String> = (0..MAX_IDS).map(|i| format!("m-{i}")).collect();
+        assert_eq!(
+            parse(&json!({ "ids": many })).expect("ids").limit,
+            MAX_LIMIT
+        );
+        assert_eq!(parse(&json!({})).expect("none").limit, DEFAULT_LIMIT);
     }
 }
