@@ -667,7 +667,16 @@ export async function main(
   argv,
   { stdout = process.stdout, stderr = process.stderr, env = process.env, signal, createNodeImpl } = {},
 ) {
-  const out = (s) => stdout.write(s.endsWith('\n') ? s : s + '\n');
+  // A reader that goes away (`kars-mesh inbox | head -1`) ends our output,
+  // not the command: no stack trace for the write that found it gone.
+  let outClosed = false;
+  stdout.on?.('error', () => {
+    outClosed = true;
+  });
+  const out = (s) => {
+    if (!outClosed) stdout.write(s.endsWith('\n') ? s : s + '\n');
+  };
+  out.closed = () => outClosed;
   const err = (s) => stderr.write(s.endsWith('\n') ? s : s + '\n');
 
   // Operator commands (a local cluster, its pairing tokens) have their own flags.
@@ -779,7 +788,11 @@ export async function main(
     // Only what was unread is marked (and said to be): `inbox --all` also
     // shows messages read before.
     const unreadShown = Array.isArray(shown) ? shown.filter((m) => m.read !== true) : [];
-    if (!failed && run.markAfter && unreadShown.length) {
+    // A write to a reader that went away fails after this turn.
+    if (!failed && run.markAfter && unreadShown.length) await new Promise((r) => setImmediate(r));
+    if (!failed && run.markAfter && unreadShown.length && out.closed?.()) {
+      err('kars-mesh: the output was cut short; the messages stay unread');
+    } else if (!failed && run.markAfter && unreadShown.length) {
       const ids = unreadShown.map((m) => m.id);
       const marked = await node.callTool(run.tool, { ids, mark_read: true }, { signal: ctl.signal, timeoutMs: CALL_TIMEOUT_MS });
       if (isErrorResult(marked)) err(`kars-mesh: the messages above stay unread: ${resultText(marked)}`);

@@ -331,6 +331,30 @@ test('exit codes: 0 ok, 1 tool error, 3 tool error with unreachable relay/regist
   assert.equal(n.stopped, true, 'an interrupted command still stops the node');
 });
 
+test('a reader that goes away (inbox | head) ends the output, not the command: no stack trace, nothing marked read', async () => {
+  const { EventEmitter } = await import('node:events');
+  // What a closed pipe does: the write fails after this turn, as an 'error' event.
+  const closedPipe = () => {
+    const s = new EventEmitter();
+    s.writes = 0;
+    s.write = () => {
+      s.writes++;
+      process.nextTick(() => s.emit('error', Object.assign(new Error('write EPIPE'), { code: 'EPIPE' })));
+      return false;
+    };
+    return s;
+  };
+  const inboxResult = { content: [{ type: 'text', text: '📬 1 of 1 message(s) (1 unread):' }], details: { mesh: { messages: [{ id: 'm1' }] } } };
+  const n = fakeNode({ result: inboxResult, status: { connected: true } });
+  const stdout = closedPipe();
+  const stderr = sink();
+  const code = await main(['inbox'], { stdout, stderr, env: { KARS_MESH_STATE: '/nonexistent/x' }, createNodeImpl: async () => n });
+  assert.equal(code, EXIT.OK);
+  assert.equal(stdout.writes, 1, 'nothing more written after the reader went away');
+  assert.equal(stderr.text, 'kars-mesh: the output was cut short; the messages stay unread\n');
+  assert.ok(!n.calls.some((c) => c.args.mark_read), 'nothing marked read that the user may not have seen');
+});
+
 test('a pairing token pasted inside quotes still names its relay and registry', async () => {
   const { unquoteToken, tokenUrls } = await import('../js-host/cli.js');
   const json = JSON.stringify({ controller_amid: 'a'.repeat(32), relay_url: 'http://127.0.0.1:18083', registry_url: 'http://127.0.0.1:18082', secret: 's'.repeat(43) });
