@@ -147,12 +147,14 @@ encrypted to the sandbox; outputs come back into the private directory
 are printed as they happen, until the offload is done (exit 0) or fails
 (exit 1). The same task offloaded in the last 10 minutes starts nothing
 (exit 1) unless --force. Ctrl-C stops watching only: the offload goes on;
-\`kars-mesh offload-status --wait 600\` picks it up.
+\`kars-mesh offload-status --wait 600\` picks it up. Input files leave only
+while this agent runs: ones not yet sent go when it runs again, and the
+sandbox waits 10 minutes for them.
   --file PATH      an input file (repeat for more; at most 10, 31,454,208 bytes each)
   --timeout N      minutes the sandbox may run (default 30)
   --model NAME     inference model to ask for
   --force          run it even if the same task was offloaded in the last 10 minutes
-  --no-follow      print the submission and return`,
+  --no-follow      return once the input files have left (at once without --file)`,
     flags: ['file', 'timeout', 'model', 'force', 'no-follow'],
     positional: ['task'],
     rest: true, // the words of the task
@@ -554,6 +556,9 @@ async function flushOutbox(node, signal, { ms = 15_000, receiptMs = ms } = {}) {
 /** How long a `send` waits for its recipient's receipt (see flushOutbox). */
 const SEND_RECEIPT_MS = 1000;
 
+/** How long a sandbox waits for its input files (src/offload/sandbox.rs). */
+const INPUTS_WAIT_MS = 10 * 60 * 1000;
+
 /** What became of the messages a command queued (offload, offload-cancel). */
 function reportPending(err, run, { pending, status }) {
   if (!pending) return;
@@ -612,8 +617,10 @@ async function sendOutcome({ node, run, result, text, out, err, signal }) {
  * Print an offload's phases as they happen (each call waits for news; no
  * polling), then its final snapshot. Exit 0 when done, 1 on error.
  */
-async function followOffload(node, run, out, signal) {
-  const limitMs = run.tool === 'offload_status' ? run.waitSeconds * 1000 : 24 * 3600 * 1000;
+async function followOffload(node, run, out, signal, { untilInputsSent = false } = {}) {
+  // `offload --no-follow --file ...`: until the inputs have left (the
+  // sandbox waits INPUTS_WAIT_MS for them), then the offload goes on alone.
+  const limitMs = untilInputsSent ? INPUTS_WAIT_MS : run.tool === 'offload_status' ? run.waitSeconds * 1000 : 24 * 3600 * 1000;
   const deadline = Date.now() + limitMs;
   let after = 0;
   let last;
@@ -631,6 +638,10 @@ async function followOffload(node, run, out, signal) {
     if (last.events_total > after) quietSince = Date.now();
     after = last.events_total;
     if (last.phase === 'done' || last.phase === 'error') break;
+    if (untilInputsSent && last.inputs_sent === true) {
+      out('\nThe input files have left; the offload goes on without this command. Follow it with: kars-mesh offload-status --wait 600');
+      return EXIT.OK;
+    }
     if (!hinted && last.phase === 'submitted' && Date.now() - quietSince > 25_000) {
       hinted = true;
       out('  (no answer from the controller yet: is the cluster up? `kars-mesh cluster status`; the offload fails by itself after 5 minutes without one)');
@@ -638,7 +649,8 @@ async function followOffload(node, run, out, signal) {
   }
   if (!last?.events) return EXIT.OK;
   if (last.phase !== 'done' && last.phase !== 'error') {
-    out(`\nStill ${last.phase}; follow it with: kars-mesh offload-status --wait 600`);
+    const unsent = last.inputs > 0 && last.inputs_sent === false ? ' (its input files have not all left: they go while this agent runs)' : '';
+    out(`\nStill ${last.phase}${unsent}; follow it with: kars-mesh offload-status --wait 600`);
     return EXIT.OK;
   }
   // The final snapshot (reading it clears the finished offload).
@@ -834,12 +846,18 @@ export async function main(
       // result for this one's.
       code = EXIT.TOOL_ERROR;
     } else {
-      code = run.follow && result?.details?.mesh?.request_id !== undefined
+      const submitted = result?.details?.mesh?.request_id !== undefined;
+      const inputs = run.command === 'offload' && Array.isArray(run.args.files) && run.args.files.length > 0;
+      code = submitted && run.follow
         ? await followOffload(node, run, out, ctl.signal)
-        : EXIT.OK;
+        : submitted && inputs
+          ? await followOffload(node, run, out, ctl.signal, { untilInputsSent: true })
+          : EXIT.OK;
       // A one-shot process must not stop before what it queued went out (a
-      // cancel, an offload submitted with --no-follow).
-      if (SENDS.has(run.command)) reportPending(err, run, await flushOutbox(node, ctl.signal));
+      // cancel, an offload submitted with --no-follow). Its receipts are
+      // waited for as a send's: a message to a sandbox long gone (it never
+      // confirms) made every later offload and cancel wait the whole 15 s.
+      if (SENDS.has(run.command)) reportPending(err, run, await flushOutbox(node, ctl.signal, { receiptMs: SEND_RECEIPT_MS }));
     }
   } catch (e) {
     if (ctl.signal.aborted) {

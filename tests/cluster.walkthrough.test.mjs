@@ -130,10 +130,30 @@ test('walk-through: cluster up, pair, offload with the built-in executor, cluste
 test('walk-through with --exec: the operator command runs in the sandbox', { timeout: 240_000 }, async () => {
   const script = path.join(home, 'count.sh');
   fs.writeFileSync(script, '#!/bin/sh\ncase "$KARS_TASK" in *slow*) sleep 60;; esac\nwc -c "$KARS_INPUT_DIR"/* > "$KARS_OUTPUT_DIR/counts.txt"\necho "counted for: $KARS_TASK"\n', { mode: 0o755 });
-  await walk('exec', ['--exec', script], async ({ off, outputs, state, dir }) => {
+  await walk('exec', ['--exec', script], async ({ off, outputs, input, state, dir }) => {
     assert.match(off.stdout, /counted for: summarise the notes/);
     const counts = fs.readFileSync(outputs.find((p) => p.endsWith('counts.txt')), 'utf8');
     assert.match(counts, /27 .*notes\.txt/);
+    // --no-follow with an input file returns once the file has left: with
+    // no client running after it, the sandbox has its input and finishes
+    // (it used to wait 10 minutes for an input that only a later run of
+    // the client sent, then fail). The sandbox runs its command only once
+    // every input is there.
+    const quiet = await cli(['--state', state, 'offload', 'count the notes unattended', '--file', input, '--no-follow']);
+    assert.equal(quiet.code, 0, `${quiet.stdout}\n${quiet.stderr}`);
+    assert.match(quiet.stdout, /The input files have left; the offload goes on without this command/);
+    const name = /sandbox (offload-[0-9a-f]+) is up/.exec(quiet.stdout)?.[1];
+    assert.ok(name, quiet.stdout);
+    const sandboxLog = path.join(dir, 'sandboxes', name, 'sandbox.log');
+    const finished = () => fs.existsSync(sandboxLog) && fs.readFileSync(sandboxLog, 'utf8').includes(`sandbox ${name}: done`);
+    let done = false;
+    for (const until = Date.now() + 30_000; !(done = finished()) && Date.now() < until; ) await new Promise((r) => setTimeout(r, 200));
+    assert.ok(done, `the sandbox of the --no-follow offload did not finish without a client running:\n${fs.existsSync(sandboxLog) ? fs.readFileSync(sandboxLog, 'utf8') : '(no log)'}`);
+    const later = await cli(['--state', state, 'offload-status', '--wait', '60']);
+    assert.equal(later.code, 0, `${later.stdout}\n${later.stderr}`);
+    const counted = [...later.stdout.matchAll(/→ (.+)$/gm)].map((m) => m[1]).find((p) => p.endsWith('counts.txt'));
+    assert.ok(counted, later.stdout);
+    assert.match(fs.readFileSync(counted, 'utf8'), /27 .*notes\.txt/);
     // One-shot commands deliver what they queue before they exit: a
     // --no-follow submission starts a sandbox, a cancel frees the slot.
     const sub = await cli(['--state', state, 'offload', 'slow count', '--no-follow']);

@@ -965,6 +965,10 @@ impl OffloadClient {
             "summary": o.summary, "outputs": o.outputs, "error": o.error,
             "started_ms": o.started_ms, "updated_ms": o.updated_ms, "active": !o.terminal(),
             "events_total": o.events_total, "not_returned": o.not_returned,
+            // Every input file handed over (behind them, the go-ahead): a
+            // short-lived host (the CLI's `offload --no-follow`) stays
+            // until then, as the sandbox waits for them.
+            "inputs": o.files.len(), "inputs_sent": o.inputs_sent,
         });
         (lines.join("\n"), details)
     }
