@@ -490,9 +490,24 @@ function refusedPlaces(stateDir) {
   return out;
 }
 
-function refusal(shownPath, place) {
-  return `refused: ${shownPath} is inside ${place.label}, ${place.why}; cloud_offload does not send files from there. ` +
+function refusal(shownPath, place, full) {
+  const where = full === place.dir ? `is ${place.label}` : `is inside ${place.label}`;
+  return `refused: ${shownPath} ${where}, ${place.why}; cloud_offload does not send files from there. ` +
     'Copy the file you mean to send somewhere else (without any secrets in it) and pass that path';
+}
+
+/**
+ * The kars-mesh state directory `p` is in, if any: a directory on its way
+ * up that holds a `state.key` (any agent's, not only this node's: a CLI
+ * `--state` directory, a sandbox's, a copy).
+ */
+function stateDirAbove(p) {
+  for (let d = path.dirname(p); ; d = path.dirname(d)) {
+    if (fs.existsSync(path.join(d, 'state.key'))) {
+      return { dir: d, label: `the kars-mesh state directory ${d}`, why: "which holds an agent's secret keys" };
+    }
+    if (path.dirname(d) === d) return undefined;
+  }
 }
 
 // ---- isolation of the --exec command --------------------------------------
@@ -598,19 +613,21 @@ export function createJobs({ filesDir, dispatch, log, sandboxes, exec, execUniso
       const full = path.resolve(expandHome(shown));
       // Refused by the path as given, by where it resolves, and by what was actually opened.
       let place = placeOf(full);
+      let real;
       if (!place) {
-        let real;
         try { real = await fs.promises.realpath(full); } catch (e) { if (e.code !== 'ENOENT') throw e; }
         if (real) place = placeOf(real);
       }
-      if (place) return { tag: 'file-failed', val: { id, message: refusal(shown, place) } };
+      // Any other agent's state directory, where the file really is.
+      place ??= stateDirAbove(real ?? full);
+      if (place) return { tag: 'file-failed', val: { id, message: refusal(shown, place, full) } };
       // O_NONBLOCK: a FIFO does not hang the read; it is refused below as not a regular file.
       const fh = await fs.promises.open(full, C.O_RDONLY | (C.O_NONBLOCK ?? 0));
       try {
         if (PROC_FD) {
           let opened;
           try { opened = await fs.promises.readlink(`${PROC_FD}/${fh.fd}`); } catch { /* keep the earlier checks */ }
-          if (opened && (place = placeOf(opened))) return { tag: 'file-failed', val: { id, message: refusal(shown, place) } };
+          if (opened && (place = placeOf(opened) ?? stateDirAbove(opened))) return { tag: 'file-failed', val: { id, message: refusal(shown, place, opened) } };
         }
         const st = await fh.stat();
         if (!st.isFile()) throw new Error('not a regular file');
@@ -623,7 +640,14 @@ export function createJobs({ filesDir, dispatch, log, sandboxes, exec, execUniso
       }
     })().then(
       (ev) => dispatch(ev),
-      (e) => dispatch({ tag: 'file-failed', val: { id, message: e?.code === 'ENOENT' ? 'no such file' : e?.code === 'EACCES' ? 'permission denied' : e?.code === 'EISDIR' ? 'not a regular file' : String(e?.message ?? e) } }),
+      (e) => {
+        // A relative path is read from this process's working directory
+        // (the Gateway's, for a tool call): say which, since it may not be
+        // the one the user thinks of.
+        const from = path.isAbsolute(expandHome(String(p))) ? '' : ` (a relative path is read from ${process.cwd()})`;
+        const why = e?.code === 'ENOENT' ? `no such file${from}` : e?.code === 'EACCES' ? 'permission denied' : e?.code === 'EISDIR' ? 'not a regular file' : String(e?.message ?? e);
+        dispatch({ tag: 'file-failed', val: { id, message: why } });
+      },
     );
   }
 

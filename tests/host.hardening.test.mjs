@@ -470,7 +470,7 @@ test('file-read: paths resolving into the state directory or secret places are r
   for (const [p, re] of [
     ['~/.ssh/id_ed25519', /^refused: ~\/\.ssh\/id_ed25519 is inside ~\/\.ssh, which holds your SSH keys; .*Copy the file/],
     [path.join(base, 'key-link'), /is inside ~\/\.ssh/],
-    ['/etc/shadow', /is inside \/etc\/shadow, which holds the system password hashes/],
+    ['/etc/shadow', /^refused: \/etc\/shadow is \/etc\/shadow, which holds the system password hashes/],
     ['/proc/self/environ', /is inside \/proc, which is a kernel interface/],
     ['/proc/self/root/etc/shadow', /^refused: /],
     ['/sys/kernel/notes', /is inside \/sys/],
@@ -479,6 +479,21 @@ test('file-read: paths resolving into the state directory or secret places are r
     assert.equal(ev.tag, 'file-failed', p);
     assert.match(ev.val.message, re);
   }
+  // Another agent's state directory (a CLI --state one, a copy): anything
+  // under a directory holding a state.key.
+  const other = path.join(base, 'other-agent');
+  fs.mkdirSync(path.join(other, 'files', 'incoming'), { recursive: true });
+  fs.writeFileSync(path.join(other, 'state.key'), Buffer.alloc(32, 2));
+  fs.writeFileSync(path.join(other, 'files', 'incoming', 'report.md'), 'kept beside the key');
+  for (const p of [path.join(other, 'state.key'), path.join(other, 'files', 'incoming', 'report.md')]) {
+    const ev = await readVia(jobs, sink, p);
+    assert.equal(ev.tag, 'file-failed', p);
+    assert.equal(ev.val.message, `refused: ${p} is inside the kars-mesh state directory ${other}, which holds an agent's secret keys; cloud_offload does not send files from there. Copy the file you mean to send somewhere else (without any secrets in it) and pass that path`);
+  }
+  // A relative path that is not there: said from where it was read.
+  const rel = await readVia(jobs, sink, 'no-such-notes.txt');
+  assert.equal(rel.tag, 'file-failed');
+  assert.equal(rel.val.message, `no such file (a relative path is read from ${process.cwd()})`);
   const ok = await readVia(jobs, sink, path.join(base, 'ok.txt'));
   assert.equal(ok.tag, 'file-loaded');
   assert.equal(Buffer.from(ok.val.bytes).toString(), 'fine');
