@@ -446,3 +446,31 @@ test('inbox --limit marks every message it printed read, not the first 10', asyn
   assert.equal(again.code, 0, again.stderr);
   assert.doesNotMatch(again.stdout, /numbered \d\d/, again.stdout);
 });
+
+test('a command started by the older-Node wrapper stops when the wrapper is killed outright, and frees its state directory', async () => {
+  // bin/kars-mesh on a system Node without node:sqlite runs itself again
+  // under Node 24; kill -9 of the wrapper cannot be passed on. Here a shell
+  // plays the wrapper (its pid in KARS_MESH_WRAPPER_PID, as the wrapper sets).
+  await registered('orphan-bob');
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KARS_MESH_')));
+  const sh = spawn('/bin/sh', ['-c', 'KARS_MESH_WRAPPER_PID=$$ "$0" "$1" inbox --wait 60 --state "$2" & echo "child $!"; wait', process.execPath, BIN, state('orphan-bob')], {
+    env: { ...clean, HOME: dir, KARS_MESH_RELAY: plain.relayUrl, KARS_MESH_REGISTRY: plain.registryUrl },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  sh.stdout.on('data', (d) => (out += d));
+  const alive = (pid) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+  let child;
+  for (const until = Date.now() + 10_000; !child && Date.now() < until; await new Promise((r) => setTimeout(r, 50))) child = Number(/child (\d+)/.exec(out)?.[1]);
+  assert.ok(child > 0, out);
+  // Up and waiting on its inbox (it holds the state directory's lock).
+  await new Promise((r) => setTimeout(r, 3000));
+  assert.ok(alive(child), 'the command runs');
+  sh.kill('SIGKILL');
+  let gone = false;
+  for (const until = Date.now() + 10_000; !(gone = !alive(child)) && Date.now() < until; ) await new Promise((r) => setTimeout(r, 100));
+  if (!gone) process.kill(child, 'SIGKILL');
+  assert.ok(gone, 'the command outlived its wrapper');
+  const next = await run(['id', '--state', state('orphan-bob')]);
+  assert.equal(next.code, 0, `the state directory is still held: ${next.stderr}`);
+});
