@@ -124,6 +124,12 @@ test('walk-through: cluster up, pair, offload with the built-in executor, cluste
     assert.ok(report.includes('summarise the notes'));
     // Received files are private.
     assert.equal(fs.statSync(outputs[0]).mode & 0o077, 0);
+    // The sandbox took itself out of the registry as it stopped: discover
+    // does not list it, and nobody can send it a message no one would read.
+    const sandboxName = /sandbox (offload-[0-9a-f]+) is up/.exec(off.stdout)?.[1];
+    assert.ok(sandboxName, off.stdout);
+    const gone = await waitForCli(() => cli(['--state', state, 'discover', '--json']), (r) => r.code === 0 && !r.stdout.includes(sandboxName), 15_000);
+    assert.ok(gone, `discover still lists the finished sandbox ${sandboxName}`);
   });
 });
 

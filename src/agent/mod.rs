@@ -364,6 +364,8 @@ enum Purpose {
     OwnRecord,
     /// Our own record deleted, to register it with new settings.
     Unregister,
+    /// A sandbox's record deleted as it stops: its identity ends with it.
+    Leave,
     AgentInfo {
         peer: String,
         for_session: bool,
@@ -975,6 +977,14 @@ impl Agent {
             Purpose::RegistryHeartbeat => self.on_registry_heartbeat(cx, status),
             Purpose::OwnRecord => self.on_own_record(cx, status, body, &problem),
             Purpose::Unregister => self.on_unregistered(cx, status, &problem),
+            Purpose::Leave => {
+                if !matches!(status, Some(200..=299) | Some(404)) {
+                    cx.log(
+                        LogLevel::Warn,
+                        &format!("could not take this sandbox out of the registry ({problem}); discover lists it until the registry forgets it"),
+                    );
+                }
+            }
             Purpose::Bundle(peer) => self.on_bundle_fetched(cx, &peer, status, body, &problem),
             Purpose::VerifyKnocker(peer) => self.on_knocker_bundle(cx, &peer, ok, body, &problem),
             Purpose::AgentInfo { peer, for_session } => {
@@ -1451,6 +1461,15 @@ impl Agent {
             cx.out.push(Command::TimerCancel(t));
         }
         self.link.state = LinkState::Replaced;
+        if self.is_sandbox() && self.registered {
+            // A sandbox lives for one offload and its identity with it (its
+            // directory is erased): left in the registry, it would be listed
+            // by discover, and a message to it would look sent but never be
+            // read. The host waits for this request, bounded, as it stops.
+            self.registered = false;
+            let path = format!("/v1/agents/{}", self.id.did());
+            self.http(cx, Purpose::Leave, "DELETE", &path, true, None);
+        }
     }
 
     /// The protocol messages taken in plaintext: a `pair_request` to a
