@@ -122,7 +122,9 @@ pub(in crate::agent) fn parse(a: &Value, call_id: &str) -> Result<AwaitWait, Awa
         });
     }
     let timeout_s = match args::number(a, "timeout_seconds")? {
-        Some(t) if t >= 1.0 => t.floor().min(MAX_TIMEOUT_S) as u64,
+        // A fraction of a second waits the whole second it starts (0.5 used
+        // to wait the 180 s default); past the most, the most.
+        Some(t) if t > 0.0 => t.ceil().min(MAX_TIMEOUT_S) as u64,
         _ => DEFAULT_TIMEOUT_S as u64,
     };
     let mark_read = args::boolean(a, "mark_read")?.unwrap_or(false);
@@ -345,4 +347,26 @@ pub(in crate::agent) fn answer(agent: &mut Agent, cx: &mut Cx<'_>, w: &AwaitWait
     });
     render::ok(cx, &w.call_id, &result.to_string(), result.clone());
     mesh_inbox::persist_marks(agent, cx, &marked);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_timeout_is_whole_seconds_up_to_the_most_and_only_nothing_means_the_default() {
+        let t = |v: Value| {
+            parse(&json!({"senders": ["writer"], "timeout_seconds": v}), "c1")
+                .map(|w| w.timeout_s)
+                .ok()
+        };
+        assert_eq!(t(json!(0.5)), Some(1));
+        assert_eq!(t(json!(2.2)), Some(3));
+        assert_eq!(t(json!(30)), Some(30));
+        assert_eq!(t(json!(1e12)), Some(MAX_TIMEOUT_S as u64));
+        assert_eq!(t(json!(0)), Some(DEFAULT_TIMEOUT_S as u64));
+        assert_eq!(t(Value::Null), Some(DEFAULT_TIMEOUT_S as u64));
+        assert_eq!(t(json!(-1)), None);
+    }
 }
