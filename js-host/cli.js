@@ -784,6 +784,12 @@ export async function main(
     });
     const failed = isErrorResult(result);
     let text = cliText(resultText(result), { verbose: run.verbose });
+    // The tool's "no change" answer tells a model to stop polling; a person
+    // who asked again is told where the offload is, in command words.
+    const quiet = result?.details?.mesh;
+    if (run.command === 'offload-status' && quiet?.no_change === true) {
+      text = `⏳ Offload ${String(quiet.request_id ?? '').slice(0, 8)}: still ${quiet.phase}, nothing new since the last look. kars-mesh offload-status --wait 600 follows it.`;
+    }
     if (run.command === 'id') text = unsettledIdText(text);
     if (!failed && run.command === 'send') {
       code = await sendOutcome({ node, run, result, text, out, err, signal: ctl.signal });

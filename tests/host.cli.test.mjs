@@ -355,6 +355,16 @@ test('a reader that goes away (inbox | head) ends the output, not the command: n
   assert.ok(!n.calls.some((c) => c.args.mark_read), 'nothing marked read that the user may not have seen');
 });
 
+test('offload-status asked again says where the offload is, not the model\'s "stop polling"', async () => {
+  const again = {
+    content: [{ type: 'text', text: "⏳ No change since last check 0s ago (offload still running, elapsed 12s). Stop polling — the result is reported when it arrives; check again on the user's next message." }],
+    details: { mesh: { request_id: '0f3a9c1e-1111-2222-3333-444455556666', phase: 'running', no_change: true } },
+  };
+  const r = await mainWith(fakeNode({ result: again }), ['offload-status']);
+  assert.equal(r.code, EXIT.OK);
+  assert.equal(r.stdout, '⏳ Offload 0f3a9c1e: still running, nothing new since the last look. kars-mesh offload-status --wait 600 follows it.\n');
+});
+
 test('a pairing token pasted inside quotes still names its relay and registry', async () => {
   const { unquoteToken, tokenUrls } = await import('../js-host/cli.js');
   const json = JSON.stringify({ controller_amid: 'a'.repeat(32), relay_url: 'http://127.0.0.1:18083', registry_url: 'http://127.0.0.1:18082', secret: 's'.repeat(43) });
