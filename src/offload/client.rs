@@ -353,6 +353,33 @@ fn normalise_task(t: &str) -> String {
         .to_lowercase()
 }
 
+/// What the duplicate guard compares: the task as the original plugin
+/// normalised it, and the input files as given (in any order). The same
+/// task on other files is another offload; the original compared the task
+/// alone ("already offloaded 0s ago" for new inputs).
+pub(super) fn guard_key<'a>(task: &str, paths: impl Iterator<Item = &'a str>) -> String {
+    let mut paths: Vec<&str> = paths.map(str::trim).collect();
+    paths.sort_unstable();
+    paths.dedup();
+    let mut key = normalise_task(task);
+    for p in paths {
+        key.push('\0');
+        key.push_str(p);
+    }
+    key
+}
+
+/// The input paths an offload's arguments name, read leniently (the guard
+/// runs before they are checked).
+fn arg_paths(args: &Value) -> impl Iterator<Item = &str> {
+    args.get("files")
+        .or_else(|| args.get("file_paths"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+}
+
 impl OffloadClient {
     pub fn load_offload(&mut self, port: &mut dyn Port, cx: &mut Cx<'_>) {
         match port.vault().get::<Offload>(cx.host, keys::OFFLOAD) {
@@ -589,9 +616,10 @@ impl OffloadClient {
             return None;
         }
         let force = offload_args::force(args);
+        let key = guard_key(task, arg_paths(args));
         if let Some(o) = self.active.as_ref().filter(|o| !o.terminal()) {
             let id = o.request_id.clone();
-            if !force && self.duplicate_of(cx, task).as_deref() == Some(id.as_str()) {
+            if !force && self.duplicate_of(cx, &key).as_deref() == Some(id.as_str()) {
                 self.answer_duplicate(cx, call_id, &id);
             } else {
                 render::fail(cx, call_id, &format!("Offload already in progress ({id}). Use `/offload` for status or `/offload cancel` to abort."));
@@ -607,7 +635,7 @@ impl OffloadClient {
             return None;
         }
         if !force {
-            if let Some(id) = self.duplicate_of(cx, task) {
+            if let Some(id) = self.duplicate_of(cx, &key) {
                 self.answer_duplicate(cx, call_id, &id);
                 return None;
             }
@@ -615,9 +643,9 @@ impl OffloadClient {
         Some((pairing.controller_did.clone(), pairing.dialect))
     }
 
-    fn duplicate_of(&mut self, cx: &mut Cx<'_>, task: &str) -> Option<String> {
+    /// The offload within the duplicate window with this `guard_key`.
+    fn duplicate_of(&mut self, cx: &mut Cx<'_>, key: &str) -> Option<String> {
         let now = cx.now();
-        let key = normalise_task(task);
         self.recent
             .tasks
             .retain(|(_, _, t)| now.saturating_sub(*t) < DUPLICATE_WINDOW_MS);
@@ -811,7 +839,7 @@ impl OffloadClient {
             progress: None,
         });
         let controller = o.controller.clone();
-        let key = normalise_task(&o.task);
+        let key = guard_key(&o.task, o.files.iter().map(|f| f.path.as_str()));
         self.recent
             .tasks
             .push((key, o.request_id.clone(), o.started_ms));

@@ -461,6 +461,11 @@ fn the_client_needs_a_pairing_that_grants_offload_and_runs_one_at_a_time() {
     let other = json!({"task": "another"});
     user.call(|p, cx| client.cloud_offload(p, cx, "e", &other, Some(&pairing)));
     assert!(text(&user.results()[0]).starts_with("❌ Offload already in progress"));
+    // The same task on an input file is another offload, not the running
+    // one again (the original compared the task alone).
+    let on_a_file = json!({"task": "t", "files": ["/data/other.txt"]});
+    user.call(|p, cx| client.cloud_offload(p, cx, "f", &on_a_file, Some(&pairing)));
+    assert!(text(&user.results()[0]).starts_with("❌ Offload already in progress"));
     assert!(user.port.sent.is_empty());
 }
 
@@ -1163,4 +1168,24 @@ fn refused_arguments_say_so_to_the_host() {
     );
     assert_eq!(r[0]["details"]["mesh"]["bad_input"], true, "{}", r[0]);
     assert!(user.port.sent.is_empty() && client.active.is_none());
+}
+
+#[test]
+fn the_duplicate_guard_compares_the_task_as_the_original_and_the_input_files_in_any_order() {
+    use super::client::guard_key;
+    let key = |t: &str, f: &[&str]| guard_key(t, f.iter().copied());
+    assert_eq!(
+        key("Summarise  the\nNotes", &["/a", "/b"]),
+        key("summarise the notes", &["/b", " /a"])
+    );
+    assert_ne!(
+        key("summarise the notes", &["/a"]),
+        key("summarise the notes", &["/c"])
+    );
+    assert_ne!(
+        key("summarise the notes", &["/a"]),
+        key("summarise the notes", &[])
+    );
+    // Without files the key is the original's (guards saved before still match).
+    assert_eq!(key("  Count   it ", &[]), "count it");
 }
