@@ -806,11 +806,12 @@ export async function main(
     // Only what was unread is marked (and said to be): `inbox --all` also
     // shows messages read before.
     const unreadShown = Array.isArray(shown) ? shown.filter((m) => m.read !== true) : [];
+    const toMark = !failed && run.markAfter && unreadShown.length > 0;
     // A write to a reader that went away fails after this turn.
-    if (!failed && run.markAfter && unreadShown.length) await new Promise((r) => setImmediate(r));
-    if (!failed && run.markAfter && unreadShown.length && out.closed?.()) {
+    if (toMark) await new Promise((r) => setImmediate(r));
+    if (toMark && out.closed?.()) {
       err('kars-mesh: the output was cut short; the messages stay unread');
-    } else if (!failed && run.markAfter && unreadShown.length) {
+    } else if (toMark) {
       const ids = unreadShown.map((m) => m.id);
       const marked = await node.callTool(run.tool, { ids, mark_read: true }, { signal: ctl.signal, timeoutMs: CALL_TIMEOUT_MS });
       if (isErrorResult(marked)) err(`kars-mesh: the messages above stay unread: ${resultText(marked)}`);
