@@ -9,7 +9,7 @@
 // GET upgrade and sends text frames only); the registry is a REST endpoint
 // with exactly the methods and paths the engine's registry client sends
 // (src/agent: register, prekeys, agent and bundle lookups, heartbeats,
-// discovery). tests/nemoclaw.sandbox.test.mjs checks this list against the
+// our own record's deletion, discovery). tests/nemoclaw.sandbox.test.mjs checks this list against the
 // requests the engine really makes. User presets may not use `allowed_ips`
 // and may not name a catch-all host, so neither appears; the binaries are the
 // Gateway's (a plugin runs inside it).
@@ -27,6 +27,7 @@ export const REGISTRY_RULES = [
   ['GET', '/v1/agents/*/prekeys'], // a peer's prekey bundle
   ['PUT', '/v1/agents/*/prekeys'], // our prekeys
   ['POST', '/v1/agents/*/heartbeat'], // every 60 s
+  ['DELETE', '/v1/agents/*'], // our own record, signed: a new name or capabilities, a sandbox that stops
   ['GET', '/v1/discover'], // discovery and name lookups (?capability=…&limit=…)
 ];
 /** The relay: the WebSocket upgrade and the text frames the engine sends on it. */
