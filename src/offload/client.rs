@@ -354,9 +354,8 @@ fn normalise_task(t: &str) -> String {
 }
 
 /// What the duplicate guard compares: the task as the original plugin
-/// normalised it, and the input files as given (in any order). The same
-/// task on other files is another offload; the original compared the task
-/// alone ("already offloaded 0s ago" for new inputs).
+/// normalised it, then the input files as given (in any order), each after
+/// a NUL. See `same_offload`.
 pub(super) fn guard_key<'a>(task: &str, paths: impl Iterator<Item = &'a str>) -> String {
     let mut paths: Vec<&str> = paths.map(str::trim).collect();
     paths.sort_unstable();
@@ -367,6 +366,17 @@ pub(super) fn guard_key<'a>(task: &str, paths: impl Iterator<Item = &'a str>) ->
         key.push_str(p);
     }
     key
+}
+
+/// Is a call with guard key `asked` the offload recorded under `recorded`?
+/// The same task, and either the same input files or none named (a model
+/// asking again for the task it gave). The same task on other files is
+/// another offload: the original compared the task alone, and answered
+/// "already offloaded 0s ago" for new inputs.
+pub(super) fn same_offload(asked: &str, recorded: &str) -> bool {
+    let (task, files) = asked.split_once('\0').unwrap_or((asked, ""));
+    let (was, was_files) = recorded.split_once('\0').unwrap_or((recorded, ""));
+    task == was && (files.is_empty() || files == was_files)
 }
 
 /// The input paths an offload's arguments name, read leniently (the guard
@@ -653,7 +663,7 @@ impl OffloadClient {
         self.recent
             .tasks
             .iter()
-            .find(|(k, _, _)| *k == key)
+            .find(|(k, _, _)| same_offload(key, k))
             .map(|(_, id, _)| id.clone())
     }
 

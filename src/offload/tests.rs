@@ -1172,20 +1172,18 @@ fn refused_arguments_say_so_to_the_host() {
 
 #[test]
 fn the_duplicate_guard_compares_the_task_as_the_original_and_the_input_files_in_any_order() {
-    use super::client::guard_key;
+    use super::client::{guard_key, same_offload};
     let key = |t: &str, f: &[&str]| guard_key(t, f.iter().copied());
-    assert_eq!(
-        key("Summarise  the\nNotes", &["/a", "/b"]),
-        key("summarise the notes", &["/b", " /a"])
-    );
-    assert_ne!(
-        key("summarise the notes", &["/a"]),
-        key("summarise the notes", &["/c"])
-    );
-    assert_ne!(
-        key("summarise the notes", &["/a"]),
-        key("summarise the notes", &[])
-    );
-    // Without files the key is the original's (guards saved before still match).
+    let recorded = key("Summarise  the\nNotes", &["/a", "/b"]);
+    let same = |asked: String| same_offload(&asked, &recorded);
+    assert!(same(key("summarise the notes", &["/b", " /a"])));
+    // Other files: another offload. None named: the same task asked again.
+    assert!(!same(key("summarise the notes", &["/c"])));
+    assert!(!same(key("summarise the notes", &["/a"])));
+    assert!(same(key("summarise the notes", &[])));
+    assert!(!same(key("summarise other notes", &[])));
+    // Without files the key is the original's (guards saved before still
+    // match); a call with files is not one recorded without.
     assert_eq!(key("  Count   it ", &[]), "count it");
+    assert!(!same_offload(&key("count it", &["/x"]), "count it"));
 }
