@@ -434,13 +434,7 @@ impl Reassembly {
             if held.saturating_add(incoming) <= MAX_HELD_TEXT {
                 return Ok(());
             }
-            let oldest = self
-                .open
-                .iter()
-                .filter(|(k, _)| k.as_str() != pre)
-                .min_by_key(|(_, (m, _))| m.as_ref().map_or(0, |m| m.at_ms))
-                .map(|(k, _)| k.clone());
-            let Some(old) = oldest else {
+            let Some(old) = self.started_first(Some(pre)) else {
                 self.drop_transfer(cx, pre);
                 return Err(TransferError::HeldTooMuch(MAX_HELD_TEXT / (1024 * 1024)));
             };
@@ -450,6 +444,17 @@ impl Reassembly {
             );
             self.drop_transfer(cx, &old);
         }
+    }
+
+    /// The open transfer that started first (but `except`), by when its
+    /// manifest came: the map's first key is only the smallest hash, which
+    /// may be a transfer still arriving.
+    fn started_first(&self, except: Option<&str>) -> Option<String> {
+        self.open
+            .iter()
+            .filter(|(k, _)| Some(k.as_str()) != except)
+            .min_by_key(|(_, (m, _))| m.as_ref().map_or(0, |m| m.at_ms))
+            .map(|(k, _)| k.clone())
     }
 
     /// Transfers whose sender went quiet long ago make room.
@@ -485,15 +490,8 @@ impl Reassembly {
             return Err(TransferError::Manifest("chunk before its manifest"));
         }
         if self.open.len() >= MAX_OPEN {
-            // The oldest unfinished transfer makes room (its sender gave
-            // up), by when its manifest came: the map's first key is only
-            // the smallest hash, which may be a transfer still arriving.
-            let oldest = self
-                .open
-                .iter()
-                .min_by_key(|(_, (m, _))| m.as_ref().map_or(0, |m| m.at_ms))
-                .map(|(k, _)| k.clone());
-            if let Some(old) = oldest {
+            // The oldest unfinished transfer makes room (its sender gave up).
+            if let Some(old) = self.started_first(None) {
                 self.drop_transfer(cx, &old);
             }
         }
