@@ -597,17 +597,26 @@ mod tests {
         host: &mut FakeHost,
         part: Part<'_>,
     ) -> Option<Whole> {
+        take(r, vault, host, part).expect("accepted")
+    }
+
+    /// One part taken in a call of its own (a completed transfer's records
+    /// erased in it), its commands carried out.
+    fn take(
+        r: &mut Reassembly,
+        vault: &Vault,
+        host: &mut FakeHost,
+        part: Part<'_>,
+    ) -> Result<Option<Whole>, TransferError> {
         let mut cx = Cx {
             host,
             out: Vec::new(),
         };
-        let whole = r
-            .accept(vault, &mut cx, "did:mesh:sb", part)
-            .expect("accepted");
+        let got = r.accept(vault, &mut cx, "did:mesh:sb", part);
         r.flush(&mut cx);
         let out = std::mem::take(&mut cx.out);
         host.apply(out);
-        whole
+        got
     }
 
     #[test]
@@ -670,23 +679,6 @@ mod tests {
             ..Default::default()
         };
         (m, chunk)
-    }
-
-    /// One part taken in a call of its own, its commands carried out.
-    fn take(
-        r: &mut Reassembly,
-        vault: &Vault,
-        host: &mut FakeHost,
-        part: Part<'_>,
-    ) -> Result<Option<Whole>, TransferError> {
-        let mut cx = Cx {
-            host,
-            out: Vec::new(),
-        };
-        let got = r.accept(vault, &mut cx, "did:mesh:sb", part);
-        let out = std::mem::take(&mut cx.out);
-        host.apply(out);
-        got
     }
 
     #[test]
