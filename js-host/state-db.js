@@ -116,25 +116,73 @@ export function openRecordsDb(dir, { sealedOnly = false, log = () => {} } = {}) 
   } catch (e) {
     try { db?.close(); } catch { /* already failing */ }
     if (e instanceof StateDirError) throw e;
+    const d = damaged(e, file);
+    if (d !== e) throw d;
     throw new StateDirError(`cannot open the state database ${file}: ${e.message}. If the file is damaged, restore the directory from a backup`, { cause: e });
   }
   for (const suffix of ['-wal', '-shm']) {
     try { fs.chmodSync(file + suffix, 0o600); } catch { /* not there yet: SQLite gives it the database's mode */ }
   }
-  const q = prepareRecords(db);
-  if (q.meta.get('format') === undefined) q.setMeta.run('format', FORMAT);
-  else if (q.meta.get('format').value !== FORMAT) {
-    db.close();
-    throw new StateDirError(`the state database ${file} has format ${q.meta.get('format')?.value}, which this kars-mesh does not know; use the kars-mesh that wrote it`);
-  }
+  let q;
   try {
+    q = prepareRecords(db);
+    // `format` is written when the database is new, before the state key can
+    // exist (the key is loaded or made after the database is open), so a key
+    // beside a database without it means the database was deleted or emptied.
+    const format = q.meta.get('format')?.value;
+    if (format !== undefined && format !== FORMAT) {
+      throw new StateDirError(`the state database ${file} has format ${format}, which this kars-mesh does not know; use the kars-mesh that wrote it`);
+    }
     importLegacy(root, db, q, { sealedOnly, log });
+    if (format === undefined) {
+      refuseKeyWithoutRecords(root, file, Number(q.count.get().n));
+      q.setMeta.run('format', FORMAT);
+    }
   } catch (e) {
     db.close();
-    throw e;
+    throw damaged(e, file);
   }
 
   return recordsApi(db, q, { sealedOnly, dir: root, file });
+}
+
+/** SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB. */
+const DAMAGE_CODES = new Set([11, 26]);
+
+/**
+ * `e` as the state directory problem it is when SQLite found the file
+ * damaged (a restart reads the same pages again, so "restart it" would be
+ * wrong advice); any other error as it was.
+ */
+export function damaged(e, file) {
+  if (e instanceof StateDirError || !(e?.code === 'ERR_SQLITE_ERROR' && DAMAGE_CODES.has(Number(e.errcode) & 0xff))) return e;
+  return new StateDirError(
+    `the state database ${file} is damaged (${e.message}); a restart reads the same damage. ` +
+      'Stop kars-mesh and restore the state directory from a backup',
+    // No `cause`: its text is in the message already (errorText would add it again).
+    { code: 'KARS_MESH_STATE_DAMAGED' },
+  );
+}
+
+/**
+ * A new (or emptied) database with no records beside an existing state key:
+ * the records that key sealed (identity, sessions, inbox) are gone, and
+ * starting would make a new identity in their place without a word. Refused
+ * as a missing key beside records is (storage-fs.js, loadStateKey).
+ */
+function refuseKeyWithoutRecords(root, file, recordCount) {
+  if (recordCount > 0) return;
+  const keyPath = path.join(root, 'state.key');
+  try {
+    fs.lstatSync(keyPath);
+  } catch (e) {
+    if (e.code === 'ENOENT') return;
+    throw new StateDirError(`cannot check state key ${keyPath}: ${e.message}`, { cause: e });
+  }
+  throw new StateDirError(
+    `the state database ${file} is missing or empty, but ${keyPath} exists: the identity, sessions and inbox sealed with that key are not there. ` +
+      `Restore state.db (with state.db-wal, if there is one) from a backup, or move ${root} aside to start a new identity.`,
+  );
 }
 
 const SCHEMA = `
@@ -162,45 +210,74 @@ function prepareRecords(db) {
 function recordsApi(db, q, { sealedOnly, dir, file }) {
   let inBatch = false;
   let closed = false;
+  const damage = (e) => damaged(e, file);
   return {
     dir,
     file,
     /** Number of records (used to refuse creating a new state key over old records). */
     get size() {
-      return Number(q.count.get().n);
+      try {
+        return Number(q.count.get().n);
+      } catch (e) {
+        throw damage(e);
+      }
     },
     /** Uint8Array or undefined; sees this connection's uncommitted writes. */
     get(key) {
-      const row = q.get.get(key);
-      return row ? row.value : undefined;
+      try {
+        const row = q.get.get(key);
+        return row ? row.value : undefined;
+      } catch (e) {
+        throw damage(e);
+      }
     },
     /** Sorted keys starting with `prefix` (an index range scan, stopped at the first key past it). */
     list(prefix = '') {
       const out = [];
-      for (const row of q.from.iterate(prefix)) {
-        if (!row.key.startsWith(prefix)) break;
-        out.push(row.key);
+      try {
+        for (const row of q.from.iterate(prefix)) {
+          if (!row.key.startsWith(prefix)) break;
+          out.push(row.key);
+        }
+      } catch (e) {
+        throw damage(e);
       }
       return out;
     },
     set(key, bytes) {
       checkRecord(key, bytes, sealedOnly);
-      q.put.run(key, bytes);
+      try {
+        q.put.run(key, bytes);
+      } catch (e) {
+        throw damage(e);
+      }
     },
     delete(key) {
       checkKey(key);
-      q.del.run(key);
+      try {
+        q.del.run(key);
+      } catch (e) {
+        throw damage(e);
+      }
     },
     /** Start a batch: writes land together at commit(). */
     begin() {
       if (inBatch) return;
-      db.exec('BEGIN IMMEDIATE');
+      try {
+        db.exec('BEGIN IMMEDIATE');
+      } catch (e) {
+        throw damage(e);
+      }
       inBatch = true;
     },
     /** Make the batch durable (one WAL fsync). */
     commit() {
       if (!inBatch) return;
-      db.exec('COMMIT');
+      try {
+        db.exec('COMMIT');
+      } catch (e) {
+        throw damage(e);
+      }
       inBatch = false;
     },
     /** Drop the batch (only after a failure: nothing of it may count). */

@@ -431,3 +431,34 @@ test('state-db: the database, its WAL and shared-memory files are 0600 and the d
   }
   assert.equal(mode(dir), 0o700);
 });
+
+test('state-db: a state key beside a deleted or emptied database is refused, not answered with a new identity; a key made just before a crash is not', (t) => {
+  const dir = path.join(tmpDir(t), 'state');
+  const s = openStateDb(dir);
+  s.stateKey();
+  s.set('identity', bytes('sealed'));
+  s.close();
+  const db = path.join(dir, 'state.db');
+  const refused = (e) => {
+    assert.ok(e instanceof StateDirError, String(e));
+    assert.match(e.message, /state\.db is missing or empty, but .*state\.key exists: the identity, sessions and inbox sealed with that key are not there\. Restore state\.db .* from a backup, or move .* aside to start a new identity\./);
+    return true;
+  };
+  for (const damage of [() => fs.rmSync(db), () => fs.writeFileSync(db, '')]) {
+    damage();
+    assert.throws(() => openStateDb(dir), refused);
+    // Refused again on the next start: the refusal left no mark of a new database.
+    assert.throws(() => openStateDb(dir), refused);
+    assert.equal(fs.existsSync(path.join(dir, 'lock')), false, 'the refusal released the lock');
+  }
+  // A process killed after it made the key, before its first record: the
+  // database was there first, so the next start goes on.
+  const fresh = path.join(tmpDir(t), 'fresh');
+  const f = openStateDb(fresh);
+  f.stateKey();
+  f.close();
+  const again = openStateDb(fresh);
+  t.after(() => again.close());
+  assert.equal(again.size, 0);
+  assert.equal(again.stateKey().length, 32);
+});
