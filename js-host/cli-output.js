@@ -98,11 +98,20 @@ export function relayTrouble(status, relayUrl) {
  * left out.
  */
 export function stderrLog(err, verbose, { longRunning = false } = {}) {
-  return (level, message) => {
+  const errors = new Set();
+  const log = (level, message) => {
     if (!verbose && level !== 'warn' && level !== 'error') return;
     const text = verbose || longRunning ? message : String(message).replace(RETRY_NOTE, '');
+    if (level === 'error') errors.add(String(message));
     err(`kars-mesh ${level}: ${escapeLog(text)}`);
   };
+  /**
+   * Whether `message` was printed as an error line already: a node that
+   * stops logs why, and the call it fails then rejects with the same text,
+   * which is not printed a second time.
+   */
+  log.said = (message) => errors.has(String(message));
+  return log;
 }
 
 /** The core's "…; retrying in 30 s" at the end of a log line. */

@@ -18,6 +18,7 @@ import { OPERATOR_SUMMARY, mainOperator, operatorUsage } from './cli-operator.js
 import { PRESET_SUMMARY, PRESET_USAGE, mainPreset } from './cli-preset.js';
 import { EXIT, cliText, isErrorResult, relayRefused, relayTrouble, resultText, stderrLog } from './cli-output.js';
 import { UsageError, checkArguments, onlyFlags, parseArgv, resolveDir } from './flags.js';
+import { nameProblem } from './agent-name.js';
 
 export { EXIT };
 
@@ -342,7 +343,9 @@ export function plan(argv, env = process.env) {
     throw new UsageError(`empty ${spec.positional.map((p) => `<${p}>`).join(' or ')}`, command);
   }
   const parsed = { ...flags };
-  if (flags.wait !== undefined) parsed.wait = numberFlag('--wait', flags.wait, command);
+  // The most each command waits (its help says so): a larger number was
+  // taken and quietly cut to it.
+  if (flags.wait !== undefined) parsed.wait = numberFlag('--wait', flags.wait, command, { max: command === 'inbox' ? 300 : 600 });
   // --limit 0 was taken and quietly meant the engine's default.
   if (flags.limit !== undefined) parsed.limit = numberFlag('--limit', flags.limit, command, { integer: true, min: 1 });
   // The sandbox's bounds (src/wire/limits.rs MAX_TIMEOUT_MINUTES), said before anything starts.
@@ -394,7 +397,8 @@ function nodeSettings(flags, env, command, fromToken) {
   const stateDir = resolveDir(stateRaw);
   // After pair-with, the cluster's relay and registry are remembered for this
   // state directory (flags and environment still win).
-  const paired = command === 'pair-with' ? {} : rememberedEndpoints(stateDir);
+  const remembered = rememberedEndpoints(stateDir);
+  const paired = command === 'pair-with' ? {} : remembered;
   const from = {};
   const endpoint = (flag, envName, fallback) => {
     const key = `${flag}Url`;
@@ -411,10 +415,10 @@ function nodeSettings(flags, env, command, fromToken) {
   const registryUrl = endpoint('registry', 'KARS_MESH_REGISTRY', DEFAULT_REGISTRY);
   if (flags.name !== undefined && !flags.name.trim()) throw new UsageError('--name must not be empty', command);
   // Other agents send to it by name: one word (the engine refuses others too).
-  if (flags.name !== undefined && (/\s/.test(flags.name.trim()) || [...flags.name.trim()].length > 128)) {
+  if (flags.name !== undefined && nameProblem(flags.name)) {
     throw new UsageError('--name is what other agents send to: one word of at most 128 characters, such as alice or laptop-claw', command);
   }
-  return { stateDir, relayUrl, registryUrl, name: flags.name, from };
+  return { stateDir, relayUrl, registryUrl, name: flags.name, from, endpoints: remembered };
 }
 
 /** Where the CLI reads the relay token from, for the engine's 4003 text. */
@@ -430,14 +434,26 @@ function endpointHint(node, which) {
 
 const ENDPOINTS_FILE = 'endpoints.json';
 
-/** The relay and registry remembered by a successful pair-with, if any. */
+/**
+ * The relay and registry remembered by a successful pair-with, if any, and
+ * the `problem` of a file that is there but cannot be used (said, not
+ * passed over: the agent would quietly fall back to the defaults).
+ */
 function rememberedEndpoints(stateDir) {
+  const file = path.join(stateDir, ENDPOINTS_FILE);
+  let j;
   try {
-    const j = JSON.parse(readFileSync(path.join(stateDir, ENDPOINTS_FILE), 'utf8'));
-    return { relayUrl: typeof j.relay_url === 'string' ? j.relay_url : undefined, registryUrl: typeof j.registry_url === 'string' ? j.registry_url : undefined };
-  } catch {
-    return {};
+    j = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (e) {
+    if (e?.code === 'ENOENT') return {};
+    return { problem: `${file} cannot be read (${e?.code ?? e?.message}); the relay and registry come from flags, the environment or the defaults. Run pair-with again, or remove the file` };
   }
+  const url = (v) => (typeof v === 'string' ? v : undefined);
+  const found = { relayUrl: url(j?.relay_url), registryUrl: url(j?.registry_url) };
+  if (!found.relayUrl || !found.registryUrl) {
+    found.problem = `${file} does not name both relay_url and registry_url; what it lacks comes from flags, the environment or the defaults. Run pair-with again, or remove the file`;
+  }
+  return found;
 }
 
 /**
@@ -538,7 +554,8 @@ async function nodeStatus(node, signal) {
  * how many still wait and the node's last state.
  */
 async function flushOutbox(node, signal, { ms = 15_000, receiptMs = ms } = {}) {
-  const until = Date.now() + ms;
+  const start = Date.now();
+  const until = start + ms;
   let connectedAt = null;
   let pending = 0;
   let status = null;
@@ -547,11 +564,19 @@ async function flushOutbox(node, signal, { ms = 15_000, receiptMs = ms } = {}) {
     pending = Number(status?.outbox ?? 0);
     if (status?.connected) connectedAt ??= Date.now();
     if (!pending || relayRefused(status) || Date.now() >= until) break;
+    // Nothing listens at the relay's address (or the name does not
+    // resolve): after a few tries (a relay that is starting), waiting the
+    // whole bound says nothing more.
+    if (connectedAt === null && Date.now() - start >= NOTHING_THERE_MS && NOTHING_THERE.test(String(status?.relay_error ?? ''))) break;
     if (connectedAt !== null && Date.now() >= connectedAt + receiptMs) break;
     await sleep(connectedAt === null ? 150 : 50);
   }
   return { pending, status };
 }
+
+/** Connection errors that mean nothing listens at the relay's address. */
+const NOTHING_THERE = /ECONNREFUSED|ENOTFOUND|EAI_NONAME/;
+const NOTHING_THERE_MS = 3000;
 
 /** How long a `send` waits for its recipient's receipt (see flushOutbox). */
 const SEND_RECEIPT_MS = 1000;
@@ -751,11 +776,12 @@ export async function main(
   let node;
   try {
     // The proxy settings come from the same environment as every other setting.
-    const { from: _sources, ...settings } = run.node;
+    const { from: _sources, endpoints, ...settings } = run.node;
+    if (endpoints?.problem && run.command !== 'pair-with') err(`kars-mesh: ${endpoints.problem}`);
     node = await (createNodeImpl ?? createNode)({ proxy: env, relayTokenHint: RELAY_TOKEN_HINT, ...settings, log });
   } catch (e) {
-    if (e instanceof StateDirError) {
-      err(`kars-mesh: ${e.message}`);
+    if (e instanceof StateDirError || e?.name === 'StateDirError') {
+      if (!log.said(e.message)) err(`kars-mesh: ${e.message}`);
       if (e.code === 'KARS_MESH_STATE_DIR_CREATE') {
         err('kars-mesh: give a directory this user can create and write with --state DIR or KARS_MESH_STATE (default ~/.kars-mesh)');
       }
@@ -823,6 +849,11 @@ export async function main(
       const text = JSON.stringify({ relay_url: run.node.relayUrl, registry_url: run.node.registryUrl }, null, 2);
       writeFileSync(`${file}.tmp`, `${text}\n`, { mode: 0o600 });
       renameSync(`${file}.tmp`, file);
+      // Later commands go to this cluster's relay: said when that changed.
+      const before = run.node.endpoints ?? {};
+      if (!run.json && (before.relayUrl !== run.node.relayUrl || before.registryUrl !== run.node.registryUrl)) {
+        out(`This agent now uses relay ${run.node.relayUrl} and registry ${run.node.registryUrl} for later commands (kept in ${file}; --relay/--registry or KARS_MESH_RELAY/KARS_MESH_REGISTRY still win).`);
+      }
     }
     // An error that names the registry's URL is about that URL (not the
     // registry, unreachable): say which setting gave it.
@@ -874,8 +905,9 @@ export async function main(
       err(`kars-mesh: ${e.message}; is the relay/registry reachable? (${run.node.relayUrl}, ${run.node.registryUrl})`);
       code = EXIT.UNREACHABLE;
     } else {
-      err(`kars-mesh: ${e?.message ?? e}`);
-      code = EXIT.TOOL_ERROR;
+      if (!log.said(e?.message)) err(`kars-mesh: ${e?.message ?? e}`);
+      // A damaged state database: the state directory is the problem (3), and a retry meets it again.
+      code = e?.name === 'StateDirError' ? EXIT.UNREACHABLE : EXIT.TOOL_ERROR;
     }
   } finally {
     signal?.removeEventListener('abort', onAbort);

@@ -61,11 +61,12 @@ export async function startEngineThread({ stateDir, filesDir, sealedOnly, log, c
     readyReject = rej;
   });
 
-  function die(err) {
+  /** `logged`: the worker's own loop has logged it already (its 'fatal'). */
+  function die(err, { logged = false } = {}) {
     if (fatal) return;
     fatal = err;
     outgoing = [];
-    log('error', err.message);
+    if (!logged) log('error', err.message);
     closedResolve();
     worker.terminate().catch(() => {});
     onDeath(err);
@@ -93,7 +94,7 @@ export async function startEngineThread({ stateDir, filesDir, sealedOnly, log, c
         if (!fatal && msg.cmds.length) carryOut(msg.cmds);
         break;
       case 'fatal':
-        die(rebuild(msg.error));
+        die(rebuild(msg.error), { logged: true });
         break;
       case 'closed':
         closedByUs = true;

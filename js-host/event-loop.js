@@ -45,7 +45,18 @@
 // failed one does, and nothing after it commits. Reads during a
 // batch come from the store (which sees its own uncommitted writes) either way.
 
-import { NodeError, errorText } from './node-error.js';
+import { NodeError, StateDirError, errorText } from './node-error.js';
+
+/**
+ * Why the node stopped, from what failed under a host call: a state
+ * directory problem (a damaged database) stays one, which a restart does
+ * not mend; anything else is a host fault that a restart may get past.
+ */
+function stopped(what, cause) {
+  const state = cause?.name === 'StateDirError' ? cause : cause?.cause?.name === 'StateDirError' ? cause.cause : null;
+  if (state) return new StateDirError(`${what}; this node is stopped`, { code: state.code });
+  return new NodeError(`${what}; this node is stopped, restart it`, { cause, code: 'KARS_MESH_HOST_FAULT' });
+}
 
 export const MAX_BATCH_EVENTS = 256;
 export const MAX_BATCH_MS = 20;
@@ -207,7 +218,7 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
       try {
         carryOut(batch.outbox, batch.events - batch.idle);
       } catch (e) {
-        die(new NodeError(`the host could not carry out the core's commands (${errorText(e)}); this node is stopped, restart it`, { cause: e, code: 'KARS_MESH_HOST_FAULT' }));
+        die(stopped(`the host could not carry out the core's commands (${errorText(e)})`, e));
       }
     };
     if (pendingCommit && (leaves || !batched)) {
@@ -291,7 +302,7 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
     // answer, so none of its commands may be carried out.
     const fault = takeHostFault();
     if (fault) {
-      die(new NodeError(`${fault.message}; this node is stopped, restart it`, { cause: fault, code: 'KARS_MESH_HOST_FAULT' }));
+      die(stopped(fault.message, fault));
       return;
     }
     let sent = 0;

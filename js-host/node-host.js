@@ -502,7 +502,9 @@ async function start(node, config, logger, stateDir) {
   } catch (e) {
     logger.started();
     await node.stop();
-    throw e instanceof NodeError ? e : new NodeError(`the kars-mesh core did not start: ${errorText(e)}`, { cause: e });
+    // A state directory problem (a damaged database) stays one: the CLI
+    // says it once and exits 3, and a restart would not get past it.
+    throw e instanceof NodeError || e?.name === 'StateDirError' ? e : new NodeError(`the kars-mesh core did not start: ${errorText(e)}`, { cause: e });
   }
   logger.started();
   const did = identity?.details?.mesh?.did;

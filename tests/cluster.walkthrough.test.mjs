@@ -87,6 +87,8 @@ async function walk(name, upExtra, check) {
   const paired = await cli(['--state', state, 'pair-with', '-'], { input: token });
   assert.equal(paired.code, 0, `${paired.stdout}\n${paired.stderr}`);
   assert.match(paired.stdout, /Paired successfully with kars cluster/);
+  // It says that later commands go to this cluster's relay and registry.
+  assert.match(paired.stdout, /This agent now uses relay http:\/\/127\.0\.0\.1:\d+ and registry http:\/\/127\.0\.0\.1:\d+ for later commands \(kept in .*endpoints\.json/);
 
   const input = path.join(home, `${name}-notes.txt`);
   fs.writeFileSync(input, 'quarterly numbers: 1, 2, 3\n');

@@ -205,6 +205,22 @@ test('inbox with the relay unreachable or refusing says so, with the URL and why
   assert.match(t.stderr, /were not fetched: the relay refused this agent's relay token .*KARS_MESH_RELAY_TOKEN/);
 });
 
+test('send with nothing listening at the relay\'s address says so within seconds, not after the whole 15 s wait; the message is kept', async () => {
+  const peer = await registered('nothing-peer');
+  await registered('nothing-sender');
+  const closed = `http://127.0.0.1:${await freePort()}`;
+  const r = await run(['send', peer, 'kept for later', '--state', state('nothing-sender'), '--relay', closed]);
+  assert.equal(r.code, 3, r.stderr);
+  assert.match(r.stderr, new RegExp(`the relay at ${closed.replace(/[.]/g, '\\.')} cannot be reached: connect ECONNREFUSED`));
+  assert.ok(r.ms < 10_000, `answered after ${r.ms} ms`);
+  // Kept: the next run that reaches the relay sends it.
+  const again = await run(['send', peer, 'and this one', '--state', state('nothing-sender')]);
+  assert.equal(again.code, 0, again.stderr);
+  const got = await run(['inbox', '--wait', '10', '--state', state('nothing-peer')]);
+  assert.match(got.stdout, /kept for later/);
+  assert.match(got.stdout, /and this one/);
+});
+
 /** A web server answering every request with a large HTML page. */
 async function htmlServer() {
   const page = `<!DOCTYPE html><html><head><title>Welcome to nginx!</title><style>body{width:35em}</style></head><body><h1>Welcome to nginx!</h1>${'<p>filler</p>'.repeat(400)}</body></html>`;
@@ -445,6 +461,34 @@ test('inbox --limit marks every message it printed read, not the first 10', asyn
   const again = await run(['inbox', '--limit', '500', '--state', state('many-bob')]);
   assert.equal(again.code, 0, again.stderr);
   assert.doesNotMatch(again.stdout, /numbered \d\d/, again.stdout);
+});
+
+test('a damaged state database is named once, with the backup to restore, exit 3; not "restart it"', async () => {
+  const bob = await registered('damaged-bob');
+  const alice = await createNode({ stateDir: path.join(dir, 'damaged-alice'), relayUrl: plain.relayUrl, registryUrl: plain.registryUrl, name: 'damaged-alice', log: () => {} });
+  try {
+    for (let i = 0; i < 40; i++) {
+      const r = await alice.callTool('mesh_send', { to: bob, message: `kept ${i} ${'x'.repeat(3000)}` });
+      assert.notEqual(r.isError, true, JSON.stringify(r.content));
+    }
+  } finally {
+    await alice.stop();
+  }
+  const read = await run(['inbox', '--limit', '500', '--wait', '10', '--state', state('damaged-bob')]);
+  assert.equal(read.code, 0, read.stderr);
+  // The middle half of the file overwritten, as a failing disk or a stray write would.
+  const db = path.join(state('damaged-bob'), 'state.db');
+  const pages = fs.statSync(db).size / 4096;
+  const fd = fs.openSync(db, 'r+');
+  for (let p = Math.floor(pages / 4); p < Math.floor((3 * pages) / 4); p++) fs.writeSync(fd, Buffer.alloc(4096, 0xab), 0, 4096, p * 4096);
+  fs.closeSync(fd);
+  for (const args of [['inbox', '--all'], ['id']]) {
+    const r = await run([...args, '--state', state('damaged-bob')]);
+    assert.equal(r.code, 3, `${args.join(' ')}: ${r.stderr}`);
+    assert.equal(count(r.stderr, 'is damaged'), 1, `said once: ${r.stderr}`);
+    assert.match(r.stderr, /the state database .*state\.db is damaged \(database disk image is malformed\); a restart reads the same damage\. Stop kars-mesh and restore the state directory from a backup/);
+    assert.doesNotMatch(r.stderr, /restart it|ERR_SQLITE/);
+  }
 });
 
 test('a command started by the older-Node wrapper stops when the wrapper is killed outright, and frees its state directory', async () => {

@@ -112,7 +112,9 @@ test('usage errors exit 2: no command, missing arguments, bad flags and values',
     [['discover', 'a', 'b'], /unexpected argument "b"/],
     [['id', 'extra'], /unexpected argument "extra"/],
     [['id', '--bogus'], /unknown flag --bogus/],
-    [['inbox', '--wait', 'soon'], /--wait must be a number ≥ 0, not "soon"/],
+    [['inbox', '--wait', 'soon'], /--wait must be a number from 0 to 300, not "soon"/],
+    [['inbox', '--wait', '400'], /--wait must be a number from 0 to 300, not "400"/],
+    [['offload-status', '--wait', '601'], /--wait must be a number from 0 to 600, not "601"/],
     [['inbox', '--limit', '0'], /--limit must be a whole number ≥ 1, not "0"/],
     [['id', '--name', 'Alice Smith'], /--name is what other agents send to: one word of at most 128 characters/],
     [['offload', 'task', '--timeout', '5000'], /--timeout must be a number from 1 to 1440, not "5000"/],
@@ -396,12 +398,14 @@ test('the console server refuses a relay or registry URL with credentials, witho
   }
 });
 
-test('kars-mesh console names a relay or registry that is not a URL, and where it came from', async () => {
+test('kars-mesh console names a relay or registry that is not a URL, and where it came from, and a --name no agent can have', async () => {
   const { mainConsole } = await import('../js-host/console-server.js');
   const cases = [
     [['console', '--port', '0', '--relay', 'bogus'], {}, /^kars-mesh: --relay must be a URL like http:\/\/127\.0\.0\.1:8083, not "bogus"/],
     [['console', '--port', '0', '--registry', '127.0.0.1:8082'], {}, /^kars-mesh: --registry must be a URL like http:\/\/127\.0\.0\.1:8082, not "127\.0\.0\.1:8082"/],
     [['console', '--port', '0'], { KARS_MESH_RELAY: 'relay host' }, /^kars-mesh: KARS_MESH_RELAY must be a URL like http:\/\/127\.0\.0\.1:8083, not "relay host"/],
+    // A name the page would give every new identity, and the engine refuse.
+    [['console', '--port', '0', '--name', 'two words'], {}, /^kars-mesh: --name "two words" cannot be an agent's name \(it contains a space or a control character: a name is one word, such as alice or laptop-claw\); other agents send to it/],
   ];
   for (const [argv, env, want] of cases) {
     let stderr = '';
@@ -448,4 +452,21 @@ test('a state directory this user may not write says what to do, not only EACCES
   assert.equal(r.code, 3, r.stderr);
   assert.match(r.stderr, /cannot create lock file .*EACCES.*\(this user may not write in .*st: make it writable for this user, or use another state directory\)/);
   assert.deepEqual(fs.readdirSync(state), [], 'nothing was written');
+});
+
+test('an endpoints.json that pair-with wrote and something damaged is named, not passed over for the defaults', (t) => {
+  const dir = tmp(t);
+  const file = path.join(dir, 'endpoints.json');
+  fs.writeFileSync(file, '{"relay_url": "http://127.0.0.1:9', { mode: 0o600 });
+  let node = plan(['id', '--state', dir], {}).run.node;
+  assert.equal(node.relayUrl, 'http://127.0.0.1:8083', 'the default, as before');
+  assert.match(node.endpoints.problem, /endpoints\.json cannot be read \(.*\); the relay and registry come from flags, the environment or the defaults\. Run pair-with again, or remove the file/);
+  fs.writeFileSync(file, '{"relay_url": "http://127.0.0.1:9"}');
+  node = plan(['id', '--state', dir], {}).run.node;
+  assert.equal(node.relayUrl, 'http://127.0.0.1:9');
+  assert.match(node.endpoints.problem, /does not name both relay_url and registry_url/);
+  fs.writeFileSync(file, '{"relay_url": "http://127.0.0.1:9", "registry_url": "http://127.0.0.1:10"}');
+  node = plan(['id', '--state', dir], {}).run.node;
+  assert.equal(node.endpoints.problem, undefined);
+  assert.equal(node.registryUrl, 'http://127.0.0.1:10');
 });
