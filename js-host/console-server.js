@@ -27,6 +27,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import zlib from 'node:zlib';
 import { promisify } from 'node:util';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { nameProblem } from './agent-name.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const CONSOLE_PATH = '/js-host/console/';
@@ -34,7 +36,7 @@ const CONSOLE_PATH = '/js-host/console/';
 /** The host modules the Worker imports (platform-neutral, shared with the Node host). */
 const SHARED_MODULES = [
   'core.js', 'engine-load.js', 'random.js', 'event-loop.js', 'node-error.js', 'sealed.js', 'sockets.js', 'http.js',
-  'timers.js', 'tool-calls.js', 'log-escape.js',
+  'timers.js', 'tool-calls.js', 'log-escape.js', 'agent-name.js',
 ].map((f) => `js-host/${f}`);
 const SERVED_PREFIXES = ['js-host/console/', 'js-host/gen/'];
 
@@ -86,6 +88,9 @@ export async function startConsoleServer({ port = 0, host = '127.0.0.1', relayUr
 
   let origin;
   let allowedHosts;
+  // With a relay token: the key a page must show to be given it (in the
+  // printed address's fragment, which no request carries by itself).
+  const pageKey = relayToken ? randomBytes(24).toString('base64url') : null;
 
   const server = http.createServer((req, res) => {
     handle(req, res).catch((e) => {
@@ -113,6 +118,14 @@ export async function startConsoleServer({ port = 0, host = '127.0.0.1', relayUr
       return res.end();
     }
     if (url.pathname === `${CONSOLE_PATH}config.json`) {
+      // The relay token goes only to a page opened at the address printed
+      // for it (its key): any local user can reach 127.0.0.1, and the token
+      // is a secret (kept out of flags and the process list for the same reason).
+      if (pageKey && !sameKey(req.headers['x-kars-console-key'], pageKey)) {
+        return send(res, 403, TYPES['.json'], JSON.stringify({
+          error: 'this console hands its relay token only to the page opened at the address `kars-mesh console` printed (the one ending in #key=…); open that address',
+        }));
+      }
       // The engine keeps the registry's own URL (the one pairing tokens name);
       // the page's host sends its requests through this server's forward.
       const config = { relay_url: relayUrl, registry_url: registryBase, registry_via: `${origin}/registry` };
@@ -265,6 +278,8 @@ export async function startConsoleServer({ port = 0, host = '127.0.0.1', relayUr
   allowedHosts = new Set([`${host}:${bound}`, `localhost:${bound}`, `127.0.0.1:${bound}`]);
   return {
     url: `${origin}/`,
+    /** The address to open: with a relay token, it carries the page's key. */
+    openUrl: pageKey ? `${origin}/#key=${pageKey}` : `${origin}/`,
     consoleUrl: `${origin}${CONSOLE_PATH}`,
     origin,
     port: bound,
@@ -277,6 +292,14 @@ export async function startConsoleServer({ port = 0, host = '127.0.0.1', relayUr
         server.closeAllConnections?.();
       }),
   };
+}
+
+/** `given` is the page key (compared in constant time). */
+function sameKey(given, key) {
+  if (typeof given !== 'string') return false;
+  const a = Buffer.from(given);
+  const b = Buffer.from(key);
+  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 /**
@@ -310,7 +333,8 @@ WebSocket directly.
   --relay URL      relay base URL     (env KARS_MESH_RELAY, default http://127.0.0.1:8083)
   --registry URL   registry base URL  (env KARS_MESH_REGISTRY, default http://127.0.0.1:8082)
   --name NAME      display name suggested to a new identity in the page
-A relay token in KARS_MESH_RELAY_TOKEN is handed to the page.`;
+A relay token in KARS_MESH_RELAY_TOKEN is handed only to a page opened at the
+printed address (it ends in #key=…, a key made for this run of the server).`;
 
 const CONSOLE_FLAGS = { port: { value: true }, relay: { value: true }, registry: { value: true }, name: { value: true }, help: { value: false } };
 
@@ -355,6 +379,14 @@ export async function mainConsole(argv, { out, err, env = process.env, signal } 
     err(CONSOLE_USAGE);
     return 2;
   }
+  // The page would hand the name to every new identity's engine, which
+  // refuses one that cannot be sent to: said here, once.
+  const why = flags.name === undefined ? undefined : nameProblem(flags.name);
+  if (why) {
+    err(`kars-mesh: --name ${JSON.stringify(flags.name)} cannot be an agent's name (${why}); other agents send to it: give one word of at most 128 characters, such as alice or laptop-claw\n`);
+    err(CONSOLE_USAGE);
+    return 2;
+  }
   let s;
   try {
     s = await startConsoleServer({ port, relayUrl, registryUrl, relayToken: env.KARS_MESH_RELAY_TOKEN, name: flags.name, log: (l) => err(l) });
@@ -362,7 +394,7 @@ export async function mainConsole(argv, { out, err, env = process.env, signal } 
     err(`kars-mesh: cannot serve the console: ${e?.code === 'EADDRINUSE' ? `port ${port} on 127.0.0.1 is in use (pick another with --port, or --port 0)` : e?.message ?? e}`);
     return e?.code === 'EADDRINUSE' ? 3 : 2;
   }
-  out(`kars-mesh console: ${s.url}`);
+  out(`kars-mesh console: ${s.openUrl}`);
   out(`  relay    ${relayUrl} (the page connects to it directly)`);
   out(`  registry ${registryUrl} (forwarded as ${s.origin}/registry)`);
   out('Open the address in a browser. Ctrl-C stops serving (the identities stay in the browser).');

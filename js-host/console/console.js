@@ -5,6 +5,7 @@
 
 import { openNode, missingFeatures, checkProfile } from './browser-host.js';
 import { storedFilesApart, removeStored } from './stored-files.js';
+import { nameProblem } from '../agent-name.js';
 
 const $ = (id) => document.getElementById(id);
 const metrics = { start: performance.timeOrigin, engineReadyMs: null, connectedMs: null };
@@ -458,6 +459,10 @@ function wire() {
   $('name-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const name = $('name-input').value.trim();
+    // Refused here, where it was typed: the engine would refuse it at its
+    // next start, and the page would have no identity to show.
+    const why = name ? nameProblem(name) : undefined;
+    if (why) return showResult('name-result', new Error(`That cannot be a display name (${why}). Nothing was changed.`));
     if (name) localStorage.setItem(storageKey('name'), name);
     else localStorage.removeItem(storageKey('name'));
     await node.stop();
@@ -605,6 +610,9 @@ function onLink({ open, reason }) {
   if (open) {
     metrics.connectedMs ??= performance.now();
     setStatus('connected', 'Connected to the relay');
+  } else if (metrics.connectedMs == null) {
+    // Never connected: nothing was lost, and the URL is what to check.
+    setStatus('down', `Cannot reach the relay at ${config.relay_url}${reason ? ` (${reason})` : ''}; retrying. Messages you send meanwhile are queued and go out once it answers.`);
   } else {
     setStatus('down', `Relay connection lost${reason ? ` (${reason})` : ''}; reconnecting. Messages you send meanwhile are queued and go out when it is back.`);
   }
@@ -665,6 +673,46 @@ async function startEngine() {
   return opened.node;
 }
 
+/**
+ * The key of the address `kars-mesh console` printed (#key=…), when its
+ * relay has a token: taken from the address once, then kept for this
+ * origin (other tabs, reloads) and removed from the address bar, which is
+ * copied and shared more often than storage is.
+ */
+function pageKeyHeader() {
+  const fromAddress = new URLSearchParams(location.hash.slice(1)).get('key');
+  if (fromAddress) {
+    localStorage.setItem('kars-mesh-console-key', fromAddress);
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+  const key = localStorage.getItem('kars-mesh-console-key');
+  return key ? { 'x-kars-console-key': key } : {};
+}
+
+/**
+ * The setup form: a display name for this profile, checked as the engine
+ * checks it, kept in localStorage (none: the server's suggestion, if any).
+ * Resolves once a usable name (or none) was given.
+ */
+function askName() {
+  $('setup').hidden = false;
+  $('setup-name').focus();
+  return new Promise((resolve) => {
+    const submit = (ev) => {
+      ev.preventDefault();
+      const name = $('setup-name').value.trim();
+      const why = name ? nameProblem(name) : undefined;
+      if (why) return showResult('setup-result', new Error(`That cannot be a display name (${why}).`));
+      if (name) localStorage.setItem(storageKey('name'), name);
+      else localStorage.removeItem(storageKey('name'));
+      $('setup').removeEventListener('submit', submit);
+      $('setup').hidden = true;
+      resolve();
+    };
+    $('setup').addEventListener('submit', submit);
+  });
+}
+
 async function main() {
   const missing = missingFeatures();
   if (missing) {
@@ -675,35 +723,35 @@ async function main() {
   try {
     checkProfile(profile);
   } catch (e) {
+    setStatus('stopped', 'Bad profile in the address');
     notice(`Bad profile in the address (?profile=…): ${e.message}`);
     return;
   }
   try {
-    const r = await fetch('config.json', { cache: 'no-store' });
+    const r = await fetch('config.json', { cache: 'no-store', headers: pageKeyHeader() });
+    if (r.status === 403) {
+      setStatus('stopped', 'Open the address the console printed');
+      const why = (await r.json().catch(() => ({}))).error;
+      notice(`The console's relay needs a token, which the server gives only to the page opened at the address \`kars-mesh console\` printed${why ? ` (${why})` : ''}.`);
+      return;
+    }
     if (!r.ok) throw new Error(`config.json answered ${r.status}`);
     config = await r.json();
   } catch (e) {
     notice(`Cannot read the console's configuration (${e.message}). Is \`kars-mesh console\` still running?`, { action: { label: 'Reload', run: () => location.reload() } });
     return;
   }
-  // A name given in the address (?name=…) is this profile's first name.
-  if (params.get('name') && localStorage.getItem(storageKey('name')) === null) localStorage.setItem(storageKey('name'), params.get('name').trim().slice(0, 64));
-  // A profile never started here: its name first (the registry keeps the first one).
+  // A name given in the address (?name=…) is this profile's first name, if it can be one.
+  const given = params.get('name')?.trim();
+  if (given && localStorage.getItem(storageKey('name')) === null && !nameProblem(given)) localStorage.setItem(storageKey('name'), given);
+  // A profile never started here: its name first.
   if (localStorage.getItem(storageKey('started')) === null && localStorage.getItem(storageKey('name')) === null && !config.name) {
     // Not a fault: a grey dot, and what to do.
     setStatus('setup', 'Not started yet: choose a display name below');
-    api.state = 'setup';
     $('setup-profile').textContent = profile;
-    $('setup').hidden = false;
-    $('setup-name').focus();
-    await new Promise((resolve) =>
-      $('setup').addEventListener('submit', (ev) => {
-        ev.preventDefault();
-        const name = $('setup-name').value.trim();
-        if (name) localStorage.setItem(storageKey('name'), name);
-        $('setup').hidden = true;
-        resolve();
-      }, { once: true }));
+    if (given) showResult('setup-result', new Error(`The name in the address cannot be a display name (${nameProblem(given)}).`));
+    $('setup-name').value = given ?? '';
+    await askName();
   }
   // Ask the browser not to evict this origin's storage (the identity lives there).
   navigator.storage?.persist?.().then((p) => (api.persisted = p)).catch(() => {});
@@ -713,6 +761,18 @@ async function main() {
   } catch (e) {
     api.startError = e.message;
     if (isQuota(e)) return void (await quotaNotice());
+    if (e?.code === 'KARS_MESH_SETTINGS') {
+      // The display name (this page's only setting the engine refuses): a
+      // name stored before the page checked names, or one the engine alone
+      // refuses. The identity is untouched; another name starts it.
+      setStatus('setup', 'Not started: the display name cannot be used');
+      $('setup-intro').textContent = `The engine did not start: ${e.message}. The identity of profile "${profile}" is kept; give another display name (or none) to start it.`;
+      $('setup-name').value = localStorage.getItem(storageKey('name')) ?? config.name ?? '';
+      $('setup-result').textContent = '';
+      await askName();
+      location.reload();
+      return;
+    }
     setStatus('stopped', 'The engine did not start');
     notice(`The engine did not start: ${e.message}`, { action: { label: 'Reload', run: () => location.reload() } });
     return;

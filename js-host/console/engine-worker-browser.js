@@ -48,7 +48,8 @@ const PICKED_PREFIX = 'picked/';
 
 const post = (msg, transfer) => self.postMessage(msg, transfer ?? []);
 const errorData = (e) => ({ name: e?.name, message: errorText(e), code: e?.code });
-const log = (level, message) => post({ t: 'log', level, message: escapeLog(String(message)) });
+const logToPage = (level, message) => post({ t: 'log', level, message: escapeLog(String(message)) });
+const log = logToPage;
 
 let node = null;
 let booting = null;
@@ -70,6 +71,14 @@ function router(routes = []) {
 }
 
 async function boot(profile, config, routes) {
+  // While the engine starts, the core's errors are kept: they say why a
+  // start failed (a display name that cannot be sent to, a wrong state key).
+  let starting = true;
+  const startErrors = [];
+  const log = (level, message) => {
+    if (starting && level === 'error') startErrors.push(String(message));
+    logToPage(level, message);
+  };
   const store = await openIdbStore(profile, { sealedOnly: true });
   let engine;
   try {
@@ -159,9 +168,17 @@ async function boot(profile, config, routes) {
   dispatch({ tag: 'start', val: JSON.stringify(startConfig) });
   startConfig.state_key = undefined;
   const identity = await calls.call('mesh_identity', {}, { timeoutMs: START_TIMEOUT_MS });
+  starting = false;
   const did = identity?.details?.mesh?.did;
   if (typeof did !== 'string' || !did.startsWith('did:')) {
-    throw new NodeError(`the kars-mesh core could not open the identity in ${store.name}: ${identity?.content?.[0]?.text ?? 'no DID'}`, { code: 'KARS_MESH_START' });
+    // As the Node host says it (node-host.js): a setting the engine cannot
+    // use (the display name) is not a problem with the stored identity, and
+    // the page lets the user change it (KARS_MESH_SETTINGS).
+    const why = startErrors.length ? startErrors.join('; ') : identity?.content?.[0]?.text ?? 'no DID';
+    if (/(^|; )configuration: /.test(why)) {
+      throw new NodeError(`the engine cannot start with these settings: ${why.replace(/(^|; )configuration: /g, '$1')}`, { code: 'KARS_MESH_SETTINGS' });
+    }
+    throw new NodeError(`the kars-mesh core could not open the identity in ${store.name}: ${why}`, { code: 'KARS_MESH_START' });
   }
 
   let stopping = null;
