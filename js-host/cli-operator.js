@@ -287,6 +287,10 @@ async function pairTool(run, { log, createNodeImpl }) {
   if (run.tool !== 'pair_generate' && !fs.existsSync(p.controller)) {
     throw new ClusterError(`no cluster state in ${run.dir} (${p.controller} does not exist): start one with kars-mesh cluster up${dirFlag(run.dir)}`, 1);
   }
+  // A generate where no cluster ever ran makes its controller here (tokens
+  // can be handed out before the first `cluster up`), which a mistyped
+  // --dir does too: said, with what the token needs.
+  const fresh = !fs.existsSync(p.controller);
   const cfg = clusterConfig(run.dir);
   const { createNode } = createNodeImpl ? { createNode: createNodeImpl } : await import('./node-host.js');
   makeDirs(run.dir, 0o700);
@@ -308,7 +312,11 @@ async function pairTool(run, { log, createNodeImpl }) {
     throw new ClusterError(`cannot open the controller in ${p.controller}: ${e?.message ?? e}`, 3);
   }
   try {
-    return { result: await node.callTool(run.tool, run.args, { timeoutMs: 30_000 }), via: 'state dir' };
+    const result = await node.callTool(run.tool, run.args, { timeoutMs: 30_000 });
+    const note = fresh
+      ? `no cluster has run in ${run.dir} yet: its controller was made now, and this token works once \`kars-mesh cluster up${dirFlag(run.dir)}\` runs it (relay ${urlFor(cfg.relayPort)}). Meant another cluster? Revoke this pairing and give that cluster's --dir`
+      : undefined;
+    return { result, via: 'state dir', note };
   } finally {
     await node.stop();
   }
@@ -365,8 +373,9 @@ export async function mainOperator(argv, { out, err, env = process.env, signal, 
       return s.running && s.healthy ? EXIT.OK : EXIT.UNREACHABLE;
     }
 
-    const { result } = await pairTool(run, { log, createNodeImpl });
+    const { result, note } = await pairTool(run, { log, createNodeImpl });
     const failed = isErrorResult(result);
+    if (note && !failed) err(`kars-mesh: ${note}`);
     if (run.json) out(JSON.stringify(result, null, 2));
     else if (failed) err(cliText(resultText(result)));
     else if (run.tool === 'pair_list') out(formatPairings(result?.details?.mesh?.pairings ?? []));

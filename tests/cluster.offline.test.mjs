@@ -34,6 +34,8 @@ test('pair generate/list/revoke work on the state directory when no cluster runs
   const token = tokenIn(gen.stdout);
   assert.ok(token, gen.stdout);
   assert.ok(!gen.stderr.includes(token));
+  // Made here and now (a mistyped --dir would do the same): said, with what the token needs.
+  assert.match(gen.stderr, /no cluster has run in .* yet: its controller was made now, and this token works once `kars-mesh cluster up --dir .*` runs it \(relay http:\/\/127\.0\.0\.1:8083\)/);
   // No cluster ever ran here: the token names the default local URLs.
   const payload = decode(token);
   assert.equal(payload.relay_url, 'http://127.0.0.1:8083');
@@ -56,8 +58,10 @@ test('pair generate/list/revoke work on the state directory when no cluster runs
   assert.equal(dup.code, 1);
   assert.match(dup.stderr, /already exists; revoke it or pick another name/);
 
-  const rev = await cli(['pair', 'revoke', 'alice-laptop']);
+  // Revoked by the name it was generated with, too.
+  const rev = await cli(['pair', 'revoke', 'Alice Laptop']);
   assert.equal(rev.code, 0, rev.stderr);
+  assert.match(rev.stdout, /Pairing "alice-laptop" revoked/);
   const missing = await cli(['pair', 'revoke', 'nobody']);
   assert.equal(missing.code, 1);
   assert.match(missing.stderr, /no pairing named "nobody"/);
@@ -69,6 +73,7 @@ test('pair generate/list/revoke work on the state directory when no cluster runs
   fs.writeFileSync(path.join(dir, 'control.sock'), '');
   const gen2 = await cli(['pair', 'generate', '--name', 'bob']);
   assert.equal(gen2.code, 0, gen2.stderr);
+  assert.doesNotMatch(gen2.stderr, /no cluster has run/, 'said once, when the controller was made');
   assert.equal(decode(tokenIn(gen2.stdout)).controller_did, payload.controller_did);
 });
 

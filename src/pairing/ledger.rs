@@ -250,10 +250,13 @@ impl Ledger {
     pub fn revoke(&mut self, name: &str) -> Result<&Pairing, LedgerError> {
         // A name is at most 63 characters; what an operator passes in its
         // place is echoed clipped, and a token (pasted by mistake) not at all.
+        // The name as it was given to `generate` finds the pairing too
+        // ("Alice's Laptop" made alice-s-laptop), as long as it names one.
+        let wanted = sanitize_name(name);
         let p = self
             .pairings
             .iter_mut()
-            .find(|p| p.name == name)
+            .find(|p| p.name == name || wanted.as_deref() == Some(p.name.as_str()))
             .ok_or_else(|| named(name, LedgerError::NoSuchPairing))?;
         p.phase = Phase::Revoked;
         Ok(p)
@@ -480,6 +483,35 @@ mod tests {
             ),
             Err(LedgerError::BadSlots)
         ));
+    }
+
+    /// `pair revoke 'Bad Name!'` finds the pairing `pair generate --name
+    /// 'Bad Name!'` made (bad-name), and only that one.
+    #[test]
+    fn revoke_takes_the_name_as_generate_was_given_it() {
+        let mut rng = SeededEntropy::new(5);
+        let mut l = Ledger::default();
+        for name in ["Bad Name!", "other"] {
+            let req = PairRequest {
+                name: name.into(),
+                ..Default::default()
+            };
+            assert!(l.generate(&req, &addr(), 0, &mut rng).is_ok());
+        }
+        assert_eq!(
+            l.revoke("bad names").err().map(|e| e.to_string()),
+            Some("no pairing named \"bad names\"".into())
+        );
+        assert_eq!(
+            l.revoke("Bad Name!").map(|p| p.name.clone()).ok(),
+            Some("bad-name".into())
+        );
+        assert_eq!(l.pairings[0].phase, Phase::Revoked);
+        assert_eq!(l.pairings[1].phase, Phase::PendingPairing);
+        assert_eq!(
+            l.revoke("bad-name").map(|p| p.name.clone()).ok(),
+            Some("bad-name".into())
+        );
     }
 
     /// What an operator passes in a name's (or expiry's) place is echoed
