@@ -152,10 +152,16 @@ export async function createNode(opts = {}) {
     lock.release();
     throw e;
   }
-  const node = await runNode({
-    root, lock, filesDir, sealedOnly, inWorker, loadCoreImpl: o.loadCoreImpl,
-    jobs, WebSocketImpl, ProxyWebSocketImpl, proxy, log: logger.log, stopTimeoutMs: o.stopTimeoutMs,
-  });
+  let node;
+  try {
+    node = await runNode({
+      root, lock, filesDir, sealedOnly, inWorker, loadCoreImpl: o.loadCoreImpl,
+      jobs, WebSocketImpl, ProxyWebSocketImpl, proxy, log: logger.log, stopTimeoutMs: o.stopTimeoutMs,
+    });
+  } catch (e) {
+    logger.started(errorText(e)); // what was held, unless the error says it
+    throw e;
+  }
   const { did, amid } = await start(node, startConfig(o, node.takeStateKey(), node.hasIdentity), logger, root);
   return {
     did,
@@ -236,8 +242,7 @@ function withDefaults({
 function nodeLogger(log) {
   let starting = true;
   const startErrors = [];
-  const safeLog = (level, message) => {
-    if (starting && level === 'error') startErrors.push(String(message));
+  const emit = (level, message) => {
     try {
       // Peer-controlled text inside a message cannot forge lines or drive a terminal.
       log(level, escapeLog(message));
@@ -245,11 +250,20 @@ function nodeLogger(log) {
       /* a logger must not break the loop */
     }
   };
+  const safeLog = (level, message) => {
+    // Held until the start is over: a failed start throws them in its
+    // error, and a CLI printed each twice (the line, then the error).
+    if (starting && level === 'error') return void startErrors.push(String(message));
+    emit(level, message);
+  };
   return {
     log: safeLog,
     startErrors,
-    started() {
+    /** The start is over; `told`: the text of the error it throws (its lines are in it). */
+    started(told = '') {
+      if (!starting) return;
       starting = false;
+      for (const m of startErrors) if (!told.includes(m)) emit('error', m);
     },
   };
 }
@@ -500,17 +514,17 @@ async function start(node, config, logger, stateDir) {
   try {
     identity = await node.callTool('mesh_identity', {}, { timeoutMs: DEFAULT_START_TIMEOUT_MS });
   } catch (e) {
-    logger.started();
+    logger.started(errorText(e));
     await node.stop();
     // A state directory problem (a damaged database) stays one: the CLI
     // says it once and exits 3, and a restart would not get past it.
     throw e instanceof NodeError || e?.name === 'StateDirError' ? e : new NodeError(`the kars-mesh core did not start: ${errorText(e)}`, { cause: e });
   }
-  logger.started();
   const did = identity?.details?.mesh?.did;
   if (typeof did !== 'string' || !did.startsWith('did:')) {
-    await node.stop();
     const why = logger.startErrors.length ? logger.startErrors.join('; ') : identity?.content?.[0]?.text ?? 'no DID';
+    logger.started(why);
+    await node.stop();
     // A setting the engine cannot use (a URL, accept_sessions) is not a
     // problem with the identity or its directory: say which it is.
     const settings = /(^|; )configuration: /.test(why);
@@ -521,5 +535,6 @@ async function start(node, config, logger, stateDir) {
       { code: 'KARS_MESH_START' },
     );
   }
+  logger.started();
   return { did, amid: identity?.details?.mesh?.amid };
 }

@@ -470,3 +470,16 @@ test('an endpoints.json that pair-with wrote and something damaged is named, not
   assert.equal(node.endpoints.problem, undefined);
   assert.equal(node.registryUrl, 'http://127.0.0.1:10');
 });
+
+test('a start that fails says why once: the core\'s error lines are in the error, not printed before it too', async (t) => {
+  const dir = tmp(t);
+  const state = path.join(dir, 'state');
+  const nowhere = ['--relay', 'http://127.0.0.1:1', '--registry', 'http://127.0.0.1:1'];
+  const first = await run(['id', '--state', state, ...nowhere], { home: dir });
+  assert.match(first.stdout, /did:mesh:/, first.stderr);
+  fs.writeFileSync(path.join(state, 'state.key'), Buffer.alloc(32, 7), { mode: 0o600 });
+  const r = await run(['id', '--state', state, ...nowhere], { home: dir });
+  assert.equal(r.code, 3, r.stderr);
+  assert.equal(r.stderr.split('sealed record failed authentication').length - 1, 1, r.stderr);
+  assert.match(r.stderr, /^kars-mesh: the kars-mesh core could not open the identity in .*: the stored identity could not be opened: sealed record failed authentication/);
+});
