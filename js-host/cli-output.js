@@ -110,7 +110,7 @@ export function stderrLog(err, verbose, { longRunning = false } = {}) {
    * stops logs why, and the call it fails then rejects with the same text,
    * which is not printed a second time.
    */
-  log.said = (message) => errors.has(String(message));
+  log.said = (message) => errors.has(String(message)) || errors.has(escapeLog(String(message)));
   return log;
 }
 

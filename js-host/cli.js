@@ -343,9 +343,9 @@ export function plan(argv, env = process.env) {
     throw new UsageError(`empty ${spec.positional.map((p) => `<${p}>`).join(' or ')}`, command);
   }
   const parsed = { ...flags };
-  // The most each command waits (its help says so): a larger number was
-  // taken and quietly cut to it.
-  if (flags.wait !== undefined) parsed.wait = numberFlag('--wait', flags.wait, command, { max: command === 'inbox' ? 300 : 600 });
+  // inbox waits at most 300 s (its help says so): a larger number was taken
+  // and quietly cut to it. offload-status follows for as long as asked.
+  if (flags.wait !== undefined) parsed.wait = numberFlag('--wait', flags.wait, command, { max: command === 'inbox' ? 300 : Infinity });
   // --limit 0 was taken and quietly meant the engine's default.
   if (flags.limit !== undefined) parsed.limit = numberFlag('--limit', flags.limit, command, { integer: true, min: 1 });
   // The sandbox's bounds (src/wire/limits.rs MAX_TIMEOUT_MINUTES), said before anything starts.
@@ -554,8 +554,7 @@ async function nodeStatus(node, signal) {
  * how many still wait and the node's last state.
  */
 async function flushOutbox(node, signal, { ms = 15_000, receiptMs = ms } = {}) {
-  const start = Date.now();
-  const until = start + ms;
+  const until = Date.now() + ms;
   let connectedAt = null;
   let pending = 0;
   let status = null;
@@ -565,9 +564,9 @@ async function flushOutbox(node, signal, { ms = 15_000, receiptMs = ms } = {}) {
     if (status?.connected) connectedAt ??= Date.now();
     if (!pending || relayRefused(status) || Date.now() >= until) break;
     // Nothing listens at the relay's address (or the name does not
-    // resolve): after a few tries (a relay that is starting), waiting the
-    // whole bound says nothing more.
-    if (connectedAt === null && Date.now() - start >= NOTHING_THERE_MS && NOTHING_THERE.test(String(status?.relay_error ?? ''))) break;
+    // resolve): after a few failed tries (about 3 s: a relay that is
+    // starting gets them), waiting the whole bound says nothing more.
+    if (connectedAt === null && Number(status?.relay_attempts ?? 0) >= NOTHING_THERE_TRIES && NOTHING_THERE.test(String(status?.relay_error ?? ''))) break;
     if (connectedAt !== null && Date.now() >= connectedAt + receiptMs) break;
     await sleep(connectedAt === null ? 150 : 50);
   }
@@ -576,7 +575,7 @@ async function flushOutbox(node, signal, { ms = 15_000, receiptMs = ms } = {}) {
 
 /** Connection errors that mean nothing listens at the relay's address. */
 const NOTHING_THERE = /ECONNREFUSED|ENOTFOUND|EAI_NONAME/;
-const NOTHING_THERE_MS = 3000;
+const NOTHING_THERE_TRIES = 3;
 
 /** How long a `send` waits for its recipient's receipt (see flushOutbox). */
 const SEND_RECEIPT_MS = 1000;

@@ -47,6 +47,13 @@
 
 import { NodeError, StateDirError, errorText } from './node-error.js';
 
+/** A store's write or commit failed: a state directory problem (a damaged database) stays one. */
+function storeStopped(what, e, code) {
+  const text = `${what}: ${errorText(e)}; this node is stopped`;
+  if (e?.name === 'StateDirError') return new StateDirError(text, { code: e.code });
+  return new NodeError(text, { cause: e, code });
+}
+
 /**
  * Why the node stopped, from what failed under a host call: a state
  * directory problem (a damaged database) stays one, which a restart does
@@ -254,7 +261,7 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
       lazyTimer = null;
     }
     if (!batched) return true;
-    const failed = (e) => die(new NodeError(`cannot commit state records: ${errorText(e)}; this node is stopped`, { cause: e, code: e?.code ?? 'KARS_MESH_STORE' }));
+    const failed = (e) => die(storeStopped('cannot commit state records', e, e?.code ?? 'KARS_MESH_STORE'));
     let landed;
     try {
       landed = store.commit();
@@ -349,7 +356,7 @@ export function createEventLoop({ engine, takeHostFault, store, fileWrite, carry
       write();
       return true;
     } catch (e) {
-      die(new NodeError(`${what}: ${errorText(e)}; this node is stopped`, { cause: e, code: 'KARS_MESH_STORE' }));
+      die(storeStopped(what, e, 'KARS_MESH_STORE'));
       return false;
     }
   }

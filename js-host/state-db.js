@@ -102,6 +102,9 @@ export function openRecordsDb(dir, { sealedOnly = false, log = () => {} } = {}) 
   const root = path.resolve(dir);
   ensurePrivateDir(root, 'state directory');
   const file = path.join(root, DB_FILE);
+  // Before anything is created or opened: SQLite would delete a WAL left
+  // beside a missing or empty database (the records it holds with it).
+  refuseKeyWithoutDatabase(root, file);
   let db;
   try {
     touchPrivate(file);
@@ -162,6 +165,25 @@ export function damaged(e, file) {
     // No `cause`: its text is in the message already (errorText would add it again).
     { code: 'KARS_MESH_STATE_DAMAGED' },
   );
+}
+
+/**
+ * No database (or an empty file) beside an existing state key, and no 0.1.0
+ * record files to import: the database was deleted or emptied. Refused
+ * before SQLite touches the directory, so what is left (a `-wal` file)
+ * stays for the restore. A first start that crashed never leaves this: the
+ * database is written (WAL mode, page 1) before the key can exist.
+ */
+function refuseKeyWithoutDatabase(root, file) {
+  let size;
+  try {
+    size = fs.statSync(file).size;
+  } catch (e) {
+    if (e.code !== 'ENOENT') return; // reported by the open, with its reason
+    size = 0;
+  }
+  if (size > 0 || fs.existsSync(path.join(root, LEGACY_RECORDS))) return;
+  refuseKeyWithoutRecords(root, file, 0);
 }
 
 /**

@@ -114,7 +114,6 @@ test('usage errors exit 2: no command, missing arguments, bad flags and values',
     [['id', '--bogus'], /unknown flag --bogus/],
     [['inbox', '--wait', 'soon'], /--wait must be a number from 0 to 300, not "soon"/],
     [['inbox', '--wait', '400'], /--wait must be a number from 0 to 300, not "400"/],
-    [['offload-status', '--wait', '601'], /--wait must be a number from 0 to 600, not "601"/],
     [['inbox', '--limit', '0'], /--limit must be a whole number ≥ 1, not "0"/],
     [['id', '--name', 'Alice Smith'], /--name is what other agents send to: one word of at most 128 characters/],
     [['offload', 'task', '--timeout', '5000'], /--timeout must be a number from 1 to 1440, not "5000"/],
@@ -452,6 +451,11 @@ test('a state directory this user may not write says what to do, not only EACCES
   assert.equal(r.code, 3, r.stderr);
   assert.match(r.stderr, /cannot create lock file .*EACCES.*\(this user may not write in .*st: make it writable for this user, or use another state directory\)/);
   assert.deepEqual(fs.readdirSync(state), [], 'nothing was written');
+});
+
+test('offload-status follows for as long as --wait asks (an offload may run 24 h); inbox waits at most 300 s', () => {
+  assert.equal(plan(['offload-status', '--wait', '3600'], {}).run.waitSeconds, 3600);
+  assert.equal(plan(['inbox', '--wait', '300'], {}).run.waitSeconds, 300);
 });
 
 test('an endpoints.json that pair-with wrote and something damaged is named, not passed over for the defaults', (t) => {

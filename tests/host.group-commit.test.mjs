@@ -107,6 +107,25 @@ test('a commit that fails lets nothing of the batch out and stops the node', () 
   assert.equal(log.filter((l) => l === 'set k').length, 1, 'a dead loop hands the engine nothing more');
 });
 
+test('a damaged database met on a write or at commit stops the node as a state directory problem, not a host fault to restart past', () => {
+  const damage = () => Object.assign(new Error('the state database /x/state.db is damaged (database disk image is malformed); a restart reads the same damage'), { name: 'StateDirError', code: 'KARS_MESH_STATE_DAMAGED' });
+  for (const where of ['set', 'commit']) {
+    const log = [];
+    let died = null;
+    const store = recordingStore(log);
+    store[where] = () => { throw damage(); };
+    const loop = loopWith(() => [
+      { tag: 'store', val: ['k', sealed(1)] },
+      { tag: 'socket-send', val: { socket: 1, text: 'must not leave' } },
+    ], { store, log, onDeath: (e) => { died = e; } });
+    loop.dispatch({ tag: 'socket-frame', val: 0 });
+    assert.equal(died?.name, 'StateDirError', where);
+    assert.equal(died.code, 'KARS_MESH_STATE_DAMAGED', where);
+    assert.match(died.message, /is damaged .*; this node is stopped$/, where);
+    assert.ok(!log.some((l) => l.startsWith('out ')), log.join('\n'));
+  }
+});
+
 test('a trap in the middle of a batch rolls back the batch\'s earlier stores too; none of its commands leave', () => {
   const log = [];
   let died = null;

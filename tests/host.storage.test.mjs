@@ -451,6 +451,27 @@ test('state-db: a state key beside a deleted or emptied database is refused, not
     assert.throws(() => openStateDb(dir), refused);
     assert.equal(fs.existsSync(path.join(dir, 'lock')), false, 'the refusal released the lock');
   }
+  // A process killed with its records still in the WAL: the refusal leaves
+  // the WAL as it was (SQLite deletes one beside an empty database), and
+  // creates no database in its place.
+  const walled = path.join(tmpDir(t), 'walled');
+  const child = spawnSync(process.execPath, ['--input-type=module', '-e', `
+    import { openStateDir } from ${JSON.stringify(new URL('../js-host/state-db.js', import.meta.url).href)};
+    const s = openStateDir(${JSON.stringify(walled)});
+    s.stateKey();
+    s.set('identity', new Uint8Array(4000).fill(7));
+    process.exit(0); // no close: no checkpoint
+  `], { encoding: 'utf8' });
+  assert.equal(child.status, 0, child.stderr);
+  const wal = path.join(walled, 'state.db-wal');
+  const walSize = fs.statSync(wal).size;
+  assert.ok(walSize > 4000, `the records are in the WAL (${walSize} bytes)`);
+  fs.rmSync(path.join(walled, 'state.db'));
+  fs.rmSync(path.join(walled, 'lock'), { force: true });
+  assert.throws(() => openStateDb(walled), refused);
+  assert.equal(fs.statSync(wal).size, walSize, 'the WAL is kept for the restore');
+  assert.equal(fs.existsSync(path.join(walled, 'state.db')), false, 'no database made in its place');
+
   // A process killed after it made the key, before its first record: the
   // database was there first, so the next start goes on.
   const fresh = path.join(tmpDir(t), 'fresh');

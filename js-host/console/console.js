@@ -463,8 +463,7 @@ function wire() {
     // next start, and the page would have no identity to show.
     const why = name ? nameProblem(name) : undefined;
     if (why) return showResult('name-result', new Error(`That cannot be a display name (${why}). Nothing was changed.`));
-    if (name) localStorage.setItem(storageKey('name'), name);
-    else localStorage.removeItem(storageKey('name'));
+    localStorage.setItem(storageKey('name'), name); // '': no name
     await node.stop();
     location.reload();
   });
@@ -639,7 +638,7 @@ function onFatal(err) {
 }
 
 async function startEngine() {
-  const name = localStorage.getItem(storageKey('name')) ?? config.name;
+  const name = localStorage.getItem(storageKey('name')) ?? config.name; // '': no name (askName)
   // The engine knows the registry by its own URL (pairing tokens name it);
   // the host reaches it through the console server's forward (no CORS there).
   const startConfig = { relay_url: config.relay_url, registry_url: config.registry_url, accept_sessions: 'all' };
@@ -682,10 +681,15 @@ async function startEngine() {
 function pageKeyHeader() {
   const fromAddress = new URLSearchParams(location.hash.slice(1)).get('key');
   if (fromAddress) {
-    localStorage.setItem('kars-mesh-console-key', fromAddress);
-    history.replaceState(null, '', location.pathname + location.search);
+    try {
+      localStorage.setItem('kars-mesh-console-key', fromAddress);
+      history.replaceState(null, '', location.pathname + location.search);
+    } catch {
+      // Storage refused (full, or off): the key works for this load, and
+      // stays in the address for the next.
+    }
   }
-  const key = localStorage.getItem('kars-mesh-console-key');
+  const key = fromAddress ?? localStorage.getItem('kars-mesh-console-key');
   return key ? { 'x-kars-console-key': key } : {};
 }
 
@@ -703,8 +707,9 @@ function askName() {
       const name = $('setup-name').value.trim();
       const why = name ? nameProblem(name) : undefined;
       if (why) return showResult('setup-result', new Error(`That cannot be a display name (${why}).`));
-      if (name) localStorage.setItem(storageKey('name'), name);
-      else localStorage.removeItem(storageKey('name'));
+      // None: kept as an empty name, so the server's suggestion (which may
+      // be the name the engine just refused) is not taken instead.
+      localStorage.setItem(storageKey('name'), name);
       $('setup').removeEventListener('submit', submit);
       $('setup').hidden = true;
       resolve();
@@ -761,7 +766,7 @@ async function main() {
   } catch (e) {
     api.startError = e.message;
     if (isQuota(e)) return void (await quotaNotice());
-    if (e?.code === 'KARS_MESH_SETTINGS') {
+    if (e?.code === 'KARS_MESH_NAME') {
       // The display name (this page's only setting the engine refuses): a
       // name stored before the page checked names, or one the engine alone
       // refuses. The identity is untouched; another name starts it.
@@ -783,7 +788,7 @@ async function main() {
   if (api.state !== 'connected') setStatus(node.linkOpen ? 'connected' : 'connecting', node.linkOpen ? 'Connected to the relay' : 'Connecting to the relay…');
   $('main').hidden = false;
   $('id-profile').textContent = profile;
-  $('id-name').textContent = localStorage.getItem(storageKey('name')) ?? config.name ?? '(none)';
+  $('id-name').textContent = (localStorage.getItem(storageKey('name')) ?? config.name) || '(none)';
   $('name-input').value = localStorage.getItem(storageKey('name')) ?? config.name ?? '';
   wire();
   await refreshIdentity().catch(() => {});

@@ -176,7 +176,10 @@ async function boot(profile, config, routes) {
     // the page lets the user change it (KARS_MESH_SETTINGS).
     const why = startErrors.length ? startErrors.join('; ') : identity?.content?.[0]?.text ?? 'no DID';
     if (/(^|; )configuration: /.test(why)) {
-      throw new NodeError(`the engine cannot start with these settings: ${why.replace(/(^|; )configuration: /g, '$1')}`, { code: 'KARS_MESH_SETTINGS' });
+      // KARS_MESH_NAME: the display name alone, which the page can change;
+      // any other setting (the relay's URL) is the server's to fix.
+      const nameOnly = why.split('; ').every((l) => /^configuration: the name ".*" cannot be sent to /.test(l));
+      throw new NodeError(`the engine cannot start with these settings: ${why.replace(/(^|; )configuration: /g, '$1')}`, { code: nameOnly ? 'KARS_MESH_NAME' : 'KARS_MESH_SETTINGS' });
     }
     throw new NodeError(`the kars-mesh core could not open the identity in ${store.name}: ${why}`, { code: 'KARS_MESH_START' });
   }

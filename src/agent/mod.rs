@@ -1534,6 +1534,9 @@ impl Agent {
             // Why the relay cannot be reached right now, also for a plain
             // connect error (null once the relay accepted a connection).
             "relay_error": self.link.last_error,
+            // Connection attempts that failed since the relay last accepted
+            // one (a CLI stops waiting for a relay that is not there).
+            "relay_attempts": self.link.attempt(),
             "name": self.cfg.name,
             "sessions": self.peers.values().filter(|p| p.active.is_some()).count(),
             "unread": self.inbox.unread_count(),
