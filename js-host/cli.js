@@ -11,7 +11,7 @@
 
 import os from 'node:os';
 import path from 'node:path';
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { StateDirError } from './storage-fs.js';
 import { followMoved } from './state-location.js';
 import { OPERATOR_SUMMARY, mainOperator, operatorUsage } from './cli-operator.js';
@@ -395,6 +395,11 @@ function nodeSettings(flags, env, command, fromToken) {
   const stateRaw = flags.state ?? (fromEnv || followMoved(path.join(os.homedir(), '.kars-mesh')));
   if (!stateRaw) throw new UsageError('--state needs a directory', command);
   const stateDir = resolveDir(stateRaw);
+  // A local cluster's directory is not an agent's: an identity made there
+  // would sit beside the controller's (cluster.js, clusterPaths).
+  if (existsSync(path.join(stateDir, 'controller', 'state.key')) || existsSync(path.join(stateDir, 'cluster.json'))) {
+    throw new UsageError(`${stateDir} is a kars-mesh cluster's directory (kars-mesh cluster up --dir), not an agent's state: give the agent its own --state DIR (default ~/.kars-mesh)`, command);
+  }
   // After pair-with, the cluster's relay and registry are remembered for this
   // state directory (flags and environment still win).
   const remembered = rememberedEndpoints(stateDir);

@@ -453,6 +453,14 @@ test('a state directory this user may not write says what to do, not only EACCES
   assert.deepEqual(fs.readdirSync(state), [], 'nothing was written');
 });
 
+test('--state naming a local cluster\'s directory is refused: an identity there would sit beside the controller\'s', (t) => {
+  const dir = tmp(t);
+  fs.mkdirSync(path.join(dir, 'controller'));
+  fs.writeFileSync(path.join(dir, 'controller', 'state.key'), Buffer.alloc(32), { mode: 0o600 });
+  assert.throws(() => plan(['id', '--state', dir], {}), /is a kars-mesh cluster's directory \(kars-mesh cluster up --dir\), not an agent's state: give the agent its own --state DIR/);
+  assert.equal(plan(['id', '--state', path.join(dir, 'agent')], {}).run.node.stateDir, path.join(dir, 'agent'));
+});
+
 test('offload-status follows for as long as --wait asks (an offload may run 24 h); inbox waits at most 300 s', () => {
   assert.equal(plan(['offload-status', '--wait', '3600'], {}).run.waitSeconds, 3600);
   assert.equal(plan(['inbox', '--wait', '300'], {}).run.waitSeconds, 300);
