@@ -12,7 +12,6 @@
 import os from 'node:os';
 import path from 'node:path';
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { StateDirError } from './storage-fs.js';
 import { followMoved } from './state-location.js';
 import { OPERATOR_SUMMARY, mainOperator, operatorUsage } from './cli-operator.js';
 import { PRESET_SUMMARY, PRESET_USAGE, mainPreset } from './cli-preset.js';
@@ -784,7 +783,8 @@ export async function main(
     if (endpoints?.problem && run.command !== 'pair-with') err(`kars-mesh: ${endpoints.problem}`);
     node = await (createNodeImpl ?? createNode)({ proxy: env, relayTokenHint: RELAY_TOKEN_HINT, ...settings, log });
   } catch (e) {
-    if (e instanceof StateDirError || e?.name === 'StateDirError') {
+    // By name: one rebuilt on the engine's thread is not this module's class.
+    if (e?.name === 'StateDirError') {
       if (!log.said(e.message)) err(`kars-mesh: ${e.message}`);
       if (e.code === 'KARS_MESH_STATE_DIR_CREATE') {
         err('kars-mesh: give a directory this user can create and write with --state DIR or KARS_MESH_STATE (default ~/.kars-mesh)');

@@ -47,23 +47,20 @@
 
 import { NodeError, StateDirError, errorText } from './node-error.js';
 
-/** A store's write or commit failed: a state directory problem (a damaged database) stays one. */
-function storeStopped(what, e, code) {
-  const text = `${what}: ${errorText(e)}; this node is stopped`;
-  if (e?.name === 'StateDirError') return new StateDirError(text, { code: e.code });
-  return new NodeError(text, { cause: e, code });
-}
-
 /**
- * Why the node stopped, from what failed under a host call: a state
- * directory problem (a damaged database) stays one, which a restart does
- * not mend; anything else is a host fault that a restart may get past.
+ * Why the node stopped, from what failed under it: a state directory
+ * problem (a damaged database) stays one, which a restart does not mend;
+ * anything else keeps `code` (by default a host fault, which a restart may
+ * get past: `restart` says so).
  */
-function stopped(what, cause) {
+function stopped(what, cause, { code = 'KARS_MESH_HOST_FAULT', restart = true } = {}) {
   const state = cause?.name === 'StateDirError' ? cause : cause?.cause?.name === 'StateDirError' ? cause.cause : null;
   if (state) return new StateDirError(`${what}; this node is stopped`, { code: state.code });
-  return new NodeError(`${what}; this node is stopped, restart it`, { cause, code: 'KARS_MESH_HOST_FAULT' });
+  return new NodeError(`${what}; this node is stopped${restart ? ', restart it' : ''}`, { cause, code });
 }
+
+/** A store's write or commit failed. */
+const storeStopped = (what, e, code) => stopped(`${what}: ${errorText(e)}`, e, { code, restart: false });
 
 export const MAX_BATCH_EVENTS = 256;
 export const MAX_BATCH_MS = 20;

@@ -232,74 +232,61 @@ function prepareRecords(db) {
 function recordsApi(db, q, { sealedOnly, dir, file }) {
   let inBatch = false;
   let closed = false;
-  const damage = (e) => damaged(e, file);
+  // Every statement through one guard: SQLite finding the file damaged is
+  // the state directory problem it is (`damaged`), wherever it is met.
+  const guard = (fn) => (...args) => {
+    try {
+      return fn(...args);
+    } catch (e) {
+      throw damaged(e, file);
+    }
+  };
+  const count = guard(() => Number(q.count.get().n));
+  const row = guard((key) => q.get.get(key));
+  const keysFrom = guard((prefix) => {
+    const out = [];
+    for (const r of q.from.iterate(prefix)) {
+      if (!r.key.startsWith(prefix)) break;
+      out.push(r.key);
+    }
+    return out;
+  });
+  const put = guard((key, bytes) => q.put.run(key, bytes));
+  const del = guard((key) => q.del.run(key));
+  const exec = guard((sql) => db.exec(sql));
   return {
     dir,
     file,
     /** Number of records (used to refuse creating a new state key over old records). */
     get size() {
-      try {
-        return Number(q.count.get().n);
-      } catch (e) {
-        throw damage(e);
-      }
+      return count();
     },
     /** Uint8Array or undefined; sees this connection's uncommitted writes. */
     get(key) {
-      try {
-        const row = q.get.get(key);
-        return row ? row.value : undefined;
-      } catch (e) {
-        throw damage(e);
-      }
+      return row(key)?.value;
     },
     /** Sorted keys starting with `prefix` (an index range scan, stopped at the first key past it). */
     list(prefix = '') {
-      const out = [];
-      try {
-        for (const row of q.from.iterate(prefix)) {
-          if (!row.key.startsWith(prefix)) break;
-          out.push(row.key);
-        }
-      } catch (e) {
-        throw damage(e);
-      }
-      return out;
+      return keysFrom(prefix);
     },
     set(key, bytes) {
       checkRecord(key, bytes, sealedOnly);
-      try {
-        q.put.run(key, bytes);
-      } catch (e) {
-        throw damage(e);
-      }
+      put(key, bytes);
     },
     delete(key) {
       checkKey(key);
-      try {
-        q.del.run(key);
-      } catch (e) {
-        throw damage(e);
-      }
+      del(key);
     },
     /** Start a batch: writes land together at commit(). */
     begin() {
       if (inBatch) return;
-      try {
-        db.exec('BEGIN IMMEDIATE');
-      } catch (e) {
-        throw damage(e);
-      }
+      exec('BEGIN IMMEDIATE');
       inBatch = true;
     },
     /** Make the batch durable (one WAL fsync). */
     commit() {
       if (!inBatch) return;
-      try {
-        db.exec('COMMIT');
-      } catch (e) {
-        throw damage(e);
-      }
+      exec('COMMIT');
       inBatch = false;
     },
     /** Drop the batch (only after a failure: nothing of it may count). */

@@ -695,8 +695,8 @@ function pageKeyHeader() {
 
 /**
  * The setup form: a display name for this profile, checked as the engine
- * checks it, kept in localStorage (none: the server's suggestion, if any).
- * Resolves once a usable name (or none) was given.
+ * checks it, kept in localStorage (none is kept as '': no name). Resolves
+ * once a usable name (or none) was given.
  */
 function askName() {
   $('setup').hidden = false;
