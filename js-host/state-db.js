@@ -234,9 +234,10 @@ function recordsApi(db, q, { sealedOnly, dir, file }) {
   let closed = false;
   // Every statement through one guard: SQLite finding the file damaged is
   // the state directory problem it is (`damaged`), wherever it is met.
-  const guard = (fn) => (...args) => {
+  // (Two fixed parameters, not a rest array: `get` runs many times a batch.)
+  const guard = (fn) => (a, b) => {
     try {
-      return fn(...args);
+      return fn(a, b);
     } catch (e) {
       throw damaged(e, file);
     }
