@@ -2,6 +2,7 @@
 // engine tool result and of the engine's log, and the exit codes they share.
 
 import { escapeLog } from './log-escape.js';
+import { CLI_WORDS, inWords } from './tool-words.js';
 
 export const EXIT = Object.freeze({ OK: 0, TOOL_ERROR: 1, USAGE: 2, UNREACHABLE: 3, INTERRUPTED: 130 });
 
@@ -13,41 +14,7 @@ export function resultText(result) {
   return texts.length ? texts.join('\n') : JSON.stringify(result);
 }
 
-/**
- * The engine's tool texts speak to an agent in tool calls ("Use mesh_pair
- * first", "pass unread_only=false"); they are the original plugin's and stay
- * so (js-host/ENGINE.md). A shell user gets the same sentences with the
- * command or flag that does it. Each left side is engine text verbatim
- * (tests/host.cli-texts.test.mjs checks that src/ still says it).
- */
-export const CLI_WORDS = Object.freeze([
-  ['Use mesh_pair first.', "Pair first: kars-mesh pair-with <token> (the cluster's operator makes one with kars-mesh pair generate)."],
-  ['Pair first with mesh_pair.', "Pair first: kars-mesh pair-with <token> (the cluster's operator makes one with kars-mesh pair generate)."],
-  ['then pair again with mesh_pair', 'then pair again with kars-mesh pair-with <token>'],
-  ['pass unread_only=false to re-read', 'kars-mesh inbox --all shows them again'],
-  ['You can now use cloud_offload to delegate tasks to the cloud.', 'You can now delegate tasks to the cluster: kars-mesh offload <task>'],
-  ['Use cloud_offload to start one.', 'Start one with kars-mesh offload <task>.'],
-  ['Another cloud_offload is being submitted.', 'Another offload is being submitted.'],
-  ['then call cloud_offload again.', 'then run kars-mesh offload again.'],
-  ['since cloud_offload read it', 'since kars-mesh offload read it'],
-  [
-    'Do not call more tools for this task now: progress and the result arrive on their own (offload_status shows a snapshot when the user asks).',
-    'kars-mesh offload-status shows where it is (--wait 600 follows it).',
-  ],
-  ['offload_status has the controller\'s words', 'kars-mesh offload-status has the controller\'s words'],
-  ['offload_status has its words', 'kars-mesh offload-status has its words'],
-  ['offload_status says why', 'kars-mesh offload-status says why'],
-  ['Cancelled by user via offload_cancel', 'Cancelled by user (kars-mesh offload-cancel)'],
-  ['Use `discover` to list known agents', 'kars-mesh discover lists known agents'],
-  ['use `discover` to list known agents', 'kars-mesh discover lists known agents'],
-  ["use `discover` to find an agent's DID", "kars-mesh discover finds an agent's DID"],
-  ['Call mesh_inbox with no arguments to see unread messages.', 'kars-mesh inbox shows unread messages.'],
-  ['Pass force=true only if the user explicitly asked to run it again.', 'Add --force to run it again.'],
-  ['❌ mesh_send: `to` is not usable', '❌ send: the recipient is not usable'],
-  ['pass `capability` to find others', 'kars-mesh discover <capability> finds others'],
-  ['The cloud sandbox is working on it.', "The cluster's sandbox is working on it."],
-  ['No active cloud offload to cancel.', 'No active offload to cancel.'],
-]);
+export { CLI_WORDS };
 
 /** mesh_inbox ends its text with the engine's counters as one JSON line (ENGINE.md). */
 const DIAGNOSTICS = /\n\nDiagnostics: \{.*\}$/s;
@@ -60,8 +27,7 @@ const DIAGNOSTICS = /\n\nDiagnostics: \{.*\}$/s;
 export function cliText(text, { verbose = false } = {}) {
   let t = String(text);
   if (!verbose) t = t.replace(DIAGNOSTICS, '');
-  for (const [tool, cli] of CLI_WORDS) t = t.split(tool).join(cli);
-  return t;
+  return inWords(t, CLI_WORDS);
 }
 
 /** The engine marks an error result both ways (js-host/ENGINE.md); either one counts. */

@@ -36,7 +36,7 @@ const CONSOLE_PATH = '/js-host/console/';
 /** The host modules the Worker imports (platform-neutral, shared with the Node host). */
 const SHARED_MODULES = [
   'core.js', 'engine-load.js', 'random.js', 'event-loop.js', 'node-error.js', 'sealed.js', 'sockets.js', 'http.js',
-  'timers.js', 'tool-calls.js', 'log-escape.js', 'agent-name.js',
+  'timers.js', 'tool-calls.js', 'log-escape.js', 'agent-name.js', 'tool-words.js',
 ].map((f) => `js-host/${f}`);
 const SERVED_PREFIXES = ['js-host/console/', 'js-host/gen/'];
 

@@ -93,6 +93,9 @@ test('two console agents pair, discover each other and exchange encrypted messag
     const text = await submitAndRead(page, '#pair-form', { '#pair-token': gen.details.mesh.token }, '#pair-result');
     assert.match(text, /^✅ Paired successfully/, text);
     assert.match(text, /browser-lab/);
+    // In the page's words, not tool calls (js-host/tool-words.js PAGE_WORDS).
+    assert.match(text, /You can now offload tasks to the cluster \(under "Offload a task"\)\./, text);
+    assert.doesNotMatch(text, /cloud_offload|mesh_[a-z]+|offload_status/, text);
     assert.equal(await page.locator('#pair-token').inputValue(), '', 'the token is not left in the form');
   }
   // What a new user meets at 360 px (the profiles' viewport): no horizontal

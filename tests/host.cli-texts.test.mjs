@@ -24,6 +24,7 @@ import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 import { CLI_WORDS, cliText } from '../js-host/cli-output.js';
+import { PAGE_WORDS } from '../js-host/tool-words.js';
 import { createNode } from '../js-host/node-host.js';
 import { freePort, startServers } from './harness/servers.mjs';
 import { spawnAgtPeer } from './peers/agt_peer.mjs';
@@ -291,7 +292,7 @@ test('the CLI speaks CLI: commands and flags instead of tool calls', async () =>
   };
   walk(SRC);
   const source = rs.join('\n').replace(/\\"/g, '"');
-  for (const [tool, cli] of CLI_WORDS) {
+  for (const [tool, cli] of [...CLI_WORDS, ...PAGE_WORDS]) {
     assert.ok(source.includes(tool), `the engine no longer says ${JSON.stringify(tool)}`);
     assert.doesNotMatch(cli, /mesh_[a-z]+|cloud_offload|offload_(status|cancel)|unread_only/, cli);
   }

@@ -6,6 +6,7 @@
 import { openNode, missingFeatures, checkProfile } from './browser-host.js';
 import { storedFilesApart, removeStored } from './stored-files.js';
 import { nameProblem } from '../agent-name.js';
+import { PAGE_WORDS, inWords } from '../tool-words.js';
 
 const $ = (id) => document.getElementById(id);
 const metrics = { start: performance.timeOrigin, engineReadyMs: null, connectedMs: null };
@@ -33,8 +34,9 @@ function el(tag, props = {}, ...children) {
   return e;
 }
 
+// The engine's texts in this page's words (its sections and buttons, not tool calls).
 const textOf = (result) =>
-  (Array.isArray(result?.content) ? result.content.filter((c) => c?.type === 'text').map((c) => c.text).join('\n') : '') || JSON.stringify(result);
+  inWords((Array.isArray(result?.content) ? result.content.filter((c) => c?.type === 'text').map((c) => c.text).join('\n') : '') || JSON.stringify(result), PAGE_WORDS);
 const isError = (result) => String(result?.content?.[0]?.text ?? '').startsWith('❌') || result?.details?.mesh?.error != null;
 
 function showResult(id, result) {
@@ -257,7 +259,7 @@ function renderOffload(m) {
     }),
   );
   $('offload-events').replaceChildren(
-    ...(m.events ?? []).map((e) => el('li', { text: `${fmtTime(e.at_ms)} ${e.phase}: ${e.text}` })),
+    ...(m.events ?? []).map((e) => el('li', { text: `${fmtTime(e.at_ms)} ${e.phase}: ${inWords(e.text, PAGE_WORDS)}` })),
   );
   const summary = $('offload-summary');
   summary.replaceChildren();
