@@ -33,3 +33,22 @@ export class StateDirError extends Error {
     this.code = code ?? 'KARS_MESH_STATE_DIR';
   }
 }
+
+/**
+ * Why a start gave no identity, as both hosts (node-host.js and the console's
+ * engine worker) read it: the core's error lines while it started (else the
+ * identity call's text), and whether they are settings the engine refused
+ * (`configuration: …`, not a problem with the stored identity), and among
+ * those the display name alone (which the console lets the user change).
+ */
+export function startRefusal(startErrors, identity) {
+  const why = startErrors.length ? startErrors.join('; ') : identity?.content?.[0]?.text ?? 'no DID';
+  const settings = /(^|; )configuration: /.test(why);
+  return {
+    why,
+    settings,
+    nameOnly: settings && why.split('; ').every((l) => /^configuration: the name ".*" cannot be sent to /.test(l)),
+    /** `why` without the `configuration: ` marks. */
+    settingsText: why.replace(/(^|; )configuration: /g, '$1'),
+  };
+}

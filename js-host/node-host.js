@@ -34,7 +34,7 @@ import { randomFillSync } from 'node:crypto';
 import { pooledRandom } from './random.js';
 import { createJobs } from './jobs.js';
 import { escapeLog } from './log-escape.js';
-import { NodeError, errorText } from './node-error.js';
+import { NodeError, errorText, startRefusal } from './node-error.js';
 import { createEventLoop, commandTable, batchTotals } from './event-loop.js';
 import { createSockets, relaySocketClass, wsPackageClass } from './sockets.js';
 import { createHttp } from './http.js';
@@ -522,16 +522,15 @@ async function start(node, config, logger, stateDir) {
   }
   const did = identity?.details?.mesh?.did;
   if (typeof did !== 'string' || !did.startsWith('did:')) {
-    const why = logger.startErrors.length ? logger.startErrors.join('; ') : identity?.content?.[0]?.text ?? 'no DID';
-    logger.started(why);
+    const r = startRefusal(logger.startErrors, identity);
+    logger.started(r.why);
     await node.stop();
     // A setting the engine cannot use (a URL, accept_sessions) is not a
     // problem with the identity or its directory: say which it is.
-    const settings = /(^|; )configuration: /.test(why);
     throw new StateDirError(
-      settings
-        ? `the kars-mesh node cannot start with these settings: ${why.replace(/(^|; )configuration: /g, '$1')}`
-        : `the kars-mesh core could not open the identity in ${stateDir}: ${why}`,
+      r.settings
+        ? `the kars-mesh node cannot start with these settings: ${r.settingsText}`
+        : `the kars-mesh core could not open the identity in ${stateDir}: ${r.why}`,
       { code: 'KARS_MESH_START' },
     );
   }

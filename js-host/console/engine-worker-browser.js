@@ -38,7 +38,7 @@ import { createSockets } from '../sockets.js';
 import { createHttp } from '../http.js';
 import { createTimers } from '../timers.js';
 import { createToolCalls } from '../tool-calls.js';
-import { NodeError, errorText } from '../node-error.js';
+import { NodeError, errorText, startRefusal } from '../node-error.js';
 import { escapeLog } from '../log-escape.js';
 import { openIdbStore } from './storage-idb.js';
 
@@ -174,14 +174,13 @@ async function boot(profile, config, routes) {
     // As the Node host says it (node-host.js): a setting the engine cannot
     // use (the display name) is not a problem with the stored identity, and
     // the page lets the user change it (KARS_MESH_SETTINGS).
-    const why = startErrors.length ? startErrors.join('; ') : identity?.content?.[0]?.text ?? 'no DID';
-    if (/(^|; )configuration: /.test(why)) {
+    const r = startRefusal(startErrors, identity);
+    if (r.settings) {
       // KARS_MESH_NAME: the display name alone, which the page can change;
       // any other setting (the relay's URL) is the server's to fix.
-      const nameOnly = why.split('; ').every((l) => /^configuration: the name ".*" cannot be sent to /.test(l));
-      throw new NodeError(`the engine cannot start with these settings: ${why.replace(/(^|; )configuration: /g, '$1')}`, { code: nameOnly ? 'KARS_MESH_NAME' : 'KARS_MESH_SETTINGS' });
+      throw new NodeError(`the engine cannot start with these settings: ${r.settingsText}`, { code: r.nameOnly ? 'KARS_MESH_NAME' : 'KARS_MESH_SETTINGS' });
     }
-    throw new NodeError(`the kars-mesh core could not open the identity in ${store.name}: ${why}`, { code: 'KARS_MESH_START' });
+    throw new NodeError(`the kars-mesh core could not open the identity in ${store.name}: ${r.why}`, { code: 'KARS_MESH_START' });
   }
 
   let stopping = null;
