@@ -39,7 +39,9 @@ const GLOBAL_HELP = `Global flags (before or after the command):
 Environment:
   KARS_MESH_RELAY_TOKEN  the relay's shared token, for a relay started with
                     AGENTMESH_RELAY_TOKEN (no flag: it would show in the
-                    process list)`;
+                    process list); sent only to the relay of --relay,
+                    KARS_MESH_RELAY or the default, not to one a pairing
+                    token names`;
 
 const COMMANDS = {
   id: {
@@ -195,10 +197,14 @@ sandbox waits 10 minutes for them.
     help: `Pair this agent with a kars cluster, using the one-time azcp_1_ token the
 cluster's operator made with \`kars-mesh pair generate\`. The relay and registry
 are taken from the token unless --relay/--registry say otherwise. Use - as the
-token to read it from stdin (keeps it out of the process list).
+token to read it from stdin: it then never shows in the process list or in
+your shell's history (given as an argument, kars-mesh hides it from the
+process list as soon as it starts). KARS_MESH_RELAY_TOKEN is sent only to a
+relay you name (--relay or KARS_MESH_RELAY), never to one the token names.
 
-Example:
-  kars-mesh --state ~/.kars-mesh pair-with azcp_1_eyJ...`,
+Examples:
+  kars-mesh --state ~/.kars-mesh pair-with - < token.txt
+  kars-mesh --state ~/.kars-mesh pair-with -      (paste it, then Enter and Ctrl-D)`,
     flags: [],
     positional: ['token'],
     args: (pos) => ({ token: pos[0] }),
@@ -350,7 +356,7 @@ export function plan(argv, env = process.env) {
   // The sandbox's bounds (src/wire/limits.rs MAX_TIMEOUT_MINUTES), said before anything starts.
   if (flags.timeout !== undefined) parsed.timeout = numberFlag('--timeout', flags.timeout, command, { min: 1, max: 24 * 60 });
 
-  if (command === 'pair-with' && positional[0] === '-') positional[0] = readStdin();
+  if (command === 'pair-with' && positional[0] === '-') positional[0] = tokenInText(readStdin());
   if (command === 'pair-with') positional[0] = unquoteToken(positional[0]);
   // pair-with: the token says where its cluster is, and only the engine reads
   // tokens (asynchronously), so main() settles the node with run.nodeFor(urls).
@@ -417,12 +423,31 @@ function nodeSettings(flags, env, command, fromToken) {
   };
   const relayUrl = endpoint('relay', 'KARS_MESH_RELAY', DEFAULT_RELAY);
   const registryUrl = endpoint('registry', 'KARS_MESH_REGISTRY', DEFAULT_REGISTRY);
+  // KARS_MESH_RELAY_TOKEN goes only to a relay the user named: whoever wrote
+  // a pasted pairing token chose its relay_url, and would otherwise be sent
+  // the user's relay secret (and keep getting it through endpoints.json).
+  const relayTokenAllowed =
+    from.relay === '--relay' || from.relay === 'KARS_MESH_RELAY' || from.relay === 'the default'
+      ? true
+      : fromToken.relayUrl && flags.relay === undefined
+        ? sameUrl(env.KARS_MESH_RELAY, relayUrl)
+        : paired.relayTokenAllowed === true;
   if (flags.name !== undefined && !flags.name.trim()) throw new UsageError('--name must not be empty', command);
   // Other agents send to it by name: one word (the engine refuses others too).
   if (flags.name !== undefined && nameProblem(flags.name)) {
     throw new UsageError('--name is what other agents send to: one word of at most 128 characters, such as alice or laptop-claw', command);
   }
-  return { stateDir, relayUrl, registryUrl, name: flags.name, from, endpoints: remembered };
+  return { stateDir, relayUrl, registryUrl, name: flags.name, from, endpoints: remembered, relayTokenAllowed };
+}
+
+/** Two URLs that name the same endpoint (`ws://h:1` and `ws://h:1/`). */
+function sameUrl(a, b) {
+  if (!a || !b) return false;
+  try {
+    return new URL(String(a).trim()).href === new URL(String(b).trim()).href;
+  } catch {
+    return false;
+  }
 }
 
 /** Where the CLI reads the relay token from, for the engine's 4003 text. */
@@ -453,7 +478,9 @@ function rememberedEndpoints(stateDir) {
     return { problem: `${file} cannot be read (${e?.code ?? e?.message}); the relay and registry come from flags, the environment or the defaults. Run pair-with again, or remove the file` };
   }
   const url = (v) => (typeof v === 'string' ? v : undefined);
-  const found = { relayUrl: url(j?.relay_url), registryUrl: url(j?.registry_url) };
+  // relay_token_allowed: pair-with was told this relay by the user (not only
+  // by the token), so KARS_MESH_RELAY_TOKEN may go to it.
+  const found = { relayUrl: url(j?.relay_url), registryUrl: url(j?.registry_url), relayTokenAllowed: j?.relay_token_allowed === true };
   if (!found.relayUrl || !found.registryUrl) {
     found.problem = `${file} does not name both relay_url and registry_url; what it lacks comes from flags, the environment or the defaults. Run pair-with again, or remove the file`;
   }
@@ -473,6 +500,26 @@ export function unquoteToken(raw) {
     if (!m) return t;
     t = m[2].trim();
   }
+}
+
+/**
+ * The token in what was read from stdin: `pair generate > token.txt` writes
+ * a line about the pairing and one about the token before the token itself,
+ * and a token wrapped over lines (an e-mail) comes back whole. Text with no
+ * azcp_ token is passed on as it is, for the engine to name the problem.
+ */
+export function tokenInText(text) {
+  const at = text.search(/azcp_\d+_/);
+  if (at < 0) return text;
+  const lines = text.slice(at).split(/\r?\n/).map((l) => l.trim());
+  const parts = [lines[0].match(/^azcp_[A-Za-z0-9_\-=.]+/)[0]];
+  if (parts[0] === lines[0]) {
+    for (const l of lines.slice(1)) {
+      if (!/^[A-Za-z0-9_\-=.]+$/.test(l)) break;
+      parts.push(l);
+    }
+  }
+  return parts.join('');
 }
 
 function readStdin() {
@@ -779,9 +826,16 @@ export async function main(
   let node;
   try {
     // The proxy settings come from the same environment as every other setting.
-    const { from: _sources, endpoints, ...settings } = run.node;
+    const { from: _sources, endpoints, relayTokenAllowed, ...settings } = run.node;
     if (endpoints?.problem && run.command !== 'pair-with') err(`kars-mesh: ${endpoints.problem}`);
-    node = await (createNodeImpl ?? createNode)({ proxy: env, relayTokenHint: RELAY_TOKEN_HINT, ...settings, log });
+    const token = env.KARS_MESH_RELAY_TOKEN || null;
+    const withheld = token && !relayTokenAllowed;
+    if (withheld) err(`kars-mesh: KARS_MESH_RELAY_TOKEN is not sent to ${settings.relayUrl} (${run.node.from?.relay ?? 'not a relay you named'}): a relay token goes only to a relay you name. If it is that relay's token, run again with KARS_MESH_RELAY=${settings.relayUrl}`);
+    const relayTokenHint = withheld
+      ? `run again with KARS_MESH_RELAY=${settings.relayUrl} beside KARS_MESH_RELAY_TOKEN: the token is sent only to a relay you name, and this one came from ${run.node.from?.relay ?? 'elsewhere'}`
+      : RELAY_TOKEN_HINT;
+    // null, not undefined: createNode would read the environment's token itself.
+    node = await (createNodeImpl ?? createNode)({ proxy: env, ...settings, relayToken: withheld ? null : token, relayTokenHint, log });
   } catch (e) {
     // By name: one rebuilt on the engine's thread is not this module's class.
     if (e?.name === 'StateDirError') {
@@ -850,7 +904,7 @@ export async function main(
     }
     if (!failed && run.command === 'pair-with') {
       const file = path.join(run.node.stateDir, ENDPOINTS_FILE);
-      const text = JSON.stringify({ relay_url: run.node.relayUrl, registry_url: run.node.registryUrl }, null, 2);
+      const text = JSON.stringify({ relay_url: run.node.relayUrl, registry_url: run.node.registryUrl, relay_token_allowed: run.node.relayTokenAllowed === true }, null, 2);
       writeFileSync(`${file}.tmp`, `${text}\n`, { mode: 0o600 });
       renameSync(`${file}.tmp`, file);
       // Later commands go to this cluster's relay: said when that changed.

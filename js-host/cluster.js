@@ -28,6 +28,7 @@ import { killSandboxes } from './jobs.js';
 import { escapeLog } from './log-escape.js';
 import { isRunning, procInfo } from './proc.js';
 import { makeDirs } from './storage-fs.js';
+import { openclawStateDirFromEnv } from './state-location.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const BIN = path.join(ROOT, 'bin', 'kars-mesh');
@@ -305,7 +306,7 @@ class Server {
         cwd,
         detached: true, // own process group: a Ctrl-C on the terminal reaches only us; we stop them in order
         stdio: ['ignore', fd, fd],
-        env: { ...process.env, PYTHONUNBUFFERED: '1' },
+        env: { ...serverEnv(process.env), PYTHONUNBUFFERED: '1' },
       });
     } finally {
       fs.closeSync(fd);
@@ -507,7 +508,7 @@ export async function runCluster(opts, { out, err, signal, env = process.env, cr
         dir: p.sandboxes,
         exec: opts.exec || undefined,
         execUnisolated: !!(opts.exec && opts.execUnisolated),
-        hide: [dir],
+        hide: [dir, ...knownAgentStates()],
         relayUrl: relay.url,
         registryUrl: registry.url,
       },
@@ -677,4 +678,36 @@ export async function clusterStatus(dir) {
   ];
   if (st.sandboxes?.exec) lines.push(`  sandbox exec     ${st.sandboxes.exec}${st.sandboxes.execUnisolated ? '  (NOT isolated: --exec-unisolated)' : ''}`);
   return { running: true, healthy: ok, state: st, lines };
+}
+
+/**
+ * Agents' state directories this operator's environment names (beside the
+ * home's defaults, which jobs.js hides anyway): KARS_MESH_STATE and the
+ * OpenClaw plugin's under OPENCLAW_STATE_DIR. Hidden from --exec commands;
+ * an agent's state anywhere else is not known here (README, SECURITY.md).
+ */
+export function knownAgentStates(env = process.env, home = os.homedir()) {
+  const out = [];
+  const state = env.KARS_MESH_STATE?.trim();
+  if (state) out.push(state === '~' ? home : state.startsWith('~/') ? path.join(home, state.slice(2)) : path.resolve(home, state));
+  if (env.OPENCLAW_STATE_DIR?.trim()) out.push(path.join(openclawStateDirFromEnv(env, home), 'kars-mesh'));
+  return out.filter((d) => {
+    try {
+      return fs.statSync(d).isDirectory();
+    } catch {
+      return false;
+    }
+  });
+}
+
+/**
+ * The relay's and registry's environment: the operator's, less what is
+ * secret to kars-mesh or the operator (relay token, identity seed, pairing
+ * or cloud credentials): they need none of it, and their logs and crash
+ * reports are not ours to keep clean. The local relay runs without a
+ * token (README).
+ */
+export function serverEnv(env) {
+  const secret = /TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|SEED|PRIVATE|API_?KEY|ACCESS_?KEY|_KEY$/i;
+  return Object.fromEntries(Object.entries(env).filter(([k]) => !k.startsWith('KARS_') && !k.startsWith('PINNED_') && !k.startsWith('AGENTMESH_') && !secret.test(k)));
 }

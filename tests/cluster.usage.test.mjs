@@ -8,7 +8,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { runCli } from './harness/cluster.mjs';
-import { tokenUrls } from '../js-host/cli.js';
+import { tokenInText, tokenUrls } from '../js-host/cli.js';
 
 function tmp(t) {
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 'kars-cluster-usage-'));
@@ -107,4 +107,13 @@ test('pair generate names a capability kars-mesh does not know (a typo), and gra
   const fine = await runCli(['pair', 'generate', '--name', 'fine', '--capabilities', 'offload', '--dir', dir], { home });
   assert.equal(fine.code, 0, fine.stderr);
   assert.doesNotMatch(fine.stderr, /not a capability/);
+});
+
+test('pair-with - takes the token out of what it reads: pair generate\'s whole output, or a token wrapped over lines', () => {
+  const token = 'azcp_1_' + Buffer.from(JSON.stringify({ controller_amid: 'x', relay_url: 'http://127.0.0.1:1234', registry_url: 'http://127.0.0.1:1235', secret: 's' })).toString('base64url');
+  const generated = `✅ Pairing "t" created (slots 1, expires in 30 days)\nToken (give it to the user, it is shown once):\n${token}\n`;
+  assert.equal(tokenInText(generated), token);
+  assert.equal(tokenInText(`Here is your token:\n\n${token.slice(0, 30)}\n${token.slice(30, 70)}\n${token.slice(70)}\n\nThanks`), token);
+  assert.equal(tokenInText(`  ${token}  `), token);
+  assert.equal(tokenInText('no token here'), 'no token here');
 });

@@ -84,7 +84,11 @@ async function walk(name, upExtra, check) {
   assert.equal(gen.code, 0, gen.stderr);
   const token = tokenIn(gen.stdout);
   const state = path.join(home, `${name}-agent`);
-  const paired = await cli(['--state', state, 'pair-with', '-'], { input: token });
+  // As the README has it: `pair generate > token.txt`, then `pair-with - <
+  // token.txt`, the lines around the token included (they were taken for
+  // the token, and the node started on the default relay).
+  assert.ok(token && gen.stdout.trim() !== token, 'pair generate prints more than the token');
+  const paired = await cli(['--state', state, 'pair-with', '-'], { input: gen.stdout });
   assert.equal(paired.code, 0, `${paired.stdout}\n${paired.stderr}`);
   assert.match(paired.stdout, /Paired successfully with kars cluster/);
   // It says that later commands go to this cluster's relay and registry.

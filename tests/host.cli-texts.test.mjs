@@ -519,3 +519,77 @@ test('a command started by the older-Node wrapper stops when the wrapper is kill
   const next = await run(['id', '--state', state('orphan-bob')]);
   assert.equal(next.code, 0, `the state directory is still held: ${next.stderr}`);
 });
+
+/**
+ * A stand-in relay that records the frames it is sent (whoever wrote a
+ * pasted pairing token chose its relay_url: this is what such a relay reads).
+ */
+async function captureRelay() {
+  const { WebSocketServer } = await import('ws');
+  const frames = [];
+  const server = http.createServer((_req, res) => res.writeHead(404).end());
+  const wss = new WebSocketServer({ server });
+  wss.on('connection', (ws) => ws.on('message', (m) => frames.push(JSON.parse(String(m)))));
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${server.address().port}`;
+  closers.push(async () => {
+    for (const c of wss.clients) c.terminate();
+    await new Promise((r) => server.close(r));
+  });
+  return { url, frames };
+}
+
+/** Run the CLI until `relay` has a connect frame from it (or 20 s); the frame, and what the CLI said. */
+async function connectFrameOf(relay, args, env) {
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KARS_MESH_')));
+  const before = relay.frames.length;
+  const child = spawn(process.execPath, [BIN, ...args], { env: { ...clean, HOME: dir, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const exited = new Promise((r) => child.on('close', r));
+  const t0 = Date.now();
+  let connect;
+  while (!connect && Date.now() - t0 < 20_000 && child.exitCode === null) {
+    await new Promise((r) => setTimeout(r, 50));
+    connect = relay.frames.slice(before).find((f) => f.type === 'connect');
+  }
+  child.kill('SIGKILL');
+  await exited;
+  assert.ok(connect, `no connect frame reached ${relay.url}:\n${stderr}`);
+  return { connect, stderr };
+}
+
+test('KARS_MESH_RELAY_TOKEN goes only to a relay the user named, not to one a pasted pairing token or endpoints.json names', { timeout: 120_000 }, async () => {
+  const SECRET = 'users-relay-secret-4242';
+  const evil = await captureRelay();
+  // A real token's shape, its relay_url pointing at the stand-in.
+  const gen = await run(['pair', 'generate', '--dir', state('token-cluster'), '--name', 'x'], { srv: null });
+  assert.equal(gen.code, 0, gen.stderr);
+  const payload = JSON.parse(Buffer.from(gen.stdout.match(/azcp_1_([A-Za-z0-9_-]+)/)[1], 'base64url').toString('utf8'));
+  const token = 'azcp_1_' + Buffer.from(JSON.stringify({ ...payload, relay_url: evil.url, registry_url: plain.registryUrl })).toString('base64url');
+
+  // The token chose the relay: the user's relay token stays home, and the CLI says why and what to do.
+  const paste = await connectFrameOf(evil, ['pair-with', '--state', state('token-paste'), token], { KARS_MESH_RELAY_TOKEN: SECRET });
+  assert.equal(paste.connect.token, undefined, 'the relay token was sent to the relay the pairing token named');
+  assert.ok(!JSON.stringify(paste.connect).includes(SECRET));
+  assert.match(paste.stderr, new RegExp(`KARS_MESH_RELAY_TOKEN is not sent to ${evil.url.replace(/[.]/g, '\\.')} \\(the token's relay_url\\).*run again with KARS_MESH_RELAY=`));
+  assert.ok(!paste.stderr.includes(SECRET), 'the secret is not printed');
+
+  // The user names that relay: then it is theirs, and the token goes.
+  const named = await connectFrameOf(evil, ['pair-with', '--state', state('token-named'), token], { KARS_MESH_RELAY_TOKEN: SECRET, KARS_MESH_RELAY: `${evil.url}/` });
+  assert.equal(named.connect.token, SECRET);
+  assert.doesNotMatch(named.stderr, /is not sent to/);
+
+  // endpoints.json as a pair-with of a pasted token left it: the token does
+  // not go there later either; as one the user named the relay for, it does.
+  const remembered = state('token-remembered');
+  fs.mkdirSync(remembered, { recursive: true, mode: 0o700 });
+  const endpoints = (allowed) => fs.writeFileSync(path.join(remembered, 'endpoints.json'), JSON.stringify({ relay_url: evil.url, registry_url: plain.registryUrl, ...(allowed ? { relay_token_allowed: true } : {}) }));
+  endpoints(false);
+  const later = await connectFrameOf(evil, ['inbox', '--state', remembered, '--wait', '5'], { KARS_MESH_RELAY_TOKEN: SECRET });
+  assert.equal(later.connect.token, undefined, 'the relay token was sent to the relay endpoints.json named');
+  assert.match(later.stderr, /KARS_MESH_RELAY_TOKEN is not sent to .*endpoints\.json/);
+  endpoints(true);
+  const vouched = await connectFrameOf(evil, ['inbox', '--state', remembered, '--wait', '5'], { KARS_MESH_RELAY_TOKEN: SECRET });
+  assert.equal(vouched.connect.token, SECRET);
+});

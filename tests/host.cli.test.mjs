@@ -495,3 +495,57 @@ test('a start that fails says why once: the core\'s error lines are in the error
   assert.equal(r.stderr.split('sealed record failed authentication').length - 1, 1, r.stderr);
   assert.match(r.stderr, /^kars-mesh: the kars-mesh core could not open the identity in .*: the stored identity could not be opened: sealed record failed authentication/);
 });
+
+/** The pids under `pid` (its children, theirs, ...), from /proc. */
+function descendants(pid) {
+  const kids = [];
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) kids.push(Number(d));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return kids.flatMap((k) => [k, ...descendants(k)]);
+}
+
+test('a pairing token given as an argument leaves the process list once kars-mesh runs (directly, and through the wrapper an older Node takes)', { timeout: 60_000 }, async (t) => {
+  const dir = tmp(t);
+  const secret = 'pQ7vX2sEcReT_doNotShow_' + 'x'.repeat(20);
+  const token = 'azcp_1_' + Buffer.from(JSON.stringify({ controller_amid: '4V8Nn3Vko4WQiTDmn4gniAsKjNnF', relay_url: 'http://127.0.0.1:9', registry_url: 'http://127.0.0.1:9', secret })).toString('base64url');
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KARS_MESH_')));
+  // The system Node, if it is older than node:sqlite: bin/kars-mesh then starts Node 24 under it.
+  const system = spawn('node', ['-p', 'process.versions.node'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let version = '';
+  system.stdout.on('data', (d) => (version += d));
+  const systemNode = await new Promise((r) => system.on('close', (code) => r(code === 0 ? version.trim() : null)));
+  const older = systemNode && systemNode.split('.').map(Number).reduce((a, n, i) => a || (i === 0 ? n < 22 : i === 1 && systemNode.startsWith('22.') ? n < 13 : false), false);
+  const ways = [['direct', process.execPath], ...(older ? [['wrapper', 'node']] : [])];
+  t.diagnostic(`system node ${systemNode ?? 'none'}: ${ways.map(([w]) => w).join(' and ')}`);
+  for (const [way, exe] of ways) {
+    const child = spawn(exe, [BIN, '--state', path.join(dir, way), 'pair-with', token], { env: { ...clean, HOME: dir }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    const closed = new Promise((r) => child.on('close', r));
+    // Long enough for the CLI to start (its core loads after the title is set).
+    await new Promise((r) => setTimeout(r, 1500));
+    const pids = [child.pid, ...descendants(child.pid)];
+    const lines = pids.map((p) => {
+      try {
+        return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').replace(/\0+/g, ' ').trim();
+      } catch {
+        return '';
+      }
+    });
+    child.kill('SIGTERM');
+    await closed;
+    assert.equal(pids.length, way === 'wrapper' ? 2 : 1, `${way}: processes ${pids}: ${lines.join(' | ')}\n${stderr}`);
+    for (const line of lines) {
+      assert.ok(line, `${way}: the process ended before it was read:\n${stderr}`);
+      assert.ok(!line.includes(secret.slice(0, 12)) && !line.includes(token.slice(0, 30)), `${way}: the token is in the process list: ${line}`);
+      assert.match(line, /kars-mesh .*pair-with azcp_…/, `${way}: ${line}`);
+    }
+  }
+});

@@ -12,6 +12,7 @@ import { loadCore, CoreMemoryError, MAX_SAFE_CORE_MEMORY } from '../js-host/core
 import { createNode } from '../js-host/node-host.js';
 import { openStateDir, NotSealedError, notSealedReason } from '../js-host/state-db.js';
 import { readRecord, recordKeys } from './harness/state-db.mjs';
+import { knownAgentStates, serverEnv } from '../js-host/cluster.js';
 import { createJobs, isolationSupport, killSandboxes, sweepSandboxDirs } from '../js-host/jobs.js';
 import { escapeLog } from '../js-host/log-escape.js';
 import { planOperator } from '../js-host/cli-operator.js';
@@ -544,4 +545,26 @@ test('log escaping: an engine log line carrying a peer string cannot forge a lin
   assert.ok(warn, lines.join('\n'));
   assert.ok(!/[\n\r\u001b\u0007\u202e]/.test(warn), JSON.stringify(warn));
   assert.equal(warn, 'warn: message from bob\\n2026-01-01T00:00:00Z info: paired with attacker\\x1b]0;pwned\\x07\\u202e');
+});
+
+test('exec isolation: a cluster also hides the agent state directories its environment names (KARS_MESH_STATE, OpenClaw\'s kars-mesh), a walk-through read another agent\'s state.key', (t) => {
+  const home = tmpDir(t, 'home');
+  const agent = path.join(home, 'agents', 'alice');
+  const openclaw = path.join(home, 'oc-state');
+  fs.mkdirSync(agent, { recursive: true });
+  fs.mkdirSync(path.join(openclaw, 'kars-mesh'), { recursive: true });
+  assert.deepEqual(knownAgentStates({ KARS_MESH_STATE: agent, OPENCLAW_STATE_DIR: openclaw }, home), [agent, path.join(openclaw, 'kars-mesh')]);
+  assert.deepEqual(knownAgentStates({ KARS_MESH_STATE: '~/agents/alice' }, home), [agent]);
+  // Names that do not exist are left out (nothing to hide, and mount would fail).
+  assert.deepEqual(knownAgentStates({ KARS_MESH_STATE: path.join(home, 'none') }, home), []);
+  assert.deepEqual(knownAgentStates({}, home), []);
+});
+
+test('cluster up gives its relay and registry the operator\'s environment without secrets (relay token, identity seed, credentials)', () => {
+  const env = serverEnv({
+    PATH: '/usr/bin', HOME: '/h', LANG: 'C.UTF-8', VIRTUAL_ENV: '/v', PYTHONPATH: '/p',
+    KARS_MESH_RELAY_TOKEN: 's1', KARS_IDENTITY_SEED: 's2', PINNED_AGENT_IDENTITY_APP_ID: 's3', AGENTMESH_RELAY_TOKEN: 's4',
+    GITHUB_TOKEN: 's5', AWS_SECRET_ACCESS_KEY: 's6', OPENAI_API_KEY: 's7', DB_PASSWORD: 's8',
+  });
+  assert.deepEqual(Object.keys(env).sort(), ['HOME', 'LANG', 'PATH', 'PYTHONPATH', 'VIRTUAL_ENV']);
 });
