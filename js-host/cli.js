@@ -944,16 +944,27 @@ export async function main(
     } else {
       const submitted = result?.details?.mesh?.request_id !== undefined;
       const inputs = run.command === 'offload' && Array.isArray(run.args.files) && run.args.files.length > 0;
-      code = submitted && run.follow
-        ? await followOffload(node, run, out, ctl.signal)
-        : submitted && inputs
-          ? await followOffload(node, run, out, ctl.signal, { untilInputsSent: true })
-          : EXIT.OK;
+      // The request is in the outbox: if the relay cannot be reached, it has
+      // not left, and following would wait for an answer that cannot come
+      // (a walk-through with the cluster down read "working on it" and
+      // waited). Said, and ended as an unsent `send` ends.
+      const unsent = submitted && run.command === 'offload' ? await flushOutbox(node, ctl.signal, { receiptMs: 0 }) : null;
+      if (unsent?.pending && !unsent.status?.connected && !ctl.signal.aborted) {
+        err(`kars-mesh: the offload request has not left: ${relayTrouble(unsent.status, run.node.relayUrl)}; it is kept and goes out the next time this agent runs and reaches the relay (kars-mesh offload-status --wait 600 then follows it)`);
+        if (!relayRefused(unsent.status)) err(`kars-mesh: ${endpointHint(run.node, 'relay')}, and check that the relay runs`);
+        code = EXIT.UNREACHABLE;
+      } else {
+        code = submitted && run.follow
+          ? await followOffload(node, run, out, ctl.signal)
+          : submitted && inputs
+            ? await followOffload(node, run, out, ctl.signal, { untilInputsSent: true })
+            : EXIT.OK;
+      }
       // A one-shot process must not stop before what it queued went out (a
       // cancel, an offload submitted with --no-follow). Its receipts are
       // waited for as a send's: a message to a sandbox long gone (it never
       // confirms) made every later offload and cancel wait the whole 15 s.
-      if (SENDS.has(run.command)) reportPending(err, run, await flushOutbox(node, ctl.signal, { receiptMs: SEND_RECEIPT_MS }));
+      if (SENDS.has(run.command) && code !== EXIT.UNREACHABLE) reportPending(err, run, await flushOutbox(node, ctl.signal, { receiptMs: SEND_RECEIPT_MS }));
     }
   } catch (e) {
     if (ctl.signal.aborted) {

@@ -34,6 +34,9 @@ export const CLI_WORDS = Object.freeze([
   ['pass `capability` to find others', 'kars-mesh discover <capability> finds others'],
   ['The cloud sandbox is working on it.', "The cluster's sandbox is working on it."],
   ['No active cloud offload to cancel.', 'No active offload to cancel.'],
+  ['Use `/offload` for status or `/offload cancel` to abort.', 'kars-mesh offload-status shows it; kars-mesh offload-cancel cancels it.'],
+  ["❌ mesh_send: `to` is this agent's own DID; pass another agent's DID or name.", "❌ send: the recipient is this agent itself; give another agent's DID or name."],
+  ['❌ mesh_inbox: `from` must be', '❌ inbox: --from must be'],
 ]);
 
 /** For the console page: the section or button that does it. */
@@ -63,6 +66,8 @@ export const PAGE_WORDS = Object.freeze([
   ['pass `capability` to find others', 'give a capability to find others'],
   ['The cloud sandbox is working on it.', "The cluster's sandbox is working on it."],
   ['No active cloud offload to cancel.', 'No active offload to cancel.'],
+  ['Use `/offload` for status or `/offload cancel` to abort.', 'Its progress shows below; "Cancel the offload" stops it.'],
+  ["❌ mesh_send: `to` is this agent's own DID; pass another agent's DID or name.", "❌ Send: the recipient is this agent itself; give another agent's DID or name."],
   // "… but this agent is connected to Y. Start kars-mesh with that relay_url, then pair again."
   ['Start kars-mesh with that ', "This console's server is set up for another cluster: start kars-mesh console (its --relay and --registry) with the token's "],
 ]);
