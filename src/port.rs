@@ -104,6 +104,10 @@ pub trait Port {
     /// A timer for `owner` at `at_ms`; its id.
     fn set_timer(&mut self, cx: &mut Cx<'_>, owner: TimerOwner, at_ms: u64) -> u64;
     fn cancel_timer(&mut self, cx: &mut Cx<'_>, id: u64);
+    /// Why what is sent now waits in the outbox, when the relay link has
+    /// failed and is not back (`None` while it is up or still opening):
+    /// a caller must not say "sent" then.
+    fn relay_trouble(&self) -> Option<String>;
 }
 
 /// A port and a host for unit tests: it records what a sub-machine sends,
@@ -214,6 +218,8 @@ pub mod testing {
         pub busy: Vec<String>,
         pub timers: Vec<(u64, TimerOwner, u64)>,
         pub cancelled: Vec<u64>,
+        /// What `relay_trouble` answers.
+        pub trouble: Option<String>,
     }
 
     impl FakePort {
@@ -230,6 +236,7 @@ pub mod testing {
                 busy: Vec::new(),
                 timers: Vec::new(),
                 cancelled: Vec::new(),
+                trouble: None,
             }
         }
 
@@ -253,6 +260,9 @@ pub mod testing {
     }
 
     impl Port for FakePort {
+        fn relay_trouble(&self) -> Option<String> {
+            self.trouble.clone()
+        }
         fn identity(&self) -> &Identity {
             &self.id
         }

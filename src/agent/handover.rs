@@ -190,7 +190,7 @@ impl Agent {
     }
 
     /// Why a committed message waits, in words for the caller.
-    fn why_queued(&self) -> String {
+    pub(super) fn why_queued(&self) -> String {
         let link = &self.link;
         match (&link.state, &link.last_problem, &link.last_error) {
             (LinkState::Replaced, _, _) => {

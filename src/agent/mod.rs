@@ -168,6 +168,20 @@ pub struct Config {
     pub legacy_pairings: Option<String>,
 }
 
+/// The relay token and the original's pairings (their secrets) are wiped
+/// when a copy of the configuration is dropped.
+impl Drop for Config {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        if let Some(t) = self.relay_token.as_mut() {
+            t.zeroize();
+        }
+        if let Some(p) = self.legacy_pairings.as_mut() {
+            p.zeroize();
+        }
+    }
+}
+
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URLs may carry credentials until `checked` refuses them.
@@ -315,7 +329,7 @@ impl Config {
                 )))
             }
         };
-        self.accept_sessions = match self.accept_sessions {
+        self.accept_sessions = match std::mem::take(&mut self.accept_sessions) {
             AcceptPolicy::Named(s) if s.trim().eq_ignore_ascii_case("all") => AcceptPolicy::All,
             AcceptPolicy::Named(s) => AcceptPolicy::Named(did(&s)?),
             AcceptPolicy::Only(list)

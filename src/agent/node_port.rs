@@ -9,6 +9,10 @@ use crate::store::Vault;
 use serde_json::Value;
 
 impl Port for Agent {
+    fn relay_trouble(&self) -> Option<String> {
+        let failed = self.link.last_problem.is_some() || self.link.last_error.is_some();
+        (failed && !self.link.is_confirmed()).then(|| self.why_queued())
+    }
     fn identity(&self) -> &Identity {
         &self.id
     }

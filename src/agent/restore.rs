@@ -33,7 +33,7 @@ pub(super) fn prekeys(
 /// registers again must not come back without it because this start was
 /// not told it again (`kars-mesh register` without `--name`).
 pub(super) fn registered_name(mut cfg: Config, vault: &Vault, cx: &mut Cx<'_>) -> Config {
-    cfg.name = cfg.name.filter(|n| !n.trim().is_empty());
+    cfg.name = cfg.name.take().filter(|n| !n.trim().is_empty());
     let stored = match vault.get::<String>(cx.host, keys::NAME) {
         Ok(n) => n,
         Err(e) => {

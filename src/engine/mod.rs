@@ -49,6 +49,43 @@ struct StartConfig {
     pinned_app_id: Option<String>,
 }
 
+/// The start configuration's secrets do not outlive it in the core's
+/// memory (a later allocation could otherwise hand them on unwiped).
+impl Drop for StartConfig {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.state_key.zeroize();
+        if let Some(s) = self.identity_seed_hex.as_mut() {
+            s.zeroize();
+        }
+        if let Some(s) = self.pinned_app_id.as_mut() {
+            s.zeroize();
+        }
+    }
+}
+
+/// Overwrite the stack below the caller's frame (64 KiB, more than a start
+/// uses): WebAssembly's stack lives in linear memory, where copies of a
+/// seed moved between frames stay until something else is written there.
+#[inline(never)]
+fn scrub_stack() {
+    let mut below = [0u8; 64 * 1024];
+    zeroize::Zeroize::zeroize(&mut below[..]);
+    core::hint::black_box(&below);
+}
+
+/// Wipe every string of a parsed configuration (the state key, the relay
+/// token, an identity seed and legacy pairings travel in it).
+fn wipe(v: &mut serde_json::Value) {
+    use zeroize::Zeroize;
+    match v {
+        serde_json::Value::String(s) => s.zeroize(),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(wipe),
+        serde_json::Value::Object(o) => o.values_mut().for_each(wipe),
+        _ => {}
+    }
+}
+
 #[derive(Deserialize)]
 struct LegacyIdentity {
     envelope: String,
@@ -86,10 +123,15 @@ impl Engine {
             out: Vec::new(),
         };
         match (event, self.agent.as_mut()) {
-            (Event::Start(config), _) => {
+            (Event::Start(mut config), _) => {
                 if let Err(e) = self.start(&config, &mut cx) {
                     cx.host.log(LogLevel::Error, &e.to_string());
                 }
+                // The configuration (state key, relay token, seed) and what
+                // the start left on the stack: moves of key-holding values
+                // leave their old bytes in frames below this one.
+                zeroize::Zeroize::zeroize(&mut config);
+                scrub_stack();
             }
             (
                 Event::ToolCall {
@@ -162,19 +204,21 @@ impl Engine {
         if self.identity.is_some() || self.agent.is_some() {
             return Err(EngineError::Start("the engine is already started".into()));
         }
-        let raw: serde_json::Value =
+        let mut raw: serde_json::Value =
             serde_json::from_str(config).map_err(|e| EngineError::Config(e.to_string()))?;
-        let cfg: StartConfig =
-            serde_json::from_value(raw.clone()).map_err(|e| EngineError::Config(e.to_string()))?;
-        // Without relay and registry URLs the engine runs identity-only.
-        let mesh = if raw.get("relay_url").is_some() || raw.get("registry_url").is_some() {
-            Some(
-                serde_json::from_value::<crate::agent::Config>(raw)
-                    .map_err(|e| EngineError::Config(e.to_string()))?,
-            )
-        } else {
-            None
-        };
+        // Both read from the one parsed copy (not a clone of it), which is
+        // wiped once they hold what they need.
+        let parsed = StartConfig::deserialize(&raw).and_then(|cfg| {
+            // Without relay and registry URLs the engine runs identity-only.
+            let mesh = if raw.get("relay_url").is_some() || raw.get("registry_url").is_some() {
+                Some(crate::agent::Config::deserialize(&raw)?)
+            } else {
+                None
+            };
+            Ok((cfg, mesh))
+        });
+        wipe(&mut raw);
+        let (cfg, mesh) = parsed.map_err(|e| EngineError::Config(e.to_string()))?;
         let key = Zeroizing::new(b64::decode(&cfg.state_key).map_err(|_| EngineError::StateKey)?);
         if key.len() != 32 {
             return Err(EngineError::StateKey);
@@ -182,14 +226,17 @@ impl Engine {
         let mut vault = Vault::new(key);
         vault.migrate(cx.host, &mut cx.out);
         let identity = match vault.get_bytes(cx.host, IDENTITY_KEY) {
-            Ok(Some(seed)) => {
-                let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| {
-                    EngineError::IdentityUnreadable(seal::SealError::Authentication)
-                })?;
-                let mut seed = Zeroizing::new(seed);
-                let id = Identity::from_seed(&seed);
-                zeroize::Zeroize::zeroize(&mut *seed);
-                id
+            Ok(Some(stored)) => {
+                if stored.len() != 32 {
+                    return Err(EngineError::IdentityUnreadable(
+                        seal::SealError::Authentication,
+                    ));
+                }
+                // Filled in place: a `[u8; 32]` moved into `Zeroizing` leaves
+                // its first copy behind, unwiped.
+                let mut seed = Zeroizing::new([0u8; 32]);
+                seed.copy_from_slice(&stored);
+                Identity::from_seed(&seed)
             }
             Err(crate::store::StoreError::Sealed { source, .. }) => {
                 return Err(EngineError::IdentityUnreadable(source))
@@ -240,7 +287,7 @@ fn new_identity(cfg: &StartConfig, cx: &mut Cx<'_>) -> Identity {
                 let id = Identity::from_seed(&seed);
                 cx.host.log(
                     LogLevel::Info,
-                    &format!("imported the identity {} of the original kars plugin (~/.kars/identity.json)", id.did()),
+                    &format!("imported the identity {} of the original kars plugin (~/.kars/identity.json); that file still holds its private key, sealed under a key made from this host's name and home directory (public facts): delete it once the original plugin no longer runs here", id.did()),
                 );
                 return id;
             }
@@ -251,9 +298,10 @@ fn new_identity(cfg: &StartConfig, cx: &mut Cx<'_>) -> Identity {
         }
     }
     if let Some(h) = cfg.identity_seed_hex.as_deref().map(str::trim) {
-        if let Some(b) = crate::wire::hex::decode(h) {
-            if let Ok(seed) = <[u8; 32]>::try_from(b.as_slice()) {
-                let seed = Zeroizing::new(seed);
+        if let Some(b) = crate::wire::hex::decode(h).map(Zeroizing::new) {
+            if b.len() == 32 {
+                let mut seed = Zeroizing::new([0u8; 32]);
+                seed.copy_from_slice(&b);
                 return Identity::from_seed(&seed);
             }
         }
@@ -268,7 +316,17 @@ fn new_identity(cfg: &StartConfig, cx: &mut Cx<'_>) -> Identity {
         .filter(|a| !a.trim().is_empty())
     {
         let seed = crate::crypto::identity::seed_from_app_id(app);
-        return Identity::from_seed(&seed);
+        let id = Identity::from_seed(&seed);
+        // The original's pinned agents: a key anyone who knows the app id
+        // can compute. Kept so such an agent keeps its DID, and said.
+        cx.host.log(
+            LogLevel::Warn,
+            &format!(
+                "the identity {} is derived from PINNED_AGENT_IDENTITY_APP_ID: anyone who knows that app id can compute its private key and act as this agent. Meant only to keep an original kars agent's DID; for a key of its own, unset PINNED_AGENT_IDENTITY_APP_ID and start on a new state directory",
+                id.did()
+            ),
+        );
+        return id;
     }
     Identity::generate(cx.host)
 }

@@ -840,12 +840,19 @@ impl OffloadClient {
             o.model.clone(),
             &ts,
         );
+        // A request that cannot leave yet is not "sent": it waits in the
+        // outbox for the relay (a walk-through read "sent" with the
+        // cluster down).
+        let trouble = port.relay_trouble();
         o.events_total += 1;
         o.events.push(OffloadEvent {
             seq: o.events_total,
             at_ms: o.started_ms,
             phase: Phase::Submitted,
-            text: "offload_request sent to the controller".into(),
+            text: match &trouble {
+                None => "offload_request sent to the controller".into(),
+                Some(why) => format!("offload_request waits to go to the controller: {why}; it goes out when the link is back"),
+            },
             progress: None,
         });
         let controller = o.controller.clone();
@@ -872,13 +879,20 @@ impl OffloadClient {
                 total as f64 / 1024.0
             )
         };
+        let working = match &trouble {
+            None => "The cloud sandbox is working on it.".to_string(),
+            Some(why) => format!("⚠️ Not sent yet: {why}. The request goes out when the link is back, and the cloud sandbox starts then."),
+        };
         let text = format!(
-            "☁️ Offload submitted — orchestrating in background\nRequest ID: {}\nModel: {}\nTask: {task_preview}{more}\nFiles: {files_line}\nTimeout: {}m\n\nThe cloud sandbox is working on it. Do not call more tools for this task now: progress and the result arrive on their own (offload_status shows a snapshot when the user asks).",
+            "☁️ Offload submitted — orchestrating in background\nRequest ID: {}\nModel: {}\nTask: {task_preview}{more}\nFiles: {files_line}\nTimeout: {}m\n\n{working} Do not call more tools for this task now: progress and the result arrive on their own (offload_status shows a snapshot when the user asks).",
             o.request_id,
             o.model.as_deref().unwrap_or("default"),
             o.timeout_minutes
         );
-        let details = json!({"request_id": o.request_id, "phase": Phase::Submitted, "files": o.files.iter().map(|f| json!({"name": f.name, "size": f.size, "sha256": f.sha256})).collect::<Vec<_>>(), "timeout_minutes": o.timeout_minutes});
+        let mut details = json!({"request_id": o.request_id, "phase": Phase::Submitted, "files": o.files.iter().map(|f| json!({"name": f.name, "size": f.size, "sha256": f.sha256})).collect::<Vec<_>>(), "timeout_minutes": o.timeout_minutes});
+        if let Some(why) = &trouble {
+            details["queued_because"] = json!(why);
+        }
         self.active = Some(o);
         self.early_hello = None;
         self.set_deadline(port, cx, READY_TIMEOUT_MS);

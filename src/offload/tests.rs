@@ -1187,3 +1187,37 @@ fn the_duplicate_guard_compares_the_task_as_the_original_and_the_input_files_in_
     assert_eq!(key("  Count   it ", &[]), "count it");
     assert!(!same_offload(&key("count it", &["/x"]), "count it"));
 }
+
+/// A walk-through read "offload_request sent to the controller" and "The
+/// cloud sandbox is working on it" with the cluster's relay down: the
+/// request only waited in the outbox. Said as waiting, with why; it still
+/// goes (the outbox sends it when the link is back).
+#[test]
+fn a_request_made_while_the_relay_is_down_is_said_to_wait_not_sent() {
+    let (mut user, ctl) = (Side::new(1), Side::new(2));
+    let c = ctl.did();
+    let mut client = OffloadClient::default();
+    let pairing = pairing_with(&ctl);
+    user.port.trouble =
+        Some("the relay is not reachable (connect ECONNREFUSED 127.0.0.1:18083)".into());
+    let args = json!({"task": "summarise the week"});
+    user.call(|p, cx| client.cloud_offload(p, cx, "call-1", &args, Some(&pairing)));
+    let result = &user.results()[0];
+    let said = text(result);
+    assert!(said.starts_with("☁️ Offload submitted"), "{said}");
+    assert!(
+        said.contains("⚠️ Not sent yet: the relay is not reachable (connect ECONNREFUSED 127.0.0.1:18083). The request goes out when the link is back"),
+        "{said}"
+    );
+    assert!(!said.contains("is working on it"), "{said}");
+    assert_eq!(
+        result["details"]["mesh"]["queued_because"],
+        "the relay is not reachable (connect ECONNREFUSED 127.0.0.1:18083)"
+    );
+    let events = &client.active.as_ref().unwrap().events;
+    assert!(events[0]
+        .text
+        .starts_with("offload_request waits to go to the controller: the relay is not reachable"));
+    // Handed to the outbox all the same.
+    assert_eq!(types(&user.take_sent_to(&c)), ["offload_request"]);
+}
