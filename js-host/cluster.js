@@ -689,7 +689,8 @@ export async function clusterStatus(dir) {
 export function knownAgentStates(env = process.env, home = os.homedir()) {
   const out = [];
   const state = env.KARS_MESH_STATE?.trim();
-  if (state) out.push(state === '~' ? home : state.startsWith('~/') ? path.join(home, state.slice(2)) : path.resolve(home, state));
+  // As the OpenClaw plugin reads it: ~ and a relative path from the home directory.
+  if (state) out.push(path.resolve(home, state.replace(/^~(?=$|[\\/])/, home)));
   if (env.OPENCLAW_STATE_DIR?.trim()) out.push(path.join(openclawStateDirFromEnv(env, home), 'kars-mesh'));
   return out.filter((d) => {
     try {

@@ -39,6 +39,18 @@ impl Identity {
         }
     }
 
+    /// From a seed held as bytes of any length (a stored record, decoded
+    /// hex): `None` unless 32. Copied into a wiped array in place: a
+    /// `[u8; 32]` moved into `Zeroizing` leaves its first copy behind.
+    pub fn from_seed_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != 32 {
+            return None;
+        }
+        let mut seed = Zeroizing::new([0u8; 32]);
+        seed.copy_from_slice(bytes);
+        Some(Self::from_seed(&seed))
+    }
+
     pub fn generate(rng: &mut dyn Entropy) -> Self {
         let seed = Zeroizing::new(rng.array32());
         Self::from_seed(&seed)

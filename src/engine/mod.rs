@@ -226,18 +226,9 @@ impl Engine {
         let mut vault = Vault::new(key);
         vault.migrate(cx.host, &mut cx.out);
         let identity = match vault.get_bytes(cx.host, IDENTITY_KEY) {
-            Ok(Some(stored)) => {
-                if stored.len() != 32 {
-                    return Err(EngineError::IdentityUnreadable(
-                        seal::SealError::Authentication,
-                    ));
-                }
-                // Filled in place: a `[u8; 32]` moved into `Zeroizing` leaves
-                // its first copy behind, unwiped.
-                let mut seed = Zeroizing::new([0u8; 32]);
-                seed.copy_from_slice(&stored);
-                Identity::from_seed(&seed)
-            }
+            Ok(Some(stored)) => Identity::from_seed_bytes(&stored).ok_or(
+                EngineError::IdentityUnreadable(seal::SealError::Authentication),
+            )?,
             Err(crate::store::StoreError::Sealed { source, .. }) => {
                 return Err(EngineError::IdentityUnreadable(source))
             }
@@ -298,12 +289,11 @@ fn new_identity(cfg: &StartConfig, cx: &mut Cx<'_>) -> Identity {
         }
     }
     if let Some(h) = cfg.identity_seed_hex.as_deref().map(str::trim) {
-        if let Some(b) = crate::wire::hex::decode(h).map(Zeroizing::new) {
-            if b.len() == 32 {
-                let mut seed = Zeroizing::new([0u8; 32]);
-                seed.copy_from_slice(&b);
-                return Identity::from_seed(&seed);
-            }
+        if let Some(id) = crate::wire::hex::decode(h)
+            .map(Zeroizing::new)
+            .and_then(|b| Identity::from_seed_bytes(&b))
+        {
+            return id;
         }
         cx.host.log(
             LogLevel::Warn,
