@@ -121,6 +121,8 @@ export function clusterConfig(dir) {
     name: typeof c.name === 'string' && c.name ? c.name : DEFAULT_CLUSTER_NAME,
     relayPort: port(c.relayPort, DEFAULT_RELAY_PORT),
     registryPort: port(c.registryPort, DEFAULT_REGISTRY_PORT),
+    // Not reused (a command to run is given each time), only compared.
+    exec: typeof c.exec === 'string' && c.exec ? c.exec : undefined,
   };
 }
 
@@ -399,6 +401,12 @@ export function summary(state, env = process.env) {
     `  directory   ${state.dir}`,
   ];
   if (state.mode === 'detached') lines.push(`  log         ${state.log}`);
+  // Which executor the sandboxes run: a restart without --exec falls back to
+  // the built-in one, which runs nothing (a walk-through's offloads then
+  // "finished" with its receipt report).
+  lines.push(state.sandboxes?.exec
+    ? `  sandboxes   run ${state.sandboxes.exec}${state.sandboxes.execUnisolated ? '  (NOT isolated: --exec-unisolated)' : ''}`
+    : '  sandboxes   the built-in executor: it runs nothing and reports what it received (cluster up --exec CMD runs your command)');
   lines.push(
     '',
     'Pair a client:',
@@ -440,6 +448,9 @@ export async function runCluster(opts, { out, err, signal, env = process.env, cr
   if (existing) fs.rmSync(p.state, { force: true }); // left by a cluster that died
 
   const prev = clusterConfig(dir);
+  if (prev.exec && !opts.exec) {
+    log('warn', `the last cluster up in ${dir} ran --exec ${JSON.stringify(prev.exec)}; this one runs the built-in executor, which runs no command: give --exec again to run it`);
+  }
   const name = opts.name ?? prev.name;
   const registryPort = opts.registryPort ?? prev.registryPort;
   const relayPort = opts.relayPort ?? prev.relayPort;
@@ -519,7 +530,7 @@ export async function runCluster(opts, { out, err, signal, env = process.env, cr
 
     control = await startControlServer(p.sock, (tool, args) => controller.callTool(tool, args, { timeoutMs: 30_000 }), { log });
 
-    writeJson(p.config, { name, relayPort, registryPort });
+    writeJson(p.config, { name, relayPort, registryPort, exec: opts.exec || undefined });
     state.phase = 'ready';
     state.readyAt = new Date().toISOString();
     writeJson(p.state, state);

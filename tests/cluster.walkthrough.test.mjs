@@ -78,6 +78,8 @@ async function walk(name, upExtra, check) {
   assert.equal(up.code, 0, `${up.stdout}\n${up.stderr}`);
   assert.equal(started.length, 3, `cluster.json should list the cluster process (the controller), the relay and the registry: ${started}`);
   for (const p of started) assert.ok(alive(p), `pid ${p} from cluster.json is not running after cluster up`);
+  // Which executor the sandboxes run is said where the cluster comes up.
+  assert.match(up.stdout, upExtra.includes('--exec') ? /\n {2}sandboxes {3}run \S+count\.sh\n/ : /\n {2}sandboxes {3}the built-in executor: it runs nothing/);
   const sandboxes = watchSandboxes(dir);
 
   const gen = await cli(['pair', 'generate', '--dir', dir, '--name', 'laptop', '--slots', '1', '--capabilities', 'offload,handoff', '--expires', '30d']);
@@ -178,4 +180,15 @@ test('walk-through with --exec: the operator command runs in the sandbox', { tim
     const list = await cli(['pair', 'list', '--dir', dir]);
     assert.match(list.stdout, /slots 0\/1/, `the cancel did not reach the controller before offload-cancel exited:\n${list.stdout}`);
   });
+  // Up again without --exec (ports and name come back, the command does
+  // not): said on the terminal and in the log, where a walk-through's
+  // offloads had "finished" with the built-in executor's report unnoticed.
+  const dir = path.join(home, 'exec');
+  const again = await cli(['cluster', 'up', '--detach', '--dir', dir]);
+  for (const p of clusterPids(dir)) seenPids.add(p);
+  assert.equal(again.code, 0, `${again.stdout}\n${again.stderr}`);
+  assert.match(again.stdout, /sandboxes {3}the built-in executor: it runs nothing/);
+  assert.match(fs.readFileSync(path.join(dir, 'cluster.log'), 'utf8'), /the last cluster up in .* ran --exec ".*count\.sh"; this one runs the built-in executor, which runs no command: give --exec again to run it/);
+  const down = await cli(['cluster', 'down', '--dir', dir]);
+  assert.equal(down.code, 0, down.stderr);
 });
