@@ -70,13 +70,16 @@ fresh prekeys so that other agents can open encrypted sessions to it.`,
     help: `Send a message to another agent. If the message parses as a JSON object it
 is sent as is; otherwise it is sent as {"type":"message","content":<text>}.
 Several words are joined with spaces; put -- before a message starting with -.
+Give - as the message to read it from stdin (a file, a pipe: a command line
+holds at most 128 KiB, a message up to 1 MiB).
 Exit code 0 once the relay has the message; 3 when the relay cannot be
 reached or refuses this agent (the message is kept in the state directory
 and goes out the next time kars-mesh runs there and reaches the relay).
 
 Examples:
   kars-mesh send did:mesh:0123... "hello there"
-  kars-mesh send did:mesh:0123... '{"type":"task","content":"summarise"}'`,
+  kars-mesh send did:mesh:0123... '{"type":"task","content":"summarise"}'
+  kars-mesh send did:mesh:0123... - < report.md`,
     flags: [],
     positional: ['did', 'message'],
     rest: true, // the words of the message
@@ -357,6 +360,8 @@ export function plan(argv, env = process.env) {
   if (flags.timeout !== undefined) parsed.timeout = numberFlag('--timeout', flags.timeout, command, { min: 1, max: 24 * 60 });
 
   if (command === 'pair-with' && positional[0] === '-') positional[0] = tokenInText(readStdin());
+  // send <did> -: the message from stdin, as it is (one final newline off).
+  if (command === 'send' && positional.length === 2 && positional[1] === '-') positional[1] = readStdin({ trim: false, what: 'the message' }).replace(/\r?\n$/, '');
   if (command === 'pair-with') positional[0] = unquoteToken(positional[0]);
   // pair-with: the token says where its cluster is, and only the engine reads
   // tokens (asynchronously), so main() settles the node with run.nodeFor(urls).
@@ -522,11 +527,12 @@ export function tokenInText(text) {
   return parts.join('');
 }
 
-function readStdin() {
+function readStdin({ trim = true, what = 'the token' } = {}) {
   try {
-    return readFileSync(0, 'utf8').trim();
+    const text = readFileSync(0, 'utf8');
+    return trim ? text.trim() : text;
   } catch (e) {
-    throw new UsageError(`cannot read the token from stdin: ${e.message}`, 'pair-with');
+    throw new UsageError(`cannot read ${what} from stdin: ${e.message}`, what === 'the token' ? 'pair-with' : 'send');
   }
 }
 

@@ -593,3 +593,26 @@ test('KARS_MESH_RELAY_TOKEN goes only to a relay the user named, not to one a pa
   const vouched = await connectFrameOf(evil, ['inbox', '--state', remembered, '--wait', '5'], { KARS_MESH_RELAY_TOKEN: SECRET });
   assert.equal(vouched.connect.token, SECRET);
 });
+
+test('send <did> - reads the message from stdin: 200 KiB, more than a command line holds, arrives whole (a walk-through could not send between 128 KiB and the 1 MiB limit)', { timeout: 120_000 }, async () => {
+  const bob = await registered('stdin-bob');
+  const body = `${'line of a long report\n'.repeat(9_500)}end`;
+  assert.ok(Buffer.byteLength(body) > 200 * 1024);
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KARS_MESH_')));
+  const child = spawn(process.execPath, [BIN, 'send', '--state', state('stdin-alice'), bob, '-'], {
+    env: { ...clean, HOME: dir, KARS_MESH_RELAY: plain.relayUrl, KARS_MESH_REGISTRY: plain.registryUrl },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stderr += d));
+  child.stdin.end(`${body}\n`);
+  const code = await new Promise((r) => child.on('close', r));
+  assert.equal(code, 0, `${stdout}\n${stderr}`);
+  assert.match(stdout, /^✓ Message sent to did:mesh:/);
+  const inbox = await run(['inbox', '--state', state('stdin-bob'), '--json']);
+  assert.equal(inbox.code, 0, inbox.stderr);
+  const got = JSON.parse(inbox.stdout).details.mesh.messages.map((m) => m.payload?.content);
+  assert.deepEqual(got, [body], 'the whole message, its final newline off, and no literal "-"');
+});
