@@ -634,6 +634,9 @@ async function flushOutbox(node, signal, { ms = 15_000, receiptMs = ms } = {}) {
 const NOTHING_THERE = /ECONNREFUSED|ENOTFOUND|EAI_NONAME/;
 const NOTHING_THERE_TRIES = 3;
 
+/** Characters of a message the engine's inbox text shows (src/agent/tools/mesh_inbox.rs LINE_CHARS). */
+const INBOX_LINE_CHARS = 200;
+
 /** How long a `send` waits for its recipient's receipt (see flushOutbox). */
 const SEND_RECEIPT_MS = 1000;
 
@@ -892,7 +895,13 @@ export async function main(
     if (run.json) out(JSON.stringify(result, null, 2));
     else if (failed) err(text);
     // An empty inbox is not news when the relay was not reached.
-    else if (!relayDown || (Array.isArray(shown) && shown.length)) out(text);
+    else if (!relayDown || (Array.isArray(shown) && shown.length)) {
+      out(text);
+      // The engine shows 200 characters of each message (its text for an
+      // agent); a person should know the rest is there.
+      const cut = Array.isArray(shown) && shown.some((m) => [...(typeof m.payload === 'string' ? m.payload : typeof m.payload?.content === 'string' ? m.payload.content : JSON.stringify(m.payload ?? ''))].length > INBOX_LINE_CHARS);
+      if (cut) out(`(a message over ${INBOX_LINE_CHARS} characters is cut above; kars-mesh inbox --json shows it whole)`);
+    }
     // Only what was unread is marked (and said to be): `inbox --all` also
     // shows messages read before.
     const unreadShown = Array.isArray(shown) ? shown.filter((m) => m.read !== true) : [];

@@ -611,6 +611,11 @@ test('send <did> - reads the message from stdin: 200 KiB, more than a command li
   const code = await new Promise((r) => child.on('close', r));
   assert.equal(code, 0, `${stdout}\n${stderr}`);
   assert.match(stdout, /^✓ Message sent to did:mesh:/);
+  const peek = await run(['inbox', '--state', state('stdin-bob'), '--peek']);
+  assert.equal(peek.code, 0, peek.stderr);
+  assert.match(peek.stdout, /\(a message over 200 characters is cut above; kars-mesh inbox --json shows it whole\)/);
+  // The CLI's 200 is the engine's.
+  assert.match(fs.readFileSync(path.join(SRC, 'agent', 'tools', 'mesh_inbox.rs'), 'utf8'), /const LINE_CHARS: usize = 200;/);
   const inbox = await run(['inbox', '--state', state('stdin-bob'), '--json']);
   assert.equal(inbox.code, 0, inbox.stderr);
   const got = JSON.parse(inbox.stdout).details.mesh.messages.map((m) => m.payload?.content);
