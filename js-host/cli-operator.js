@@ -72,8 +72,8 @@ ${DIR_HELP}
     generate: {
       usage: 'kars-mesh pair generate --name NAME [--slots N] [--capabilities offload,handoff] [--expires 90d] [--token-budget N] [--dir DIR]',
       help: `Create a pairing and print its one-time token (azcp_1_...). The token is shown
-once and not stored; give it to the user, who pairs with
-  kars-mesh pair-with <token>
+once and not stored; give it to the user, who saves it in a file and pairs with
+  kars-mesh pair-with - < token.txt
   --name NAME          the pairing's name (required; letters, digits, '-')
   --slots N            sandbox slots granted (default 1)
   --capabilities LIST  comma-separated (default offload,handoff)
@@ -381,7 +381,7 @@ export async function mainOperator(argv, { out, err, env = process.env, signal, 
     else if (run.tool === 'pair_list') out(formatPairings(result?.details?.mesh?.pairings ?? []));
     else out(cliText(resultText(result)));
     if (!failed && run.tool === 'pair_generate' && !run.json) {
-      err(`On the client: kars-mesh pair-with <token>   (or the mesh_pair tool with {"token": "<token>"})`);
+      err(`On the client: kars-mesh pair-with - < token.txt   (the token saved in a file; or the mesh_pair tool with {"token": "<token>"})`);
     }
     return failed ? EXIT.TOOL_ERROR : EXIT.OK;
   } catch (e) {

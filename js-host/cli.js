@@ -15,6 +15,7 @@ import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { followMoved } from './state-location.js';
 import { OPERATOR_SUMMARY, mainOperator, operatorUsage } from './cli-operator.js';
 import { PRESET_SUMMARY, PRESET_USAGE, mainPreset } from './cli-preset.js';
+import { isatty } from 'node:tty';
 import { EXIT, cliText, isErrorResult, relayRefused, relayTrouble, resultText, stderrLog } from './cli-output.js';
 import { UsageError, checkArguments, onlyFlags, parseArgv, resolveDir } from './flags.js';
 import { nameProblem } from './agent-name.js';
@@ -70,8 +71,8 @@ fresh prekeys so that other agents can open encrypted sessions to it.`,
     help: `Send a message to another agent. If the message parses as a JSON object it
 is sent as is; otherwise it is sent as {"type":"message","content":<text>}.
 Several words are joined with spaces; put -- before a message starting with -.
-Give - as the message to read it from stdin (a file, a pipe: a command line
-holds at most 128 KiB, a message up to 1 MiB).
+Give - as the message to read it from stdin (a file, a pipe, or typed and
+ended with Ctrl-D: a command line holds at most 128 KiB, a message up to 1 MiB).
 Exit code 0 once the relay has the message; 3 when the relay cannot be
 reached or refuses this agent (the message is kept in the state directory
 and goes out the next time kars-mesh runs there and reaches the relay).
@@ -361,7 +362,14 @@ export function plan(argv, env = process.env) {
 
   if (command === 'pair-with' && positional[0] === '-') positional[0] = tokenInText(readStdin());
   // send <did> -: the message from stdin, as it is (one final newline off).
-  if (command === 'send' && positional.length === 2 && positional[1] === '-') positional[1] = readStdin({ trim: false, what: 'the message' }).replace(/\r?\n$/, '');
+  if (command === 'send' && positional.length === 2 && positional[1] === '-') {
+    // isatty, not process.stdin.isTTY: opening process.stdin makes a pipe
+    // non-blocking, and the read below then fails with EAGAIN.
+    if (isatty(0)) process.stderr.write('kars-mesh send: type the message, then Enter and Ctrl-D\n');
+    positional[1] = readStdin({ trim: false, what: 'the message' }).replace(/\r?\n$/, '');
+    // `gen | kars-mesh send bob -` with gen failing: not an empty message.
+    if (!positional[1].trim()) throw new UsageError('the message read from stdin is empty: nothing was sent', command);
+  }
   if (command === 'pair-with') positional[0] = unquoteToken(positional[0]);
   // pair-with: the token says where its cluster is, and only the engine reads
   // tokens (asynchronously), so main() settles the node with run.nodeFor(urls).
@@ -435,7 +443,7 @@ function nodeSettings(flags, env, command, fromToken) {
     from.relay === '--relay' || from.relay === 'KARS_MESH_RELAY' || from.relay === 'the default'
       ? true
       : fromToken.relayUrl && flags.relay === undefined
-        ? sameUrl(env.KARS_MESH_RELAY, relayUrl)
+        ? sameRelay(env.KARS_MESH_RELAY, relayUrl)
         : paired.relayTokenAllowed === true;
   if (flags.name !== undefined && !flags.name.trim()) throw new UsageError('--name must not be empty', command);
   // Other agents send to it by name: one word (the engine refuses others too).
@@ -445,14 +453,23 @@ function nodeSettings(flags, env, command, fromToken) {
   return { stateDir, relayUrl, registryUrl, name: flags.name, from, endpoints: remembered, relayTokenAllowed };
 }
 
-/** Two URLs that name the same endpoint (`ws://h:1` and `ws://h:1/`). */
-function sameUrl(a, b) {
-  if (!a || !b) return false;
-  try {
-    return new URL(String(a).trim()).href === new URL(String(b).trim()).href;
-  } catch {
-    return false;
-  }
+/**
+ * Two URLs that name the same relay, as the core takes them (src/pairing/
+ * client.rs same_place, src/mesh/link.rs ws_url): ws is http, wss is
+ * https, and the bare address, `/` and `/ws` are one place.
+ */
+export function sameRelay(a, b) {
+  const place = (v) => {
+    try {
+      const u = new URL(String(v).trim());
+      const scheme = { 'ws:': 'http:', 'wss:': 'https:' }[u.protocol] ?? u.protocol;
+      return `${scheme}//${u.host}${u.pathname.replace(/\/+$/, '').replace(/\/ws$/, '')}`;
+    } catch {
+      return null;
+    }
+  };
+  const [x, y] = [a && place(a), b && place(b)];
+  return !!x && x === y;
 }
 
 /** Where the CLI reads the relay token from, for the engine's 4003 text. */
@@ -467,6 +484,15 @@ function endpointHint(node, which) {
 }
 
 const ENDPOINTS_FILE = 'endpoints.json';
+
+/** Write endpoints.json (pair-with's cluster, and whether the relay token may go there); its path. */
+function rememberEndpoints(stateDir, { relayUrl, registryUrl, relayTokenAllowed }) {
+  const file = path.join(stateDir, ENDPOINTS_FILE);
+  const text = JSON.stringify({ relay_url: relayUrl, registry_url: registryUrl, relay_token_allowed: relayTokenAllowed === true }, null, 2);
+  writeFileSync(`${file}.tmp`, `${text}\n`, { mode: 0o600 });
+  renameSync(`${file}.tmp`, file);
+  return file;
+}
 
 /**
  * The relay and registry remembered by a successful pair-with, if any, and
@@ -517,14 +543,27 @@ export function tokenInText(text) {
   const at = text.search(/azcp_\d+_/);
   if (at < 0) return text;
   const lines = text.slice(at).split(/\r?\n/).map((l) => l.trim());
-  const parts = [lines[0].match(/^azcp_[A-Za-z0-9_\-=.]+/)[0]];
-  if (parts[0] === lines[0]) {
-    for (const l of lines.slice(1)) {
-      if (!/^[A-Za-z0-9_\-=.]+$/.test(l)) break;
-      parts.push(l);
-    }
+  const first = lines[0].match(/^azcp_[A-Za-z0-9_\-=.+/]+/)[0];
+  if (first !== lines[0]) return first;
+  // Lines after it join only while that makes a token whose payload reads
+  // (a wrapped token): a word after a whole token ("Cheers") is not part of it.
+  let joined = first;
+  for (const l of lines.slice(1)) {
+    if (tokenReads(joined) || !/^[A-Za-z0-9_\-=.+/]+$/.test(l)) break;
+    joined += l;
   }
-  return parts.join('');
+  return tokenReads(joined) ? joined : first;
+}
+
+/** An azcp_<n>_ token whose payload is base64 (either alphabet) of a JSON object. */
+function tokenReads(token) {
+  const body = token.replace(/^azcp_\d+_/, '').replace(/-/g, '+').replace(/_/g, '/');
+  try {
+    const v = JSON.parse(Buffer.from(body, 'base64').toString('utf8'));
+    return v !== null && typeof v === 'object';
+  } catch {
+    return false;
+  }
 }
 
 function readStdin({ trim = true, what = 'the token' } = {}) {
@@ -620,10 +659,7 @@ async function flushOutbox(node, signal, { ms = 15_000, receiptMs = ms } = {}) {
     pending = Number(status?.outbox ?? 0);
     if (status?.connected) connectedAt ??= Date.now();
     if (!pending || relayRefused(status) || Date.now() >= until) break;
-    // Nothing listens at the relay's address (or the name does not
-    // resolve): after a few failed tries (about 3 s: a relay that is
-    // starting gets them), waiting the whole bound says nothing more.
-    if (connectedAt === null && Number(status?.relay_attempts ?? 0) >= NOTHING_THERE_TRIES && NOTHING_THERE.test(String(status?.relay_error ?? ''))) break;
+    if (connectedAt === null && nothingThere(status)) break;
     if (connectedAt !== null && Date.now() >= connectedAt + receiptMs) break;
     await sleep(connectedAt === null ? 150 : 50);
   }
@@ -633,6 +669,30 @@ async function flushOutbox(node, signal, { ms = 15_000, receiptMs = ms } = {}) {
 /** Connection errors that mean nothing listens at the relay's address. */
 const NOTHING_THERE = /ECONNREFUSED|ENOTFOUND|EAI_NONAME/;
 const NOTHING_THERE_TRIES = 3;
+
+/**
+ * Nothing listens at the relay's address (or the name does not resolve):
+ * after a few failed tries (about 3 s: a relay that is starting gets them),
+ * waiting longer says nothing more.
+ */
+function nothingThere(status) {
+  return Number(status?.relay_attempts ?? 0) >= NOTHING_THERE_TRIES && NOTHING_THERE.test(String(status?.relay_error ?? ''));
+}
+
+/**
+ * Wait (bounded) until the relay link is up, the relay refused this agent,
+ * or nothing answers at its address; the node's last state.
+ */
+async function relayReady(node, signal, ms = 15_000) {
+  const until = Date.now() + ms;
+  let status = null;
+  while (!signal.aborted) {
+    status = await nodeStatus(node, signal);
+    if (status?.connected || relayRefused(status) || nothingThere(status) || Date.now() >= until) break;
+    await sleep(100);
+  }
+  return status;
+}
 
 /** Characters of a message the engine's inbox text shows (src/agent/tools/mesh_inbox.rs LINE_CHARS). */
 const INBOX_LINE_CHARS = 200;
@@ -839,12 +899,18 @@ export async function main(
     if (endpoints?.problem && run.command !== 'pair-with') err(`kars-mesh: ${endpoints.problem}`);
     const token = env.KARS_MESH_RELAY_TOKEN || null;
     const withheld = token && !relayTokenAllowed;
-    if (withheld) err(`kars-mesh: KARS_MESH_RELAY_TOKEN is not sent to ${settings.relayUrl} (${run.node.from?.relay ?? 'not a relay you named'}): a relay token goes only to a relay you name. If it is that relay's token, run again with KARS_MESH_RELAY=${settings.relayUrl}`);
+    if (withheld) err(`kars-mesh: KARS_MESH_RELAY_TOKEN is not sent to ${settings.relayUrl} (${run.node.from?.relay ?? 'not a relay you named'}): a relay token goes only to a relay you name. If it is that relay's token, run once with KARS_MESH_RELAY=${settings.relayUrl} (this state directory then remembers it)`);
+    // The user named the relay pair-with remembered (an endpoints.json from
+    // a pasted token, or from before relay_token_allowed existed): later
+    // commands may send the token there without naming it again.
+    const vouched = token && run.command !== 'pair-with' && ['--relay', 'KARS_MESH_RELAY'].includes(run.node.from?.relay) && endpoints?.relayUrl && endpoints.relayTokenAllowed !== true && sameRelay(endpoints.relayUrl, settings.relayUrl);
     const relayTokenHint = withheld
       ? `run again with KARS_MESH_RELAY=${settings.relayUrl} beside KARS_MESH_RELAY_TOKEN: the token is sent only to a relay you name, and this one came from ${run.node.from?.relay ?? 'elsewhere'}`
       : RELAY_TOKEN_HINT;
     // null, not undefined: createNode would read the environment's token itself.
     node = await (createNodeImpl ?? createNode)({ proxy: env, ...settings, relayToken: withheld ? null : token, relayTokenHint, log });
+    // Written under the node's lock of the state directory, as pair-with writes it.
+    if (vouched) rememberEndpoints(settings.stateDir, { relayUrl: endpoints.relayUrl, registryUrl: endpoints.registryUrl, relayTokenAllowed: true });
   } catch (e) {
     // By name: one rebuilt on the engine's thread is not this module's class.
     if (e?.name === 'StateDirError') {
@@ -871,6 +937,17 @@ export async function main(
   try {
     if (ctl.signal.aborted) throw ctl.signal.reason ?? new Error('interrupted');
     if (run.command === 'id') await settleIdentity(node, ctl.signal, failuresBefore);
+    // An offload's request must reach the controller within its 5 minutes:
+    // with the relay unreachable nothing is submitted (a walk-through read
+    // "working on it" with the cluster down), and the user runs it again.
+    if (run.command === 'offload') {
+      const link = await relayReady(node, ctl.signal);
+      if (!link?.connected && !ctl.signal.aborted) {
+        err(`kars-mesh: nothing was submitted: ${relayTrouble(link, run.node.relayUrl)}. Start the cluster (or check the relay), then run the offload again`);
+        if (!relayRefused(link)) err(`kars-mesh: ${endpointHint(run.node, 'relay')}, and check that the relay runs`);
+        return EXIT.UNREACHABLE;
+      }
+    }
     const result = await node.callTool(run.tool, run.args, {
       signal: ctl.signal,
       timeoutMs: CALL_TIMEOUT_MS + run.waitSeconds * 1000,
@@ -899,7 +976,10 @@ export async function main(
       out(text);
       // The engine shows 200 characters of each message (its text for an
       // agent); a person should know the rest is there.
-      const cut = Array.isArray(shown) && shown.some((m) => [...(typeof m.payload === 'string' ? m.payload : typeof m.payload?.content === 'string' ? m.payload.content : JSON.stringify(m.payload ?? ''))].length > INBOX_LINE_CHARS);
+      // As the engine shows it (mesh_inbox.rs content_text): a message's
+      // content, any other payload as its JSON.
+      const shownText = (p) => (typeof p === 'string' ? p : p?.type === 'message' && typeof p.content === 'string' ? p.content : JSON.stringify(p ?? ''));
+      const cut = Array.isArray(shown) && shown.some((m) => [...shownText(m.payload)].length > INBOX_LINE_CHARS);
       if (cut) out(`(a message over ${INBOX_LINE_CHARS} characters is cut above; kars-mesh inbox --json shows it whole)`);
     }
     // Only what was unread is marked (and said to be): `inbox --all` also
@@ -918,10 +998,7 @@ export async function main(
       else if (!run.json) out('(now marked read; kars-mesh inbox --all shows them again)');
     }
     if (!failed && run.command === 'pair-with') {
-      const file = path.join(run.node.stateDir, ENDPOINTS_FILE);
-      const text = JSON.stringify({ relay_url: run.node.relayUrl, registry_url: run.node.registryUrl, relay_token_allowed: run.node.relayTokenAllowed === true }, null, 2);
-      writeFileSync(`${file}.tmp`, `${text}\n`, { mode: 0o600 });
-      renameSync(`${file}.tmp`, file);
+      const file = rememberEndpoints(run.node.stateDir, run.node);
       // Later commands go to this cluster's relay: said when that changed.
       const before = run.node.endpoints ?? {};
       if (!run.json && (before.relayUrl !== run.node.relayUrl || before.registryUrl !== run.node.registryUrl)) {

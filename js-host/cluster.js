@@ -411,7 +411,7 @@ export function summary(state, env = process.env) {
     '',
     'Pair a client:',
     `  1. kars-mesh pair generate --name NAME${d}      (prints a one-time azcp_1_ token)`,
-    '  2. on the client: kars-mesh pair-with <token>   (or the mesh_pair tool with {"token": "<token>"})',
+    '  2. on the client: kars-mesh pair-with - < token.txt   (the token saved in a file; or the mesh_pair tool with {"token": "<token>"})',
     `Pairings: kars-mesh pair list${d}    Stop: ${state.mode === 'detached' ? `kars-mesh cluster down${d}` : 'Ctrl-C'}`,
   );
   return lines.join('\n');
@@ -448,9 +448,7 @@ export async function runCluster(opts, { out, err, signal, env = process.env, cr
   if (existing) fs.rmSync(p.state, { force: true }); // left by a cluster that died
 
   const prev = clusterConfig(dir);
-  if (prev.exec && !opts.exec) {
-    log('warn', `the last cluster up in ${dir} ran --exec ${JSON.stringify(prev.exec)}; this one runs the built-in executor, which runs no command: give --exec again to run it`);
-  }
+  if (prev.exec && !opts.exec) log('warn', execDropped(dir, prev.exec));
   const name = opts.name ?? prev.name;
   const registryPort = opts.registryPort ?? prev.registryPort;
   const relayPort = opts.relayPort ?? prev.relayPort;
@@ -579,6 +577,9 @@ export async function detachCluster(args, { dir, out, err, signal, env = process
       1,
     );
   }
+  // Said here too: the detached cluster's own warning goes to its log.
+  const prevExec = clusterConfig(dir).exec;
+  if (prevExec && !args.includes('--exec')) err(`kars-mesh cluster up: warning: ${execDropped(dir, prevExec)}`);
   const logStart = fs.existsSync(p.log) ? fs.statSync(p.log).size : 0;
   const fd = fs.openSync(p.log, 'a', 0o600);
   let child;
@@ -721,5 +722,13 @@ export function knownAgentStates(env = process.env, home = os.homedir()) {
  */
 export function serverEnv(env) {
   const secret = /TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|SEED|PRIVATE|API_?KEY|ACCESS_?KEY|_KEY$/i;
-  return Object.fromEntries(Object.entries(env).filter(([k]) => !k.startsWith('KARS_') && !k.startsWith('PINNED_') && !k.startsWith('AGENTMESH_') && !secret.test(k)));
+  // The relay's and registry's own settings (AGENTMESH_*, PYTHON*) pass,
+  // except a relay token: the local relay runs without one.
+  const own = (k) => (k.startsWith('AGENTMESH_') && k !== 'AGENTMESH_RELAY_TOKEN') || k.startsWith('PYTHON');
+  return Object.fromEntries(Object.entries(env).filter(([k]) => own(k) || (!k.startsWith('KARS_') && !k.startsWith('PINNED_') && !secret.test(k))));
+}
+
+/** A restart without --exec after one with it: the built-in executor runs. */
+function execDropped(dir, exec) {
+  return `the last cluster up in ${dir} ran --exec ${JSON.stringify(exec)}; this one runs the built-in executor, which runs no command: give --exec again to run it`;
 }

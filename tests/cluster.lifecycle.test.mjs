@@ -147,17 +147,18 @@ test('cluster up/down, pairing tokens from the operator CLI, state kept across r
   const downStatus = await cli(['cluster', 'status', '--dir', dir]);
   assert.equal(downStatus.code, 3);
 
-  // An offload while the cluster is down has not left: said so (exit 3, as an
-  // unsent send), not "working on it" and a wait that cannot end; it is
-  // kept, and goes once the cluster is back.
+  // An offload while the cluster is down: nothing is submitted, said so
+  // with the relay and why (exit 3), never "working on it" and a wait that
+  // cannot end; run again once the cluster is back, it goes through.
   const t0 = Date.now();
   const early = await cli(['--state', aliceState, 'offload', 'made while the cluster was down']);
   assert.equal(early.code, 3, `${early.stdout}\n${early.stderr}`);
-  assert.match(early.stderr, new RegExp(`the offload request has not left: the relay at ${st.relay.url.replace(/[.]/g, '\\.')} cannot be reached: .*ECONNREFUSED.*; it is kept and goes out the next time this agent runs`));
+  assert.match(early.stderr, new RegExp(`nothing was submitted: the relay at ${st.relay.url.replace(/[.]/g, '\\.')} cannot be reached: .*ECONNREFUSED.*Start the cluster \\(or check the relay\\), then run the offload again`));
+  assert.doesNotMatch(early.stdout, /Offload submitted|working on it/);
   assert.ok(Date.now() - t0 < 20_000, `answered in ${Date.now() - t0} ms`);
 
   await up([]); // the ports and name of the last run are kept in DIR/config.json
-  const followed = await cli(['--state', aliceState, 'offload-status', '--wait', '60']);
+  const followed = await cli(['--state', aliceState, 'offload', 'made while the cluster was down']);
   assert.equal(followed.code, 0, `${followed.stdout}\n${followed.stderr}`);
   assert.match(followed.stdout, /done — finished/);
   assert.match(followed.stdout, /received the task \(31 characters\)/);

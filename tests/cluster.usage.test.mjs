@@ -116,4 +116,11 @@ test('pair-with - takes the token out of what it reads: pair generate\'s whole o
   assert.equal(tokenInText(`Here is your token:\n\n${token.slice(0, 30)}\n${token.slice(30, 70)}\n${token.slice(70)}\n\nThanks`), token);
   assert.equal(tokenInText(`  ${token}  `), token);
   assert.equal(tokenInText('no token here'), 'no token here');
+  // The standard base64 alphabet (the core reads it too), and a word right
+  // after a whole token, which is not part of it (a review's cases).
+  const standard = 'azcp_1_' + Buffer.from(JSON.stringify({ controller_amid: 'x', relay_url: 'http://127.0.0.1:1234', registry_url: 'http://127.0.0.1:1235', secret: 's>>>??' })).toString('base64');
+  assert.match(standard, /[+/]/);
+  assert.equal(tokenInText(`${standard}\n`), standard);
+  assert.equal(tokenInText(`${token}\nCheers`), token);
+  assert.equal(tokenInText(`${token.slice(0, 40)}\n${token.slice(40)}\n--\nBob`), token);
 });

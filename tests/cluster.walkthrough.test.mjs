@@ -188,6 +188,7 @@ test('walk-through with --exec: the operator command runs in the sandbox', { tim
   for (const p of clusterPids(dir)) seenPids.add(p);
   assert.equal(again.code, 0, `${again.stdout}\n${again.stderr}`);
   assert.match(again.stdout, /sandboxes {3}the built-in executor: it runs nothing/);
+  assert.match(again.stderr, /warning: the last cluster up in .* ran --exec ".*count\.sh"; this one runs the built-in executor/);
   assert.match(fs.readFileSync(path.join(dir, 'cluster.log'), 'utf8'), /the last cluster up in .* ran --exec ".*count\.sh"; this one runs the built-in executor, which runs no command: give --exec again to run it/);
   const down = await cli(['cluster', 'down', '--dir', dir]);
   assert.equal(down.code, 0, down.stderr);

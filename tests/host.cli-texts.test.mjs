@@ -572,13 +572,16 @@ test('KARS_MESH_RELAY_TOKEN goes only to a relay the user named, not to one a pa
   const paste = await connectFrameOf(evil, ['pair-with', '--state', state('token-paste'), token], { KARS_MESH_RELAY_TOKEN: SECRET });
   assert.equal(paste.connect.token, undefined, 'the relay token was sent to the relay the pairing token named');
   assert.ok(!JSON.stringify(paste.connect).includes(SECRET));
-  assert.match(paste.stderr, new RegExp(`KARS_MESH_RELAY_TOKEN is not sent to ${evil.url.replace(/[.]/g, '\\.')} \\(the token's relay_url\\).*run again with KARS_MESH_RELAY=`));
+  assert.match(paste.stderr, new RegExp(`KARS_MESH_RELAY_TOKEN is not sent to ${evil.url.replace(/[.]/g, '\\.')} \\(the token's relay_url\\).*run once with KARS_MESH_RELAY=`));
   assert.ok(!paste.stderr.includes(SECRET), 'the secret is not printed');
 
-  // The user names that relay: then it is theirs, and the token goes.
-  const named = await connectFrameOf(evil, ['pair-with', '--state', state('token-named'), token], { KARS_MESH_RELAY_TOKEN: SECRET, KARS_MESH_RELAY: `${evil.url}/` });
-  assert.equal(named.connect.token, SECRET);
-  assert.doesNotMatch(named.stderr, /is not sent to/);
+  // The user names that relay: then it is theirs, and the token goes; also
+  // written as the core writes the same relay (ws for http, /ws, a final /).
+  for (const [i, same] of [`${evil.url}/`, `${evil.url.replace('http:', 'ws:')}/ws`].entries()) {
+    const named = await connectFrameOf(evil, ['pair-with', '--state', state(`token-named-${i}`), token], { KARS_MESH_RELAY_TOKEN: SECRET, KARS_MESH_RELAY: same });
+    assert.equal(named.connect.token, SECRET, same);
+    assert.doesNotMatch(named.stderr, /is not sent to/);
+  }
 
   // endpoints.json as a pair-with of a pasted token left it: the token does
   // not go there later either; as one the user named the relay for, it does.
@@ -592,6 +595,14 @@ test('KARS_MESH_RELAY_TOKEN goes only to a relay the user named, not to one a pa
   endpoints(true);
   const vouched = await connectFrameOf(evil, ['inbox', '--state', remembered, '--wait', '5'], { KARS_MESH_RELAY_TOKEN: SECRET });
   assert.equal(vouched.connect.token, SECRET);
+  // A file without the flag (a pasted token's, or one from before the flag):
+  // naming its relay once is remembered, and later runs send the token there.
+  endpoints(false);
+  const once = await connectFrameOf(evil, ['inbox', '--state', remembered, '--wait', '5'], { KARS_MESH_RELAY_TOKEN: SECRET, KARS_MESH_RELAY: evil.url });
+  assert.equal(once.connect.token, SECRET);
+  assert.equal(JSON.parse(fs.readFileSync(path.join(remembered, 'endpoints.json'), 'utf8')).relay_token_allowed, true);
+  const after = await connectFrameOf(evil, ['inbox', '--state', remembered, '--wait', '5'], { KARS_MESH_RELAY_TOKEN: SECRET });
+  assert.equal(after.connect.token, SECRET);
 });
 
 test('send <did> - reads the message from stdin: 200 KiB, more than a command line holds, arrives whole (a walk-through could not send between 128 KiB and the 1 MiB limit)', { timeout: 120_000 }, async () => {
@@ -620,4 +631,9 @@ test('send <did> - reads the message from stdin: 200 KiB, more than a command li
   assert.equal(inbox.code, 0, inbox.stderr);
   const got = JSON.parse(inbox.stdout).details.mesh.messages.map((m) => m.payload?.content);
   assert.deepEqual(got, [body], 'the whole message, its final newline off, and no literal "-"');
+  // Nothing on stdin (a producer that failed): refused, nothing sent (a review).
+  const empty = await run(['send', '--state', state('stdin-alice'), bob, '-']);
+  assert.equal(empty.code, 2, `${empty.stdout}\n${empty.stderr}`);
+  assert.match(empty.stderr, /the message read from stdin is empty: nothing was sent/);
+  assert.doesNotMatch(empty.stdout, /Message sent/);
 });

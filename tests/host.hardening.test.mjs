@@ -565,6 +565,8 @@ test('cluster up gives its relay and registry the operator\'s environment withou
     PATH: '/usr/bin', HOME: '/h', LANG: 'C.UTF-8', VIRTUAL_ENV: '/v', PYTHONPATH: '/p',
     KARS_MESH_RELAY_TOKEN: 's1', KARS_IDENTITY_SEED: 's2', PINNED_AGENT_IDENTITY_APP_ID: 's3', AGENTMESH_RELAY_TOKEN: 's4',
     GITHUB_TOKEN: 's5', AWS_SECRET_ACCESS_KEY: 's6', OPENAI_API_KEY: 's7', DB_PASSWORD: 's8',
+    // The relay's and registry's own settings pass (a review: AGENTMESH_* were dropped).
+    AGENTMESH_RELAY_ALLOW_UNAUTHED_DID: '1', AGENTMESH_ENTRA_TENANT_ID: 't', PYTHONHASHSEED: '0',
   });
-  assert.deepEqual(Object.keys(env).sort(), ['HOME', 'LANG', 'PATH', 'PYTHONPATH', 'VIRTUAL_ENV']);
+  assert.deepEqual(Object.keys(env).sort(), ['AGENTMESH_ENTRA_TENANT_ID', 'AGENTMESH_RELAY_ALLOW_UNAUTHED_DID', 'HOME', 'LANG', 'PATH', 'PYTHONHASHSEED', 'PYTHONPATH', 'VIRTUAL_ENV']);
 });

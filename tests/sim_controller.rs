@@ -196,3 +196,68 @@ fn a_spoofed_plaintext_ready_does_not_redirect_an_offload() {
     let inbox = w.call_sync(alice, "mesh_inbox", json!({"unread_only": false}), 5_000);
     assert_eq!(inbox["details"]["mesh"]["messages"], json!([]), "{inbox}");
 }
+
+/// The core's own view of a relay that cannot be reached (`relay_trouble`):
+/// an offload asked for while the relay is down is said to wait ("Not sent
+/// yet", `queued_because`), not "working on it"; once the relay is back the
+/// request goes out and the controller answers it. (A review: the CLI's test
+/// and a fake port left the node's own answer unchecked.)
+#[test]
+fn an_offload_asked_while_the_relay_is_down_waits_and_then_goes() {
+    let mut w = World::new(57);
+    let ctrl = w.add_agent(
+        "controller",
+        json!({"role": "controller", "cluster_name": "lab"}),
+    );
+    let alice = w.add_agent("alice", json!({}));
+    w.run_for(3_000);
+    let gen = w.call_sync(
+        ctrl,
+        "pair_generate",
+        json!({"name": "alice", "capabilities": "offload"}),
+        5_000,
+    );
+    let tok = gen["details"]["mesh"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let paired = w.call_sync(alice, "mesh_pair", json!({"token": tok}), 60_000);
+    assert!(World::call_text(&paired).starts_with('✅'), "{paired}");
+
+    let now = w.now;
+    w.schedule_relay_restart(now + 100, 60_000);
+    w.run_for(10_000);
+    let sub = w.call_sync(alice, "cloud_offload", json!({"task": "while down"}), 5_000);
+    let text = World::call_text(&sub);
+    assert!(text.starts_with("☁️ Offload submitted"), "{sub}");
+    assert!(text.contains("⚠️ Not sent yet: the relay"), "{text}");
+    assert!(!text.contains("is working on it"), "{text}");
+    assert!(
+        sub["details"]["mesh"]["queued_because"].is_string(),
+        "{sub}"
+    );
+
+    // The relay comes back: the request leaves and the controller takes it.
+    w.run_for(90_000);
+    let st = w.call_sync(alice, "offload_status", json!({}), 5_000);
+    let phase = st["details"]["mesh"]["phase"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ["validating", "spawning", "scheduled", "ready"].contains(&phase.as_str()),
+        "the request never reached the controller: {st}"
+    );
+
+    // With the relay up, a new offload is sent at once (no "Not sent yet").
+    let cancel = w.call_sync(alice, "offload_cancel", json!({}), 5_000);
+    assert!(World::call_text(&cancel).contains("cancelled"), "{cancel}");
+    w.run_for(3_000);
+    let again = w.call_sync(alice, "cloud_offload", json!({"task": "while up"}), 5_000);
+    let text = World::call_text(&again);
+    assert!(text.contains("is working on it"), "{text}");
+    assert!(
+        again["details"]["mesh"]["queued_because"].is_null(),
+        "{again}"
+    );
+}

@@ -10,8 +10,11 @@ use serde_json::Value;
 
 impl Port for Agent {
     fn relay_trouble(&self) -> Option<String> {
+        // The relay's routine close of an idle connection is not trouble:
+        // the link reopens at once.
+        let idle = self.link.problem_kind == Some(crate::mesh::link::ProblemKind::Idle);
         let failed = self.link.last_problem.is_some() || self.link.last_error.is_some();
-        (failed && !self.link.is_confirmed()).then(|| self.why_queued())
+        (failed && !idle && !self.link.is_confirmed()).then(|| self.why_queued())
     }
     fn identity(&self) -> &Identity {
         &self.id
