@@ -204,25 +204,7 @@ fn a_spoofed_plaintext_ready_does_not_redirect_an_offload() {
 /// and a fake port left the node's own answer unchecked.)
 #[test]
 fn an_offload_asked_while_the_relay_is_down_waits_and_then_goes() {
-    let mut w = World::new(57);
-    let ctrl = w.add_agent(
-        "controller",
-        json!({"role": "controller", "cluster_name": "lab"}),
-    );
-    let alice = w.add_agent("alice", json!({}));
-    w.run_for(3_000);
-    let gen = w.call_sync(
-        ctrl,
-        "pair_generate",
-        json!({"name": "alice", "capabilities": "offload"}),
-        5_000,
-    );
-    let tok = gen["details"]["mesh"]["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let paired = w.call_sync(alice, "mesh_pair", json!({"token": tok}), 60_000);
-    assert!(World::call_text(&paired).starts_with('✅'), "{paired}");
+    let (mut w, _ctrl, alice) = World::paired(57);
 
     let now = w.now;
     w.schedule_relay_restart(now + 100, 60_000);

@@ -551,6 +551,19 @@ impl World {
     /// its sandbox: the simulator runs no jobs, so it stays in "spawning".
     /// (world, controller, alice, request id)
     pub fn paired_offload(seed: u64) -> (World, usize, usize, String) {
+        let (mut w, ctrl, alice) = World::paired(seed);
+        let sub = w.call_sync(alice, "cloud_offload", json!({"task": "t"}), 5_000);
+        let rid = sub["details"]["mesh"]["request_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        w.run_for(3_000);
+        (w, ctrl, alice, rid)
+    }
+
+    /// A controller and a client "alice" paired with it for offloads.
+    /// (world, controller, alice)
+    pub fn paired(seed: u64) -> (World, usize, usize) {
         let mut w = World::new(seed);
         let ctrl = w.add_agent(
             "controller",
@@ -570,13 +583,7 @@ impl World {
             .to_string();
         let paired = w.call_sync(alice, "mesh_pair", json!({"token": tok}), 60_000);
         assert!(World::call_text(&paired).starts_with('✅'), "{paired}");
-        let sub = w.call_sync(alice, "cloud_offload", json!({"task": "t"}), 5_000);
-        let rid = sub["details"]["mesh"]["request_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        w.run_for(3_000);
-        (w, ctrl, alice, rid)
+        (w, ctrl, alice)
     }
 
     pub fn add_agent(&mut self, name: &str, extra: Value) -> usize {
